@@ -1,0 +1,101 @@
+"""Immutable gateway configuration, decoded and validated with msgspec.
+
+A config is built in code (``GatewayConfig(upstream=UpstreamConfig(base_url=...))``) or loaded
+from TOML with :func:`load_config`. Unknown keys are errors here (unlike on the wire): a typo in
+a config file should fail loudly at start-up, naming the key and the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "ConfigError",
+    "GatewayConfig",
+    "MockConfig",
+    "ModelConfig",
+    "UpstreamConfig",
+    "load_config",
+]
+
+_PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+_NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the key and the file."""
+
+
+class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An Anthropic-compatible upstream.
+
+    ``api_key`` None means pass-through: the client's own key is forwarded in the header it
+    came in. ``read_timeout`` is also the longest silence tolerated between two stream chunks.
+    """
+
+    base_url: str = "https://api.anthropic.com"
+    api_key: str | None = None
+    connect_timeout: _PositiveFloat = 10.0
+    read_timeout: _PositiveFloat = 600.0
+    write_timeout: _PositiveFloat = 60.0
+    pool_timeout: _PositiveFloat = 10.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
+    http2: bool = False
+
+
+class MockConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The built-in mock provider: ``latency_ms`` before the first byte, then
+    ``tokens_per_second`` output pacing (0 streams as fast as possible)."""
+
+    latency_ms: _NonNegativeFloat = 0.0
+    tokens_per_second: _NonNegativeFloat = 0.0
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A model listed by ``GET /v1/models`` when no upstream answers that endpoint."""
+
+    id: str
+    display_name: str | None = None
+    created_at: str = "2025-01-01T00:00:00Z"
+
+
+DEFAULT_MODELS: tuple[ModelConfig, ...] = (
+    ModelConfig(id="claude-opus-5-5", display_name="Claude Opus 5.5"),
+    ModelConfig(id="claude-sonnet-4-6", display_name="Claude Sonnet 4.6"),
+    ModelConfig(id="claude-haiku-4-5", display_name="Claude Haiku 4.5"),
+)
+
+
+class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the gateway needs, fixed at construction.
+
+    ``provider`` picks the upstream kind: ``anthropic`` forwards to ``upstream``; ``mock``
+    answers locally (demo, tests, benchmarks). ``max_body_bytes`` caps request bodies, after
+    gzip decoding too (Anthropic's own limit is 32 MB).
+    """
+
+    provider: Literal["anthropic", "mock"] = "anthropic"
+    upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
+    mock: MockConfig = msgspec.field(default_factory=MockConfig)
+    models: tuple[ModelConfig, ...] = DEFAULT_MODELS
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 32 * 1024 * 1024
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read a TOML file into a :class:`GatewayConfig`.
+
+    Raises :class:`ConfigError` naming the file and the offending key.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    try:
+        return msgspec.toml.decode(raw, type=GatewayConfig)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,141 @@
+"""The gateway's error hierarchy and Anthropic's error envelope.
+
+Every error the gateway itself produces is one of these classes. Each carries the HTTP status and
+the Anthropic ``error.type`` that the official SDKs map to their exception classes and retry
+decisions, so raising the right class is all a module needs to do to answer a client correctly.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import ClassVar
+
+import msgspec
+
+__all__ = [
+    "AuthenticationError",
+    "GatewayError",
+    "InternalGatewayError",
+    "InvalidRequestError",
+    "MethodNotAllowedError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTooLargeError",
+    "UpstreamTimeoutError",
+    "UpstreamUnavailableError",
+    "encode_error_body",
+    "new_request_id",
+]
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def new_request_id() -> str:
+    """Return a fresh id shaped like Anthropic's (``req_`` and 24 base62 characters)."""
+    raw = secrets.token_bytes(24)
+    return "req_" + "".join(_BASE62[byte % 62] for byte in raw)
+
+
+class _ErrorDetail(msgspec.Struct, omit_defaults=True):
+    type: str
+    message: str
+
+
+class _ErrorEnvelope(msgspec.Struct, tag="error", tag_field="type"):
+    error: _ErrorDetail
+    request_id: str | None
+
+
+_envelope_encoder = msgspec.json.Encoder()
+
+
+def encode_error_body(error_type: str, message: str, request_id: str | None) -> bytes:
+    """Encode ``{"type":"error","error":{...},"request_id":...}`` as Anthropic sends it."""
+    envelope = _ErrorEnvelope(_ErrorDetail(error_type, message), request_id)
+    return _envelope_encoder.encode(envelope)
+
+
+class GatewayError(Exception):
+    """An error answered to the client in Anthropic's envelope.
+
+    Subclasses fix ``status`` and ``error_type``; ``headers`` adds response headers such as
+    ``retry-after``. Raise one from anywhere on the request path (hooks included) and the app
+    turns it into the response, or into an SSE ``error`` event once a stream has started.
+    """
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "api_error"
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self, request_id: str | None) -> bytes:
+        return encode_error_body(self.error_type, self.message, request_id)
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    error_type = "authentication_error"
+
+
+class PermissionDeniedError(GatewayError):
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    error_type = "invalid_request_error"
+
+
+class RequestTooLargeError(GatewayError):
+    status = 413
+    error_type = "request_too_large"
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    error_type = "rate_limit_error"
+
+
+class InternalGatewayError(GatewayError):
+    """An unexpected failure inside the gateway; the SDKs retry 500."""
+
+    status = 500
+    error_type = "api_error"
+
+
+class UpstreamUnavailableError(GatewayError):
+    """The upstream could not be reached or broke the connection (502, retried by the SDKs)."""
+
+    status = 502
+    error_type = "api_error"
+
+
+class UpstreamTimeoutError(GatewayError):
+    """The upstream did not answer in time (504 ``timeout_error``, retried by the SDKs)."""
+
+    status = 504
+    error_type = "timeout_error"
+
+
+class OverloadedError(GatewayError):
+    """No upstream capacity right now, e.g. the connection pool is exhausted (529)."""
+
+    status = 529
+    error_type = "overloaded_error"

@@ -1,0 +1,77 @@
+"""The provider seam: what the app hands an upstream, and what it gets back.
+
+A provider is anything with ``send`` and ``aclose`` (see :class:`Provider`). The app never
+knows which upstream it talks to; the fallback chain and format translators plug in here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Provider", "ProviderRequest", "ProviderResponse", "no_close"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRequest:
+    """One request for an upstream.
+
+    ``path`` is relative to the API root (``/v1/messages``, ``/v1/messages/count_tokens``,
+    ``/v1/models``, ``/v1/models/{id}``); ``query`` is the client's raw query string;
+    ``body`` is the exact bytes to send (the client's own bytes when no hook changed them);
+    ``headers`` are the client's request headers with lower-case names.
+    """
+
+    method: str
+    path: str
+    body: bytes
+    headers: Mapping[str, str]
+    request_id: str
+    query: str = ""
+    stream: bool = False
+
+
+async def no_close() -> None:
+    """The ``close`` of a response that holds no resources."""
+
+
+@dataclass(slots=True)
+class ProviderResponse:
+    """An upstream answer, ready to relay.
+
+    Exactly one of ``body`` (complete) and ``chunks`` (streamed as they arrive) is set.
+    ``headers`` are already filtered to what may reach the client (no hop-by-hop headers, no
+    ``content-length``). ``close`` must be awaited once the app is done, even after an error or
+    a client disconnect: it releases the upstream connection promptly.
+    """
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes | None = None
+    chunks: AsyncIterator[bytes] | None = None
+    close: Callable[[], Awaitable[None]] = field(default=no_close)
+
+    @property
+    def content_type(self) -> str:
+        for name, value in self.headers:
+            if name == "content-type":
+                return value
+        return ""
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """An upstream the gateway can forward to.
+
+    ``send`` is called once per attempt. It may raise a
+    :class:`~messages_mw.errors.GatewayError` (unreachable, timeout, overloaded) before any
+    response exists; once it has returned, failures while iterating ``chunks`` are raised from
+    the iterator as ``GatewayError`` too, and the app turns them into an SSE ``error`` event.
+    If the request task is cancelled (client gone), the provider must not leak the connection.
+    ``aclose`` releases pooled connections; it is called once, at gateway shutdown.
+    """
+
+    async def send(self, request: ProviderRequest) -> ProviderResponse: ...
+
+    async def aclose(self) -> None: ...

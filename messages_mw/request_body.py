@@ -1,0 +1,87 @@
+"""Read an ASGI request body under a size limit, and undo ``Content-Encoding``.
+
+The limit is enforced while reading (a body is never buffered past it) and again on the
+decompressed size, so a small gzip bomb cannot expand past it either.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from .errors import InvalidRequestError, RequestTooLargeError
+from .types import Receive
+
+__all__ = ["decode_content_encoding", "read_body"]
+
+# wbits for zlib: 16+MAX_WBITS reads gzip, MAX_WBITS reads zlib-wrapped deflate.
+_ZLIB_WBITS = {
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": zlib.MAX_WBITS,
+}
+
+
+def _too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(f"Request body exceeds the maximum size of {limit} bytes.")
+
+
+async def read_body(receive: Receive, limit: int, declared_length: int | None) -> bytes:
+    """Collect the body from ``http.request`` messages.
+
+    Raises :class:`RequestTooLargeError` as soon as the declared or received size passes
+    ``limit``. If the client disconnects mid-body the caller's task is simply left to end:
+    there is nobody to answer.
+    """
+    if declared_length is not None and declared_length > limit:
+        raise _too_large(limit)
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before sending its whole body."""
+
+
+def decode_content_encoding(body: bytes, encoding: str, limit: int) -> bytes:
+    """Decompress a gzip or deflate body, never producing more than ``limit`` bytes.
+
+    Raises :class:`InvalidRequestError` for an unsupported or corrupt encoding and
+    :class:`RequestTooLargeError` when the decoded body passes ``limit``.
+    """
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    wbits = _ZLIB_WBITS.get(encoding)
+    if wbits is None:
+        raise InvalidRequestError(
+            f"content-encoding: '{encoding}' is not supported; use gzip, deflate or identity."
+        )
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        decoded = decompressor.decompress(body, limit + 1)
+        if len(decoded) > limit or decompressor.unconsumed_tail:
+            raise _too_large(limit)
+        decoded += decompressor.flush()
+    except zlib.error as exc:
+        raise InvalidRequestError(f"content-encoding: body is not valid {encoding} data.") from exc
+    if len(decoded) > limit:
+        raise _too_large(limit)
+    if not decompressor.eof:
+        raise InvalidRequestError(f"content-encoding: {encoding} body is truncated.")
+    return decoded

@@ -1,0 +1,142 @@
+"""Server-Sent Events: framing, and an incremental observer for relayed streams.
+
+The gateway relays upstream SSE bytes untouched, chunk by chunk. :class:`StreamObserver` reads
+along without re-serialising anything: it finds event boundaries with ``bytes.find`` and decodes
+only the few events whose fields the gateway needs (``message_start``, ``message_delta``,
+``message_stop``, ``error``). Everything here is pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .protocol import ObservedEvent, ObservedUsage
+
+__all__ = ["StreamObserver", "TokenUsage", "frame_event", "merge_usage"]
+
+_event_decoder = msgspec.json.Decoder(ObservedEvent)
+
+# Events worth decoding; every other event (deltas, pings, unknown future events) is only
+# scanned for its boundary, which is what keeps observation cheap on long streams.
+_INTERESTING = (b"message_start", b"message_delta", b"message_stop", b"error")
+_SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+def frame_event(name: str, data: bytes) -> bytes:
+    """Frame one SSE event the way Anthropic does: ``event:`` line, one ``data:`` line."""
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class TokenUsage(msgspec.Struct):
+    """Token counts of one response, as the upstream reported them (0 where it did not)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+def merge_usage(usage: TokenUsage, observed: ObservedUsage | None) -> None:
+    """Overwrite each field the upstream sent, keep the rest: the SDKs' accumulation rule
+    (``message_delta`` usage is cumulative and may carry only some fields)."""
+    if observed is None:
+        return
+    if observed.input_tokens is not None:
+        usage.input_tokens = observed.input_tokens
+    if observed.output_tokens is not None:
+        usage.output_tokens = observed.output_tokens
+    if observed.cache_creation_input_tokens is not None:
+        usage.cache_creation_input_tokens = observed.cache_creation_input_tokens
+    if observed.cache_read_input_tokens is not None:
+        usage.cache_read_input_tokens = observed.cache_read_input_tokens
+
+
+def _split_event(block: bytes) -> tuple[bytes | None, bytes]:
+    """Return the ``event:`` name and the joined ``data:`` payload of one event block."""
+    name: bytes | None = None
+    data: list[bytes] = []
+    for line in block.splitlines():
+        if line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+        elif line.startswith(b"event:"):
+            name = line[6:].strip()
+    return name, b"\n".join(data)
+
+
+def _find_boundary(buffer: bytes | bytearray, start: int) -> tuple[int, int]:
+    """Position and length of the earliest event separator at or after ``start``."""
+    best, length = -1, 0
+    for separator in _SEPARATORS:
+        position = buffer.find(separator, start)
+        if position != -1 and (best == -1 or position < best):
+            best, length = position, len(separator)
+    return best, length
+
+
+class StreamObserver:
+    """Reads a relayed SSE stream for usage, ids, stop reason and errors.
+
+    Call :meth:`feed` with every chunk, in order, as it is relayed. Malformed events are
+    ignored: observation must never break a stream the client is receiving.
+    """
+
+    def __init__(self) -> None:
+        self.usage = TokenUsage()
+        self.message_id: str | None = None
+        self.model: str | None = None
+        self.stop_reason: str | None = None
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+        self.saw_message_start = False
+        self.saw_message_stop = False
+        self._buffer = bytearray()
+
+    @property
+    def at_event_boundary(self) -> bool:
+        """True when everything relayed so far ended on a complete event."""
+        return not self._buffer
+
+    @property
+    def finished(self) -> bool:
+        """True once the stream ended as the grammar requires, or with an ``error`` event."""
+        return self.saw_message_stop or self.error_type is not None
+
+    def feed(self, chunk: bytes) -> None:
+        buffer = self._buffer
+        buffer += chunk
+        start = 0
+        while True:
+            position, length = _find_boundary(buffer, start)
+            if position == -1:
+                break
+            block = bytes(buffer[start:position])
+            start = position + length
+            # The event name (or data.type) sits in the first bytes of a block.
+            head = block[:48]
+            if any(name in head for name in _INTERESTING):
+                self._observe(block)
+        if start:
+            del buffer[:start]
+
+    def _observe(self, block: bytes) -> None:
+        name, data = _split_event(block)
+        try:
+            event = _event_decoder.decode(data)
+        except msgspec.DecodeError:
+            return
+        kind = name.decode("utf-8", "replace") if name else event.type
+        if kind == "message_start" and event.message is not None:
+            self.saw_message_start = True
+            self.message_id = event.message.id
+            self.model = event.message.model
+            merge_usage(self.usage, event.message.usage)
+        elif kind == "message_delta":
+            merge_usage(self.usage, event.usage)
+            if event.delta is not None and event.delta.stop_reason is not None:
+                self.stop_reason = event.delta.stop_reason
+        elif kind == "message_stop":
+            self.saw_message_stop = True
+        elif kind == "error":
+            self.error_type = (event.error and event.error.type) or "api_error"
+            self.error_message = event.error.message if event.error else None
