@@ -1,0 +1,50 @@
+"""In-process helpers: a gateway whose upstream is an ``httpx.MockTransport`` handler."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import httpx
+
+from messages_mw import AnthropicProvider, Gateway, GatewayConfig, RequestContext, UpstreamConfig
+
+from .servers import message_json
+
+T = TypeVar("T")
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Recorder:
+    """An upstream handler that records requests and answers a canned message."""
+
+    def __init__(self, reply: Handler | None = None) -> None:
+        self.requests: list[httpx.Request] = []
+        self._reply = reply
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self._reply is not None:
+            return self._reply(request)
+        return httpx.Response(
+            200, content=message_json(), headers={"content-type": "application/json"}
+        )
+
+
+def make_gateway(
+    handler: Handler, *, config: GatewayConfig | None = None
+) -> tuple[Gateway, list[RequestContext]]:
+    finished: list[RequestContext] = []
+    upstream = (config or GatewayConfig()).upstream
+    settings = UpstreamConfig(base_url="http://upstream.test", api_key=upstream.api_key)
+    provider = AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+    return Gateway(config, provider=provider, on_request_end=finished.append), finished
+
+
+def client_for(gateway: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(gateway), base_url="http://gw.test")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)

@@ -1,0 +1,260 @@
+"""The ASGI app in process: routing, headers, errors, and the byte-exact fast path."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import httpx
+import pytest
+
+from messages_mw import GatewayConfig, UpstreamConfig
+
+from .conftest import sample
+from .inprocess import Recorder, client_for, make_gateway, run
+
+CHAT = sample("small_chat.json")
+
+
+async def _post(gateway: object, body: bytes, path: str = "/v1/messages", **headers: str):
+    async with client_for(gateway) as client:
+        merged = {"content-type": "application/json", "x-api-key": "sk-client", **headers}
+        return await client.post(path, content=body, headers=merged)
+
+
+def test_original_bytes_go_upstream_and_response_comes_back() -> None:
+    recorder = Recorder()
+    gateway, finished = make_gateway(recorder)
+    response = run(_post(gateway, CHAT, "/v1/messages?beta=true"))
+    assert response.status_code == 200
+    assert response.headers["request-id"].startswith("req_")
+    (upstream,) = recorder.requests
+    assert upstream.content == CHAT
+    assert upstream.url.path == "/v1/messages" and upstream.url.query == b"beta=true"
+    assert finished[0].usage.input_tokens == 12 and finished[0].usage.output_tokens == 5
+    assert finished[0].model == "claude-haiku-4-5"
+
+
+def test_forwarded_headers_are_an_allow_list() -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    headers = {
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "interleaved-thinking-2025-05-14,context-1m-2025-08-07",
+        "cookie": "session=secret",
+        "proxy-authorization": "Basic abc",
+        "x-forwarded-for": "10.0.0.1",
+        "x-stainless-timeout": "NOT_GIVEN",
+    }
+    run(_post(gateway, CHAT, **headers))
+    sent = recorder.requests[0].headers
+    assert sent["anthropic-version"] == "2023-06-01"
+    assert sent["anthropic-beta"] == headers["anthropic-beta"]
+    assert sent["x-api-key"] == "sk-client"
+    assert sent["x-stainless-timeout"] == "NOT_GIVEN"
+    for dropped in ("cookie", "proxy-authorization", "x-forwarded-for", "authorization"):
+        assert dropped not in sent
+
+
+def test_configured_key_replaces_the_clients_in_the_clients_header_style() -> None:
+    recorder = Recorder()
+    config = GatewayConfig(upstream=UpstreamConfig(api_key="sk-gateway"))
+    gateway, _ = make_gateway(recorder, config=config)
+
+    async def call() -> None:
+        async with client_for(gateway) as client:
+            await client.post("/v1/messages", content=CHAT, headers={"x-api-key": "sk-client"})
+            bearer = {"authorization": "Bearer sk-client", "anthropic-version": "2026-10-21"}
+            await client.post("/v1/messages", content=CHAT, headers=bearer)
+
+    run(call())
+    first, second = (request.headers for request in recorder.requests)
+    assert first["x-api-key"] == "sk-gateway" and "authorization" not in first
+    assert second["authorization"] == "Bearer sk-gateway" and "x-api-key" not in second
+
+
+def test_upstream_errors_pass_through_intact() -> None:
+    body = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
+
+    def limited(request: httpx.Request) -> httpx.Response:
+        headers = {"retry-after": "7", "content-type": "application/json", "request-id": "req_u"}
+        return httpx.Response(429, content=body, headers=headers)
+
+    gateway, finished = make_gateway(Recorder(limited))
+    response = run(_post(gateway, CHAT))
+    assert (response.status_code, response.content) == (429, body)
+    assert response.headers["retry-after"] == "7"
+    assert response.headers["request-id"] == "req_u"
+    assert finished[0].status == 429
+
+
+def _error_of(response: httpx.Response) -> tuple[int, str, str]:
+    payload = response.json()
+    assert payload["type"] == "error"
+    assert payload["request_id"] == response.headers["request-id"]
+    assert payload["request_id"].startswith("req_")
+    return response.status_code, payload["error"]["type"], payload["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error_type"),
+    [
+        ("GET", "/v1/nothing", 404, "not_found_error"),
+        ("POST", "/v1/messages/batches", 404, "not_found_error"),
+        ("GET", "/v1/messages", 405, "invalid_request_error"),
+        ("DELETE", "/v1/models", 405, "invalid_request_error"),
+    ],
+)
+def test_routing_errors(method: str, path: str, status: int, error_type: str) -> None:
+    gateway, _ = make_gateway(Recorder())
+
+    async def call() -> httpx.Response:
+        async with client_for(gateway) as client:
+            return await client.request(method, path)
+
+    got = _error_of(run(call()))
+    assert got[:2] == (status, error_type)
+    assert path in got[2]
+
+
+def test_double_v1_base_url_gets_a_helpful_404() -> None:
+    gateway, _ = make_gateway(Recorder())
+    status, _, message = _error_of(run(_post(gateway, CHAT, "/v1/v1/messages")))
+    assert status == 404 and "trailing /v1" in message
+
+
+def test_bad_bodies_get_named_400s() -> None:
+    gateway, _ = make_gateway(Recorder())
+    status, kind, message = _error_of(run(_post(gateway, b'{"model": "m", "max_tokens": "x"}')))
+    assert (status, kind) == (400, "invalid_request_error")
+    assert message.startswith("max_tokens:")
+    _, _, message = _error_of(run(_post(gateway, b'{"model": }')))
+    assert "(byte 10)" in message
+
+
+def test_wrong_content_type_and_bad_length() -> None:
+    gateway, _ = make_gateway(Recorder())
+    status, _, message = _error_of(run(_post(gateway, CHAT, **{"content-type": "text/plain"})))
+    assert status == 400 and message.startswith("content-type:")
+
+
+def test_body_limit_is_413_and_gzip_bombs_are_caught() -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder, config=GatewayConfig(max_body_bytes=2000))
+    big = json.dumps(
+        {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x" * 3000}]}
+    )
+    status, kind, _ = _error_of(run(_post(gateway, big.encode())))
+    assert (status, kind) == (413, "request_too_large")
+    bomb = gzip.compress(big.encode())
+    assert len(bomb) < 2000
+    status, kind, _ = _error_of(run(_post(gateway, bomb, **{"content-encoding": "gzip"})))
+    assert (status, kind) == (413, "request_too_large")
+    assert recorder.requests == []
+
+
+def test_gzip_body_is_decoded_before_forwarding() -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    response = run(_post(gateway, gzip.compress(CHAT), **{"content-encoding": "gzip"}))
+    assert response.status_code == 200
+    assert recorder.requests[0].content == CHAT
+    assert "content-encoding" not in recorder.requests[0].headers
+
+
+def test_unsupported_or_corrupt_encoding_is_400() -> None:
+    gateway, _ = make_gateway(Recorder())
+    status, _, message = _error_of(run(_post(gateway, CHAT, **{"content-encoding": "br"})))
+    assert status == 400 and "br" in message
+    status, _, _ = _error_of(run(_post(gateway, b"not gzip", **{"content-encoding": "gzip"})))
+    assert status == 400
+
+
+def test_upstream_unreachable_and_timeout_are_typed() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    def pool(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("full", request=request)
+
+    for handler, expected in (
+        (refuse, (502, "api_error")),
+        (slow, (504, "timeout_error")),
+        (pool, (529, "overloaded_error")),
+    ):
+        gateway, finished = make_gateway(Recorder(handler))
+        assert _error_of(run(_post(gateway, CHAT)))[:2] == expected
+        assert finished[0].error_type == expected[1]
+
+
+def test_unexpected_exception_is_a_500_without_traceback() -> None:
+    def explode(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("secret internal detail")
+
+    gateway, _ = make_gateway(Recorder(explode))
+    status, kind, message = _error_of(run(_post(gateway, CHAT)))
+    assert (status, kind) == (500, "api_error")
+    assert "secret" not in message and "Traceback" not in message
+
+
+def test_models_and_hello_routes() -> None:
+    def models(request: httpx.Request) -> httpx.Response:
+        assert request.url.query == b"limit=5"
+        return httpx.Response(
+            200, json={"data": [], "has_more": False, "first_id": None, "last_id": None}
+        )
+
+    gateway, _ = make_gateway(Recorder(models))
+
+    async def call() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with client_for(gateway) as client:
+            listed = await client.get("/v1/models?limit=5")
+            hello = await client.head("/api/hello")
+            retrieved = await client.get("/v1/models/claude-x?limit=5")
+            return listed, hello, retrieved
+
+    listed, hello, retrieved = run(call())
+    assert listed.json()["has_more"] is False
+    assert hello.status_code == 200 and hello.content == b""
+    assert retrieved.status_code == 200
+
+
+def test_lifespan_and_websocket_scopes() -> None:
+    gateway, _ = make_gateway(Recorder())
+    sent: list[dict[str, object]] = []
+    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive() -> dict[str, object]:
+        return next(incoming)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    run(gateway({"type": "lifespan"}, receive, send))
+    run(gateway({"type": "websocket", "path": "/"}, receive, send))
+    assert [m["type"] for m in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+        "websocket.close",
+    ]
+
+
+def test_a_failing_request_end_hook_never_reaches_the_client() -> None:
+    def broken(context: object) -> None:
+        raise ValueError("sink down")
+
+    gateway, _ = make_gateway(Recorder())
+    gateway._on_request_end = broken
+    assert run(_post(gateway, CHAT)).status_code == 200
+
+
+def test_constructor_rejects_bad_hooks() -> None:
+    from messages_mw import Gateway
+
+    with pytest.raises(TypeError):
+        Gateway(provider=object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Gateway(on_request_end="nope")  # type: ignore[arg-type]

@@ -1,0 +1,115 @@
+"""The gateway inside host apps: FastAPI and Starlette mounts, and as ASGI middleware."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
+
+from messages_mw import MessagesMiddleware
+
+from .conftest import sample
+from .inprocess import Recorder, client_for, make_gateway, run
+
+CHAT = sample("small_chat.json")
+
+
+def _hello(request: object) -> PlainTextResponse:
+    return PlainTextResponse("host")
+
+
+async def _echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text(await websocket.receive_text())
+    await websocket.close()
+
+
+async def _exchange(app: object, path: str) -> tuple[httpx.Response, httpx.Response]:
+    async with client_for(app) as client:
+        gateway_answer = await client.post(path, content=CHAT, headers={"x-api-key": "k"})
+        host_answer = await client.get("/hello")
+        return gateway_answer, host_answer
+
+
+def test_fastapi_mount_with_root_path() -> None:
+    recorder = Recorder()
+    gateway, finished = make_gateway(recorder)
+    host = FastAPI()
+    host.get("/hello")(lambda: "host")
+    host.mount("/anthropic", gateway)
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(host, root_path="/edge")
+        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            return await client.post("/edge/anthropic/v1/messages", content=CHAT)
+
+    assert run(call()).status_code == 200
+    assert finished[0].path == "/v1/messages"
+    assert recorder.requests[0].url.path == "/v1/messages"
+
+
+def test_starlette_mount_leaves_host_routes_alone() -> None:
+    gateway, _ = make_gateway(Recorder())
+    host = Starlette(routes=[Route("/hello", _hello), Mount("/llm", app=gateway)])
+    answer, host_answer = run(_exchange(host, "/llm/v1/messages"))
+    assert answer.status_code == 200
+    assert host_answer.text == "host"
+    missing, _ = run(_exchange(host, "/llm/v2/messages"))
+    assert missing.status_code == 404 and missing.json()["type"] == "error"
+
+
+def test_middleware_routes_prefix_and_passes_everything_else() -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    host = Starlette(routes=[Route("/hello", _hello), WebSocketRoute("/ws", _echo)])
+    app = MessagesMiddleware(host, gateway, prefix="/anthropic")
+    answer, host_answer = run(_exchange(app, "/anthropic/v1/messages?beta=true"))
+    assert answer.status_code == 200 and host_answer.text == "host"
+    assert recorder.requests[0].url.path == "/v1/messages"
+    other, _ = run(_exchange(app, "/anthropicx/v1/messages"))
+    assert other.status_code == 404 and other.text == "Not Found"  # the host's own 404
+    with TestClient(app) as client, client.websocket_connect("/ws") as socket:
+        socket.send_text("ping")
+        assert socket.receive_text() == "ping"
+
+
+def test_middleware_closes_the_gateway_on_host_shutdown() -> None:
+    closed: list[bool] = []
+    gateway, _ = make_gateway(Recorder())
+    original = gateway.aclose
+
+    async def tracking_aclose() -> None:
+        closed.append(True)
+        await original()
+
+    gateway.aclose = tracking_aclose  # type: ignore[method-assign]
+    app = MessagesMiddleware(Starlette(), gateway)
+    with TestClient(app):
+        assert closed == []
+    assert closed == [True]
+
+
+def test_middleware_rejects_a_malformed_prefix() -> None:
+    gateway, _ = make_gateway(Recorder())
+    with pytest.raises(ValueError):
+        MessagesMiddleware(Starlette(), gateway, prefix="anthropic/")
+
+
+def test_fastapi_lifespan_helper_closes_the_gateway() -> None:
+    closed: list[bool] = []
+    gateway, _ = make_gateway(Recorder())
+
+    async def tracking_aclose() -> None:
+        closed.append(True)
+
+    gateway.aclose = tracking_aclose  # type: ignore[method-assign]
+    host = FastAPI(lifespan=gateway.lifespan)
+    host.mount("/anthropic", gateway)
+    with TestClient(host) as client:
+        assert client.post("/anthropic/v1/messages", content=CHAT).status_code == 200
+    assert closed == [True]

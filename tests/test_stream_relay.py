@@ -1,0 +1,151 @@
+"""SSE relay in process: bytes untouched, failures become error events, disconnects close."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+
+from .inprocess import Recorder, make_gateway, run
+from .servers import sse, text_stream_events
+
+STREAM_REQUEST = json.dumps(
+    {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+).encode()
+SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "request-id": "req_up"}
+
+
+def _streaming(chunks: list[bytes], failure: Exception | None = None) -> Recorder:
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+        if failure is not None:
+            raise failure
+
+    return Recorder(lambda request: httpx.Response(200, headers=SSE_HEADERS, content=body()))
+
+
+async def _collect(gateway: object) -> tuple[httpx.Response, bytes]:
+    transport = httpx.ASGITransport(gateway)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        response = await client.post("/v1/messages", content=STREAM_REQUEST)
+        return response, response.content
+
+
+def test_stream_is_relayed_byte_for_byte_with_unknown_events() -> None:
+    future = sse("future_event", {"type": "future_event", "payload": [1, 2]})
+    odd_delta = sse(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "hologram_delta", "z": 1}},
+    )
+    events = text_stream_events(["a", "b"])
+    events[3:3] = [future, odd_delta]
+    gateway, finished = make_gateway(_streaming(events))
+    response, body = run(_collect(gateway))
+    assert body == b"".join(events)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["request-id"] == "req_up"
+    assert finished[0].usage.output_tokens == 2
+    assert finished[0].error_type is None
+
+
+def _last_event(body: bytes) -> dict[str, object]:
+    last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    name, data = last.split(b"\n", 1)
+    assert name == b"event: error"
+    payload: dict[str, object] = json.loads(data.removeprefix(b"data: "))
+    return payload
+
+
+def test_connection_lost_mid_stream_ends_with_an_error_event() -> None:
+    events = text_stream_events(["a", "b"])[:4]
+    failure = httpx.ReadError("reset")
+    gateway, finished = make_gateway(_streaming(events, failure))
+    _, body = run(_collect(gateway))
+    assert body.startswith(b"".join(events))
+    error = _last_event(body)
+    assert error["error"] == {
+        "type": "api_error",
+        "message": "The connection to the upstream http://upstream.test broke mid-stream.",
+    }
+    assert finished[0].usage.input_tokens == 12
+    assert finished[0].error_type == "api_error"
+
+
+def test_idle_upstream_mid_stream_is_a_timeout_error_event() -> None:
+    events = text_stream_events(["a"])[:3]
+    gateway, _ = make_gateway(_streaming(events, httpx.ReadTimeout("idle")))
+    _, body = run(_collect(gateway))
+    assert _last_event(body)["error"]["type"] == "timeout_error"  # type: ignore[index]
+
+
+def test_truncated_stream_without_message_stop_gets_an_error_event() -> None:
+    events = text_stream_events(["a"])[:-1]
+    gateway, _ = make_gateway(_streaming(events))
+    _, body = run(_collect(gateway))
+    assert _last_event(body)["error"]["type"] == "api_error"  # type: ignore[index]
+
+
+def test_half_relayed_event_is_closed_before_the_error_event() -> None:
+    events = text_stream_events(["a"])
+    cut = events[0] + events[1][:10]
+    gateway, _ = make_gateway(_streaming([cut], httpx.ReadError("reset")))
+    _, body = run(_collect(gateway))
+    assert body.startswith(cut + b"\n\nevent: error\n")
+
+
+def test_upstream_error_event_is_relayed_as_is() -> None:
+    error = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "o"}})
+    events = [*text_stream_events(["a"])[:2], error]
+    gateway, finished = make_gateway(_streaming(events))
+    _, body = run(_collect(gateway))
+    assert body == b"".join(events)
+    assert finished[0].error_type == "overloaded_error"
+
+
+def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
+    closed_at: list[float] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            yield text_stream_events(["a"])[0]
+            while True:
+                await asyncio.sleep(0.05)
+                yield sse("ping", {"type": "ping"})
+        finally:
+            closed_at.append(time.monotonic())
+
+    recorder = Recorder(lambda request: httpx.Response(200, headers=SSE_HEADERS, content=endless()))
+    gateway, finished = make_gateway(recorder)
+
+    async def scenario() -> float:
+        messages: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        await messages.put({"type": "http.request", "body": STREAM_REQUEST, "more_body": False})
+        first_chunk = asyncio.Event()
+
+        async def send(message: dict[str, object]) -> None:
+            if message.get("body"):
+                first_chunk.set()
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/messages",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json")],
+        }
+        task = asyncio.ensure_future(gateway(scope, messages.get, send))
+        await first_chunk.wait()
+        disconnected = time.monotonic()
+        await messages.put({"type": "http.disconnect"})
+        await asyncio.wait_for(task, 1)
+        return disconnected
+
+    disconnected = run(scenario())
+    assert closed_at and closed_at[0] - disconnected < 0.1
+    assert finished[0].client_disconnected
+    assert finished[0].usage.input_tokens == 12

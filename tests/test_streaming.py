@@ -1,0 +1,73 @@
+"""The SSE observer reads usage and errors from any chunking of a stream."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from messages_mw.streaming import StreamObserver, frame_event
+
+from .servers import sse, text_stream_events, tool_use_stream_events
+
+STREAM = b"".join(text_stream_events(["Hello", " world", " error"], input_tokens=42))
+
+
+def _observe(chunks: list[bytes]) -> StreamObserver:
+    observer = StreamObserver()
+    for chunk in chunks:
+        observer.feed(chunk)
+    return observer
+
+
+def test_whole_stream_usage_and_stop() -> None:
+    observer = _observe([STREAM])
+    assert observer.usage.input_tokens == 42
+    assert observer.usage.output_tokens == 3
+    assert observer.stop_reason == "end_turn"
+    assert observer.message_id == "msg_01UpstreamStream0000001"
+    assert observer.finished and observer.at_event_boundary
+    assert observer.error_type is None
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=30))
+def test_any_chunking_gives_the_same_observation(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    chunks = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
+    observer = _observe(chunks)
+    assert (observer.usage.input_tokens, observer.usage.output_tokens) == (42, 3)
+    assert observer.finished
+
+
+def test_crlf_separators_and_data_only_events() -> None:
+    crlf = STREAM.replace(b"\n", b"\r\n")
+    assert _observe([crlf]).usage.input_tokens == 42
+    data_only = b'data: {"type":"message_delta","delta":{},"usage":{"output_tokens":9}}\n\n'
+    assert _observe([data_only]).usage.output_tokens == 9
+
+
+def test_message_delta_overwrites_only_present_fields() -> None:
+    events = b"".join(tool_use_stream_events("Read", ['{"a":', "1}"]))
+    observer = _observe([events])
+    assert observer.usage.input_tokens == 30
+    assert observer.usage.output_tokens == 20
+    assert observer.stop_reason == "tool_use"
+
+
+def test_error_event_and_truncation() -> None:
+    error = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "x"}})
+    two_events = STREAM.index(b"\n\n", STREAM.index(b"\n\n") + 2) + 2
+    observer = _observe([STREAM[:two_events], error])
+    assert observer.error_type == "overloaded_error" and observer.finished
+    partial = _observe([STREAM[:150]])
+    assert not partial.finished
+    assert not partial.at_event_boundary
+
+
+def test_malformed_and_unknown_events_are_ignored() -> None:
+    junk = b"event: message_start\ndata: {not json\n\nevent: future_event\ndata: {}\n\n"
+    observer = _observe([junk, STREAM])
+    assert observer.usage.input_tokens == 42
+
+
+def test_frame_event() -> None:
+    assert frame_event("ping", b'{"type":"ping"}') == b'event: ping\ndata: {"type":"ping"}\n\n'

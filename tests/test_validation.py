@@ -1,0 +1,96 @@
+"""Request validation: what the gateway relies on is checked, nothing stricter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from messages_mw.errors import InvalidRequestError
+from messages_mw.validation import decode_count_tokens_request, decode_messages_request
+
+from .conftest import sample
+
+
+def _body(**fields: object) -> bytes:
+    base: dict[str, object] = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    base.update(fields)
+    return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
+
+
+def _error(body: bytes) -> str:
+    with pytest.raises(InvalidRequestError) as caught:
+        decode_messages_request(body)
+    return caught.value.message
+
+
+@pytest.mark.parametrize("name", ["small_chat.json", "agent_turn.json", "long_context.json"])
+def test_samples_decode(name: str) -> None:
+    request = decode_messages_request(sample(name))
+    assert request.model.startswith("claude-")
+    assert request.messages
+
+
+def test_forward_compatible_fields_are_accepted() -> None:
+    body = _body(
+        messages=[
+            {"role": "user", "content": [{"type": "hologram", "depth": 3}]},
+            {"role": "system", "content": "env"},
+            {"role": "narrator", "content": [{"type": "text", "text": "x", "new_flag": True}]},
+        ],
+        some_future_field={"nested": [1, 2]},
+        thinking={"type": "adaptive", "display": "updates"},
+        max_tokens=0,
+    )
+    request = decode_messages_request(body)
+    assert [m.role for m in request.messages] == ["user", "system", "narrator"]
+    assert request.max_tokens == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"model": 5}, "model: Expected `str`, got `int`"),
+        ({"model": ...}, "model: Field required"),
+        ({"max_tokens": "10"}, "max_tokens: Expected `int`, got `str`"),
+        ({"max_tokens": -1}, "max_tokens: Expected `int` >= 0"),
+        ({"max_tokens": 1.5}, "max_tokens: Expected `int`, got `float`"),
+        ({"messages": []}, "messages: Expected `array` of length >= 1"),
+        ({"messages": "hi"}, "messages: Expected `array`, got `str`"),
+        ({"messages": [{"content": "x"}]}, "messages.0.role: Field required"),
+        ({"messages": [{"role": "user"}]}, "messages.0.content: Field required"),
+        ({"stream": "yes"}, "stream: Expected `bool`, got `str`"),
+        ({"temperature": "hot"}, "temperature: Expected `float | null`, got `str`"),
+        ({"top_k": 1.5}, "top_k: Expected `int | null`, got `float`"),
+        ({"stop_sequences": [1]}, "stop_sequences.0: Expected `str`, got `int`"),
+    ],
+)
+def test_wrong_fields_are_named(fields: dict[str, object], expected: str) -> None:
+    assert _error(_body(**fields)).startswith(expected)
+
+
+def test_block_type_path_is_dotted() -> None:
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": [{"type": "text", "text": "ok"}, {"text": "no type"}]},
+    ]
+    assert _error(_body(messages=messages)) == "messages.2.content.1.type: Field required"
+
+
+def test_malformed_json_names_the_byte() -> None:
+    assert "(byte 10)" in _error(b'{"model": x}')
+    assert "(byte 9)" in _error(b'{"model":')
+
+
+def test_body_must_be_an_object() -> None:
+    assert _error(b"[1, 2]") == "body: Expected `object`, got `array`"
+
+
+def test_count_tokens_needs_no_max_tokens() -> None:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
+    assert decode_count_tokens_request(body).model == "m"
