@@ -1,0 +1,137 @@
+"""Small units: public names, config loading, body reading, errors, header handling."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from pathlib import Path
+
+import pytest
+
+import messages_mw
+from messages_mw.config import ConfigError, GatewayConfig, load_config
+from messages_mw.errors import (
+    InvalidRequestError,
+    RequestTooLargeError,
+    encode_error_body,
+    new_request_id,
+)
+from messages_mw.request_body import (
+    ClientDisconnectedError,
+    decode_content_encoding,
+    read_body,
+)
+
+
+def test_public_names_are_exactly_what_we_export() -> None:
+    assert sorted(messages_mw.__all__) == [
+        "AnthropicProvider",
+        "AuthenticationError",
+        "ConfigError",
+        "Gateway",
+        "GatewayConfig",
+        "GatewayError",
+        "InvalidRequestError",
+        "MessagesMiddleware",
+        "MockConfig",
+        "ModelConfig",
+        "NotFoundError",
+        "OverloadedError",
+        "PermissionDeniedError",
+        "Provider",
+        "ProviderRequest",
+        "ProviderResponse",
+        "RateLimitError",
+        "RequestContext",
+        "RequestTooLargeError",
+        "UpstreamConfig",
+        "load_config",
+    ]
+    for name in messages_mw.__all__:
+        assert getattr(messages_mw, name) is not None
+
+
+def test_request_ids_look_like_anthropics() -> None:
+    ids = {new_request_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(i.startswith("req_") and len(i) == 28 and i[4:].isalnum() for i in ids)
+
+
+def test_error_envelope_shape() -> None:
+    body = encode_error_body("not_found_error", "nope", "req_1")
+    assert body == (
+        b'{"type":"error","error":{"type":"not_found_error","message":"nope"},"request_id":"req_1"}'
+    )
+
+
+def test_config_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('provider = "mock"\n[upstream]\nbase_url = "http://x"\nread_timeout = 5\n')
+    config = load_config(path)
+    assert config.provider == "mock"
+    assert config.upstream.base_url == "http://x" and config.upstream.read_timeout == 5.0
+    assert config.max_body_bytes == GatewayConfig().max_body_bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[upstream]\nbase_ur = 'x'\n", "base_ur"),
+        ("provider = 'openai'\n", "provider"),
+        ("[upstream]\nread_timeout = -1\n", "read_timeout"),
+        ("max_body_bytes = 'big'\n", "max_body_bytes"),
+        ("not toml at all [", "line 1"),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value) and named in str(caught.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+def _receiver(*chunks: bytes, disconnect: bool = False):  # type: ignore[no-untyped-def]
+    messages = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1 or disconnect}
+        for i, chunk in enumerate(chunks)
+    ]
+    if disconnect:
+        messages.append({"type": "http.disconnect"})
+    queue = iter(messages)
+
+    async def receive() -> dict[str, object]:
+        return next(queue)
+
+    return receive
+
+
+def test_read_body_joins_chunks_and_enforces_the_limit_while_reading() -> None:
+    assert asyncio.run(read_body(_receiver(b"ab", b"cd", b"e"), 10, None)) == b"abcde"
+    with pytest.raises(RequestTooLargeError):
+        asyncio.run(read_body(_receiver(b"a" * 6, b"b" * 6, b"never read"), 10, None))
+    with pytest.raises(RequestTooLargeError):
+        asyncio.run(read_body(_receiver(b""), 10, 11))
+    with pytest.raises(RequestTooLargeError):
+        asyncio.run(read_body(_receiver(b"x" * 11), 10, None))
+    with pytest.raises(ClientDisconnectedError):
+        asyncio.run(read_body(_receiver(b"ab", disconnect=True), 10, None))
+
+
+def test_decode_content_encoding() -> None:
+    data = b'{"model":"m"}' * 10
+    assert decode_content_encoding(gzip.compress(data), "gzip", 1000) == data
+    assert decode_content_encoding(zlib.compress(data), "deflate", 1000) == data
+    assert decode_content_encoding(data, "identity", 1000) == data
+    with pytest.raises(RequestTooLargeError):
+        decode_content_encoding(gzip.compress(b"0" * 10_000_000), "gzip", 1000)
+    with pytest.raises(InvalidRequestError, match="truncated"):
+        decode_content_encoding(gzip.compress(data)[:-12], "gzip", 1000)
+    with pytest.raises(InvalidRequestError, match="zstd"):
+        decode_content_encoding(data, "zstd", 1000)
