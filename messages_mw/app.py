@@ -274,12 +274,29 @@ class Gateway:
             query=scope["query_string"].decode("latin-1"),
             stream=context.stream,
         )
+        work = asyncio.ensure_future(self._send_and_relay(request, send, context))
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not work.done():
+                # The client left: cancelling closes the upstream request at once, so no
+                # tokens are generated for nobody.
+                context.client_disconnected = True
+                work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+
+    async def _send_and_relay(
+        self, request: ProviderRequest, send: Send, context: RequestContext
+    ) -> None:
         response = await self._provider.send(request)
         try:
             if response.chunks is None:
                 await self._relay_body(response, send, context)
             else:
-                await self._relay_stream(response, receive, send, context)
+                await self._relay_stream(response, send, context)
         finally:
             await response.close()
 
@@ -308,25 +325,12 @@ class Gateway:
         context.first_byte_at = time.perf_counter()
 
     async def _relay_stream(
-        self, response: ProviderResponse, receive: Receive, send: Send, context: RequestContext
+        self, response: ProviderResponse, send: Send, context: RequestContext
     ) -> None:
-        """Relay SSE chunks as they arrive while watching for the client to leave.
-
-        If the client disconnects, the relay is cancelled at once, so the caller closes the
-        upstream connection and no more tokens are generated for nobody.
-        """
         observer = StreamObserver()
-        pump = asyncio.ensure_future(self._pump(response, send, context, observer))
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
-            await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
+            await self._pump(response, send, context, observer)
         finally:
-            watcher.cancel()
-            if not pump.done():
-                context.client_disconnected = True
-                pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
             _record_stream(observer, context)
 
     async def _pump(

@@ -65,10 +65,11 @@ class CacheCreation(msgspec.Struct):
 
 
 class Usage(msgspec.Struct, omit_defaults=True):
-    """Token usage. ``input_tokens`` excludes cached tokens, as Anthropic reports it."""
+    """Token usage. ``input_tokens`` excludes cached tokens, as Anthropic reports it; the two
+    counts are always encoded, even when zero (the SDKs read them unconditionally)."""
 
-    input_tokens: int = 0
-    output_tokens: int = 0
+    input_tokens: int
+    output_tokens: int
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     cache_creation: CacheCreation | None = None
