@@ -1,0 +1,242 @@
+"""The ``messages-mw`` command: run the gateway standalone on uvicorn.
+
+``messages-mw serve`` (or ``python -m messages_mw serve``) resolves one immutable
+:class:`~messages_mw.config.GatewayConfig` from a TOML file and the command-line options
+(:func:`build_config`), then serves :class:`~messages_mw.app.Gateway` with uvicorn, which is the
+optional ``server`` extra. With several workers uvicorn needs an import string, so the resolved
+config travels to the worker processes as JSON in an environment variable read by
+:func:`create_app`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from .app import Gateway
+from .config import ConfigError, GatewayConfig, UpstreamConfig, load_config
+
+__all__ = ["build_config", "create_app", "main", "parse_args"]
+
+_WORKER_ENV = "MESSAGES_MW_WORKER_SETTINGS"
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_INSTALL_HINT = (
+    "messages-mw: uvicorn is not installed; install the server extra with "
+    "pip install 'messages-mw[server]'"
+)
+
+
+class _WorkerSettings(msgspec.Struct, frozen=True):
+    """What a worker process needs from the parent: the resolved config and the log level."""
+
+    config: GatewayConfig
+    log_level: str = "info"
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return value
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}: {value}")
+        return value
+
+    return parse
+
+
+def _add_server_options(serve: argparse.ArgumentParser) -> None:
+    add = serve.add_argument
+    add("--host", default="127.0.0.1", help="Interface to listen on (default: %(default)s).")
+    add("--port", type=_int_in(0, 65535), default=8080, help="TCP port (default: %(default)s).")
+    add(
+        "--workers",
+        metavar="N",
+        type=_int_in(1, 1024),
+        default=1,
+        help="Number of worker processes (default: %(default)s).",
+    )
+    add(
+        "--log-level",
+        choices=_LOG_LEVELS,
+        default="info",
+        help="Logging level for the server and the gateway (default: %(default)s).",
+    )
+
+
+def _add_gateway_options(serve: argparse.ArgumentParser) -> None:
+    add = serve.add_argument
+    add("--config", metavar="FILE", help="TOML config file; the other options override it.")
+    source = serve.add_mutually_exclusive_group()
+    source.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="Forward to this Anthropic-compatible base URL (sets provider = anthropic).",
+    )
+    source.add_argument(
+        "--demo",
+        action="store_true",
+        help="Answer with the built-in deterministic mock provider; no upstream or key needed.",
+    )
+    add(
+        "--api-key-env",
+        metavar="NAME",
+        help="Read the upstream API key from this environment variable "
+        "(default: forward each client's own key).",
+    )
+    add(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        help="Upstream read timeout, also the longest silence allowed inside a stream.",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="messages-mw",
+        description="An Anthropic Messages API gateway.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="Run the gateway standalone on uvicorn.",
+        description="Run the gateway standalone on uvicorn.",
+    )
+    _add_server_options(serve)
+    _add_gateway_options(serve)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse command-line options; argparse exits with status 2 (or 0 for ``--help``)."""
+    return _parser().parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> GatewayConfig:
+    """Resolve the gateway config: the ``--config`` file (or the defaults), then the options.
+
+    Raises :class:`~messages_mw.config.ConfigError` for an invalid file or a missing key
+    variable; the message names the file and key, or the option.
+    """
+    config = load_config(args.config) if args.config else GatewayConfig()
+    upstream = config.upstream
+    if args.demo:
+        config = msgspec.structs.replace(config, provider="mock")
+    if args.upstream:
+        config = msgspec.structs.replace(config, provider="anthropic")
+        upstream = msgspec.structs.replace(upstream, base_url=args.upstream)
+    if args.api_key_env:
+        upstream = msgspec.structs.replace(upstream, api_key=_key_from_env(args.api_key_env))
+    if args.timeout is not None:
+        upstream = msgspec.structs.replace(upstream, read_timeout=args.timeout)
+    return msgspec.structs.replace(config, upstream=upstream)
+
+
+def _key_from_env(name: str) -> str:
+    key = os.environ.get(name)
+    if not key:
+        raise ConfigError(f"--api-key-env: environment variable {name} is not set or empty")
+    return key
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _describe_provider(config: GatewayConfig) -> str:
+    if config.provider == "mock":
+        return "provider mock (demo, deterministic replies)"
+    upstream: UpstreamConfig = config.upstream
+    key = "configured key" if upstream.api_key else "clients' own keys"
+    return f"provider anthropic at {_without_credentials(upstream.base_url)} with {key}"
+
+
+def _startup_line(host: str, port: int, workers: int, config: GatewayConfig) -> str:
+    """The one line printed at start: where it listens and what it forwards to (no secrets)."""
+    shown_host = f"[{host}]" if ":" in host else host
+    plural = "s" if workers > 1 else ""
+    where = f"http://{shown_host}:{port}"
+    return (
+        f"messages-mw listening on {where}, {_describe_provider(config)}, {workers} worker{plural}"
+    )
+
+
+def _configure_logging(level: str) -> None:
+    numeric = logging.DEBUG if level == "trace" else getattr(logging, level.upper())
+    logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
+    logging.getLogger("messages_mw").setLevel(numeric)
+
+
+def create_app() -> Gateway:
+    """The uvicorn factory for worker processes (``--workers`` > 1).
+
+    Called once per worker; rebuilds the gateway from the settings the parent serialized into
+    the environment. Raises RuntimeError when started outside ``messages-mw serve``.
+    """
+    raw = os.environ.get(_WORKER_ENV)
+    if raw is None:
+        raise RuntimeError(f"{_WORKER_ENV} is not set; start workers with 'messages-mw serve'")
+    settings = msgspec.json.decode(raw, type=_WorkerSettings)
+    _configure_logging(settings.log_level)
+    return Gateway(settings.config)
+
+
+def _serve(args: argparse.Namespace, config: GatewayConfig) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print(_INSTALL_HINT, file=sys.stderr)
+        return 2
+    _configure_logging(args.log_level)
+    print(_startup_line(args.host, args.port, args.workers, config), flush=True)
+    app: Gateway | str
+    if args.workers > 1:
+        # Worker processes inherit the environment (where --api-key-env found the key anyway).
+        settings = _WorkerSettings(config=config, log_level=args.log_level)
+        os.environ[_WORKER_ENV] = msgspec.json.encode(settings).decode()
+        app = "messages_mw.cli:create_app"
+    else:
+        app = Gateway(config)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        factory=args.workers > 1,
+        loop="auto",
+        http="auto",
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``messages-mw`` entry point; returns the exit status (2 for a bad config)."""
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"messages-mw: error: {exc}", file=sys.stderr)
+        return 2
+    return _serve(args, config)

@@ -1,0 +1,240 @@
+"""The ``messages-mw`` command: config resolution, errors, help, and a real server run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from messages_mw import cli
+from messages_mw.app import Gateway
+from messages_mw.config import ConfigError, GatewayConfig, MockConfig, UpstreamConfig
+
+_REPO = Path(__file__).resolve().parent.parent
+_OPTIONS = (
+    "--host",
+    "--port",
+    "--config",
+    "--upstream",
+    "--api-key-env",
+    "--workers",
+    "--timeout",
+    "--demo",
+    "--log-level",
+)
+_VALID_TOML = """\
+provider = "mock"
+
+[mock]
+latency_ms = 5.0
+
+[upstream]
+base_url = "https://from-file.example"
+connect_timeout = 3.0
+
+[[models]]
+id = "claude-file-1"
+display_name = "From the file"
+"""
+
+
+def _config(*argv: str) -> GatewayConfig:
+    return cli.build_config(cli.parse_args(["serve", *argv]))
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_forward_to_anthropic_with_the_clients_keys() -> None:
+    config = _config()
+    assert config == GatewayConfig()
+    assert config.provider == "anthropic" and config.upstream.api_key is None
+
+
+def test_demo_uses_the_mock_provider() -> None:
+    assert _config("--demo").provider == "mock"
+
+
+def test_upstream_sets_the_base_url_and_the_anthropic_provider() -> None:
+    config = _config("--upstream", "http://127.0.0.1:9999")
+    assert config.provider == "anthropic"
+    assert config.upstream.base_url == "http://127.0.0.1:9999"
+
+
+def test_config_file_is_loaded(tmp_path: Path) -> None:
+    config = _config("--config", str(_write(tmp_path, _VALID_TOML)))
+    assert config.provider == "mock"
+    assert config.mock == MockConfig(latency_ms=5.0)
+    assert [model.id for model in config.models] == ["claude-file-1"]
+
+
+def test_options_override_the_config_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, _VALID_TOML)
+    config = _config("--config", str(path), "--upstream", "http://up.test", "--timeout", "42")
+    assert config.provider == "anthropic"
+    assert config.upstream == UpstreamConfig(
+        base_url="http://up.test", connect_timeout=3.0, read_timeout=42.0
+    )
+    assert config.mock == MockConfig(latency_ms=5.0)
+
+
+def test_api_key_env_reads_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MW_TEST_KEY", "sk-ant-test-123")
+    config = _config("--upstream", "http://up.test", "--api-key-env", "MW_TEST_KEY")
+    assert config.upstream.api_key == "sk-ant-test-123"
+
+
+def test_a_missing_key_variable_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MW_TEST_ABSENT", raising=False)
+    with pytest.raises(ConfigError, match="MW_TEST_ABSENT"):
+        _config("--api-key-env", "MW_TEST_ABSENT")
+    assert cli.main(["serve", "--api-key-env", "MW_TEST_ABSENT"]) == 2
+    assert "MW_TEST_ABSENT" in capsys.readouterr().err
+
+
+def test_a_bad_key_in_the_file_is_one_line_naming_key_and_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, '[upstream]\nbse_url = "http://x"\n')
+    assert cli.main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(path) in err and "bse_url" in err
+
+
+def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--config", str(tmp_path / "absent.toml")]) == 2
+    assert "absent.toml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--demo", "--upstream", "http://x"],
+        ["serve", "--timeout", "0"],
+        ["serve", "--port", "70000"],
+        ["serve", "--workers", "0"],
+        ["serve", "--log-level", "loud"],
+        [],
+    ],
+)
+def test_bad_options_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(argv)
+    assert exit_info.value.code == 2
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in _OPTIONS:
+        assert option in text
+
+
+def test_startup_line_names_the_provider_but_never_a_secret() -> None:
+    upstream = UpstreamConfig(base_url="https://user:pw@proxy.test:8443/api", api_key="sk-secret")
+    line = cli._startup_line("::1", 8080, 4, GatewayConfig(upstream=upstream))
+    assert line.startswith("messages-mw listening on http://[::1]:8080")
+    assert "proxy.test:8443/api" in line and "4 workers" in line
+    assert "sk-secret" not in line and "pw" not in line and "user" not in line
+    assert "provider mock" in cli._startup_line("127.0.0.1", 80, 1, _config("--demo"))
+
+
+def test_worker_factory_rebuilds_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config("--demo")
+    settings = cli._WorkerSettings(config=config, log_level="warning")
+    monkeypatch.setenv(cli._WORKER_ENV, msgspec.json.encode(settings).decode())
+    gateway = cli.create_app()
+    assert isinstance(gateway, Gateway) and gateway.config == config
+    monkeypatch.delenv(cli._WORKER_ENV)
+    with pytest.raises(RuntimeError, match=cli._WORKER_ENV):
+        cli.create_app()
+
+
+def test_without_uvicorn_it_says_how_to_install_it() -> None:
+    code = (
+        "import sys; sys.modules['uvicorn'] = None\n"
+        "from messages_mw.cli import main\n"
+        "raise SystemExit(main(['serve', '--demo']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=_REPO, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert "pip install 'messages-mw[server]'" in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_until_listening(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"server did not listen on port {port} within 15 s:\n{log.read_text()}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_demo_answers_messages(tmp_path: Path, workers: str) -> None:
+    port = _free_port()
+    log = tmp_path / "server.log"
+    argv = ["-m", "messages_mw", "serve", "--demo", "--port", str(port), "--workers", workers]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=_REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
+    try:
+        _wait_until_listening(process, port, log)
+        body = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "ping?"}],
+        }
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/messages", json=body, timeout=10)
+        assert response.status_code == 200
+        message = response.json()
+        assert message["type"] == "message" and message["role"] == "assistant"
+        assert message["model"] == "claude-haiku-4-5" and message["stop_reason"] == "end_turn"
+        assert message["content"][0]["type"] == "text" and "ping?" in message["content"][0]["text"]
+        assert message["usage"]["input_tokens"] > 0 and message["usage"]["output_tokens"] > 0
+    finally:
+        _stop(process)
+    output = log.read_text()
+    assert f"listening on http://127.0.0.1:{port}, provider mock" in output
