@@ -1,0 +1,1 @@
+"""Benchmarks for messages_mw: run ``python -m benchmarks`` (see ``__main__.py``)."""

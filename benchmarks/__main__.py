@@ -1,0 +1,110 @@
+"""``python -m benchmarks``: run every scenario once and print one table.
+
+Decode + validate (messages_mw vs json.loads + pydantic), end to end through four targets
+(the mock upstream itself, a Starlette + httpx pass-through baseline, an aiohttp
+pass-through, messages_mw) at 1 and 32 connections, and messages_mw's RSS after 1,000 and
+10,000 requests. Progress goes to stderr; stdout gets only the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import decode, e2e, report
+from .processes import REPO_ROOT, ChildFailed, run_json_child
+
+
+@dataclass(frozen=True)
+class Settings:
+    timing: e2e.Timing
+    decode_rounds: int
+    rss_checkpoints: tuple[int, int]
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "--samples", type=Path, default=decode.DEFAULT_SAMPLES, help="directory of sample bodies"
+    )
+    parser.add_argument("--duration", type=float, help="measured seconds per scenario (5)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per scenario (2)")
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run scenarios whose name contains PATTERN (shell wildcards; repeatable),"
+        " e.g. 'decode', 'sse*c=32', 'messages_mw'",
+    )
+    return parser.parse_args(argv)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if args.quick:
+        warmup, duration, rounds, checkpoints = 0.5, 1.5, 3, (100, 1000)
+    else:
+        warmup, duration, rounds, checkpoints = 2.0, 5.0, 7, (1000, 10000)
+    timing = e2e.Timing(
+        warmup=args.warmup if args.warmup is not None else warmup,
+        duration=args.duration if args.duration is not None else duration,
+    )
+    return Settings(timing, rounds, checkpoints)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _run_decode(samples: Path, rounds: int, patterns: list[str]) -> list[decode.DecodeResult]:
+    if not any(e2e.matches(name, patterns) for name in decode.scenario_names(samples)):
+        return []
+    _progress("decode + validate benchmarks")
+    cores = e2e.choose_cores()
+    args = ["--samples", str(samples), "--rounds", str(rounds), "--json"]
+    raw = run_json_child("decode", *args, cpu=cores.gateway, timeout=600)
+    assert isinstance(raw, list)
+    results = [decode.DecodeResult(**item) for item in raw]
+    return [r for r in results if e2e.matches(r.name, patterns)]
+
+
+def _timing_text(settings: Settings) -> str:
+    timing = settings.timing
+    return (
+        f"end to end: fresh gateway process per scenario, {timing.warmup:g} s warm-up +"
+        f" {timing.duration:g} s measured; decode: best of {settings.decode_rounds} timeit rounds"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    settings = _settings(args)
+    samples: Path = args.samples
+    # The parent only waits on children; keep it off the gateway's core all the same.
+    os.sched_setaffinity(0, {e2e.choose_cores().load})
+    result = report.Report()
+    try:
+        decode_results = _run_decode(samples, settings.decode_rounds, args.only)
+    except ChildFailed as exc:
+        decode_results = []
+        result.notes.append(f"decode: {exc}")
+    report.add_decode(result, decode_results)
+    scenarios = [s for s in e2e.all_scenarios() if e2e.matches(s.name, args.only)]
+    wants_rss = e2e.matches(report.RSS_LABEL, args.only)
+    checkpoints = settings.rss_checkpoints if wants_rss else None
+    if scenarios or wants_rss:
+        e2e_results, rss = e2e.run_all(scenarios, samples, settings.timing, checkpoints, _progress)
+        report.add_e2e(result, e2e_results)
+        if rss is not None:
+            report.add_rss(result, rss)
+    print(report.render(result, report.header(REPO_ROOT, _timing_text(settings))))
+    failed = any(note for note in result.notes if ": failed:" in note or note.startswith("decode:"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

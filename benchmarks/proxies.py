@@ -1,0 +1,187 @@
+"""The gateways under test, each started as ``python -m benchmarks.proxies KIND --upstream URL``.
+
+- ``starlette``: the baseline, a minimal Starlette + httpx pass-through served by uvicorn;
+- ``aiohttp``: the same pass-through on aiohttp's server and client;
+- ``messages_mw``: the real gateway, served by uvicorn exactly like the baseline.
+
+The pass-throughs do what any proxy must and nothing more: read the body, forward it with the
+upstream key, and relay status, content type and bytes (streamed when the upstream streams).
+Each framework is imported only by the child that serves it, so RSS compares like with like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvloop
+
+from .serving import (
+    announce_port,
+    announce_unavailable,
+    bind_loopback,
+    pin_to_core,
+    server_arg_parser,
+)
+
+UPSTREAM_API_KEY = "bench-key"
+# Generous pools: 32 client connections must never queue behind a pool limit in a pass-through.
+POOL_SIZE = 1024
+TIMEOUT_SECONDS = 60.0
+
+
+def upstream_headers(client_headers: Mapping[str, str]) -> dict[str, str]:
+    """What a pass-through sends upstream: the client's protocol headers and our key."""
+    headers = {"x-api-key": UPSTREAM_API_KEY, "content-type": "application/json"}
+    for name in ("anthropic-version", "anthropic-beta"):
+        value = client_headers.get(name)
+        if value is not None:
+            headers[name] = value
+    return headers
+
+
+def build_starlette_proxy(upstream_url: str) -> Any:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
+    # Built outside the loop on purpose: httpx binds to the running loop lazily, on first use.
+    client = httpx.AsyncClient(base_url=upstream_url, limits=limits, timeout=TIMEOUT_SECONDS)
+
+    async def messages(request: Request) -> Response:
+        body = await request.body()
+        outgoing = client.build_request(
+            "POST", "/v1/messages", content=body, headers=upstream_headers(request.headers)
+        )
+        upstream = await client.send(outgoing, stream=True)
+        content_type = upstream.headers.get("content-type", "application/json")
+        if content_type.startswith("text/event-stream"):
+            return StreamingResponse(
+                upstream.aiter_raw(),
+                status_code=upstream.status_code,
+                media_type=content_type,
+                background=BackgroundTask(upstream.aclose),
+            )
+        content = await upstream.aread()
+        return Response(content, status_code=upstream.status_code, media_type=content_type)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
+    routes = [Route("/v1/messages", messages, methods=["POST"])]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def build_gateway(upstream_url: str) -> Any:
+    """messages_mw's Gateway, or announce it unavailable when it cannot be imported yet."""
+    try:
+        from messages_mw.app import Gateway
+        from messages_mw.config import GatewayConfig, UpstreamConfig
+    except ImportError as exc:
+        announce_unavailable(f"cannot import messages_mw.app.Gateway: {exc}")
+    upstream = UpstreamConfig(base_url=upstream_url, api_key=UPSTREAM_API_KEY)
+    return Gateway(GatewayConfig(upstream=upstream))
+
+
+async def serve_with_uvicorn(app: Any, sock: socket.socket) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    # uvicorn sets `started` after lifespan start-up and binding; announce only then.
+    while not server.started:
+        if serving.done():
+            await serving
+            raise SystemExit("uvicorn stopped during start-up")
+        await asyncio.sleep(0.01)
+    announce_port(sock)
+    await serving
+
+
+async def serve_aiohttp_proxy(upstream_url: str, sock: socket.socket) -> None:
+    import aiohttp
+    from aiohttp import web
+
+    session_key = web.AppKey("session", aiohttp.ClientSession)
+
+    async def client_session(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=POOL_SIZE)
+        timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)
+        async with aiohttp.ClientSession(
+            upstream_url, connector=connector, timeout=timeout
+        ) as session:
+            app[session_key] = session
+            yield
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        session = request.app[session_key]
+        headers = upstream_headers(request.headers)
+        async with session.post("/v1/messages", data=body, headers=headers) as upstream:
+            content_type = upstream.headers.get("content-type", "application/json")
+            if not content_type.startswith("text/event-stream"):
+                content = await upstream.read()
+                return web.Response(
+                    body=content, status=upstream.status, headers={"content-type": content_type}
+                )
+            response = web.StreamResponse(
+                status=upstream.status, headers={"content-type": content_type}
+            )
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.cleanup_ctx.append(client_session)
+    app.router.add_post("/v1/messages", messages)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    announce_port(sock)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+_UVICORN_APPS: dict[str, Callable[[str], Any]] = {
+    "starlette": build_starlette_proxy,
+    "messages_mw": build_gateway,
+}
+KINDS = (*_UVICORN_APPS, "aiohttp")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = server_arg_parser(__doc__)
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--upstream", required=True, help="base URL of the mock upstream")
+    args = parser.parse_args(argv)
+    pin_to_core(args.cpu)
+    sock = bind_loopback()
+    if args.kind == "aiohttp":
+        uvloop.run(serve_aiohttp_proxy(args.upstream, sock))
+    else:
+        uvloop.run(serve_with_uvicorn(_UVICORN_APPS[args.kind](args.upstream), sock))
+
+
+if __name__ == "__main__":
+    main()

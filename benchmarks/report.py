@@ -1,0 +1,232 @@
+"""The printed report: a header with machine and versions, one aligned table, then notes."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .decode import BASELINE as DECODE_BASELINE
+from .decode import DecodeResult
+from .e2e import BASELINE, E2EResult, RssResult
+
+COLUMNS = (
+    "scenario",
+    "target",
+    "µs/op",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "CPU ms/req",
+    "RSS MB",
+    "load core %",
+    "errors",
+    "vs base",
+)
+_LEFT_ALIGNED = {"scenario", "target"}
+DECODE_TARGET_US = 100.0
+DECODE_TARGET_SAMPLE = "agent_turn.json"
+LOADGEN_FLOOR_RPS = 5000.0
+RSS_GROWTH_LIMIT_MB = 5.0
+# Above this the upstream + load generator core, not the gateway, may be what limits a row.
+LOAD_CORE_BUSY_LIMIT = 0.9
+_VERSIONED = ("starlette", "httpx", "msgspec", "uvicorn", "uvloop", "httptools", "aiohttp")
+
+RSS_LABEL = "rss d:messages_mw json+sse 57KB c=32"
+
+Row = dict[str, str]
+
+
+@dataclass
+class Report:
+    sections: list[list[Row]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def _ratio(value: float, baseline: float | None) -> str:
+    return f"{value / baseline:.2f}x" if baseline else ""
+
+
+def add_decode(report: Report, results: list[DecodeResult]) -> None:
+    if not results:
+        return
+    rows = []
+    for r in results:
+        micros = r.seconds_per_call * 1e6
+        target = "baseline" if r.decoder == DECODE_BASELINE else ""
+        if r.sample == DECODE_TARGET_SAMPLE and r.decoder.startswith("messages_mw"):
+            target = f"≤ {DECODE_TARGET_US:.0f} µs {_mark(micros <= DECODE_TARGET_US)}"
+        rows.append(
+            {
+                "scenario": r.name,
+                "target": target,
+                "µs/op": f"{micros:.1f}",
+                # Time per decode: the baseline's time over ours is how many times faster we are.
+                "vs base": _ratio(r.baseline_seconds_per_call, r.seconds_per_call),
+            }
+        )
+    report.sections.append(rows)
+
+
+def _e2e_target(result: E2EResult) -> str:
+    scenario = result.scenario
+    if scenario.gateway == BASELINE:
+        return "baseline"
+    if scenario.gateway != "a":
+        return ""
+    if scenario.workload.stream:
+        return "ceiling"
+    # The direct runs double as the load generator's own check: it must not be the limit.
+    return f"≥ {LOADGEN_FLOOR_RPS:,.0f} req/s {_mark(result.rps >= LOADGEN_FLOOR_RPS)}"
+
+
+def _e2e_row(result: E2EResult, baseline_rps: float | None) -> Row:
+    row = {"scenario": result.scenario.name, "target": _e2e_target(result)}
+    if result.status != "ok":
+        row["req/s"] = result.status.split(":")[0]
+        return row
+    row["req/s"] = f"{result.rps:,.0f}"
+    if result.p50_ms is not None and result.p99_ms is not None:
+        row["p50 ms"], row["p99 ms"] = f"{result.p50_ms:.2f}", f"{result.p99_ms:.2f}"
+    if result.cpu_ms_per_request is not None:
+        row["CPU ms/req"] = f"{result.cpu_ms_per_request:.3f}"
+    if result.rss_mb is not None:
+        row["RSS MB"] = f"{result.rss_mb:.1f}"
+    if result.load_core_busy is not None:
+        row["load core %"] = f"{result.load_core_busy * 100:.0f}"
+    row["errors"] = str(result.errors)
+    row["vs base"] = _ratio(result.rps, baseline_rps)
+    return row
+
+
+def _e2e_notes(result: E2EResult) -> list[str]:
+    name, notes = result.scenario.name, []
+    if result.status != "ok":
+        notes.append(f"{name}: {result.status}")
+    if result.errors:
+        notes.append(f"{name}: {result.errors} errors, first: {result.first_error}")
+    busy = result.load_core_busy or 0.0
+    if result.scenario.gateway != "a" and busy >= LOAD_CORE_BUSY_LIMIT:
+        notes.append(
+            f"{name}: the upstream + load generator core was {busy:.0%} busy;"
+            " the gateway may not be the only limit"
+        )
+    direct_json = result.scenario.gateway == "a" and not result.scenario.workload.stream
+    if direct_json and result.status == "ok" and result.rps < LOADGEN_FLOOR_RPS:
+        notes.append(f"{name}: load generator + upstream below {LOADGEN_FLOOR_RPS:,.0f} req/s")
+    return notes
+
+
+def add_e2e(report: Report, results: list[E2EResult]) -> None:
+    groups: dict[str, list[E2EResult]] = {}
+    for result in results:
+        groups.setdefault(result.scenario.group, []).append(result)
+    for members in groups.values():
+        baseline_rps = next(
+            (r.rps for r in members if r.scenario.gateway == BASELINE and r.status == "ok"), None
+        )
+        report.sections.append([_e2e_row(r, baseline_rps) for r in members])
+        for result in members:
+            report.notes.extend(_e2e_notes(result))
+
+
+def add_rss(report: Report, result: RssResult) -> None:
+    label = RSS_LABEL
+    if result.status != "ok":
+        report.sections.append([{"scenario": label, "RSS MB": result.status.split(":")[0]}])
+        report.notes.append(f"{label}: {result.status}")
+        return
+    rows = [
+        {"scenario": f"{label} after {count:,} req", "RSS MB": f"{rss:.1f}"}
+        for count, rss in zip(result.checkpoints, result.rss_mb, strict=True)
+    ]
+    growth = result.rss_mb[-1] - result.rss_mb[0]
+    rows[-1]["target"] = (
+        f"growth < {RSS_GROWTH_LIMIT_MB:.0f} MB {_mark(growth < RSS_GROWTH_LIMIT_MB)}"
+    )
+    rows[-1]["errors"] = str(result.errors)
+    report.sections.append(rows)
+    if result.errors:
+        report.notes.append(f"{label}: {result.errors} errors during the RSS check")
+
+
+def format_table(sections: list[list[Row]]) -> str:
+    widths = {
+        column: max([len(column)] + [len(row.get(column, "")) for rows in sections for row in rows])
+        for column in COLUMNS
+    }
+
+    def line(row: Row) -> str:
+        cells = []
+        for column in COLUMNS:
+            text = row.get(column, "")
+            fit = text.ljust if column in _LEFT_ALIGNED else text.rjust
+            cells.append(fit(widths[column]))
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * widths[column] for column in COLUMNS)
+    lines = [line({column: column for column in COLUMNS}), rule]
+    for index, rows in enumerate(sections):
+        if index:
+            lines.append("")
+        lines.extend(line(row) for row in rows)
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for text in cpuinfo:
+                if text.startswith("model name"):
+                    return text.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _messages_mw_version(repo_root: Path) -> str:
+    installed = _version("messages-mw")
+    if installed != "not installed":
+        return installed
+    # Run from a checkout that was never pip-installed: say which source version it is.
+    with open(repo_root / "pyproject.toml", "rb") as pyproject:
+        return f"{tomllib.load(pyproject)['project']['version']} (source tree)"
+
+
+def header(repo_root: Path, timing_text: str) -> list[str]:
+    versions = [f"{name} {_version(name)}" for name in (*_VERSIONED, "pydantic")]
+    return [
+        "messages_mw benchmarks",
+        f"machine: {_cpu_model()}, {os.cpu_count()} cores; {platform.system()} "
+        f"{platform.release()}; gateway pinned to one core, upstream + load generator to another",
+        f"python {platform.python_version()} · {' · '.join(versions)}"
+        f" · messages_mw {_messages_mw_version(repo_root)}",
+        timing_text,
+    ]
+
+
+def render(report: Report, header_lines: list[str]) -> str:
+    parts = ["\n".join(header_lines), format_table(report.sections)]
+    legend = (
+        "vs base: times faster than the baseline row of its group (json.loads + pydantic for"
+        " decode, b:starlette+httpx for end to end). load core %: CPU of upstream + load"
+        " generator on their shared core. CPU ms/req and RSS: the gateway process."
+    )
+    parts.append(legend)
+    if report.notes:
+        parts.append("notes:\n" + "\n".join(f"- {note}" for note in report.notes))
+    return "\n\n".join(parts)
