@@ -99,7 +99,7 @@ class StreamObserver:
         self.saw_message_stop = False
         self._buffer = bytearray()
         # Anthropic separates events with LF only; look for CR forms once a CR shows up.
-        self._separators = _LF_SEPARATORS
+        self._separators: tuple[bytes, ...] = _LF_SEPARATORS
 
     @property
     def at_event_boundary(self) -> bool:
