@@ -1,0 +1,1013 @@
+"""FastHTTPTransport against real loopback servers, plus property tests of its parser.
+
+Every server here is a plain asyncio server written for the test, so each one can misbehave in
+exactly the way a test needs: split framing across writes, close idle connections, stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import gzip
+import ipaddress
+import itertools
+import socket
+import ssl
+import struct
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from messages_mw._http11 import ProtocolError, ResponseParser
+from messages_mw.transport import FastHTTPTransport
+
+_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+with contextlib.suppress(ImportError):  # uvloop is optional; the asyncio loop is always tested
+    import uvloop
+
+    _LOOPS["uvloop"] = uvloop.new_event_loop
+
+Request = tuple[bytes, dict[bytes, bytes], bytes]
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+Handler = Callable[["Upstream", Reader, Writer], Awaitable[None]]
+
+
+def async_test(
+    test: Callable[[], Coroutine[Any, Any, None]],
+) -> Callable[[str], None]:
+    """Run an async test to completion on each available event loop, with a time limit."""
+
+    def run(loop_name: str) -> None:
+        with asyncio.Runner(loop_factory=_LOOPS[loop_name]) as runner:
+            runner.run(asyncio.wait_for(test(), 20))
+
+    run.__name__ = test.__name__
+    run.__doc__ = test.__doc__
+    return pytest.mark.parametrize("loop_name", list(_LOOPS))(run)
+
+
+class Upstream:
+    """A loopback server running ``handler(server, reader, writer)`` once per connection."""
+
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.tls = tls
+        self.connections = 0
+        self.requests: list[Request] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Upstream:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=self.tls)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.handler(self, reader, writer)
+        # Cancellation at teardown is ended here so asyncio's stream callback does not log it.
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+    async def read_request(self, reader: asyncio.StreamReader) -> Request | None:
+        """Read one request, its body de-chunked; None if the client closed the connection."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        lines = head[:-4].split(b"\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if b"content-length" in headers:
+            body = await reader.readexactly(int(headers[b"content-length"]))
+        elif headers.get(b"transfer-encoding") == b"chunked":
+            body = await _read_chunked(reader)
+        else:
+            body = b""
+        self.requests.append((lines[0], headers, body))
+        return lines[0], headers, body
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
+def response(body: bytes = b"", status: bytes = b"200 OK", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n%s\r\n%s" % (status, len(body), extra, body)
+
+
+def chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def keep_alive(answer: Callable[[Request], bytes]) -> Handler:
+    """A handler answering every request on the connection with ``answer(request)``."""
+
+    async def handle(
+        server: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while (request := await server.read_request(reader)) is not None:
+            writer.write(answer(request))
+            await writer.drain()
+
+    return handle
+
+
+def serving(answer: Callable[[Request], bytes], tls: ssl.SSLContext | None = None) -> Upstream:
+    return Upstream(keep_alive(answer), tls)
+
+
+async def send(
+    transport: FastHTTPTransport,
+    method: str,
+    url: str,
+    *,
+    timeouts: Mapping[str, float | None] | None = None,
+    **options: Any,
+) -> httpx.Response:
+    request = httpx.Request(method, url, **options)
+    if timeouts is not None:
+        request.extensions["timeout"] = timeouts
+    return await transport.handle_async_request(request)
+
+
+async def fetch(transport: FastHTTPTransport, method: str, url: str, **options: Any) -> bytes:
+    response = await send(transport, method, url, **options)
+    try:
+        return await response.aread()
+    finally:
+        await response.aclose()
+
+
+@async_test
+async def test_content_length_body() -> None:
+    answer = response(b"hello", b"201 Created", b"X-Raw-Case: A  b\r\n")
+    async with serving(lambda request: answer) as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url + "/path?q=1")
+        assert await resp.aread() == b"hello"
+        await resp.aclose()
+    assert resp.status_code == 201
+    assert resp.reason_phrase == "Created"
+    assert resp.http_version == "HTTP/1.1"
+    assert (b"X-Raw-Case", b"A  b") in resp.headers.raw
+    request_line, headers, _ = server.requests[0]
+    assert request_line == b"GET /path?q=1 HTTP/1.1"
+    assert headers[b"host"] == server.url.removeprefix("http://").encode()
+
+
+@async_test
+async def test_chunks_are_yielded_before_the_next_one_is_sent() -> None:
+    first_seen = asyncio.Event()
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(CHUNKED_HEAD + chunk(b"data: one\n\n"))
+        await first_seen.wait()
+        writer.write(chunk(b"data: two\n\n") + b"0\r\n\r\n")
+        await reader.read()
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url)
+        received = []
+        async for part in resp.aiter_raw():
+            received.append(part)
+            first_seen.set()
+        await resp.aclose()
+    assert received == [b"data: one\n\n", b"data: two\n\n"]
+
+
+async def write_slowly(writer: Writer, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(0.005)
+
+
+@async_test
+async def test_chunk_framing_split_across_writes() -> None:
+    pieces = [b"HTTP/1.1 200 OK\r\nTransfer-", b"Encoding: chunked\r", b"\n\r\n", b"5", b";ext"]
+    pieces += [b"=1\r", b"\nhel", b"lo\r", b"\n", b"1", b"0\r\n0123456789", b"abcdef\r\n0\r"]
+    pieces += [b"\nTrailer-Sum: x\r\n", b"\r", b"\n"]
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        await write_slowly(writer, pieces)
+        await keep_alive(lambda request: response(b"again"))(server, reader, writer)
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        assert await fetch(transport, "GET", server.url) == b"hello0123456789abcdef"
+        assert await fetch(transport, "GET", server.url) == b"again"
+    assert server.connections == 1
+
+
+@async_test
+async def test_keep_alive_reuses_one_connection() -> None:
+    echo = serving(lambda request: response(request[2]))
+    async with echo as server, FastHTTPTransport() as transport:
+        for index in range(5):
+            body = b"request %d" % index
+            assert await fetch(transport, "POST", server.url, content=body) == body
+    assert server.connections == 1
+
+
+@async_test
+async def test_connection_close_is_not_reused() -> None:
+    answer = response(b"bye", extra=b"Connection: close\r\n")
+    async with serving(lambda request: answer) as server, FastHTTPTransport() as transport:
+        assert await fetch(transport, "GET", server.url) == b"bye"
+        assert await fetch(transport, "GET", server.url) == b"bye"
+    assert server.connections == 2
+
+
+@async_test
+async def test_body_without_framing_runs_until_close() -> None:
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        await write_slowly(writer, [b"HTTP/1.1 200 OK\r\n\r\nfirst ", b"second"])
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        assert await fetch(transport, "GET", server.url) == b"first second"
+        assert await fetch(transport, "GET", server.url) == b"first second"
+    assert server.connections == 2
+
+
+@async_test
+async def test_head_204_and_304_have_no_body() -> None:
+    def answer(request: Request) -> bytes:
+        path = request[0].split(b" ")[1]
+        if path == b"/204":
+            return b"HTTP/1.1 204 No Content\r\n\r\n"
+        if path == b"/304":
+            return b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n"
+        if request[0].startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+        return response(b"body")
+
+    async with serving(answer) as server, FastHTTPTransport() as transport:
+        assert await fetch(transport, "HEAD", server.url + "/") == b""
+        assert await fetch(transport, "GET", server.url + "/204") == b""
+        assert await fetch(transport, "GET", server.url + "/304") == b""
+        assert await fetch(transport, "GET", server.url + "/") == b"body"
+    assert server.connections == 1
+
+
+@async_test
+async def test_interim_responses_are_skipped() -> None:
+    answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n"
+    upstream = serving(lambda request: answer + response(b"final"))
+    async with upstream as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url)
+        assert resp.status_code == 200
+        assert await resp.aread() == b"final"
+
+
+@async_test
+async def test_refused_connection_raises_connect_error() -> None:
+    async with serving(lambda request: b"") as server:
+        url = server.url
+    async with FastHTTPTransport() as transport:
+        with pytest.raises(httpx.ConnectError) as caught:
+            await send(transport, "GET", url)
+    assert caught.value.request.url == url
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+@async_test
+async def test_read_timeout_between_chunks() -> None:
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(CHUNKED_HEAD + chunk(b"first"))
+        await asyncio.sleep(5)
+
+    timeout = {"connect": 1.0, "read": 0.2, "write": 1.0, "pool": 1.0}
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url, timeouts=timeout)
+        stream = resp.aiter_raw()
+        assert await anext(stream) == b"first"
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout) as caught:
+            await anext(stream)
+        assert 0.15 < time.monotonic() - started < 1.0
+        assert caught.value.request.url == server.url
+        await resp.aclose()
+
+
+@async_test
+async def test_write_timeout_when_server_does_not_read() -> None:
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await asyncio.sleep(5)
+
+    timeout = {"connect": 1.0, "read": 1.0, "write": 0.2, "pool": 1.0}
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        with pytest.raises(httpx.WriteTimeout):
+            await send(transport, "POST", server.url, content=b"x" * 64_000_000, timeouts=timeout)
+
+
+@async_test
+async def test_idle_connection_closed_by_server_is_replaced() -> None:
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(response(b"once"))
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        assert await fetch(transport, "GET", server.url) == b"once"
+        await asyncio.sleep(0.05)
+        assert await fetch(transport, "GET", server.url) == b"once"
+    assert server.connections == 2
+
+
+def closes_second_request_unanswered() -> Upstream:
+    """The first connection answers one request, then reads the next and closes: the race of a
+    server timing out an idle connection just as the client reuses it."""
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        first_connection = server.connections == 1
+        await server.read_request(reader)
+        writer.write(response(b"answered"))
+        if first_connection:
+            await server.read_request(reader)
+            return
+        await keep_alive(lambda request: response(b"answered"))(server, reader, writer)
+
+    return Upstream(handle)
+
+
+@async_test
+async def test_reused_connection_dying_before_answer_is_retried() -> None:
+    async with closes_second_request_unanswered() as server, FastHTTPTransport() as transport:
+        assert await fetch(transport, "POST", server.url, content=b"a") == b"answered"
+        assert await fetch(transport, "POST", server.url, content=b"b") == b"answered"
+    assert server.connections == 2
+    assert [body for _, _, body in server.requests] == [b"a", b"b", b"b"]
+
+
+@async_test
+async def test_streamed_request_body_is_not_retried() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"streamed"
+
+    async with closes_second_request_unanswered() as server, FastHTTPTransport() as transport:
+        assert await fetch(transport, "GET", server.url) == b"answered"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await send(transport, "POST", server.url, content=body())
+    assert server.connections == 1
+
+
+@async_test
+async def test_fresh_connection_dying_before_answer_is_not_retried() -> None:
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+            await send(transport, "GET", server.url)
+    assert server.connections == 1
+
+
+@async_test
+async def test_pool_limit_raises_pool_timeout_then_recovers() -> None:
+    timeout = {"connect": 1.0, "read": 1.0, "write": 1.0, "pool": 0.1}
+    single = FastHTTPTransport(max_connections=1)
+    async with serving(lambda request: response(b"x" * 10)) as server, single as transport:
+        held = await send(transport, "GET", server.url)
+        with pytest.raises(httpx.PoolTimeout):
+            await send(transport, "GET", server.url, timeouts=timeout)
+        await held.aread()
+        await held.aclose()
+        assert await fetch(transport, "GET", server.url, timeouts=timeout) == b"x" * 10
+    assert server.connections == 1
+
+
+@async_test
+async def test_pool_waiters_share_one_connection() -> None:
+    single = FastHTTPTransport(max_connections=1)
+    bodies = [b"%d" % index for index in range(10)]
+    async with serving(lambda request: response(request[2])) as server, single as transport:
+        results = await asyncio.gather(
+            *(fetch(transport, "POST", server.url, content=body) for body in bodies)
+        )
+    assert results == bodies
+    assert server.connections == 1
+
+
+@async_test
+async def test_cancelled_pool_wait_does_not_leak_its_slot() -> None:
+    timeout = {"connect": 1.0, "read": 1.0, "write": 1.0, "pool": 1.0}
+    single = FastHTTPTransport(max_connections=1)
+    async with serving(lambda request: response(b"ok")) as server, single as transport:
+        held = await send(transport, "GET", server.url)
+        waiting = asyncio.create_task(fetch(transport, "GET", server.url))
+        await asyncio.sleep(0.02)
+        waiting.cancel()
+        await held.aread()
+        await held.aclose()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert await fetch(transport, "GET", server.url, timeouts=timeout) == b"ok"
+
+
+@async_test
+async def test_connection_handed_to_a_cancelled_waiter_goes_back_to_the_pool() -> None:
+    single = FastHTTPTransport(max_connections=1)
+    async with serving(lambda r: response(b"ok")) as server, single as transport:
+        held = await send(transport, "GET", server.url)
+        waiting = asyncio.create_task(send(transport, "GET", server.url))
+        await asyncio.sleep(0.02)
+        # Reading the body to its end hands the connection over without suspending, so the
+        # waiter is cancelled after it was given the connection but before it could run.
+        assert isinstance(held.stream, httpx.AsyncByteStream)
+        async for _ in held.stream:
+            pass
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert await fetch(transport, "GET", server.url) == b"ok"
+    assert server.connections == 1
+
+
+@async_test
+async def test_full_pool_evicts_an_idle_connection_to_another_origin() -> None:
+    first, second = serving(lambda r: response(b"a")), serving(lambda r: response(b"b"))
+    async with first, second, FastHTTPTransport(max_connections=1) as transport:
+        assert await fetch(transport, "GET", first.url) == b"a"
+        assert await fetch(transport, "GET", second.url) == b"b"
+        assert await fetch(transport, "GET", first.url) == b"a"
+    assert (first.connections, second.connections) == (2, 1)
+
+
+@async_test
+async def test_released_connection_to_another_origin_frees_a_slot_for_a_waiter() -> None:
+    first, second = serving(lambda r: response(b"a")), serving(lambda r: response(b"b"))
+    async with first, second, FastHTTPTransport(max_connections=1) as transport:
+        held = await send(transport, "GET", first.url)
+        waiting = asyncio.create_task(fetch(transport, "GET", second.url))
+        await asyncio.sleep(0.02)
+        await held.aread()
+        await held.aclose()
+        assert await waiting == b"b"
+
+
+@async_test
+async def test_discarded_connection_frees_a_slot_for_a_waiter() -> None:
+    single = FastHTTPTransport(max_connections=1)
+    async with serving(lambda r: response(b"x" * 100)) as server, single as transport:
+        held = await send(transport, "GET", server.url)
+        waiting = asyncio.create_task(fetch(transport, "GET", server.url))
+        await asyncio.sleep(0.02)
+        await held.aclose()
+        assert await waiting == b"x" * 100
+    assert server.connections == 2
+
+
+def endless_events(seen_close: asyncio.Future[float]) -> Handler:
+    """Stream an event every 10 ms and note when the client's side of the socket went away."""
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(CHUNKED_HEAD)
+
+        async def watch() -> None:
+            with contextlib.suppress(ConnectionError):
+                await reader.read()
+            seen_close.set_result(time.monotonic())
+
+        watcher = asyncio.create_task(watch())
+        with contextlib.suppress(ConnectionError):
+            while not watcher.done():
+                writer.write(chunk(b"data: tick\n\n"))
+                await writer.drain()
+                await asyncio.sleep(0.01)
+
+    return handle
+
+
+@async_test
+async def test_aclose_mid_stream_closes_the_socket_promptly() -> None:
+    seen_close: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    async with Upstream(endless_events(seen_close)) as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url)
+        stream = resp.aiter_raw()
+        assert await anext(stream) == b"data: tick\n\n"
+        closed_at = time.monotonic()
+        await resp.aclose()
+        await resp.aclose()
+        assert await asyncio.wait_for(seen_close, 1) - closed_at < 0.1
+
+
+@async_test
+async def test_aclose_from_a_cancelled_task_closes_the_socket() -> None:
+    seen_close: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    first_event = asyncio.Event()
+
+    async def relay(resp: httpx.Response) -> None:
+        try:
+            async for _ in resp.aiter_raw():
+                first_event.set()
+        finally:
+            await resp.aclose()
+
+    async with Upstream(endless_events(seen_close)) as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url)
+        task = asyncio.create_task(relay(resp))
+        await first_event.wait()
+        task.cancel()
+        cancelled_at = time.monotonic()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert await asyncio.wait_for(seen_close, 1) - cancelled_at < 0.1
+
+
+@async_test
+async def test_five_megabytes_each_way() -> None:
+    payload = bytes(range(256)) * (5 * 1024 * 1024 // 256)
+
+    def echo_chunked(request: Request) -> bytes:
+        body = request[2]
+        pieces = [chunk(body[i : i + 65536]) for i in range(0, len(body), 65536)]
+        return CHUNKED_HEAD + b"".join(pieces) + b"0\r\n\r\n"
+
+    async def streamed() -> AsyncIterator[bytes]:
+        for start in range(0, len(payload), 100_000):
+            yield payload[start : start + 100_000]
+
+    async with serving(echo_chunked) as server, FastHTTPTransport() as transport:
+        assert await fetch(transport, "POST", server.url, content=payload) == payload
+        assert await fetch(transport, "POST", server.url, content=streamed()) == payload
+    assert server.requests[1][1][b"transfer-encoding"] == b"chunked"
+    assert server.connections == 1
+
+
+@async_test
+async def test_slow_consumer_pauses_reading() -> None:
+    total = 32 * 1024 * 1024
+    sent = 0
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        nonlocal sent
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        block = b"x" * 65536
+        while sent < total:
+            writer.write(block)
+            await writer.drain()
+            sent += len(block)
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url)
+        stream = resp.aiter_raw()
+        received = len(await anext(stream))
+        await asyncio.sleep(0.5)
+        # Kernel socket buffers hold a few MB; without pausing, the whole body would be read.
+        assert sent < total * 3 // 4
+        async for part in stream:
+            received += len(part)
+        await resp.aclose()
+    assert received == total
+
+
+@async_test
+async def test_streamed_body_with_content_length_is_sent_unframed() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"hello "
+        yield b""
+        yield b"world"
+
+    headers = {"Content-Length": "11"}
+    echo = serving(lambda request: response(request[2]))
+    async with echo as server, FastHTTPTransport() as transport:
+        sent = await fetch(transport, "PUT", server.url, content=body(), headers=headers)
+    assert sent == b"hello world"
+    assert b"transfer-encoding" not in server.requests[0][1]
+
+
+def answers_before_reading_body() -> Handler:
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response(b"too large", b"413 Content Too Large", b"Connection: close\r\n"))
+        await writer.drain()
+        await asyncio.sleep(2)
+
+    return handle
+
+
+@async_test
+async def test_early_response_stops_the_upload() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(1000):
+            yield b"x" * 65536
+
+    upstream = Upstream(answers_before_reading_body())
+    async with upstream as server, FastHTTPTransport() as transport:
+        for content in (b"x" * 64_000_000, body()):
+            resp = await send(transport, "POST", server.url, content=content)
+            assert resp.status_code == 413
+            assert await resp.aread() == b"too large"
+            await resp.aclose()
+
+
+@async_test
+async def test_server_hanging_up_during_upload_raises() -> None:
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(1000):
+            yield b"x" * 65536
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        with pytest.raises((httpx.WriteError, httpx.RemoteProtocolError)):
+            await send(transport, "POST", server.url, content=body())
+
+
+@async_test
+async def test_connect_timeout() -> None:
+    timeout = {"connect": 0.0, "read": 1.0, "write": 1.0, "pool": 1.0}
+    async with serving(lambda request: response()) as server, FastHTTPTransport() as transport:
+        with pytest.raises(httpx.ConnectTimeout):
+            await send(transport, "GET", server.url, timeouts=timeout)
+        assert await fetch(transport, "GET", server.url) == b""
+
+
+@pytest.mark.parametrize(
+    ("options", "reused"),
+    [(b"Connection: keep-alive\r\n", True), (b"", False)],
+)
+def test_http_1_0_keeps_alive_only_when_asked(options: bytes, reused: bool) -> None:
+    answer = b"HTTP/1.0 200 OK\r\n%sContent-Length: 2\r\n\r\nok" % options
+
+    async def scenario() -> None:
+        async with serving(lambda request: answer) as server, FastHTTPTransport() as transport:
+            resp = await send(transport, "GET", server.url)
+            assert resp.http_version == "HTTP/1.0"
+            assert await resp.aread() == b"ok"
+            await resp.aclose()
+            assert await fetch(transport, "GET", server.url) == b"ok"
+        assert server.connections == (1 if reused else 2)
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+@async_test
+async def test_bytes_after_the_response_spoil_the_connection() -> None:
+    upstream = serving(lambda request: response(b"ok") + b"junk")
+    async with upstream as server, FastHTTPTransport() as transport:
+        assert await fetch(transport, "GET", server.url) == b"ok"
+        assert await fetch(transport, "GET", server.url) == b"ok"
+    assert server.connections == 2
+
+
+@async_test
+async def test_idle_connection_receiving_408_is_dropped() -> None:
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(response(b"ok"))
+        await asyncio.sleep(0.02)
+        writer.write(response(b"idle", b"408 Request Timeout", b"Connection: close\r\n"))
+        await asyncio.sleep(2)
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        assert await fetch(transport, "GET", server.url) == b"ok"
+        await asyncio.sleep(0.1)
+        assert await fetch(transport, "GET", server.url) == b"ok"
+    assert server.connections == 2
+
+
+@async_test
+async def test_connection_reset_mid_body_raises_read_error() -> None:
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url)
+        with pytest.raises(httpx.ReadError) as caught:
+            await resp.aread()
+    cause = caught.value.__cause__
+    assert cause is not None and isinstance(cause.__cause__, ConnectionResetError)
+
+
+@async_test
+async def test_transport_aclose_fails_a_response_in_flight() -> None:
+    seen_close: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    async with Upstream(endless_events(seen_close)) as server:
+        transport = FastHTTPTransport()
+        resp = await send(transport, "GET", server.url)
+        stream = resp.aiter_raw()
+        await anext(stream)
+        await transport.aclose()
+        with pytest.raises(httpx.ReadError):
+            async for _ in stream:
+                pass
+        await resp.aclose()
+        await asyncio.wait_for(seen_close, 1)
+
+
+@async_test
+async def test_requests_the_transport_cannot_send() -> None:
+    async with FastHTTPTransport() as transport:
+        with pytest.raises(httpx.LocalProtocolError):
+            await send(transport, "GET", "http://127.0.0.1:9/", headers={"x": "a\r\nb: c"})
+        with pytest.raises(httpx.LocalProtocolError):
+            await send(transport, "GÉT", "http://127.0.0.1:9/")
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await send(transport, "GET", "ftp://127.0.0.1/")
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await send(transport, "GET", "http:///path")
+        with pytest.raises(TypeError):
+            await send(transport, "POST", "http://127.0.0.1:9/", content=iter([b"sync"]))
+    with pytest.raises(ValueError):
+        FastHTTPTransport(max_connections=0)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 2x0 OK\r\n\r\n",
+        b"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n folded: header\r\n\r\n",
+        CHUNKED_HEAD + b"zz\r\nhello\r\n0\r\n\r\n",
+        CHUNKED_HEAD + b"2\r\nhello\r\n0\r\n\r\n",
+    ],
+)
+def test_malformed_response_raises_remote_protocol_error(answer: bytes) -> None:
+    async def scenario() -> None:
+        async with serving(lambda request: answer) as server, FastHTTPTransport() as transport:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await fetch(transport, "GET", server.url)
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+@async_test
+async def test_peer_closing_mid_body_raises() -> None:
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url)
+        with pytest.raises(httpx.RemoteProtocolError, match="before the response was complete"):
+            await resp.aread()
+
+
+@async_test
+async def test_transport_aclose_closes_idle_connections() -> None:
+    closed = asyncio.Event()
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await keep_alive(lambda request: response(b"ok"))(server, reader, writer)
+        closed.set()
+
+    async with Upstream(handle) as server:
+        transport = FastHTTPTransport()
+        assert await fetch(transport, "GET", server.url) == b"ok"
+        await transport.aclose()
+        await asyncio.wait_for(closed.wait(), 1)
+
+
+@async_test
+async def test_async_client_end_to_end() -> None:
+    events = [b"event: ping\ndata: {}\n\n", b"event: message_stop\ndata: {}\n\n"]
+    compressed = gzip.compress(b'{"hello": "world"}')
+
+    def answer(request: Request) -> bytes:
+        if request[0].startswith(b"POST /v1/messages"):
+            return CHUNKED_HEAD + b"".join(chunk(event) for event in events) + b"0\r\n\r\n"
+        return response(compressed, extra=b"Content-Encoding: gzip\r\n")
+
+    async with serving(answer) as server:
+        transport = FastHTTPTransport()
+        async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+            assert (await client.get("/json")).json() == {"hello": "world"}
+            async with client.stream("GET", "/json") as raw:
+                assert b"".join([part async for part in raw.aiter_raw()]) == compressed
+            async with client.stream("POST", "/v1/messages", json={"stream": True}) as resp:
+                assert resp.status_code == 200
+                assert [part async for part in resp.aiter_raw()] == events
+    assert server.requests[-1][2] == b'{"stream":true}'
+    assert server.connections == 1
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    key_path.write_bytes(key_bytes)
+    return cert_path, key_path
+
+
+def test_https_with_keep_alive(tmp_path: Path) -> None:
+    cert_path, key_path = _self_signed_certificate(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_path, key_path)
+    client_context = ssl.create_default_context(cafile=str(cert_path))
+
+    async def scenario() -> None:
+        server = serving(lambda request: response(b"secret"), server_context)
+        async with server, FastHTTPTransport(ssl_context=client_context) as transport:
+            url = server.url.replace("127.0.0.1", "localhost")
+            for _ in range(3):
+                assert await fetch(transport, "GET", url) == b"secret"
+        assert server.connections == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_https_with_the_default_context_verifies_certificates(tmp_path: Path) -> None:
+    cert_path, key_path = _self_signed_certificate(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_path, key_path)
+
+    async def scenario() -> None:
+        upstream = serving(lambda request: response(b"x"), server_context)
+        async with upstream as server, FastHTTPTransport() as transport:
+            with pytest.raises(httpx.ConnectError) as caught:
+                await send(transport, "GET", server.url)
+        assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def _encode_chunked(body: bytes, sizes: list[int], extensions: bool, trailers: bool) -> bytes:
+    encoded, start = [CHUNKED_HEAD], 0
+    for size in sizes:
+        if start >= len(body):
+            break
+        piece, start = body[start : start + size], start + size
+        extension = b";name=value" if extensions else b""
+        encoded.append(b"%X%s\r\n%s\r\n" % (len(piece), extension, piece))
+    if start < len(body):
+        encoded.append(chunk(body[start:]))
+    encoded.append(b"0\r\nExpires: never\r\n\r\n" if trailers else b"0\r\n\r\n")
+    return b"".join(encoded)
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+@given(
+    body=st.binary(max_size=3000),
+    sizes=st.lists(st.integers(1, 700), max_size=20),
+    cuts=st.lists(st.integers(0, 10_000), max_size=40),
+    extensions=st.booleans(),
+    trailers=st.booleans(),
+)
+def test_chunked_decoding_survives_any_split(
+    body: bytes, sizes: list[int], cuts: list[int], extensions: bool, trailers: bool
+) -> None:
+    wire = _encode_chunked(body, sizes, extensions, trailers)
+    decoded: deque[bytes] = deque()
+    parser = ResponseParser(decoded)
+    produced = sum(parser.feed(piece) for piece in _split(wire, cuts))
+    assert parser.complete and parser.keep_alive
+    assert b"".join(decoded) == body
+    assert produced == len(body)
+
+
+@given(body=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 10_000), max_size=40))
+def test_content_length_decoding_survives_any_split(body: bytes, cuts: list[int]) -> None:
+    decoded: deque[bytes] = deque()
+    parser = ResponseParser(decoded)
+    for piece in _split(response(body, extra=b"X-A: 1\r\n"), cuts):
+        parser.feed(piece)
+    assert parser.complete
+    assert b"".join(decoded) == body
+    assert parser.head is not None and parser.head.headers[-1] == (b"X-A", b"1")
+
+
+@given(garbage=st.binary(min_size=1, max_size=200))
+def test_parser_rejects_or_waits_on_garbage(garbage: bytes) -> None:
+    parser = ResponseParser(deque())
+    with contextlib.suppress(ProtocolError):
+        parser.feed(garbage)
+        parser.feed(b"\r\n\r\n")
+
+
+def test_parser_accepts_bare_line_feeds_in_chunk_framing() -> None:
+    decoded: deque[bytes] = deque()
+    parser = ResponseParser(decoded)
+    parser.feed(CHUNKED_HEAD + b"5\nhello\n0\n\n")
+    assert parser.complete
+    assert b"".join(decoded) == b"hello"
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000,
+        CHUNKED_HEAD + b"1" + b" " * 9000,
+        CHUNKED_HEAD + b"12345678901234567\r\n",
+    ],
+)
+def test_parser_refuses_unbounded_input(wire: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ResponseParser(deque()).feed(wire)
+
+
+def test_parser_eof_ends_only_bodies_framed_by_close() -> None:
+    until_close = ResponseParser(deque())
+    until_close.feed(b"HTTP/1.1 200 OK\r\n\r\nabc")
+    assert until_close.feed_eof() and not until_close.keep_alive
+    truncated = ResponseParser(deque())
+    truncated.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc")
+    assert not truncated.feed_eof()
+
+
+def test_transfer_coding_other_than_chunked_runs_until_close() -> None:
+    decoded: deque[bytes] = deque()
+    parser = ResponseParser(decoded)
+    parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabcdef")
+    assert not parser.complete and not parser.keep_alive
+    assert b"".join(decoded) == b"abcdef"
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    body=st.binary(min_size=1, max_size=2000),
+    sizes=st.lists(st.integers(1, 500), max_size=8),
+    cuts=st.lists(st.integers(0, 5000), max_size=12),
+)
+def test_chunked_split_over_real_socket(body: bytes, sizes: list[int], cuts: list[int]) -> None:
+    pieces = _split(_encode_chunked(body, sizes, extensions=True, trailers=False), cuts)
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        await write_slowly(writer, pieces)
+
+    server = Upstream(handle)
+
+    async def scenario() -> bytes:
+        async with server, FastHTTPTransport() as transport:
+            return await fetch(transport, "GET", server.url)
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == body
