@@ -244,6 +244,8 @@ def _last_token(values: list[bytes]) -> bytes:
 
 
 def _parse_content_length(values: list[bytes]) -> int:
+    if len(values) == 1 and values[0].isdigit() and len(values[0]) <= 18:
+        return int(values[0])
     # Repeated or comma-joined values are allowed only when they all agree (RFC 9110 8.6).
     found = {item.strip(b" \t") for value in values for item in value.split(b",")}
     if len(found) != 1:
@@ -416,7 +418,13 @@ class Connection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             await self._wait(read_timeout)
-        chunk = body.popleft()
+        # Hand over everything already received in one piece: SSE events that arrived in one
+        # read then cost one relay step, not one each, and nothing waits that has arrived.
+        if len(body) == 1:
+            chunk = body.popleft()
+        else:
+            chunk = b"".join(body)
+            body.clear()
         self._buffered -= len(chunk)
         if self._reading_paused and self._buffered <= _LOW_WATER:
             self._reading_paused = False
