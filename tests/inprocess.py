@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import httpx
 
 from messages_mw import AnthropicProvider, Gateway, GatewayConfig, RequestContext, UpstreamConfig
+from messages_mw.context import RequestEndHook
 
 from .servers import message_json
 
@@ -33,13 +34,18 @@ class Recorder:
 
 
 def make_gateway(
-    handler: Handler, *, config: GatewayConfig | None = None
+    handler: Handler,
+    *,
+    config: GatewayConfig | None = None,
+    on_request_end: RequestEndHook | None = None,
 ) -> tuple[Gateway, list[RequestContext]]:
+    """A gateway over ``handler``; finished requests are collected unless a hook is given."""
     finished: list[RequestContext] = []
     upstream = (config or GatewayConfig()).upstream
     settings = UpstreamConfig(base_url="http://upstream.test", api_key=upstream.api_key)
     provider = AnthropicProvider(settings, transport=httpx.MockTransport(handler))
-    return Gateway(config, provider=provider, on_request_end=finished.append), finished
+    hook = on_request_end or finished.append
+    return Gateway(config, provider=provider, on_request_end=hook), finished
 
 
 def client_for(gateway: Any) -> httpx.AsyncClient:

@@ -246,8 +246,7 @@ def test_a_failing_request_end_hook_never_reaches_the_client() -> None:
     def broken(context: object) -> None:
         raise ValueError("sink down")
 
-    gateway, _ = make_gateway(Recorder())
-    gateway._on_request_end = broken
+    gateway, _ = make_gateway(Recorder(), on_request_end=broken)
     assert run(_post(gateway, CHAT)).status_code == 200
 
 
