@@ -1,4 +1,4 @@
-"""The per-request record: what the gateway learned about one request, start to finish."""
+"""The per-request record, and the usage event built from it when the request ends."""
 
 from __future__ import annotations
 
@@ -6,17 +6,45 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from .streaming import TokenUsage
 
-__all__ = ["RequestContext", "RequestEndHook"]
+__all__ = ["Attempt", "Principal", "RequestContext", "RequestEndHook", "UsageEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as an auth hook established it.
+
+    ``key_id`` is a stable, non-secret name for the credential (never the key itself);
+    ``upstream_api_key`` replaces the client's key upstream (a "virtual key"); ``None`` keeps
+    the provider's configured key, or passes the client's own key through when there is none.
+    """
+
+    key_id: str
+    allowed_models: frozenset[str] | None = None
+    tags: tuple[str, ...] = ()
+    upstream_api_key: str | None = None
+    passthrough: bool = False
+
+
+class Attempt(msgspec.Struct):
+    """One try at one target: what happened and how long it took (seconds)."""
+
+    target: str
+    status: int | None
+    error_type: str | None
+    duration: float
 
 
 @dataclass(slots=True)
 class RequestContext:
-    """Filled in as a request moves through the gateway; handed to ``on_request_end`` once.
+    """Filled in as a request moves through the gateway; handed to the usage sinks once.
 
     Times are ``time.perf_counter()`` readings; ``usage`` holds what the upstream reported,
-    including for streams the client abandoned half-way.
+    including for streams the client abandoned half-way. Hooks read and fill the policy
+    fields (principal, tags, session, targets) in the documented hook order.
     """
 
     request_id: str
@@ -34,11 +62,87 @@ class RequestContext:
     client_disconnected: bool = False
     first_byte_at: float | None = None
     finished_at: float | None = None
+    principal: Principal | None = None
+    tags: list[str] = field(default_factory=list)
+    session_id: str | None = None
+    provider: str | None = None
+    served_model: str | None = None
+    fallback_used: bool = False
+    attempts: list[Attempt] = field(default_factory=list)
+    cost: float | None = None
+    debug: bool = False
 
     @property
     def latency(self) -> float | None:
         """Seconds from arrival to the last byte, once finished."""
         return None if self.finished_at is None else self.finished_at - self.started_at
+
+    @property
+    def time_to_first_byte(self) -> float | None:
+        return None if self.first_byte_at is None else self.first_byte_at - self.started_at
+
+
+class UsageEvent(msgspec.Struct, omit_defaults=True):
+    """What one finished request cost and how it went: emitted exactly once per request.
+
+    Never carries a credential: ``key_id`` is the key's configured name or hash prefix.
+    """
+
+    request_id: str
+    timestamp: float
+    method: str
+    path: str
+    status: int
+    key_id: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    session_id: str | None = None
+    requested_model: str | None = None
+    served_model: str | None = None
+    provider: str | None = None
+    fallback_used: bool = False
+    stream: bool = False
+    error_type: str | None = None
+    client_disconnected: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost: float | None = None
+    latency_ms: float | None = None
+    time_to_first_byte_ms: float | None = None
+    upstream_request_id: str | None = None
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def from_context(cls, context: RequestContext) -> UsageEvent:
+        usage = context.usage
+        latency, first_byte = context.latency, context.time_to_first_byte
+        return cls(
+            request_id=context.request_id,
+            timestamp=time.time(),
+            method=context.method,
+            path=context.path,
+            status=context.status,
+            key_id=context.principal.key_id if context.principal else None,
+            tags=list(context.tags),
+            session_id=context.session_id,
+            requested_model=context.model,
+            served_model=context.served_model or context.model,
+            provider=context.provider,
+            fallback_used=context.fallback_used,
+            stream=context.stream,
+            error_type=context.error_type,
+            client_disconnected=context.client_disconnected,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cost=context.cost,
+            latency_ms=None if latency is None else latency * 1000,
+            time_to_first_byte_ms=None if first_byte is None else first_byte * 1000,
+            upstream_request_id=context.upstream_request_id,
+            attempts=list(context.attempts),
+        )
 
 
 RequestEndHook = Callable[[RequestContext], Awaitable[None] | None]
