@@ -1,0 +1,669 @@
+"""The fallback engine: retries, backoff, the circuit breaker and stream peeking, all offline.
+
+Upstreams are scripted ``send`` functions returning hand-built ``ProviderResponse`` objects;
+sleeps are recorded instead of slept, and the clock is a number the test moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from messages_mw.context import Attempt
+from messages_mw.errors import (
+    GatewayError,
+    InvalidRequestError,
+    OverloadedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from messages_mw.fallback import (
+    BreakerPolicy,
+    ChainResult,
+    CircuitBreaker,
+    RetryPolicy,
+    Target,
+    backoff_delay,
+    retry_after_seconds,
+    run_chain,
+)
+from messages_mw.providers.base import ProviderResponse
+
+from .servers import error_json, sse, text_stream_events
+
+PRIMARY = Target("anthropic", "claude-sonnet-4-6")
+SECONDARY = Target("backup", "claude-sonnet-4-6")
+TERTIARY = Target("backup", "claude-haiku-4-5")
+SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8")]
+JSON_HEADERS = [("content-type", "application/json")]
+OVERLOADED = error_json("overloaded_error", "Overloaded")
+NO_JITTER = RetryPolicy(jitter=0.0)
+
+_Outcome = ProviderResponse | BaseException
+
+
+@dataclass
+class Closes:
+    """A response's ``close`` that counts its calls."""
+
+    count: int = 0
+
+    async def __call__(self) -> None:
+        self.count += 1
+
+
+def reply(
+    status: int, body: bytes = b"{}", headers: Sequence[tuple[str, str]] = ()
+) -> ProviderResponse:
+    return ProviderResponse(status, [*JSON_HEADERS, *headers], body=body, close=Closes())
+
+
+def streamed(chunks: Sequence[bytes | BaseException | None]) -> ProviderResponse:
+    """A 200 stream of ``chunks``; an exception is raised where it stands, ``None`` hangs."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            if chunk is None:
+                await asyncio.Event().wait()
+            elif isinstance(chunk, BaseException):
+                raise chunk
+            else:
+                yield chunk
+
+    return ProviderResponse(200, list(SSE_HEADERS), chunks=body(), close=Closes())
+
+
+def closes(response: ProviderResponse) -> int:
+    assert isinstance(response.close, Closes)
+    return response.close.count
+
+
+def error_event(error_type: str = "overloaded_error", message: str = "Overloaded") -> bytes:
+    return sse("error", {"type": "error", "error": {"type": error_type, "message": message}})
+
+
+MESSAGE_START = text_stream_events([])[0]
+GOOD_STREAM = text_stream_events(["Hello", " world"])
+
+
+@dataclass
+class Upstreams:
+    """A ``send`` that plays each target's scripted outcomes in order and logs the calls."""
+
+    script: dict[str, list[_Outcome]]
+    clock: FakeClock | None = None
+    seconds_per_call: float = 0.0
+    calls: list[str] = field(default_factory=list)
+
+    async def __call__(self, target: Target) -> ProviderResponse:
+        self.calls.append(target.name)
+        if self.clock is not None:
+            self.clock.now += self.seconds_per_call
+        outcome = self.script[target.name].pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Sleeps:
+    """Records delays instead of sleeping; moves the fake clock on by each one."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    delays: list[float] = field(default_factory=list)
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        self.clock.now += delay
+
+
+async def achain(
+    targets: Sequence[Target],
+    send: Callable[[Target], Awaitable[ProviderResponse]],
+    *,
+    policy: RetryPolicy = NO_JITTER,
+    breaker: CircuitBreaker | None = None,
+    stream: bool = False,
+    sleeps: Sleeps | None = None,
+    attempts: list[Attempt] | None = None,
+) -> ChainResult:
+    sleeps = sleeps or Sleeps()
+    return await run_chain(
+        targets,
+        send,
+        policy=policy,
+        breaker=breaker,
+        stream=stream,
+        sleep=sleeps,
+        clock=sleeps.clock,
+        random=lambda: 0.5,
+        attempts=attempts,
+    )
+
+
+def chain(
+    targets: Sequence[Target], send: Callable[[Target], Awaitable[ProviderResponse]], **options: Any
+) -> ChainResult:
+    """``run_chain`` in a fresh event loop, for answers that need no further reading."""
+    return asyncio.run(achain(targets, send, **options))
+
+
+def chain_and_read(
+    targets: Sequence[Target], send: Callable[[Target], Awaitable[ProviderResponse]], **options: Any
+) -> tuple[ChainResult, list[bytes]]:
+    """Run the chain and read the chosen stream to its end in the same loop, then close it."""
+
+    async def scenario() -> tuple[ChainResult, list[bytes]]:
+        result = await achain(targets, send, stream=True, **options)
+        try:
+            assert result.response.chunks is not None
+            return result, [chunk async for chunk in result.response.chunks]
+        finally:
+            await result.response.close()
+
+    return asyncio.run(scenario())
+
+
+def summary(attempts: list[Attempt]) -> list[tuple[str, int | None, str | None]]:
+    return [(a.target, a.status, a.error_type) for a in attempts]
+
+
+def test_target_name_and_config_decoding() -> None:
+    assert PRIMARY.name == "anthropic/claude-sonnet-4-6"
+    assert msgspec.toml.decode(b'provider = "p"\nmodel = "m"', type=Target) == Target("p", "m")
+    policy = msgspec.toml.decode(
+        b"attempts_per_target = 3\nretry_statuses = [529]", type=RetryPolicy
+    )
+    assert policy.attempts_per_target == 3 and policy.retry_statuses == (529,)
+    with pytest.raises(msgspec.ValidationError, match="unknown field"):
+        msgspec.toml.decode(b"attempts = 3", type=RetryPolicy)
+    with pytest.raises(msgspec.ValidationError, match="failure_threshold"):
+        msgspec.toml.decode(b"failure_threshold = 0", type=BreakerPolicy)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"attempts_per_target": 0},
+        {"base_delay": -1.0},
+        {"max_delay": float("inf")},
+        {"jitter": 1.5},
+        {"max_retry_after": float("nan")},
+        {"deadline": 0.0},
+        {"retry_statuses": (200, 529)},
+    ],
+)
+def test_bad_retry_policies_are_rejected_at_construction(options: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(**options)  # type: ignore[arg-type]
+
+
+def test_retry_after_seconds_reads_ms_then_seconds_then_http_date() -> None:
+    assert retry_after_seconds([("retry-after-ms", "1500"), ("retry-after", "9")]) == 1.5
+    assert retry_after_seconds({"Retry-After": "2.5"}) == 2.5
+    assert retry_after_seconds([("retry-after-ms", "soon"), ("retry-after", "3")]) == 3.0
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 42, usegmt=True)
+    assert retry_after_seconds({"retry-after": date}, now=now) == pytest.approx(42)
+    for value in ("0", "-1", "nan", "inf", "tomorrow", email.utils.formatdate(now - 5)):
+        assert retry_after_seconds({"retry-after": value}, now=now) is None
+    assert retry_after_seconds([]) is None
+
+
+def test_backoff_is_the_sdk_schedule_unless_retry_after_is_honoured() -> None:
+    policy = RetryPolicy()
+    assert [backoff_delay(n, policy, None, 0.0) for n in range(6)] == [0.5, 1, 2, 4, 8, 8]
+    assert backoff_delay(0, policy, None, 1.0) == 0.375
+    assert backoff_delay(0, policy, 12.0, 0.3) == 12.0
+    assert backoff_delay(0, policy, 31.0, 0.0) == 0.5
+    assert backoff_delay(0, RetryPolicy(honour_retry_after=False), 12.0, 0.0) == 0.5
+
+
+def test_primary_unreachable_falls_back_to_secondary() -> None:
+    served = reply(200)
+    refused = UpstreamUnavailableError("connection refused")
+    send = Upstreams({PRIMARY.name: [refused, refused], SECONDARY.name: [served]})
+    sleeps = Sleeps()
+    result = chain([PRIMARY, SECONDARY], send, sleeps=sleeps)
+    assert result.response is served and result.target == SECONDARY and result.fallback_used
+    assert sleeps.delays == [0.5]
+    assert summary(result.attempts) == [
+        (PRIMARY.name, None, "api_error"),
+        (PRIMARY.name, None, "api_error"),
+        (SECONDARY.name, 200, None),
+    ]
+    assert all(a.duration == 0 for a in result.attempts)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "expected"),
+    [
+        (529, [("retry-after", "3")], 3.0),
+        (500, [("retry-after-ms", "250")], 0.25),
+        (429, [], 0.5),
+    ],
+)
+def test_retryable_status_is_retried_after_the_upstreams_delay(
+    status: int, headers: list[tuple[str, str]], expected: float
+) -> None:
+    failed, served = reply(status, OVERLOADED, headers), reply(200)
+    sleeps = Sleeps()
+    result = chain([PRIMARY], Upstreams({PRIMARY.name: [failed, served]}), sleeps=sleeps)
+    assert result.response is served and not result.fallback_used
+    assert sleeps.delays == [expected]
+    assert closes(failed) == 1 and closes(served) == 0
+    assert summary(result.attempts)[0] == (PRIMARY.name, status, "overloaded_error")
+
+
+def test_retry_after_above_the_cap_moves_on_without_waiting() -> None:
+    failed, served = reply(529, OVERLOADED, [("retry-after", "120")]), reply(200)
+    send = Upstreams({PRIMARY.name: [failed], SECONDARY.name: [served]})
+    sleeps = Sleeps()
+    result = chain([PRIMARY, SECONDARY], send, sleeps=sleeps)
+    assert result.response is served and sleeps.delays == []
+    assert send.calls == [PRIMARY.name, SECONDARY.name]
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 413])
+def test_client_errors_are_final(status: int) -> None:
+    answer = reply(status, error_json("invalid_request_error", "bad"))
+    breaker = CircuitBreaker()
+    breaker.record_failure(PRIMARY.name)
+    send = Upstreams({PRIMARY.name: [answer], SECONDARY.name: [reply(200)]})
+    result = chain([PRIMARY, SECONDARY], send, breaker=breaker)
+    assert result.response is answer and closes(answer) == 0
+    assert send.calls == [PRIMARY.name]
+    assert summary(result.attempts) == [(PRIMARY.name, status, "invalid_request_error")]
+    assert breaker._circuits == {}  # the success reset the failure count
+
+
+def test_should_retry_false_makes_a_5xx_final_but_counts_as_a_failure() -> None:
+    answer = reply(500, b"{}", [("x-should-retry", "false")])
+    send = Upstreams({PRIMARY.name: [answer], SECONDARY.name: [reply(200)]})
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1))
+    assert chain([PRIMARY, SECONDARY], send, breaker=breaker).response is answer
+    assert send.calls == [PRIMARY.name] and breaker.state(PRIMARY.name) == "open"
+
+
+def test_a_plain_text_error_body_has_no_error_type() -> None:
+    failed = reply(502, b"Bad Gateway")
+    result = chain([PRIMARY], Upstreams({PRIMARY.name: [failed, reply(200)]}))
+    assert summary(result.attempts)[0] == (PRIMARY.name, 502, None)
+
+
+def test_an_empty_chain_and_foreign_timeouts_are_errors() -> None:
+    with pytest.raises(ValueError, match="at least one target"):
+        chain([], Upstreams({}))
+    # A TimeoutError that is not the chain's own deadline is a bug upstream of us: raised as is.
+    with pytest.raises(TimeoutError):
+        chain([PRIMARY, SECONDARY], Upstreams({PRIMARY.name: [TimeoutError()]}))
+
+
+def test_non_retryable_raise_propagates_at_once() -> None:
+    held = reply(529, OVERLOADED)
+    send = Upstreams({PRIMARY.name: [held, InvalidRequestError("bad body")]})
+    with pytest.raises(InvalidRequestError, match="bad body"):
+        chain([PRIMARY, SECONDARY], send)
+    assert send.calls == [PRIMARY.name, PRIMARY.name] and closes(held) == 1
+
+
+def test_timeout_is_retried_on_the_same_target() -> None:
+    served = reply(200)
+    send = Upstreams({PRIMARY.name: [UpstreamTimeoutError("slow"), served]})
+    result = chain([PRIMARY, SECONDARY], send)
+    assert result.response is served and result.target == PRIMARY
+    assert summary(result.attempts)[0] == (PRIMARY.name, None, "timeout_error")
+
+
+def test_when_all_fail_the_last_upstream_error_is_returned_intact() -> None:
+    first, second = reply(500, b"{}"), reply(502, b"{}")
+    last = reply(529, OVERLOADED, [("retry-after", "7"), ("request-id", "req_up")])
+    send = Upstreams({PRIMARY.name: [first, second], SECONDARY.name: [last]})
+    policy = RetryPolicy(jitter=0.0, max_retry_after=5.0)
+    result = chain([PRIMARY, SECONDARY], send, policy=policy)
+    assert result.response is last and result.target == SECONDARY and result.fallback_used
+    assert (last.status, last.body) == (529, OVERLOADED)
+    assert ("retry-after", "7") in last.headers
+    assert closes(last) == 0 and closes(first) == closes(second) == 1
+
+
+def test_when_all_raise_the_last_error_is_raised() -> None:
+    last = UpstreamTimeoutError("secondary slow")
+    send = Upstreams(
+        {PRIMARY.name: [reply(529), reply(529)], SECONDARY.name: [OverloadedError("x"), last]}
+    )
+    log: list[Attempt] = []
+    with pytest.raises(UpstreamTimeoutError) as raised:
+        chain([PRIMARY, SECONDARY], send, attempts=log)
+    assert raised.value is last and len(log) == 4
+
+
+def test_stream_failing_before_content_falls_back_invisibly() -> None:
+    broken = streamed([MESSAGE_START, error_event()])
+    good = streamed(GOOD_STREAM)
+    send = Upstreams({PRIMARY.name: [broken], SECONDARY.name: [good]})
+    policy = RetryPolicy(attempts_per_target=1)
+    result, received = chain_and_read([PRIMARY, SECONDARY], send, policy=policy)
+    assert result.fallback_used and closes(broken) == 1 and closes(good) == 1
+    assert received == GOOD_STREAM
+    assert summary(result.attempts) == [
+        (PRIMARY.name, 200, "overloaded_error"),
+        (SECONDARY.name, 200, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [MESSAGE_START],
+        [MESSAGE_START, UpstreamUnavailableError("connection reset")],
+        [MESSAGE_START, b": keep-alive\n\n", sse("ping", {"type": "ping"})],
+        [b'data: {"type":"content_block_start"}\n\n'],
+    ],
+    ids=["ends", "breaks", "only-pings", "unnamed-events"],
+)
+def test_stream_without_content_is_a_failure(chunks: list[bytes | BaseException]) -> None:
+    broken, good = streamed(chunks), streamed(GOOD_STREAM)
+    send = Upstreams({PRIMARY.name: [broken], SECONDARY.name: [good]})
+    policy = RetryPolicy(attempts_per_target=1)
+    result, received = chain_and_read([PRIMARY, SECONDARY], send, policy=policy)
+    assert result.target == SECONDARY and closes(broken) == 1 and received == GOOD_STREAM
+
+
+def test_stream_error_after_content_is_the_clients() -> None:
+    failure = UpstreamUnavailableError("connection reset")
+    started = streamed([*GOOD_STREAM[:3], failure])
+    send = Upstreams({PRIMARY.name: [started], SECONDARY.name: [streamed(GOOD_STREAM)]})
+    with pytest.raises(UpstreamUnavailableError) as raised:
+        chain_and_read([PRIMARY, SECONDARY], send)
+    assert raised.value is failure
+    assert send.calls == [PRIMARY.name] and closes(started) == 1
+
+
+def test_stream_after_content_replays_the_peeked_chunks_then_the_rest() -> None:
+    send = Upstreams({PRIMARY.name: [streamed(GOOD_STREAM)]})
+    result, received = chain_and_read([PRIMARY], send)
+    assert received == GOOD_STREAM and not result.fallback_used
+
+
+def test_content_is_found_across_odd_chunking_and_crlf() -> None:
+    whole = b"".join(GOOD_STREAM).replace(b"\n", b"\r\n")
+    pieces = [whole[i : i + 7] for i in range(0, len(whole), 7)]
+    _, received = chain_and_read([PRIMARY], Upstreams({PRIMARY.name: [streamed(pieces)]}))
+    assert received == pieces
+
+
+@pytest.mark.parametrize(
+    ("tail", "served_by"),
+    [
+        (b'event: content_block_start\ndata: {"type":"content_block_start"}', PRIMARY),
+        (b"event: error\ndata: {}", SECONDARY),
+        (b": keep-alive\n\n" * 100_000, PRIMARY),
+    ],
+    ids=["unterminated-content", "unterminated-error", "a-megabyte-of-comments"],
+)
+def test_the_stream_tail_decides(tail: bytes, served_by: Target) -> None:
+    send = Upstreams({PRIMARY.name: [streamed([MESSAGE_START, tail])], SECONDARY.name: []})
+    send.script[SECONDARY.name].append(streamed(GOOD_STREAM))
+    policy = RetryPolicy(attempts_per_target=1)
+    result, _ = chain_and_read([PRIMARY, SECONDARY], send, policy=policy)
+    assert result.target == served_by
+
+
+def test_a_non_retryable_error_while_peeking_propagates() -> None:
+    stream = streamed([MESSAGE_START, InvalidRequestError("prompt is too long")])
+    send = Upstreams({PRIMARY.name: [stream], SECONDARY.name: []})
+    with pytest.raises(InvalidRequestError):
+        chain([PRIMARY, SECONDARY], send, stream=True)
+    assert closes(stream) == 1 and send.calls == [PRIMARY.name]
+
+
+def test_error_event_type_decides_the_raised_error() -> None:
+    only = streamed([MESSAGE_START, error_event("overloaded_error", "busy")])
+    policy = RetryPolicy(attempts_per_target=1)
+    with pytest.raises(OverloadedError, match="busy"):
+        chain([PRIMARY], Upstreams({PRIMARY.name: [only]}), policy=policy, stream=True)
+    for data in (b"{}", b"not json"):
+        unknown = streamed([b"event: error\ndata: " + data + b"\n\n"])
+        with pytest.raises(UpstreamUnavailableError, match="failed before content"):
+            chain([PRIMARY], Upstreams({PRIMARY.name: [unknown]}), policy=policy, stream=True)
+
+
+def test_a_stream_is_not_peeked_when_the_request_was_not_streaming() -> None:
+    odd = streamed([MESSAGE_START])
+    result = chain([PRIMARY], Upstreams({PRIMARY.name: [odd]}), stream=False)
+    assert result.response is odd
+
+
+def test_breaker_opens_skips_during_cooldown_then_a_trial_closes_it() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=2, cooldown=30), clock=clock)
+    policy = RetryPolicy(attempts_per_target=2, jitter=0.0)
+    sleeps = Sleeps(clock)
+
+    def run(send: Upstreams) -> ChainResult:
+        return chain([PRIMARY, SECONDARY], send, policy=policy, breaker=breaker, sleeps=sleeps)
+
+    failing = Upstreams({PRIMARY.name: [reply(529), reply(529)], SECONDARY.name: [reply(200)]})
+    assert run(failing).target == SECONDARY
+    assert breaker.state(PRIMARY.name) == "open"
+
+    skipping = Upstreams({PRIMARY.name: [], SECONDARY.name: [reply(200)]})
+    result = run(skipping)
+    assert skipping.calls == [SECONDARY.name]
+    assert summary(result.attempts)[0] == (PRIMARY.name, None, "circuit_open")
+
+    clock.now += 30
+    assert breaker.state(PRIMARY.name) == "half_open"
+    trial = Upstreams({PRIMARY.name: [reply(200)], SECONDARY.name: []})
+    assert run(trial).target == PRIMARY
+    assert breaker.state(PRIMARY.name) == "closed"
+
+
+def test_breaker_half_open_lets_one_trial_through_and_a_failure_reopens() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=10), clock=clock)
+    breaker.record_failure("t")
+    assert not breaker.allow("t")
+    clock.now += 10
+    assert breaker.allow("t") and not breaker.allow("t")
+    breaker.record_failure("t")
+    assert breaker.state("t") == "open"
+    clock.now += 10
+    assert breaker.allow("t")
+    clock.now += 10  # the trial never reported back; after a cooldown another may go
+    assert breaker.allow("t")
+    breaker.record_success("t")
+    assert breaker.state("t") == "closed" and breaker.allow("t")
+
+
+def test_every_target_skipped_is_overloaded() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1))
+    breaker.record_failure(PRIMARY.name)
+    breaker.record_failure(SECONDARY.name)
+    send = Upstreams({})
+    with pytest.raises(OverloadedError, match="circuit open"):
+        chain([PRIMARY, SECONDARY], send, breaker=breaker)
+    assert send.calls == []
+
+
+def test_deadline_stops_retries() -> None:
+    sleeps = Sleeps()
+    send = Upstreams({PRIMARY.name: [reply(500)] * 10}, clock=sleeps.clock, seconds_per_call=4)
+    policy = RetryPolicy(attempts_per_target=10, base_delay=1, jitter=0, deadline=10)
+    result = chain([PRIMARY], send, policy=policy, sleeps=sleeps)
+    # 4 s, sleep 1, 4 s (9 s); sleeping 2 more would pass 10 s.
+    assert len(send.calls) == 2 and sleeps.delays == [1]
+    assert result.response.status == 500
+
+
+def test_a_passed_deadline_ends_the_chain_before_the_next_target() -> None:
+    sleeps = Sleeps()
+    send = Upstreams({PRIMARY.name: [reply(500)], SECONDARY.name: []}, sleeps.clock, 11)
+    policy = RetryPolicy(attempts_per_target=3, deadline=10)
+    result = chain([PRIMARY, SECONDARY], send, policy=policy, sleeps=sleeps)
+    assert send.calls == [PRIMARY.name] and result.response.status == 500
+
+
+def test_deadline_passing_while_peeking_is_a_failure() -> None:
+    hung = streamed([MESSAGE_START, None])
+    send = Upstreams({PRIMARY.name: [hung], SECONDARY.name: [streamed(GOOD_STREAM)]})
+    sleeps = Sleeps()
+    sleeps.clock.now = 0.0
+    policy = RetryPolicy(deadline=0.05)
+    with pytest.raises(UpstreamTimeoutError, match="deadline"):
+        chain([PRIMARY, SECONDARY], send, policy=policy, stream=True, sleeps=sleeps)
+    assert closes(hung) == 1 and send.calls == [PRIMARY.name]
+
+
+def test_cancellation_closes_the_held_failure_and_the_peeked_stream() -> None:
+    held = reply(529, OVERLOADED, [("retry-after", "5")])
+    hung = streamed([MESSAGE_START, None])
+
+    async def scenario(response: ProviderResponse) -> None:
+        task = asyncio.ensure_future(
+            run_chain(
+                [PRIMARY],
+                Upstreams({PRIMARY.name: [response]}),
+                policy=RetryPolicy(),
+                breaker=None,
+                stream=True,
+            )
+        )
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario(held))  # cancelled while sleeping before the retry
+    asyncio.run(scenario(hung))  # cancelled while waiting for the first content event
+    assert closes(held) == 1 and closes(hung) == 1
+
+
+@given(
+    st.integers(min_value=0, max_value=2000),
+    st.integers(min_value=0, max_value=2000),
+    st.floats(min_value=0, max_value=1),
+    st.floats(min_value=0, max_value=100),
+    st.floats(min_value=0, max_value=100),
+    st.floats(min_value=0, max_value=1),
+    st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+)
+def test_backoff_is_bounded_and_monotone(
+    first: int,
+    second: int,
+    random_value: float,
+    base: float,
+    cap: float,
+    jitter: float,
+    retry_after: float | None,
+) -> None:
+    policy = RetryPolicy(base_delay=base, max_delay=cap, jitter=jitter, max_retry_after=30)
+    low, high = sorted((first, second))
+    bound = max(policy.max_delay, policy.max_retry_after)
+    delay = backoff_delay(low, policy, retry_after, random_value)
+    assert 0 <= delay <= bound
+    if retry_after is None:
+        assert delay <= backoff_delay(high, policy, None, random_value)
+
+
+_OUTCOMES = [
+    "ok",
+    "bad_request",
+    "server_error",
+    "overloaded",
+    "refused",
+    "timeout",
+    "invalid",
+    "stream_ok",
+    "stream_broken",
+]
+_RETRYABLE = {"server_error", "overloaded", "refused", "timeout", "stream_broken"}
+
+
+def _make(kind: str) -> _Outcome:
+    made: dict[str, Callable[[], _Outcome]] = {
+        "ok": lambda: reply(200),
+        "bad_request": lambda: reply(400),
+        "server_error": lambda: reply(500),
+        "overloaded": lambda: reply(529, OVERLOADED, [("retry-after", "2")]),
+        "refused": lambda: UpstreamUnavailableError("refused"),
+        "timeout": lambda: UpstreamTimeoutError("slow"),
+        "invalid": lambda: InvalidRequestError("bad"),
+        "stream_ok": lambda: streamed(GOOD_STREAM),
+        "stream_broken": lambda: streamed([MESSAGE_START, error_event()]),
+    }
+    return made[kind]()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=3),
+    st.integers(min_value=1, max_value=3),
+    st.lists(st.sampled_from(_OUTCOMES), min_size=9, max_size=9),
+)
+def test_result_is_the_first_final_answer_or_the_last_failure(
+    n_targets: int, per_target: int, kinds: list[str]
+) -> None:
+    targets = [Target("p", f"m{i}") for i in range(n_targets)]
+    outcomes = [_make(kind) for kind in kinds]
+    feed = iter(outcomes)
+    calls: list[Target] = []
+
+    async def send(target: Target) -> ProviderResponse:
+        calls.append(target)
+        outcome = next(feed)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    policy = RetryPolicy(attempts_per_target=per_target)
+    budget = n_targets * per_target
+    final = next((i for i, kind in enumerate(kinds[:budget]) if kind not in _RETRYABLE), None)
+    used = budget if final is None else final + 1
+    expected, expected_kind = outcomes[used - 1], kinds[used - 1]
+    try:
+        result: ChainResult | GatewayError = chain(targets, send, policy=policy, stream=True)
+    except GatewayError as exc:
+        result = exc
+    assert len(calls) == used <= budget
+    assert calls == [targets[i // per_target] for i in range(used)]
+    if isinstance(expected, BaseException):
+        assert result is expected
+    elif expected_kind == "stream_broken":
+        assert isinstance(result, OverloadedError)
+    else:
+        assert isinstance(result, ChainResult)
+        assert result.response.close is expected.close and closes(expected) == 0
+        assert result.fallback_used == (calls[-1] != targets[0])
+    failed = [o for o in outcomes[: used - 1] if isinstance(o, ProviderResponse)]
+    assert all(closes(o) == 1 for o in failed)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(b"".join(GOOD_STREAM)) - 1), max_size=20))
+def test_any_chunking_commits_a_good_stream_and_fails_a_broken_one(cuts: list[int]) -> None:
+    def split(whole: bytes) -> list[bytes]:
+        points = sorted({c for c in cuts if c < len(whole)})
+        return [whole[a:b] for a, b in zip([0, *points], [*points, len(whole)], strict=True)]
+
+    good = b"".join(GOOD_STREAM)
+    broken = MESSAGE_START + sse("ping", {"type": "ping"}) + error_event()
+    send = Upstreams({PRIMARY.name: [streamed(split(broken)), streamed(split(good))]})
+    result, received = chain_and_read([PRIMARY], send)
+    assert received == split(good) and len(result.attempts) == 2
