@@ -1,0 +1,152 @@
+"""Prometheus metrics from usage events (the ``prometheus`` extra).
+
+Use :class:`PrometheusSink` as a usage sink and mount its :meth:`~PrometheusSink.metrics_app`::
+
+    sink = PrometheusSink()
+    gateway = Gateway(config, usage_sinks=[sink])
+    app.mount("/metrics", sink.metrics_app())
+"""
+
+from __future__ import annotations
+
+from .context import UsageEvent
+from .types import ASGIApp, Receive, Scope, Send
+
+try:
+    from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
+except ImportError as exc:  # pragma: no cover - the extra is installed in the test env
+    raise ImportError(
+        "messages_mw.metrics needs prometheus-client: pip install 'messages-mw[prometheus]'"
+    ) from exc
+
+__all__ = ["PrometheusSink"]
+
+# LLM requests run from sub-second to many minutes; first bytes arrive within seconds.
+_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_FIRST_BYTE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+_OTHER_MODELS = "other"
+
+
+class PrometheusSink:
+    """A usage sink that counts requests, tokens and cost, and times requests.
+
+    Metrics (each prefixed ``{namespace}_``): ``requests_total{status,provider,model,fallback}``,
+    ``tokens_total{direction,model}`` (direction: input, output, cache_read, cache_write),
+    ``cost_usd_total{model}``, and the histograms ``request_latency_seconds{model,stream}`` and
+    ``time_to_first_byte_seconds{model,stream}``. ``model`` is the model that served the
+    request. Tags, keys and sessions are never labels: their values are unbounded. Model names
+    come from clients, so only the first ``max_models`` distinct names get their own label
+    value; later ones are counted as ``other``.
+
+    ``registry`` defaults to a new private :class:`CollectorRegistry`, served by
+    :meth:`metrics_app`; pass ``prometheus_client.REGISTRY`` to join the process-wide one.
+    Raises ``ValueError`` if these metric names are already registered there.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        namespace: str = "messages_mw",
+        max_models: int = 100,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._max_models = max_models
+        self._models: set[str] = set()
+        registry = self.registry
+        self._requests = Counter(
+            "requests",
+            "Finished requests.",
+            ["status", "provider", "model", "fallback"],
+            namespace=namespace,
+            registry=registry,
+        )
+        self._tokens = Counter(
+            "tokens",
+            "Tokens used.",
+            ["direction", "model"],
+            namespace=namespace,
+            registry=registry,
+        )
+        self._cost = Counter(
+            "cost_usd",
+            "Estimated cost in USD at list prices.",
+            ["model"],
+            namespace=namespace,
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "request_latency_seconds",
+            "Time from request arrival to the last response byte.",
+            ["model", "stream"],
+            namespace=namespace,
+            registry=registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self._first_byte = Histogram(
+            "time_to_first_byte_seconds",
+            "Time from request arrival to the first response byte.",
+            ["model", "stream"],
+            namespace=namespace,
+            registry=registry,
+            buckets=_FIRST_BYTE_BUCKETS,
+        )
+
+    def __call__(self, event: UsageEvent) -> None:
+        model = self._model_label(event.served_model or event.requested_model or "unknown")
+        self._requests.labels(
+            str(event.status), event.provider or "unknown", model, _flag(event.fallback_used)
+        ).inc()
+        for direction, count in (
+            ("input", event.input_tokens),
+            ("output", event.output_tokens),
+            ("cache_read", event.cache_read_input_tokens),
+            ("cache_write", event.cache_creation_input_tokens),
+        ):
+            if count:
+                self._tokens.labels(direction, model).inc(count)
+        if event.cost:
+            self._cost.labels(model).inc(event.cost)
+        stream = _flag(event.stream)
+        if event.latency_ms is not None:
+            self._latency.labels(model, stream).observe(event.latency_ms / 1000)
+        if event.time_to_first_byte_ms is not None:
+            self._first_byte.labels(model, stream).observe(event.time_to_first_byte_ms / 1000)
+
+    def _model_label(self, model: str) -> str:
+        if model in self._models:
+            return model
+        if len(self._models) >= self._max_models:
+            return _OTHER_MODELS
+        self._models.add(model)
+        return model
+
+    def metrics_app(self) -> ASGIApp:
+        """An ASGI app serving this sink's registry in the Prometheus text format (or
+        OpenMetrics, when the scraper asks for it) on any path; mount it where you like."""
+        serve_registry = make_asgi_app(registry=self.registry)
+
+        async def metrics_app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                await serve_registry(scope, receive, send)
+            elif scope["type"] == "lifespan":
+                await _answer_lifespan(receive, send)
+            elif scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1003})
+
+        return metrics_app
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+async def _answer_lifespan(receive: Receive, send: Send) -> None:
+    """Served alone, the app has nothing to start or stop; mounted, it never sees lifespan."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,156 @@
+"""What a request cost: per-model list prices, and ``usage.cost`` for JSON responses.
+
+Prices are USD per million tokens (MTok), as Anthropic publishes them; override them in config
+(``pricing``). Costs are list-price estimates: batch discounts, the long-context surcharge
+(Sonnet 4/4.5 prompts over 200K tokens) and 1-hour cache writes (2x input, where we charge the
+5-minute 1.25x) are not modelled.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import cast
+
+import msgspec
+
+from .streaming import TokenUsage
+
+__all__ = ["DEFAULT_PRICES", "ModelPrice", "PricingTable", "add_cost_to_response_body"]
+
+# Anthropic's 5-minute cache pricing: a cache write costs 1.25x input, a cache read 0.1x.
+_CACHE_WRITE_FACTOR = 1.25
+_CACHE_READ_FACTOR = 0.1
+
+# What may follow a priced id in a longer one: a snapshot date (``-20250929``, Vertex's
+# ``@20250929``) or ``-latest``, then anything (Bedrock's ``-v1:0``). Nothing else, so that an
+# unknown future ``claude-opus-4-9`` is not silently billed as ``claude-opus-4``.
+_VERSION_SUFFIX = re.compile(r"[-@](?:\d{8}|latest)(?![0-9A-Za-z])")
+
+
+class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One model's prices in USD per million tokens.
+
+    ``cache_write`` defaults to 1.25 x ``input`` and ``cache_read`` to 0.1 x ``input`` (the
+    5-minute cache prices); after construction both are always numbers. Raises
+    :class:`ValueError` (a ``msgspec.ValidationError`` when decoding config) for a negative or
+    non-finite price.
+    """
+
+    input: float
+    output: float
+    cache_write: float | None = None
+    cache_read: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cache_write", "cache_read"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} price must be a finite, non-negative number")
+        if self.cache_write is None:
+            cache_write = round(self.input * _CACHE_WRITE_FACTOR, 10)
+            msgspec.structs.force_setattr(self, "cache_write", cache_write)
+        if self.cache_read is None:
+            cache_read = round(self.input * _CACHE_READ_FACTOR, 10)
+            msgspec.structs.force_setattr(self, "cache_read", cache_read)
+
+
+_OPUS_4 = ModelPrice(input=15.0, output=75.0, cache_write=18.75, cache_read=1.5)
+_OPUS_4_5 = ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5)
+_SONNET = ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3)
+_HAIKU_4_5 = ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1)
+_HAIKU_3_5 = ModelPrice(input=0.8, output=4.0, cache_write=1.0, cache_read=0.08)
+_HAIKU_3 = ModelPrice(input=0.25, output=1.25, cache_write=0.3, cache_read=0.03)
+
+DEFAULT_PRICES: Mapping[str, ModelPrice] = MappingProxyType(
+    {
+        # Not (yet) on Anthropic's price list: assumed equal to the family's last known price.
+        "claude-opus-5-5": _OPUS_4_5,
+        "claude-sonnet-4-6": _SONNET,
+        # USD per MTok, as published; override in config.
+        "claude-opus-4-6": _OPUS_4_5,
+        "claude-opus-4-5": _OPUS_4_5,
+        "claude-opus-4-1": _OPUS_4,
+        "claude-opus-4-0": _OPUS_4,
+        "claude-opus-4": _OPUS_4,
+        "claude-sonnet-4-5": _SONNET,
+        "claude-sonnet-4-0": _SONNET,
+        "claude-sonnet-4": _SONNET,
+        "claude-haiku-4-5": _HAIKU_4_5,
+        "claude-3-7-sonnet": _SONNET,
+        "claude-3-5-sonnet": _SONNET,
+        "claude-3-5-haiku": _HAIKU_3_5,
+        "claude-3-opus": _OPUS_4,
+        "claude-3-haiku": _HAIKU_3,
+    }
+)
+
+
+class PricingTable:
+    """Prices requests by model id.
+
+    An id is priced by its exact entry, else by the longest entry it starts with when the rest
+    is a snapshot suffix: ``claude-sonnet-4-5`` prices ``claude-sonnet-4-5-20250929`` and
+    ``claude-sonnet-4-5@20250929``. To extend the defaults rather than replace them, pass
+    ``{**DEFAULT_PRICES, **overrides}``.
+    """
+
+    def __init__(self, prices: Mapping[str, ModelPrice] = DEFAULT_PRICES) -> None:
+        for model, price in prices.items():
+            if not isinstance(price, ModelPrice):
+                raise TypeError(f"price for {model!r} must be a ModelPrice")
+        self._prices = dict(prices)
+        self._by_length = sorted(self._prices, key=len, reverse=True)
+
+    def price_for(self, model: str | None) -> ModelPrice | None:
+        """The price that applies to ``model``, or ``None`` when it is unknown."""
+        if model is None:
+            return None
+        price = self._prices.get(model)
+        if price is not None:
+            return price
+        for known in self._by_length:
+            if model.startswith(known) and _VERSION_SUFFIX.match(model, len(known)):
+                return self._prices[known]
+        return None
+
+    def cost(self, model: str | None, usage: TokenUsage) -> float | None:
+        """USD for ``usage`` at ``model``'s prices (rounded to 1e-10), ``None`` if unknown."""
+        price = self.price_for(model)
+        if price is None:
+            return None
+        # ModelPrice.__post_init__ fills both cache prices.
+        total = (
+            usage.input_tokens * price.input
+            + usage.output_tokens * price.output
+            + usage.cache_creation_input_tokens * cast(float, price.cache_write)
+            + usage.cache_read_input_tokens * cast(float, price.cache_read)
+        )
+        return round(total / 1_000_000, 10)
+
+
+_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_encoder = msgspec.json.Encoder()
+
+
+def add_cost_to_response_body(body: bytes, cost: float) -> bytes:
+    """Return a non-streaming Messages response with ``usage.cost`` set to ``cost`` (USD).
+
+    Every other value is carried over as its original bytes, in its original order; only the
+    top-level and ``usage`` objects' own whitespace and member-name escapes are normalised
+    (Anthropic sends compact JSON with ASCII names, which come out identical). A body that is
+    not a JSON object with a ``usage`` object is returned unchanged.
+    """
+    try:
+        message = _object_decoder.decode(body)
+        raw_usage = message.get("usage")
+        if raw_usage is None:
+            return body
+        usage = _object_decoder.decode(raw_usage)
+    except msgspec.DecodeError:
+        return body
+    usage["cost"] = msgspec.Raw(_encoder.encode(cost))
+    message["usage"] = msgspec.Raw(_encoder.encode(usage))
+    return _encoder.encode(message)

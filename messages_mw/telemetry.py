@@ -1,0 +1,84 @@
+"""OpenTelemetry spans from usage events (the ``otel`` extra).
+
+One CLIENT span per finished request, named ``chat {model}`` and timed from the event, with
+the OpenTelemetry GenAI semantic-convention attributes plus ``messages_mw.*`` ones.
+"""
+
+from __future__ import annotations
+
+from .context import UsageEvent
+
+try:
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+    from opentelemetry.util.types import AttributeValue
+except ImportError as exc:  # pragma: no cover - the extra is installed in the test env
+    raise ImportError(
+        "messages_mw.telemetry needs opentelemetry-api: pip install 'messages-mw[otel]'"
+    ) from exc
+
+__all__ = ["OpenTelemetrySink"]
+
+
+class OpenTelemetrySink:
+    """A usage sink that records each finished request as a span.
+
+    The span ends at the event's timestamp and starts ``latency`` earlier. Attributes follow
+    the GenAI conventions: ``gen_ai.operation.name`` ("chat"), ``gen_ai.provider.name`` and the
+    older ``gen_ai.system`` ("anthropic"), ``gen_ai.request.model``, ``gen_ai.response.model``,
+    and ``gen_ai.usage.*``, where ``input_tokens`` includes the cache reads and writes, as the
+    conventions ask (Anthropic's own ``input_tokens`` excludes them). The span status is ERROR
+    when the HTTP status is 400 or more or the event has an ``error_type``.
+
+    ``tracer_provider`` defaults to the global one (set by ``trace.set_tracer_provider``, even
+    after this sink is built). Through a :class:`~messages_mw.usage.UsageDispatcher` the span
+    has no parent: the dispatcher runs sinks outside the request's context.
+    """
+
+    def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer("messages_mw", tracer_provider=tracer_provider)
+
+    def __call__(self, event: UsageEvent) -> None:
+        end = int(event.timestamp * 1e9)
+        latency_ns = 0 if event.latency_ms is None else int(event.latency_ms * 1e6)
+        model = event.requested_model or event.served_model
+        span = self._tracer.start_span(
+            f"chat {model}" if model else "chat",
+            kind=SpanKind.CLIENT,
+            attributes=_attributes(event),
+            start_time=end - latency_ns,
+        )
+        if event.status >= 400 or event.error_type is not None:
+            span.set_status(Status(StatusCode.ERROR, event.error_type or f"HTTP {event.status}"))
+        span.end(end_time=end)
+
+
+def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
+    values: dict[str, AttributeValue | None] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "anthropic",
+        "gen_ai.system": "anthropic",
+        "gen_ai.request.model": event.requested_model,
+        "gen_ai.response.model": event.served_model,
+        "gen_ai.usage.input_tokens": (
+            event.input_tokens + event.cache_read_input_tokens + event.cache_creation_input_tokens
+        ),
+        "gen_ai.usage.output_tokens": event.output_tokens,
+        "gen_ai.usage.cache_read.input_tokens": event.cache_read_input_tokens,
+        "gen_ai.usage.cache_creation.input_tokens": event.cache_creation_input_tokens,
+        "http.request.method": event.method,
+        "http.response.status_code": event.status,
+        "error.type": event.error_type or (str(event.status) if event.status >= 400 else None),
+        "messages_mw.request_id": event.request_id,
+        "messages_mw.upstream_request_id": event.upstream_request_id,
+        "messages_mw.key_id": event.key_id,
+        "messages_mw.tags": tuple(event.tags) if event.tags else None,
+        "messages_mw.session_id": event.session_id,
+        "messages_mw.provider": event.provider,
+        "messages_mw.fallback_used": event.fallback_used,
+        "messages_mw.stream": event.stream,
+        "messages_mw.client_disconnected": event.client_disconnected,
+        "messages_mw.cost_usd": event.cost,
+        "messages_mw.time_to_first_byte_ms": event.time_to_first_byte_ms,
+    }
+    return {name: value for name, value in values.items() if value is not None}

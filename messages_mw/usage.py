@@ -1,0 +1,299 @@
+"""Usage sinks: where each finished request's :class:`~messages_mw.context.UsageEvent` goes.
+
+The gateway hands every event to a :class:`UsageDispatcher`, which queues it and returns at
+once; a background task delivers queued events to the sinks. A slow, blocking or failing sink
+therefore never delays or breaks a request: at worst the queue fills and events are dropped
+(and counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Protocol, TextIO
+
+import msgspec
+
+from .context import UsageEvent
+
+__all__ = ["JsonLinesSink", "UsageDispatcher", "UsageSink"]
+
+logger = logging.getLogger("messages_mw.usage")
+
+_DROP_LOG_INTERVAL = 10.0
+# Events handed to the sync sinks per trip to their thread: amortises the hop under load.
+_MAX_BATCH = 256
+_encoder = msgspec.json.Encoder()
+
+_Pending = list[tuple[object, UsageEvent, Awaitable[None]]]
+
+
+class UsageSink(Protocol):
+    """Receives each finished request's event, once, in the order requests finished.
+
+    A plain function, a coroutine function or an object with ``__call__``. Sync sinks run in
+    the dispatcher's own worker thread (one thread, one call at a time), so they may block on
+    files or sockets without stalling the event loop; async sinks run in the dispatcher's
+    background task on the event loop. An exception is logged and the sink gets the next event.
+    If the sink also has an ``aclose()`` method (sync or async), the dispatcher calls it once at
+    shutdown, after delivering what was queued.
+    """
+
+    def __call__(self, event: UsageEvent, /) -> Awaitable[None] | None: ...
+
+
+def _is_async(sink: object) -> bool:
+    # An object whose __call__ is a coroutine function is async too; plain functions and
+    # partials are caught by the first test.
+    return inspect.iscoroutinefunction(sink) or inspect.iscoroutinefunction(type(sink).__call__)
+
+
+class UsageDispatcher:
+    """Delivers usage events to sinks in the background, off the request path.
+
+    :meth:`emit` never blocks and never raises: it puts the event on a bounded queue (created on
+    the first emit, in the running loop) and returns. One background task drains the queue:
+    sync sinks get each batch in the dispatcher's worker thread, then each async sink is awaited
+    per event. Every sink sees events in emission order. A slow sink holds back the others and
+    lets the queue fill, but never a request; when the queue is full, new events are dropped,
+    counted in :attr:`dropped` and logged (at most once per 10 s).
+
+    ``shutdown_timeout`` bounds how long :meth:`aclose` waits for queued events. Raises
+    :class:`TypeError` at construction if a sink is not callable.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[UsageSink],
+        *,
+        queue_size: int = 10_000,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        for sink in sinks:
+            if not callable(sink):
+                raise TypeError(f"usage sink {sink!r} is not callable")
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self._sinks = tuple(sinks)
+        self._async_sinks = tuple(sink for sink in sinks if _is_async(sink))
+        self._sync_sinks = tuple(sink for sink in sinks if not _is_async(sink))
+        self._queue_size = queue_size
+        self._shutdown_timeout = shutdown_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[UsageEvent] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        self._dropped = 0
+        self._last_drop_log = -_DROP_LOG_INTERVAL
+
+    @property
+    def dropped(self) -> int:
+        """Events not delivered to every sink: queue full, emitted after close, or still
+        queued or in delivery when :meth:`aclose` gave up."""
+        return self._dropped
+
+    def emit(self, event: UsageEvent) -> None:
+        """Queue ``event`` for the sinks and return at once; never raises.
+
+        Call it from the event loop. From another thread it is handed to the loop the
+        dispatcher runs in; with no such loop the event is dropped.
+        """
+        if not self._sinks:
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and loop is self._loop:
+            self._put(event)
+        else:
+            self._emit_from_elsewhere(event, loop)
+
+    def _emit_from_elsewhere(
+        self, event: UsageEvent, loop: asyncio.AbstractEventLoop | None
+    ) -> None:
+        home = self._loop
+        if home is not None and home.is_running():
+            try:
+                home.call_soon_threadsafe(self._put, event)
+            except RuntimeError:  # the loop closed in between
+                self._drop("its event loop closed")
+        elif loop is not None:
+            # First emit, or the previous loop is gone (its queue and task went with it).
+            self._loop, self._queue, self._task = loop, asyncio.Queue(self._queue_size), None
+            self._put(event)
+        else:
+            self._drop("no running event loop")
+
+    def _put(self, event: UsageEvent) -> None:
+        if self._closed or self._queue is None or self._loop is None:
+            self._drop("the dispatcher is closed")
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._drop("the queue is full")
+            return
+        if self._task is None or self._task.done():
+            # A fresh context: the drain task must not inherit the first request's context
+            # variables (trace context, correlation ids) and stamp them on every later event.
+            self._task = self._loop.create_task(
+                self._drain(self._queue),
+                name="messages_mw usage dispatcher",
+                context=contextvars.Context(),
+            )
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self._dropped += count
+        now = time.monotonic()
+        if now - self._last_drop_log >= _DROP_LOG_INTERVAL:
+            self._last_drop_log = now
+            logger.warning("usage event dropped: %s (%d dropped so far)", reason, self._dropped)
+
+    async def _drain(self, queue: asyncio.Queue[UsageEvent]) -> None:
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < _MAX_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            delivered = 0
+            try:
+                if self._sync_sinks:
+                    await self._deliver_to_sync_sinks(batch)
+                for event in batch:
+                    for sink in self._async_sinks:
+                        await _call_guarded(sink, event)
+                    delivered += 1
+            except asyncio.CancelledError:
+                self._drop("shutdown cut its delivery short", len(batch) - delivered)
+                raise
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    async def _deliver_to_sync_sinks(self, batch: list[UsageEvent]) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="messages_mw-usage")
+        loop = asyncio.get_running_loop()
+        pending = await loop.run_in_executor(self._executor, self._call_sync_sinks, batch)
+        for sink, event, awaitable in pending:
+            await _await_guarded(sink, event, awaitable)
+
+    def _call_sync_sinks(self, batch: list[UsageEvent]) -> _Pending:
+        """Runs in the worker thread. Awaitables returned by sinks that looked sync (a lambda
+        around a coroutine function) are handed back to be awaited on the loop."""
+        pending: _Pending = []
+        for sink in self._sync_sinks:
+            for event in batch:
+                try:
+                    result = sink(event)
+                except Exception:
+                    logger.exception("usage sink %r failed on request %s", sink, event.request_id)
+                    continue
+                if inspect.isawaitable(result):
+                    pending.append((sink, event, result))
+        return pending
+
+    async def aclose(self) -> None:
+        """Deliver what is queued (waiting at most ``shutdown_timeout`` seconds), then close
+        the sinks.
+
+        Call it once at shutdown, in the loop that emitted. Events still queued after the
+        timeout are dropped and counted. Sink ``aclose()`` failures are logged, not raised. If
+        this coroutine is cancelled, delivery stops there and the sinks are not closed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        task = self._task
+        try:
+            if task is not None and not task.done() and self._loop is asyncio.get_running_loop():
+                await self._wait_for_queue()
+        finally:
+            if task is not None:
+                task.cancel()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+        if task is not None and self._loop is asyncio.get_running_loop():
+            await asyncio.wait([task])
+        if self._queue is not None and self._queue.qsize():
+            self._drop("it was still queued at shutdown", self._queue.qsize())
+        for sink in self._sinks:
+            await _close_guarded(sink)
+
+    async def _wait_for_queue(self) -> None:
+        assert self._queue is not None
+        try:
+            await asyncio.wait_for(self._queue.join(), self._shutdown_timeout)
+        except TimeoutError:
+            logger.warning(
+                "usage sinks did not finish within %.1f s of shutdown", self._shutdown_timeout
+            )
+
+
+async def _call_guarded(sink: UsageSink, event: UsageEvent) -> None:
+    try:
+        result = sink(event)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("usage sink %r failed on request %s", sink, event.request_id)
+
+
+async def _await_guarded(sink: object, event: UsageEvent, awaitable: Awaitable[None]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.exception("usage sink %r failed on request %s", sink, event.request_id)
+
+
+async def _close_guarded(sink: object) -> None:
+    close = getattr(sink, "aclose", None)
+    if close is None:
+        return
+    try:
+        result = close()
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("closing usage sink %r failed", sink)
+
+
+class JsonLinesSink:
+    """Writes each event as one JSON object per line, flushed per line: the default sink.
+
+    ``target`` is a path (opened for appending at construction, closed by :meth:`aclose`) or
+    an open text stream, which is never closed here; ``None`` means ``sys.stdout`` as it is
+    when the sink is built. Raises :class:`OSError` at construction if the path cannot be
+    opened. The line holds only what :class:`UsageEvent` holds: no credentials.
+    """
+
+    def __init__(self, target: str | Path | TextIO | None = None) -> None:
+        self._file: IO[bytes] | None = None
+        self._stream: TextIO | None = None
+        if isinstance(target, str | Path):
+            # Owned until aclose(), so not a with-block. Binary append: one write per line.
+            self._file = open(target, "ab")  # noqa: SIM115
+        else:
+            self._stream = sys.stdout if target is None else target
+
+    def __call__(self, event: UsageEvent) -> None:
+        line = _encoder.encode(event) + b"\n"
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+        elif self._stream is not None:
+            self._stream.write(line.decode())
+            self._stream.flush()
+
+    async def aclose(self) -> None:
+        """Close the file this sink opened; streams handed in stay open."""
+        if self._file is not None:
+            self._file.close()

@@ -1,0 +1,264 @@
+"""Prometheus and OpenTelemetry sinks, fed usage events directly and through a dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from messages_mw.context import UsageEvent
+from messages_mw.metrics import PrometheusSink
+from messages_mw.telemetry import OpenTelemetrySink
+from messages_mw.types import Message
+from messages_mw.usage import UsageDispatcher
+
+
+def make_event(**fields: Any) -> UsageEvent:
+    values: dict[str, Any] = {
+        "request_id": "req_1",
+        "timestamp": 1_750_000_000.0,
+        "method": "POST",
+        "path": "/v1/messages",
+        "status": 200,
+        "key_id": "team-a",
+        "tags": ["team:a", "feature:chat"],
+        "session_id": "session-1",
+        "requested_model": "claude-sonnet-4-5",
+        "served_model": "claude-sonnet-4-5",
+        "provider": "anthropic",
+        "stream": True,
+        "input_tokens": 100,
+        "output_tokens": 50,
+        "cache_creation_input_tokens": 20,
+        "cache_read_input_tokens": 300,
+        "cost": 0.002,
+        "latency_ms": 1500.0,
+        "time_to_first_byte_ms": 400.0,
+        "upstream_request_id": "req_upstream",
+    }
+    values.update(fields)
+    return UsageEvent(**values)
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_prometheus_counts_requests_tokens_cost_and_latency() -> None:
+    sink = PrometheusSink()
+    sink(make_event())
+    sink(make_event(request_id="req_2", status=429, cost=None, latency_ms=None, stream=False))
+    sink(make_event(served_model="claude-haiku-4-5", fallback_used=True, provider="backup"))
+    registry = sink.registry
+    sonnet = "claude-sonnet-4-5"
+    requests = "messages_mw_requests_total"
+    labels = {"provider": "anthropic", "model": sonnet, "fallback": "false"}
+    assert _value(registry, requests, status="200", **labels) == 1
+    assert _value(registry, requests, status="429", **labels) == 1
+    assert (
+        _value(
+            registry,
+            requests,
+            status="200",
+            provider="backup",
+            model="claude-haiku-4-5",
+            fallback="true",
+        )
+        == 1
+    )
+    tokens = "messages_mw_tokens_total"
+    assert _value(registry, tokens, direction="input", model=sonnet) == 200
+    assert _value(registry, tokens, direction="output", model=sonnet) == 100
+    assert _value(registry, tokens, direction="cache_read", model=sonnet) == 600
+    assert _value(registry, tokens, direction="cache_write", model=sonnet) == 40
+    assert _value(registry, "messages_mw_cost_usd_total", model=sonnet) == 0.002
+    latency = "messages_mw_request_latency_seconds"
+    assert _value(registry, f"{latency}_count", model=sonnet, stream="true") == 1
+    assert _value(registry, f"{latency}_sum", model=sonnet, stream="true") == 1.5
+    assert _value(registry, f"{latency}_count", model=sonnet, stream="false") is None
+    first_byte = "messages_mw_time_to_first_byte_seconds"
+    assert _value(registry, f"{first_byte}_sum", model=sonnet, stream="false") == 0.4
+
+
+def test_prometheus_labels_never_carry_tags_keys_or_sessions() -> None:
+    sink = PrometheusSink()
+    sink(make_event())
+    label_values = {
+        value
+        for metric in sink.registry.collect()
+        for sample in metric.samples
+        for value in sample.labels.values()
+    }
+    assert not label_values & {"team:a", "feature:chat", "team-a", "session-1", "req_1"}
+
+
+def test_prometheus_caps_the_number_of_model_labels() -> None:
+    sink = PrometheusSink(max_models=2, namespace="gw")
+    for model in ("a", "b", "c", "d", "a"):
+        sink(make_event(served_model=model, requested_model=model))
+    registry = sink.registry
+    labels = {"status": "200", "provider": "anthropic", "fallback": "false"}
+    assert _value(registry, "gw_requests_total", model="a", **labels) == 2
+    assert _value(registry, "gw_requests_total", model="b", **labels) == 1
+    assert _value(registry, "gw_requests_total", model="other", **labels) == 2
+
+
+def test_prometheus_metrics_app_serves_the_registry() -> None:
+    sink = PrometheusSink()
+    sink(make_event())
+
+    async def scrape() -> tuple[httpx.Response, httpx.Response]:
+        host = Starlette(routes=[Mount("/metrics", app=sink.metrics_app())])
+        transport = httpx.ASGITransport(app=host)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            text = await client.get("/metrics/")
+            open_metrics = await client.get(
+                "/metrics/", headers={"accept": "application/openmetrics-text"}
+            )
+        return text, open_metrics
+
+    text, open_metrics = asyncio.run(scrape())
+    assert text.status_code == 200
+    assert text.headers["content-type"].startswith("text/plain")
+    assert (
+        'messages_mw_requests_total{fallback="false",model="claude-sonnet-4-5",'
+        'provider="anthropic",status="200"} 1.0'
+    ) in text.text
+    assert "messages_mw_cost_usd_total" in text.text
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+
+
+def test_prometheus_metrics_app_answers_lifespan_and_refuses_websockets() -> None:
+    app = PrometheusSink().metrics_app()
+    incoming: list[Message] = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        await app({"type": "lifespan"}, receive, send)
+        await app({"type": "websocket"}, receive, send)
+
+    asyncio.run(main())
+    assert [message["type"] for message in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+        "websocket.close",
+    ]
+
+
+def test_prometheus_sink_behind_a_dispatcher() -> None:
+    sink = PrometheusSink()
+    dispatcher = UsageDispatcher([sink])
+
+    async def main() -> None:
+        for number in range(5):
+            dispatcher.emit(make_event(request_id=f"req_{number}"))
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    labels = {"status": "200", "provider": "anthropic", "fallback": "false"}
+    model = "claude-sonnet-4-5"
+    assert _value(sink.registry, "messages_mw_requests_total", model=model, **labels) == 5
+
+
+def _tracing() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def test_opentelemetry_span_carries_genai_attributes_and_event_times() -> None:
+    provider, exporter = _tracing()
+    OpenTelemetrySink(provider)(make_event(fallback_used=True))
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "chat claude-sonnet-4-5"
+    assert span.kind is SpanKind.CLIENT
+    assert span.end_time == 1_750_000_000 * 10**9
+    assert span.start_time == span.end_time - 1_500 * 10**6
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.parent is None
+    assert dict(span.attributes or {}) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "anthropic",
+        "gen_ai.system": "anthropic",
+        "gen_ai.request.model": "claude-sonnet-4-5",
+        "gen_ai.response.model": "claude-sonnet-4-5",
+        "gen_ai.usage.input_tokens": 420,
+        "gen_ai.usage.output_tokens": 50,
+        "gen_ai.usage.cache_read.input_tokens": 300,
+        "gen_ai.usage.cache_creation.input_tokens": 20,
+        "http.request.method": "POST",
+        "http.response.status_code": 200,
+        "messages_mw.request_id": "req_1",
+        "messages_mw.upstream_request_id": "req_upstream",
+        "messages_mw.key_id": "team-a",
+        "messages_mw.tags": ("team:a", "feature:chat"),
+        "messages_mw.session_id": "session-1",
+        "messages_mw.provider": "anthropic",
+        "messages_mw.fallback_used": True,
+        "messages_mw.stream": True,
+        "messages_mw.client_disconnected": False,
+        "messages_mw.cost_usd": 0.002,
+        "messages_mw.time_to_first_byte_ms": 400.0,
+    }
+
+
+def test_opentelemetry_marks_failures_as_errors() -> None:
+    provider, exporter = _tracing()
+    sink = OpenTelemetrySink(provider)
+    sink(make_event(status=529, error_type="overloaded_error", cost=None))
+    sink(make_event(status=502, tags=[], session_id=None))
+    sink(make_event(status=200, error_type="client_disconnected", client_disconnected=True))
+    overloaded, bad_gateway, disconnected = exporter.get_finished_spans()
+    assert overloaded.status.status_code is StatusCode.ERROR
+    assert overloaded.status.description == "overloaded_error"
+    assert overloaded.attributes is not None
+    assert overloaded.attributes["error.type"] == "overloaded_error"
+    assert "messages_mw.cost_usd" not in overloaded.attributes
+    assert bad_gateway.status.status_code is StatusCode.ERROR
+    assert bad_gateway.attributes is not None
+    assert bad_gateway.attributes["error.type"] == "502"
+    assert "messages_mw.tags" not in bad_gateway.attributes
+    assert "messages_mw.session_id" not in bad_gateway.attributes
+    assert disconnected.status.status_code is StatusCode.ERROR
+
+
+def test_opentelemetry_span_without_model_or_latency() -> None:
+    provider, exporter = _tracing()
+    OpenTelemetrySink(provider)(
+        make_event(requested_model=None, served_model=None, latency_ms=None)
+    )
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "chat"
+    assert span.start_time == span.end_time
+    assert span.attributes is not None
+    assert "gen_ai.request.model" not in span.attributes
+
+
+def test_opentelemetry_sink_behind_a_dispatcher_starts_root_spans() -> None:
+    provider, exporter = _tracing()
+    tracer = provider.get_tracer("host")
+    dispatcher = UsageDispatcher([OpenTelemetrySink(provider)])
+
+    async def main() -> None:
+        with tracer.start_as_current_span("host request"):
+            dispatcher.emit(make_event())
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert spans["chat claude-sonnet-4-5"].parent is None

@@ -1,0 +1,414 @@
+"""Usage dispatcher and JSON-lines sink: ordering, isolation, back-pressure, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import io
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from messages_mw.context import Attempt, Principal, RequestContext, UsageEvent
+from messages_mw.streaming import TokenUsage
+from messages_mw.usage import JsonLinesSink, UsageDispatcher, UsageSink
+
+SECRET_KEY = "sk-ant-api03-very-secret-value"
+
+
+def make_event(number: int = 0, **fields: Any) -> UsageEvent:
+    values: dict[str, Any] = {
+        "request_id": f"req_{number}",
+        "timestamp": 1_750_000_000.0 + number,
+        "method": "POST",
+        "path": "/v1/messages",
+        "status": 200,
+    }
+    values.update(fields)
+    return UsageEvent(**values)
+
+
+class Recorder:
+    """A sync sink that remembers what it got and where it ran."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.threads: set[str] = set()
+        self.closed = False
+
+    def __call__(self, event: UsageEvent) -> None:
+        self.ids.append(event.request_id)
+        self.threads.add(threading.current_thread().name)
+
+    def aclose(self) -> None:
+        self.closed = True
+
+
+class AsyncRecorder:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.ids: list[str] = []
+        self.delay = delay
+        self.closed = False
+
+    async def __call__(self, event: UsageEvent) -> None:
+        await asyncio.sleep(self.delay)
+        self.ids.append(event.request_id)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_every_sink_gets_every_event_in_order() -> None:
+    sync_sink, async_sink = Recorder(), AsyncRecorder()
+    dispatcher = UsageDispatcher([sync_sink, async_sink])
+    expected = [f"req_{number}" for number in range(500)]
+
+    async def main() -> None:
+        for number in range(500):
+            dispatcher.emit(make_event(number))
+            if number % 7 == 0:
+                await asyncio.sleep(0)
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    assert sync_sink.ids == expected
+    assert async_sink.ids == expected
+    assert sync_sink.closed and async_sink.closed
+    assert dispatcher.dropped == 0
+
+
+def test_sync_sinks_run_off_the_event_loop_thread() -> None:
+    sink = Recorder()
+    dispatcher = UsageDispatcher([sink])
+
+    async def main() -> None:
+        dispatcher.emit(make_event())
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    assert sink.threads and threading.current_thread().name not in sink.threads
+    assert all(name.startswith("messages_mw-usage") for name in sink.threads)
+
+
+def test_a_failing_sink_is_logged_and_does_not_affect_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def failing_sync(event: UsageEvent) -> None:
+        raise RuntimeError("sync sink broke")
+
+    async def failing_async(event: UsageEvent) -> None:
+        raise RuntimeError("async sink broke")
+
+    class FailingClose:
+        def __call__(self, event: UsageEvent) -> None:
+            pass
+
+        async def aclose(self) -> None:
+            raise OSError("close broke")
+
+    sync_sink, async_sink = Recorder(), AsyncRecorder()
+    sinks: list[UsageSink] = [failing_sync, sync_sink, failing_async, FailingClose(), async_sink]
+    dispatcher = UsageDispatcher(sinks)
+
+    async def main() -> None:
+        for number in range(3):
+            dispatcher.emit(make_event(number))
+        await dispatcher.aclose()
+
+    with caplog.at_level(logging.ERROR, logger="messages_mw.usage"):
+        asyncio.run(main())
+    assert sync_sink.ids == async_sink.ids == ["req_0", "req_1", "req_2"]
+    assert sync_sink.closed and async_sink.closed
+    failures = [r for r in caplog.records if r.name == "messages_mw.usage" and r.exc_info]
+    messages = [str(r.exc_info[1]) for r in failures if r.exc_info]
+    assert messages.count("sync sink broke") == 3
+    assert messages.count("async sink broke") == 3
+    assert messages.count("close broke") == 1
+
+
+def test_emit_returns_at_once_even_with_a_slow_sink() -> None:
+    slow = AsyncRecorder(delay=0.1)
+    dispatcher = UsageDispatcher([slow], shutdown_timeout=0.25)
+    events = [make_event(number) for number in range(1000)]
+
+    async def main() -> float:
+        started = time.perf_counter()
+        for event in events:
+            dispatcher.emit(event)
+        elapsed = time.perf_counter() - started
+        await dispatcher.aclose()
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    assert elapsed < 0.05
+    # Shutdown gave up after 0.25 s: what was not delivered is counted as dropped.
+    assert 1 <= len(slow.ids) <= 5
+    assert dispatcher.dropped == 1000 - len(slow.ids)
+
+
+def test_a_blocking_sync_sink_does_not_stall_the_event_loop() -> None:
+    def blocking(event: UsageEvent) -> None:
+        time.sleep(0.3)
+
+    dispatcher = UsageDispatcher([blocking], shutdown_timeout=0.01)
+
+    async def main() -> float:
+        dispatcher.emit(make_event())
+        await asyncio.sleep(0.01)  # the drain task is now waiting on the blocked thread
+        started = time.perf_counter()
+        await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        await dispatcher.aclose()
+        return elapsed
+
+    assert asyncio.run(main()) < 0.15
+
+
+def test_a_full_queue_drops_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    sink = Recorder()
+    dispatcher = UsageDispatcher([sink], queue_size=3)
+
+    async def main() -> None:
+        # No await in between: the drain task gets no chance to run.
+        for number in range(10):
+            dispatcher.emit(make_event(number))
+        assert dispatcher.dropped == 7
+        await dispatcher.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="messages_mw.usage"):
+        asyncio.run(main())
+    assert sink.ids == ["req_0", "req_1", "req_2"]
+    assert dispatcher.dropped == 7
+    drop_logs = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drop_logs) == 1
+
+
+def test_aclose_drains_the_queue_then_closes_sinks() -> None:
+    sink = AsyncRecorder(delay=0.001)
+    dispatcher = UsageDispatcher([sink])
+
+    async def main() -> None:
+        for number in range(50):
+            dispatcher.emit(make_event(number))
+        await dispatcher.aclose()
+        assert sink.closed
+        assert len(sink.ids) == 50
+        dispatcher.emit(make_event(99))  # after close: dropped, not raised
+        await dispatcher.aclose()  # a second close does nothing
+
+    asyncio.run(main())
+    assert dispatcher.dropped == 1
+
+
+def test_aclose_without_any_event_closes_the_sinks() -> None:
+    sink = Recorder()
+    dispatcher = UsageDispatcher([sink])
+    asyncio.run(dispatcher.aclose())
+    assert sink.closed
+
+
+def test_sinks_are_validated_at_construction() -> None:
+    with pytest.raises(TypeError, match="not callable"):
+        UsageDispatcher([Recorder(), "stdout"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="queue_size"):
+        UsageDispatcher([Recorder()], queue_size=0)
+
+
+def test_a_sync_looking_sink_returning_a_coroutine_is_awaited() -> None:
+    target = AsyncRecorder()
+    dispatcher = UsageDispatcher([lambda event: target(event)])
+
+    async def main() -> None:
+        dispatcher.emit(make_event(1))
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    assert target.ids == ["req_1"]
+
+
+def test_a_failing_coroutine_from_a_sync_looking_sink_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def failing(event: UsageEvent) -> None:
+        raise RuntimeError("late failure")
+
+    recorder = Recorder()
+    dispatcher = UsageDispatcher([lambda event: failing(event), recorder])
+
+    async def main() -> None:
+        dispatcher.emit(make_event(1))
+        await dispatcher.aclose()
+
+    with caplog.at_level(logging.ERROR, logger="messages_mw.usage"):
+        asyncio.run(main())
+    assert recorder.ids == ["req_1"]
+    assert any(r.exc_info and str(r.exc_info[1]) == "late failure" for r in caplog.records)
+
+
+def test_without_sinks_emit_does_nothing() -> None:
+    dispatcher = UsageDispatcher([])
+
+    async def main() -> None:
+        dispatcher.emit(make_event())
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    assert dispatcher.dropped == 0
+
+
+def test_a_sync_sink_returning_a_plain_value_is_fine() -> None:
+    stream = io.StringIO()
+    # Returns an int: not a UsageSink by its type, but common enough to accept at runtime.
+    sink: Any = lambda event: stream.write(event.request_id)  # noqa: E731
+    dispatcher = UsageDispatcher([sink])
+
+    async def main() -> None:
+        dispatcher.emit(make_event(1))
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    assert stream.getvalue() == "req_1"
+
+
+def test_emit_without_a_loop_drops_instead_of_raising() -> None:
+    dispatcher = UsageDispatcher([Recorder()])
+    dispatcher.emit(make_event())
+    assert dispatcher.dropped == 1
+
+
+def test_emit_from_another_thread_reaches_the_loop() -> None:
+    sink = AsyncRecorder()
+    dispatcher = UsageDispatcher([sink])
+
+    async def main() -> None:
+        dispatcher.emit(make_event(0))
+        await asyncio.to_thread(dispatcher.emit, make_event(1))
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    assert sink.ids == ["req_0", "req_1"]
+
+
+def test_a_dispatcher_outlives_its_first_event_loop() -> None:
+    sink = AsyncRecorder()
+    dispatcher = UsageDispatcher([sink])
+
+    async def emit_and_settle(number: int) -> None:
+        dispatcher.emit(make_event(number))
+        await asyncio.sleep(0.01)
+
+    asyncio.run(emit_and_settle(0))
+    asyncio.run(emit_and_settle(1))
+    assert sink.ids == ["req_0", "req_1"]
+
+
+def test_sinks_do_not_inherit_the_emitting_requests_context() -> None:
+    request_var: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+    seen: list[str] = []
+
+    async def sink(event: UsageEvent) -> None:
+        seen.append(request_var.get())
+
+    dispatcher = UsageDispatcher([sink])
+
+    async def main() -> None:
+        request_var.set("first request")
+        dispatcher.emit(make_event())
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    assert seen == ["none"]
+
+
+def test_json_lines_sink_appends_one_object_per_line_to_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    path.write_text('{"earlier": true}\n')
+    events = [make_event(number, input_tokens=number, tags=["a"]) for number in range(3)]
+    sink = JsonLinesSink(path)
+    for event in events:
+        sink(event)
+        # Flushed per line: readable before the sink is closed.
+        last_line = path.read_text().splitlines()[-1]
+        assert msgspec.json.decode(last_line, type=UsageEvent) == event
+    asyncio.run(sink.aclose())
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"earlier": true}'
+    assert [msgspec.json.decode(line, type=UsageEvent) for line in lines[1:]] == events
+
+
+def test_json_lines_sink_writes_to_a_text_stream_and_leaves_it_open() -> None:
+    stream = io.StringIO()
+    sink = JsonLinesSink(stream)
+    sink(make_event(1, cost=0.25))
+    sink(make_event(2))
+    asyncio.run(sink.aclose())
+    assert not stream.closed
+    lines = stream.getvalue().splitlines()
+    assert [msgspec.json.decode(line)["request_id"] for line in lines] == ["req_1", "req_2"]
+    assert msgspec.json.decode(lines[0])["cost"] == 0.25
+
+
+def test_json_lines_sink_defaults_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    JsonLinesSink()(make_event(7))
+    assert msgspec.json.decode(capsys.readouterr().out)["request_id"] == "req_7"
+
+
+def test_json_lines_sink_fails_at_construction_for_an_unwritable_path(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        JsonLinesSink(tmp_path / "missing-dir" / "usage.jsonl")
+
+
+def _full_context() -> RequestContext:
+    principal = Principal(
+        key_id="team-a", tags=("team:a",), upstream_api_key=SECRET_KEY, passthrough=True
+    )
+    context = RequestContext(request_id="req_full", method="POST", path="/v1/messages")
+    context.model = "claude-sonnet-4-5"
+    context.stream = True
+    context.status = 529
+    context.upstream_request_id = "req_upstream"
+    context.usage = TokenUsage(10, 20, 30, 40)
+    context.error_type = "overloaded_error"
+    context.client_disconnected = True
+    context.first_byte_at = context.started_at + 0.5
+    context.finished_at = context.started_at + 2.0
+    context.principal = principal
+    context.tags = ["team:a", "feature:chat"]
+    context.session_id = "session-1"
+    context.provider = "anthropic"
+    context.served_model = "claude-haiku-4-5"
+    context.fallback_used = True
+    context.attempts = [Attempt(target="primary", status=529, error_type="x", duration=0.1)]
+    context.cost = 0.5
+    return context
+
+
+def _field_names(value: object) -> list[str]:
+    if isinstance(value, dict):
+        names = list(value)
+        for item in value.values():
+            names.extend(_field_names(item))
+        return names
+    if isinstance(value, list):
+        return [name for item in value for name in _field_names(item)]
+    return []
+
+
+def test_a_full_event_carries_no_credential() -> None:
+    event = UsageEvent.from_context(_full_context())
+    encoded = msgspec.json.encode(event)
+    decoded = msgspec.json.decode(encoded)
+    # Every field is set, so nothing is hidden by omit_defaults.
+    assert set(decoded) == {field.encode_name for field in msgspec.structs.fields(UsageEvent)}
+    assert SECRET_KEY.encode() not in encoded
+    suspicious = ("secret", "password", "authorization", "credential", "header", "api_key")
+    for name in _field_names(decoded):
+        lowered = name.lower()
+        assert not any(word in lowered for word in suspicious), name
+        assert "key" not in lowered or lowered == "key_id", name
+        assert "token" not in lowered or isinstance(decoded.get(name), int), name
