@@ -9,6 +9,7 @@ Content-encoding is never decoded; callers get the bytes on the wire minus the t
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections import deque
 from collections.abc import Iterable
@@ -28,6 +29,8 @@ _MAX_HEAD_SIZE = 64 * 1024
 _MAX_LINE_SIZE = 8 * 1024
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _DECIMAL_DIGITS = b"0123456789"
+# A plain chunk-size line, the form servers send; anything else takes the line-by-line path.
+_PLAIN_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})\r\n")
 # A slow consumer makes reading pause above the high mark and resume once it drains below the low.
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
@@ -112,6 +115,11 @@ class ResponseParser:
                 self.keep_alive = False
                 return produced
             else:
+                if state == _CHUNK_SIZE and not self._pending:
+                    count, data = self._feed_whole_chunks(data)
+                    produced += count
+                    if not data:
+                        break
                 data = self._feed_chunk_framing(data)
         return produced
 
@@ -151,6 +159,28 @@ class ResponseParser:
         else:
             self.keep_alive = False
             self._state = _UNTIL_CLOSE
+
+    def _feed_whole_chunks(self, data: bytes) -> tuple[int, bytes]:
+        """Decode the complete, plainly framed chunks at the start of ``data`` in one loop.
+
+        An SSE stream arrives as dozens of small chunks per read, and going through the state
+        machine line by line costs more than the rest of the relay. This stops at the first
+        chunk it cannot finish here (partial, last, or unusually framed) and returns the bytes
+        from that chunk's size line on, for the line-by-line path to decide.
+        """
+        body = self._body
+        match = _PLAIN_CHUNK_SIZE.match
+        produced = position = 0
+        while (found := match(data, position)) is not None:
+            start = found.end()
+            size = int(found[1], 16)
+            stop = start + size
+            if not size or data[stop : stop + 2] != b"\r\n":
+                break
+            body.append(data[start:stop])
+            produced += size
+            position = stop + 2
+        return produced, data[position:] if position else data
 
     def _feed_chunk_framing(self, data: bytes) -> bytes:
         line, data = self._read_line(data)

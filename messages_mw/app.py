@@ -1,4 +1,4 @@
-"""The ASGI face of the gateway: routing, request reading, relaying, and error answers.
+"""The ASGI face of the gateway: routing, request reading, the policy pipeline, relaying.
 
 :class:`Gateway` is a plain ASGI application. Mount it anywhere (FastAPI, Starlette), wrap an
 app with :class:`~messages_mw.middleware.MessagesMiddleware`, or serve it alone under uvicorn.
@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
+from urllib.parse import quote
 
 import msgspec
 
+from .assembly import build_policy, build_providers
+from .body_edit import edit_top_level
 from .config import GatewayConfig
 from .context import RequestContext, RequestEndHook
 from .errors import (
@@ -26,14 +28,18 @@ from .errors import (
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
-    UpstreamUnavailableError,
     new_request_id,
 )
-from .protocol import ObservedResponse
+from .fallback import CircuitBreaker, Target, run_chain
+from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
+from .limits import RateLimiter
+from .policy import ForwardPlan
+from .pricing import add_cost_to_response_body
 from .providers.base import Provider, ProviderRequest, ProviderResponse
+from .relay import observe_response_body, relay_body, relay_stream
 from .request_body import ClientDisconnectedError, decode_content_encoding, read_body
-from .streaming import StreamObserver, frame_event, merge_usage
 from .types import Receive, Scope, Send
+from .usage import UsageSink
 from .validation import decode_count_tokens_request, decode_messages_request
 
 __all__ = ["Gateway", "route_path"]
@@ -41,8 +47,8 @@ __all__ = ["Gateway", "route_path"]
 logger = logging.getLogger("messages_mw")
 
 _Handler = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]
-_response_decoder = msgspec.json.Decoder(ObservedResponse)
 _JSON = (b"content-type", b"application/json")
+_attempts_encoder = msgspec.json.Encoder()
 
 
 def route_path(scope: Scope) -> str:
@@ -66,28 +72,25 @@ def _is_json_content_type(value: str) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
-def _default_provider(config: GatewayConfig) -> Provider:
-    if config.provider == "mock":
-        from .providers.mock import MockProvider
-
-        return MockProvider(config.mock, config.models)
-    from .providers.anthropic import AnthropicProvider
-
-    return AnthropicProvider(config.upstream)
-
-
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 
 
+def _encode_headers(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+
+
 class Gateway:
     """A drop-in Anthropic Messages API endpoint as an ASGI app.
 
-    ``provider`` replaces the upstream chosen by ``config.provider`` (tests hand in one with a
-    mock transport). ``on_request_end`` is called once per finished request (success, error or
-    client disconnect) with its :class:`RequestContext`; it may be sync or async, and an
-    exception in it is logged, never sent to the client.
+    ``provider`` replaces the default upstream chosen by ``config.provider`` (tests hand in one
+    with a mock transport); ``providers`` adds or replaces named ones for ``provider/model``
+    targets and fallback chains. The hooks (``auth``, ``tagger``, ``compressor``, ``router``,
+    ``limiter``, ``usage_sinks``) run in the order documented in :mod:`messages_mw.hooks`;
+    each defaults to the built-in configured in ``config``. ``on_request_end`` is called once
+    per finished request with its :class:`RequestContext`. Hook failures are logged and never
+    leak a traceback to the client.
 
     Upstream connections open lazily. Close them with ``await gateway.aclose()``, ``async with
     gateway``, ``FastAPI(lifespan=gateway.lifespan)``, or, when served alone, the ASGI lifespan
@@ -99,6 +102,13 @@ class Gateway:
         config: GatewayConfig | None = None,
         *,
         provider: Provider | None = None,
+        providers: Mapping[str, Provider] | None = None,
+        auth: AuthHook | None = None,
+        tagger: TagHook | None = None,
+        compressor: CompressionHook | None = None,
+        router: RouteHook | None = None,
+        limiter: RateLimiter | None = None,
+        usage_sinks: Sequence[UsageSink] = (),
         on_request_end: RequestEndHook | None = None,
     ) -> None:
         self.config = config or GatewayConfig()
@@ -106,12 +116,24 @@ class Gateway:
             raise TypeError("provider must have async send() and aclose() methods")
         if on_request_end is not None and not callable(on_request_end):
             raise TypeError("on_request_end must be callable")
-        self._provider = provider if provider is not None else _default_provider(self.config)
+        self._providers = build_providers(self.config, provider, providers)
+        self._policy = build_policy(
+            self.config,
+            list(self._providers),
+            auth=auth,
+            tagger=tagger,
+            compressor=compressor,
+            router=router,
+            limiter=limiter,
+            usage_sinks=usage_sinks,
+        )
+        self._breaker = CircuitBreaker(self.config.fallback.breaker)
+        self._headers = self.config.headers.resolved()
         self._on_request_end = on_request_end
         self._routes: dict[str, dict[str, _Handler]] = {
             "/v1/messages": {"POST": self._messages},
             "/v1/messages/count_tokens": {"POST": self._count_tokens},
-            "/v1/models": {"GET": self._forward_get},
+            "/v1/models": {"GET": self._models},
             "/api/hello": {"HEAD": self._hello, "GET": self._hello},
         }
 
@@ -125,8 +147,10 @@ class Gateway:
             await send({"type": "websocket.close", "code": 1003})
 
     async def aclose(self) -> None:
-        """Close upstream connections; requests after this reopen them lazily."""
-        await self._provider.aclose()
+        """Flush usage sinks and close upstream connections; requests after this reopen them."""
+        await self._policy.aclose()
+        for provider in self._providers.values():
+            await provider.aclose()
 
     async def __aenter__(self) -> Gateway:
         return self
@@ -188,15 +212,14 @@ class Gateway:
             await self._send_error(send, context, InternalGatewayError(message))
         finally:
             context.finished_at = time.perf_counter()
+            await self._policy.finish(context)
             if self._on_request_end is not None:
                 await self._report(context)
 
     async def _report(self, context: RequestContext) -> None:
         assert self._on_request_end is not None
         try:
-            result = self._on_request_end(context)
-            if inspect.isawaitable(result):
-                await result
+            await call_hook(self._on_request_end, context)
         except Exception:
             logger.exception("on_request_end failed for request %s", context.request_id)
 
@@ -209,7 +232,7 @@ class Gateway:
         context.response_started = True
         body = error.body(context.request_id)
         headers = [_JSON, (b"request-id", context.request_id.encode())]
-        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+        headers += _encode_headers([*error.headers.items(), *self._policy_headers(context)])
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -231,21 +254,41 @@ class Gateway:
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
     ) -> None:
         body, headers = await self._read_json_body(scope, receive)
-        request = decode_messages_request(body)
-        context.model, context.stream = request.model, request.stream
-        await self._forward(scope, receive, send, context, body, headers)
+        parsed = decode_messages_request(body)
+        context.model, context.stream = parsed.model, parsed.stream
+        incoming = IncomingRequest(context.method, context.path, headers, parsed.model)
+        context.response_headers = await self._policy.admit(incoming, context, parsed)
+        plan = await self._policy.prepare(body, headers, parsed, context)
+
+        async def attempt(target: Target) -> ProviderResponse:
+            return await self._send_to(target, plan, scope, context)
+
+        await self._guarded(receive, self._run_chain(plan, attempt, send, context), context)
 
     async def _count_tokens(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
     ) -> None:
         body, headers = await self._read_json_body(scope, receive)
         context.model = decode_count_tokens_request(body).model
-        await self._forward(scope, receive, send, context, body, headers)
+        await self._policy.authenticate(
+            IncomingRequest(context.method, context.path, headers, context.model), context
+        )
+        target = self._policy.resolver.primary(context.model)
+        plan = ForwardPlan(body, headers, [target])
+        work = self._relay(await self._send_to(target, plan, scope, context), send, context)
+        await self._guarded(receive, work, context)
 
-    async def _forward_get(
+    async def _models(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
     ) -> None:
-        await self._forward(scope, receive, send, context, b"", _header_map(scope))
+        headers = _header_map(scope)
+        incoming = IncomingRequest(context.method, context.path, headers, None)
+        await self._policy.authenticate(incoming, context)
+        provider = self._providers[self.config.provider]
+        request = self._provider_request(scope, context, b"", headers)
+        await self._guarded(
+            receive, self._send_and_relay(provider, request, send, context), context
+        )
 
     async def _hello(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
@@ -256,16 +299,14 @@ class Gateway:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _forward(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        context: RequestContext,
-        body: bytes,
-        headers: dict[str, str],
-    ) -> None:
-        request = ProviderRequest(
+    def _provider_request(
+        self, scope: Scope, context: RequestContext, body: bytes, headers: dict[str, str]
+    ) -> ProviderRequest:
+        principal = context.principal
+        credentials = "default"
+        if principal is not None:
+            credentials = "forward" if principal.passthrough else "strip"
+        return ProviderRequest(
             method=context.method,
             path=context.path,
             body=body,
@@ -273,118 +314,121 @@ class Gateway:
             request_id=context.request_id,
             query=scope["query_string"].decode("latin-1"),
             stream=context.stream,
+            api_key=principal.upstream_api_key if principal else None,
+            client_credentials=credentials,  # type: ignore[arg-type]
         )
-        work = asyncio.ensure_future(self._send_and_relay(request, send, context))
+
+    async def _send_to(
+        self, target: Target, plan: ForwardPlan, scope: Scope, context: RequestContext
+    ) -> ProviderResponse:
+        body = plan.body
+        if target.model != context.model:
+            body = edit_top_level(body, set_fields={"model": target.model})
+        request = self._provider_request(scope, context, body, plan.headers)
+        return await self._providers[target.provider].send(request)
+
+    async def _guarded(
+        self, receive: Receive, work: Awaitable[None], context: RequestContext
+    ) -> None:
+        """Run ``work`` while watching for the client to leave; if it does, cancel the work,
+        which closes the upstream request at once so no tokens are generated for nobody."""
+        task = asyncio.ensure_future(work)
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
-            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
         finally:
             watcher.cancel()
-            if not work.done():
-                # The client left: cancelling closes the upstream request at once, so no
-                # tokens are generated for nobody.
+            if not task.done():
                 context.client_disconnected = True
-                work.cancel()
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await work
+                await task
+
+    async def _run_chain(
+        self,
+        plan: ForwardPlan,
+        attempt: Callable[[Target], Awaitable[ProviderResponse]],
+        send: Send,
+        context: RequestContext,
+    ) -> None:
+        result = await run_chain(
+            plan.chain,
+            attempt,
+            policy=self.config.fallback.retry,
+            breaker=self._breaker,
+            stream=context.stream,
+            attempts=context.attempts,
+        )
+        context.provider, context.served_model = result.target.provider, result.target.model
+        context.fallback_used = result.fallback_used
+        await self._relay(result.response, send, context)
 
     async def _send_and_relay(
-        self, request: ProviderRequest, send: Send, context: RequestContext
+        self, provider: Provider, request: ProviderRequest, send: Send, context: RequestContext
     ) -> None:
-        response = await self._provider.send(request)
+        await self._relay(await provider.send(request), send, context)
+
+    async def _relay(self, response: ProviderResponse, send: Send, context: RequestContext) -> None:
         try:
-            if response.chunks is None:
-                await self._relay_body(response, send, context)
-            else:
-                await self._relay_stream(response, send, context)
+            if response.chunks is not None:
+                await relay_stream(
+                    response, send, context, self._response_headers(response, context)
+                )
+                return
+            body = response.body or b""
+            if response.status == 200:
+                observe_response_body(body, context)
+                body = self._with_cost(body, context)
+            headers = self._response_headers(response, context)
+            await relay_body(response, send, context, headers, body)
         finally:
             await response.close()
+
+    def _with_cost(self, body: bytes, context: RequestContext) -> bytes:
+        if not self.config.cost_in_response or self._policy.pricing is None:
+            return body
+        cost = self._policy.pricing.cost(context.served_model or context.model, context.usage)
+        return body if cost is None else add_cost_to_response_body(body, cost)
 
     def _response_headers(
         self, response: ProviderResponse, context: RequestContext
     ) -> list[tuple[bytes, bytes]]:
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        headers = _encode_headers(response.headers)
         for name, value in response.headers:
             if name == "request-id":
                 context.upstream_request_id = value
-                return headers
-        headers.append((b"request-id", context.request_id.encode()))
-        return headers
+                break
+        else:
+            headers.append((b"request-id", context.request_id.encode()))
+        return headers + _encode_headers(self._policy_headers(context))
 
-    async def _relay_body(
-        self, response: ProviderResponse, send: Send, context: RequestContext
-    ) -> None:
-        body = response.body or b""
-        context.status = response.status
-        if response.status == 200:
-            _observe_response_body(body, context)
-        headers = self._response_headers(response, context)
-        context.response_started = True
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        context.first_byte_at = time.perf_counter()
-
-    async def _relay_stream(
-        self, response: ProviderResponse, send: Send, context: RequestContext
-    ) -> None:
-        observer = StreamObserver()
-        try:
-            await self._pump(response, send, context, observer)
-        finally:
-            _record_stream(observer, context)
-
-    async def _pump(
-        self,
-        response: ProviderResponse,
-        send: Send,
-        context: RequestContext,
-        observer: StreamObserver,
-    ) -> None:
-        assert response.chunks is not None
-        context.status = response.status
-        headers = self._response_headers(response, context)
-        context.response_started = True
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        error: GatewayError | None = None
-        try:
-            async for chunk in response.chunks:
-                if context.first_byte_at is None:
-                    context.first_byte_at = time.perf_counter()
-                observer.feed(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except GatewayError as exc:
-            error = exc
-        except Exception:
-            logger.exception("request %s: relaying the stream failed", context.request_id)
-            error = InternalGatewayError(f"Internal gateway error (request {context.request_id}).")
-        if error is None and not observer.finished:
-            error = UpstreamUnavailableError("The upstream stream ended before message_stop.")
-        tail = b"" if error is None else _error_event(error, observer, context)
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    def _policy_headers(self, context: RequestContext) -> list[tuple[str, str]]:
+        """Rate-limit headers, which provider and model served, and the debug report."""
+        pairs = list(context.response_headers)
+        names = self._headers
+        if context.provider is not None:
+            pairs.append((names.provider, _header_safe(context.provider)))
+            pairs.append((names.model, _header_safe(context.served_model or context.model or "")))
+            pairs.append((names.fallback_used, "1" if context.fallback_used else "0"))
+        if context.debug:
+            pairs.extend(_debug_headers(context, names.debug))
+        return pairs
 
 
-def _error_event(error: GatewayError, observer: StreamObserver, context: RequestContext) -> bytes:
-    # A half-relayed event is closed first, so the error event parses on its own.
-    prefix = b"" if observer.at_event_boundary else b"\n\n"
-    context.error_type = error.error_type
-    logger.warning("request %s: stream failed: %s", context.request_id, error)
-    return prefix + frame_event("error", error.body(context.request_id))
+def _header_safe(value: str) -> str:
+    # Model names come from clients; anything outside printable ASCII is percent-encoded so
+    # it can neither break the header encoding nor inject a header line.
+    return value if value.isascii() and value.isprintable() else quote(value, safe="")
 
 
-def _record_stream(observer: StreamObserver, context: RequestContext) -> None:
-    context.usage = observer.usage
-    context.stop_reason = observer.stop_reason
-    if observer.error_type is not None and context.error_type is None:
-        context.error_type = observer.error_type
-
-
-def _observe_response_body(body: bytes, context: RequestContext) -> None:
-    try:
-        observed = _response_decoder.decode(body)
-    except msgspec.DecodeError:
-        return
-    merge_usage(context.usage, observed.usage)
-    context.stop_reason = observed.stop_reason
+def _debug_headers(context: RequestContext, debug_header: str) -> list[tuple[str, str]]:
+    upstream = sum(attempt.duration for attempt in context.attempts)
+    total = time.perf_counter() - context.started_at
+    timing = (
+        f"gateway;dur={max(total - upstream, 0) * 1000:.2f}, upstream;dur={upstream * 1000:.2f}"
+    )
+    attempts = _attempts_encoder.encode(context.attempts).decode()
+    return [("server-timing", timing), (debug_header + "-attempts", attempts)]
 
 
 def _declared_length(headers: dict[str, str]) -> int | None:

@@ -12,6 +12,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .auth import AuthConfig
+from .limits import LimitsConfig
+from .pricing import ModelPrice
+from .routing import FallbackConfig
+from .tags import HeaderNames, TagPolicy
+
 __all__ = [
     "DEFAULT_MODELS",
     "ConfigError",
@@ -73,16 +79,33 @@ DEFAULT_MODELS: tuple[ModelConfig, ...] = (
 class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the gateway needs, fixed at construction.
 
-    ``provider`` picks the upstream kind: ``anthropic`` forwards to ``upstream``; ``mock``
-    answers locally (demo, tests, benchmarks). ``max_body_bytes`` caps request bodies, after
-    gzip decoding too (Anthropic's own limit is 32 MB).
+    ``provider`` picks the default upstream: ``anthropic`` forwards to ``upstream``; ``mock``
+    answers locally (demo, tests, benchmarks); either is addressed as ``<provider>/<model>``.
+    ``upstreams`` names further Anthropic-compatible upstreams for fallback chains.
+    ``max_body_bytes`` caps request bodies, after gzip decoding too (Anthropic's own limit is
+    32 MB). ``pricing`` (USD per million tokens per model; ``None`` uses the built-in table)
+    prices usage events, and ``cost_in_response`` adds ``usage.cost`` to JSON responses.
+    ``usage_log`` writes each usage event as a JSON line to the ``messages_mw.usage`` logger;
+    ``usage_file`` appends them to a file. ``extra_headers_allowed`` lists the headers a
+    request body's ``extra_headers`` may set.
     """
 
     provider: Literal["anthropic", "mock"] = "anthropic"
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
+    upstreams: dict[str, UpstreamConfig] = msgspec.field(default_factory=dict)
     mock: MockConfig = msgspec.field(default_factory=MockConfig)
     models: tuple[ModelConfig, ...] = DEFAULT_MODELS
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 32 * 1024 * 1024
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    headers: HeaderNames = msgspec.field(default_factory=HeaderNames)
+    tags: TagPolicy = msgspec.field(default_factory=TagPolicy)
+    fallback: FallbackConfig = msgspec.field(default_factory=FallbackConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    pricing: dict[str, ModelPrice] | None = None
+    cost_in_response: bool = False
+    usage_log: bool = True
+    usage_file: str | None = None
+    extra_headers_allowed: tuple[str, ...] = ("anthropic-beta",)
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -71,6 +71,7 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)
     cost: float | None = None
     debug: bool = False
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def latency(self) -> float | None:

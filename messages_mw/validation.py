@@ -36,6 +36,7 @@ class _Message(msgspec.Struct):
 
 class _Metadata(msgspec.Struct):
     user_id: str | None = None
+    tags: list[str] | None = None
 
 
 class _Tool(msgspec.Struct):
@@ -58,6 +59,9 @@ class MessagesRequest(msgspec.Struct):
     tools: list[_Tool] | None = None
     tool_choice: _Block | None = None
     thinking: _Block | None = None
+    # Read only when the gateway is configured to consume them (see routing and policy).
+    fallbacks: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    extra_headers: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
 class CountTokensRequest(msgspec.Struct):

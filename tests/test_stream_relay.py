@@ -90,19 +90,31 @@ def test_truncated_stream_without_message_stop_gets_an_error_event() -> None:
 
 
 def test_half_relayed_event_is_closed_before_the_error_event() -> None:
+    # The break comes after content reached the client (before that, the gateway would
+    # answer with a plain error response or fall back instead).
     events = text_stream_events(["a"])
-    cut = events[0] + events[1][:10]
+    cut = b"".join(events[:3]) + events[3][:10]
     gateway, _ = make_gateway(_streaming([cut], httpx.ReadError("reset")))
     _, body = run(_collect(gateway))
     assert body.startswith(cut + b"\n\nevent: error\n")
 
 
-def test_upstream_error_event_is_relayed_as_is() -> None:
+def test_upstream_error_event_after_content_is_relayed_as_is() -> None:
     error = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "o"}})
-    events = [*text_stream_events(["a"])[:2], error]
+    events = [*text_stream_events(["a"])[:4], error]
     gateway, finished = make_gateway(_streaming(events))
     _, body = run(_collect(gateway))
     assert body == b"".join(events)
+    assert finished[0].error_type == "overloaded_error"
+
+
+def test_upstream_error_event_before_content_becomes_a_typed_error_response() -> None:
+    # Nothing reached the client yet, so it gets a real status its SDK can retry on.
+    error = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "o"}})
+    gateway, finished = make_gateway(_streaming([*text_stream_events(["a"])[:2], error]))
+    response, _ = run(_collect(gateway))
+    assert response.status_code == 529
+    assert response.json()["error"] == {"type": "overloaded_error", "message": "o"}
     assert finished[0].error_type == "overloaded_error"
 
 
@@ -111,7 +123,8 @@ def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
 
     async def endless() -> AsyncIterator[bytes]:
         try:
-            yield text_stream_events(["a"])[0]
+            start, _, first_block = text_stream_events(["a"])[:3]
+            yield start + first_block
             while True:
                 await asyncio.sleep(0.05)
                 yield sse("ping", {"type": "ping"})

@@ -60,7 +60,7 @@ def translate_transport_error(exc: httpx.TransportError, base_url: str) -> Gatew
 
 
 def _upstream_headers(
-    client_headers: Mapping[str, str], api_key: str | None
+    client_headers: Mapping[str, str], api_key: str | None, mode: str = "default"
 ) -> list[tuple[str, str]]:
     headers = [("content-type", "application/json"), ("accept-encoding", "identity")]
     for name, value in client_headers.items():
@@ -68,17 +68,26 @@ def _upstream_headers(
             headers.append((name, value))
     if "anthropic-version" not in client_headers:
         headers.append(("anthropic-version", _DEFAULT_VERSION))
-    headers.extend(_credentials(client_headers, api_key))
+    headers.extend(_credentials(client_headers, api_key, mode))
     return headers
 
 
-def _credentials(client_headers: Mapping[str, str], api_key: str | None) -> list[tuple[str, str]]:
-    """The configured key in the header style the client used, or the client's own key."""
+def _credentials(
+    client_headers: Mapping[str, str], api_key: str | None, mode: str = "default"
+) -> list[tuple[str, str]]:
+    """The key to send upstream, in the header style the client used.
+
+    ``mode`` (see :class:`ProviderRequest`): ``forward`` sends the client's own credentials,
+    ``strip`` only ``api_key`` (the client's were a gateway key), ``default`` ``api_key`` when
+    there is one and the client's otherwise.
+    """
     bearer = client_headers.get("authorization")
     client_key = client_headers.get("x-api-key")
-    if api_key is None:
+    if mode == "forward" or (api_key is None and mode == "default"):
         passed = [("x-api-key", client_key)] if client_key else []
         return passed + ([("authorization", bearer)] if bearer else [])
+    if api_key is None:
+        return []
     if bearer and not client_key:
         return [("authorization", f"Bearer {api_key}")]
     return [("x-api-key", api_key)]
@@ -161,7 +170,11 @@ class AnthropicProvider:
             request.method,
             self._url(request.path, request.query),
             content=request.body if request.method == "POST" else None,
-            headers=_upstream_headers(request.headers, self._settings.api_key),
+            headers=_upstream_headers(
+                request.headers,
+                request.api_key or self._settings.api_key,
+                request.client_credentials,
+            ),
             extensions=self._extensions,
         )
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 __all__ = ["Provider", "ProviderRequest", "ProviderResponse", "no_close"]
 
@@ -20,7 +20,10 @@ class ProviderRequest:
     ``path`` is relative to the API root (``/v1/messages``, ``/v1/messages/count_tokens``,
     ``/v1/models``, ``/v1/models/{id}``); ``query`` is the client's raw query string;
     ``body`` is the exact bytes to send (the client's own bytes when no hook changed them);
-    ``headers`` are the client's request headers with lower-case names.
+    ``headers`` are the client's request headers with lower-case names. ``api_key``
+    replaces the provider's configured key (a per-key "virtual key"). ``client_credentials``:
+    ``default`` sends the configured key, or the client's own when none is configured;
+    ``forward`` always sends the client's own; ``strip`` never does (it was a gateway key).
     """
 
     method: str
@@ -30,6 +33,8 @@ class ProviderRequest:
     request_id: str
     query: str = ""
     stream: bool = False
+    api_key: str | None = None
+    client_credentials: Literal["default", "forward", "strip"] = "default"
 
 
 async def no_close() -> None:

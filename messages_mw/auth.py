@@ -1,0 +1,137 @@
+"""Built-in authentication: static gateway keys (stored hashed) and client-key pass-through.
+
+Keys are hashed with SHA-256 when the hook is built and compared with
+:func:`hmac.compare_digest`; the plain key is never kept, logged, or put in an error or usage
+event (usage events carry the key's configured ``id``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+from .context import Principal
+from .errors import AuthenticationError
+from .hooks import IncomingRequest
+
+__all__ = [
+    "ApiKeyConfig",
+    "AuthConfig",
+    "PassthroughAuth",
+    "StaticKeyAuth",
+    "build_auth",
+    "hash_key",
+    "presented_key",
+]
+
+
+class ApiKeyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One gateway key and its policy.
+
+    Give the key as ``sha256`` (hex digest, preferred in files) or as ``key`` (hashed at
+    start-up). ``models`` limits what the key may call (empty: anything); ``tags`` are added to
+    each request; ``upstream_api_key`` is the provider key used on this key's behalf (a
+    "virtual key"); without it the gateway's configured upstream key is used.
+    """
+
+    id: str
+    sha256: str | None = None
+    key: str | None = None
+    models: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    upstream_api_key: str | None = None
+
+
+class AuthConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``mode``: ``none`` (anyone; the client's key goes upstream if no upstream key is
+    configured), ``static`` (only the configured keys), ``passthrough`` (a client key is
+    required and is forwarded upstream). ``header`` names an alternate header to read the
+    gateway key from (Edgee's ``x-edgee-api-key``), leaving ``x-api-key``/``Authorization`` to
+    carry the client's own provider key upstream."""
+
+    mode: Literal["none", "static", "passthrough"] = "none"
+    keys: tuple[ApiKeyConfig, ...] = ()
+    header: str | None = None
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def presented_key(headers: Mapping[str, str], alternate_header: str | None = None) -> str | None:
+    """The key a client presented: the alternate header first, then ``x-api-key``, then
+    ``Authorization: Bearer`` (the real API prefers ``x-api-key`` when both are sent)."""
+    if alternate_header is not None and (value := headers.get(alternate_header)):
+        return value.strip()
+    if value := headers.get("x-api-key"):
+        return value.strip()
+    authorization = headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def _principal(entry: ApiKeyConfig, passthrough: bool) -> Principal:
+    return Principal(
+        key_id=entry.id,
+        allowed_models=frozenset(entry.models) or None,
+        tags=entry.tags,
+        upstream_api_key=entry.upstream_api_key,
+        passthrough=passthrough and entry.upstream_api_key is None,
+    )
+
+
+class StaticKeyAuth:
+    """Accepts only the configured keys; 401 ``authentication_error`` otherwise.
+
+    With an alternate header configured, the gateway key is read from it and the client's
+    ``x-api-key``/``Authorization`` (its own provider key) is passed through upstream.
+    """
+
+    def __init__(self, keys: tuple[ApiKeyConfig, ...], *, header: str | None = None) -> None:
+        self._header = header.lower() if header else None
+        self._by_hash: dict[str, tuple[str, ApiKeyConfig]] = {}
+        for entry in keys:
+            digest = entry.sha256 or (hash_key(entry.key) if entry.key else None)
+            if digest is None:
+                raise ValueError(f"auth key {entry.id!r} needs either 'sha256' or 'key'")
+            self._by_hash[digest.lower()] = (digest.lower(), entry)
+
+    def __call__(self, request: IncomingRequest) -> Principal:
+        key = presented_key(request.headers, self._header)
+        if key is None:
+            where = self._header or "x-api-key"
+            raise AuthenticationError(f"{where}: an API key is required.")
+        digest = hash_key(key)
+        # Looking up by SHA-256 digest means lookup timing reveals nothing usable about the
+        # key; the stored digest is then confirmed with a constant-time comparison.
+        found = self._by_hash.get(digest)
+        if found is None or not hmac.compare_digest(found[0], digest):
+            raise AuthenticationError("invalid x-api-key")
+        entry = found[1]
+        alternate_used = self._header is not None and request.headers.get(self._header)
+        return _principal(entry, passthrough=bool(alternate_used))
+
+
+class PassthroughAuth:
+    """Requires a client key and forwards it upstream; the usage id is a hash prefix."""
+
+    def __call__(self, request: IncomingRequest) -> Principal:
+        key = presented_key(request.headers)
+        if key is None:
+            raise AuthenticationError("x-api-key: an API key is required.")
+        return Principal(key_id="client:" + hash_key(key)[:12], passthrough=True)
+
+
+def build_auth(config: AuthConfig) -> StaticKeyAuth | PassthroughAuth | None:
+    """The built-in auth hook for ``config`` (``None`` for mode ``none``)."""
+    if config.mode == "static":
+        return StaticKeyAuth(config.keys, header=config.header)
+    if config.mode == "passthrough":
+        return PassthroughAuth()
+    return None

@@ -1,0 +1,376 @@
+"""Where the rate limiter keeps its counters: one small interface, two implementations.
+
+A counter is a pair of adjacent fixed windows (``previous`` and ``current``) named by a key.
+:class:`MemoryCounterStore` keeps them in this process (one event loop); :class:`RedisCounterStore`
+keeps them in Redis, so every worker and host pointed at the same Redis shares them. Both make
+the same decisions with the same arithmetic: :func:`window_usage` here, a Lua transcription of it
+in Redis; the test suite runs the same scenarios against both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = [
+    "CounterStore",
+    "Increment",
+    "LimitStoreError",
+    "MemoryCounterStore",
+    "RedisCounterStore",
+    "WindowCheck",
+    "WindowCount",
+    "has_room",
+    "window_usage",
+]
+
+
+class LimitStoreError(Exception):
+    """The counter store could not answer (unreachable, timed out, or refused the command).
+
+    Never sent to a client: the rate limiter turns it into its ``on_store_error`` policy.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCheck:
+    """One counter to test against ``limit`` and, when every check in the call passes, to
+    raise by ``cost``.
+
+    ``cost`` 1 counts a request (it passes while ``usage + 1 <= limit``); ``cost`` 0 only
+    asks whether a budget is used up (it passes while ``usage < limit``). ``sliding`` weights
+    the previous window into the usage (rates); without it the usage is the current fixed
+    window alone (budgets that reset at a known time).
+    """
+
+    key: str
+    window: float
+    limit: float
+    cost: float = 0.0
+    sliding: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCount:
+    """A counter as the store saw it: the current window's start time and both windows' totals
+    (after this call's own cost, if it was admitted)."""
+
+    start: float
+    previous: float
+    current: float
+
+
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """Add ``amount`` to the current window of counter ``key`` (window length ``window``)."""
+
+    key: str
+    window: float
+    amount: float
+
+
+@runtime_checkable
+class CounterStore(Protocol):
+    """Shared window counters. Each method is one atomic step (one round trip for Redis).
+
+    Both methods raise :class:`LimitStoreError` when the store cannot answer. On cancellation
+    the step may or may not have been applied.
+    """
+
+    async def consume(
+        self, checks: Sequence[WindowCheck], now: float
+    ) -> tuple[bool, list[WindowCount]]:
+        """If every check has room at ``now``, add each check's cost; either way return
+        whether it did and each counter's state, in the order of ``checks``. Checks must name
+        distinct keys."""
+        ...
+
+    async def add(self, increments: Sequence[Increment], now: float) -> None:
+        """Add each amount unconditionally (usage learnt after the fact may overshoot)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; a later call reopens them."""
+        ...
+
+
+def window_usage(check: WindowCheck, count: WindowCount, now: float) -> float:
+    """The usage ``check`` is held to at ``now``: the current window, plus the previous one
+    weighted by how much of it still lies within one window length of ``now``."""
+    if not check.sliding:
+        return count.current
+    weight = min(1.0, max(0.0, 1.0 - (now - count.start) / check.window))
+    return count.previous * weight + count.current
+
+
+def has_room(check: WindowCheck, count: WindowCount, now: float) -> bool:
+    """Whether ``check`` passes at ``now`` against ``count`` (before its own cost)."""
+    used = window_usage(check, count, now)
+    return used < check.limit and used + check.cost <= check.limit
+
+
+def _roll(index: int, previous: float, current: float, now_index: int) -> tuple[int, float, float]:
+    """Move a stored counter forward to the window ``now_index`` (never backwards: a host whose
+    clock lags keeps counting into the newest window anyone has opened)."""
+    if now_index == index + 1:
+        return now_index, current, 0.0
+    if now_index > index + 1:
+        return now_index, 0.0, 0.0
+    return index, previous, current
+
+
+@dataclass(slots=True)
+class _Counter:
+    index: int
+    previous: float
+    current: float
+    window: float
+
+    def rolled(self, now: float) -> WindowCount:
+        self.index, self.previous, self.current = _roll(
+            self.index, self.previous, self.current, math.floor(now / self.window)
+        )
+        return WindowCount(self.index * self.window, self.previous, self.current)
+
+
+class MemoryCounterStore:
+    """Counters in this process, for one event loop (each call completes without awaiting,
+    so concurrent requests cannot interleave inside a check).
+
+    Memory stays bounded: counters idle for two windows are dropped, swept at most once per
+    ``sweep_interval`` seconds of the caller's clock.
+    """
+
+    def __init__(self, *, sweep_interval: float = 60.0) -> None:
+        self._counters: dict[str, _Counter] = {}
+        self._sweep_interval = sweep_interval
+        self._next_sweep = -math.inf
+
+    def __len__(self) -> int:
+        """How many counters are held (expired ones linger until the next sweep)."""
+        return len(self._counters)
+
+    async def consume(
+        self, checks: Sequence[WindowCheck], now: float
+    ) -> tuple[bool, list[WindowCount]]:
+        self._sweep(now)
+        counters = [self._counter(check.key, check.window, now) for check in checks]
+        counts = [counter.rolled(now) for counter in counters]
+        admitted = all(has_room(c, n, now) for c, n in zip(checks, counts, strict=True))
+        if admitted:
+            for check, counter in zip(checks, counters, strict=True):
+                counter.current += check.cost
+            counts = [counter.rolled(now) for counter in counters]
+        return admitted, counts
+
+    async def add(self, increments: Sequence[Increment], now: float) -> None:
+        self._sweep(now)
+        for increment in increments:
+            counter = self._counter(increment.key, increment.window, now)
+            counter.rolled(now)
+            counter.current += increment.amount
+
+    async def aclose(self) -> None:
+        """Nothing to release; the counters are kept."""
+
+    def _counter(self, key: str, window: float, now: float) -> _Counter:
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = _Counter(math.floor(now / window), 0.0, 0.0, window)
+            self._counters[key] = counter
+        return counter
+
+    def _sweep(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self._sweep_interval
+        expired = [
+            key
+            for key, counter in self._counters.items()
+            if (counter.index + 2) * counter.window <= now
+        ]
+        for key in expired:
+            del self._counters[key]
+
+
+# Loads a counter (KEYS[i], window length) and moves it to the window holding ``now``, exactly
+# as ``_roll`` does; numbers come back as strings because Redis truncates Lua numbers to
+# integers in replies.
+_LUA_LOAD = """
+local now = tonumber(ARGV[1])
+local function load(key, window)
+  local index = math.floor(now / window)
+  local stored = redis.call('HMGET', key, 'w', 'p', 'c')
+  local w = tonumber(stored[1]) or index
+  local p = tonumber(stored[2]) or 0
+  local c = tonumber(stored[3]) or 0
+  if index == w + 1 then
+    w, p, c = index, c, 0
+  elseif index > w + 1 then
+    w, p, c = index, 0, 0
+  end
+  return w, p, c
+end
+local function save(key, window, w, p, c)
+  redis.call('HSET', key, 'w', w, 'p', p, 'c', c)
+  redis.call('PEXPIRE', key, math.ceil(window * 2000))
+end
+"""
+
+# ARGV: now, then (window, limit, cost, sliding) per key. Mirrors MemoryCounterStore.consume.
+_LUA_CONSUME = (
+    _LUA_LOAD
+    + """
+local admitted = 1
+local rows = {}
+for i, key in ipairs(KEYS) do
+  local at = 2 + (i - 1) * 4
+  local window, limit = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local cost, sliding = tonumber(ARGV[at + 2]), ARGV[at + 3] == '1'
+  local w, p, c = load(key, window)
+  local used = c
+  if sliding then
+    local weight = math.min(1, math.max(0, 1 - (now - w * window) / window))
+    used = p * weight + c
+  end
+  if not (used < limit and used + cost <= limit) then
+    admitted = 0
+  end
+  rows[i] = {w, p, c, window, cost}
+end
+local reply = {admitted}
+for i, key in ipairs(KEYS) do
+  local row = rows[i]
+  if admitted == 1 and row[5] > 0 then
+    row[3] = row[3] + row[5]
+    save(key, row[4], row[1], row[2], row[3])
+  end
+  table.insert(reply, tostring(row[1] * row[4]))
+  table.insert(reply, tostring(row[2]))
+  table.insert(reply, tostring(row[3]))
+end
+return reply
+"""
+)
+
+# ARGV: now, then (window, amount) per key.
+_LUA_ADD = (
+    _LUA_LOAD
+    + """
+for i, key in ipairs(KEYS) do
+  local at = 2 + (i - 1) * 2
+  local window, amount = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local w, p, c = load(key, window)
+  save(key, window, w, p, c + amount)
+end
+return 0
+"""
+)
+
+
+class RedisCounterStore:
+    """Counters in Redis, shared by every process using the same ``url`` and ``key_prefix``.
+
+    Each call is one ``EVALSHA`` of a Lua script, so a check and its increment are atomic
+    across workers and hosts. Window boundaries come from the callers' clocks: keep hosts in
+    sync (NTP); skew shifts a host's windows by that much. All of a call's keys go to one
+    Redis, so Redis Cluster is not supported.
+
+    Connections open at the first call; at most ``max_connections`` at a time, further calls
+    wait for one. When Redis does not answer within ``timeout`` seconds (connection wait,
+    connect and reply each), the call raises :class:`LimitStoreError`, and calls in the next
+    ``retry_interval`` seconds fail at once instead of waiting on a dead host; the first call
+    after that tries again, so the store comes back by itself with Redis (scripts are loaded
+    again if Redis lost them).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        key_prefix: str = "messages_mw:",
+        timeout: float = 0.5,
+        retry_interval: float = 1.0,
+        max_connections: int = 50,
+    ) -> None:
+        try:
+            import redis.asyncio  # noqa: F401
+        except ImportError as exc:
+            raise ImportError(
+                "RedisCounterStore needs redis-py: pip install 'messages-mw[redis]'"
+            ) from exc
+        self._url = url
+        self._prefix = key_prefix
+        self._timeout = timeout
+        self._retry_interval = retry_interval
+        self._max_connections = max_connections
+        self._retry_at = -math.inf
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    async def consume(
+        self, checks: Sequence[WindowCheck], now: float
+    ) -> tuple[bool, list[WindowCount]]:
+        args: list[str] = [repr(now)]
+        for check in checks:
+            sliding = "1" if check.sliding else "0"
+            args += [repr(check.window), repr(check.limit), repr(check.cost), sliding]
+        reply = await self._run("consume", [check.key for check in checks], args, now)
+        values = [float(value) for value in reply[1:]]
+        counts = [WindowCount(*values[i : i + 3]) for i in range(0, len(values), 3)]
+        return reply[0] == 1, counts
+
+    async def add(self, increments: Sequence[Increment], now: float) -> None:
+        args: list[str] = [repr(now)]
+        for increment in increments:
+            args += [repr(increment.window), repr(increment.amount)]
+        await self._run("add", [increment.key for increment in increments], args, now)
+
+    async def aclose(self) -> None:
+        client, self._client, self._scripts = self._client, None, {}
+        if client is not None:
+            await client.aclose()
+
+    async def _run(self, script: str, keys: list[str], args: list[str], now: float) -> Any:
+        if now < self._retry_at:
+            raise LimitStoreError(
+                f"Redis was unreachable; next attempt in {self._retry_at - now:.1f} s"
+            )
+        from redis.exceptions import RedisError
+
+        try:
+            return await self._connect()[script]([self._prefix + key for key in keys], args)
+        except (RedisError, OSError) as exc:
+            self._retry_at = now + self._retry_interval
+            raise LimitStoreError(f"Redis: {exc}") from exc
+
+    def _connect(self) -> dict[str, AsyncScript]:
+        if self._client is None:
+            from redis.asyncio import BlockingConnectionPool, Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError
+
+            # One immediate retry on a broken connection (a pooled socket Redis closed while
+            # restarting), none on timeouts: an outage should cost one timeout, not several.
+            # A burst beyond the pool waits for a connection instead of failing.
+            pool = BlockingConnectionPool.from_url(
+                self._url,
+                max_connections=self._max_connections,
+                timeout=self._timeout,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
+            )
+            self._client = Redis.from_pool(pool)
+            self._scripts = {
+                "consume": self._client.register_script(_LUA_CONSUME),
+                "add": self._client.register_script(_LUA_ADD),
+            }
+        return self._scripts

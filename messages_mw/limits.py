@@ -1,0 +1,354 @@
+"""Rate limits and spend budgets per key and per tag: steps 4 (admit) and 8 (record) of the
+hook order in :mod:`messages_mw.hooks`.
+
+Requests and tokens per minute are counted in a sliding-window approximation (Cloudflare's):
+the current fixed minute plus the previous minute, weighted by the share of it still within
+the last 60 seconds, as if its traffic had been spread evenly. Precision: no aligned minute
+ever admits more than the limit, and there is no double burst around a minute boundary as
+with plain fixed windows; a 60-second span that starts with a burst at the end of a minute
+may still see up to twice the limit minus one. Under steady demand about one request fewer
+than the limit gets through each minute, and a limit of 1 allows one request every two
+minutes. Spend budgets use fixed periods aligned to the Unix epoch (a daily budget resets at
+00:00 UTC) and reset completely.
+
+Tokens and spend are known only when a response ends, so :meth:`RateLimiter.admit` checks
+only that they are not already used up, and :meth:`RateLimiter.record` adds them afterwards:
+the request that crosses a token or spend limit completes, the ones after it wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from .context import RequestContext
+from .errors import RateLimitError
+from .limit_stores import (
+    CounterStore,
+    Increment,
+    LimitStoreError,
+    MemoryCounterStore,
+    RedisCounterStore,
+    WindowCheck,
+    WindowCount,
+    has_room,
+    window_usage,
+)
+
+__all__ = ["LimitRule", "LimitsConfig", "RateLimiter"]
+
+logger = logging.getLogger("messages_mw.limits")
+
+_MINUTE = 60.0
+_Kind = Literal["requests", "tokens", "spend"]
+
+
+class LimitRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Limits for each key (``scope="key"``) or each tag value (``scope="tag"``).
+
+    ``match="*"`` gives every key (or tag) its own counters under these limits; a specific
+    ``match`` names one key id (or tag) and replaces the ``"*"`` rules for it, so one key can
+    get more, or less, than the default. Requests without a key count together under the
+    ``"*"`` key rules. ``spend`` is in the unit of ``RequestContext.cost`` per
+    ``spend_period_seconds``; it only counts requests whose cost a hook filled in.
+    """
+
+    scope: Literal["key", "tag"]
+    match: str = "*"
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    spend: float | None = None
+    spend_period_seconds: int = 86400
+
+    def __post_init__(self) -> None:
+        if not self.match:
+            raise ValueError("match must not be empty (use '*' for every key or tag)")
+        if (self.requests_per_minute, self.tokens_per_minute, self.spend) == (None, None, None):
+            raise ValueError("set requests_per_minute, tokens_per_minute or spend")
+        for name in ("requests_per_minute", "tokens_per_minute", "spend_period_seconds"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.spend is not None and not 0 < self.spend < math.inf:
+            raise ValueError(f"spend must be a positive number, got {self.spend}")
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which limits apply and where the counters live.
+
+    ``store="memory"`` counts in this process; ``"redis"`` shares the counters of every
+    worker and host using the same ``redis_url`` and ``key_prefix``. ``on_store_error``
+    decides what happens while the store cannot be reached (each call waits at most
+    ``store_timeout`` seconds): ``"open"`` lets requests through unlimited, ``"closed"``
+    rejects them with 429 ``rate_limit_error`` and ``retry-after: 1``. Either way a warning
+    is logged at most once per ``store_warning_interval`` seconds, and counting resumes by
+    itself when the store is back.
+    """
+
+    rules: tuple[LimitRule, ...] = ()
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "messages_mw:"
+    on_store_error: Literal["open", "closed"] = "open"
+    store_timeout: float = 0.5
+    store_warning_interval: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.store_timeout > 0:
+            raise ValueError(f"store_timeout must be positive, got {self.store_timeout}")
+        if not self.store_warning_interval >= 0:
+            raise ValueError("store_warning_interval must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class _Limit:
+    kind: _Kind
+    label: str
+    check: WindowCheck
+
+
+class RateLimiter:
+    """Enforces a :class:`LimitsConfig`: one instance per gateway, shared by its requests.
+
+    ``store`` replaces the store named by the config (it is closed by :meth:`aclose`);
+    ``clock`` returns Unix time in seconds. Window arithmetic and its precision are described
+    in this module's docstring. Store keys hold only a metric, a window length, the scope
+    and the key id or tag, e.g. ``messages_mw:requests:60:key:team-a-ci``.
+    """
+
+    def __init__(
+        self,
+        config: LimitsConfig,
+        *,
+        store: CounterStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if store is not None and not isinstance(store, CounterStore):
+            raise TypeError("store must have async consume(), add() and aclose() methods")
+        self.config = config
+        self._store = store if store is not None else _default_store(config)
+        self._clock = clock
+        self._key_rules = _rules_by_match(config.rules, "key")
+        self._tag_rules = _rules_by_match(config.rules, "tag")
+        self._warned_at = -math.inf
+        self._store_failing = False
+
+    async def admit(self, context: RequestContext) -> list[tuple[str, str]]:
+        """Count one request against every limit for ``context.principal`` and
+        ``context.tags``, after auth and tagging and before the request is forwarded.
+
+        Returns the ``anthropic-ratelimit-requests-*`` and ``-tokens-*`` headers of the
+        tightest request and token limits (empty when no rule applies), for the response.
+        Raises :class:`RateLimitError` (429) carrying ``retry-after`` and those headers when
+        any limit is reached; then nothing is counted. If the store is unreachable, follows
+        ``on_store_error``. On cancellation the request may or may not have been counted.
+        """
+        limits = self._limits_for(context)
+        if not limits:
+            return []
+        now = self._clock()
+        try:
+            admitted, counts = await self._store.consume([limit.check for limit in limits], now)
+        except LimitStoreError as exc:
+            return self._admit_without_store(exc, now)
+        self._store_answered()
+        headers = _headers(limits, counts, now)
+        if not admitted:
+            raise _rejection(limits, counts, now, headers)
+        return headers
+
+    async def record(self, context: RequestContext) -> None:
+        """Add the request's tokens (input, output and both cache counts) and
+        ``context.cost`` to its token and spend limits, once the request has ended.
+
+        Never raises for the store: when it is unreachable the usage is dropped and a
+        warning logged. Does no I/O when there is nothing to add.
+        """
+        usage = context.usage
+        tokens = (
+            usage.input_tokens
+            + usage.output_tokens
+            + usage.cache_creation_input_tokens
+            + usage.cache_read_input_tokens
+        )
+        amounts = {"tokens": float(tokens), "spend": context.cost or 0.0, "requests": 0.0}
+        increments = [
+            Increment(limit.check.key, limit.check.window, amounts[limit.kind])
+            for limit in self._limits_for(context)
+            if amounts[limit.kind] > 0
+        ]
+        if not increments:
+            return
+        now = self._clock()
+        try:
+            await self._store.add(increments, now)
+        except LimitStoreError as exc:
+            self._warn(exc, now, "this request's usage was not counted")
+        else:
+            self._store_answered()
+
+    async def aclose(self) -> None:
+        """Close the store's connections; a later call reopens them."""
+        await self._store.aclose()
+
+    def _limits_for(self, context: RequestContext) -> list[_Limit]:
+        # Rules that land on the same counter share it; the lowest limit holds.
+        limits: dict[str, _Limit] = {}
+        for subject, label, rules in self._subjects(context):
+            for rule in rules:
+                for limit in _rule_limits(rule, subject, label):
+                    kept = limits.get(limit.check.key)
+                    if kept is None or limit.check.limit < kept.check.limit:
+                        limits[limit.check.key] = limit
+        return list(limits.values())
+
+    def _subjects(self, context: RequestContext) -> Iterator[tuple[str, str, Sequence[LimitRule]]]:
+        principal = context.principal
+        if principal is None:
+            yield "anonymous", "anonymous requests", self._key_rules.get("*", ())
+        else:
+            key_id = principal.key_id
+            rules = self._key_rules.get(key_id) or self._key_rules.get("*", ())
+            yield f"key:{key_id}", f"key '{key_id}'", rules
+        for tag in dict.fromkeys(context.tags):
+            rules = self._tag_rules.get(tag) or self._tag_rules.get("*", ())
+            yield f"tag:{tag}", f"tag '{tag}'", rules
+
+    def _admit_without_store(self, exc: LimitStoreError, now: float) -> list[tuple[str, str]]:
+        if self.config.on_store_error == "open":
+            self._warn(exc, now, "requests are let through without limits")
+            return []
+        self._warn(exc, now, "requests are rejected with 429")
+        message = "Rate limits cannot be checked right now (the limit store is unavailable)."
+        raise RateLimitError(message, headers={"retry-after": "1"}) from exc
+
+    def _warn(self, exc: LimitStoreError, now: float, consequence: str) -> None:
+        self._store_failing = True
+        if now - self._warned_at >= self.config.store_warning_interval:
+            self._warned_at = now
+            logger.warning("rate limit store unavailable (%s); %s", exc, consequence)
+
+    def _store_answered(self) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            logger.info("rate limit store reachable again; limits are enforced")
+
+
+def _default_store(config: LimitsConfig) -> CounterStore:
+    if config.store == "redis":
+        return RedisCounterStore(
+            config.redis_url, key_prefix=config.key_prefix, timeout=config.store_timeout
+        )
+    return MemoryCounterStore()
+
+
+def _rules_by_match(
+    rules: Sequence[LimitRule], scope: Literal["key", "tag"]
+) -> dict[str, tuple[LimitRule, ...]]:
+    by_match: dict[str, tuple[LimitRule, ...]] = {}
+    for rule in rules:
+        if rule.scope == scope:
+            by_match[rule.match] = (*by_match.get(rule.match, ()), rule)
+    return by_match
+
+
+def _rule_limits(rule: LimitRule, subject: str, label: str) -> Iterator[_Limit]:
+    if rule.requests_per_minute is not None:
+        check = WindowCheck(f"requests:60:{subject}", _MINUTE, rule.requests_per_minute, 1.0)
+        yield _Limit("requests", label, check)
+    if rule.tokens_per_minute is not None:
+        check = WindowCheck(f"tokens:60:{subject}", _MINUTE, rule.tokens_per_minute)
+        yield _Limit("tokens", label, check)
+    if rule.spend is not None:
+        period = rule.spend_period_seconds
+        check = WindowCheck(f"spend:{period}:{subject}", period, rule.spend, sliding=False)
+        yield _Limit("spend", label, check)
+
+
+def _headers(
+    limits: Sequence[_Limit], counts: Sequence[WindowCount], now: float
+) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
+    for kind in ("requests", "tokens"):
+        pairs = [(lim.check, n) for lim, n in zip(limits, counts, strict=True) if lim.kind == kind]
+        if not pairs:
+            continue
+        check, count = min(pairs, key=lambda p: (_remaining(p[0], p[1], now), p[0].limit))
+        name = f"anthropic-ratelimit-{kind}"
+        headers += [
+            (f"{name}-limit", str(int(check.limit))),
+            (f"{name}-remaining", str(_remaining(check, count, now))),
+            (f"{name}-reset", _rfc3339(_replenished_at(check, count, now))),
+        ]
+    return headers
+
+
+def _rejection(
+    limits: Sequence[_Limit],
+    counts: Sequence[WindowCount],
+    now: float,
+    headers: list[tuple[str, str]],
+) -> RateLimitError:
+    waits = [
+        (_seconds_until_room(limit.check, count, now), limit)
+        for limit, count in zip(limits, counts, strict=True)
+        if not has_room(limit.check, count, now)
+    ]
+    wait, limit = max(waits, key=lambda pair: pair[0], default=(0.0, limits[0]))
+    # A whole second strictly after the moment there is room: retrying then always fits.
+    retry_after = math.floor(wait) + 1
+    return RateLimitError(
+        _message(limit, retry_after), headers={"retry-after": str(retry_after), **dict(headers)}
+    )
+
+
+def _message(limit: _Limit, retry_after: int) -> str:
+    check = limit.check
+    if limit.kind == "spend":
+        return (
+            f"The spend budget of {check.limit:g} per {int(check.window)} s for {limit.label} "
+            f"is used up; retry after {retry_after} s."
+        )
+    return (
+        f"Number of {limit.kind} has exceeded the rate limit of {int(check.limit)} "
+        f"{limit.kind} per minute for {limit.label}; retry after {retry_after} s."
+    )
+
+
+def _remaining(check: WindowCheck, count: WindowCount, now: float) -> int:
+    return max(0, math.floor(check.limit - window_usage(check, count, now)))
+
+
+def _replenished_at(check: WindowCheck, count: WindowCount, now: float) -> float:
+    """When the usage is back to zero if nothing more is counted."""
+    if count.current > 0:
+        return count.start + check.window * (2 if check.sliding else 1)
+    if check.sliding and count.previous > 0:
+        return count.start + check.window
+    return now
+
+
+def _seconds_until_room(check: WindowCheck, count: WindowCount, now: float) -> float:
+    """How long until ``check`` passes if nothing more is counted: the usage falls while the
+    previous window slides out, then while the current one does."""
+    start, window, target = count.start, check.window, check.limit - check.cost
+    # A request needs room for its cost; a budget only needs to be below its limit.
+    current_fits = count.current <= target if check.cost > 0 else count.current < check.limit
+    if not check.sliding:
+        at = now if current_fits else start + window
+    elif current_fits:
+        share = (target - count.current) / count.previous if count.previous > 0 else 1.0
+        at = start + window * (1 - share)
+    else:
+        at = start + window * (2 - target / count.current)
+    return max(0.0, at - now)
+
+
+def _rfc3339(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(timestamp)))

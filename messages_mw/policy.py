@@ -1,0 +1,192 @@
+"""The policy layer: runs the hooks in their documented order and reports each request once.
+
+:class:`Policy` owns the built-in and user hooks; the app calls :meth:`Policy.admit` before
+forwarding, :meth:`Policy.prepare` to shape the upstream request, and :meth:`Policy.finish`
+exactly once when a request ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from .body_edit import edit_top_level, read_raw_fields
+from .context import RequestContext, UsageEvent
+from .errors import InvalidRequestError, PermissionDeniedError
+from .fallback import Target
+from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
+from .limits import RateLimiter
+from .pricing import PricingTable
+from .routing import TargetResolver
+from .tags import ResolvedHeaderNames, TagPolicy, collect_tags, parse_tag_header, session_id
+from .usage import UsageDispatcher
+from .validation import MessagesRequest
+
+__all__ = ["ForwardPlan", "Policy"]
+
+logger = logging.getLogger("messages_mw")
+
+_extra_headers_decoder = msgspec.json.Decoder(dict[str, str])
+# Never settable through a body's extra_headers, whatever the allow-list says.
+_FORBIDDEN_EXTRA = frozenset(
+    {
+        "x-api-key",
+        "authorization",
+        "host",
+        "content-length",
+        "content-type",
+        "connection",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "cookie",
+        "anthropic-version",
+    }
+)
+
+
+@dataclass(slots=True)
+class ForwardPlan:
+    """What goes upstream: the body (original bytes unless something changed it), the client
+    headers to forward, and the targets to try in order."""
+
+    body: bytes
+    headers: dict[str, str]
+    chain: list[Target]
+
+
+@dataclass(slots=True)
+class Policy:
+    """The hooks and built-ins, in the order documented in :mod:`messages_mw.hooks`."""
+
+    resolver: TargetResolver
+    header_names: ResolvedHeaderNames
+    tag_policy: TagPolicy
+    extra_headers_allowed: frozenset[str]
+    auth: AuthHook | None = None
+    tagger: TagHook | None = None
+    compressor: CompressionHook | None = None
+    router: RouteHook | None = None
+    limiter: RateLimiter | None = None
+    pricing: PricingTable | None = None
+    dispatcher: UsageDispatcher | None = None
+
+    async def authenticate(self, request: IncomingRequest, context: RequestContext) -> None:
+        if self.auth is not None:
+            context.principal = await call_hook(self.auth, request)
+
+    async def admit(
+        self, request: IncomingRequest, context: RequestContext, parsed: MessagesRequest
+    ) -> list[tuple[str, str]]:
+        """Steps 1-4: auth, tags, model allow-list, limits. Returns rate-limit headers."""
+        await self.authenticate(request, context)
+        context.debug = request.headers.get(self.header_names.debug, "").lower() in _TRUE
+        context.session_id = session_id(request.headers, self.header_names.session)
+        context.tags = await self._tags(request, context, parsed)
+        principal = context.principal
+        allowed = principal.allowed_models if principal is not None else None
+        if allowed is not None and parsed.model not in allowed:
+            raise PermissionDeniedError(f"model: this API key may not use '{parsed.model}'.")
+        if self.limiter is None:
+            return []
+        return await self.limiter.admit(context)
+
+    async def _tags(
+        self, request: IncomingRequest, context: RequestContext, parsed: MessagesRequest
+    ) -> list[str]:
+        header = self.header_names.tags
+        groups: list[tuple[str, Sequence[str]]] = []
+        if value := request.headers.get(header):
+            groups.append((header, parse_tag_header(value, header, self.tag_policy)))
+        if context.principal is not None:
+            groups.append(("key policy", context.principal.tags))
+        metadata_tags = parsed.metadata.tags if parsed.metadata else None
+        if metadata_tags and self.tag_policy.from_metadata:
+            groups.append(("metadata.tags", metadata_tags))
+        if self.tagger is not None:
+            groups.append(("tagger", (await call_hook(self.tagger, request, context)) or ()))
+        return collect_tags(groups, self.tag_policy)
+
+    async def prepare(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        parsed: MessagesRequest,
+        context: RequestContext,
+    ) -> ForwardPlan:
+        """Steps 5-6: consume gateway-only body fields, compress, and choose the targets."""
+        fallbacks = _present(parsed.fallbacks)
+        extra_headers = _present(parsed.extra_headers)
+        body_targets = self.resolver.body_fallbacks(fallbacks)
+        remove = [] if body_targets is None else ["fallbacks"]
+        if extra_headers is not None:
+            remove.append("extra_headers")
+            headers = self._with_extra_headers(headers, extra_headers)
+        has_metadata_tags = parsed.metadata is not None and parsed.metadata.tags is not None
+        set_fields = _metadata_without_tags(body) if has_metadata_tags else None
+        if remove or set_fields:
+            body = edit_top_level(body, set_fields=set_fields, remove=remove)
+        if self.compressor is not None:
+            body = (await call_hook(self.compressor, body, context)) or body
+        chain = self.resolver.chain(parsed.model, body_targets)
+        if self.router is not None:
+            chain = list(await call_hook(self.router, context, chain))
+            if not chain:
+                raise InvalidRequestError(f"model: no route for '{parsed.model}'.")
+        return ForwardPlan(body, headers, chain)
+
+    def _with_extra_headers(self, headers: dict[str, str], raw: msgspec.Raw) -> dict[str, str]:
+        """Merge the body's ``extra_headers`` (allow-listed names only) into ``headers``."""
+        try:
+            extra = _extra_headers_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise InvalidRequestError(f"extra_headers: {exc}") from None
+        merged = dict(headers)
+        for name, value in extra.items():
+            name = name.lower()
+            if name in _FORBIDDEN_EXTRA or name not in self.extra_headers_allowed:
+                raise InvalidRequestError(f"extra_headers.{name}: this header may not be set.")
+            if "\r" in value or "\n" in value:
+                raise InvalidRequestError(f"extra_headers.{name}: invalid header value.")
+            if name == "anthropic-beta" and merged.get(name):
+                value = merged[name] + "," + value
+            merged[name] = value
+        return merged
+
+    async def finish(self, context: RequestContext) -> None:
+        """Step 8: cost, limit accounting and the usage event. Never raises."""
+        if self.pricing is not None:
+            context.cost = self.pricing.cost(context.served_model or context.model, context.usage)
+        if self.limiter is not None:
+            try:
+                await self.limiter.record(context)
+            except Exception:
+                logger.exception("recording usage against limits failed (%s)", context.request_id)
+        if self.dispatcher is not None:
+            self.dispatcher.emit(UsageEvent.from_context(context))
+
+    async def aclose(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose()
+        if self.limiter is not None:
+            await self.limiter.aclose()
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def _present(raw: msgspec.Raw | msgspec.UnsetType) -> msgspec.Raw | None:
+    return None if isinstance(raw, msgspec.UnsetType) else raw
+
+
+def _metadata_without_tags(body: bytes) -> Mapping[str, object]:
+    """``metadata.tags`` is the gateway's; the upstream's metadata keeps everything else."""
+    metadata = _raw_object_decoder.decode(read_raw_fields(body)["metadata"])
+    metadata.pop("tags", None)
+    return {"metadata": metadata}
+
+
+_raw_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])

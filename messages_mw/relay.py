@@ -1,0 +1,108 @@
+"""Relaying an upstream answer to the ASGI client: whole bodies, and SSE chunk by chunk.
+
+A stream is relayed byte for byte as chunks arrive, while a :class:`StreamObserver` reads usage
+along the way. Failures after the response started end the stream with an SSE ``error`` event,
+and so does an upstream stream that ends without ``message_stop``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from .context import RequestContext
+from .errors import GatewayError, InternalGatewayError, UpstreamUnavailableError
+from .protocol import ObservedResponse
+from .providers.base import ProviderResponse
+from .streaming import StreamObserver, frame_event, merge_usage
+from .types import Send
+
+__all__ = ["HeaderBuilder", "relay_body", "relay_stream"]
+
+logger = logging.getLogger("messages_mw")
+
+HeaderBuilder = Callable[[ProviderResponse, RequestContext], list[tuple[bytes, bytes]]]
+_response_decoder = msgspec.json.Decoder(ObservedResponse)
+
+
+async def relay_body(
+    response: ProviderResponse,
+    send: Send,
+    context: RequestContext,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+) -> None:
+    """Send a complete response (``body`` may differ from ``response.body``, e.g. with cost)."""
+    context.status = response.status
+    context.response_started = True
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    context.first_byte_at = time.perf_counter()
+
+
+def observe_response_body(body: bytes, context: RequestContext) -> None:
+    """Read usage and stop reason from a successful JSON response, if it parses."""
+    try:
+        observed = _response_decoder.decode(body)
+    except msgspec.DecodeError:
+        return
+    merge_usage(context.usage, observed.usage)
+    context.stop_reason = observed.stop_reason
+
+
+async def relay_stream(
+    response: ProviderResponse,
+    send: Send,
+    context: RequestContext,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Relay SSE chunks as they arrive; always ends the response, cleanly or with an error
+    event. Cancellation (client gone) leaves the usage read so far in ``context``."""
+    observer = StreamObserver()
+    try:
+        await _pump(response, send, context, headers, observer)
+    finally:
+        context.usage = observer.usage
+        context.stop_reason = observer.stop_reason
+        if observer.error_type is not None and context.error_type is None:
+            context.error_type = observer.error_type
+
+
+async def _pump(
+    response: ProviderResponse,
+    send: Send,
+    context: RequestContext,
+    headers: list[tuple[bytes, bytes]],
+    observer: StreamObserver,
+) -> None:
+    assert response.chunks is not None
+    context.status = response.status
+    context.response_started = True
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    error: GatewayError | None = None
+    try:
+        async for chunk in response.chunks:
+            if context.first_byte_at is None:
+                context.first_byte_at = time.perf_counter()
+            observer.feed(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except GatewayError as exc:
+        error = exc
+    except Exception:
+        logger.exception("request %s: relaying the stream failed", context.request_id)
+        error = InternalGatewayError(f"Internal gateway error (request {context.request_id}).")
+    if error is None and not observer.finished:
+        error = UpstreamUnavailableError("The upstream stream ended before message_stop.")
+    tail = b"" if error is None else _error_event(error, observer, context)
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _error_event(error: GatewayError, observer: StreamObserver, context: RequestContext) -> bytes:
+    # A half-relayed event is closed first, so the error event parses on its own.
+    prefix = b"" if observer.at_event_boundary else b"\n\n"
+    context.error_type = error.error_type
+    logger.warning("request %s: stream failed: %s", context.request_id, error)
+    return prefix + frame_event("error", error.body(context.request_id))

@@ -1,0 +1,125 @@
+"""Tags and session ids: where they come from, and the bounds that keep them safe to log.
+
+Tags come from a request header (comma-separated), the key's policy and ``metadata.tags``;
+every tag is checked against a bounded charset and length, and the count is capped, so a tag
+can never inject into a log line or a metrics backend. A bad tag is a 400, not a warning.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Literal
+
+import msgspec
+
+from .errors import InvalidRequestError
+
+__all__ = ["HeaderNames", "TagPolicy", "collect_tags", "parse_tag_header", "session_id"]
+
+
+class HeaderNames(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Names of the headers the gateway reads and adds (``preset = "edgee"`` gives Edgee's)."""
+
+    preset: Literal["messages_mw", "edgee"] = "messages_mw"
+    tags: str | None = None
+    session: str | None = None
+    debug: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    fallback_used: str | None = None
+
+    def resolved(self) -> ResolvedHeaderNames:
+        base = _PRESETS[self.preset]
+        return ResolvedHeaderNames(
+            tags=(self.tags or base.tags).lower(),
+            session=(self.session or base.session).lower(),
+            debug=(self.debug or base.debug).lower(),
+            provider=(self.provider or base.provider).lower(),
+            model=(self.model or base.model).lower(),
+            fallback_used=(self.fallback_used or base.fallback_used).lower(),
+        )
+
+
+class ResolvedHeaderNames(msgspec.Struct, frozen=True):
+    tags: str
+    session: str
+    debug: str
+    provider: str
+    model: str
+    fallback_used: str
+
+
+_PRESETS = {
+    "messages_mw": ResolvedHeaderNames(
+        tags="x-mw-tags",
+        session="x-claude-code-session-id",
+        debug="x-mw-debug",
+        provider="x-mw-provider",
+        model="x-mw-model",
+        fallback_used="x-mw-fallback-used",
+    ),
+    "edgee": ResolvedHeaderNames(
+        tags="x-edgee-tags",
+        session="x-edgee-session-id",
+        debug="x-edgee-debug",
+        provider="x-edgee-provider",
+        model="x-edgee-model",
+        fallback_used="x-edgee-fallback-used",
+    ),
+}
+
+
+class TagPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Bounds on tags: at most ``max_count`` tags of at most ``max_length`` characters from
+    ``[A-Za-z0-9_.:/-]``."""
+
+    max_count: Annotated[int, msgspec.Meta(ge=1)] = 16
+    max_length: Annotated[int, msgspec.Meta(ge=1)] = 64
+    from_metadata: bool = True
+
+
+_TAG = re.compile(r"[A-Za-z0-9_.:/-]+")
+_SESSION = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def _check_tag(tag: str, source: str, policy: TagPolicy) -> str:
+    if len(tag) > policy.max_length:
+        raise InvalidRequestError(
+            f"{source}: tag '{tag[:20]}...' is longer than {policy.max_length} characters."
+        )
+    if not _TAG.fullmatch(tag):
+        raise InvalidRequestError(
+            f"{source}: tag {tag[:40]!r} may only contain letters, digits and _ . : / -"
+        )
+    return tag
+
+
+def parse_tag_header(value: str, source: str, policy: TagPolicy) -> list[str]:
+    """Split a comma-separated tag header; empty items are ignored."""
+    return [_check_tag(item.strip(), source, policy) for item in value.split(",") if item.strip()]
+
+
+def collect_tags(groups: Iterable[tuple[str, Iterable[str]]], policy: TagPolicy) -> list[str]:
+    """Validate and merge tags from several ``(source, tags)`` groups, first seen first, no
+    duplicates; raises :class:`InvalidRequestError` naming the source of a bad tag."""
+    merged: dict[str, None] = {}
+    for source, tags in groups:
+        for tag in tags:
+            merged[_check_tag(tag, source, policy)] = None
+    if len(merged) > policy.max_count:
+        raise InvalidRequestError(f"tags: at most {policy.max_count} tags are allowed per request.")
+    return list(merged)
+
+
+def session_id(headers: Mapping[str, str], header: str) -> str | None:
+    """The session id from ``header``, if it is a sane identifier (a UUID, typically)."""
+    value = headers.get(header)
+    if value is None:
+        return None
+    value = value.strip()
+    if not _SESSION.fullmatch(value):
+        raise InvalidRequestError(
+            f"{header}: session id must be 1-128 characters of [A-Za-z0-9_.:-]."
+        )
+    return value

@@ -1,0 +1,327 @@
+"""The Redis counter store against a real ``redis-server`` on a loopback port.
+
+The server is required, not optional: without it these tests fail, saying how to install it
+(CI installs it). Each server runs without persistence, so a restart empties it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+
+from messages_mw.context import Principal
+from messages_mw.limit_stores import MemoryCounterStore, RedisCounterStore
+from messages_mw.limits import LimitRule, LimitsConfig, RateLimiter
+
+from .test_limits import (
+    PROPERTY_RULES,
+    FakeClock,
+    LimiterSemantics,
+    StoreFactory,
+    operations,
+    outcome,
+    play,
+    request,
+    run,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` that can be stopped and started again on its port."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "redis-server is not installed, and the Redis limit tests need it: "
+                "apt-get install redis-server (CI's .ci/run installs it)",
+                pytrace=False,
+            )
+        options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        options += ["--appendonly", "no", "--dir", str(self.directory)]
+        self.process = subprocess.Popen([binary, *options], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self._answers_ping():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server on port {self.port} did not answer PING within 10 s")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(7).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def fresh_prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+class TestRedisStore(LimiterSemantics):
+    @pytest.fixture
+    def make_store(self, shared_redis: RedisServer) -> StoreFactory:
+        prefix = fresh_prefix()
+        return lambda: RedisCounterStore(shared_redis.url, key_prefix=prefix)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=operations)
+def test_redis_decides_exactly_as_memory(
+    shared_redis: RedisServer, ops: list[tuple[Any, ...]]
+) -> None:
+    logs = []
+    for make_store in (
+        MemoryCounterStore,
+        lambda: RedisCounterStore(shared_redis.url, key_prefix=fresh_prefix()),
+    ):
+        clock = FakeClock()
+
+        async def scenario(limiter: RateLimiter, clock: FakeClock = clock) -> None:
+            logs.append(await play(limiter, clock, ops))
+
+        run(make_store, PROPERTY_RULES, scenario, clock)
+    assert logs[0] == logs[1]
+
+
+def test_store_keys_name_only_the_metric_window_and_subject(shared_redis: RedisServer) -> None:
+    prefix = fresh_prefix()
+    rules = [LimitRule(scope="key", requests_per_minute=5, tokens_per_minute=100)]
+    rules.append(LimitRule(scope="tag", spend=2.0, spend_period_seconds=3600))
+
+    async def scenario(limiter: RateLimiter) -> None:
+        context = request("team-a-ci", ["ci"], tokens=40, cost=0.5)
+        context.principal = Principal("team-a-ci", upstream_api_key="sk-ant-secret")
+        await limiter.admit(context)
+        await limiter.record(context)
+
+    run(lambda: RedisCounterStore(shared_redis.url, key_prefix=prefix), rules, scenario)
+    client = redis.Redis.from_url(shared_redis.url, decode_responses=True)
+    try:
+        keys = sorted(client.keys(prefix + "*"))
+        assert keys == [
+            prefix + "requests:60:key:team-a-ci",
+            prefix + "spend:3600:tag:ci",
+            prefix + "tokens:60:key:team-a-ci",
+        ]
+        assert 0 < client.ttl(prefix + "requests:60:key:team-a-ci") <= 120
+        assert 3600 < client.ttl(prefix + "spend:3600:tag:ci") <= 7200
+        assert client.hget(prefix + "tokens:60:key:team-a-ci", "c") == "40"
+        for key in keys:  # the window index and two totals, nothing else
+            assert set(client.hgetall(key)) == {"w", "p", "c"}
+    finally:
+        client.close()
+
+
+_HAMMER = """
+import asyncio, sys
+from messages_mw.context import Principal, RequestContext
+from messages_mw.errors import RateLimitError
+from messages_mw.limits import LimitRule, LimitsConfig, RateLimiter
+
+url, prefix, limit, attempts, now = sys.argv[1:]
+rule = LimitRule(scope="key", requests_per_minute=int(limit))
+config = LimitsConfig(rules=(rule,), store="redis", redis_url=url, key_prefix=prefix)
+
+async def one(limiter):
+    context = RequestContext("req", "POST", "/v1/messages", principal=Principal("shared"))
+    try:
+        await limiter.admit(context)
+    except RateLimitError:
+        return 0
+    return 1
+
+async def main():
+    limiter = RateLimiter(config, clock=lambda: float(now))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    results = await asyncio.gather(*(one(limiter) for _ in range(int(attempts))))
+    await limiter.aclose()
+    print(sum(results), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_two_processes_share_one_limit(shared_redis: RedisServer) -> None:
+    limit, attempts, prefix = 70, 120, fresh_prefix()
+    # A clock frozen mid-minute: both processes count in the same window however long they take.
+    argv = [sys.executable, "-c", _HAMMER, shared_redis.url, prefix, str(limit), str(attempts)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen(
+            [*argv, str(time.time() // 60 * 60 + 30)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=ROOT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        for worker in workers:  # release both at once
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        counts = [int(worker.communicate(timeout=30)[0]) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert [worker.returncode for worker in workers] == [0, 0]
+    assert sum(counts) == limit, counts
+
+
+def outage_config(server: RedisServer, policy: str) -> LimitsConfig:
+    rule = LimitRule(scope="key", requests_per_minute=5)
+    return LimitsConfig(
+        rules=(rule,),
+        store="redis",
+        redis_url=server.url,
+        key_prefix=fresh_prefix(),
+        on_store_error=policy,  # type: ignore[arg-type]
+        store_timeout=0.3,
+    )
+
+
+@pytest.mark.parametrize("policy", ["open", "closed"])
+def test_redis_outage_follows_the_policy_and_recovers_by_itself(
+    own_redis: RedisServer, policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(outage_config(own_redis, policy), clock=clock)
+
+    async def scenario() -> list[tuple[bool, dict[str, str]]]:
+        results = [await outcome(limiter, request())]
+        own_redis.stop()
+        results.append(await outcome(limiter, request()))
+        clock.advance(2)  # past the store's retry interval: it tries Redis again, still down
+        results.append(await outcome(limiter, request()))
+        own_redis.start()  # empty: no persistence, and the scripts must be loaded again
+        results.append(await outcome(limiter, request()))  # still within the retry interval
+        clock.advance(2)
+        results.append(await outcome(limiter, request()))
+        await limiter.aclose()
+        return results
+
+    with caplog.at_level(logging.WARNING, logger="messages_mw.limits"):
+        before, *outage, after = asyncio.run(scenario())
+    remaining = "anthropic-ratelimit-requests-remaining"
+    assert before[0] and before[1][remaining] == "4"
+    if policy == "open":
+        assert outage == [(True, {})] * 3
+    else:
+        assert outage == [(False, {"retry-after": "1"})] * 3
+    assert after[0] and after[1][remaining] == "4"
+    assert len(caplog.records) == 1
+    assert "rate limit store unavailable" in caplog.records[0].getMessage()
+
+
+def test_a_hung_redis_costs_one_timeout_then_fails_fast(own_redis: RedisServer) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(outage_config(own_redis, "open"), clock=clock)
+
+    async def scenario() -> list[float]:
+        await limiter.admit(request())
+        own_redis.pause()
+        try:
+            timings = []
+            for _ in range(2):
+                started = time.monotonic()
+                assert await limiter.admit(request()) == []
+                timings.append(time.monotonic() - started)
+        finally:
+            own_redis.resume()
+        clock.advance(2)
+        assert (await outcome(limiter, request()))[1]  # counted (and reported) again
+        await limiter.aclose()
+        return timings
+
+    first, second = asyncio.run(scenario())
+    assert 0.25 < first < 1.5
+    assert second < 0.05
+
+
+def test_an_unreachable_redis_is_not_contacted_at_construction() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = LimitsConfig(
+        rules=(LimitRule(scope="key", requests_per_minute=1),),
+        store="redis",
+        redis_url=f"redis://127.0.0.1:{port}/0",
+    )
+    limiter = RateLimiter(config)
+
+    async def scenario() -> list[tuple[str, str]]:
+        headers = await limiter.admit(request())
+        await limiter.aclose()
+        return headers
+
+    assert asyncio.run(scenario()) == []

@@ -1,0 +1,169 @@
+"""Units of the policy layer: key auth, tags, sessions, targets and body edits."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from messages_mw.auth import ApiKeyConfig, PassthroughAuth, StaticKeyAuth, hash_key, presented_key
+from messages_mw.body_edit import edit_top_level
+from messages_mw.errors import AuthenticationError, InvalidRequestError
+from messages_mw.fallback import Target
+from messages_mw.hooks import IncomingRequest, check_hook
+from messages_mw.routing import FallbackConfig, TargetResolver
+from messages_mw.tags import HeaderNames, TagPolicy, collect_tags, parse_tag_header, session_id
+
+POLICY = TagPolicy()
+
+
+def _request(**headers: str) -> IncomingRequest:
+    return IncomingRequest("POST", "/v1/messages", headers, "claude-sonnet-4-6")
+
+
+def test_presented_key_order() -> None:
+    assert presented_key({"x-api-key": "a", "authorization": "Bearer b"}) == "a"
+    assert presented_key({"authorization": "Bearer b"}) == "b"
+    assert presented_key({"authorization": "Basic b"}) is None
+    assert presented_key({"x-gw": "g", "x-api-key": "a"}, "x-gw") == "g"
+
+
+def test_static_keys_accept_reject_and_never_echo_the_key() -> None:
+    auth = StaticKeyAuth(
+        (
+            ApiKeyConfig(id="team-a", key="sk-gw-a", models=("claude-haiku-4-5",), tags=("a",)),
+            ApiKeyConfig(id="team-b", sha256=hash_key("sk-gw-b"), upstream_api_key="sk-up"),
+        )
+    )
+    principal = auth(_request(**{"x-api-key": "sk-gw-a"}))
+    assert principal.key_id == "team-a"
+    assert principal.allowed_models == frozenset({"claude-haiku-4-5"})
+    assert principal.tags == ("a",) and not principal.passthrough
+    bearer = auth(_request(authorization="Bearer sk-gw-b"))
+    assert bearer.key_id == "team-b" and bearer.upstream_api_key == "sk-up"
+    for headers in ({}, {"x-api-key": "sk-wrong-secret"}):
+        with pytest.raises(AuthenticationError) as caught:
+            auth(_request(**headers))
+        assert "sk-wrong-secret" not in caught.value.message
+
+
+def test_alternate_header_marks_client_key_passthrough() -> None:
+    auth = StaticKeyAuth((ApiKeyConfig(id="cc", key="gw-key"),), header="X-Edgee-Api-Key")
+    principal = auth(_request(**{"x-edgee-api-key": "gw-key", "x-api-key": "sk-ant-own"}))
+    assert principal.key_id == "cc" and principal.passthrough
+
+
+def test_key_config_needs_a_key() -> None:
+    with pytest.raises(ValueError, match="sha256"):
+        StaticKeyAuth((ApiKeyConfig(id="x"),))
+
+
+def test_passthrough_auth_requires_a_key_and_hides_it() -> None:
+    principal = PassthroughAuth()(_request(**{"x-api-key": "sk-ant-secret"}))
+    assert principal.passthrough and "secret" not in principal.key_id
+    with pytest.raises(AuthenticationError):
+        PassthroughAuth()(_request())
+
+
+def test_tags_from_header_are_validated_and_bounded() -> None:
+    assert parse_tag_header(" prod, agent ,,codex", "x-mw-tags", POLICY) == [
+        "prod",
+        "agent",
+        "codex",
+    ]
+    for bad in ("has space", "new\nline", "x" * 65, "ünï"):
+        with pytest.raises(InvalidRequestError, match="x-mw-tags"):
+            parse_tag_header(bad, "x-mw-tags", POLICY)
+    with pytest.raises(InvalidRequestError, match="at most 2"):
+        collect_tags([("h", ["a", "b", "c"])], TagPolicy(max_count=2))
+    assert collect_tags([("h", ["a", "b"]), ("key", ["b", "c"])], POLICY) == ["a", "b", "c"]
+
+
+@given(st.text(max_size=80))
+def test_tag_parser_never_accepts_unsafe_characters(value: str) -> None:
+    try:
+        tags = parse_tag_header(value, "h", POLICY)
+    except InvalidRequestError:
+        return
+    for tag in tags:
+        assert tag and len(tag) <= 64
+        assert all(c.isascii() and (c.isalnum() or c in "_.:/-") for c in tag)
+
+
+def test_session_ids() -> None:
+    assert session_id({"s": "76c21bf7-1d67-40e5"}, "s") == "76c21bf7-1d67-40e5"
+    assert session_id({}, "s") is None
+    with pytest.raises(InvalidRequestError):
+        session_id({"s": "bad id\r\n"}, "s")
+
+
+def test_header_presets() -> None:
+    edgee = HeaderNames(preset="edgee").resolved()
+    assert (edgee.tags, edgee.session, edgee.fallback_used) == (
+        "x-edgee-tags",
+        "x-edgee-session-id",
+        "x-edgee-fallback-used",
+    )
+    assert HeaderNames(tags="X-Team-Tags").resolved().tags == "x-team-tags"
+
+
+def test_targets_and_chains() -> None:
+    config = FallbackConfig(
+        chains={"claude-opus-5-5": ("backup/claude-sonnet-4-6",)},
+        default_chain=("backup/claude-haiku-4-5",),
+    )
+    resolver = TargetResolver(["anthropic", "backup"], "anthropic", config)
+    assert resolver.primary("claude-opus-5-5") == Target("anthropic", "claude-opus-5-5")
+    assert resolver.primary("backup/x") == Target("backup", "x")
+    assert resolver.primary("openai/gpt-4o") == Target("anthropic", "openai/gpt-4o")
+    chain = resolver.chain("claude-opus-5-5", [Target("backup", "claude-haiku-4-5")])
+    assert [t.name for t in chain] == [
+        "anthropic/claude-opus-5-5",
+        "backup/claude-haiku-4-5",
+        "backup/claude-sonnet-4-6",
+    ]
+    with pytest.raises(ValueError, match="nowhere/x"):
+        TargetResolver(["anthropic"], "anthropic", FallbackConfig(default_chain=("nowhere/x",)))
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "consumed"),
+    [
+        ("auto", ["backup/claude-haiku-4-5"], True),
+        ("auto", ["claude-haiku-4-5"], False),  # not ours: Anthropic's own field, passed on
+        ("auto", [{"model": "x"}], False),
+        ("never", ["backup/claude-haiku-4-5"], False),
+        ("always", ["claude-haiku-4-5"], True),
+    ],
+)
+def test_body_fallbacks_consumption(mode: str, value: object, consumed: bool) -> None:
+    resolver = TargetResolver(
+        ["anthropic", "backup"],
+        "anthropic",
+        FallbackConfig(body_fallbacks=mode),  # type: ignore[arg-type]
+    )
+    result = resolver.body_fallbacks(msgspec.Raw(json.dumps(value).encode()))
+    assert (result is not None) == consumed
+
+
+def test_body_fallbacks_are_bounded() -> None:
+    resolver = TargetResolver(["anthropic", "b"], "anthropic", FallbackConfig())
+    raw = msgspec.Raw(json.dumps(["b/1", "b/2", "b/3", "b/4"]).encode())
+    with pytest.raises(InvalidRequestError, match="at most 3"):
+        resolver.body_fallbacks(raw)
+
+
+def test_edit_top_level_keeps_other_bytes() -> None:
+    body = b'{"model":"a/b","x":{"n":1.50,"k":[1, 2]},"fallbacks":["a/c"],"z":null}'
+    edited = edit_top_level(body, set_fields={"model": "b"}, remove=["fallbacks"])
+    assert edited == b'{"model":"b","x":{"n":1.50,"k":[1, 2]},"z":null}'
+
+
+def test_bad_hooks_are_rejected() -> None:
+    with pytest.raises(TypeError, match="auth"):
+        check_hook("auth", 42)
+    check_hook("auth", None)
+    check_hook("auth", lambda request: None)
