@@ -1,6 +1,7 @@
 """messages_mw: an embeddable, drop-in Anthropic Messages API gateway for ASGI apps."""
 
 from .app import Gateway
+from .auth import ApiKeyConfig, AuthConfig
 from .config import (
     ConfigError,
     GatewayConfig,
@@ -9,7 +10,7 @@ from .config import (
     UpstreamConfig,
     load_config,
 )
-from .context import RequestContext
+from .context import Principal, RequestContext, UsageEvent
 from .errors import (
     AuthenticationError,
     GatewayError,
@@ -20,30 +21,55 @@ from .errors import (
     RateLimitError,
     RequestTooLargeError,
 )
+from .fallback import BreakerPolicy, RetryPolicy, Target
+from .hooks import IncomingRequest
+from .limits import LimitRule, LimitsConfig, RateLimiter
 from .middleware import MessagesMiddleware
+from .pricing import ModelPrice, PricingTable
 from .providers.anthropic import AnthropicProvider
 from .providers.base import Provider, ProviderRequest, ProviderResponse
+from .routing import FallbackConfig
+from .tags import HeaderNames, TagPolicy
+from .usage import JsonLinesSink, UsageSink
 
 __all__ = [
     "AnthropicProvider",
+    "ApiKeyConfig",
+    "AuthConfig",
     "AuthenticationError",
+    "BreakerPolicy",
     "ConfigError",
+    "FallbackConfig",
     "Gateway",
     "GatewayConfig",
     "GatewayError",
+    "HeaderNames",
+    "IncomingRequest",
     "InvalidRequestError",
+    "JsonLinesSink",
+    "LimitRule",
+    "LimitsConfig",
     "MessagesMiddleware",
     "MockConfig",
     "ModelConfig",
+    "ModelPrice",
     "NotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
+    "PricingTable",
+    "Principal",
     "Provider",
     "ProviderRequest",
     "ProviderResponse",
     "RateLimitError",
+    "RateLimiter",
     "RequestContext",
     "RequestTooLargeError",
+    "RetryPolicy",
+    "TagPolicy",
+    "Target",
     "UpstreamConfig",
+    "UsageEvent",
+    "UsageSink",
     "load_config",
 ]

@@ -27,25 +27,43 @@ from messages_mw.request_body import (
 def test_public_names_are_exactly_what_we_export() -> None:
     assert sorted(messages_mw.__all__) == [
         "AnthropicProvider",
+        "ApiKeyConfig",
+        "AuthConfig",
         "AuthenticationError",
+        "BreakerPolicy",
         "ConfigError",
+        "FallbackConfig",
         "Gateway",
         "GatewayConfig",
         "GatewayError",
+        "HeaderNames",
+        "IncomingRequest",
         "InvalidRequestError",
+        "JsonLinesSink",
+        "LimitRule",
+        "LimitsConfig",
         "MessagesMiddleware",
         "MockConfig",
         "ModelConfig",
+        "ModelPrice",
         "NotFoundError",
         "OverloadedError",
         "PermissionDeniedError",
+        "PricingTable",
+        "Principal",
         "Provider",
         "ProviderRequest",
         "ProviderResponse",
         "RateLimitError",
+        "RateLimiter",
         "RequestContext",
         "RequestTooLargeError",
+        "RetryPolicy",
+        "TagPolicy",
+        "Target",
         "UpstreamConfig",
+        "UsageEvent",
+        "UsageSink",
         "load_config",
     ]
     for name in messages_mw.__all__:
@@ -135,3 +153,16 @@ def test_decode_content_encoding() -> None:
         decode_content_encoding(gzip.compress(data)[:-12], "gzip", 1000)
     with pytest.raises(InvalidRequestError, match="zstd"):
         decode_content_encoding(data, "zstd", 1000)
+
+
+def test_readme_toml_examples_are_valid_configs() -> None:
+    import re
+
+    import msgspec
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        config = msgspec.toml.decode(block.encode(), type=GatewayConfig)
+        assert isinstance(config, GatewayConfig)
