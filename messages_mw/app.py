@@ -393,14 +393,19 @@ class Gateway:
     def _response_headers(
         self, response: ProviderResponse, context: RequestContext
     ) -> list[tuple[bytes, bytes]]:
-        headers = _encode_headers(response.headers)
-        for name, value in response.headers:
+        ours = self._policy_headers(context)
+        # The gateway's own limit headers replace the upstream's of the same name: a client
+        # must see one consistent set.
+        replaced = {name for name, _ in ours}
+        upstream = [(k, v) for k, v in response.headers if k not in replaced]
+        headers = _encode_headers(upstream)
+        for name, value in upstream:
             if name == "request-id":
                 context.upstream_request_id = value
                 break
         else:
             headers.append((b"request-id", context.request_id.encode()))
-        return headers + _encode_headers(self._policy_headers(context))
+        return headers + _encode_headers(ours)
 
     def _policy_headers(self, context: RequestContext) -> list[tuple[str, str]]:
         """Rate-limit headers, which provider and model served, and the debug report."""

@@ -23,6 +23,12 @@ _event_decoder = msgspec.json.Decoder(ObservedEvent)
 # (or data.type) sits in an event's first bytes.
 _INTERESTING = re.compile(rb"message_start|message_delta|message_stop|error")
 _HEAD_BYTES = 48
+# A run of text or JSON deltas in Anthropic's framing, which is most of any stream: matched in
+# one call, and never interesting, as each event's first _HEAD_BYTES are this fixed prefix.
+# Only valid while events are LF-separated: then an event ends at its first blank line.
+_DELTA_RUN = re.compile(
+    rb'(?:event: content_block_delta\ndata: \{"type":"content_block_delta"[^\n]*\n\n)+'
+)
 _LF_SEPARATORS = (b"\n\n",)
 _ALL_SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
@@ -112,7 +118,11 @@ class StreamObserver:
         return self.saw_message_stop or self.error_type is not None
 
     def feed(self, chunk: bytes) -> None:
-        if self._separators is _LF_SEPARATORS and b"\r" in chunk:
+        """Observe the next relayed chunk; never raises for malformed stream content."""
+        if self._separators is _LF_SEPARATORS:
+            if b"\r" not in chunk:
+                self._feed_lf(chunk)
+                return
             self._separators = _ALL_SEPARATORS
         buffer = self._buffer
         buffer += chunk
@@ -126,6 +136,32 @@ class StreamObserver:
             start = position + length
         if start:
             del buffer[:start]
+
+    def _feed_lf(self, chunk: bytes) -> None:
+        # The common case, and what feed() does for "\n\n" alone, without copying a chunk that
+        # starts on an event boundary into the buffer first.
+        buffer = self._buffer
+        if buffer:
+            buffer += chunk
+            data: bytes | bytearray = buffer
+        else:
+            data = chunk
+        skip = _DELTA_RUN.match
+        start = 0
+        while True:
+            deltas = skip(data, start)
+            if deltas is not None:
+                start = deltas.end()
+            position = data.find(b"\n\n", start)
+            if position == -1:
+                break
+            if _INTERESTING.search(data, start, min(position, start + _HEAD_BYTES)):
+                self._observe(bytes(data[start:position]))
+            start = position + 2
+        if data is buffer:
+            del buffer[:start]
+        else:
+            buffer += memoryview(chunk)[start:]
 
     def _observe(self, block: bytes) -> None:
         name, data = _split_event(block)

@@ -7,7 +7,8 @@ hop-by-hop headers, cookies and the client's credentials never leak upstream by 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from typing import NamedTuple
 
 import httpx
 
@@ -31,23 +32,28 @@ _FORWARDED_NAMES = frozenset({"user-agent", "x-app", "x-claude-code-session-id",
 # and infrastructure headers that would describe the upstream's edge, not ours.
 _DROPPED_RESPONSE_HEADERS = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "content-length",
-        "content-encoding",
-        "date",
-        "server",
-        "set-cookie",
-        "alt-svc",
-        "via",
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"content-length",
+        b"content-encoding",
+        b"date",
+        b"server",
+        b"set-cookie",
+        b"alt-svc",
+        b"via",
     }
 )
+# Headers are handed to httpx as bytes, which it takes without re-encoding; latin-1 gives back
+# exactly the bytes the ASGI server decoded, and the bytes the upstream sent.
+_FIXED_REQUEST_HEADERS = [(b"content-type", b"application/json"), (b"accept-encoding", b"identity")]
+_DEFAULT_VERSION_HEADER = (b"anthropic-version", _DEFAULT_VERSION.encode())
+_CACHED_URLS = 64
 
 
 def translate_transport_error(exc: httpx.TransportError, base_url: str) -> GatewayError:
@@ -60,51 +66,51 @@ def translate_transport_error(exc: httpx.TransportError, base_url: str) -> Gatew
 
 
 def _upstream_headers(
-    client_headers: Mapping[str, str], api_key: str | None, mode: str = "default"
-) -> list[tuple[str, str]]:
-    headers = [("content-type", "application/json"), ("accept-encoding", "identity")]
+    client_headers: Mapping[str, str], api_key: str | None
+) -> list[tuple[bytes, bytes]]:
+    headers = _FIXED_REQUEST_HEADERS.copy()
     for name, value in client_headers.items():
         if name in _FORWARDED_NAMES or name.startswith(_FORWARDED_PREFIXES):
-            headers.append((name, value))
+            headers.append((name.encode("latin-1"), value.encode("latin-1")))
     if "anthropic-version" not in client_headers:
-        headers.append(("anthropic-version", _DEFAULT_VERSION))
-    headers.extend(_credentials(client_headers, api_key, mode))
+        headers.append(_DEFAULT_VERSION_HEADER)
+    for credential, secret in _credentials(client_headers, api_key):
+        headers.append((credential, secret.encode("latin-1")))
     return headers
 
 
-def _credentials(
-    client_headers: Mapping[str, str], api_key: str | None, mode: str = "default"
-) -> list[tuple[str, str]]:
-    """The key to send upstream, in the header style the client used.
-
-    ``mode`` (see :class:`ProviderRequest`): ``forward`` sends the client's own credentials,
-    ``strip`` only ``api_key`` (the client's were a gateway key), ``default`` ``api_key`` when
-    there is one and the client's otherwise.
-    """
+def _credentials(client_headers: Mapping[str, str], api_key: str | None) -> list[tuple[bytes, str]]:
+    """The configured key in the header style the client used, or the client's own key."""
     bearer = client_headers.get("authorization")
     client_key = client_headers.get("x-api-key")
-    if mode == "forward" or (api_key is None and mode == "default"):
-        passed = [("x-api-key", client_key)] if client_key else []
-        return passed + ([("authorization", bearer)] if bearer else [])
     if api_key is None:
-        return []
+        passed = [(b"x-api-key", client_key)] if client_key else []
+        return passed + ([(b"authorization", bearer)] if bearer else [])
     if bearer and not client_key:
-        return [("authorization", f"Bearer {api_key}")]
-    return [("x-api-key", api_key)]
+        return [(b"authorization", f"Bearer {api_key}")]
+    return [(b"x-api-key", api_key)]
 
 
-def _relayed_headers(response: httpx.Response) -> list[tuple[str, str]]:
-    return [
-        (name, value)
-        for name, value in response.headers.multi_items()
-        if name not in _DROPPED_RESPONSE_HEADERS
-    ]
+class _ResponseHead(NamedTuple):
+    headers: list[tuple[str, str]]
+    event_stream: bool
+    encoded: bool
 
 
-def _is_event_stream(headers: list[tuple[str, str]]) -> bool:
-    return any(
-        name == "content-type" and value.startswith("text/event-stream") for name, value in headers
-    )
+def _read_head(response: httpx.Response) -> _ResponseHead:
+    """The headers to relay, whether the body is an event stream, and whether it is encoded."""
+    relayed: list[tuple[str, str]] = []
+    event_stream = encoded = False
+    for raw_name, raw_value in response.headers.raw:
+        name = raw_name.lower()
+        if name in _DROPPED_RESPONSE_HEADERS:
+            encoded = encoded or name == b"content-encoding"
+            continue
+        value = raw_value.decode("latin-1")
+        if name == b"content-type" and value.startswith("text/event-stream"):
+            event_stream = True
+        relayed.append((name.decode("latin-1"), value))
+    return _ResponseHead(relayed, event_stream, encoded)
 
 
 def _default_transport(settings: UpstreamConfig) -> httpx.AsyncBaseTransport:
@@ -144,62 +150,74 @@ class AnthropicProvider:
             pool=self._settings.pool_timeout,
         )
         self._extensions = {"timeout": timeout.as_dict()}
-        # Parsing a URL costs tens of microseconds; the gateway only ever calls a handful.
-        self._urls: dict[tuple[str, str], httpx.URL] = {}
+        # Parsing a URL costs tens of microseconds; the gateway only ever calls a handful
+        # (clients such as Claude Code add a fixed query like ?beta=true).
+        self._urls: dict[tuple[str, str], tuple[httpx.URL, bytes]] = {}
 
     def _get_transport(self) -> httpx.AsyncBaseTransport:
         if self._transport is None:
             self._transport = _default_transport(self._settings)
         return self._transport
 
-    def _url(self, path: str, query: str) -> httpx.URL:
+    def _url(self, path: str, query: str) -> tuple[httpx.URL, bytes]:
+        """The upstream URL for ``path`` and ``query``, and its ``Host`` header value."""
         key = (path, query)
-        url = self._urls.get(key)
-        if url is None:
+        found = self._urls.get(key)
+        if found is None:
             url = httpx.URL(self._base_url + path + ("?" + query if query else ""))
-            if not query and len(self._urls) < 64:
-                self._urls[key] = url
-        return url
+            found = (url, url.netloc)
+            if len(self._urls) < _CACHED_URLS:
+                self._urls[key] = found
+        return found
+
+    def _build_request(self, request: ProviderRequest) -> httpx.Request:
+        # What httpx.Request(content=...) would send, built directly: handing httpx byte
+        # headers and a ready stream skips its header normalisation and body encoding, which
+        # cost more than the rest of the request.
+        url, host = self._url(request.path, request.query)
+        headers = _upstream_headers(request.headers, self._settings.api_key)
+        headers.insert(0, (b"Host", host))
+        body = b""
+        if request.method == "POST":
+            body = request.body
+            headers.append((b"Content-Length", b"%d" % len(body)))
+        return httpx.Request(
+            request.method,
+            url,
+            headers=headers,
+            stream=httpx.ByteStream(body),
+            extensions=self._extensions,
+        )
 
     async def send(self, request: ProviderRequest) -> ProviderResponse:
         """Send one request; raises a :class:`GatewayError` if no response arrives.
 
         Cancellation while waiting closes the upstream connection.
         """
-        upstream = httpx.Request(
-            request.method,
-            self._url(request.path, request.query),
-            content=request.body if request.method == "POST" else None,
-            headers=_upstream_headers(
-                request.headers,
-                request.api_key or self._settings.api_key,
-                request.client_credentials,
-            ),
-            extensions=self._extensions,
-        )
         try:
-            response = await self._get_transport().handle_async_request(upstream)
+            response = await self._get_transport().handle_async_request(
+                self._build_request(request)
+            )
         except httpx.TransportError as exc:
             raise translate_transport_error(exc, self._base_url) from exc
-        headers = _relayed_headers(response)
-        if response.status_code == 200 and _is_event_stream(headers):
+        head = _read_head(response)
+        raw = _raw_stream(response, head)
+        if response.status_code == 200 and head.event_stream:
+            chunks = response.aiter_bytes() if raw is None else raw
             return ProviderResponse(
-                200, headers, chunks=self._relay_chunks(response), close=response.aclose
+                200, head.headers, chunks=self._relay_chunks(chunks), close=response.aclose
             )
         try:
-            body = await response.aread()
+            body = await (response.aread() if raw is None else _read_all(raw))
         except httpx.TransportError as exc:
             raise translate_transport_error(exc, self._base_url) from exc
         finally:
             await response.aclose()
-        return ProviderResponse(response.status_code, headers, body=body)
+        return ProviderResponse(response.status_code, head.headers, body=body)
 
-    async def _relay_chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
-        # Raw bytes are cheapest; decoding is needed only if the upstream compressed anyway
-        # despite ``accept-encoding: identity``, or if a test transport pre-read the body.
-        raw = "content-encoding" not in response.headers and not response.is_stream_consumed
+    async def _relay_chunks(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         try:
-            async for chunk in response.aiter_raw() if raw else response.aiter_bytes():
+            async for chunk in chunks:
                 yield chunk
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError(
@@ -215,3 +233,19 @@ class AnthropicProvider:
         transport, self._transport = self._transport, self._given_transport
         if transport is not None:
             await transport.aclose()
+
+
+def _raw_stream(response: httpx.Response, head: _ResponseHead) -> httpx.AsyncByteStream | None:
+    """The body stream to read as it is, or None if it needs httpx's decoding: the upstream
+    compressed anyway despite ``accept-encoding: identity``, or the transport pre-read it.
+    Reading the stream itself skips the chunker and decoder layers of ``aiter_raw``."""
+    stream = response.stream
+    if head.encoded or response.is_stream_consumed or not isinstance(stream, httpx.AsyncByteStream):
+        return None
+    return stream
+
+
+async def _read_all(stream: httpx.AsyncByteStream) -> bytes:
+    """The whole body of a stream that needs no decoding; what ``Response.aread`` would
+    return, without its per-chunk decoder layers."""
+    return b"".join([chunk async for chunk in stream])
