@@ -257,3 +257,18 @@ def test_constructor_rejects_bad_hooks() -> None:
         Gateway(provider=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Gateway(on_request_end="nope")  # type: ignore[arg-type]
+
+
+def test_gateway_limit_headers_replace_the_upstreams() -> None:
+    from messages_mw import LimitRule, LimitsConfig
+
+    def with_limits(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "application/json", "anthropic-ratelimit-requests-limit": "9"}
+        return httpx.Response(200, content=b"{}", headers=headers)
+
+    rules = (LimitRule(scope="key", requests_per_minute=5),)
+    config = GatewayConfig(limits=LimitsConfig(rules=rules))
+    gateway, _ = make_gateway(Recorder(with_limits), config=config)
+    response = run(_post(gateway, CHAT))
+    assert response.headers.get_list("anthropic-ratelimit-requests-limit") == ["5"]
+    assert response.headers["anthropic-ratelimit-requests-remaining"] == "4"
