@@ -22,9 +22,13 @@ GATEWAYS = {
     "b": "starlette+httpx",
     "c": "aiohttp",
     "d": "messages_mw",
+    "e": "messages_mw+policy",
 }
 BASELINE = "b"
-_PROXY_KINDS = {"b": "starlette", "c": "aiohttp", "d": "messages_mw"}
+# The policy layer's cost is judged against the bare core in the same group.
+POLICY, CORE = "e", "d"
+POLICY_CPU_TARGET = 1.10
+_PROXY_KINDS = {"b": "starlette", "c": "aiohttp", "d": "messages_mw", "e": "messages_mw_policy"}
 CONNECTION_COUNTS = (1, 32)
 
 

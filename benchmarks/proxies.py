@@ -89,7 +89,35 @@ def build_gateway(upstream_url: str) -> Any:
     except ImportError as exc:
         announce_unavailable(f"cannot import messages_mw.app.Gateway: {exc}")
     upstream = UpstreamConfig(base_url=upstream_url, api_key=UPSTREAM_API_KEY)
-    return Gateway(GatewayConfig(upstream=upstream))
+    # The core alone: no usage sinks, no auth, no limits.
+    return Gateway(GatewayConfig(upstream=upstream, usage_log=False))
+
+
+def build_gateway_with_policy(upstream_url: str) -> Any:
+    """messages_mw with every built-in on: static key auth, a rate limit, a fallback chain,
+    pricing and a JSON-lines usage sink (to /dev/null, so disk speed does not count)."""
+    from messages_mw import (
+        ApiKeyConfig,
+        AuthConfig,
+        FallbackConfig,
+        Gateway,
+        GatewayConfig,
+        LimitRule,
+        LimitsConfig,
+        UpstreamConfig,
+    )
+
+    upstream = UpstreamConfig(base_url=upstream_url, api_key=UPSTREAM_API_KEY)
+    config = GatewayConfig(
+        upstream=upstream,
+        upstreams={"backup": upstream},
+        auth=AuthConfig(mode="static", keys=(ApiKeyConfig(id="bench", key="client-key"),)),
+        limits=LimitsConfig(rules=(LimitRule(scope="key", requests_per_minute=10**9),)),
+        fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",)),
+        usage_log=False,
+        usage_file="/dev/null",
+    )
+    return Gateway(config)
 
 
 async def serve_with_uvicorn(app: Any, sock: socket.socket) -> None:
@@ -166,6 +194,7 @@ async def serve_aiohttp_proxy(upstream_url: str, sock: socket.socket) -> None:
 _UVICORN_APPS: dict[str, Callable[[str], Any]] = {
     "starlette": build_starlette_proxy,
     "messages_mw": build_gateway,
+    "messages_mw_policy": build_gateway_with_policy,
 }
 KINDS = (*_UVICORN_APPS, "aiohttp")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .decode import BASELINE as DECODE_BASELINE
 from .decode import DecodeResult
-from .e2e import BASELINE, E2EResult, RssResult
+from .e2e import BASELINE, CORE, POLICY, POLICY_CPU_TARGET, E2EResult, RssResult
 
 COLUMNS = (
     "scenario",
@@ -132,9 +132,24 @@ def add_e2e(report: Report, results: list[E2EResult]) -> None:
         baseline_rps = next(
             (r.rps for r in members if r.scenario.gateway == BASELINE and r.status == "ok"), None
         )
-        report.sections.append([_e2e_row(r, baseline_rps) for r in members])
+        rows = [_e2e_row(r, baseline_rps) for r in members]
+        _mark_policy_cost(members, rows)
+        report.sections.append(rows)
         for result in members:
             report.notes.extend(_e2e_notes(result))
+
+
+def _mark_policy_cost(members: list[E2EResult], rows: list[Row]) -> None:
+    """Put the policy layer's CPU per request, as a ratio to the bare core's, in its target."""
+    cpu = {r.scenario.gateway: r.cpu_ms_per_request for r in members if r.status == "ok"}
+    core, policy = cpu.get(CORE), cpu.get(POLICY)
+    if not core or policy is None:
+        return
+    ratio = policy / core
+    for result, row in zip(members, rows, strict=True):
+        if result.scenario.gateway == POLICY:
+            mark = _mark(ratio <= POLICY_CPU_TARGET)
+            row["target"] = f"CPU {ratio:.2f}x d, ≤ {POLICY_CPU_TARGET:.2f}x {mark}"
 
 
 def add_rss(report: Report, result: RssResult) -> None:

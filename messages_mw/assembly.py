@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
-
-import msgspec
 
 from .auth import build_auth
 from .config import GatewayConfig
-from .context import UsageEvent
 from .hooks import AuthHook, CompressionHook, RouteHook, TagHook, check_hook
 from .limits import RateLimiter
 from .policy import Policy
 from .pricing import DEFAULT_PRICES, PricingTable
 from .providers.base import Provider
 from .routing import TargetResolver
-from .usage import JsonLinesSink, UsageDispatcher, UsageSink
+from .usage import JsonLinesSink, LogUsageSink, UsageDispatcher, UsageSink
 
 __all__ = ["build_policy", "build_providers"]
-
-_usage_logger = logging.getLogger("messages_mw.usage")
-_event_encoder = msgspec.json.Encoder()
-
-
-def log_usage_event(event: UsageEvent) -> None:
-    """The default sink: one JSON line per request on the ``messages_mw.usage`` logger."""
-    if _usage_logger.isEnabledFor(logging.INFO):
-        _usage_logger.info("%s", _event_encoder.encode(event).decode())
 
 
 def build_providers(
@@ -76,7 +63,7 @@ def build_policy(
         check_hook(name, hook)
     sinks: list[UsageSink] = []
     if config.usage_log:
-        sinks.append(log_usage_event)
+        sinks.append(LogUsageSink())
     if config.usage_file:
         sinks.append(JsonLinesSink(config.usage_file))
     sinks.extend(usage_sinks)

@@ -18,6 +18,7 @@ the request that crosses a token or spend limit completes, the ones after it wai
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -106,6 +107,9 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError("store_warning_interval must not be negative")
 
 
+_LIMITS_CACHE_SIZE = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class _Limit:
     kind: _Kind
@@ -138,6 +142,8 @@ class RateLimiter:
         self._tag_rules = _rules_by_match(config.rules, "tag")
         self._warned_at = -math.inf
         self._store_failing = False
+        # Which limits apply depends only on the key and the tags: worked out once per pair.
+        self._limits_cache: dict[tuple[str | None, tuple[str, ...]], list[_Limit]] = {}
 
     async def admit(self, context: RequestContext) -> list[tuple[str, str]]:
         """Count one request against every limit for ``context.principal`` and
@@ -198,6 +204,16 @@ class RateLimiter:
         await self._store.aclose()
 
     def _limits_for(self, context: RequestContext) -> list[_Limit]:
+        principal = context.principal
+        cache_key = (principal.key_id if principal else None, tuple(context.tags))
+        cached = self._limits_cache.get(cache_key)
+        if cached is None:
+            if len(self._limits_cache) >= _LIMITS_CACHE_SIZE:
+                self._limits_cache.clear()
+            cached = self._limits_cache[cache_key] = self._work_out_limits(context)
+        return cached
+
+    def _work_out_limits(self, context: RequestContext) -> list[_Limit]:
         # Rules that land on the same counter share it; the lowest limit holds.
         limits: dict[str, _Limit] = {}
         for subject, label, rules in self._subjects(context):
@@ -350,5 +366,10 @@ def _seconds_until_room(check: WindowCheck, count: WindowCount, now: float) -> f
     return max(0.0, at - now)
 
 
+@functools.lru_cache(maxsize=256)
+def _rfc3339_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+
+
 def _rfc3339(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(timestamp)))
+    return _rfc3339_second(math.ceil(timestamp))

@@ -43,6 +43,8 @@ class PrometheusSink:
     Raises ``ValueError`` if these metric names are already registered there.
     """
 
+    nonblocking = True  # memory work or one buffered line: safe on the event loop
+
     def __init__(
         self,
         *,

@@ -35,6 +35,8 @@ class OpenTelemetrySink:
     has no parent: the dispatcher runs sinks outside the request's context.
     """
 
+    nonblocking = True  # memory work or one buffered line: safe on the event loop
+
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("messages_mw", tracer_provider=tracer_provider)
 

@@ -55,6 +55,32 @@ def _is_async(sink: object) -> bool:
     return inspect.iscoroutinefunction(sink) or inspect.iscoroutinefunction(type(sink).__call__)
 
 
+def _is_nonblocking(sink: object) -> bool:
+    return getattr(type(sink), "nonblocking", False) is True
+
+
+def _call_inline(sink: UsageSink, event: UsageEvent) -> None:
+    try:
+        sink(event)
+    except Exception:
+        logger.exception("usage sink %r failed on request %s", sink, event.request_id)
+
+
+class LogUsageSink:
+    """Each event as one JSON line on the ``messages_mw.usage`` logger, at INFO; does no
+    work at all while that logger is disabled. The gateway's default sink."""
+
+    nonblocking = True
+
+    def __init__(self) -> None:
+        self._logger = logging.getLogger("messages_mw.usage")
+        self._encoder = msgspec.json.Encoder()
+
+    def __call__(self, event: UsageEvent) -> None:
+        if self._logger.isEnabledFor(logging.INFO):
+            self._logger.info("%s", self._encoder.encode(event).decode())
+
+
 class UsageDispatcher:
     """Delivers usage events to sinks in the background, off the request path.
 
@@ -63,7 +89,9 @@ class UsageDispatcher:
     sync sinks get each batch in the dispatcher's worker thread, then each async sink is awaited
     per event. Every sink sees events in emission order. A slow sink holds back the others and
     lets the queue fill, but never a request; when the queue is full, new events are dropped,
-    counted in :attr:`dropped` and logged (at most once per 10 s).
+    counted in :attr:`dropped` and logged (at most once per 10 s). A sync sink whose class sets
+    ``nonblocking = True`` (the built-in sinks: they only touch memory or write a line) is
+    called on the loop instead, which spares a thread hand-off per batch.
 
     ``shutdown_timeout`` bounds how long :meth:`aclose` waits for queued events. Raises
     :class:`TypeError` at construction if a sink is not callable.
@@ -83,7 +111,8 @@ class UsageDispatcher:
             raise ValueError("queue_size must be at least 1")
         self._sinks = tuple(sinks)
         self._async_sinks = tuple(sink for sink in sinks if _is_async(sink))
-        self._sync_sinks = tuple(sink for sink in sinks if not _is_async(sink))
+        self._inline_sinks = tuple(s for s in sinks if not _is_async(s) and _is_nonblocking(s))
+        self._sync_sinks = tuple(s for s in sinks if not _is_async(s) and not _is_nonblocking(s))
         self._queue_size = queue_size
         self._shutdown_timeout = shutdown_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,6 +194,9 @@ class UsageDispatcher:
                 batch.append(queue.get_nowait())
             delivered = 0
             try:
+                for sink in self._inline_sinks:
+                    for event in batch:
+                        _call_inline(sink, event)
                 if self._sync_sinks:
                     await self._deliver_to_sync_sinks(batch)
                 for event in batch:
@@ -267,13 +299,15 @@ async def _close_guarded(sink: object) -> None:
 
 
 class JsonLinesSink:
-    """Writes each event as one JSON object per line, flushed per line: the default sink.
+    """Writes each event as one JSON object per line, flushed per line.
 
     ``target`` is a path (opened for appending at construction, closed by :meth:`aclose`) or
     an open text stream, which is never closed here; ``None`` means ``sys.stdout`` as it is
     when the sink is built. Raises :class:`OSError` at construction if the path cannot be
     opened. The line holds only what :class:`UsageEvent` holds: no credentials.
     """
+
+    nonblocking = True  # memory work or one buffered line: safe on the event loop
 
     def __init__(self, target: str | Path | TextIO | None = None) -> None:
         self._file: IO[bytes] | None = None

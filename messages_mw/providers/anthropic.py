@@ -66,7 +66,7 @@ def translate_transport_error(exc: httpx.TransportError, base_url: str) -> Gatew
 
 
 def _upstream_headers(
-    client_headers: Mapping[str, str], api_key: str | None
+    client_headers: Mapping[str, str], api_key: str | None, mode: str = "default"
 ) -> list[tuple[bytes, bytes]]:
     headers = _FIXED_REQUEST_HEADERS.copy()
     for name, value in client_headers.items():
@@ -74,18 +74,27 @@ def _upstream_headers(
             headers.append((name.encode("latin-1"), value.encode("latin-1")))
     if "anthropic-version" not in client_headers:
         headers.append(_DEFAULT_VERSION_HEADER)
-    for credential, secret in _credentials(client_headers, api_key):
+    for credential, secret in _credentials(client_headers, api_key, mode):
         headers.append((credential, secret.encode("latin-1")))
     return headers
 
 
-def _credentials(client_headers: Mapping[str, str], api_key: str | None) -> list[tuple[bytes, str]]:
-    """The configured key in the header style the client used, or the client's own key."""
+def _credentials(
+    client_headers: Mapping[str, str], api_key: str | None, mode: str = "default"
+) -> list[tuple[bytes, str]]:
+    """The key to send upstream, in the header style the client used.
+
+    ``mode`` (see :class:`ProviderRequest`): ``forward`` sends the client's own credentials,
+    ``strip`` only ``api_key`` (the client's were a gateway key), ``default`` ``api_key`` when
+    there is one and the client's otherwise.
+    """
     bearer = client_headers.get("authorization")
     client_key = client_headers.get("x-api-key")
-    if api_key is None:
+    if mode == "forward" or (api_key is None and mode == "default"):
         passed = [(b"x-api-key", client_key)] if client_key else []
         return passed + ([(b"authorization", bearer)] if bearer else [])
+    if api_key is None:
+        return []
     if bearer and not client_key:
         return [(b"authorization", f"Bearer {api_key}")]
     return [(b"x-api-key", api_key)]
@@ -175,7 +184,8 @@ class AnthropicProvider:
         # headers and a ready stream skips its header normalisation and body encoding, which
         # cost more than the rest of the request.
         url, host = self._url(request.path, request.query)
-        headers = _upstream_headers(request.headers, self._settings.api_key)
+        api_key = request.api_key or self._settings.api_key
+        headers = _upstream_headers(request.headers, api_key, request.client_credentials)
         headers.insert(0, (b"Host", host))
         body = b""
         if request.method == "POST":
