@@ -95,12 +95,14 @@ class StaticKeyAuth:
 
     def __init__(self, keys: tuple[ApiKeyConfig, ...], *, header: str | None = None) -> None:
         self._header = header.lower() if header else None
-        self._by_hash: dict[str, tuple[str, ApiKeyConfig]] = {}
+        # Principals are immutable, so each key's two possible principals are built once.
+        self._by_hash: dict[str, tuple[str, Principal, Principal]] = {}
         for entry in keys:
             digest = entry.sha256 or (hash_key(entry.key) if entry.key else None)
             if digest is None:
                 raise ValueError(f"auth key {entry.id!r} needs either 'sha256' or 'key'")
-            self._by_hash[digest.lower()] = (digest.lower(), entry)
+            digest = digest.lower()
+            self._by_hash[digest] = (digest, _principal(entry, False), _principal(entry, True))
 
     def __call__(self, request: IncomingRequest) -> Principal:
         key = presented_key(request.headers, self._header)
@@ -113,9 +115,8 @@ class StaticKeyAuth:
         found = self._by_hash.get(digest)
         if found is None or not hmac.compare_digest(found[0], digest):
             raise AuthenticationError("invalid x-api-key")
-        entry = found[1]
         alternate_used = self._header is not None and request.headers.get(self._header)
-        return _principal(entry, passthrough=bool(alternate_used))
+        return found[2] if alternate_used else found[1]
 
 
 class PassthroughAuth:
