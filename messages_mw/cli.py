@@ -186,6 +186,13 @@ def _configure_logging(level: str) -> None:
     numeric = logging.DEBUG if level == "trace" else getattr(logging, level.upper())
     logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
     logging.getLogger("messages_mw").setLevel(numeric)
+    # Usage events are data, not diagnostics: bare JSON lines on stdout, one per request.
+    usage = logging.getLogger("messages_mw.usage")
+    if not usage.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        usage.addHandler(handler)
+        usage.propagate = False
 
 
 def create_app() -> Gateway:
