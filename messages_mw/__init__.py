@@ -1,7 +1,7 @@
 """messages_mw: an embeddable, drop-in Anthropic Messages API gateway for ASGI apps."""
 
 from .app import Gateway
-from .auth import ApiKeyConfig, AuthConfig
+from .auth import ApiKeyConfig, AuthConfig, presented_key
 from .config import (
     ConfigError,
     GatewayConfig,
@@ -72,4 +72,5 @@ __all__ = [
     "UsageEvent",
     "UsageSink",
     "load_config",
+    "presented_key",
 ]

@@ -129,6 +129,7 @@ class Gateway:
         )
         self._breaker = CircuitBreaker(self.config.fallback.breaker)
         self._headers = self.config.headers.resolved()
+        self._key_header = self.config.auth.header.lower() if self.config.auth.header else None
         self._on_request_end = on_request_end
         self._routes: dict[str, dict[str, _Handler]] = {
             "/v1/messages": {"POST": self._messages},
@@ -302,6 +303,9 @@ class Gateway:
     def _provider_request(
         self, scope: Scope, context: RequestContext, body: bytes, headers: dict[str, str]
     ) -> ProviderRequest:
+        if self._key_header is not None and self._key_header in headers:
+            # The gateway key's own header never goes upstream, whatever it is called.
+            headers = {name: value for name, value in headers.items() if name != self._key_header}
         principal = context.principal
         credentials = "default"
         if principal is not None:

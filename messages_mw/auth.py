@@ -115,8 +115,16 @@ class StaticKeyAuth:
         found = self._by_hash.get(digest)
         if found is None or not hmac.compare_digest(found[0], digest):
             raise AuthenticationError("invalid x-api-key")
-        alternate_used = self._header is not None and request.headers.get(self._header)
-        return found[2] if alternate_used else found[1]
+        return found[2] if self._client_has_own_key(request, digest) else found[1]
+
+    def _client_has_own_key(self, request: IncomingRequest, gateway_digest: str) -> bool:
+        """With an alternate header, the key in ``x-api-key``/``Authorization`` is the client's
+        own provider key, to pass through; unless it is the gateway key sent twice (SDK 2.x
+        always sends its ``api_key`` as a bearer token)."""
+        if self._header is None or not request.headers.get(self._header):
+            return False
+        own = presented_key(request.headers)
+        return own is not None and not hmac.compare_digest(hash_key(own), gateway_digest)
 
 
 class PassthroughAuth:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -43,6 +45,18 @@ connect_timeout = 3.0
 id = "claude-file-1"
 display_name = "From the file"
 """
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI configures process-wide logging; put it back so later tests see the default."""
+    loggers = [logging.getLogger(name) for name in ("messages_mw", "messages_mw.usage")]
+    saved = [(lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    yield
+    for lg, (level, propagate, handlers) in zip(loggers, saved, strict=True):
+        lg.setLevel(level)
+        lg.propagate = propagate
+        lg.handlers[:] = handlers
 
 
 def _config(*argv: str) -> GatewayConfig:

@@ -65,6 +65,7 @@ def test_public_names_are_exactly_what_we_export() -> None:
         "UsageEvent",
         "UsageSink",
         "load_config",
+        "presented_key",
     ]
     for name in messages_mw.__all__:
         assert getattr(messages_mw, name) is not None

@@ -91,8 +91,10 @@ def _credentials(
     bearer = client_headers.get("authorization")
     client_key = client_headers.get("x-api-key")
     if mode == "forward" or (api_key is None and mode == "default"):
-        passed = [(b"x-api-key", client_key)] if client_key else []
-        return passed + ([(b"authorization", bearer)] if bearer else [])
+        # One credential, the one Anthropic itself would use: x-api-key wins over a bearer.
+        if client_key:
+            return [(b"x-api-key", client_key)]
+        return [(b"authorization", bearer)] if bearer else []
     if api_key is None:
         return []
     if bearer and not client_key:
