@@ -380,8 +380,8 @@ class Gateway:
                 )
                 return
             body = response.body or b""
+            observe_response_body(body, context)
             if response.status == 200:
-                observe_response_body(body, context)
                 body = self._with_cost(body, context)
             headers = self._response_headers(response, context)
             await relay_body(response, send, context, headers, body)

@@ -44,13 +44,15 @@ async def relay_body(
 
 
 def observe_response_body(body: bytes, context: RequestContext) -> None:
-    """Read usage and stop reason from a successful JSON response, if it parses."""
+    """Read usage and stop reason, or the error type, from a JSON response, if it parses."""
     try:
         observed = _response_decoder.decode(body)
     except msgspec.DecodeError:
         return
     merge_usage(context.usage, observed.usage)
     context.stop_reason = observed.stop_reason
+    if observed.error is not None and observed.error.type:
+        context.error_type = observed.error.type
 
 
 async def relay_stream(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx
 
 from messages_mw import AnthropicProvider, Gateway, GatewayConfig, RequestContext, UpstreamConfig
 from messages_mw.context import RequestEndHook
+from messages_mw.usage import UsageSink
 
 from .servers import message_json
 
@@ -38,6 +39,7 @@ def make_gateway(
     *,
     config: GatewayConfig | None = None,
     on_request_end: RequestEndHook | None = None,
+    usage_sinks: Sequence[UsageSink] = (),
 ) -> tuple[Gateway, list[RequestContext]]:
     """A gateway over ``handler``; finished requests are collected unless a hook is given."""
     finished: list[RequestContext] = []
@@ -45,7 +47,8 @@ def make_gateway(
     settings = UpstreamConfig(base_url="http://upstream.test", api_key=upstream.api_key)
     provider = AnthropicProvider(settings, transport=httpx.MockTransport(handler))
     hook = on_request_end or finished.append
-    return Gateway(config, provider=provider, on_request_end=hook), finished
+    gateway = Gateway(config, provider=provider, on_request_end=hook, usage_sinks=usage_sinks)
+    return gateway, finished
 
 
 def client_for(gateway: Any) -> httpx.AsyncClient:
