@@ -1,0 +1,93 @@
+"""Mappings shared by the response and stream translators, so both give the same message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ..protocol import Usage
+from ..streaming import TokenUsage
+from ._openai import InUsage, any_decoder, encoder
+
+__all__ = [
+    "RAW_ARGUMENTS_KEY",
+    "anthropic_usage",
+    "arguments_text",
+    "stop_reason",
+    "token_usage",
+    "tool_id",
+    "tool_input",
+]
+
+RAW_ARGUMENTS_KEY = "_raw"
+_FINISH_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+
+
+def stop_reason(finish_reason: str | None, *, used_tools: bool, refused: bool) -> str:
+    """Anthropic ``stop_reason`` for an OpenAI ``finish_reason``.
+
+    Some servers answer tool calls with ``stop`` (or nothing); a message that holds tool calls
+    then still ends in ``tool_use``, or clients would not run them. OpenAI does not say which
+    stop sequence matched, so ``stop`` is always ``end_turn``.
+    """
+    mapped = _FINISH_REASONS.get(finish_reason or "stop", "end_turn")
+    if mapped == "end_turn" and used_tools:
+        return "tool_use"
+    if mapped == "end_turn" and refused:
+        return "refusal"
+    return mapped
+
+
+def token_usage(usage: InUsage) -> TokenUsage:
+    """Anthropic's split: ``input_tokens`` excludes the cached prompt tokens."""
+    prompt = usage.prompt_tokens or 0
+    details = usage.prompt_tokens_details
+    cached = min(details.cached_tokens or 0, prompt) if details else 0
+    return TokenUsage(
+        input_tokens=prompt - cached,
+        output_tokens=usage.completion_tokens or 0,
+        cache_read_input_tokens=cached,
+    )
+
+
+def anthropic_usage(usage: TokenUsage) -> Usage:
+    return Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens,
+        cache_read_input_tokens=usage.cache_read_input_tokens,
+    )
+
+
+def tool_id(upstream_id: str | None, message_id: str, position: int) -> str:
+    """The upstream's id, kept as is so that ``tool_result`` maps back to it; a made-up one
+    (stable per message and position) for servers that send none."""
+    return upstream_id or f"toolu_{message_id}_{position}"
+
+
+def arguments_text(arguments: str | dict[str, Any] | None) -> str:
+    if isinstance(arguments, dict):
+        return encoder.encode(arguments).decode()
+    return arguments or ""
+
+
+def tool_input(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
+    """Parsed tool arguments. Empty arguments are ``{}``; arguments that are not a JSON object
+    (malformed, or cut short by ``length``) are kept as ``{"_raw": "<the text>"}``, so the
+    client's tool rejects the call visibly and the text is not lost."""
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments or not arguments.strip():
+        return {}
+    try:
+        value = any_decoder.decode(arguments)
+    except msgspec.DecodeError:
+        return {RAW_ARGUMENTS_KEY: arguments}
+    return value if isinstance(value, dict) else {RAW_ARGUMENTS_KEY: arguments}

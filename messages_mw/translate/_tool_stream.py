@@ -1,0 +1,146 @@
+"""Streamed tool calls -> sequential ``tool_use`` blocks with live ``input_json_delta``s.
+
+Chat Completions identifies each streamed call by ``index`` and may, in principle, interleave
+the argument fragments of parallel calls; Anthropic blocks are strictly sequential. A call's
+block starts as soon as its name is known and its fragments are forwarded as they arrive.
+When a new call shows up while the open call's arguments are not yet a complete JSON object,
+the new call waits (its fragments buffered) until the open one completes, then it starts and
+its buffer is flushed; it is never the other way round, so nothing is held to the end unless
+the upstream really interleaves. A fragment for a call whose block was already closed can
+only be whitespace after a complete object (dropped), or come after text forced the block
+shut (lost; no server is known to do this).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+
+from ..protocol import InputJsonDelta, ToolUseBlock
+from ._blocks import BlockWriter
+from ._mapping import arguments_text, tool_id
+from ._openai import InToolCall, any_decoder
+
+__all__ = ["ToolStreams"]
+
+
+@dataclass(slots=True)
+class _Call:
+    key: int
+    id: str | None = None
+    name: str | None = None
+    parts: list[str] = field(default_factory=list)
+    sent: int = 0
+    started: bool = False
+    closed: bool = False
+
+    def complete(self) -> bool:
+        text = "".join(self.parts).rstrip()
+        if not text.endswith("}"):
+            return False
+        try:
+            any_decoder.decode(text)
+        except msgspec.DecodeError:
+            return False
+        return True
+
+
+class ToolStreams:
+    """The tool calls of one streamed message; writes their blocks through ``blocks``."""
+
+    def __init__(self, blocks: BlockWriter, message_id: str) -> None:
+        self._blocks = blocks
+        self._message_id = message_id
+        self._calls: dict[int, _Call] = {}
+        self._keys: dict[int, int] = {}
+        self._queue: list[_Call] = []
+        self._open: _Call | None = None
+
+    @property
+    def has_calls(self) -> bool:
+        return bool(self._calls)
+
+    def feed(self, delta: InToolCall) -> None:
+        call = self._call_for(delta)
+        call.id = call.id or delta.id
+        fragment = ""
+        if delta.function is not None:
+            call.name = call.name or delta.function.name
+            fragment = arguments_text(delta.function.arguments)
+            if fragment:
+                call.parts.append(fragment)
+        if call.closed:
+            return
+        if call.started:
+            self._send(call)
+            if self._queue and "}" in fragment and call.complete():
+                self._close_and_advance(call)
+        elif call.name is not None and call not in self._queue:
+            self._begin(call)
+
+    def close_open(self) -> None:
+        """Close the open call's block and play out the waiting ones (something else starts)."""
+        if self._open is None:
+            return
+        self._close(self._open)
+        while self._queue:
+            call = self._queue.pop(0)
+            self._start(call)
+            self._close(call)
+
+    def finish(self) -> None:
+        """At the end of the message: close everything, and emit calls that never got a name."""
+        self.close_open()
+        for call in self._calls.values():
+            if not call.started:
+                self._start(call)
+                self._close(call)
+
+    def _call_for(self, delta: InToolCall) -> _Call:
+        # A missing index is its own slot (-1). A new id at a known index is a new call: some
+        # servers number every call 0.
+        slot = -1 if delta.index is None else delta.index
+        key = self._keys.get(slot)
+        if key is not None:
+            known = self._calls[key]
+            if not (delta.id and known.id and delta.id != known.id):
+                return known
+        key = self._keys[slot] = len(self._calls)
+        call = self._calls[key] = _Call(key)
+        return call
+
+    def _begin(self, call: _Call) -> None:
+        current = self._open
+        if current is not None and not current.complete():
+            self._queue.append(call)
+            return
+        if current is not None:
+            self._close(current)
+        self._start(call)
+        self._open = call
+
+    def _close_and_advance(self, call: _Call) -> None:
+        self._close(call)
+        waiting = self._queue.pop(0)
+        self._start(waiting)
+        self._open = waiting
+        if self._queue and waiting.complete():
+            self._close_and_advance(waiting)
+
+    def _start(self, call: _Call) -> None:
+        block_id = tool_id(call.id, self._message_id, call.key)
+        self._blocks.start(ToolUseBlock(id=block_id, name=call.name or "", input={}))
+        call.started = True
+        self._send(call)
+
+    def _send(self, call: _Call) -> None:
+        if call.sent < len(call.parts):
+            self._blocks.delta(InputJsonDelta(partial_json="".join(call.parts[call.sent :])))
+            call.sent = len(call.parts)
+
+    def _close(self, call: _Call) -> None:
+        self._blocks.stop()
+        call.closed = True
+        if self._open is call:
+            self._open = None

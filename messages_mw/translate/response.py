@@ -1,0 +1,82 @@
+"""Chat Completions response -> Anthropic ``Message`` (non-streaming).
+
+The content order is the one the stream translator produces for the same completion:
+reasoning as a ``thinking`` block, then the text, then one ``tool_use`` block per tool call.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..errors import UpstreamUnavailableError
+from ..protocol import ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock
+from ..streaming import TokenUsage
+from ._mapping import anthropic_usage, stop_reason, token_usage, tool_id, tool_input
+from ._openai import InBody, InFunction, InMessage, body_decoder
+from .errors import upstream_error
+
+__all__ = ["to_anthropic_message"]
+
+_message_encoder = msgspec.json.Encoder()
+
+
+def to_anthropic_message(body: bytes, *, model: str, message_id: str) -> bytes:
+    """Translate a 2xx Chat Completions body into an Anthropic Message JSON body.
+
+    ``model`` is the model the client asked for (not the upstream's), ``message_id`` the id to
+    report. Raises :class:`~messages_mw.errors.UpstreamUnavailableError` (502) for a body that
+    is not a completion, and the mapped :class:`~messages_mw.errors.GatewayError` subclass for
+    an error object sent with a 2xx status.
+    """
+    parsed = _decode(body)
+    error = parsed.error_detail()
+    if error is not None:
+        raise upstream_error(error)
+    choice = parsed.first_choice()
+    if choice is None or choice.message is None:
+        raise UpstreamUnavailableError("upstream response holds no choices[0].message")
+    reply = choice.message
+    usage = token_usage(parsed.usage) if parsed.usage is not None else TokenUsage()
+    message = Message(
+        id=message_id,
+        role="assistant",
+        model=model,
+        content=_content(reply, message_id),
+        stop_reason=stop_reason(
+            choice.finish_reason, used_tools=bool(reply.tool_calls), refused=bool(reply.refusal)
+        ),
+        stop_sequence=None,
+        usage=anthropic_usage(usage),
+    )
+    return _message_encoder.encode(message)
+
+
+def _decode(body: bytes) -> InBody:
+    try:
+        return body_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise UpstreamUnavailableError(
+            f"upstream response is not a Chat Completions body: {exc}"
+        ) from exc
+
+
+def _content(reply: InMessage, message_id: str) -> list[ContentBlock]:
+    blocks: list[ContentBlock] = []
+    reasoning = reply.reasoning_text
+    if reasoning:
+        # Chat Completions has no signatures; "" marks the block as unsigned (see README).
+        blocks.append(ThinkingBlock(thinking=reasoning, signature=""))
+    text = (reply.text or "") + (reply.refusal or "")
+    calls = reply.tool_calls or []
+    if text or not calls:
+        blocks.append(TextBlock(text=text))
+    for position, call in enumerate(calls):
+        function = call.function or InFunction()
+        blocks.append(
+            ToolUseBlock(
+                id=tool_id(call.id, message_id, position),
+                name=function.name or "",
+                input=tool_input(function.arguments),
+            )
+        )
+    return blocks

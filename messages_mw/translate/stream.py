@@ -1,0 +1,202 @@
+"""Chat Completions stream -> Anthropic SSE, incrementally, in the exact Anthropic grammar.
+
+Output for a normal stream: ``message_start``; blocks in order (reasoning -> ``thinking``, text
+-> ``text``, each tool call -> ``tool_use`` with ``input_json_delta``s), each started and
+stopped once with consecutive indexes, a new kind of delta closing the open block; then at
+``data: [DONE]`` (or at :meth:`StreamTranslator.finish` after a ``finish_reason``) one
+``message_delta`` and ``message_stop``. ``message_delta`` waits for the end because OpenAI sends
+usage in a last chunk of its own, after ``finish_reason``.
+
+Ending badly: an error object in the stream, a malformed chunk, :meth:`~StreamTranslator.fail`,
+or an upstream that ends with neither ``finish_reason`` nor ``[DONE]`` each give one ``error``
+event right after whatever was sent (open blocks are left open, as the grammar allows), so a
+client never mistakes a cut-off answer for a complete one.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..errors import GatewayError
+from ..protocol import (
+    ErrorDetail,
+    ErrorEvent,
+    Message,
+    MessageDelta,
+    MessageDeltaEvent,
+    MessageDeltaUsage,
+    MessageStartEvent,
+    MessageStopEvent,
+    TextBlock,
+    TextDelta,
+    ThinkingBlock,
+    ThinkingDelta,
+    Usage,
+)
+from ..streaming import TokenUsage
+from ._blocks import BlockWriter
+from ._mapping import stop_reason, token_usage
+from ._openai import InBody, InError, InMessage, body_decoder
+from ._sse import DataLines
+from ._tool_stream import ToolStreams
+from .errors import classify
+
+__all__ = ["StreamTranslator"]
+
+_MAX_ECHO = 200
+
+
+class StreamTranslator:
+    """Translates one upstream stream; create one per response, feed it every chunk in order.
+
+    Nothing here blocks or does I/O: :meth:`feed` returns the Anthropic bytes to send now
+    (possibly ``b""``), so cancellation between calls loses nothing but the rest of the stream.
+    After the stream has ended (``message_stop`` or ``error`` returned) every call returns
+    ``b""``.
+    """
+
+    def __init__(self, *, model: str, message_id: str, input_tokens: int) -> None:
+        self._model = model
+        self._message_id = message_id
+        self._input_estimate = input_tokens
+        self._lines = DataLines()
+        self._blocks = BlockWriter()
+        self._tools = ToolStreams(self._blocks, message_id)
+        self._usage = TokenUsage()
+        self._usage_reported = False
+        self._finish_reason: str | None = None
+        self._refused = False
+        self._wrote_text = False
+        self._started = False
+        self._ended = False
+
+    @property
+    def usage(self) -> TokenUsage:
+        """Usage as the upstream reported it so far (all zero until its usage chunk)."""
+        return msgspec.structs.replace(self._usage)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Translate the next upstream bytes, cut anywhere; never raises for stream content."""
+        if not self._ended:
+            for event, data in self._lines.feed(chunk):
+                self._on_data(event, data)
+                if self._ended:
+                    break
+        return self._blocks.take()
+
+    def finish(self) -> bytes:
+        """The upstream body ended: the closing events, or an ``error`` event if the upstream
+        stopped before saying it was done (no ``finish_reason`` and no ``[DONE]``)."""
+        if not self._ended:
+            for event, data in self._lines.flush():
+                self._on_data(event, data)
+        if not self._ended and self._finish_reason is None:
+            self._error("api_error", "upstream stream ended before the response was complete")
+        if not self._ended:
+            self._end()
+        return self._blocks.take()
+
+    def fail(self, error: GatewayError) -> bytes:
+        """The upstream broke (read error, timeout): an ``error`` event carrying ``error``."""
+        if not self._ended:
+            self._error(error.error_type, error.message)
+        return self._blocks.take()
+
+    def _on_data(self, event: bytes | None, data: bytes) -> None:
+        if data.strip() == b"[DONE]":
+            self._end()
+            return
+        if not data.strip():
+            return
+        try:
+            body = body_decoder.decode(data)
+        except msgspec.DecodeError:
+            echo = data[:_MAX_ECHO].decode("utf-8", "replace")
+            self._error("api_error", f"upstream sent a malformed stream event: {echo}")
+            return
+        error = _error_in(event, body)
+        if error is not None:
+            _, error_type, message = classify(None, error)
+            self._error(error_type, message)
+            return
+        self._start()
+        if body.usage is not None:
+            self._usage = token_usage(body.usage)
+            self._usage_reported = True
+        choice = body.first_choice()
+        if choice is not None and choice.delta is not None:
+            self._on_delta(choice.delta)
+        if choice is not None and choice.finish_reason:
+            self._finish_reason = choice.finish_reason
+
+    def _on_delta(self, delta: InMessage) -> None:
+        self._write("thinking", delta.reasoning_text)
+        self._write("text", delta.text)
+        if delta.refusal:
+            self._refused = True
+            self._write("text", delta.refusal)
+        for call in delta.tool_calls or ():
+            self._tools.feed(call)
+
+    def _write(self, kind: str, text: str | None) -> None:
+        if not text:
+            return
+        if self._blocks.open_kind != kind:
+            self._tools.close_open()
+            if kind == "text":
+                self._blocks.start(TextBlock(text=""))
+                self._wrote_text = True
+            else:
+                self._blocks.start(ThinkingBlock(thinking="", signature=""))
+        self._blocks.delta(TextDelta(text=text) if kind == "text" else ThinkingDelta(thinking=text))
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        usage = Usage(
+            input_tokens=self._input_estimate,
+            output_tokens=1,
+            cache_creation_input_tokens=0,
+            cache_read_input_tokens=0,
+        )
+        message = Message(self._message_id, "assistant", self._model, [], None, None, usage)
+        self._blocks.emit(MessageStartEvent(message=message))
+
+    def _end(self) -> None:
+        self._start()
+        self._tools.close_open()
+        self._blocks.stop()
+        self._tools.finish()
+        if not self._wrote_text and not self._tools.has_calls:
+            self._blocks.start(TextBlock(text=""))  # as the non-streaming translation has
+            self._blocks.stop()
+        reason = stop_reason(
+            self._finish_reason, used_tools=self._tools.has_calls, refused=self._refused
+        )
+        delta = MessageDelta(stop_reason=reason, stop_sequence=None)
+        self._blocks.emit(MessageDeltaEvent(delta=delta, usage=self._delta_usage()))
+        self._blocks.emit(MessageStopEvent())
+        self._ended = True
+
+    def _delta_usage(self) -> MessageDeltaUsage:
+        if not self._usage_reported:
+            return MessageDeltaUsage(output_tokens=0)
+        usage = self._usage
+        return MessageDeltaUsage(
+            output_tokens=usage.output_tokens,
+            input_tokens=usage.input_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+        )
+
+    def _error(self, error_type: str, message: str) -> None:
+        self._blocks.emit(ErrorEvent(error=ErrorDetail(type=error_type, message=message)))
+        self._ended = True
+
+
+def _error_in(event: bytes | None, body: InBody) -> InError | None:
+    error = body.error_detail()
+    if error is None and event == b"error":
+        error = InError(message=body.message, type=body.type, code=body.code)
+    return error
