@@ -9,6 +9,7 @@ Content-encoding is never decoded; callers get the bytes on the wire minus the t
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import socket
 from collections import deque
@@ -31,6 +32,8 @@ _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _DECIMAL_DIGITS = b"0123456789"
 # A plain chunk-size line, the form servers send; anything else takes the line-by-line path.
 _PLAIN_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})\r\n")
+# A timer firing this close to its deadline counts as on time (uvloop's timers tick in ms).
+_TIMER_SLACK = 0.001
 # A slow consumer makes reading pause above the high mark and resume once it drains below the low.
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
@@ -293,11 +296,6 @@ def _parse_chunk_size(line: bytes) -> int:
     return int(text, 16)
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
 class Connection(asyncio.Protocol):
     """One socket carrying one request at a time; the consumer side is awaited, the rest is
     driven by the event loop's callbacks."""
@@ -320,6 +318,9 @@ class Connection(asyncio.Protocol):
         self._closed = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # The current wait's deadline (loop time), and the one timer that enforces it.
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -348,6 +349,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         parser = self._parser
         if parser is not None and not parser.feed_eof() and self._error is None:
             if self.received_any:
@@ -473,13 +477,35 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def _wait(self, seconds: float | None) -> None:
-        # A bare timer is much cheaper than asyncio.timeout(), and this runs for every read.
-        waiter = self._loop.create_future()
+        loop = self._loop
+        waiter = loop.create_future()
         self._waiter = waiter
-        timer = None if seconds is None else self._loop.call_later(seconds, _expire, waiter)
+        if seconds is None:
+            self._deadline = math.inf
+        else:
+            self._arm(loop.time() + seconds)
         try:
             await waiter
         finally:
             self._waiter = None
+
+    def _arm(self, deadline: float) -> None:
+        # Creating and cancelling a timer per wait costs more on uvloop than the rest of the
+        # wait, and a stream waits once per read. So one timer per connection stays armed, is
+        # moved only when a deadline comes sooner than it, and when it fires early it re-arms.
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
             if timer is not None:
                 timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._deadline == math.inf:
+            return
+        if self._loop.time() + _TIMER_SLACK >= self._deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._arm(self._deadline)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -18,7 +19,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from .assembly import build_policy, build_providers
+from .assembly import build_model_directory, build_policy, build_providers
 from .body_edit import edit_top_level
 from .config import GatewayConfig
 from .context import RequestContext, RequestEndHook
@@ -117,6 +118,7 @@ class Gateway:
         if on_request_end is not None and not callable(on_request_end):
             raise TypeError("on_request_end must be callable")
         self._providers = build_providers(self.config, provider, providers)
+        self._model_source = build_model_directory(self._providers, self.config.provider)
         self._policy = build_policy(
             self.config,
             list(self._providers),
@@ -259,7 +261,12 @@ class Gateway:
         context.model, context.stream = parsed.model, parsed.stream
         incoming = IncomingRequest(context.method, context.path, headers, parsed.model)
         context.response_headers = await self._policy.admit(incoming, context, parsed)
-        plan = await self._policy.prepare(body, headers, parsed, context)
+        body, resolver = self._policy.resolver.for_request(body, parsed.model)
+        policy = self._policy
+        if resolver is not policy.resolver:
+            # This request's router candidates shape its chain, before the router hook sees it.
+            policy = dataclasses.replace(policy, resolver=resolver)
+        plan = await policy.prepare(body, headers, parsed, context)
 
         async def attempt(target: Target) -> ProviderResponse:
             return await self._send_to(target, plan, scope, context)
@@ -274,7 +281,8 @@ class Gateway:
         await self._policy.authenticate(
             IncomingRequest(context.method, context.path, headers, context.model), context
         )
-        target = self._policy.resolver.primary(context.model)
+        body, resolver = self._policy.resolver.for_request(body, context.model)
+        target = resolver.primary(context.model)
         plan = ForwardPlan(body, headers, [target])
         work = self._relay(await self._send_to(target, plan, scope, context), send, context)
         await self._guarded(receive, work, context)
@@ -285,10 +293,9 @@ class Gateway:
         headers = _header_map(scope)
         incoming = IncomingRequest(context.method, context.path, headers, None)
         await self._policy.authenticate(incoming, context)
-        provider = self._providers[self.config.provider]
         request = self._provider_request(scope, context, b"", headers)
         await self._guarded(
-            receive, self._send_and_relay(provider, request, send, context), context
+            receive, self._send_and_relay(self._model_source, request, send, context), context
         )
 
     async def _hello(

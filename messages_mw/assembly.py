@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from .auth import build_auth
-from .config import GatewayConfig
+from .config import ConfigError, GatewayConfig
 from .hooks import AuthHook, CompressionHook, RouteHook, TagHook, check_hook
 from .limits import RateLimiter
 from .policy import Policy
@@ -14,7 +14,7 @@ from .providers.base import Provider
 from .routing import TargetResolver
 from .usage import JsonLinesSink, LogUsageSink, UsageDispatcher, UsageSink
 
-__all__ = ["build_policy", "build_providers"]
+__all__ = ["build_model_directory", "build_policy", "build_providers"]
 
 
 def build_providers(
@@ -22,10 +22,12 @@ def build_providers(
     provider: Provider | None,
     providers: Mapping[str, Provider] | None,
 ) -> dict[str, Provider]:
-    """The named providers: the default one (``config.provider``), ``config.upstreams``, and
-    any the host passed in (which win over configured ones of the same name)."""
+    """The named providers: the default one (``config.provider``), ``config.upstreams``,
+    ``config.openai_upstreams``, and any the host passed in (which win over configured ones of
+    the same name). Raises :class:`ConfigError` when two configured providers share a name."""
     from .providers.anthropic import AnthropicProvider
 
+    _check_provider_names(config)
     built: dict[str, Provider] = {}
     if provider is None and config.provider == "mock":
         from .providers.mock import MockProvider
@@ -34,11 +36,39 @@ def build_providers(
     built[config.provider] = provider or AnthropicProvider(config.upstream)
     for name, upstream in config.upstreams.items():
         built[name] = AnthropicProvider(upstream)
+    if config.openai_upstreams:
+        from .providers.openai import OpenAIProvider
+
+        for name, settings in config.openai_upstreams.items():
+            built[name] = OpenAIProvider(settings, name=name)
     for name, given in (providers or {}).items():
         if not isinstance(given, Provider):
             raise TypeError(f"provider {name!r} must have async send() and aclose() methods")
         built[name] = given
     return built
+
+
+def _check_provider_names(config: GatewayConfig) -> None:
+    names = [config.provider, *config.upstreams, *config.openai_upstreams]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(
+            f"provider names must be unique across provider, upstreams and openai_upstreams: "
+            f"{', '.join(repeated)}"
+        )
+
+
+def build_model_directory(providers: Mapping[str, Provider], default: str) -> Provider:
+    """What answers ``GET /v1/models``: the default provider, merged with the models of the
+    OpenAI-compatible providers when there are any."""
+    from .providers.openai import ModelDirectory, OpenAIProvider
+
+    listed = {
+        name: provider
+        for name, provider in providers.items()
+        if name != default and isinstance(provider, OpenAIProvider)
+    }
+    return ModelDirectory(providers[default], listed) if listed else providers[default]
 
 
 def build_policy(
@@ -69,8 +99,12 @@ def build_policy(
     sinks.extend(usage_sinks)
     if limiter is None and config.limits.rules:
         limiter = RateLimiter(config.limits)
+    pricing = PricingTable({**DEFAULT_PRICES, **(config.pricing or {})})
+    resolver = TargetResolver(
+        provider_names, config.provider, config.fallback, aliases=config.aliases, pricing=pricing
+    )
     return Policy(
-        resolver=TargetResolver(provider_names, config.provider, config.fallback),
+        resolver=resolver,
         header_names=config.headers.resolved(),
         tag_policy=config.tags,
         extra_headers_allowed=frozenset(name.lower() for name in config.extra_headers_allowed),
@@ -79,6 +113,6 @@ def build_policy(
         compressor=compressor,
         router=router,
         limiter=limiter,
-        pricing=PricingTable({**DEFAULT_PRICES, **(config.pricing or {})}),
+        pricing=pricing,
         dispatcher=UsageDispatcher(sinks) if sinks else None,
     )

@@ -17,6 +17,7 @@ from .limits import LimitsConfig
 from .pricing import ModelPrice
 from .routing import FallbackConfig
 from .tags import HeaderNames, TagPolicy
+from .translate import OpenAIQuirks
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -24,6 +25,7 @@ __all__ = [
     "GatewayConfig",
     "MockConfig",
     "ModelConfig",
+    "OpenAIUpstreamConfig",
     "UpstreamConfig",
     "load_config",
 ]
@@ -51,6 +53,31 @@ class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     pool_timeout: _PositiveFloat = 10.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
     http2: bool = False
+
+
+class OpenAIUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An OpenAI-compatible upstream (``POST {base_url}/chat/completions``), reached through
+    format translation.
+
+    ``base_url`` includes the API version path (``https://api.openai.com/v1``). ``api_key`` is
+    sent as ``Authorization: Bearer``; the client's own credentials never are, so ``None`` sends
+    none (a local server). ``extra_headers`` are added to every upstream request. ``quirks``
+    describes what the upstream accepts; ``models`` (bare ids) is what ``GET /v1/models`` lists
+    for it, as ``<name>/<id>``. ``ping_interval`` is the longest silence in a stream before the
+    gateway sends a ``ping`` event; ``read_timeout`` is the longest it waits between two chunks.
+    """
+
+    base_url: str
+    api_key: str | None = None
+    extra_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    connect_timeout: _PositiveFloat = 10.0
+    read_timeout: _PositiveFloat = 600.0
+    write_timeout: _PositiveFloat = 60.0
+    pool_timeout: _PositiveFloat = 10.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
+    quirks: OpenAIQuirks = msgspec.field(default_factory=OpenAIQuirks)
+    models: tuple[str, ...] = ()
+    ping_interval: _PositiveFloat = 10.0
 
 
 class MockConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -81,7 +108,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     ``provider`` picks the default upstream: ``anthropic`` forwards to ``upstream``; ``mock``
     answers locally (demo, tests, benchmarks); either is addressed as ``<provider>/<model>``.
-    ``upstreams`` names further Anthropic-compatible upstreams for fallback chains.
+    ``upstreams`` names further Anthropic-compatible upstreams for fallback chains, and
+    ``openai_upstreams`` OpenAI-compatible ones; the names of all providers must differ.
+    ``aliases`` maps a requested model name to a target name (``"fast"`` to
+    ``"openai/gpt-4o-mini"``, or a Claude Code model name to a local model) before routing.
     ``max_body_bytes`` caps request bodies, after gzip decoding too (Anthropic's own limit is
     32 MB). ``pricing`` (USD per million tokens per model; ``None`` uses the built-in table)
     prices usage events, and ``cost_in_response`` adds ``usage.cost`` to JSON responses.
@@ -93,6 +123,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     provider: Literal["anthropic", "mock"] = "anthropic"
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
     upstreams: dict[str, UpstreamConfig] = msgspec.field(default_factory=dict)
+    openai_upstreams: dict[str, OpenAIUpstreamConfig] = msgspec.field(default_factory=dict)
+    aliases: dict[str, str] = msgspec.field(default_factory=dict)
     mock: MockConfig = msgspec.field(default_factory=MockConfig)
     models: tuple[ModelConfig, ...] = DEFAULT_MODELS
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 32 * 1024 * 1024

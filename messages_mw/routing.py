@@ -1,22 +1,29 @@
-"""Which targets a request is tried on: ``provider/model`` names, body and configured chains."""
+"""Which targets a request is tried on: ``provider/model`` names, aliases, body and configured
+chains, and the built-in router behind the ``auto`` model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import copy
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Literal
 
 import msgspec
 
-from .errors import InvalidRequestError
+from .body_edit import edit_top_level, read_raw_fields
+from .errors import InvalidRequestError, NotFoundError
 from .fallback import BreakerPolicy, RetryPolicy, Target
+from .pricing import PricingTable
 
 __all__ = ["FallbackConfig", "TargetResolver"]
 
-_fallbacks_decoder = msgspec.json.Decoder(list[str])
+_names_decoder = msgspec.json.Decoder(list[str])
+_optional_names_decoder: msgspec.json.Decoder[list[str] | None] = msgspec.json.Decoder(
+    list[str] | None
+)
 
 
 class FallbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Fallback chains and retry behaviour.
+    """Fallback chains, retry behaviour and the built-in router.
 
     ``chains`` maps a requested model to targets tried after it; ``default_chain`` follows
     every request. ``body_fallbacks`` decides whether the request body's ``fallbacks`` field is
@@ -24,6 +31,13 @@ class FallbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     consumes it only when every entry names a ``provider/model`` target the gateway routes,
     ``always`` when it is a list of names, ``never`` leaves it alone. ``retry`` defaults to
     one attempt per target (raise ``attempts_per_target`` to retry the same target).
+
+    A request for ``auto_model`` (``None`` turns the router off) is tried on its candidates:
+    the body's ``router_candidates`` (consumed and stripped, at most
+    ``max_router_candidates``), else ``router_candidates`` here, ordered by
+    ``router_strategy``: ``first_healthy`` keeps the order given (targets whose circuit is open
+    are skipped, as in any chain), ``cheapest`` sorts by input plus output price per token
+    from the pricing table, unknown prices last.
     """
 
     chains: dict[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
@@ -34,40 +48,88 @@ class FallbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # same-target retries in the gateway would multiply their attempts.
     retry: RetryPolicy = msgspec.field(default_factory=lambda: RetryPolicy(attempts_per_target=1))
     breaker: BreakerPolicy = msgspec.field(default_factory=BreakerPolicy)
+    auto_model: str | None = "auto"
+    router_candidates: tuple[str, ...] = ()
+    router_strategy: Literal["first_healthy", "cheapest"] = "first_healthy"
+    max_router_candidates: Annotated[int, msgspec.Meta(ge=1)] = 8
 
 
 class TargetResolver:
-    """Turns model names into targets and builds the chain for a request."""
+    """Turns model names into targets and builds the chain for a request.
+
+    ``aliases`` maps a requested name to a target name (``"fast": "openai/gpt-4o-mini"``) and
+    is applied before anything else; ``pricing`` orders the ``cheapest`` router strategy.
+    Raises ``ValueError`` for a configured chain, alias or candidate naming no provider.
+    """
 
     def __init__(
-        self, provider_names: Iterable[str], default_provider: str, config: FallbackConfig
+        self,
+        provider_names: Iterable[str],
+        default_provider: str,
+        config: FallbackConfig,
+        *,
+        aliases: Mapping[str, str] | None = None,
+        pricing: PricingTable | None = None,
     ) -> None:
         self._providers = frozenset(provider_names)
         self._default = default_provider
         self._config = config
-        for name in [*config.default_chain, *(t for c in config.chains.values() for t in c)]:
+        self._aliases = dict(aliases or {})
+        self._pricing = pricing
+        configured = [
+            *config.default_chain,
+            *(t for c in config.chains.values() for t in c),
+            *self._aliases.values(),
+            *config.router_candidates,
+        ]
+        for name in configured:
             if "/" in name and not self.routes_explicitly(name):
                 raise ValueError(f"fallback target {name!r} names no configured provider")
+        self._candidates = tuple(self.target(name) for name in config.router_candidates)
 
     @property
     def config(self) -> FallbackConfig:
         return self._config
 
     def parse(self, name: str) -> Target | None:
-        """``provider/model`` for a known provider, else the default provider's ``name``."""
+        """``provider/model`` for a known provider, the default provider's ``name`` for a name
+        without ``/``, ``None`` for anything else (no model, or an unknown provider)."""
         provider, slash, model = name.partition("/")
-        if slash and provider in self._providers:
-            return Target(provider, model) if model else None
-        return Target(self._default, name)
+        if not slash:
+            return Target(self._default, name)
+        if provider in self._providers and model:
+            return Target(provider, model)
+        return None
+
+    def target(self, name: str) -> Target:
+        """The target ``name`` stands for, after aliases.
+
+        Raises :class:`NotFoundError` for an unknown ``provider/`` prefix and
+        :class:`InvalidRequestError` for a name with a provider but no model.
+        """
+        name = self._aliases.get(name, name)
+        found = self.parse(name)
+        if found is not None:
+            return found
+        provider = name.partition("/")[0]
+        if provider in self._providers:
+            raise InvalidRequestError(f"model: '{name}' names a provider but no model.")
+        known = ", ".join(sorted(self._providers))
+        raise NotFoundError(
+            f"model: unknown provider '{provider}' in '{name}'; configured providers: {known}."
+        )
 
     def primary(self, model: str) -> Target:
-        target = self.parse(model)
-        assert target is not None  # a bare or unknown-prefix name always resolves
-        return target
+        """The first target a request for ``model`` goes to (see :meth:`target`); for the
+        auto model, the first candidate. Raises as :meth:`target` and :meth:`chain` do."""
+        return self._head(model)[0]
 
     def routes_explicitly(self, name: str) -> bool:
-        provider, slash, model = name.partition("/")
+        provider, slash, model = self._aliases.get(name, name).partition("/")
         return bool(slash and model and provider in self._providers)
+
+    def is_auto(self, model: str) -> bool:
+        return model == self._config.auto_model
 
     def body_fallbacks(self, raw: msgspec.Raw | None) -> list[Target] | None:
         """Targets from the body's ``fallbacks``, or ``None`` when the field is not ours."""
@@ -75,7 +137,7 @@ class TargetResolver:
         if raw is None or mode == "never":
             return None
         try:
-            names = _fallbacks_decoder.decode(raw)
+            names = _names_decoder.decode(raw)
         except msgspec.DecodeError:
             if mode == "always":
                 raise InvalidRequestError(
@@ -88,13 +150,60 @@ class TargetResolver:
             raise InvalidRequestError(
                 f"fallbacks: at most {self._config.max_body_fallbacks} entries are allowed"
             )
-        return [self.primary(name) for name in names]
+        return [self.target(name) for name in names]
+
+    def for_request(self, body: bytes, model: str) -> tuple[bytes, TargetResolver]:
+        """Consume the body's ``router_candidates`` for an auto-model request.
+
+        Returns the body without the field, and a resolver whose auto chain is those
+        candidates; anything else comes back unchanged, with this resolver. Called once per
+        request, before :meth:`chain`. Raises :class:`InvalidRequestError` for a malformed or
+        too long list and :class:`NotFoundError` for a candidate naming no provider.
+        """
+        if not self.is_auto(model):
+            return body, self
+        raw = read_raw_fields(body).get("router_candidates")
+        if raw is None:
+            return body, self
+        try:
+            names = _optional_names_decoder.decode(raw)
+        except msgspec.DecodeError:
+            raise InvalidRequestError(
+                "router_candidates: Input should be a list of model names"
+            ) from None
+        body = edit_top_level(body, remove=["router_candidates"])
+        if not names:
+            return body, self
+        limit = self._config.max_router_candidates
+        if len(names) > limit:
+            raise InvalidRequestError(f"router_candidates: at most {limit} entries are allowed")
+        routed = copy.copy(self)
+        routed._candidates = tuple(self.target(name) for name in names)
+        return body, routed
 
     def chain(self, model: str, body_targets: Sequence[Target] | None) -> list[Target]:
-        """Primary first, then body fallbacks, the model's chain and the default chain."""
+        """Primary first (for the auto model: its ordered candidates), then body fallbacks,
+        the model's chain and the default chain. Raises as :meth:`target` does, and
+        :class:`InvalidRequestError` for the auto model without candidates."""
         names = [*self._config.chains.get(model, ()), *self._config.default_chain]
-        targets = [self.primary(model), *(body_targets or ()), *map(self.primary, names)]
+        targets = [*self._head(model), *(body_targets or ()), *map(self.target, names)]
         unique: dict[str, Target] = {}
         for target in targets:
             unique.setdefault(target.name, target)
         return list(unique.values())
+
+    def _head(self, model: str) -> list[Target]:
+        if not self.is_auto(model):
+            return [self.target(model)]
+        if not self._candidates:
+            raise InvalidRequestError(
+                f"router_candidates: model '{model}' routes among candidates; list them in "
+                "the request's router_candidates or in the gateway's fallback config."
+            )
+        if self._config.router_strategy == "cheapest":
+            return sorted(self._candidates, key=self._price_key)
+        return list(self._candidates)
+
+    def _price_key(self, target: Target) -> tuple[bool, float]:
+        price = self._pricing.price_for(target.model) if self._pricing else None
+        return (True, 0.0) if price is None else (False, price.input + price.output)

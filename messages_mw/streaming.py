@@ -23,11 +23,13 @@ _event_decoder = msgspec.json.Decoder(ObservedEvent)
 # (or data.type) sits in an event's first bytes.
 _INTERESTING = re.compile(rb"message_start|message_delta|message_stop|error")
 _HEAD_BYTES = 48
-# A run of text or JSON deltas in Anthropic's framing, which is most of any stream: matched in
-# one call, and never interesting, as each event's first _HEAD_BYTES are this fixed prefix.
+# A run of content-block events and pings in Anthropic's framing, which is most of any stream:
+# matched in one call, and never interesting, as each event's first _HEAD_BYTES are fixed here.
 # Only valid while events are LF-separated: then an event ends at its first blank line.
-_DELTA_RUN = re.compile(
-    rb'(?:event: content_block_delta\ndata: \{"type":"content_block_delta"[^\n]*\n\n)+'
+_SKIPPED_RUN = re.compile(
+    rb"(?:event: content_block_(?:delta|start|stop)\n"
+    rb'data: \{"type":"content_block_(?:delta|start|stop)"[^\n]*\n\n'
+    rb'|event: ping\ndata: \{"type": ?"ping"\}\n\n)+'
 )
 _LF_SEPARATORS = (b"\n\n",)
 _ALL_SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
@@ -146,12 +148,12 @@ class StreamObserver:
             data: bytes | bytearray = buffer
         else:
             data = chunk
-        skip = _DELTA_RUN.match
+        skip = _SKIPPED_RUN.match
         start = 0
         while True:
-            deltas = skip(data, start)
-            if deltas is not None:
-                start = deltas.end()
+            skipped = skip(data, start)
+            if skipped is not None:
+                start = skipped.end()
             position = data.find(b"\n\n", start)
             if position == -1:
                 break
@@ -160,7 +162,7 @@ class StreamObserver:
             start = position + 2
         if data is buffer:
             del buffer[:start]
-        else:
+        elif start < len(chunk):
             buffer += memoryview(chunk)[start:]
 
     def _observe(self, block: bytes) -> None:

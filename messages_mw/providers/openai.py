@@ -1,0 +1,392 @@
+"""The OpenAI-compatible provider: Anthropic requests in, Chat Completions upstream, and back.
+
+``POST /v1/messages`` is translated to ``POST {base_url}/chat/completions`` and the answer,
+whole or streamed, back to Anthropic's format (:mod:`messages_mw.translate`). Token counting
+and the model list are answered locally: Chat Completions has no counting endpoint, and
+upstream model lists name models the gateway may not route. Only the provider's own headers
+go upstream, never a client's ``anthropic-*`` headers or credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from urllib.parse import parse_qs
+
+import httpx
+import msgspec
+
+from ..config import OpenAIUpstreamConfig
+from ..errors import (
+    GatewayError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from ..protocol import CountTokensResponse, ModelInfo, ModelList
+from ..streaming import frame_event
+from ..translate import StreamTranslator, to_anthropic_message, to_chat_completions, translate_error
+from ..validation import decode_count_tokens_request, describe_decode_error
+from .anthropic import translate_transport_error
+from .base import Provider, ProviderRequest, ProviderResponse
+from .mock import estimate_input_tokens
+
+__all__ = ["ModelDirectory", "OpenAIProvider"]
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_MODELS_PREFIX = "/v1/models/"
+_CREATED_AT = "2025-01-01T00:00:00Z"
+_DEFAULT_PAGE = 20
+_USER_AGENT = "messages-mw"
+_PING = frame_event("ping", b'{"type":"ping"}')
+_SSE_HEADERS = (("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"))
+_JSON_HEADERS = (("content-type", "application/json"),)
+# Upstream headers a client (and the fallback chain) needs to retry an error correctly.
+_RELAYED_ERROR_HEADERS = frozenset({"retry-after", "retry-after-ms", "x-should-retry"})
+_encoder = msgspec.json.Encoder()
+
+
+class _Model(msgspec.Struct):
+    model: str = ""
+
+
+_model_decoder = msgspec.json.Decoder(_Model)
+
+
+def _new_message_id() -> str:
+    return "msg_" + "".join(_BASE62[byte % 62] for byte in secrets.token_bytes(24))
+
+
+def _model_of(body: bytes) -> str:
+    try:
+        return _model_decoder.decode(body).model
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(describe_decode_error(exc, len(body))) from exc
+
+
+def _require(method: str, allowed: str, path: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowedError(f"Method {method} is not allowed on {path}; use {allowed}.")
+
+
+def _error_headers(response: httpx.Response) -> list[tuple[str, str]]:
+    relayed = [(k, v) for k, v in response.headers.items() if k in _RELAYED_ERROR_HEADERS]
+    return [*_JSON_HEADERS, *relayed]
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.startswith("text/event-stream")
+
+
+def _body_stream(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as it arrives: the transport's own stream when it needs no decoding (the
+    upstream honoured ``accept-encoding: identity``), else httpx's decoding iterator."""
+    stream = response.stream
+    if (
+        "content-encoding" in response.headers
+        or response.is_stream_consumed
+        or not isinstance(stream, httpx.AsyncByteStream)
+    ):
+        return response.aiter_bytes()
+    return aiter(stream)
+
+
+class OpenAIProvider:
+    """A :class:`~messages_mw.providers.base.Provider` for an OpenAI-compatible upstream.
+
+    ``name`` is the provider's name in the gateway: the model list shows ids as
+    ``<name>/<model>``. The model sent upstream is the request body's ``model`` (the gateway
+    has already replaced it with the target's model). ``transport`` replaces the network
+    (``httpx.MockTransport`` in tests); by default a pooled :class:`FastHTTPTransport` opens
+    on first use and :meth:`aclose` closes it.
+
+    ``send`` answers ``POST /v1/messages`` through the upstream;
+    ``POST /v1/messages/count_tokens`` with a local estimate (see
+    :func:`~messages_mw.providers.mock.estimate_input_tokens`: JSON bytes / 4, fixed costs for
+    images and documents), since Chat Completions has no counting endpoint; and
+    ``GET /v1/models[/{id}]`` from ``settings.models``. It raises
+    :class:`~messages_mw.errors.InvalidRequestError` for a body it cannot translate,
+    :class:`~messages_mw.errors.NotFoundError` for other paths and unknown models, and the
+    errors of :func:`~messages_mw.providers.anthropic.translate_transport_error` when no answer
+    arrives. Upstream error answers come back in Anthropic's error envelope with Anthropic's
+    status codes. A stream that breaks or stalls mid-way ends with an SSE ``error`` event.
+    Cancelling ``send`` or the stream closes the upstream connection.
+    """
+
+    def __init__(
+        self,
+        settings: OpenAIUpstreamConfig,
+        *,
+        name: str = "openai",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._given_transport = transport
+        self._transport = transport
+        self._url = httpx.URL(settings.base_url.rstrip("/") + "/chat/completions")
+        self._origin = settings.base_url
+        timeout = httpx.Timeout(
+            connect=settings.connect_timeout,
+            read=settings.read_timeout,
+            write=settings.write_timeout,
+            pool=settings.pool_timeout,
+        )
+        self._extensions = {"timeout": timeout.as_dict()}
+        self._headers = _fixed_headers(settings, self._url.netloc)
+        self._sets_user_agent = any(name == b"user-agent" for name, _ in self._headers)
+        self.models = [ModelInfo(f"{name}/{m}", m, _CREATED_AT) for m in settings.models]
+        self._model_list = _encoder.encode(_page(self.models, False))
+        self._models_by_id = {info.id: info for info in self.models}
+        self._models_by_id.update({info.display_name: info for info in self.models})
+
+    async def send(self, request: ProviderRequest) -> ProviderResponse:
+        path, method = request.path.rstrip("/"), request.method.upper()
+        if path == "/v1/messages":
+            _require(method, "POST", path)
+            return await self._messages(request)
+        if path == "/v1/messages/count_tokens":
+            _require(method, "POST", path)
+            decode_count_tokens_request(request.body)
+            count = CountTokensResponse(estimate_input_tokens(request.body))
+            return ProviderResponse(200, list(_JSON_HEADERS), body=_encoder.encode(count))
+        if path == "/v1/models":
+            _require(method, "GET", path)
+            return ProviderResponse(200, list(_JSON_HEADERS), body=self._model_list)
+        if path.startswith(_MODELS_PREFIX):
+            _require(method, "GET", path)
+            info = self._models_by_id.get(path.removeprefix(_MODELS_PREFIX))
+            if info is None:
+                raise NotFoundError(f"model: {path.removeprefix(_MODELS_PREFIX)}")
+            return ProviderResponse(200, list(_JSON_HEADERS), body=_encoder.encode(info))
+        raise NotFoundError(f"Not found: {method} {request.path}")
+
+    async def aclose(self) -> None:
+        """Close pooled connections. Safe to call more than once."""
+        transport, self._transport = self._transport, self._given_transport
+        if transport is not None:
+            await transport.aclose()
+
+    def _get_transport(self) -> httpx.AsyncBaseTransport:
+        if self._transport is None:
+            from ..transport import FastHTTPTransport
+
+            self._transport = FastHTTPTransport(max_connections=self._settings.max_connections)
+        return self._transport
+
+    async def _messages(self, request: ProviderRequest) -> ProviderResponse:
+        model = _model_of(request.body)
+        payload = to_chat_completions(
+            request.body, model=model, quirks=self._settings.quirks, stream=request.stream
+        )
+        response = await self._post(payload, request)
+        if response.status_code == 200 and request.stream and _is_event_stream(response):
+            return self._stream(response, model, estimate_input_tokens(request.body))
+        try:
+            body = await response.aread()
+        except httpx.TransportError as exc:
+            raise translate_transport_error(exc, self._origin) from exc
+        finally:
+            await response.aclose()
+        if response.status_code != 200:
+            status, error = translate_error(response.status_code, body)
+            return ProviderResponse(status, _error_headers(response), body=error)
+        if request.stream:
+            raise UpstreamUnavailableError(
+                f"The upstream {self._origin} answered a streaming request without a stream."
+            )
+        message = to_anthropic_message(body, model=model, message_id=_new_message_id())
+        return ProviderResponse(200, list(_JSON_HEADERS), body=message)
+
+    def _stream(self, response: httpx.Response, model: str, input_tokens: int) -> ProviderResponse:
+        translator = StreamTranslator(
+            model=model, message_id=_new_message_id(), input_tokens=input_tokens
+        )
+        events = self._events(_body_stream(response), translator)
+
+        async def close() -> None:
+            await events.aclose()
+            await response.aclose()
+
+        return ProviderResponse(200, list(_SSE_HEADERS), chunks=events, close=close)
+
+    async def _post(self, payload: bytes, request: ProviderRequest) -> httpx.Response:
+        headers = self._headers.copy()
+        headers.append((b"accept", b"text/event-stream" if request.stream else b"application/json"))
+        if not self._sets_user_agent:
+            agent = request.headers.get("user-agent", _USER_AGENT)
+            headers.append((b"user-agent", agent.encode("latin-1")))
+        headers.append((b"content-length", b"%d" % len(payload)))
+        upstream = httpx.Request(
+            "POST",
+            self._url,
+            headers=headers,
+            stream=httpx.ByteStream(payload),
+            extensions=self._extensions,
+        )
+        try:
+            return await self._get_transport().handle_async_request(upstream)
+        except httpx.TransportError as exc:
+            raise translate_transport_error(exc, self._origin) from exc
+
+    async def _events(
+        self, chunks: AsyncIterator[bytes], translator: StreamTranslator
+    ) -> AsyncGenerator[bytes, None]:
+        """Translate upstream chunks as they arrive; ping through silences once started."""
+        reads = self._read(chunks)
+        pending: asyncio.Future[bytes] | None = None
+        started = False
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(reads))
+                done, _ = await asyncio.wait((pending,), timeout=self._settings.ping_interval)
+                if not done:
+                    if started:
+                        yield _PING
+                    continue
+                arrived, pending = pending, None
+                try:
+                    events = translator.feed(arrived.result())
+                except StopAsyncIteration:
+                    break
+                if events:
+                    started = True
+                    yield events
+        except GatewayError as exc:
+            failure = translator.fail(exc)
+            if failure:
+                yield failure
+            return
+        finally:
+            if pending is not None:
+                pending.cancel()
+        tail = translator.finish()
+        if tail:
+            yield tail
+
+    async def _read(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError(
+                f"The upstream {self._origin} sent nothing for longer than the read timeout."
+            ) from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailableError(
+                f"The connection to the upstream {self._origin} broke mid-stream."
+            ) from exc
+
+
+def _fixed_headers(settings: OpenAIUpstreamConfig, host: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers every upstream request carries; ``extra_headers`` replace same-named ones.
+
+    ``accept-encoding: identity`` because the pooled transport relays bytes undecoded."""
+    fixed: dict[str, str] = {
+        "content-type": "application/json",
+        "accept-encoding": "identity",
+    }
+    if settings.api_key is not None:
+        fixed["authorization"] = f"Bearer {settings.api_key}"
+    fixed.update({name.lower(): value for name, value in settings.extra_headers.items()})
+    headers = [(b"host", host)]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in fixed.items()]
+    return headers
+
+
+def _page(models: Sequence[ModelInfo], has_more: bool) -> ModelList:
+    first, last = (models[0].id, models[-1].id) if models else (None, None)
+    return ModelList(list(models), has_more, first, last)
+
+
+class _Page(msgspec.Struct):
+    data: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+_page_decoder = msgspec.json.Decoder(_Page)
+
+
+def _query_value(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[0] if values else None
+
+
+def _page_size(params: dict[str, list[str]]) -> int:
+    # The default provider already rejected a bad limit; this only sizes the merged page.
+    try:
+        return max(1, int(_query_value(params, "limit") or _DEFAULT_PAGE))
+    except ValueError:
+        return _DEFAULT_PAGE
+
+
+class ModelDirectory:
+    """The gateway's ``GET /v1/models[/{id}]`` when OpenAI-compatible providers are configured.
+
+    The list is the default provider's, forwarded page by page as before, followed by the
+    models each provider in ``listed`` serves (ids ``<name>/<model>``): they fill the default
+    provider's last page up to ``limit``, and a page ``after_id`` one of them is served here.
+    Paging backwards (``before_id``) from one of them stays among them. A model id with a
+    listed provider's prefix is answered by that provider, every other request by
+    ``default``. Raises what those providers raise; holds no resources of its own.
+    """
+
+    def __init__(self, default: Provider, listed: Mapping[str, OpenAIProvider]) -> None:
+        self._default = default
+        self._listed = dict(listed)
+        self._extra = [info for provider in listed.values() for info in provider.models]
+        self._positions = {info.id: position for position, info in enumerate(self._extra)}
+
+    async def send(self, request: ProviderRequest) -> ProviderResponse:
+        path = request.path.rstrip("/")
+        if path.startswith(_MODELS_PREFIX):
+            owner = self._listed.get(path.removeprefix(_MODELS_PREFIX).partition("/")[0])
+            return await (owner or self._default).send(request)
+        if path != "/v1/models" or request.method.upper() != "GET":
+            return await self._default.send(request)
+        params = parse_qs(request.query)
+        local = self._local_page(params)
+        if local is not None:
+            return ProviderResponse(200, list(_JSON_HEADERS), body=_encoder.encode(local))
+        return self._extended(await self._default.send(request), params)
+
+    async def aclose(self) -> None:
+        """Nothing to release: the gateway closes the providers themselves."""
+
+    def _local_page(self, params: dict[str, list[str]]) -> ModelList | None:
+        limit = _page_size(params)
+        after = self._positions.get(_query_value(params, "after_id") or "")
+        if after is not None:
+            window = self._extra[after + 1 :]
+            return _page(window[:limit], len(window) > limit)
+        before = self._positions.get(_query_value(params, "before_id") or "")
+        if before is not None:
+            window = self._extra[:before]
+            return _page(window[-limit:], len(window) > limit)
+        return None
+
+    def _extended(
+        self, response: ProviderResponse, params: dict[str, list[str]]
+    ) -> ProviderResponse:
+        """The default provider's last page with the listed models appended, room allowing."""
+        if response.status != 200 or response.body is None or "before_id" in params:
+            return response
+        try:
+            page = _page_decoder.decode(response.body)
+        except msgspec.DecodeError:
+            return response
+        if page.has_more or not self._extra:
+            return response
+        added = self._extra[: max(0, _page_size(params) - len(page.data))]
+        page.data += [msgspec.Raw(_encoder.encode(info)) for info in added]
+        page.has_more = len(added) < len(self._extra)
+        if added:
+            page.first_id = page.first_id or added[0].id
+            page.last_id = added[-1].id
+        return ProviderResponse(response.status, response.headers, body=_encoder.encode(page))

@@ -1,0 +1,721 @@
+"""The OpenAI-compatible provider, its model directory and the routing that reaches it.
+
+The provider talks to ``httpx.MockTransport`` handlers; nothing is patched. Translation itself
+is tested in its own module: these tests check what goes upstream, what comes back, and the
+streaming mechanics (pings, mid-stream failures, cancellation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from messages_mw import Gateway, GatewayConfig, UpstreamConfig
+from messages_mw.config import ConfigError, OpenAIUpstreamConfig, load_config
+from messages_mw.errors import (
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    OverloadedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from messages_mw.fallback import Target
+from messages_mw.pricing import ModelPrice, PricingTable
+from messages_mw.providers.base import ProviderRequest, ProviderResponse
+from messages_mw.providers.mock import MockProvider, estimate_input_tokens
+from messages_mw.providers.openai import ModelDirectory, OpenAIProvider
+from messages_mw.routing import FallbackConfig, TargetResolver
+from messages_mw.translate import OpenAIQuirks
+
+from .openai_upstream import (
+    ToolCall,
+    completion_chunks,
+    completion_json,
+    openai_error,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+BASE_URL = "https://llm.example/v1"
+CLIENT_HEADERS = {
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "tools-2024",
+    "x-api-key": "sk-ant-client",
+    "authorization": "Bearer sk-ant-client",
+    "cookie": "session=1",
+    "user-agent": "claude-cli/2.0",
+    "x-stainless-lang": "python",
+}
+
+
+def _body(stream: bool = False, **fields: Any) -> bytes:
+    payload: dict[str, Any] = {
+        "model": "gpt-4o",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Hello"}],
+        "stream": stream,
+    }
+    payload.update(fields)
+    return json.dumps(payload).encode()
+
+
+def _request(
+    body: bytes | None = None,
+    *,
+    path: str = "/v1/messages",
+    method: str = "POST",
+    stream: bool = False,
+) -> ProviderRequest:
+    return ProviderRequest(
+        method=method,
+        path=path,
+        body=_body(stream) if body is None else body,
+        headers=CLIENT_HEADERS,
+        request_id="req_test",
+        stream=stream,
+    )
+
+
+def _provider(handler: Handler, **settings: Any) -> OpenAIProvider:
+    config = OpenAIUpstreamConfig(base_url=BASE_URL, **settings)
+    return OpenAIProvider(config, transport=httpx.MockTransport(handler))
+
+
+class _Chunks(httpx.AsyncByteStream):
+    """A response body written chunk by chunk, after ``delay`` s each; ``fail`` raises after
+    the chunks, as a connection that breaks mid-stream."""
+
+    def __init__(
+        self,
+        chunks: Sequence[bytes],
+        delay: float = 0.0,
+        fail: Exception | None = None,
+        first_delay: float | None = None,
+    ) -> None:
+        self._chunks = chunks
+        self._delay = delay
+        self._first_delay = delay if first_delay is None else first_delay
+        self._fail = fail
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for index, chunk in enumerate(self._chunks):
+            await asyncio.sleep(self._first_delay if index == 0 else self._delay)
+            yield chunk
+        if self._fail is not None:
+            raise self._fail
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _sse_response(stream: httpx.AsyncByteStream) -> httpx.Response:
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+
+async def _read(response: ProviderResponse) -> bytes:
+    assert response.chunks is not None
+    try:
+        return b"".join([chunk async for chunk in response.chunks])
+    finally:
+        await response.close()
+
+
+def _events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in raw.decode().split("\n\n"):
+        lines = block.strip().splitlines()
+        if not lines:
+            continue
+        name = next(line[6:].strip() for line in lines if line.startswith("event:"))
+        data = "".join(line[5:].strip() for line in lines if line.startswith("data:"))
+        events.append((name, json.loads(data)))
+    return events
+
+
+async def test_sends_only_its_own_headers_to_chat_completions() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=completion_json("Hi"))
+
+    provider = _provider(handler, api_key="sk-openai", extra_headers={"OpenAI-Project": "p1"})
+    await provider.send(_request())
+    (upstream,) = seen
+    assert str(upstream.url) == BASE_URL + "/chat/completions"
+    names = {name.lower() for name in upstream.headers}
+    assert names == {
+        "host",
+        "content-type",
+        "accept",
+        "accept-encoding",
+        "user-agent",
+        "authorization",
+        "openai-project",
+        "content-length",
+    }
+    assert upstream.headers["authorization"] == "Bearer sk-openai"
+    assert upstream.headers["openai-project"] == "p1"
+    assert upstream.headers["accept"] == "application/json"
+    assert upstream.headers["user-agent"] == "claude-cli/2.0"
+    sent = json.loads(upstream.content)
+    assert sent["model"] == "gpt-4o"
+    assert sent["messages"][-1]["role"] == "user"
+    assert "max_completion_tokens" in sent
+
+
+async def test_without_a_key_no_credential_goes_upstream() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=completion_json("Hi"))
+
+    request = ProviderRequest(
+        "POST", "/v1/messages", _body(), CLIENT_HEADERS, "req_1", api_key="sk-virtual"
+    )
+    await _provider(handler).send(request)
+    assert "authorization" not in seen[0].headers
+    assert "x-api-key" not in seen[0].headers
+
+
+async def test_quirks_shape_the_upstream_body() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, content=completion_json("Hi"))
+
+    quirks = OpenAIQuirks(max_tokens_field="max_tokens")
+    await _provider(handler, quirks=quirks).send(_request())
+    assert seen[0]["max_tokens"] == 64
+    assert "max_completion_tokens" not in seen[0]
+
+
+async def test_a_completion_comes_back_as_an_anthropic_message() -> None:
+    call = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = completion_json("Checking.", tool_calls=[call], finish_reason="tool_calls")
+        return httpx.Response(200, content=body)
+
+    response = await _provider(handler).send(_request())
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    message = json.loads(response.body or b"")
+    assert message["id"].startswith("msg_") and len(message["id"]) > 20
+    assert message["type"] == "message"
+    assert message["model"] == "gpt-4o"
+    assert message["stop_reason"] == "tool_use"
+    text, tool = message["content"]
+    assert text == {"type": "text", "text": "Checking."}
+    assert tool["type"] == "tool_use" and tool["name"] == "get_weather"
+    assert tool["input"] == {"city": "Paris"}
+    assert message["usage"]["input_tokens"] == 11
+    assert message["usage"]["output_tokens"] == 7
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "anthropic_status", "anthropic_type"),
+    [
+        (400, "invalid_request_error", 400, "invalid_request_error"),
+        (401, "invalid_request_error", 401, "authentication_error"),
+        (403, "permission_error", 403, "permission_error"),
+        (404, "invalid_request_error", 404, "not_found_error"),
+        (429, "rate_limit_exceeded", 429, "rate_limit_error"),
+        (500, "server_error", 500, "api_error"),
+        (503, "server_error", 503, "api_error"),
+        (503, "overloaded", 529, "overloaded_error"),
+    ],
+)
+async def test_upstream_errors_are_translated(
+    status: int, error_type: str, anthropic_status: int, anthropic_type: str
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"retry-after": "7", "x-request-id": "req_x", "set-cookie": "a=b"}
+        return httpx.Response(status, headers=headers, content=openai_error("No.", error_type))
+
+    for stream in (False, True):
+        response = await _provider(handler).send(_request(stream=stream))
+        assert response.status == anthropic_status
+        envelope = json.loads(response.body or b"")
+        assert envelope["type"] == "error"
+        assert envelope["error"]["type"] == anthropic_type
+        assert ("retry-after", "7") in response.headers
+        assert all(name not in ("set-cookie", "x-request-id") for name, _ in response.headers)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (httpx.ConnectError("refused"), UpstreamUnavailableError),
+        (httpx.ConnectTimeout("slow"), UpstreamTimeoutError),
+        (httpx.ReadTimeout("slow"), UpstreamTimeoutError),
+        (httpx.PoolTimeout("full"), OverloadedError),
+    ],
+)
+async def test_transport_errors_map_like_the_anthropic_provider(
+    raised: Exception, expected: type[Exception]
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise raised
+
+    with pytest.raises(expected):
+        await _provider(handler).send(_request())
+
+
+async def test_a_stream_is_translated_as_chunks_arrive() -> None:
+    calls = [
+        ToolCall("call_a", "get_weather", '{"city": "Paris"}'),
+        ToolCall("call_b", "get_time", '{"zone": "CET"}'),
+    ]
+    chunks = completion_chunks(["Let me ", "check."], tool_calls=calls, finish_reason="tool_calls")
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        assert request.headers["accept"] == "text/event-stream"
+        return _sse_response(_Chunks(chunks))
+
+    response = await _provider(handler).send(_request(stream=True))
+    assert response.content_type.startswith("text/event-stream")
+    events = _events(await _read(response))
+    assert seen[0]["stream"] is True
+    assert events[0][0] == "message_start"
+    assert events[0][1]["message"]["id"].startswith("msg_")
+    assert events[-1][0] == "message_stop"
+    starts = [data["content_block"] for name, data in events if name == "content_block_start"]
+    assert [block["type"] for block in starts] == ["text", "tool_use", "tool_use"]
+    assert [block["name"] for block in starts[1:]] == ["get_weather", "get_time"]
+    partial: dict[int, str] = {}
+    for name, data in events:
+        if name == "content_block_delta" and data["delta"]["type"] == "input_json_delta":
+            partial[data["index"]] = partial.get(data["index"], "") + data["delta"]["partial_json"]
+    assert [json.loads(text) for _, text in sorted(partial.items())] == [
+        {"city": "Paris"},
+        {"zone": "CET"},
+    ]
+    (delta,) = [data for name, data in events if name == "message_delta"]
+    assert delta["delta"]["stop_reason"] == "tool_use"
+    assert delta["usage"]["output_tokens"] == 7
+
+
+async def test_message_start_carries_the_local_input_estimate() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return _sse_response(_Chunks(completion_chunks(["Hi"], usage=None)))
+
+    body = _body(stream=True)
+    events = _events(await _read(await _provider(handler).send(_request(body, stream=True))))
+    usage = events[0][1]["message"]["usage"]
+    assert usage["input_tokens"] == estimate_input_tokens(body)
+
+
+async def test_silence_is_filled_with_pings_only_after_message_start() -> None:
+    chunks = completion_chunks(["Hello", " there"])
+    # Silent for four ping intervals before the first chunk, then again after the second.
+    delays = [0.12, 0.0, 0.12] + [0.0] * (len(chunks) - 3)
+
+    class _Paced(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for delay, chunk in zip(delays, chunks, strict=True):
+                await asyncio.sleep(delay)
+                yield chunk
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return _sse_response(_Paced())
+
+    provider = _provider(handler, ping_interval=0.03)
+    names = [name for name, _ in _events(await _read(await provider.send(_request(stream=True))))]
+    assert names[0] == "message_start"
+    assert "ping" in names
+    assert names[-1] == "message_stop"
+
+
+async def test_a_stream_that_breaks_ends_with_an_error_event() -> None:
+    chunks = completion_chunks(["Hello", " there"])[:3]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return _sse_response(_Chunks(chunks, fail=httpx.ReadError("reset")))
+
+    events = _events(await _read(await _provider(handler).send(_request(stream=True))))
+    assert events[0][0] == "message_start"
+    assert events[-1][0] == "error"
+    assert events[-1][1]["error"]["type"] == "api_error"
+    assert "message_stop" not in [name for name, _ in events]
+
+
+async def test_a_stalled_stream_ends_with_a_timeout_error_event() -> None:
+    chunks = completion_chunks(["Hello"])[:2]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return _sse_response(_Chunks(chunks, fail=httpx.ReadTimeout("stalled")))
+
+    events = _events(await _read(await _provider(handler).send(_request(stream=True))))
+    assert events[-1][1]["error"]["type"] == "timeout_error"
+
+
+async def test_cancelling_a_stream_closes_the_upstream() -> None:
+    stream = _Chunks(completion_chunks(["a", "b", "c"]), delay=10)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return _sse_response(stream)
+
+    response = await _provider(handler, ping_interval=0.01).send(_request(stream=True))
+    assert response.chunks is not None
+    reader = asyncio.ensure_future(anext(response.chunks))
+    await asyncio.sleep(0.05)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    await response.close()
+    assert stream.closed
+
+
+async def test_a_json_answer_to_a_stream_request_is_an_upstream_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=completion_json("Hi"))
+
+    with pytest.raises(UpstreamUnavailableError, match="without a stream"):
+        await _provider(handler).send(_request(stream=True))
+
+
+async def test_count_tokens_is_a_local_estimate() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("count_tokens must not reach the upstream")
+
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A"}}
+    tool = {"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}
+    plain = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]})
+    rich = json.dumps(
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": [image, {"type": "text", "text": "Hi"}]}],
+            "tools": [tool],
+        }
+    )
+    provider = _provider(handler)
+    counts = []
+    for body in (plain, rich):
+        request = _request(body.encode(), path="/v1/messages/count_tokens")
+        response = await provider.send(request)
+        counts.append(json.loads(response.body or b"")["input_tokens"])
+    assert counts[0] == estimate_input_tokens(plain.encode())
+    assert counts[1] == estimate_input_tokens(rich.encode()) > counts[0] + 1_600
+    with pytest.raises(InvalidRequestError):
+        await provider.send(_request(b'{"model": "gpt-4o"}', path="/v1/messages/count_tokens"))
+
+
+async def test_models_are_listed_with_the_provider_prefix() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("the model list is local")
+
+    config = OpenAIUpstreamConfig(base_url=BASE_URL, models=("gpt-4o", "gpt-4o-mini"))
+    provider = OpenAIProvider(config, name="oai", transport=httpx.MockTransport(handler))
+    listed = json.loads(
+        (await provider.send(_request(path="/v1/models", method="GET"))).body or b""
+    )
+    assert [model["id"] for model in listed["data"]] == ["oai/gpt-4o", "oai/gpt-4o-mini"]
+    assert listed["has_more"] is False
+    assert (listed["first_id"], listed["last_id"]) == ("oai/gpt-4o", "oai/gpt-4o-mini")
+    one = await provider.send(_request(path="/v1/models/oai/gpt-4o-mini", method="GET"))
+    assert json.loads(one.body or b"") == {
+        "type": "model",
+        "id": "oai/gpt-4o-mini",
+        "display_name": "gpt-4o-mini",
+        "created_at": "2025-01-01T00:00:00Z",
+    }
+    with pytest.raises(NotFoundError):
+        await provider.send(_request(path="/v1/models/oai/gpt-5", method="GET"))
+    with pytest.raises(MethodNotAllowedError):
+        await provider.send(_request(path="/v1/models", method="POST"))
+    with pytest.raises(MethodNotAllowedError):
+        await provider.send(_request(path="/v1/messages", method="GET"))
+    with pytest.raises(NotFoundError):
+        await provider.send(_request(path="/v1/complete"))
+
+
+async def test_aclose_closes_the_given_transport() -> None:
+    closed: list[bool] = []
+
+    class _Transport(httpx.MockTransport):
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    provider = OpenAIProvider(
+        OpenAIUpstreamConfig(base_url=BASE_URL),
+        transport=_Transport(lambda request: httpx.Response(200)),
+    )
+    await provider.aclose()
+    await provider.aclose()
+    assert closed == [True, True]
+
+
+def _directory(*models: str) -> ModelDirectory:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("listing is local")
+
+    settings = OpenAIUpstreamConfig(base_url=BASE_URL, models=models)
+    openai = OpenAIProvider(settings, transport=httpx.MockTransport(handler))
+    return ModelDirectory(MockProvider(), {"openai": openai})
+
+
+async def _list(directory: ModelDirectory, query: str = "") -> dict[str, Any]:
+    request = ProviderRequest("GET", "/v1/models", b"", {}, "req_1", query=query)
+    response = await directory.send(request)
+    assert response.status == 200
+    listed: dict[str, Any] = json.loads(response.body or b"")
+    return listed
+
+
+async def test_model_directory_appends_openai_models_to_the_last_page() -> None:
+    directory = _directory("gpt-4o", "gpt-4o-mini", "o3")
+    everything = await _list(directory)
+    assert [m["id"] for m in everything["data"]] == [
+        "claude-opus-5-5",
+        "claude-sonnet-4-6",
+        "claude-haiku-4-5",
+        "openai/gpt-4o",
+        "openai/gpt-4o-mini",
+        "openai/o3",
+    ]
+    assert everything["has_more"] is False
+    assert everything["last_id"] == "openai/o3"
+    ids: list[str] = []
+    query = "limit=2"
+    while True:
+        page = await _list(directory, query)
+        assert len(page["data"]) <= 2
+        ids += [m["id"] for m in page["data"]]
+        if not page["has_more"]:
+            break
+        query = f"limit=2&after_id={page['last_id']}"
+    assert ids == [m["id"] for m in everything["data"]]
+    back = await _list(directory, "limit=1&before_id=openai/o3")
+    assert [m["id"] for m in back["data"]] == ["openai/gpt-4o-mini"]
+    assert back["has_more"] is True
+
+
+async def test_model_directory_routes_single_models_by_prefix() -> None:
+    directory = _directory("gpt-4o")
+    for model_id in ("openai/gpt-4o", "claude-haiku-4-5"):
+        request = ProviderRequest("GET", f"/v1/models/{model_id}", b"", {}, "req_1")
+        assert json.loads((await directory.send(request)).body or b"")["id"] == model_id
+    with pytest.raises(NotFoundError):
+        await directory.send(ProviderRequest("GET", "/v1/models/openai/gpt-5", b"", {}, "r"))
+    count = ProviderRequest("POST", "/v1/messages/count_tokens", _body(), {}, "r")
+    assert (await directory.send(count)).status == 200
+    await directory.aclose()
+
+
+def test_resolver_aliases_and_unknown_providers() -> None:
+    resolver = TargetResolver(
+        ["anthropic", "openai"],
+        "anthropic",
+        FallbackConfig(),
+        aliases={"fast": "openai/gpt-4o-mini", "claude-sonnet-4-6": "openai/gpt-4o"},
+    )
+    assert resolver.primary("fast") == Target("openai", "gpt-4o-mini")
+    assert resolver.primary("claude-sonnet-4-6") == Target("openai", "gpt-4o")
+    assert resolver.primary("claude-haiku-4-5") == Target("anthropic", "claude-haiku-4-5")
+    assert resolver.routes_explicitly("fast")
+    with pytest.raises(NotFoundError, match="unknown provider 'mistral'"):
+        resolver.primary("mistral/large")
+    with pytest.raises(InvalidRequestError, match="no model"):
+        resolver.primary("openai/")
+    with pytest.raises(ValueError, match="nowhere/x"):
+        TargetResolver(["anthropic"], "anthropic", FallbackConfig(), aliases={"a": "nowhere/x"})
+
+
+def _auto_resolver(**config: Any) -> TargetResolver:
+    prices = PricingTable(
+        {
+            "gpt-4o": ModelPrice(input=2.5, output=10.0),
+            "gpt-4o-mini": ModelPrice(input=0.15, output=0.6),
+            "claude-sonnet-4-6": ModelPrice(input=3.0, output=15.0),
+        }
+    )
+    return TargetResolver(
+        ["anthropic", "openai"], "anthropic", FallbackConfig(**config), pricing=prices
+    )
+
+
+def test_auto_model_routes_among_candidates() -> None:
+    candidates = ["anthropic/claude-sonnet-4-6", "openai/mystery", "openai/gpt-4o-mini"]
+    body = _body(model="auto", router_candidates=candidates, other=1)
+    first_healthy = _auto_resolver()
+    stripped, routed = first_healthy.for_request(body, "auto")
+    assert "router_candidates" not in json.loads(stripped)
+    assert json.loads(stripped)["other"] == 1
+    assert [t.name for t in routed.chain("auto", None)] == candidates
+    cheapest = _auto_resolver(router_strategy="cheapest", default_chain=("openai/gpt-4o",))
+    _, routed = cheapest.for_request(body, "auto")
+    assert [t.name for t in routed.chain("auto", None)] == [
+        "openai/gpt-4o-mini",
+        "anthropic/claude-sonnet-4-6",
+        "openai/mystery",
+        "openai/gpt-4o",
+    ]
+    assert routed.primary("auto") == Target("openai", "gpt-4o-mini")
+    assert cheapest.chain("claude-haiku-4-5", None)[0] == Target("anthropic", "claude-haiku-4-5")
+
+
+def test_auto_model_candidates_from_config_and_errors() -> None:
+    configured = _auto_resolver(router_candidates=("openai/gpt-4o", "openai/gpt-4o-mini"))
+    body = _body(model="auto")
+    assert configured.for_request(body, "auto") == (body, configured)
+    assert configured.primary("auto") == Target("openai", "gpt-4o")
+    unrouted = _auto_resolver()
+    with pytest.raises(InvalidRequestError, match="router_candidates"):
+        unrouted.chain("auto", None)
+    nulled, same = unrouted.for_request(_body(model="auto", router_candidates=None), "auto")
+    assert same is unrouted and b"router_candidates" not in nulled
+    with pytest.raises(InvalidRequestError, match="list of model names"):
+        unrouted.for_request(_body(model="auto", router_candidates="openai/x"), "auto")
+    with pytest.raises(InvalidRequestError, match="at most 8"):
+        unrouted.for_request(_body(model="auto", router_candidates=["openai/x"] * 9), "auto")
+    with pytest.raises(NotFoundError, match="'nowhere'"):
+        unrouted.for_request(_body(model="auto", router_candidates=["nowhere/x"]), "auto")
+    untouched = _body(model="gpt-4o", router_candidates=["openai/x"])
+    assert unrouted.for_request(untouched, "gpt-4o") == (untouched, unrouted)
+    off = _auto_resolver(auto_model=None)
+    assert off.primary("auto") == Target("anthropic", "auto")
+
+
+def test_provider_names_must_not_collide() -> None:
+    openai = OpenAIUpstreamConfig(base_url=BASE_URL)
+    with pytest.raises(ConfigError, match="backup"):
+        Gateway(
+            GatewayConfig(
+                upstreams={"backup": UpstreamConfig()}, openai_upstreams={"backup": openai}
+            )
+        )
+    with pytest.raises(ConfigError, match="anthropic"):
+        Gateway(GatewayConfig(openai_upstreams={"anthropic": openai}))
+
+
+def test_openai_upstreams_load_from_toml(tmp_path: Any) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        """
+[aliases]
+fast = "local/qwen3"
+
+[openai_upstreams.local]
+base_url = "http://127.0.0.1:11434/v1"
+models = ["qwen3"]
+extra_headers = { "x-team" = "a" }
+
+[openai_upstreams.local.quirks]
+max_tokens_field = "max_tokens"
+supports_images = false
+"""
+    )
+    config = load_config(path)
+    local = config.openai_upstreams["local"]
+    assert local.quirks == OpenAIQuirks(max_tokens_field="max_tokens", supports_images=False)
+    assert local.models == ("qwen3",)
+    assert config.aliases == {"fast": "local/qwen3"}
+    path.write_text('[openai_upstreams.local]\nbase_url = "x"\nmodel = "typo"\n')
+    with pytest.raises(ConfigError, match="model"):
+        load_config(path)
+    assert msgspec.structs.asdict(OpenAIUpstreamConfig(base_url="x"))["ping_interval"] == 10.0
+
+
+async def test_a_body_without_a_model_string_is_rejected_before_sending() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing may be sent")
+
+    with pytest.raises(InvalidRequestError):
+        await _provider(handler).send(_request(b'{"model": 5}'))
+
+
+async def test_extra_headers_may_set_the_user_agent() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=completion_json("Hi"))
+
+    await _provider(handler, extra_headers={"User-Agent": "team-bot/1"}).send(_request())
+    assert seen[0].headers.get_list("user-agent") == ["team-bot/1"]
+
+
+async def test_a_compressed_stream_is_decoded() -> None:
+    raw = b"".join(completion_chunks(["Zipped"]))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+        return httpx.Response(200, headers=headers, content=gzip.compress(raw))
+
+    events = _events(await _read(await _provider(handler).send(_request(stream=True))))
+    texts = [data["delta"]["text"] for name, data in events if name == "content_block_delta"]
+    assert "".join(texts) == "Zipped"
+    assert events[-1][0] == "message_stop"
+
+
+async def test_a_body_that_breaks_while_read_is_an_upstream_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, stream=_Chunks([b'{"error": '], fail=httpx.ReadError("reset")))
+
+    with pytest.raises(UpstreamUnavailableError):
+        await _provider(handler).send(_request())
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 4, 5, 6])
+async def test_model_directory_pages_through_everything(limit: int) -> None:
+    directory = _directory("gpt-4o", "gpt-4o-mini", "o3")
+    ids: list[str] = []
+    query = f"limit={limit}"
+    for _ in range(10):
+        page = await _list(directory, query)
+        assert len(page["data"]) <= limit
+        ids += [m["id"] for m in page["data"]]
+        if not page["has_more"]:
+            break
+        query = f"limit={limit}&after_id={page['last_id']}"
+    assert ids[:3] == ["claude-opus-5-5", "claude-sonnet-4-6", "claude-haiku-4-5"]
+    assert ids[3:] == ["openai/gpt-4o", "openai/gpt-4o-mini", "openai/o3"]
+
+
+class _Answering:
+    """A default provider answering every request with one fixed response."""
+
+    def __init__(self, response: ProviderResponse) -> None:
+        self.response = response
+
+    async def send(self, request: ProviderRequest) -> ProviderResponse:
+        return self.response
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        ProviderResponse(401, [], body=b'{"type":"error"}'),
+        ProviderResponse(200, [], body=b"not json"),
+        ProviderResponse(200, [], body=b'{"data": [], "has_more": true}'),
+    ],
+)
+async def test_model_directory_leaves_other_answers_alone(response: ProviderResponse) -> None:
+    settings = OpenAIUpstreamConfig(base_url=BASE_URL, models=("gpt-4o",))
+    directory = ModelDirectory(_Answering(response), {"openai": OpenAIProvider(settings)})
+    request = ProviderRequest("GET", "/v1/models", b"", {}, "req_1", query="limit=oops")
+    assert await directory.send(request) is response
