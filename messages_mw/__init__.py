@@ -7,12 +7,14 @@ from .config import (
     GatewayConfig,
     MockConfig,
     ModelConfig,
+    OpenAIUpstreamConfig,
     UpstreamConfig,
     load_config,
 )
 from .context import Principal, RequestContext, UsageEvent
 from .errors import (
     AuthenticationError,
+    BillingError,
     GatewayError,
     InvalidRequestError,
     NotFoundError,
@@ -28,8 +30,10 @@ from .middleware import MessagesMiddleware
 from .pricing import ModelPrice, PricingTable
 from .providers.anthropic import AnthropicProvider
 from .providers.base import Provider, ProviderRequest, ProviderResponse
+from .providers.openai import OpenAIProvider
 from .routing import FallbackConfig
 from .tags import HeaderNames, TagPolicy
+from .translate import OpenAIQuirks
 from .usage import JsonLinesSink, UsageSink
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "ApiKeyConfig",
     "AuthConfig",
     "AuthenticationError",
+    "BillingError",
     "BreakerPolicy",
     "ConfigError",
     "FallbackConfig",
@@ -54,6 +59,9 @@ __all__ = [
     "ModelConfig",
     "ModelPrice",
     "NotFoundError",
+    "OpenAIProvider",
+    "OpenAIQuirks",
+    "OpenAIUpstreamConfig",
     "OverloadedError",
     "PermissionDeniedError",
     "PricingTable",

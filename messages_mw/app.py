@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -261,12 +260,7 @@ class Gateway:
         context.model, context.stream = parsed.model, parsed.stream
         incoming = IncomingRequest(context.method, context.path, headers, parsed.model)
         context.response_headers = await self._policy.admit(incoming, context, parsed)
-        body, resolver = self._policy.resolver.for_request(body, parsed.model)
-        policy = self._policy
-        if resolver is not policy.resolver:
-            # This request's router candidates shape its chain, before the router hook sees it.
-            policy = dataclasses.replace(policy, resolver=resolver)
-        plan = await policy.prepare(body, headers, parsed, context)
+        plan = await self._policy.prepare(body, headers, parsed, context)
 
         async def attempt(target: Target) -> ProviderResponse:
             return await self._send_to(target, plan, scope, context)

@@ -15,6 +15,7 @@ import msgspec
 
 __all__ = [
     "AuthenticationError",
+    "BillingError",
     "GatewayError",
     "InternalGatewayError",
     "InvalidRequestError",
@@ -86,6 +87,13 @@ class InvalidRequestError(GatewayError):
 class AuthenticationError(GatewayError):
     status = 401
     error_type = "authentication_error"
+
+
+class BillingError(GatewayError):
+    """Payment required: a quota or credit is exhausted, so retrying cannot help (402)."""
+
+    status = 402
+    error_type = "billing_error"
 
 
 class PermissionDeniedError(GatewayError):

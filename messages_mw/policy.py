@@ -118,9 +118,11 @@ class Policy:
         context: RequestContext,
     ) -> ForwardPlan:
         """Steps 5-6: consume gateway-only body fields, compress, and choose the targets."""
+        # An auto-model request's router candidates shape its chain before the router hook.
+        body, resolver = self.resolver.for_request(body, parsed.model)
         fallbacks = _present(parsed.fallbacks)
         extra_headers = _present(parsed.extra_headers)
-        body_targets = self.resolver.body_fallbacks(fallbacks)
+        body_targets = resolver.body_fallbacks(fallbacks)
         remove = [] if body_targets is None else ["fallbacks"]
         if extra_headers is not None:
             remove.append("extra_headers")
@@ -131,7 +133,7 @@ class Policy:
             body = edit_top_level(body, set_fields=set_fields, remove=remove)
         if self.compressor is not None:
             body = (await call_hook(self.compressor, body, context)) or body
-        chain = self.resolver.chain(parsed.model, body_targets)
+        chain = resolver.chain(parsed.model, body_targets)
         if self.router is not None:
             chain = list(await call_hook(self.router, context, chain))
             if not chain:

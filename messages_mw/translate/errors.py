@@ -14,6 +14,7 @@ import msgspec
 
 from ..errors import (
     AuthenticationError,
+    BillingError,
     GatewayError,
     InternalGatewayError,
     InvalidRequestError,
@@ -86,15 +87,10 @@ _COMPLETION = [re.compile(rf"{_NUMBER} (?:for|in) the completion")]
 _MAX_MESSAGE = 2000
 
 
-class _BillingError(GatewayError):
-    status = 402
-    error_type = "billing_error"
-
-
 _CLASSES: dict[str, type[GatewayError]] = {
     "invalid_request_error": InvalidRequestError,
     "authentication_error": AuthenticationError,
-    "billing_error": _BillingError,
+    "billing_error": BillingError,
     "permission_error": PermissionDeniedError,
     "not_found_error": NotFoundError,
     "request_too_large": RequestTooLargeError,

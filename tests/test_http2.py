@@ -1,0 +1,182 @@
+"""``UpstreamConfig.http2``: the Anthropic provider speaks HTTP/2 to a real TLS upstream.
+
+Hypercorn serves a scripted upstream over TLS on loopback, offering ``h2`` and ``http/1.1`` by
+ALPN, and records the HTTP version of every request it answers. The certificate is self-signed
+for the test and trusted through ``SSL_CERT_FILE``, which both of the provider's transports honour
+(httpx reads it explicitly, and OpenSSL's default verify paths include it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+
+from messages_mw import Gateway, GatewayConfig, UpstreamConfig
+
+from .servers import Receive, Reply, Scope, ScriptedUpstream, Send, message_json, text_stream_events
+
+MESSAGE = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "Hi"}],
+}
+
+
+class VersionRecorder:
+    """Wraps an ASGI app, noting the ``http_version`` of each HTTP request it is handed."""
+
+    def __init__(self, app: ScriptedUpstream) -> None:
+        self.app = app
+        self.versions: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.versions.append(scope["http_version"])
+        await self.app(scope, receive, send)
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@contextlib.contextmanager
+def serve_tls(app: VersionRecorder, cert_path: Path, key_path: Path) -> Iterator[str]:
+    """Serve ``app`` with Hypercorn over TLS on a free loopback port; yield its https URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = HypercornConfig()
+    # Hypercorn adopts the bound socket, so no other process can take the port in between.
+    config.bind = [f"fd://{sock.detach()}"]
+    config.certfile, config.keyfile = str(cert_path), str(key_path)
+    config.graceful_timeout = 1.0
+    config.loglevel = "WARNING"
+    loop = asyncio.new_event_loop()
+    stop = threading.Event()
+
+    async def run() -> None:
+        await hypercorn_serve(app, config, shutdown_trigger=lambda: asyncio.to_thread(stop.wait))
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    try:
+        _wait_for_port(port)
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        thread.join(10)
+        loop.close()
+
+
+def _wait_for_port(port: int) -> None:
+    for _ in range(500):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+            return
+        threading.Event().wait(0.01)
+    raise RuntimeError("hypercorn did not start")
+
+
+@pytest.fixture
+def tls_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[ScriptedUpstream, VersionRecorder, str]]:
+    cert_path, key_path = _self_signed_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    scripted = ScriptedUpstream()
+    recorder = VersionRecorder(scripted)
+    with serve_tls(recorder, cert_path, key_path) as url:
+        yield scripted, recorder, url
+
+
+async def _post_messages(gateway: Gateway, *, stream: bool) -> httpx.Response:
+    transport = httpx.ASGITransport(gateway)
+    async with gateway, httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+        response = await client.post(
+            "/v1/messages",
+            json={**MESSAGE, "stream": stream},
+            headers={"anthropic-version": "2023-06-01", "x-api-key": "sk-client"},
+        )
+        await response.aread()
+        return response
+
+
+def _gateway(url: str, *, http2: bool) -> Gateway:
+    upstream = UpstreamConfig(base_url=url, api_key="sk-upstream", http2=http2, read_timeout=10.0)
+    return Gateway(GatewayConfig(upstream=upstream))
+
+
+def test_http2_upstream_for_json_and_stream(
+    tls_upstream: tuple[ScriptedUpstream, VersionRecorder, str],
+) -> None:
+    scripted, recorder, url = tls_upstream
+    events = text_stream_events(["Hello", " over", " h2"])
+    scripted.push(Reply(body=message_json("one answer")), Reply(chunks=events))
+    gateway = _gateway(url, http2=True)
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        return await _post_messages(gateway, stream=False), await _post_messages(
+            gateway, stream=True
+        )
+
+    answer, streamed = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert answer.status_code == 200 and answer.json()["content"][0]["text"] == "one answer"
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.content == b"".join(events)
+    assert recorder.versions == ["2", "2"]
+    assert [request.headers["x-api-key"] for request in scripted.received] == ["sk-upstream"] * 2
+
+
+def test_default_transport_stays_on_http_1_1_over_tls(
+    tls_upstream: tuple[ScriptedUpstream, VersionRecorder, str],
+) -> None:
+    scripted, recorder, url = tls_upstream
+    scripted.push(Reply(body=message_json()))
+    answer = asyncio.run(
+        asyncio.wait_for(_post_messages(_gateway(url, http2=False), stream=False), 20)
+    )
+    assert answer.status_code == 200
+    # The server offers h2 by ALPN; FastHTTPTransport asks for http/1.1 only.
+    assert recorder.versions == ["1.1"]
