@@ -22,6 +22,7 @@ from typing import Literal
 
 import msgspec
 
+from .breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from .context import Attempt
 from .errors import (
     GatewayError,
@@ -45,8 +46,6 @@ __all__ = [
     "retry_after_seconds",
     "run_chain",
 ]
-
-BreakerState = Literal["closed", "open", "half_open"]
 
 _event_decoder = msgspec.json.Decoder(ObservedEvent)
 _body_decoder = msgspec.json.Decoder(ObservedResponse)
@@ -115,17 +114,6 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         _require(0 < self.deadline < math.inf, "deadline must be a finite number > 0")
         bad = [status for status in self.retry_statuses if not 400 <= status <= 599]
         _require(not bad, f"retry_statuses must be 4xx or 5xx statuses, not {bad}")
-
-
-class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """When a :class:`CircuitBreaker` opens (consecutive failures) and for how long (s)."""
-
-    failure_threshold: int = 5
-    cooldown: float = 30.0
-
-    def __post_init__(self) -> None:
-        _require(self.failure_threshold >= 1, "failure_threshold must be at least 1")
-        _require(_is_delay(self.cooldown), "cooldown must be a finite number >= 0")
 
 
 def _honours(policy: RetryPolicy, retry_after: float) -> bool:
@@ -199,69 +187,6 @@ def _seconds_until(http_date: str, now: float) -> float | None:
         moment = moment.replace(tzinfo=UTC)
     wait = moment.timestamp() - now
     return wait if wait > 0 else None
-
-
-@dataclass(slots=True)
-class _Circuit:
-    failures: int = 0
-    opened_at: float | None = None
-    trial_started_at: float | None = None
-
-
-class CircuitBreaker:
-    """Stops sending to a target that keeps failing, and lets one trial through after a rest.
-
-    Per target name: *closed* until ``failure_threshold`` consecutive failures, then *open*:
-    :meth:`allow` refuses the target for ``cooldown`` seconds. Then *half-open*: one trial is
-    allowed; its success closes the circuit, its failure opens it for another cooldown. A trial
-    that never reports back (its request was cancelled) stops blocking after one cooldown.
-
-    Share one breaker between all requests of a gateway. State lives in this object only (per
-    process); it holds an entry only for targets that are failing. Not thread-safe.
-    """
-
-    def __init__(
-        self, policy: BreakerPolicy | None = None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.policy = policy or BreakerPolicy()
-        self._clock = clock
-        self._circuits: dict[str, _Circuit] = {}
-
-    def state(self, name: str) -> BreakerState:
-        """The target's state now; reading it changes nothing."""
-        circuit = self._circuits.get(name)
-        if circuit is None or circuit.opened_at is None:
-            return "closed"
-        resting = self._clock() - circuit.opened_at < self.policy.cooldown
-        return "open" if resting else "half_open"
-
-    def allow(self, name: str) -> bool:
-        """Whether to send to the target now; a ``True`` in half-open state takes the trial."""
-        circuit = self._circuits.get(name)
-        if circuit is None or circuit.opened_at is None:
-            return True
-        now, cooldown = self._clock(), self.policy.cooldown
-        if now - circuit.opened_at < cooldown:
-            return False
-        trial = circuit.trial_started_at
-        if trial is not None and now - trial < cooldown:
-            return False
-        circuit.trial_started_at = now
-        return True
-
-    def record_success(self, name: str) -> None:
-        """The target answered (a client error counts too): close its circuit."""
-        self._circuits.pop(name, None)
-
-    def record_failure(self, name: str) -> None:
-        """The target failed an attempt: count it, or reopen a half-open circuit."""
-        circuit = self._circuits.setdefault(name, _Circuit())
-        if circuit.opened_at is not None:
-            circuit.opened_at, circuit.trial_started_at = self._clock(), None
-            return
-        circuit.failures += 1
-        if circuit.failures >= self.policy.failure_threshold:
-            circuit.opened_at = self._clock()
 
 
 @dataclass(frozen=True, slots=True)
