@@ -1,9 +1,11 @@
 """``python -m benchmarks``: run every scenario once and print one table.
 
-Decode + validate (messages_mw vs json.loads + pydantic), end to end through four targets
-(the mock upstream itself, a Starlette + httpx pass-through baseline, an aiohttp
-pass-through, messages_mw) at 1 and 32 connections, and messages_mw's RSS after 1,000 and
-10,000 requests. Progress goes to stderr; stdout gets only the report.
+Decode + validate (messages_mw vs json.loads + pydantic), the cost of translating to and from
+OpenAI Chat Completions (messages_mw.translate, per request and per streamed chunk), end to end
+through six targets (the mock upstream itself, a Starlette + httpx pass-through baseline, an
+aiohttp pass-through, messages_mw, messages_mw with every policy built-in on, messages_mw
+serving from the mock's OpenAI-compatible route) at 1 and 32 connections, and messages_mw's
+RSS after 1,000 and 10,000 requests. Progress goes to stderr; stdout gets only the report.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from . import decode, e2e, report
+from . import decode, e2e, report, translation
 from .processes import REPO_ROOT, ChildFailed, run_json_child
 
 
@@ -60,15 +63,33 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _run_decode(samples: Path, rounds: int, patterns: list[str]) -> list[decode.DecodeResult]:
-    if not any(e2e.matches(name, patterns) for name in decode.scenario_names(samples)):
+def _run_in_process(
+    module: str, names: list[str], samples: Path, rounds: int, patterns: list[str]
+) -> list[dict[str, Any]]:
+    """Run ``python -m benchmarks.<module> --json`` pinned to the gateway's core, if any of
+    ``names`` is wanted; its raw results."""
+    if not any(e2e.matches(name, patterns) for name in names):
         return []
-    _progress("decode + validate benchmarks")
-    cores = e2e.choose_cores()
+    _progress(f"{module} benchmarks")
     args = ["--samples", str(samples), "--rounds", str(rounds), "--json"]
-    raw = run_json_child("decode", *args, cpu=cores.gateway, timeout=600)
+    raw = run_json_child(module, *args, cpu=e2e.choose_cores().gateway, timeout=600)
     assert isinstance(raw, list)
+    return raw
+
+
+def _run_decode(samples: Path, rounds: int, patterns: list[str]) -> list[decode.DecodeResult]:
+    names = decode.scenario_names(samples)
+    raw = _run_in_process("decode", names, samples, rounds, patterns)
     results = [decode.DecodeResult(**item) for item in raw]
+    return [r for r in results if e2e.matches(r.name, patterns)]
+
+
+def _run_translation(
+    samples: Path, rounds: int, patterns: list[str]
+) -> list[translation.TranslateResult]:
+    names = translation.scenario_names(samples)
+    raw = _run_in_process("translation", names, samples, rounds, patterns)
+    results = [translation.TranslateResult(**item) for item in raw]
     return [r for r in results if e2e.matches(r.name, patterns)]
 
 
@@ -76,7 +97,8 @@ def _timing_text(settings: Settings) -> str:
     timing = settings.timing
     return (
         f"end to end: fresh gateway process per scenario, {timing.warmup:g} s warm-up +"
-        f" {timing.duration:g} s measured; decode: best of {settings.decode_rounds} timeit rounds"
+        f" {timing.duration:g} s measured; decode and translate: best of"
+        f" {settings.decode_rounds} timeit rounds, each in its own process"
     )
 
 
@@ -93,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         decode_results = []
         result.notes.append(f"decode: {exc}")
     report.add_decode(result, decode_results)
+    try:
+        translation_results = _run_translation(samples, settings.decode_rounds, args.only)
+    except ChildFailed as exc:
+        translation_results = []
+        result.notes.append(f"translation: {exc}")
+    report.add_translation(result, translation_results)
     scenarios = [s for s in e2e.all_scenarios() if e2e.matches(s.name, args.only)]
     wants_rss = e2e.matches(report.RSS_LABEL, args.only)
     checkpoints = settings.rss_checkpoints if wants_rss else None
@@ -102,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         if rss is not None:
             report.add_rss(result, rss)
     print(report.render(result, report.header(REPO_ROOT, _timing_text(settings))))
-    failed = any(note for note in result.notes if ": failed:" in note or note.startswith("decode:"))
+    failed = any(
+        note
+        for note in result.notes
+        if ": failed:" in note or note.startswith(("decode:", "translation:"))
+    )
     return 1 if failed else 0
 
 

@@ -104,15 +104,20 @@ def accepts(decode: Callable[[bytes], object], body: bytes) -> bool:
     return True
 
 
-def time_per_call(
-    func: Callable[[bytes], object], body: bytes, rounds: int = 7, number: int | None = None
-) -> float:
+def best_seconds(call: Callable[[], object], rounds: int = 7, number: int | None = None) -> float:
     """Best-of-``rounds`` seconds per call; each round runs ``number`` calls, by default enough
     for about 0.2 s (timeit's autorange), so timer resolution never matters."""
-    timer = timeit.Timer(lambda: func(body))
+    timer = timeit.Timer(call)
     if number is None:
         number, _ = timer.autorange()
     return min(timer.repeat(repeat=rounds, number=number)) / number
+
+
+def time_per_call(
+    func: Callable[[bytes], object], body: bytes, rounds: int = 7, number: int | None = None
+) -> float:
+    """``best_seconds`` of ``func(body)``."""
+    return best_seconds(lambda: func(body), rounds, number)
 
 
 def scenario_name(sample: str, size_bytes: int, decoder: str) -> str:

@@ -23,12 +23,21 @@ GATEWAYS = {
     "c": "aiohttp",
     "d": "messages_mw",
     "e": "messages_mw+policy",
+    "f": "messages_mw/openai",
 }
 BASELINE = "b"
 # The policy layer's cost is judged against the bare core in the same group.
 POLICY, CORE = "e", "d"
 POLICY_CPU_TARGET = 1.10
-_PROXY_KINDS = {"b": "starlette", "c": "aiohttp", "d": "messages_mw", "e": "messages_mw_policy"}
+# The core serving an OpenAI-compatible upstream: what translating both ways costs end to end.
+TRANSLATED = "f"
+_PROXY_KINDS = {
+    "b": "starlette",
+    "c": "aiohttp",
+    "d": "messages_mw",
+    "e": "messages_mw_policy",
+    "f": "messages_mw_openai",
+}
 CONNECTION_COUNTS = (1, 32)
 
 

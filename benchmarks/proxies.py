@@ -2,7 +2,10 @@
 
 - ``starlette``: the baseline, a minimal Starlette + httpx pass-through served by uvicorn;
 - ``aiohttp``: the same pass-through on aiohttp's server and client;
-- ``messages_mw``: the real gateway, served by uvicorn exactly like the baseline.
+- ``messages_mw``: the real gateway, served by uvicorn exactly like the baseline;
+- ``messages_mw_policy``: the same with every policy built-in on;
+- ``messages_mw_openai``: the same routing every sample's model to an OpenAI-compatible
+  upstream (the mock's ``/v1/chat/completions``), so each request is translated both ways.
 
 The pass-throughs do what any proxy must and nothing more: read the body, forward it with the
 upstream key, and relay status, content type and bytes (streamed when the upstream streams).
@@ -120,6 +123,24 @@ def build_gateway_with_policy(upstream_url: str) -> Any:
     return Gateway(config)
 
 
+# The models the samples ask for; the OpenAI gateway aliases each to its OpenAI upstream.
+SAMPLE_MODELS = ("claude-sonnet-4-6", "claude-haiku-4-5")
+
+
+def build_gateway_to_openai(upstream_url: str) -> Any:
+    """messages_mw with the core alone, answering from the mock's Chat Completions route."""
+    from messages_mw import Gateway, GatewayConfig, OpenAIUpstreamConfig, UpstreamConfig
+
+    openai = OpenAIUpstreamConfig(base_url=f"{upstream_url}/v1", api_key=UPSTREAM_API_KEY)
+    config = GatewayConfig(
+        upstream=UpstreamConfig(base_url=upstream_url, api_key=UPSTREAM_API_KEY),
+        openai_upstreams={"openai": openai},
+        aliases={model: "openai/gpt-4o" for model in SAMPLE_MODELS},
+        usage_log=False,
+    )
+    return Gateway(config)
+
+
 async def serve_with_uvicorn(app: Any, sock: socket.socket) -> None:
     import uvicorn
 
@@ -195,6 +216,7 @@ _UVICORN_APPS: dict[str, Callable[[str], Any]] = {
     "starlette": build_starlette_proxy,
     "messages_mw": build_gateway,
     "messages_mw_policy": build_gateway_with_policy,
+    "messages_mw_openai": build_gateway_to_openai,
 }
 KINDS = (*_UVICORN_APPS, "aiohttp")
 

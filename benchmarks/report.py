@@ -11,7 +11,17 @@ from pathlib import Path
 
 from .decode import BASELINE as DECODE_BASELINE
 from .decode import DecodeResult
-from .e2e import BASELINE, CORE, POLICY, POLICY_CPU_TARGET, E2EResult, RssResult
+from .e2e import (
+    BASELINE,
+    CORE,
+    POLICY,
+    POLICY_CPU_TARGET,
+    TRANSLATED,
+    E2EResult,
+    RssResult,
+)
+from .translation import BASELINE as TRANSLATE_BASELINE
+from .translation import TranslateResult
 
 COLUMNS = (
     "scenario",
@@ -75,6 +85,23 @@ def add_decode(report: Report, results: list[DecodeResult]) -> None:
     report.sections.append(rows)
 
 
+def add_translation(report: Report, results: list[TranslateResult]) -> None:
+    """µs per request (the request and response translations) or per streamed chunk."""
+    if not results:
+        return
+    rows = []
+    for r in results:
+        rows.append(
+            {
+                "scenario": r.name,
+                "target": "baseline" if r.implementation == TRANSLATE_BASELINE else "",
+                "µs/op": f"{r.seconds_per_unit * 1e6:.1f}",
+                "vs base": _ratio(r.baseline_seconds_per_unit, r.seconds_per_unit),
+            }
+        )
+    report.sections.append(rows)
+
+
 def _e2e_target(result: E2EResult) -> str:
     scenario = result.scenario
     if scenario.gateway == BASELINE:
@@ -128,28 +155,68 @@ def add_e2e(report: Report, results: list[E2EResult]) -> None:
     groups: dict[str, list[E2EResult]] = {}
     for result in results:
         groups.setdefault(result.scenario.group, []).append(result)
+    policy_parts = []
     for members in groups.values():
         baseline_rps = next(
             (r.rps for r in members if r.scenario.gateway == BASELINE and r.status == "ok"), None
         )
         rows = [_e2e_row(r, baseline_rps) for r in members]
-        _mark_policy_cost(members, rows)
+        part = _mark_policy_cost(members, rows)
+        if part is not None:
+            policy_parts.append(part)
         report.sections.append(rows)
         for result in members:
             report.notes.extend(_e2e_notes(result))
+    if policy_parts:
+        report.notes.append(_policy_note(policy_parts))
 
 
-def _mark_policy_cost(members: list[E2EResult], rows: list[Row]) -> None:
-    """Put the policy layer's CPU per request, as a ratio to the bare core's, in its target."""
-    cpu = {r.scenario.gateway: r.cpu_ms_per_request for r in members if r.status == "ok"}
-    core, policy = cpu.get(CORE), cpu.get(POLICY)
-    if not core or policy is None:
-        return
-    ratio = policy / core
+def _cpu_ratio_to_core(members: list[E2EResult], gateway: str) -> tuple[float, float] | None:
+    """``gateway``'s CPU per request as a ratio to the bare core's (d) in the same group, and
+    its RSS minus d's; ``None`` when either has no result."""
+    ok = {r.scenario.gateway: r for r in members if r.status == "ok"}
+    core, other = ok.get(CORE), ok.get(gateway)
+    if core is None or other is None or not core.cpu_ms_per_request:
+        return None
+    ratio = (other.cpu_ms_per_request or 0.0) / core.cpu_ms_per_request
+    return ratio, (other.rss_mb or 0.0) - (core.rss_mb or 0.0)
+
+
+def _ratio_text(ratio: float) -> str:
+    """Two decimals, or three where two would round a miss onto the target ("1.10x ✗")."""
+    text = f"{ratio:.2f}x"
+    if ratio > POLICY_CPU_TARGET and float(text[:-1]) <= POLICY_CPU_TARGET:
+        text = f"{ratio:.3f}x"
+    return text
+
+
+def _mark_policy_cost(members: list[E2EResult], rows: list[Row]) -> str | None:
+    """Put the policy layer's (e) and the translation's (f) CPU per request, as ratios to the
+    bare core's, in their target cells; return the group's part of the policy note."""
+    part = None
     for result, row in zip(members, rows, strict=True):
-        if result.scenario.gateway == POLICY:
-            mark = _mark(ratio <= POLICY_CPU_TARGET)
-            row["target"] = f"CPU {ratio:.2f}x d, ≤ {POLICY_CPU_TARGET:.2f}x {mark}"
+        gateway = result.scenario.gateway
+        if gateway not in (POLICY, TRANSLATED):
+            continue
+        compared = _cpu_ratio_to_core(members, gateway)
+        wanted = f"CPU ≤ {POLICY_CPU_TARGET:.2f}x d" if gateway == POLICY else "CPU vs d"
+        if compared is None:
+            row["target"] = f"{wanted}: no result"
+            continue
+        ratio, rss_difference = compared
+        if gateway == TRANSLATED:
+            row["target"] = f"{wanted}: {ratio:.2f}x"
+            continue
+        row["target"] = f"{wanted}: {_ratio_text(ratio)} {_mark(ratio <= POLICY_CPU_TARGET)}"
+        part = f"{result.scenario.group} CPU {_ratio_text(ratio)}, RSS {rss_difference:+.1f} MB"
+    return part
+
+
+def _policy_note(parts: list[str]) -> str:
+    return (
+        f"e vs d (policy built-ins on vs the bare core; CPU per request, target ≤"
+        f" {POLICY_CPU_TARGET:.2f}x; RSS of each fresh process after its run): " + "; ".join(parts)
+    )
 
 
 def add_rss(report: Report, result: RssResult) -> None:
@@ -238,8 +305,13 @@ def render(report: Report, header_lines: list[str]) -> str:
     parts = ["\n".join(header_lines), format_table(report.sections)]
     legend = (
         "vs base: times faster than the baseline row of its group (json.loads + pydantic for"
-        " decode, b:starlette+httpx for end to end). load core %: CPU of upstream + load"
-        " generator on their shared core. CPU ms/req and RSS: the gateway process."
+        " decode, the stdlib JSON round trip of the same input for translate, b:starlette+httpx"
+        " for end to end). translate: request = to_chat_completions, response ="
+        " to_anthropic_message (µs per request); stream = StreamTranslator.feed + finish"
+        " (µs per chunk). e: every policy built-in on; f: the core answering from the mock's"
+        " OpenAI-compatible route, translating both ways (its target: CPU per request vs d)."
+        " load core %: CPU of upstream + load generator on their shared core. CPU ms/req and"
+        " RSS: the gateway process."
     )
     parts.append(legend)
     if report.notes:

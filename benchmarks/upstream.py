@@ -2,6 +2,8 @@
 
 ``POST /v1/messages`` answers a fixed ~1 KB message, or, when the body asks for
 ``"stream": true``, a realistic SSE stream written as separate chunked-encoding chunks.
+``POST /v1/chat/completions`` does the same in OpenAI's shapes (``openai_payloads.py``), for
+messages_mw's OpenAI-compatible provider.
 Everything it sends is encoded once at start-up so the mock costs as little CPU as possible:
 it shares a core with the load generator and is the ceiling every gateway is measured against.
 """
@@ -12,11 +14,13 @@ import asyncio
 import json
 import re
 import socket
+from dataclasses import dataclass
 from typing import cast
 
 import httptools
 import uvloop
 
+from . import openai_payloads
 from .serving import announce_port, bind_loopback, pin_to_core, server_arg_parser
 
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
@@ -105,8 +109,7 @@ def sse_events() -> list[bytes]:
     return [b"event: %s\ndata: %s\n\n" % (str(e["type"]).encode(), _compact(e)) for e in events]
 
 
-def _json_response() -> bytes:
-    body = message_body()
+def _json_response(body: bytes) -> bytes:
     head = (
         b"HTTP/1.1 200 OK\r\n"
         b"content-type: application/json\r\n"
@@ -116,7 +119,7 @@ def _json_response() -> bytes:
     return head + body
 
 
-def _sse_response_parts() -> list[bytes]:
+def _sse_response_parts(events: list[bytes]) -> list[bytes]:
     head = (
         b"HTTP/1.1 200 OK\r\n"
         b"content-type: text/event-stream; charset=utf-8\r\n"
@@ -124,8 +127,28 @@ def _sse_response_parts() -> list[bytes]:
         b"request-id: " + _REQUEST_ID + b"\r\n"
         b"transfer-encoding: chunked\r\n\r\n"
     )
-    chunks = [b"%x\r\n%s\r\n" % (len(event), event) for event in sse_events()]
+    chunks = [b"%x\r\n%s\r\n" % (len(event), event) for event in events]
     return [head, *chunks, b"0\r\n\r\n"]
+
+
+@dataclass(frozen=True)
+class RouteAnswers:
+    """One route's two answers, encoded once: whole, and as the parts of a stream."""
+
+    json_response: bytes
+    sse_parts: list[bytes]
+
+
+def encoded_routes() -> dict[bytes, RouteAnswers]:
+    return {
+        b"/v1/messages": RouteAnswers(
+            _json_response(message_body()), _sse_response_parts(sse_events())
+        ),
+        b"/v1/chat/completions": RouteAnswers(
+            _json_response(openai_payloads.completion_body()),
+            _sse_response_parts(openai_payloads.text_stream()),
+        ),
+    }
 
 
 def _not_found_response() -> bytes:
@@ -140,9 +163,8 @@ _NOT_FOUND = _not_found_response()
 class _UpstreamProtocol(asyncio.Protocol):
     """One connection; httptools parses requests (chunked uploads included) as they arrive."""
 
-    def __init__(self, json_response: bytes, sse_parts: list[bytes]) -> None:
-        self._json_response = json_response
-        self._sse_parts = sse_parts
+    def __init__(self, routes: dict[bytes, RouteAnswers]) -> None:
+        self._routes = routes
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
@@ -172,25 +194,24 @@ class _UpstreamProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         transport = self._transport
         assert transport is not None
-        if self._parser.get_method() != b"POST" or self._url.split(b"?")[0] != b"/v1/messages":
+        answers = self._routes.get(self._url.split(b"?")[0])
+        if self._parser.get_method() != b"POST" or answers is None:
             transport.write(_NOT_FOUND)
         elif _STREAM_TRUE.search(b"".join(self._body)):
             # Separate writes, so each event leaves as its own chunk (and usually its own segment).
-            for part in self._sse_parts:
+            for part in answers.sse_parts:
                 transport.write(part)
         else:
-            transport.write(self._json_response)
+            transport.write(answers.json_response)
         if not self._parser.should_keep_alive():
             transport.close()
 
 
 async def serve(sock: socket.socket) -> None:
     """Serve on ``sock`` until cancelled; announces the port once accepting."""
-    json_response, sse_parts = _json_response(), _sse_response_parts()
+    routes = encoded_routes()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: _UpstreamProtocol(json_response, sse_parts), sock=sock
-    )
+    server = await loop.create_server(lambda: _UpstreamProtocol(routes), sock=sock)
     async with server:
         announce_port(sock)
         await server.serve_forever()

@@ -1,8 +1,9 @@
-"""The decode benchmark's pieces work and compare like with like; no load test here."""
+"""The in-process benchmarks' pieces work and compare like with like; no load test here."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,24 @@ from benchmarks.decode import (
     decode_with_stdlib_pydantic,
     run_decode_benchmarks,
 )
+from benchmarks.e2e import WORKLOADS, E2EResult, Scenario
+from benchmarks.openai_payloads import (
+    TEXT_PIECES,
+    completion_body,
+    text_stream,
+    tool_call_stream,
+    tool_names,
+)
+from benchmarks.report import Report, add_e2e
+from benchmarks.translation import (
+    CLIENT_MODEL,
+    MESSAGE_ID,
+    run_translation_benchmarks,
+    translate_stream,
+)
+from benchmarks.translation import scenario_names as translation_scenario_names
+from benchmarks.upstream import encoded_routes
+from messages_mw.translate import to_anthropic_message
 
 SMALL_SAMPLE = DEFAULT_SAMPLES / "small_chat.json"
 VALID = {
@@ -87,3 +106,73 @@ def test_decode_benchmark_returns_positive_timings() -> None:
     assert [r.decoder for r in results] == list(DECODERS)
     assert all(r.seconds_per_call > 0 and r.baseline_seconds_per_call > 0 for r in results)
     assert all(accepts(decode, SMALL_SAMPLE.read_bytes()) for decode in DECODERS.values())
+
+
+def _sse_events(raw: bytes) -> list[dict[str, Any]]:
+    lines = raw.decode().splitlines()
+    return [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+
+
+def test_translation_payloads_translate_to_complete_answers() -> None:
+    message = json.loads(
+        to_anthropic_message(completion_body(), model=CLIENT_MODEL, message_id=MESSAGE_ID)
+    )
+    assert message["content"][0]["text"] == "".join(TEXT_PIECES)
+    assert message["usage"]["cache_read_input_tokens"] > 0
+
+    text_events = _sse_events(translate_stream(text_stream()))
+    deltas = [e["delta"] for e in text_events if e["type"] == "content_block_delta"]
+    assert "".join(d["text"] for d in deltas) == "".join(TEXT_PIECES)
+    assert text_events[-1] == {"type": "message_stop"}
+
+    tool_events = _sse_events(translate_stream(tool_call_stream()))
+    starts = [e["content_block"] for e in tool_events if e["type"] == "content_block_start"]
+    assert [block["name"] for block in starts] == tool_names()
+    assert [e["type"] for e in tool_events][-2:] == ["message_delta", "message_stop"]
+
+
+@pytest.mark.skipif(not SMALL_SAMPLE.exists(), reason=f"{SMALL_SAMPLE} not present")
+def test_translation_benchmark_returns_positive_timings() -> None:
+    results = run_translation_benchmarks(
+        DEFAULT_SAMPLES, rounds=1, number=3, sample_files=(SMALL_SAMPLE.name,)
+    )
+
+    assert {r.name for r in results} == set(
+        translation_scenario_names(DEFAULT_SAMPLES, sample_files=(SMALL_SAMPLE.name,))
+    )
+    assert all(r.seconds_per_unit > 0 and r.baseline_seconds_per_unit > 0 for r in results)
+    assert {r.unit for r in results} == {"request", "chunk"}
+
+
+def test_mock_upstream_answers_both_apis_with_framed_bodies() -> None:
+    routes = encoded_routes()
+
+    assert set(routes) == {b"/v1/messages", b"/v1/chat/completions"}
+    completion = routes[b"/v1/chat/completions"]
+    head, _, body = completion.json_response.partition(b"\r\n\r\n")
+    assert body == completion_body() and b"content-length: %d" % len(body) in head
+    chunks = [part.split(b"\r\n")[1] for part in completion.sse_parts[1:-1]]
+    assert chunks == text_stream()
+
+
+def _result(gateway: str, cpu_ms: float, rss_mb: float) -> E2EResult:
+    scenario = Scenario(WORKLOADS[0], 1, gateway)
+    return E2EResult(scenario, rps=1000.0, cpu_ms_per_request=cpu_ms, rss_mb=rss_mb)
+
+
+@pytest.mark.parametrize(
+    ("policy_cpu", "cell"),
+    [
+        (0.5290, "CPU ≤ 1.10x d: 1.06x ✓"),
+        (0.5498, "CPU ≤ 1.10x d: 1.10x ✓"),
+        (0.5506, "CPU ≤ 1.10x d: 1.101x ✗"),
+        (0.6500, "CPU ≤ 1.10x d: 1.30x ✗"),
+    ],
+)
+def test_policy_target_cell_agrees_with_its_mark(policy_cpu: float, cell: str) -> None:
+    result = Report()
+    add_e2e(result, [_result("d", 0.5, 40.0), _result("e", policy_cpu, 41.5)])
+
+    rows = {row["scenario"].split()[-1]: row for row in result.sections[0]}
+    assert rows["e:messages_mw+policy"]["target"] == cell
+    assert result.notes[-1].endswith(f"json 57KB c=1 CPU {cell.split()[-2]}, RSS +1.5 MB")
