@@ -138,6 +138,10 @@ class RateLimiter:
         self.config = config
         self._store = store if store is not None else _default_store(config)
         self._clock = clock
+        # Requests-only rules need nothing recorded after a request: skip that work entirely.
+        self._counts_usage = any(
+            rule.tokens_per_minute is not None or rule.spend is not None for rule in config.rules
+        )
         self._key_rules = _rules_by_match(config.rules, "key")
         self._tag_rules = _rules_by_match(config.rules, "tag")
         self._warned_at = -math.inf
@@ -176,6 +180,8 @@ class RateLimiter:
         Never raises for the store: when it is unreachable the usage is dropped and a
         warning logged. Does no I/O when there is nothing to add.
         """
+        if not self._counts_usage:
+            return
         usage = context.usage
         tokens = (
             usage.input_tokens

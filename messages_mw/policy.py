@@ -167,7 +167,7 @@ class Policy:
                 await self.limiter.record(context)
             except Exception:
                 logger.exception("recording usage against limits failed (%s)", context.request_id)
-        if self.dispatcher is not None:
+        if self.dispatcher is not None and self.dispatcher.wants_events():
             self.dispatcher.emit(UsageEvent.from_context(context))
 
     async def aclose(self) -> None:

@@ -55,6 +55,11 @@ def _is_async(sink: object) -> bool:
     return inspect.iscoroutinefunction(sink) or inspect.iscoroutinefunction(type(sink).__call__)
 
 
+def _wants_events(sink: object) -> bool:
+    wants = getattr(sink, "wants_events", None)
+    return wants is None or bool(wants())
+
+
 def _is_nonblocking(sink: object) -> bool:
     return getattr(type(sink), "nonblocking", False) is True
 
@@ -75,6 +80,9 @@ class LogUsageSink:
     def __init__(self) -> None:
         self._logger = logging.getLogger("messages_mw.usage")
         self._encoder = msgspec.json.Encoder()
+
+    def wants_events(self) -> bool:
+        return self._logger.isEnabledFor(logging.INFO)
 
     def __call__(self, event: UsageEvent) -> None:
         if self._logger.isEnabledFor(logging.INFO):
@@ -122,6 +130,11 @@ class UsageDispatcher:
         self._closed = False
         self._dropped = 0
         self._last_drop_log = -_DROP_LOG_INTERVAL
+
+    def wants_events(self) -> bool:
+        """False when every sink says it would ignore an event right now (the default log
+        sink with its logger disabled), so the caller can skip building one."""
+        return any(_wants_events(sink) for sink in self._sinks)
 
     @property
     def dropped(self) -> int:

@@ -329,6 +329,39 @@ async def test_read_timeout_between_chunks() -> None:
         await resp.aclose()
 
 
+def _read_timeout(seconds: float | None) -> dict[str, float | None]:
+    return {"connect": 1.0, "read": seconds, "write": 1.0, "pool": 1.0}
+
+
+@async_test
+async def test_each_request_on_a_reused_connection_gets_its_own_read_timeout() -> None:
+    """A connection keeps one timer across requests; every request must still time out on
+    its own deadline: sooner than the last one's, later than it, or never."""
+    delays = iter([0.0, 0.0, 0.4, 0.4, 5.0])
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        while await server.read_request(reader) is not None:
+            await asyncio.sleep(next(delays))
+            writer.write(response(b"ok"))
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+
+        async def fetch_within(seconds: float | None) -> bytes:
+            return await fetch(transport, "GET", server.url, timeouts=_read_timeout(seconds))
+
+        # The first arms the connection's timer far ahead; the second moves it much closer.
+        assert await fetch_within(30.0) == await fetch_within(0.2) == b"ok"
+        # That timer fires during the third, whose own deadline is later: not a timeout.
+        assert await fetch_within(0.6) == b"ok"
+        # And the third's fires during the fourth, which has no read timeout at all.
+        assert await fetch_within(None) == b"ok"
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            await send(transport, "GET", server.url, timeouts=_read_timeout(0.2))
+        assert 0.15 < time.monotonic() - started < 1.0
+    assert server.connections == 1
+
+
 @async_test
 async def test_write_timeout_when_server_does_not_read() -> None:
     async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
