@@ -38,7 +38,8 @@ _message = st.fixed_dictionaries(
 )
 _valid_request = st.fixed_dictionaries(
     {
-        "model": st.text(max_size=30),
+        # "provider/model" is the gateway's own addressing, so routed names have no "/".
+        "model": st.text(max_size=30).filter(lambda name: "/" not in name),
         "max_tokens": st.integers(min_value=0, max_value=2**31),
         "messages": st.lists(_message, min_size=1, max_size=4),
     },
@@ -97,5 +98,19 @@ def test_arbitrary_bodies_never_cause_a_5xx(body: bytes) -> None:
     if response.status_code != 200:
         payload = response.json()
         assert payload["type"] == "error"
-        assert payload["error"]["type"] == "invalid_request_error"
+        assert payload["error"]["type"] in ("invalid_request_error", "not_found_error")
+        if payload["error"]["type"] == "not_found_error":
+            assert payload["error"]["message"].startswith("model: unknown provider")
         assert payload["error"]["message"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(min_size=1, max_size=20).filter(lambda p: "/" not in p and p != "anthropic"))
+def test_unknown_provider_prefixes_are_a_404_naming_them(provider: str) -> None:
+    body = json.dumps(
+        {"model": f"{provider}/m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
+    ).encode()
+    response = _roundtrip(body, Recorder())
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+    assert f"unknown provider '{provider}'" in response.json()["error"]["message"]
