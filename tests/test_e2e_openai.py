@@ -130,13 +130,19 @@ def ostack(_servers: OpenAIStack) -> OpenAIStack:
     return _servers
 
 
-def _last_finished(stack: OpenAIStack) -> RequestContext:
-    # on_request_end runs after the last byte went out, so the client can be ahead of it.
+def _last_finished(stack: OpenAIStack, model: str | None = None) -> RequestContext:
+    """The last finished request (asking for ``model``, when given).
+
+    on_request_end runs after the last byte went out, so the client can be ahead of it; and a
+    previous test's request on the shared servers may still be finishing.
+    """
     deadline = time.monotonic() + 2
-    while not stack.finished:
+    while True:
+        matching = [c for c in stack.finished if model is None or c.model == model]
+        if matching:
+            return matching[-1]
         assert time.monotonic() < deadline, "the request never finished"
         time.sleep(0.005)
-    return stack.finished[-1]
 
 
 def _text(message: anthropic.types.Message) -> str:
@@ -403,7 +409,7 @@ def test_router_candidates_with_the_cheapest_strategy(ostack: OpenAIStack, strea
     sent = ostack.sent()
     assert sent["model"] == "gpt-4o-mini"
     assert "router_candidates" not in sent
-    context = _last_finished(ostack)
+    context = _last_finished(ostack, model="auto")
     assert (context.provider, context.served_model, context.model) == (
         "openai",
         "gpt-4o-mini",
