@@ -130,6 +130,11 @@ class UsageDispatcher:
         self._closed = False
         self._dropped = 0
         self._last_drop_log = -_DROP_LOG_INTERVAL
+        # With only nonblocking sinks there is nothing to wait for: events collected during
+        # one loop pass are delivered by one callback, with no queue and no task.
+        self._only_inline = bool(self._inline_sinks) and not (self._sync_sinks or self._async_sinks)
+        self._pending: list[UsageEvent] = []
+        self._flush_scheduled = False
 
     def wants_events(self) -> bool:
         """False when every sink says it would ignore an event right now (the default log
@@ -154,10 +159,27 @@ class UsageDispatcher:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is not None and loop is self._loop:
+        if self._only_inline and loop is not None:
+            self._collect(event, loop)
+        elif loop is not None and loop is self._loop:
             self._put(event)
         else:
             self._emit_from_elsewhere(event, loop)
+
+    def _collect(self, event: UsageEvent, loop: asyncio.AbstractEventLoop) -> None:
+        if self._closed:
+            self._drop("the dispatcher is closed")
+            return
+        self._pending.append(event)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush_pending, context=contextvars.Context())
+
+    def _flush_pending(self) -> None:
+        events, self._pending, self._flush_scheduled = self._pending, [], False
+        for sink in self._inline_sinks:
+            for event in events:
+                _call_inline(sink, event)
 
     def _emit_from_elsewhere(
         self, event: UsageEvent, loop: asyncio.AbstractEventLoop | None
@@ -257,6 +279,7 @@ class UsageDispatcher:
         if self._closed:
             return
         self._closed = True
+        self._flush_pending()
         task = self._task
         try:
             if task is not None and not task.done() and self._loop is asyncio.get_running_loop():
