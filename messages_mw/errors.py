@@ -34,10 +34,14 @@ __all__ = [
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
+# Maps each random byte to a base62 character in one C-level pass (same distribution as
+# indexing _BASE62 with byte % 62).
+_BASE62_TABLE = bytes(ord(_BASE62[byte % 62]) for byte in range(256))
+
+
 def new_request_id() -> str:
     """Return a fresh id shaped like Anthropic's (``req_`` and 24 base62 characters)."""
-    raw = secrets.token_bytes(24)
-    return "req_" + "".join(_BASE62[byte % 62] for byte in raw)
+    return "req_" + secrets.token_bytes(24).translate(_BASE62_TABLE).decode("ascii")
 
 
 class _ErrorDetail(msgspec.Struct, omit_defaults=True):
