@@ -841,3 +841,25 @@ def test_translation_preserves_meaning(request: dict[str, Any], strict: bool) ->
     if strict:
         roles = [m["role"] for m in chat["messages"]]
         assert all(a != b or a == "tool" for a, b in pairwise(roles))
+
+
+def test_system_first_folds_claude_codes_inner_system_message_into_the_first() -> None:
+    messages = [
+        {"role": "user", "content": "say hi"},
+        {"role": "system", "content": [{"type": "text", "text": "# Environment"}]},
+        {"role": "assistant", "content": "hi"},
+    ]
+    kept = _translate(system="You are Claude.", messages=messages)
+    assert [m["role"] for m in kept["messages"]] == ["system", "user", "system", "assistant"]
+    folded = _translate(
+        OpenAIQuirks(system_first=True), system="You are Claude.", messages=messages
+    )
+    assert [m["role"] for m in folded["messages"]] == ["system", "user", "assistant"]
+    assert folded["messages"][0]["content"] == "You are Claude.\n\n# Environment"
+
+
+def test_max_output_tokens_caps_the_limit_sent_upstream() -> None:
+    capped = OpenAIQuirks(max_tokens_field="max_tokens", max_output_tokens=8192)
+    assert _translate(capped, max_tokens=128000)["max_tokens"] == 8192
+    assert _translate(capped, max_tokens=100)["max_tokens"] == 100
+    assert _translate(max_tokens=128000)["max_completion_tokens"] == 128000

@@ -71,7 +71,18 @@ def convert_messages(request: Request, quirks: OpenAIQuirks) -> list[ChatMessage
     for number, message in enumerate(request.messages):
         for turn in _convert(message, f"messages.{number}", quirks):
             _append(turns, turn, quirks)
+    if quirks.system_first:
+        turns = _systems_first(turns)
     return [_finish(turn) for turn in turns]
+
+
+def _systems_first(turns: list[_Turn]) -> list[_Turn]:
+    """One leading system message holding every system message's text, in order."""
+    systems = [turn for turn in turns if turn.role == "system"]
+    if not systems:
+        return turns
+    merged = _Turn("system", [part for turn in systems for part in turn.parts])
+    return [merged, *(turn for turn in turns if turn.role != "system")]
 
 
 def _append(turns: list[_Turn], turn: _Turn, quirks: OpenAIQuirks) -> None:

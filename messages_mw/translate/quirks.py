@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -19,7 +19,10 @@ class OpenAIQuirks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ``reasoning``: ``"reasoning_effort"`` maps Anthropic ``thinking`` to ``reasoning_effort``;
     ``"none"`` drops it. ``stream_usage``: ask for a final usage chunk
     (``stream_options.include_usage``). ``strict_roles``: merge consecutive same-role messages
-    for upstreams that reject them.
+    for upstreams that reject them. ``system_first``: fold every system message (Claude Code
+    sends one inside ``messages``) into a single leading one, for chat templates that accept a
+    system message only first. ``max_output_tokens``: cap the output limit sent upstream
+    (Claude Code asks for 128000, more than many local models allow).
     """
 
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_completion_tokens"
@@ -28,3 +31,5 @@ class OpenAIQuirks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     reasoning: Literal["none", "reasoning_effort"] = "none"
     stream_usage: bool = True
     strict_roles: bool = True
+    system_first: bool = False
+    max_output_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None

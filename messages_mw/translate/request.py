@@ -46,6 +46,8 @@ def to_chat_completions(body: bytes, *, model: str, quirks: OpenAIQuirks, stream
     request = decode_request(body)
     tools, tool_choice, parallel = _tools(request)
     limit = request.max_tokens
+    if quirks.max_output_tokens is not None:
+        limit = min(limit, quirks.max_output_tokens)
     usage_chunk = StreamOptions(include_usage=True) if stream and quirks.stream_usage else UNSET
     chat = ChatRequest(
         model=model,
