@@ -65,6 +65,22 @@ def translate_transport_error(exc: httpx.TransportError, base_url: str) -> Gatew
     return UpstreamUnavailableError(f"The upstream {base_url} could not be reached.")
 
 
+async def relay_upstream_chunks(chunks: AsyncIterable[bytes], origin: str) -> AsyncIterator[bytes]:
+    """Yield an upstream body's chunks, turning a mid-stream httpx failure into the
+    :class:`GatewayError` the app reports as an SSE ``error`` event."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeoutError(
+            f"The upstream {origin} sent nothing for longer than the read timeout."
+        ) from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnavailableError(
+            f"The connection to the upstream {origin} broke mid-stream."
+        ) from exc
+
+
 def _upstream_headers(
     client_headers: Mapping[str, str], api_key: str | None, mode: str = "default"
 ) -> list[tuple[bytes, bytes]]:
@@ -217,7 +233,10 @@ class AnthropicProvider:
         if response.status_code == 200 and head.event_stream:
             chunks = response.aiter_bytes() if raw is None else raw
             return ProviderResponse(
-                200, head.headers, chunks=self._relay_chunks(chunks), close=response.aclose
+                200,
+                head.headers,
+                chunks=relay_upstream_chunks(chunks, self._base_url),
+                close=response.aclose,
             )
         try:
             body = await (response.aread() if raw is None else _read_all(raw))
@@ -226,19 +245,6 @@ class AnthropicProvider:
         finally:
             await response.aclose()
         return ProviderResponse(response.status_code, head.headers, body=body)
-
-    async def _relay_chunks(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in chunks:
-                yield chunk
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(
-                f"The upstream {self._base_url} sent nothing for longer than the read timeout."
-            ) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailableError(
-                f"The connection to the upstream {self._base_url} broke mid-stream."
-            ) from exc
 
     async def aclose(self) -> None:
         """Close pooled connections. Safe to call more than once."""

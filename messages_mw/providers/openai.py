@@ -23,14 +23,13 @@ from ..errors import (
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
-    UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 from ..protocol import CountTokensResponse, ModelInfo, ModelList
 from ..streaming import frame_event
 from ..translate import StreamTranslator, to_anthropic_message, to_chat_completions, translate_error
 from ..validation import decode_count_tokens_request, describe_decode_error
-from .anthropic import translate_transport_error
+from .anthropic import relay_upstream_chunks, translate_transport_error
 from .base import Provider, ProviderRequest, ProviderResponse
 from .mock import estimate_input_tokens
 
@@ -236,7 +235,7 @@ class OpenAIProvider:
         self, chunks: AsyncIterator[bytes], translator: StreamTranslator
     ) -> AsyncGenerator[bytes, None]:
         """Translate upstream chunks as they arrive; ping through silences once started."""
-        reads = self._read(chunks)
+        reads = relay_upstream_chunks(chunks, self._origin)
         pending: asyncio.Future[bytes] | None = None
         started = False
         try:
@@ -267,19 +266,6 @@ class OpenAIProvider:
         tail = translator.finish()
         if tail:
             yield tail
-
-    async def _read(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in chunks:
-                yield chunk
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(
-                f"The upstream {self._origin} sent nothing for longer than the read timeout."
-            ) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailableError(
-                f"The connection to the upstream {self._origin} broke mid-stream."
-            ) from exc
 
 
 def _fixed_headers(settings: OpenAIUpstreamConfig, host: bytes) -> list[tuple[bytes, bytes]]:
