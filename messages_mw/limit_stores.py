@@ -164,9 +164,11 @@ class MemoryCounterStore:
         counts = [counter.rolled(now) for counter in counters]
         admitted = all(has_room(c, n, now) for c, n in zip(checks, counts, strict=True))
         if admitted:
-            for check, counter in zip(checks, counters, strict=True):
-                counter.current += check.cost
-            counts = [counter.rolled(now) for counter in counters]
+            for at, (check, counter) in enumerate(zip(checks, counters, strict=True)):
+                if check.cost:
+                    counter.current += check.cost
+                    count = counts[at]
+                    counts[at] = WindowCount(count.start, count.previous, counter.current)
         return admitted, counts
 
     async def add(self, increments: Sequence[Increment], now: float) -> None:

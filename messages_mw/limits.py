@@ -108,6 +108,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 _LIMITS_CACHE_SIZE = 4096
+_HEADER_NAMES = {
+    kind: tuple(f"anthropic-ratelimit-{kind}-{part}" for part in ("limit", "remaining", "reset"))
+    for kind in ("requests", "tokens")
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,25 @@ class _Limit:
     kind: _Kind
     label: str
     check: WindowCheck
+
+
+@dataclass(frozen=True, slots=True)
+class _LimitSet:
+    """The limits for one key and tag set, with what every request against them needs."""
+
+    limits: list[_Limit]
+    checks: list[WindowCheck]
+    # For the headers: the positions of the request limits, then of the token limits.
+    header_groups: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @classmethod
+    def of(cls, limits: list[_Limit]) -> _LimitSet:
+        groups = tuple(
+            (kind, positions)
+            for kind in ("requests", "tokens")
+            if (positions := tuple(i for i, lim in enumerate(limits) if lim.kind == kind))
+        )
+        return cls(limits, [limit.check for limit in limits], groups)
 
 
 class RateLimiter:
@@ -147,7 +170,9 @@ class RateLimiter:
         self._warned_at = -math.inf
         self._store_failing = False
         # Which limits apply depends only on the key and the tags: worked out once per pair.
-        self._limits_cache: dict[tuple[str | None, tuple[str, ...]], list[_Limit]] = {}
+        self._limits_cache: dict[tuple[str | None, tuple[str, ...]], _LimitSet] = {}
+        # Reset times repeat for a whole second: format each second once.
+        self._reset_second, self._reset_text = -1, ""
 
     async def admit(self, context: RequestContext) -> list[tuple[str, str]]:
         """Count one request against every limit for ``context.principal`` and
@@ -159,18 +184,18 @@ class RateLimiter:
         any limit is reached; then nothing is counted. If the store is unreachable, follows
         ``on_store_error``. On cancellation the request may or may not have been counted.
         """
-        limits = self._limits_for(context)
-        if not limits:
+        limit_set = self._limits_for(context)
+        if not limit_set.limits:
             return []
         now = self._clock()
         try:
-            admitted, counts = await self._store.consume([limit.check for limit in limits], now)
+            admitted, counts = await self._store.consume(limit_set.checks, now)
         except LimitStoreError as exc:
             return self._admit_without_store(exc, now)
         self._store_answered()
-        headers = _headers(limits, counts, now)
+        headers = self._headers(limit_set, counts, now)
         if not admitted:
-            raise _rejection(limits, counts, now, headers)
+            raise _rejection(limit_set.limits, counts, now, headers)
         return headers
 
     async def record(self, context: RequestContext) -> None:
@@ -192,7 +217,7 @@ class RateLimiter:
         amounts = {"tokens": float(tokens), "spend": context.cost or 0.0, "requests": 0.0}
         increments = [
             Increment(limit.check.key, limit.check.window, amounts[limit.kind])
-            for limit in self._limits_for(context)
+            for limit in self._limits_for(context).limits
             if amounts[limit.kind] > 0
         ]
         if not increments:
@@ -209,15 +234,38 @@ class RateLimiter:
         """Close the store's connections; a later call reopens them."""
         await self._store.aclose()
 
-    def _limits_for(self, context: RequestContext) -> list[_Limit]:
+    def _limits_for(self, context: RequestContext) -> _LimitSet:
         principal = context.principal
         cache_key = (principal.key_id if principal else None, tuple(context.tags))
         cached = self._limits_cache.get(cache_key)
         if cached is None:
             if len(self._limits_cache) >= _LIMITS_CACHE_SIZE:
                 self._limits_cache.clear()
-            cached = self._limits_cache[cache_key] = self._work_out_limits(context)
+            cached = _LimitSet.of(self._work_out_limits(context))
+            self._limits_cache[cache_key] = cached
         return cached
+
+    def _headers(
+        self, limit_set: _LimitSet, counts: Sequence[WindowCount], now: float
+    ) -> list[tuple[str, str]]:
+        """The ``anthropic-ratelimit-*`` headers of the tightest request and token limits."""
+        headers: list[tuple[str, str]] = []
+        checks = limit_set.checks
+        for kind, positions in limit_set.header_groups:
+            at = min(
+                positions, key=lambda i: (_remaining(checks[i], counts[i], now), checks[i].limit)
+            )
+            check, count = checks[at], counts[at]
+            reset = math.ceil(_replenished_at(check, count, now))
+            if reset != self._reset_second:
+                self._reset_second, self._reset_text = reset, _rfc3339_second(reset)
+            name = _HEADER_NAMES[kind]
+            headers += [
+                (name[0], str(int(check.limit))),
+                (name[1], str(_remaining(check, count, now))),
+                (name[2], self._reset_text),
+            ]
+        return headers
 
     def _work_out_limits(self, context: RequestContext) -> list[_Limit]:
         # Rules that land on the same counter share it; the lowest limit holds.
@@ -291,24 +339,6 @@ def _rule_limits(rule: LimitRule, subject: str, label: str) -> Iterator[_Limit]:
         period = rule.spend_period_seconds
         check = WindowCheck(f"spend:{period}:{subject}", period, rule.spend, sliding=False)
         yield _Limit("spend", label, check)
-
-
-def _headers(
-    limits: Sequence[_Limit], counts: Sequence[WindowCount], now: float
-) -> list[tuple[str, str]]:
-    headers: list[tuple[str, str]] = []
-    for kind in ("requests", "tokens"):
-        pairs = [(lim.check, n) for lim, n in zip(limits, counts, strict=True) if lim.kind == kind]
-        if not pairs:
-            continue
-        check, count = min(pairs, key=lambda p: (_remaining(p[0], p[1], now), p[0].limit))
-        name = f"anthropic-ratelimit-{kind}"
-        headers += [
-            (f"{name}-limit", str(int(check.limit))),
-            (f"{name}-remaining", str(_remaining(check, count, now))),
-            (f"{name}-reset", _rfc3339(_replenished_at(check, count, now))),
-        ]
-    return headers
 
 
 def _rejection(

@@ -86,6 +86,12 @@ class TargetResolver:
             if "/" in name and not self.routes_explicitly(name):
                 raise ValueError(f"fallback target {name!r} names no configured provider")
         self._candidates = tuple(self.target(name) for name in config.router_candidates)
+        # Configured chains never change: resolve their names once, not per request.
+        self._default_tail = tuple(map(self.target, config.default_chain))
+        self._model_tails = {
+            model: (*map(self.target, names), *self._default_tail)
+            for model, names in config.chains.items()
+        }
 
     @property
     def config(self) -> FallbackConfig:
@@ -185,10 +191,12 @@ class TargetResolver:
         """Primary first (for the auto model: its ordered candidates), then body fallbacks,
         the model's chain and the default chain. Raises as :meth:`target` does, and
         :class:`InvalidRequestError` for the auto model without candidates."""
-        names = [*self._config.chains.get(model, ()), *self._config.default_chain]
-        targets = [*self._head(model), *(body_targets or ()), *map(self.target, names)]
+        tail = self._model_tails.get(model, self._default_tail)
+        head = self._head(model)
+        if not body_targets and not tail:
+            return head
         unique: dict[str, Target] = {}
-        for target in targets:
+        for target in (*head, *(body_targets or ()), *tail):
             unique.setdefault(target.name, target)
         return list(unique.values())
 
