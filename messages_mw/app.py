@@ -244,6 +244,7 @@ class Gateway:
         body = error.body(context.request_id)
         headers = [_JSON, (b"request-id", context.request_id.encode())]
         headers += _encode_headers([*error.headers.items(), *self._policy_headers(context)])
+        headers.append((b"content-length", b"%d" % len(body)))
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -38,6 +38,8 @@ async def relay_body(
     """Send a complete response (``body`` may differ from ``response.body``, e.g. with cost)."""
     context.status = response.status
     context.response_started = True
+    # The length is known: a client then reads one plain body instead of chunked framing.
+    headers.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     context.first_byte_at = time.perf_counter()

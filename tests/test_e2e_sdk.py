@@ -128,6 +128,9 @@ def test_create_returns_upstream_message_and_forwards_sdk_headers(stack: Stack) 
         message = raw.parse()
     assert message.to_dict() == json.loads(upstream_body)
     assert message._request_id == UPSTREAM_REQUEST_ID
+    # A complete body goes out with its length, as a plain (not chunked) HTTP body.
+    assert raw.headers["content-length"] == str(len(upstream_body))
+    assert "transfer-encoding" not in raw.headers
     [received] = stack.upstream.received
     assert (received.method, received.path) == ("POST", "/v1/messages")
     assert received.body == raw.http_request.content
