@@ -1,0 +1,105 @@
+"""Filters for test runners: keep every failure, error and summary, drop the passing noise.
+
+Each filter only removes lines it positively recognises as a passing test or a progress line of
+its runner; everything else (tracebacks, assertion diffs, ``path:line`` locations, captured
+output, warnings, the final summary) passes through untouched, so a filter applied to some
+other command's output changes nothing there.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .lines import drop_runs, marker, runs_of, sub_framed
+
+__all__ = ["filter_cargo_test", "filter_go_test", "filter_js_tests", "filter_pytest"]
+
+_PASSING = "passing-test lines"
+
+# Built from ``[^\n]*`` and literals, which the regex engine runs much faster than ``\S``; the
+# atomic group keeps a line with many ``::`` linear.
+_PYTEST_PASSING = runs_of(
+    r"(?>[^\n]*::)[^\n]* PASSED(?: +\[ *\d+%\])?"  # -v: one line per test
+    r"|\[gw\d+\] \[ *\d+%\] PASSED [^\n]*"  # -v with xdist
+    r"|PASSED [^\n]*::[^\n]*"  # -rA short summary
+    r"|(?:[^ \n]+\.py )?[.sxX]+ *\[ *\d+%\]"  # progress dots with a percentage
+    r"|[^ \n]+\.py [.sxX]+"  # progress dots of one file; an F or E keeps the line
+)
+_PYTEST_WARNINGS = re.compile(r"\n=+ warnings summary =+(?:\n(?!=+ |-- Docs: )[^\n]*)*(?=\n)")
+# In the warnings summary, unindented lines list the tests that raised the warning below them.
+_WARNING_TESTS = re.compile(r"\n(?:[^\s][^\n]*\n){5,}[^\s][^\n]*(?=\n|\Z)")
+_KEEP_WARNING_TESTS = 3
+
+
+def filter_pytest(text: str) -> str:
+    """pytest: drop ``PASSED`` lines and dot-progress lines, shorten warnings' test lists.
+
+    Failures, errors, the warnings themselves (with their ``path:line``), the short test summary
+    and the final ``N failed, M passed`` line are kept whole.
+    """
+    if " PASSED" in text or "PASSED " in text or "%]" in text or ".py ." in text:
+        text = drop_runs(text, _PYTEST_PASSING, _PASSING)
+    if " warnings summary " in text:
+        text = sub_framed(text, _PYTEST_WARNINGS, _shorten_warning_tests)
+    return text
+
+
+def _shorten_warning_tests(section: re.Match[str]) -> str:
+    found = section.group()
+    headline_end = found.find("\n", 1)
+    if headline_end < 0:
+        return found
+    return found[:headline_end] + _WARNING_TESTS.sub(_keep_first_tests, found[headline_end:])
+
+
+def _keep_first_tests(run: re.Match[str]) -> str:
+    lines = run.group().split("\n")
+    omitted = marker(len(lines) - 1 - _KEEP_WARNING_TESTS, "more test ids")
+    return "\n".join([*lines[: _KEEP_WARNING_TESTS + 1], omitted])
+
+
+_JS_PASSING = runs_of(
+    r"[ \t]*[✓✔√] [^\n]*"  # jest --verbose, vitest, mocha: a passing test or file
+    r"| ?PASS {1,2}\S[^\n]*"  # jest: a passing suite
+)
+
+
+def filter_js_tests(text: str) -> str:
+    """jest, vitest, mocha: drop passing tests and suites (``✓ ...``, `` PASS  src/a.test.ts``).
+
+    ``✕`` and ``x`` lines, ``FAIL`` suites, the ``●`` failure blocks with their code frames and
+    ``at file:line:col`` stacks, and the ``Tests:``/``Test Files`` summary are kept.
+    """
+    if "✓" not in text and "✔" not in text and "√" not in text and "PASS " not in text:
+        return text
+    return drop_runs(text, _JS_PASSING, _PASSING)
+
+
+_GO_PASSING = runs_of(
+    r"[ \t]*=== (?:RUN|PAUSE|CONT|NAME) [^\n]*"
+    r"|[ \t]*--- PASS: [^\n]*"
+    r"|ok  [ \t]*\S+[ \t][^\n]*"
+    r"|\?   [ \t]*\S+[ \t]+\[no test files\]"
+    r"|PASS"
+)
+
+
+def filter_go_test(text: str) -> str:
+    """go test: drop ``=== RUN``, ``--- PASS``, ``ok  pkg 0.01s`` and ``[no test files]`` lines.
+
+    ``--- FAIL`` lines, the test's log lines (``foo_test.go:12: ...``), panics and the
+    ``FAIL pkg`` lines are kept.
+    """
+    if not any(word in text for word in ("=== ", "PASS", "ok  ", "[no test files]")):
+        return text
+    return drop_runs(text, _GO_PASSING, _PASSING)
+
+
+_CARGO_PASSING = runs_of(r"test \S[^\n]* \.\.\. ok")
+
+
+def filter_cargo_test(text: str) -> str:
+    """cargo test: drop ``test x ... ok`` lines; ``FAILED`` tests, panics and results stay."""
+    if " ... ok" not in text:
+        return text
+    return drop_runs(text, _CARGO_PASSING, _PASSING)
