@@ -1,0 +1,271 @@
+"""Compression bundles: one preset per coding agent, naming its tools and tuning the text rules.
+
+A bundle tells the engine which tool results are shell output (and where the command line sits
+in the tool's input, so a command-aware filter can be chosen), which are file contents that must
+be kept exactly as the agent produced them, and which :class:`TextOptions` suit the agent's
+outputs. Bundles are immutable module constants; choose one per request with
+:func:`bundle_named` (a header or key policy) or :func:`detect_bundle` (the user agent).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import msgspec
+from msgspec import Raw
+
+from .text import TextOptions
+
+__all__ = [
+    "BUNDLES",
+    "BUNDLE_NAMES",
+    "PASTED_TEXT_OPTIONS",
+    "READ_COMMANDS",
+    "Bundle",
+    "bundle_named",
+    "detect_bundle",
+]
+
+# A user who pastes a log chose what to send: no command filter, no cap and no JSON
+# reformatting; escapes, redraws, trailing whitespace and repeated lines are still cleaned up.
+PASTED_TEXT_OPTIONS = TextOptions(minify_json=False, command_filters=False, cap_chars=None)
+
+# Shell programs whose output is file content (codex reads files with `sed -n` and `nl -ba`):
+# kept byte for byte like a file-read tool's output, since edits quote it exactly.
+READ_COMMANDS = frozenset({"cat", "nl", "sed", "head", "tail"})
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """How to compress one agent's requests.
+
+    ``shell_tools`` maps a tool name to the input key holding its command line (a string, or an
+    argv list as codex sends); ``file_read_tools`` are tools whose output is kept exactly (file
+    contents with line-number prefixes, edit results quoting the file), only deduplicated.
+    ``text`` applies to every other tool result; ``pasted_text`` to large user-pasted text
+    blocks (``None`` leaves user text alone); ``read_commands`` are shell programs treated as
+    file reads.
+    """
+
+    name: str
+    shell_tools: Mapping[str, str]
+    file_read_tools: frozenset[str]
+    text: TextOptions
+    pasted_text: TextOptions | None = PASTED_TEXT_OPTIONS
+    read_commands: frozenset[str] = READ_COMMANDS
+
+    def command(self, tool: str, tool_input: Raw) -> str | None:
+        """The command line a shell tool ran (an argv list joined), or ``None`` for other tools.
+
+        The tool's own input key is tried first, then ``command`` and ``cmd``; codex's
+        ``["bash", "-lc", script]`` gives ``script``.
+        """
+        key = self.shell_tools.get(tool)
+        if key is None:
+            return None
+        try:
+            fields = _mapping.decode(tool_input)
+            raw = fields.get(key) or fields.get("command") or fields.get("cmd")
+            value: str | list[str] | None = _command_value.decode(raw) if raw else None
+        except msgspec.DecodeError:
+            return None
+        if value is None or isinstance(value, str):
+            return value
+        if len(value) == 3 and value[0].rsplit("/", 1)[-1] in _SHELLS and _runs_script(value[1]):
+            return value[2]
+        return shlex.join(value)
+
+    def reads_files(self, command: str) -> bool:
+        """Whether every program ``command`` runs only prints files (``cd`` aside), so that its
+        output is file content to keep exactly.
+
+        A rough shell reading: quoted strings are blanked out, then the line is cut at ``&&``,
+        ``||``, ``;``, ``|``, ``&`` and newlines (not at redirections like ``2>&1``). An
+        unbalanced quote means "not a plain read".
+        """
+        first = _program(command)
+        if first is None or (first != "cd" and first not in self.read_commands):
+            return False  # the common case, decided without the full reading below
+        bare = _QUOTED.sub("Q", command) if "'" in command or '"' in command else command
+        if "'" in bare or '"' in bare:
+            return False
+        readers = False
+        for segment in _SEPARATOR.split(bare.replace(">&", ">").replace("&>", ">")):
+            program = _program(segment)
+            if program is None or program == "cd":
+                continue
+            if program not in self.read_commands:
+                return False
+            readers = True
+        return readers
+
+    def describe(self, tool: str, tool_input: Raw) -> str:
+        """A short label for a call, e.g. ``Read /src/app.py`` or ``Bash: git status``."""
+        command = self.command(tool, tool_input)
+        if command is not None:
+            return f"{tool}: {_clip(command)}" if command.strip() else tool
+        try:
+            fields = _mapping.decode(tool_input)
+        except msgspec.DecodeError:
+            return tool
+        for key in _SUMMARY_KEYS:
+            raw = fields.get(key)
+            if raw is None:
+                continue
+            try:
+                value = _string.decode(raw)
+            except msgspec.DecodeError:
+                continue
+            if value.strip():
+                return f"{tool} {_clip(value)}"
+        return tool
+
+
+_mapping = msgspec.json.Decoder(dict[str, Raw])
+_command_value = msgspec.json.Decoder(str | list[str])
+_string = msgspec.json.Decoder(str)
+_SHELLS = frozenset({"bash", "sh", "zsh", "dash", "ksh"})
+_SUMMARY_KEYS = ("file_path", "path", "filePath", "target_file", "pattern", "url", "query")
+_QUOTED = re.compile(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"")
+_SEPARATOR = re.compile(r"[;&|\n]+")
+
+
+def _runs_script(flag: str) -> bool:
+    """``-c``, ``-lc``: the shell runs the next argument as a script."""
+    return flag.startswith("-") and flag.endswith("c")
+
+
+def _program(segment: str) -> str | None:
+    """The program a simple command runs, past any ``NAME=value`` assignments."""
+    for word in segment.split():
+        if "=" not in word or word.startswith("-"):
+            return word.rsplit("/", 1)[-1]
+    return None
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    line = text.strip().split("\n", 1)[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _shells(names: Iterable[str], key: str) -> Mapping[str, str]:
+    return MappingProxyType(dict.fromkeys(names, key))
+
+
+# Claude Code replaces Bash output over 30,000 characters with its own preview, so the cap only
+# needs to catch other large outputs (WebFetch, subagent reports, MCP tools).
+CLAUDE_CODE = Bundle(
+    name="claude-code",
+    shell_tools=_shells(("Bash",), "command"),
+    file_read_tools=frozenset(
+        {"Read", "NotebookRead", "Edit", "MultiEdit", "Write", "NotebookEdit"}
+    ),
+    text=TextOptions(cap_chars=32_000, head_lines=80, tail_lines=80),
+)
+
+# OpenCode truncates tool output at 2,000 lines or 50 KB itself; cap below that.
+OPENCODE = Bundle(
+    name="opencode",
+    shell_tools=_shells(("bash",), "command"),
+    file_read_tools=frozenset({"read", "edit", "write", "patch", "multiedit"}),
+    text=TextOptions(cap_chars=24_000, head_lines=60, tail_lines=60),
+)
+
+CURSOR = Bundle(
+    name="cursor",
+    shell_tools=_shells(("run_terminal_cmd",), "command"),
+    file_read_tools=frozenset({"read_file", "edit_file", "search_replace", "reapply"}),
+    text=TextOptions(cap_chars=24_000, head_lines=60, tail_lines=60),
+)
+
+# Codex already cuts shell output to about 10 KiB (head and tail) for the model, so most
+# results never reach the cap; `exec_command` takes a string `cmd`, the others an argv list.
+CODEX = Bundle(
+    name="codex",
+    shell_tools=MappingProxyType(
+        {
+            "shell": "command",
+            "local_shell": "command",
+            "container.exec": "command",
+            "exec_command": "cmd",
+        }
+    ),
+    file_read_tools=frozenset({"apply_patch", "read_file"}),
+    text=TextOptions(cap_chars=16_000, head_lines=50, tail_lines=50),
+)
+
+_GENERIC_SHELLS = (
+    "bash",
+    "shell",
+    "run",
+    "execute",
+    "terminal",
+    "run_command",
+    "run_shell_command",
+    "run_terminal_cmd",
+    "exec_command",
+    "execute_command",
+    "local_shell",
+)
+_GENERIC_READS = (
+    "read",
+    "read_file",
+    "view",
+    "cat",
+    "open_file",
+    "view_file",
+    "str_replace_editor",
+    "str_replace_based_edit_tool",
+    "edit",
+    "edit_file",
+    "write",
+    "write_file",
+)
+
+GENERIC = Bundle(
+    name="generic",
+    shell_tools=_shells((*_GENERIC_SHELLS, *(n.capitalize() for n in _GENERIC_SHELLS)), "command"),
+    file_read_tools=frozenset((*_GENERIC_READS, *(n.capitalize() for n in _GENERIC_READS))),
+    text=TextOptions(),
+)
+
+BUNDLES: Mapping[str, Bundle] = MappingProxyType(
+    {b.name: b for b in (CLAUDE_CODE, OPENCODE, CURSOR, CODEX, GENERIC)}
+)
+BUNDLE_NAMES: tuple[str, ...] = tuple(BUNDLES)
+
+# Edgee's `X-Edgee-Compression-Model` values, besides our own names.
+_ALIASES: Mapping[str, str] = MappingProxyType(
+    {"claude": "claude-code", "claude_code": "claude-code"}
+)
+
+
+def bundle_named(name: str) -> Bundle | None:
+    """The bundle called ``name`` (case-insensitive; Edgee's ``claude`` too), or ``None``."""
+    key = name.strip().lower()
+    return BUNDLES.get(_ALIASES.get(key, key))
+
+
+# Ordered: the first marker found in the lower-cased user agent wins. Claude Code's is captured
+# (`claude-cli/2.1.330 (external, cli)`) and OpenCode's is its `opencode/<version>` prefix; the
+# Cursor and Codex markers are best-effort (`codex_cli_rs/…`, `codex_exec/…`, `Cursor/…`).
+_USER_AGENT_MARKERS: tuple[tuple[str, Bundle], ...] = (
+    ("claude-cli/", CLAUDE_CODE),
+    ("claude-code", CLAUDE_CODE),
+    ("opencode/", OPENCODE),
+    ("codex", CODEX),
+    ("cursor", CURSOR),
+)
+
+
+def detect_bundle(user_agent: str) -> Bundle | None:
+    """The bundle for a client's ``User-Agent``, or ``None`` when no agent is recognised."""
+    agent = user_agent.lower()
+    for marker, bundle in _USER_AGENT_MARKERS:
+        if marker in agent:
+            return bundle
+    return None

@@ -1,0 +1,547 @@
+"""The compression engine: which blocks it rewrites, what it never touches, dedupe, alignment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from messages_mw import compression
+from messages_mw.compression import (
+    BUNDLE_NAMES,
+    Bundle,
+    bundle_named,
+    compress_request,
+    detect_bundle,
+)
+from messages_mw.compression.alignment import MAX_BREAKPOINTS, MIN_PREFIX_BYTES
+from messages_mw.compression.bundles import BUNDLES
+from messages_mw.compression.engine import DEDUPE_MIN_BYTES, EMPTY_MARKER
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+CLAUDE = BUNDLES["claude-code"]
+CODEX = BUNDLES["codex"]
+
+# ANSI colours, trailing blanks and a long run of one line: every text rule shrinks this.
+NOISY = "".join(f"\x1b[32mok\x1b[0m step {i % 3}   \n" for i in range(40)) + "\n\n\n\ndone\n"
+# The same text as a file's content, line-numbered as Claude Code's Read returns it.
+FILE_TEXT = "".join(f"{n:>6}\t{line}\n" for n, line in enumerate(NOISY.splitlines(), 1))
+# A build log with distinct lines: its colours and trailing blanks go, its lines all stay.
+BUILD_LOG = "".join(
+    f"\x1b[1m{name}\x1b[0m compiled in {i} ms   \n"
+    for i, name in enumerate(f"module_{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(40))
+)
+_raw_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def _body(messages: list[dict[str, Any]], **top: Any) -> bytes:
+    return json.dumps({"model": "m", "max_tokens": 5, **top, "messages": messages}).encode()
+
+
+def _call(tool_id: str, name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": tool_id, "name": name, "input": tool_input}
+
+
+def _result(tool_id: str, content: Any, **extra: Any) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": tool_id, "content": content, **extra}
+
+
+def _turns(*calls: tuple[str, str, dict[str, Any], Any]) -> list[dict[str, Any]]:
+    """A user prompt, then one assistant turn and its results per call."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "go"}]
+    for tool_id, name, tool_input, output in calls:
+        messages.append({"role": "assistant", "content": [_call(tool_id, name, tool_input)]})
+        messages.append({"role": "user", "content": [_result(tool_id, output)]})
+    return messages
+
+
+def _compress(body: bytes, bundle: Bundle = CLAUDE, **options: Any) -> dict[str, Any]:
+    result = compress_request(body, bundle, **options)
+    assert result.body is not None
+    decoded: dict[str, Any] = json.loads(result.body)
+    return decoded
+
+
+def _outputs(body: dict[str, Any]) -> list[Any]:
+    return [
+        block.get("content")
+        for message in body["messages"]
+        if isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "tool_result"
+    ]
+
+
+def test_public_names() -> None:
+    assert sorted(compression.__all__) == [
+        "BUNDLE_NAMES",
+        "Bundle",
+        "CompressionResult",
+        "TextOptions",
+        "bundle_named",
+        "compress_request",
+        "compress_tool_text",
+        "detect_bundle",
+    ]
+
+
+# --- what is rewritten, by the tool that produced it ---
+
+
+def test_shell_output_is_compressed_and_the_call_is_not() -> None:
+    body = _body(_turns(("t1", "Bash", {"command": "make"}, NOISY)))
+    out = _compress(body)
+    (text,) = _outputs(out)
+    assert len(text) < len(NOISY) and "\x1b" not in text and "done" in text
+    assert out["messages"][1] == json.loads(body)["messages"][1]
+
+
+@pytest.mark.parametrize("name", ["Read", "Edit", "Write", "MultiEdit"])
+def test_file_read_and_edit_results_are_kept_exactly(name: str) -> None:
+    body = _body(_turns(("t1", name, {"file_path": "/a.py"}, FILE_TEXT)))
+    assert compress_request(body, CLAUDE).body is None
+
+
+@pytest.mark.parametrize(
+    ("command", "verbatim"),
+    [
+        (["bash", "-lc", "sed -n '1,200p' src/app.py"], True),
+        (["bash", "-lc", "cd src && nl -ba app.py | sed -n '1,80p'"], True),
+        (["cat", "README.md"], True),
+        (["bash", "-lc", "make test"], False),
+        (["bash", "-lc", "cat log.txt | grep ERROR"], False),
+    ],
+)
+def test_codex_argv_commands_and_file_reads(command: list[str], verbatim: bool) -> None:
+    body = _body(_turns(("c1", "shell", {"command": command, "workdir": "/w"}, NOISY)))
+    result = compress_request(body, CODEX)
+    assert (result.body is None) is verbatim
+
+
+@pytest.mark.parametrize(
+    ("command", "reads"),
+    [
+        ("cat a.py", True),
+        ("FOO=1 /bin/cat a.py b.py 2>/dev/null", True),
+        ("sed -n '1,20p;30p' a.py", True),
+        ('cat "a \\" b;c" 2>&1 | head -n 5', True),
+        ("cd src", False),
+        ("cat a.py; rm -rf b", False),
+        ("cat a.py & make", False),
+        ("cat 'unbalanced", False),
+        ("make", False),
+    ],
+)
+def test_reads_files_recognises_only_printing_programs(command: str, reads: bool) -> None:
+    assert CODEX.reads_files(command) is reads
+
+
+def test_commands_and_descriptions_of_calls() -> None:
+    def raw(value: Any) -> msgspec.Raw:
+        return msgspec.Raw(msgspec.json.encode(value))
+
+    assert CODEX.command("shell", raw({"command": ["bash", "-lc", "ls"]})) == "ls"
+    assert CODEX.command("shell", raw({"command": ["rg", "-n", "a b"]})) == "rg -n 'a b'"
+    assert CODEX.command("exec_command", raw({"cmd": "ls"})) == "ls"
+    assert CODEX.command("apply_patch", raw({"input": "x"})) is None
+    assert CLAUDE.command("Bash", raw({"command": 3})) is None
+    assert CLAUDE.describe("Bash", raw({"command": "make\nmake install"})) == "Bash: make"
+    assert CLAUDE.describe("Read", raw({"file_path": "/" + "a" * 100})).endswith("a…")
+    assert CLAUDE.describe("Task", raw({"prompt": "x"})) == "Task"
+    assert CLAUDE.describe("Task", raw([1])) == "Task"
+
+
+def test_other_tools_and_unknown_ids_get_the_generic_rules() -> None:
+    messages = _turns(("t1", "WebFetch", {"url": "https://x"}, NOISY))
+    messages.append({"role": "user", "content": [_result("nobody", NOISY + "x")]})
+    for text in _outputs(_compress(_body(messages))):
+        assert len(text) < len(NOISY) and "\x1b" not in text
+
+
+def test_error_results_are_kept_but_capped() -> None:
+    failing = {"type": "tool_result", "tool_use_id": "t1", "content": NOISY, "is_error": True}
+    messages = _turns(("t1", "Bash", {"command": "make"}, NOISY))
+    messages[-1]["content"] = [failing]
+    assert compress_request(_body(messages), CLAUDE).body is None
+    huge = "".join(f"line {i} failed\n" for i in range(20_000))
+    messages[-1]["content"] = [{**failing, "content": huge}]
+    (text,) = _outputs(_compress(_body(messages)))
+    assert len(text) < len(huge) and text.startswith("line 0 failed") and "line 19999" in text
+
+
+def test_agent_error_markers_are_kept() -> None:
+    error = "<tool_use_error>" + NOISY + "</tool_use_error>"
+    body = _body(_turns(("t1", "Bash", {"command": "make"}, error)))
+    assert compress_request(body, CLAUDE).body is None
+
+
+def test_list_content_text_blocks_are_compressed_and_images_kept() -> None:
+    image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "AA=="},
+    }
+    content = [{"type": "text", "text": NOISY}, image]
+    out = _compress(_body(_turns(("t1", "mcp__x__run", {}, content))))
+    (blocks,) = _outputs(out)
+    assert len(blocks[0]["text"]) < len(NOISY) and blocks[1] == image
+
+
+def test_empty_rewrites_keep_a_marker() -> None:
+    blank = "\x1b[0m   \n" * 300
+    out = _compress(_body(_turns(("t1", "Bash", {"command": "make"}, blank))))
+    assert _outputs(out) == [EMPTY_MARKER]
+
+
+# --- user text ---
+
+
+def test_large_pasted_user_text_is_compressed_small_prose_is_not() -> None:
+    pasted = NOISY * 4
+    assert len(pasted) >= 2048
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "why does this fail?"},
+                {"type": "text", "text": pasted},
+            ],
+        },
+    ]
+    out = _compress(_body(messages))
+    small, big = out["messages"][0]["content"]
+    assert small["text"] == "why does this fail?" and len(big["text"]) < len(pasted)
+    out = _compress(_body([{"role": "user", "content": pasted}]))
+    assert len(out["messages"][0]["content"]) < len(pasted)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "user", "content": [{"type": "text", "text": "<system-reminder>" + NOISY * 4}]},
+        {"role": "user", "content": [{"type": "text", "text": NOISY * 4, "citations": []}]},
+        {"role": "assistant", "content": [{"type": "text", "text": NOISY * 4}]},
+        {"role": "system", "content": [{"type": "text", "text": NOISY * 4}]},
+        {"role": "system", "content": NOISY * 4},
+        {"role": "user", "content": [{"type": "text", "text": NOISY}]},
+    ],
+)
+def test_text_the_engine_leaves_alone(message: dict[str, Any]) -> None:
+    assert compress_request(_body([message]), CLAUDE).body is None
+
+
+def test_a_bundle_without_pasted_text_rules_leaves_user_text() -> None:
+    bundle = Bundle("x", {}, frozenset(), CLAUDE.text, pasted_text=None)
+    assert compress_request(_body([{"role": "user", "content": NOISY * 4}]), bundle).body is None
+
+
+# --- deduplication ---
+
+
+def test_identical_results_become_references_to_the_first() -> None:
+    messages = _turns(
+        ("r1", "Read", {"file_path": "/src/app.py"}, FILE_TEXT),
+        ("r2", "Read", {"file_path": "/src/app.py"}, FILE_TEXT),
+        ("b1", "Bash", {"command": "cat /src/app.py"}, FILE_TEXT),
+    )
+    first, second, third = _outputs(_compress(_body(messages)))
+    assert first == FILE_TEXT
+    assert second == "[messages_mw: identical to the tool result of r1 above (Read /src/app.py)]"
+    assert third == second
+
+
+def test_dedupe_compares_compressed_text_and_needs_a_minimum_size() -> None:
+    recoloured = BUILD_LOG.replace("[1m", "[4m")
+    messages = _turns(
+        ("b1", "Bash", {"command": "make\nmake install"}, BUILD_LOG),
+        ("b2", "Bash", {"command": "make"}, recoloured),
+    )
+    first, second = _outputs(_compress(_body(messages)))
+    assert len(first) >= DEDUPE_MIN_BYTES and first.count("\n") == 40 and "\x1b" not in first
+    assert second == "[messages_mw: identical to the tool result of b1 above (Bash: make)]"
+    short = "x" * (DEDUPE_MIN_BYTES - 3)  # with its quotes, one byte short of the minimum
+    messages = _turns(("r1", "Read", {}, short), ("r2", "Read", {}, short))
+    assert compress_request(_body(messages), CLAUDE).body is None
+
+
+def test_errors_are_never_replaced_by_references() -> None:
+    messages = _turns(("r1", "Read", {}, FILE_TEXT), ("r2", "Read", {}, FILE_TEXT))
+    messages[-1]["content"][0]["is_error"] = True
+    assert compress_request(_body(messages), CLAUDE).body is None
+
+
+def test_single_text_block_content_is_deduplicated_multi_block_is_not() -> None:
+    one = [{"type": "text", "text": FILE_TEXT}]
+    two = [{"type": "text", "text": FILE_TEXT}, {"type": "text", "text": "tail"}]
+    messages = _turns(
+        ("r1", "Read", {}, FILE_TEXT), ("r2", "Read", {}, one), ("r3", "Read", {}, two)
+    )
+    _, second, third = _outputs(_compress(_body(messages)))
+    assert second[0]["text"].startswith("[messages_mw: identical to the tool result of r1")
+    assert third == two
+
+
+# --- what is never touched ---
+
+
+def test_untouched_values_are_byte_identical() -> None:
+    signature = "EqQBCkgIARABGAIiQL" + "x" * 300
+    top = {
+        "system": [{"type": "text", "text": "you are", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "Bash", "input_schema": {"type": "object"}}],
+        "future_field": {"nested": [1, 2.5, "é"]},
+        "cache_control": {"type": "ephemeral"},
+    }
+    messages = _turns(("t1", "Bash", {"command": "make", "z": [1e5]}, NOISY))
+    messages[1]["content"][:0] = [
+        {"type": "thinking", "thinking": "hmm   \n\n\n", "signature": signature},
+        {"type": "redacted_thinking", "data": "opaque=="},
+        {"type": "hologram", "payload": {"x": NOISY}},
+    ]
+    messages.insert(1, {"role": "system", "content": [{"type": "text", "text": NOISY * 4}]})
+    body = _body(messages, **top).replace(b"100000.0", b"1E5")
+    result = compress_request(body, CLAUDE)
+    assert result.body is not None
+    before, after = _raw_fields.decode(body), _raw_fields.decode(result.body)
+    assert list(before) == list(after)
+    for name in ("model", "system", "tools", "future_field", "cache_control"):
+        assert bytes(before[name]) == bytes(after[name])
+    raw_before = msgspec.json.decode(before["messages"], type=list[dict[str, msgspec.Raw]])
+    raw_after = msgspec.json.decode(after["messages"], type=list[dict[str, msgspec.Raw]])
+    for index in (1, 2):
+        assert msgspec.json.decode(raw_before[index]["content"]) == msgspec.json.decode(
+            raw_after[index]["content"]
+        )
+    blocks = list[dict[str, msgspec.Raw]]
+    thinking_after = msgspec.json.decode(raw_after[2]["content"], type=blocks)[0]
+    thinking_before = msgspec.json.decode(raw_before[2]["content"], type=blocks)[0]
+    assert list(thinking_after) == ["type", "thinking", "signature"]
+    for key, value in thinking_before.items():
+        assert bytes(thinking_after[key]) == bytes(value)
+    tool_use = msgspec.json.decode(raw_after[2]["content"], type=blocks)[3]
+    assert bytes(tool_use["input"]) == b'{"command": "make", "z": [1E5]}'
+
+
+def test_key_order_unknown_fields_and_cache_control_stay_put() -> None:
+    result_block = {
+        "content": NOISY,
+        "x_extra": 1,
+        "cache_control": {"type": "ephemeral"},
+        "type": "tool_result",
+        "tool_use_id": "t1",
+    }
+    messages = _turns(("t1", "Bash", {"command": "make"}, NOISY))
+    messages[-1] = {"content": [result_block], "role": "user", "x_note": 7}
+    out = _compress(_body(messages))
+    block = out["messages"][-1]["content"][0]
+    assert list(block) == list(result_block)
+    assert block["cache_control"] == {"type": "ephemeral"} and block["x_extra"] == 1
+    assert list(out["messages"][-1]) == ["content", "role", "x_note"]
+
+
+def test_cache_control_does_not_change_how_a_block_is_compressed() -> None:
+    plain = _turns(("t1", "Bash", {"command": "make"}, NOISY))
+    marked = json.loads(json.dumps(plain))
+    marked[-1]["content"][0]["cache_control"] = {"type": "ephemeral"}
+    a, b = _compress(_body(plain)), _compress(_body(marked))
+    del b["messages"][-1]["content"][0]["cache_control"]
+    assert a == b
+
+
+def test_unusual_shapes_raise_nothing() -> None:
+    for body in (b"[]", b"{}", b'{"messages": 3}', b'{"messages": [1, "x"]}', b"not json"):
+        assert compress_request(body, CLAUDE).body is None
+    odd = _turns(("t1", "Bash", {"command": "make"}, NOISY))
+    odd.append({"role": "user", "content": 42})
+    odd.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": 5}]})
+    odd.append({"role": "user", "content": [_result("t1", {"weird": True})]})
+    out = _compress(_body(odd))
+    assert out["messages"][-3:] == odd[-3:]
+
+
+def test_a_body_msgspec_cannot_decode_is_forwarded_unchanged() -> None:
+    # msgspec rejects lone surrogate escapes, which the JSON spec tolerates.
+    messages = _turns(("t1", "Bash", {"command": "make"}, NOISY), ("t2", "Bash", {}, "PLACEHOLDER"))
+    body = _body(messages).replace(b"PLACEHOLDER", b"\\ud800 broken")
+    assert json.loads(body)
+    assert compress_request(body, CLAUDE).body is None
+
+
+def test_no_tool_output_means_no_body_and_stable_numbers() -> None:
+    body = (SAMPLES / "small_chat.json").read_bytes()
+    result = compress_request(body, CLAUDE)
+    assert result.body is None and result.bytes_before == result.bytes_after == len(body)
+    assert result.tokens_saved == 0 and result.bundle == "claude-code"
+
+
+def test_result_counts_tool_bytes() -> None:
+    body = _body(_turns(("t1", "Bash", {"command": "make"}, NOISY)))
+    result = compress_request(body, CLAUDE)
+    assert result.body is not None
+    assert result.tool_bytes_before == len(msgspec.json.encode(NOISY))
+    assert result.tool_bytes_after == len(msgspec.json.encode(_outputs(json.loads(result.body))[0]))
+    saved = result.tool_bytes_before - result.tool_bytes_after
+    assert result.tokens_saved == saved // 4 > 0
+    assert result.bytes_after == len(result.body) and result.seconds >= 0
+
+
+def test_output_is_deterministic() -> None:
+    body = (SAMPLES / "agent_turn.json").read_bytes()
+    assert compress_request(body, CLAUDE).body == compress_request(bytes(body), CLAUDE).body
+
+
+# --- real samples ---
+
+
+def _structure(body: dict[str, Any]) -> list[Any]:
+    return [
+        (
+            m["role"],
+            [
+                (b["type"], b.get("id"), b.get("tool_use_id"), "cache_control" in b)
+                for b in m["content"]
+            ]
+            if isinstance(m["content"], list)
+            else "str",
+        )
+        for m in body["messages"]
+    ]
+
+
+@pytest.mark.parametrize("name", ["agent_turn.json", "long_context.json"])
+def test_samples_keep_everything_but_tool_text(name: str) -> None:
+    body = (SAMPLES / name).read_bytes()
+    original = json.loads(body)
+    for bundle_name in BUNDLE_NAMES:
+        bundle = bundle_named(bundle_name)
+        assert bundle is not None
+        result = compress_request(body, bundle)
+        out = json.loads(result.body) if result.body is not None else original
+        assert _structure(out) == _structure(original)
+        assert {k: v for k, v in out.items() if k != "messages"} == {
+            k: v for k, v in original.items() if k != "messages"
+        }
+        for before, after in zip(original["messages"], out["messages"], strict=True):
+            if before["role"] != "user":
+                assert before == after
+
+
+def test_claude_code_sample_compresses_shell_output_and_keeps_reads() -> None:
+    body = (SAMPLES / "agent_turn.json").read_bytes()
+    original, out = json.loads(body), _compress(body)
+    reads = {
+        b["id"]
+        for m in original["messages"]
+        if m["role"] == "assistant"
+        for b in m["content"]
+        if b["type"] == "tool_use" and b["name"] == "Read"
+    }
+    for before, after in zip(original["messages"], out["messages"], strict=True):
+        for b, a in zip(before["content"], after["content"], strict=True):
+            if b["type"] == "tool_result" and (b["tool_use_id"] in reads or b.get("is_error")):
+                assert a == b
+
+
+# --- cache alignment ---
+
+
+def _tools(count: int, size: int) -> list[dict[str, Any]]:
+    return [
+        {"name": f"t{i}", "description": "d" * size, "input_schema": {"type": "object"}}
+        for i in range(count)
+    ]
+
+
+def _breakpoints(body: dict[str, Any]) -> list[str]:
+    found = [f"tools.{i}" for i, t in enumerate(body.get("tools", [])) if "cache_control" in t]
+    system = body.get("system")
+    if isinstance(system, list):
+        found += [f"system.{i}" for i, b in enumerate(system) if "cache_control" in b]
+    return found
+
+
+def test_alignment_marks_the_last_tool_and_system_block() -> None:
+    body = _body([{"role": "user", "content": "hi"}], system="be brief", tools=_tools(3, 2000))
+    out = _compress(body, align_cache=True)
+    assert _breakpoints(out) == ["tools.2", "system.0"]
+    assert out["system"] == [
+        {"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}
+    ]
+    assert len(_breakpoints(out)) <= MAX_BREAKPOINTS
+    assert compress_request(body, CLAUDE).body is None
+
+
+def test_alignment_skips_deferred_tools_empty_text_and_small_prefixes() -> None:
+    tools = [*_tools(2, 2000), {"name": "later", "defer_loading": True, "input_schema": {}}]
+    system = [{"type": "text", "text": "a"}, {"type": "text", "text": ""}]
+    out = _compress(
+        _body([{"role": "user", "content": "hi"}], system=system, tools=tools), align_cache=True
+    )
+    assert _breakpoints(out) == ["tools.1"]
+    small = _body([{"role": "user", "content": "hi"}], system="s", tools=_tools(1, 100))
+    assert compress_request(small, CLAUDE, align_cache=True).body is None
+    assert len(small) < MIN_PREFIX_BYTES
+
+
+@pytest.mark.parametrize(
+    "top",
+    [
+        {"cache_control": {"type": "ephemeral"}},
+        {"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}]},
+    ],
+)
+def test_alignment_leaves_clients_that_cache_alone(top: dict[str, Any]) -> None:
+    body = _body([{"role": "user", "content": "hi"}], tools=_tools(3, 2000), **top)
+    assert compress_request(body, CLAUDE, align_cache=True).body is None
+
+
+def test_alignment_on_samples_never_exceeds_four() -> None:
+    for name in ("agent_turn.json", "long_context.json", "small_chat.json"):
+        body = (SAMPLES / name).read_bytes()
+        result = compress_request(body, CLAUDE, align_cache=True)
+        out = result.body if result.body is not None else body
+        assert out.count(b'"cache_control"') == body.count(b'"cache_control"') <= MAX_BREAKPOINTS
+
+
+# --- bundles ---
+
+
+def test_bundle_names_and_aliases() -> None:
+    assert BUNDLE_NAMES == ("claude-code", "opencode", "cursor", "codex", "generic")
+    for name in (*BUNDLE_NAMES, "claude", "Claude", " CODEX ", "OpenCode", "cursor"):
+        assert bundle_named(name) is not None
+    assert bundle_named("claude") is CLAUDE
+    assert bundle_named("gpt") is None and bundle_named("") is None
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "expected"),
+    [
+        ("claude-cli/2.1.330 (external, cli)", "claude-code"),
+        ("claude-cli/2.1.330 (external, sdk-cli)", "claude-code"),
+        ("opencode/0.15.3 ai-sdk/provider-utils/3.0.9", "opencode"),
+        ("codex_cli_rs/0.46.0 (Mac OS 15.1.0; arm64) iTerm.app/3.5.10", "codex"),
+        ("Cursor/1.7.0", "cursor"),
+        ("python-httpx/0.28.1", None),
+        ("", None),
+    ],
+)
+def test_detect_bundle(user_agent: str, expected: str | None) -> None:
+    bundle = detect_bundle(user_agent)
+    assert (bundle.name if bundle else None) == expected
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_every_bundle_compresses_its_shell_tool(name: str) -> None:
+    bundle = bundle_named(name)
+    assert bundle is not None
+    tool, key = next(iter(bundle.shell_tools.items()))
+    command: Any = ["bash", "-lc", "make"] if name == "codex" and key == "command" else "make"
+    body = _body(_turns(("t1", tool, {key: command}, NOISY)))
+    (text,) = _outputs(_compress(body, bundle))
+    assert len(text) < len(NOISY)
+    for read_tool in bundle.file_read_tools:
+        body = _body(_turns(("t1", read_tool, {"path": "a"}, FILE_TEXT)))
+        assert compress_request(body, bundle).body is None
