@@ -3,6 +3,7 @@
 from .app import Gateway
 from .auth import ApiKeyConfig, AuthConfig, presented_key
 from .config import (
+    CompressionConfig,
     ConfigError,
     GatewayConfig,
     MockConfig,
@@ -11,7 +12,7 @@ from .config import (
     UpstreamConfig,
     load_config,
 )
-from .context import Principal, RequestContext, UsageEvent
+from .context import CompressionReport, Principal, RequestContext, UsageEvent
 from .errors import (
     AuthenticationError,
     BillingError,
@@ -43,6 +44,8 @@ __all__ = [
     "AuthenticationError",
     "BillingError",
     "BreakerPolicy",
+    "CompressionConfig",
+    "CompressionReport",
     "ConfigError",
     "FallbackConfig",
     "Gateway",

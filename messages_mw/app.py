@@ -456,6 +456,8 @@ def _debug_headers(context: RequestContext, debug_header: str) -> list[tuple[str
     timing = (
         f"gateway;dur={max(total - upstream, 0) * 1000:.2f}, upstream;dur={upstream * 1000:.2f}"
     )
+    if context.compression is not None:
+        timing += f", compression;dur={context.compression.duration_ms:.2f}"
     attempts = _attempts_encoder.encode(context.attempts).decode()
     return [("server-timing", timing), (debug_header + "-attempts", attempts)]
 

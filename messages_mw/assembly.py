@@ -110,9 +110,21 @@ def build_policy(
         extra_headers_allowed=frozenset(name.lower() for name in config.extra_headers_allowed),
         auth=auth or build_auth(config.auth),
         tagger=tagger,
-        compressor=compressor,
+        compressor=compressor or _builtin_compressor(config),
         router=router,
         limiter=limiter,
         pricing=pricing,
         dispatcher=UsageDispatcher(sinks) if sinks else None,
+    )
+
+
+def _builtin_compressor(config: GatewayConfig) -> CompressionHook:
+    from .compression.builtin import BundleCompressor
+
+    names = config.headers.resolved()
+    return BundleCompressor(
+        config.compression,
+        header=names.compression,
+        report_header=names.compression_report,
+        key_bundles=[key.compression for key in config.auth.keys],
     )

@@ -36,6 +36,8 @@ class ApiKeyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     start-up). ``models`` limits what the key may call (empty: anything); ``tags`` are added to
     each request; ``upstream_api_key`` is the provider key used on this key's behalf (a
     "virtual key"); without it the gateway's configured upstream key is used.
+    ``compression`` picks the compression bundle for the key's requests (``"off"`` disables
+    it); a request's own compression header still wins.
     """
 
     id: str
@@ -44,6 +46,7 @@ class ApiKeyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     models: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     upstream_api_key: str | None = None
+    compression: str | None = None
 
 
 class AuthConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -83,6 +86,7 @@ def _principal(entry: ApiKeyConfig, passthrough: bool) -> Principal:
         tags=entry.tags,
         upstream_api_key=entry.upstream_api_key,
         passthrough=passthrough and entry.upstream_api_key is None,
+        compression=entry.compression,
     )
 
 

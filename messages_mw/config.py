@@ -21,6 +21,7 @@ from .translate import OpenAIQuirks
 
 __all__ = [
     "DEFAULT_MODELS",
+    "CompressionConfig",
     "ConfigError",
     "GatewayConfig",
     "MockConfig",
@@ -103,6 +104,25 @@ DEFAULT_MODELS: tuple[ModelConfig, ...] = (
 )
 
 
+class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The built-in compression of tool output (``messages_mw.compression``).
+
+    Nothing is compressed until something picks a bundle for a request, in this order: the
+    request's compression header (when ``from_header``), the API key's ``compression`` policy,
+    the client's user agent (when ``detect_user_agent``), then ``default_bundle``. A bundle is
+    one of ``claude-code``, ``opencode``, ``cursor``, ``codex``, ``generic`` (Edgee's
+    ``claude`` too); ``off`` disables compression for that request. ``align_cache`` adds
+    prompt-cache breakpoints on large tools and system prompts of requests that set none.
+    Bodies over ``inline_max_bytes`` are compressed in a worker thread, off the event loop.
+    """
+
+    from_header: bool = True
+    detect_user_agent: bool = False
+    default_bundle: str | None = None
+    align_cache: bool = False
+    inline_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024 * 1024
+
+
 class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the gateway needs, fixed at construction.
 
@@ -117,7 +137,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     prices usage events, and ``cost_in_response`` adds ``usage.cost`` to JSON responses.
     ``usage_log`` writes each usage event as a JSON line to the ``messages_mw.usage`` logger;
     ``usage_file`` appends them to a file. ``extra_headers_allowed`` lists the headers a
-    request body's ``extra_headers`` may set.
+    request body's ``extra_headers`` may set. ``compression`` configures the built-in
+    compression of tool output (off unless a header, key or default picks a bundle).
     """
 
     provider: Literal["anthropic", "mock"] = "anthropic"
@@ -138,6 +159,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     usage_log: bool = True
     usage_file: str | None = None
     extra_headers_allowed: tuple[str, ...] = ("anthropic-beta",)
+    compression: CompressionConfig = msgspec.field(default_factory=CompressionConfig)
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
 
 from .streaming import TokenUsage
 
-__all__ = ["Attempt", "Principal", "RequestContext", "RequestEndHook", "UsageEvent"]
+__all__ = [
+    "Attempt",
+    "CompressionReport",
+    "Principal",
+    "RequestContext",
+    "RequestEndHook",
+    "UsageEvent",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +27,8 @@ class Principal:
     ``key_id`` is a stable, non-secret name for the credential (never the key itself);
     ``upstream_api_key`` replaces the client's key upstream (a "virtual key"); ``None`` keeps
     the provider's configured key, or passes the client's own key through when there is none.
+    ``compression`` names the compression bundle for this key's requests (``"off"`` disables
+    it; ``None`` leaves the choice to the request header, the user agent and the default).
     """
 
     key_id: str
@@ -27,6 +36,22 @@ class Principal:
     tags: tuple[str, ...] = ()
     upstream_api_key: str | None = None
     passthrough: bool = False
+    compression: str | None = None
+
+
+class CompressionReport(msgspec.Struct, frozen=True):
+    """What the compressor did to one request: the bundle, the body's size before and after,
+    the estimated input tokens saved, and the milliseconds it took."""
+
+    bundle: str
+    bytes_before: int
+    bytes_after: int
+    tokens_saved: int
+    duration_ms: float
+
+    @property
+    def bytes_saved(self) -> int:
+        return self.bytes_before - self.bytes_after
 
 
 class Attempt(msgspec.Struct):
@@ -44,7 +69,8 @@ class RequestContext:
 
     Times are ``time.perf_counter()`` readings; ``usage`` holds what the upstream reported,
     including for streams the client abandoned half-way. Hooks read and fill the policy
-    fields (principal, tags, session, targets) in the documented hook order.
+    fields (principal, tags, session, targets) in the documented hook order;
+    ``request_headers`` (lower-case names) are the client's, set before the first hook runs.
     """
 
     request_id: str
@@ -72,6 +98,8 @@ class RequestContext:
     cost: float | None = None
     debug: bool = False
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    compression: CompressionReport | None = None
 
     @property
     def latency(self) -> float | None:
@@ -113,6 +141,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     time_to_first_byte_ms: float | None = None
     upstream_request_id: str | None = None
     attempts: list[Attempt] = msgspec.field(default_factory=list)
+    compression: CompressionReport | None = None
 
     @classmethod
     def from_context(cls, context: RequestContext) -> UsageEvent:
@@ -143,6 +172,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             time_to_first_byte_ms=None if first_byte is None else first_byte * 1000,
             upstream_request_id=context.upstream_request_id,
             attempts=list(context.attempts),
+            compression=context.compression,
         )
 
 

@@ -11,7 +11,9 @@ at the first request. Per request the gateway calls, in this order:
    policy and ``metadata.tags`` before this hook runs).
 3. the model allow-list of the principal (403 when the model is not allowed).
 4. ``limiter.admit(context)`` (429 over a limit).
-5. ``compressor(body, context)`` -> new body bytes, or ``None`` to leave the body untouched.
+5. ``compressor(body, context)`` -> new body bytes, or ``None`` to leave the body untouched
+   (default: :class:`~messages_mw.compression.builtin.BundleCompressor`, which compresses tool
+   output when a header, the key's policy or the configuration picks a bundle).
 6. ``router(context, chain)`` -> the targets to try, in order (default: ``chain`` unchanged).
 7. the upstream attempts, with retries, fallback and the circuit breaker.
 8. ``limiter.record(context)`` and the usage sinks, once, whatever happened.

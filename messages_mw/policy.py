@@ -82,6 +82,7 @@ class Policy:
         self, request: IncomingRequest, context: RequestContext, parsed: MessagesRequest
     ) -> list[tuple[str, str]]:
         """Steps 1-4: auth, tags, model allow-list, limits. Returns rate-limit headers."""
+        context.request_headers = request.headers
         await self.authenticate(request, context)
         context.debug = request.headers.get(self.header_names.debug, "").lower() in _TRUE
         context.session_id = session_id(request.headers, self.header_names.session)

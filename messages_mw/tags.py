@@ -28,6 +28,8 @@ class HeaderNames(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     provider: str | None = None
     model: str | None = None
     fallback_used: str | None = None
+    compression: str | None = None
+    compression_report: str | None = None
 
     def resolved(self) -> ResolvedHeaderNames:
         base = _PRESETS[self.preset]
@@ -38,6 +40,8 @@ class HeaderNames(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             provider=(self.provider or base.provider).lower(),
             model=(self.model or base.model).lower(),
             fallback_used=(self.fallback_used or base.fallback_used).lower(),
+            compression=(self.compression or base.compression).lower(),
+            compression_report=(self.compression_report or base.compression_report).lower(),
         )
 
 
@@ -48,6 +52,8 @@ class ResolvedHeaderNames(msgspec.Struct, frozen=True):
     provider: str
     model: str
     fallback_used: str
+    compression: str
+    compression_report: str
 
 
 _PRESETS = {
@@ -58,6 +64,8 @@ _PRESETS = {
         provider="x-mw-provider",
         model="x-mw-model",
         fallback_used="x-mw-fallback-used",
+        compression="x-mw-compression",
+        compression_report="x-mw-compression-report",
     ),
     "edgee": ResolvedHeaderNames(
         tags="x-edgee-tags",
@@ -66,6 +74,8 @@ _PRESETS = {
         provider="x-edgee-provider",
         model="x-edgee-model",
         fallback_used="x-edgee-fallback-used",
+        compression="x-edgee-compression-model",
+        compression_report="x-edgee-compression-report",
     ),
 }
 

@@ -32,6 +32,8 @@ def test_public_names_are_exactly_what_we_export() -> None:
         "AuthenticationError",
         "BillingError",
         "BreakerPolicy",
+        "CompressionConfig",
+        "CompressionReport",
         "ConfigError",
         "FallbackConfig",
         "Gateway",
