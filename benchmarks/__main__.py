@@ -4,8 +4,9 @@ Decode + validate (messages_mw vs json.loads + pydantic), the cost of translatin
 OpenAI Chat Completions (messages_mw.translate, per request and per streamed chunk), end to end
 through six targets (the mock upstream itself, a Starlette + httpx pass-through baseline, an
 aiohttp pass-through, messages_mw, messages_mw with every policy built-in on, messages_mw
-serving from the mock's OpenAI-compatible route) at 1 and 32 connections, and messages_mw's
-RSS after 1,000 and 10,000 requests. Progress goes to stderr; stdout gets only the report.
+serving from the mock's OpenAI-compatible route) at 1 and 32 connections, messages_mw's
+RSS after 1,000 and 10,000 requests, and the compression bundles on generated agent sessions
+(``--only compression``). Progress goes to stderr; stdout gets only the report.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import decode, e2e, report, translation
+from . import compression, decode, e2e, report, translation
 from .processes import REPO_ROOT, ChildFailed, run_json_child
 
 
@@ -93,6 +94,19 @@ def _run_translation(
     return [r for r in results if e2e.matches(r.name, patterns)]
 
 
+def _run_compression(quick: bool, patterns: list[str]) -> list[compression.CompressionRow]:
+    """The compression table's rows, from ``python -m benchmarks.compression --json`` pinned
+    to the gateway's core, if any of them is wanted."""
+    names = compression.scenario_names()
+    if not any(e2e.matches(name, patterns) for name in names):
+        return []
+    _progress("compression benchmarks")
+    args = ["--json", *(["--quick"] if quick else []), *(f"--only={p}" for p in patterns)]
+    raw = run_json_child("compression", *args, cpu=e2e.choose_cores().gateway, timeout=1800)
+    assert isinstance(raw, list)
+    return [compression.CompressionRow(**item) for item in raw]
+
+
 def _timing_text(settings: Settings) -> str:
     timing = settings.timing
     return (
@@ -121,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         translation_results = []
         result.notes.append(f"translation: {exc}")
     report.add_translation(result, translation_results)
+    try:
+        report.add_compression(result, _run_compression(args.quick, args.only))
+    except ChildFailed as exc:
+        result.notes.append(f"compression: {exc}")
     scenarios = [s for s in e2e.all_scenarios() if e2e.matches(s.name, args.only)]
     wants_rss = e2e.matches(report.RSS_LABEL, args.only)
     checkpoints = settings.rss_checkpoints if wants_rss else None
@@ -133,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = any(
         note
         for note in result.notes
-        if ": failed:" in note or note.startswith(("decode:", "translation:"))
+        if ": failed:" in note or note.startswith(("decode:", "translation:", "compression:"))
     )
     return 1 if failed else 0
 

@@ -9,6 +9,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import compression
 from .decode import BASELINE as DECODE_BASELINE
 from .decode import DecodeResult
 from .e2e import (
@@ -54,6 +55,8 @@ Row = dict[str, str]
 class Report:
     sections: list[list[Row]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Tables with their own columns, printed after the main one (compression).
+    tables: list[str] = field(default_factory=list)
 
 
 def _mark(ok: bool) -> str:
@@ -239,6 +242,11 @@ def add_rss(report: Report, result: RssResult) -> None:
         report.notes.append(f"{label}: {result.errors} errors during the RSS check")
 
 
+def add_compression(report: Report, rows: list[compression.CompressionRow]) -> None:
+    if rows:
+        report.tables.append(compression.format_rows(rows))
+
+
 def format_table(sections: list[list[Row]]) -> str:
     widths = {
         column: max([len(column)] + [len(row.get(column, "")) for rows in sections for row in rows])
@@ -302,7 +310,7 @@ def header(repo_root: Path, timing_text: str) -> list[str]:
 
 
 def render(report: Report, header_lines: list[str]) -> str:
-    parts = ["\n".join(header_lines), format_table(report.sections)]
+    parts = ["\n".join(header_lines)]
     legend = (
         "vs base: times faster than the baseline row of its group (json.loads + pydantic for"
         " decode, the stdlib JSON round trip of the same input for translate, b:starlette+httpx"
@@ -313,7 +321,9 @@ def render(report: Report, header_lines: list[str]) -> str:
         " load core %: CPU of upstream + load generator on their shared core. CPU ms/req and"
         " RSS: the gateway process."
     )
-    parts.append(legend)
+    if report.sections:
+        parts += [format_table(report.sections), legend]
+    parts += report.tables
     if report.notes:
         parts.append("notes:\n" + "\n".join(f"- {note}" for note in report.notes))
     return "\n\n".join(parts)

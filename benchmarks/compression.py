@@ -1,0 +1,504 @@
+"""Compression bundles on realistic agent sessions: bytes, tokens, cost with prompt caching, speed.
+
+For each bundle, on its own agent's corpus (``agent_corpus``, both profiles), the final request
+of a 30-turn session is compressed with ``messages_mw.compression``: whole-request bytes and
+estimated tokens (``messages_mw.providers.mock.estimate_input_tokens``: one token per 4 bytes)
+before and after, and the bytes of text inside ``tool_result`` content before and after.
+
+Cost: every request of the session (the opening one and one per tool round trip) is priced as
+Anthropic prices prompt caching, with and without compression. The request is cut into its
+cacheable units in cache order (tools, system blocks, each message's blocks), each keyed by its
+JSON without ``cache_control`` (moving a marker does not change the cached content) and
+weighing one token per 4 bytes. A cache entry exists for every prefix that ended at a
+breakpoint in an earlier request and was at least ``MIN_CACHEABLE_TOKENS`` long. The longest
+such prefix that is byte-identical at the start of this request, ending at or before its last
+breakpoint, is a cache read (0.1x the input price); the rest up to the last breakpoint is a
+cache write (1.25x); what follows the last breakpoint is plain input. The prefixes are really
+compared (as running SHA-256 digests of the units), so a compressor that rewrites an earlier
+turn differently from one request to the next loses those reads: the ``naive`` row compresses
+everything but the newest message, which is exactly that mistake. Output tokens are the same
+with and without compression and are left out. Not modelled: the 5-minute TTL (a session runs
+well inside it) and the 20-block lookback limit (no rolling marker here moves further).
+
+Speed: best of several rounds of ``compress_request`` on the final request, per 100 KB and
+per MB of request body.
+
+Run on its own, ``python -m benchmarks.compression`` prints the table (``--quick`` for fewer
+timing rounds, ``--json`` for the raw rows, as the ``python -m benchmarks`` parent reads them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from messages_mw.pricing import DEFAULT_PRICES, ModelPrice
+from messages_mw.providers.mock import estimate_input_tokens
+
+from .agent_corpus import PROFILES, TURNS, build_session, encode
+from .decode import best_seconds
+from .e2e import matches
+
+BUNDLES = ("claude-code", "opencode", "cursor", "codex", "generic")
+ENGINE, NAIVE = "engine", "naive"
+NAIVE_BUNDLE = "claude-code"
+PRICED_MODEL = "claude-sonnet-4-6"
+BYTES_PER_TOKEN = 4
+# Sonnet's minimum cacheable prompt: shorter prefixes are not written to the cache.
+MIN_CACHEABLE_TOKENS = 1024
+
+TOOL_SAVED_TARGET = 0.40
+TOKENS_SAVED_TARGET = 0.25
+COST_SAVED_TARGET = 0.15
+MS_PER_MB_TARGET = 2.0
+
+Json = dict[str, Any]
+Compressor = Callable[[bytes], bytes]
+
+
+def sonnet_price() -> ModelPrice:
+    """Sonnet's list price from ``messages_mw.pricing``, or $3/MTok input if it is not there."""
+    return DEFAULT_PRICES.get(PRICED_MODEL) or ModelPrice(input=3.0, output=15.0)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One cacheable unit of a request, in cache order."""
+
+    key: bytes
+    size: int
+    breakpoint: bool
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _block_unit(block: object) -> Unit:
+    if isinstance(block, dict):
+        marked = "cache_control" in block
+        key = _canonical({k: v for k, v in block.items() if k != "cache_control"})
+        return Unit(key, len(key), marked)
+    key = _canonical(block)
+    return Unit(key, len(key), False)
+
+
+def cache_units(body: bytes) -> list[Unit]:
+    """``body`` cut into the units prompt caching sees: tools, system, messages, in that order.
+
+    A zero-weight unit for the top-level settings that invalidate the cache (model,
+    tool_choice, thinking) comes first, and one per message for its role.
+    """
+    request: Json = json.loads(body)
+    settings = {k: request.get(k) for k in ("model", "tool_choice", "thinking")}
+    units = [Unit(_canonical(settings), 0, False)]
+    units += [_block_unit(tool) for tool in request.get("tools") or []]
+    system = request.get("system")
+    if isinstance(system, str):
+        system = [{"type": "text", "text": system}]
+    units += [_block_unit(block) for block in system or []]
+    for message in request.get("messages", []):
+        units.append(Unit(_canonical({"role": message.get("role")}), 0, False))
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        units += [_block_unit(block) for block in blocks or []]
+    return units
+
+
+@dataclass(frozen=True)
+class TurnCost:
+    read_tokens: float
+    write_tokens: float
+    input_tokens: float
+
+    def dollars(self, price: ModelPrice) -> float:
+        assert price.cache_read is not None and price.cache_write is not None
+        priced = (
+            self.read_tokens * price.cache_read
+            + self.write_tokens * price.cache_write
+            + self.input_tokens * price.input
+        )
+        return priced / 1e6
+
+
+def simulate_caching(requests: Sequence[bytes]) -> list[TurnCost]:
+    """How each request of a session is billed with prompt caching (see the module doc)."""
+    cached: set[bytes] = set()
+    costs = []
+    for body in requests:
+        units = cache_units(body)
+        running = hashlib.sha256()
+        ends, digests, breakpoints = [], [], []
+        total = 0
+        for index, unit in enumerate(units):
+            running.update(len(unit.key).to_bytes(8, "little") + unit.key)
+            digests.append(running.digest())
+            total += unit.size
+            ends.append(total)
+            if unit.breakpoint:
+                breakpoints.append(index)
+        last = breakpoints[-1] if breakpoints else -1
+        read_end = max((i for i in range(last + 1) if digests[i] in cached), default=-1)
+        read = ends[read_end] if read_end >= 0 else 0
+        cacheable = ends[last] if last >= 0 else 0
+        if cacheable / BYTES_PER_TOKEN < MIN_CACHEABLE_TOKENS:
+            cacheable = read
+        costs.append(
+            TurnCost(
+                read / BYTES_PER_TOKEN,
+                (cacheable - read) / BYTES_PER_TOKEN,
+                (total - cacheable) / BYTES_PER_TOKEN,
+            )
+        )
+        for index in breakpoints:
+            if ends[index] / BYTES_PER_TOKEN >= MIN_CACHEABLE_TOKENS:
+                cached.add(digests[index])
+    return costs
+
+
+def session_dollars(requests: Sequence[bytes], price: ModelPrice) -> tuple[float, float]:
+    """Total cost of the session's input, and the share of its input tokens read from cache."""
+    costs = simulate_caching(requests)
+    tokens = sum(c.read_tokens + c.write_tokens + c.input_tokens for c in costs)
+    read = sum(c.read_tokens for c in costs)
+    return sum(c.dollars(price) for c in costs), read / tokens if tokens else 0.0
+
+
+def tool_output_bytes(body: bytes) -> int:
+    """UTF-8 bytes of the text inside every ``tool_result`` block's content."""
+    total = 0
+    for message in json.loads(body).get("messages", []):
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for block in content:
+            if not isinstance(block, dict) or block.get("type") != "tool_result":
+                continue
+            inner = block.get("content")
+            if isinstance(inner, str):
+                total += len(inner.encode())
+            elif isinstance(inner, list):
+                total += sum(
+                    len(part.get("text", "").encode()) for part in inner if isinstance(part, dict)
+                )
+    return total
+
+
+def engine_compressor(bundle_name: str) -> Compressor:
+    """``compress_request`` with ``bundle_name``'s bundle; the body unchanged when it says so."""
+    from messages_mw.compression.bundles import bundle_named
+    from messages_mw.compression.engine import compress_request
+
+    bundle = bundle_named(bundle_name)
+    if bundle is None:
+        raise ValueError(f"no compression bundle named {bundle_name!r}")
+
+    def compress(body: bytes) -> bytes:
+        result = compress_request(body, bundle)
+        return body if result.body is None else result.body
+
+    return compress
+
+
+def naive_compressor(compress: Compressor) -> Compressor:
+    """The mistake the engine must not make: compress everything but the newest message, so
+    each message is sent uncompressed once and compressed from then on."""
+
+    def compress_older(body: bytes) -> bytes:
+        request: Json = json.loads(body)
+        *older, newest = request["messages"]
+        if not older:
+            return body
+        compressed: Json = json.loads(compress(encode({**request, "messages": older})))
+        return encode({**compressed, "messages": [*compressed["messages"], newest]})
+
+    return compress_older
+
+
+@dataclass(frozen=True)
+class CompressionRow:
+    bundle: str
+    profile: str
+    variant: str
+    bytes_before: int
+    bytes_after: int
+    tool_bytes_before: int
+    tool_bytes_after: int
+    tokens_before: int
+    tokens_after: int
+    cost_before: float
+    cost_after: float
+    cache_read_share_before: float
+    cache_read_share_after: float
+    seconds_per_100kb: float | None
+
+    @property
+    def name(self) -> str:
+        return scenario_name(self.bundle, self.profile, self.variant)
+
+    @property
+    def tool_saved(self) -> float:
+        before = self.tool_bytes_before
+        return 1 - self.tool_bytes_after / before if before else 0.0
+
+    @property
+    def tokens_saved(self) -> float:
+        return 1 - self.tokens_after / self.tokens_before if self.tokens_before else 0.0
+
+    @property
+    def cost_saved(self) -> float:
+        return 1 - self.cost_after / self.cost_before if self.cost_before else 0.0
+
+    @property
+    def ms_per_mb(self) -> float | None:
+        per_100kb = self.seconds_per_100kb
+        return None if per_100kb is None else per_100kb * 10 * 1e3
+
+
+def scenario_name(bundle: str, profile: str, variant: str = ENGINE) -> str:
+    suffix = "" if variant == ENGINE else f" · {variant}"
+    return f"compression {bundle} {profile}{suffix}"
+
+
+def scenario_names() -> list[str]:
+    names = [scenario_name(b, p) for b in BUNDLES for p in PROFILES]
+    return [*names, scenario_name(NAIVE_BUNDLE, "tool-heavy", NAIVE)]
+
+
+def measure(
+    bundle: str,
+    profile: str,
+    compress: Compressor,
+    *,
+    variant: str = ENGINE,
+    requests: Sequence[bytes] | None = None,
+    rounds: int | None = 5,
+    seed: int = 0,
+) -> CompressionRow:
+    """One row: ``compress`` on every request of ``bundle``'s ``profile`` session.
+
+    ``requests`` overrides the generated session (tests); ``rounds=None`` skips timing.
+    """
+    if requests is None:
+        requests = build_session(bundle, profile, seed=seed, turns=TURNS).requests
+    compressed = [compress(body) for body in requests]
+    final, final_after = requests[-1], compressed[-1]
+    price = sonnet_price()
+    cost_before, share_before = session_dollars(requests, price)
+    cost_after, share_after = session_dollars(compressed, price)
+    timing = None
+    if rounds:
+        seconds = best_seconds(lambda: compress(final), rounds)
+        timing = seconds / (len(final) / 100_000)
+    return CompressionRow(
+        bundle,
+        profile,
+        variant,
+        len(final),
+        len(final_after),
+        tool_output_bytes(final),
+        tool_output_bytes(final_after),
+        estimate_input_tokens(final),
+        estimate_input_tokens(final_after),
+        cost_before,
+        cost_after,
+        share_before,
+        share_after,
+        timing,
+    )
+
+
+def run_compression_benchmarks(
+    rounds: int = 5, seed: int = 0, wanted: Callable[[str], bool] = lambda _: True
+) -> list[CompressionRow]:
+    rows = []
+    for bundle in BUNDLES:
+        compress = engine_compressor(bundle)
+        for profile in PROFILES:
+            if wanted(scenario_name(bundle, profile)):
+                rows.append(measure(bundle, profile, compress, rounds=rounds, seed=seed))
+    if wanted(scenario_name(NAIVE_BUNDLE, "tool-heavy", NAIVE)):
+        naive = naive_compressor(engine_compressor(NAIVE_BUNDLE))
+        rows.append(
+            measure(NAIVE_BUNDLE, "tool-heavy", naive, variant=NAIVE, rounds=None, seed=seed)
+        )
+    return rows
+
+
+COLUMNS = (
+    "bundle",
+    "profile",
+    "KB before→after",
+    "tool output saved",
+    "tokens before→after (saved)",
+    "session $ plain",
+    "session $ compressed (Δ)",
+    "cache-read share",
+    "µs/100KB",
+    "ms/MB",
+    "targets",
+)
+_LEFT = {"bundle", "profile", "targets"}
+
+
+def _mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def _engine_row(rows: Sequence[CompressionRow], row: CompressionRow) -> CompressionRow | None:
+    same = (row.bundle, row.profile, ENGINE)
+    return next((r for r in rows if (r.bundle, r.profile, r.variant) == same), None)
+
+
+def _targets(row: CompressionRow, engine: CompressionRow | None) -> str:
+    if row.variant != ENGINE:
+        against = "" if engine is None else f" vs engine {-engine.cost_saved:+.1%}"
+        return f"contrast: cost {-row.cost_saved:+.1%}{against}"
+    marks = []
+    if row.profile == "tool-heavy":
+        marks.append(f"tool {_mark(row.tool_saved >= TOOL_SAVED_TARGET)}")
+        marks.append(f"tokens {_mark(row.tokens_saved >= TOKENS_SAVED_TARGET)}")
+        marks.append(f"cost {_mark(row.cost_saved >= COST_SAVED_TARGET)}")
+    else:
+        marks.append(f"cost not higher {_mark(row.cost_saved >= 0)}")
+    if row.ms_per_mb is not None:
+        marks.append(f"speed {_mark(row.ms_per_mb <= MS_PER_MB_TARGET)}")
+    return " ".join(marks)
+
+
+def _row_cells(row: CompressionRow, engine: CompressionRow | None) -> dict[str, str]:
+    cells = {
+        "bundle": row.bundle if row.variant == ENGINE else f"{row.bundle} · {row.variant}",
+        "profile": row.profile,
+        "KB before→after": f"{row.bytes_before / 1000:.1f}→{row.bytes_after / 1000:.1f}",
+        "tool output saved": f"{row.tool_saved:.1%}",
+        "tokens before→after (saved)": (
+            f"{row.tokens_before / 1000:.1f}k→{row.tokens_after / 1000:.1f}k"
+            f" ({row.tokens_saved:.1%})"
+        ),
+        "session $ plain": f"{row.cost_before:.4f}",
+        "session $ compressed (Δ)": f"{row.cost_after:.4f} ({-row.cost_saved:+.1%})",
+        "cache-read share": f"{row.cache_read_share_before:.0%}→{row.cache_read_share_after:.0%}",
+        "targets": _targets(row, engine),
+    }
+    if row.seconds_per_100kb is not None and row.ms_per_mb is not None:
+        cells["µs/100KB"] = f"{row.seconds_per_100kb * 1e6:,.0f}"
+        cells["ms/MB"] = f"{row.ms_per_mb:.2f}"
+    return cells
+
+
+def format_table(rows: Sequence[CompressionRow]) -> str:
+    table = [_row_cells(row, _engine_row(rows, row)) for row in rows]
+    widths = {c: max([len(c)] + [len(cells.get(c, "")) for cells in table]) for c in COLUMNS}
+
+    def line(cells: dict[str, str]) -> str:
+        parts = []
+        for column in COLUMNS:
+            text = cells.get(column, "")
+            parts.append(
+                text.ljust(widths[column]) if column in _LEFT else text.rjust(widths[column])
+            )
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * widths[c] for c in COLUMNS)
+    return "\n".join([line({c: c for c in COLUMNS}), rule, *(line(cells) for cells in table)])
+
+
+SHARE_TARGETS = (
+    ("tool_saved", TOOL_SAVED_TARGET, "fewer bytes inside tool output, tool-heavy"),
+    ("tokens_saved", TOKENS_SAVED_TARGET, "fewer input tokens, final tool-heavy request"),
+    ("cost_saved", COST_SAVED_TARGET, "lower session cost with prompt caching, tool-heavy"),
+)
+
+
+def _naive_line(naive: CompressionRow, engine: CompressionRow) -> str:
+    caught = naive.cache_read_share_after < engine.cache_read_share_after
+    return (
+        f"{_mark(caught)} the cost model sees cache breakage: {naive.bundle} {naive.profile}"
+        f" compressed naively reads {naive.cache_read_share_after:.0%} of its input from cache"
+        f" (engine {engine.cache_read_share_after:.0%}, uncompressed"
+        f" {naive.cache_read_share_before:.0%}) and saves {naive.cost_saved:.1%}"
+        f" (engine {engine.cost_saved:.1%})"
+    )
+
+
+def target_lines(rows: Sequence[CompressionRow]) -> list[str]:
+    """The issue's targets, each with ✓/✗ over the rows it applies to."""
+    engine = [r for r in rows if r.variant == ENGINE]
+    heavy = [r for r in engine if r.profile == "tool-heavy"]
+    lines = []
+    for attribute, target, text in SHARE_TARGETS if heavy else ():
+        worst = min(heavy, key=lambda r: float(getattr(r, attribute)))
+        value = float(getattr(worst, attribute))
+        lines.append(
+            f"{_mark(value >= target)} ≥ {target:.0%} {text}: lowest {value:.1%}"
+            f" ({worst.bundle} {worst.profile})"
+        )
+    if engine:
+        higher = [r.name for r in engine if r.cost_after > r.cost_before]
+        lines.append(
+            f"{_mark(not higher)} session cost never higher with compression, every bundle and"
+            f" profile: {', '.join(higher) if higher else 'none higher'}"
+        )
+    timed = [(r.ms_per_mb, r) for r in engine if r.ms_per_mb is not None]
+    if timed:
+        slowest, row = max(timed, key=lambda pair: pair[0])
+        lines.append(
+            f"{_mark(slowest <= MS_PER_MB_TARGET)} ≤ {MS_PER_MB_TARGET:g} ms per MB: slowest"
+            f" {slowest:.2f} ms/MB ({row.bundle} {row.profile})"
+        )
+    for naive in (r for r in rows if r.variant == NAIVE):
+        engine_row = _engine_row(rows, naive)
+        if engine_row is not None:
+            lines.append(_naive_line(naive, engine_row))
+    return lines
+
+
+def legend(price: ModelPrice) -> str:
+    return (
+        f"compression: final request of a {TURNS}-turn session per bundle on its own agent's"
+        " corpus (benchmarks/agent_corpus.py, seed 0); tokens = 1 per 4 bytes"
+        " (estimate_input_tokens). Session $: input of every request of the session at"
+        f" {PRICED_MODEL} prices (${price.input:g}/MTok, cache write ${price.cache_write:g},"
+        f" read ${price.cache_read:g}), cache reads = prefixes byte-identical to one cached at"
+        " an earlier request's breakpoint; output tokens not counted. cache-read share: of the"
+        " session's input tokens read from cache, without→with compression. naive: the engine"
+        " applied to all but the newest message, which rewrites each message once it is no"
+        " longer the newest and so misses the cache."
+    )
+
+
+def format_rows(rows: Sequence[CompressionRow]) -> str:
+    lines = [format_table(rows), "", legend(sonnet_price()), "", "targets (issue 5):"]
+    return "\n".join(lines + [f"- {line}" for line in target_lines(rows)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compression", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (7; 3 quick)")
+    parser.add_argument("--quick", action="store_true", help="fewer timing rounds")
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed")
+    parser.add_argument("--cpu", type=int, default=None, help="pin this process to one core")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="PATTERN", help="rows whose name matches"
+    )
+    args = parser.parse_args(argv)
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    rounds = args.rounds if args.rounds is not None else 3 if args.quick else 7
+    rows = run_compression_benchmarks(rounds, args.seed, lambda name: matches(name, args.only))
+    if args.json:
+        json.dump([asdict(row) for row in rows], sys.stdout)
+        return
+    print(format_rows(rows))
+
+
+if __name__ == "__main__":
+    main()
