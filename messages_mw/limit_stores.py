@@ -160,9 +160,15 @@ class MemoryCounterStore:
         self, checks: Sequence[WindowCheck], now: float
     ) -> tuple[bool, list[WindowCount]]:
         self._sweep(now)
-        counters = [self._counter(check.key, check.window, now) for check in checks]
-        counts = [counter.rolled(now) for counter in counters]
-        admitted = all(has_room(c, n, now) for c, n in zip(checks, counts, strict=True))
+        counters: list[_Counter] = []
+        counts: list[WindowCount] = []
+        admitted = True
+        for check in checks:
+            counter = self._counter(check.key, check.window, now)
+            count = counter.rolled(now)
+            admitted = admitted and has_room(check, count, now)
+            counters.append(counter)
+            counts.append(count)
         if admitted:
             for at, (check, counter) in enumerate(zip(checks, counters, strict=True)):
                 if check.cost:

@@ -252,9 +252,12 @@ class RateLimiter:
         headers: list[tuple[str, str]] = []
         checks = limit_set.checks
         for kind, positions in limit_set.header_groups:
-            at = min(
-                positions, key=lambda i: (_remaining(checks[i], counts[i], now), checks[i].limit)
-            )
+            at = positions[0]
+            if len(positions) > 1:
+                at = min(
+                    positions,
+                    key=lambda i: (_remaining(checks[i], counts[i], now), checks[i].limit),
+                )
             check, count = checks[at], counts[at]
             reset = math.ceil(_replenished_at(check, count, now))
             if reset != self._reset_second:

@@ -7,6 +7,7 @@ exactly once when a request ends, whatever happened.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -76,7 +77,12 @@ class Policy:
 
     async def authenticate(self, request: IncomingRequest, context: RequestContext) -> None:
         if self.auth is not None:
-            context.principal = await call_hook(self.auth, request)
+            # Called inline rather than through call_hook: the built-in hooks are synchronous
+            # and this is every request's path.
+            principal = self.auth(request)
+            if inspect.isawaitable(principal):
+                principal = await principal
+            context.principal = principal
 
     async def admit(
         self, request: IncomingRequest, context: RequestContext, parsed: MessagesRequest
@@ -133,7 +139,10 @@ class Policy:
         if remove or set_fields:
             body = edit_top_level(body, set_fields=set_fields, remove=remove)
         if self.compressor is not None:
-            body = (await call_hook(self.compressor, body, context)) or body
+            compressed = self.compressor(body, context)
+            if inspect.isawaitable(compressed):
+                compressed = await compressed
+            body = compressed or body
         chain = resolver.chain(parsed.model, body_targets)
         if self.router is not None:
             chain = list(await call_hook(self.router, context, chain))

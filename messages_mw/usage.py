@@ -349,8 +349,9 @@ class JsonLinesSink:
         self._file: IO[bytes] | None = None
         self._stream: TextIO | None = None
         if isinstance(target, str | Path):
-            # Owned until aclose(), so not a with-block. Binary append: one write per line.
-            self._file = open(target, "ab")  # noqa: SIM115
+            # Owned until aclose(), so not a with-block. Unbuffered binary append: each line is
+            # one write(2), on disk at once, with no flush step.
+            self._file = open(target, "ab", buffering=0)  # noqa: SIM115
         else:
             self._stream = sys.stdout if target is None else target
 
@@ -358,7 +359,6 @@ class JsonLinesSink:
         line = _encoder.encode(event) + b"\n"
         if self._file is not None:
             self._file.write(line)
-            self._file.flush()
         elif self._stream is not None:
             self._stream.write(line.decode())
             self._stream.flush()

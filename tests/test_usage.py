@@ -14,7 +14,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from messages_mw.context import Attempt, Principal, RequestContext, UsageEvent
+from messages_mw.context import (
+    Attempt,
+    CompressionReport,
+    Principal,
+    RequestContext,
+    UsageEvent,
+)
 from messages_mw.streaming import TokenUsage
 from messages_mw.usage import JsonLinesSink, UsageDispatcher, UsageSink
 
@@ -385,17 +391,19 @@ def _full_context() -> RequestContext:
     context.fallback_used = True
     context.attempts = [Attempt(target="primary", status=529, error_type="x", duration=0.1)]
     context.cost = 0.5
+    context.compression = CompressionReport("claude-code", 9000, 4000, 1250, 0.4)
     return context
 
 
-def _field_names(value: object) -> list[str]:
+def _fields(value: object) -> list[tuple[str, object]]:
+    """Every (name, value) pair in a decoded JSON document, nested ones included."""
     if isinstance(value, dict):
-        names = list(value)
+        pairs = list(value.items())
         for item in value.values():
-            names.extend(_field_names(item))
-        return names
+            pairs.extend(_fields(item))
+        return pairs
     if isinstance(value, list):
-        return [name for item in value for name in _field_names(item)]
+        return [pair for item in value for pair in _fields(item)]
     return []
 
 
@@ -407,8 +415,8 @@ def test_a_full_event_carries_no_credential() -> None:
     assert set(decoded) == {field.encode_name for field in msgspec.structs.fields(UsageEvent)}
     assert SECRET_KEY.encode() not in encoded
     suspicious = ("secret", "password", "authorization", "credential", "header", "api_key")
-    for name in _field_names(decoded):
+    for name, value in _fields(decoded):
         lowered = name.lower()
         assert not any(word in lowered for word in suspicious), name
         assert "key" not in lowered or lowered == "key_id", name
-        assert "token" not in lowered or isinstance(decoded.get(name), int), name
+        assert "token" not in lowered or isinstance(value, int), name
