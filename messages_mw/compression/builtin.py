@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from ..config import CompressionConfig, ConfigError
 from ..context import CompressionReport, RequestContext
@@ -41,16 +41,27 @@ class BundleCompressor:
             if name is not None and name.lower() not in _OFF and bundle_named(name) is None:
                 raise ConfigError(f"compression: unknown bundle '{name}'; use one of {_choices()}.")
         self._default = _named(config.default_bundle)
+        self._options = {"align_cache": config.align_cache}
 
-    async def __call__(self, body: bytes, context: RequestContext) -> bytes | None:
+    def __call__(
+        self, body: bytes, context: RequestContext
+    ) -> bytes | Awaitable[bytes | None] | None:
+        """The compressed body, ``None`` to forward the body as it is, or for a body over
+        ``inline_max_bytes`` an awaitable that compresses it in a worker thread."""
         bundle = self.choose(context)
         if bundle is None:
             return None
-        align = self._config.align_cache
         if len(body) > self._config.inline_max_bytes:
-            result = await asyncio.to_thread(compress_request, body, bundle, align_cache=align)
-        else:
-            result = compress_request(body, bundle, align_cache=align)
+            return self._in_thread(body, bundle, context)
+        return self._reported(compress_request(body, bundle, **self._options), context)
+
+    async def _in_thread(
+        self, body: bytes, bundle: Bundle, context: RequestContext
+    ) -> bytes | None:
+        result = await asyncio.to_thread(compress_request, body, bundle, **self._options)
+        return self._reported(result, context)
+
+    def _reported(self, result: CompressionResult, context: RequestContext) -> bytes | None:
         report = _report(result)
         context.compression = report
         context.response_headers.append((self._report_header, format_report(report)))
