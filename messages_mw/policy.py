@@ -7,7 +7,6 @@ exactly once when a request ends, whatever happened.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .body_edit import edit_top_level, read_raw_fields
-from .context import RequestContext, UsageEvent
+from .context import Principal, RequestContext, UsageEvent
 from .errors import InvalidRequestError, PermissionDeniedError
 from .fallback import Target
 from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
@@ -80,7 +79,7 @@ class Policy:
             # Called inline rather than through call_hook: the built-in hooks are synchronous
             # and this is every request's path.
             principal = self.auth(request)
-            if inspect.isawaitable(principal):
+            if principal is not None and not isinstance(principal, Principal):
                 principal = await principal
             context.principal = principal
 
@@ -140,7 +139,7 @@ class Policy:
             body = edit_top_level(body, set_fields=set_fields, remove=remove)
         if self.compressor is not None:
             compressed = self.compressor(body, context)
-            if inspect.isawaitable(compressed):
+            if compressed is not None and not isinstance(compressed, bytes):
                 compressed = await compressed
             body = compressed or body
         chain = resolver.chain(parsed.model, body_targets)
