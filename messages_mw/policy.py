@@ -129,6 +129,13 @@ class Policy:
         fallbacks = _present(parsed.fallbacks)
         extra_headers = _present(parsed.extra_headers)
         body_targets = resolver.body_fallbacks(fallbacks)
+        allowed = context.principal.allowed_models if context.principal is not None else None
+        if allowed is not None:
+            # What the client names in the body is held to the key's allow-list like its model;
+            # chains the operator configured are the operator's policy and are not.
+            _check_allowed(allowed, "fallbacks", body_targets or ())
+            if resolver is not self.resolver:
+                _check_allowed(allowed, "router_candidates", resolver.candidates)
         remove = [] if body_targets is None else ["fallbacks"]
         if extra_headers is not None:
             remove.append("extra_headers")
@@ -187,6 +194,14 @@ class Policy:
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def _check_allowed(allowed: frozenset[str], field: str, targets: Sequence[Target]) -> None:
+    for index, target in enumerate(targets):
+        if target.model not in allowed and target.name not in allowed:
+            raise PermissionDeniedError(
+                f"{field}.{index}: this API key may not use '{target.name}'."
+            )
 
 
 def _present(raw: msgspec.Raw | msgspec.UnsetType) -> msgspec.Raw | None:

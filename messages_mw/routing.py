@@ -97,6 +97,11 @@ class TargetResolver:
     def config(self) -> FallbackConfig:
         return self._config
 
+    @property
+    def candidates(self) -> tuple[Target, ...]:
+        """The auto model's candidates: configured, or from the request's router_candidates."""
+        return self._candidates
+
     def parse(self, name: str) -> Target | None:
         """``provider/model`` for a known provider, the default provider's ``name`` for a name
         without ``/``, ``None`` for anything else (no model, or an unknown provider)."""

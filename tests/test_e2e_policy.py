@@ -183,6 +183,49 @@ def test_model_outside_the_keys_allow_list_is_403(ups: Upstreams) -> None:
     assert (event.status, event.key_id, event.error_type) == (403, "team-a", "permission_error")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "model"),
+    [
+        ("fallbacks", [BACKUP, f"anthropic/{MODEL}"], "claude-haiku-4-5"),
+        ("router_candidates", ["anthropic/claude-haiku-4-5", f"anthropic/{MODEL}"], "auto"),
+    ],
+)
+def test_models_named_in_the_body_are_held_to_the_keys_allow_list(
+    ups: Upstreams, field: str, value: list[str], model: str
+) -> None:
+    keys = AuthConfig(
+        mode="static",
+        keys=(ApiKeyConfig(id="team-a", key="gw-a", models=("claude-haiku-4-5", "auto")),),
+    )
+    with (
+        gateway_stack(ups.config(auth=keys)) as gw,
+        sdk_client(gw.base_url, bearer="gw-a") as client,
+        pytest.raises(anthropic.PermissionDeniedError) as caught,
+    ):
+        client.messages.create(model=model, max_tokens=8, messages=HELLO, extra_body={field: value})
+    message = _assert_envelope(caught.value, 403, "permission_error")
+    assert f"{field}.1" in message and MODEL in message
+    assert ups.primary.received == [] and ups.backup.received == []
+
+
+def test_allowed_models_in_the_body_pass(ups: Upstreams) -> None:
+    keys = AuthConfig(
+        mode="static",
+        keys=(ApiKeyConfig(id="team-a", key="gw-a", models=("claude-haiku-4-5", BACKUP)),),
+    )
+    ups.primary.push(Reply(status=529, body=error_json("overloaded_error", "busy")))
+    with gateway_stack(ups.config(auth=keys)) as gw:
+        with sdk_client(gw.base_url, bearer="gw-a") as client:
+            client.messages.create(
+                model="claude-haiku-4-5",
+                max_tokens=8,
+                messages=HELLO,
+                extra_body={"fallbacks": [BACKUP]},
+            )
+        event = gw.last_event()
+    assert (event.status, event.provider, event.fallback_used) == (200, "backup", True)
+
+
 @pytest.mark.parametrize("style", ["x-api-key", "bearer"])
 def test_virtual_key_reaches_the_upstream_and_the_gateway_key_never_does(
     ups: Upstreams, style: str
