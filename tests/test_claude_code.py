@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from messages_mw import Gateway, GatewayConfig, UpstreamConfig
+from messages_mw import CompressionConfig, Gateway, GatewayConfig, UpstreamConfig
 from messages_mw.config import DEFAULT_MODELS, OpenAIUpstreamConfig
 from messages_mw.context import UsageEvent
 
@@ -90,6 +90,8 @@ def _code_servers() -> Iterator[CodeStack]:
                 )
             },
             aliases=dict.fromkeys(CLAUDE_MODELS, "local/mock-model"),
+            # Claude Code's own user agent picks the claude-code compression bundle.
+            compression=CompressionConfig(detect_user_agent=True),
         )
         events: list[UsageEvent] = []
         gateway = Gateway(config, usage_sinks=[events.append])
@@ -291,3 +293,8 @@ def test_claude_code_runs_a_tool_through_the_gateway(
     assert f"The launch code is {SECRET}." in content
     # Everything before the tool round trip is the first request's conversation, unchanged.
     assert second["messages"][:-2] == first["messages"]
+    # The real client was recognised and its requests went through the compressor, which left
+    # the file read exact (asserted above: the model saw the file's line).
+    _wait_for_events(code_stack)
+    bundles = {e.compression.bundle if e.compression else None for e in code_stack.events}
+    assert bundles == {"claude-code"}
