@@ -114,6 +114,8 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     ``claude`` too); ``off`` disables compression for that request. ``align_cache`` adds
     prompt-cache breakpoints on large tools and system prompts of requests that set none.
     Bodies over ``inline_max_bytes`` are compressed in a worker thread, off the event loop.
+    ``memo_bytes`` bounds the memory that remembers compressed tool output between requests, so
+    that the history an agent resends is not compressed again (0 disables it).
     """
 
     from_header: bool = True
@@ -121,6 +123,7 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     default_bundle: str | None = None
     align_cache: bool = False
     inline_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024 * 1024
+    memo_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024 * 1024
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

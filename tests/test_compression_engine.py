@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from messages_mw.compression import (
 from messages_mw.compression.alignment import MAX_BREAKPOINTS, MIN_PREFIX_BYTES
 from messages_mw.compression.bundles import BUNDLES
 from messages_mw.compression.engine import DEDUPE_MIN_BYTES, EMPTY_MARKER
+from messages_mw.compression.rewrite import split_frame
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 CLAUDE = BUNDLES["claude-code"]
@@ -79,6 +81,7 @@ def test_public_names() -> None:
     assert sorted(compression.__all__) == [
         "BUNDLE_NAMES",
         "Bundle",
+        "CompressionMemo",
         "CompressionResult",
         "TextOptions",
         "bundle_named",
@@ -161,15 +164,54 @@ def test_other_tools_and_unknown_ids_get_the_generic_rules() -> None:
         assert len(text) < len(NOISY) and "\x1b" not in text
 
 
-def test_error_results_are_kept_but_capped() -> None:
-    failing = {"type": "tool_result", "tool_use_id": "t1", "content": NOISY, "is_error": True}
-    messages = _turns(("t1", "Bash", {"command": "make"}, NOISY))
-    messages[-1]["content"] = [failing]
-    assert compress_request(_body(messages), CLAUDE).body is None
-    huge = "".join(f"line {i} failed\n" for i in range(20_000))
-    messages[-1]["content"] = [{**failing, "content": huge}]
+# A failing verbose pytest run as Claude Code sends it: its exit code line, then the output.
+FAILING_RUN = "Exit code 1\n" + "".join(
+    [
+        "============================= test session starts ==============================\n",
+        *(f"tests/test_api.py::test_case_{i} PASSED{' ' * 20}[{i:3d}%]\n" for i in range(60)),
+        "tests/test_api.py::test_refund FAILED\n",
+        "=================================== FAILURES ===================================\n",
+        "_________________________________ test_refund __________________________________\n",
+        "tests/test_api.py:88: in test_refund\n",
+        "    assert refund(order) == 10\n",
+        "E   assert 9 == 10\n",
+        "=========================== short test summary info ============================\n",
+        "FAILED tests/test_api.py::test_refund - assert 9 == 10\n",
+        "======================== 1 failed, 60 passed in 3.21s =========================\n",
+    ]
+)
+FAILURE_LINES = (
+    "tests/test_api.py:88: in test_refund",
+    "    assert refund(order) == 10",
+    "E   assert 9 == 10",
+    "FAILED tests/test_api.py::test_refund - assert 9 == 10",
+)
+
+
+def _failing(tool_id: str, content: Any) -> dict[str, Any]:
+    return _result(tool_id, content, is_error=True)
+
+
+def test_error_results_are_filtered_like_any_command_output() -> None:
+    messages = _turns(("t1", "Bash", {"command": "python -m pytest -v"}, ""))
+    messages[-1]["content"] = [_failing("t1", FAILING_RUN)]
+    out = _compress(_body(messages))
+    (text,) = _outputs(out)
+    assert len(text) < len(FAILING_RUN) / 2
+    assert text.startswith("Exit code 1\n") and "test_case_7 PASSED" not in text
+    for line in FAILURE_LINES:
+        assert line in text
+    assert "1 failed, 60 passed" in text
+    assert out["messages"][-1]["content"][0]["is_error"] is True
+
+
+def test_error_results_are_capped() -> None:
+    huge = "Exit code 2\n" + "".join(f"src/m.py:{i}: line {i} failed\n" for i in range(20_000))
+    messages = _turns(("t1", "Bash", {"command": "make"}, ""))
+    messages[-1]["content"] = [_failing("t1", huge)]
     (text,) = _outputs(_compress(_body(messages)))
-    assert len(text) < len(huge) and text.startswith("line 0 failed") and "line 19999" in text
+    assert len(text) <= CLAUDE.text.cap_chars + 100  # type: ignore[operator]
+    assert text.startswith("Exit code 2\nsrc/m.py:0: line 0 failed") and "src/m.py:19999" in text
 
 
 def test_agent_error_markers_are_kept() -> None:
@@ -237,6 +279,88 @@ def test_a_bundle_without_pasted_text_rules_leaves_user_text() -> None:
     assert compress_request(_body([{"role": "user", "content": NOISY * 4}]), bundle).body is None
 
 
+# --- agent frames around shell output ---
+
+PYTEST_RUN = FAILING_RUN.split("\n", 1)[1]
+SED = ["bash", "-lc", "sed -n '1,200p' src/app.py"]
+
+
+def _codex_text(output: str, code: int = 0, seconds: float = 0.4) -> str:
+    return f"Exit code: {code}\nWall time: {seconds} seconds\nOutput:\n{output}"
+
+
+def _codex_json(output: str, code: int = 0, seconds: float = 0.4) -> str:
+    metadata = {"exit_code": code, "duration_seconds": seconds}
+    return json.dumps({"output": output, "metadata": metadata})
+
+
+def _unframed(text: str) -> tuple[str, str]:
+    """The output inside a codex frame, and the frame's header (or its metadata as JSON)."""
+    if text.startswith("{"):
+        decoded = json.loads(text)
+        return decoded["output"], json.dumps(decoded["metadata"])
+    header, output = text.split("Output:\n", 1)
+    return output, header
+
+
+@pytest.mark.parametrize("frame", [_codex_text, _codex_json])
+def test_codex_frames_stay_and_the_output_inside_is_filtered(frame: Any) -> None:
+    text = frame(PYTEST_RUN, 1, 3.2)
+    command = ["bash", "-lc", "python -m pytest -v"]
+    (out,) = _outputs(_compress(_body(_turns(("c1", "shell", {"command": command}, text))), CODEX))
+    output, header = _unframed(out)
+    assert len(out) < len(text) / 2 and (output, header) != _unframed(text)
+    assert header == _unframed(text)[1]
+    assert "test_case_7 PASSED" not in output and "1 failed, 60 passed" in output
+    for line in FAILURE_LINES:
+        assert line in output
+
+
+def test_codex_header_lines_are_all_kept() -> None:
+    header = "Exit code: 1\nWall time: 3.2 seconds\nTotal output lines: 900\nOutput:\n"
+    command = ["bash", "-lc", "python -m pytest -v"]
+    body = _body(_turns(("c1", "shell", {"command": command}, header + PYTEST_RUN)))
+    (out,) = _outputs(_compress(body, CODEX))
+    assert out.startswith(header) and "E   assert 9 == 10" in out
+
+
+@pytest.mark.parametrize("frame", [_codex_text, _codex_json])
+def test_codex_rereads_refer_to_the_first_read_which_stays_exact(frame: Any) -> None:
+    messages = _turns(
+        ("c1", "shell", {"command": SED}, frame(FILE_TEXT, 0, 0.1)),
+        ("c2", "shell", {"command": SED}, frame(FILE_TEXT, 0, 0.3)),
+    )
+    first, second = _outputs(_compress(_body(messages), CODEX))
+    assert first == frame(FILE_TEXT, 0, 0.1)
+    reference = (
+        "[messages_mw: output identical to the tool result of c1 above"
+        " (shell: sed -n '1,200p' src/app.py)]"
+    )
+    assert _unframed(second) == _unframed(frame(reference, 0, 0.3))
+    alone = _body(_turns(("c1", "shell", {"command": SED}, frame(FILE_TEXT, 0, 0.1))))
+    assert compress_request(alone, CODEX).body is None
+
+
+def test_a_frame_whose_output_compresses_away_keeps_a_marker() -> None:
+    text = _codex_text("\x1b[0m   \n" * 300, 0, 0.1)
+    body = _body(_turns(("c1", "shell", {"command": ["bash", "-lc", "make"]}, text)))
+    assert _outputs(_compress(body, CODEX)) == [_codex_text(EMPTY_MARKER, 0, 0.1)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Exit code: x\nOutput:\n" + NOISY,
+        "Exit code 1",
+        '{"output": "' + "a" * 600 + '"}',
+        '{"output": 5, "metadata": {}}',
+        '{"output": "unterminated',
+    ],
+)
+def test_what_is_not_a_frame_is_plain_output(text: str) -> None:
+    assert split_frame(text) == (None, text)
+
+
 # --- deduplication ---
 
 
@@ -266,10 +390,26 @@ def test_dedupe_compares_compressed_text_and_needs_a_minimum_size() -> None:
     assert compress_request(_body(messages), CLAUDE).body is None
 
 
-def test_errors_are_never_replaced_by_references() -> None:
-    messages = _turns(("r1", "Read", {}, FILE_TEXT), ("r2", "Read", {}, FILE_TEXT))
-    messages[-1]["content"][0]["is_error"] = True
+def test_agent_errors_are_never_replaced_by_references() -> None:
+    error = "<tool_use_error>" + "x" * DEDUPE_MIN_BYTES + "</tool_use_error>"
+    messages = _turns(("r1", "Read", {}, error), ("r2", "Read", {}, error))
+    messages += _turns(("b1", "Bash", {"command": "make"}, error), ("b2", "Bash", {}, error))[1:]
     assert compress_request(_body(messages), CLAUDE).body is None
+
+
+def test_a_repeated_failure_refers_to_the_first_and_keeps_its_exit_code() -> None:
+    messages = _turns(
+        ("t1", "Bash", {"command": "python -m pytest -v"}, ""),
+        ("t2", "Bash", {"command": "python -m pytest -v"}, ""),
+    )
+    messages[2]["content"] = [_failing("t1", FAILING_RUN)]
+    messages[4]["content"] = [_failing("t2", FAILING_RUN.replace("Exit code 1", "Exit code 3"))]
+    first, second = _outputs(_compress(_body(messages)))
+    assert "E   assert 9 == 10" in first
+    assert second == (
+        "Exit code 3\n[messages_mw: output identical to the tool result of t1 above"
+        " (Bash: python -m pytest -v)]"
+    )
 
 
 def test_single_text_block_content_is_deduplicated_multi_block_is_not() -> None:
@@ -438,10 +578,18 @@ def test_claude_code_sample_compresses_shell_output_and_keeps_reads() -> None:
         for b in m["content"]
         if b["type"] == "tool_use" and b["name"] == "Read"
     }
+    errors = 0
     for before, after in zip(original["messages"], out["messages"], strict=True):
         for b, a in zip(before["content"], after["content"], strict=True):
-            if b["type"] == "tool_result" and (b["tool_use_id"] in reads or b.get("is_error")):
+            if b["type"] == "tool_result" and b["tool_use_id"] in reads:
                 assert a == b
+            elif b["type"] == "tool_result" and b.get("is_error"):
+                errors += 1
+                assert a["is_error"] is True
+                for line in b["content"].splitlines():
+                    if re.search(r"FAILED|Error|\.py:\d+", line):
+                        assert line.rstrip() in a["content"]
+    assert errors
 
 
 # --- cache alignment ---

@@ -1,7 +1,9 @@
 """Hypothesis: compression keeps every earlier turn's prefix byte-identical and the API valid.
 
 Conversations are generated the way Claude Code builds them: each request is the previous one
-plus new turns, with its one rolling ``cache_control`` moved onto the newest block.
+plus new turns, with its one rolling ``cache_control`` moved onto the newest block. Tool output
+comes bare or in the agents' frames (exit code, wall time), repeated with a new wall time; the
+turns of a conversation share one memo, whose results must equal those without it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from messages_mw.compression import compress_request
+from messages_mw.compression import CompressionMemo, compress_request
 from messages_mw.compression.alignment import MAX_BREAKPOINTS
 from messages_mw.compression.bundles import BUNDLES, Bundle
 
@@ -106,6 +108,8 @@ _output = st.one_of(
 )
 _tools = st.sampled_from(
     [
+        ("shell", "command", ["bash", "-lc", "uv run pytest -q"]),
+        ("shell", "command", ["bash", "-lc", "sed -n '1,80p' src/app.py"]),
         ("Bash", "command", "uv run pytest -q"),
         ("Bash", "command", "npm install"),
         ("Bash", "command", "git log -p"),
@@ -117,6 +121,21 @@ _tools = st.sampled_from(
         ("mcp__db__query", "sql", "select 1"),
     ]
 )
+
+
+def _framed(draw: st.DrawFn, output: str) -> str:
+    """``output`` as an agent frames it: bare, after Claude Code's exit code line, or in one of
+    Codex's frames with a wall time that differs from run to run."""
+    kind = draw(st.sampled_from(["bare", "bare", "claude", "codex", "codex-json"]))
+    code, seconds = draw(st.integers(0, 2)), draw(st.integers(0, 99)) / 10
+    if kind == "claude":
+        return f"Exit code {code}\n{output}"
+    if kind == "codex":
+        return f"Exit code: {code}\nWall time: {seconds} seconds\nOutput:\n{output}"
+    if kind == "codex-json":
+        metadata = {"exit_code": code, "duration_seconds": seconds}
+        return json.dumps({"output": output, "metadata": metadata})
+    return output
 
 
 def _thinking(draw: st.DrawFn) -> list[dict[str, Any]]:
@@ -152,8 +171,9 @@ def _turn(draw: st.DrawFn, turn: int, earlier: list[str]) -> list[dict[str, Any]
     for index in range(draw(st.integers(1, 3))):
         name, key, value = draw(_tools)
         repeat = bool(earlier) and draw(st.booleans())
-        text = draw(st.sampled_from(earlier)) if repeat else draw(_output)
-        earlier.append(text)
+        output = draw(st.sampled_from(earlier)) if repeat else draw(_output)
+        earlier.append(output)
+        text = _framed(draw, output)
         tool_id = f"toolu_{turn:02d}_{index}"
         calls.append({"type": "tool_use", "id": tool_id, "name": name, "input": {key: value}})
         result: dict[str, Any] = {
@@ -226,9 +246,13 @@ def _cuts(messages: list[dict[str, Any]]) -> list[int]:
     return [1] + [i + 1 for i, m in enumerate(messages) if i > 1 and m["role"] == "user"]
 
 
-def _compressed(body: bytes, bundle: Bundle = CLAUDE, **options: Any) -> dict[str, Any]:
-    result = compress_request(body, bundle, **options)
+def _compressed(
+    body: bytes, bundle: Bundle = CLAUDE, memo: CompressionMemo | None = None, **options: Any
+) -> dict[str, Any]:
+    result = compress_request(body, bundle, memo=memo, **options)
     decoded: dict[str, Any] = msgspec.json.decode(result.body if result.body is not None else body)
+    if memo is not None:
+        assert compress_request(body, bundle, **options).body == result.body
     return decoded
 
 
@@ -250,9 +274,10 @@ def test_each_request_keeps_the_previous_compressed_prefix(
     messages: list[dict[str, Any]], bundle: Bundle
 ) -> None:
     cuts = _cuts(messages)
-    previous = _compressed(_request(messages, cuts[0]), bundle)
+    memo = CompressionMemo(max_bytes=1 << 20)  # shared by the turns, as a gateway shares it
+    previous = _compressed(_request(messages, cuts[0]), bundle, memo)
     for before, after in itertools.pairwise(cuts):
-        current = _compressed(_request(messages, after), bundle)
+        current = _compressed(_request(messages, after), bundle, memo)
         assert _prefix_bytes(current, before) == _prefix_bytes(previous, before)
         previous = current
 

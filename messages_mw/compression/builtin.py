@@ -10,6 +10,7 @@ from ..context import CompressionReport, RequestContext
 from ..errors import InvalidRequestError
 from .bundles import BUNDLE_NAMES, Bundle, bundle_named, detect_bundle
 from .engine import CompressionResult, compress_request
+from .memo import CompressionMemo
 
 __all__ = ["BundleCompressor", "format_report"]
 
@@ -41,7 +42,8 @@ class BundleCompressor:
             if name is not None and name.lower() not in _OFF and bundle_named(name) is None:
                 raise ConfigError(f"compression: unknown bundle '{name}'; use one of {_choices()}.")
         self._default = _named(config.default_bundle)
-        self._options = {"align_cache": config.align_cache}
+        # One memo per gateway: every request of a session resends the history it remembers.
+        self._memo = CompressionMemo(config.memo_bytes) if config.memo_bytes else None
 
     def __call__(
         self, body: bytes, context: RequestContext
@@ -53,13 +55,16 @@ class BundleCompressor:
             return None
         if len(body) > self._config.inline_max_bytes:
             return self._in_thread(body, bundle, context)
-        return self._reported(compress_request(body, bundle, **self._options), context)
+        return self._reported(self._compress(body, bundle), context)
 
     async def _in_thread(
         self, body: bytes, bundle: Bundle, context: RequestContext
     ) -> bytes | None:
-        result = await asyncio.to_thread(compress_request, body, bundle, **self._options)
+        result = await asyncio.to_thread(self._compress, body, bundle)
         return self._reported(result, context)
+
+    def _compress(self, body: bytes, bundle: Bundle) -> CompressionResult:
+        return compress_request(body, bundle, align_cache=self._config.align_cache, memo=self._memo)
 
     def _reported(self, result: CompressionResult, context: RequestContext) -> bytes | None:
         report = _report(result)

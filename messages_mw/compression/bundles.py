@@ -39,7 +39,7 @@ PASTED_TEXT_OPTIONS = TextOptions(minify_json=False, command_filters=False, cap_
 READ_COMMANDS = frozenset({"cat", "nl", "sed", "head", "tail"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Bundle:
     """How to compress one agent's requests.
 
@@ -48,7 +48,7 @@ class Bundle:
     contents with line-number prefixes, edit results quoting the file), only deduplicated.
     ``text`` applies to every other tool result; ``pasted_text`` to large user-pasted text
     blocks (``None`` leaves user text alone); ``read_commands`` are shell programs treated as
-    file reads.
+    file reads. A bundle equals only itself, so that it can key what a memo remembers.
     """
 
     name: str
@@ -184,6 +184,8 @@ CURSOR = Bundle(
 
 # Codex already cuts shell output to about 10 KiB (head and tail) for the model, so most
 # results never reach the cap; `exec_command` takes a string `cmd`, the others an argv list.
+# Every shell output comes framed with its exit code and wall time: the engine keeps the frame
+# and compresses, or deduplicates, the output inside it (see `rewrite`).
 CODEX = Bundle(
     name="codex",
     shell_tools=MappingProxyType(

@@ -12,23 +12,32 @@ assistant messages):
 
 * a file-read tool of the bundle, an edit tool, or a shell command that only reads files
   (``cat``, ``sed -n``, ``nl``...): kept exactly, since later edits quote the text byte for byte;
-* a shell tool: the bundle's text rules with its command line, so a command-aware filter applies;
-* any other tool, or an unknown id: the bundle's text rules without a command;
-* ``is_error: true``: kept verbatim but for the size cap (an error is what the agent must read;
-  the agent's own ``<tool_use_error>`` texts are kept whole by the text rules), and never replaced
-  by a reference, though a later identical result may refer to it.
+* a shell tool: the bundle's text rules with its command line, so a command-aware filter applies,
+  to the output inside the agent's frame (``Exit code 1``, Codex's exit code and wall time), which
+  is kept as it is (see :mod:`.rewrite`);
+* any other tool, or an unknown id: the bundle's text rules without a command.
 
-Then a result identical to an earlier one (at least :data:`DEDUPE_MIN_BYTES` of JSON, compared
-after compression) becomes a short reference to the earlier ``tool_use_id``. A rewrite is dropped
-when it would not be shorter, and a rewrite that would leave no text keeps a short marker instead
-(the API rejects empty text blocks). Thinking blocks and signatures, tool inputs, images, documents,
-unknown blocks, roles (``system`` messages included), ``system``, ``tools`` and every unknown
-field are carried as the raw JSON they arrived as.
+``is_error: true`` changes nothing: it marks the output of a command that failed, and the command
+filters keep every error text, path and line number. Only the agent's own error marker
+(``<tool_use_error>``) keeps a text verbatim, and such a text is never replaced by a reference.
+
+Then a result whose compressed output equals an earlier one's (at least :data:`DEDUPE_MIN_BYTES`
+of JSON) becomes a short reference to the earlier ``tool_use_id``, inside its own frame, so that
+it keeps its own exit code. A rewrite is dropped when it would not be shorter, and a rewrite that
+would leave no text keeps a short marker instead (the API rejects empty text blocks). Thinking
+blocks and signatures, tool inputs, images, documents, unknown blocks, roles (``system`` messages
+included), ``system``, ``tools`` and every unknown field are carried as the raw JSON they arrived
+as.
+
+A :class:`~.memo.CompressionMemo` shared between requests remembers each text's rewrite (a pure
+function of the text and its rule), so the history an agent resends is not compressed again;
+deduplication is decided per request.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +46,8 @@ from msgspec import Raw
 
 from .alignment import add_cache_breakpoints
 from .bundles import Bundle
-from .text import TextOptions, compress_tool_text
+from .memo import CompressionMemo
+from .rewrite import EMPTY_MARKER, Frame, Rewrite, Rule, rewrite_text
 
 __all__ = [
     "DEDUPE_MIN_BYTES",
@@ -49,7 +59,6 @@ __all__ = [
 
 DEDUPE_MIN_BYTES = 512
 PASTED_MIN_BYTES = 2048
-EMPTY_MARKER = "[messages_mw: output removed by compression]"
 
 _top = msgspec.json.Decoder(dict[str, Raw])
 # The usual message shape, {role, content}, in one pass; anything else takes the general path.
@@ -63,7 +72,6 @@ _encoder = msgspec.json.Encoder()
 _TOOL_RESULT = Raw(b'"tool_result"')
 _TOOL_USE = Raw(b'"tool_use"')
 _TEXT = Raw(b'"text"')
-_TRUE = Raw(b"true")
 _QUOTE = ord('"')
 _NULL = Raw(b"null")
 
@@ -89,18 +97,25 @@ class CompressionResult:
 
 
 def compress_request(
-    body: bytes, bundle: Bundle, *, align_cache: bool = False
+    body: bytes,
+    bundle: Bundle,
+    *,
+    align_cache: bool = False,
+    memo: CompressionMemo | None = None,
 ) -> CompressionResult:
     """Compress the tool output in a Messages request body with ``bundle``'s rules.
 
     Called by the compression hook once per request, synchronously (callers run big bodies in a
-    thread); it holds no state between calls. Returns ``body=None`` when nothing changed or the
-    body cannot be understood, in which case the caller forwards the original bytes. With
-    ``align_cache``, a body without any ``cache_control`` gets breakpoints on its tools and
-    system prompt (see :mod:`.alignment`). Raises nothing for a JSON body.
+    thread). It keeps no state between calls but what ``memo`` remembers, which never changes
+    the result, only how fast it comes: share one memo between a gateway's requests (it is
+    thread-safe), and a session's resent history costs a lookup instead of a compression.
+    Returns ``body=None`` when nothing changed or the body cannot be understood, in which case
+    the caller forwards the original bytes. With ``align_cache``, a body without any
+    ``cache_control`` gets breakpoints on its tools and system prompt (see :mod:`.alignment`).
+    Raises nothing for a JSON body.
     """
     started = time.perf_counter()
-    walk = _Walk(bundle)
+    walk = _Walk(bundle, memo)
     out: bytes | None = None
     try:
         fields: dict[str, Any] = _top.decode(body)
@@ -155,22 +170,17 @@ class _Walk:
     contents kept as they are cost a length check and, for deduplication, a byte comparison.
     """
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, memo: CompressionMemo | None) -> None:
         self.bundle = bundle
-        options = bundle.text
-        self.error_options = TextOptions(
-            strip_ansi=False,
-            collapse_progress=False,
-            tidy_whitespace=False,
-            collapse_repeats=False,
-            minify_json=False,
-            command_filters=False,
-            cap_chars=options.cap_chars,
-            head_lines=options.head_lines,
-            tail_lines=options.tail_lines,
-        )
-        self.tool_uses: dict[str, tuple[str, Raw]] = {}
-        # Earlier results' final JSON by length, so that only equal-length ones are compared.
+        self.memo = memo
+        if memo is None:
+            pasted = bundle.pasted_text
+            self.text_rule = Rule(bundle.text)
+            self.pasted_rule = None if pasted is None else Rule(pasted, pasted=True)
+        else:
+            self.text_rule, self.pasted_rule = memo.rules(bundle)
+        self.tool_uses: dict[str | None, dict[str, Raw]] = {}
+        # Earlier results' compressed output by length, so that only equal-length ones compare.
         self.earlier: dict[int, list[tuple[Raw, _Result]]] = {}
         self.changed = False
         self.bytes_before = 0
@@ -180,7 +190,8 @@ class _Walk:
         role, content = message.get("role"), message.get("content")
         if role == "assistant" and isinstance(content, list):
             for block in content:
-                self.note_tool_use(block)
+                if block.get("type") == _TOOL_USE:
+                    self.tool_uses[_as_str(block.get("id"))] = block
         elif role == "user" and isinstance(content, list):
             for block in content:
                 kind = block.get("type")
@@ -193,29 +204,20 @@ class _Walk:
             if pasted is not None:
                 message["content"] = pasted
 
-    def note_tool_use(self, block: dict[str, Raw]) -> None:
-        if block.get("type") != _TOOL_USE:
-            return
-        tool_id, name = _as_str(block.get("id")), _as_str(block.get("name"))
-        if tool_id is not None and name is not None:
-            self.tool_uses[tool_id] = (name, block.get("input", _NULL))
-
     def pasted_block(self, block: dict[str, Raw]) -> None:
         raw = block.get("text")
-        if raw is not None:
+        if raw is not None and len(raw) >= PASTED_MIN_BYTES:
             pasted = self.pasted(raw)
             if pasted is not None:
                 block["text"] = pasted
 
     def pasted(self, raw: Raw) -> Raw | None:
         """The compressed JSON of a user's large pasted text, or ``None`` to keep it."""
-        options = self.bundle.pasted_text
-        if options is None or len(raw) < PASTED_MIN_BYTES:
+        if self.pasted_rule is None or len(raw) < PASTED_MIN_BYTES:
             return None
-        text = _as_str(raw)
-        if text is None or text.lstrip().startswith("<system-reminder>"):
-            return None
-        new = _rewrite(raw, text, options, None)
+        rule = self.pasted_rule
+        rewrite = rewrite_text(raw, rule) if self.memo is None else self.memo.rewrite(raw, rule)
+        new = raw if rewrite.json is None else rewrite.json
         self.count(raw, new)
         return None if new is raw else new
 
@@ -224,12 +226,10 @@ class _Walk:
         if raw is None:
             return
         tool_use_id = _as_str(block.get("tool_use_id"))
-        origin = self.tool_uses.get(tool_use_id) if tool_use_id is not None else None
-        is_error = block.get("is_error") == _TRUE
-        options, command = self.rule(origin, is_error)
-        result = _Result(tool_use_id, origin, options, command, is_error)
+        use = None if tool_use_id is None else self.tool_uses.get(tool_use_id)
+        result = _Result(tool_use_id, use, self.rule(use))
         if memoryview(raw)[0] == _QUOTE:
-            new = self.result_text(raw, result, dedupe=True)
+            new = self.result_text(raw, result, tool_use_id, dedupe=tool_use_id is not None)
             if new is not raw:
                 block["content"] = new
             return
@@ -238,61 +238,101 @@ class _Walk:
         except msgspec.DecodeError:
             return
         changed = False
-        for item in inner:
+        dedupe = len(inner) == 1 and tool_use_id is not None
+        for index, item in enumerate(inner):
             text = item.get("text")
             if item.get("type") == _TEXT and text is not None and "citations" not in item:
-                new = self.result_text(text, result, dedupe=len(inner) == 1)
+                where = None if tool_use_id is None else (tool_use_id, index)
+                new = self.result_text(text, result, where, dedupe=dedupe)
                 if new is not text:
                     item["text"], changed = new, True
         if changed:
             block["content"] = Raw(_encoder.encode(inner))
 
-    def rule(
-        self, origin: tuple[str, Raw] | None, is_error: bool
-    ) -> tuple[TextOptions | None, str | None]:
-        """The text options for a result (``None``: keep it exactly) and its command line."""
+    def rule(self, use: dict[str, Raw] | None) -> Rule | None:
+        """How to rewrite the output of the ``tool_use`` block ``use``; ``None`` for a shell
+        tool, whose command line decides (see :meth:`shell_rule`)."""
         bundle = self.bundle
-        if origin is None:
-            return (self.error_options if is_error else bundle.text), None
-        name, tool_input = origin
+        name = None if use is None else _as_str(use.get("name"))
+        if name is None:
+            return self.text_rule
         if name in bundle.file_read_tools:
-            return None, None
-        command = bundle.command(name, tool_input)
-        if command is not None and bundle.reads_files(command):
-            return None, None
-        if is_error:
-            return self.error_options, None
-        return bundle.text, command
+            return _EXACT
+        return None if name in bundle.shell_tools else self.text_rule
 
-    def result_text(self, raw: Raw, result: _Result, *, dedupe: bool) -> Raw:
+    def shell_rule(self, use: dict[str, Raw]) -> Rule:
+        bundle = self.bundle
+        name = _as_str(use.get("name")) or ""
+        command = bundle.command(name, use.get("input", _NULL))
+        if command is None:
+            return self.text_rule
+        options = None if bundle.reads_files(command) else bundle.text
+        return Rule(options, command, framed=True)
+
+    def rewrite(self, raw: Raw, result: _Result, where: Hashable) -> Rewrite:
+        """One tool-result text rewritten; ``where`` names it for the memo (``None``: the text
+        itself does)."""
+        rule, use, memo = result.rule, result.use, self.memo
+        if rule is None and use is not None:
+            if memo is None or where is None:
+                return rewrite_text(raw, self.shell_rule(use))
+            call = (use.get("name", _NULL), use.get("input", _NULL))
+            return memo.call_rewrite((self.bundle, where), call, raw, lambda: self.shell_rule(use))
+        rule = rule or self.text_rule
+        if memo is None:
+            return rewrite_text(raw, rule)
+        if where is None:
+            return memo.rewrite(raw, rule)
+        return memo.call_rewrite((rule, where), (), raw, lambda: rule)
+
+    def result_text(self, raw: Raw, result: _Result, where: Hashable, *, dedupe: bool) -> Raw:
         """The final JSON string for one tool-result text (``raw`` itself when unchanged)."""
-        new = raw
-        if result.options is not None:
-            text = _as_str(raw)
-            if text is not None:
-                new = _rewrite(raw, text, result.options, result.command)
-        if dedupe and len(new) >= DEDUPE_MIN_BYTES and result.tool_use_id is not None:
-            new = self.deduplicate(new, result)
+        if result.rule is not _EXACT:
+            rewrite = self.rewrite(raw, result, where)
+            new = raw if rewrite.json is None else rewrite.json
+            if dedupe and len(rewrite.output) >= DEDUPE_MIN_BYTES and not rewrite.verbatim:
+                new = self.deduplicate(new, rewrite.output, rewrite.frame, result)
+        elif dedupe and len(raw) >= DEDUPE_MIN_BYTES:
+            verbatim = memoryview(raw)[: len(_TOOL_USE_ERROR)] == _TOOL_USE_ERROR
+            new = raw if verbatim else self.deduplicate(raw, raw, None, result)
+        else:
+            new = raw
         self.count(raw, new)
         return new
 
-    def deduplicate(self, raw: Raw, result: _Result) -> Raw:
-        """A reference to an earlier identical result, or ``raw`` after recording it."""
-        same_length = self.earlier.setdefault(len(raw), [])
-        for earlier_raw, earlier in same_length:
-            if earlier_raw == raw:
-                if result.is_error:
-                    return raw
-                reference = Raw(_encoder.encode(self.reference(earlier)))
-                return reference if len(reference) < len(raw) else raw
-        same_length.append((raw, result))
-        return raw
+    def deduplicate(self, new: Raw, output: Raw, frame: Frame | None, result: _Result) -> Raw:
+        """A reference to an earlier result with the same ``output``, or ``new`` after recording
+        it. A framed result keeps its own ``frame`` (its exit code) around the reference."""
+        same_length = self.earlier.get(len(output))
+        if same_length is None:
+            self.earlier[len(output)] = [(output, result)]
+            return new
+        for earlier_output, earlier in same_length:
+            if earlier_output == output:
+                text = self.reference(earlier, "output identical" if frame else "identical")
+                reference = Raw(_encoder.encode(frame.wrap(text) if frame else text))
+                return reference if len(reference) < len(new) else new
+        same_length.append((output, result))
+        return new
 
-    def reference(self, earlier: _Result) -> str:
+    def reference(self, earlier: _Result, what: str) -> str:
         where = f"the tool result of {earlier.tool_use_id} above"
-        if earlier.origin is not None:
-            where += f" ({self.bundle.describe(*earlier.origin)})"
-        return f"[messages_mw: identical to {where}]"
+        if earlier.use is not None:
+            label = self.describe(earlier.use)
+            where += f" ({label})" if label else ""
+        return f"[messages_mw: {what} to {where}]"
+
+    def describe(self, use: dict[str, Raw]) -> str:
+        """A short label for a tool call (see :meth:`Bundle.describe`); ``""`` without a name."""
+        name_raw, tool_input = use.get("name", _NULL), use.get("input", _NULL)
+
+        def describe() -> str:
+            name = _as_str(name_raw)
+            return "" if name is None else self.bundle.describe(name, tool_input)
+
+        if self.memo is None:
+            return describe()
+        return self.memo.label((self.bundle, bytes(name_raw), bytes(tool_input)), describe)
 
     def count(self, before: Raw, after: Raw) -> None:
         self.bytes_before += len(before)
@@ -302,25 +342,15 @@ class _Walk:
 
 
 class _Result(msgspec.Struct, frozen=True):
-    """What produced one tool result, and the rule that applies to its text."""
+    """The tool call that produced one tool result, and the rule for its text."""
 
     tool_use_id: str | None
-    origin: tuple[str, Raw] | None
-    options: TextOptions | None
-    command: str | None
-    is_error: bool
+    use: dict[str, Raw] | None
+    rule: Rule | None  # None: a shell call, whose command line decides
 
 
-def _rewrite(raw: Raw, text: str, options: TextOptions, command: str | None) -> Raw:
-    """The JSON of ``text`` compressed, or ``raw`` when that saves nothing; never blank."""
-    new = compress_tool_text(text, options, command)
-    if len(new) >= len(text):
-        return raw
-    if not new.strip() and text.strip():
-        if len(EMPTY_MARKER) >= len(text):
-            return raw
-        new = EMPTY_MARKER
-    return Raw(_encoder.encode(new))
+_EXACT = Rule(None)
+_TOOL_USE_ERROR = b'"<tool_use_error>'
 
 
 def _as_str(raw: Raw | None) -> str | None:

@@ -1,0 +1,141 @@
+"""A bounded memo of text rewrites, shared by the requests that one compressor handles.
+
+Agents resend their whole history on every turn, so all of a request's tool output but the newest
+turn's was compressed by an earlier request already. A text's rewrite is a pure function of its
+JSON and of its :class:`~.rewrite.Rule`, so remembering it changes no output byte and turns the
+repeated work into a dictionary lookup. Deduplication is decided per request, outside the memo.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from msgspec import Raw
+
+from .bundles import Bundle
+from .rewrite import Rewrite, Rule, rewrite_text
+
+__all__ = ["DEFAULT_MEMO_BYTES", "CompressionMemo"]
+
+DEFAULT_MEMO_BYTES = 64 * 1024 * 1024
+# Per entry, besides the bytes it holds: the key tuple, the rewrite and the dict slot.
+_ENTRY_OVERHEAD = 200
+# Bundles whose rules are kept, and labels of tool calls (a few hundred bytes each).
+_MAX_BUNDLES = 64
+_MAX_LABELS = 4096
+
+
+class _Entry:
+    """One remembered rewrite; ``used`` is set by every hit and cleared by eviction."""
+
+    __slots__ = ("call", "raw", "rewrite", "size", "used")
+
+    def __init__(self, raw: Raw, call: tuple[Raw, ...], rewrite: Rewrite, size: int) -> None:
+        self.raw = raw
+        self.call = call
+        self.rewrite = rewrite
+        self.size = size
+        self.used = False
+
+
+class CompressionMemo:
+    """Rewrites of texts seen before, bounded by ``max_bytes``.
+
+    A tool result's text is remembered under its tool call's id (and its place in the result),
+    and found again only when its bytes and the call's are the same as then: comparing bytes is
+    cheaper than hashing them, and an agent resends each result under the same id. Other texts
+    are remembered under their bytes. When the memo is full, the oldest entries go first, but an
+    entry used since it was last looked at gets a second chance (the clock algorithm), so a
+    long session's early results stay while they are resent.
+
+    Thread-safe, since the built-in compressor runs large bodies in worker threads: changes
+    happen under a lock, and a lookup is one dictionary read of keys hashed in C, atomic under
+    the GIL (``hits`` and ``misses`` may miss a count under contention). A rewrite is computed
+    outside the lock, so a slow text never holds up other requests; two threads that miss on
+    the same text both compute it, with the same result.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MEMO_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._rules: dict[Bundle, tuple[Rule, Rule | None]] = {}
+        self._labels: dict[Hashable, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def bytes_held(self) -> int:
+        """The size of what the memo holds, as counted against ``max_bytes``."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def rules(self, bundle: Bundle) -> tuple[Rule, Rule | None]:
+        """``bundle``'s rules for other tools' output and for pasted text, one instance each
+        for as long as the memo knows the bundle: the keys holding them compare by identity."""
+        found = self._rules.get(bundle)
+        if found is not None:
+            return found
+        pasted = bundle.pasted_text
+        rules = (Rule(bundle.text), None if pasted is None else Rule(pasted, pasted=True))
+        with self._lock:
+            if len(self._rules) >= _MAX_BUNDLES:
+                self._rules.clear()
+            return self._rules.setdefault(bundle, rules)
+
+    def label(self, key: Hashable, describe: Callable[[], str]) -> str:
+        """``describe()``, remembered under ``key`` (which must name everything it reads)."""
+        found = self._labels.get(key)
+        if found is None:
+            found = describe()
+            with self._lock:
+                if len(self._labels) >= _MAX_LABELS:
+                    self._labels.clear()
+                self._labels[key] = found
+        return found
+
+    def rewrite(self, raw: Raw, rule: Rule) -> Rewrite:
+        """``rewrite_text(raw, rule)``, remembered under the bytes of ``raw`` (and ``rule``, as
+        :meth:`rules` gives it)."""
+        data = bytes(raw)  # the key, and the entry's copy of the text (``Raw`` shares it)
+        return self.call_rewrite((rule, data), (), Raw(data), lambda: rule)
+
+    def call_rewrite(
+        self, key: Hashable, call: tuple[Raw, ...], raw: Raw, rule: Callable[[], Rule]
+    ) -> Rewrite:
+        """``rewrite_text(raw, rule())`` for the text ``key`` names, remembered with ``call``
+        (what ``rule()`` reads, such as the tool call's name and input) and found again only
+        when ``raw`` and ``call`` are the same. Only copies of ``raw`` and ``call`` are kept, never
+        the request buffer they may be views of."""
+        found = self._entries.get(key)
+        if found is not None and found.raw == raw and found.call == call:
+            found.used = True
+            self.hits += 1
+            return found.rewrite
+        self.misses += 1
+        raw = raw.copy()
+        rewrite = rewrite_text(raw, rule())
+        size = len(raw) + rewrite.size(raw) + sum(map(len, call)) + _ENTRY_OVERHEAD
+        if size <= self.max_bytes:
+            self._store(key, _Entry(raw, tuple(part.copy() for part in call), rewrite, size))
+        return rewrite
+
+    def _store(self, key: Hashable, entry: _Entry) -> None:
+        with self._lock:
+            replaced = self._entries.pop(key, None)
+            if replaced is not None:
+                self._bytes -= replaced.size
+            self._entries[key] = entry
+            self._bytes += entry.size
+            while self._bytes > self.max_bytes:
+                oldest, dropped = self._entries.popitem(last=False)
+                if dropped.used or oldest == key:  # the new entry fits alone: never evicted
+                    dropped.used = False
+                    self._entries[oldest] = dropped
+                else:
+                    self._bytes -= dropped.size
