@@ -20,8 +20,16 @@ everything but the newest message, which is exactly that mistake. Output tokens 
 with and without compression and are left out. Not modelled: the 5-minute TTL (a session runs
 well inside it) and the 20-block lookback limit (no rolling marker here moves further).
 
-Speed: best of several rounds of ``compress_request`` on the final request, per 100 KB and
-per MB of request body.
+Speed, two ways. Cold: best of several timeit rounds of ``compress_request`` on the final
+request alone, with no memo (every block compressed from scratch), per 100 KB and per MB of
+request body; that is what a request costs when the compressor has not seen its history (a
+restarted gateway, ``memo_bytes = 0``). Warm: the whole session compressed in order through one
+fresh ``CompressionMemo`` of the gateway's default size, as the gateway's built-in compressor
+shares one memo between requests, best of the same number of rounds: the final request's time
+with the memo warmed by the session's earlier requests, per MB of that request, and the whole
+session's compression time per MB of all its requests. The memo path's output is checked to be
+byte-identical to the cold path's for every request. The issue's ≤ 2 ms/MB target is checked on
+the warm figures (the larger of the two), the cost a gateway pays per request in a session.
 
 Run on its own, ``python -m benchmarks.compression`` prints the table (``--quick`` for fewer
 timing rounds, ``--json`` for the raw rows, as the ``python -m benchmarks`` parent reads them).
@@ -30,13 +38,16 @@ timing rounds, ``--json`` for the raw rows, as the ``python -m benchmarks`` pare
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
+import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from messages_mw.pricing import DEFAULT_PRICES, ModelPrice
 from messages_mw.providers.mock import estimate_input_tokens
@@ -44,6 +55,9 @@ from messages_mw.providers.mock import estimate_input_tokens
 from .agent_corpus import PROFILES, TURNS, build_session, encode
 from .decode import best_seconds
 from .e2e import matches
+
+if TYPE_CHECKING:
+    from messages_mw.compression.memo import CompressionMemo
 
 BUNDLES = ("claude-code", "opencode", "cursor", "codex", "generic")
 ENGINE, NAIVE = "engine", "naive"
@@ -60,6 +74,8 @@ MS_PER_MB_TARGET = 2.0
 
 Json = dict[str, Any]
 Compressor = Callable[[bytes], bytes]
+# A compressor with a fresh memo of its own on every call of the factory (one per session).
+WarmFactory = Callable[[], Compressor]
 
 
 def sonnet_price() -> ModelPrice:
@@ -190,8 +206,9 @@ def tool_output_bytes(body: bytes) -> int:
     return total
 
 
-def engine_compressor(bundle_name: str) -> Compressor:
-    """``compress_request`` with ``bundle_name``'s bundle; the body unchanged when it says so."""
+def engine_compressor(bundle_name: str, memo: CompressionMemo | None = None) -> Compressor:
+    """``compress_request`` with ``bundle_name``'s bundle (and ``memo``, a ``CompressionMemo``,
+    kept across calls when given); the body unchanged when it says so."""
     from messages_mw.compression.bundles import bundle_named
     from messages_mw.compression.engine import compress_request
 
@@ -200,10 +217,49 @@ def engine_compressor(bundle_name: str) -> Compressor:
         raise ValueError(f"no compression bundle named {bundle_name!r}")
 
     def compress(body: bytes) -> bytes:
-        result = compress_request(body, bundle)
+        result = compress_request(body, bundle, memo=memo)
         return body if result.body is None else result.body
 
     return compress
+
+
+def warm_engine(bundle_name: str) -> WarmFactory:
+    """A factory of ``bundle_name`` compressors, each with a fresh memo of the gateway's default
+    size (``CompressionConfig.memo_bytes``), as the built-in compressor keeps one."""
+    from messages_mw.compression.memo import DEFAULT_MEMO_BYTES, CompressionMemo
+
+    return lambda: engine_compressor(bundle_name, CompressionMemo(DEFAULT_MEMO_BYTES))
+
+
+def warm_seconds(
+    requests: Sequence[bytes], warm: WarmFactory, expected: Sequence[bytes], rounds: int
+) -> tuple[float, float]:
+    """Best of ``rounds`` passes over the session, each through a fresh ``warm()`` compressor
+    (so a fresh memo): the final request's seconds, and the whole session's.
+
+    The garbage collector is off while timing, as in timeit. Raises ``AssertionError`` when a
+    pass gives other bytes than ``expected`` (the cold path's output) for any request.
+    """
+    best_final = best_total = math.inf
+    for _ in range(rounds):
+        compress = warm()
+        seconds, outputs = [], []
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for body in requests:
+                started = time.perf_counter()
+                outputs.append(compress(body))
+                seconds.append(time.perf_counter() - started)
+        finally:
+            if collecting:
+                gc.enable()
+        differing = [i for i, (a, b) in enumerate(zip(outputs, expected, strict=True)) if a != b]
+        if differing:
+            raise AssertionError(f"memo path differs from the cold path at requests {differing}")
+        best_final = min(best_final, seconds[-1])
+        best_total = min(best_total, sum(seconds))
+    return best_final, best_total
 
 
 def naive_compressor(compress: Compressor) -> Compressor:
@@ -236,7 +292,13 @@ class CompressionRow:
     cost_after: float
     cache_read_share_before: float
     cache_read_share_after: float
+    # Cold: the final request alone, no memo.
     seconds_per_100kb: float | None
+    # Warm, one memo through the session: the final request (memo warmed by the requests
+    # before it), and the whole session (total seconds over total request bytes).
+    warm_seconds_per_100kb: float | None = None
+    session_seconds_per_100kb: float | None = None
+    session_bytes: int = 0
 
     @property
     def name(self) -> str:
@@ -257,8 +319,28 @@ class CompressionRow:
 
     @property
     def ms_per_mb(self) -> float | None:
-        per_100kb = self.seconds_per_100kb
-        return None if per_100kb is None else per_100kb * 10 * 1e3
+        """Cold: the final request compressed alone, with no memo."""
+        return _ms_per_mb(self.seconds_per_100kb)
+
+    @property
+    def warm_ms_per_mb(self) -> float | None:
+        """Warm: the final request, with the memo warmed by the session's earlier requests."""
+        return _ms_per_mb(self.warm_seconds_per_100kb)
+
+    @property
+    def session_ms_per_mb(self) -> float | None:
+        """Warm: the whole session's compression time per MB of all its requests."""
+        return _ms_per_mb(self.session_seconds_per_100kb)
+
+    @property
+    def speed_ms_per_mb(self) -> float | None:
+        """The figure the speed target is checked on: the larger warm one."""
+        warm = [v for v in (self.warm_ms_per_mb, self.session_ms_per_mb) if v is not None]
+        return max(warm) if warm else None
+
+
+def _ms_per_mb(seconds_per_100kb: float | None) -> float | None:
+    return None if seconds_per_100kb is None else seconds_per_100kb * 10 * 1e3
 
 
 def scenario_name(bundle: str, profile: str, variant: str = ENGINE) -> str:
@@ -280,10 +362,12 @@ def measure(
     requests: Sequence[bytes] | None = None,
     rounds: int | None = 5,
     seed: int = 0,
+    warm: WarmFactory | None = None,
 ) -> CompressionRow:
     """One row: ``compress`` on every request of ``bundle``'s ``profile`` session.
 
-    ``requests`` overrides the generated session (tests); ``rounds=None`` skips timing.
+    ``requests`` overrides the generated session (tests); ``rounds=None`` skips timing, and
+    ``warm`` (compressors sharing a memo across a session) adds the warm timing.
     """
     if requests is None:
         requests = build_session(bundle, profile, seed=seed, turns=TURNS).requests
@@ -292,10 +376,15 @@ def measure(
     price = sonnet_price()
     cost_before, share_before = session_dollars(requests, price)
     cost_after, share_after = session_dollars(compressed, price)
-    timing = None
+    session_bytes = sum(len(body) for body in requests)
+    timing = warm_timing = session_timing = None
     if rounds:
         seconds = best_seconds(lambda: compress(final), rounds)
         timing = seconds / (len(final) / 100_000)
+    if rounds and warm is not None:
+        final_seconds, total_seconds = warm_seconds(requests, warm, compressed, rounds)
+        warm_timing = final_seconds / (len(final) / 100_000)
+        session_timing = total_seconds / (session_bytes / 100_000)
     return CompressionRow(
         bundle,
         profile,
@@ -311,6 +400,9 @@ def measure(
         share_before,
         share_after,
         timing,
+        warm_timing,
+        session_timing,
+        session_bytes,
     )
 
 
@@ -319,10 +411,10 @@ def run_compression_benchmarks(
 ) -> list[CompressionRow]:
     rows = []
     for bundle in BUNDLES:
-        compress = engine_compressor(bundle)
+        compress, warm = engine_compressor(bundle), warm_engine(bundle)
         for profile in PROFILES:
             if wanted(scenario_name(bundle, profile)):
-                rows.append(measure(bundle, profile, compress, rounds=rounds, seed=seed))
+                rows.append(measure(bundle, profile, compress, rounds=rounds, seed=seed, warm=warm))
     if wanted(scenario_name(NAIVE_BUNDLE, "tool-heavy", NAIVE)):
         naive = naive_compressor(engine_compressor(NAIVE_BUNDLE))
         rows.append(
@@ -340,8 +432,10 @@ COLUMNS = (
     "session $ plain",
     "session $ compressed (Δ)",
     "cache-read share",
-    "µs/100KB",
-    "ms/MB",
+    "cold µs/100KB",
+    "cold ms/MB",
+    "warm ms/MB final",
+    "warm ms/MB session",
     "targets",
 )
 _LEFT = {"bundle", "profile", "targets"}
@@ -367,8 +461,11 @@ def _targets(row: CompressionRow, engine: CompressionRow | None) -> str:
         marks.append(f"cost {_mark(row.cost_saved >= COST_SAVED_TARGET)}")
     else:
         marks.append(f"cost not higher {_mark(row.cost_saved >= 0)}")
-    if row.ms_per_mb is not None:
-        marks.append(f"speed {_mark(row.ms_per_mb <= MS_PER_MB_TARGET)}")
+    speed, how = row.speed_ms_per_mb, "warm"
+    if speed is None:
+        speed, how = row.ms_per_mb, "cold"
+    if speed is not None:
+        marks.append(f"speed ({how}) {_mark(speed <= MS_PER_MB_TARGET)}")
     return " ".join(marks)
 
 
@@ -388,8 +485,12 @@ def _row_cells(row: CompressionRow, engine: CompressionRow | None) -> dict[str, 
         "targets": _targets(row, engine),
     }
     if row.seconds_per_100kb is not None and row.ms_per_mb is not None:
-        cells["µs/100KB"] = f"{row.seconds_per_100kb * 1e6:,.0f}"
-        cells["ms/MB"] = f"{row.ms_per_mb:.2f}"
+        cells["cold µs/100KB"] = f"{row.seconds_per_100kb * 1e6:,.0f}"
+        cells["cold ms/MB"] = f"{row.ms_per_mb:.2f}"
+    if row.warm_ms_per_mb is not None:
+        cells["warm ms/MB final"] = f"{row.warm_ms_per_mb:.2f}"
+    if row.session_ms_per_mb is not None:
+        cells["warm ms/MB session"] = f"{row.session_ms_per_mb:.2f}"
     return cells
 
 
@@ -428,6 +529,34 @@ def _naive_line(naive: CompressionRow, engine: CompressionRow) -> str:
     )
 
 
+def _slowest(rows: Sequence[CompressionRow], figure: str) -> tuple[float, CompressionRow] | None:
+    timed = [(value, r) for r in rows if (value := getattr(r, figure)) is not None]
+    return max(timed, key=lambda pair: pair[0]) if timed else None
+
+
+def _speed_lines(engine: Sequence[CompressionRow]) -> list[str]:
+    """The speed target on the warm figures, with the cold one printed beside it (or, when
+    there is no warm timing, on the cold one, saying so)."""
+    cold = _slowest(engine, "ms_per_mb")
+    final, session = _slowest(engine, "warm_ms_per_mb"), _slowest(engine, "session_ms_per_mb")
+    cold_text = "" if cold is None else f"{cold[0]:.2f} ms/MB ({cold[1].bundle} {cold[1].profile})"
+    if final is None or session is None:
+        if cold is None:
+            return []
+        return [
+            f"{_mark(cold[0] <= MS_PER_MB_TARGET)} ≤ {MS_PER_MB_TARGET:g} ms per MB, cold (no"
+            f" memo; no warm timing in this run): slowest {cold_text}"
+        ]
+    worst = max(final[0], session[0])
+    return [
+        f"{_mark(worst <= MS_PER_MB_TARGET)} ≤ {MS_PER_MB_TARGET:g} ms per MB, warm (one memo"
+        f" through the session, as the gateway keeps it): slowest final request"
+        f" {final[0]:.2f} ms/MB ({final[1].bundle} {final[1].profile}), slowest whole session"
+        f" {session[0]:.2f} ms/MB ({session[1].bundle} {session[1].profile})"
+        + ("" if cold is None else f"; cold, for comparison (not the target's figure): {cold_text}")
+    ]
+
+
 def target_lines(rows: Sequence[CompressionRow]) -> list[str]:
     """The issue's targets, each with ✓/✗ over the rows it applies to."""
     engine = [r for r in rows if r.variant == ENGINE]
@@ -446,13 +575,7 @@ def target_lines(rows: Sequence[CompressionRow]) -> list[str]:
             f"{_mark(not higher)} session cost never higher with compression, every bundle and"
             f" profile: {', '.join(higher) if higher else 'none higher'}"
         )
-    timed = [(r.ms_per_mb, r) for r in engine if r.ms_per_mb is not None]
-    if timed:
-        slowest, row = max(timed, key=lambda pair: pair[0])
-        lines.append(
-            f"{_mark(slowest <= MS_PER_MB_TARGET)} ≤ {MS_PER_MB_TARGET:g} ms per MB: slowest"
-            f" {slowest:.2f} ms/MB ({row.bundle} {row.profile})"
-        )
+    lines += _speed_lines(engine)
     for naive in (r for r in rows if r.variant == NAIVE):
         engine_row = _engine_row(rows, naive)
         if engine_row is not None:
@@ -471,6 +594,16 @@ def legend(price: ModelPrice) -> str:
         " session's input tokens read from cache, without→with compression. naive: the engine"
         " applied to all but the newest message, which rewrites each message once it is no"
         " longer the newest and so misses the cache."
+        " Speed: cold = the final request compressed alone with no memo, best of the timeit"
+        " rounds (what a request costs when the compressor has not seen its history); warm ="
+        f" the whole session ({TURNS + 1} requests) compressed in order through one fresh"
+        " CompressionMemo (default size), as the gateway's built-in compressor shares one, best"
+        " of as many passes: final = the final request's time with the memo warmed by the"
+        " requests before it, per MB of that request; session = the session's total compression"
+        " time per MB of all its requests. Memo and cold outputs are checked byte-identical. The"
+        f" ≤ {MS_PER_MB_TARGET:g} ms/MB target is checked on the larger warm figure (what a"
+        " gateway pays per request in a session); the cold figure is printed beside it and is"
+        " not what the target is checked on."
     )
 
 
