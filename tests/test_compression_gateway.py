@@ -133,7 +133,7 @@ def test_each_bundle_compresses_tool_output_chosen_by_header(
                 report = answer.response.headers["x-mw-compression-report"]
         else:
             raw = client.messages.with_raw_response.create(**request)
-            text = raw.parse().content[0].text  # type: ignore[union-attr]
+            text = raw.parse().content[0].text
             report = raw.headers["x-mw-compression-report"]
             sent = raw.http_request.content
         event = gw.last_event()
