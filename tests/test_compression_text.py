@@ -149,6 +149,10 @@ def test_tidy_stays_linear_on_long_inner_blank_runs() -> None:
     assert time.perf_counter() - start < 1
 
 
+def test_tidy_trims_runs_mixing_spaces_and_tabs_whichever_comes_last() -> None:
+    assert tidy_whitespace("a \t\nb\t \nc \n\t\n \nd\t") == "a\nb\nc\n\nd"
+
+
 def test_tidy_keeps_text_without_final_newline_and_clean_text_as_is() -> None:
     assert tidy_whitespace("a\nb ") == "a\nb"
     text = "clean\ntext\n"
@@ -223,6 +227,29 @@ def test_without_near_only_identical_runs_collapse() -> None:
     progress = "\n".join(f"Downloading {n}%" for n in range(10))
     assert collapse_repeats(progress, near=False) is progress
     assert collapse_repeats("k\nk\nk", near=False) == "k\n… line above repeated 2 more times"
+
+
+def test_near_merging_sees_error_words_in_any_case_and_script() -> None:
+    # Ignore-case matching pairs the long s (U+017F) with "s" and the dotted capital I (U+0130)
+    # with "i", which str.lower() does not.
+    for word in ("MISSING", "mi\u017f\u017fing", "\u0130nvalid", "Fail"):
+        text = "\n".join(f"{word} chunk {n}" for n in range(10))
+        assert collapse_repeats(text) is text
+
+
+def test_near_merging_compares_each_lines_file_names() -> None:
+    # Same files in total, not on each line: the first line names one, the others none or two.
+    lines = ["get 1/b /b", "get /b /b", "get 1/b 1/b", "get 1/b /b", "get 1/b /b"]
+    text = "\n".join(lines)
+    assert collapse_repeats(text) is text
+
+
+def test_a_long_near_identical_run_is_fast() -> None:
+    text = "".join(f"step {n} of 100000 ok\n" for n in range(100_000))
+    start = time.perf_counter()
+    result = collapse_repeats(text)
+    assert time.perf_counter() - start < 1
+    assert result == "step 0 of 100000 ok\n… 99998 similar lines omitted\nstep 99999 of 100000 ok\n"
 
 
 def test_markers_keep_the_runs_indentation() -> None:
@@ -356,6 +383,13 @@ def test_each_transform_can_be_switched_off(switch: str, text: str, kept: str) -
     off = compress_tool_text(text, dataclasses.replace(OPTIONS, **{switch: False}), "git status")
     assert kept not in on
     assert kept in off
+
+
+def test_near_repeats_can_be_switched_off_alone() -> None:
+    options = dataclasses.replace(OPTIONS, collapse_near_repeats=False)
+    progress = "\n".join(f"processed batch {n} of 80" for n in range(80))
+    assert compress_tool_text(progress, options) == progress
+    assert compress_tool_text("k\nk\nk", options) == "k\n… line above repeated 2 more times"
 
 
 def test_no_cap_and_all_transforms_off_is_the_identity() -> None:

@@ -2,9 +2,10 @@
 
 Each transform is deterministic and depends on its input text alone, so the same tool output
 compresses to the same bytes on every request (the cache-safety rule). Every transform does its
-cheap check first (a C-speed ``in`` test or a length comparison) and returns its input unchanged,
-the same object, when there is nothing to do, since most tool outputs are already clean. None
-raises on any ``str``: lone surrogates, NULs, multi-megabyte single lines, deeply nested JSON.
+cheap check first (a C-speed ``in`` test, a regex that jumps from newline to newline, a length
+comparison) and returns its input unchanged, the same object, when there is nothing to do, since
+most tool outputs are already clean. None raises on any ``str``: lone surrogates, NULs,
+multi-megabyte single lines, deeply nested JSON.
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ class TextOptions:
 
     ``cap_chars=None`` disables the cap; above ``cap_chars`` characters a text keeps its first
     ``head_lines`` and last ``tail_lines`` lines around an omitted-lines marker.
+    ``collapse_near_repeats=False`` keeps :func:`collapse_repeats` lossless (identical runs
+    only), for text whose every line may matter, such as a log a user pasted.
     """
 
     strip_ansi: bool = True
     collapse_progress: bool = True
     tidy_whitespace: bool = True
     collapse_repeats: bool = True
+    collapse_near_repeats: bool = True
     minify_json: bool = True
     command_filters: bool = True
     cap_chars: int | None = 24_000
@@ -66,10 +70,14 @@ def compress_tool_text(text: str, options: TextOptions, command: str | None = No
     whose lines an agent may quote back exactly (diffs, grep matches, printed files) skips the
     line rewrites. Pure and deterministic: the result depends on the arguments alone.
     """
-    if _TOOL_USE_ERROR in text:
-        return text
+    # Both markers start with "<": one memchr spares most texts two substring scans.
+    reminders = False
+    if "<" in text:
+        if _TOOL_USE_ERROR in text:
+            return text
+        reminders = _REMINDER_OPEN in text
     profile = inspect_command(command) if command and options.command_filters else None
-    if _REMINDER_OPEN not in text:
+    if not reminders:
         return _compress_segment(text, options, profile)
     parts = _REMINDER_RE.split(text)
     last = len(parts) - 1
@@ -102,7 +110,8 @@ def _compress_segment(text: str, options: TextOptions, profile: CommandOutput | 
             text = minify_json(text)
         if options.collapse_repeats:
             # A command filter knows its output; lossy near-duplicate merging is for the rest.
-            text = collapse_repeats(text, near=profile is None or profile.filter is None)
+            near = options.collapse_near_repeats and (profile is None or profile.filter is None)
+            text = collapse_repeats(text, near=near)
     if options.cap_chars is not None:
         text = cap_text(text, options.cap_chars, options.head_lines, options.tail_lines)
     return text
@@ -128,9 +137,6 @@ _CONTROL_RE = re.compile(
     """,
     re.VERBOSE,
 )
-# Controls that make strip_ansi scan for all of them; rarer ones alone are left as they are.
-_CONTROL_HINTS = ("\x07", "\x00", "\x0b", "\x0c", "\x7f")
-_C1_HINTS = ("\x9b", "\x9d", "\x9c")
 
 
 def strip_ansi(text: str) -> str:
@@ -142,8 +148,15 @@ def strip_ansi(text: str) -> str:
     """
     if "\x1b" in text:
         text = _ESCAPE_RE.sub("", text)
-    if any(hint in text for hint in _CONTROL_HINTS) or (
-        not text.isascii() and any(hint in text for hint in _C1_HINTS)
+    # Controls that make it scan for all of them (rarer ones alone are left as they are):
+    # single-character tests are memchr calls, far cheaper than one regex scan.
+    if (
+        "\x07" in text
+        or "\x00" in text
+        or "\x0b" in text
+        or "\x0c" in text
+        or "\x7f" in text
+        or (not text.isascii() and ("\x9b" in text or "\x9d" in text or "\x9c" in text))
     ):
         text = _CONTROL_RE.sub("", text)
     if "\x08" in text:
@@ -184,16 +197,14 @@ def collapse_progress(text: str) -> str:
 
 
 def _final_state(line: str) -> str:
-    for segment in reversed(line.split("\r")):
-        if segment:
-            return segment
-    return ""
+    """The last non-empty ``\\r``-separated segment, without splitting a thousand redraws."""
+    return line.rstrip("\r").rpartition("\r")[2]
 
 
-# Tried only where a run of blanks starts, and without backtracking: linear on any input.
-_TRAILING_WS_RE = re.compile(r"(?<![ \t])[ \t]++$", re.MULTILINE)
+# A newline after a space or tab, or starting a blank run: one pass that jumps from newline to
+# newline costs less than the two substring scans it replaces.
+_UNTIDY_RE = re.compile(r"\n(?:(?<=[ \t]\n)|\n\n)")
 _BLANK_RUN_RE = re.compile(r"\n\n\n+")
-_FAST_TRIM_PASSES = 3
 
 
 def tidy_whitespace(text: str) -> str:
@@ -202,9 +213,12 @@ def tidy_whitespace(text: str) -> str:
     Also leaves at most one newline at the end. Alignment padding and blank runs are pure
     token cost.
     """
-    text = _trim_line_ends(text)
-    if "\n\n\n" in text:
-        text = _BLANK_RUN_RE.sub("\n\n", text)
+    if _UNTIDY_RE.search(text) is not None:
+        text = _trim_line_ends(text)
+        if "\n\n\n" in text:
+            text = _BLANK_RUN_RE.sub("\n\n", text)
+    elif text.endswith((" ", "\t")):
+        text = text.rstrip(" \t")
     if text.startswith("\n"):
         text = text.lstrip("\n")
     if text.endswith("\n\n"):
@@ -213,14 +227,17 @@ def tidy_whitespace(text: str) -> str:
 
 
 def _trim_line_ends(text: str) -> str:
-    """Trailing whitespace off every line: ``str.replace`` passes, a regex only for long tails."""
-    tabs = "\t" in text  # a single-character test is far cheaper than a two-character one
-    for _ in range(_FAST_TRIM_PASSES):
-        if " \n" not in text and not (tabs and "\t\n" in text):
-            return text.rstrip(" \t") if text.endswith((" ", "\t")) else text
-        text = text.replace("    \n", "\n").replace("  \n", "\n").replace(" \n", "\n")
-        text = text.replace("\t\n", "\n")
-    return _TRAILING_WS_RE.sub("", text)
+    """Trailing spaces and tabs off every line, the last one included; linear on any input.
+
+    Splitting at ``" \n"`` leaves each piece ending in the rest of one line's trailing run, so
+    one ``rstrip`` per piece trims the whole run; the ``"\t\n"`` pass then finds only lines
+    that ended in a tab.
+    """
+    for line_end in (" \n", "\t\n") if "\t" in text else (" \n",):
+        pieces = text.split(line_end)
+        if len(pieces) > 1:
+            text = "\n".join([piece.rstrip(" \t") for piece in pieces])
+    return text.rstrip(" \t") if text.endswith((" ", "\t")) else text
 
 
 _DIGITS = b"0123456789"
@@ -228,13 +245,30 @@ _EXACT_MIN_RUN = 3
 # A near-duplicate run loses its middle lines, so it must be long enough to be noise.
 _NEAR_MIN_RUN = 5
 _LETTER_RE = re.compile(r"[A-Za-z]")
-# Lines a near-duplicate merge must never hide: errors and anything pointing into a file.
-_PRECIOUS_RE = re.compile(
-    r"(?i:error|fail|warn|exception|panic|fatal|traceback|assert|denied|invalid|missing)"
-    r"|\S:\d+|\bline \d+|\(\d+,\d+\)"
-)
+# Lines a near-duplicate merge must never hide: errors, in any case, and anything pointing into
+# a file (``\S:\d+``, ``\bline \d+``, ``(\d+,\d+)``). Each location pattern starts with a
+# literal, so the regex engine only tries it there; the words are substring scans of the
+# lowered text, not an ignore-case alternation tried at every character.
+_PRECIOUS_WORDS = (
+    "error", "fail", "warn", "exception", "panic", "fatal", "traceback", "assert", "denied",
+    "invalid", "missing",
+)  # fmt: skip
+_PRECIOUS_WORD_RE = re.compile(f"(?i:{'|'.join(_PRECIOUS_WORDS)})")
+_LOCATION_RE = re.compile(r":(?<=\S:)\d|line \d(?<!\wline \d)|\(\d+,\d+\)")
+# The non-ASCII letters that ignore-case matching pairs with an ASCII one but str.lower() does
+# not lower to it alone (the Kelvin sign it does).
+_CASE_FOLD_ODDITIES = ("\u0130", "\u0131", "\u017f")
 # File names: ``src/mod1.py`` and ``src/mod2.py`` differ only in a digit but are different files.
-_FILE_NAME_RE = re.compile(r"[\w.-]*(?:\w/\w|\w\.[A-Za-z])[\w./-]*")
+# That is ``[\w.-]*(?:\w/\w|\w\.[A-Za-z])[\w./-]*``, written so that the regex engine tries it
+# only at word characters, and once per word: no match starts right after a character its
+# prefix could have taken. The first character is taken apart, then the prefix's longest
+# lengths are tried first and the empty one last, as the plain form backtracks.
+_FILE_NAME_REST = (
+    r"(?<![\w.-][\w.-])(?:[\w.-]*(?:\w/\w|\w\.[A-Za-z])|(?<=\w)(?:/\w|\.[A-Za-z]))[\w./-]*"
+)
+_FILE_NAME_RE = re.compile(rf"[\w.-]{_FILE_NAME_REST}")
+# The same matches with each line break as a match of its own.
+_FILE_NAME_OR_BREAK_RE = re.compile(rf"[\w.\n-](?:(?<=\n)|{_FILE_NAME_REST})")
 
 
 def collapse_repeats(text: str, *, near: bool = True) -> str:
@@ -254,6 +288,10 @@ def collapse_repeats(text: str, *, near: bool = True) -> str:
         keys = text.encode("utf-8", "surrogatepass").translate(None, _DIGITS).split(b"\n")
     else:
         keys = text.split("\n")
+    # Three equal keys in a row include an equal pair starting at an even index: comparing
+    # those pairs alone rules out most texts at half the cost of comparing every pair.
+    if not any(map(eq, keys[1::2], keys[::2])):
+        return text
     same = list(compress(range(1, len(keys)), map(eq, keys[1:], keys)))
     runs = _runs(same)
     if not runs:
@@ -305,14 +343,37 @@ def _indent(line: str) -> str:
 
 
 def _mergeable(run: list[str]) -> bool:
-    """Whether dropping the middle of a near-identical run loses only noise."""
-    if len(set(run)) == 1 or not _LETTER_RE.search(run[0]):
+    """Whether dropping the middle of a near-identical run loses only noise.
+
+    No line is blank, since every line's key holds the letter of ``run[0]``'s. The patterns run
+    once over the joined lines (none of their matches spans a line break), since a progress
+    log can make a run of a hundred thousand lines.
+    """
+    if run.count(run[0]) == len(run) or not _LETTER_RE.search(run[0]):
         return False
     names = _FILE_NAME_RE.findall(run[0])
-    return all(
-        line.strip() and not _PRECIOUS_RE.search(line) and _FILE_NAME_RE.findall(line) == names
-        for line in run
-    )
+    # A run of different files mostly shows at its second line already.
+    if _FILE_NAME_RE.findall(run[1]) != names or _FILE_NAME_RE.findall(run[-1]) != names:
+        return False
+    joined = "\n".join(run)
+    if _has_precious(joined):
+        return False
+    if not names:  # a file name needs a "/" or a "."
+        return ("/" not in joined and "." not in joined) or _FILE_NAME_RE.search(joined) is None
+    # Every line names the same files: the matches, line by line, are ``names`` each time.
+    expected = [*names, "\n"] * len(run)
+    expected.pop()
+    return _FILE_NAME_OR_BREAK_RE.findall(joined) == expected
+
+
+def _has_precious(text: str) -> bool:
+    """Whether ``text`` holds an error word (in any case) or a file location."""
+    if _LOCATION_RE.search(text):
+        return True
+    if not text.isascii() and any(odd in text for odd in _CASE_FOLD_ODDITIES):
+        return _PRECIOUS_WORD_RE.search(text) is not None
+    lowered = text.lower()
+    return any(word in lowered for word in _PRECIOUS_WORDS)
 
 
 # Floats as Decimal keep their exact digits (1.10, 1e400) through the round trip.
@@ -328,6 +389,10 @@ def minify_json(text: str) -> str:
     become the characters they stand for. A text that does not decode (truncated, lone
     surrogates, nested beyond the recursion limit) or would not get shorter stays as it is.
     """
+    # Most texts neither start nor end like JSON: refuse them before copying anything.
+    first, last = text[:1], text[-1:]
+    if (first not in "{[" and not first.isspace()) or (last not in "}]" and not last.isspace()):
+        return text
     body = text.strip()
     if len(body) < 2 or body[0] not in "{[" or body[-1] not in "}]":
         return text

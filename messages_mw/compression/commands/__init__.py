@@ -75,6 +75,11 @@ _LINTERS = ("tsc", "vue-tsc", "mypy", "dmypy", "ruff", "eslint", "pyright", "bas
 _FIND: _Plan = (("find",), False)
 _UNFILTERED = CommandOutput(None, exact_lines=False)
 _EXACT = CommandOutput(None, exact_lines=True)
+# The answer for a command with one program, built once: a frozen dataclass costs to construct.
+_SINGLE: Mapping[tuple[str, bool], CommandOutput] = MappingProxyType(
+    {(key, exact): CommandOutput(output_filter, exact)
+     for key, output_filter in _FILTERS.items() for exact in (False, True)}
+)  # fmt: skip
 _PROGRAMS: Mapping[str, _Plan] = MappingProxyType(
     {
         **dict.fromkeys(("pytest", "py.test", "tox", "nox"), _PYTEST),
@@ -116,19 +121,24 @@ def inspect_command(command: str) -> CommandOutput:
     """The filters of every program in ``command`` whose output reaches the agent, composed."""
     filters: list[Filter] = []
     exact = False
+    single = ""
     for argv in main_programs(command):
         plan = _plan(argv)
         if plan is None:
             continue
         exact = exact or plan[1]
         for key in plan[0]:
-            output_filter = _FILTERS.get(key) or _listing_filter(key, argv)
+            output_filter = _FILTERS.get(key)
+            if output_filter is None:
+                output_filter = _listing_filter(key, argv)
+            elif not filters:
+                single = key
             if output_filter not in filters:
                 filters.append(output_filter)
     if not filters:
         return _EXACT if exact else _UNFILTERED
     if len(filters) == 1:
-        return CommandOutput(filters[0], exact)
+        return _SINGLE[single, exact] if single else CommandOutput(filters[0], exact)
     return CommandOutput(partial(_apply_in_order, tuple(filters)), exact)
 
 

@@ -26,13 +26,25 @@ __all__ = [
 ]
 
 MATCHES_PER_FILE = 50
-# Directories whose insides are dependencies, caches or VCS internals, never the agent's code.
-NOISE_DIRS = frozenset(
-    {"node_modules", ".git", "__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache",
-     ".ruff_cache", ".tox", ".nox", ".next", ".nuxt", ".turbo", ".gradle", ".idea",
-     "site-packages", ".cache", ".parcel-cache", ".eggs"}
+# Directories whose insides are dependencies, caches or VCS internals, never the agent's code;
+# the most common first, since the check for any of them stops at the first it finds.
+_NOISE_NAMES = (
+    "node_modules", ".git", "__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache",
+    ".ruff_cache", ".tox", ".nox", ".next", ".nuxt", ".turbo", ".gradle", ".idea",
+    "site-packages", ".cache", ".parcel-cache", ".eggs",
 )  # fmt: skip
-_NOISE_ALT = "|".join(re.escape(name) for name in sorted(NOISE_DIRS))
+NOISE_DIRS = frozenset(_NOISE_NAMES)
+# Substring scans skip ahead on a miss; a regex alternation of these names would try a dozen
+# of them at every "." of a text.
+_NOISE_PATHS = tuple(f"{name}/" for name in _NOISE_NAMES)
+# The dotted names behind one "\.", so the regex engine tells most names apart by one letter
+# (none is the start of another, so the grouping changes no match).
+_NOISE_ALT = "|".join(
+    [
+        rf"\.(?:{'|'.join(re.escape(name[1:]) for name in sorted(NOISE_DIRS) if name[0] == '.')})",
+        *(re.escape(name) for name in sorted(NOISE_DIRS) if name[0] != "."),
+    ]
+)
 _MIN_COLLAPSED = 3
 
 
@@ -77,15 +89,23 @@ def filter_ls_long(text: str) -> str:
     group once. Permissions, sizes, dates and names stay.
     """
     framed = f"\n{text}\n"
-    entries = _LS_LONG.findall(framed)
-    if len(entries) < _LS_MIN_ENTRIES or len(_LS_MODE.findall(framed)) != len(entries):
+    modes = len(_LS_MODE.findall(framed))
+    if modes < _LS_MIN_ENTRIES:
         return text
-    owners = {(owner, group) for _, owner, group, _ in entries}
+    # [text between, mode, owner, group, size to name] per entry, then the text after the last:
+    # rebuilt with a join, since a substitution template costs a Python call per entry.
+    parts = _LS_LONG.split(framed)
+    if len(parts) // 5 != modes:
+        return text
+    owners = set(zip(parts[2::5], parts[3::5], strict=True))
     if len(owners) != 1:
         return text
     owner, group = owners.pop()
     note = f"[messages_mw: ls -l link counts omitted; all owned by {owner}, group {group}]"
-    return note + _LS_LONG.sub(r"\n\1 \4", framed)[:-1]
+    pieces = [note, parts[0]]
+    for mode, rest, between in zip(parts[1::5], parts[4::5], parts[5::5], strict=True):
+        pieces += ("\n", mode, " ", rest, between)
+    return "".join(pieces)[:-1]
 
 
 _FIND_NOISE_RUN = re.compile(rf"\n((?:[^\n/]*/)*?({_NOISE_ALT})/)[^\n]*(?:\n\1[^\n]*)*(?=\n)")
@@ -97,7 +117,7 @@ def filter_find(text: str, named: frozenset[str] = frozenset()) -> str:
     The directory's own line and its path stay; a directory the command line ``named`` is one
     the agent asked about, so it is listed in full.
     """
-    if not any(f"{name}/" in text for name in NOISE_DIRS - named):
+    if not _has_noise(text, named, _NOISE_PATHS):
         return text
 
     def collapse(run: re.Match[str]) -> str:
@@ -111,14 +131,15 @@ def filter_find(text: str, named: frozenset[str] = frozenset()) -> str:
 
 _TREE_UNIT = r"(?:[│|\xa0 ][\xa0 ]{2} )"
 _TREE_NOISE = re.compile(
-    rf"\n((?:{_TREE_UNIT})*)(?:[├└]──|[|`]--)[\xa0 ]({_NOISE_ALT})/?(?:[ \t][^\n]*)?"
+    # A unit never matches where a connector does, so the units need no backtracking.
+    rf"\n((?:{_TREE_UNIT})*+)(?:[├└]──|[|`]--)[\xa0 ]({_NOISE_ALT})/?(?:[ \t][^\n]*)?"
     rf"((?:\n\1{_TREE_UNIT}[^\n]*)+)(?=\n)"
 )
 
 
 def filter_tree(text: str, named: frozenset[str] = frozenset()) -> str:
     """tree: replace the subtree of ``node_modules``, ``.git``... with a count of its lines."""
-    if not any(name in text for name in NOISE_DIRS - named):
+    if not _has_noise(text, named, _NOISE_NAMES):
         return text
 
     def collapse(node: re.Match[str]) -> str:
@@ -131,6 +152,18 @@ def filter_tree(text: str, named: frozenset[str] = frozenset()) -> str:
         return f"{head}\n{indent}… {marker(count, 'entries')}"
 
     return sub_framed(text, _TREE_NOISE, collapse)
+
+
+def _has_noise(text: str, named: frozenset[str], needles: tuple[str, ...]) -> bool:
+    """Whether ``text`` holds one of ``needles`` (noise names, or paths into them) other than
+    a directory the command ``named``."""
+    if not named:
+        return any(needle in text for needle in needles)
+    return any(
+        needle in text
+        for name, needle in zip(_NOISE_NAMES, needles, strict=True)
+        if name not in named
+    )
 
 
 _GREP_BINARY = runs_of(
@@ -148,7 +181,8 @@ def filter_grep(text: str) -> str:
     Every kept match stays exactly ``path:line:text``; a marker names the file and how many of
     its matches were omitted. Context lines (``path-12-``) are never dropped.
     """
-    text = drop_runs(text, _GREP_BINARY, "binary-file notices")
+    if "inary file " in text:  # in every notice the pattern knows
+        text = drop_runs(text, _GREP_BINARY, "binary-file notices")
     if text.count("\n") <= MATCHES_PER_FILE:
         return text
     text = sub_framed(text, _GREP_FILE_RUN, _cap_file_matches)
@@ -156,18 +190,22 @@ def filter_grep(text: str) -> str:
 
 
 def _cap_file_matches(run: re.Match[str]) -> str:
+    found = run.group()
+    if found.count("\n") <= MATCHES_PER_FILE:  # most runs: no list of their lines
+        return found
     path = run.group(1)
-    lines = run.group().split("\n")
-    if len(lines) <= MATCHES_PER_FILE + 1 or ("/" not in path and "." not in path):
-        return run.group()
+    lines = found.split("\n")
+    if "/" not in path and "." not in path:
+        return found
     omitted = marker(len(lines) - 1 - MATCHES_PER_FILE, f"more matches in {path}")
     return "\n".join([*lines[: MATCHES_PER_FILE + 1], omitted])
 
 
 def _cap_numbered_matches(run: re.Match[str]) -> str:
-    lines = run.group().split("\n")
-    if len(lines) <= MATCHES_PER_FILE + 1:
-        return run.group()
+    found = run.group()
+    if found.count("\n") <= MATCHES_PER_FILE:
+        return found
+    lines = found.split("\n")
     omitted = marker(len(lines) - 1 - MATCHES_PER_FILE, "more matches in this file")
     return "\n".join([*lines[: MATCHES_PER_FILE + 1], omitted])
 
@@ -184,5 +222,18 @@ def filter_lint(text: str) -> str:
     if "Errors  " in text:
         text = sub_framed(text, _TSC_FILES_TABLE, "")
     if "error " in text or "warning " in text:
-        text = sub_framed(text, _ESLINT_ROW, r"\n  \1 \2 \3  \4")
+        text = _pad_eslint_rows(text)
     return text
+
+
+def _pad_eslint_rows(text: str) -> str:
+    """``_ESLINT_ROW`` rows as ``\\n  \\1 \\2 \\3  \\4``, rebuilt with one join: a substitution
+    template costs a Python call per row."""
+    parts = _ESLINT_ROW.split(f"\n{text}\n")
+    if len(parts) == 1:
+        return text
+    pieces = [parts[0]]
+    for index in range(1, len(parts), 5):
+        location, severity, message, rule = parts[index : index + 4]
+        pieces += ("\n  ", location, " ", severity, " ", message, "  ", rule, parts[index + 4])
+    return "".join(pieces)[1:-1]

@@ -20,19 +20,27 @@ _MAX_SHELL_DEPTH = 3
 # Each heredoc is searched to its end marker; past a few, a line is not a real command anyway.
 _MAX_HEREDOCS = 8
 
+# Each token takes the blanks before it, so that blanks cost no loop turn of their own; blanks
+# at the end make one empty token, rather than a failed try at each of them.
 _TOKEN_RE = re.compile(
     r"""
+    [^\S\n]*+
+    (?:
       (\d*(?:&>>?|[<>]+[&|]?))                                     # a redirection
     | ((?:[^\s'"\\;&|<>()]++|'[^']*+'?|"(?:[^"\\]|\\.)*+"?|\\.?)++)  # a word
     | ([;&|()\n]+)                                                # separators
-    | [^\S\n]+
+    | \Z
+    )
     """,
     re.VERBOSE | re.DOTALL,
 )
-# Most agent commands are plain words (``uv run pytest -q``); they need no tokenizer.
+# Most agent commands are plain words (``uv run pytest -q``); they need no tokenizer. Without
+# quotes, escapes, redirections, comments or subshells (``cd web && npm ci``), the words and
+# separators are all there is, and a split on the separators finds them.
 _SHELL_SYNTAX_RE = re.compile(r"""['"\\;&|<>()\n#]""")
+_TOKENIZER_SYNTAX_RE = re.compile(r"""['"\\<>()#]""")
+_SEPARATOR_SPLIT_RE = re.compile(r"([;&|\n]+)")
 _QUOTED_RE = re.compile(r"""'([^']*)'?|"((?:[^"\\]|\\.)*)"?|\\(.?)|([^'"\\]+)""", re.DOTALL)
-_QUOTING = frozenset("'\"\\")
 _ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 _HEREDOC_RE = re.compile(
     r"""(<<-?[ \t]*(['"]?)([A-Za-z_][A-Za-z0-9_]*)\2[^\n]*)\n.*?^[ \t]*\3[ \t]*$""",
@@ -98,8 +106,13 @@ def main_programs(command: str, depth: int = 0) -> list[list[str]]:
     ``cd app && pytest -q | tail -50`` gives ``[["cd", "app"], ["pytest", "-q"]]``; wrappers
     are unwrapped, a ``bash -c`` script is parsed in turn. Never raises.
     """
+    command = command[:MAX_COMMAND_CHARS]
+    if _SHELL_SYNTAX_RE.search(command) is None:
+        # Plain words, the most common command line, are one pipeline of one stage.
+        words = command.split()
+        return _unwrap(words, depth) if words else []
     result: list[list[str]] = []
-    for pipeline in _pipelines(command[:MAX_COMMAND_CHARS]):
+    for pipeline in _pipelines(command):
         result += _pipeline_output(pipeline, depth)
     return result
 
@@ -139,10 +152,10 @@ def names_files(argv: list[str]) -> bool:
 
 
 def _pipelines(command: str) -> list[list[list[str]]]:
-    """Split a command line into pipelines of argv lists, dropping redirections and comments."""
-    if _SHELL_SYNTAX_RE.search(command) is None:
-        words = command.split()
-        return [[words]] if words else []
+    """Split a command line into pipelines of argv lists, dropping redirections and comments;
+    a line without shell syntax is left to :func:`main_programs`."""
+    if _TOKENIZER_SYNTAX_RE.search(command) is None:
+        return _separated_pipelines(command)
     command = command.replace("\\\n", " ")
     if 0 < command.count("<<") <= _MAX_HEREDOCS:
         command = _HEREDOC_RE.sub(r"\1", command)
@@ -161,7 +174,8 @@ def _pipelines(command: str) -> list[list[list[str]]]:
             elif word[0] == "#":
                 comment = True
             else:
-                argv.append(_unquote(word) if _QUOTING.intersection(word) else word)
+                quoted = "'" in word or '"' in word or "\\" in word
+                argv.append(_unquote(word) if quoted else word)
         elif redirection:
             skip_word = True
         elif separator:
@@ -173,6 +187,23 @@ def _pipelines(command: str) -> list[list[list[str]]]:
                 stages = []
     if argv:
         stages.append(argv)
+    if stages:
+        pipelines.append(stages)
+    return pipelines
+
+
+def _separated_pipelines(command: str) -> list[list[list[str]]]:
+    """:func:`_pipelines` for words and separators alone, without the tokenizer loop."""
+    pipelines: list[list[list[str]]] = []
+    stages: list[list[str]] = []
+    parts = _SEPARATOR_SPLIT_RE.split(command)
+    for index in range(0, len(parts), 2):
+        argv = parts[index].split()
+        if argv:
+            stages.append(argv)
+        if index + 1 < len(parts) and parts[index + 1] not in ("|", "|&") and stages:
+            pipelines.append(stages)
+            stages = []
     if stages:
         pipelines.append(stages)
     return pipelines
@@ -195,6 +226,8 @@ def _unquote(word: str) -> str:
 
 def _pipeline_output(stages: list[list[str]], depth: int) -> list[list[str]]:
     """The unwrapped programs of the last stage that does not just pass lines through."""
+    if len(stages) == 1:
+        return _unwrap(stages[0], depth)
     for stage in reversed(stages[1:]):
         if not _passes_through(stage):
             programs = _unwrap(stage, depth)
@@ -224,9 +257,10 @@ def _passes_through(argv: list[str]) -> bool:
 def _unwrap(argv: list[str], depth: int) -> list[list[str]]:
     """Peel assignments and wrappers off one stage; a shell script yields its own programs."""
     while argv:
-        argv = _without_assignments(argv)
-        if not argv:
-            return []
+        if "=" in argv[0]:
+            argv = _without_assignments(argv)
+            if not argv:
+                return []
         name = program_name(argv[0])
         if name in _SHELLS:
             return _shell_script(argv, depth)
@@ -247,7 +281,10 @@ def _without_assignments(argv: list[str]) -> list[str]:
 
 def _inner_command(name: str, argv: list[str]) -> list[str] | None:
     """The command a wrapper runs, or ``None`` when ``argv`` is the program itself."""
-    if name not in _WRAPPERS and not name.startswith("py"):
+    if name not in _WRAPPERS:
+        # No wrapper name is also a Python interpreter's; most names fail the cheap test.
+        if (name == "py" or name.startswith(("python", "pypy"))) and _PYTHON_RE.fullmatch(name):
+            return _python_module(argv[1:])
         return None
     if name in _PLAIN_WRAPPERS:
         return _after_options(argv[1:], frozenset())
@@ -256,8 +293,6 @@ def _inner_command(name: str, argv: list[str]) -> list[str] | None:
         return rest[1:]
     if name in _VALUE_OPTIONS and name not in _RUNNERS and name not in _EXECUTORS:
         return _after_options(argv[1:], _VALUE_OPTIONS[name])
-    if _PYTHON_RE.fullmatch(name):
-        return _python_module(argv[1:])
     if name in _RUNNERS and "run" in argv[1:3]:
         start = argv.index("run", 1) + 1
         return _after_options(argv[start:], _VALUE_OPTIONS.get(name, frozenset()))
@@ -276,7 +311,7 @@ def _after_options(args: list[str], value_options: frozenset[str]) -> list[str]:
         if arg == "--":
             return args[index + 1 :]
         if not arg.startswith("-") or arg == "-":
-            if _ASSIGNMENT_RE.match(arg):
+            if "=" in arg and _ASSIGNMENT_RE.match(arg):
                 index += 1
                 continue
             return args[index:]

@@ -16,14 +16,19 @@ __all__ = ["filter_cargo_test", "filter_go_test", "filter_js_tests", "filter_pyt
 
 _PASSING = "passing-test lines"
 
-# Built from ``[^\n]*`` and literals, which the regex engine runs much faster than ``\S``; the
-# atomic group keeps a line with many ``::`` linear.
+# Built for the regex engine's fast paths, since a -v run is mostly these lines: ``[^\n]*``
+# (a far faster loop than any class such as ``\S``) followed by a literal, which it finds by
+# scanning back; alternatives that start with a literal or a class, which it rejects on their
+# first character; no lazy repeats. The atomic group keeps a line with many ``::`` linear.
+# ``PASSED(?<= PASSED)`` means `` PASSED``, led by a letter so that the back-scan does not stop
+# at every space of the padding.
 _PYTEST_PASSING = runs_of(
-    r"(?>[^\n]*::)[^\n]* PASSED(?: +\[ *\d+%\])?"  # -v: one line per test
+    r"(?>[^\n]*::)[^\n]*PASSED(?<= PASSED)(?: +\[ *\d+%\])?+"  # -v: one line per test
     r"|\[gw\d+\] \[ *\d+%\] PASSED [^\n]*"  # -v with xdist
     r"|PASSED [^\n]*::[^\n]*"  # -rA short summary
-    r"|(?:[^ \n]+\.py )?[.sxX]+ *\[ *\d+%\]"  # progress dots with a percentage
-    r"|[^ \n]+\.py [.sxX]+"  # progress dots of one file; an F or E keeps the line
+    r"|[.sxX][.sxX]* *\[ *\d+%\]"  # progress dots with a percentage
+    # Progress dots of one file (an F or E keeps the line): a first word ending in ``.py``.
+    r"|[^ \n]++(?<=[^ \n]\.py) [.sxX]+(?: *\[ *\d+%\])?"
 )
 _PYTEST_WARNINGS = re.compile(r"\n=+ warnings summary =+(?:\n(?!=+ |-- Docs: )[^\n]*)*(?=\n)")
 # In the warnings summary, unindented lines list the tests that raised the warning below them.
