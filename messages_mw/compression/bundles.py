@@ -31,8 +31,11 @@ __all__ = [
 ]
 
 # A user who pastes a log chose what to send: no command filter, no cap and no JSON
-# reformatting; escapes, redraws, trailing whitespace and repeated lines are still cleaned up.
-PASTED_TEXT_OPTIONS = TextOptions(minify_json=False, command_filters=False, cap_chars=None)
+# reformatting; escapes, redraws, trailing whitespace and identical repeated lines are still
+# cleaned up, but near-identical lines (a table of similar rows) are kept: that would be lossy.
+PASTED_TEXT_OPTIONS = TextOptions(
+    minify_json=False, command_filters=False, cap_chars=None, collapse_near_repeats=False
+)
 
 # Shell programs whose output is file content (codex reads files with `sed -n` and `nl -ba`):
 # kept byte for byte like a file-read tool's output, since edits quote it exactly.
