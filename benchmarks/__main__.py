@@ -38,6 +38,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="warm-up seconds per scenario (2)")
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument(
+        "--rounds", type=int, help="end-to-end rounds per scenario, best kept (3; --quick 1)"
+    )
+    parser.add_argument(
         "--only",
         action="append",
         default=[],
@@ -52,10 +55,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.quick:
         warmup, duration, rounds, checkpoints = 0.5, 1.5, 3, (100, 1000)
     else:
-        warmup, duration, rounds, checkpoints = 2.0, 5.0, 7, (1000, 10000)
+        warmup, duration, rounds, checkpoints = 1.5, 3.0, 7, (1000, 10000)
     timing = e2e.Timing(
         warmup=args.warmup if args.warmup is not None else warmup,
         duration=args.duration if args.duration is not None else duration,
+        rounds=args.rounds if args.rounds is not None else (1 if args.quick else 3),
     )
     return Settings(timing, rounds, checkpoints)
 
@@ -111,7 +115,8 @@ def _timing_text(settings: Settings) -> str:
     timing = settings.timing
     return (
         f"end to end: fresh gateway process per scenario, {timing.warmup:g} s warm-up +"
-        f" {timing.duration:g} s measured; decode and translate: best of"
+        f" {timing.duration:g} s measured, best of {timing.rounds} interleaved rounds"
+        f" (highest req/s; lowest CPU per request); decode and translate: best of"
         f" {settings.decode_rounds} timeit rounds, each in its own process"
     )
 

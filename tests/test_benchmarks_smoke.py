@@ -15,7 +15,7 @@ from benchmarks.decode import (
     decode_with_stdlib_pydantic,
     run_decode_benchmarks,
 )
-from benchmarks.e2e import WORKLOADS, E2EResult, Scenario
+from benchmarks.e2e import WORKLOADS, E2EResult, Scenario, best_round
 from benchmarks.openai_payloads import (
     TEXT_PIECES,
     completion_body,
@@ -176,3 +176,16 @@ def test_policy_target_cell_agrees_with_its_mark(policy_cpu: float, cell: str) -
     rows = {row["scenario"].split()[-1]: row for row in result.sections[0]}
     assert rows["e:messages_mw+policy"]["target"] == cell
     assert result.notes[-1].endswith(f"json 57KB c=1 CPU {cell.split()[-2]}, RSS +1.5 MB")
+
+
+def test_best_round_keeps_the_fastest_round_and_the_lowest_cpu() -> None:
+    scenario = Scenario(WORKLOADS[0], 32, "d")
+    tries = [
+        E2EResult(scenario, rps=900.0, cpu_ms_per_request=0.50, errors=1),
+        E2EResult(scenario, rps=1100.0, cpu_ms_per_request=0.55),
+        E2EResult(scenario, status="failed: boom", rps=5000.0, cpu_ms_per_request=0.01),
+    ]
+    best = best_round(tries)
+    assert (best.rps, best.cpu_ms_per_request, best.errors) == (1100.0, 0.50, 1)
+    failed = [E2EResult(scenario, status="failed: a"), E2EResult(scenario, status="failed: b")]
+    assert best_round(failed).status == "failed: a"

@@ -274,3 +274,33 @@ def test_debug_server_timing_names_the_compression(ups: Upstreams) -> None:
 def test_an_unknown_configured_bundle_fails_at_construction(config: GatewayConfig) -> None:
     with pytest.raises(ConfigError, match="unknown bundle"):
         Gateway(config)
+
+
+def test_cache_alignment_marks_large_tools_and_system_when_the_client_set_none(
+    ups: Upstreams,
+) -> None:
+    tools = [
+        {
+            "name": f"tool_{i}",
+            "description": "Does one thing well. " * 40,
+            "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
+        }
+        for i in range(8)
+    ]
+    config = ups.config(compression=CompressionConfig(align_cache=True))
+    headers = {"x-mw-compression": "generic"}
+    with gateway_stack(config) as gw, sdk_client(gw.base_url, bearer="sk-client") as client:
+        client.messages.create(
+            model=MODEL,
+            max_tokens=64,
+            system="You are a careful coding agent. " * 100,
+            tools=tools,  # type: ignore[arg-type]
+            messages=_conversation("generic"),
+            extra_headers=headers,
+        )
+    [received] = ups.primary.received
+    body = json.loads(received.body)
+    marked = [t for t in body["tools"] if "cache_control" in t]
+    assert marked == [body["tools"][-1]]
+    assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert received.body.count(b'"cache_control"') <= 4
