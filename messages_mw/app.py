@@ -73,7 +73,7 @@ def _is_json_content_type(value: str) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
-_WATCH_AFTER = 0.02  # seconds
+_WATCH_AFTER = 0.05  # seconds
 
 
 class _DisconnectWatch:
