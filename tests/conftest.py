@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fastapi import FastAPI
@@ -12,6 +13,9 @@ from fastapi import FastAPI
 from messages_mw import Gateway, GatewayConfig, RequestContext, UpstreamConfig
 
 from .servers import ScriptedUpstream, serve
+
+if TYPE_CHECKING:
+    from .policy_support import SwappableApp, Upstreams
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 if not SAMPLES.is_dir():  # a checkout that carries its own copy
@@ -62,3 +66,24 @@ def stack(upstream: tuple[ScriptedUpstream, str]) -> Iterator[Stack]:
 
 def sample(name: str) -> bytes:
     return (SAMPLES / name).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[SwappableApp, str, SwappableApp, str]]:
+    """A primary and a backup upstream for a whole test module (see ``ups``)."""
+    # Imported here: policy_support imports this module for build_host_app.
+    from .policy_support import SwappableApp
+
+    primary, backup = SwappableApp(), SwappableApp()
+    with serve(primary) as primary_url, serve(backup) as backup_url:
+        yield primary, primary_url, backup, backup_url
+
+
+@pytest.fixture
+def ups(servers: tuple[SwappableApp, str, SwappableApp, str]) -> Upstreams:
+    """Fresh scripted upstreams behind the module's two servers, for one test."""
+    from .policy_support import Upstreams
+
+    primary, primary_url, backup, backup_url = servers
+    primary.app, backup.app = ScriptedUpstream(), ScriptedUpstream()
+    return Upstreams(primary.app, primary_url, backup.app, backup_url)

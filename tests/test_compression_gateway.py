@@ -7,7 +7,6 @@ checked byte for byte when nothing picks a bundle, and for what was compressed w
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -23,8 +22,8 @@ from messages_mw import (
 )
 from messages_mw.tags import HeaderNames
 
-from .policy_support import MODEL, SwappableApp, Upstreams, gateway_stack, sdk_client
-from .servers import Reply, ScriptedUpstream, serve, text_stream_events
+from .policy_support import MODEL, Upstreams, gateway_stack, sdk_client
+from .servers import Reply, text_stream_events
 
 _GREEN, _RESET = "\x1b[32m", "\x1b[0m"
 # What each agent calls its shell tool, and how it passes the command line.
@@ -83,20 +82,6 @@ def _tool_output_sent(received_body: bytes) -> str:
         return "".join(block.get("text", "") for block in content)
     assert isinstance(content, str)
     return content
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[SwappableApp, str, SwappableApp, str]]:
-    primary, backup = SwappableApp(), SwappableApp()
-    with serve(primary) as primary_url, serve(backup) as backup_url:
-        yield primary, primary_url, backup, backup_url
-
-
-@pytest.fixture
-def ups(servers: tuple[SwappableApp, str, SwappableApp, str]) -> Upstreams:
-    primary, primary_url, backup, backup_url = servers
-    primary.app, backup.app = ScriptedUpstream(), ScriptedUpstream()
-    return Upstreams(primary.app, primary_url, backup.app, backup_url)
 
 
 def test_without_a_bundle_the_upstream_gets_the_clients_bytes(ups: Upstreams) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -46,7 +45,6 @@ from .policy_support import (
     MODEL,
     UPSTREAM_KEY,
     GatewayStack,
-    SwappableApp,
     Upstreams,
     async_sdk_client,
     closed_port_url,
@@ -60,7 +58,6 @@ from .policy_support import (
 from .servers import (
     Received,
     Reply,
-    ScriptedUpstream,
     error_json,
     message_json,
     serve,
@@ -79,20 +76,6 @@ SECRETS = ("gw-a", "gw-b", "sk-up-b", hash_key("gw-a"), hash_key("gw-b"))
 PRIMARY = f"anthropic/{MODEL}"
 BACKUP = f"backup/{BACKUP_MODEL}"
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[SwappableApp, str, SwappableApp, str]]:
-    primary, backup = SwappableApp(), SwappableApp()
-    with serve(primary) as primary_url, serve(backup) as backup_url:
-        yield primary, primary_url, backup, backup_url
-
-
-@pytest.fixture
-def ups(servers: tuple[SwappableApp, str, SwappableApp, str]) -> Upstreams:
-    primary, primary_url, backup, backup_url = servers
-    primary.app, backup.app = ScriptedUpstream(), ScriptedUpstream()
-    return Upstreams(primary.app, primary_url, backup.app, backup_url)
 
 
 def _body(received: Received) -> dict[str, Any]:
