@@ -6,19 +6,10 @@ estimated tokens (``messages_mw.providers.mock.estimate_input_tokens``: one toke
 before and after, and the bytes of text inside ``tool_result`` content before and after.
 
 Cost: every request of the session (the opening one and one per tool round trip) is priced as
-Anthropic prices prompt caching, with and without compression. The request is cut into its
-cacheable units in cache order (tools, system blocks, each message's blocks), each keyed by its
-JSON without ``cache_control`` (moving a marker does not change the cached content) and
-weighing one token per 4 bytes. A cache entry exists for every prefix that ended at a
-breakpoint in an earlier request and was at least ``MIN_CACHEABLE_TOKENS`` long. The longest
-such prefix that is byte-identical at the start of this request, ending at or before its last
-breakpoint, is a cache read (0.1x the input price); the rest up to the last breakpoint is a
-cache write (1.25x); what follows the last breakpoint is plain input. The prefixes are really
-compared (as running SHA-256 digests of the units), so a compressor that rewrites an earlier
-turn differently from one request to the next loses those reads: the ``naive`` row compresses
-everything but the newest message, which is exactly that mistake. Output tokens are the same
-with and without compression and are left out. Not modelled: the 5-minute TTL (a session runs
-well inside it) and the 20-block lookback limit (no rolling marker here moves further).
+Anthropic prices prompt caching, with and without compression, by the model in ``cache_cost``;
+the ``naive`` row compresses everything but the newest message, the mistake that model catches.
+Output tokens are the same with and without compression and are left out. Not modelled: the
+5-minute TTL (a session runs well inside it) and the 20-block lookback limit.
 
 Speed, two ways. Cold: best of several timeit rounds of ``compress_request`` on the final
 request alone, with no memo (every block compressed from scratch), per 100 KB and per MB of
@@ -39,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import math
 import os
@@ -49,10 +39,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from messages_mw.pricing import DEFAULT_PRICES, ModelPrice
+from messages_mw.pricing import ModelPrice
 from messages_mw.providers.mock import estimate_input_tokens
 
 from .agent_corpus import PROFILES, TURNS, build_session, encode
+from .cache_cost import (
+    PRICED_MODEL,
+    session_dollars,
+    sonnet_price,
+)
 from .decode import best_seconds
 from .e2e import matches
 
@@ -62,10 +57,6 @@ if TYPE_CHECKING:
 BUNDLES = ("claude-code", "opencode", "cursor", "codex", "generic")
 ENGINE, NAIVE = "engine", "naive"
 NAIVE_BUNDLE = "claude-code"
-PRICED_MODEL = "claude-sonnet-4-6"
-BYTES_PER_TOKEN = 4
-# Sonnet's minimum cacheable prompt: shorter prefixes are not written to the cache.
-MIN_CACHEABLE_TOKENS = 1024
 
 TOOL_SAVED_TARGET = 0.40
 TOKENS_SAVED_TARGET = 0.25
@@ -76,114 +67,6 @@ Json = dict[str, Any]
 Compressor = Callable[[bytes], bytes]
 # A compressor with a fresh memo of its own on every call of the factory (one per session).
 WarmFactory = Callable[[], Compressor]
-
-
-def sonnet_price() -> ModelPrice:
-    """Sonnet's list price from ``messages_mw.pricing``, or $3/MTok input if it is not there."""
-    return DEFAULT_PRICES.get(PRICED_MODEL) or ModelPrice(input=3.0, output=15.0)
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One cacheable unit of a request, in cache order."""
-
-    key: bytes
-    size: int
-    breakpoint: bool
-
-
-def _canonical(value: object) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _block_unit(block: object) -> Unit:
-    if isinstance(block, dict):
-        marked = "cache_control" in block
-        key = _canonical({k: v for k, v in block.items() if k != "cache_control"})
-        return Unit(key, len(key), marked)
-    key = _canonical(block)
-    return Unit(key, len(key), False)
-
-
-def cache_units(body: bytes) -> list[Unit]:
-    """``body`` cut into the units prompt caching sees: tools, system, messages, in that order.
-
-    A zero-weight unit for the top-level settings that invalidate the cache (model,
-    tool_choice, thinking) comes first, and one per message for its role.
-    """
-    request: Json = json.loads(body)
-    settings = {k: request.get(k) for k in ("model", "tool_choice", "thinking")}
-    units = [Unit(_canonical(settings), 0, False)]
-    units += [_block_unit(tool) for tool in request.get("tools") or []]
-    system = request.get("system")
-    if isinstance(system, str):
-        system = [{"type": "text", "text": system}]
-    units += [_block_unit(block) for block in system or []]
-    for message in request.get("messages", []):
-        units.append(Unit(_canonical({"role": message.get("role")}), 0, False))
-        content = message.get("content")
-        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        units += [_block_unit(block) for block in blocks or []]
-    return units
-
-
-@dataclass(frozen=True)
-class TurnCost:
-    read_tokens: float
-    write_tokens: float
-    input_tokens: float
-
-    def dollars(self, price: ModelPrice) -> float:
-        assert price.cache_read is not None and price.cache_write is not None
-        priced = (
-            self.read_tokens * price.cache_read
-            + self.write_tokens * price.cache_write
-            + self.input_tokens * price.input
-        )
-        return priced / 1e6
-
-
-def simulate_caching(requests: Sequence[bytes]) -> list[TurnCost]:
-    """How each request of a session is billed with prompt caching (see the module doc)."""
-    cached: set[bytes] = set()
-    costs = []
-    for body in requests:
-        units = cache_units(body)
-        running = hashlib.sha256()
-        ends, digests, breakpoints = [], [], []
-        total = 0
-        for index, unit in enumerate(units):
-            running.update(len(unit.key).to_bytes(8, "little") + unit.key)
-            digests.append(running.digest())
-            total += unit.size
-            ends.append(total)
-            if unit.breakpoint:
-                breakpoints.append(index)
-        last = breakpoints[-1] if breakpoints else -1
-        read_end = max((i for i in range(last + 1) if digests[i] in cached), default=-1)
-        read = ends[read_end] if read_end >= 0 else 0
-        cacheable = ends[last] if last >= 0 else 0
-        if cacheable / BYTES_PER_TOKEN < MIN_CACHEABLE_TOKENS:
-            cacheable = read
-        costs.append(
-            TurnCost(
-                read / BYTES_PER_TOKEN,
-                (cacheable - read) / BYTES_PER_TOKEN,
-                (total - cacheable) / BYTES_PER_TOKEN,
-            )
-        )
-        for index in breakpoints:
-            if ends[index] / BYTES_PER_TOKEN >= MIN_CACHEABLE_TOKENS:
-                cached.add(digests[index])
-    return costs
-
-
-def session_dollars(requests: Sequence[bytes], price: ModelPrice) -> tuple[float, float]:
-    """Total cost of the session's input, and the share of its input tokens read from cache."""
-    costs = simulate_caching(requests)
-    tokens = sum(c.read_tokens + c.write_tokens + c.input_tokens for c in costs)
-    read = sum(c.read_tokens for c in costs)
-    return sum(c.dollars(price) for c in costs), read / tokens if tokens else 0.0
 
 
 def tool_output_bytes(body: bytes) -> int:

@@ -14,15 +14,12 @@ from benchmarks.agent_corpus import AGENTS, PROFILES, build_session
 from benchmarks.agent_outputs import Run
 from benchmarks.agent_prefixes import SAMPLE
 from benchmarks.agent_tools import cc_bash_output
+from benchmarks.cache_cost import cache_units, session_dollars, simulate_caching, sonnet_price
 from benchmarks.compression import (
     CompressionRow,
-    cache_units,
     format_rows,
     measure,
     naive_compressor,
-    session_dollars,
-    simulate_caching,
-    sonnet_price,
     target_lines,
     tool_output_bytes,
     warm_seconds,
