@@ -11,10 +11,10 @@ import json
 import os
 import sys
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -162,8 +162,16 @@ def run_decode_benchmarks(
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def run_timing_child(
+    doc: str | None,
+    run: Callable[[Path, int], Sequence[Any]],
+    line: Callable[[Any], str],
+    argv: list[str] | None = None,
+) -> None:
+    """The command line of an in-process timing benchmark: ``--samples``, ``--rounds``,
+    ``--cpu`` (pin to one core) and ``--json`` (raw results, as ``python -m benchmarks``
+    reads them); otherwise one ``line`` per result."""
+    parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one core")
@@ -171,12 +179,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    results = run_decode_benchmarks(args.samples, args.rounds)
+    results = run(args.samples, args.rounds)
     if args.json:
         json.dump([asdict(result) for result in results], sys.stdout)
         return
-    for r in results:
-        print(f"{r.sample:18} {r.decoder:24} {r.seconds_per_call * 1e6:9.1f} µs")
+    for result in results:
+        print(line(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_timing_child(
+        __doc__,
+        run_decode_benchmarks,
+        lambda r: f"{r.sample:18} {r.decoder:24} {r.seconds_per_call * 1e6:9.1f} µs",
+        argv,
+    )
 
 
 if __name__ == "__main__":

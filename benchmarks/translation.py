@@ -16,13 +16,10 @@ results, so the CLI can measure it in a child process pinned to the gateway's co
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
-import os
-import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from messages_mw.translate import (
@@ -33,7 +30,7 @@ from messages_mw.translate import (
 )
 
 from . import openai_payloads
-from .decode import DEFAULT_SAMPLES, SAMPLE_FILES, best_seconds
+from .decode import SAMPLE_FILES, best_seconds, run_timing_child
 
 BASELINE = "json round trip"
 OURS = "messages_mw"
@@ -155,21 +152,12 @@ def run_translation_benchmarks(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--cpu", type=int, default=None, help="pin this process to one core")
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
-    args = parser.parse_args(argv)
-    if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})
-    results = run_translation_benchmarks(args.samples, args.rounds)
-    if args.json:
-        json.dump([asdict(result) for result in results], sys.stdout)
-        return
-    for r in results:
-        micros = r.seconds_per_unit * 1e6
-        print(f"{r.label:62} {r.implementation:22} {micros:9.2f} µs/{r.unit}")
+    run_timing_child(
+        __doc__,
+        run_translation_benchmarks,
+        lambda r: f"{r.label:62} {r.implementation:22} {r.seconds_per_unit * 1e6:9.2f} µs/{r.unit}",
+        argv,
+    )
 
 
 if __name__ == "__main__":
