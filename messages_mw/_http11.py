@@ -388,6 +388,12 @@ class Connection(asyncio.Protocol):
             and self.usable
         )
 
+    @property
+    def body_complete(self) -> bool:
+        """Whether the response has been received whole and every payload handed out."""
+        parser = self._parser
+        return parser is not None and parser.complete and not self._body
+
     def start(self, *, head_request: bool) -> None:
         self.received_any = False
         self.request_sent = False

@@ -418,7 +418,11 @@ class _Chain:
             return _Failure(target, response.status, error)
         replayed = _replay(buffered, chunks)
         return ProviderResponse(
-            response.status, response.headers, chunks=replayed, close=response.close
+            response.status,
+            response.headers,
+            chunks=replayed,
+            close=response.close,
+            ended=response.ended,
         )
 
     def _record_failure(self, failure: _Failure, duration: float) -> None:

@@ -86,13 +86,23 @@ async def _pump(
     context.status = response.status
     context.response_started = True
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    ended = response.ended
+    # The last chunk, held back only once the upstream body is complete (so nothing waits on
+    # it): it leaves with the end of the response, in one write instead of two.
+    last = b""
     error: GatewayError | None = None
     try:
         async for chunk in response.chunks:
+            if last:
+                await send({"type": "http.response.body", "body": last, "more_body": True})
+                last = b""
             if context.first_byte_at is None:
                 context.first_byte_at = time.perf_counter()
             observer.feed(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if ended():
+                last = chunk
+            else:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except GatewayError as exc:
         error = exc
     except Exception:
@@ -100,8 +110,9 @@ async def _pump(
         error = InternalGatewayError(f"Internal gateway error (request {context.request_id}).")
     if error is None and not observer.finished:
         error = UpstreamUnavailableError("The upstream stream ended before message_stop.")
-    tail = b"" if error is None else _error_event(error, observer, context)
-    await send({"type": "http.response.body", "body": tail, "more_body": False})
+    if error is not None:
+        last += _error_event(error, observer, context)
+    await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 def _error_event(error: GatewayError, observer: StreamObserver, context: RequestContext) -> bytes:

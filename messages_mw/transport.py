@@ -188,6 +188,10 @@ class _ResponseStream(httpx.AsyncByteStream):
             yield chunk
         self._finish()
 
+    def body_complete(self) -> bool:
+        """Whether the whole body has been received and handed out: the next read ends."""
+        return self._done or self._conn.body_complete
+
     async def aclose(self) -> None:
         """Return the connection to the pool if the body was read to its end and the server
         keeps connections alive; otherwise close the socket now. Never suspends, so it completes

@@ -6,8 +6,13 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
+
+from messages_mw import Gateway, GatewayConfig, RequestContext, UpstreamConfig
+from messages_mw.providers.base import ProviderResponse
+from messages_mw.relay import relay_stream
 
 from .inprocess import Recorder, make_gateway, run
 from .servers import sse, text_stream_events
@@ -162,3 +167,110 @@ def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
     assert closed_at and closed_at[0] - disconnected < 0.1
     assert finished[0].client_disconnected
     assert finished[0].usage.input_tokens == 12
+
+
+def _relay_sends(chunks: list[bytes], ended_after: int | None) -> list[tuple[bytes, bool]]:
+    """The ``(body, more_body)`` sends ``relay_stream`` makes for ``chunks``, from an upstream
+    that reports its body complete once it has handed out ``ended_after`` chunks (``None``: a
+    provider that cannot tell)."""
+    given = 0
+
+    async def upstream_chunks() -> AsyncIterator[bytes]:
+        nonlocal given
+        for chunk in chunks:
+            given += 1
+            yield chunk
+
+    def ended() -> bool:
+        return ended_after is not None and given >= ended_after
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    response = ProviderResponse(200, [], chunks=upstream_chunks(), ended=ended)
+    context = RequestContext("req_1", "POST", "/v1/messages")
+    run(relay_stream(response, send, context, []))
+    assert sent[0]["type"] == "http.response.start"
+    return [(m["body"], m["more_body"]) for m in sent[1:]]
+
+
+def _three_chunks() -> list[bytes]:
+    events = text_stream_events(["a", "b"])
+    return [b"".join(events[:3]), b"".join(events[3:5]), b"".join(events[5:])]
+
+
+def test_last_chunk_leaves_with_the_end_of_the_stream_once_the_upstream_body_is_complete() -> None:
+    # One ASGI send, so one write to the client, instead of the chunk and then an empty end.
+    first, second, last = _three_chunks()
+    sends = _relay_sends([first, second, last], ended_after=3)
+    assert sends == [(first, True), (second, True), (last, False)]
+
+
+def test_a_provider_that_cannot_tell_gets_an_empty_end_of_stream() -> None:
+    first, second, last = _three_chunks()
+    sends = _relay_sends([first, second, last], ended_after=None)
+    assert sends == [(first, True), (second, True), (last, True), (b"", False)]
+
+
+def test_chunks_after_an_early_end_report_are_relayed_in_order() -> None:
+    # A replay of chunks read while peeking: the transport is done before they are all relayed.
+    chunks = _three_chunks()
+    sends = _relay_sends(chunks, ended_after=1)
+    assert sends == [(chunks[0], True), (chunks[1], True), (chunks[2], False)]
+
+
+def test_an_error_event_ends_the_stream_in_the_same_send_as_a_held_last_chunk() -> None:
+    cut = b"".join(text_stream_events(["a"])[:4])
+    sends = _relay_sends([cut], ended_after=1)
+    assert len(sends) == 1
+    body, more_body = sends[0]
+    assert body.startswith(cut + b"event: error\n") and not more_body
+
+
+def test_a_stream_read_whole_in_one_socket_read_is_relayed_in_one_send() -> None:
+    # Through the gateway's own transport, from an upstream that writes its answer at once.
+    events = text_stream_events(["a", "b"])
+    stream = b"".join(events)
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"transfer-encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in events)
+        + b"0\r\n\r\n"
+    )
+
+    async def scenario() -> list[tuple[bytes, bool]]:
+        async def answer_at_once(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(answer)
+            await writer.drain()
+
+        server = await asyncio.start_server(answer_at_once, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        upstream = UpstreamConfig(base_url=f"http://127.0.0.1:{port}", api_key="k")
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": STREAM_REQUEST, "more_body": False}
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/messages",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json")],
+        }
+        async with server, Gateway(GatewayConfig(upstream=upstream, usage_log=False)) as gateway:
+            await gateway(scope, receive, send)
+        return [(m["body"], m["more_body"]) for m in sent[1:]]
+
+    assert run(scenario()) == [(stream, False)]

@@ -7,7 +7,7 @@ hop-by-hop headers, cookies and the client's credentials never leak upstream by 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import NamedTuple
 
 import httpx
@@ -19,7 +19,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from .base import ProviderRequest, ProviderResponse
+from .base import ProviderRequest, ProviderResponse, never_ended
 
 __all__ = ["AnthropicProvider"]
 
@@ -237,6 +237,7 @@ class AnthropicProvider:
                 head.headers,
                 chunks=relay_upstream_chunks(chunks, self._base_url),
                 close=response.aclose,
+                ended=_body_complete_check(raw),
             )
         try:
             body = await (response.aread() if raw is None else _read_all(raw))
@@ -261,6 +262,13 @@ def _raw_stream(response: httpx.Response, head: _ResponseHead) -> httpx.AsyncByt
     if head.encoded or response.is_stream_consumed or not isinstance(stream, httpx.AsyncByteStream):
         return None
     return stream
+
+
+def _body_complete_check(stream: httpx.AsyncByteStream | None) -> Callable[[], bool]:
+    """How to tell the stream has been read whole before it says so, where the transport knows
+    (messages_mw's own transport does)."""
+    check: Callable[[], bool] | None = getattr(stream, "body_complete", None)
+    return check if check is not None else never_ended
 
 
 async def _read_all(stream: httpx.AsyncByteStream) -> bytes:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["Provider", "ProviderRequest", "ProviderResponse", "no_close"]
+__all__ = ["Provider", "ProviderRequest", "ProviderResponse", "never_ended", "no_close"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,11 @@ async def no_close() -> None:
     """The ``close`` of a response that holds no resources."""
 
 
+def never_ended() -> bool:
+    """The ``ended`` of a stream that can only tell it has ended by ending."""
+    return False
+
+
 @dataclass(slots=True)
 class ProviderResponse:
     """An upstream answer, ready to relay.
@@ -48,7 +53,10 @@ class ProviderResponse:
     Exactly one of ``body`` (complete) and ``chunks`` (streamed as they arrive) is set.
     ``headers`` are already filtered to what may reach the client (no hop-by-hop headers, no
     ``content-length``). ``close`` must be awaited once the app is done, even after an error or
-    a client disconnect: it releases the upstream connection promptly.
+    a client disconnect: it releases the upstream connection promptly. ``ended``, asked right
+    after ``chunks`` yielded, says whether the upstream body is already complete, so the relay
+    can end the client's response in the same write as the last chunk; a provider that cannot
+    tell keeps the default, and the response then ends in a write of its own.
     """
 
     status: int
@@ -56,6 +64,7 @@ class ProviderResponse:
     body: bytes | None = None
     chunks: AsyncIterator[bytes] | None = None
     close: Callable[[], Awaitable[None]] = field(default=no_close)
+    ended: Callable[[], bool] = field(default=never_ended)
 
     @property
     def content_type(self) -> str:
