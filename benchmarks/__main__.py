@@ -4,9 +4,11 @@ Decode + validate (messages_mw vs json.loads + pydantic), the cost of translatin
 OpenAI Chat Completions (messages_mw.translate, per request and per streamed chunk), end to end
 through six targets (the mock upstream itself, a Starlette + httpx pass-through baseline, an
 aiohttp pass-through, messages_mw, messages_mw with every policy built-in on, messages_mw
-serving from the mock's OpenAI-compatible route) at 1 and 32 connections, messages_mw's
-RSS after 1,000 and 10,000 requests, and the compression bundles on generated agent sessions
-(``--only compression``). Progress goes to stderr; stdout gets only the report.
+serving from the mock's OpenAI-compatible route) at 1 and 32 connections, the policy layer's
+added cost with d and e taking turns in one process (``policy_cost.py``: where the ≤ 1.10x
+target is judged), messages_mw's RSS after 1,000 and 10,000 requests, and the compression
+bundles on generated agent sessions (``--only compression``). Progress goes to stderr; stdout
+gets only the report.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import compression, decode, e2e, report, translation
+from . import compression, decode, e2e, policy_cost, report, translation
 from .processes import REPO_ROOT, ChildFailed, run_json_child
 
 
@@ -111,6 +113,24 @@ def _run_compression(quick: bool, patterns: list[str]) -> list[compression.Compr
     return [compression.CompressionRow(**item) for item in raw]
 
 
+def _run_policy_cost(
+    samples: Path, quick: bool, patterns: list[str]
+) -> list[policy_cost.PolicyCostResult]:
+    """d and e taking turns in one process pinned to the gateway's core (policy_cost.py)."""
+    if not any(e2e.matches(name, patterns) for name in policy_cost.scenario_names()):
+        return []
+    _progress("policy cost in process")
+    cores = e2e.choose_cores()
+    args = ["--samples", str(samples), "--upstream-cpu", str(cores.load), "--json"]
+    args += [
+        *(["--rounds", "5", "--batch", "64"] if quick else []),
+        *(f"--only={p}" for p in patterns),
+    ]
+    raw = run_json_child("policy_cost", *args, cpu=cores.gateway, timeout=900)
+    assert isinstance(raw, list)
+    return [policy_cost.PolicyCostResult(**item) for item in raw]
+
+
 def _timing_text(settings: Settings) -> str:
     timing = settings.timing
     return (
@@ -144,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         report.add_compression(result, _run_compression(args.quick, args.only))
     except ChildFailed as exc:
         result.notes.append(f"compression: {exc}")
+    try:
+        report.add_policy_cost(result, _run_policy_cost(samples, args.quick, args.only))
+    except ChildFailed as exc:
+        result.notes.append(f"policy cost: {exc}")
     scenarios = [s for s in e2e.all_scenarios() if e2e.matches(s.name, args.only)]
     wants_rss = e2e.matches(report.RSS_LABEL, args.only)
     checkpoints = settings.rss_checkpoints if wants_rss else None
@@ -156,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = any(
         note
         for note in result.notes
-        if ": failed:" in note or note.startswith(("decode:", "translation:", "compression:"))
+        if ": failed:" in note
+        or note.startswith(("decode:", "translation:", "compression:", "policy cost:"))
     )
     return 1 if failed else 0
 

@@ -21,6 +21,8 @@ from .e2e import (
     E2EResult,
     RssResult,
 )
+from .policy_cost import SCENARIO_PREFIX as POLICY_PREFIX
+from .policy_cost import PolicyCostResult
 from .translation import BASELINE as TRANSLATE_BASELINE
 from .translation import TranslateResult
 
@@ -195,30 +197,57 @@ def _ratio_text(ratio: float) -> str:
 
 def _mark_policy_cost(members: list[E2EResult], rows: list[Row]) -> str | None:
     """Put the policy layer's (e) and the translation's (f) CPU per request, as ratios to the
-    bare core's, in their target cells; return the group's part of the policy note."""
+    bare core's, in their target cells; return the group's part of the end-to-end note."""
     part = None
     for result, row in zip(members, rows, strict=True):
         gateway = result.scenario.gateway
         if gateway not in (POLICY, TRANSLATED):
             continue
         compared = _cpu_ratio_to_core(members, gateway)
-        wanted = f"CPU ≤ {POLICY_CPU_TARGET:.2f}x d" if gateway == POLICY else "CPU vs d"
         if compared is None:
-            row["target"] = f"{wanted}: no result"
+            row["target"] = "CPU vs d: no result"
             continue
         ratio, rss_difference = compared
-        if gateway == TRANSLATED:
-            row["target"] = f"{wanted}: {ratio:.2f}x"
-            continue
-        row["target"] = f"{wanted}: {_ratio_text(ratio)} {_mark(ratio <= POLICY_CPU_TARGET)}"
-        part = f"{result.scenario.group} CPU {_ratio_text(ratio)}, RSS {rss_difference:+.1f} MB"
+        # e's target is judged in process (add_policy_cost): here d and e run seconds apart
+        # in separate processes, and that drift alone moves CPU per request by up to 30%.
+        row["target"] = f"CPU vs d: {ratio:.2f}x"
+        if gateway == POLICY:
+            part = f"{result.scenario.group} CPU {ratio:.2f}x, RSS {rss_difference:+.1f} MB"
     return part
 
 
 def _policy_note(parts: list[str]) -> str:
     return (
-        f"e vs d (policy built-ins on vs the bare core; CPU per request, target ≤"
-        f" {POLICY_CPU_TARGET:.2f}x; RSS of each fresh process after its run): " + "; ".join(parts)
+        "e vs d end to end (policy built-ins on vs the bare core, each in a fresh process; CPU"
+        " per request, and RSS after its run; the ≤"
+        f" {POLICY_CPU_TARGET:.2f}x target is judged on the policy-in-process rows, where d and e"
+        " take turns in one process): " + "; ".join(parts)
+    )
+
+
+def add_policy_cost(report: Report, results: list[PolicyCostResult]) -> None:
+    """The policy target's rows: d and e in one process, taking turns (see policy_cost.py)."""
+    if not results:
+        return
+    rows = []
+    for r in results:
+        ok = r.ratio <= POLICY_CPU_TARGET
+        rows += [
+            {"scenario": f"{r.name} d:messages_mw", "µs/op": f"{r.core_us:.1f}"},
+            {
+                "scenario": f"{r.name} e:messages_mw+policy",
+                "target": f"CPU ≤ {POLICY_CPU_TARGET:.2f}x d: {_ratio_text(r.ratio)} {_mark(ok)}",
+                "µs/op": f"{r.policy_us:.1f}",
+            },
+        ]
+    report.sections.append(rows)
+    added = ", ".join(f"{r.name.removeprefix(POLICY_PREFIX)} +{r.added_us:.0f}" for r in results)
+    batches = results[0]
+    report.notes.append(
+        "policy in process: the hooks' added CPU per request (µs), d and e in one process pinned"
+        " to the gateway's core, median of"
+        f" {batches.batches} alternating batches of {batches.requests_per_batch} requests each,"
+        f" uvicorn left out of both: {added}"
     )
 
 

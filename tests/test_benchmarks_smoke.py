@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
+import uvloop
 
+from benchmarks import policy_cost
 from benchmarks.decode import (
     DECODERS,
     DEFAULT_SAMPLES,
@@ -23,7 +26,9 @@ from benchmarks.openai_payloads import (
     tool_call_stream,
     tool_names,
 )
-from benchmarks.report import Report, add_e2e
+from benchmarks.policy_cost import PolicyCostResult
+from benchmarks.processes import running_server
+from benchmarks.report import Report, add_e2e, add_policy_cost
 from benchmarks.translation import (
     CLIENT_MODEL,
     MESSAGE_ID,
@@ -161,21 +166,42 @@ def _result(gateway: str, cpu_ms: float, rss_mb: float) -> E2EResult:
 
 
 @pytest.mark.parametrize(
-    ("policy_cpu", "cell"),
+    ("policy_us", "cell"),
     [
-        (0.5290, "CPU ≤ 1.10x d: 1.06x ✓"),
-        (0.5498, "CPU ≤ 1.10x d: 1.10x ✓"),
-        (0.5506, "CPU ≤ 1.10x d: 1.101x ✗"),
-        (0.6500, "CPU ≤ 1.10x d: 1.30x ✗"),
+        (529.0, "CPU ≤ 1.10x d: 1.06x ✓"),
+        (549.8, "CPU ≤ 1.10x d: 1.10x ✓"),
+        (550.6, "CPU ≤ 1.10x d: 1.101x ✗"),
+        (650.0, "CPU ≤ 1.10x d: 1.30x ✗"),
     ],
 )
-def test_policy_target_cell_agrees_with_its_mark(policy_cpu: float, cell: str) -> None:
+def test_policy_target_cell_agrees_with_its_mark(policy_us: float, cell: str) -> None:
     result = Report()
-    add_e2e(result, [_result("d", 0.5, 40.0), _result("e", policy_cpu, 41.5)])
+    name = "policy in process json 57KB c=1"
+    add_policy_cost(result, [PolicyCostResult(name, 500.0, policy_us, 15, 256)])
 
     rows = {row["scenario"].split()[-1]: row for row in result.sections[0]}
     assert rows["e:messages_mw+policy"]["target"] == cell
-    assert result.notes[-1].endswith(f"json 57KB c=1 CPU {cell.split()[-2]}, RSS +1.5 MB")
+    assert rows["d:messages_mw"]["µs/op"] == "500.0"
+    assert result.notes[-1].endswith(f"json 57KB c=1 +{policy_us - 500:.0f}")
+
+
+def test_end_to_end_policy_row_reports_its_ratio_without_judging_it() -> None:
+    result = Report()
+    add_e2e(result, [_result("d", 0.5, 40.0), _result("e", 0.6, 41.5)])
+
+    rows = {row["scenario"].split()[-1]: row for row in result.sections[0]}
+    assert rows["e:messages_mw+policy"]["target"] == "CPU vs d: 1.20x"
+    assert result.notes[-1].endswith("json 57KB c=1 CPU 1.20x, RSS +1.5 MB")
+
+
+def test_policy_cost_runs_both_gateways_against_the_mock_upstream() -> None:
+    with running_server("upstream", cpu=os.sched_getaffinity(0).pop()) as upstream:
+        results = uvloop.run(
+            policy_cost.run_all(upstream.url, DEFAULT_SAMPLES, 2, 4, ["sse 57KB c=32"])
+        )
+    assert [r.name for r in results] == ["policy in process sse 57KB c=32"]
+    assert results[0].core_us > 0 and results[0].policy_us > 0
+    assert (results[0].batches, results[0].requests_per_batch) == (2, 4)
 
 
 def test_best_round_keeps_the_fastest_round_and_the_lowest_cpu() -> None:

@@ -1,0 +1,213 @@
+"""The policy layer's added cost, in one process: the bare core (d) and every built-in on (e).
+
+End to end, d and e each run in a fresh process, seconds apart, and this machine moves the CPU
+per request of one and the same gateway by up to 30% between runs, so a 5% difference drowns
+in the noise. Here both gateways live in one process pinned to the gateway's core, forward to
+the same mock upstream (on the other core) over loopback, and take turns in short batches, the
+order alternating, so drift hits both alike. Requests enter through the ASGI interface, as
+uvicorn would call it; what uvicorn itself costs (the same for d and e) is left out of both,
+which makes the ratio stricter, never looser: it shrinks the denominator, not the difference.
+
+Run on its own (``python -m benchmarks.policy_cost --json``) it prints one JSON list of
+results, so the CLI can measure it in a child process pinned to the gateway's core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from .decode import DEFAULT_SAMPLES
+from .e2e import CONNECTION_COUNTS, WORKLOADS, Workload, matches
+from .loadgen import with_stream
+from .processes import running_server
+from .proxies import build_gateway, build_gateway_with_policy
+from .serving import pin_to_core
+
+VARIANTS: dict[str, Callable[[str], Any]] = {
+    "d": build_gateway,
+    "e": build_gateway_with_policy,
+}
+WARMUP_REQUESTS = 300
+SCENARIO_PREFIX = "policy in process "
+
+
+@dataclass(frozen=True)
+class PolicyCostResult:
+    """CPU per request of d and e (medians over their batches) for one workload."""
+
+    name: str
+    core_us: float
+    policy_us: float
+    batches: int
+    requests_per_batch: int
+
+    @property
+    def ratio(self) -> float:
+        return self.policy_us / self.core_us
+
+    @property
+    def added_us(self) -> float:
+        return self.policy_us - self.core_us
+
+
+def scenario_name(workload: Workload, connections: int) -> str:
+    return f"{SCENARIO_PREFIX}{workload.label} c={connections}"
+
+
+def scenario_names() -> list[str]:
+    return [scenario_name(w, c) for w in WORKLOADS for c in CONNECTION_COUNTS]
+
+
+def _scope(body: bytes) -> dict[str, Any]:
+    """What uvicorn hands the app for the load generator's request."""
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"application/json"),
+        (b"anthropic-version", b"2023-06-01"),
+        (b"x-api-key", b"client-key"),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/messages",
+        "raw_path": b"/v1/messages",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def _one_request(gateway: Any, scope: dict[str, Any], body: bytes) -> None:
+    """One request through the ASGI interface; raises unless the answer is a complete 200."""
+    answered = asyncio.Event()
+    status = 0
+    received = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif not message.get("more_body", False):
+            answered.set()
+
+    await gateway(scope, receive, send)
+    if status != 200 or not answered.is_set():
+        raise RuntimeError(f"the gateway answered {status} instead of a complete 200")
+
+
+async def _batch(gateway: Any, body: bytes, connections: int, requests: int) -> float:
+    """CPU seconds per request for ``requests`` requests, ``connections`` at a time."""
+    scope = _scope(body)
+
+    async def client(count: int) -> None:
+        for _ in range(count):
+            await _one_request(gateway, scope, body)
+
+    per_client = max(1, requests // connections)
+    started = time.process_time()
+    await asyncio.gather(*(client(per_client) for _ in range(connections)))
+    return (time.process_time() - started) / (per_client * connections)
+
+
+async def _measure(
+    upstream_url: str, workload: Workload, body: bytes, connections: int, rounds: int, size: int
+) -> PolicyCostResult:
+    gateways = {name: build(upstream_url) for name, build in VARIANTS.items()}
+    try:
+        for gateway in gateways.values():
+            await _batch(gateway, body, connections, WARMUP_REQUESTS)
+        samples: dict[str, list[float]] = {name: [] for name in gateways}
+        for round_index in range(rounds):
+            # Alternate which goes first, so neither always runs right after the other's garbage.
+            order = list(gateways) if round_index % 2 == 0 else list(reversed(gateways))
+            for name in order:
+                samples[name].append(await _batch(gateways[name], body, connections, size))
+    finally:
+        for gateway in gateways.values():
+            await gateway.aclose()
+    return PolicyCostResult(
+        scenario_name(workload, connections),
+        core_us=statistics.median(samples["d"]) * 1e6,
+        policy_us=statistics.median(samples["e"]) * 1e6,
+        batches=rounds,
+        requests_per_batch=size,
+    )
+
+
+async def run_all(
+    upstream_url: str, samples: Path, rounds: int, size: int, patterns: list[str]
+) -> list[PolicyCostResult]:
+    results = []
+    for workload in WORKLOADS:
+        body = with_stream((samples / workload.sample).read_bytes(), workload.stream)
+        for connections in CONNECTION_COUNTS:
+            if matches(scenario_name(workload, connections), patterns):
+                results.append(
+                    await _measure(upstream_url, workload, body, connections, rounds, size)
+                )
+    return results
+
+
+def _other_core(cpu: int | None) -> int:
+    """A core other than ``cpu`` (a child inherits its parent's affinity, so ask the system)."""
+    online = range(os.cpu_count() or 1)
+    return next((core for core in online if core != cpu), online[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.policy_cost", description=__doc__)
+    parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES)
+    parser.add_argument("--rounds", type=int, default=15, help="batches per gateway (15)")
+    parser.add_argument("--batch", type=int, default=256, help="requests per batch (256)")
+    parser.add_argument("--cpu", type=int, default=None, help="pin this process to one core")
+    parser.add_argument(
+        "--upstream-cpu", type=int, default=None, help="the mock upstream's core (another one)"
+    )
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    upstream_cpu = args.upstream_cpu if args.upstream_cpu is not None else _other_core(args.cpu)
+    pin_to_core(args.cpu)
+    with running_server("upstream", cpu=upstream_cpu) as upstream:
+        results = uvloop.run(
+            run_all(upstream.url, args.samples, args.rounds, args.batch, args.only)
+        )
+    if args.json:
+        print(json.dumps([asdict(r) for r in results]))
+        return
+    for r in results:
+        print(
+            f"{r.name:40s} d {r.core_us:7.1f} µs  e {r.policy_us:7.1f} µs"
+            f"  e/d {r.ratio:.3f}  (+{r.added_us:.1f} µs)",
+            file=sys.stdout,
+        )
+
+
+if __name__ == "__main__":
+    main()
