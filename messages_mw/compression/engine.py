@@ -31,13 +31,14 @@ as.
 
 A :class:`~.memo.CompressionMemo` shared between requests remembers each text's rewrite (a pure
 function of the text and its rule), so the history an agent resends is not compressed again;
-deduplication is decided per request.
+deduplication is decided per request. It also keeps the session's messages with what they
+became (:mod:`.history`), so that the messages a request shares with the previous one are found
+by a byte comparison and copied, and only the new turn is walked.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,10 @@ from msgspec import Raw
 
 from .alignment import add_cache_breakpoints
 from .bundles import Bundle
+from .history import Frame, History, Message, first_element
 from .memo import CompressionMemo
-from .rewrite import EMPTY_MARKER, Frame, Rewrite, Rule, rewrite_text
+from .rewrite import EMPTY_MARKER
+from .walk import DEDUPE_MIN_BYTES, PASTED_MIN_BYTES, Walk
 
 __all__ = [
     "DEDUPE_MIN_BYTES",
@@ -57,23 +60,21 @@ __all__ = [
     "compress_request",
 ]
 
-DEDUPE_MIN_BYTES = 512
-PASTED_MIN_BYTES = 2048
-
 _top = msgspec.json.Decoder(dict[str, Raw])
 # The usual message shape, {role, content}, in one pass; anything else takes the general path.
+_message = msgspec.json.Decoder(dict[str, str | list[dict[str, Raw]]])
 _messages = msgspec.json.Decoder(list[dict[str, str | list[dict[str, Raw]]]])
 _messages_general = msgspec.json.Decoder(list[dict[str, Raw]])
+_elements = msgspec.json.Decoder(list[Raw])
 _content = msgspec.json.Decoder(str | list[dict[str, Raw]])
-_inner_blocks = msgspec.json.Decoder(list[dict[str, Raw]])
-_string = msgspec.json.Decoder(str)
 _encoder = msgspec.json.Encoder()
 
-_TOOL_RESULT = Raw(b'"tool_result"')
-_TOOL_USE = Raw(b'"tool_use"')
-_TEXT = Raw(b'"text"')
-_QUOTE = ord('"')
-_NULL = Raw(b"null")
+# The start of ``messages`` that names a session's histories in the memo: long enough to tell
+# most sessions apart, short enough to stay the same once a session has a few turns.
+_HISTORY_KEY_BYTES = 1024
+# The start of a body that names the frames in the memo that may fit it, and their key's kind.
+_FRAME_KEY_BYTES = 256
+_FRAME = "frame"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,18 +116,16 @@ def compress_request(
     Raises nothing for a JSON body.
     """
     started = time.perf_counter()
-    walk = _Walk(bundle, memo)
+    walk = Walk(bundle, memo)
     out: bytes | None = None
-    try:
-        fields: dict[str, Any] = _top.decode(body)
-    except msgspec.DecodeError:
-        fields = {}
-    else:
-        messages = _decode_messages(fields.get("messages"))
-        for message in messages:
-            walk.message(message)
-        if walk.changed:
-            fields["messages"] = messages
+    framed = None
+    if memo is not None:
+        # Slices of the body become memo keys and the bytes that frames and histories keep.
+        body = body if type(body) is bytes else bytes(body)
+        framed = _walk_framed(body, walk, memo)
+    if framed is not None:
+        out = framed.output(body, walk.changed, align_cache=align_cache)
+    elif (fields := _walk_decoded(body, walk, memo)) is not None:
         aligned = align_cache and add_cache_breakpoints(fields, body) > 0
         if walk.changed or aligned:
             out = _encoder.encode(fields)
@@ -140,6 +139,72 @@ def compress_request(
         tokens_saved=max(0, walk.bytes_before - walk.bytes_after) // 4,
         seconds=time.perf_counter() - started,
     )
+
+
+def _walk_framed(body: bytes, walk: Walk, memo: CompressionMemo) -> _Framed | None:
+    """``body``'s messages walked, when a frame in ``memo`` fits it; ``None`` (before the walk
+    has begun) when none does."""
+    for frame in memo.frames((_FRAME, body[:_FRAME_KEY_BYTES])):
+        end = frame.array_end(body)
+        if end is not None:
+            messages = _walk_remembered(body, len(frame.head), end, walk, memo)
+            return None if messages is None else _Framed(frame, messages, end)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Framed:
+    """A body that a frame fits, its messages array ending at ``end``, and its messages."""
+
+    frame: Frame
+    messages: tuple[Message, ...]
+    end: int
+
+    def output(self, body: bytes, changed: bool, *, align_cache: bool) -> bytes | None:
+        """The compressed body, as :func:`compress_request` encodes it; ``None`` when it is
+        ``body``."""
+        frame = self.frame
+        if align_cache:
+            fields = dict(frame.fields)  # alignment reads ``tools`` and ``system`` only
+            if add_cache_breakpoints(fields, body) > 0:
+                array = body[len(frame.head) : self.end]
+                fields["messages"] = _joined(self.messages) if changed else Raw(array)
+                return _encoder.encode(fields)
+        return frame.wrap([message.out for message in self.messages]) if changed else None
+
+
+def _walk_decoded(body: bytes, walk: Walk, memo: CompressionMemo | None) -> dict[str, Any] | None:
+    """The fields of ``body``, its messages walked, decoding all of it; ``None`` when it is not
+    a JSON object. With a ``memo``, keeps the body's frame for the next request."""
+    try:
+        fields: dict[str, Any] = _top.decode(body)
+    except msgspec.DecodeError:
+        return None
+    raw = fields.get("messages")
+    if memo is not None and raw is not None:
+        array = bytes(raw)
+        frame = Frame.around(body, array, fields)
+        if frame is not None:
+            memo.keep_frame((_FRAME, body[:_FRAME_KEY_BYTES]), frame)
+        remembered = _walk_remembered(array, 0, len(array), walk, memo)
+        if remembered is not None:
+            if walk.changed:
+                fields["messages"] = _joined(remembered)
+            return fields
+    messages = _decode_messages(raw)
+    for message in messages:
+        walk.message(message)
+    if walk.changed:
+        fields["messages"] = messages
+    return fields
+
+
+def _joined(messages: tuple[Message, ...]) -> Raw:
+    """The JSON array of the messages' output, copied once."""
+    parts = [b","] * (2 * len(messages) + 1)
+    parts[0], parts[-1] = b"[", b"]"
+    parts[1::2] = [message.out for message in messages]
+    return Raw(b"".join(parts))
 
 
 def _decode_messages(raw: Raw | None) -> list[dict[str, Any]]:
@@ -163,200 +228,58 @@ def _decode_messages(raw: Raw | None) -> list[dict[str, Any]]:
     return messages
 
 
-class _Walk:
-    """The state of one request's walk: only what earlier messages said.
-
-    Texts travel as their raw JSON and are decoded only when a rule may rewrite them, so file
-    contents kept as they are cost a length check and, for deduplication, a byte comparison.
-    """
-
-    def __init__(self, bundle: Bundle, memo: CompressionMemo | None) -> None:
-        self.bundle = bundle
-        self.memo = memo
-        if memo is None:
-            pasted = bundle.pasted_text
-            self.text_rule = Rule(bundle.text)
-            self.pasted_rule = None if pasted is None else Rule(pasted, pasted=True)
-        else:
-            self.text_rule, self.pasted_rule = memo.rules(bundle)
-        self.tool_uses: dict[str | None, dict[str, Raw]] = {}
-        # Earlier results' compressed output by length, so that only equal-length ones compare.
-        self.earlier: dict[int, list[tuple[Raw, _Result]]] = {}
-        self.changed = False
-        self.bytes_before = 0
-        self.bytes_after = 0
-
-    def message(self, message: dict[str, Any]) -> None:
-        role, content = message.get("role"), message.get("content")
-        if role == "assistant" and isinstance(content, list):
-            for block in content:
-                if block.get("type") == _TOOL_USE:
-                    self.tool_uses[_as_str(block.get("id"))] = block
-        elif role == "user" and isinstance(content, list):
-            for block in content:
-                kind = block.get("type")
-                if kind == _TOOL_RESULT:
-                    self.tool_result(block)
-                elif kind == _TEXT and "citations" not in block:
-                    self.pasted_block(block)
-        elif role == "user" and isinstance(content, str) and len(content) >= PASTED_MIN_BYTES:
-            pasted = self.pasted(Raw(_encoder.encode(content)))
-            if pasted is not None:
-                message["content"] = pasted
-
-    def pasted_block(self, block: dict[str, Raw]) -> None:
-        raw = block.get("text")
-        if raw is not None and len(raw) >= PASTED_MIN_BYTES:
-            pasted = self.pasted(raw)
-            if pasted is not None:
-                block["text"] = pasted
-
-    def pasted(self, raw: Raw) -> Raw | None:
-        """The compressed JSON of a user's large pasted text, or ``None`` to keep it."""
-        if self.pasted_rule is None or len(raw) < PASTED_MIN_BYTES:
-            return None
-        rule = self.pasted_rule
-        rewrite = rewrite_text(raw, rule) if self.memo is None else self.memo.rewrite(raw, rule)
-        new = raw if rewrite.json is None else rewrite.json
-        self.count(raw, new)
-        return None if new is raw else new
-
-    def tool_result(self, block: dict[str, Raw]) -> None:
-        raw = block.get("content")
-        if raw is None:
-            return
-        tool_use_id = _as_str(block.get("tool_use_id"))
-        use = None if tool_use_id is None else self.tool_uses.get(tool_use_id)
-        result = _Result(tool_use_id, use, self.rule(use))
-        if memoryview(raw)[0] == _QUOTE:
-            new = self.result_text(raw, result, tool_use_id, dedupe=tool_use_id is not None)
-            if new is not raw:
-                block["content"] = new
-            return
-        try:
-            inner = _inner_blocks.decode(raw)
-        except msgspec.DecodeError:
-            return
-        changed = False
-        dedupe = len(inner) == 1 and tool_use_id is not None
-        for index, item in enumerate(inner):
-            text = item.get("text")
-            if item.get("type") == _TEXT and text is not None and "citations" not in item:
-                where = None if tool_use_id is None else (tool_use_id, index)
-                new = self.result_text(text, result, where, dedupe=dedupe)
-                if new is not text:
-                    item["text"], changed = new, True
-        if changed:
-            block["content"] = Raw(_encoder.encode(inner))
-
-    def rule(self, use: dict[str, Raw] | None) -> Rule | None:
-        """How to rewrite the output of the ``tool_use`` block ``use``; ``None`` for a shell
-        tool, whose command line decides (see :meth:`shell_rule`)."""
-        bundle = self.bundle
-        name = None if use is None else _as_str(use.get("name"))
-        if name is None:
-            return self.text_rule
-        if name in bundle.file_read_tools:
-            return _EXACT
-        return None if name in bundle.shell_tools else self.text_rule
-
-    def shell_rule(self, use: dict[str, Raw]) -> Rule:
-        bundle = self.bundle
-        name = _as_str(use.get("name")) or ""
-        command = bundle.command(name, use.get("input", _NULL))
-        if command is None:
-            return self.text_rule
-        options = None if bundle.reads_files(command) else bundle.text
-        return Rule(options, command, framed=True)
-
-    def rewrite(self, raw: Raw, result: _Result, where: Hashable) -> Rewrite:
-        """One tool-result text rewritten; ``where`` names it for the memo (``None``: the text
-        itself does)."""
-        rule, use, memo = result.rule, result.use, self.memo
-        if rule is None and use is not None:
-            if memo is None or where is None:
-                return rewrite_text(raw, self.shell_rule(use))
-            call = (use.get("name", _NULL), use.get("input", _NULL))
-            return memo.call_rewrite((self.bundle, where), call, raw, lambda: self.shell_rule(use))
-        rule = rule or self.text_rule
-        if memo is None:
-            return rewrite_text(raw, rule)
-        if where is None:
-            return memo.rewrite(raw, rule)
-        return memo.call_rewrite((rule, where), (), raw, lambda: rule)
-
-    def result_text(self, raw: Raw, result: _Result, where: Hashable, *, dedupe: bool) -> Raw:
-        """The final JSON string for one tool-result text (``raw`` itself when unchanged)."""
-        if result.rule is not _EXACT:
-            rewrite = self.rewrite(raw, result, where)
-            new = raw if rewrite.json is None else rewrite.json
-            if dedupe and len(rewrite.output) >= DEDUPE_MIN_BYTES and not rewrite.verbatim:
-                new = self.deduplicate(new, rewrite.output, rewrite.frame, result)
-        elif dedupe and len(raw) >= DEDUPE_MIN_BYTES:
-            verbatim = memoryview(raw)[: len(_TOOL_USE_ERROR)] == _TOOL_USE_ERROR
-            new = raw if verbatim else self.deduplicate(raw, raw, None, result)
-        else:
-            new = raw
-        self.count(raw, new)
-        return new
-
-    def deduplicate(self, new: Raw, output: Raw, frame: Frame | None, result: _Result) -> Raw:
-        """A reference to an earlier result with the same ``output``, or ``new`` after recording
-        it. A framed result keeps its own ``frame`` (its exit code) around the reference."""
-        same_length = self.earlier.get(len(output))
-        if same_length is None:
-            self.earlier[len(output)] = [(output, result)]
-            return new
-        for earlier_output, earlier in same_length:
-            if earlier_output == output:
-                text = self.reference(earlier, "output identical" if frame else "identical")
-                reference = Raw(_encoder.encode(frame.wrap(text) if frame else text))
-                return reference if len(reference) < len(new) else new
-        same_length.append((output, result))
-        return new
-
-    def reference(self, earlier: _Result, what: str) -> str:
-        where = f"the tool result of {earlier.tool_use_id} above"
-        if earlier.use is not None:
-            label = self.describe(earlier.use)
-            where += f" ({label})" if label else ""
-        return f"[messages_mw: {what} to {where}]"
-
-    def describe(self, use: dict[str, Raw]) -> str:
-        """A short label for a tool call (see :meth:`Bundle.describe`); ``""`` without a name."""
-        name_raw, tool_input = use.get("name", _NULL), use.get("input", _NULL)
-
-        def describe() -> str:
-            name = _as_str(name_raw)
-            return "" if name is None else self.bundle.describe(name, tool_input)
-
-        if self.memo is None:
-            return describe()
-        return self.memo.label((self.bundle, bytes(name_raw), bytes(tool_input)), describe)
-
-    def count(self, before: Raw, after: Raw) -> None:
-        self.bytes_before += len(before)
-        self.bytes_after += len(after)
-        if after is not before:
-            self.changed = True
-
-
-class _Result(msgspec.Struct, frozen=True):
-    """The tool call that produced one tool result, and the rule for its text."""
-
-    tool_use_id: str | None
-    use: dict[str, Raw] | None
-    rule: Rule | None  # None: a shell call, whose command line decides
-
-
-_EXACT = Rule(None)
-_TOOL_USE_ERROR = b'"<tool_use_error>'
-
-
-def _as_str(raw: Raw | None) -> str | None:
-    if raw is None:
+def _walk_remembered(
+    data: bytes, at: int, end: int, walk: Walk, memo: CompressionMemo
+) -> tuple[Message, ...] | None:
+    """Walk the ``messages`` array ``data[at:end]``, reusing the longest history in ``memo`` that
+    it starts with, and keep the result as the session's history; the messages with their
+    output, or ``None`` (before the walk has begun) when some message is not of the usual shape
+    or the array is not JSON."""
+    start = first_element(data, at)
+    if start is None:
         return None
+    key = (walk.bundle, data[at : at + _HISTORY_KEY_BYTES])
+    best, count, position, comma, continued = None, 0, start, False, []
+    for history in memo.histories(key):
+        found, where, after_comma = history.match(data, start)
+        if found:
+            continued.append(history)
+        if found > count:
+            best, count, position, comma = history, found, where, after_comma
+    # Not JSON (``[{},]``, ``[{} {}]``), unless the decoder says so: the general path decides.
+    if count and comma == data.startswith(b"]", position):
+        return None
+    new = _decode_elements(data, position, end)
+    if new is None:
+        return None
+    if best is not None:
+        best.resume(walk, count)
+        memo.hits += count
+    fresh = []
+    for message_raw, message in new:
+        outputs = len(walk.outputs)
+        walk.message(message)
+        walk.mark()
+        encoded = _encoder.encode(message)
+        out = message_raw if encoded == message_raw else encoded
+        fresh.append(Message.of(message_raw, out, walk.outputs[outputs:]))
+    if not fresh:
+        return () if best is None else best.messages[:count]
+    history = History.then(best, count, fresh, walk)
+    # The histories it continues are of the same session, which will not send them again.
+    memo.keep_history(key, history, continued)
+    return history.messages
+
+
+def _decode_elements(
+    data: bytes, position: int, end: int
+) -> list[tuple[bytes, dict[str, Any]]] | None:
+    """The messages from ``position`` on in the JSON array that ends at ``end`` in ``data``,
+    each as its own bytes and as decoded from them; ``None`` when one is not of the usual shape
+    or the rest is not JSON."""
     try:
-        return _string.decode(raw)
+        elements = _elements.decode(b"[" + data[position:end])
+        copies = [bytes(element) for element in elements]
+        return [(copy, _message.decode(copy)) for copy in copies]
     except msgspec.DecodeError:
         return None

@@ -4,18 +4,25 @@ Agents resend their whole history on every turn, so all of a request's tool outp
 turn's was compressed by an earlier request already. A text's rewrite is a pure function of its
 JSON and of its :class:`~.rewrite.Rule`, so remembering it changes no output byte and turns the
 repeated work into a dictionary lookup. Deduplication is decided per request, outside the memo.
+It also keeps each session's latest :class:`~.history.History`, and the parts of request bodies
+around their messages (:class:`~.history.Frame`), so that a request's resent messages and its
+other fields cost a byte comparison rather than a decoding and a walk.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, cast
 
 from msgspec import Raw
 
 from .bundles import Bundle
 from .rewrite import Rewrite, Rule, rewrite_text
+
+if TYPE_CHECKING:
+    from .history import Frame, History
 
 __all__ = ["DEFAULT_MEMO_BYTES", "CompressionMemo"]
 
@@ -25,6 +32,9 @@ _ENTRY_OVERHEAD = 200
 # Bundles whose rules are kept, and labels of tool calls (a few hundred bytes each).
 _MAX_BUNDLES = 64
 _MAX_LABELS = 4096
+# Histories kept under one key: sessions whose first messages begin alike, or a session's
+# branches (a retried or edited turn); frames kept under one key: bodies that begin alike.
+_MAX_HISTORIES = 8
 
 
 class _Entry:
@@ -55,6 +65,10 @@ class CompressionMemo:
     the GIL (``hits`` and ``misses`` may miss a count under contention). A rewrite is computed
     outside the lock, so a slow text never holds up other requests; two threads that miss on
     the same text both compute it, with the same result.
+
+    Histories and frames (see :mod:`.history`) count against the same bound and are dropped
+    first, oldest first: they only spare lookups of the texts the memo holds. ``len()`` counts
+    texts only, and ``hits`` counts a message found in a history as one hit.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MEMO_BYTES) -> None:
@@ -65,6 +79,9 @@ class CompressionMemo:
         self._bytes = 0
         self._rules: dict[Bundle, tuple[Rule, Rule | None]] = {}
         self._labels: dict[Hashable, str] = {}
+        # Histories and frames, under keys of their own kinds (see the engine).
+        self._histories: OrderedDict[Hashable, tuple[History, ...] | tuple[Frame, ...]]
+        self._histories = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -125,6 +142,52 @@ class CompressionMemo:
             self._store(key, _Entry(raw, tuple(part.copy() for part in call), rewrite, size))
         return rewrite
 
+    def histories(self, key: Hashable) -> tuple[History, ...]:
+        """The histories kept under ``key``, oldest first."""
+        return cast("tuple[History, ...]", self._histories.get(key, ()))
+
+    def keep_history(self, key: Hashable, history: History, replaces: Sequence[History]) -> None:
+        """Keep ``history`` under ``key``, instead of ``replaces``. A history over half the
+        bound is not kept."""
+        if history.size <= self.max_bytes // 2:
+            with self._lock:
+                kept = self.histories(key)
+                self._keep(key, (*(old for old in kept if old not in replaces), history))
+
+    def frames(self, key: Hashable) -> tuple[Frame, ...]:
+        """The frames kept under ``key``, oldest first."""
+        return cast("tuple[Frame, ...]", self._histories.get(key, ()))
+
+    def keep_frame(self, key: Hashable, frame: Frame) -> None:
+        """Keep ``frame`` under ``key``, unless an equal one is kept."""
+        if frame.size <= self.max_bytes // 2:
+            with self._lock:
+                kept = self.frames(key)
+                if frame not in kept:
+                    self._keep(key, (*kept, frame))
+
+    def _keep(self, key: Hashable, kept: tuple[History, ...] | tuple[Frame, ...]) -> None:
+        """Keep the newest of ``kept`` under ``key``, as the newest key. Called under the lock."""
+        self._bytes -= sum(old.size for old in self._histories.pop(key, ()))
+        self._histories[key] = kept = kept[-_MAX_HISTORIES:]
+        self._bytes += sum(old.size for old in kept)
+        self._shrink(key)
+
+    def _drop_history(self, keep: Hashable) -> bool:
+        """Drop the oldest histories not under ``keep`` (else all but the newest under it);
+        ``False`` when there is nothing to drop. Called under the lock."""
+        for key, kept in self._histories.items():
+            if key != keep:
+                del self._histories[key]
+                self._bytes -= sum(old.size for old in kept)
+                return True
+        kept = self._histories.get(keep, ())
+        if len(kept) < 2:
+            return False
+        self._histories[keep] = kept[-1:]
+        self._bytes -= sum(old.size for old in kept[:-1])
+        return True
+
     def _store(self, key: Hashable, entry: _Entry) -> None:
         with self._lock:
             replaced = self._entries.pop(key, None)
@@ -132,10 +195,17 @@ class CompressionMemo:
                 self._bytes -= replaced.size
             self._entries[key] = entry
             self._bytes += entry.size
-            while self._bytes > self.max_bytes:
-                oldest, dropped = self._entries.popitem(last=False)
-                if dropped.used or oldest == key:  # the new entry fits alone: never evicted
-                    dropped.used = False
-                    self._entries[oldest] = dropped
-                else:
-                    self._bytes -= dropped.size
+            self._shrink(key)
+
+    def _shrink(self, key: Hashable) -> None:
+        """Drop histories, then texts, until the memo is within its bound, but never what
+        ``key`` names. Called under the lock."""
+        while self._bytes > self.max_bytes:
+            if self._drop_history(key):
+                continue
+            oldest, dropped = self._entries.popitem(last=False)
+            if dropped.used or oldest == key:  # the new entry fits alone: never evicted
+                dropped.used = False
+                self._entries[oldest] = dropped
+            else:
+                self._bytes -= dropped.size
