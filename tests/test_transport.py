@@ -1,4 +1,4 @@
-"""FastHTTPTransport against real loopback servers, plus property tests of its parser.
+"""FastHTTPTransport against real loopback servers (its parsers: test_http11_parsers.py).
 
 Every server here is a plain asyncio server written for the test, so each one can misbehave in
 exactly the way a test needs: split framing across writes, close idle connections, stall.
@@ -16,7 +16,6 @@ import socket
 import ssl
 import struct
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from messages_mw._http11 import ProtocolError, ResponseParser
 from messages_mw.transport import FastHTTPTransport
 
 _LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
@@ -930,7 +928,7 @@ def test_https_with_the_default_context_verifies_certificates(tmp_path: Path) ->
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
 
-def _encode_chunked(body: bytes, sizes: list[int], extensions: bool, trailers: bool) -> bytes:
+def encode_chunked(body: bytes, sizes: list[int], extensions: bool, trailers: bool) -> bytes:
     encoded, start = [CHUNKED_HEAD], 0
     for size in sizes:
         if start >= len(body):
@@ -944,85 +942,10 @@ def _encode_chunked(body: bytes, sizes: list[int], extensions: bool, trailers: b
     return b"".join(encoded)
 
 
-def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    """Split ``data`` at the given offsets (taken modulo its length), as a socket might."""
     points = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
     return [data[a:b] for a, b in itertools.pairwise(points)]
-
-
-@given(
-    body=st.binary(max_size=3000),
-    sizes=st.lists(st.integers(1, 700), max_size=20),
-    cuts=st.lists(st.integers(0, 10_000), max_size=40),
-    extensions=st.booleans(),
-    trailers=st.booleans(),
-)
-def test_chunked_decoding_survives_any_split(
-    body: bytes, sizes: list[int], cuts: list[int], extensions: bool, trailers: bool
-) -> None:
-    wire = _encode_chunked(body, sizes, extensions, trailers)
-    decoded: deque[bytes] = deque()
-    parser = ResponseParser(decoded)
-    produced = sum(parser.feed(piece) for piece in _split(wire, cuts))
-    assert parser.complete and parser.keep_alive
-    assert b"".join(decoded) == body
-    assert produced == len(body)
-
-
-@given(body=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 10_000), max_size=40))
-def test_content_length_decoding_survives_any_split(body: bytes, cuts: list[int]) -> None:
-    decoded: deque[bytes] = deque()
-    parser = ResponseParser(decoded)
-    for piece in _split(response(body, extra=b"X-A: 1\r\n"), cuts):
-        parser.feed(piece)
-    assert parser.complete
-    assert b"".join(decoded) == body
-    assert parser.head is not None and parser.head.headers[-1] == (b"X-A", b"1")
-
-
-@given(garbage=st.binary(min_size=1, max_size=200))
-def test_parser_rejects_or_waits_on_garbage(garbage: bytes) -> None:
-    parser = ResponseParser(deque())
-    with contextlib.suppress(ProtocolError):
-        parser.feed(garbage)
-        parser.feed(b"\r\n\r\n")
-
-
-def test_parser_accepts_bare_line_feeds_in_chunk_framing() -> None:
-    decoded: deque[bytes] = deque()
-    parser = ResponseParser(decoded)
-    parser.feed(CHUNKED_HEAD + b"5\nhello\n0\n\n")
-    assert parser.complete
-    assert b"".join(decoded) == b"hello"
-
-
-@pytest.mark.parametrize(
-    "wire",
-    [
-        b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000,
-        CHUNKED_HEAD + b"1" + b" " * 9000,
-        CHUNKED_HEAD + b"12345678901234567\r\n",
-    ],
-)
-def test_parser_refuses_unbounded_input(wire: bytes) -> None:
-    with pytest.raises(ProtocolError):
-        ResponseParser(deque()).feed(wire)
-
-
-def test_parser_eof_ends_only_bodies_framed_by_close() -> None:
-    until_close = ResponseParser(deque())
-    until_close.feed(b"HTTP/1.1 200 OK\r\n\r\nabc")
-    assert until_close.feed_eof() and not until_close.keep_alive
-    truncated = ResponseParser(deque())
-    truncated.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc")
-    assert not truncated.feed_eof()
-
-
-def test_transfer_coding_other_than_chunked_runs_until_close() -> None:
-    decoded: deque[bytes] = deque()
-    parser = ResponseParser(decoded)
-    parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabcdef")
-    assert not parser.complete and not parser.keep_alive
-    assert b"".join(decoded) == b"abcdef"
 
 
 @settings(max_examples=15, deadline=None)
@@ -1032,7 +955,7 @@ def test_transfer_coding_other_than_chunked_runs_until_close() -> None:
     cuts=st.lists(st.integers(0, 5000), max_size=12),
 )
 def test_chunked_split_over_real_socket(body: bytes, sizes: list[int], cuts: list[int]) -> None:
-    pieces = _split(_encode_chunked(body, sizes, extensions=True, trailers=False), cuts)
+    pieces = split_at(encode_chunked(body, sizes, extensions=True, trailers=False), cuts)
 
     async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
         await server.read_request(reader)
