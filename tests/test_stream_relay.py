@@ -20,6 +20,15 @@ from .servers import sse, text_stream_events
 STREAM_REQUEST = json.dumps(
     {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
 ).encode()
+# The scope of a streamed POST /v1/messages, for tests that drive the ASGI app directly.
+MESSAGES_SCOPE = {
+    "type": "http",
+    "method": "POST",
+    "path": "/v1/messages",
+    "root_path": "",
+    "query_string": b"",
+    "headers": [(b"content-type", b"application/json")],
+}
 SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "request-id": "req_up"}
 
 
@@ -148,15 +157,7 @@ def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
             if message.get("body"):
                 first_chunk.set()
 
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/v1/messages",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json")],
-        }
-        task = asyncio.ensure_future(gateway(scope, messages.get, send))
+        task = asyncio.ensure_future(gateway(MESSAGES_SCOPE, messages.get, send))
         await first_chunk.wait()
         disconnected = time.monotonic()
         await messages.put({"type": "http.disconnect"})
@@ -261,16 +262,8 @@ def test_a_stream_read_whole_in_one_socket_read_is_relayed_in_one_send() -> None
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": STREAM_REQUEST, "more_body": False}
 
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/v1/messages",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json")],
-        }
         async with server, Gateway(GatewayConfig(upstream=upstream, usage_log=False)) as gateway:
-            await gateway(scope, receive, send)
+            await gateway(MESSAGES_SCOPE, receive, send)
         return [(m["body"], m["more_body"]) for m in sent[1:]]
 
     assert run(scenario()) == [(stream, False)]
