@@ -152,12 +152,11 @@ def _walk_framed(body: bytes, walk: Walk, memo: CompressionMemo) -> _Framed | No
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class _Framed:
+class _Framed(msgspec.Struct, frozen=True):
     """A body that a frame fits, its messages array ending at ``end``, and its messages."""
 
     frame: Frame
-    messages: tuple[Message, ...]
+    messages: tuple[bytes, ...]  # their JSON in the compressed body
     end: int
 
     def output(self, body: bytes, changed: bool, *, align_cache: bool) -> bytes | None:
@@ -170,7 +169,7 @@ class _Framed:
                 array = body[len(frame.head) : self.end]
                 fields["messages"] = _joined(self.messages) if changed else Raw(array)
                 return _encoder.encode(fields)
-        return frame.wrap([message.out for message in self.messages]) if changed else None
+        return frame.wrap(self.messages) if changed else None
 
 
 def _walk_decoded(body: bytes, walk: Walk, memo: CompressionMemo | None) -> dict[str, Any] | None:
@@ -199,11 +198,11 @@ def _walk_decoded(body: bytes, walk: Walk, memo: CompressionMemo | None) -> dict
     return fields
 
 
-def _joined(messages: tuple[Message, ...]) -> Raw:
+def _joined(messages: tuple[bytes, ...]) -> Raw:
     """The JSON array of the messages' output, copied once."""
     parts = [b","] * (2 * len(messages) + 1)
     parts[0], parts[-1] = b"[", b"]"
-    parts[1::2] = [message.out for message in messages]
+    parts[1::2] = messages
     return Raw(b"".join(parts))
 
 
@@ -230,7 +229,7 @@ def _decode_messages(raw: Raw | None) -> list[dict[str, Any]]:
 
 def _walk_remembered(
     data: bytes, at: int, end: int, walk: Walk, memo: CompressionMemo
-) -> tuple[Message, ...] | None:
+) -> tuple[bytes, ...] | None:
     """Walk the ``messages`` array ``data[at:end]``, reusing the longest history in ``memo`` that
     it starts with, and keep the result as the session's history; the messages with their
     output, or ``None`` (before the walk has begun) when some message is not of the usual shape
@@ -255,31 +254,49 @@ def _walk_remembered(
     if best is not None:
         best.resume(walk, count)
         memo.hits += count
-    fresh = []
-    for message_raw, message in new:
-        outputs = len(walk.outputs)
-        walk.message(message)
-        walk.mark()
-        encoded = _encoder.encode(message)
-        out = message_raw if encoded == message_raw else encoded
-        fresh.append(Message.of(message_raw, out, walk.outputs[outputs:]))
+    canonical, elements = new
+    fresh = [_walked(walk, raw, message, canonical) for raw, message in elements]
     if not fresh:
-        return () if best is None else best.messages[:count]
-    history = History.then(best, count, fresh, walk)
+        return () if best is None else best.outs[:count]
+    history = History.then(best, count, fresh, walk, (data, start, position))
     # The histories it continues are of the same session, which will not send them again.
     memo.keep_history(key, history, continued)
-    return history.messages
+    return history.outs
+
+
+def _walked(walk: Walk, raw: bytes, message: dict[str, Any], canonical: bool) -> Message:
+    """One new message walked, with what it becomes; ``canonical`` when ``raw`` is how the
+    encoder writes ``message`` as decoded, which then changed only if a text was rewritten."""
+    outputs, rewrites = len(walk.outputs), walk.rewrites
+    walk.message(message)
+    walk.mark()
+    if canonical and walk.rewrites == rewrites:
+        out = raw
+    else:
+        encoded = _encoder.encode(message)
+        out = raw if encoded == raw else encoded
+    return Message.of(raw, out, walk.outputs[outputs:])
 
 
 def _decode_elements(
     data: bytes, position: int, end: int
-) -> list[tuple[bytes, dict[str, Any]]] | None:
+) -> tuple[bool, list[tuple[bytes, dict[str, Any]]]] | None:
     """The messages from ``position`` on in the JSON array that ends at ``end`` in ``data``,
-    each as its own bytes and as decoded from them; ``None`` when one is not of the usual shape
-    or the rest is not JSON."""
+    each as its own bytes and as decoded from them, and whether those bytes are how the encoder
+    writes it; ``None`` when one is not of the usual shape or the rest is not JSON."""
+    rest = b"[" + data[position:end]
     try:
-        elements = _elements.decode(b"[" + data[position:end])
-        copies = [bytes(element) for element in elements]
-        return [(copy, _message.decode(copy)) for copy in copies]
+        messages = _messages.decode(rest)
+    except msgspec.DecodeError:
+        return None
+    # Agents send compact JSON: then encoding each message gives its bytes, cheaper than
+    # finding them by decoding the array a second time.
+    raws = [_encoder.encode(message) for message in messages]
+    joined = b",".join(raws)
+    if rest.startswith(joined, 1) and rest.startswith(b"]", len(joined) + 1):
+        return True, list(zip(raws, messages, strict=True))
+    try:
+        copies = [bytes(element) for element in _elements.decode(rest)]
+        return False, [(copy, _message.decode(copy)) for copy in copies]
     except msgspec.DecodeError:
         return None

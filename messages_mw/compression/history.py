@@ -11,6 +11,9 @@ them. Only the messages after the first difference are walked, the walk resumed 
 A message is recognised by comparing bytes in place in the new request's ``messages`` array,
 which costs no decoding: a JSON object is self-delimiting, so an array that holds the
 remembered object's bytes at the place an element starts holds exactly that element there.
+Agents send compact JSON, so the remembered messages are kept joined by commas, as such an
+array holds them, and one byte comparison finds them all; only the messages after the first
+difference (or after whitespace between elements) are compared one at a time.
 
 The rest of a body (model, system prompt, tools) is usually the same on every request of a
 session too. A :class:`Frame` keeps the bytes before and after an earlier body's ``messages``
@@ -40,11 +43,11 @@ _WHITESPACE = re.compile(rb"[ \t\n\r]*")
 _MESSAGE_OVERHEAD = 300
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One message as an earlier request sent it (``raw``, a JSON object), its JSON in that
-    request's compressed body (``out``), and roughly the bytes it holds with what it added to
-    the walk (``size``)."""
+class Message(msgspec.Struct, frozen=True):
+    """One message a request added to its history: its JSON as the request sent it (``raw``,
+    a JSON object), its JSON in that request's compressed body (``out``), and roughly the
+    bytes it holds with what it added to the walk (``size``; ``raw`` is counted by the
+    history, which keeps it joined with the others)."""
 
     raw: bytes
     out: bytes
@@ -52,70 +55,151 @@ class Message:
 
     @classmethod
     def of(cls, raw: bytes, out: bytes, outputs: Sequence[tuple[Raw, ToolCall]]) -> Message:
-        size = len(raw) + _MESSAGE_OVERHEAD + (0 if out is raw else len(out))
-        return cls(raw, out, size + sum(len(output) for output, _ in outputs))
+        size = len(out) + _MESSAGE_OVERHEAD
+        if outputs:
+            size += sum([len(output) for output, _ in outputs])
+        return cls(raw, out, size)
 
 
-@dataclass(frozen=True, slots=True)
-class History:
+class History(msgspec.Struct, frozen=True, eq=False):
     """The messages of one request, in order, and what walking them added to the walk's state:
     tool calls, outputs recorded for deduplication, and after each message how many of them
     there were and the byte counts (a :class:`~.walk.Walk`'s ``uses``, ``outputs`` and
-    ``ends``)."""
+    ``ends``), with an index of the outputs by length (see :meth:`.Walk.resume`).
 
-    messages: tuple[Message, ...]
-    raws: tuple[bytes, ...]
+    The messages' JSON is kept compactly joined, ``source[base:]`` holding them separated by
+    commas (message ``k`` starts at ``bounds[k]`` from ``base``, and ``bounds[-1]`` is one past
+    the end), so that a request that resends them is recognised by one byte comparison, not
+    one per message. ``source`` is the request body itself when it held them so.
+
+    Equal only to itself; a ``Struct``, not a dataclass, since one is made per request and a
+    frozen dataclass is slow to make.
+    """
+
+    source: bytes
+    base: int
+    bounds: tuple[int, ...]
+    outs: tuple[bytes, ...]
     uses: tuple[tuple[str | None, dict[str, Raw]], ...]
     outputs: tuple[tuple[Raw, ToolCall], ...]
     ends: tuple[End, ...]
+    index: dict[int, tuple[int, ...]]
     # Before each message and after the last, the bytes held by the messages before it.
     sizes: tuple[int, ...]
 
     @property
     def size(self) -> int:
         """Bytes held, roughly."""
-        return self.sizes[-1]
+        return len(self.source) + self.sizes[-1]
 
     @classmethod
     def then(
-        cls, earlier: History | None, count: int, fresh: Sequence[Message], walk: Walk
+        cls, earlier: History | None, count: int, fresh: Sequence[Message], walk: Walk, at: Place
     ) -> History:
         """The history of ``earlier``'s first ``count`` messages, then ``fresh``, all of which
-        ``walk`` has walked (or resumed after)."""
+        ``walk`` has walked (or resumed after); ``at`` is where ``fresh`` begins in the
+        request's ``messages`` array, and where that array's first element begins."""
+        bounds = [0] if earlier is None else list(earlier.bounds[: count + 1])
         sizes = [0] if earlier is None else list(earlier.sizes[: count + 1])
         for message in fresh:
+            bounds.append(bounds[-1] + len(message.raw) + 1)
             sizes.append(sizes[-1] + message.size)
-        messages = (*(() if earlier is None else earlier.messages[:count]), *fresh)
-        raws = (*(() if earlier is None else earlier.raws[:count]), *(m.raw for m in fresh))
+        joined = b",".join([message.raw for message in fresh])
+        data, start, position = at
+        if position == start + bounds[count] and data.startswith(joined, position):
+            # The request holds the messages compactly joined (see ``match``): keep it whole.
+            source, base = data, start
+        else:
+            kept = b"" if earlier is None else earlier.joined(count, comma=True)
+            source, base = b"".join([kept, joined]), 0
+        outs = tuple([message.out for message in fresh])
+        outs = outs if earlier is None else earlier.outs[:count] + outs
         uses, outputs, ends = tuple(walk.uses), tuple(walk.outputs), tuple(walk.ends)
-        return cls(messages, raws, uses, outputs, ends, tuple(sizes))
+        index = walk.output_index()
+        return cls(source, base, tuple(bounds), outs, uses, outputs, ends, index, tuple(sizes))
+
+    def joined(self, count: int, *, comma: bool = False) -> memoryview:
+        """The first ``count`` messages' JSON, joined by commas (and one after them)."""
+        end = self.base + self.bounds[count] - (0 if comma or not count else 1)
+        return memoryview(self.source)[self.base : end]
 
     def resume(self, walk: Walk, count: int) -> None:
         """Bring a fresh ``walk`` to where walking the first ``count`` messages leads."""
         uses, outputs = self.ends[count][:2]
-        walk.resume(self.uses[:uses], self.outputs[:outputs], self.ends[: count + 1])
+        stale = {len(output) for output, _ in self.outputs[outputs:]}
+        walk.resume(
+            self.uses[:uses], self.outputs[:outputs], self.ends[: count + 1], self.index, stale
+        )
 
     def match(self, array: bytes, start: int) -> tuple[int, int, bool]:
         """How many of the remembered messages the JSON ``array`` starts with (its first
         element at ``start``), where what follows them starts, and whether a comma separates
         it from them. A decoder must read the rest: it is not JSON when a comma is followed by
         ``]`` or when anything but ``]`` follows without a comma."""
-        position, count, comma, starts = start, 0, False, array.startswith
-        for raw in self.raws:
-            if not starts(raw, position):
+        count = self._count_compact(array, start)
+        if not count:
+            return self._match_each(array, start, 0, start)
+        position, comma = _separator(array, start + self.bounds[count] - 1)
+        if not comma:
+            return count, position, comma
+        return self._match_each(array, start, count, position)
+
+    def _count_compact(self, array: bytes, start: int) -> int:
+        """How many of the messages ``array`` holds from ``start`` on compactly joined, as
+        they are in :attr:`source`. Agents change only the last messages (where they move
+        their ``cache_control`` breakpoints), so those are tried first, each alone before all
+        of them, then the count is bisected: each try is one byte comparison."""
+        source, base, bounds = memoryview(self.source), self.base, self.bounds
+        low, high = 0, len(bounds) - 1  # the count is in [low, high]
+        for _ in range(_LAST_TRIES):
+            if low == high:
+                return low
+            last = bounds[high - 1]  # where the last of ``high`` messages starts
+            alone = source[base + last : base + bounds[high] - 1]
+            if array.startswith(alone, start + last) and array.startswith(self.joined(high), start):
+                return high
+            high -= 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if array.startswith(self.joined(middle), start):
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+    def _match_each(
+        self, array: bytes, start: int, count: int, position: int
+    ) -> tuple[int, int, bool]:
+        """:meth:`match` from message ``count`` on, found at ``position``, one message at a
+        time: for arrays with whitespace between their elements."""
+        source, base, bounds = memoryview(self.source), self.base, self.bounds
+        comma = count > 0
+        for index in range(count, len(bounds) - 1):
+            raw = source[base + bounds[index] : base + bounds[index + 1] - 1]
+            if not array.startswith(raw, position):
                 break
-            position += len(raw)
             count += 1
-            if starts(b",{", position):  # compact JSON, the usual case
-                position += 1
-                comma = True
-                continue
-            found = _BETWEEN.match(array, position)
-            assert found is not None  # the pattern matches the empty string
-            position, comma = found.end(), found.group(1) is not None
+            position, comma = _separator(array, position + len(raw))
             if not comma:
                 break
         return count, position, comma
+
+
+# Where a request's new messages start in its ``messages`` array: the request body (or the
+# array), where the array's first element starts, and where the first new message starts.
+Place = tuple[bytes, int, int]
+# Messages at the end of a history tried one by one before bisecting (see ``_count_compact``).
+_LAST_TRIES = 3
+
+
+def _separator(array: bytes, position: int) -> tuple[int, bool]:
+    """Where the element after ``position`` (the end of one) starts, and whether a comma
+    comes first."""
+    if array.startswith(b",{", position):  # compact JSON, the usual case
+        return position + 1, True
+    found = _BETWEEN.match(array, position)
+    assert found is not None  # the pattern matches the empty string
+    return found.end(), found.group(1) is not None
 
 
 def first_element(data: bytes, at: int = 0) -> int | None:
@@ -176,12 +260,14 @@ class Frame:
             return None
         return end
 
-    def wrap(self, messages: list[bytes]) -> bytes:
+    def wrap(self, messages: Sequence[bytes]) -> bytes:
         """The compact JSON of the frame's fields with ``messages`` as the array's elements,
-        as an encoder writes the fields: copied once."""
-        parts = [b","] * (2 * len(messages) + 1)
-        parts[0], parts[-1] = self.json_head + b"[", b"]" + self.json_tail
-        parts[1::2] = messages
+        as an encoder writes the fields: copied once (the fields too, which may be large)."""
+        if not messages:
+            return self.json_head + b"[]" + self.json_tail
+        parts = [b","] * (2 * len(messages) + 3)
+        parts[0], parts[1], parts[-2], parts[-1] = self.json_head, b"[", b"]", self.json_tail
+        parts[2:-2:2] = messages
         return b"".join(parts)
 
 

@@ -151,8 +151,8 @@ class CompressionMemo:
         bound is not kept."""
         if history.size <= self.max_bytes // 2:
             with self._lock:
-                kept = self.histories(key)
-                self._keep(key, (*(old for old in kept if old not in replaces), history))
+                kept = [old for old in self.histories(key) if old not in replaces]
+                self._keep(key, (*kept, history))
 
     def frames(self, key: Hashable) -> tuple[Frame, ...]:
         """The frames kept under ``key``, oldest first."""
@@ -168,9 +168,9 @@ class CompressionMemo:
 
     def _keep(self, key: Hashable, kept: tuple[History, ...] | tuple[Frame, ...]) -> None:
         """Keep the newest of ``kept`` under ``key``, as the newest key. Called under the lock."""
-        self._bytes -= sum(old.size for old in self._histories.pop(key, ()))
+        self._bytes -= sum([old.size for old in self._histories.pop(key, ())])
         self._histories[key] = kept = kept[-_MAX_HISTORIES:]
-        self._bytes += sum(old.size for old in kept)
+        self._bytes += sum([old.size for old in kept])
         self._shrink(key)
 
     def _drop_history(self, keep: Hashable) -> bool:

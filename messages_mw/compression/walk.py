@@ -54,8 +54,13 @@ class Walk:
         else:
             self.text_rule, self.pasted_rule = memo.rules(bundle)
         self.tool_uses: dict[str | None, dict[str, Raw]] = {}
-        # Earlier results' compressed output by length, so that only equal-length ones compare.
-        self.earlier: dict[int, list[tuple[Raw, ToolCall]]] = {}
+        # Where in :attr:`outputs` earlier results' compressed output is, by length, so that
+        # only equal-length ones compare: those this walk recorded, and those it resumed after
+        # (a history's index, shared, where only positions below ``resumed_outputs`` count).
+        self.recorded: dict[int, list[int]] = {}
+        self.resumed: dict[int, tuple[int, ...]] = {}
+        self.resumed_outputs = 0
+        self.stale: set[int] = set()
         self.rewrites = 0
         self.bytes_before = 0
         self.bytes_after = 0
@@ -86,19 +91,27 @@ class Walk:
         uses: Sequence[tuple[str | None, dict[str, Raw]]],
         outputs: Sequence[tuple[Raw, ToolCall]],
         ends: Sequence[End],
+        index: dict[int, tuple[int, ...]],
+        stale: set[int],
     ) -> None:
         """Start from the state that walking some messages led to, as :attr:`uses`,
-        :attr:`outputs` and :attr:`ends` said after the last of them, without walking them."""
+        :attr:`outputs` and :attr:`ends` said after the last of them, without walking them.
+        ``index`` is :meth:`output_index` of a walk whose outputs began with ``outputs``; its
+        positions past them hold outputs of the lengths in ``stale``."""
         self.uses, self.outputs, self.ends = list(uses), list(outputs), list(ends)
         self.tool_uses.update(self.uses)
-        earlier = self.earlier
-        for output, result in self.outputs:
-            same_length = earlier.get(len(output))
-            if same_length is None:
-                earlier[len(output)] = [(output, result)]
-            else:
-                same_length.append((output, result))
+        self.resumed, self.resumed_outputs, self.stale = index, len(self.outputs), stale
         _, _, self.bytes_before, self.bytes_after, self.rewrites = self.ends[-1]
+
+    def output_index(self) -> dict[int, tuple[int, ...]]:
+        """Where each recorded output is in :attr:`outputs`, by length, in order, for a walk
+        that resumes after them (see :meth:`resume`)."""
+        index = dict(self.resumed)
+        for length in self.stale:
+            index[length] = tuple(p for p in index[length] if p < self.resumed_outputs)
+        for length, positions in self.recorded.items():
+            index[length] = (*index.get(length, ()), *positions)
+        return index
 
     def message(self, message: dict[str, Any]) -> None:
         role, content = message.get("role"), message.get("content")
@@ -219,19 +232,27 @@ class Walk:
     def deduplicate(self, new: Raw, output: Raw, frame: Frame | None, result: ToolCall) -> Raw:
         """A reference to an earlier result with the same ``output``, or ``new`` after recording
         it. A framed result keeps its own ``frame`` (its exit code) around the reference."""
-        same_length = self.earlier.get(len(output))
-        if same_length is None:
-            self.earlier[len(output)] = [(output, result)]
+        earlier = self.earlier_same(output)
+        if earlier is None:
+            self.recorded.setdefault(len(output), []).append(len(self.outputs))
             self.outputs.append((output, result))
             return new
-        for earlier_output, earlier in same_length:
-            if earlier_output == output:
-                text = self.reference(earlier, "output identical" if frame else "identical")
-                reference = Raw(_encoder.encode(frame.wrap(text) if frame else text))
-                return reference if len(reference) < len(new) else new
-        same_length.append((output, result))
-        self.outputs.append((output, result))
-        return new
+        text = self.reference(earlier, "output identical" if frame else "identical")
+        reference = Raw(_encoder.encode(frame.wrap(text) if frame else text))
+        return reference if len(reference) < len(new) else new
+
+    def earlier_same(self, output: Raw) -> ToolCall | None:
+        """The first earlier result whose compressed output is ``output``."""
+        outputs, length = self.outputs, len(output)
+        for position in self.resumed.get(length, ()):
+            if position >= self.resumed_outputs:
+                break
+            if outputs[position][0] == output:
+                return outputs[position][1]
+        for position in self.recorded.get(length, ()):
+            if outputs[position][0] == output:
+                return outputs[position][1]
+        return None
 
     def reference(self, earlier: ToolCall, what: str) -> str:
         where = f"the tool result of {earlier.tool_use_id} above"
