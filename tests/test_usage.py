@@ -8,6 +8,7 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -420,3 +421,163 @@ def test_a_full_event_carries_no_credential() -> None:
         assert not any(word in lowered for word in suspicious), name
         assert "key" not in lowered or lowered == "key_id", name
         assert "token" not in lowered or isinstance(value, int), name
+
+
+def test_an_event_takes_each_field_from_its_source_in_the_context() -> None:
+    context = _full_context()
+    event = UsageEvent.from_context(context)
+    expected = {
+        "request_id": "req_full",
+        "method": "POST",
+        "path": "/v1/messages",
+        "status": 529,
+        "key_id": "team-a",
+        "tags": ["team:a", "feature:chat"],
+        "session_id": "session-1",
+        "requested_model": "claude-sonnet-4-5",
+        "served_model": "claude-haiku-4-5",
+        "provider": "anthropic",
+        "fallback_used": True,
+        "stream": True,
+        "error_type": "overloaded_error",
+        "client_disconnected": True,
+        "input_tokens": 10,
+        "output_tokens": 20,
+        "cache_creation_input_tokens": 30,
+        "cache_read_input_tokens": 40,
+        "cost": 0.5,
+        "latency_ms": pytest.approx(2000.0),
+        "time_to_first_byte_ms": pytest.approx(500.0),
+        "upstream_request_id": "req_upstream",
+        "attempts": context.attempts,
+        "compression": context.compression,
+    }
+    actual = msgspec.structs.asdict(event)
+    assert actual.pop("timestamp") == pytest.approx(time.time(), abs=60)
+    assert actual == expected
+    # The event holds copies: a hook changing the context later does not rewrite it.
+    assert event.tags is not context.tags and event.attempts is not context.attempts
+
+
+@pytest.mark.parametrize(
+    ("context_field", "event_field"),
+    [
+        ("fallback_used", "fallback_used"),
+        ("stream", "stream"),
+        ("client_disconnected", "client_disconnected"),
+    ],
+)
+def test_each_flag_lands_in_its_own_event_field(context_field: str, event_field: str) -> None:
+    # The full context sets every flag, so a mix-up between two of them would go unseen there.
+    context = _full_context()
+    before = msgspec.structs.asdict(UsageEvent.from_context(context))
+    setattr(context, context_field, False)
+    after = msgspec.structs.asdict(UsageEvent.from_context(context))
+    changed = {name for name in before if name != "timestamp" and before[name] != after[name]}
+    assert changed == {event_field}
+
+
+class BatchRecorder:
+    """A nonblocking sink that takes batches, as the JSON lines sink does."""
+
+    nonblocking = True
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def __call__(self, event: UsageEvent) -> None:
+        self.batches.append([event.request_id])
+
+    def write_events(self, events: Sequence[UsageEvent]) -> None:
+        self.batches.append([event.request_id for event in events])
+
+
+def test_events_of_requests_ending_together_are_delivered_as_one_batch() -> None:
+    sink = BatchRecorder()
+    dispatcher = UsageDispatcher([sink])
+
+    async def main() -> None:
+        # Sparse traffic: each event is delivered in the next pass of the loop.
+        dispatcher.emit(make_event(0))
+        await asyncio.sleep(0)
+        assert sink.batches == [["req_0"]]
+        # Requests ending within the delivery interval of the last delivery wait for the next.
+        for number in range(1, 6):
+            dispatcher.emit(make_event(number))
+            await asyncio.sleep(0)
+        assert sink.batches == [["req_0"]]
+        await asyncio.sleep(0.05)
+        assert sink.batches == [["req_0"], ["req_1", "req_2", "req_3", "req_4", "req_5"]]
+        # After a quiet spell, delivery is immediate again.
+        dispatcher.emit(make_event(6))
+        await asyncio.sleep(0)
+        assert sink.batches[-1] == ["req_6"]
+        dispatcher.emit(make_event(7))
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    assert [event for batch in sink.batches for event in batch] == [
+        f"req_{number}" for number in range(8)
+    ]
+    assert dispatcher.dropped == 0
+
+
+def test_a_sink_that_fails_on_a_batch_is_logged_and_the_next_batch_still_comes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class FailingOnce(BatchRecorder):
+        def write_events(self, events: Sequence[UsageEvent]) -> None:
+            if not self.batches:
+                self.batches.append([])
+                raise OSError("disk full")
+            super().write_events(events)
+
+    sink = FailingOnce()
+    dispatcher = UsageDispatcher([sink])
+
+    async def main() -> None:
+        dispatcher.emit(make_event(0))
+        await asyncio.sleep(0.05)
+        dispatcher.emit(make_event(1))
+        await dispatcher.aclose()
+
+    with caplog.at_level(logging.ERROR, logger="messages_mw.usage"):
+        asyncio.run(main())
+    assert sink.batches == [[], ["req_1"]]
+    assert any("failed on 1 requests" in record.getMessage() for record in caplog.records)
+
+
+def test_json_lines_sink_writes_a_batch_in_one_write(tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    events = [make_event(number, tags=["a"]) for number in range(50)]
+    sink = JsonLinesSink(path)
+    sink.write_events(events)
+    lines = path.read_text().splitlines()
+    assert [msgspec.json.decode(line, type=UsageEvent) for line in lines] == events
+    asyncio.run(sink.aclose())
+
+
+def test_json_lines_sink_finishes_lines_a_file_took_only_in_part(tmp_path: Path) -> None:
+    class ShortWrites(io.RawIOBase):
+        """A raw file that takes at most 7 bytes per write, as a pipe or a signal may."""
+
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, chunk: Any) -> int:
+            taken = bytes(chunk[:7])
+            self.data += taken
+            return len(taken)
+
+    sink = JsonLinesSink(tmp_path / "usage.jsonl")
+    asyncio.run(sink.aclose())
+    short = ShortWrites()
+    sink._file = short  # the file the sink opened, swapped for one that writes little at a time
+    events = [make_event(number) for number in range(3)]
+    sink.write_events(events[:2])
+    sink(events[2])
+    lines = bytes(short.data).decode().splitlines()
+    assert [msgspec.json.decode(line, type=UsageEvent) for line in lines] == events
