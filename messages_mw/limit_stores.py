@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import msgspec
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
@@ -56,11 +58,12 @@ class WindowCheck:
     sliding: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class WindowCount:
+class WindowCount(msgspec.Struct, frozen=True):
     """A counter as the store saw it: the current window's start time and both windows' totals
     (after this call's own cost, if it was admitted)."""
 
+    # A struct rather than a frozen dataclass: one or two are built per limit per request, and
+    # a frozen dataclass costs six times as much to build (a named tuple three times).
     start: float
     previous: float
     current: float
@@ -103,10 +106,13 @@ class CounterStore(Protocol):
 def window_usage(check: WindowCheck, count: WindowCount, now: float) -> float:
     """The usage ``check`` is held to at ``now``: the current window, plus the previous one
     weighted by how much of it still lies within one window length of ``now``."""
-    if not check.sliding:
+    if not check.sliding or not count.previous:
         return count.current
-    weight = min(1.0, max(0.0, 1.0 - (now - count.start) / check.window))
-    return count.previous * weight + count.current
+    # The previous window's share, clamped to [0, 1] (a clock that lags may give more than 1).
+    weight = 1.0 - (now - count.start) / check.window
+    if weight <= 0.0:
+        return count.current
+    return count.previous * (weight if weight < 1.0 else 1.0) + count.current
 
 
 def has_room(check: WindowCheck, count: WindowCount, now: float) -> bool:
@@ -133,9 +139,11 @@ class _Counter:
     window: float
 
     def rolled(self, now: float) -> WindowCount:
-        self.index, self.previous, self.current = _roll(
-            self.index, self.previous, self.current, math.floor(now / self.window)
-        )
+        index = math.floor(now / self.window)
+        if index != self.index:
+            self.index, self.previous, self.current = _roll(
+                self.index, self.previous, self.current, index
+            )
         return WindowCount(self.index * self.window, self.previous, self.current)
 
 
@@ -159,26 +167,36 @@ class MemoryCounterStore:
     async def consume(
         self, checks: Sequence[WindowCheck], now: float
     ) -> tuple[bool, list[WindowCount]]:
-        self._sweep(now)
+        return self.consume_now(checks, now)
+
+    def consume_now(
+        self, checks: Sequence[WindowCheck], now: float
+    ) -> tuple[bool, list[WindowCount]]:
+        """:meth:`consume` without the coroutine: this store never waits, and the rate
+        limiter calls it on every request."""
+        if now >= self._next_sweep:
+            self._sweep(now)
         counters: list[_Counter] = []
         counts: list[WindowCount] = []
         admitted = True
         for check in checks:
-            counter = self._counter(check.key, check.window, now)
+            counter = self._counters.get(check.key) or self._counter(check.key, check.window, now)
             count = counter.rolled(now)
-            admitted = admitted and has_room(check, count, now)
+            if admitted and not has_room(check, count, now):
+                admitted = False
             counters.append(counter)
             counts.append(count)
         if admitted:
-            for at, (check, counter) in enumerate(zip(checks, counters, strict=True)):
+            for at, check in enumerate(checks):
                 if check.cost:
+                    counter = counters[at]
                     counter.current += check.cost
-                    count = counts[at]
-                    counts[at] = WindowCount(count.start, count.previous, counter.current)
+                    counts[at] = WindowCount(counts[at].start, counter.previous, counter.current)
         return admitted, counts
 
     async def add(self, increments: Sequence[Increment], now: float) -> None:
-        self._sweep(now)
+        if now >= self._next_sweep:
+            self._sweep(now)
         for increment in increments:
             counter = self._counter(increment.key, increment.window, now)
             counter.rolled(now)
@@ -195,8 +213,6 @@ class MemoryCounterStore:
         return counter
 
     def _sweep(self, now: float) -> None:
-        if now < self._next_sweep:
-            return
         self._next_sweep = now + self._sweep_interval
         expired = [
             key

@@ -109,7 +109,11 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 _LIMITS_CACHE_SIZE = 4096
 _HEADER_NAMES = {
-    kind: tuple(f"anthropic-ratelimit-{kind}-{part}" for part in ("limit", "remaining", "reset"))
+    kind: (
+        f"anthropic-ratelimit-{kind}-limit",
+        f"anthropic-ratelimit-{kind}-remaining",
+        f"anthropic-ratelimit-{kind}-reset",
+    )
     for kind in ("requests", "tokens")
 }
 
@@ -127,17 +131,21 @@ class _LimitSet:
 
     limits: list[_Limit]
     checks: list[WindowCheck]
-    # For the headers: the positions of the request limits, then of the token limits.
-    header_groups: tuple[tuple[str, tuple[int, ...]], ...]
+    # For the headers: the positions of the request limits, then of the token limits, each
+    # with its header names.
+    header_groups: tuple[tuple[tuple[str, str, str], tuple[int, ...]], ...]
+    # Each limit as its header value.
+    limit_texts: tuple[str, ...]
 
     @classmethod
     def of(cls, limits: list[_Limit]) -> _LimitSet:
         groups = tuple(
-            (kind, positions)
+            (_HEADER_NAMES[kind], positions)
             for kind in ("requests", "tokens")
             if (positions := tuple(i for i, lim in enumerate(limits) if lim.kind == kind))
         )
-        return cls(limits, [limit.check for limit in limits], groups)
+        texts = tuple(str(int(limit.check.limit)) for limit in limits)
+        return cls(limits, [limit.check for limit in limits], groups, texts)
 
 
 class RateLimiter:
@@ -160,6 +168,9 @@ class RateLimiter:
             raise TypeError("store must have async consume(), add() and aclose() methods")
         self.config = config
         self._store = store if store is not None else _default_store(config)
+        # The in-memory store answers without waiting: called directly, it spares every
+        # request a coroutine.
+        self._memory_store = self._store if type(self._store) is MemoryCounterStore else None
         self._clock = clock
         # Requests-only rules need nothing recorded after a request: skip that work entirely.
         self._counts_usage = any(
@@ -188,11 +199,14 @@ class RateLimiter:
         if not limit_set.limits:
             return []
         now = self._clock()
-        try:
-            admitted, counts = await self._store.consume(limit_set.checks, now)
-        except LimitStoreError as exc:
-            return self._admit_without_store(exc, now)
-        self._store_answered()
+        if self._memory_store is not None:
+            admitted, counts = self._memory_store.consume_now(limit_set.checks, now)
+        else:
+            try:
+                admitted, counts = await self._store.consume(limit_set.checks, now)
+            except LimitStoreError as exc:
+                return self._admit_without_store(exc, now)
+            self._store_answered()
         headers = self._headers(limit_set, counts, now)
         if not admitted:
             raise _rejection(limit_set.limits, counts, now, headers)
@@ -251,7 +265,7 @@ class RateLimiter:
         """The ``anthropic-ratelimit-*`` headers of the tightest request and token limits."""
         headers: list[tuple[str, str]] = []
         checks = limit_set.checks
-        for kind, positions in limit_set.header_groups:
+        for (limit_name, remaining_name, reset_name), positions in limit_set.header_groups:
             at = positions[0]
             if len(positions) > 1:
                 at = min(
@@ -262,12 +276,11 @@ class RateLimiter:
             reset = math.ceil(_replenished_at(check, count, now))
             if reset != self._reset_second:
                 self._reset_second, self._reset_text = reset, _rfc3339_second(reset)
-            name = _HEADER_NAMES[kind]
-            headers += [
-                (name[0], str(int(check.limit))),
-                (name[1], str(_remaining(check, count, now))),
-                (name[2], self._reset_text),
-            ]
+            headers += (
+                (limit_name, limit_set.limit_texts[at]),
+                (remaining_name, str(_remaining(check, count, now))),
+                (reset_name, self._reset_text),
+            )
         return headers
 
     def _work_out_limits(self, context: RequestContext) -> list[_Limit]:
@@ -333,14 +346,17 @@ def _rules_by_match(
 
 def _rule_limits(rule: LimitRule, subject: str, label: str) -> Iterator[_Limit]:
     if rule.requests_per_minute is not None:
-        check = WindowCheck(f"requests:60:{subject}", _MINUTE, rule.requests_per_minute, 1.0)
+        # Limits as floats: the counts they are compared with are floats, and a float compares
+        # with a float faster than with an int.
+        limit = float(rule.requests_per_minute)
+        check = WindowCheck(f"requests:60:{subject}", _MINUTE, limit, 1.0)
         yield _Limit("requests", label, check)
     if rule.tokens_per_minute is not None:
-        check = WindowCheck(f"tokens:60:{subject}", _MINUTE, rule.tokens_per_minute)
+        check = WindowCheck(f"tokens:60:{subject}", _MINUTE, float(rule.tokens_per_minute))
         yield _Limit("tokens", label, check)
     if rule.spend is not None:
         period = rule.spend_period_seconds
-        check = WindowCheck(f"spend:{period}:{subject}", period, rule.spend, sliding=False)
+        check = WindowCheck(f"spend:{period}:{subject}", period, float(rule.spend), sliding=False)
         yield _Limit("spend", label, check)
 
 
@@ -377,7 +393,8 @@ def _message(limit: _Limit, retry_after: int) -> str:
 
 
 def _remaining(check: WindowCheck, count: WindowCount, now: float) -> int:
-    return max(0, math.floor(check.limit - window_usage(check, count, now)))
+    left = check.limit - window_usage(check, count, now)
+    return math.floor(left) if left > 0 else 0
 
 
 def _replenished_at(check: WindowCheck, count: WindowCount, now: float) -> float:
