@@ -62,7 +62,13 @@ class AuthConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 def hash_key(key: str) -> str:
+    """The hex SHA-256 digest of ``key``: what ``ApiKeyConfig.sha256`` holds."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _digest(key: str) -> bytes:
+    # Raw bytes for lookups: one step less than the hex form, on every request.
+    return hashlib.sha256(key.encode()).digest()
 
 
 def presented_key(headers: Mapping[str, str], alternate_header: str | None = None) -> str | None:
@@ -77,6 +83,14 @@ def presented_key(headers: Mapping[str, str], alternate_header: str | None = Non
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
+
+
+def _parse_hex_digest(text: str) -> bytes | None:
+    try:
+        digest = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return digest if len(digest) == hashlib.sha256().digest_size else None
 
 
 def _principal(entry: ApiKeyConfig, passthrough: bool) -> Principal:
@@ -100,12 +114,15 @@ class StaticKeyAuth:
     def __init__(self, keys: tuple[ApiKeyConfig, ...], *, header: str | None = None) -> None:
         self._header = header.lower() if header else None
         # Principals are immutable, so each key's two possible principals are built once.
-        self._by_hash: dict[str, tuple[str, Principal, Principal]] = {}
+        self._by_hash: dict[bytes, tuple[bytes, Principal, Principal]] = {}
         for entry in keys:
-            digest = entry.sha256 or (hash_key(entry.key) if entry.key else None)
-            if digest is None:
+            hex_digest = entry.sha256 or (hash_key(entry.key) if entry.key else None)
+            if hex_digest is None:
                 raise ValueError(f"auth key {entry.id!r} needs either 'sha256' or 'key'")
-            digest = digest.lower()
+            digest = _parse_hex_digest(hex_digest)
+            if digest is None:
+                # A malformed digest could never match: say so now, not with 401s later.
+                raise ValueError(f"auth key {entry.id!r}: sha256 must be 64 hex digits")
             self._by_hash[digest] = (digest, _principal(entry, False), _principal(entry, True))
 
     def __call__(self, request: IncomingRequest) -> Principal:
@@ -113,7 +130,7 @@ class StaticKeyAuth:
         if key is None:
             where = self._header or "x-api-key"
             raise AuthenticationError(f"{where}: an API key is required.")
-        digest = hash_key(key)
+        digest = _digest(key)
         # Looking up by SHA-256 digest means lookup timing reveals nothing usable about the
         # key; the stored digest is then confirmed with a constant-time comparison.
         found = self._by_hash.get(digest)
@@ -121,14 +138,14 @@ class StaticKeyAuth:
             raise AuthenticationError("invalid x-api-key")
         return found[2] if self._client_has_own_key(request, digest) else found[1]
 
-    def _client_has_own_key(self, request: IncomingRequest, gateway_digest: str) -> bool:
+    def _client_has_own_key(self, request: IncomingRequest, gateway_digest: bytes) -> bool:
         """With an alternate header, the key in ``x-api-key``/``Authorization`` is the client's
         own provider key, to pass through; unless it is the gateway key sent twice (SDK 2.x
         always sends its ``api_key`` as a bearer token)."""
         if self._header is None or not request.headers.get(self._header):
             return False
         own = presented_key(request.headers)
-        return own is not None and not hmac.compare_digest(hash_key(own), gateway_digest)
+        return own is not None and not hmac.compare_digest(_digest(own), gateway_digest)
 
 
 class PassthroughAuth:

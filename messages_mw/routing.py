@@ -54,6 +54,9 @@ class FallbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_router_candidates: Annotated[int, msgspec.Meta(ge=1)] = 8
 
 
+_PLAIN_CHAINS_KEPT = 1024
+
+
 class TargetResolver:
     """Turns model names into targets and builds the chain for a request.
 
@@ -92,6 +95,9 @@ class TargetResolver:
             model: (*map(self.target, names), *self._default_tail)
             for model, names in config.chains.items()
         }
+        # Most requests name one of a few models and bring no fallbacks of their own: their
+        # chain is worked out once per model.
+        self._plain_chains: dict[str, tuple[Target, ...]] = {}
 
     @property
     def config(self) -> FallbackConfig:
@@ -196,13 +202,17 @@ class TargetResolver:
         """Primary first (for the auto model: its ordered candidates), then body fallbacks,
         the model's chain and the default chain. Raises as :meth:`target` does, and
         :class:`InvalidRequestError` for the auto model without candidates."""
+        plain = not body_targets and not self.is_auto(model)
+        if plain and (known := self._plain_chains.get(model)) is not None:
+            return list(known)
         tail = self._model_tails.get(model, self._default_tail)
-        head = self._head(model)
-        if not body_targets and not tail:
-            return head
         unique: dict[str, Target] = {}
-        for target in (*head, *(body_targets or ()), *tail):
+        for target in (*self._head(model), *(body_targets or ()), *tail):
             unique.setdefault(target.name, target)
+        if plain:
+            if len(self._plain_chains) >= _PLAIN_CHAINS_KEPT:
+                self._plain_chains.clear()
+            self._plain_chains[model] = tuple(unique.values())
         return list(unique.values())
 
     def _head(self, model: str) -> list[Target]:

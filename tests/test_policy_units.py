@@ -61,6 +61,17 @@ def test_key_config_needs_a_key() -> None:
         StaticKeyAuth((ApiKeyConfig(id="x"),))
 
 
+@pytest.mark.parametrize("digest", ["not-hex", "ab" * 31, "ab" * 33, "abc"])
+def test_a_malformed_sha256_is_refused_when_the_keys_are_loaded(digest: str) -> None:
+    with pytest.raises(ValueError, match="'x': sha256 must be 64 hex digits"):
+        StaticKeyAuth((ApiKeyConfig(id="x", sha256=digest),))
+
+
+def test_a_sha256_in_upper_case_hex_matches() -> None:
+    auth = StaticKeyAuth((ApiKeyConfig(id="x", sha256=hash_key("sk-gw").upper()),))
+    assert auth(_request(**{"x-api-key": "sk-gw"})).key_id == "x"
+
+
 def test_passthrough_auth_requires_a_key_and_hides_it() -> None:
     principal = PassthroughAuth()(_request(**{"x-api-key": "sk-ant-secret"}))
     assert principal.passthrough and "secret" not in principal.key_id
@@ -128,6 +139,37 @@ def test_targets_and_chains() -> None:
     ]
     with pytest.raises(ValueError, match="nowhere/x"):
         TargetResolver(["anthropic"], "anthropic", FallbackConfig(default_chain=("nowhere/x",)))
+
+
+def test_a_models_chain_is_the_same_every_time_whatever_a_caller_did_with_the_last() -> None:
+    config = FallbackConfig(
+        default_chain=("backup/claude-sonnet-4-6",),
+        chains={"claude-opus-5-5": ("backup/claude-opus-5-5",)},
+    )
+    resolver = TargetResolver(["anthropic", "backup"], "anthropic", config)
+    expected = {
+        "claude-opus-5-5": [
+            "anthropic/claude-opus-5-5",
+            "backup/claude-opus-5-5",
+            "backup/claude-sonnet-4-6",
+        ],
+        "claude-haiku-4-5": ["anthropic/claude-haiku-4-5", "backup/claude-sonnet-4-6"],
+    }
+    for _ in range(3):
+        for model, names in expected.items():
+            chain = resolver.chain(model, None)
+            assert [t.name for t in chain] == names
+            # A router hook may reorder or trim the list it is given.
+            chain.reverse()
+            chain.pop()
+        with_body = resolver.chain("claude-haiku-4-5", [Target("backup", "claude-haiku-4-5")])
+        assert [t.name for t in with_body] == [
+            "anthropic/claude-haiku-4-5",
+            "backup/claude-haiku-4-5",
+            "backup/claude-sonnet-4-6",
+        ]
+    many = [f"model-{number}" for number in range(3000)]
+    assert [resolver.chain(model, None)[0].model for model in many] == many
 
 
 @pytest.mark.parametrize(
