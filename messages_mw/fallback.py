@@ -189,8 +189,7 @@ def _seconds_until(http_date: str, now: float) -> float | None:
     return wait if wait > 0 else None
 
 
-@dataclass(frozen=True, slots=True)
-class ChainResult:
+class ChainResult(msgspec.Struct, frozen=True):
     """What :func:`run_chain` chose to relay, who served it, and every attempt on the way."""
 
     response: ProviderResponse

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+import msgspec
+
 __all__ = ["Provider", "ProviderRequest", "ProviderResponse", "never_ended", "no_close"]
 
 
-@dataclass(frozen=True, slots=True)
-class ProviderRequest:
+class ProviderRequest(msgspec.Struct, frozen=True):
     """One request for an upstream.
 
     ``path`` is relative to the API root (``/v1/messages``, ``/v1/messages/count_tokens``,
