@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 
 import msgspec
 
@@ -20,8 +19,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
+class Principal(msgspec.Struct, frozen=True):
     """Who is calling, as an auth hook established it.
 
     ``key_id`` is a stable, non-secret name for the credential (never the key itself);
@@ -63,8 +61,7 @@ class Attempt(msgspec.Struct):
     duration: float
 
 
-@dataclass(slots=True)
-class RequestContext:
+class RequestContext(msgspec.Struct):
     """Filled in as a request moves through the gateway; handed to the usage sinks once.
 
     Times are ``time.perf_counter()`` readings; ``usage`` holds what the upstream reported,
@@ -73,32 +70,35 @@ class RequestContext:
     ``request_headers`` (lower-case names) are the client's, set before the first hook runs.
     """
 
+    # A struct, not a dataclass: one is built per request, and msgspec fills the defaults in
+    # half the time.
+
     request_id: str
     method: str
     path: str
-    started_at: float = field(default_factory=time.perf_counter)
+    started_at: float = msgspec.field(default_factory=time.perf_counter)
     model: str | None = None
     stream: bool = False
     status: int = 0
     response_started: bool = False
     upstream_request_id: str | None = None
-    usage: TokenUsage = field(default_factory=TokenUsage)
+    usage: TokenUsage = msgspec.field(default_factory=TokenUsage)
     stop_reason: str | None = None
     error_type: str | None = None
     client_disconnected: bool = False
     first_byte_at: float | None = None
     finished_at: float | None = None
     principal: Principal | None = None
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = msgspec.field(default_factory=list)
     session_id: str | None = None
     provider: str | None = None
     served_model: str | None = None
     fallback_used: bool = False
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
     cost: float | None = None
     debug: bool = False
-    response_headers: list[tuple[str, str]] = field(default_factory=list)
-    request_headers: Mapping[str, str] = field(default_factory=dict)
+    response_headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    request_headers: Mapping[str, str] = msgspec.field(default_factory=dict)
     compression: CompressionReport | None = None
 
     @property
@@ -146,7 +146,11 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     @classmethod
     def from_context(cls, context: RequestContext) -> UsageEvent:
         usage = context.usage
-        latency, first_byte = context.latency, context.time_to_first_byte
+        started, finished, first_byte = (
+            context.started_at,
+            context.finished_at,
+            context.first_byte_at,
+        )
         principal = context.principal
         # Positional, in field order: built once per request, and msgspec matches 25 keyword
         # arguments to fields one by one, which costs four times as much. test_usage pins
@@ -172,8 +176,8 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             usage.cache_creation_input_tokens,
             usage.cache_read_input_tokens,
             context.cost,
-            None if latency is None else latency * 1000,
-            None if first_byte is None else first_byte * 1000,
+            None if finished is None else (finished - started) * 1000,
+            None if first_byte is None else (first_byte - started) * 1000,
             context.upstream_request_id,
             list(context.attempts),
             context.compression,
