@@ -176,6 +176,8 @@ class MemoryCounterStore:
         limiter calls it on every request."""
         if now >= self._next_sweep:
             self._sweep(now)
+        if len(checks) == 1:
+            return self._consume_one(checks[0], now)
         counters: list[_Counter] = []
         counts: list[WindowCount] = []
         admitted = True
@@ -193,6 +195,18 @@ class MemoryCounterStore:
                     counter.current += check.cost
                     counts[at] = WindowCount(counts[at].start, counter.previous, counter.current)
         return admitted, counts
+
+    def _consume_one(self, check: WindowCheck, now: float) -> tuple[bool, list[WindowCount]]:
+        """One counter (a key's request limit, typically): the same decision without the
+        bookkeeping a set of counters needs."""
+        counter = self._counters.get(check.key) or self._counter(check.key, check.window, now)
+        count = counter.rolled(now)
+        if not has_room(check, count, now):
+            return False, [count]
+        if check.cost:
+            counter.current += check.cost
+            count = WindowCount(count.start, count.previous, counter.current)
+        return True, [count]
 
     async def add(self, increments: Sequence[Increment], now: float) -> None:
         if now >= self._next_sweep:

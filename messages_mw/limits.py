@@ -181,7 +181,7 @@ class RateLimiter:
         self._warned_at = -math.inf
         self._store_failing = False
         # Which limits apply depends only on the key and the tags: worked out once per pair.
-        self._limits_cache: dict[tuple[str | None, tuple[str, ...]], _LimitSet] = {}
+        self._limits_cache: dict[tuple[str | None, tuple[str, ...]] | str | None, _LimitSet] = {}
         # Reset times repeat for a whole second: format each second once.
         self._reset_second, self._reset_text = -1, ""
 
@@ -244,13 +244,22 @@ class RateLimiter:
         else:
             self._store_answered()
 
+    @property
+    def counts_usage(self) -> bool:
+        """Whether :meth:`record` has anything to do: only token and spend limits need the
+        usage of a finished request."""
+        return self._counts_usage
+
     async def aclose(self) -> None:
         """Close the store's connections; a later call reopens them."""
         await self._store.aclose()
 
     def _limits_for(self, context: RequestContext) -> _LimitSet:
         principal = context.principal
-        cache_key = (principal.key_id if principal else None, tuple(context.tags))
+        key_id = principal.key_id if principal is not None else None
+        # Untagged requests are looked up by key id alone: a string caches its hash, a tuple
+        # hashes its items again on every lookup.
+        cache_key = (key_id, tuple(context.tags)) if context.tags else key_id
         cached = self._limits_cache.get(cache_key)
         if cached is None:
             if len(self._limits_cache) >= _LIMITS_CACHE_SIZE:
@@ -276,9 +285,10 @@ class RateLimiter:
             reset = math.ceil(_replenished_at(check, count, now))
             if reset != self._reset_second:
                 self._reset_second, self._reset_text = reset, _rfc3339_second(reset)
+            left = check.limit - window_usage(check, count, now)
             headers += (
                 (limit_name, limit_set.limit_texts[at]),
-                (remaining_name, str(_remaining(check, count, now))),
+                (remaining_name, str(math.floor(left)) if left > 0 else "0"),
                 (reset_name, self._reset_text),
             )
         return headers

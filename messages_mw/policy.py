@@ -107,14 +107,14 @@ class Policy:
         groups: list[tuple[str, Sequence[str]]] = []
         if value := request.headers.get(header):
             groups.append((header, parse_tag_header(value, header, self.tag_policy)))
-        if context.principal is not None:
+        if context.principal is not None and context.principal.tags:
             groups.append(("key policy", context.principal.tags))
         metadata_tags = parsed.metadata.tags if parsed.metadata else None
         if metadata_tags and self.tag_policy.from_metadata:
             groups.append(("metadata.tags", metadata_tags))
         if self.tagger is not None:
             groups.append(("tagger", (await call_hook(self.tagger, request, context)) or ()))
-        return collect_tags(groups, self.tag_policy)
+        return collect_tags(groups, self.tag_policy) if groups else []
 
     async def prepare(
         self,
@@ -178,7 +178,7 @@ class Policy:
         """Step 8: cost, limit accounting and the usage event. Never raises."""
         if self.pricing is not None:
             context.cost = self.pricing.cost(context.served_model or context.model, context.usage)
-        if self.limiter is not None:
+        if self.limiter is not None and self.limiter.counts_usage:
             try:
                 await self.limiter.record(context)
             except Exception:

@@ -512,3 +512,33 @@ def test_closed_policy_error_says_why() -> None:
         assert isinstance(caught.value.__cause__, LimitStoreError)
 
     asyncio.run(scenario())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.integers(min_value=1, max_value=6),
+    cost=st.sampled_from([0.0, 1.0]),
+    sliding=st.booleans(),
+    steps=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=50), st.floats(min_value=0, max_value=3)),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_one_counter_decides_as_a_set_of_counters_does(
+    limit: int, cost: float, sliding: bool, steps: list[tuple[float, float]]
+) -> None:
+    # consume_now() takes a shortcut for a single check; beside a check that always has room,
+    # the same check goes through the general path. Both must agree at every step.
+    check = WindowCheck("k", 60.0, float(limit), cost, sliding)
+    roomy = WindowCheck("roomy", 60.0, 1e12, 0.0)
+    alone, paired = MemoryCounterStore(), MemoryCounterStore()
+    now = T0
+    for advance, usage in steps:
+        now += advance
+        admitted, counts = alone.consume_now([check], now)
+        admitted_too, counts_too = paired.consume_now([check, roomy], now)
+        assert (admitted, counts) == (admitted_too, counts_too[:1])
+        increment = [Increment("k", 60.0, usage)]
+        asyncio.run(alone.add(increment, now))
+        asyncio.run(paired.add(increment, now))
