@@ -5,9 +5,11 @@ per request of one and the same gateway by up to 30% between runs, so a 5% diffe
 in the noise. Here both gateways live in one process pinned to the gateway's core, forward to
 the same mock upstream (on the other core) over loopback, and take turns in short batches, the
 order alternating and each batch on a freshly built gateway, so drift hits both alike.
-Requests enter through the ASGI interface, as uvicorn would call it; what uvicorn itself costs
-(the same for d and e) is left out of both, which makes the ratio stricter, never looser: it
-shrinks the denominator, not the difference.
+Requests enter as the bytes a client sends, through uvicorn's HTTP protocol (httptools, as
+the gateway is served in the end-to-end runs), into a transport that stands in for the
+socket: the core's cost includes serving the request, as it does end to end, while the load
+generator and the sockets stay out. ``--entry asgi`` calls the app directly instead, leaving
+uvicorn's share out of both d and e (a stricter ratio: smaller denominator, same difference).
 
 Run on its own (``python -m benchmarks.policy_cost --json``) it prints one JSON list of
 results, so the CLI can measure it in a child process pinned to the gateway's core.
@@ -122,22 +124,132 @@ async def _one_request(gateway: Any, scope: dict[str, Any], body: bytes) -> None
         raise RuntimeError(f"the gateway answered {status} instead of a complete 200")
 
 
-async def _batch(gateway: Any, body: bytes, connections: int, requests: int) -> float:
-    """CPU seconds per request for ``requests`` requests, ``connections`` at a time."""
-    scope = _scope(body)
+class _LoopbackTransport(asyncio.Transport):
+    """What uvicorn's protocol writes to instead of a socket: it keeps the response's first
+    line, to check the status, and drops the rest."""
 
-    async def client(count: int) -> None:
+    def __init__(self, client_port: int) -> None:
+        super().__init__()
+        self._extra = {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", client_port)}
+        self._closing = False
+        self.status_line = b""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.status_line:
+            self.status_line = bytes(data[: bytes(data).find(b"\r\n")])
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _ServerEntry:
+    """Requests enter through uvicorn's HTTP protocol (httptools, as the gateway is served in
+    the end-to-end runs), in this process: each connection is a protocol instance fed the
+    request's bytes, as a socket would feed it, and writing to a :class:`_LoopbackTransport`.
+    So the core's cost includes what serving a request costs, as it does end to end, while
+    the client and the sockets stay out of the measurement."""
+
+    def __init__(self, gateway: Any, body: bytes, connections: int) -> None:
+        import uvicorn
+        from uvicorn.server import ServerState
+
+        self._answered = {port: asyncio.Event() for port in _client_ports(connections)}
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await gateway(scope, receive, send)
+            self._answered[scope["client"][1]].set()
+
+        config = uvicorn.Config(
+            app, http="httptools", lifespan="off", access_log=False, log_level="warning"
+        )
+        config.load()
+        state = ServerState()
+        self._request = _raw_request(body)
+        self._links = []
+        for port in self._answered:
+            protocol = config.http_protocol_class(config=config, server_state=state, app_state={})
+            transport = _LoopbackTransport(port)
+            protocol.connection_made(transport)
+            self._links.append((port, protocol, transport))
+
+    async def client(self, link: int, count: int) -> None:
+        port, protocol, transport = self._links[link]
+        answered = self._answered[port]
         for _ in range(count):
-            await _one_request(gateway, scope, body)
+            answered.clear()
+            transport.status_line = b""
+            protocol.data_received(self._request)
+            await answered.wait()
+            if not transport.status_line.startswith(b"HTTP/1.1 200 "):
+                raise RuntimeError(f"the gateway answered {transport.status_line!r}")
 
+    def close(self) -> None:
+        for _, protocol, transport in self._links:
+            transport.close()
+            protocol.connection_lost(None)
+
+
+def _client_ports(connections: int) -> range:
+    return range(50000, 50000 + connections)
+
+
+def _raw_request(body: bytes) -> bytes:
+    head = [b"POST /v1/messages HTTP/1.1"]
+    head += [name + b": " + value for name, value in _scope(body)["headers"]]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+class _AsgiEntry:
+    """Requests enter through the ASGI interface directly, as uvicorn would call it: what
+    serving costs is left out (``--entry asgi``)."""
+
+    def __init__(self, gateway: Any, body: bytes, connections: int) -> None:
+        self._gateway, self._body, self._scope = gateway, body, _scope(body)
+
+    async def client(self, link: int, count: int) -> None:
+        for _ in range(count):
+            await _one_request(self._gateway, self._scope, self._body)
+
+    def close(self) -> None:
+        pass
+
+
+ENTRIES = {"server": _ServerEntry, "asgi": _AsgiEntry}
+
+
+async def _batch(
+    gateway: Any, body: bytes, connections: int, requests: int, entry: str = "server"
+) -> float:
+    """CPU seconds per request for ``requests`` requests, ``connections`` at a time."""
+    door = ENTRIES[entry](gateway, body, connections)
     per_client = max(1, requests // connections)
-    started = time.process_time()
-    await asyncio.gather(*(client(per_client) for _ in range(connections)))
-    return (time.process_time() - started) / (per_client * connections)
+    try:
+        started = time.process_time()
+        await asyncio.gather(*(door.client(link, per_client) for link in range(connections)))
+        return (time.process_time() - started) / (per_client * connections)
+    finally:
+        door.close()
 
 
 async def _fresh_batch(
-    build: Callable[[str], Any], upstream_url: str, body: bytes, connections: int, size: int
+    build: Callable[[str], Any],
+    upstream_url: str,
+    body: bytes,
+    connections: int,
+    size: int,
+    entry: str,
 ) -> float:
     """One batch through a gateway built for it, after a short warm-up.
 
@@ -148,21 +260,27 @@ async def _fresh_batch(
     """
     gateway = build(upstream_url)
     try:
-        await _batch(gateway, body, connections, WARMUP_REQUESTS)
-        return await _batch(gateway, body, connections, size)
+        await _batch(gateway, body, connections, WARMUP_REQUESTS, entry)
+        return await _batch(gateway, body, connections, size, entry)
     finally:
         await gateway.aclose()
 
 
 async def _measure(
-    upstream_url: str, workload: Workload, body: bytes, connections: int, rounds: int, size: int
+    upstream_url: str,
+    workload: Workload,
+    body: bytes,
+    connections: int,
+    rounds: int,
+    size: int,
+    entry: str,
 ) -> PolicyCostResult:
     samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for round_index in range(rounds):
         # Alternate which goes first, so neither always runs right after the other's garbage.
         order = list(VARIANTS) if round_index % 2 == 0 else list(reversed(VARIANTS))
         for name in order:
-            batch = await _fresh_batch(VARIANTS[name], upstream_url, body, connections, size)
+            batch = await _fresh_batch(VARIANTS[name], upstream_url, body, connections, size, entry)
             samples[name].append(batch)
     return PolicyCostResult(
         scenario_name(workload, connections),
@@ -174,7 +292,12 @@ async def _measure(
 
 
 async def run_all(
-    upstream_url: str, samples: Path, rounds: int, size: int, patterns: list[str]
+    upstream_url: str,
+    samples: Path,
+    rounds: int,
+    size: int,
+    patterns: list[str],
+    entry: str = "server",
 ) -> list[PolicyCostResult]:
     results = []
     for workload in WORKLOADS:
@@ -182,7 +305,7 @@ async def run_all(
         for connections in CONNECTION_COUNTS:
             if matches(scenario_name(workload, connections), patterns):
                 results.append(
-                    await _measure(upstream_url, workload, body, connections, rounds, size)
+                    await _measure(upstream_url, workload, body, connections, rounds, size, entry)
                 )
     return results
 
@@ -203,13 +326,19 @@ def main(argv: list[str] | None = None) -> None:
         "--upstream-cpu", type=int, default=None, help="the mock upstream's core (another one)"
     )
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN")
+    parser.add_argument(
+        "--entry",
+        choices=sorted(ENTRIES),
+        default="server",
+        help="server: through uvicorn's HTTP protocol in process (default); asgi: the app alone",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     upstream_cpu = args.upstream_cpu if args.upstream_cpu is not None else _other_core(args.cpu)
     pin_to_core(args.cpu)
     with running_server("upstream", cpu=upstream_cpu) as upstream:
         results = uvloop.run(
-            run_all(upstream.url, args.samples, args.rounds, args.batch, args.only)
+            run_all(upstream.url, args.samples, args.rounds, args.batch, args.only, args.entry)
         )
     if args.json:
         print(json.dumps([asdict(r) for r in results]))

@@ -194,14 +194,27 @@ def test_end_to_end_policy_row_reports_its_ratio_without_judging_it() -> None:
     assert result.notes[-1].endswith("json 57KB c=1 CPU 1.20x, RSS +1.5 MB")
 
 
-def test_policy_cost_runs_both_gateways_against_the_mock_upstream() -> None:
+@pytest.mark.parametrize("entry", sorted(policy_cost.ENTRIES))
+def test_policy_cost_runs_both_gateways_against_the_mock_upstream(entry: str) -> None:
     with running_server("upstream", cpu=os.sched_getaffinity(0).pop()) as upstream:
         results = uvloop.run(
-            policy_cost.run_all(upstream.url, DEFAULT_SAMPLES, 2, 4, ["sse 57KB c=32"])
+            policy_cost.run_all(upstream.url, DEFAULT_SAMPLES, 2, 4, ["sse 57KB c=32"], entry)
         )
     assert [r.name for r in results] == ["policy in process sse 57KB c=32"]
     assert results[0].core_us > 0 and results[0].policy_us > 0
     assert (results[0].batches, results[0].requests_per_batch) == (2, 4)
+
+
+@pytest.mark.parametrize("entry", sorted(policy_cost.ENTRIES))
+def test_policy_cost_refuses_to_time_answers_that_are_not_200(entry: str) -> None:
+    from messages_mw import ApiKeyConfig, AuthConfig, Gateway, GatewayConfig
+
+    # The benchmark's requests carry another key: every answer is a 401.
+    auth = AuthConfig(mode="static", keys=(ApiKeyConfig(id="other", key="not-the-bench-key"),))
+    gateway = Gateway(GatewayConfig(provider="mock", auth=auth, usage_log=False))
+    body = SMALL_SAMPLE.read_bytes()
+    with pytest.raises(RuntimeError, match="401"):
+        uvloop.run(policy_cost._batch(gateway, body, 2, 4, entry))
 
 
 def test_best_round_keeps_the_fastest_round_and_the_lowest_cpu() -> None:
