@@ -136,7 +136,9 @@ class StaticKeyAuth:
         found = self._by_hash.get(digest)
         if found is None or not hmac.compare_digest(found[0], digest):
             raise AuthenticationError("invalid x-api-key")
-        return found[2] if self._client_has_own_key(request, digest) else found[1]
+        if self._header is not None and self._client_has_own_key(request, digest):
+            return found[2]
+        return found[1]
 
     def _client_has_own_key(self, request: IncomingRequest, gateway_digest: bytes) -> bool:
         """With an alternate header, the key in ``x-api-key``/``Authorization`` is the client's
