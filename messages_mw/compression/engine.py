@@ -258,7 +258,7 @@ def _walk_remembered(
     fresh = [_walked(walk, raw, message, canonical) for raw, message in elements]
     if not fresh:
         return () if best is None else best.outs[:count]
-    history = History.then(best, count, fresh, walk, (data, start, position))
+    history = History.then(best, count, fresh, walk, (data, start, position), compact=canonical)
     # The histories it continues are of the same session, which will not send them again.
     memo.keep_history(key, history, continued)
     return history.outs

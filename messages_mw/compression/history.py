@@ -94,23 +94,34 @@ class History(msgspec.Struct, frozen=True, eq=False):
 
     @classmethod
     def then(
-        cls, earlier: History | None, count: int, fresh: Sequence[Message], walk: Walk, at: Place
+        cls,
+        earlier: History | None,
+        count: int,
+        fresh: Sequence[Message],
+        walk: Walk,
+        at: Place,
+        *,
+        compact: bool = False,
     ) -> History:
         """The history of ``earlier``'s first ``count`` messages, then ``fresh``, all of which
         ``walk`` has walked (or resumed after); ``at`` is where ``fresh`` begins in the
-        request's ``messages`` array, and where that array's first element begins."""
+        request's ``messages`` array, and where that array's first element begins. ``compact``
+        says the array is known to hold ``fresh`` there joined by commas (so that they need
+        not be joined and compared again)."""
         bounds = [0] if earlier is None else list(earlier.bounds[: count + 1])
         sizes = [0] if earlier is None else list(earlier.sizes[: count + 1])
         for message in fresh:
             bounds.append(bounds[-1] + len(message.raw) + 1)
             sizes.append(sizes[-1] + message.size)
-        joined = b",".join([message.raw for message in fresh])
         data, start, position = at
-        if position == start + bounds[count] and data.startswith(joined, position):
+        if position == start + bounds[count] and (
+            compact or data.startswith(b",".join([message.raw for message in fresh]), position)
+        ):
             # The request holds the messages compactly joined (see ``match``): keep it whole.
             source, base = data, start
         else:
             kept = b"" if earlier is None else earlier.joined(count, comma=True)
+            joined = b",".join([message.raw for message in fresh])
             source, base = b"".join([kept, joined]), 0
         outs = tuple([message.out for message in fresh])
         outs = outs if earlier is None else earlier.outs[:count] + outs
@@ -230,8 +241,8 @@ class Frame:
         ``None`` when those bytes occur twice in it: the one occurrence of the array is the
         value that counts (the last ``messages`` key's), so bytes equal to ``head`` and ``tail``
         around any JSON value frame that value as the ``messages`` of the body they make."""
-        at = body.find(array)
-        if at < 0 or body.find(array, at + 1) >= 0:
+        at = only_place(body, array)
+        if at < 0:
             return None
         keys = list(fields)
         where = keys.index("messages")
@@ -271,5 +282,31 @@ class Frame:
         return b"".join(parts)
 
 
+def only_place(data: bytes, part: bytes) -> int:
+    """Where ``part`` occurs in ``data`` when it occurs there once (overlaps count), else -1.
+
+    Searching for a long ``part`` whole costs about as much per byte as decoding, so its first
+    bytes are searched for and each place they occur is compared in full. Past a few such
+    places (a body built to repeat them), the general search takes over, which bounds the
+    comparing at a few times ``len(part)``.
+    """
+    probe = part[:_PROBE_BYTES]
+    found, tries = -1, 0
+    position = data.find(probe)
+    while position >= 0:
+        tries += 1
+        if tries > _MAX_PROBE_TRIES:
+            first = data.find(part)
+            return first if first >= 0 and data.find(part, first + 1) < 0 else -1
+        if data.startswith(part, position):
+            if found >= 0:
+                return -1
+            found = position
+        position = data.find(probe, position + 1)
+    return found
+
+
+_PROBE_BYTES = 64
+_MAX_PROBE_TRIES = 8
 _PLACEHOLDER = Raw(b"[]")
 _encoder = msgspec.json.Encoder()

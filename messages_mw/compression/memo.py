@@ -32,6 +32,9 @@ _ENTRY_OVERHEAD = 200
 # Bundles whose rules are kept, and labels of tool calls (a few hundred bytes each).
 _MAX_BUNDLES = 64
 _MAX_LABELS = 4096
+# Shell calls' rules, each kept with its call's input (at most ``walk._CACHED_INPUT_BYTES``)
+# and command line: a few megabytes at most, outside the bound, like the labels.
+_MAX_SHELL_RULES = 1024
 # Histories kept under one key: sessions whose first messages begin alike, or a session's
 # branches (a retried or edited turn); frames kept under one key: bodies that begin alike.
 _MAX_HISTORIES = 8
@@ -79,6 +82,7 @@ class CompressionMemo:
         self._bytes = 0
         self._rules: dict[Bundle, tuple[Rule, Rule | None]] = {}
         self._labels: dict[Hashable, str] = {}
+        self._shell_rules: dict[Hashable, Rule] = {}
         # Histories and frames, under keys of their own kinds (see the engine).
         self._histories: OrderedDict[Hashable, tuple[History, ...] | tuple[Frame, ...]]
         self._histories = OrderedDict()
@@ -116,6 +120,19 @@ class CompressionMemo:
                 self._labels[key] = found
         return found
 
+    def shell_rule(self, key: Hashable, make: Callable[[], Rule]) -> Rule:
+        """``make()``, the rule for a shell call's output, remembered under ``key`` (which
+        must name everything it reads): an agent reruns the same commands, and each new output
+        would otherwise decode the call's input and parse its command line again."""
+        found = self._shell_rules.get(key)
+        if found is None:
+            found = make()
+            with self._lock:
+                if len(self._shell_rules) >= _MAX_SHELL_RULES:
+                    self._shell_rules.clear()
+                self._shell_rules[key] = found
+        return found
+
     def rewrite(self, raw: Raw, rule: Rule) -> Rewrite:
         """``rewrite_text(raw, rule)``, remembered under the bytes of ``raw`` (and ``rule``, as
         :meth:`rules` gives it)."""
@@ -139,7 +156,7 @@ class CompressionMemo:
         rewrite = rewrite_text(raw, rule())
         size = len(raw) + rewrite.size(raw) + sum(map(len, call)) + _ENTRY_OVERHEAD
         if size <= self.max_bytes:
-            self._store(key, _Entry(raw, tuple(part.copy() for part in call), rewrite, size))
+            self._store(key, _Entry(raw, tuple([part.copy() for part in call]), rewrite, size))
         return rewrite
 
     def histories(self, key: Hashable) -> tuple[History, ...]:

@@ -152,11 +152,21 @@ def rewrite_text(raw: Raw, rule: Rule) -> Rewrite:
             return Rewrite(None, raw, verbatim=verbatim)
         encoded = Raw(_encoder.encode(new))
         return Rewrite(encoded, encoded, verbatim=verbatim)
+    output_json = _encoder.encode(new)
     if new is output:
-        return Rewrite(None, Raw(_encoder.encode(new)), frame, verbatim)
-    framed = _encoder.encode(frame.wrap(new))
+        return Rewrite(None, Raw(output_json), frame, verbatim)
+    framed = _framed_json(frame, new, output_json)
     shorter = Raw(framed) if len(framed) < len(raw) else None
-    return Rewrite(shorter, Raw(_encoder.encode(new)), frame, verbatim)
+    return Rewrite(shorter, Raw(output_json), frame, verbatim)
+
+
+def _framed_json(frame: Frame, output: str, encoded: bytes) -> bytes:
+    """The JSON of ``frame.wrap(output)``, given ``output``'s JSON ``encoded``. A JSON string
+    escapes each character on its own, so a plain frame's JSON is its head's and the output's
+    spliced; a quoted frame holds the output's JSON, which is escaped again."""
+    if frame.quoted or frame.tail:
+        return _encoder.encode(frame.wrap(output))
+    return _encoder.encode(frame.head)[:-1] + memoryview(encoded)[1:]
 
 
 # The same frame as it reads in JSON, at the start of the string: only its newlines escaped.

@@ -190,9 +190,17 @@ class Walk:
         return None if name in bundle.shell_tools else self.text_rule
 
     def shell_rule(self, use: dict[str, Raw]) -> Rule:
+        """The rule for a shell call's output, which its command line decides; remembered by
+        the memo for calls of a usual size, since agents rerun the same commands."""
+        name_raw, tool_input = use.get("name", _NULL), use.get("input", _NULL)
+        if self.memo is None or len(tool_input) > _CACHED_INPUT_BYTES:
+            return self.command_rule(name_raw, tool_input)
+        key = (self.bundle, bytes(name_raw), bytes(tool_input))
+        return self.memo.shell_rule(key, lambda: self.command_rule(name_raw, tool_input))
+
+    def command_rule(self, name_raw: Raw, tool_input: Raw) -> Rule:
         bundle = self.bundle
-        name = _as_str(use.get("name")) or ""
-        command = bundle.command(name, use.get("input", _NULL))
+        command = bundle.command(_as_str(name_raw) or "", tool_input)
         if command is None:
             return self.text_rule
         options = None if bundle.reads_files(command) else bundle.text
@@ -289,6 +297,8 @@ class ToolCall(msgspec.Struct, frozen=True):
 
 
 _EXACT = Rule(None)
+# Larger tool inputs (a script in a heredoc) are read again on each use rather than kept.
+_CACHED_INPUT_BYTES = 1024
 _TOOL_USE_ERROR = b'"<tool_use_error>'
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from types import MappingProxyType
 
 from .files import (
@@ -119,6 +119,19 @@ def filter_for_command(command: str) -> Filter | None:
 
 def inspect_command(command: str) -> CommandOutput:
     """The filters of every program in ``command`` whose output reaches the agent, composed."""
+    if len(command) > _CACHED_COMMAND_CHARS:
+        return _inspect(command)
+    return _inspect_cached(command)
+
+
+# An agent reruns the same few commands (its test suite, ``git status``) and every output of
+# one is compressed with its command line: parse each line once. The answer is a pure function
+# of the line; long lines (scripts, heredocs) are parsed each time so the cache stays small.
+_CACHED_COMMAND_CHARS = 2048
+_CACHED_COMMANDS = 512
+
+
+def _inspect(command: str) -> CommandOutput:
     filters: list[Filter] = []
     exact = False
     single = ""
@@ -140,6 +153,9 @@ def inspect_command(command: str) -> CommandOutput:
     if len(filters) == 1:
         return _SINGLE[single, exact] if single else CommandOutput(filters[0], exact)
     return CommandOutput(partial(_apply_in_order, tuple(filters)), exact)
+
+
+_inspect_cached = lru_cache(maxsize=_CACHED_COMMANDS)(_inspect)
 
 
 def _apply_in_order(filters: tuple[Filter, ...], text: str) -> str:
