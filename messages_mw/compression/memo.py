@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from msgspec import Raw
 
@@ -38,6 +38,9 @@ _MAX_SHELL_RULES = 1024
 # Histories kept under one key: sessions whose first messages begin alike, or a session's
 # branches (a retried or edited turn); frames kept under one key: bodies that begin alike.
 _MAX_HISTORIES = 8
+
+
+_T = TypeVar("_T")
 
 
 class _Entry:
@@ -111,26 +114,25 @@ class CompressionMemo:
 
     def label(self, key: Hashable, describe: Callable[[], str]) -> str:
         """``describe()``, remembered under ``key`` (which must name everything it reads)."""
-        found = self._labels.get(key)
-        if found is None:
-            found = describe()
-            with self._lock:
-                if len(self._labels) >= _MAX_LABELS:
-                    self._labels.clear()
-                self._labels[key] = found
-        return found
+        return self._remembered(self._labels, _MAX_LABELS, key, describe)
 
     def shell_rule(self, key: Hashable, make: Callable[[], Rule]) -> Rule:
         """``make()``, the rule for a shell call's output, remembered under ``key`` (which
         must name everything it reads): an agent reruns the same commands, and each new output
         would otherwise decode the call's input and parse its command line again."""
-        found = self._shell_rules.get(key)
+        return self._remembered(self._shell_rules, _MAX_SHELL_RULES, key, make)
+
+    def _remembered(
+        self, table: dict[Hashable, _T], limit: int, key: Hashable, make: Callable[[], _T]
+    ) -> _T:
+        """``make()`` from ``table``, computed once per key; the table is cleared when full."""
+        found = table.get(key)
         if found is None:
             found = make()
             with self._lock:
-                if len(self._shell_rules) >= _MAX_SHELL_RULES:
-                    self._shell_rules.clear()
-                self._shell_rules[key] = found
+                if len(table) >= limit:
+                    table.clear()
+                table[key] = found
         return found
 
     def rewrite(self, raw: Raw, rule: Rule) -> Rewrite:
