@@ -2,7 +2,8 @@
 
 - ``starlette``: the baseline, a minimal Starlette + httpx pass-through served by uvicorn;
 - ``aiohttp``: the same pass-through on aiohttp's server and client;
-- ``messages_mw``: the real gateway, served by uvicorn exactly like the baseline;
+- ``messages_mw``: the real gateway, served by uvicorn as ``messages-mw serve`` serves it
+  (:mod:`messages_mw.server`: uvicorn's httptools protocol, each head sent with its body);
 - ``messages_mw_policy``: the same with every policy built-in on;
 - ``messages_mw_openai``: the same routing every sample's model to an OpenAI-compatible
   upstream (the mock's ``/v1/chat/completions``), so each request is translated both ways.
@@ -141,13 +142,13 @@ def build_gateway_to_openai(upstream_url: str) -> Any:
     return Gateway(config)
 
 
-async def serve_with_uvicorn(app: Any, sock: socket.socket) -> None:
+async def serve_with_uvicorn(app: Any, sock: socket.socket, http: Any = "httptools") -> None:
     import uvicorn
 
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=http,
         lifespan="on",
         access_log=False,
         log_level="warning",
@@ -221,6 +222,16 @@ _UVICORN_APPS: dict[str, Callable[[str], Any]] = {
 KINDS = (*_UVICORN_APPS, "aiohttp")
 
 
+def _http_protocol(kind: str) -> Any:
+    """messages_mw is served with the protocol ``messages-mw serve`` runs (uvicorn's httptools
+    protocol, sending each response head with its body); the baseline with uvicorn's own."""
+    if kind.startswith("messages_mw"):
+        from messages_mw.server import HeadJoiningHttpToolsProtocol
+
+        return HeadJoiningHttpToolsProtocol
+    return "httptools"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = server_arg_parser(__doc__)
     parser.add_argument("kind", choices=KINDS)
@@ -231,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.kind == "aiohttp":
         uvloop.run(serve_aiohttp_proxy(args.upstream, sock))
     else:
-        uvloop.run(serve_with_uvicorn(_UVICORN_APPS[args.kind](args.upstream), sock))
+        app = _UVICORN_APPS[args.kind](args.upstream)
+        uvloop.run(serve_with_uvicorn(app, sock, _http_protocol(args.kind)))
 
 
 if __name__ == "__main__":

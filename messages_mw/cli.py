@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -209,6 +210,16 @@ def create_app() -> Gateway:
     return Gateway(settings.config)
 
 
+def _http_protocol() -> Any:
+    """uvicorn's httptools protocol with heads sent alongside bodies, or uvicorn's own choice
+    when httptools is missing."""
+    try:
+        from .server import HeadJoiningHttpToolsProtocol
+    except ImportError:
+        return "auto"
+    return HeadJoiningHttpToolsProtocol
+
+
 def _serve(args: argparse.Namespace, config: GatewayConfig) -> int:
     try:
         import uvicorn
@@ -232,7 +243,7 @@ def _serve(args: argparse.Namespace, config: GatewayConfig) -> int:
         workers=args.workers,
         factory=args.workers > 1,
         loop="auto",
-        http="auto",
+        http=_http_protocol(),
         log_level=args.log_level,
     )
     return 0

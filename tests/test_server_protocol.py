@@ -1,0 +1,166 @@
+"""The uvicorn protocol ``messages-mw serve`` runs: heads leave with the body, bytes unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anthropic
+import pytest
+
+from messages_mw import Gateway, GatewayConfig
+from messages_mw.server import HeadJoiningHttpToolsProtocol, _HeadJoiningTransport
+
+from .servers import serve
+
+_HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+class _RecordingTransport:
+    """Records each call a socket write would be, so a test sees how many syscalls there were."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[bytes]] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.writes.append([data])
+
+    def writelines(self, chunks: Any) -> None:
+        self.writes.append(list(chunks))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+def _in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """Run an async test body on a fresh event loop (the suite has no async plugin)."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        asyncio.run(test())
+
+    return run
+
+
+async def _joining() -> tuple[_HeadJoiningTransport, _RecordingTransport]:
+    raw = _RecordingTransport()
+    return _HeadJoiningTransport(raw, asyncio.get_running_loop()), raw  # type: ignore[arg-type]
+
+
+@_in_loop
+async def test_a_head_and_its_body_leave_in_one_write() -> None:
+    joining, raw = await _joining()
+    joining.write(_HEAD)
+    assert raw.writes == []
+    joining.write(b"{}")
+    assert raw.writes == [[_HEAD + b"{}"]]
+    await asyncio.sleep(0)
+    assert raw.writes == [[_HEAD + b"{}"]], "the held head was sent twice"
+
+
+@_in_loop
+async def test_a_large_body_goes_behind_the_head_in_one_writev() -> None:
+    joining, raw = await _joining()
+    body = b"x" * 100_000
+    joining.write(_HEAD)
+    joining.write(body)
+    assert raw.writes == [[_HEAD, body]]
+
+
+@_in_loop
+async def test_a_head_without_a_body_leaves_on_the_next_loop_pass() -> None:
+    joining, raw = await _joining()
+    joining.write(_HEAD)
+    await asyncio.sleep(0)
+    assert raw.writes == [[_HEAD]]
+    joining.write(b"later")
+    assert raw.writes == [[_HEAD], [b"later"]]
+
+
+@_in_loop
+async def test_close_sends_a_held_head_first() -> None:
+    joining, raw = await _joining()
+    joining.write(_HEAD)
+    joining.close()
+    assert raw.writes == [[_HEAD]] and raw.closed
+    await asyncio.sleep(0)
+    assert raw.writes == [[_HEAD]]
+
+
+@_in_loop
+async def test_body_writes_are_not_held() -> None:
+    joining, raw = await _joining()
+    joining.write(b"data: {}\n\n")
+    assert raw.writes == [[b"data: {}\n\n"]]
+    assert joining.get_extra_info("peername") == ("127.0.0.1", 1)
+
+
+def _demo() -> Gateway:
+    return Gateway(GatewayConfig(provider="mock", usage_log=False))
+
+
+def test_the_sdk_gets_answers_and_streams_through_the_protocol() -> None:
+    with serve(_demo(), http=HeadJoiningHttpToolsProtocol) as url:
+        client = anthropic.Anthropic(base_url=url, api_key="demo", max_retries=0)
+        message = client.messages.create(
+            model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert message.type == "message" and message.content
+        with client.messages.stream(
+            model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            text = "".join(stream.text_stream)
+        assert text and stream.get_final_message().stop_reason == "end_turn"
+        with pytest.raises(anthropic.NotFoundError):
+            client.get("/v1/nowhere", cast_to=object)
+
+
+def _exchange(url: str, requests: bytes, closing_request: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(requests + closing_request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    # Only the date and request ids may differ between two servers.
+    received = re.sub(rb"date: [^\r]*", b"date: -", received)
+    return re.sub(rb"req_[0-9A-Za-z]+", b"req_-", received)
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"HEAD /api/hello HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: 2\r\n\r\n{}",
+    ],
+    ids=["head", "models", "bad body"],
+)
+def test_the_bytes_on_the_wire_are_uvicorns_own(request_line: bytes) -> None:
+    closing = b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    with (
+        serve(_demo(), http="httptools") as plain,
+        serve(_demo(), http=HeadJoiningHttpToolsProtocol) as joining,
+    ):
+        expected = _exchange(plain, request_line * 2, closing)
+        assert expected.count(b"HTTP/1.1 ") == 3
+        assert _exchange(joining, request_line * 2, closing) == expected
+
+
+def test_messages_mw_serve_runs_the_head_joining_protocol() -> None:
+    from messages_mw import cli
+
+    assert cli._http_protocol() is HeadJoiningHttpToolsProtocol
