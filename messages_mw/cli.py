@@ -207,7 +207,9 @@ def create_app() -> Gateway:
         raise RuntimeError(f"{_WORKER_ENV} is not set; start workers with 'messages-mw serve'")
     settings = msgspec.json.decode(raw, type=_WorkerSettings)
     _configure_logging(settings.log_level)
-    return Gateway(settings.config)
+    gateway = Gateway(settings.config)
+    _freeze_startup_heap()
+    return gateway
 
 
 def _http_protocol() -> Any:
@@ -218,6 +220,14 @@ def _http_protocol() -> Any:
     except ImportError:
         return "auto"
     return HeadJoiningHttpToolsProtocol
+
+
+def _freeze_startup_heap() -> None:
+    try:
+        from .server import freeze_startup_heap
+    except ImportError:  # no httptools: nothing of the server module is usable
+        return
+    freeze_startup_heap()
 
 
 def _serve(args: argparse.Namespace, config: GatewayConfig) -> int:
@@ -236,6 +246,7 @@ def _serve(args: argparse.Namespace, config: GatewayConfig) -> int:
         app = "messages_mw.cli:create_app"
     else:
         app = Gateway(config)
+        _freeze_startup_heap()
     uvicorn.run(
         app,
         host=args.host,

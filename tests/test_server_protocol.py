@@ -6,6 +6,8 @@ import asyncio
 import functools
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -164,3 +166,26 @@ def test_messages_mw_serve_runs_the_head_joining_protocol() -> None:
     from messages_mw import cli
 
     assert cli._http_protocol() is HeadJoiningHttpToolsProtocol
+
+
+_SERVE_WITH_UVICORN_RECORDED = """
+import gc, sys, uvicorn
+from messages_mw import Gateway, cli
+served = []
+uvicorn.run = lambda app, **_: served.append((type(app), gc.get_freeze_count()))
+assert cli.main(["serve", "--demo", "--port", "1"]) == 0
+app_type, frozen = served[0]
+print(app_type is Gateway, frozen > 0)
+"""
+
+
+def test_messages_mw_serve_freezes_the_start_up_heap() -> None:
+    # In a child process: the CLI configures logging and freezes this process's heap for good.
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITH_UVICORN_RECORDED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.splitlines()[-1] == "True True"
