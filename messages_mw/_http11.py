@@ -30,12 +30,16 @@ __all__ = [
     "ResponseHead",
     "ResponseParser",
     "ResponseParserLike",
+    "head_and_body",
     "new_response_parser",
 ]
 
 # Larger heads or chunk-size lines are refused instead of buffered without bound.
 _MAX_HEAD_SIZE = 64 * 1024
 _MAX_LINE_SIZE = 8 * 1024
+# Bodies this small are copied behind the head so that both leave in one send(); larger ones
+# go as two buffers, which uvloop writes with one writev() and no copy.
+_COALESCE_LIMIT = 16 * 1024
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _DECIMAL_DIGITS = b"0123456789"
 # A plain chunk-size line, the form servers send; anything else takes the line-by-line path.
@@ -49,6 +53,13 @@ _LOW_WATER = 64 * 1024
 Origin = tuple[bytes, bytes, int]
 
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
+
+
+def head_and_body(head: bytes, body: bytes) -> tuple[bytes, ...]:
+    """The buffers to hand ``writelines()`` so a message's head and body leave in one syscall."""
+    if len(body) <= _COALESCE_LIMIT:
+        return (head + body,)
+    return (head, body)
 
 
 class PeerClosedError(Exception):

@@ -16,11 +16,11 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ._http11 import head_and_body
+
 __all__ = ["HeadJoiningHttpToolsProtocol"]
 
 _HEAD_PREFIX = b"HTTP/1.1 "
-# Bodies up to this size are copied behind the head; larger ones go as two buffers in one writev.
-_COPY_LIMIT = 16 * 1024
 
 
 class _HeadJoiningTransport:
@@ -37,10 +37,7 @@ class _HeadJoiningTransport:
         held = self._held
         if held is not None:
             self._held = None
-            if len(data) <= _COPY_LIMIT:
-                self._transport.write(held + data)
-            else:
-                self._transport.writelines((held, data))
+            self._transport.writelines(head_and_body(held, data))
         elif data.startswith(_HEAD_PREFIX):
             self._held = data
             self._loop.call_soon(self._flush)

@@ -17,13 +17,10 @@ from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
-from ._http11 import Connection, Origin, PeerClosedError, ProtocolError
+from ._http11 import Connection, Origin, PeerClosedError, ProtocolError, head_and_body
 
 __all__ = ["FastHTTPTransport"]
 
-# Bodies this small are copied behind the head so that both leave in one send(); larger ones
-# go as two buffers, which uvloop writes with one writev() and no copy.
-_COALESCE_LIMIT = 16 * 1024
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -337,10 +334,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             conn.send(head)
             await _send_stream(conn, request, write_timeout)
         else:
-            if len(body) <= _COALESCE_LIMIT:
-                conn.send(head + body)
-            else:
-                conn.send_parts((head, body))
+            conn.send_parts(head_and_body(head, body))
             await conn.drain(write_timeout)
         conn.request_sent = True
         read_timeout = timeouts.get("read")
