@@ -24,26 +24,32 @@ __all__ = [
     "describe_decode_error",
 ]
 
+# Every struct here is gc=False. Each in-flight request holds one struct per message, and under
+# concurrency those tracked objects kept the collector busy: at 32 connections with the 57 KB
+# agent turn, 3,000 requests set off 521 young collections; untracked, 184. The structs hold
+# only strings, numbers, Raw and lists of one another, and nothing writes to them after
+# decoding, so they cannot form the reference cycles the collector exists to find.
 
-class _Block(msgspec.Struct):
+
+class _Block(msgspec.Struct, gc=False):
     type: str
 
 
-class _Message(msgspec.Struct):
+class _Message(msgspec.Struct, gc=False):
     role: str
     content: str | list[_Block]
 
 
-class _Metadata(msgspec.Struct):
+class _Metadata(msgspec.Struct, gc=False):
     user_id: str | None = None
     tags: list[str] | None = None
 
 
-class _Tool(msgspec.Struct):
+class _Tool(msgspec.Struct, gc=False):
     name: str | None = None
 
 
-class MessagesRequest(msgspec.Struct):
+class MessagesRequest(msgspec.Struct, gc=False):
     """The parts of a ``POST /v1/messages`` body the gateway reads."""
 
     model: str
@@ -64,7 +70,7 @@ class MessagesRequest(msgspec.Struct):
     extra_headers: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
-class CountTokensRequest(msgspec.Struct):
+class CountTokensRequest(msgspec.Struct, gc=False):
     """The parts of a ``POST /v1/messages/count_tokens`` body the gateway reads."""
 
     model: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -94,3 +95,16 @@ def test_body_must_be_an_object() -> None:
 def test_count_tokens_needs_no_max_tokens() -> None:
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
     assert decode_count_tokens_request(body).model == "m"
+
+
+def test_decoded_requests_are_invisible_to_the_garbage_collector() -> None:
+    # Only the lists stay tracked: the structs of a 57 KB agent turn do not, so requests in
+    # flight set off far fewer collections (see the comment in messages_mw/validation.py).
+    request = decode_messages_request(sample("agent_turn.json"))
+    content_lists = [m.content for m in request.messages if isinstance(m.content, list)]
+    assert content_lists, "the sample should have block lists to check"
+    assert not gc.is_tracked(request)
+    assert not any(gc.is_tracked(message) for message in request.messages)
+    assert not any(gc.is_tracked(block) for blocks in content_lists for block in blocks)
+    counted = decode_count_tokens_request(sample("agent_turn.json"))
+    assert not gc.is_tracked(counted)
