@@ -172,15 +172,17 @@ _SERVE_WITH_UVICORN_RECORDED = """
 import gc, sys, uvicorn
 from messages_mw import Gateway, cli
 served = []
-uvicorn.run = lambda app, **_: served.append((type(app), gc.get_freeze_count()))
+uvicorn.run = lambda app, **_: served.append(
+    (type(app), gc.get_freeze_count(), gc.get_threshold()[0])
+)
 assert cli.main(["serve", "--demo", "--port", "1"]) == 0
-app_type, frozen = served[0]
-print(app_type is Gateway, frozen > 0)
+app_type, frozen, young_threshold = served[0]
+print(app_type is Gateway, frozen > 0, young_threshold == cli.SERVING_GC_THRESHOLD)
 """
 
 
-def test_messages_mw_serve_freezes_the_start_up_heap() -> None:
-    # In a child process: the CLI configures logging and freezes this process's heap for good.
+def test_messages_mw_serve_tunes_the_garbage_collector() -> None:
+    # In a child process: the CLI configures logging and sets up this process's collector.
     result = subprocess.run(
         [sys.executable, "-c", _SERVE_WITH_UVICORN_RECORDED],
         capture_output=True,
@@ -188,4 +190,4 @@ def test_messages_mw_serve_freezes_the_start_up_heap() -> None:
         timeout=60,
         check=True,
     )
-    assert result.stdout.splitlines()[-1] == "True True"
+    assert result.stdout.splitlines()[-1] == "True True True"
