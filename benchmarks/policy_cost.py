@@ -5,11 +5,12 @@ per request of one and the same gateway by up to 30% between runs, so a 5% diffe
 in the noise. Here both gateways live in one process pinned to the gateway's core, forward to
 the same mock upstream (on the other core) over loopback, and take turns in short batches, the
 order alternating and each batch on a freshly built gateway, so drift hits both alike.
-Requests enter as the bytes a client sends, through uvicorn's HTTP protocol (httptools, as
-the gateway is served in the end-to-end runs), into a transport that stands in for the
-socket: the core's cost includes serving the request, as it does end to end, while the load
-generator and the sockets stay out. ``--entry asgi`` calls the app directly instead, leaving
-uvicorn's share out of both d and e (a stricter ratio: smaller denominator, same difference).
+Requests enter as the bytes a client sends, through the HTTP protocol ``messages-mw serve``
+runs (uvicorn's httptools protocol, each head sent with its body), into a transport that
+stands in for the socket, with the garbage collector set up as that command sets it: the
+core's cost includes serving the request, as it does end to end, while the load generator
+and the sockets stay out. ``--entry asgi`` calls the app directly instead, leaving uvicorn's
+share out of both d and e (a stricter ratio: smaller denominator, same difference).
 
 Run on its own (``python -m benchmarks.policy_cost --json``) it prints one JSON list of
 results, so the CLI can measure it in a child process pinned to the gateway's core.
@@ -155,15 +156,17 @@ class _LoopbackTransport(asyncio.Transport):
 
 
 class _ServerEntry:
-    """Requests enter through uvicorn's HTTP protocol (httptools, as the gateway is served in
-    the end-to-end runs), in this process: each connection is a protocol instance fed the
-    request's bytes, as a socket would feed it, and writing to a :class:`_LoopbackTransport`.
+    """Requests enter through the HTTP protocol the gateway is served with, in this process:
+    each connection is a protocol instance fed the request's bytes, as a socket would feed it,
+    and writing to a :class:`_LoopbackTransport`.
     So the core's cost includes what serving a request costs, as it does end to end, while
     the client and the sockets stay out of the measurement."""
 
     def __init__(self, gateway: Any, body: bytes, connections: int) -> None:
         import uvicorn
         from uvicorn.server import ServerState
+
+        from messages_mw.server import HeadJoiningHttpToolsProtocol
 
         self._answered = {port: asyncio.Event() for port in _client_ports(connections)}
 
@@ -172,7 +175,11 @@ class _ServerEntry:
             self._answered[scope["client"][1]].set()
 
         config = uvicorn.Config(
-            app, http="httptools", lifespan="off", access_log=False, log_level="warning"
+            app,
+            http=HeadJoiningHttpToolsProtocol,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
         )
         config.load()
         state = ServerState()
@@ -336,6 +343,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     upstream_cpu = args.upstream_cpu if args.upstream_cpu is not None else _other_core(args.cpu)
     pin_to_core(args.cpu)
+    # As in the gateway process: the end-to-end runs serve d and e the way the CLI does.
+    from messages_mw.cli import tune_gc_for_serving
+
+    tune_gc_for_serving()
     with running_server("upstream", cpu=upstream_cpu) as upstream:
         results = uvloop.run(
             run_all(upstream.url, args.samples, args.rounds, args.batch, args.only, args.entry)

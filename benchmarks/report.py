@@ -247,8 +247,8 @@ def add_policy_cost(report: Report, results: list[PolicyCostResult]) -> None:
         "policy in process: the hooks' added CPU per request (µs), d and e in one process pinned"
         " to the gateway's core, median of"
         f" {batches.batches} alternating batches of {batches.requests_per_batch} requests each,"
-        " each request fed as bytes through uvicorn's HTTP protocol (httptools, as served end to"
-        f" end), client and sockets left out: {added}"
+        " each request fed as bytes through the HTTP protocol and garbage-collector settings"
+        f" of messages-mw serve, client and sockets left out: {added}"
     )
 
 
