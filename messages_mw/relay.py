@@ -108,10 +108,17 @@ async def _pump(
     except Exception:
         logger.exception("request %s: relaying the stream failed", context.request_id)
         error = InternalGatewayError(f"Internal gateway error (request {context.request_id}).")
-    if error is None and not observer.finished:
-        error = UpstreamUnavailableError("The upstream stream ended before message_stop.")
-    if error is not None:
+    if not observer.finished:
+        if error is None:
+            error = UpstreamUnavailableError("The upstream stream ended before message_stop.")
         last += _error_event(error, observer, context)
+    elif error is not None:
+        # The client has the whole stream already (message_stop, or the upstream's own error
+        # event). SDKs read past message_stop and raise on an error event, so adding one would
+        # turn a complete answer into an exception: a connection failing now changes nothing.
+        logger.info(
+            "request %s: upstream failed after the stream ended: %s", context.request_id, error
+        )
     await send({"type": "http.response.body", "body": last, "more_body": False})
 
 

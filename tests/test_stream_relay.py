@@ -113,6 +113,26 @@ def test_half_relayed_event_is_closed_before_the_error_event() -> None:
     assert body.startswith(cut + b"\n\nevent: error\n")
 
 
+def test_connection_lost_after_message_stop_leaves_the_complete_stream_alone() -> None:
+    # SDKs read past message_stop and raise on an error event: one added here would turn a
+    # complete answer into an exception.
+    events = text_stream_events(["a", "b"])
+    gateway, finished = make_gateway(_streaming(events, httpx.RemoteProtocolError("closed")))
+    _, body = run(_collect(gateway))
+    assert body == b"".join(events)
+    assert finished[0].error_type is None
+    assert finished[0].usage.output_tokens == 2
+
+
+def test_connection_lost_after_an_upstream_error_event_adds_no_second_error() -> None:
+    error = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "o"}})
+    events = [*text_stream_events(["a"])[:4], error]
+    gateway, finished = make_gateway(_streaming(events, httpx.ReadError("reset")))
+    _, body = run(_collect(gateway))
+    assert body == b"".join(events)
+    assert finished[0].error_type == "overloaded_error"
+
+
 def test_upstream_error_event_after_content_is_relayed_as_is() -> None:
     error = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "o"}})
     events = [*text_stream_events(["a"])[:4], error]
