@@ -47,6 +47,9 @@ __all__ = ["LimitRule", "LimitsConfig", "RateLimiter"]
 logger = logging.getLogger("messages_mw.limits")
 
 _MINUTE = 60.0
+# The longest a per-minute limit makes a request wait (two windows, as the previous one slides
+# out); a longer wait is a spend budget's period, which no client should sleep through.
+_LONGEST_RETRY_WAIT = 2 * _MINUTE
 _Kind = Literal["requests", "tokens", "spend"]
 
 
@@ -384,9 +387,12 @@ def _rejection(
     wait, limit = max(waits, key=lambda pair: pair[0], default=(0.0, limits[0]))
     # A whole second strictly after the moment there is room: retrying then always fits.
     retry_after = math.floor(wait) + 1
-    return RateLimitError(
-        _message(limit, retry_after), headers={"retry-after": str(retry_after), **dict(headers)}
-    )
+    response_headers = {"retry-after": str(retry_after), **dict(headers)}
+    if retry_after > _LONGEST_RETRY_WAIT:
+        # Python SDK 2.x sleeps as long as retry-after says before retrying on its own: told
+        # to wait for a spent budget's next period, it would hang for hours. Say not to retry.
+        response_headers["x-should-retry"] = "false"
+    return RateLimitError(_message(limit, retry_after), headers=response_headers)
 
 
 def _message(limit: _Limit, retry_after: int) -> str:

@@ -215,6 +215,7 @@ class LimiterSemantics:
             assert caught.value.headers["anthropic-ratelimit-tokens-remaining"] == "0"
             # 110 tokens slide out of the next minute until under 100 remain: 12:33:05.45
             assert caught.value.headers["retry-after"] == "65"
+            assert "x-should-retry" not in caught.value.headers  # a minute's wait: retry then
             assert await admits(limiter, request("bob"), 1) == [True]
             clock.advance(65)
             assert await admits(limiter, request(), 1) == [True]
@@ -235,6 +236,8 @@ class LimiterSemantics:
                 await limiter.admit(request())
             retry_after = int(caught.value.headers["retry-after"])
             assert retry_after == math.floor(period_end - clock.now) + 1
+            # The SDK would sleep until the period ends before retrying on its own.
+            assert caught.value.headers["x-should-retry"] == "false"
             clock.advance(retry_after - 2)
             assert not (await outcome(limiter, request()))[0]
             clock.advance(2)
