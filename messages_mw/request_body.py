@@ -19,6 +19,8 @@ _ZLIB_WBITS = {
     "x-gzip": 16 + zlib.MAX_WBITS,
     "deflate": zlib.MAX_WBITS,
 }
+# How each gzip member starts: a body may hold several, one after another.
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _too_large(limit: int) -> RequestTooLargeError:
@@ -72,16 +74,37 @@ def decode_content_encoding(body: bytes, encoding: str, limit: int) -> bytes:
         raise InvalidRequestError(
             f"content-encoding: '{encoding}' is not supported; use gzip, deflate or identity."
         )
+    # A gzip body may hold several members one after another (``cat a.gz b.gz``), which
+    # decode to their contents joined; anything else after the end is corruption.
+    parts: list[bytes] = []
+    size, rest = 0, body
+    while True:
+        decoded, rest = _inflate_one(rest, wbits, encoding, limit - size, limit)
+        parts.append(decoded)
+        size += len(decoded)
+        if not rest:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if wbits != _ZLIB_WBITS["gzip"] or not rest.startswith(_GZIP_MAGIC):
+            raise InvalidRequestError(
+                f"content-encoding: data follows the end of the {encoding} body."
+            )
+
+
+def _inflate_one(
+    data: bytes, wbits: int, encoding: str, room: int, limit: int
+) -> tuple[bytes, bytes]:
+    """The first compressed stream in ``data``, decoded (at most ``room`` bytes), and the
+    bytes after it."""
     decompressor = zlib.decompressobj(wbits)
     try:
-        decoded = decompressor.decompress(body, limit + 1)
-        if len(decoded) > limit or decompressor.unconsumed_tail:
+        decoded = decompressor.decompress(data, room + 1)
+        if len(decoded) > room or decompressor.unconsumed_tail:
             raise _too_large(limit)
         decoded += decompressor.flush()
     except zlib.error as exc:
         raise InvalidRequestError(f"content-encoding: body is not valid {encoding} data.") from exc
-    if len(decoded) > limit:
+    if len(decoded) > room:
         raise _too_large(limit)
     if not decompressor.eof:
         raise InvalidRequestError(f"content-encoding: {encoding} body is truncated.")
-    return decoded
+    return decoded, decompressor.unused_data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 
 import httpx
 import pytest
@@ -160,6 +161,37 @@ def test_gzip_body_is_decoded_before_forwarding() -> None:
     assert response.status_code == 200
     assert recorder.requests[0].content == CHAT
     assert "content-encoding" not in recorder.requests[0].headers
+
+
+def test_multi_member_gzip_body_is_decoded_whole() -> None:
+    # ``cat a.gz b.gz`` is valid gzip for the joined contents; reading the first member alone
+    # forwarded a cut body (or answered "not valid JSON").
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    members = gzip.compress(CHAT[:20]) + gzip.compress(CHAT[20:])
+    response = run(_post(gateway, members, **{"content-encoding": "gzip"}))
+    assert response.status_code == 200
+    assert recorder.requests[0].content == CHAT
+
+
+def test_gzip_members_count_together_against_the_size_limit() -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder, config=GatewayConfig(max_body_bytes=len(CHAT) - 1))
+    half = len(CHAT) // 2
+    members = gzip.compress(CHAT[:half]) + gzip.compress(CHAT[half:])
+    status, kind, _ = _error_of(run(_post(gateway, members, **{"content-encoding": "gzip"})))
+    assert (status, kind) == (413, "request_too_large")
+    assert recorder.requests == []
+
+
+def test_data_after_the_compressed_body_is_400() -> None:
+    gateway, _ = make_gateway(Recorder())
+    for encoding, body in (("gzip", gzip.compress(CHAT)), ("deflate", zlib.compress(CHAT))):
+        status, kind, message = _error_of(
+            run(_post(gateway, body + b"junk", **{"content-encoding": encoding}))
+        )
+        assert (status, kind) == (400, "invalid_request_error")
+        assert message == f"content-encoding: data follows the end of the {encoding} body."
 
 
 def test_unsupported_or_corrupt_encoding_is_400() -> None:

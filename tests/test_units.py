@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import messages_mw
 from messages_mw.config import ConfigError, GatewayConfig, load_config
@@ -160,6 +163,17 @@ def test_decode_content_encoding() -> None:
         decode_content_encoding(gzip.compress(data)[:-12], "gzip", 1000)
     with pytest.raises(InvalidRequestError, match="zstd"):
         decode_content_encoding(data, "zstd", 1000)
+
+
+@given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=4))
+def test_gzip_members_decode_to_their_contents_joined(data: bytes, cuts: list[int]) -> None:
+    # As gzip.decompress reads them, member after member, within the limit or not at all.
+    bounds = [0, *sorted(cut % (len(data) + 1) for cut in cuts), len(data)]
+    members = b"".join(gzip.compress(data[a:b]) for a, b in itertools.pairwise(bounds))
+    assert decode_content_encoding(members, "gzip", 3000) == data == gzip.decompress(members)
+    if data:
+        with pytest.raises(RequestTooLargeError):
+            decode_content_encoding(members, "gzip", len(data) - 1)
 
 
 def test_readme_toml_examples_are_valid_configs() -> None:
