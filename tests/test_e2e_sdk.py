@@ -27,7 +27,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from messages_mw import Gateway, GatewayConfig, MessagesMiddleware, RequestContext, UpstreamConfig
+from messages_mw import (
+    FallbackConfig,
+    Gateway,
+    GatewayConfig,
+    MessagesMiddleware,
+    RequestContext,
+    RetryPolicy,
+    UpstreamConfig,
+)
 
 from .conftest import Stack, build_host_app, sample
 from .servers import (
@@ -280,6 +288,34 @@ def test_stream_chunks_are_relayed_as_they_arrive(stack: Stack) -> None:
     assert arrival["text"] < 0.25
     assert all(later - earlier > 0.2 for earlier, later in itertools.pairwise(text_times))
     assert seen[-1][1] > 0.85
+
+
+def test_opening_events_reach_the_client_while_the_model_is_silent(
+    upstream: tuple[ScriptedUpstream, str],
+) -> None:
+    # The gateway holds a stream's opening events until its first content (a failure before
+    # it falls back or becomes a typed error), but only for stream_hold: a model silent for
+    # longer must still get bytes to the client, or Claude Code's watchdogs give up on it.
+    scripted, upstream_url = upstream
+    events = text_stream_events(["a"])
+    delays = [0.0, 0.0, 1.5, *[0.0] * (len(events) - 3)]  # message_start, ping, then silence
+    scripted.push(Reply(chunks=events, delay=delays))
+    retry = RetryPolicy(attempts_per_target=1, stream_hold=0.1)
+    config = GatewayConfig(
+        upstream=UpstreamConfig(base_url=upstream_url), fallback=FallbackConfig(retry=retry)
+    )
+    with (
+        serve(build_host_app(Gateway(config))) as host_url,
+        _client(host_url + "/anthropic") as client,
+    ):
+        started = time.monotonic()
+        with client.messages.stream(model=MODEL, max_tokens=16, messages=HELLO) as stream:
+            seen = [(event.type, time.monotonic() - started) for event in stream]
+            message = stream.get_final_message()
+    arrival = dict(reversed(seen))
+    assert arrival["message_start"] < 1.0
+    assert arrival["text"] > 1.4
+    assert [block.text for block in message.content if block.type == "text"] == ["a"]
 
 
 def test_unknown_events_and_delta_types_pass_through_unchanged(stack: Stack) -> None:

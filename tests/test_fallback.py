@@ -402,6 +402,76 @@ def test_stream_after_content_replays_the_peeked_chunks_then_the_rest() -> None:
     assert received == GOOD_STREAM and not result.fallback_used
 
 
+def _gated(chunks: Sequence[bytes], gate: asyncio.Event, at: int) -> ProviderResponse:
+    """A 200 stream of ``chunks`` that waits for ``gate`` before chunk ``at``."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for index, chunk in enumerate(chunks):
+            if index == at:
+                await gate.wait()
+            yield chunk
+
+    return ProviderResponse(200, SSE_HEADERS, chunks=body(), close=Closes())
+
+
+def test_a_stream_silent_past_the_hold_is_relayed_as_it_comes() -> None:
+    # A model that thinks long before its first content: its opening events must reach the
+    # client before the client's watchdogs give up on it.
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        silent = _gated(GOOD_STREAM, gate, at=1)
+        send = Upstreams({PRIMARY.name: [silent], SECONDARY.name: [streamed(GOOD_STREAM)]})
+        policy = RetryPolicy(attempts_per_target=1, stream_hold=0.05)
+        result = await achain([PRIMARY, SECONDARY], send, stream=True, policy=policy)
+        assert result.target == PRIMARY and not result.fallback_used
+        assert result.response.chunks is not None
+        chunks = aiter(result.response.chunks)
+        assert await asyncio.wait_for(anext(chunks), 5) == GOOD_STREAM[0]
+        gate.set()
+        assert [chunk async for chunk in chunks] == GOOD_STREAM[1:]
+        await result.response.close()
+        assert send.calls == [PRIMARY.name] and closes(silent) == 1
+
+    asyncio.run(scenario())
+
+
+def test_an_error_after_the_hold_is_the_clients() -> None:
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        late = _gated([MESSAGE_START, error_event()], gate, at=1)
+        send = Upstreams({PRIMARY.name: [late], SECONDARY.name: [streamed(GOOD_STREAM)]})
+        policy = RetryPolicy(attempts_per_target=1, stream_hold=0.05)
+        result = await achain([PRIMARY, SECONDARY], send, stream=True, policy=policy)
+        gate.set()
+        assert result.response.chunks is not None
+        assert [chunk async for chunk in result.response.chunks] == [MESSAGE_START, error_event()]
+        assert result.target == PRIMARY and send.calls == [PRIMARY.name]
+
+    asyncio.run(scenario())
+
+
+def test_closing_a_held_stream_unread_stops_its_read() -> None:
+    # The client may leave before the relay reads anything: the read still under way when
+    # the hold ran out must end with the response, not linger (or log an unseen error).
+    async def scenario() -> None:
+        silent = streamed([MESSAGE_START, None])
+        send = Upstreams({PRIMARY.name: [silent]})
+        policy = RetryPolicy(attempts_per_target=1, stream_hold=0.01)
+        result = await achain([PRIMARY], send, stream=True, policy=policy)
+        before = asyncio.all_tasks()
+        await result.response.close()
+        await asyncio.sleep(0)
+        assert closes(silent) == 1
+        assert all(task.done() for task in before - {asyncio.current_task()})
+
+    asyncio.run(scenario())
+
+
+def test_stream_hold_is_validated() -> None:
+    with pytest.raises(ValueError, match="stream_hold"):
+        RetryPolicy(stream_hold=-1.0)
+
+
 def test_content_is_found_across_odd_chunking_and_crlf() -> None:
     whole = b"".join(GOOD_STREAM).replace(b"\n", b"\r\n")
     pieces = [whole[i : i + 7] for i in range(0, len(whole), 7)]
