@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from .body_edit import edit_top_level, read_raw_fields
-from .errors import InvalidRequestError, NotFoundError
+from .errors import InvalidRequestError
 from .fallback import BreakerPolicy, RetryPolicy, Target
 from .pricing import PricingTable
 
@@ -119,22 +119,21 @@ class TargetResolver:
         return None
 
     def target(self, name: str) -> Target:
-        """The target ``name`` stands for, after aliases.
+        """The target ``name`` stands for, after aliases: ``provider/model`` for a configured
+        provider, else the whole name for the default provider.
 
-        Raises :class:`NotFoundError` for an unknown ``provider/`` prefix and
-        :class:`InvalidRequestError` for a name with a provider but no model.
+        A ``/`` before no provider of ours is part of the model id (a Bedrock ARN, an
+        OpenRouter-style ``anthropic/claude-…`` for an Anthropic-compatible upstream), which
+        the upstream judges, as Anthropic would. Raises :class:`InvalidRequestError` for a
+        name with a provider but no model.
         """
         name = self._aliases.get(name, name)
         found = self.parse(name)
         if found is not None:
             return found
-        provider = name.partition("/")[0]
-        if provider in self._providers:
+        if name.partition("/")[0] in self._providers:
             raise InvalidRequestError(f"model: '{name}' names a provider but no model.")
-        known = ", ".join(sorted(self._providers))
-        raise NotFoundError(
-            f"model: unknown provider '{provider}' in '{name}'; configured providers: {known}."
-        )
+        return Target(self._default, name)
 
     def primary(self, model: str) -> Target:
         """The first target a request for ``model`` goes to (see :meth:`target`); for the
@@ -175,7 +174,7 @@ class TargetResolver:
         Returns the body without the field, and a resolver whose auto chain is those
         candidates; anything else comes back unchanged, with this resolver. Called once per
         request, before :meth:`chain`. Raises :class:`InvalidRequestError` for a malformed or
-        too long list and :class:`NotFoundError` for a candidate naming no provider.
+        too long list.
         """
         if not self.is_auto(model):
             return body, self

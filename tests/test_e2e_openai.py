@@ -32,7 +32,15 @@ from messages_mw.config import OpenAIUpstreamConfig
 
 from .conftest import build_host_app
 from .openai_upstream import ChatReply, OpenAIUpstream, completion_chunks, openai_error
-from .servers import Received, Reply, ScriptedUpstream, error_json, serve, text_stream_events
+from .servers import (
+    Received,
+    Reply,
+    ScriptedUpstream,
+    error_json,
+    message_json,
+    serve,
+    text_stream_events,
+)
 
 HELLO: list[MessageParam] = [{"role": "user", "content": "Hello"}]
 WEATHER: ToolParam = {
@@ -337,10 +345,16 @@ def test_models_list_includes_the_openai_models_and_terminates(ostack: OpenAISta
         client.models.retrieve("openai/gpt-5")
 
 
-def test_an_unknown_provider_is_a_not_found_error_naming_it(ostack: OpenAIStack) -> None:
-    with pytest.raises(anthropic.NotFoundError, match="mistral"):
-        ostack.client().messages.create(model="mistral/large", max_tokens=8, messages=HELLO)
-    assert ostack.openai.received == [] and ostack.anthropic.received == []
+def test_a_slash_before_no_provider_is_part_of_the_model_id(ostack: OpenAIStack) -> None:
+    # An OpenRouter-style or Bedrock id goes to the default upstream whole, which judges it
+    # as Anthropic would, rather than a 404 from the gateway.
+    ostack.anthropic.push(Reply(body=message_json(model="mistral/large")))
+    raw = ostack.client().messages.with_raw_response.create(
+        model="mistral/large", max_tokens=8, messages=HELLO
+    )
+    assert raw.headers["x-mw-provider"] == "anthropic"
+    assert ostack.openai.received == []
+    assert json.loads(ostack.anthropic.received[-1].body)["model"] == "mistral/large"
 
 
 def test_an_alias_routes_to_its_target(ostack: OpenAIStack) -> None:

@@ -534,8 +534,7 @@ def test_resolver_aliases_and_unknown_providers() -> None:
     assert resolver.primary("claude-sonnet-4-6") == Target("openai", "gpt-4o")
     assert resolver.primary("claude-haiku-4-5") == Target("anthropic", "claude-haiku-4-5")
     assert resolver.routes_explicitly("fast")
-    with pytest.raises(NotFoundError, match="unknown provider 'mistral'"):
-        resolver.primary("mistral/large")
+    assert resolver.primary("mistral/large") == Target("anthropic", "mistral/large")
     with pytest.raises(InvalidRequestError, match="no model"):
         resolver.primary("openai/")
     with pytest.raises(ValueError, match="nowhere/x"):
@@ -589,8 +588,11 @@ def test_auto_model_candidates_from_config_and_errors() -> None:
         unrouted.for_request(_body(model="auto", router_candidates="openai/x"), "auto")
     with pytest.raises(InvalidRequestError, match="at most 8"):
         unrouted.for_request(_body(model="auto", router_candidates=["openai/x"] * 9), "auto")
-    with pytest.raises(NotFoundError, match="'nowhere'"):
-        unrouted.for_request(_body(model="auto", router_candidates=["nowhere/x"]), "auto")
+    # As a requested model: a slash before no provider of ours belongs to the model id.
+    _, elsewhere = unrouted.for_request(
+        _body(model="auto", router_candidates=["nowhere/x"]), "auto"
+    )
+    assert elsewhere.candidates == (Target("anthropic", "nowhere/x"),)
     untouched = _body(model="gpt-4o", router_candidates=["openai/x"])
     assert unrouted.for_request(untouched, "gpt-4o") == (untouched, unrouted)
     off = _auto_resolver(auto_model=None)
