@@ -283,14 +283,14 @@ async def _peek_stream(
     """
     buffered: list[bytes] = []
     scanner, size = _PeekScanner(), 0
-    clock = _Hold(asyncio.get_running_loop(), hold)
+    hold_timer = _HoldTimer(asyncio.get_running_loop(), hold)
     read: asyncio.Future[bytes] | None = None
     try:
         while True:
             # A read of its own, so that the hold running out leaves it under way: cancelling
             # it would end the upstream's stream.
             read = asyncio.ensure_future(anext(chunks))
-            if not await clock.wait(read):
+            if not await hold_timer.wait(read):
                 pending, read = read, None
                 return buffered, None, pending
             try:
@@ -313,12 +313,12 @@ async def _peek_stream(
             if verdict == "content" or size > _MAX_PEEK_BYTES:
                 return buffered, None, None
     finally:
-        clock.stop()
+        hold_timer.stop()
         if read is not None:
             _drop(read)
 
 
-class _Hold:
+class _HoldTimer:
     """Waits for reads until ``hold`` seconds from now, on one timer for all of them (a wait
     with a timeout per read cost a stream 3% of its CPU)."""
 
