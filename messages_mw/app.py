@@ -63,6 +63,16 @@ def route_path(scope: Scope) -> str:
     return path
 
 
+def _is_model_path(path: str) -> bool:
+    """Whether ``path`` is ``/v1/models/{id}``. A dot segment in the id would climb out of
+    ``/v1/models`` once the upstream URL is normalised, reaching other endpoints with the
+    gateway's own key, so such paths are not model paths."""
+    model_id = path.removeprefix("/v1/models/")
+    if model_id == path or not model_id:
+        return False
+    return not any(segment in (".", "..") for segment in model_id.split("/"))
+
+
 def _header_map(scope: Scope) -> dict[str, str]:
     # ASGI servers deliver lower-case names; latin-1 round-trips any header byte.
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
@@ -211,7 +221,7 @@ class Gateway:
 
     def _resolve(self, path: str, method: str) -> _Handler:
         methods = self._routes.get(path)
-        if methods is None and path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
+        if methods is None and _is_model_path(path):
             methods = self._routes["/v1/models"]
         if methods is None:
             raise NotFoundError(_not_found_message(path))

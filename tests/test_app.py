@@ -254,6 +254,44 @@ def test_models_and_hello_routes() -> None:
     assert retrieved.status_code == 200
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/..%2Fmessages%2Fbatches",
+        "/v1/models/..%2F..%2Fv1%2Forganizations%2Fusage_report%2Fmessages",
+        "/v1/models/claude-x%2F.",
+        "/v1/models/a%2F..%2F..%2Ffiles",
+    ],
+)
+def test_a_model_id_with_a_dot_segment_is_not_found_and_never_forwarded(path: str) -> None:
+    # Forwarded, the upstream URL would normalise to another endpoint, called with the
+    # gateway's own upstream key.
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder, config=GatewayConfig(upstream=UpstreamConfig(api_key="sk-gw")))
+
+    async def call() -> httpx.Response:
+        async with client_for(gateway) as client:
+            return await client.get(path)
+
+    response = run(call())
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+    assert recorder.requests == []
+
+
+def test_a_model_id_is_forwarded_as_one_path_segment() -> None:
+    recorder = Recorder(lambda request: httpx.Response(200, json={"id": "x"}))
+    gateway, _ = make_gateway(recorder)
+
+    async def call() -> httpx.Response:
+        async with client_for(gateway) as client:
+            return await client.get("/v1/models/x%3Flimit%3D1000%23frag?limit=5")
+
+    assert run(call()).status_code == 200
+    (forwarded,) = recorder.requests
+    assert forwarded.url.raw_path == b"/v1/models/x%3Flimit=1000%23frag?limit=5"
+
+
 def test_lifespan_and_websocket_scopes() -> None:
     gateway, _ = make_gateway(Recorder())
     sent: list[dict[str, object]] = []

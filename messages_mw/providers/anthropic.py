@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import NamedTuple
+from urllib.parse import quote
 
 import httpx
 
@@ -54,6 +55,8 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 _FIXED_REQUEST_HEADERS = [(b"content-type", b"application/json"), (b"accept-encoding", b"identity")]
 _DEFAULT_VERSION_HEADER = (b"anthropic-version", _DEFAULT_VERSION.encode())
 _CACHED_URLS = 64
+# RFC 3986 path characters besides unreserved ones, which quote() never escapes.
+_PATH_SAFE = "/:@!$&'()*+,;="
 
 
 def translate_transport_error(exc: httpx.TransportError, base_url: str) -> GatewayError:
@@ -191,7 +194,10 @@ class AnthropicProvider:
         key = (path, query)
         found = self._urls.get(key)
         if found is None:
-            url = httpx.URL(self._base_url + path + ("?" + query if query else ""))
+            # The path arrives percent-decoded: a model id holding "?" or "#" must stay part of
+            # the path, not start a query upstream.
+            quoted = quote(path, safe=_PATH_SAFE)
+            url = httpx.URL(self._base_url + quoted + ("?" + query if query else ""))
             found = (url, url.netloc)
             if len(self._urls) < _CACHED_URLS:
                 self._urls[key] = found
