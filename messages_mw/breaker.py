@@ -82,6 +82,14 @@ class CircuitBreaker:
         circuit.trial_started_at = now
         return True
 
+    def seconds_until_trial(self, name: str) -> float:
+        """How long until :meth:`allow` would let a request through to the target (0: now)."""
+        circuit = self._circuits.get(name)
+        if circuit is None or circuit.opened_at is None:
+            return 0.0
+        since = circuit.opened_at if circuit.trial_started_at is None else circuit.trial_started_at
+        return max(0.0, since + self.policy.cooldown - self._clock())
+
     def record_success(self, name: str) -> None:
         """The target answered (a client error counts too): close its circuit."""
         self._circuits.pop(name, None)

@@ -28,6 +28,7 @@ __all__ = [
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
     "encode_error_body",
+    "error_class",
     "new_request_id",
 ]
 
@@ -151,3 +152,26 @@ class OverloadedError(GatewayError):
 
     status = 529
     error_type = "overloaded_error"
+
+
+# The error for each ``error.type`` Anthropic documents; ``api_error`` has two statuses (500,
+# and the 502 the gateway answers for an upstream at fault), so callers choose it themselves.
+_ERRORS_BY_TYPE: dict[str, type[GatewayError]] = {
+    error.error_type: error
+    for error in (
+        InvalidRequestError,
+        AuthenticationError,
+        BillingError,
+        PermissionDeniedError,
+        NotFoundError,
+        RequestTooLargeError,
+        RateLimitError,
+        UpstreamTimeoutError,
+        OverloadedError,
+    )
+}
+
+
+def error_class(error_type: str, default: type[GatewayError]) -> type[GatewayError]:
+    """The :class:`GatewayError` subclass for an Anthropic ``error.type``, else ``default``."""
+    return _ERRORS_BY_TYPE.get(error_type, default)

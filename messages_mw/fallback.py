@@ -27,11 +27,10 @@ from .breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from .context import Attempt
 from .errors import (
     GatewayError,
-    InvalidRequestError,
     OverloadedError,
-    RateLimitError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
+    error_class,
 )
 from .protocol import ObservedEvent, ObservedResponse
 from .providers.base import ProviderResponse
@@ -56,12 +55,6 @@ _SEPARATOR = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _PREAMBLE_EVENTS = frozenset({b"message_start", b"ping"})
 # A stream still without content after this much is committed anyway rather than buffered on.
 _MAX_PEEK_BYTES = 1 << 20
-_STREAM_ERRORS: dict[str, type[GatewayError]] = {
-    "overloaded_error": OverloadedError,
-    "rate_limit_error": RateLimitError,
-    "timeout_error": UpstreamTimeoutError,
-    "invalid_request_error": InvalidRequestError,
-}
 
 
 def _require(condition: bool, message: str) -> None:
@@ -245,7 +238,7 @@ def _judge_event(block: bytes) -> _Verdict:
         error = None
     kind = (error.type if error else None) or ""
     message = (error.message if error else None) or "The upstream stream failed before content."
-    return _STREAM_ERRORS.get(kind, UpstreamUnavailableError)(message)
+    return error_class(kind, UpstreamUnavailableError)(message)
 
 
 class _PeekScanner:
@@ -402,6 +395,8 @@ class _Chain:
     started: float = field(init=False)
     failure: _Failure | None = field(init=False, default=None)
     out_of_time: bool = field(init=False, default=False)
+    # Seconds until the first skipped (open) target takes a trial again.
+    first_trial_in: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -410,9 +405,12 @@ class _Chain:
         return self.out_of_time or self.clock() - self.started >= self.policy.deadline
 
     def allowed(self, target: Target) -> bool:
-        if self.breaker is None or self.breaker.allow(target.name):
+        breaker = self.breaker
+        if breaker is None or breaker.allow(target.name):
             return True
         self.attempts.append(Attempt(target.name, None, "circuit_open", 0.0))
+        wait = breaker.seconds_until_trial(target.name)
+        self.first_trial_in = min(self.first_trial_in or wait, wait)
         return False
 
     async def try_target(self, target: Target) -> ProviderResponse | None:
@@ -492,8 +490,10 @@ class _Chain:
         buffered, error, pending = await _peek_stream(
             chunks, policy.retry_statuses, policy.stream_hold
         )
-        if error is not None:
+        if error is not None and error.status in policy.retry_statuses:
             return _Failure(target, response.status, error)
+        # A client error (a prompt too long, a bad key) is the answer another try would get
+        # too: relay the stream as it came, as Anthropic's own would reach the client.
         replayed = _replay(buffered, pending, chunks)
         close = response.close
         if pending is not None:
@@ -510,7 +510,8 @@ class _Chain:
         name, error, response = failure.target.name, failure.error, failure.response
         error_type = error.error_type if error else _body_error_type(response)
         self.attempts.append(Attempt(name, failure.status, error_type, duration))
-        if self.breaker is not None:
+        status = error.status if error else failure.status
+        if self.breaker is not None and _is_target_fault(status):
             self.breaker.record_failure(name)
         self.failure = failure
 
@@ -520,7 +521,8 @@ class _Chain:
         )
         if self.breaker is None:
             return
-        if response.status in self.policy.retry_statuses:
+        status = response.status
+        if status in self.policy.retry_statuses and _is_target_fault(status):
             self.breaker.record_failure(target.name)
         else:
             self.breaker.record_success(target.name)
@@ -528,6 +530,13 @@ class _Chain:
     async def discard(self, failure: _Failure | None) -> None:
         if failure is not None and failure.response is not None:
             await failure.response.close()
+
+
+def _is_target_fault(status: int | None) -> bool:
+    """Whether a failure says the target is unwell (no answer, a 5xx, a 529), and so counts
+    for its circuit breaker. A 408, 409 or 429 is about one caller's request or quota (the
+    client's own key, when keys are passed through), so it must not shut the target for all."""
+    return status is None or status >= 500
 
 
 def _forbids_retry(response: ProviderResponse) -> bool:
@@ -564,16 +573,20 @@ async def run_chain(
     Tries of one target are spaced by :func:`backoff_delay`; the next target is tried at once.
     A wait that would pass ``policy.deadline``, or a ``retry-after`` above ``max_retry_after``,
     moves on to the next target; once the deadline has passed (it also bounds each ``send`` and
-    each stream's wait for content) the chain stops. With a ``breaker``, open targets are
-    skipped (logged as ``circuit_open``); a failed attempt counts against its target, as does
-    a final answer with a retry status (``x-should-retry: false``); any other final answer
-    resets it; a non-retryable error raised by ``send`` leaves it as it was.
+    each stream's wait for content) the chain stops. A stream that opens with an ``error``
+    event of a type whose status is not retryable (a prompt too long, a bad key) is final and
+    relayed as it came. With a ``breaker``, open targets are skipped (logged as
+    ``circuit_open``); an attempt that got no answer, a 5xx or a 529 counts against its
+    target, even as a final answer (``x-should-retry: false``); a 408, 409 or 429 is about one
+    caller and counts for nothing; any other final answer resets it; a non-retryable error
+    raised by ``send`` leaves it as it was.
 
     Raises a non-retryable :class:`GatewayError` from ``send`` at once, the last retryable one
     when nothing better came, and :class:`OverloadedError` when the breaker skipped every
-    target. ``ValueError`` if ``targets`` is empty. On cancellation, whatever upstream response
-    is open is closed before ``CancelledError`` propagates. The returned response must be
-    closed by the caller, as any ``ProviderResponse``.
+    target (with ``retry-after``: when the first of them takes a trial). ``ValueError`` if
+    ``targets`` is empty. On cancellation, whatever upstream response is open is closed before
+    ``CancelledError`` propagates. The returned response must be closed by the caller, as any
+    ``ProviderResponse``.
     """
     if not targets:
         raise ValueError("run_chain needs at least one target")
@@ -595,7 +608,11 @@ async def run_chain(
 def _last_failure(chain: _Chain, first: Target) -> ChainResult:
     failure = chain.failure
     if failure is None:
-        raise OverloadedError("All upstream targets are temporarily unavailable (circuit open)")
+        wait = math.ceil(chain.first_trial_in or 0.0)
+        raise OverloadedError(
+            "All upstream targets are temporarily unavailable (circuit open)",
+            headers={"retry-after": str(max(wait, 1))},
+        )
     if failure.response is None:
         assert failure.error is not None
         raise failure.error

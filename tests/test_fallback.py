@@ -563,14 +563,60 @@ def test_breaker_half_open_lets_one_trial_through_and_a_failure_reopens() -> Non
     assert breaker.state("t") == "closed" and breaker.allow("t")
 
 
-def test_every_target_skipped_is_overloaded() -> None:
-    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1))
+def test_every_target_skipped_is_overloaded_until_the_first_trial() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=clock)
     breaker.record_failure(PRIMARY.name)
+    clock.now += 10.5
     breaker.record_failure(SECONDARY.name)
     send = Upstreams({})
-    with pytest.raises(OverloadedError, match="circuit open"):
-        chain([PRIMARY, SECONDARY], send, breaker=breaker)
+    with pytest.raises(OverloadedError, match="circuit open") as caught:
+        chain([PRIMARY, SECONDARY], send, breaker=breaker, sleeps=Sleeps(clock))
     assert send.calls == []
+    # The primary's trial comes first, in 19.5 s; the SDKs honour a whole-second retry-after.
+    assert caught.value.headers == {"retry-after": "20"}
+
+
+@pytest.mark.parametrize("status", [408, 409, 429])
+def test_a_per_request_failure_does_not_count_for_the_breaker(status: int) -> None:
+    # With keys passed through, one client's 429s say nothing of the target's health: they
+    # must not shut it for every other client.
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1))
+    policy = RetryPolicy(attempts_per_target=1)
+    for final in (reply(status), reply(status, headers=[("x-should-retry", "false")])):
+        send = Upstreams({PRIMARY.name: [final, reply(200)], SECONDARY.name: [reply(200)]})
+        chain([PRIMARY, SECONDARY], send, policy=policy, breaker=breaker)
+        assert breaker.state(PRIMARY.name) == "closed"
+    limited = streamed([MESSAGE_START, error_event("rate_limit_error", "slow down")])
+    send = Upstreams({PRIMARY.name: [limited], SECONDARY.name: [streamed(GOOD_STREAM)]})
+    assert (
+        chain_and_read([PRIMARY, SECONDARY], send, policy=policy, breaker=breaker)[0].target
+        == SECONDARY
+    )
+    assert breaker.state(PRIMARY.name) == "closed"
+
+
+@pytest.mark.parametrize(
+    "error_type",
+    [
+        "invalid_request_error",
+        "authentication_error",
+        "billing_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+    ],
+)
+def test_a_stream_opening_with_a_client_error_is_relayed_as_it_came(error_type: str) -> None:
+    # Another try (or target) would get the same answer; Anthropic's own stream reaches the
+    # client, and the target stays healthy.
+    opening = [MESSAGE_START, error_event(error_type, "prompt is too long: 210000 tokens")]
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1))
+    send = Upstreams({PRIMARY.name: [streamed(opening)], SECONDARY.name: []})
+    result, chunks = chain_and_read([PRIMARY, SECONDARY], send, breaker=breaker)
+    assert b"".join(chunks) == b"".join(opening)
+    assert send.calls == [PRIMARY.name] and result.target == PRIMARY
+    assert breaker.state(PRIMARY.name) == "closed"
 
 
 def test_deadline_stops_retries() -> None:

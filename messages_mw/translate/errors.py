@@ -13,19 +13,12 @@ import re
 import msgspec
 
 from ..errors import (
-    AuthenticationError,
-    BillingError,
     GatewayError,
     InternalGatewayError,
     InvalidRequestError,
-    NotFoundError,
-    OverloadedError,
-    PermissionDeniedError,
-    RateLimitError,
-    RequestTooLargeError,
-    UpstreamTimeoutError,
     UpstreamUnavailableError,
     encode_error_body,
+    error_class,
 )
 from ._openai import InError, body_decoder, encoder
 
@@ -87,19 +80,6 @@ _COMPLETION = [re.compile(rf"{_NUMBER} (?:for|in) the completion")]
 _MAX_MESSAGE = 2000
 
 
-_CLASSES: dict[str, type[GatewayError]] = {
-    "invalid_request_error": InvalidRequestError,
-    "authentication_error": AuthenticationError,
-    "billing_error": BillingError,
-    "permission_error": PermissionDeniedError,
-    "not_found_error": NotFoundError,
-    "request_too_large": RequestTooLargeError,
-    "rate_limit_error": RateLimitError,
-    "timeout_error": UpstreamTimeoutError,
-    "overloaded_error": OverloadedError,
-}
-
-
 def translate_error(status: int, body: bytes) -> tuple[int, bytes]:
     """The Anthropic status and error envelope (``request_id`` null) for an upstream error
     response. Never raises: an unreadable body becomes its text, or a generic message."""
@@ -112,7 +92,7 @@ def upstream_error(error: InError) -> GatewayError:
     status, error_type, message = classify(None, error)
     if error_type == "api_error":
         return InternalGatewayError(message) if status == 500 else UpstreamUnavailableError(message)
-    return _CLASSES.get(error_type, InvalidRequestError)(message)
+    return error_class(error_type, InvalidRequestError)(message)
 
 
 def parse_error(body: bytes) -> InError:
