@@ -90,6 +90,10 @@ async def _pump(
     # The last chunk, held back only once the upstream body is complete (so nothing waits on
     # it): it leaves with the end of the response, in one write instead of two.
     last = b""
+    # The start of an event not complete yet. A client cannot dispatch it before its end
+    # anyway, and should the upstream break off inside it, the client must not get half an
+    # event: any terminator would make it parse as broken JSON instead of the error after it.
+    unfinished = bytearray()
     error: GatewayError | None = None
     try:
         async for chunk in response.chunks:
@@ -99,6 +103,10 @@ async def _pump(
             if context.first_byte_at is None:
                 context.first_byte_at = time.perf_counter()
             observer.feed(chunk)
+            if unfinished or observer.unfinished_bytes:
+                chunk = _complete_events(chunk, unfinished, observer.unfinished_bytes)
+                if not chunk:
+                    continue
             if ended():
                 last = chunk
             else:
@@ -108,23 +116,50 @@ async def _pump(
     except Exception:
         logger.exception("request %s: relaying the stream failed", context.request_id)
         error = InternalGatewayError(f"Internal gateway error (request {context.request_id}).")
-    if not observer.finished:
-        if error is None:
-            error = UpstreamUnavailableError("The upstream stream ended before message_stop.")
-        last += _error_event(error, observer, context)
-    elif error is not None:
-        # The client has the whole stream already (message_stop, or the upstream's own error
-        # event). SDKs read past message_stop and raise on an error event, so adding one would
-        # turn a complete answer into an exception: a connection failing now changes nothing.
-        logger.info(
-            "request %s: upstream failed after the stream ended: %s", context.request_id, error
-        )
+    last += _ending(bytes(unfinished), error, observer, context)
     await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
-def _error_event(error: GatewayError, observer: StreamObserver, context: RequestContext) -> bytes:
-    # A half-relayed event is closed first, so the error event parses on its own.
-    prefix = b"" if observer.at_event_boundary else b"\n\n"
+def _complete_events(chunk: bytes, unfinished: bytearray, still_unfinished: int) -> bytes:
+    """The bytes that complete events, from what was unfinished plus ``chunk``; keeps the
+    last ``still_unfinished`` of them in ``unfinished``."""
+    unfinished += chunk
+    cut = len(unfinished) - still_unfinished
+    complete = bytes(unfinished[:cut])
+    del unfinished[:cut]
+    return complete
+
+
+def _ending(
+    tail: bytes, error: GatewayError | None, observer: StreamObserver, context: RequestContext
+) -> bytes:
+    """What follows the relayed events: an unterminated last event if it ends the stream, an
+    ``error`` event if the stream did not end as the grammar requires, or nothing."""
+    if observer.finished:
+        if error is not None:
+            # The client has the whole stream already (message_stop, or the upstream's own
+            # error event). SDKs read past message_stop and raise on an error event, so adding
+            # one would turn a complete answer into an exception.
+            logger.info(
+                "request %s: upstream failed after the stream ended: %s", context.request_id, error
+            )
+        return tail
+    ending = b""
+    if tail:
+        # An upstream that left out the last blank line: an event the gateway reads (a
+        # message_delta, a message_stop) that misses only its terminator is relayed with one.
+        read = observer.events_read
+        observer.feed(b"\n\n")
+        if observer.events_read > read:
+            ending = tail + b"\n\n"
+            if observer.finished:
+                return ending
+        else:
+            logger.warning(
+                "request %s: dropped %d bytes of an unfinished event", context.request_id, len(tail)
+            )
+    if error is None:
+        error = UpstreamUnavailableError("The upstream stream ended before message_stop.")
     context.error_type = error.error_type
     logger.warning("request %s: stream failed: %s", context.request_id, error)
-    return prefix + frame_event("error", error.body(context.request_id))
+    return ending + frame_event("error", error.body(context.request_id))

@@ -105,6 +105,8 @@ class StreamObserver:
         self.error_message: str | None = None
         self.saw_message_start = False
         self.saw_message_stop = False
+        # Events decoded (those the gateway reads); a test of whether a tail was one.
+        self.events_read = 0
         self._buffer = bytearray()
         # Anthropic separates events with LF only; look for CR forms once a CR shows up.
         self._separators: tuple[bytes, ...] = _LF_SEPARATORS
@@ -113,6 +115,11 @@ class StreamObserver:
     def at_event_boundary(self) -> bool:
         """True when everything relayed so far ended on a complete event."""
         return not self._buffer
+
+    @property
+    def unfinished_bytes(self) -> int:
+        """How many bytes fed so far belong to an event not yet complete (the tail)."""
+        return len(self._buffer)
 
     @property
     def finished(self) -> bool:
@@ -127,7 +134,11 @@ class StreamObserver:
                 return
             self._separators = _ALL_SEPARATORS
         buffer = self._buffer
+        # No separator ends before the tail already held: resume where one could straddle it.
+        resume = max(0, len(buffer) - 3)
         buffer += chunk
+        if _find_boundary(buffer, resume, self._separators)[0] == -1:
+            return
         start = 0
         while True:
             position, length = _find_boundary(buffer, start, self._separators)
@@ -144,7 +155,12 @@ class StreamObserver:
         # starts on an event boundary into the buffer first.
         buffer = self._buffer
         if buffer:
+            # A long event arrives in many chunks: look for its end only in the new bytes (and
+            # the last one held), or every chunk would rescan it whole.
+            resume = len(buffer) - 1
             buffer += chunk
+            if buffer.find(b"\n\n", resume) == -1:
+                return
             data: bytes | bytearray = buffer
         else:
             data = chunk
@@ -171,6 +187,7 @@ class StreamObserver:
             event = _event_decoder.decode(data)
         except msgspec.DecodeError:
             return
+        self.events_read += 1
         kind = name.decode("utf-8", "replace") if name else event.type
         if kind == "message_start" and event.message is not None:
             self.saw_message_start = True

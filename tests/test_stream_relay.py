@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from hypothesis import given
+from hypothesis import strategies as st
 
 from messages_mw import Gateway, GatewayConfig, RequestContext, UpstreamConfig
 from messages_mw.providers.base import ProviderResponse
@@ -30,6 +33,8 @@ MESSAGES_SCOPE = {
     "headers": [(b"content-type", b"application/json")],
 }
 SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "request-id": "req_up"}
+_EVENTS = text_stream_events(["a", "b"])
+_STREAM = b"".join(_EVENTS)
 
 
 def _streaming(chunks: list[bytes], failure: Exception | None = None) -> Recorder:
@@ -103,14 +108,37 @@ def test_truncated_stream_without_message_stop_gets_an_error_event() -> None:
     assert _last_event(body)["error"]["type"] == "api_error"  # type: ignore[index]
 
 
-def test_half_relayed_event_is_closed_before_the_error_event() -> None:
+def test_half_an_event_never_reaches_the_client() -> None:
     # The break comes after content reached the client (before that, the gateway would
-    # answer with a plain error response or fall back instead).
+    # answer with a plain error response or fall back instead). Half an event, terminated,
+    # would reach the SDK as broken JSON instead of the error that follows it.
     events = text_stream_events(["a"])
-    cut = b"".join(events[:3]) + events[3][:10]
-    gateway, _ = make_gateway(_streaming([cut], httpx.ReadError("reset")))
+    whole = b"".join(events[:3])
+    gateway, finished = make_gateway(_streaming([whole + events[3][:10]], httpx.ReadError("r")))
     _, body = run(_collect(gateway))
-    assert body.startswith(cut + b"\n\nevent: error\n")
+    assert body.startswith(whole + b"event: error\n")
+    assert _last_event(body)["error"]["type"] == "api_error"  # type: ignore[index]
+    assert finished[0].error_type == "api_error"
+
+
+def test_an_unterminated_message_stop_ends_the_stream_cleanly() -> None:
+    # Without its blank line the client would drop message_stop; the gateway ends it instead
+    # of calling a complete answer broken.
+    stream = b"".join(text_stream_events(["a", "b"])).removesuffix(b"\n")
+    gateway, finished = make_gateway(_streaming([stream]))
+    _, body = run(_collect(gateway))
+    assert body == stream + b"\n\n"
+    assert finished[0].error_type is None
+
+
+def test_an_unterminated_message_delta_is_relayed_before_the_error_event() -> None:
+    events = text_stream_events(["a", "b"])
+    stream = b"".join(events[:-1]).removesuffix(b"\n")
+    gateway, finished = make_gateway(_streaming([stream]))
+    _, body = run(_collect(gateway))
+    assert body.startswith(stream + b"\n\nevent: error\n")
+    assert finished[0].usage.output_tokens == 2
+    assert finished[0].error_type == "api_error"
 
 
 def test_connection_lost_after_message_stop_leaves_the_complete_stream_alone() -> None:
@@ -190,10 +218,12 @@ def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
     assert finished[0].usage.input_tokens == 12
 
 
-def _relay_sends(chunks: list[bytes], ended_after: int | None) -> list[tuple[bytes, bool]]:
+def _relay_sends(
+    chunks: list[bytes], ended_after: int | None, failure: Exception | None = None
+) -> list[tuple[bytes, bool]]:
     """The ``(body, more_body)`` sends ``relay_stream`` makes for ``chunks``, from an upstream
     that reports its body complete once it has handed out ``ended_after`` chunks (``None``: a
-    provider that cannot tell)."""
+    provider that cannot tell), then raises ``failure`` if given."""
     given = 0
 
     async def upstream_chunks() -> AsyncIterator[bytes]:
@@ -201,6 +231,8 @@ def _relay_sends(chunks: list[bytes], ended_after: int | None) -> list[tuple[byt
         for chunk in chunks:
             given += 1
             yield chunk
+        if failure is not None:
+            raise failure
 
     def ended() -> bool:
         return ended_after is not None and given >= ended_after
@@ -248,6 +280,39 @@ def test_an_error_event_ends_the_stream_in_the_same_send_as_a_held_last_chunk() 
     assert len(sends) == 1
     body, more_body = sends[0]
     assert body.startswith(cut + b"event: error\n") and not more_body
+
+
+def test_an_event_split_across_chunks_leaves_once_complete() -> None:
+    events = text_stream_events(["a"])
+    head, rest = b"".join(events[:3]), b"".join(events[3:])
+    delta_end = len(events[3])
+    chunks = [head + rest[:7], rest[7 : delta_end + 5], rest[delta_end + 5 :]]
+    sends = _relay_sends(chunks, ended_after=None)
+    assert sends == [
+        (head, True),
+        (rest[:delta_end], True),
+        (rest[delta_end:], True),
+        (b"", False),
+    ]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(_STREAM)), max_size=12), st.booleans())
+def test_any_chunking_relays_complete_events_only(cuts: list[int], breaks: bool) -> None:
+    points = sorted({0, *cuts, len(_STREAM)})
+    chunks = [_STREAM[start:end] for start, end in itertools.pairwise(points)]
+    if breaks:
+        chunks.pop()
+    sends = _relay_sends(chunks, None, httpx.ReadError("r") if breaks else None)
+    relayed = b"".join(body for body, _ in sends)
+    if not breaks:
+        assert relayed == _STREAM
+    received = b"".join(chunks)
+    assert relayed.startswith(received[: received.rfind(b"\n\n") + 2])
+    for body, _ in sends[:-1]:
+        assert body.endswith(b"\n\n")
+    originals = {event.removesuffix(b"\n\n") for event in _EVENTS}
+    for event in filter(None, (piece.strip(b"\n") for piece in relayed.split(b"\n\n"))):
+        assert event in originals or event.startswith(b"event: error\n")
 
 
 def test_a_stream_read_whole_in_one_socket_read_is_relayed_in_one_send() -> None:
