@@ -13,6 +13,8 @@ import contextvars
 import inspect
 import logging
 import math
+import os
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Sequence
@@ -61,7 +63,22 @@ def _is_async(sink: object) -> bool:
 
 
 def _is_nonblocking(sink: object) -> bool:
-    return getattr(type(sink), "nonblocking", False) is True
+    return getattr(sink, "nonblocking", False) is True
+
+
+def _never_blocks(stream: IO[bytes] | TextIO) -> bool:
+    """Whether a write to ``stream`` cannot stall the event loop: memory, a regular file or a
+    device that is not a terminal (``/dev/null``). A pipe, FIFO, socket or terminal blocks
+    once its reader stops reading."""
+    try:
+        descriptor = stream.fileno()
+    except (OSError, ValueError):  # no descriptor: an in-memory stream
+        return True
+    try:
+        mode = os.fstat(descriptor).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or (stat.S_ISCHR(mode) and not os.isatty(descriptor))
 
 
 def _call_inline(sink: UsageSink, event: UsageEvent) -> None:
@@ -111,9 +128,9 @@ class UsageDispatcher:
     sync sinks get each batch in the dispatcher's worker thread, then each async sink is awaited
     per event. Every sink sees events in emission order. A slow sink holds back the others and
     lets the queue fill, but never a request; when the queue is full, new events are dropped,
-    counted in :attr:`dropped` and logged (at most once per 10 s). A sync sink whose class sets
-    ``nonblocking = True`` (the built-in sinks: they only touch memory or write a line) is
-    called on the loop instead, which spares a thread hand-off per batch; when every sink is
+    counted in :attr:`dropped` and logged (at most once per 10 s). A sync sink that sets
+    ``nonblocking = True`` (the built-in sinks, when they only touch memory or write to a file
+    or ``/dev/null``) is called on the loop instead, which spares a thread hand-off per batch; when every sink is
     such a sink, the events of requests ending within 10 ms of each other are delivered
     together (sparse traffic at once, in the next pass of the loop).
 
@@ -284,6 +301,9 @@ class UsageDispatcher:
         around a coroutine function) are handed back to be awaited on the loop."""
         pending: _Pending = []
         for sink in self._sync_sinks:
+            if hasattr(sink, "write_events"):
+                _deliver_inline(sink, batch)
+                continue
             for event in batch:
                 try:
                     result = sink(event)
@@ -370,11 +390,11 @@ class JsonLinesSink:
 
     ``target`` is a path (opened for appending at construction, closed by :meth:`aclose`) or
     an open text stream, which is never closed here; ``None`` means ``sys.stdout`` as it is
-    when the sink is built. Raises :class:`OSError` at construction if the path cannot be
-    opened. The line holds only what :class:`UsageEvent` holds: no credentials.
+    when the sink is built. A target that is a pipe, FIFO, socket or terminal is written from
+    the dispatcher's worker thread, so a reader that stops reading stalls the sink, never the
+    gateway. Raises :class:`OSError` at construction if the path cannot be opened. The line
+    holds only what :class:`UsageEvent` holds: no credentials.
     """
-
-    nonblocking = True  # memory work or one buffered line: safe on the event loop
 
     def __init__(self, target: str | Path | TextIO | None = None) -> None:
         self._file: IO[bytes] | None = None
@@ -385,6 +405,9 @@ class JsonLinesSink:
             self._file = open(target, "ab", buffering=0)  # noqa: SIM115
         else:
             self._stream = sys.stdout if target is None else target
+        # Written on the event loop only where a write cannot stall it; a pipe (stdout into a
+        # log shipper that stopped reading) gets the dispatcher's worker thread instead.
+        self.nonblocking = _never_blocks(self._file or self._stream or sys.stdout)
 
     def __call__(self, event: UsageEvent) -> None:
         self._write(_encoder.encode(event) + b"\n")

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import io
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -363,6 +364,67 @@ def test_json_lines_sink_writes_to_a_text_stream_and_leaves_it_open() -> None:
 def test_json_lines_sink_defaults_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     JsonLinesSink()(make_event(7))
     assert msgspec.json.decode(capsys.readouterr().out)["request_id"] == "req_7"
+
+
+def test_json_lines_sink_writes_on_the_loop_only_where_a_write_cannot_stall(
+    tmp_path: Path,
+) -> None:
+    assert JsonLinesSink(tmp_path / "usage.jsonl").nonblocking
+    assert JsonLinesSink("/dev/null").nonblocking
+    assert JsonLinesSink(io.StringIO()).nonblocking
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as pipe:
+        assert not JsonLinesSink(pipe).nonblocking
+    fifo = tmp_path / "usage.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that opening to write succeeds
+    try:
+        sink = JsonLinesSink(fifo)
+        assert not sink.nonblocking
+        asyncio.run(sink.aclose())
+    finally:
+        os.close(reader)
+
+
+def test_a_stalled_pipe_under_the_json_lines_sink_never_stalls_the_loop() -> None:
+    # stdout piped into a log shipper that stopped reading: once the pipe is full, a write on
+    # the loop would hang every request.
+    read_end, write_end = os.pipe()
+    loop_done, loop_stalled = threading.Event(), threading.Event()
+    received = bytearray()
+
+    def read_later() -> None:
+        # Read only once the loop has emitted everything; if it never gets there, it is
+        # stuck writing: record that, and read so that the test ends.
+        if not loop_done.wait(timeout=10):
+            loop_stalled.set()
+        with os.fdopen(read_end, "rb") as pipe:
+            while chunk := pipe.read(65536):
+                received.extend(chunk)
+
+    reader = threading.Thread(target=read_later)
+    reader.start()
+    pipe = os.fdopen(write_end, "w")
+    sink = JsonLinesSink(pipe)
+    dispatcher = UsageDispatcher([sink], shutdown_timeout=30)
+    events = 2000  # about 1 MB of lines, many times a pipe's buffer
+
+    async def main() -> None:
+        for number in range(events):
+            dispatcher.emit(make_event(number))
+            await asyncio.sleep(0)
+        loop_done.set()
+        await dispatcher.aclose()
+        pipe.close()
+
+    asyncio.run(main())
+    reader.join()
+    assert not loop_stalled.is_set()
+    lines = bytes(received).splitlines()
+    assert [msgspec.json.decode(line)["request_id"] for line in lines] == [
+        f"req_{number}" for number in range(events)
+    ]
 
 
 def test_json_lines_sink_fails_at_construction_for_an_unwritable_path(tmp_path: Path) -> None:
