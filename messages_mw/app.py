@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -113,7 +114,18 @@ class _DisconnectWatch:
 
 
 def _encode_headers(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+    try:
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+    except UnicodeEncodeError:
+        # A hook's header beyond latin-1 must not turn the response into a crash.
+        return [(_latin1(k), _latin1(v)) for k, v in pairs]
+
+
+def _latin1(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return quote(text, safe="").encode()
 
 
 class Gateway:
@@ -488,6 +500,11 @@ def _debug_headers(context: RequestContext, debug_header: str) -> list[tuple[str
     if context.compression is not None:
         timing += f", compression;dur={context.compression.duration_ms:.2f}"
     attempts = _attempts_encoder.encode(context.attempts).decode()
+    if not (attempts.isascii() and attempts.isprintable()):
+        # A client's model name may be any text: escaped the JSON way, it stays one valid
+        # header value (DEL included, which JSON itself allows raw).
+        attempts = json.dumps(json.loads(attempts), separators=(",", ":"))
+        attempts = attempts.replace("\x7f", "\\u007f")
     return [("server-timing", timing), (debug_header + "-attempts", attempts)]
 
 

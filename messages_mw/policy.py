@@ -8,6 +8,7 @@ exactly once when a request ends, whatever happened.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -167,8 +168,11 @@ class Policy:
             name = name.lower()
             if name in _FORBIDDEN_EXTRA or name not in self.extra_headers_allowed:
                 raise InvalidRequestError(f"extra_headers.{name}: this header may not be set.")
-            if "\r" in value or "\n" in value:
-                raise InvalidRequestError(f"extra_headers.{name}: invalid header value.")
+            if _INVALID_FIELD_VALUE.search(value):
+                raise InvalidRequestError(
+                    f"extra_headers.{name}: a header value is visible latin-1 text, spaces "
+                    "and tabs only."
+                )
             if name == "anthropic-beta" and merged.get(name):
                 value = merged[name] + "," + value
             merged[name] = value
@@ -194,6 +198,8 @@ class Policy:
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
+# What RFC 9110 does not allow in a field value: controls other than tab, DEL, beyond latin-1.
+_INVALID_FIELD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 
 
 def _check_allowed(allowed: frozenset[str], field: str, targets: Sequence[Target]) -> None:

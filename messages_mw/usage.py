@@ -130,9 +130,9 @@ class UsageDispatcher:
     lets the queue fill, but never a request; when the queue is full, new events are dropped,
     counted in :attr:`dropped` and logged (at most once per 10 s). A sync sink that sets
     ``nonblocking = True`` (the built-in sinks, when they only touch memory or write to a file
-    or ``/dev/null``) is called on the loop instead, which spares a thread hand-off per batch; when every sink is
-    such a sink, the events of requests ending within 10 ms of each other are delivered
-    together (sparse traffic at once, in the next pass of the loop).
+    or ``/dev/null``) is called on the loop instead, which spares a thread hand-off per batch;
+    when every sink is such a sink, the events of requests ending within 10 ms of each other
+    are delivered together (sparse traffic at once, in the next pass of the loop).
 
     ``shutdown_timeout`` bounds how long :meth:`aclose` waits for queued events. Raises
     :class:`TypeError` at construction if a sink is not callable.

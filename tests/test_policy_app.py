@@ -8,7 +8,8 @@ import json
 import httpx
 import pytest
 
-from messages_mw import GatewayConfig, UsageEvent
+from messages_mw import AnthropicProvider, Gateway, GatewayConfig, UpstreamConfig, UsageEvent
+from messages_mw.errors import PermissionDeniedError
 
 from .inprocess import Recorder, client_for, make_gateway, run
 from .servers import message_json
@@ -61,6 +62,41 @@ def test_extra_headers_allow_list_is_configurable() -> None:
     assert "x-team" not in recorder.requests[0].headers  # allowed, yet not a forwarded name
     bad = run(_post(gateway, _body(extra_headers={"x-team": "a\r\nx-api-key: b"})))
     assert bad.status_code == 400
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "a\x7f", "a\x1bb", "beta-\u2603"])
+def test_extra_headers_values_must_be_valid_field_values(value: str) -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    response = run(_post(gateway, _body(extra_headers={"anthropic-beta": value})))
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("extra_headers.anthropic-beta:")
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize("model", ["claude-\u2603", "claude-\x7f", "claude-\U0001f600"])
+def test_the_debug_report_stays_a_valid_header_for_any_model_name(model: str) -> None:
+    gateway, _ = make_gateway(Recorder())
+    response = run(_post(gateway, _body(model=model), **{"x-mw-debug": "1"}))
+    assert response.status_code == 200
+    raw = dict(response.headers.raw)[b"x-mw-debug-attempts"]
+    assert all(0x20 <= byte < 0x7F for byte in raw)
+    (attempt,) = json.loads(raw)
+    assert attempt["target"] == f"anthropic/{model}"
+
+
+def test_a_hook_error_header_beyond_latin_1_is_still_answered() -> None:
+    def refuse(request: object) -> None:
+        raise PermissionDeniedError("no", headers={"x-reason": "snow \u2603"})
+
+    recorder = Recorder()
+    provider = AnthropicProvider(
+        UpstreamConfig(base_url="http://upstream.test"), transport=httpx.MockTransport(recorder)
+    )
+    gateway = Gateway(provider=provider, auth=refuse)
+    response = run(_post(gateway, _body()))
+    assert response.status_code == 403
+    assert response.headers["x-reason"] == "snow%20%E2%98%83"
 
 
 def test_cost_in_response_is_opt_in_and_keeps_the_body() -> None:
