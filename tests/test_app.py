@@ -9,7 +9,7 @@ import zlib
 import httpx
 import pytest
 
-from messages_mw import GatewayConfig, UpstreamConfig
+from messages_mw import AnthropicProvider, Gateway, GatewayConfig, UpstreamConfig
 
 from .conftest import sample
 from .inprocess import Recorder, client_for, make_gateway, run
@@ -222,6 +222,40 @@ def test_upstream_unreachable_and_timeout_are_typed() -> None:
         assert finished[0].error_type == expected[1]
 
 
+def test_upstream_errors_never_show_credentials_from_its_url() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    settings = UpstreamConfig(base_url="http://proxy-user:s3cret@upstream.test/base?key=k3y")
+    provider = AnthropicProvider(settings, transport=httpx.MockTransport(refuse))
+    status, _, message = _error_of(run(_post(Gateway(provider=provider), CHAT)))
+    assert status == 502
+    assert message == "The upstream http://upstream.test/base could not be reached."
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "message"),
+    [
+        ("br", b"\x8b\x03\x80{}\x03", "answered with content-encoding 'br', which the gateway"),
+        ("gzip", b"not gzip at all", "sent a body that does not decompress"),
+    ],
+)
+def test_an_upstream_body_the_gateway_cannot_decode_is_a_502(
+    encoding: str, body: bytes, message: str
+) -> None:
+    # The gateway asks for identity; an upstream that compresses anyway must not reach the
+    # client as compressed bytes labelled JSON, nor as a 500 from the gateway.
+    def encoded(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "application/json", "content-encoding": encoding}
+        return httpx.Response(200, stream=httpx.ByteStream(body), headers=headers)
+
+    gateway, finished = make_gateway(Recorder(encoded))
+    status, kind, text = _error_of(run(_post(gateway, CHAT)))
+    assert (status, kind) == (502, "api_error")
+    assert message in text
+    assert finished[0].error_type == "api_error"
+
+
 def test_unexpected_exception_is_a_500_without_traceback() -> None:
     def explode(request: httpx.Request) -> httpx.Response:
         raise RuntimeError("secret internal detail")
@@ -267,7 +301,9 @@ def test_a_model_id_with_a_dot_segment_is_not_found_and_never_forwarded(path: st
     # Forwarded, the upstream URL would normalise to another endpoint, called with the
     # gateway's own upstream key.
     recorder = Recorder()
-    gateway, _ = make_gateway(recorder, config=GatewayConfig(upstream=UpstreamConfig(api_key="sk-gw")))
+    gateway, _ = make_gateway(
+        recorder, config=GatewayConfig(upstream=UpstreamConfig(api_key="sk-gw"))
+    )
 
     async def call() -> httpx.Response:
         async with client_for(gateway) as client:

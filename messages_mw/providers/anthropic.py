@@ -12,6 +12,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 import httpx
+from httpx import _decoders as httpx_decoders
 
 from ..config import UpstreamConfig
 from ..errors import (
@@ -20,7 +21,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from .base import ProviderRequest, ProviderResponse, never_ended
+from .base import ProviderRequest, ProviderResponse, never_ended, shown_url
 
 __all__ = ["AnthropicProvider"]
 
@@ -55,12 +56,25 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 _FIXED_REQUEST_HEADERS = [(b"content-type", b"application/json"), (b"accept-encoding", b"identity")]
 _DEFAULT_VERSION_HEADER = (b"anthropic-version", _DEFAULT_VERSION.encode())
 _CACHED_URLS = 64
+# The codings httpx decodes here: br and zstd only with their optional packages installed.
+_DECODABLE = frozenset(
+    getattr(httpx_decoders, "SUPPORTED_DECODERS", ("identity", "gzip", "deflate"))
+)
 # RFC 3986 path characters besides unreserved ones, which quote() never escapes.
 _PATH_SAFE = "/:@!$&'()*+,;="
 
 
-def translate_transport_error(exc: httpx.TransportError, base_url: str) -> GatewayError:
+# What reading an upstream answer can raise besides cancellation: the connection failing, or
+# a compressed body that does not decompress.
+UPSTREAM_READ_ERRORS = (httpx.TransportError, httpx.DecodingError)
+
+
+def translate_transport_error(exc: httpx.RequestError, base_url: str) -> GatewayError:
     """Map an httpx failure to the error a client's SDK retries correctly."""
+    if isinstance(exc, httpx.DecodingError):
+        return UpstreamUnavailableError(
+            f"The upstream {base_url} sent a body that does not decompress."
+        )
     if isinstance(exc, httpx.PoolTimeout):
         return OverloadedError("The gateway has no free upstream connection; retry shortly.")
     if isinstance(exc, httpx.TimeoutException):
@@ -81,6 +95,10 @@ async def relay_upstream_chunks(chunks: AsyncIterable[bytes], origin: str) -> As
     except httpx.TransportError as exc:
         raise UpstreamUnavailableError(
             f"The connection to the upstream {origin} broke mid-stream."
+        ) from exc
+    except httpx.DecodingError as exc:
+        raise UpstreamUnavailableError(
+            f"The upstream {origin} sent a stream that does not decompress."
         ) from exc
 
 
@@ -125,22 +143,36 @@ class _ResponseHead(NamedTuple):
     headers: list[tuple[str, str]]
     event_stream: bool
     encoded: bool
+    # A content-encoding httpx cannot decode (br or zstd without their packages), else "".
+    undecodable: str
 
 
 def _read_head(response: httpx.Response) -> _ResponseHead:
     """The headers to relay, whether the body is an event stream, and whether it is encoded."""
     relayed: list[tuple[str, str]] = []
     event_stream = encoded = False
+    undecodable = ""
     for raw_name, raw_value in response.headers.raw:
         name = raw_name.lower()
         if name in _DROPPED_RESPONSE_HEADERS:
-            encoded = encoded or name == b"content-encoding"
+            if name == b"content-encoding":
+                encoded = True
+                undecodable = undecodable or _undecodable(raw_value.decode("latin-1"))
             continue
         value = raw_value.decode("latin-1")
         if name == b"content-type" and value.startswith("text/event-stream"):
             event_stream = True
         relayed.append((name.decode("latin-1"), value))
-    return _ResponseHead(relayed, event_stream, encoded)
+    return _ResponseHead(relayed, event_stream, encoded, undecodable)
+
+
+def _undecodable(content_encoding: str) -> str:
+    """The first coding in ``content_encoding`` httpx would pass through undecoded, or ""."""
+    for coding in content_encoding.split(","):
+        coding = coding.strip().lower()
+        if coding and coding not in _DECODABLE:
+            return coding
+    return ""
 
 
 def _default_transport(settings: UpstreamConfig) -> httpx.AsyncBaseTransport:
@@ -171,6 +203,7 @@ class AnthropicProvider:
     ) -> None:
         self._settings = settings or UpstreamConfig()
         self._base_url = self._settings.base_url.rstrip("/")
+        self._shown_url = shown_url(self._base_url)
         self._given_transport = transport
         self._transport: httpx.AsyncBaseTransport | None = transport
         timeout = httpx.Timeout(
@@ -233,22 +266,28 @@ class AnthropicProvider:
                 self._build_request(request)
             )
         except httpx.TransportError as exc:
-            raise translate_transport_error(exc, self._base_url) from exc
+            raise translate_transport_error(exc, self._shown_url) from exc
         head = _read_head(response)
+        if head.undecodable:
+            await response.aclose()
+            raise UpstreamUnavailableError(
+                f"The upstream {self._shown_url} answered with content-encoding "
+                f"'{head.undecodable}', which the gateway cannot decode (it asks for identity)."
+            )
         raw = _raw_stream(response, head)
         if response.status_code == 200 and head.event_stream:
             chunks = response.aiter_bytes() if raw is None else raw
             return ProviderResponse(
                 200,
                 head.headers,
-                chunks=relay_upstream_chunks(chunks, self._base_url),
+                chunks=relay_upstream_chunks(chunks, self._shown_url),
                 close=response.aclose,
                 ended=_body_complete_check(raw),
             )
         try:
             body = await (response.aread() if raw is None else _read_all(raw))
-        except httpx.TransportError as exc:
-            raise translate_transport_error(exc, self._base_url) from exc
+        except UPSTREAM_READ_ERRORS as exc:
+            raise translate_transport_error(exc, self._shown_url) from exc
         finally:
             await response.aclose()
         return ProviderResponse(response.status_code, head.headers, body=body)

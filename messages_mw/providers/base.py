@@ -9,10 +9,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-__all__ = ["Provider", "ProviderRequest", "ProviderResponse", "never_ended", "no_close"]
+__all__ = [
+    "Provider",
+    "ProviderRequest",
+    "ProviderResponse",
+    "never_ended",
+    "no_close",
+    "shown_url",
+]
 
 
 class ProviderRequest(msgspec.Struct, frozen=True):
@@ -40,6 +48,14 @@ class ProviderRequest(msgspec.Struct, frozen=True):
 
 async def no_close() -> None:
     """The ``close`` of a response that holds no resources."""
+
+
+def shown_url(base_url: str) -> str:
+    """``base_url`` as error messages and logs may show it: without user info (a proxy's
+    credentials) and without a query (some upstreams take their key there)."""
+    parts = urlsplit(base_url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
 
 
 def never_ended() -> bool:

@@ -29,8 +29,8 @@ from ..protocol import CountTokensResponse, ModelInfo, ModelList
 from ..streaming import frame_event
 from ..translate import StreamTranslator, to_anthropic_message, to_chat_completions, translate_error
 from ..validation import decode_count_tokens_request, describe_decode_error
-from .anthropic import relay_upstream_chunks, translate_transport_error
-from .base import Provider, ProviderRequest, ProviderResponse
+from .anthropic import UPSTREAM_READ_ERRORS, relay_upstream_chunks, translate_transport_error
+from .base import Provider, ProviderRequest, ProviderResponse, shown_url
 from .mock import estimate_input_tokens
 
 __all__ = ["ModelDirectory", "OpenAIProvider"]
@@ -127,7 +127,7 @@ class OpenAIProvider:
         self._given_transport = transport
         self._transport = transport
         self._url = httpx.URL(settings.base_url.rstrip("/") + "/chat/completions")
-        self._origin = settings.base_url
+        self._origin = shown_url(settings.base_url)
         timeout = httpx.Timeout(
             connect=settings.connect_timeout,
             read=settings.read_timeout,
@@ -186,7 +186,7 @@ class OpenAIProvider:
             return self._stream(response, model, estimate_input_tokens(request.body))
         try:
             body = await response.aread()
-        except httpx.TransportError as exc:
+        except UPSTREAM_READ_ERRORS as exc:
             raise translate_transport_error(exc, self._origin) from exc
         finally:
             await response.aclose()
