@@ -76,7 +76,16 @@ def _is_model_path(path: str) -> bool:
 
 def _header_map(scope: Scope) -> dict[str, str]:
     # ASGI servers deliver lower-case names; latin-1 round-trips any header byte.
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    raw = scope["headers"]
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+    if len(headers) < len(raw):
+        # A header sent on several lines is one comma-separated list (RFC 9110 5.3): two
+        # anthropic-beta lines must both reach the upstream.
+        joined: dict[str, list[str]] = {}
+        for name, value in raw:
+            joined.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+        headers = {name: ",".join(values) for name, values in joined.items()}
+    return headers
 
 
 def _is_json_content_type(value: str) -> bool:

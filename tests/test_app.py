@@ -256,6 +256,25 @@ def test_an_upstream_body_the_gateway_cannot_decode_is_a_502(
     assert finished[0].error_type == "api_error"
 
 
+def test_a_header_sent_on_several_lines_goes_upstream_as_one_list() -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    headers = [
+        ("content-type", "application/json"),
+        ("anthropic-beta", "interleaved-thinking-2025-05-14"),
+        ("anthropic-beta", "context-1m-2025-08-07"),
+    ]
+
+    async def call() -> httpx.Response:
+        async with client_for(gateway) as client:
+            return await client.post("/v1/messages", content=CHAT, headers=headers)
+
+    assert run(call()).status_code == 200
+    assert recorder.requests[0].headers.get_list("anthropic-beta") == [
+        "interleaved-thinking-2025-05-14,context-1m-2025-08-07"
+    ]
+
+
 def test_unexpected_exception_is_a_500_without_traceback() -> None:
     def explode(request: httpx.Request) -> httpx.Response:
         raise RuntimeError("secret internal detail")
