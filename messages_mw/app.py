@@ -316,8 +316,8 @@ class Gateway:
         parsed = decode_messages_request(body)
         context.model, context.stream = parsed.model, parsed.stream
         incoming = IncomingRequest(context.method, context.path, headers, parsed.model)
-        context.response_headers = await self._policy.admit(incoming, context, parsed)
-        plan = await self._policy.prepare(body, headers, parsed, context)
+        plan = await self._policy.admit(incoming, context, parsed, body, headers)
+        plan = await self._policy.prepare(plan, parsed, context)
 
         async def attempt(target: Target) -> ProviderResponse:
             return await self._send_to(target, plan, scope, context)
@@ -332,6 +332,9 @@ class Gateway:
         await self._policy.authenticate(
             IncomingRequest(context.method, context.path, headers, context.model), context
         )
+        # Counting is free at Anthropic and rate-limited apart from messages, so the limits
+        # do not apply; the key's model allow-list does.
+        self._policy.check_model(context, context.model)
         body, resolver = self._policy.resolver.for_request(body, context.model)
         target = resolver.primary(context.model)
         plan = ForwardPlan(body, headers, [target])

@@ -9,7 +9,9 @@ at the first request. Per request the gateway calls, in this order:
    :class:`~messages_mw.errors.PermissionDeniedError` (403) to reject.
 2. ``tagger(request, context)`` -> extra tags (the built-in tagging reads headers, the key's
    policy and ``metadata.tags`` before this hook runs).
-3. the model allow-list of the principal (403 when the model is not allowed).
+3. the model allow-list of the principal (403 when the model is not allowed), then the body's
+   gateway fields (``fallbacks``, ``extra_headers``, ``router_candidates``) are checked and
+   consumed, so that a request refused for them is not counted against a limit.
 4. ``limiter.admit(context)`` (429 over a limit).
 5. ``compressor(body, context)`` -> new body bytes, or ``None`` to leave the body untouched
    (default: :class:`~messages_mw.compression.builtin.BundleCompressor`, which compresses tool

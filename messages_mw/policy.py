@@ -57,6 +57,10 @@ class ForwardPlan:
     body: bytes
     headers: dict[str, str]
     chain: list[Target]
+    # Set by Policy.admit for Policy.prepare: the resolver for this request (its own for an
+    # auto-model request's router candidates) and the body's own fallback targets.
+    resolver: TargetResolver | None = None
+    body_targets: Sequence[Target] | None = None
 
 
 @dataclass(slots=True)
@@ -85,21 +89,32 @@ class Policy:
             context.principal = principal
 
     async def admit(
-        self, request: IncomingRequest, context: RequestContext, parsed: MessagesRequest
-    ) -> list[tuple[str, str]]:
-        """Steps 1-4: auth, tags, model allow-list, limits. Returns rate-limit headers."""
+        self,
+        request: IncomingRequest,
+        context: RequestContext,
+        parsed: MessagesRequest,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> ForwardPlan:
+        """Steps 1-4: auth, tags, model allow-list, limits; sets ``context.response_headers``
+        to the rate-limit headers. The body's gateway-only fields are consumed and checked
+        before the limits count the request, so a request refused for them costs no quota.
+        ``headers`` are the client's, as in ``request``."""
         context.request_headers = request.headers
         await self.authenticate(request, context)
         context.debug = request.headers.get(self.header_names.debug, "").lower() in _TRUE
         context.session_id = session_id(request.headers, self.header_names.session)
         context.tags = await self._tags(request, context, parsed)
-        principal = context.principal
-        allowed = principal.allowed_models if principal is not None else None
-        if allowed is not None and parsed.model not in allowed:
-            raise PermissionDeniedError(f"model: this API key may not use '{parsed.model}'.")
-        if self.limiter is None:
-            return []
-        return await self.limiter.admit(context)
+        allowed = _allowed_models(context)
+        _check_model(allowed, parsed.model)
+        plan = self._consume_gateway_fields(body, headers, parsed, allowed)
+        if self.limiter is not None:
+            context.response_headers = await self.limiter.admit(context)
+        return plan
+
+    def check_model(self, context: RequestContext, model: str) -> None:
+        """The principal's model allow-list (403), for routes that skip :meth:`admit`."""
+        _check_model(_allowed_models(context), model)
 
     async def _tags(
         self, request: IncomingRequest, context: RequestContext, parsed: MessagesRequest
@@ -117,20 +132,20 @@ class Policy:
             groups.append(("tagger", (await call_hook(self.tagger, request, context)) or ()))
         return collect_tags(groups, self.tag_policy) if groups else []
 
-    async def prepare(
+    def _consume_gateway_fields(
         self,
         body: bytes,
         headers: dict[str, str],
         parsed: MessagesRequest,
-        context: RequestContext,
+        allowed: frozenset[str] | None,
     ) -> ForwardPlan:
-        """Steps 5-6: consume gateway-only body fields, compress, and choose the targets."""
+        """Strip the body fields meant for the gateway (``fallbacks`` when routed,
+        ``extra_headers``, ``router_candidates``, ``metadata.tags``), checking each."""
         # An auto-model request's router candidates shape its chain before the router hook.
         body, resolver = self.resolver.for_request(body, parsed.model)
         fallbacks = _present(parsed.fallbacks)
         extra_headers = _present(parsed.extra_headers)
         body_targets = resolver.body_fallbacks(fallbacks)
-        allowed = context.principal.allowed_models if context.principal is not None else None
         if allowed is not None:
             # What the client names in the body is held to the key's allow-list like its model;
             # chains the operator configured are the operator's policy and are not.
@@ -145,17 +160,25 @@ class Policy:
         set_fields = _metadata_without_tags(body) if has_metadata_tags else None
         if remove or set_fields:
             body = edit_top_level(body, set_fields=set_fields, remove=remove)
+        return ForwardPlan(body, headers, [], resolver, body_targets)
+
+    async def prepare(
+        self, plan: ForwardPlan, parsed: MessagesRequest, context: RequestContext
+    ) -> ForwardPlan:
+        """Steps 5-6: compress, and choose the targets."""
         if self.compressor is not None:
-            compressed = self.compressor(body, context)
+            compressed = self.compressor(plan.body, context)
             if compressed is not None and not isinstance(compressed, bytes):
                 compressed = await compressed
-            body = compressed or body
-        chain = resolver.chain(parsed.model, body_targets)
+            plan.body = compressed or plan.body
+        resolver = plan.resolver or self.resolver
+        chain = resolver.chain(parsed.model, plan.body_targets)
         if self.router is not None:
             chain = list(await call_hook(self.router, context, chain))
             if not chain:
                 raise InvalidRequestError(f"model: no route for '{parsed.model}'.")
-        return ForwardPlan(body, headers, chain)
+        plan.chain = chain
+        return plan
 
     def _with_extra_headers(self, headers: dict[str, str], raw: msgspec.Raw) -> dict[str, str]:
         """Merge the body's ``extra_headers`` (allow-listed names only) into ``headers``."""
@@ -200,6 +223,16 @@ class Policy:
 _TRUE = frozenset({"1", "true", "yes", "on"})
 # What RFC 9110 does not allow in a field value: controls other than tab, DEL, beyond latin-1.
 _INVALID_FIELD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+
+
+def _allowed_models(context: RequestContext) -> frozenset[str] | None:
+    principal = context.principal
+    return principal.allowed_models if principal is not None else None
+
+
+def _check_model(allowed: frozenset[str] | None, model: str) -> None:
+    if allowed is not None and model not in allowed:
+        raise PermissionDeniedError(f"model: this API key may not use '{model}'.")
 
 
 def _check_allowed(allowed: frozenset[str], field: str, targets: Sequence[Target]) -> None:

@@ -9,7 +9,9 @@ import httpx
 import pytest
 
 from messages_mw import AnthropicProvider, Gateway, GatewayConfig, UpstreamConfig, UsageEvent
+from messages_mw.auth import ApiKeyConfig, AuthConfig
 from messages_mw.errors import PermissionDeniedError
+from messages_mw.limits import LimitRule, LimitsConfig
 
 from .inprocess import Recorder, client_for, make_gateway, run
 from .servers import message_json
@@ -97,6 +99,43 @@ def test_a_hook_error_header_beyond_latin_1_is_still_answered() -> None:
     response = run(_post(gateway, _body()))
     assert response.status_code == 403
     assert response.headers["x-reason"] == "snow%20%E2%98%83"
+
+
+def test_a_request_refused_for_its_gateway_fields_costs_no_quota() -> None:
+    rules = (LimitRule(scope="key", requests_per_minute=2),)
+    gateway, _ = make_gateway(Recorder(), config=GatewayConfig(limits=LimitsConfig(rules=rules)))
+    refused = [
+        _body(extra_headers={"x-api-key": "sk-evil"}),
+        _body(extra_headers={"anthropic-beta": "a\x00b"}),
+        _body(fallbacks=["anthropic/a", "anthropic/b", "anthropic/c", "anthropic/d"]),
+    ]
+    for body in refused:
+        assert run(_post(gateway, body)).status_code == 400
+    remaining = [
+        run(_post(gateway, _body())).headers.get("anthropic-ratelimit-requests-remaining")
+        for _ in range(2)
+    ]
+    assert remaining == ["1", "0"]
+    assert run(_post(gateway, _body())).status_code == 429
+
+
+def test_count_tokens_holds_the_key_to_its_model_allow_list() -> None:
+    keys = (ApiKeyConfig(id="team", key="sk-gw-team", models=("claude-haiku-4-5",)),)
+    config = GatewayConfig(auth=AuthConfig(mode="static", keys=keys))
+    recorder = Recorder(lambda request: httpx.Response(200, json={"input_tokens": 7}))
+    gateway, _ = make_gateway(recorder, config=config)
+
+    async def count(model: str) -> httpx.Response:
+        async with client_for(gateway) as client:
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            headers = {"x-api-key": "sk-gw-team"}
+            return await client.post("/v1/messages/count_tokens", json=body, headers=headers)
+
+    refused = run(count("claude-opus-4-7"))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["message"].startswith("model:")
+    assert recorder.requests == []
+    assert run(count("claude-haiku-4-5")).json() == {"input_tokens": 7}
 
 
 def test_cost_in_response_is_opt_in_and_keeps_the_body() -> None:
