@@ -129,7 +129,9 @@ class Policy:
         if metadata_tags and self.tag_policy.from_metadata:
             groups.append(("metadata.tags", metadata_tags))
         if self.tagger is not None:
-            groups.append(("tagger", (await call_hook(self.tagger, request, context)) or ()))
+            extra = (await call_hook(self.tagger, request, context)) or ()
+            # A str is a Sequence[str] too: one tag, not one per character.
+            groups.append(("tagger", (extra,) if isinstance(extra, str) else extra))
         return collect_tags(groups, self.tag_policy) if groups else []
 
     def _consume_gateway_fields(

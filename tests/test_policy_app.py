@@ -8,7 +8,14 @@ import json
 import httpx
 import pytest
 
-from messages_mw import AnthropicProvider, Gateway, GatewayConfig, UpstreamConfig, UsageEvent
+from messages_mw import (
+    AnthropicProvider,
+    Gateway,
+    GatewayConfig,
+    RequestContext,
+    UpstreamConfig,
+    UsageEvent,
+)
 from messages_mw.auth import ApiKeyConfig, AuthConfig
 from messages_mw.errors import PermissionDeniedError
 from messages_mw.limits import LimitRule, LimitsConfig
@@ -136,6 +143,19 @@ def test_count_tokens_holds_the_key_to_its_model_allow_list() -> None:
     assert refused.json()["error"]["message"].startswith("model:")
     assert recorder.requests == []
     assert run(count("claude-haiku-4-5")).json() == {"input_tokens": 7}
+
+
+def test_a_tagger_returning_one_string_adds_one_tag() -> None:
+    recorder = Recorder()
+    provider = AnthropicProvider(
+        UpstreamConfig(base_url="http://upstream.test"), transport=httpx.MockTransport(recorder)
+    )
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        provider=provider, tagger=lambda request, context: "team", on_request_end=finished.append
+    )
+    assert run(_post(gateway, _body())).status_code == 200
+    assert finished[0].tags == ["team"]
 
 
 def test_cost_in_response_is_opt_in_and_keeps_the_body() -> None:
