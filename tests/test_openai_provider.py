@@ -347,6 +347,33 @@ async def test_silence_is_filled_with_pings_only_after_message_start() -> None:
     assert names[-1] == "message_stop"
 
 
+async def test_a_silent_upstream_sends_message_start_and_pings_before_its_first_chunk() -> None:
+    # A reasoning model, or a long prefill: without them Claude Code's watchdogs see no body.
+    stream = _Chunks(completion_chunks(["Hello"]), first_delay=0.15)
+    provider = _provider(lambda request: _sse_response(stream), ping_interval=0.03)
+    names = [name for name, _ in _events(await _read(await provider.send(_request(stream=True))))]
+    assert names[0] == "message_start"
+    assert "ping" in names[1 : names.index("content_block_start")]
+
+
+async def test_the_stream_ends_at_message_stop_while_the_upstream_lingers() -> None:
+    # message_stop is the last event (protocol.md 5.2): no pings after it, and no waiting for
+    # an upstream that keeps its connection open after [DONE].
+    class _Lingering(_Chunks):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in super().__aiter__():
+                yield chunk
+            await asyncio.sleep(60)
+
+    lingering = _Lingering(completion_chunks(["Hi"]))
+    provider = _provider(lambda request: _sse_response(lingering), ping_interval=0.01)
+    response = await provider.send(_request(stream=True))
+    events = _events(await asyncio.wait_for(_read(response), 5))
+    assert [name for name, _ in events][-1] == "message_stop"
+    assert "ping" not in [name for name, _ in events]
+    assert lingering.closed
+
+
 async def test_a_stream_that_breaks_ends_with_an_error_event() -> None:
     chunks = completion_chunks(["Hello", " there"])[:3]
 
@@ -376,8 +403,9 @@ async def test_cancelling_a_stream_closes_the_upstream() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return _sse_response(stream)
 
-    response = await _provider(handler, ping_interval=0.01).send(_request(stream=True))
+    response = await _provider(handler, ping_interval=10).send(_request(stream=True))
     assert response.chunks is not None
+    assert b"message_start" in await anext(response.chunks)  # sent before the upstream speaks
     reader = asyncio.ensure_future(anext(response.chunks))
     await asyncio.sleep(0.05)
     reader.cancel()

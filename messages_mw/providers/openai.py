@@ -234,18 +234,20 @@ class OpenAIProvider:
     async def _events(
         self, chunks: AsyncIterator[bytes], translator: StreamTranslator
     ) -> AsyncGenerator[bytes, None]:
-        """Translate upstream chunks as they arrive; ping through silences once started."""
+        """``message_start`` at once, then the upstream chunks translated as they arrive, with
+        a ping through each silence, until ``message_stop`` or an error."""
         reads = relay_upstream_chunks(chunks, self._origin)
         pending: asyncio.Future[bytes] | None = None
-        started = False
+        # A model that thinks before its first token (a reasoning model, a long prefill) would
+        # otherwise leave the client without a byte of body, as protocol.md 5.8 warns.
+        yield translator.start()
         try:
-            while True:
+            while not translator.ended:
                 if pending is None:
                     pending = asyncio.ensure_future(anext(reads))
                 done, _ = await asyncio.wait((pending,), timeout=self._settings.ping_interval)
                 if not done:
-                    if started:
-                        yield _PING
+                    yield _PING
                     continue
                 arrived, pending = pending, None
                 try:
@@ -253,7 +255,6 @@ class OpenAIProvider:
                 except StopAsyncIteration:
                     break
                 if events:
-                    started = True
                     yield events
         except GatewayError as exc:
             failure = translator.fail(exc)

@@ -71,6 +71,17 @@ class StreamTranslator:
         self._ended = False
 
     @property
+    def ended(self) -> bool:
+        """Whether ``message_stop`` or an ``error`` event has been returned: nothing follows."""
+        return self._ended
+
+    def start(self) -> bytes:
+        """``message_start`` now, before the upstream has sent anything, unless already sent:
+        a client (and its first-byte watchdog) hears from the stream while the model thinks."""
+        self._start()
+        return self._blocks.take()
+
+    @property
     def usage(self) -> TokenUsage:
         """Usage as the upstream reported it so far (all zero until its usage chunk)."""
         return msgspec.structs.replace(self._usage)
