@@ -285,6 +285,23 @@ def test_context_length_vllm_wordings() -> None:
     assert _error(400, longer)[1]["message"] == "prompt is too long: 5000 tokens > 4096 maximum"
 
 
+def test_context_length_vllm_max_tokens_too_large() -> None:
+    # Claude Code lowers max_tokens for this message and compacts for "prompt is too long":
+    # the prompt fits here, so compacting would not help.
+    vllm = {
+        "object": "error",
+        "message": "'max_tokens' or 'max_completion_tokens' is too large: 16384. This model's "
+        "maximum context length is 65536 tokens and your request has 52189 input tokens "
+        "(16384 > 65536 - 52189). (parameter=max_tokens, value=16384)",
+        "type": "BadRequestError",
+        "code": 400,
+    }
+    assert _error(400, vllm)[1]["message"] == (
+        "input length and `max_tokens` exceed context limit: 52189 + 16384 > 65536, "
+        "decrease input length or `max_tokens` and try again"
+    )
+
+
 def test_context_length_without_numbers() -> None:
     status, error = _error(413, _openai("Request too big", code="context_length_exceeded"))
     assert (status, error["message"]) == (400, "prompt is too long: Request too big")

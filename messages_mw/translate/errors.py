@@ -76,7 +76,15 @@ _PROMPT = [
         rf"input \({_NUMBER} tokens\)",
     )
 ]
-_COMPLETION = [re.compile(rf"{_NUMBER} (?:for|in) the completion")]
+_COMPLETION = [
+    re.compile(p)
+    for p in (
+        rf"{_NUMBER} (?:for|in) the completion",
+        # vLLM: "'max_tokens' or 'max_completion_tokens' is too large: 16384. This model's
+        # maximum context length is 65536 tokens and your request has 52189 input tokens".
+        rf"max_(?:completion_)?tokens'? is too large: {_NUMBER}",
+    )
+]
 _MAX_MESSAGE = 2000
 
 
