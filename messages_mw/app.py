@@ -40,6 +40,7 @@ from .pricing import add_cost_to_response_body
 from .providers.base import Provider, ProviderRequest, ProviderResponse
 from .relay import observe_response_body, relay_body, relay_stream
 from .request_body import ClientDisconnectedError, decode_content_encoding, read_body
+from .streaming import observed_usage
 from .types import Receive, Scope, Send
 from .usage import UsageSink
 from .validation import decode_count_tokens_request, decode_messages_request
@@ -428,14 +429,23 @@ class Gateway:
         send: Send,
         context: RequestContext,
     ) -> None:
-        result = await run_chain(
-            plan.chain,
-            attempt,
-            policy=self.config.fallback.retry,
-            breaker=self._breaker,
-            stream=context.stream,
-            attempts=context.attempts,
-        )
+        peeked: list[bytes] = []
+        try:
+            result = await run_chain(
+                plan.chain,
+                attempt,
+                policy=self.config.fallback.retry,
+                breaker=self._breaker,
+                stream=context.stream,
+                attempts=context.attempts,
+                peeked=peeked,
+            )
+        except asyncio.CancelledError:
+            # The client left while a stream was held back: its message_start still says what
+            # the upstream bills for the input, which the usage event must not lose.
+            if peeked:
+                context.usage = observed_usage(peeked)
+            raise
         context.provider, context.served_model = result.target.provider, result.target.model
         context.fallback_used = result.fallback_used
         await self._relay(result.response, send, context)

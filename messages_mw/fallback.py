@@ -266,15 +266,18 @@ class _PeekScanner:
 
 
 async def _peek_stream(
-    chunks: AsyncIterator[bytes], retry_statuses: tuple[int, ...], hold: float
+    chunks: AsyncIterator[bytes],
+    retry_statuses: tuple[int, ...],
+    hold: float,
+    buffered: list[bytes],
 ) -> tuple[list[bytes], GatewayError | None, asyncio.Future[bytes] | None]:
-    """Read until the first content event, or for at most ``hold`` seconds; return the chunks
-    read, the failure if any, and the read still under way when the hold ran out (for the
-    caller to await next).
+    """Read until the first content event, or for at most ``hold`` seconds, into ``buffered``
+    (which holds the chunks read even if this raises or is cancelled); return them, the
+    failure if any, and the read still under way when the hold ran out (for the caller to
+    await next).
 
     Raises a non-retryable ``GatewayError`` from the stream, and anything else it raises.
     """
-    buffered: list[bytes] = []
     scanner, size = _PeekScanner(), 0
     hold_timer = _HoldTimer(asyncio.get_running_loop(), hold)
     read: asyncio.Future[bytes] | None = None
@@ -392,6 +395,7 @@ class _Chain:
     clock: Callable[[], float]
     random: Callable[[], float]
     attempts: list[Attempt]
+    peeked: list[bytes]
     started: float = field(init=False)
     failure: _Failure | None = field(init=False, default=None)
     out_of_time: bool = field(init=False, default=False)
@@ -487,8 +491,11 @@ class _Chain:
             return response
         chunks = aiter(response.chunks)
         policy = self.policy
+        # Kept for the caller, who reads the usage in message_start from it should the client
+        # leave while the stream is held: the upstream bills those input tokens all the same.
+        self.peeked.clear()
         buffered, error, pending = await _peek_stream(
-            chunks, policy.retry_statuses, policy.stream_hold
+            chunks, policy.retry_statuses, policy.stream_hold, self.peeked
         )
         if error is not None and error.status in policy.retry_statuses:
             return _Failure(target, response.status, error)
@@ -558,6 +565,7 @@ async def run_chain(
     clock: Callable[[], float] = time.monotonic,
     random: Callable[[], float] = _random.random,
     attempts: list[Attempt] | None = None,
+    peeked: list[bytes] | None = None,
 ) -> ChainResult:
     """Send to ``targets`` in order, retrying and falling back, and return the answer to relay.
 
@@ -569,6 +577,8 @@ async def run_chain(
     rest. When every attempt fails, the last failure is the answer: an upstream error response
     is returned intact, a raised error is raised again.
     Attempts are appended to ``attempts`` (if given) as they happen, so the log survives a raise.
+    ``peeked`` (if given) holds the chunks read so far from the stream being peeked, for a
+    caller cancelled meanwhile to read its usage from.
 
     Tries of one target are spaced by :func:`backoff_delay`; the next target is tried at once.
     A wait that would pass ``policy.deadline``, or a ``retry-after`` above ``max_retry_after``,
@@ -591,7 +601,8 @@ async def run_chain(
     if not targets:
         raise ValueError("run_chain needs at least one target")
     log = [] if attempts is None else attempts
-    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log)
+    buffer = [] if peeked is None else peeked
+    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log, buffer)
     try:
         for target in targets:
             response = await chain.try_target(target)

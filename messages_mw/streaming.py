@@ -9,12 +9,13 @@ only the few events whose fields the gateway needs (``message_start``, ``message
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import msgspec
 
 from .protocol import ObservedEvent, ObservedUsage
 
-__all__ = ["StreamObserver", "TokenUsage", "frame_event", "merge_usage"]
+__all__ = ["StreamObserver", "TokenUsage", "frame_event", "merge_usage", "observed_usage"]
 
 _event_decoder = msgspec.json.Decoder(ObservedEvent)
 
@@ -203,3 +204,11 @@ class StreamObserver:
         elif kind == "error":
             self.error_type = (event.error and event.error.type) or "api_error"
             self.error_message = event.error.message if event.error else None
+
+
+def observed_usage(chunks: Iterable[bytes]) -> TokenUsage:
+    """The usage a stream's ``chunks`` report, read as :class:`StreamObserver` reads it."""
+    observer = StreamObserver()
+    for chunk in chunks:
+        observer.feed(chunk)
+    return observer.usage

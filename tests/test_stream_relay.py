@@ -218,6 +218,43 @@ def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
     assert finished[0].usage.input_tokens == 12
 
 
+def test_a_client_leaving_while_the_stream_is_held_keeps_its_usage() -> None:
+    # message_start arrived, content has not: the stream is held for the fallback to judge.
+    # The upstream bills the input tokens all the same, so the usage event must carry them.
+    closed: list[bool] = []
+    read_message_start = asyncio.Event()
+
+    async def thinking() -> AsyncIterator[bytes]:
+        try:
+            yield text_stream_events(["a"])[0]
+            read_message_start.set()
+            await asyncio.sleep(60)
+        finally:
+            closed.append(True)
+
+    recorder = Recorder(
+        lambda request: httpx.Response(200, headers=SSE_HEADERS, content=thinking())
+    )
+    gateway, finished = make_gateway(recorder)
+
+    async def scenario() -> None:
+        messages: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        await messages.put({"type": "http.request", "body": STREAM_REQUEST, "more_body": False})
+
+        async def send(message: dict[str, object]) -> None:
+            raise AssertionError(f"nothing reaches the client during the hold: {message}")
+
+        task = asyncio.ensure_future(gateway(MESSAGES_SCOPE, messages.get, send))
+        await read_message_start.wait()
+        await messages.put({"type": "http.disconnect"})
+        await asyncio.wait_for(task, 2)
+
+    run(scenario())
+    assert closed == [True]
+    assert finished[0].client_disconnected
+    assert finished[0].usage.input_tokens == 12
+
+
 def _relay_sends(
     chunks: list[bytes], ended_after: int | None, failure: Exception | None = None
 ) -> list[tuple[bytes, bool]]:
