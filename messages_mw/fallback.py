@@ -32,7 +32,7 @@ from .errors import (
     UpstreamUnavailableError,
     error_class,
 )
-from .protocol import ObservedEvent, ObservedResponse
+from .protocol import DECODE_ERRORS, ObservedEvent, ObservedResponse
 from .providers.base import ProviderResponse
 
 __all__ = [
@@ -234,7 +234,7 @@ def _judge_event(block: bytes) -> _Verdict:
         return "content"
     try:
         error = _event_decoder.decode(b"\n".join(data)).error
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         error = None
     kind = (error.type if error else None) or ""
     message = (error.message if error else None) or "The upstream stream failed before content."
@@ -378,7 +378,7 @@ def _body_error_type(response: ProviderResponse | None) -> str | None:
         return None
     try:
         error = _body_decoder.decode(response.body or b"").error
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
     return error.type if error else None
 

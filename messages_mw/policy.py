@@ -21,6 +21,7 @@ from .fallback import Target
 from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
 from .limits import RateLimiter
 from .pricing import PricingTable
+from .protocol import DECODE_ERRORS
 from .routing import TargetResolver
 from .tags import ResolvedHeaderNames, TagPolicy, collect_tags, parse_tag_header, session_id
 from .usage import UsageDispatcher
@@ -186,8 +187,10 @@ class Policy:
         """Merge the body's ``extra_headers`` (allow-listed names only) into ``headers``."""
         try:
             extra = _extra_headers_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise InvalidRequestError(f"extra_headers: {exc}") from None
+        except DECODE_ERRORS:
+            raise InvalidRequestError(
+                "extra_headers: Input should be an object of header names to string values"
+            ) from None
         merged = dict(headers)
         for name, value in extra.items():
             name = name.lower()

@@ -16,6 +16,7 @@ from typing import cast
 
 import msgspec
 
+from .protocol import DECODE_ERRORS
 from .streaming import TokenUsage
 
 __all__ = ["DEFAULT_PRICES", "ModelPrice", "PricingTable", "add_cost_to_response_body"]
@@ -149,7 +150,7 @@ def add_cost_to_response_body(body: bytes, cost: float) -> bytes:
         if raw_usage is None:
             return body
         usage = _object_decoder.decode(raw_usage)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return body
     usage["cost"] = msgspec.Raw(_encoder.encode(cost))
     message["usage"] = msgspec.Raw(_encoder.encode(usage))

@@ -19,7 +19,17 @@ from typing import Any, Literal
 
 import msgspec
 
+# What decoding untrusted JSON with msgspec can raise: malformed or invalid input, invalid
+# UTF-8 inside a string (a UnicodeDecodeError, not a DecodeError) and nesting deeper than the
+# interpreter's recursion limit. Catching fewer lets a client's bytes become a 500.
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    msgspec.DecodeError,
+    UnicodeDecodeError,
+    RecursionError,
+)
+
 __all__ = [
+    "DECODE_ERRORS",
     "CacheCreation",
     "CitationsDelta",
     "ContentBlock",

@@ -15,7 +15,7 @@ import msgspec
 
 from .context import RequestContext
 from .errors import GatewayError, InternalGatewayError, UpstreamUnavailableError
-from .protocol import ObservedResponse
+from .protocol import DECODE_ERRORS, ObservedResponse
 from .providers.base import ProviderResponse
 from .streaming import StreamObserver, frame_event, merge_usage
 from .types import Send
@@ -49,7 +49,7 @@ def observe_response_body(body: bytes, context: RequestContext) -> None:
     """Read usage and stop reason, or the error type, from a JSON response, if it parses."""
     try:
         observed = _response_decoder.decode(body)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return
     merge_usage(context.usage, observed.usage)
     context.stop_reason = observed.stop_reason

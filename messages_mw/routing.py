@@ -13,6 +13,7 @@ from .body_edit import edit_top_level, read_raw_fields
 from .errors import InvalidRequestError
 from .fallback import BreakerPolicy, RetryPolicy, Target
 from .pricing import PricingTable
+from .protocol import DECODE_ERRORS
 
 __all__ = ["FallbackConfig", "TargetResolver"]
 
@@ -154,7 +155,7 @@ class TargetResolver:
             return None
         try:
             names = _names_decoder.decode(raw)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             if mode == "always":
                 raise InvalidRequestError(
                     "fallbacks: Input should be a list of model names"
@@ -183,7 +184,7 @@ class TargetResolver:
             return body, self
         try:
             names = _optional_names_decoder.decode(raw)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             raise InvalidRequestError(
                 "router_candidates: Input should be a list of model names"
             ) from None

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from .protocol import ObservedEvent, ObservedUsage
+from .protocol import DECODE_ERRORS, ObservedEvent, ObservedUsage
 
 __all__ = ["StreamObserver", "TokenUsage", "frame_event", "merge_usage", "observed_usage"]
 
@@ -186,7 +186,7 @@ class StreamObserver:
         name, data = _split_event(block)
         try:
             event = _event_decoder.decode(data)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return
         self.events_read += 1
         kind = name.decode("utf-8", "replace") if name else event.type

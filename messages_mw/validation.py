@@ -15,6 +15,7 @@ from typing import Annotated, TypeVar
 import msgspec
 
 from .errors import InvalidRequestError
+from .protocol import DECODE_ERRORS
 
 __all__ = [
     "CountTokensRequest",
@@ -97,8 +98,13 @@ def _json_path_to_dotted(path: str) -> str:
     return ".".join(parts)
 
 
-def describe_decode_error(exc: msgspec.DecodeError, body_length: int) -> str:
-    """Turn a msgspec error into Anthropic-style text that names the offending field."""
+def describe_decode_error(exc: Exception, body_length: int) -> str:
+    """Turn a decoding error (any of :data:`~messages_mw.protocol.DECODE_ERRORS`) into
+    Anthropic-style text that names the offending field."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "Request body is not valid JSON: a string holds invalid UTF-8."
+    if isinstance(exc, RecursionError):
+        return "Request body is not valid JSON: it is nested too deeply."
     text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):
         # msgspec names the byte of a bad character but not where truncated input ended.
@@ -117,7 +123,7 @@ def describe_decode_error(exc: msgspec.DecodeError, body_length: int) -> str:
 def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
     try:
         return decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidRequestError(describe_decode_error(exc, len(body))) from exc
 
 

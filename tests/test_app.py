@@ -13,6 +13,7 @@ from messages_mw import AnthropicProvider, Gateway, GatewayConfig, UpstreamConfi
 
 from .conftest import sample
 from .inprocess import Recorder, client_for, make_gateway, run
+from .servers import message_json
 
 CHAT = sample("small_chat.json")
 
@@ -273,6 +274,48 @@ def test_a_header_sent_on_several_lines_goes_upstream_as_one_list() -> None:
     assert recorder.requests[0].headers.get_list("anthropic-beta") == [
         "interleaved-thinking-2025-05-14,context-1m-2025-08-07"
     ]
+
+
+_DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"h\xff"}]}',
+            "invalid UTF-8",
+        ),
+        (b'{"model":"m\xc0\xaf","max_tokens":5,"messages":[]}', "invalid UTF-8"),
+        (
+            b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}],'
+            b'"future":' + _DEEP + b"}",
+            "nested too deeply",
+        ),
+    ],
+    ids=["invalid-utf8", "overlong-utf8", "deep-nesting"],
+)
+def test_undecodable_json_is_a_400_not_a_crash(path: str, body: bytes, message: str) -> None:
+    # msgspec raises UnicodeDecodeError and RecursionError for these, not DecodeError.
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    status, kind, text = _error_of(run(_post(gateway, body, path)))
+    assert (status, kind) == (400, "invalid_request_error")
+    assert message in text
+    assert recorder.requests == []
+
+
+def test_an_upstream_answer_the_gateway_cannot_read_is_relayed_as_it_came() -> None:
+    # Read only for usage: failing to read it must not turn a billed 200 into a 500.
+    answers = [message_json().replace(b"msg_", b"msg_\xff"), b'{"usage":' + _DEEP + b"}"]
+    for answer in answers:
+        gateway, finished = make_gateway(
+            Recorder(lambda request, a=answer: httpx.Response(200, content=a))
+        )
+        response = run(_post(gateway, CHAT))
+        assert (response.status_code, response.content) == (200, answer)
+        assert finished[0].status == 200
 
 
 def test_unexpected_exception_is_a_500_without_traceback() -> None:

@@ -693,3 +693,22 @@ def test_every_bundle_compresses_its_shell_tool(name: str) -> None:
     for read_tool in bundle.file_read_tools:
         body = _body(_turns(("t1", read_tool, {"path": "a"}, FILE_TEXT)))
         assert compress_request(body, bundle).body is None
+
+
+@pytest.mark.parametrize(
+    "field",
+    [b'"content":"h\xff"', b'"content":[{"type":"text","text":"pasted \xff log"}]'],
+    ids=["string", "text-block"],
+)
+def test_invalid_utf8_in_a_block_leaves_the_request_alone(field: bytes) -> None:
+    # The gateway's validation never decodes these strings; the compressor must not be the
+    # one to raise on them (msgspec raises UnicodeDecodeError, not DecodeError).
+    noisy = json.dumps(NOISY).encode()
+    body = (
+        b'{"model":"m","max_tokens":5,"messages":[{"role":"user",' + field + b"},"
+        b'{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"Bash",'
+        b'"input":{"command":"make"}}]},{"role":"user","content":[{"type":"tool_result",'
+        b'"tool_use_id":"t1","content":"\xff' + noisy[1:] + b"}]}]}"
+    )
+    result = compress_request(body, CLAUDE)
+    assert result.body is None or b"\xff" in result.body

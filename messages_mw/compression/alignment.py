@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 from msgspec import Raw
 
+from ..protocol import DECODE_ERRORS
+
 __all__ = ["MAX_BREAKPOINTS", "MIN_PREFIX_BYTES", "add_cache_breakpoints"]
 
 MAX_BREAKPOINTS = 4
@@ -76,7 +78,7 @@ def _mark_last_tool(tools: Raw) -> Raw | None:
                 tool["cache_control"] = _EPHEMERAL
                 items[index] = Raw(_encoder.encode(tool))
                 return Raw(_encoder.encode(items))
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
     return None
 
@@ -94,7 +96,7 @@ def _mark_system(system: Raw) -> Raw | None:
         last = _block.decode(value[-1])
         if last.get("type") != _TEXT or not _string.decode(last.get("text", b'""')).strip():
             return None
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
     last["cache_control"] = _EPHEMERAL
     value[-1] = Raw(_encoder.encode(last))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Iterable
 
 from ..config import CompressionConfig, ConfigError
@@ -11,6 +12,8 @@ from ..errors import InvalidRequestError
 from .bundles import BUNDLE_NAMES, Bundle, bundle_named, detect_bundle
 from .engine import CompressionResult, compress_request
 from .memo import CompressionMemo
+
+logger = logging.getLogger("messages_mw.compression")
 
 __all__ = ["BundleCompressor", "format_report"]
 
@@ -63,10 +66,19 @@ class BundleCompressor:
         result = await asyncio.to_thread(self._compress, body, bundle)
         return self._reported(result, context)
 
-    def _compress(self, body: bytes, bundle: Bundle) -> CompressionResult:
-        return compress_request(body, bundle, align_cache=self._config.align_cache, memo=self._memo)
+    def _compress(self, body: bytes, bundle: Bundle) -> CompressionResult | None:
+        try:
+            return compress_request(
+                body, bundle, align_cache=self._config.align_cache, memo=self._memo
+            )
+        except Exception:
+            # Compression only saves tokens: a bug in it must not cost the client its answer.
+            logger.exception("compression failed; the body goes upstream as it came")
+            return None
 
-    def _reported(self, result: CompressionResult, context: RequestContext) -> bytes | None:
+    def _reported(self, result: CompressionResult | None, context: RequestContext) -> bytes | None:
+        if result is None:
+            return None
         report = _report(result)
         context.compression = report
         context.response_headers.append((self._report_header, format_report(report)))

@@ -18,6 +18,7 @@ from types import MappingProxyType
 import msgspec
 from msgspec import Raw
 
+from ..protocol import DECODE_ERRORS
 from .text import TextOptions
 
 __all__ = [
@@ -74,7 +75,7 @@ class Bundle:
             fields = _mapping.decode(tool_input)
             raw = fields.get(key) or fields.get("command") or fields.get("cmd")
             value: str | list[str] | None = _command_value.decode(raw) if raw else None
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return None
         if value is None or isinstance(value, str):
             return value
@@ -113,7 +114,7 @@ class Bundle:
             return f"{tool}: {_clip(command)}" if command.strip() else tool
         try:
             fields = _mapping.decode(tool_input)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return tool
         for key in _SUMMARY_KEYS:
             raw = fields.get(key)
@@ -121,7 +122,7 @@ class Bundle:
                 continue
             try:
                 value = _string.decode(raw)
-            except msgspec.DecodeError:
+            except DECODE_ERRORS:
                 continue
             if value.strip():
                 return f"{tool} {_clip(value)}"

@@ -45,6 +45,7 @@ from typing import Any
 import msgspec
 from msgspec import Raw
 
+from ..protocol import DECODE_ERRORS
 from .alignment import add_cache_breakpoints
 from .bundles import Bundle
 from .history import Frame, History, Message, first_element
@@ -177,7 +178,7 @@ def _walk_decoded(body: bytes, walk: Walk, memo: CompressionMemo | None) -> dict
     a JSON object. With a ``memo``, keeps the body's frame for the next request."""
     try:
         fields: dict[str, Any] = _top.decode(body)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
     raw = fields.get("messages")
     if memo is not None and raw is not None:
@@ -211,18 +212,18 @@ def _decode_messages(raw: Raw | None) -> list[dict[str, Any]]:
         return []
     try:
         return _messages.decode(raw)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         pass
     try:
         messages: list[dict[str, Any]] = _messages_general.decode(raw)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return []
     for message in messages:
         for key in ("role", "content"):
             if key in message:
                 try:
                     message[key] = _content.decode(message[key])
-                except msgspec.DecodeError:
+                except DECODE_ERRORS:
                     continue
     return messages
 
@@ -287,7 +288,7 @@ def _decode_elements(
     rest = b"[" + data[position:end]
     try:
         messages = _messages.decode(rest)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
     # Agents send compact JSON: then encoding each message gives its bytes, cheaper than
     # finding them by decoding the array a second time.
@@ -298,5 +299,5 @@ def _decode_elements(
     try:
         copies = [bytes(element) for element in _elements.decode(rest)]
         return False, [(copy, _message.decode(copy)) for copy in copies]
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None

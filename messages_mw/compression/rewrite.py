@@ -18,6 +18,7 @@ import re
 import msgspec
 from msgspec import Raw
 
+from ..protocol import DECODE_ERRORS
 from .text import TextOptions, compress_tool_text
 
 __all__ = ["EMPTY_MARKER", "Frame", "Rewrite", "Rule", "rewrite_text", "split_frame"]
@@ -202,5 +203,5 @@ def shrink(text: str, options: TextOptions, command: str | None) -> str:
 def _as_str(raw: Raw) -> str | None:
     try:
         return _string.decode(raw)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from msgspec import Raw
 
+from ..protocol import DECODE_ERRORS
 from .bundles import Bundle
 from .memo import CompressionMemo
 from .rewrite import Frame, Rewrite, Rule, rewrite_text
@@ -164,7 +165,7 @@ class Walk:
             return
         try:
             inner = _inner_blocks.decode(raw)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return
         changed = False
         dedupe = len(inner) == 1 and tool_use_id is not None
@@ -307,5 +308,5 @@ def _as_str(raw: Raw | None) -> str | None:
         return None
     try:
         return _string.decode(raw)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None

@@ -20,7 +20,7 @@ import msgspec
 
 from ..config import DEFAULT_MODELS, MockConfig, ModelConfig
 from ..errors import InvalidRequestError, MethodNotAllowedError, NotFoundError
-from ..protocol import CountTokensResponse, ModelInfo, ModelList, ToolUseBlock
+from ..protocol import DECODE_ERRORS, CountTokensResponse, ModelInfo, ModelList, ToolUseBlock
 from ..validation import decode_count_tokens_request, decode_messages_request, describe_decode_error
 from ._mock_replies import (
     PING_CHUNK,
@@ -109,14 +109,14 @@ _DEFAULT_SETTINGS = MockConfig()
 def _decode_or_400(decoder: msgspec.json.Decoder[_T], data: bytes | msgspec.Raw) -> _T:
     try:
         return decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidRequestError(describe_decode_error(exc, len(data))) from exc
 
 
 def _decode_or_none(decoder: msgspec.json.Decoder[_T], data: msgspec.Raw) -> _T | None:
     try:
         return decoder.decode(data)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
 
 

@@ -25,7 +25,7 @@ from ..errors import (
     NotFoundError,
     UpstreamUnavailableError,
 )
-from ..protocol import CountTokensResponse, ModelInfo, ModelList
+from ..protocol import DECODE_ERRORS, CountTokensResponse, ModelInfo, ModelList
 from ..streaming import frame_event
 from ..translate import StreamTranslator, to_anthropic_message, to_chat_completions, translate_error
 from ..validation import decode_count_tokens_request, describe_decode_error
@@ -62,7 +62,7 @@ def _new_message_id() -> str:
 def _model_of(body: bytes) -> str:
     try:
         return _model_decoder.decode(body).model
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidRequestError(describe_decode_error(exc, len(body))) from exc
 
 
@@ -366,7 +366,7 @@ class ModelDirectory:
             return response
         try:
             page = _page_decoder.decode(response.body)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return response
         if page.has_more or not self._extra:
             return response

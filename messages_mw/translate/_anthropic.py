@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from ..errors import InvalidRequestError
+from ..protocol import DECODE_ERRORS
 from ..validation import describe_decode_error
 
 __all__ = [
@@ -166,7 +167,7 @@ def decode_request(body: bytes) -> Request:
     """
     try:
         return _decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         text = describe_decode_error(exc, len(body))
         unknown = _UNKNOWN_TAG.match(text)
         if unknown:  # only content blocks are tagged unions here

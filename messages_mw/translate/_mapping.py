@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
-from ..protocol import Usage
+from ..protocol import DECODE_ERRORS, Usage
 from ..streaming import TokenUsage
 from ._openai import InUsage, any_decoder, encoder
 
@@ -88,6 +86,6 @@ def tool_input(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
         return {}
     try:
         value = any_decoder.decode(arguments)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return {RAW_ARGUMENTS_KEY: arguments}
     return value if isinstance(value, dict) else {RAW_ARGUMENTS_KEY: arguments}

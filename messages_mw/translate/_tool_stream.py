@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import msgspec
-
-from ..protocol import InputJsonDelta, ToolUseBlock
+from ..protocol import DECODE_ERRORS, InputJsonDelta, ToolUseBlock
 from ._blocks import BlockWriter
 from ._mapping import arguments_text, tool_id
 from ._openai import InToolCall, any_decoder
@@ -41,7 +39,7 @@ class _Call:
             return False
         try:
             any_decoder.decode(text)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return False
         return True
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-import msgspec
-
 from ..errors import (
     GatewayError,
     InternalGatewayError,
@@ -20,6 +18,7 @@ from ..errors import (
     encode_error_body,
     error_class,
 )
+from ..protocol import DECODE_ERRORS
 from ._openai import InError, body_decoder, encoder
 
 __all__ = ["classify", "parse_error", "translate_error", "upstream_error"]
@@ -107,7 +106,7 @@ def parse_error(body: bytes) -> InError:
     """The message, type and code of any common error body shape; the raw text otherwise."""
     try:
         parsed = body_decoder.decode(body)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         text = body.decode("utf-8", "replace").strip()
         return InError(message=text[:_MAX_MESSAGE] or None)
     detail = parsed.error_detail()

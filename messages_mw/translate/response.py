@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from ..errors import UpstreamUnavailableError
-from ..protocol import ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock
+from ..protocol import DECODE_ERRORS, ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock
 from ..streaming import TokenUsage
 from ._mapping import anthropic_usage, stop_reason, token_usage, tool_id, tool_input
 from ._openai import InBody, InFunction, InMessage, body_decoder
@@ -54,7 +54,7 @@ def to_anthropic_message(body: bytes, *, model: str, message_id: str) -> bytes:
 def _decode(body: bytes) -> InBody:
     try:
         return body_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise UpstreamUnavailableError(
             f"upstream response is not a Chat Completions body: {exc}"
         ) from exc

@@ -19,6 +19,7 @@ import msgspec
 
 from ..errors import GatewayError
 from ..protocol import (
+    DECODE_ERRORS,
     ErrorDetail,
     ErrorEvent,
     Message,
@@ -121,7 +122,7 @@ class StreamTranslator:
             return
         try:
             body = body_decoder.decode(data)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             echo = data[:_MAX_ECHO].decode("utf-8", "replace")
             self._error("api_error", f"upstream sent a malformed stream event: {echo}")
             return
