@@ -24,6 +24,7 @@ __all__ = ["PrometheusSink"]
 # LLM requests run from sub-second to many minutes; first bytes arrive within seconds.
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _FIRST_BYTE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+_MAX_MODEL_LABEL = 100
 _OTHER_MODELS = "other"
 
 
@@ -35,8 +36,8 @@ class PrometheusSink:
     ``cost_usd_total{model}``, and the histograms ``request_latency_seconds{model,stream}`` and
     ``time_to_first_byte_seconds{model,stream}``. ``model`` is the model that served the
     request. Tags, keys and sessions are never labels: their values are unbounded. Model names
-    come from clients, so only the first ``max_models`` distinct names get their own label
-    value; later ones are counted as ``other``.
+    come from clients, so only the first ``max_models`` distinct names of up to 100 characters
+    that a request succeeded with get their own label value; the rest count as ``other``.
 
     ``registry`` defaults to a new private :class:`CollectorRegistry`, served by
     :meth:`metrics_app`; pass ``prometheus_client.REGISTRY`` to join the process-wide one.
@@ -95,7 +96,9 @@ class PrometheusSink:
         )
 
     def __call__(self, event: UsageEvent) -> None:
-        model = self._model_label(event.served_model or event.requested_model or "unknown")
+        model = self._model_label(
+            event.served_model or event.requested_model or "unknown", event.status < 400
+        )
         self._requests.labels(
             str(event.status), event.provider or "unknown", model, _flag(event.fallback_used)
         ).inc()
@@ -115,10 +118,13 @@ class PrometheusSink:
         if event.time_to_first_byte_ms is not None:
             self._first_byte.labels(model, stream).observe(event.time_to_first_byte_ms / 1000)
 
-    def _model_label(self, model: str) -> str:
+    def _model_label(self, model: str, answered: bool) -> str:
         if model in self._models:
             return model
-        if len(self._models) >= self._max_models:
+        # Any caller may name any model, even one refused before it went upstream: a name
+        # earns its own label once a request for it succeeds, so junk can neither take the
+        # slots nor (being huge) swell every scrape.
+        if not answered or len(model) > _MAX_MODEL_LABEL or len(self._models) >= self._max_models:
             return _OTHER_MODELS
         self._models.add(model)
         return model

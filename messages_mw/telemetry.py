@@ -1,7 +1,8 @@
 """OpenTelemetry spans from usage events (the ``otel`` extra).
 
-One CLIENT span per finished request, named ``chat {model}`` and timed from the event, with
-the OpenTelemetry GenAI semantic-convention attributes plus ``messages_mw.*`` ones.
+One CLIENT span per finished request, named ``{operation} {model}`` (``chat`` for messages)
+and timed from the event, with the OpenTelemetry GenAI semantic-convention attributes plus
+``messages_mw.*`` ones.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in the t
 __all__ = ["OpenTelemetrySink"]
 
 
+_MAX_MODEL_IN_NAME = 100
+
+
 class OpenTelemetrySink:
     """A usage sink that records each finished request as a span.
 
     The span ends at the event's timestamp and starts ``latency`` earlier. Attributes follow
-    the GenAI conventions: ``gen_ai.operation.name`` ("chat"), ``gen_ai.provider.name`` and the
+    the GenAI conventions: ``gen_ai.operation.name`` ("chat", or "count_tokens" and "models" for
+    those routes), ``gen_ai.provider.name`` and the
     older ``gen_ai.system`` ("anthropic"), ``gen_ai.request.model``, ``gen_ai.response.model``,
     and ``gen_ai.usage.*``, where ``input_tokens`` includes the cache reads and writes, as the
     conventions ask (Anthropic's own ``input_tokens`` excludes them). The span status is ERROR
@@ -43,9 +48,11 @@ class OpenTelemetrySink:
     def __call__(self, event: UsageEvent) -> None:
         end = int(event.timestamp * 1e9)
         latency_ns = 0 if event.latency_ms is None else int(event.latency_ms * 1e6)
-        model = event.requested_model or event.served_model
+        # Clients choose the model name: a bounded one keeps span names groupable.
+        model = (event.requested_model or event.served_model or "")[:_MAX_MODEL_IN_NAME]
+        operation = _operation(event.path)
         span = self._tracer.start_span(
-            f"chat {model}" if model else "chat",
+            f"{operation} {model}" if model else operation,
             kind=SpanKind.CLIENT,
             attributes=_attributes(event),
             start_time=end - latency_ns,
@@ -55,9 +62,18 @@ class OpenTelemetrySink:
         span.end(end_time=end)
 
 
+def _operation(path: str) -> str:
+    """The GenAI operation name for the route: only ``/v1/messages`` is a chat."""
+    if path == "/v1/messages":
+        return "chat"
+    if path == "/v1/messages/count_tokens":
+        return "count_tokens"
+    return "models" if path.startswith("/v1/models") else "other"
+
+
 def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
     values: dict[str, AttributeValue | None] = {
-        "gen_ai.operation.name": "chat",
+        "gen_ai.operation.name": _operation(event.path),
         "gen_ai.provider.name": "anthropic",
         "gen_ai.system": "anthropic",
         "gen_ai.request.model": event.requested_model,

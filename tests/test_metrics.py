@@ -111,6 +111,27 @@ def test_prometheus_caps_the_number_of_model_labels() -> None:
     assert _value(registry, "gw_requests_total", model="other", **labels) == 2
 
 
+def test_prometheus_gives_a_label_only_to_models_a_request_succeeded_with() -> None:
+    # Refused requests (401s, 400s, upstream 404s) may name anything: junk must neither take
+    # the label slots nor, being megabytes long, swell every scrape.
+    sink = PrometheusSink(max_models=2, namespace="gw")
+    for status in (401, 400, 404):
+        sink(make_event(status=status, served_model=None, requested_model=f"junk-{status}"))
+    sink(make_event(served_model="x" * 101, requested_model="x" * 101))
+    sink(make_event(served_model="claude-sonnet-4-6", requested_model="claude-sonnet-4-6"))
+    sink(make_event(status=529, served_model="claude-sonnet-4-6"))
+    models = {
+        sample.labels["model"]
+        for metric in sink.registry.collect()
+        for sample in metric.samples
+        if "model" in sample.labels
+    }
+    assert models == {"other", "claude-sonnet-4-6"}
+    labels = {"provider": "anthropic", "fallback": "false"}
+    registry = sink.registry
+    assert _value(registry, "gw_requests_total", model="claude-sonnet-4-6", status="529", **labels)
+
+
 def test_prometheus_metrics_app_serves_the_registry() -> None:
     sink = PrometheusSink()
     sink(make_event())
@@ -247,6 +268,20 @@ def test_opentelemetry_span_without_model_or_latency() -> None:
     assert span.start_time == span.end_time
     assert span.attributes is not None
     assert "gen_ai.request.model" not in span.attributes
+
+
+def test_opentelemetry_names_the_operation_by_route_with_a_bounded_model() -> None:
+    provider, exporter = _tracing()
+    sink = OpenTelemetrySink(provider)
+    sink(make_event(path="/v1/messages/count_tokens", requested_model="claude-haiku-4-5"))
+    sink(make_event(path="/v1/models", requested_model=None, served_model=None))
+    sink(make_event(requested_model="m" * 5000))
+    counted, listed, long_named = exporter.get_finished_spans()
+    assert counted.name == "count_tokens claude-haiku-4-5"
+    assert counted.attributes is not None
+    assert counted.attributes["gen_ai.operation.name"] == "count_tokens"
+    assert listed.name == "models"
+    assert long_named.name == "chat " + "m" * 100
 
 
 def test_opentelemetry_sink_behind_a_dispatcher_starts_root_spans() -> None:
