@@ -11,6 +11,7 @@ config travels to the worker processes as JSON in an environment variable read b
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import os
@@ -249,7 +250,7 @@ def tune_gc_for_serving() -> None:
     gc.set_threshold(SERVING_GC_THRESHOLD, older, oldest)
 
 
-def _serve(args: argparse.Namespace, config: GatewayConfig) -> int:
+def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) -> int:
     try:
         import uvicorn
     except ImportError:
@@ -259,12 +260,14 @@ def _serve(args: argparse.Namespace, config: GatewayConfig) -> int:
     print(_startup_line(args.host, args.port, args.workers, config), flush=True)
     app: Gateway | str
     if args.workers > 1:
+        # Each worker builds its own; this one only proved the configuration builds.
+        asyncio.run(gateway.aclose())
         # Worker processes inherit the environment (where --api-key-env found the key anyway).
         settings = _WorkerSettings(config=config, log_level=args.log_level)
         os.environ[_WORKER_ENV] = msgspec.json.encode(settings).decode()
         app = "messages_mw.cli:create_app"
     else:
-        app = Gateway(config)
+        app = gateway
         tune_gc_for_serving()
     uvicorn.run(
         app,
@@ -287,4 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"messages-mw: error: {exc}", file=sys.stderr)
         return 2
-    return _serve(args, config)
+    try:
+        # Some mistakes show only when the gateway is built (a fallback target naming no
+        # provider, a malformed key hash, an unwritable usage file). Built here, in the one
+        # process, they end the command with one line instead of a traceback, or, with
+        # --workers, instead of workers that crash and are restarted for ever.
+        gateway = Gateway(config)
+    except (ValueError, OSError) as exc:
+        source = f"{args.config}: " if args.config else ""
+        print(f"messages-mw: error: {source}{exc}", file=sys.stderr)
+        return 2
+    return _serve(args, config, gateway)

@@ -128,6 +128,28 @@ def test_a_bad_key_in_the_file_is_one_line_naming_key_and_file(
     assert str(path) in err and "bse_url" in err
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ('[fallback]\ndefault_chain = ["nope/claude-haiku-4-5"]\n', "nope"),
+        ('usage_file = "/nonexistent-dir/usage.jsonl"\n', "/nonexistent-dir/usage.jsonl"),
+        ('[compression]\ndefault_bundle = "no-such-bundle"\n', "no-such-bundle"),
+    ],
+    ids=["unknown-target", "unwritable-usage-file", "unknown-bundle"],
+)
+def test_a_mistake_found_building_the_gateway_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, named: str, workers: str
+) -> None:
+    # Without the check in the parent, --workers 2 left each worker crashing on start and
+    # uvicorn restarting it for ever.
+    path = _write(tmp_path, toml)
+    assert cli.main(["serve", "--config", str(path), "--workers", workers]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(path) in err and named in err
+
+
 def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--config", str(tmp_path / "absent.toml")]) == 2
     assert "absent.toml" in capsys.readouterr().err
