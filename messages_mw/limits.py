@@ -108,6 +108,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError(f"store_timeout must be positive, got {self.store_timeout}")
         if not self.store_warning_interval >= 0:
             raise ValueError("store_warning_interval must not be negative")
+        # Checked here: redis-py would refuse it only at the first request, as a 500.
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            # Not echoed: the value may hold a password.
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
 
 
 _LIMITS_CACHE_SIZE = 4096

@@ -394,6 +394,8 @@ def test_config_decodes_and_rejects_mistakes() -> None:
         b'on_store_error = "ajar"',
         b"store_timeout = 0",
         b"store_warning_interval = -1",
+        # redis-py would refuse it at the first request, as a 500 despite on_store_error.
+        b'store = "redis"\nredis_url = "127.0.0.1:6379"',
     ]
     for raw in mistakes:
         with pytest.raises(msgspec.ValidationError):
