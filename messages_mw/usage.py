@@ -318,9 +318,12 @@ class UsageDispatcher:
         """Deliver what is queued (waiting at most ``shutdown_timeout`` seconds), then close
         the sinks.
 
-        Call it once at shutdown, in the loop that emitted. Events still queued after the
-        timeout are dropped and counted. Sink ``aclose()`` failures are logged, not raised. If
-        this coroutine is cancelled, delivery stops there and the sinks are not closed.
+        Call it at shutdown, in the loop that emitted. Events still queued after the timeout,
+        or emitted while this runs, are dropped and counted. Sink ``aclose()`` failures are
+        logged, not raised. If this coroutine is cancelled, delivery stops there and the sinks
+        are not closed. Once it has returned, the next :meth:`emit` starts delivery afresh: a
+        gateway may outlive one lifespan of its host (a test client opened twice), and its
+        usage must not stop with the first.
         """
         if self._closed:
             return
@@ -341,6 +344,8 @@ class UsageDispatcher:
             self._drop("it was still queued at shutdown", self._queue.qsize())
         for sink in self._sinks:
             await _close_guarded(sink)
+        self._loop = self._queue = self._task = self._executor = None
+        self._closed = False
 
     async def _wait_for_queue(self) -> None:
         assert self._queue is not None
@@ -397,12 +402,12 @@ class JsonLinesSink:
     """
 
     def __init__(self, target: str | Path | TextIO | None = None) -> None:
+        self._path: str | Path | None = None
         self._file: IO[bytes] | None = None
         self._stream: TextIO | None = None
         if isinstance(target, str | Path):
-            # Owned until aclose(), so not a with-block. Unbuffered binary append: each line is
-            # one write(2), on disk at once, with no flush step.
-            self._file = open(target, "ab", buffering=0)  # noqa: SIM115
+            self._path = target
+            self._file = _open_for_appending(target)
         else:
             self._stream = sys.stdout if target is None else target
         # Written on the event loop only where a write cannot stall it; a pipe (stdout into a
@@ -417,6 +422,8 @@ class JsonLinesSink:
         self._write(_encoder.encode_lines(events))
 
     def _write(self, lines: bytes) -> None:
+        if self._file is None and self._path is not None:
+            self._file = _open_for_appending(self._path)  # closed by aclose(), written again
         if self._file is not None:
             # A raw file may take less than it is given (a pipe, a signal): finish the lines,
             # so a reader never sees half an event.
@@ -428,6 +435,14 @@ class JsonLinesSink:
             self._stream.flush()
 
     async def aclose(self) -> None:
-        """Close the file this sink opened; streams handed in stay open."""
+        """Close the file this sink opened (a later write opens it again); streams handed in
+        stay open."""
         if self._file is not None:
             self._file.close()
+            self._file = None
+
+
+def _open_for_appending(path: str | Path) -> IO[bytes]:
+    # Owned until aclose(), so not a with-block. Unbuffered binary append: each line is one
+    # write(2), on disk at once, with no flush step.
+    return open(path, "ab", buffering=0)

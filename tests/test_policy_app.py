@@ -158,6 +158,20 @@ def test_a_tagger_returning_one_string_adds_one_tag() -> None:
     assert finished[0].tags == ["team"]
 
 
+def test_usage_keeps_flowing_after_the_gateway_is_closed_and_used_again() -> None:
+    # A host whose lifespan runs twice on one gateway (a test client opened twice).
+    events: list[UsageEvent] = []
+    gateway, _ = make_gateway(Recorder(), usage_sinks=[events.append])
+
+    async def two_lifespans() -> None:
+        for _ in range(2):
+            async with gateway:
+                assert (await _post(gateway, _body())).status_code == 200
+
+    run(two_lifespans())
+    assert len(events) == 2
+
+
 def test_cost_in_response_is_opt_in_and_keeps_the_body() -> None:
     def priced(request: httpx.Request) -> httpx.Response:
         content = message_json(model="claude-sonnet-4-6", input_tokens=1000, output_tokens=100)

@@ -196,7 +196,9 @@ def test_a_full_queue_drops_counts_and_logs_once(caplog: pytest.LogCaptureFixtur
     assert len(drop_logs) == 1
 
 
-def test_aclose_drains_the_queue_then_closes_sinks() -> None:
+def test_aclose_drains_the_queue_then_closes_sinks_and_a_later_emit_starts_again() -> None:
+    # A gateway may outlive one lifespan of its host (a test client opened twice): its usage
+    # must not stop with the first.
     sink = AsyncRecorder(delay=0.001)
     dispatcher = UsageDispatcher([sink])
 
@@ -206,11 +208,23 @@ def test_aclose_drains_the_queue_then_closes_sinks() -> None:
         await dispatcher.aclose()
         assert sink.closed
         assert len(sink.ids) == 50
-        dispatcher.emit(make_event(99))  # after close: dropped, not raised
-        await dispatcher.aclose()  # a second close does nothing
+        dispatcher.emit(make_event(99))
+        await dispatcher.aclose()
 
     asyncio.run(main())
-    assert dispatcher.dropped == 1
+    assert sink.ids == [f"req_{number}" for number in (*range(50), 99)]
+    assert dispatcher.dropped == 0
+
+
+def test_json_lines_sink_opens_its_file_again_after_aclose(tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    sink = JsonLinesSink(path)
+    sink(make_event(1))
+    asyncio.run(sink.aclose())
+    sink(make_event(2))
+    asyncio.run(sink.aclose())
+    lines = path.read_text().splitlines()
+    assert [msgspec.json.decode(line)["request_id"] for line in lines] == ["req_1", "req_2"]
 
 
 def test_aclose_without_any_event_closes_the_sinks() -> None:
