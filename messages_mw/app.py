@@ -329,16 +329,17 @@ class Gateway:
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
     ) -> None:
         body, headers = await self._read_json_body(scope, receive)
-        context.model = decode_count_tokens_request(body).model
+        parsed = decode_count_tokens_request(body)
+        context.model = parsed.model
         await self._policy.authenticate(
             IncomingRequest(context.method, context.path, headers, context.model), context
         )
         # Counting is free at Anthropic and rate-limited apart from messages, so the limits
         # do not apply; the key's model allow-list does.
-        self._policy.check_model(context, context.model)
-        body, resolver = self._policy.resolver.for_request(body, context.model)
-        target = resolver.primary(context.model)
-        plan = ForwardPlan(body, headers, [target])
+        allowed = self._policy.check_model(context, context.model)
+        plan = self._policy.consume_gateway_fields(body, headers, parsed, allowed)
+        target = (plan.resolver or self._policy.resolver).primary(context.model)
+        plan.chain = [target]
         work = self._relay(await self._send_to(target, plan, scope, context), send, context)
         await self._guarded(receive, work, context)
 

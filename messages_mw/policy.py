@@ -25,7 +25,7 @@ from .protocol import DECODE_ERRORS
 from .routing import TargetResolver
 from .tags import ResolvedHeaderNames, TagPolicy, collect_tags, parse_tag_header, session_id
 from .usage import UsageDispatcher
-from .validation import MessagesRequest
+from .validation import CountTokensRequest, MessagesRequest
 
 __all__ = ["ForwardPlan", "Policy"]
 
@@ -108,14 +108,17 @@ class Policy:
         context.tags = await self._tags(request, context, parsed)
         allowed = _allowed_models(context)
         _check_model(allowed, parsed.model)
-        plan = self._consume_gateway_fields(body, headers, parsed, allowed)
+        plan = self.consume_gateway_fields(body, headers, parsed, allowed)
         if self.limiter is not None:
             context.response_headers = await self.limiter.admit(context)
         return plan
 
-    def check_model(self, context: RequestContext, model: str) -> None:
-        """The principal's model allow-list (403), for routes that skip :meth:`admit`."""
-        _check_model(_allowed_models(context), model)
+    def check_model(self, context: RequestContext, model: str) -> frozenset[str] | None:
+        """The principal's model allow-list (403), for routes that skip :meth:`admit`;
+        returns the list (``None``: any model)."""
+        allowed = _allowed_models(context)
+        _check_model(allowed, model)
+        return allowed
 
     async def _tags(
         self, request: IncomingRequest, context: RequestContext, parsed: MessagesRequest
@@ -135,15 +138,16 @@ class Policy:
             groups.append(("tagger", (extra,) if isinstance(extra, str) else extra))
         return collect_tags(groups, self.tag_policy) if groups else []
 
-    def _consume_gateway_fields(
+    def consume_gateway_fields(
         self,
         body: bytes,
         headers: dict[str, str],
-        parsed: MessagesRequest,
+        parsed: MessagesRequest | CountTokensRequest,
         allowed: frozenset[str] | None,
     ) -> ForwardPlan:
         """Strip the body fields meant for the gateway (``fallbacks`` when routed,
-        ``extra_headers``, ``router_candidates``, ``metadata.tags``), checking each."""
+        ``extra_headers``, ``router_candidates``, ``metadata.tags``), checking each; the
+        plan's chain is left empty. ``allowed`` is the principal's model allow-list."""
         # An auto-model request's router candidates shape its chain before the router hook.
         body, resolver = self.resolver.for_request(body, parsed.model)
         fallbacks = _present(parsed.fallbacks)

@@ -80,6 +80,10 @@ class CountTokensRequest(msgspec.Struct, gc=False):
     tools: list[_Tool] | None = None
     tool_choice: _Block | None = None
     thinking: _Block | None = None
+    # Gateway fields, consumed here as in a messages body, so none of them goes upstream.
+    metadata: _Metadata | None = None
+    fallbacks: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    extra_headers: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
 _messages_decoder = msgspec.json.Decoder(MessagesRequest)

@@ -172,6 +172,32 @@ def test_usage_keeps_flowing_after_the_gateway_is_closed_and_used_again() -> Non
     assert len(events) == 2
 
 
+def test_count_tokens_consumes_the_gateway_fields_as_messages_does() -> None:
+    recorder = Recorder(lambda request: httpx.Response(200, json={"input_tokens": 3}))
+    gateway, _ = make_gateway(recorder)
+    body = {
+        "model": "claude-sonnet-4-6",
+        "messages": [{"role": "user", "content": "hi"}],
+        "extra_headers": {"anthropic-beta": "token-counting-2024-11-01"},
+        "metadata": {"tags": ["team:a"], "user_id": "u-1"},
+        "future": 1,
+    }
+
+    async def count() -> httpx.Response:
+        async with client_for(gateway) as client:
+            return await client.post("/v1/messages/count_tokens", json=body)
+
+    assert run(count()).json() == {"input_tokens": 3}
+    (sent,) = recorder.requests
+    assert json.loads(sent.content) == {
+        "model": "claude-sonnet-4-6",
+        "messages": [{"role": "user", "content": "hi"}],
+        "metadata": {"user_id": "u-1"},
+        "future": 1,
+    }
+    assert sent.headers["anthropic-beta"] == "token-counting-2024-11-01"
+
+
 def test_cost_in_response_is_opt_in_and_keeps_the_body() -> None:
     def priced(request: httpx.Request) -> httpx.Response:
         content = message_json(model="claude-sonnet-4-6", input_tokens=1000, output_tokens=100)
