@@ -146,6 +146,10 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
     if args.demo:
         config = msgspec.structs.replace(config, provider="mock")
     if args.upstream:
+        if not args.upstream.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--upstream: expected an http:// or https:// URL, got '{args.upstream}'"
+            )
         config = msgspec.structs.replace(config, provider="anthropic")
         upstream = msgspec.structs.replace(upstream, base_url=args.upstream)
     if args.api_key_env:

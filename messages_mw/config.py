@@ -31,6 +31,8 @@ __all__ = [
     "load_config",
 ]
 
+# Checked when a file is read: a base URL without a scheme would start and then answer 502s.
+_HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+")]
 _PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 _NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 
@@ -46,7 +48,7 @@ class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     came in. ``read_timeout`` is also the longest silence tolerated between two stream chunks.
     """
 
-    base_url: str = "https://api.anthropic.com"
+    base_url: _HttpUrl = "https://api.anthropic.com"
     api_key: str | None = None
     connect_timeout: _PositiveFloat = 10.0
     read_timeout: _PositiveFloat = 600.0
@@ -68,7 +70,7 @@ class OpenAIUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     gateway sends a ``ping`` event; ``read_timeout`` is the longest it waits between two chunks.
     """
 
-    base_url: str
+    base_url: _HttpUrl
     api_key: str | None = None
     extra_headers: dict[str, str] = msgspec.field(default_factory=dict)
     connect_timeout: _PositiveFloat = 10.0

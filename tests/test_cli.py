@@ -150,6 +150,26 @@ def test_a_mistake_found_building_the_gateway_is_one_line_and_exit_2(
     assert str(path) in err and named in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "toml"),
+    [
+        (["--upstream", "api.anthropic.com"], None),
+        ([], '[upstream]\nbase_url = "api.anthropic.com"\n'),
+        ([], '[openai_upstreams.local]\nbase_url = "localhost:8000/v1"\n'),
+    ],
+    ids=["option", "upstream", "openai-upstream"],
+)
+def test_an_upstream_url_without_a_scheme_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], toml: str | None
+) -> None:
+    # It used to start, then answer 502 to every request.
+    if toml is not None:
+        argv = [*argv, "--config", str(_write(tmp_path, toml))]
+    assert cli.main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--config", str(tmp_path / "absent.toml")]) == 2
     assert "absent.toml" in capsys.readouterr().err
