@@ -106,8 +106,10 @@ class Policy:
         context.debug = request.headers.get(self.header_names.debug, "").lower() in _TRUE
         context.session_id = session_id(request.headers, self.header_names.session)
         context.tags = await self._tags(request, context, parsed)
-        allowed = _allowed_models(context)
-        _check_model(allowed, parsed.model)
+        principal = context.principal
+        allowed = principal.allowed_models if principal is not None else None
+        if allowed is not None:  # inline: this is every request's path
+            _check_model(allowed, parsed.model)
         plan = self.consume_gateway_fields(body, headers, parsed, allowed)
         if self.limiter is not None:
             context.response_headers = await self.limiter.admit(context)
