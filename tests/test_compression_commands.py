@@ -29,6 +29,7 @@ from messages_mw.compression.commands.testrunners import (
     filter_js_tests,
     filter_pytest,
 )
+from messages_mw.compression.text import TextOptions, compress_tool_text
 
 from . import compression_samples as samples
 
@@ -268,9 +269,38 @@ def test_jest_and_vitest_drop_passing_tests_only() -> None:
 def test_go_test_keeps_failures_and_their_log_lines() -> None:
     result = filter_go_test(samples.GO_TEST)
     _assert_needed_lines_kept(samples.GO_TEST, result)
-    assert "=== RUN" not in result and "ok  \texample.com" not in result
-    assert "    table_test.go:31: got 3, want 4" in result
-    assert "[no test files]" not in result
+    assert "=== RUN   TestParse\n" not in result and "--- PASS: TestParse " not in result
+    assert "=== RUN   TestTable/two\n    table_test.go:31: got 3, want 4\n" in result
+    assert "ok  \texample.com/app/server\t0.034s\nok  \texample.com/app/store\t(cached)" in result
+
+
+def test_go_test_keeps_the_per_package_summary_lines() -> None:
+    output = (
+        "ok  \tgithub.com/acme/app/api\t0.012s\tcoverage: 81.3% of statements\n"
+        "ok  \tgithub.com/acme/app/db\t0.101s\tcoverage: 42.0% of statements\n"
+        "ok  \tgithub.com/acme/app/util\t(cached)\tcoverage: 100.0% of statements\n"
+        "?   \tgithub.com/acme/app/cmd\t[no test files]\n"
+    )
+    result = compress_tool_text(output, TextOptions(), "go test -cover ./...")
+    for line in output.splitlines()[:3]:
+        assert line in result
+
+
+def test_go_test_keeps_the_line_naming_the_test_a_log_line_belongs_to() -> None:
+    output = (
+        "=== RUN   TestA\n=== PAUSE TestA\n=== RUN   TestB\n=== PAUSE TestB\n"
+        "=== CONT  TestA\n=== CONT  TestB\n"
+        "=== NAME  TestA\n    helper.go:12: expected 3, got 4\n"
+        "=== NAME  TestB\n    helper.go:12: expected 5, got 6\n"
+        "--- FAIL: TestA (0.00s)\n--- FAIL: TestB (0.00s)\n"
+        "FAIL\nFAIL\tgithub.com/acme/app\t0.01s\nFAIL\n"
+    )
+    result = filter_go_test(output)
+    assert "=== NAME  TestA\n    helper.go:12: expected 3, got 4\n" in result
+    assert "=== NAME  TestB\n    helper.go:12: expected 5, got 6\n" in result
+    assert "=== RUN   TestA" not in result and "=== CONT" not in result
+    assert "passing-test lines" not in result
+    assert "[messages_mw: 6 passing-test and progress lines omitted]" in result
 
 
 def test_cargo_test_keeps_panics_and_the_result_line() -> None:
@@ -286,7 +316,9 @@ def test_cargo_test_keeps_panics_and_the_result_line() -> None:
 
 def test_pip_keeps_errors_warnings_and_what_was_installed() -> None:
     result = filter_pip(samples.PIP_INSTALL)
-    assert "Collecting" not in result and "━━" not in result and "Using cached" not in result
+    # Only the failing package's Collecting line stays (see the test below).
+    assert result.count("Collecting") == 1 and "Collecting brokenpkg==0.1\n" in result
+    assert "━━" not in result and "Using cached" not in result
     assert "Requirement already satisfied" not in result
     for kept in [
         "  Preparing metadata (setup.py) ... error",
@@ -295,6 +327,26 @@ def test_pip_keeps_errors_warnings_and_what_was_installed() -> None:
         "WARNING: Running pip as the 'root' user can result in broken permissions.",
     ]:
         assert kept in result
+
+
+def test_pip_keeps_the_collecting_line_naming_a_failing_package() -> None:
+    output = (
+        "Collecting requests==2.31.0\n"
+        "  Using cached requests-2.31.0-py3-none-any.whl (62 kB)\n"
+        "Collecting lxml==4.6.0\n"
+        "  Downloading lxml-4.6.0.tar.gz (3.2 MB)\n"
+        "  Preparing metadata (setup.py) ... error\n"
+        "  error: subprocess-exited-with-error\n"
+        "      Error: Please make sure the libxml2 and libxslt development packages are there.\n"
+        "error: metadata-generation-failed\n"
+    )
+    result = filter_pip(output)
+    assert "Collecting lxml==4.6.0\n" in result
+    assert "requests" not in result
+    assert result.endswith(output[output.index("  Preparing metadata") :])
+    # A successful install names no failing package: every Collecting line goes.
+    success = output[: output.index("  Preparing")] + "Successfully installed lxml-4.6.0\n"
+    assert "Collecting" not in filter_pip(success)
 
 
 def test_npm_keeps_warnings_errors_and_audit_counts() -> None:

@@ -237,6 +237,17 @@ def test_empty_rewrites_keep_a_marker() -> None:
     assert _outputs(out) == [EMPTY_MARKER]
 
 
+@pytest.mark.parametrize("blank", ["   \n", " \n\n ", "\n\n\n", "\t"])
+def test_a_blank_text_is_never_rewritten_to_an_empty_one(blank: str) -> None:
+    content = [{"type": "text", "text": blank}, {"type": "text", "text": "ok"}]
+    body = _body(_turns(("t1", "Bash", {"command": "make"}, content)))
+    result = compress_request(body, CLAUDE)
+    if result.body is not None:
+        (blocks,) = _outputs(json.loads(result.body))
+        assert blocks[0]["text"] == blank
+    assert compression.rewrite.shrink(blank, CLAUDE.text, "make") == blank
+
+
 # --- user text ---
 
 

@@ -72,6 +72,14 @@ def test_strip_ansi_single_character_escapes_dcs_and_8bit_sequences() -> None:
     assert strip_ansi("\x9b31mred\x9b0m \x9d0;title\x9cok") == "red ok"
 
 
+def test_strip_ansi_drops_only_the_control_of_an_unterminated_8bit_osc() -> None:
+    # Double-encoded UTF-8 ("“Hello”" read as Latin-1) holds U+009D with no terminator.
+    mojibake = "“Hello”".encode().decode("latin-1")
+    line = f"data.csv:12: {mojibake}, amount=-25.00, id=E-1\nnext line\n"
+    assert strip_ansi(line) == "data.csv:12: âHelloâ, amount=-25.00, id=E-1\nnext line\n"
+    assert strip_ansi("a\x9d0;title\x07b \x9d0;t\x9cc \x9dx\ny") == "ab c x\ny"
+
+
 def test_strip_ansi_keeps_tabs_newlines_and_carriage_returns() -> None:
     text = "a\tb\r\nc\rd\n"
     assert strip_ansi(text) is text
@@ -120,6 +128,38 @@ def test_collapse_progress_treats_crlf_as_a_newline() -> None:
 
 def test_collapse_progress_trailing_and_lone_carriage_returns() -> None:
     assert collapse_progress("done\r\n\r\r\nx\r") == "done\n\nx"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Grep matches in a file with CR-only line ends: the location heads the first segment.
+        "reports/legacy.csv:1:id,amount\rE-1,-25.00\rE-2,5.00\rE-3,-7.50\n",
+        "1:id,amount\rE-1,-25.00\rE-3,-7.50",
+        "reports/a.csv-3-x\rx\rx",
+        # CR-only lines that are not redraws of each other.
+        "id,amount\rE-1,-25.00\rE-3,-7.50\n",
+        "Smith,John\rSmith,Jane\rDoe,Bob",
+    ],
+)
+def test_collapse_progress_keeps_segments_that_are_not_redraws(text: str) -> None:
+    assert collapse_progress(text) == text.replace("\r\n", "\n")
+    assert compress_tool_text(text, OPTIONS) == text.rstrip("\n") + ("\n" * text.endswith("\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "final"),
+    [
+        ("  0%|     | 0/10\r 50%|██   | 5/10\r100%|█████| 10/10 [00:01<00:00]", "100%|█████|"),
+        ("Reading package lists... 0%\rReading package lists... Done", "lists... Done"),
+        ("   ━━━━╺━━━ 1.2/3.4 MB\r   ━━━━━━━━ 3.4/3.4 MB 5 MB/s", "3.4/3.4 MB 5"),
+        ("Downloading...\r              \rDone.", "Done."),
+        ("⠋ idealTree\r⠙ reify:lodash\rup to date", "up to date"),
+    ],
+)
+def test_collapse_progress_collapses_redraws(text: str, final: str) -> None:
+    result = collapse_progress(text)
+    assert "\r" not in result and final in result
 
 
 def test_collapse_progress_without_carriage_returns_is_the_same_object() -> None:
@@ -273,8 +313,27 @@ def test_minify_keeps_key_order_non_ascii_big_ints_and_exact_numbers() -> None:
     )
 
 
-def test_minify_keeps_the_value_of_huge_and_tiny_floats() -> None:
-    assert minify_json("[\n  1e400,\n  -0.0,\n  1.0e-5\n]") == "[1E+400,-0.0,0.000010]"
+def test_minify_keeps_the_text_of_every_number() -> None:
+    assert minify_json("[\n  1e400,\n  -0.0,\n  1.0e-5\n]") == "[1e400,-0.0,1.0e-5]"
+    assert minify_json('{"a": 1E5, "b": 1.0, "c": 1.50, "d": -1}') == (
+        '{"a":1E5,"b":1.0,"c":1.50,"d":-1}'
+    )
+    big = "[18446744073709551616, -9223372036854775809, 12345678901234567890123]"
+    assert minify_json(big) == big.replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "a": 2}',  # decoding keeps one of a repeated key
+        '[{"x": {"k": "v", "k": "w"}}, 1]',
+        '{"a": -0, "b": 1}',  # the integer -0 would become 0
+        "[ -0 ]",
+        '{"a": "\\u003a", "a": 1, "b": 2}',  # an escape could hide a lost ":"
+    ],
+)
+def test_minify_leaves_json_whose_round_trip_changes_content(text: str) -> None:
+    assert minify_json(text) is text
 
 
 @pytest.mark.parametrize(
@@ -390,6 +449,45 @@ def test_near_repeats_can_be_switched_off_alone() -> None:
     progress = "\n".join(f"processed batch {n} of 80" for n in range(80))
     assert compress_tool_text(progress, options) == progress
     assert compress_tool_text("k\nk\nk", options) == "k\n… line above repeated 2 more times"
+
+
+# Its blank context lines and its near-identical added lines are all counted by the header.
+UNIFIED_DIFF = (
+    "--- a/config.py\n+++ b/config.py\n@@ -1,5 +1,11 @@\n DEFAULTS = {\n"
+    + "".join(f'+    "retry_{n}": {n}0,\n' for n in range(1, 7))
+    + " }\n"
+    + " \n" * 3
+)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "diff -u config.py.orig config.py",
+        "gh pr diff 12",
+        "git stash show -p",
+        "hg diff",
+        "svn diff",
+        "make patch",
+        "pip download x; diff -u a b",
+        None,
+    ],
+)
+def test_a_unified_diff_keeps_its_lines_exact_whatever_the_command(command: str | None) -> None:
+    assert compress_tool_text(UNIFIED_DIFF, OPTIONS, command) == UNIFIED_DIFF
+    coloured = UNIFIED_DIFF.replace("@@ -1,5 +1,11 @@", "\x1b[36m@@ -1,5 +1,11 @@\x1b[m")
+    assert compress_tool_text(coloured, OPTIONS, command) == UNIFIED_DIFF
+    if command is not None and "pip" in command:
+        return  # pip's filter applies, not git diff's
+    # Git's blob ids go, as they do for git diff.
+    indexed = "diff --git a/config.py b/config.py\nindex 3b18e51..a9c2f4d 100644\n" + UNIFIED_DIFF
+    expected = "diff --git a/config.py b/config.py\n" + UNIFIED_DIFF
+    assert compress_tool_text(indexed, OPTIONS, command) == expected
+
+
+def test_a_hunk_header_inside_a_line_is_not_a_diff() -> None:
+    text = "note: @@ -1,3 +1,9 @@\n" + "".join(f"    retry {n} ok\n" for n in range(8))
+    assert "similar lines omitted" in compress_tool_text(text, OPTIONS)
 
 
 def test_no_cap_and_all_transforms_off_is_the_identity() -> None:

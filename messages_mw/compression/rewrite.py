@@ -190,13 +190,14 @@ def _exact_in_frame(raw: Raw) -> Rewrite | None:
 
 
 def shrink(text: str, options: TextOptions, command: str | None) -> str:
-    """``text`` compressed, or ``text`` itself when that saves nothing; never blank when
-    ``text`` was not (the API rejects empty text blocks)."""
+    """``text`` compressed, or ``text`` itself when that saves nothing; never empty or blank
+    (the API rejects empty text blocks): a blank result is the omission marker, or ``text``
+    itself when that is blank too or no longer than the marker."""
     new = compress_tool_text(text, options, command)
     if len(new) >= len(text):
         return text
-    if not new.strip() and text.strip():
-        return EMPTY_MARKER if len(EMPTY_MARKER) < len(text) else text
+    if not new.strip():
+        return EMPTY_MARKER if len(EMPTY_MARKER) < len(text) and text.strip() else text
     return new
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal
 from itertools import compress, groupby
 from operator import eq
 
 import msgspec
 
-from .commands import CommandOutput, inspect_command
+from .commands import DIFF_OUTPUT, CommandOutput, inspect_command
 
 __all__ = [
     "TextOptions",
@@ -26,6 +25,7 @@ __all__ = [
     "collapse_progress",
     "collapse_repeats",
     "compress_tool_text",
+    "is_unified_diff",
     "minify_json",
     "strip_ansi",
     "tidy_whitespace",
@@ -67,8 +67,9 @@ def compress_tool_text(text: str, options: TextOptions, command: str | None = No
     segments are kept verbatim while the text around them is compressed. The order is: strip
     ANSI, collapse redraws (both normalise terminal output so that command filters see plain
     lines), the command filter for ``command``, whitespace, JSON, repeats, then the cap. Output
-    whose lines an agent may quote back exactly (diffs, grep matches, printed files) skips the
-    line rewrites. Pure and deterministic: the result depends on the arguments alone.
+    whose lines an agent may quote back exactly (grep matches, printed files, and diffs, which
+    are also recognised by their hunk headers whatever the command) skips the line rewrites.
+    Pure and deterministic: the result depends on the arguments alone.
     """
     # Both markers start with "<": one memchr spares most texts two substring scans.
     reminders = False
@@ -98,6 +99,12 @@ def _compress_segment(text: str, options: TextOptions, profile: CommandOutput | 
     exact = profile is not None and profile.exact_lines
     if options.strip_ansi:
         text = strip_ansi(text)
+    if not exact and "@@ -" in text and is_unified_diff(text):
+        # A diff from any command (``diff -u``, ``gh pr diff``, ``hg diff``): its hunk headers
+        # count its lines, so they stay exact, as ``git diff``'s do.
+        exact = True
+        if profile is None or profile.filter is None:
+            profile = DIFF_OUTPUT if options.command_filters else None
     if options.collapse_progress and not exact:
         text = collapse_progress(text)
     if profile is not None and profile.filter is not None:
@@ -115,6 +122,21 @@ def _compress_segment(text: str, options: TextOptions, profile: CommandOutput | 
     if options.cap_chars is not None:
         text = cap_text(text, options.cap_chars, options.head_lines, options.tail_lines)
     return text
+
+
+# A unified diff's hunk header; the regex starts with a literal, and the caller checks that
+# it begins a line.
+_HUNK_RE = re.compile(r"@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
+
+
+def is_unified_diff(text: str) -> bool:
+    """Whether ``text`` holds a unified diff: a line that starts with a hunk header,
+    ``@@ -12,7 +12,9 @@``. Such lines are counted by the header, so none may be merged."""
+    for match in _HUNK_RE.finditer(text):
+        start = match.start()
+        if start == 0 or text[start - 1] == "\n":
+            return True
+    return False
 
 
 # A regex that starts with a literal (ESC) lets the engine jump between candidates.
@@ -136,7 +158,7 @@ _CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 _CONTROL_RE = re.compile(
     r"""
       \x9b[0-?]*[ -/]*[@-~]?                      # 8-bit CSI
-    | \x9d[^\x07\x1b\x9c\n]*(?:\x07|\x9c)?         # 8-bit OSC
+    | \x9d[^\x07\x1b\x9c\x9d\n]*+(?:\x07|\x9c|\x1b\\)  # 8-bit OSC, only with its terminator
     | [\x00-\x07\x0b\x0c\x0e-\x1f\x7f-\x9f]         # other controls but \t \n \r \b
     """,
     re.VERBOSE,
@@ -193,7 +215,9 @@ def collapse_progress(text: str) -> str:
     """Reduce carriage-return redraws to each line's final state; ``\\r\\n`` is a plain newline.
 
     A progress bar that redraws itself a thousand times is one line on screen and should be
-    one line for the model. The final state is the last non-empty segment after a ``\\r``.
+    one line for the model. The final state is the last non-empty segment after a ``\\r``. Only
+    segments that look like redraws of it are dropped (see :func:`_is_redraw`): a bare ``\\r``
+    also ends the lines of old Mac files, whose every segment is content.
     """
     if "\r" not in text:
         return text
@@ -204,8 +228,70 @@ def collapse_progress(text: str) -> str:
 
 
 def _final_state(line: str) -> str:
-    """The last non-empty ``\\r``-separated segment, without splitting a thousand redraws."""
-    return line.rstrip("\r").rpartition("\r")[2]
+    """The last non-empty ``\\r``-separated segment when the others are redraws of it, else
+    ``line`` without its trailing ``\\r`` (which shows nothing)."""
+    line = line.rstrip("\r")
+    cut = line.rfind("\r")
+    if cut < 0:
+        return line
+    return line[cut + 1 :] if _is_redraw(line, cut) else line
+
+
+# A grep-style location opening a line (``src/a.py:12:``, ``12-``): such a line is a match, never
+# a progress bar. Looked for in the first segment's head only, so it stays linear.
+_SEGMENT_LOCATION_RE = re.compile(r"(?:\S*:)?\d+[:-]")
+_LOCATION_HEAD = 512
+# What a redrawn state shows: a percentage, a bar or a braille spinner.
+_PROGRESS_CHARS = "%━╸╺█▉▊▋▌▍▎▏░▒▓⠀-⣿"
+_PROGRESS_MARK_RE = re.compile(rf"[{_PROGRESS_CHARS}]|[=#>]{{3}}")
+# A segment (after its ``\r``) that is not blank and holds none of the characters above: one
+# class loop per segment, where a search for marks would try them at every character.
+_UNMARKED_SEGMENT_RE = re.compile(rf"\r(?![ \t]*+(?:\r|\Z))[^\r{_PROGRESS_CHARS}]*+(?=\r|\Z)")
+_MIN_SHARED_PREFIX = 4
+
+
+def _is_redraw(line: str, cut: int) -> bool:
+    """Whether every segment of ``line`` before its last (after the ``\\r`` at ``cut``) is a
+    redraw the last one replaces.
+
+    A segment is one when it is blank or blanked by the next one (a cleared line), starts like
+    the last segment (its first :data:`_MIN_SHARED_PREFIX` characters, at least up to its first
+    letter: ``Downloading``, ``Receiving objects:``), or shows progress (a percentage, a bar, a
+    spinner). A first segment holding a ``path:line:`` location is a search match, which is
+    never collapsed.
+    """
+    if _SEGMENT_LOCATION_RE.match(line, 0, _LOCATION_HEAD) is not None:
+        return False
+    last = line[cut + 1 :]
+    letter = _LETTER_RE.search(last)
+    prefix = last[: max(_MIN_SHARED_PREFIX, letter.end())] if letter is not None else None
+    # The common case, a line redrawn with one label, costs two counts and no split.
+    if (
+        prefix is not None
+        and line.startswith(prefix)
+        and line.count(f"\r{prefix}") == line.count("\r")
+    ):
+        return True
+    first_end = line.find("\r")
+    if (
+        _UNMARKED_SEGMENT_RE.match(f"\r{line[:first_end]}") is None
+        and _UNMARKED_SEGMENT_RE.search(line, first_end, cut) is None
+    ):
+        return True
+    head = line[:cut]
+    segments = head.split("\r")
+    cleared = False  # whether the segment after this one blanks the line with spaces
+    for segment in reversed(segments):
+        blank = not segment.strip(" \t")
+        if not (
+            blank
+            or cleared
+            or (prefix is not None and segment.startswith(prefix))
+            or _PROGRESS_MARK_RE.search(segment) is not None
+        ):
+            return False
+        cleared = blank and segment != ""
+    return True
 
 
 # A newline after a space or tab, or starting a blank run: one pass that jumps from newline to
@@ -383,18 +469,22 @@ def _has_precious(text: str) -> bool:
     return any(word in lowered for word in _PRECIOUS_WORDS)
 
 
-# Floats as Decimal keep their exact digits (1.10, 1e400) through the round trip.
-_JSON_DECODER = msgspec.json.Decoder(float_hook=Decimal)
-_JSON_ENCODER = msgspec.json.Encoder(decimal_format="number")
+# Floats as Raw keep their exact text (1.10, 1e400, 1E5) through the round trip.
+_JSON_DECODER = msgspec.json.Decoder(float_hook=msgspec.Raw)
+_JSON_ENCODER = msgspec.json.Encoder()
 _JSON_ERRORS = (msgspec.MsgspecError, RecursionError, UnicodeError, ValueError, OverflowError)
+# Escapes that decode to a character the checks in minify_json count.
+_COUNTED_ESCAPES = ("\\u003a", "\\u003A", "\\u002d", "\\u002D")
 
 
 def minify_json(text: str) -> str:
     """A text that is one JSON object or array, re-encoded compactly; otherwise unchanged.
 
-    Key order, non-ASCII text, big integers and the exact digits of numbers survive; escapes
-    become the characters they stand for. A text that does not decode (truncated, lone
-    surrogates, nested beyond the recursion limit) or would not get shorter stays as it is.
+    Key order, non-ASCII text, big integers and the exact text of every number survive;
+    escapes become the characters they stand for. A text that does not decode (truncated, lone
+    surrogates, nested beyond the recursion limit), would not get shorter, or whose round trip
+    would change content stays as it is: an object repeating a key (decoding keeps one) or an
+    integer ``-0`` (which becomes ``0``).
     """
     # Most texts neither start nor end like JSON: refuse them before copying anything.
     first, last = text[:1], text[-1:]
@@ -407,7 +497,16 @@ def minify_json(text: str) -> str:
         minified = _JSON_ENCODER.encode(_JSON_DECODER.decode(body)).decode()
     except _JSON_ERRORS:
         return text
-    return minified if len(minified) < len(text) else text
+    if len(minified) >= len(text):
+        return text
+    # The round trip only drops whitespace and turns escapes into characters, so each ":" and
+    # "-" stays, unless a repeated key (with its ":") or a "-0" was lost. Escapes of those
+    # characters would add some: such rare texts are left alone.
+    if minified.count(":") != body.count(":") or minified.count("-") != body.count("-"):
+        return text
+    if "\\u00" in body and any(escape in body for escape in _COUNTED_ESCAPES):
+        return text
+    return minified
 
 
 _CUT_MARGIN = 2  # the newlines around a marker

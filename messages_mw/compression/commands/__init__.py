@@ -28,7 +28,7 @@ from .installs import filter_cargo_build, filter_npm, filter_pip
 from .parse import main_programs, names_files, operands, program_name
 from .testrunners import filter_cargo_test, filter_go_test, filter_js_tests, filter_pytest
 
-__all__ = ["CommandOutput", "filter_for_command", "inspect_command"]
+__all__ = ["DIFF_OUTPUT", "CommandOutput", "filter_for_command", "inspect_command"]
 
 Filter = Callable[[str], str]
 
@@ -80,6 +80,8 @@ _SINGLE: Mapping[tuple[str, bool], CommandOutput] = MappingProxyType(
     {(key, exact): CommandOutput(output_filter, exact)
      for key, output_filter in _FILTERS.items() for exact in (False, True)}
 )  # fmt: skip
+# What ``git diff`` gets, for output that shows a unified diff whatever its command.
+DIFF_OUTPUT = _SINGLE["diff", True]
 _PROGRAMS: Mapping[str, _Plan] = MappingProxyType(
     {
         **dict.fromkeys(("pytest", "py.test", "tox", "nox"), _PYTEST),

@@ -7,6 +7,8 @@ so ``Preparing metadata (pyproject.toml) ... error`` stays.
 
 from __future__ import annotations
 
+import re
+
 from .lines import drop_runs, runs_of
 
 __all__ = ["filter_cargo_build", "filter_npm", "filter_pip"]
@@ -29,9 +31,41 @@ _PIP_PROGRESS = runs_of(
 )
 
 
+# What a kept line reporting a failure holds: ``error: subprocess-exited-with-error``,
+# ``ERROR: ...``, ``Failed to build``.
+_PIP_FAILURE_WORDS = ("rror", "RROR", "ailed", "AILED")
+_PIP_COLLECTING = re.compile(r"\n[ \t]*(?:Collecting|Obtaining) ")
+
+
 def filter_pip(text: str) -> str:
-    """pip, uv, poetry installs: drop ``Collecting``, downloads, bars and satisfied requirements."""
-    return drop_runs(text, _PIP_PROGRESS, _PROGRESS)
+    """pip, uv, poetry installs: drop ``Collecting``, downloads, bars and satisfied requirements.
+
+    A failure's lines often do not name the package (``Preparing metadata (setup.py) ...
+    error``): the last ``Collecting`` line before each kept line reporting an error stays.
+    """
+    return drop_runs(text, _PIP_PROGRESS, _PROGRESS, _failing_packages)
+
+
+def _failing_packages(framed: str, runs: list[re.Match[str]]) -> list[int]:
+    """The ``Collecting`` lines, among the dropped ``runs``, last before a kept error line.
+
+    Only the kept text between runs is searched for errors (a few lines in most installs), and
+    the runs for their ``Collecting`` lines only when an error follows them.
+    """
+    kept: list[int] = []
+    floor = 0  # runs before this one precede a Collecting line already kept
+    for index, run in enumerate(runs):
+        gap_end = runs[index + 1].start() if index + 1 < len(runs) else len(framed)
+        if not any(framed.find(word, run.end(), gap_end) >= 0 for word in _PIP_FAILURE_WORDS):
+            continue
+        for back in range(index, floor - 1, -1):
+            earlier = runs[back]
+            found = list(_PIP_COLLECTING.finditer(framed, earlier.start(), earlier.end()))
+            if found:
+                kept.append(found[-1].start())
+                break
+        floor = index + 1
+    return kept
 
 
 _NPM_PROGRESS = runs_of(

@@ -37,12 +37,49 @@ def sub_framed(
     return result[1:-1] if count else text
 
 
-def drop_runs(text: str, runs: re.Pattern[str], what: str) -> str:
-    """Replace each run matched by ``runs`` with a count marker, when the marker is shorter."""
+def drop_runs(
+    text: str,
+    runs: re.Pattern[str],
+    what: str,
+    keep: Callable[[str, list[re.Match[str]]], list[int]] | None = None,
+) -> str:
+    """Replace each run matched by ``runs`` with a count marker, when the marker is shorter.
 
-    def replace(match: re.Match[str]) -> str:
-        found = match.group()
-        line = "\n" + marker(found.count("\n"), what)
-        return line if len(line) < len(found) else found
+    ``keep``, given the text framed by newlines and the runs found in it, names lines of those
+    runs to keep all the same, each by the position of the newline before it.
+    """
+    if keep is None:
+        return sub_framed(text, runs, lambda match: _run_marker(match.group(), what))
+    framed = f"\n{text}\n"
+    found = list(runs.finditer(framed))
+    if not found:
+        return text
+    kept = sorted(keep(framed, found))
+    pieces: list[str] = []
+    done = 0
+    index = 0
+    for run in found:
+        pieces.append(framed[done : run.start()])
+        start = run.start()
+        while index < len(kept) and kept[index] < run.end():
+            line_start = kept[index]
+            index += 1
+            if line_start < start:
+                continue
+            # Every line of a run ends at a newline no later than the run's end.
+            line_end = framed.find("\n", line_start + 1)
+            if line_start > start:
+                pieces.append(_run_marker(framed[start:line_start], what))
+            pieces.append(framed[line_start:line_end])
+            start = line_end
+        if start < run.end():
+            pieces.append(_run_marker(framed[start : run.end()], what))
+        done = run.end()
+    pieces.append(framed[done:])
+    return "".join(pieces)[1:-1]
 
-    return sub_framed(text, runs, replace)
+
+def _run_marker(found: str, what: str) -> str:
+    """What a run of lines (each after its newline) becomes: a marker when that is shorter."""
+    line = "\n" + marker(found.count("\n"), what)
+    return line if len(line) < len(found) else found

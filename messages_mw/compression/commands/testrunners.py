@@ -80,24 +80,33 @@ def filter_js_tests(text: str) -> str:
     return drop_runs(text, _JS_PASSING, _PASSING)
 
 
+# An ``=== RUN``/``NAME``/``CONT`` line says which test the lines after it belong to (a
+# ``helper.go:12:`` line names no test), so it goes only when nothing but dropped lines follows
+# it up to the next ``===`` or ``---`` line. The per-package ``ok  pkg 0.01s coverage: ...``
+# lines are the run's summary and stay.
+_GO_DROPPED_AFTER = r"(?:\n(?:PASS|\?   [ \t]*\S+[ \t]+\[no test files\])[ \t]*)*"
+_GO_NEXT_HEADER = r"\n[ \t]*+(?:===|---) "
 _GO_PASSING = runs_of(
-    r"[ \t]*=== (?:RUN|PAUSE|CONT|NAME) [^\n]*"
+    r"[ \t]*=== (?:RUN|PAUSE|CONT|NAME) [^\n]*+"
+    # The next line is most often the next header: that alternative first.
+    rf"(?={_GO_NEXT_HEADER}|{_GO_DROPPED_AFTER}(?:{_GO_NEXT_HEADER}|\n\n?\Z))"
     r"|[ \t]*--- PASS: [^\n]*"
-    r"|ok  [ \t]*\S+[ \t][^\n]*"
     r"|\?   [ \t]*\S+[ \t]+\[no test files\]"
     r"|PASS"
 )
+_GO_DROPPED = "passing-test and progress lines"
 
 
 def filter_go_test(text: str) -> str:
-    """go test: drop ``=== RUN``, ``--- PASS``, ``ok  pkg 0.01s`` and ``[no test files]`` lines.
+    """go test: drop ``=== RUN``, ``--- PASS``, ``PASS`` and ``[no test files]`` lines.
 
-    ``--- FAIL`` lines, the test's log lines (``foo_test.go:12: ...``), panics and the
-    ``FAIL pkg`` lines are kept.
+    ``--- FAIL`` lines, the test's log lines (``foo_test.go:12: ...``) with the ``=== RUN`` or
+    ``=== NAME`` line that says whose they are, panics, the ``FAIL pkg`` lines and the
+    ``ok  pkg 0.01s coverage: 81.3% of statements`` summary lines are kept.
     """
-    if not any(word in text for word in ("=== ", "PASS", "ok  ", "[no test files]")):
+    if not any(word in text for word in ("=== ", "PASS", "[no test files]")):
         return text
-    return drop_runs(text, _GO_PASSING, _PASSING)
+    return drop_runs(text, _GO_PASSING, _GO_DROPPED)
 
 
 _CARGO_PASSING = runs_of(r"test \S[^\n]* \.\.\. ok")
