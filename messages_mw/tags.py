@@ -115,6 +115,10 @@ def collect_tags(groups: Iterable[tuple[str, Iterable[str]]], policy: TagPolicy)
     duplicates; raises :class:`InvalidRequestError` naming the source of a bad tag."""
     merged: dict[str, None] = {}
     for source, tags in groups:
+        if "." in source:  # a JSON path (metadata.tags): the message names the item
+            for index, tag in enumerate(tags):
+                merged[_check_tag(tag, f"{source}.{index}", policy)] = None
+            continue
         for tag in tags:
             merged[_check_tag(tag, source, policy)] = None
     if len(merged) > policy.max_count:

@@ -91,6 +91,9 @@ def test_tags_from_header_are_validated_and_bounded() -> None:
     with pytest.raises(InvalidRequestError, match="at most 2"):
         collect_tags([("h", ["a", "b", "c"])], TagPolicy(max_count=2))
     assert collect_tags([("h", ["a", "b"]), ("key", ["b", "c"])], POLICY) == ["a", "b", "c"]
+    # A tag from the body is named by its JSON path, item included.
+    with pytest.raises(InvalidRequestError, match=r"^metadata\.tags\.1: tag 'bad tag'"):
+        collect_tags([("metadata.tags", ["good", "bad tag"])], POLICY)
 
 
 @given(st.text(max_size=80))
