@@ -656,6 +656,21 @@ def test_alignment_leaves_clients_that_cache_alone(top: dict[str, Any]) -> None:
     assert compress_request(body, CLAUDE, align_cache=True).body is None
 
 
+@pytest.mark.parametrize("where", ["tools", "system"])
+def test_alignment_never_replaces_a_marker_spelled_with_an_escape(where: str) -> None:
+    # "cache\u005fcontrol" decodes to cache_control: the client's 1 h TTL must survive.
+    tools = _tools(3, 2000)
+    system = [{"type": "text", "text": "be brief"}]
+    marked = tools[-1] if where == "tools" else system[-1]
+    marked["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    body = _body([{"role": "user", "content": "hi"}], system=system, tools=tools)
+    escaped = body.replace(b'"cache_control"', b'"cache\\u005fcontrol"')
+    assert escaped != body
+    result = compress_request(escaped, CLAUDE, align_cache=True)
+    if result.body is not None:
+        assert json.loads(result.body)[where][-1]["cache_control"]["ttl"] == "1h"
+
+
 def test_alignment_on_samples_never_exceeds_four() -> None:
     for name in ("agent_turn.json", "long_context.json", "small_chat.json"):
         body = (SAMPLES / name).read_bytes()

@@ -74,6 +74,10 @@ def _mark_last_tool(tools: Raw) -> Raw | None:
         items = _blocks.decode(tools)
         for index in range(len(items) - 1, -1, -1):
             tool = _block.decode(items[index])
+            if "cache_control" in tool:
+                # Spelled with an escape, the raw check for a marker missed it: the client
+                # set one, so alignment must not touch the body.
+                return None
             if tool.get("defer_loading") != _TRUE:
                 tool["cache_control"] = _EPHEMERAL
                 items[index] = Raw(_encoder.encode(tool))
@@ -95,6 +99,8 @@ def _mark_system(system: Raw) -> Raw | None:
             return None
         last = _block.decode(value[-1])
         if last.get("type") != _TEXT or not _string.decode(last.get("text", b'""')).strip():
+            return None
+        if "cache_control" in last:  # an escaped spelling the raw check missed
             return None
     except DECODE_ERRORS:
         return None
