@@ -361,7 +361,7 @@ def test_edgee_header_preset(ups: Upstreams) -> None:
     [
         ({"x-mw-tags": "a b"}, None, "x-mw-tags"),
         ({"x-mw-tags": "ok,bad\ttag"}, None, "x-mw-tags"),
-        ({}, {"tags": ["fine", "not fine"]}, "metadata.tags"),
+        ({}, {"tags": ["fine", "not fine"]}, "metadata.tags.1"),
         ({"x-claude-code-session-id": "s p a c e"}, None, "x-claude-code-session-id"),
     ],
     ids=["space", "tab", "metadata", "session"],

@@ -661,7 +661,7 @@ supports_images = false
     assert local.quirks == OpenAIQuirks(max_tokens_field="max_tokens", supports_images=False)
     assert local.models == ("qwen3",)
     assert config.aliases == {"fast": "local/qwen3"}
-    path.write_text('[openai_upstreams.local]\nbase_url = "x"\nmodel = "typo"\n')
+    path.write_text('[openai_upstreams.local]\nbase_url = "http://x"\nmodel = "typo"\n')
     with pytest.raises(ConfigError, match="model"):
         load_config(path)
     assert msgspec.structs.asdict(OpenAIUpstreamConfig(base_url="x"))["ping_interval"] == 10.0
