@@ -326,6 +326,19 @@ async def test_message_start_carries_the_local_input_estimate() -> None:
     assert usage["input_tokens"] == estimate_input_tokens(body)
 
 
+async def test_a_reply_without_usage_carries_the_same_estimate_as_a_stream() -> None:
+    # Some local servers send no usage: the usage event must not say the prompt was free.
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = json.loads(completion_json("Hi"))
+        del answer["usage"]
+        return httpx.Response(200, json=answer)
+
+    body = _body()
+    response = await _provider(handler).send(_request(body))
+    assert response.body is not None
+    assert json.loads(response.body)["usage"]["input_tokens"] == estimate_input_tokens(body)
+
+
 async def test_silence_is_filled_with_pings_only_after_message_start() -> None:
     chunks = completion_chunks(["Hello", " there"])
     # Silent for four ping intervals before the first chunk, then again after the second.

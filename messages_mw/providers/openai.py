@@ -197,7 +197,12 @@ class OpenAIProvider:
             raise UpstreamUnavailableError(
                 f"The upstream {self._origin} answered a streaming request without a stream."
             )
-        message = to_anthropic_message(body, model=model, message_id=_new_message_id())
+        message = to_anthropic_message(
+            body,
+            model=model,
+            message_id=_new_message_id(),
+            estimate_input=lambda: estimate_input_tokens(request.body),
+        )
         return ProviderResponse(200, list(_JSON_HEADERS), body=message)
 
     def _stream(self, response: httpx.Response, model: str, input_tokens: int) -> ProviderResponse:

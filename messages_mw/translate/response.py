@@ -6,6 +6,8 @@ reasoning as a ``thinking`` block, then the text, then one ``tool_use`` block pe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from ..errors import UpstreamUnavailableError
@@ -20,13 +22,21 @@ __all__ = ["to_anthropic_message"]
 _message_encoder = msgspec.json.Encoder()
 
 
-def to_anthropic_message(body: bytes, *, model: str, message_id: str) -> bytes:
+def to_anthropic_message(
+    body: bytes,
+    *,
+    model: str,
+    message_id: str,
+    estimate_input: Callable[[], int] | None = None,
+) -> bytes:
     """Translate a 2xx Chat Completions body into an Anthropic Message JSON body.
 
     ``model`` is the model the client asked for (not the upstream's), ``message_id`` the id to
-    report. Raises :class:`~messages_mw.errors.UpstreamUnavailableError` (502) for a body that
-    is not a completion, and the mapped :class:`~messages_mw.errors.GatewayError` subclass for
-    an error object sent with a 2xx status.
+    report. A body without ``usage`` reports ``estimate_input()`` input tokens (as a translated
+    stream's ``message_start`` does), or 0 without it. Raises
+    :class:`~messages_mw.errors.UpstreamUnavailableError` (502) for a body that is not a
+    completion, and the mapped :class:`~messages_mw.errors.GatewayError` subclass for an error
+    object sent with a 2xx status.
     """
     parsed = _decode(body)
     error = parsed.error_detail()
@@ -36,7 +46,10 @@ def to_anthropic_message(body: bytes, *, model: str, message_id: str) -> bytes:
     if choice is None or choice.message is None:
         raise UpstreamUnavailableError("upstream response holds no choices[0].message")
     reply = choice.message
-    usage = token_usage(parsed.usage) if parsed.usage is not None else TokenUsage()
+    if parsed.usage is not None:
+        usage = token_usage(parsed.usage)
+    else:
+        usage = TokenUsage(input_tokens=estimate_input() if estimate_input is not None else 0)
     message = Message(
         id=message_id,
         role="assistant",
