@@ -1,8 +1,10 @@
 """Relaying an upstream answer to the ASGI client: whole bodies, and SSE chunk by chunk.
 
-A stream is relayed byte for byte as chunks arrive, while a :class:`StreamObserver` reads usage
-along the way. Failures after the response started end the stream with an SSE ``error`` event,
-and so does an upstream stream that ends without ``message_stop``.
+A stream is relayed byte for byte as chunks arrive, each event as soon as its last byte has
+(the start of an event waits for its end, which no client could act on sooner), while a
+:class:`StreamObserver` reads usage along the way. Failures after the response started end the
+stream with an SSE ``error`` event, and so does an upstream stream that ends without
+``message_stop``.
 """
 
 from __future__ import annotations
