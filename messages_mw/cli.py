@@ -110,7 +110,8 @@ def _add_gateway_options(serve: argparse.ArgumentParser) -> None:
         "--timeout",
         metavar="SECONDS",
         type=_positive_float,
-        help="Upstream read timeout, also the longest silence allowed inside a stream.",
+        help="Read timeout of the default upstream ([upstream]), also the longest silence "
+        "allowed inside its streams; [upstreams.*] and [openai_upstreams.*] keep their own.",
     )
 
 
