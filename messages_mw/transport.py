@@ -21,6 +21,7 @@ from ._http11 import Connection, Origin, PeerClosedError, ProtocolError, head_an
 
 __all__ = ["FastHTTPTransport"]
 
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -231,8 +232,9 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         """Send ``request`` and return the response as soon as its head has arrived.
 
         The body streams from the connection; closing the response returns the connection to
-        the pool, or closes it if the body was not read to the end. A request with a bytes body
-        is sent once more on a fresh connection if a reused one dies before answering.
+        the pool, or closes it if the body was not read to the end. A replayable request (an
+        idempotent method, or an idempotency key) with a bytes body is sent once more on a
+        fresh connection if a reused one dies before answering.
 
         Raises httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout,
         httpx.ConnectTimeout, httpx.ConnectError, httpx.WriteTimeout, httpx.WriteError,
@@ -311,7 +313,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         try:
             return await self._exchange(conn, request, head, body, timeouts)
         except (TimeoutError, ProtocolError, PeerClosedError) as exc:
-            if _is_stale(exc, conn) and body is not None:
+            if _is_stale(exc, conn) and body is not None and _is_replayable(request):
                 self._pool.replace(conn)
                 raise _StaleConnectionError from exc
             self._pool.discard(conn)
@@ -385,8 +387,23 @@ def _body_if_bytes(request: httpx.Request) -> bytes | None:
 
 
 def _is_stale(exc: Exception, conn: Connection) -> bool:
-    # The server closed an idle connection just as it was reused: nothing was processed.
+    # The server closed an idle connection just as it was reused: most likely nothing was
+    # processed. Most likely only: a server that read the request and died before answering
+    # looks the same, which is why only replayable requests are sent again.
     return isinstance(exc, PeerClosedError) and conn.reused and not conn.received_any
+
+
+def _is_replayable(request: httpx.Request) -> bool:
+    """Whether sending ``request`` twice is harmless: an idempotent method, or a client that
+    made it so with an idempotency key (the rule of Go's net/http). A POST to /v1/messages is
+    not: a second copy is billed again, so its failure goes to the client, whose SDK decides
+    (and may have been told not to retry)."""
+    headers = request.headers
+    return (
+        request.method in _IDEMPOTENT_METHODS
+        or "idempotency-key" in headers
+        or "x-idempotency-key" in headers
+    )
 
 
 def _last_coding(headers: httpx.Headers) -> str:
