@@ -387,6 +387,24 @@ async def test_the_stream_ends_at_message_stop_while_the_upstream_lingers() -> N
     assert lingering.closed
 
 
+async def test_the_upstream_body_is_read_to_its_end_after_done() -> None:
+    # The chunked terminator often comes in a write of its own after [DONE]: a body left
+    # unread would close the keep-alive connection, costing the next request a handshake.
+    read_whole: list[bool] = []
+
+    class _Tracked(_Chunks):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in super().__aiter__():
+                yield chunk
+            read_whole.append(True)
+
+    stream = _Tracked([*completion_chunks(["Hi"]), b""], delay=0.02)
+    provider = _provider(lambda request: _sse_response(stream), ping_interval=10)
+    events = _events(await _read(await provider.send(_request(stream=True))))
+    assert [name for name, _ in events][-1] == "message_stop"
+    assert read_whole == [True]
+
+
 async def test_a_stream_that_breaks_ends_with_an_error_event() -> None:
     chunks = completion_chunks(["Hello", " there"])[:3]
 

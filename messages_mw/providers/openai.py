@@ -41,6 +41,9 @@ _CREATED_AT = "2025-01-01T00:00:00Z"
 _DEFAULT_PAGE = 20
 _USER_AGENT = "messages-mw"
 _PING = frame_event("ping", b'{"type":"ping"}')
+# How long, and how many bytes, to read after [DONE] for the body's end (see _read_to_end).
+_DRAIN_SECONDS = 0.1
+_DRAIN_BYTES = 64 * 1024
 _SSE_HEADERS = (("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"))
 _JSON_HEADERS = (("content-type", "application/json"),)
 # Upstream headers a client (and the fallback chain) needs to retry an error correctly.
@@ -269,9 +272,27 @@ class OpenAIProvider:
         finally:
             if pending is not None:
                 pending.cancel()
+        if translator.ended:
+            await _read_to_end(reads)
         tail = translator.finish()
         if tail:
             yield tail
+
+
+async def _read_to_end(reads: AsyncIterator[bytes]) -> None:
+    """Read, briefly, what the upstream sends after ``[DONE]``: most often the chunked body's
+    terminator, in a write of its own (vLLM and other Starlette servers). A body read to its
+    end lets the keep-alive connection back into the pool; a body left unread closes it, and
+    the next request pays for a new connection (and TLS handshake)."""
+    size = 0
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for chunk in reads:
+                size += len(chunk)
+                if size > _DRAIN_BYTES:
+                    return
+    except (TimeoutError, GatewayError):
+        return
 
 
 def _fixed_headers(settings: OpenAIUpstreamConfig, host: bytes) -> list[tuple[bytes, bytes]]:
