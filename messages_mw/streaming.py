@@ -113,13 +113,9 @@ class StreamObserver:
         self._separators: tuple[bytes, ...] = _LF_SEPARATORS
 
     @property
-    def at_event_boundary(self) -> bool:
-        """True when everything relayed so far ended on a complete event."""
-        return not self._buffer
-
-    @property
     def unfinished_bytes(self) -> int:
-        """How many bytes fed so far belong to an event not yet complete (the tail)."""
+        """How many bytes fed so far belong to an event not yet complete (the tail); 0 when
+        everything fed ended on a complete event."""
         return len(self._buffer)
 
     @property

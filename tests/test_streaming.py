@@ -25,7 +25,7 @@ def test_whole_stream_usage_and_stop() -> None:
     assert observer.usage.output_tokens == 3
     assert observer.stop_reason == "end_turn"
     assert observer.message_id == "msg_01UpstreamStream0000001"
-    assert observer.finished and observer.at_event_boundary
+    assert observer.finished and observer.unfinished_bytes == 0
     assert observer.error_type is None
 
 
@@ -60,7 +60,7 @@ def test_error_event_and_truncation() -> None:
     assert observer.error_type == "overloaded_error" and observer.finished
     partial = _observe([STREAM[:150]])
     assert not partial.finished
-    assert not partial.at_event_boundary
+    assert partial.unfinished_bytes > 0
 
 
 def test_malformed_and_unknown_events_are_ignored() -> None:
