@@ -270,11 +270,10 @@ async def _peek_stream(
     retry_statuses: tuple[int, ...],
     hold: float,
     buffered: list[bytes],
-) -> tuple[list[bytes], GatewayError | None, asyncio.Future[bytes] | None]:
+) -> tuple[GatewayError | None, asyncio.Future[bytes] | None]:
     """Read until the first content event, or for at most ``hold`` seconds, into ``buffered``
-    (which holds the chunks read even if this raises or is cancelled); return them, the
-    failure if any, and the read still under way when the hold ran out (for the caller to
-    await next).
+    (which holds the chunks read even if this raises or is cancelled); return the failure if
+    any, and the read still under way when the hold ran out (for the caller to await next).
 
     Raises a non-retryable ``GatewayError`` from the stream, and anything else it raises.
     """
@@ -288,7 +287,7 @@ async def _peek_stream(
             read = asyncio.ensure_future(anext(chunks))
             if not await hold_timer.wait(read):
                 pending, read = read, None
-                return buffered, None, pending
+                return None, pending
             try:
                 chunk = read.result()
             except StopAsyncIteration:
@@ -296,18 +295,18 @@ async def _peek_stream(
                 if verdict is None:
                     message = "The upstream stream ended before any content."
                     verdict = UpstreamUnavailableError(message)
-                return buffered, None if verdict == "content" else verdict, None
+                return None if verdict == "content" else verdict, None
             except GatewayError as exc:
                 if exc.status not in retry_statuses:
                     raise
-                return buffered, exc, None
+                return exc, None
             buffered.append(chunk)
             size += len(chunk)
             verdict = scanner.feed(chunk)
             if isinstance(verdict, GatewayError):
-                return buffered, verdict, None
+                return verdict, None
             if verdict == "content" or size > _MAX_PEEK_BYTES:
-                return buffered, None, None
+                return None, None
     finally:
         hold_timer.stop()
         if read is not None:
@@ -414,7 +413,8 @@ class _Chain:
             return True
         self.attempts.append(Attempt(target.name, None, "circuit_open", 0.0))
         wait = breaker.seconds_until_trial(target.name)
-        self.first_trial_in = min(self.first_trial_in or wait, wait)
+        earliest = self.first_trial_in
+        self.first_trial_in = wait if earliest is None else min(earliest, wait)
         return False
 
     async def try_target(self, target: Target) -> ProviderResponse | None:
@@ -493,9 +493,10 @@ class _Chain:
         policy = self.policy
         # Kept for the caller, who reads the usage in message_start from it should the client
         # leave while the stream is held: the upstream bills those input tokens all the same.
-        self.peeked.clear()
-        buffered, error, pending = await _peek_stream(
-            chunks, policy.retry_statuses, policy.stream_hold, self.peeked
+        buffered = self.peeked
+        buffered.clear()
+        error, pending = await _peek_stream(
+            chunks, policy.retry_statuses, policy.stream_hold, buffered
         )
         if error is not None and error.status in policy.retry_statuses:
             return _Failure(target, response.status, error)
