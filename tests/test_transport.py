@@ -16,15 +16,17 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from messages_mw import transport as transport_module
 from messages_mw.transport import FastHTTPTransport
 
 _LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
@@ -987,3 +989,75 @@ def test_chunked_split_over_real_socket(body: bytes, sizes: list[int], cuts: lis
             return await fetch(transport, "GET", server.url)
 
     assert asyncio.run(asyncio.wait_for(scenario(), 10)) == body
+
+
+@contextlib.contextmanager
+def resolving_to(addresses: list[tuple[str, int]]) -> Iterator[None]:
+    """Make every host resolve to ``addresses`` (IPv4, in this order)."""
+
+    async def resolve(
+        loop: asyncio.AbstractEventLoop, hostname: str, port: int
+    ) -> list[tuple[int, tuple[Any, ...]]]:
+        return [(socket.AF_INET, address) for address in addresses]
+
+    with mock.patch.object(transport_module, "_resolve", resolve):
+        yield
+
+
+@contextlib.contextmanager
+def black_hole(port: int) -> Iterator[tuple[str, int]]:
+    """An address whose connects hang: a listener that never accepts, its queue full, so
+    the kernel drops further SYNs (a broken route looks the same to a client)."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.2", port))
+        listener.listen(0)
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.2", port))
+            fillers.append(filler)
+        yield ("127.0.0.2", port)
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+@async_test
+async def test_a_black_holed_first_address_does_not_use_up_the_connect_timeout() -> None:
+    # RFC 8305: the next address starts 0.25 s later, alongside; sequential tries would wait
+    # out the whole connect timeout on the first and fail.
+    async def answer(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with Upstream(answer) as server, FastHTTPTransport() as transport:
+        port = int(server.url.rsplit(":", 1)[1])
+        with black_hole(port) as hole, resolving_to([hole, ("127.0.0.1", port)]):
+            await asyncio.sleep(0.1)  # let the fillers' handshakes fill the queue
+            url = f"http://dual.test:{port}/"
+            body = await fetch(transport, "GET", url, extensions={"timeout": {"connect": 5.0}})
+    assert body == b"ok"
+
+
+@async_test
+async def test_when_every_address_fails_the_last_error_is_raised() -> None:
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    port = refused.getsockname()[1]
+    refused.close()  # nothing listens there now
+    async with FastHTTPTransport() as transport:
+        addresses = [("127.0.0.2", port), ("127.0.0.1", port)]
+        with resolving_to(addresses), pytest.raises(httpx.ConnectError):
+            await send(transport, "GET", f"http://dual.test:{port}/")
+
+
+def test_addresses_alternate_between_families_first_family_first() -> None:
+    v6a, v6b = (socket.AF_INET6, ("::1", 1, 0, 0)), (socket.AF_INET6, ("::2", 1, 0, 0))
+    v4a, v4b = (socket.AF_INET, ("10.0.0.1", 1)), (socket.AF_INET, ("10.0.0.2", 1))
+    ordered = transport_module._interleaved([v6a, v6b, v4a, v6a, v4b])
+    assert ordered == [v6a, v4a, v6b, v4b]
