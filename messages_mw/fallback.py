@@ -498,10 +498,13 @@ class _Chain:
         error, pending = await _peek_stream(
             chunks, policy.retry_statuses, policy.stream_hold, buffered
         )
-        if error is not None and error.status in policy.retry_statuses:
+        if error is not None:
+            if error.status not in policy.retry_statuses:
+                # A client error (a prompt too long, a bad key) is the answer another try
+                # would get too. Nothing has reached the client: it gets the error's own
+                # status, as Anthropic reports such errors, and its SDK the typed exception.
+                raise error
             return _Failure(target, response.status, error)
-        # A client error (a prompt too long, a bad key) is the answer another try would get
-        # too: relay the stream as it came, as Anthropic's own would reach the client.
         replayed = _replay(buffered, pending, chunks)
         close = response.close
         if pending is not None:
@@ -585,12 +588,12 @@ async def run_chain(
     A wait that would pass ``policy.deadline``, or a ``retry-after`` above ``max_retry_after``,
     moves on to the next target; once the deadline has passed (it also bounds each ``send`` and
     each stream's wait for content) the chain stops. A stream that opens with an ``error``
-    event of a type whose status is not retryable (a prompt too long, a bad key) is final and
-    relayed as it came. With a ``breaker``, open targets are skipped (logged as
-    ``circuit_open``); an attempt that got no answer, a 5xx or a 529 counts against its
-    target, even as a final answer (``x-should-retry: false``); a 408, 409 or 429 is about one
-    caller and counts for nothing; any other final answer resets it; a non-retryable error
-    raised by ``send`` leaves it as it was.
+    event of a type whose status is not retryable (a prompt too long, a bad key) raises that
+    error at once, to be answered with its status. With a ``breaker``, open targets are
+    skipped (logged as ``circuit_open``); an attempt that got no answer, a 5xx or a 529 counts
+    against its target, even as a final answer (``x-should-retry: false``); a 408, 409 or 429
+    is about one caller and counts for nothing; any other final answer resets it; a
+    non-retryable error, raised by ``send`` or read from a stream, leaves it as it was.
 
     Raises a non-retryable :class:`GatewayError` from ``send`` at once, the last retryable one
     when nothing better came, and :class:`OverloadedError` when the breaker skipped every

@@ -597,25 +597,29 @@ def test_a_per_request_failure_does_not_count_for_the_breaker(status: int) -> No
 
 
 @pytest.mark.parametrize(
-    "error_type",
+    ("error_type", "status"),
     [
-        "invalid_request_error",
-        "authentication_error",
-        "billing_error",
-        "permission_error",
-        "not_found_error",
-        "request_too_large",
+        ("invalid_request_error", 400),
+        ("authentication_error", 401),
+        ("billing_error", 402),
+        ("permission_error", 403),
+        ("not_found_error", 404),
+        ("request_too_large", 413),
     ],
 )
-def test_a_stream_opening_with_a_client_error_is_relayed_as_it_came(error_type: str) -> None:
-    # Another try (or target) would get the same answer; Anthropic's own stream reaches the
-    # client, and the target stays healthy.
-    opening = [MESSAGE_START, error_event(error_type, "prompt is too long: 210000 tokens")]
+def test_a_stream_opening_with_a_client_error_is_that_error_at_once(
+    error_type: str, status: int
+) -> None:
+    # Another try (or target) would get the same answer, and nothing has reached the client:
+    # it gets the error's own status, as Anthropic reports such errors, and the target stays
+    # healthy. Unknown to the chain, these used to be 502s (which the SDKs retry).
+    opening = streamed([MESSAGE_START, error_event(error_type, "prompt is too long: 210000")])
     breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1))
-    send = Upstreams({PRIMARY.name: [streamed(opening)], SECONDARY.name: []})
-    result, chunks = chain_and_read([PRIMARY, SECONDARY], send, breaker=breaker)
-    assert b"".join(chunks) == b"".join(opening)
-    assert send.calls == [PRIMARY.name] and result.target == PRIMARY
+    send = Upstreams({PRIMARY.name: [opening], SECONDARY.name: []})
+    with pytest.raises(GatewayError, match="prompt is too long") as caught:
+        chain([PRIMARY, SECONDARY], send, breaker=breaker, stream=True)
+    assert (caught.value.status, caught.value.error_type) == (status, error_type)
+    assert send.calls == [PRIMARY.name] and closes(opening) == 1
     assert breaker.state(PRIMARY.name) == "closed"
 
 
