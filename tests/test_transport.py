@@ -1030,12 +1030,7 @@ def black_hole(port: int) -> Iterator[tuple[str, int]]:
 async def test_a_black_holed_first_address_does_not_use_up_the_connect_timeout() -> None:
     # RFC 8305: the next address starts 0.25 s later, alongside; sequential tries would wait
     # out the whole connect timeout on the first and fail.
-    async def answer(server: Upstream, reader: Reader, writer: Writer) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        await writer.drain()
-
-    async with Upstream(answer) as server, FastHTTPTransport() as transport:
+    async with serving(lambda request: response(b"ok")) as server, FastHTTPTransport() as transport:
         port = int(server.url.rsplit(":", 1)[1])
         with black_hole(port) as hole, resolving_to([hole, ("127.0.0.1", port)]):
             await asyncio.sleep(0.1)  # let the fillers' handshakes fill the queue
