@@ -96,8 +96,9 @@ class PrometheusSink:
         )
 
     def __call__(self, event: UsageEvent) -> None:
+        # Status 0: the client left before any answer, which proves nothing about the name.
         model = self._model_label(
-            event.served_model or event.requested_model or "unknown", event.status < 400
+            event.served_model or event.requested_model or "unknown", 200 <= event.status < 400
         )
         self._requests.labels(
             str(event.status), event.provider or "unknown", model, _flag(event.fallback_used)

@@ -33,14 +33,17 @@ class OpenTelemetrySink:
     older ``gen_ai.system`` ("anthropic"), ``gen_ai.request.model``, ``gen_ai.response.model``,
     and ``gen_ai.usage.*``, where ``input_tokens`` includes the cache reads and writes, as the
     conventions ask (Anthropic's own ``input_tokens`` excludes them). The span status is ERROR
-    when the HTTP status is 400 or more or the event has an ``error_type``.
+    when the HTTP status is 400 or more, the event has an ``error_type`` or the client left
+    before its answer.
 
     ``tracer_provider`` defaults to the global one (set by ``trace.set_tracer_provider``, even
     after this sink is built). Through a :class:`~messages_mw.usage.UsageDispatcher` the span
     has no parent: the dispatcher runs sinks outside the request's context.
     """
 
-    nonblocking = True  # memory work or one buffered line: safe on the event loop
+    # Not ``nonblocking``: ending a span runs whatever span processors the host installed,
+    # and a SimpleSpanProcessor exports right there, as slowly as its collector answers. So
+    # spans are made on the dispatcher's worker thread, never on the event loop.
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("messages_mw", tracer_provider=tracer_provider)
@@ -57,8 +60,9 @@ class OpenTelemetrySink:
             attributes=_attributes(event),
             start_time=end - latency_ns,
         )
-        if event.status >= 400 or event.error_type is not None:
-            span.set_status(Status(StatusCode.ERROR, event.error_type or f"HTTP {event.status}"))
+        error = _error_type(event)
+        if error is not None:
+            span.set_status(Status(StatusCode.ERROR, error))
         span.end(end_time=end)
 
 
@@ -69,6 +73,16 @@ def _operation(path: str) -> str:
     if path == "/v1/messages/count_tokens":
         return "count_tokens"
     return "models" if path.startswith("/v1/models") else "other"
+
+
+def _error_type(event: UsageEvent) -> str | None:
+    """Why the request failed, or ``None``: a client that left before its answer counts as a
+    failure too, though no status was ever sent."""
+    if event.error_type is not None:
+        return event.error_type
+    if event.status >= 400:
+        return str(event.status)
+    return "client_disconnected" if event.client_disconnected else None
 
 
 def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
@@ -85,8 +99,9 @@ def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
         "gen_ai.usage.cache_read.input_tokens": event.cache_read_input_tokens,
         "gen_ai.usage.cache_creation.input_tokens": event.cache_creation_input_tokens,
         "http.request.method": event.method,
-        "http.response.status_code": event.status,
-        "error.type": event.error_type or (str(event.status) if event.status >= 400 else None),
+        # 0 means no response was sent (the client left first): there is no status code.
+        "http.response.status_code": event.status or None,
+        "error.type": _error_type(event),
         "messages_mw.request_id": event.request_id,
         "messages_mw.upstream_request_id": event.upstream_request_id,
         "messages_mw.key_id": event.key_id,

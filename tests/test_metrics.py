@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import httpx
@@ -117,6 +118,8 @@ def test_prometheus_gives_a_label_only_to_models_a_request_succeeded_with() -> N
     sink = PrometheusSink(max_models=2, namespace="gw")
     for status in (401, 400, 404):
         sink(make_event(status=status, served_model=None, requested_model=f"junk-{status}"))
+    # Status 0: the client left before any answer came (a slow 404 for a made-up model).
+    sink(make_event(status=0, served_model=None, requested_model="junk-left", cost=None))
     sink(make_event(served_model="x" * 101, requested_model="x" * 101))
     sink(make_event(served_model="claude-sonnet-4-6", requested_model="claude-sonnet-4-6"))
     sink(make_event(status=529, served_model="claude-sonnet-4-6"))
@@ -258,6 +261,17 @@ def test_opentelemetry_marks_failures_as_errors() -> None:
     assert disconnected.status.status_code is StatusCode.ERROR
 
 
+def test_opentelemetry_counts_a_client_that_left_before_its_answer_as_an_error() -> None:
+    provider, exporter = _tracing()
+    OpenTelemetrySink(provider)(make_event(status=0, client_disconnected=True, cost=None))
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes is not None
+    assert span.attributes["error.type"] == "client_disconnected"
+    # No response was sent, so there is no status code to report (0 is not one).
+    assert "http.response.status_code" not in span.attributes
+
+
 def test_opentelemetry_span_without_model_or_latency() -> None:
     provider, exporter = _tracing()
     OpenTelemetrySink(provider)(
@@ -297,3 +311,27 @@ def test_opentelemetry_sink_behind_a_dispatcher_starts_root_spans() -> None:
     asyncio.run(main())
     spans = {span.name: span for span in exporter.get_finished_spans()}
     assert spans["chat claude-sonnet-4-5"].parent is None
+
+
+def test_opentelemetry_sink_never_runs_span_processors_on_the_event_loop() -> None:
+    # A SimpleSpanProcessor exports as the span ends, as slowly as its collector answers:
+    # on the event loop that would stall every request in flight.
+    exporter = InMemorySpanExporter()
+    exported_on: list[int] = []
+
+    class RecordingProcessor(SimpleSpanProcessor):
+        def on_end(self, span: Any) -> None:
+            exported_on.append(threading.get_ident())
+            super().on_end(span)
+
+    provider = TracerProvider()
+    provider.add_span_processor(RecordingProcessor(exporter))
+    dispatcher = UsageDispatcher([OpenTelemetrySink(provider)])
+
+    async def main() -> None:
+        dispatcher.emit(make_event())
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    assert len(exporter.get_finished_spans()) == 1
+    assert exported_on and threading.get_ident() not in exported_on
