@@ -32,7 +32,7 @@ from .errors import (
     NotFoundError,
     new_request_id,
 )
-from .fallback import CircuitBreaker, Target, run_chain
+from .fallback import CircuitBreaker, HeldStream, Target, run_chain
 from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
 from .limits import RateLimiter
 from .policy import ForwardPlan
@@ -430,7 +430,7 @@ class Gateway:
         send: Send,
         context: RequestContext,
     ) -> None:
-        peeked: list[bytes] = []
+        held = HeldStream()
         try:
             result = await run_chain(
                 plan.chain,
@@ -439,13 +439,15 @@ class Gateway:
                 breaker=self._breaker,
                 stream=context.stream,
                 attempts=context.attempts,
-                peeked=peeked,
+                held=held,
             )
         except asyncio.CancelledError:
             # The client left while a stream was held back: its message_start still says what
-            # the upstream bills for the input, which the usage event must not lose.
-            if peeked:
-                context.usage = observed_usage(peeked)
+            # that target's upstream bills for the input, which the event must not lose.
+            if (target := held.target) is not None:
+                context.usage = observed_usage(held.chunks)
+                context.provider, context.served_model = target.provider, target.model
+                context.fallback_used = target != plan.chain[0]
             raise
         context.provider, context.served_model = result.target.provider, result.target.model
         context.fallback_used = result.fallback_used

@@ -52,13 +52,18 @@ class CompressionReport(msgspec.Struct, frozen=True):
         return self.bytes_before - self.bytes_after
 
 
-class Attempt(msgspec.Struct):
-    """One try at one target: what happened and how long it took (seconds)."""
+class Attempt(msgspec.Struct, omit_defaults=True):
+    """One try at one target: what happened and how long it took (seconds).
+
+    ``usage`` is what a stream that failed (or that the client left) reported before it
+    ended: the upstream may bill it though another target served the answer.
+    """
 
     target: str
     status: int | None
     error_type: str | None
     duration: float
+    usage: TokenUsage | None = None
 
 
 class RequestContext(msgspec.Struct):

@@ -34,12 +34,14 @@ from .errors import (
 )
 from .protocol import DECODE_ERRORS, ObservedEvent, ObservedResponse
 from .providers.base import ProviderResponse
+from .streaming import TokenUsage, observed_usage
 
 __all__ = [
     "BreakerPolicy",
     "BreakerState",
     "ChainResult",
     "CircuitBreaker",
+    "HeldStream",
     "RetryPolicy",
     "Target",
     "backoff_delay",
@@ -55,6 +57,7 @@ _SEPARATOR = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _PREAMBLE_EVENTS = frozenset({b"message_start", b"ping"})
 # A stream still without content after this much is committed anyway rather than buffered on.
 _MAX_PEEK_BYTES = 1 << 20
+_NO_USAGE = TokenUsage()
 
 
 def _require(condition: bool, message: str) -> None:
@@ -200,10 +203,22 @@ class ChainResult(msgspec.Struct, frozen=True):
 
 
 @dataclass(slots=True)
+class HeldStream:
+    """The stream :func:`run_chain` is holding back until its first content: which target
+    sent it (``None`` when none is held) and the chunks read so far. A caller cancelled
+    meanwhile reads from it what the upstream bills (``message_start`` reports the input
+    tokens) and whom it bills for."""
+
+    target: Target | None = None
+    chunks: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Failure:
     """A failed attempt: the upstream's answer (kept unread for the client) or an error.
 
-    ``status`` is what the upstream answered (``None`` when it did not answer at all).
+    ``status`` is what the upstream answered (``None`` when it did not answer at all);
+    ``usage`` what a failed stream reported before its error.
     """
 
     target: Target
@@ -211,6 +226,7 @@ class _Failure:
     error: GatewayError | None = None
     response: ProviderResponse | None = None
     retry_after: float | None = None
+    usage: TokenUsage | None = None
 
 
 _Verdict = GatewayError | Literal["content"] | None
@@ -394,7 +410,7 @@ class _Chain:
     clock: Callable[[], float]
     random: Callable[[], float]
     attempts: list[Attempt]
-    peeked: list[bytes]
+    held: HeldStream
     started: float = field(init=False)
     failure: _Failure | None = field(init=False, default=None)
     out_of_time: bool = field(init=False, default=False)
@@ -457,12 +473,26 @@ class _Chain:
                 raise
             self.out_of_time = True
             message = f"No upstream answered within the {self.policy.deadline:g} s deadline."
-            outcome = _Failure(target, None, UpstreamTimeoutError(message))
+            status, usage = self._release_held(target)
+            outcome = _Failure(target, status, UpstreamTimeoutError(message), usage=usage)
         except GatewayError as exc:
+            status, usage = self._release_held(target)
             if exc.status not in self.policy.retry_statuses:
+                duration = self.clock() - began
+                self.attempts.append(Attempt(target.name, status, exc.error_type, duration, usage))
                 raise
             retry_after = retry_after_seconds(exc.headers)
-            outcome = _Failure(target, None, exc, retry_after=retry_after)
+            outcome = _Failure(target, status, exc, retry_after=retry_after, usage=usage)
+        except asyncio.CancelledError:
+            # The client left. A held stream stays in ``held`` for the caller to bill.
+            held = self.held.target is target
+            usage = observed_usage(self.held.chunks) if held else None
+            duration = self.clock() - began
+            status = 200 if held else None
+            self.attempts.append(
+                Attempt(target.name, status, "client_disconnected", duration, usage)
+            )
+            raise
         duration = self.clock() - began
         if isinstance(outcome, _Failure):
             self._record_failure(outcome, duration)
@@ -493,8 +523,8 @@ class _Chain:
         policy = self.policy
         # Kept for the caller, who reads the usage in message_start from it should the client
         # leave while the stream is held: the upstream bills those input tokens all the same.
-        buffered = self.peeked
-        buffered.clear()
+        buffered: list[bytes] = []
+        self.held.target, self.held.chunks = target, buffered
         error, pending = await _peek_stream(
             chunks, policy.retry_statuses, policy.stream_hold, buffered
         )
@@ -504,7 +534,10 @@ class _Chain:
                 # would get too. Nothing has reached the client: it gets the error's own
                 # status, as Anthropic reports such errors, and its SDK the typed exception.
                 raise error
-            return _Failure(target, response.status, error)
+            status, usage = self._release_held(target)
+            return _Failure(target, status, error, usage=usage)
+        # Committed: from here the relay observes these chunks (replayed) for the usage.
+        self.held.target = None
         replayed = _replay(buffered, pending, chunks)
         close = response.close
         if pending is not None:
@@ -517,10 +550,20 @@ class _Chain:
             response.status, response.headers, chunks=replayed, close=close, ended=response.ended
         )
 
+    def _release_held(self, target: Target) -> tuple[int | None, TokenUsage | None]:
+        """Stop holding ``target``'s stream, which failed: the status it was answered with
+        (``None`` if no stream was held) and the usage it reported, for its attempt."""
+        held = self.held
+        if held.target is not target:
+            return None, None
+        usage = observed_usage(held.chunks)
+        held.target, held.chunks = None, []
+        return 200, (None if usage == _NO_USAGE else usage)
+
     def _record_failure(self, failure: _Failure, duration: float) -> None:
         name, error, response = failure.target.name, failure.error, failure.response
         error_type = error.error_type if error else _body_error_type(response)
-        self.attempts.append(Attempt(name, failure.status, error_type, duration))
+        self.attempts.append(Attempt(name, failure.status, error_type, duration, failure.usage))
         status = error.status if error else failure.status
         if self.breaker is not None and _is_target_fault(status):
             self.breaker.record_failure(name)
@@ -569,7 +612,7 @@ async def run_chain(
     clock: Callable[[], float] = time.monotonic,
     random: Callable[[], float] = _random.random,
     attempts: list[Attempt] | None = None,
-    peeked: list[bytes] | None = None,
+    held: HeldStream | None = None,
 ) -> ChainResult:
     """Send to ``targets`` in order, retrying and falling back, and return the answer to relay.
 
@@ -581,8 +624,10 @@ async def run_chain(
     rest. When every attempt fails, the last failure is the answer: an upstream error response
     is returned intact, a raised error is raised again.
     Attempts are appended to ``attempts`` (if given) as they happen, so the log survives a raise.
-    ``peeked`` (if given) holds the chunks read so far from the stream being peeked, for a
-    caller cancelled meanwhile to read its usage from.
+    ``held`` (if given) names the stream being held back and holds the chunks read from it so
+    far, for a caller cancelled meanwhile to bill its usage to the right target; a cancelled
+    attempt is logged as ``client_disconnected``. A stream that fails after reporting usage
+    has that usage in its attempt's ``usage``.
 
     Tries of one target are spaced by :func:`backoff_delay`; the next target is tried at once.
     A wait that would pass ``policy.deadline``, or a ``retry-after`` above ``max_retry_after``,
@@ -605,8 +650,8 @@ async def run_chain(
     if not targets:
         raise ValueError("run_chain needs at least one target")
     log = [] if attempts is None else attempts
-    buffer = [] if peeked is None else peeked
-    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log, buffer)
+    holder = HeldStream() if held is None else held
+    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log, holder)
     try:
         for target in targets:
             response = await chain.try_target(target)

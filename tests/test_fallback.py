@@ -29,6 +29,7 @@ from messages_mw.fallback import (
     BreakerPolicy,
     ChainResult,
     CircuitBreaker,
+    HeldStream,
     RetryPolicy,
     Target,
     backoff_delay,
@@ -36,6 +37,7 @@ from messages_mw.fallback import (
     run_chain,
 )
 from messages_mw.providers.base import ProviderResponse
+from messages_mw.streaming import TokenUsage
 
 from .servers import error_json, sse, text_stream_events
 
@@ -674,6 +676,83 @@ def test_cancellation_closes_the_held_failure_and_the_peeked_stream() -> None:
     asyncio.run(scenario(held))  # cancelled while sleeping before the retry
     asyncio.run(scenario(hung))  # cancelled while waiting for the first content event
     assert closes(held) == 1 and closes(hung) == 1
+
+
+def test_a_failed_stream_keeps_the_usage_it_reported_on_its_attempt() -> None:
+    # message_start reported the input before the error event: whether or not the upstream
+    # bills it, the attempt log must not lose it. The answer's own usage is the backup's.
+    failing = streamed([MESSAGE_START, error_event()])
+    refused = streamed([MESSAGE_START, InvalidRequestError("prompt is too long")])
+    send = Upstreams({PRIMARY.name: [failing], SECONDARY.name: [streamed(GOOD_STREAM)]})
+    attempts: list[Attempt] = []
+    policy = RetryPolicy(attempts_per_target=1)
+    chain_and_read([PRIMARY, SECONDARY], send, policy=policy, attempts=attempts)
+    reported = TokenUsage(input_tokens=12, output_tokens=1)
+    assert [(a.target, a.status, a.error_type, a.usage) for a in attempts] == [
+        (PRIMARY.name, 200, "overloaded_error", reported),
+        (SECONDARY.name, 200, None, None),
+    ]
+    attempts.clear()
+    with pytest.raises(InvalidRequestError):
+        chain([PRIMARY], Upstreams({PRIMARY.name: [refused]}), stream=True, attempts=attempts)
+    assert [(a.status, a.error_type, a.usage) for a in attempts] == [
+        (200, "invalid_request_error", reported)
+    ]
+
+
+def test_a_cancelled_chain_names_the_stream_it_held_and_only_that_one() -> None:
+    # The caller bills a client that left to the target whose stream was held, not to an
+    # earlier target whose stream failed (whose usage stays on its own attempt).
+    def cancelled(
+        send: Callable[[Target], Awaitable[ProviderResponse]],
+    ) -> tuple[HeldStream, list[Attempt]]:
+        async def scenario() -> tuple[HeldStream, list[Attempt]]:
+            held, attempts = HeldStream(), []
+            task = asyncio.ensure_future(
+                run_chain(
+                    [PRIMARY, SECONDARY],
+                    send,
+                    policy=RetryPolicy(attempts_per_target=1),
+                    breaker=None,
+                    stream=True,
+                    attempts=attempts,
+                    held=held,
+                )
+            )
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return held, attempts
+
+        return asyncio.run(scenario())
+
+    backup_start = text_stream_events([], model="claude-haiku-4-5", input_tokens=40)[0]
+    failing = streamed([MESSAGE_START, error_event()])
+    held, attempts = cancelled(
+        Upstreams({PRIMARY.name: [failing], SECONDARY.name: [streamed([backup_start, None])]})
+    )
+    assert held.target == SECONDARY and held.chunks == [backup_start]
+    assert summary(attempts) == [
+        (PRIMARY.name, 200, "overloaded_error"),
+        (SECONDARY.name, 200, "client_disconnected"),
+    ]
+    assert attempts[1].usage == TokenUsage(input_tokens=40, output_tokens=1)
+
+    primary_only = Upstreams({PRIMARY.name: [streamed([MESSAGE_START, error_event()])]})
+
+    async def backup_never_answers(target: Target) -> ProviderResponse:
+        if target == SECONDARY:
+            await asyncio.Event().wait()
+        return await primary_only(target)
+
+    held, attempts = cancelled(backup_never_answers)
+    assert held.target is None
+    assert summary(attempts) == [
+        (PRIMARY.name, 200, "overloaded_error"),
+        (SECONDARY.name, None, "client_disconnected"),
+    ]
+    assert attempts[1].usage is None
 
 
 @given(

@@ -6,16 +6,26 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messages_mw import Gateway, GatewayConfig, RequestContext, UpstreamConfig
+from messages_mw import (
+    AnthropicProvider,
+    Gateway,
+    GatewayConfig,
+    RequestContext,
+    UpstreamConfig,
+    UsageEvent,
+)
+from messages_mw.pricing import PricingTable
 from messages_mw.providers.base import ProviderResponse
 from messages_mw.relay import relay_stream
+from messages_mw.routing import FallbackConfig
+from messages_mw.streaming import TokenUsage
 
 from .inprocess import Recorder, make_gateway, run
 from .servers import sse, text_stream_events
@@ -253,6 +263,56 @@ def test_a_client_leaving_while_the_stream_is_held_keeps_its_usage() -> None:
     assert closed == [True]
     assert finished[0].client_disconnected
     assert finished[0].usage.input_tokens == 12
+
+
+def test_a_client_leaving_a_held_fallback_stream_is_billed_to_its_target() -> None:
+    # The primary is overloaded; the backup's stream reported its input, then thought on.
+    # The client leaves: the event must name the backup and price the backup's model.
+    overloaded = json.dumps({"type": "error", "error": {"type": "overloaded_error"}}).encode()
+    read_message_start = asyncio.Event()
+
+    async def thinking() -> AsyncIterator[bytes]:
+        yield text_stream_events([], model="claude-haiku-4-5", input_tokens=2000)[0]
+        read_message_start.set()
+        await asyncio.sleep(60)
+
+    def upstream(answer: Callable[[], httpx.Response]) -> AnthropicProvider:
+        settings = UpstreamConfig(base_url="http://upstream.test", api_key="k")
+        return AnthropicProvider(settings, transport=httpx.MockTransport(lambda _: answer()))
+
+    primary = upstream(lambda: httpx.Response(529, content=overloaded))
+    backup = upstream(lambda: httpx.Response(200, headers=SSE_HEADERS, content=thinking()))
+    fallback = FallbackConfig(chains={"claude-opus-4-1": ("backup/claude-haiku-4-5",)})
+    config = GatewayConfig(fallback=fallback, usage_log=False)
+    events: list[UsageEvent] = []
+    gateway = Gateway(
+        config, provider=primary, providers={"backup": backup}, usage_sinks=[events.append]
+    )
+    body = json.loads(STREAM_REQUEST) | {"model": "claude-opus-4-1"}
+
+    async def scenario() -> None:
+        messages: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        await messages.put({"type": "http.request", "body": json.dumps(body).encode()})
+
+        async def send(message: dict[str, object]) -> None:
+            raise AssertionError(f"nothing reaches the client during the hold: {message}")
+
+        task = asyncio.ensure_future(gateway(MESSAGES_SCOPE, messages.get, send))
+        await read_message_start.wait()
+        await messages.put({"type": "http.disconnect"})
+        await asyncio.wait_for(task, 2)
+        await gateway.aclose()
+
+    run(scenario())
+    (event,) = events
+    assert event.client_disconnected and event.fallback_used
+    assert (event.provider, event.served_model) == ("backup", "claude-haiku-4-5")
+    assert event.input_tokens == 2000
+    assert event.cost == PricingTable().cost("claude-haiku-4-5", TokenUsage(2000, 1))
+    assert [(a.target, a.status, a.error_type) for a in event.attempts] == [
+        ("anthropic/claude-opus-4-1", 529, "overloaded_error"),
+        ("backup/claude-haiku-4-5", 200, "client_disconnected"),
+    ]
 
 
 def _relay_sends(
