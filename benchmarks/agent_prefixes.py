@@ -2,7 +2,7 @@
 environment text, and the top-level fields. Compression never touches any of it, but its size
 decides how much of a request tool output is, and it is what prompt caching saves first.
 
-Claude Code's prefix is built on ``../shared/samples/agent_turn.json`` (a real Claude Code turn:
+Claude Code's prefix is built on ``tests/samples/agent_turn.json`` (a real Claude Code turn:
 its 16 tools and its system prompt), laid out as Claude Code 2.1.330 sends it (protocol.md 9.2):
 a billing-header system block, two cached system blocks, the environment as a ``role:"system"``
 message with its own breakpoint. With a GitHub and a Playwright MCP server, a skills list and
@@ -20,7 +20,7 @@ from typing import Any
 from . import agent_prompts as prompts
 from .agent_repo import Repo
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "agent_turn.json"
+SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "samples" / "agent_turn.json"
 MODEL = "claude-sonnet-4-6"
 EPHEMERAL = {"type": "ephemeral"}
 SCHEMA_2020 = "https://json-schema.org/draft/2020-12/schema"

@@ -23,8 +23,8 @@ from messages_mw.errors import InvalidRequestError
 from messages_mw.validation import decode_messages_request
 
 SAMPLE_FILES = ("small_chat.json", "agent_turn.json")
-# The samples live next to the checkout: <repo>/../shared/samples.
-DEFAULT_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+# The checkout's copy of ../shared/samples (the tests use them too).
+DEFAULT_SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "samples"
 
 # strict=True so pydantic rejects what msgspec rejects ("5" for an int, 1 for a str); lax mode
 # would do extra coercion work and accept a different set of bodies. extra="allow" keeps

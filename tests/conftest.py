@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,14 +11,10 @@ from fastapi import FastAPI
 
 from messages_mw import Gateway, GatewayConfig, RequestContext, UpstreamConfig
 
-from .servers import ScriptedUpstream, serve
+from .servers import SAMPLES, ScriptedUpstream, serve
 
 if TYPE_CHECKING:
     from .policy_support import SwappableApp, Upstreams
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-if not SAMPLES.is_dir():  # a checkout that carries its own copy
-    SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
 @dataclass

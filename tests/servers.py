@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,6 +23,9 @@ import uvicorn
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# The checkout's own copy of ../shared/samples, so that a bare clone runs every test.
+SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
 @contextlib.contextmanager

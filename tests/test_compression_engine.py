@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,7 +22,8 @@ from messages_mw.compression.bundles import BUNDLES
 from messages_mw.compression.engine import DEDUPE_MIN_BYTES, EMPTY_MARKER
 from messages_mw.compression.rewrite import split_frame
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+from .servers import SAMPLES
+
 CLAUDE = BUNDLES["claude-code"]
 CODEX = BUNDLES["codex"]
 

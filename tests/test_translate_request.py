@@ -6,7 +6,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,9 +17,7 @@ from messages_mw import translate
 from messages_mw.errors import InvalidRequestError
 from messages_mw.translate import OpenAIQuirks, to_chat_completions
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-if not SAMPLES.is_dir():
-    SAMPLES = Path(__file__).resolve().parent / "samples"
+from .servers import SAMPLES
 
 DEFAULT = OpenAIQuirks()
 PNG = "iVBORw0KGgo="
