@@ -11,6 +11,7 @@ arrives, which is what relaying Server-Sent Events needs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import socket
@@ -58,6 +59,9 @@ class _Pool:
         # Every idle connection, oldest first, so one can be evicted for another origin.
         self._idle_order: dict[Connection, None] = {}
         self._waiters: deque[tuple[Origin, _Waiter]] = deque()
+        # Once closed, connections still in use are closed when their exchange ends: the
+        # pool's owner has let go of it, so an idle one would stay open for nobody.
+        self._closed = False
 
     def take_idle(self, key: Origin) -> Connection | None:
         idle = self._idle.get(key)
@@ -106,7 +110,7 @@ class _Pool:
         """Take back a connection whose exchange is over, keeping it only if it is reusable."""
         if conn not in self._connections:
             return
-        if not conn.reusable:
+        if not conn.reusable or self._closed:
             self.discard(conn)
             return
         conn.make_idle()
@@ -145,6 +149,7 @@ class _Pool:
         self._open -= 1
 
     def close_all(self) -> None:
+        self._closed = True
         for conn in self._idle_order:
             self._forget(conn)
         self._open -= len(self._idle_order)
@@ -163,8 +168,11 @@ class _Pool:
             self.discard(result)
 
     def _forget(self, conn: Connection) -> None:
-        conn.abort()
         self._connections.discard(conn)
+        # RuntimeError: its event loop is closed (the pool was used from another loop since);
+        # the socket goes with the transport object, and the slot is freed all the same.
+        with contextlib.suppress(RuntimeError):
+            conn.abort()
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -231,7 +239,9 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         """
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        self._max_connections, self._keepalive_expiry = max_connections, keepalive_expiry
         self._pool = _Pool(max_connections, keepalive_expiry)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ssl_context = ssl_context
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -248,27 +258,42 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         synchronous request body. If the calling task is cancelled, the connection in use is
         closed and its slot freed before CancelledError propagates.
         """
+        if asyncio.get_running_loop() is not self._loop:
+            self._bind_to_running_loop()
         timeouts: _Timeouts = request.extensions.get("timeout", {})
         body = _body_if_bytes(request)
         head = _encode_head(request)
         key = _origin(request)
-        conn = await self._checkout(key, request, timeouts)
+        # This request's pool to the end, even should aclose() replace it meanwhile.
+        pool = self._pool
+        conn = await self._checkout(pool, key, request, timeouts)
         try:
-            return await self._attempt(conn, request, head, body, timeouts)
+            return await self._attempt(pool, conn, request, head, body, timeouts)
         except _StaleConnectionError:
             pass
-        conn = await self._connect(key, request, timeouts.get("connect"))
-        return await self._attempt(conn, request, head, body, timeouts)
+        conn = await self._connect(pool, key, request, timeouts.get("connect"))
+        return await self._attempt(pool, conn, request, head, body, timeouts)
 
     async def aclose(self) -> None:
         """Close every connection; responses still streaming then fail with httpx.ReadError or
-        httpx.RemoteProtocolError. Never suspends, so it completes even in a cancelled task."""
+        httpx.RemoteProtocolError, and connections still in use close when their exchange
+        ends. Never suspends, so it completes even in a cancelled task. A request sent after
+        it gets a fresh pool."""
         self._pool.close_all()
+        self._pool = _Pool(self._max_connections, self._keepalive_expiry)
+
+    def _bind_to_running_loop(self) -> None:
+        """Connections belong to the event loop that opened them. A host may call the gateway
+        from a new loop (a test client per request, a pytest loop per test): the old loop's
+        connections are unusable there, so they are dropped with their slots."""
+        if self._loop is not None:
+            self._pool.close_all()
+            self._pool = _Pool(self._max_connections, self._keepalive_expiry)
+        self._loop = asyncio.get_running_loop()
 
     async def _checkout(
-        self, key: Origin, request: httpx.Request, timeouts: _Timeouts
+        self, pool: _Pool, key: Origin, request: httpx.Request, timeouts: _Timeouts
     ) -> Connection:
-        pool = self._pool
         conn = pool.take_idle(key)
         if conn is not None:
             return conn
@@ -280,10 +305,10 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
                 raise httpx.PoolTimeout(message, request=request) from exc
             if conn is not None:
                 return conn
-        return await self._connect(key, request, timeouts.get("connect"))
+        return await self._connect(pool, key, request, timeouts.get("connect"))
 
     async def _connect(
-        self, key: Origin, request: httpx.Request, connect_timeout: float | None
+        self, pool: _Pool, key: Origin, request: httpx.Request, connect_timeout: float | None
     ) -> Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
@@ -293,17 +318,18 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             async with asyncio.timeout(connect_timeout):
                 conn = await _open_connection(loop, key, hostname, port, tls)
         except BaseException as exc:
-            self._pool.free_slot()
+            pool.free_slot()
             if isinstance(exc, TimeoutError):
                 raise httpx.ConnectTimeout("Timed out connecting.", request=request) from exc
             if isinstance(exc, OSError):
                 raise httpx.ConnectError(str(exc) or repr(exc), request=request) from exc
             raise
-        self._pool.adopt(conn)
+        pool.adopt(conn)
         return conn
 
     async def _attempt(
         self,
+        pool: _Pool,
         conn: Connection,
         request: httpx.Request,
         head: bytes,
@@ -311,19 +337,20 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         timeouts: _Timeouts,
     ) -> httpx.Response:
         try:
-            return await self._exchange(conn, request, head, body, timeouts)
+            return await self._exchange(pool, conn, request, head, body, timeouts)
         except (TimeoutError, ProtocolError, PeerClosedError) as exc:
             if _is_stale(exc, conn) and body is not None and _is_replayable(request):
-                self._pool.replace(conn)
+                pool.replace(conn)
                 raise _StaleConnectionError from exc
-            self._pool.discard(conn)
+            pool.discard(conn)
             raise _translate(exc, request, sent=conn.request_sent) from exc
         except BaseException:
-            self._pool.discard(conn)
+            pool.discard(conn)
             raise
 
     async def _exchange(
         self,
+        pool: _Pool,
         conn: Connection,
         request: httpx.Request,
         head: bytes,
@@ -344,7 +371,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             parsed.status_code,
             headers=parsed.headers,
-            stream=_ResponseStream(conn, self._pool, request, read_timeout),
+            stream=_ResponseStream(conn, pool, request, read_timeout),
             extensions={"http_version": parsed.http_version, "reason_phrase": parsed.reason},
         )
 

@@ -29,6 +29,8 @@ from hypothesis import strategies as st
 from messages_mw import transport as transport_module
 from messages_mw.transport import FastHTTPTransport
 
+from .servers import serve
+
 _LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
 with contextlib.suppress(ImportError):  # uvloop is optional; the asyncio loop is always tested
     import uvloop
@@ -794,6 +796,56 @@ async def test_transport_aclose_fails_a_response_in_flight() -> None:
                 pass
         await resp.aclose()
         await asyncio.wait_for(seen_close, 1)
+
+
+@async_test
+async def test_a_connection_in_use_at_aclose_is_closed_when_its_exchange_ends() -> None:
+    # aclose() frees the held connection's slot; a request waiting for one connects in the
+    # pool aclose() let go of, and must not leave that connection idle there, open for nobody.
+    ended = 0
+    both_closed = asyncio.Event()
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        nonlocal ended
+        try:
+            await keep_alive(lambda request: response(b"ok"))(server, reader, writer)
+        finally:
+            ended += 1
+            if ended == 2:
+                both_closed.set()
+
+    single = FastHTTPTransport(max_connections=1)
+    async with Upstream(handle) as server:
+        held = await send(single, "GET", server.url)
+        waiting = asyncio.create_task(fetch(single, "GET", server.url))
+        await asyncio.sleep(0.02)
+        await single.aclose()
+        await held.aclose()  # its owner lets go: the waiter gets the slot
+        assert await waiting == b"ok"
+        await asyncio.wait_for(both_closed.wait(), 2)
+        # The transport still works afterwards, on a pool of its own.
+        assert await fetch(single, "GET", server.url) == b"ok"
+        await single.aclose()
+    assert server.connections == 3
+
+
+@pytest.mark.parametrize("loop_name", list(_LOOPS))
+def test_a_transport_serves_one_event_loop_after_another(loop_name: str) -> None:
+    # A host may call the gateway from a fresh loop each time (a test client per request, a
+    # pytest loop per test). The old loop's idle connection is unusable in the new one and
+    # must neither fail the request nor keep its slot: with one slot, every loop gets one.
+    async def ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    timeouts = {"connect": 1.0, "read": 1.0, "write": 1.0, "pool": 0.5}
+    single = FastHTTPTransport(max_connections=1)
+    with serve(ok) as url:
+        for _ in range(4):
+            with asyncio.Runner(loop_factory=_LOOPS[loop_name]) as runner:
+                assert runner.run(fetch(single, "GET", url, timeouts=timeouts)) == b"ok"
+        # Closing from yet another loop, after the connection's own loop has closed.
+        asyncio.run(single.aclose())
 
 
 @async_test
