@@ -31,14 +31,16 @@ async def read_body(receive: Receive, limit: int, declared_length: int | None) -
     """Collect the body from ``http.request`` messages.
 
     Raises :class:`RequestTooLargeError` as soon as the declared or received size passes
-    ``limit``. If the client disconnects mid-body the caller's task is simply left to end:
-    there is nobody to answer.
+    ``limit``. Raises :class:`ClientDisconnectedError` if the client disconnects before the
+    body is complete: there is nobody to answer.
     """
     if declared_length is not None and declared_length > limit:
         raise _too_large(limit)
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
+        if message["type"] == "http.disconnect":  # gone before sending any body
+            raise ClientDisconnectedError
         if len(body) > limit:
             raise _too_large(limit)
         return body

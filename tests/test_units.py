@@ -150,6 +150,9 @@ def test_read_body_joins_chunks_and_enforces_the_limit_while_reading() -> None:
         asyncio.run(read_body(_receiver(b"x" * 11), 10, None))
     with pytest.raises(ClientDisconnectedError):
         asyncio.run(read_body(_receiver(b"ab", disconnect=True), 10, None))
+    # A client gone before any body arrived: the server's first message says so.
+    with pytest.raises(ClientDisconnectedError):
+        asyncio.run(read_body(_receiver(disconnect=True), 10, 8))
 
 
 def test_decode_content_encoding() -> None:
