@@ -45,9 +45,15 @@ def new_request_id() -> str:
     return "req_" + secrets.token_bytes(24).translate(_BASE62_TABLE).decode("ascii")
 
 
+class _Details(msgspec.Struct):
+    error_code: str
+
+
 class _ErrorDetail(msgspec.Struct, omit_defaults=True):
     type: str
     message: str
+    # SDK 2.x picks a more specific exception class by (status, details.error_code).
+    details: _Details | None = None
 
 
 class _ErrorEnvelope(msgspec.Struct, tag="error", tag_field="type"):
@@ -58,9 +64,13 @@ class _ErrorEnvelope(msgspec.Struct, tag="error", tag_field="type"):
 _envelope_encoder = msgspec.json.Encoder()
 
 
-def encode_error_body(error_type: str, message: str, request_id: str | None) -> bytes:
-    """Encode ``{"type":"error","error":{...},"request_id":...}`` as Anthropic sends it."""
-    envelope = _ErrorEnvelope(_ErrorDetail(error_type, message), request_id)
+def encode_error_body(
+    error_type: str, message: str, request_id: str | None, error_code: str | None = None
+) -> bytes:
+    """Encode ``{"type":"error","error":{...},"request_id":...}`` as Anthropic sends it, with
+    ``error.details.error_code`` when ``error_code`` is given."""
+    details = None if error_code is None else _Details(error_code)
+    envelope = _ErrorEnvelope(_ErrorDetail(error_type, message, details), request_id)
     return _envelope_encoder.encode(envelope)
 
 
@@ -68,20 +78,28 @@ class GatewayError(Exception):
     """An error answered to the client in Anthropic's envelope.
 
     Subclasses fix ``status`` and ``error_type``; ``headers`` adds response headers such as
-    ``retry-after``. Raise one from anywhere on the request path (hooks included) and the app
-    turns it into the response, or into an SSE ``error`` event once a stream has started.
+    ``retry-after``, and ``error_code`` Anthropic's ``error.details.error_code``. Raise one
+    from anywhere on the request path (hooks included) and the app turns it into the
+    response, or into an SSE ``error`` event once a stream has started.
     """
 
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "api_error"
 
-    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        error_code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers: dict[str, str] = dict(headers or {})
+        self.error_code = error_code
 
     def body(self, request_id: str | None) -> bytes:
-        return encode_error_body(self.error_type, self.message, request_id)
+        return encode_error_body(self.error_type, self.message, request_id, self.error_code)
 
 
 class InvalidRequestError(GatewayError):

@@ -27,6 +27,23 @@ def _too_large(limit: int) -> RequestTooLargeError:
     return RequestTooLargeError(f"Request body exceeds the maximum size of {limit} bytes.")
 
 
+# Anthropic's error codes for encoded bodies: SDK 2.x raises a class of its own for each.
+_ENCODING_INVALID = "request_body_encoding_invalid"
+_ENCODING_UNSUPPORTED = "request_body_encoding_unsupported"
+_TOO_LARGE_DECODED = "request_body_too_large_after_decoding"
+
+
+def _too_large_decoded(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"Request body exceeds the maximum size of {limit} bytes once decoded.",
+        error_code=_TOO_LARGE_DECODED,
+    )
+
+
+def _invalid_encoding(message: str) -> InvalidRequestError:
+    return InvalidRequestError(f"content-encoding: {message}", error_code=_ENCODING_INVALID)
+
+
 async def read_body(receive: Receive, limit: int, declared_length: int | None) -> bytes:
     """Collect the body from ``http.request`` messages.
 
@@ -74,7 +91,8 @@ def decode_content_encoding(body: bytes, encoding: str, limit: int) -> bytes:
     wbits = _ZLIB_WBITS.get(encoding)
     if wbits is None:
         raise InvalidRequestError(
-            f"content-encoding: '{encoding}' is not supported; use gzip, deflate or identity."
+            f"content-encoding: '{encoding}' is not supported; use gzip, deflate or identity.",
+            error_code=_ENCODING_UNSUPPORTED,
         )
     # A gzip body may hold several members one after another (``cat a.gz b.gz``), which
     # decode to their contents joined; anything else after the end is corruption.
@@ -87,9 +105,7 @@ def decode_content_encoding(body: bytes, encoding: str, limit: int) -> bytes:
         if not rest:
             return parts[0] if len(parts) == 1 else b"".join(parts)
         if wbits != _ZLIB_WBITS["gzip"] or not rest.startswith(_GZIP_MAGIC):
-            raise InvalidRequestError(
-                f"content-encoding: data follows the end of the {encoding} body."
-            )
+            raise _invalid_encoding(f"data follows the end of the {encoding} body.")
 
 
 def _inflate_one(
@@ -101,12 +117,12 @@ def _inflate_one(
     try:
         decoded = decompressor.decompress(data, room + 1)
         if len(decoded) > room or decompressor.unconsumed_tail:
-            raise _too_large(limit)
+            raise _too_large_decoded(limit)
         decoded += decompressor.flush()
     except zlib.error as exc:
-        raise InvalidRequestError(f"content-encoding: body is not valid {encoding} data.") from exc
+        raise _invalid_encoding(f"body is not valid {encoding} data.") from exc
     if len(decoded) > room:
-        raise _too_large(limit)
+        raise _too_large_decoded(limit)
     if not decompressor.eof:
-        raise InvalidRequestError(f"content-encoding: {encoding} body is truncated.")
+        raise _invalid_encoding(f"{encoding} body is truncated.")
     return decoded, decompressor.unused_data

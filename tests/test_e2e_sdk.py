@@ -20,6 +20,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import httpx2
 import pytest
 from anthropic.types import MessageParam
 from starlette.applications import Starlette
@@ -896,6 +897,66 @@ def test_head_api_hello_answers_2xx(stack: Stack) -> None:
     answer = httpx.head(f"{stack.base_url}/api/hello", headers=CLAUDE_CODE_HEADERS)
     assert 200 <= answer.status_code < 300
     assert answer.headers["request-id"].startswith("req_")
+    assert stack.upstream.received == []
+
+
+class _EncodingTransport(httpx2.HTTPTransport):
+    """Sends the SDK's request with ``encoding`` as its content-encoding and ``encode``'s body,
+    as Claude Code does with gzip."""
+
+    def __init__(self, encoding: str, encode: Callable[[bytes], bytes]) -> None:
+        super().__init__()
+        self._encoding, self._encode = encoding, encode
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = self._encode(request.read())
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+        headers += [(b"content-encoding", self._encoding.encode())]
+        encoded = httpx2.Request(request.method, request.url, headers=headers, content=body)
+        return super().handle_request(encoded)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode", "raised", "code"),
+    [
+        (
+            "gzip",
+            lambda body: gzip.compress(body + b" " * 40_000_000),
+            "RequestBodyTooLargeAfterDecodingError",
+            "request_body_too_large_after_decoding",
+        ),
+        (
+            "gzip",
+            lambda body: b"\x1f\x8bnot gzip",
+            "RequestBodyEncodingInvalidError",
+            "request_body_encoding_invalid",
+        ),
+        (
+            "br",
+            lambda body: body,
+            "RequestBodyEncodingUnsupportedError",
+            "request_body_encoding_unsupported",
+        ),
+    ],
+    ids=["too-large-once-decoded", "corrupt", "unsupported"],
+)
+def test_encoded_body_errors_raise_the_sdks_own_classes(
+    stack: Stack, encoding: str, encode: Callable[[bytes], bytes], raised: str, code: str
+) -> None:
+    # SDK 2.x picks these classes by error.details.error_code, as Anthropic sends it.
+    transport = _EncodingTransport(encoding, encode)
+    client = anthropic.Anthropic(
+        base_url=stack.base_url,
+        api_key="sk-test",
+        max_retries=0,
+        http_client=httpx2.Client(transport=transport),
+    )
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client.messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert type(caught.value).__name__ == raised
+    assert caught.value.error_code == code
     assert stack.upstream.received == []
 
 
