@@ -289,8 +289,11 @@ class Gateway:
             return
         context.status = error.status
         context.response_started = True
-        body = error.body(context.request_id)
-        headers = [_JSON, (b"request-id", context.request_id.encode())]
+        if error.upstream_request_id is not None:
+            context.upstream_request_id = error.upstream_request_id
+        request_id = context.upstream_request_id or context.request_id
+        body = error.body(request_id)
+        headers = [_JSON, (b"request-id", _latin1(request_id))]
         headers += _encode_headers([*error.headers.items(), *self._policy_headers(context)])
         headers.append((b"content-length", b"%d" % len(body)))
         await send({"type": "http.response.start", "status": error.status, "headers": headers})

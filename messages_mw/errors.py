@@ -97,6 +97,9 @@ class GatewayError(Exception):
         self.message = message
         self.headers: dict[str, str] = dict(headers or {})
         self.error_code = error_code
+        # Set when the error is the upstream's own (read from its stream): the answer then
+        # names the upstream's request id, as a relayed response does.
+        self.upstream_request_id: str | None = None
 
     def body(self, request_id: str | None) -> bytes:
         return encode_error_body(self.error_type, self.message, request_id, self.error_code)

@@ -533,6 +533,7 @@ class _Chain:
                 # A client error (a prompt too long, a bad key) is the answer another try
                 # would get too. Nothing has reached the client: it gets the error's own
                 # status, as Anthropic reports such errors, and its SDK the typed exception.
+                error.upstream_request_id = _request_id(response)
                 raise error
             status, usage = self._release_held(target)
             return _Failure(target, status, error, usage=usage)
@@ -584,6 +585,10 @@ class _Chain:
     async def discard(self, failure: _Failure | None) -> None:
         if failure is not None and failure.response is not None:
             await failure.response.close()
+
+
+def _request_id(response: ProviderResponse) -> str | None:
+    return next((value for name, value in response.headers if name == "request-id"), None)
 
 
 def _is_target_fault(status: int | None) -> bool:

@@ -164,4 +164,7 @@ def _ending(
         error = UpstreamUnavailableError("The upstream stream ended before message_stop.")
     context.error_type = error.error_type
     logger.warning("request %s: stream failed: %s", context.request_id, error)
-    return ending + frame_event("error", error.body(context.request_id))
+    # The id the response's request-id header carries (the upstream's, when it sent one): an
+    # SDK reports the header's, and the body must not name another request.
+    request_id = context.upstream_request_id or context.request_id
+    return ending + frame_event("error", error.body(request_id))

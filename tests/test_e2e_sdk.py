@@ -615,7 +615,9 @@ def test_upstream_silent_mid_stream_ends_with_a_timeout_error_event(
         assert relayed.startswith(prefix)
         error = _error_event(relayed[len(prefix) :])
         assert error["error"]["type"] == "timeout_error"
-        assert error["request_id"] == _last_finished(finished).request_id
+        # The id of the response's request-id header (the upstream's), as SDKs report it.
+        assert error["request_id"] == _last_finished(finished).upstream_request_id
+        assert error["request_id"] == UPSTREAM_REQUEST_ID
         assert finished[-1].error_type == "timeout_error"
 
 
@@ -727,6 +729,28 @@ def test_upstream_ending_without_message_stop_ends_with_an_error_event(stack: St
     assert error.status_code == 200
     assert isinstance(error.body, dict) and error.body["error"]["type"] == "api_error"
     assert _last_finished(stack.finished).error_type == "api_error"
+    # The SDK reports the header's id; the event the gateway added names the same request.
+    assert error.request_id == error.body["request_id"] == UPSTREAM_REQUEST_ID
+
+
+def test_a_stream_opening_with_a_client_error_is_that_error_under_the_upstreams_id(
+    stack: Stack,
+) -> None:
+    too_long = {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "prompt is too long: 1 > 0"},
+        "request_id": UPSTREAM_REQUEST_ID,
+    }
+    stack.upstream.push(Reply(chunks=[text_stream_events([])[0], sse("error", too_long)]))
+    client = _client(stack.base_url)
+    opened = client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO)
+    with pytest.raises(anthropic.BadRequestError) as caught, opened as stream:
+        stream.until_done()
+    # The upstream's answer, under its id: the one a user would quote to Anthropic.
+    assert caught.value.request_id == UPSTREAM_REQUEST_ID
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["request_id"] == UPSTREAM_REQUEST_ID
+    assert caught.value.body["error"]["message"] == "prompt is too long: 1 > 0"
 
 
 def test_client_disconnect_closes_the_upstream_promptly(stack: Stack) -> None:

@@ -114,8 +114,11 @@ def test_idle_upstream_mid_stream_is_a_timeout_error_event() -> None:
 def test_truncated_stream_without_message_stop_gets_an_error_event() -> None:
     events = text_stream_events(["a"])[:-1]
     gateway, _ = make_gateway(_streaming(events))
-    _, body = run(_collect(gateway))
-    assert _last_event(body)["error"]["type"] == "api_error"  # type: ignore[index]
+    response, body = run(_collect(gateway))
+    error = _last_event(body)
+    assert error["error"]["type"] == "api_error"  # type: ignore[index]
+    # One request, one id: the SDK reports the header's, so the event names the same.
+    assert error["request_id"] == response.headers["request-id"] == "req_up"
 
 
 def test_half_an_event_never_reaches_the_client() -> None:
