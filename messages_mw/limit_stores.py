@@ -9,8 +9,10 @@ in Redis; the test suite runs the same scenarios against both.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -320,12 +322,13 @@ class RedisCounterStore:
     sync (NTP); skew shifts a host's windows by that much. All of a call's keys go to one
     Redis, so Redis Cluster is not supported.
 
-    Connections open at the first call; at most ``max_connections`` at a time, further calls
-    wait for one. When Redis does not answer within ``timeout`` seconds (connection wait,
-    connect and reply each), the call raises :class:`LimitStoreError`, and calls in the next
-    ``retry_interval`` seconds fail at once instead of waiting on a dead host; the first call
-    after that tries again, so the store comes back by itself with Redis (scripts are loaded
-    again if Redis lost them).
+    Connections open at the first call; at most ``max_connections`` calls run at a time, and
+    further calls queue for their turn (a burst in this process says nothing about Redis).
+    When Redis does not answer within ``timeout`` seconds (connect and reply each), the call
+    raises :class:`LimitStoreError`, and calls in the next ``retry_interval`` seconds (by the
+    ``monotonic`` clock) fail at once instead of waiting on a dead host; the first call after
+    that tries again, so the store comes back by itself with Redis (scripts are loaded again
+    if Redis lost them).
     """
 
     def __init__(
@@ -336,6 +339,7 @@ class RedisCounterStore:
         timeout: float = 0.5,
         retry_interval: float = 1.0,
         max_connections: int = 50,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         try:
             import redis.asyncio  # noqa: F401
@@ -348,9 +352,11 @@ class RedisCounterStore:
         self._timeout = timeout
         self._retry_interval = retry_interval
         self._max_connections = max_connections
+        self._monotonic = monotonic
         self._retry_at = -math.inf
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
+        self._turns: asyncio.Semaphore | None = None
 
     async def consume(
         self, checks: Sequence[WindowCheck], now: float
@@ -359,7 +365,7 @@ class RedisCounterStore:
         for check in checks:
             sliding = "1" if check.sliding else "0"
             args += [repr(check.window), repr(check.limit), repr(check.cost), sliding]
-        reply = await self._run("consume", [check.key for check in checks], args, now)
+        reply = await self._run("consume", [check.key for check in checks], args)
         values = [float(value) for value in reply[1:]]
         counts = [WindowCount(*values[i : i + 3]) for i in range(0, len(values), 3)]
         return reply[0] == 1, counts
@@ -368,28 +374,36 @@ class RedisCounterStore:
         args: list[str] = [repr(now)]
         for increment in increments:
             args += [repr(increment.window), repr(increment.amount)]
-        await self._run("add", [increment.key for increment in increments], args, now)
+        await self._run("add", [increment.key for increment in increments], args)
 
     async def aclose(self) -> None:
         client, self._client, self._scripts = self._client, None, {}
+        self._turns = None
         if client is not None:
             await client.aclose()
 
-    async def _run(self, script: str, keys: list[str], args: list[str], now: float) -> Any:
-        if now < self._retry_at:
-            raise LimitStoreError(
-                f"Redis was unreachable; next attempt in {self._retry_at - now:.1f} s"
-            )
+    async def _run(self, script: str, keys: list[str], args: list[str]) -> Any:
         from redis.exceptions import RedisError
 
         try:
-            return await self._connect()[script]([self._prefix + key for key in keys], args)
-        except (RedisError, OSError) as exc:
-            self._retry_at = now + self._retry_interval
-            raise LimitStoreError(f"Redis: {exc}") from exc
+            scripts, turns = self._connect()
+        except ValueError as exc:  # a URL redis-py refuses (checked in LimitsConfig too)
+            raise LimitStoreError(f"Redis URL: {exc}") from exc
+        # The turn is taken before the outage check: a call that queued behind calls which
+        # found Redis down fails at once instead of waiting out a timeout of its own.
+        async with turns:
+            # The monotonic clock: a wall clock stepped back must not keep Redis skipped.
+            wait = self._retry_at - self._monotonic()
+            if wait > 0:
+                raise LimitStoreError(f"Redis was unreachable; next attempt in {wait:.1f} s")
+            try:
+                return await scripts[script]([self._prefix + key for key in keys], args)
+            except (RedisError, OSError) as exc:
+                self._retry_at = self._monotonic() + self._retry_interval
+                raise LimitStoreError(f"Redis: {exc}") from exc
 
-    def _connect(self) -> dict[str, AsyncScript]:
-        if self._client is None:
+    def _connect(self) -> tuple[dict[str, AsyncScript], asyncio.Semaphore]:
+        if self._client is None or self._turns is None:
             from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
@@ -397,11 +411,11 @@ class RedisCounterStore:
 
             # One immediate retry on a broken connection (a pooled socket Redis closed while
             # restarting), none on timeouts: an outage should cost one timeout, not several.
-            # A burst beyond the pool waits for a connection instead of failing.
+            # Calls take turns (below), so one never waits for a connection from the pool.
             pool = BlockingConnectionPool.from_url(
                 self._url,
                 max_connections=self._max_connections,
-                timeout=self._timeout,
+                timeout=None,
                 socket_timeout=self._timeout,
                 socket_connect_timeout=self._timeout,
                 retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
@@ -411,4 +425,19 @@ class RedisCounterStore:
                 "consume": self._client.register_script(_LUA_CONSUME),
                 "add": self._client.register_script(_LUA_ADD),
             }
-        return self._scripts
+            self._turns = asyncio.Semaphore(self._max_connections)
+        return self._scripts, self._turns
+
+
+def redis_url_parses(url: str) -> bool:
+    """Whether redis-py accepts ``url`` (port, database and options), so that a mistake fails
+    at start-up; ``True`` when redis-py is not installed (the store reports that itself)."""
+    try:
+        from redis.connection import parse_url
+    except ImportError:
+        return True
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError:
+        return False
+    return True

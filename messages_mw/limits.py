@@ -39,6 +39,7 @@ from .limit_stores import (
     WindowCheck,
     WindowCount,
     has_room,
+    redis_url_parses,
     window_usage,
 )
 
@@ -48,7 +49,7 @@ logger = logging.getLogger("messages_mw.limits")
 
 _MINUTE = 60.0
 # The longest a per-minute limit makes a request wait (two windows, as the previous one slides
-# out); a longer wait is a spend budget's period, which no client should sleep through.
+# out); a spend budget asking longer is one no client should sleep through.
 _LONGEST_RETRY_WAIT = 2 * _MINUTE
 _Kind = Literal["requests", "tokens", "spend"]
 
@@ -87,7 +88,9 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Which limits apply and where the counters live.
 
     ``store="memory"`` counts in this process; ``"redis"`` shares the counters of every
-    worker and host using the same ``redis_url`` and ``key_prefix``. ``on_store_error``
+    worker and host using the same ``redis_url`` and ``key_prefix``, over at most
+    ``redis_max_connections`` connections per process (more concurrent checks queue for
+    one; a queue is not an outage). ``on_store_error``
     decides what happens while the store cannot be reached (each call waits at most
     ``store_timeout`` seconds): ``"open"`` lets requests through unlimited, ``"closed"``
     rejects them with 429 ``rate_limit_error`` and ``retry-after: 1``. Either way a warning
@@ -102,16 +105,22 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     on_store_error: Literal["open", "closed"] = "open"
     store_timeout: float = 0.5
     store_warning_interval: float = 60.0
+    redis_max_connections: int = 50
 
     def __post_init__(self) -> None:
         if not self.store_timeout > 0:
             raise ValueError(f"store_timeout must be positive, got {self.store_timeout}")
         if not self.store_warning_interval >= 0:
             raise ValueError("store_warning_interval must not be negative")
+        if self.redis_max_connections < 1:
+            raise ValueError("redis_max_connections must be at least 1")
         # Checked here: redis-py would refuse it only at the first request, as a 500.
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             # Not echoed: the value may hold a password.
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if self.store == "redis" and not redis_url_parses(self.redis_url):
+            # A bad port or option would otherwise fail every request.
+            raise ValueError("redis_url is not a valid Redis URL (check its port and options)")
 
 
 _LIMITS_CACHE_SIZE = 4096
@@ -346,7 +355,10 @@ class RateLimiter:
 def _default_store(config: LimitsConfig) -> CounterStore:
     if config.store == "redis":
         return RedisCounterStore(
-            config.redis_url, key_prefix=config.key_prefix, timeout=config.store_timeout
+            config.redis_url,
+            key_prefix=config.key_prefix,
+            timeout=config.store_timeout,
+            max_connections=config.redis_max_connections,
         )
     return MemoryCounterStore()
 
@@ -392,9 +404,11 @@ def _rejection(
     # A whole second strictly after the moment there is room: retrying then always fits.
     retry_after = math.floor(wait) + 1
     response_headers = {"retry-after": str(retry_after), **dict(headers)}
-    if retry_after > _LONGEST_RETRY_WAIT:
+    if limit.kind == "spend" and retry_after > _LONGEST_RETRY_WAIT:
         # Python SDK 2.x sleeps as long as retry-after says before retrying on its own: told
         # to wait for a spent budget's next period, it would hang for hours. Say not to retry.
+        # (A per-minute limit may ask a little over two minutes, on a host whose clock lags:
+        # that wait is worth sleeping through.)
         response_headers["x-should-retry"] = "false"
     return RateLimitError(_message(limit, retry_after), headers=response_headers)
 

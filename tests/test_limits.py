@@ -222,6 +222,21 @@ class LimiterSemantics:
 
         run(make_store, [per_key(tokens_per_minute=100)], scenario, clock)
 
+    def test_a_per_minute_wait_never_says_not_to_retry(self, make_store: StoreFactory) -> None:
+        # Filled at the first instant of a minute, a limit of one frees up only once that
+        # minute has slid out of the next: 120 s, so retry-after says 121. The SDK should
+        # sleep through that and retry, as it does for any per-minute limit.
+        clock = FakeClock(T0)
+
+        async def scenario(limiter: RateLimiter) -> None:
+            assert await admits(limiter, request(), 1) == [True]
+            with pytest.raises(RateLimitError) as caught:
+                await limiter.admit(request())
+            assert caught.value.headers["retry-after"] == "121"
+            assert "x-should-retry" not in caught.value.headers
+
+        run(make_store, [per_key(requests_per_minute=1)], scenario, clock)
+
     def test_spend_budget_holds_until_the_period_ends(self, make_store: StoreFactory) -> None:
         clock = FakeClock()
         period_end = (math.floor(clock.now / 3600) + 1) * 3600
@@ -396,6 +411,10 @@ def test_config_decodes_and_rejects_mistakes() -> None:
         b"store_warning_interval = -1",
         # redis-py would refuse it at the first request, as a 500 despite on_store_error.
         b'store = "redis"\nredis_url = "127.0.0.1:6379"',
+        # A port or an option redis-py cannot read: every request would be a 500.
+        b'store = "redis"\nredis_url = "redis://127.0.0.1:6379x/0"',
+        b'store = "redis"\nredis_url = "redis://127.0.0.1:6379/0?socket_timeout=abc"',
+        b"redis_max_connections = 0",
     ]
     for raw in mistakes:
         with pytest.raises(msgspec.ValidationError):

@@ -25,7 +25,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 
 from messages_mw.context import Principal
-from messages_mw.limit_stores import MemoryCounterStore, RedisCounterStore
+from messages_mw.limit_stores import (
+    LimitStoreError,
+    MemoryCounterStore,
+    RedisCounterStore,
+    WindowCheck,
+)
 from messages_mw.limits import LimitRule, LimitsConfig, RateLimiter
 
 from .test_limits import (
@@ -250,12 +255,24 @@ def outage_config(server: RedisServer, policy: str) -> LimitsConfig:
     )
 
 
+def outage_limiter(server: RedisServer, policy: str, clock: FakeClock) -> RateLimiter:
+    """The store the config names, with ``clock`` as its wall and its monotonic clock."""
+    config = outage_config(server, policy)
+    store = RedisCounterStore(
+        config.redis_url,
+        key_prefix=config.key_prefix,
+        timeout=config.store_timeout,
+        monotonic=clock,
+    )
+    return RateLimiter(config, store=store, clock=clock)
+
+
 @pytest.mark.parametrize("policy", ["open", "closed"])
 def test_redis_outage_follows_the_policy_and_recovers_by_itself(
     own_redis: RedisServer, policy: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
-    limiter = RateLimiter(outage_config(own_redis, policy), clock=clock)
+    limiter = outage_limiter(own_redis, policy, clock)
 
     async def scenario() -> list[tuple[bool, dict[str, str]]]:
         results = [await outcome(limiter, request())]
@@ -285,7 +302,7 @@ def test_redis_outage_follows_the_policy_and_recovers_by_itself(
 
 def test_a_hung_redis_costs_one_timeout_then_fails_fast(own_redis: RedisServer) -> None:
     clock = FakeClock()
-    limiter = RateLimiter(outage_config(own_redis, "open"), clock=clock)
+    limiter = outage_limiter(own_redis, "open", clock)
 
     async def scenario() -> list[float]:
         await limiter.admit(request())
@@ -306,6 +323,71 @@ def test_a_hung_redis_costs_one_timeout_then_fails_fast(own_redis: RedisServer) 
     first, second = asyncio.run(scenario())
     assert 0.25 < first < 1.5
     assert second < 0.05
+
+
+def test_a_burst_queues_for_connections_and_is_not_taken_for_an_outage(
+    shared_redis: RedisServer,
+) -> None:
+    # Thousands of checks at once in one process wait for one of few connections: that
+    # queue is no sign of a sick Redis, and must neither lift the limits (on_store_error =
+    # "open") nor skip Redis for the following second.
+    config = LimitsConfig(
+        rules=(LimitRule(scope="key", requests_per_minute=100),),
+        store="redis",
+        redis_url=shared_redis.url,
+        key_prefix=fresh_prefix(),
+        store_timeout=0.25,
+        redis_max_connections=1,
+    )
+    limiter = RateLimiter(config)
+
+    async def scenario() -> list[tuple[bool, dict[str, str]]]:
+        results = await asyncio.gather(*(outcome(limiter, request()) for _ in range(4000)))
+        await limiter.aclose()
+        return results
+
+    results = asyncio.run(scenario())
+    assert sum(admitted for admitted, _ in results) == 100
+    # Every refusal is the limit's own (a store error would admit, or say retry-after 1).
+    assert all(int(headers["retry-after"]) > 1 for admitted, headers in results if not admitted)
+
+
+def test_a_wall_clock_stepped_back_does_not_keep_redis_skipped(own_redis: RedisServer) -> None:
+    # After an outage the store waits its retry interval by the monotonic clock: an NTP step
+    # or a resumed VM moving the wall clock back an hour must not skip Redis for that hour.
+    wall, monotonic = FakeClock(), FakeClock()
+    config = outage_config(own_redis, "open")
+    store = RedisCounterStore(
+        config.redis_url, key_prefix=config.key_prefix, timeout=0.3, monotonic=monotonic
+    )
+    limiter = RateLimiter(config, store=store, clock=wall)
+
+    async def scenario() -> list[tuple[bool, dict[str, str]]]:
+        own_redis.stop()
+        down = await outcome(limiter, request())  # let through (open), and Redis skipped 1 s
+        own_redis.start()
+        wall.advance(-3600)
+        monotonic.advance(2)
+        results = [down] + [await outcome(limiter, request()) for _ in range(6)]
+        await limiter.aclose()
+        return results
+
+    down, *after = asyncio.run(scenario())
+    assert down == (True, {})
+    assert [admitted for admitted, _ in after] == [True] * 5 + [False]
+
+
+def test_a_redis_url_redis_py_refuses_is_a_store_error_not_a_crash() -> None:
+    # LimitsConfig refuses such a URL; a store built directly reports it as unreachable.
+    store = RedisCounterStore("redis://127.0.0.1:6379x/0")
+    check = WindowCheck("requests:60:key:k", 60.0, 1.0, 1.0, True)
+
+    async def scenario() -> None:
+        with pytest.raises(LimitStoreError, match="Redis URL"):
+            await store.consume([check], 1000.0)
+        await store.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_an_unreachable_redis_is_not_contacted_at_construction() -> None:
