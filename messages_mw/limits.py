@@ -93,7 +93,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     one; a queue is not an outage). ``on_store_error``
     decides what happens while the store cannot be reached (each call waits at most
     ``store_timeout`` seconds): ``"open"`` lets requests through unlimited, ``"closed"``
-    rejects them with 429 ``rate_limit_error`` and ``retry-after: 1``. Either way a warning
+    rejects them with 429 ``rate_limit_error`` and ``retry-after: 1``. A request under a
+    spend budget for a model the pricing table does not know could never be counted:
+    ``unpriced_models="reject"`` refuses it (403), ``"allow"`` lets it through uncounted
+    and logs a warning once per model. Either way a warning
     is logged at most once per ``store_warning_interval`` seconds, and counting resumes by
     itself when the store is back.
     """
@@ -106,6 +109,7 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     store_timeout: float = 0.5
     store_warning_interval: float = 60.0
     redis_max_connections: int = 50
+    unpriced_models: Literal["reject", "allow"] = "reject"
 
     def __post_init__(self) -> None:
         if not self.store_timeout > 0:
@@ -124,6 +128,9 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 _LIMITS_CACHE_SIZE = 4096
+# Client-chosen model names in the unpriced warning: bounded in length and in number.
+_MAX_MODEL_IN_LOG = 100
+_MAX_UNPRICED_WARNED = 100
 _HEADER_NAMES = {
     kind: (
         f"anthropic-ratelimit-{kind}-limit",
@@ -152,6 +159,8 @@ class _LimitSet:
     header_groups: tuple[tuple[tuple[str, str, str], tuple[int, ...]], ...]
     # Each limit as its header value.
     limit_texts: tuple[str, ...]
+    # Whether a spend budget is among the limits: the request's cost must then be known.
+    has_spend: bool
 
     @classmethod
     def of(cls, limits: list[_Limit]) -> _LimitSet:
@@ -161,7 +170,8 @@ class _LimitSet:
             if (positions := tuple(i for i, lim in enumerate(limits) if lim.kind == kind))
         )
         texts = tuple(str(int(limit.check.limit)) for limit in limits)
-        return cls(limits, [limit.check for limit in limits], groups, texts)
+        has_spend = any(limit.kind == "spend" for limit in limits)
+        return cls(limits, [limit.check for limit in limits], groups, texts, has_spend)
 
 
 class RateLimiter:
@@ -192,6 +202,13 @@ class RateLimiter:
         self._counts_usage = any(
             rule.tokens_per_minute is not None or rule.spend is not None for rule in config.rules
         )
+        # Spend rules need each request's cost: with unpriced models refused, the policy asks
+        # which requests fall under one (none at all, in most configurations: then it need
+        # not ask, which this flag tells it on every request's path).
+        self.checks_prices: bool = config.unpriced_models == "reject" and any(
+            rule.spend is not None for rule in config.rules
+        )
+        self._unpriced_warned: set[str] = set()
         self._key_rules = _rules_by_match(config.rules, "key")
         self._tag_rules = _rules_by_match(config.rules, "tag")
         self._warned_at = -math.inf
@@ -228,6 +245,12 @@ class RateLimiter:
             raise _rejection(limit_set.limits, counts, now, headers)
         return headers
 
+    def needs_price(self, context: RequestContext) -> bool:
+        """Whether ``context`` falls under a spend budget, so that its model must have a
+        price; asked after auth and tagging, and only when :attr:`checks_prices` is true
+        (spend rules, and unpriced models refused)."""
+        return self._limits_for(context).has_spend
+
     async def record(self, context: RequestContext) -> None:
         """Add the request's tokens (input, output and both cache counts) and
         ``context.cost`` to its token and spend limits, once the request has ended.
@@ -245,9 +268,13 @@ class RateLimiter:
             + usage.cache_read_input_tokens
         )
         amounts = {"tokens": float(tokens), "spend": context.cost or 0.0, "requests": 0.0}
+        limit_set = self._limits_for(context)
+        if context.cost is None and limit_set.has_spend and not self.checks_prices:
+            # Allowed through uncounted (refused otherwise): worth a word to the operator.
+            self._warn_unpriced(context.served_model or context.model)
         increments = [
             Increment(limit.check.key, limit.check.window, amounts[limit.kind])
-            for limit in self._limits_for(context).limits
+            for limit in limit_set.limits
             if amounts[limit.kind] > 0
         ]
         if not increments:
@@ -331,6 +358,15 @@ class RateLimiter:
         for tag in dict.fromkeys(context.tags):
             rules = self._tag_rules.get(tag) or self._tag_rules.get("*", ())
             yield f"tag:{tag}", f"tag '{tag}'", rules
+
+    def _warn_unpriced(self, model: str | None) -> None:
+        name = str(model)[:_MAX_MODEL_IN_LOG]
+        if name in self._unpriced_warned or len(self._unpriced_warned) >= _MAX_UNPRICED_WARNED:
+            return
+        self._unpriced_warned.add(name)
+        logger.warning(
+            "model %r has no price: requests for it are not counted against spend budgets", name
+        )
 
     def _admit_without_store(self, exc: LimitStoreError, now: float) -> list[tuple[str, str]]:
         if self.config.on_store_error == "open":

@@ -111,9 +111,23 @@ class Policy:
         if allowed is not None:  # inline: this is every request's path
             _check_model(allowed, parsed.model)
         plan = self.consume_gateway_fields(body, headers, parsed, allowed)
-        if self.limiter is not None:
-            context.response_headers = await self.limiter.admit(context)
+        limiter = self.limiter
+        if limiter is not None:
+            if limiter.checks_prices and limiter.needs_price(context):
+                self._check_priced(plan, parsed.model)
+            context.response_headers = await limiter.admit(context)
         return plan
+
+    def _check_priced(self, plan: ForwardPlan, model: str) -> None:
+        """Refuse (403) a request under a spend budget that may go to a model without a
+        price: its cost could not be counted, so the budget would not hold."""
+        pricing = self.pricing
+        for target in (plan.resolver or self.resolver).chain(model, plan.body_targets):
+            if pricing is None or pricing.price_for(target.model) is None:
+                raise PermissionDeniedError(
+                    f"model: '{target.model}' has no configured price, so the spend budget "
+                    "this request falls under could not count it."
+                )
 
     def check_model(self, context: RequestContext, model: str) -> frozenset[str] | None:
         """The principal's model allow-list (403), for routes that skip :meth:`admit`;

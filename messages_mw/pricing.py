@@ -29,6 +29,9 @@ _CACHE_READ_FACTOR = 0.1
 # ``@20250929``) or ``-latest``, then anything (Bedrock's ``-v1:0``). Nothing else, so that an
 # unknown future ``claude-opus-4-9`` is not silently billed as ``claude-opus-4``.
 _VERSION_SUFFIX = re.compile(r"[-@](?:\d{8}|latest)(?![0-9A-Za-z])")
+# Bedrock's ids put the vendor first, and its cross-region profiles a region before that:
+# ``anthropic.claude-sonnet-4-5-20250929-v1:0``, ``us.anthropic.claude-…``.
+_BEDROCK_PREFIX = re.compile(r"(?:[a-z]+\.)?anthropic\.")
 
 
 class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -93,9 +96,10 @@ class PricingTable:
     """Prices requests by model id.
 
     An id is priced by its exact entry, else by the longest entry it starts with when the rest
-    is a snapshot suffix: ``claude-sonnet-4-5`` prices ``claude-sonnet-4-5-20250929`` and
-    ``claude-sonnet-4-5@20250929``. To extend the defaults rather than replace them, pass
-    ``{**DEFAULT_PRICES, **overrides}``.
+    is a snapshot suffix: ``claude-sonnet-4-5`` prices ``claude-sonnet-4-5-20250929``,
+    ``claude-sonnet-4-5@20250929`` and Bedrock's
+    ``us.anthropic.claude-sonnet-4-5-20250929-v1:0``. To extend the defaults rather than
+    replace them, pass ``{**DEFAULT_PRICES, **overrides}``.
     """
 
     def __init__(self, prices: Mapping[str, ModelPrice] = DEFAULT_PRICES) -> None:
@@ -112,6 +116,8 @@ class PricingTable:
         price = self._prices.get(model)
         if price is not None:
             return price
+        if bedrock := _BEDROCK_PREFIX.match(model):
+            model = model[bedrock.end() :]
         for known in self._by_length:
             if model.startswith(known) and _VERSION_SUFFIX.match(model, len(known)):
                 return self._prices[known]

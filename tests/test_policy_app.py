@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -124,6 +126,48 @@ def test_a_request_refused_for_its_gateway_fields_costs_no_quota() -> None:
     ]
     assert remaining == ["1", "0"]
     assert run(_post(gateway, _body())).status_code == 429
+
+
+def _budgeted(**limits: Any) -> tuple[Gateway, Recorder, list[RequestContext]]:
+    """A gateway whose tag 'metered' has a spend budget; other requests have none."""
+    rules = (LimitRule(scope="tag", match="metered", spend=100.0),)
+    config = GatewayConfig(limits=LimitsConfig(rules=rules, **limits))
+    recorder = Recorder()
+    gateway, finished = make_gateway(recorder, config=config)
+    return gateway, recorder, finished
+
+
+def test_a_spend_budget_refuses_models_it_could_not_price() -> None:
+    # Its cost unknown, such a request would never count against the budget: any client
+    # could pick a new or unlisted model id and spend without limit.
+    gateway, recorder, _ = _budgeted()
+    metered = {"x-mw-tags": "metered"}
+    refused = run(_post(gateway, _body(model="claude-sonnet-4-7"), **metered))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["type"] == "permission_error"
+    assert refused.json()["error"]["message"].startswith("model: 'claude-sonnet-4-7'")
+    # A client-named fallback is held to the same rule: it may serve the answer.
+    fallback = _body(fallbacks=["anthropic/claude-sonnet-4-7"])
+    assert run(_post(gateway, fallback, **metered)).status_code == 403
+    assert recorder.requests == []
+    assert run(_post(gateway, _body(), **metered)).status_code == 200
+    # Without a budget over it, no price is needed.
+    assert run(_post(gateway, _body(model="claude-sonnet-4-7"))).status_code == 200
+
+
+def test_unpriced_models_may_be_allowed_through_uncounted_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gateway, _, finished = _budgeted(unpriced_models="allow")
+    with caplog.at_level(logging.WARNING, logger="messages_mw.limits"):
+        for _ in range(2):
+            response = run(
+                _post(gateway, _body(model="claude-sonnet-4-7"), **{"x-mw-tags": "metered"})
+            )
+            assert response.status_code == 200
+    assert finished[-1].cost is None
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "'claude-sonnet-4-7' has no price" in warning
 
 
 def test_count_tokens_holds_the_key_to_its_model_allow_list() -> None:

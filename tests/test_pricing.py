@@ -58,6 +58,10 @@ def test_prices_decode_from_config_and_reject_bad_values() -> None:
         ("claude-sonnet-4-5-20250929", 3.0),
         ("claude-sonnet-4-5@20250929", 3.0),
         ("claude-sonnet-4-5-20250929-v1:0", 3.0),
+        # Bedrock: the vendor first, and a cross-region profile's region before it.
+        ("anthropic.claude-sonnet-4-5-20250929-v1:0", 3.0),
+        ("us.anthropic.claude-haiku-4-5-20251001-v1:0", 1.0),
+        ("global.anthropic.claude-opus-4-1-20250805-v1:0", 15.0),
         ("claude-3-5-haiku-latest", 0.8),
         ("claude-opus-4-20250514", 15.0),
         ("claude-opus-4-1-20250805", 15.0),
@@ -77,7 +81,17 @@ def test_default_prices_match_dated_ids_by_longest_prefix(
 
 
 @pytest.mark.parametrize(
-    "model", [None, "", "gpt-4o", "claude-opus-4-9", "claude-sonnet-4-50", "claude-sonnet-4x"]
+    "model",
+    [
+        None,
+        "",
+        "gpt-4o",
+        "claude-opus-4-9",
+        "claude-sonnet-4-50",
+        "claude-sonnet-4x",
+        "anthropic.claude-opus-4-9-v1:0",
+        "openai.claude-sonnet-4-5-20250929",
+    ],
 )
 def test_unknown_models_have_no_cost(model: str | None) -> None:
     assert PricingTable().cost(model, TokenUsage(input_tokens=1000)) is None
