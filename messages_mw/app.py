@@ -174,6 +174,11 @@ class Gateway:
         if on_request_end is not None and not callable(on_request_end):
             raise TypeError("on_request_end must be callable")
         self._providers = build_providers(self.config, provider, providers)
+        # Each provider's kind, for telemetry; a custom provider without one goes by its name.
+        self._provider_types = {
+            name: str(getattr(each, "provider_type", name))
+            for name, each in self._providers.items()
+        }
         self._model_source = build_model_directory(self._providers, self.config.provider)
         self._policy = build_policy(
             self.config,
@@ -449,12 +454,15 @@ class Gateway:
             # that target's upstream bills for the input, which the event must not lose.
             if (target := held.target) is not None:
                 context.usage = observed_usage(held.chunks)
-                context.provider, context.served_model = target.provider, target.model
-                context.fallback_used = target != plan.chain[0]
+                self._record_server(context, target, target != plan.chain[0])
             raise
-        context.provider, context.served_model = result.target.provider, result.target.model
-        context.fallback_used = result.fallback_used
+        self._record_server(context, result.target, result.fallback_used)
         await self._relay(result.response, send, context)
+
+    def _record_server(self, context: RequestContext, target: Target, fallback: bool) -> None:
+        context.provider, context.served_model = target.provider, target.model
+        context.provider_type = self._provider_types[target.provider]
+        context.fallback_used = fallback
 
     async def _send_and_relay(
         self, provider: Provider, request: ProviderRequest, send: Send, context: RequestContext

@@ -97,6 +97,7 @@ class RequestContext(msgspec.Struct):
     tags: list[str] = msgspec.field(default_factory=list)
     session_id: str | None = None
     provider: str | None = None
+    provider_type: str | None = None
     served_model: str | None = None
     fallback_used: bool = False
     attempts: list[Attempt] = msgspec.field(default_factory=list)
@@ -120,6 +121,8 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     """What one finished request cost and how it went: emitted exactly once per request.
 
     Never carries a credential: ``key_id`` is the key's configured name or hash prefix.
+    ``provider`` is the serving upstream's configured name, ``provider_type`` its kind
+    (``"anthropic"``, ``"openai"``, ``"messages_mw.mock"``, or a custom provider's own).
     """
 
     request_id: str
@@ -133,6 +136,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     requested_model: str | None = None
     served_model: str | None = None
     provider: str | None = None
+    provider_type: str | None = None
     fallback_used: bool = False
     stream: bool = False
     error_type: str | None = None
@@ -172,6 +176,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             context.model,
             context.served_model or context.model,
             context.provider,
+            context.provider_type,
             context.fallback_used,
             context.stream,
             context.error_type,

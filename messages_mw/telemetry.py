@@ -30,7 +30,8 @@ class OpenTelemetrySink:
     The span ends at the event's timestamp and starts ``latency`` earlier. Attributes follow
     the GenAI conventions: ``gen_ai.operation.name`` ("chat", or "count_tokens" and "models" for
     those routes), ``gen_ai.provider.name`` and the
-    older ``gen_ai.system`` ("anthropic"), ``gen_ai.request.model``, ``gen_ai.response.model``,
+    older ``gen_ai.system`` (the serving upstream's kind, such as "anthropic" or "openai";
+    "anthropic" when none served), ``gen_ai.request.model``, ``gen_ai.response.model``,
     and ``gen_ai.usage.*``, where ``input_tokens`` includes the cache reads and writes, as the
     conventions ask (Anthropic's own ``input_tokens`` excludes them). The span status is ERROR
     when the HTTP status is 400 or more, the event has an ``error_type`` or the client left
@@ -88,8 +89,8 @@ def _error_type(event: UsageEvent) -> str | None:
 def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
     values: dict[str, AttributeValue | None] = {
         "gen_ai.operation.name": _operation(event.path),
-        "gen_ai.provider.name": "anthropic",
-        "gen_ai.system": "anthropic",
+        "gen_ai.provider.name": event.provider_type or "anthropic",
+        "gen_ai.system": event.provider_type or "anthropic",
         "gen_ai.request.model": event.requested_model,
         "gen_ai.response.model": event.served_model,
         "gen_ai.usage.input_tokens": (

@@ -261,6 +261,16 @@ def test_opentelemetry_marks_failures_as_errors() -> None:
     assert disconnected.status.status_code is StatusCode.ERROR
 
 
+def test_opentelemetry_names_the_kind_of_upstream_that_served() -> None:
+    provider, exporter = _tracing()
+    OpenTelemetrySink(provider)(make_event(provider="backup", provider_type="openai"))
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["gen_ai.provider.name"] == "openai"
+    assert span.attributes["gen_ai.system"] == "openai"
+    assert span.attributes["messages_mw.provider"] == "backup"
+
+
 def test_opentelemetry_counts_a_client_that_left_before_its_answer_as_an_error() -> None:
     provider, exporter = _tracing()
     OpenTelemetrySink(provider)(make_event(status=0, client_disconnected=True, cost=None))

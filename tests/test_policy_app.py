@@ -14,6 +14,7 @@ from messages_mw import (
     AnthropicProvider,
     Gateway,
     GatewayConfig,
+    OpenAIProvider,
     RequestContext,
     UpstreamConfig,
     UsageEvent,
@@ -21,6 +22,7 @@ from messages_mw import (
 from messages_mw.auth import ApiKeyConfig, AuthConfig
 from messages_mw.errors import PermissionDeniedError
 from messages_mw.limits import LimitRule, LimitsConfig
+from messages_mw.providers.base import ProviderRequest, ProviderResponse
 
 from .inprocess import Recorder, client_for, make_gateway, run
 from .servers import message_json
@@ -277,3 +279,27 @@ def test_every_request_emits_exactly_one_usage_event() -> None:
         (400, "invalid_request_error"),
     ]
     assert events[0].input_tokens == 12 and events[0].cost is not None
+
+
+def test_the_event_names_the_kind_of_upstream_that_served() -> None:
+    # For telemetry (OpenTelemetry's gen_ai.provider.name): the configured name says which
+    # upstream, the type what kind of API it speaks.
+    class OwnProvider:
+        async def send(self, request: ProviderRequest) -> ProviderResponse:
+            return ProviderResponse(200, [("content-type", "application/json")], body=b"{}")
+
+        async def aclose(self) -> None:
+            pass
+
+    finished: list[RequestContext] = []
+    mock = GatewayConfig(provider="mock", usage_log=False)
+    gateways = {
+        "anthropic": make_gateway(Recorder(), on_request_end=finished.append)[0],
+        "messages_mw.mock": Gateway(mock, on_request_end=finished.append),
+        "backup": Gateway(providers={"backup": OwnProvider()}, on_request_end=finished.append),
+    }
+    for expected, gateway in gateways.items():
+        model = "backup/m" if expected == "backup" else "claude-sonnet-4-6"
+        assert run(_post(gateway, _body(model=model))).status_code == 200
+        assert finished[-1].provider_type == expected
+    assert OpenAIProvider.provider_type == "openai"

@@ -464,6 +464,7 @@ def _full_context() -> RequestContext:
     context.tags = ["team:a", "feature:chat"]
     context.session_id = "session-1"
     context.provider = "anthropic"
+    context.provider_type = "anthropic-type"
     context.served_model = "claude-haiku-4-5"
     context.fallback_used = True
     context.attempts = [Attempt(target="primary", status=529, error_type="x", duration=0.1)]
@@ -513,6 +514,7 @@ def test_an_event_takes_each_field_from_its_source_in_the_context() -> None:
         "requested_model": "claude-sonnet-4-5",
         "served_model": "claude-haiku-4-5",
         "provider": "anthropic",
+        "provider_type": "anthropic-type",
         "fallback_used": True,
         "stream": True,
         "error_type": "overloaded_error",

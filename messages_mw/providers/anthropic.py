@@ -195,6 +195,9 @@ class AnthropicProvider:
     connection strategy; it is closed by :meth:`aclose` too.
     """
 
+    # What kind of upstream this is, for telemetry (the GenAI conventions' provider name).
+    provider_type = "anthropic"
+
     def __init__(
         self,
         settings: UpstreamConfig | None = None,

@@ -101,6 +101,8 @@ class Provider(Protocol):
     the iterator as ``GatewayError`` too, and the app turns them into an SSE ``error`` event.
     If the request task is cancelled (client gone), the provider must not leak the connection.
     ``aclose`` releases pooled connections; it is called once, at gateway shutdown.
+    A ``provider_type`` attribute, if present, names the kind of upstream for telemetry
+    (``"anthropic"``, ``"openai"``); usage events otherwise carry the provider's name.
     """
 
     async def send(self, request: ProviderRequest) -> ProviderResponse: ...

@@ -302,6 +302,9 @@ class MockProvider:
     Cancelling ``send`` or the stream leaves nothing behind: the mock holds no resources.
     """
 
+    # What kind of upstream this is, for telemetry (the GenAI conventions' provider name).
+    provider_type = "messages_mw.mock"
+
     def __init__(
         self,
         settings: MockConfig = _DEFAULT_SETTINGS,

@@ -119,6 +119,9 @@ class OpenAIProvider:
     Cancelling ``send`` or the stream closes the upstream connection.
     """
 
+    # What kind of upstream this is, for telemetry (the GenAI conventions' provider name).
+    provider_type = "openai"
+
     def __init__(
         self,
         settings: OpenAIUpstreamConfig,
