@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
+from starlette.middleware.cors import CORSMiddleware
 
 from .assembly import build_model_directory, build_policy, build_providers
 from .body_edit import edit_top_level
@@ -41,7 +42,7 @@ from .providers.base import Provider, ProviderRequest, ProviderResponse
 from .relay import observe_response_body, relay_body, relay_stream
 from .request_body import ClientDisconnectedError, decode_content_encoding, read_body
 from .streaming import observed_usage
-from .types import Receive, Scope, Send
+from .types import ASGIApp, Receive, Scope, Send
 from .usage import UsageSink
 from .validation import decode_count_tokens_request, decode_messages_request
 
@@ -51,6 +52,18 @@ logger = logging.getLogger("messages_mw")
 
 _Handler = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]
 _JSON = (b"content-type", b"application/json")
+# What a browser page may read of an answer: what the SDKs read, and the limits' headers.
+_EXPOSED_HEADERS = (
+    "request-id",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    *(
+        f"anthropic-ratelimit-{kind}-{part}"
+        for kind in ("requests", "tokens")
+        for part in ("limit", "remaining", "reset")
+    ),
+)
 _attempts_encoder = msgspec.json.Encoder()
 
 
@@ -200,15 +213,36 @@ class Gateway:
             "/v1/models": {"GET": self._models},
             "/api/hello": {"HEAD": self._hello, "GET": self._hello},
         }
+        self._serve_http: ASGIApp = self._handle_http
+        if self.config.cors_origins:
+            self._serve_http = self._with_cors(self._handle_http)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._handle_http(scope, receive, send)
+            await self._serve_http(scope, receive, send)
         elif kind == "lifespan":
             await self._handle_lifespan(receive, send)
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
+
+    def _with_cors(self, app: ASGIApp) -> ASGIApp:
+        """``app`` answering browsers from ``config.cors_origins``: preflights, and the headers
+        a page's script may read (the SDKs' request id, retry and rate-limit headers, ours)."""
+        names = self._headers
+        return CORSMiddleware(
+            app,
+            allow_origins=self.config.cors_origins,
+            allow_methods=("GET", "HEAD", "POST"),
+            allow_headers=("*",),
+            expose_headers=(
+                *_EXPOSED_HEADERS,
+                names.provider,
+                names.model,
+                names.fallback_used,
+                names.compression_report,
+            ),
+        )
 
     async def aclose(self) -> None:
         """Flush usage sinks and close upstream connections; requests after this reopen them."""

@@ -142,7 +142,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     prices usage events, and ``cost_in_response`` adds ``usage.cost`` to JSON responses.
     ``usage_log`` writes each usage event as a JSON line to the ``messages_mw.usage`` logger;
     ``usage_file`` appends them to a file. ``extra_headers_allowed`` lists the headers a
-    request body's ``extra_headers`` may set. ``compression`` configures the built-in
+    request body's ``extra_headers`` may set. ``cors_origins`` lets pages from those origins
+    (``"*"``: any) call the gateway from a browser, as the SDKs' browser mode does with
+    Anthropic; off by default, since a gateway holding its own upstream key would lend it to
+    any page a user on its network opens. ``compression`` configures the built-in
     compression of tool output (off unless a header, key or default picks a bundle).
     """
 
@@ -164,6 +167,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     usage_log: bool = True
     usage_file: str | None = None
     extra_headers_allowed: tuple[str, ...] = ("anthropic-beta",)
+    cors_origins: tuple[str, ...] = ()
     compression: CompressionConfig = msgspec.field(default_factory=CompressionConfig)
 
 

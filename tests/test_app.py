@@ -440,3 +440,50 @@ def test_gateway_limit_headers_replace_the_upstreams() -> None:
     response = run(_post(gateway, CHAT))
     assert response.headers.get_list("anthropic-ratelimit-requests-limit") == ["5"]
     assert response.headers["anthropic-ratelimit-requests-remaining"] == "4"
+
+
+_BROWSER = {
+    "origin": "https://app.example",
+    "anthropic-dangerous-direct-browser-access": "true",
+}
+_PREFLIGHT = {
+    "origin": "https://app.example",
+    "access-control-request-method": "POST",
+    "access-control-request-headers": "x-api-key,anthropic-version,content-type,"
+    "anthropic-dangerous-direct-browser-access",
+}
+
+
+async def _preflight(gateway: object, origin: str = "https://app.example") -> httpx.Response:
+    async with client_for(gateway) as client:
+        return await client.options("/v1/messages", headers={**_PREFLIGHT, "origin": origin})
+
+
+def test_browsers_are_answered_only_from_configured_origins() -> None:
+    # Off by default: a page on any site could otherwise spend the gateway's upstream key.
+    closed, _ = make_gateway(Recorder())
+    assert run(_preflight(closed)).status_code == 405
+    answer = run(_post(closed, CHAT, **_BROWSER))
+    assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+
+    config = GatewayConfig(cors_origins=("https://app.example",))
+    gateway, _ = make_gateway(Recorder(), config=config)
+    preflight = run(_preflight(gateway))
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert "anthropic-dangerous-direct-browser-access" in allowed and "x-api-key" in allowed
+    answer = run(_post(gateway, CHAT, **_BROWSER))
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == "https://app.example"
+    exposed = answer.headers["access-control-expose-headers"].lower().split(", ")
+    assert {"request-id", "retry-after", "x-mw-provider"} <= set(exposed)
+    # The gateway's own errors are readable too, so the SDK can raise the typed exception.
+    refused = run(_post(gateway, b"{", **_BROWSER))
+    assert refused.status_code == 400
+    assert refused.headers["access-control-allow-origin"] == "https://app.example"
+    # Another site gets nothing it could read.
+    assert run(_preflight(gateway, "https://evil.example")).status_code == 400
+    other = run(_post(gateway, CHAT, **{**_BROWSER, "origin": "https://evil.example"}))
+    assert "access-control-allow-origin" not in other.headers
