@@ -145,6 +145,8 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
+    web_search_requests: int = 0
     cost: float | None = None
     latency_ms: float | None = None
     time_to_first_byte_ms: float | None = None
@@ -161,7 +163,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             context.first_byte_at,
         )
         principal = context.principal
-        # Positional, in field order: built once per request, and msgspec matches 25 keyword
+        # Positional, in field order: built once per request, and msgspec matches 28 keyword
         # arguments to fields one by one, which costs four times as much. test_usage pins
         # every field to its source.
         return cls(
@@ -185,6 +187,8 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             usage.output_tokens,
             usage.cache_creation_input_tokens,
             usage.cache_read_input_tokens,
+            usage.cache_creation_1h_input_tokens,
+            usage.web_search_requests,
             context.cost,
             None if finished is None else (finished - started) * 1000,
             None if first_byte is None else (first_byte - started) * 1000,

@@ -1,9 +1,9 @@
 """What a request cost: per-model list prices, and ``usage.cost`` for JSON responses.
 
-Prices are USD per million tokens (MTok), as Anthropic publishes them; override them in config
-(``pricing``). Costs are list-price estimates: batch discounts, the long-context surcharge
-(Sonnet 4/4.5 prompts over 200K tokens) and 1-hour cache writes (2x input, where we charge the
-5-minute 1.25x) are not modelled.
+Prices are USD per million tokens (MTok), as Anthropic publishes them, and web searches USD per
+thousand; override them in config (``pricing``). Costs are list-price estimates: batch
+discounts and the long-context surcharge (Sonnet 4/4.5 prompts over 200K tokens) are not
+modelled; 1-hour cache writes (2x input) and web searches are.
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ from .streaming import TokenUsage
 
 __all__ = ["DEFAULT_PRICES", "ModelPrice", "PricingTable", "add_cost_to_response_body"]
 
-# Anthropic's 5-minute cache pricing: a cache write costs 1.25x input, a cache read 0.1x.
+# Anthropic's cache pricing: a write costs 1.25x input (5-minute cache) or 2x (1-hour cache),
+# a read 0.1x.
 _CACHE_WRITE_FACTOR = 1.25
+_CACHE_WRITE_1H_FACTOR = 2.0
 _CACHE_READ_FACTOR = 0.1
+# Web search: USD 10 per thousand searches, whatever the model.
+_WEB_SEARCH_PER_THOUSAND = 10.0
 
 # What may follow a priced id in a longer one: a snapshot date (``-20250929``, Vertex's
 # ``@20250929``) or ``-latest``, then anything (Bedrock's ``-v1:0``). Nothing else, so that an
@@ -37,8 +41,9 @@ _BEDROCK_PREFIX = re.compile(r"(?:[a-z]+\.)?anthropic\.")
 class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One model's prices in USD per million tokens.
 
-    ``cache_write`` defaults to 1.25 x ``input`` and ``cache_read`` to 0.1 x ``input`` (the
-    5-minute cache prices); after construction both are always numbers. Raises
+    ``cache_write`` defaults to 1.25 x ``input`` (the 5-minute cache), ``cache_write_1h`` to
+    2 x ``input`` and ``cache_read`` to 0.1 x ``input``; after construction all three are
+    numbers. ``web_search`` is USD per thousand searches. Raises
     :class:`ValueError` (a ``msgspec.ValidationError`` when decoding config) for a negative or
     non-finite price.
     """
@@ -47,9 +52,18 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     output: float
     cache_write: float | None = None
     cache_read: float | None = None
+    cache_write_1h: float | None = None
+    web_search: float = _WEB_SEARCH_PER_THOUSAND
 
     def __post_init__(self) -> None:
-        for name in ("input", "output", "cache_write", "cache_read"):
+        for name in (
+            "input",
+            "output",
+            "cache_write",
+            "cache_read",
+            "cache_write_1h",
+            "web_search",
+        ):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} price must be a finite, non-negative number")
@@ -59,6 +73,9 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         if self.cache_read is None:
             cache_read = round(self.input * _CACHE_READ_FACTOR, 10)
             msgspec.structs.force_setattr(self, "cache_read", cache_read)
+        if self.cache_write_1h is None:
+            cache_write_1h = round(self.input * _CACHE_WRITE_1H_FACTOR, 10)
+            msgspec.structs.force_setattr(self, "cache_write_1h", cache_write_1h)
 
 
 _OPUS_4 = ModelPrice(input=15.0, output=75.0, cache_write=18.75, cache_read=1.5)
@@ -128,14 +145,18 @@ class PricingTable:
         price = self.price_for(model)
         if price is None:
             return None
-        # ModelPrice.__post_init__ fills both cache prices.
-        total = (
+        # ModelPrice.__post_init__ fills the cache prices. The 1-hour writes are part of the
+        # cache writes the usage reports.
+        written_1h = min(usage.cache_creation_1h_input_tokens, usage.cache_creation_input_tokens)
+        per_million = (
             usage.input_tokens * price.input
             + usage.output_tokens * price.output
-            + usage.cache_creation_input_tokens * cast(float, price.cache_write)
+            + (usage.cache_creation_input_tokens - written_1h) * cast(float, price.cache_write)
+            + written_1h * cast(float, price.cache_write_1h)
             + usage.cache_read_input_tokens * cast(float, price.cache_read)
         )
-        return round(total / 1_000_000, 10)
+        searches = usage.web_search_requests * price.web_search / 1000
+        return round(per_million / 1_000_000 + searches, 10)
 
 
 _object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])

@@ -261,14 +261,25 @@ StreamEvent = (
 )
 
 
+class ObservedCacheCreation(msgspec.Struct):
+    ephemeral_1h_input_tokens: int | None = None
+
+
+class ObservedServerToolUse(msgspec.Struct):
+    web_search_requests: int | None = None
+
+
 class ObservedUsage(msgspec.Struct):
     """Usage as read from upstream traffic: every field optional, since ``message_delta``
-    carries only the ones that changed and the SDKs overwrite field by field."""
+    carries only the ones that changed and the SDKs overwrite field by field. Of the nested
+    objects only what prices differently is read: 1-hour cache writes and web searches."""
 
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    cache_creation: ObservedCacheCreation | None = None
+    server_tool_use: ObservedServerToolUse | None = None
 
 
 class ObservedMessage(msgspec.Struct):

@@ -41,13 +41,20 @@ def frame_event(name: str, data: bytes) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
 
 
-class TokenUsage(msgspec.Struct):
-    """Token counts of one response, as the upstream reported them (0 where it did not)."""
+class TokenUsage(msgspec.Struct, omit_defaults=True):
+    """Token counts of one response, as the upstream reported them (0 where it did not).
+
+    ``cache_creation_1h_input_tokens`` is the part of ``cache_creation_input_tokens`` written
+    to the 1-hour cache (priced higher); ``web_search_requests`` counts server-side web
+    searches (priced per search).
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
+    web_search_requests: int = 0
 
 
 def merge_usage(usage: TokenUsage, observed: ObservedUsage | None) -> None:
@@ -63,6 +70,12 @@ def merge_usage(usage: TokenUsage, observed: ObservedUsage | None) -> None:
         usage.cache_creation_input_tokens = observed.cache_creation_input_tokens
     if observed.cache_read_input_tokens is not None:
         usage.cache_read_input_tokens = observed.cache_read_input_tokens
+    cache_creation = observed.cache_creation
+    if cache_creation is not None and cache_creation.ephemeral_1h_input_tokens is not None:
+        usage.cache_creation_1h_input_tokens = cache_creation.ephemeral_1h_input_tokens
+    tools = observed.server_tool_use
+    if tools is not None and tools.web_search_requests is not None:
+        usage.web_search_requests = tools.web_search_requests
 
 
 def _split_event(block: bytes) -> tuple[bytes | None, bytes]:

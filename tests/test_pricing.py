@@ -32,10 +32,22 @@ def test_cost_counts_every_kind_of_token() -> None:
     assert table.cost("m", TokenUsage()) == 0.0
 
 
+def test_one_hour_cache_writes_and_web_searches_have_their_own_prices() -> None:
+    table = PricingTable({"m": ModelPrice(input=3, output=15)})
+    usage = TokenUsage(
+        cache_creation_input_tokens=3000, cache_creation_1h_input_tokens=1000, web_search_requests=4
+    )
+    # 2000*3.75 + 1000*6 per million tokens, and 4 searches at USD 10 per thousand
+    assert table.cost("m", usage) == pytest.approx(0.0135 + 0.04)
+    custom = PricingTable({"m": ModelPrice(input=3, output=15, cache_write_1h=5, web_search=0)})
+    assert custom.cost("m", usage) == pytest.approx(0.0125)
+
+
 def test_cache_prices_default_to_the_five_minute_cache_factors() -> None:
     price = ModelPrice(input=3.0, output=15.0)
     assert price.cache_write == 3.75
     assert price.cache_read == 0.3
+    assert price.cache_write_1h == 6.0
     explicit = ModelPrice(input=0.25, output=1.25, cache_write=0.3, cache_read=0.03)
     assert (explicit.cache_write, explicit.cache_read) == (0.3, 0.03)
 

@@ -53,6 +53,35 @@ def test_message_delta_overwrites_only_present_fields() -> None:
     assert observer.stop_reason == "tool_use"
 
 
+def test_one_hour_cache_writes_and_web_searches_are_read() -> None:
+    # They are priced apart: a 1-hour cache write at 2x input, a web search per search.
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "usage": {
+                "input_tokens": 5,
+                "output_tokens": 1,
+                "cache_creation_input_tokens": 300,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 100,
+                    "ephemeral_1h_input_tokens": 200,
+                },
+                "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+            },
+        },
+    }
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn"},
+        "usage": {"output_tokens": 40, "server_tool_use": {"web_search_requests": 2}},
+    }
+    observer = _observe([sse("message_start", start), sse("message_delta", delta)])
+    usage = observer.usage
+    assert (usage.cache_creation_input_tokens, usage.cache_creation_1h_input_tokens) == (300, 200)
+    assert (usage.output_tokens, usage.web_search_requests) == (40, 2)
+
+
 def test_error_event_and_truncation() -> None:
     error = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "x"}})
     two_events = STREAM.index(b"\n\n", STREAM.index(b"\n\n") + 2) + 2

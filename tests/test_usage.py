@@ -455,7 +455,7 @@ def _full_context() -> RequestContext:
     context.stream = True
     context.status = 529
     context.upstream_request_id = "req_upstream"
-    context.usage = TokenUsage(10, 20, 30, 40)
+    context.usage = TokenUsage(10, 20, 30, 40, 25, 3)
     context.error_type = "overloaded_error"
     context.client_disconnected = True
     context.first_byte_at = context.started_at + 0.5
@@ -523,6 +523,8 @@ def test_an_event_takes_each_field_from_its_source_in_the_context() -> None:
         "output_tokens": 20,
         "cache_creation_input_tokens": 30,
         "cache_read_input_tokens": 40,
+        "cache_creation_1h_input_tokens": 25,
+        "web_search_requests": 3,
         "cost": 0.5,
         "latency_ms": pytest.approx(2000.0),
         "time_to_first_byte_ms": pytest.approx(500.0),
