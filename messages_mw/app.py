@@ -338,8 +338,16 @@ class Gateway:
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _read_json_body(self, scope: Scope, receive: Receive) -> tuple[bytes, dict[str, str]]:
+    async def _read_json_body(
+        self, scope: Scope, receive: Receive, context: RequestContext
+    ) -> tuple[bytes, dict[str, str]]:
+        """The request's headers and its (decoded) body, once the caller has been let in by an
+        auth hook that reads only headers."""
         headers = _header_map(scope)
+        policy = self._policy
+        if policy.auth_first:
+            incoming = IncomingRequest(context.method, context.path, headers, None)
+            await policy.authenticate(incoming, context)
         content_type = headers.get("content-type")
         if content_type is not None and not _is_json_content_type(content_type):
             raise InvalidRequestError(
@@ -355,7 +363,7 @@ class Gateway:
     async def _messages(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
     ) -> None:
-        body, headers = await self._read_json_body(scope, receive)
+        body, headers = await self._read_json_body(scope, receive, context)
         parsed = decode_messages_request(body)
         context.model, context.stream = parsed.model, parsed.stream
         incoming = IncomingRequest(context.method, context.path, headers, parsed.model)
@@ -370,10 +378,10 @@ class Gateway:
     async def _count_tokens(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
     ) -> None:
-        body, headers = await self._read_json_body(scope, receive)
+        body, headers = await self._read_json_body(scope, receive, context)
         parsed = decode_count_tokens_request(body)
         context.model = parsed.model
-        await self._policy.authenticate(
+        await self._policy.authenticate_with_body(
             IncomingRequest(context.method, context.path, headers, context.model), context
         )
         # Counting is free at Anthropic and rate-limited apart from messages, so the limits

@@ -111,6 +111,9 @@ class StaticKeyAuth:
     ``x-api-key``/``Authorization`` (its own provider key) is passed through upstream.
     """
 
+    # Headers are all it reads: it runs before the body is read (see messages_mw.hooks).
+    reads_model = False
+
     def __init__(self, keys: tuple[ApiKeyConfig, ...], *, header: str | None = None) -> None:
         self._header = header.lower() if header else None
         # Principals are immutable, so each key's two possible principals are built once.
@@ -152,6 +155,8 @@ class StaticKeyAuth:
 
 class PassthroughAuth:
     """Requires a client key and forwards it upstream; the usage id is a hash prefix."""
+
+    reads_model = False  # headers only: it runs before the body is read
 
     def __call__(self, request: IncomingRequest) -> Principal:
         key = presented_key(request.headers)

@@ -6,7 +6,10 @@ at the first request. Per request the gateway calls, in this order:
 
 1. ``auth(request)`` -> :class:`~messages_mw.context.Principal` or ``None`` (anonymous).
    Raise :class:`~messages_mw.errors.AuthenticationError` (401) or
-   :class:`~messages_mw.errors.PermissionDeniedError` (403) to reject.
+   :class:`~messages_mw.errors.PermissionDeniedError` (403) to reject. A hook with the
+   attribute ``reads_model = False`` (the built-ins have it) runs before the body is read,
+   so a caller without a key gets its 401 before the body is read or validated, and
+   ``request.model`` is ``None``; any other runs once the body is validated, with the model.
 2. ``tagger(request, context)`` -> extra tags (the built-in tagging reads headers, the key's
    policy and ``metadata.tags`` before this hook runs).
 3. the model allow-list of the principal (403 when the model is not allowed), then the body's

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -79,6 +79,21 @@ class Policy:
     limiter: RateLimiter | None = None
     pricing: PricingTable | None = None
     dispatcher: UsageDispatcher | None = None
+    auth_first: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        # An auth hook that reads only headers (the built-ins, or any hook saying
+        # ``reads_model = False``) runs before the body is read: a caller without a key gets
+        # its 401 without the gateway reading, decompressing and validating up to
+        # max_body_bytes for it, and before any complaint about the body, as from Anthropic.
+        self.auth_first = self.auth is not None and not getattr(self.auth, "reads_model", True)
+
+    async def authenticate_with_body(
+        self, request: IncomingRequest, context: RequestContext
+    ) -> None:
+        """Step 1 for an auth hook that reads the model; nothing if it ran before the body."""
+        if not self.auth_first:
+            await self.authenticate(request, context)
 
     async def authenticate(self, request: IncomingRequest, context: RequestContext) -> None:
         if self.auth is not None:
@@ -102,7 +117,8 @@ class Policy:
         before the limits count the request, so a request refused for them costs no quota.
         ``headers`` are the client's, as in ``request``."""
         context.request_headers = request.headers
-        await self.authenticate(request, context)
+        if not self.auth_first:  # inline: this is every request's path
+            await self.authenticate(request, context)
         context.debug = request.headers.get(self.header_names.debug, "").lower() in _TRUE
         context.session_id = session_id(request.headers, self.header_names.session)
         context.tags = await self._tags(request, context, parsed)

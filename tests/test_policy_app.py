@@ -21,6 +21,7 @@ from messages_mw import (
 )
 from messages_mw.auth import ApiKeyConfig, AuthConfig
 from messages_mw.errors import PermissionDeniedError
+from messages_mw.hooks import IncomingRequest
 from messages_mw.limits import LimitRule, LimitsConfig
 from messages_mw.providers.base import ProviderRequest, ProviderResponse
 
@@ -303,3 +304,64 @@ def test_the_event_names_the_kind_of_upstream_that_served() -> None:
         assert run(_post(gateway, _body(model=model))).status_code == 200
         assert finished[-1].provider_type == expected
     assert OpenAIProvider.provider_type == "openai"
+
+
+def test_a_caller_without_a_valid_key_is_refused_before_its_body_is_read() -> None:
+    keys = (ApiKeyConfig(id="team", key="sk-gw-team"),)
+    config = GatewayConfig(auth=AuthConfig(mode="static", keys=keys))
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder, config=config)
+
+    async def without_reading(headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            raise AssertionError("the body of a caller without a key was read")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/messages",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+        await gateway(scope, receive, send)
+        return sent
+
+    # Even a body announced at a gigabyte: the gateway neither reads nor refuses it as such.
+    huge = [(b"content-length", b"1000000000"), (b"x-api-key", b"sk-wrong")]
+    assert run(without_reading(huge))[0]["status"] == 401
+    assert run(without_reading([(b"content-length", b"10")]))[0]["status"] == 401
+    # A broken body from a caller with a wrong key: Anthropic's 401, not a 400 about JSON.
+    answer = run(_post(gateway, b'{"model": ', **{"x-api-key": "sk-wrong"}))
+    assert answer.status_code == 401 and answer.json()["error"]["type"] == "authentication_error"
+    assert recorder.requests == []
+    assert run(_post(gateway, _body(), **{"x-api-key": "sk-gw-team"})).status_code == 200
+
+
+def test_an_auth_hook_runs_after_validation_with_the_model_unless_it_reads_headers_only() -> None:
+    seen: list[str | None] = []
+
+    def with_model(request: IncomingRequest) -> None:
+        seen.append(request.model)
+
+    class HeadersOnly:
+        reads_model = False
+
+        def __call__(self, request: IncomingRequest) -> None:
+            seen.append(request.model)
+
+    for hook in (with_model, HeadersOnly()):
+        provider = AnthropicProvider(
+            UpstreamConfig(base_url="http://upstream.test"),
+            transport=httpx.MockTransport(Recorder()),
+        )
+        gateway = Gateway(provider=provider, auth=hook)
+        assert run(_post(gateway, _body())).status_code == 200
+        assert run(_post(gateway, b"{")).status_code == 400
+    # The first hook never saw the broken body; the second saw both requests, before either.
+    assert seen == ["claude-sonnet-4-6", None, None]
