@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from messages_mw import AnthropicProvider, Gateway, GatewayConfig, UpstreamConfig
+from messages_mw.providers.base import MAX_RESPONSE_BYTES
 
 from .conftest import sample
 from .inprocess import Recorder, client_for, make_gateway, run
@@ -487,3 +489,26 @@ def test_browsers_are_answered_only_from_configured_origins() -> None:
     assert run(_preflight(gateway, "https://evil.example")).status_code == 400
     other = run(_post(gateway, CHAT, **{**_BROWSER, "origin": "https://evil.example"}))
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_an_upstream_body_that_never_ends_is_cut_off_not_buffered() -> None:
+    # A broken upstream (or proxy) streaming a JSON body forever must not take the host's
+    # memory with it: past MAX_RESPONSE_BYTES the gateway stops reading and answers 502.
+    read: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        chunk = b" " * (1 << 20)
+        while True:
+            read.append(len(chunk))
+            yield chunk
+
+    recorder = Recorder(
+        lambda request: httpx.Response(
+            200, headers={"content-type": "application/json"}, content=endless()
+        )
+    )
+    gateway, _ = make_gateway(recorder)
+    status, kind, message = _error_of(run(_post(gateway, CHAT)))
+    assert (status, kind) == (502, "api_error")
+    assert f"over {MAX_RESPONSE_BYTES} bytes" in message
+    assert sum(read) <= MAX_RESPONSE_BYTES + (1 << 20)

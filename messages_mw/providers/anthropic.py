@@ -21,7 +21,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from .base import ProviderRequest, ProviderResponse, never_ended, shown_url
+from .base import ProviderRequest, ProviderResponse, never_ended, read_bounded, shown_url
 
 __all__ = ["AnthropicProvider"]
 
@@ -288,7 +288,9 @@ class AnthropicProvider:
                 ended=_body_complete_check(raw),
             )
         try:
-            body = await (response.aread() if raw is None else _read_all(raw))
+            body = await read_bounded(
+                response.aiter_bytes() if raw is None else raw, self._shown_url
+            )
         except UPSTREAM_READ_ERRORS as exc:
             raise translate_transport_error(exc, self._shown_url) from exc
         finally:
@@ -317,9 +319,3 @@ def _body_complete_check(stream: httpx.AsyncByteStream | None) -> Callable[[], b
     (messages_mw's own transport does)."""
     check: Callable[[], bool] | None = getattr(stream, "body_complete", None)
     return check if check is not None else never_ended
-
-
-async def _read_all(stream: httpx.AsyncByteStream) -> bytes:
-    """The whole body of a stream that needs no decoding; what ``Response.aread`` would
-    return, without its per-chunk decoder layers."""
-    return b"".join([chunk async for chunk in stream])

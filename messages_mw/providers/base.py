@@ -6,21 +6,48 @@ knows which upstream it talks to; the fallback chain and format translators plug
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from ..errors import UpstreamUnavailableError
+
 __all__ = [
+    "MAX_RESPONSE_BYTES",
     "Provider",
     "ProviderRequest",
     "ProviderResponse",
     "never_ended",
     "no_close",
+    "read_bounded",
     "shown_url",
 ]
+
+# The most a non-streamed upstream answer may hold. A reply of Anthropic's is at most a few
+# MB (128K output tokens of text, with citations); an upstream whose body never ends must not
+# take the host's memory with it.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+async def read_bounded(
+    chunks: AsyncIterable[bytes], origin: str, limit: int = MAX_RESPONSE_BYTES
+) -> bytes:
+    """A whole response body, or :class:`UpstreamUnavailableError` (502) once it passes
+    ``limit`` bytes; the caller closes the response either way."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamUnavailableError(
+                f"The upstream {origin} sent a response body over {limit} bytes; "
+                "the gateway reads no more."
+            )
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class ProviderRequest(msgspec.Struct, frozen=True):

@@ -30,7 +30,7 @@ from ..streaming import frame_event
 from ..translate import StreamTranslator, to_anthropic_message, to_chat_completions, translate_error
 from ..validation import decode_count_tokens_request, describe_decode_error
 from .anthropic import UPSTREAM_READ_ERRORS, relay_upstream_chunks, translate_transport_error
-from .base import Provider, ProviderRequest, ProviderResponse, shown_url
+from .base import Provider, ProviderRequest, ProviderResponse, read_bounded, shown_url
 from .mock import estimate_input_tokens
 
 __all__ = ["ModelDirectory", "OpenAIProvider"]
@@ -191,7 +191,7 @@ class OpenAIProvider:
         if response.status_code == 200 and request.stream and _is_event_stream(response):
             return self._stream(response, model, estimate_input_tokens(request.body))
         try:
-            body = await response.aread()
+            body = await read_bounded(response.aiter_bytes(), self._origin)
         except UPSTREAM_READ_ERRORS as exc:
             raise translate_transport_error(exc, self._origin) from exc
         finally:
