@@ -26,6 +26,11 @@ __all__ = ["HeaderBuilder", "relay_body", "relay_stream"]
 
 logger = logging.getLogger("messages_mw")
 
+# The longest a single SSE event may grow while it is held back to be relayed whole. Anthropic's
+# largest (a server tool's result block) are far smaller; an upstream that never ends an event
+# must not grow the gateway's memory without end.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
 HeaderBuilder = Callable[[ProviderResponse, RequestContext], list[tuple[bytes, bytes]]]
 _response_decoder = msgspec.json.Decoder(ObservedResponse)
 
@@ -106,6 +111,11 @@ async def _pump(
                 context.first_byte_at = time.perf_counter()
             observer.feed(chunk)
             if unfinished or observer.unfinished_bytes:
+                if observer.unfinished_bytes > MAX_EVENT_BYTES:
+                    raise UpstreamUnavailableError(
+                        f"The upstream sent an event over {MAX_EVENT_BYTES} bytes without "
+                        "ending it; the gateway reads no more."
+                    )
                 chunk = _complete_events(chunk, unfinished, observer.unfinished_bytes)
                 if not chunk:
                     continue

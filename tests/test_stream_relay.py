@@ -23,7 +23,7 @@ from messages_mw import (
 )
 from messages_mw.pricing import PricingTable
 from messages_mw.providers.base import ProviderResponse
-from messages_mw.relay import relay_stream
+from messages_mw.relay import MAX_EVENT_BYTES, relay_stream
 from messages_mw.routing import FallbackConfig
 from messages_mw.streaming import TokenUsage
 
@@ -131,6 +131,27 @@ def test_half_an_event_never_reaches_the_client() -> None:
     _, body = run(_collect(gateway))
     assert body.startswith(whole + b"event: error\n")
     assert _last_event(body)["error"]["type"] == "api_error"  # type: ignore[index]
+    assert finished[0].error_type == "api_error"
+
+
+def test_an_event_that_never_ends_is_cut_off_with_an_error_event() -> None:
+    # Held back until complete, one event without its blank line would otherwise grow the
+    # gateway's memory for as long as the upstream kept sending.
+    sent: list[int] = []
+    head = b"".join(text_stream_events(["a"])[:3])
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield head + b'event: content_block_delta\ndata: {"type":"content_block_delta","x":"'
+        while True:
+            sent.append(1)
+            yield b"x" * (1 << 20)
+
+    recorder = Recorder(lambda request: httpx.Response(200, headers=SSE_HEADERS, content=endless()))
+    gateway, finished = make_gateway(recorder)
+    _, body = run(_collect(gateway))
+    assert body.startswith(head + b"event: error\n")
+    assert "without ending it" in _last_event(body)["error"]["message"]  # type: ignore[index]
+    assert len(sent) <= MAX_EVENT_BYTES // (1 << 20) + 1
     assert finished[0].error_type == "api_error"
 
 
