@@ -41,6 +41,12 @@ class _Circuit:
     trial_started_at: float | None = None
 
 
+# Bounds on what failing targets may hold: a real target's name (provider/model) is short, and
+# a gateway routes to a handful; the rest are names clients made up.
+_MAX_NAME = 256
+_MAX_CIRCUITS = 1024
+
+
 class CircuitBreaker:
     """Stops sending to a target that keeps failing, and lets one trial through after a rest.
 
@@ -59,6 +65,10 @@ class CircuitBreaker:
         self.policy = policy or BreakerPolicy()
         self._clock = clock
         self._circuits: dict[str, _Circuit] = {}
+
+    def __len__(self) -> int:
+        """How many targets it holds an entry for (failing ones)."""
+        return len(self._circuits)
 
     def state(self, name: str) -> BreakerState:
         """The target's state now; reading it changes nothing."""
@@ -95,11 +105,26 @@ class CircuitBreaker:
         self._circuits.pop(name, None)
 
     def record_failure(self, name: str) -> None:
-        """The target failed an attempt: count it, or reopen a half-open circuit."""
-        circuit = self._circuits.setdefault(name, _Circuit())
+        """The target failed an attempt: count it, or reopen a half-open circuit.
+
+        Clients choose model names, so what is held stays bounded: no circuit for a name
+        longer than any real model's, and at most ``_MAX_CIRCUITS``, the oldest closed one
+        (or else the oldest) making room."""
+        circuit = self._circuits.get(name)
+        if circuit is None:
+            if len(name) > _MAX_NAME:
+                return
+            if len(self._circuits) >= _MAX_CIRCUITS:
+                self._evict_one()
+            circuit = self._circuits[name] = _Circuit()
         if circuit.opened_at is not None:
             circuit.opened_at, circuit.trial_started_at = self._clock(), None
             return
         circuit.failures += 1
         if circuit.failures >= self.policy.failure_threshold:
             circuit.opened_at = self._clock()
+
+    def _evict_one(self) -> None:
+        circuits = self._circuits
+        victim = next((n for n, c in circuits.items() if c.opened_at is None), None)
+        del circuits[victim if victim is not None else next(iter(circuits))]

@@ -56,6 +56,9 @@ class FallbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 _PLAIN_CHAINS_KEPT = 1024
+# Clients choose model names, up to the body limit: only names a real model could have are
+# kept, so the cache holds kilobytes, not gigabytes.
+_CACHED_NAME_LENGTH = 256
 
 
 class TargetResolver:
@@ -209,7 +212,7 @@ class TargetResolver:
         unique: dict[str, Target] = {}
         for target in (*self._head(model), *(body_targets or ()), *tail):
             unique.setdefault(target.name, target)
-        if plain:
+        if plain and len(model) <= _CACHED_NAME_LENGTH:
             if len(self._plain_chains) >= _PLAIN_CHAINS_KEPT:
                 self._plain_chains.clear()
             self._plain_chains[model] = tuple(unique.values())

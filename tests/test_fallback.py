@@ -548,6 +548,22 @@ def test_breaker_opens_skips_during_cooldown_then_a_trial_closes_it() -> None:
     assert breaker.state(PRIMARY.name) == "closed"
 
 
+def test_the_breaker_stays_bounded_whatever_names_clients_send() -> None:
+    # Model names are the client's: during an outage every made-up name fails, and would
+    # otherwise be held for good, megabytes each.
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=2, cooldown=30))
+    for _ in range(2):
+        breaker.record_failure(PRIMARY.name)
+    for index in range(5000):
+        breaker.record_failure(f"anthropic/made-up-{index}")
+    assert len(breaker) <= 1024
+    assert breaker.state(PRIMARY.name) == "open"  # junk makes room by leaving first
+    for _ in range(3):
+        breaker.record_failure("anthropic/" + "m" * 100_000)
+    assert breaker.state("anthropic/" + "m" * 100_000) == "closed"
+    assert len(breaker) <= 1024
+
+
 def test_breaker_half_open_lets_one_trial_through_and_a_failure_reopens() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=10), clock=clock)

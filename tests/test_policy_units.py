@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import msgspec
 import pytest
@@ -142,6 +143,21 @@ def test_targets_and_chains() -> None:
     ]
     with pytest.raises(ValueError, match="nowhere/x"):
         TargetResolver(["anthropic"], "anthropic", FallbackConfig(default_chain=("nowhere/x",)))
+
+
+def test_chains_for_made_up_long_model_names_are_not_kept() -> None:
+    # The chain cache is keyed by the client's model name, which may be megabytes long.
+    resolver = TargetResolver(["anthropic"], "anthropic", FallbackConfig())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(200):
+            name = f"{index}-" + "m" * 100_000
+            assert resolver.chain(name, None) == [Target("anthropic", name)]
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 1_000_000  # 200 names of 100 KB would hold 20 MB
 
 
 def test_a_models_chain_is_the_same_every_time_whatever_a_caller_did_with_the_last() -> None:
