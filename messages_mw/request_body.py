@@ -21,6 +21,8 @@ _ZLIB_WBITS = {
 }
 # How each gzip member starts: a body may hold several, one after another.
 _GZIP_MAGIC = b"\x1f\x8b"
+# Clients send one; concatenated files make a few.
+_MAX_GZIP_MEMBERS = 16
 
 
 def _too_large(limit: int) -> RequestTooLargeError:
@@ -95,10 +97,14 @@ def decode_content_encoding(body: bytes, encoding: str, limit: int) -> bytes:
             error_code=_ENCODING_UNSUPPORTED,
         )
     # A gzip body may hold several members one after another (``cat a.gz b.gz``), which
-    # decode to their contents joined; anything else after the end is corruption.
+    # decode to their contents joined; anything else after the end is corruption. Each member
+    # hands the rest of the body back as a copy, so their number is bounded: a body of 20-byte
+    # empty members would otherwise cost time quadratic in its size.
     parts: list[bytes] = []
     size, rest = 0, body
     while True:
+        if len(parts) == _MAX_GZIP_MEMBERS:
+            raise _invalid_encoding(f"more than {_MAX_GZIP_MEMBERS} gzip members.")
         decoded, rest = _inflate_one(rest, wbits, encoding, limit - size, limit)
         parts.append(decoded)
         size += len(decoded)
