@@ -193,6 +193,12 @@ class Gateway:
             for name, each in self._providers.items()
         }
         self._model_source = build_model_directory(self._providers, self.config.provider)
+        # Upstreams other than the default one that have a key of their own.
+        self._keyed_elsewhere = frozenset(
+            name
+            for name, upstream in self.config.upstreams.items()
+            if upstream.api_key and name != self.config.provider
+        )
         self._policy = build_policy(
             self.config,
             list(self._providers),
@@ -414,15 +420,29 @@ class Gateway:
         await send({"type": "http.response.body", "body": b""})
 
     def _provider_request(
-        self, scope: Scope, context: RequestContext, body: bytes, headers: dict[str, str]
+        self,
+        scope: Scope,
+        context: RequestContext,
+        body: bytes,
+        headers: dict[str, str],
+        own_key: bool = False,
     ) -> ProviderRequest:
+        """What goes to the upstream; ``own_key``: the target provider is not the default one
+        and has a key of its own configured."""
         if self._key_header is not None and self._key_header in headers:
             # The gateway key's own header never goes upstream, whatever it is called.
             headers = {name: value for name, value in headers.items() if name != self._key_header}
         principal = context.principal
         credentials = "default"
+        api_key = None
         if principal is not None:
-            credentials = "forward" if principal.passthrough else "strip"
+            # A provider keyed on its own (a second vendor, say) gets its own key only: never a
+            # key's virtual key nor a client's own key, both meant for the default upstream.
+            if own_key:
+                credentials = "strip"
+            else:
+                credentials = "forward" if principal.passthrough else "strip"
+                api_key = principal.upstream_api_key
         return ProviderRequest(
             method=context.method,
             path=context.path,
@@ -431,7 +451,7 @@ class Gateway:
             request_id=context.request_id,
             query=scope["query_string"].decode("latin-1"),
             stream=context.stream,
-            api_key=principal.upstream_api_key if principal else None,
+            api_key=api_key,
             client_credentials=credentials,  # type: ignore[arg-type]
         )
 
@@ -441,7 +461,8 @@ class Gateway:
         body = plan.body
         if target.model != context.model:
             body = edit_top_level(body, set_fields={"model": target.model})
-        request = self._provider_request(scope, context, body, plan.headers)
+        own_key = target.provider in self._keyed_elsewhere
+        request = self._provider_request(scope, context, body, plan.headers, own_key)
         return await self._providers[target.provider].send(request)
 
     async def _guarded(

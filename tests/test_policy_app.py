@@ -365,3 +365,35 @@ def test_an_auth_hook_runs_after_validation_with_the_model_unless_it_reads_heade
         assert run(_post(gateway, b"{")).status_code == 400
     # The first hook never saw the broken body; the second saw both requests, before either.
     assert seen == ["claude-sonnet-4-6", None, None]
+
+
+def test_a_provider_with_its_own_key_never_gets_a_virtual_or_client_key() -> None:
+    # A key's virtual key and a pass-through client's own key are for the default upstream;
+    # a second upstream keyed on its own (another vendor, say) must not see them.
+    def upstreams(auth: AuthConfig) -> tuple[Gateway, Recorder, Recorder]:
+        main_, backup = Recorder(), Recorder()
+        backup_settings = UpstreamConfig(base_url="http://backup.test", api_key="sk-backup-own")
+        config = GatewayConfig(auth=auth, upstreams={"backup": backup_settings})
+        gateway = Gateway(
+            config,
+            provider=AnthropicProvider(
+                UpstreamConfig(base_url="http://main.test"), transport=httpx.MockTransport(main_)
+            ),
+            providers={
+                "backup": AnthropicProvider(backup_settings, transport=httpx.MockTransport(backup))
+            },
+        )
+        return gateway, main_, backup
+
+    virtual = ApiKeyConfig(id="team", key="sk-gw-team", upstream_api_key="sk-virtual")
+    gateway, main_, backup = upstreams(AuthConfig(mode="static", keys=(virtual,)))
+    for model in ("claude-sonnet-4-6", "backup/claude-sonnet-4-6"):
+        assert run(_post(gateway, _body(model=model), **{"x-api-key": "sk-gw-team"})).is_success
+    assert main_.requests[0].headers["x-api-key"] == "sk-virtual"
+    assert backup.requests[0].headers["x-api-key"] == "sk-backup-own"
+
+    gateway, main_, backup = upstreams(AuthConfig(mode="passthrough"))
+    for model in ("claude-sonnet-4-6", "backup/claude-sonnet-4-6"):
+        assert run(_post(gateway, _body(model=model), **{"x-api-key": "sk-mine"})).is_success
+    assert main_.requests[0].headers["x-api-key"] == "sk-mine"
+    assert backup.requests[0].headers["x-api-key"] == "sk-backup-own"
