@@ -249,14 +249,23 @@ _Framing = tuple[int | None, bool, bool]
 _FramingFields = tuple[list[bytes], list[bytes], list[bytes]]
 
 
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_INVALID_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _parse_head(raw: bytes) -> tuple[ResponseHead, _Framing]:
     lines = raw.split(b"\r\n")
     version, status_code, reason = _parse_status_line(lines[0])
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or name[0] in b" \t" or name[-1] in b" \t":
+        # A name is a token; a value holds no control but tab (RFC 9110 5.1, 5.5). A bare CR
+        # or LF, a NUL or a space in a name would otherwise reach the client's server, which
+        # refuses them mid-response (or, a lax one, splits them into headers of their own).
+        if not colon or not name or name.translate(None, _TOKEN_CHARS):
             raise ProtocolError(f"malformed header line {line[:80]!r}")
+        if _INVALID_VALUE.search(value):
+            raise ProtocolError(f"control character in header {name[:80]!r}")
         headers.append((name, value.strip(b" \t")))
     head = ResponseHead(version, status_code, reason, headers)
     return head, _frame(version, _framing_fields(headers))
@@ -285,8 +294,10 @@ def _frame(version: bytes, fields: _FramingFields) -> _Framing:
     keep_alive = _is_keep_alive(version, options)
     if codings:
         # A final coding other than chunked means the body runs until the connection closes.
+        # Transfer-Encoding wins over a Content-Length sent too, but such a response may be
+        # an attempt at smuggling: its connection is not used again (RFC 9112 6.3).
         chunked = _last_token(codings) == b"chunked"
-        return None, chunked, keep_alive and chunked
+        return None, chunked, keep_alive and chunked and not lengths
     length = _parse_content_length(lengths) if lengths else None
     return length, False, keep_alive
 
