@@ -536,7 +536,11 @@ class Gateway:
         try:
             if response.chunks is not None:
                 await relay_stream(
-                    response, send, context, self._response_headers(response, context)
+                    response,
+                    send,
+                    context,
+                    self._response_headers(response, context),
+                    self.config.client_write_timeout,
                 )
                 return
             body = response.body or b""

@@ -145,7 +145,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     request body's ``extra_headers`` may set. ``cors_origins`` lets pages from those origins
     (``"*"``: any) call the gateway from a browser, as the SDKs' browser mode does with
     Anthropic; off by default, since a gateway holding its own upstream key would lend it to
-    any page a user on its network opens. ``compression`` configures the built-in
+    any page a user on its network opens. ``client_write_timeout``: a stream whose client
+    reads nothing for that long is dropped, freeing its upstream connection (``0``: never).
+    ``compression`` configures the built-in
     compression of tool output (off unless a header, key or default picks a bundle).
     """
 
@@ -168,6 +170,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     usage_file: str | None = None
     extra_headers_allowed: tuple[str, ...] = ("anthropic-beta",)
     cors_origins: tuple[str, ...] = ()
+    client_write_timeout: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     compression: CompressionConfig = msgspec.field(default_factory=CompressionConfig)
 
 

@@ -9,6 +9,7 @@ stream with an SSE ``error`` event, and so does an upstream stream that ends wit
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from .context import RequestContext
 from .errors import GatewayError, InternalGatewayError, UpstreamUnavailableError
 from .protocol import DECODE_ERRORS, ObservedResponse
 from .providers.base import ProviderResponse
+from .request_body import ClientDisconnectedError
 from .streaming import StreamObserver, frame_event, merge_usage
 from .types import Send
 
@@ -64,18 +66,66 @@ def observe_response_body(body: bytes, context: RequestContext) -> None:
         context.error_type = observed.error.type
 
 
+class _ClientStall:
+    """Notices a client that stopped reading: one send to it still under way after a whole
+    ``timeout``. The relay numbers its sends; a timer compares, once per ``timeout``, the send
+    under way with the one it saw last time, so a stream pays two stores per send, not a timer.
+    """
+
+    __slots__ = ("_handle", "_last", "_loop", "_task", "_timeout", "done", "stalled", "started")
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._timeout = timeout
+        self.started = self.done = self._last = 0
+        self.stalled = False
+        self._handle = self._loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        if self.started != self.done and self.started == self._last and self._task is not None:
+            self.stalled = True
+            self._task.cancel()
+            return
+        self._last = self.started
+        self._handle = self._loop.call_later(self._timeout, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
 async def relay_stream(
     response: ProviderResponse,
     send: Send,
     context: RequestContext,
     headers: list[tuple[bytes, bytes]],
+    client_write_timeout: float | None = None,
 ) -> None:
     """Relay SSE chunks as they arrive; always ends the response, cleanly or with an error
-    event. Cancellation (client gone) leaves the usage read so far in ``context``."""
+    event. Cancellation (client gone) leaves the usage read so far in ``context``.
+
+    A client that reads nothing for ``client_write_timeout`` seconds while the stream waits
+    on it is taken for gone (:class:`ClientDisconnectedError`): it would hold its upstream
+    connection, one of a bounded pool, for as long as it kept its socket open.
+    """
     observer = StreamObserver()
+    stall = _ClientStall(client_write_timeout) if client_write_timeout else None
     try:
-        await _pump(response, send, context, headers, observer)
+        await _pump(response, send, context, headers, observer, stall)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if stall is None or not stall.stalled or task is None:
+            raise
+        task.uncancel()
+        logger.warning(
+            "request %s: the client read nothing for %g s; the stream is dropped",
+            context.request_id,
+            client_write_timeout,
+        )
+        raise ClientDisconnectedError from None
     finally:
+        if stall is not None:
+            stall.stop()
         context.usage = observer.usage
         context.stop_reason = observer.stop_reason
         if observer.error_type is not None and context.error_type is None:
@@ -88,8 +138,11 @@ async def _pump(
     context: RequestContext,
     headers: list[tuple[bytes, bytes]],
     observer: StreamObserver,
+    stall: _ClientStall | None,
 ) -> None:
     assert response.chunks is not None
+    # Each body send is numbered (stall.started before, stall.done after), inline: the stall
+    # timer tells a send that does not end from a client simply waiting for the upstream.
     context.status = response.status
     context.response_started = True
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -105,7 +158,11 @@ async def _pump(
     try:
         async for chunk in response.chunks:
             if last:
+                if stall is not None:
+                    stall.started += 1
                 await send({"type": "http.response.body", "body": last, "more_body": True})
+                if stall is not None:
+                    stall.done = stall.started
                 last = b""
             if context.first_byte_at is None:
                 context.first_byte_at = time.perf_counter()
@@ -122,13 +179,19 @@ async def _pump(
             if ended():
                 last = chunk
             else:
+                if stall is not None:
+                    stall.started += 1
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if stall is not None:
+                    stall.done = stall.started
     except GatewayError as exc:
         error = exc
     except Exception:
         logger.exception("request %s: relaying the stream failed", context.request_id)
         error = InternalGatewayError(f"Internal gateway error (request {context.request_id}).")
     last += _ending(bytes(unfinished), error, observer, context)
+    if stall is not None:
+        stall.started += 1
     await send({"type": "http.response.body", "body": last, "more_body": False})
 
 

@@ -97,12 +97,20 @@ def _closed_port_url() -> str:
 
 @contextmanager
 def _gateway_stack(
-    upstream_url: str, *, max_body_bytes: int = 32 * 1024 * 1024, **upstream: Any
+    upstream_url: str,
+    *,
+    max_body_bytes: int = 32 * 1024 * 1024,
+    client_write_timeout: float = 60.0,
+    **upstream: Any,
 ) -> Iterator[tuple[str, list[RequestContext]]]:
     """A host app mounting a gateway in front of ``upstream_url``, like the ``stack`` fixture
     but with the given limits; yields the SDK base URL and the finished request contexts."""
     settings = UpstreamConfig(base_url=upstream_url, **upstream)
-    config = GatewayConfig(upstream=settings, max_body_bytes=max_body_bytes)
+    config = GatewayConfig(
+        upstream=settings,
+        max_body_bytes=max_body_bytes,
+        client_write_timeout=client_write_timeout,
+    )
     finished: list[RequestContext] = []
     gateway = Gateway(config, on_request_end=finished.append)
     with serve(build_host_app(gateway)) as host_url:
@@ -702,6 +710,59 @@ def _dropping_upstream(events: list[bytes]) -> Callable[..., Any]:
         raise RuntimeError("upstream crashed mid-stream (expected by the test)")
 
     return app
+
+
+def test_a_client_that_stops_reading_gives_its_upstream_connection_back() -> None:
+    # One upstream connection in the pool. A client that opens a stream and reads nothing
+    # would hold it for as long as it kept its socket open; after client_write_timeout the
+    # gateway drops the stream, and the next request gets the connection.
+    answered = itertools.count()
+    upstream_closed = threading.Event()
+    event = sse("content_block_delta", {"type": "content_block_delta", "pad": "x" * 65536})
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if next(answered) > 0:
+            await send({"type": "http.response.body", "body": b"".join(text_stream_events(["ok"]))})
+            return
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
+        start = text_stream_events([])[0]
+        await send({"type": "http.response.body", "body": start, "more_body": True})
+        while not gone.is_set():  # as fast as the gateway takes it, until it hangs up
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await asyncio.sleep(0)
+        await watcher
+        upstream_closed.set()
+
+    body = json.dumps({"model": MODEL, "max_tokens": 8, "messages": HELLO, "stream": True})
+    with (
+        serve(app) as upstream_url,
+        _gateway_stack(
+            upstream_url, client_write_timeout=0.5, max_connections=1, pool_timeout=5.0
+        ) as (base_url, finished),
+    ):
+        host, port = base_url.removeprefix("http://").split("/")[0].split(":")
+        with socket.create_connection((host, int(port))) as stalled:
+            head = (
+                f"POST /anthropic/v1/messages HTTP/1.1\r\nhost: {host}\r\n"
+                "content-type: application/json\r\nx-api-key: k\r\n"
+                f"anthropic-version: 2023-06-01\r\ncontent-length: {len(body)}\r\n\r\n"
+            )
+            stalled.sendall((head + body).encode())
+            assert upstream_closed.wait(10), "the stalled stream kept its upstream connection"
+            assert b"event: content_block_delta" in _post_stream(base_url)
+        stalled_request = next(c for c in finished if c.client_disconnected)
+        assert stalled_request.status == 200
 
 
 def test_upstream_dropping_mid_stream_ends_with_an_error_event() -> None:
