@@ -17,6 +17,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._http11 import head_and_body
+from .errors import encode_error_body, new_request_id
 
 __all__ = ["HeadJoiningHttpToolsProtocol"]
 
@@ -67,9 +68,104 @@ class _HeadJoiningTransport:
         return getattr(self._transport, name)
 
 
+# What a client gets to send its request: a head of at most _MAX_HEAD_BYTES, whole within
+# _HEAD_SECONDS of its first byte (or of connecting), and a body with no pause longer than
+# _BODY_IDLE_SECONDS. uvicorn's httptools protocol bounds none of them, so one client could
+# grow the server's memory with an endless head, or hold sockets open by trickling bytes.
+_MAX_HEAD_BYTES = 64 * 1024
+_HEAD_SECONDS = 30.0
+_BODY_IDLE_SECONDS = 60.0
+
+
 class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's ``httptools`` protocol, sending each response head with the body's first bytes."""
+    """uvicorn's ``httptools`` protocol, sending each response head with the body's first
+    bytes, and bounding how large and how slow a request's head, and how slow its body, may
+    be: a head over 64 KB gets a 431, and a head not whole 30 s after it began or a body
+    silent for 60 s (while the app is reading it) closes the connection.
+
+    One timer per connection checks the clocks a few times per limit, so that a request
+    pays a few attribute stores for them, not timers of its own.
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         joining: Any = _HeadJoiningTransport(transport, self.loop)
         super().connection_made(joining)
+        self._head_bytes = 0
+        self._reading_head = True
+        self._head_started: float | None = self.loop.time()
+        self._in_body = False
+        self._body_reads = self._body_reads_seen = 0
+        self._body_quiet_since = 0.0
+        self._period = min(_HEAD_SECONDS, _BODY_IDLE_SECONDS) / 4
+        self._watch: asyncio.TimerHandle | None = self.loop.call_later(self._period, self._check)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._reading_head:
+            super().data_received(data)
+            return
+        if self._head_started is None:  # the first bytes of a head after an earlier request
+            self._head_started = self.loop.time()
+        self._head_bytes += len(data)
+        super().data_received(data)
+        if self._reading_head and self._head_bytes > _MAX_HEAD_BYTES:
+            self._refuse_head()
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._head_bytes = 0
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_reads += 1
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._reading_head = True  # what follows is the next request's head
+        self._head_started = None
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        super().connection_lost(exc)
+
+    def _check(self) -> None:
+        if self.transport.is_closing():
+            self._watch = None
+            return
+        if self._too_slow(self.loop.time()):
+            self._watch = None
+            self.transport.close()
+            return
+        self._watch = self.loop.call_later(self._period, self._check)
+
+    def _too_slow(self, now: float) -> bool:
+        started = self._head_started
+        if self._reading_head and started is not None and now - started > _HEAD_SECONDS:
+            # Unless a response is still going out (the next head arrived early).
+            cycle = self.cycle
+            return cycle is None or cycle.response_complete
+        if not self._in_body or self.flow.read_paused:
+            # Paused reading is the app's doing (it has not taken the body so far).
+            self._body_reads_seen, self._body_quiet_since = self._body_reads, now
+            return False
+        if self._body_reads != self._body_reads_seen:
+            self._body_reads_seen, self._body_quiet_since = self._body_reads, now
+            return False
+        return now - self._body_quiet_since > _BODY_IDLE_SECONDS
+
+    def _refuse_head(self) -> None:
+        self._reading_head = False
+        if self.transport.is_closing():
+            return
+        message = f"Request headers exceed {_MAX_HEAD_BYTES} bytes."
+        body = encode_error_body("invalid_request_error", message, new_request_id())
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -15,6 +17,7 @@ import anthropic
 import pytest
 
 from messages_mw import Gateway, GatewayConfig
+from messages_mw import server as server_module
 from messages_mw.server import HeadJoiningHttpToolsProtocol, _HeadJoiningTransport
 
 from .servers import serve
@@ -160,6 +163,70 @@ def test_the_bytes_on_the_wire_are_uvicorns_own(request_line: bytes) -> None:
         expected = _exchange(plain, request_line * 2, closing)
         assert expected.count(b"HTTP/1.1 ") == 3
         assert _exchange(joining, request_line * 2, closing) == expected
+
+
+def _until_closed(sock: socket.socket, within: float) -> bytes:
+    """What the server sends before it closes the connection (within ``within`` seconds)."""
+    sock.settimeout(within)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_head_over_64_kb_gets_a_431_not_the_servers_memory() -> None:
+    with (
+        serve(_demo(), http=HeadJoiningHttpToolsProtocol) as url,
+        socket.create_connection(_address(url)) as sock,
+    ):
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: ")
+        # Just past the limit: a client still sending when the server closes would get a
+        # reset instead of the answer.
+        sock.sendall(b"a" * 70_000)
+        answer = _until_closed(sock, 5)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    error = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert error["request_id"].startswith("req_")
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        lambda sock: None,  # connects and says nothing
+        lambda sock: [(sock.sendall(b"GET"[i : i + 1]), time.sleep(0.1)) for i in range(3)],
+        # a head in time, then a body trickled to a stop
+        lambda sock: sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100\r\n\r\n{"
+        ),
+    ],
+    ids=["silent", "trickled head", "stalled body"],
+)
+def test_slow_clients_are_closed_not_kept(
+    send: Callable[[socket.socket], object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each connection is a file descriptor: clients that send too slowly, or nothing, must
+    # not be able to keep them until the server runs out.
+    monkeypatch.setattr(server_module, "_HEAD_SECONDS", 0.5)
+    monkeypatch.setattr(server_module, "_BODY_IDLE_SECONDS", 0.5)
+    with (
+        serve(_demo(), http=HeadJoiningHttpToolsProtocol) as url,
+        socket.create_connection(_address(url)) as sock,
+    ):
+        started = time.monotonic()
+        send(sock)
+        assert _until_closed(sock, 5) == b""
+        assert time.monotonic() - started < 4  # closed by the server, not our own timeout
+        # Requests that come in time are served as ever.
+        assert b"200 OK" in _exchange(
+            url, b"", b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
 
 
 def test_messages_mw_serve_runs_the_head_joining_protocol() -> None:
