@@ -66,9 +66,12 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _digest(key: str) -> bytes:
-    # Raw bytes for lookups: one step less than the hex form, on every request.
-    return hashlib.sha256(key.encode()).digest()
+def _digest(presented: str) -> bytes:
+    """The SHA-256 digest of a key as the client sent it. Header values arrive decoded as
+    latin-1, so encoding them back gives the bytes on the wire: a UTF-8 key then hashes as
+    the configured one does (``hash_key`` encodes UTF-8). Raw bytes for lookups: one step less
+    than the hex form, on every request."""
+    return hashlib.sha256(presented.encode("latin-1", "replace")).digest()
 
 
 def presented_key(headers: Mapping[str, str], alternate_header: str | None = None) -> str | None:

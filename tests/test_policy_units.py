@@ -51,6 +51,17 @@ def test_static_keys_accept_reject_and_never_echo_the_key() -> None:
         assert "sk-wrong-secret" not in caught.value.message
 
 
+def test_a_non_ascii_key_matches_as_the_client_sends_it() -> None:
+    # A header arrives as bytes, decoded as latin-1: the configured key (hashed as UTF-8)
+    # must match the UTF-8 bytes a client sends for it, and never crash on anything else.
+    auth = StaticKeyAuth((ApiKeyConfig(id="accent", key="clé-secrète"),))
+    on_the_wire = "clé-secrète".encode().decode("latin-1")
+    assert auth(_request(**{"x-api-key": on_the_wire})).key_id == "accent"
+    for odd in ("clé-secrète", "snow ☃"):
+        with pytest.raises(AuthenticationError):
+            auth(_request(**{"x-api-key": odd}))
+
+
 def test_alternate_header_marks_client_key_passthrough() -> None:
     auth = StaticKeyAuth((ApiKeyConfig(id="cc", key="gw-key"),), header="X-Edgee-Api-Key")
     principal = auth(_request(**{"x-edgee-api-key": "gw-key", "x-api-key": "sk-ant-own"}))
