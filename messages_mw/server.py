@@ -91,6 +91,7 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         joining: Any = _HeadJoiningTransport(transport, self.loop)
         super().connection_made(joining)
         self._head_bytes = 0
+        self._head_tail = b""
         self._reading_head = True
         self._head_started: float | None = self.loop.time()
         self._in_body = False
@@ -105,14 +106,32 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._head_started is None:  # the first bytes of a head after an earlier request
             self._head_started = self.loop.time()
-        self._head_bytes += len(data)
-        super().data_received(data)
-        if self._reading_head and self._head_bytes > _MAX_HEAD_BYTES:
+        # Counted before parsing: a whole head in one read would reach the app otherwise.
+        self._head_bytes += self._head_part(data)
+        if self._head_bytes > _MAX_HEAD_BYTES:
             self._refuse_head()
+            return
+        super().data_received(data)
+
+    def _head_part(self, data: bytes) -> int:
+        """How many of ``data``'s bytes belong to the head being read: up to its blank line
+        (which may straddle reads), or all of them."""
+        end = data.find(b"\r\n\r\n")
+        tail = self._head_tail
+        if end < 0 and tail:
+            joint = (tail + data[:3]).find(b"\r\n\r\n")
+            if joint >= 0:
+                end = joint - len(tail)
+        if end < 0:
+            self._head_tail = data[-3:]
+            return len(data)
+        self._head_tail = b""
+        return end + 4
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._head_bytes = 0
+        self._head_tail = b""
         self._in_body = True
         super().on_headers_complete()
 
@@ -159,7 +178,11 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         self._reading_head = False
-        if self.transport.is_closing():
+        cycle = self.cycle
+        if self.transport.is_closing() or (cycle is not None and not cycle.response_complete):
+            # A response is still going out (the head is a pipelined request's): a 431 now
+            # would land inside it. Closing ends both.
+            self.transport.close()
             return
         message = f"Request headers exceed {_MAX_HEAD_BYTES} bytes."
         body = encode_error_body("invalid_request_error", message, new_request_id())

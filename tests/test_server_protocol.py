@@ -16,7 +16,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from messages_mw import Gateway, GatewayConfig
+from messages_mw import Gateway, GatewayConfig, MockConfig
 from messages_mw import server as server_module
 from messages_mw.server import HeadJoiningHttpToolsProtocol, _HeadJoiningTransport
 
@@ -174,20 +174,55 @@ def _until_closed(sock: socket.socket, within: float) -> bytes:
     return received
 
 
-def test_a_head_over_64_kb_gets_a_431_not_the_servers_memory() -> None:
+@pytest.mark.parametrize("whole", [False, True], ids=["arriving in pieces", "in one write"])
+def test_a_head_over_64_kb_gets_a_431_not_the_servers_memory(whole: bool) -> None:
+    start = b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: "
+    # Just past the limit: a client still sending when the server closes would get a reset
+    # instead of the answer.
+    pad = b"a" * 70_000
     with (
         serve(_demo(), http=HeadJoiningHttpToolsProtocol) as url,
         socket.create_connection(_address(url)) as sock,
     ):
-        sock.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: ")
-        # Just past the limit: a client still sending when the server closes would get a
-        # reset instead of the answer.
-        sock.sendall(b"a" * 70_000)
+        if whole:  # all of it in one read, which must not reach the app
+            sock.sendall(start + pad + b"\r\n\r\n")
+        else:
+            sock.sendall(start)
+            sock.sendall(pad)
         answer = _until_closed(sock, 5)
     assert answer.startswith(b"HTTP/1.1 431 ")
     error = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
     assert error["request_id"].startswith("req_")
+
+
+def test_an_oversized_pipelined_head_never_lands_inside_a_stream() -> None:
+    # A 431 written while the previous answer still streams would corrupt that answer.
+    gateway = Gateway(
+        GatewayConfig(provider="mock", usage_log=False, mock=MockConfig(tokens_per_second=20))
+    )
+    body = json.dumps(
+        {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 40,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    ).encode()
+    first = (
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with (
+        serve(gateway, http=HeadJoiningHttpToolsProtocol) as url,
+        socket.create_connection(_address(url)) as sock,
+    ):
+        sock.sendall(first)
+        time.sleep(0.3)  # the stream is under way
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 70_000)
+        answer = _until_closed(sock, 10)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"event: message_start" in answer
+    assert b"431" not in answer
 
 
 @pytest.mark.parametrize(
