@@ -193,11 +193,16 @@ class Gateway:
             for name, each in self._providers.items()
         }
         self._model_source = build_model_directory(self._providers, self.config.provider)
-        # Upstreams other than the default one that have a key of their own.
-        self._keyed_elsewhere = frozenset(
+        # Providers a key's virtual key or a client's own key must not reach: every one but
+        # the default, except configured upstreams without a key of their own (which a host
+        # has not replaced with a provider of its own).
+        keyless = {
             name
             for name, upstream in self.config.upstreams.items()
-            if upstream.api_key and name != self.config.provider
+            if not upstream.api_key and name not in (providers or {})
+        }
+        self._keyed_elsewhere = frozenset(
+            name for name in self._providers if name != self.config.provider and name not in keyless
         )
         self._policy = build_policy(
             self.config,
@@ -396,8 +401,9 @@ class Gateway:
         plan = self._policy.consume_gateway_fields(body, headers, parsed, allowed)
         target = (plan.resolver or self._policy.resolver).primary(context.model)
         plan.chain = [target]
-        work = self._relay(await self._send_to(target, plan, scope, context), send, context)
-        await self._guarded(receive, work, context)
+        response = await self._send_to(target, plan, scope, context)
+        self._record_server(context, target, False)
+        await self._guarded(receive, self._relay(response, send, context), context)
 
     async def _models(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
@@ -427,8 +433,8 @@ class Gateway:
         headers: dict[str, str],
         own_key: bool = False,
     ) -> ProviderRequest:
-        """What goes to the upstream; ``own_key``: the target provider is not the default one
-        and has a key of its own configured."""
+        """What goes to the upstream; ``own_key``: the target provider is one that must get
+        neither a key's virtual key nor the client's own key (see ``_keyed_elsewhere``)."""
         if self._key_header is not None and self._key_header in headers:
             # The gateway key's own header never goes upstream, whatever it is called.
             headers = {name: value for name, value in headers.items() if name != self._key_header}

@@ -129,16 +129,23 @@ class Policy:
         plan = self.consume_gateway_fields(body, headers, parsed, allowed)
         limiter = self.limiter
         if limiter is not None:
-            if limiter.checks_prices and limiter.needs_price(context):
-                self._check_priced(plan, parsed.model)
+            # With a router hook the chain is known only once it has run (in prepare).
+            checks = limiter.checks_prices and self.router is None  # inline: every request
+            if checks and limiter.needs_price(context):
+                resolver = plan.resolver or self.resolver
+                self._check_priced(resolver.chain(parsed.model, plan.body_targets))
             context.response_headers = await limiter.admit(context)
         return plan
 
-    def _check_priced(self, plan: ForwardPlan, model: str) -> None:
+    def _needs_price(self, context: RequestContext) -> bool:
+        limiter = self.limiter
+        return limiter is not None and limiter.checks_prices and limiter.needs_price(context)
+
+    def _check_priced(self, chain: Sequence[Target]) -> None:
         """Refuse (403) a request under a spend budget that may go to a model without a
         price: its cost could not be counted, so the budget would not hold."""
         pricing = self.pricing
-        for target in (plan.resolver or self.resolver).chain(model, plan.body_targets):
+        for target in chain:
             if pricing is None or pricing.price_for(target.model) is None:
                 raise PermissionDeniedError(
                     f"model: '{target.model}' has no configured price, so the spend budget "
@@ -216,6 +223,9 @@ class Policy:
             chain = list(await call_hook(self.router, context, chain))
             if not chain:
                 raise InvalidRequestError(f"model: no route for '{parsed.model}'.")
+            if self._needs_price(context):
+                # After the limits counted the request: the router's choice is known only now.
+                self._check_priced(chain)
         plan.chain = chain
         return plan
 

@@ -34,8 +34,8 @@ _WEB_SEARCH_PER_THOUSAND = 10.0
 # unknown future ``claude-opus-4-9`` is not silently billed as ``claude-opus-4``.
 _VERSION_SUFFIX = re.compile(r"[-@](?:\d{8}|latest)(?![0-9A-Za-z])")
 # Bedrock's ids put the vendor first, and its cross-region profiles a region before that:
-# ``anthropic.claude-sonnet-4-5-20250929-v1:0``, ``us.anthropic.claude-…``.
-_BEDROCK_PREFIX = re.compile(r"(?:[a-z]+\.)?anthropic\.")
+# ``anthropic.claude-sonnet-4-5-20250929-v1:0``, ``us.anthropic.claude-…``, ``us-gov.…``.
+_BEDROCK_PREFIX = re.compile(r"(?:[a-z]+(?:-[a-z]+)*\.)?anthropic\.")
 
 
 class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -21,7 +22,8 @@ from messages_mw import (
 )
 from messages_mw.auth import ApiKeyConfig, AuthConfig
 from messages_mw.errors import PermissionDeniedError
-from messages_mw.hooks import IncomingRequest
+from messages_mw.fallback import Target
+from messages_mw.hooks import IncomingRequest, RouteHook
 from messages_mw.limits import LimitRule, LimitsConfig
 from messages_mw.providers.base import ProviderRequest, ProviderResponse
 
@@ -156,6 +158,32 @@ def test_a_spend_budget_refuses_models_it_could_not_price() -> None:
     assert run(_post(gateway, _body(), **metered)).status_code == 200
     # Without a budget over it, no price is needed.
     assert run(_post(gateway, _body(model="claude-sonnet-4-7"))).status_code == 200
+
+
+def test_a_router_hooks_choice_is_held_to_the_spend_budgets_prices() -> None:
+    # The router decides where a request goes after the limits counted it: the price check
+    # must see its choice, not the chain it was handed.
+    def route_to(model: str) -> RouteHook:
+        def router(context: RequestContext, chain: Sequence[Target]) -> list[Target]:
+            return [Target("anthropic", model)]
+
+        return router
+
+    rules = (LimitRule(scope="tag", match="metered", spend=100.0),)
+    config = GatewayConfig(limits=LimitsConfig(rules=rules))
+    metered = {"x-mw-tags": "metered"}
+    for routed_to, requested, status in (
+        ("my-finetune", "claude-sonnet-4-6", 403),
+        ("claude-sonnet-4-6", "my-alias", 200),
+    ):
+        recorder = Recorder()
+        provider = AnthropicProvider(
+            UpstreamConfig(base_url="http://upstream.test"), transport=httpx.MockTransport(recorder)
+        )
+        gateway = Gateway(config, provider=provider, router=route_to(routed_to))
+        answer = run(_post(gateway, _body(model=requested), **metered))
+        assert answer.status_code == status, answer.text
+        assert len(recorder.requests) == (status == 200)
 
 
 def test_unpriced_models_may_be_allowed_through_uncounted_with_a_warning(
@@ -303,6 +331,15 @@ def test_the_event_names_the_kind_of_upstream_that_served() -> None:
         model = "backup/m" if expected == "backup" else "claude-sonnet-4-6"
         assert run(_post(gateway, _body(model=model))).status_code == 200
         assert finished[-1].provider_type == expected
+    # count_tokens names who answered it too.
+    counting = {"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def count() -> httpx.Response:
+        async with client_for(gateways["messages_mw.mock"]) as client:
+            return await client.post("/v1/messages/count_tokens", json=counting)
+
+    assert run(count()).status_code == 200
+    assert (finished[-1].provider, finished[-1].provider_type) == ("mock", "messages_mw.mock")
     assert OpenAIProvider.provider_type == "openai"
 
 
@@ -370,10 +407,11 @@ def test_an_auth_hook_runs_after_validation_with_the_model_unless_it_reads_heade
 def test_a_provider_with_its_own_key_never_gets_a_virtual_or_client_key() -> None:
     # A key's virtual key and a pass-through client's own key are for the default upstream;
     # a second upstream keyed on its own (another vendor, say) must not see them.
-    def upstreams(auth: AuthConfig) -> tuple[Gateway, Recorder, Recorder]:
+    def upstreams(auth: AuthConfig, configured: bool) -> tuple[Gateway, Recorder, Recorder]:
         main_, backup = Recorder(), Recorder()
         backup_settings = UpstreamConfig(base_url="http://backup.test", api_key="sk-backup-own")
-        config = GatewayConfig(auth=auth, upstreams={"backup": backup_settings})
+        configured_upstreams = {"backup": backup_settings} if configured else {}
+        config = GatewayConfig(auth=auth, upstreams=configured_upstreams)
         gateway = Gateway(
             config,
             provider=AnthropicProvider(
@@ -386,14 +424,18 @@ def test_a_provider_with_its_own_key_never_gets_a_virtual_or_client_key() -> Non
         return gateway, main_, backup
 
     virtual = ApiKeyConfig(id="team", key="sk-gw-team", upstream_api_key="sk-virtual")
-    gateway, main_, backup = upstreams(AuthConfig(mode="static", keys=(virtual,)))
-    for model in ("claude-sonnet-4-6", "backup/claude-sonnet-4-6"):
-        assert run(_post(gateway, _body(model=model), **{"x-api-key": "sk-gw-team"})).is_success
-    assert main_.requests[0].headers["x-api-key"] == "sk-virtual"
-    assert backup.requests[0].headers["x-api-key"] == "sk-backup-own"
+    static, passthrough = AuthConfig(mode="static", keys=(virtual,)), AuthConfig(mode="passthrough")
+    # The backup configured, or only handed in by the host (which the config knows nothing of).
+    for configured in (True, False):
+        gateway, main_, backup = upstreams(static, configured)
+        for model in ("claude-sonnet-4-6", "backup/claude-sonnet-4-6"):
+            headers = {"x-api-key": "sk-gw-team"}
+            assert run(_post(gateway, _body(model=model), **headers)).is_success
+        assert main_.requests[0].headers["x-api-key"] == "sk-virtual"
+        assert backup.requests[0].headers["x-api-key"] == "sk-backup-own"
 
-    gateway, main_, backup = upstreams(AuthConfig(mode="passthrough"))
-    for model in ("claude-sonnet-4-6", "backup/claude-sonnet-4-6"):
-        assert run(_post(gateway, _body(model=model), **{"x-api-key": "sk-mine"})).is_success
-    assert main_.requests[0].headers["x-api-key"] == "sk-mine"
-    assert backup.requests[0].headers["x-api-key"] == "sk-backup-own"
+        gateway, main_, backup = upstreams(passthrough, configured)
+        for model in ("claude-sonnet-4-6", "backup/claude-sonnet-4-6"):
+            assert run(_post(gateway, _body(model=model), **{"x-api-key": "sk-mine"})).is_success
+        assert main_.requests[0].headers["x-api-key"] == "sk-mine"
+        assert backup.requests[0].headers["x-api-key"] == "sk-backup-own"

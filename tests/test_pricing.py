@@ -74,6 +74,7 @@ def test_prices_decode_from_config_and_reject_bad_values() -> None:
         ("anthropic.claude-sonnet-4-5-20250929-v1:0", 3.0),
         ("us.anthropic.claude-haiku-4-5-20251001-v1:0", 1.0),
         ("global.anthropic.claude-opus-4-1-20250805-v1:0", 15.0),
+        ("us-gov.anthropic.claude-sonnet-4-5-20250929-v1:0", 3.0),
         ("claude-3-5-haiku-latest", 0.8),
         ("claude-opus-4-20250514", 15.0),
         ("claude-opus-4-1-20250805", 15.0),
