@@ -21,6 +21,8 @@ at the first request. Per request the gateway calls, in this order:
    (default: :class:`~messages_mw.compression.builtin.BundleCompressor`, which compresses tool
    output when a header, the key's policy or the configuration picks a bundle).
 6. ``router(context, chain)`` -> the targets to try, in order (default: ``chain`` unchanged).
+   Under a spend budget, the models it picks must have prices (403 otherwise, the request
+   already counted against the limits).
 7. the upstream attempts, with retries, fallback and the circuit breaker.
 8. ``limiter.record(context)`` and the usage sinks, once, whatever happened.
 
