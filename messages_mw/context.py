@@ -36,6 +36,10 @@ class Principal(msgspec.Struct, frozen=True):
     passthrough: bool = False
     compression: str | None = None
 
+    def __repr__(self) -> str:
+        # A hook that logs its context must not log the virtual key.
+        return _repr_without_secrets(self)
+
 
 class CompressionReport(msgspec.Struct, frozen=True):
     """What the compressor did to one request: the bundle, the body's size before and after,
@@ -107,6 +111,10 @@ class RequestContext(msgspec.Struct):
     request_headers: Mapping[str, str] = msgspec.field(default_factory=dict)
     compression: CompressionReport | None = None
 
+    def __repr__(self) -> str:
+        # A hook that logs its context must not log the client's key from its headers.
+        return _repr_without_secrets(self)
+
     @property
     def latency(self) -> float | None:
         """Seconds from arrival to the last byte, once finished."""
@@ -115,6 +123,27 @@ class RequestContext(msgspec.Struct):
     @property
     def time_to_first_byte(self) -> float | None:
         return None if self.first_byte_at is None else self.first_byte_at - self.started_at
+
+
+_REDACTED = "<redacted>"
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie"})
+
+
+def _is_secret_header(name: str) -> bool:
+    return name in _SECRET_HEADERS or any(word in name for word in ("key", "token", "secret"))
+
+
+def _repr_without_secrets(struct: msgspec.Struct) -> str:
+    """The struct's usual repr, with the upstream key and credential headers left out."""
+    parts = []
+    for name in struct.__struct_fields__:
+        value = getattr(struct, name)
+        if name == "upstream_api_key" and value is not None:
+            value = _REDACTED
+        elif name == "request_headers":
+            value = {k: _REDACTED if _is_secret_header(k) else v for k, v in value.items()}
+        parts.append(f"{name}={value!r}")
+    return f"{type(struct).__name__}({', '.join(parts)})"
 
 
 class UsageEvent(msgspec.Struct, omit_defaults=True):

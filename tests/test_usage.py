@@ -485,6 +485,22 @@ def _fields(value: object) -> list[tuple[str, object]]:
     return []
 
 
+def test_a_logged_context_or_principal_shows_no_credential() -> None:
+    # Hooks get the context (on_request_end, taggers, routers); logging it must not log keys.
+    context = _full_context()
+    context.request_headers = {
+        "x-api-key": SECRET_KEY,
+        "authorization": "Bearer " + SECRET_KEY,
+        "x-edgee-api-key": SECRET_KEY,
+        "anthropic-beta": "context-1m-2025-08-07",
+    }
+    context.principal = Principal("team-a", upstream_api_key=SECRET_KEY)
+    for shown in (repr(context), str(context), repr(context.principal), f"{[context]}"):
+        assert SECRET_KEY not in shown
+        assert "team-a" in shown
+    assert "context-1m-2025-08-07" in repr(context)  # the rest is shown as ever
+
+
 def test_a_full_event_carries_no_credential() -> None:
     event = UsageEvent.from_context(_full_context())
     encoded = msgspec.json.encode(event)
