@@ -507,7 +507,8 @@ class Gateway:
         send: Send,
         context: RequestContext,
     ) -> None:
-        held = HeldStream()
+        # Only a stream is ever held back (JSON answers are final as they come).
+        held = HeldStream() if context.stream else None
         try:
             result = await run_chain(
                 plan.chain,
@@ -521,11 +522,15 @@ class Gateway:
         except asyncio.CancelledError:
             # The client left while a stream was held back: its message_start still says what
             # that target's upstream bills for the input, which the event must not lose.
-            if (target := held.target) is not None:
+            if held is not None and (target := held.target) is not None:
                 context.usage = observed_usage(held.chunks)
                 self._record_server(context, target, target != plan.chain[0])
             raise
-        self._record_server(context, result.target, result.fallback_used)
+        # Inline, not _record_server: this is every request's path.
+        target = result.target
+        context.provider, context.served_model = target.provider, target.model
+        context.provider_type = self._provider_types[target.provider]
+        context.fallback_used = result.fallback_used
         await self._relay(result.response, send, context)
 
     def _record_server(self, context: RequestContext, target: Target, fallback: bool) -> None:

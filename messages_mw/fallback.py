@@ -410,7 +410,8 @@ class _Chain:
     clock: Callable[[], float]
     random: Callable[[], float]
     attempts: list[Attempt]
-    held: HeldStream
+    # The caller's, or one made when a stream is first held (never, for JSON requests).
+    held: HeldStream | None
     started: float = field(init=False)
     failure: _Failure | None = field(init=False, default=None)
     out_of_time: bool = field(init=False, default=False)
@@ -485,8 +486,9 @@ class _Chain:
             outcome = _Failure(target, status, exc, retry_after=retry_after, usage=usage)
         except asyncio.CancelledError:
             # The client left. A held stream stays in ``held`` for the caller to bill.
-            held = self.held.target is target
-            usage = observed_usage(self.held.chunks) if held else None
+            holder = self.held
+            held = holder is not None and holder.target is target
+            usage = observed_usage(holder.chunks) if holder is not None and held else None
             duration = self.clock() - began
             status = 200 if held else None
             self.attempts.append(
@@ -524,7 +526,10 @@ class _Chain:
         # Kept for the caller, who reads the usage in message_start from it should the client
         # leave while the stream is held: the upstream bills those input tokens all the same.
         buffered: list[bytes] = []
-        self.held.target, self.held.chunks = target, buffered
+        holder = self.held
+        if holder is None:
+            holder = self.held = HeldStream()
+        holder.target, holder.chunks = target, buffered
         error, pending = await _peek_stream(
             chunks, policy.retry_statuses, policy.stream_hold, buffered
         )
@@ -538,7 +543,7 @@ class _Chain:
             status, usage = self._release_held(target)
             return _Failure(target, status, error, usage=usage)
         # Committed: from here the relay observes these chunks (replayed) for the usage.
-        self.held.target = None
+        holder.target = None
         replayed = _replay(buffered, pending, chunks)
         close = response.close
         if pending is not None:
@@ -555,7 +560,7 @@ class _Chain:
         """Stop holding ``target``'s stream, which failed: the status it was answered with
         (``None`` if no stream was held) and the usage it reported, for its attempt."""
         held = self.held
-        if held.target is not target:
+        if held is None or held.target is not target:
             return None, None
         usage = observed_usage(held.chunks)
         held.target, held.chunks = None, []
@@ -655,8 +660,7 @@ async def run_chain(
     if not targets:
         raise ValueError("run_chain needs at least one target")
     log = [] if attempts is None else attempts
-    holder = HeldStream() if held is None else held
-    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log, holder)
+    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log, held)
     try:
         for target in targets:
             response = await chain.try_target(target)

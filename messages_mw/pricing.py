@@ -12,7 +12,6 @@ import math
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import cast
 
 import msgspec
 
@@ -145,15 +144,20 @@ class PricingTable:
         price = self.price_for(model)
         if price is None:
             return None
-        # ModelPrice.__post_init__ fills the cache prices. The 1-hour writes are part of the
-        # cache writes the usage reports.
-        written_1h = min(usage.cache_creation_1h_input_tokens, usage.cache_creation_input_tokens)
+        write, write_1h, read = price.cache_write, price.cache_write_1h, price.cache_read
+        # Filled by ModelPrice.__post_init__ (asserted, not cast: this runs for every request).
+        assert write is not None and write_1h is not None and read is not None
+        # The 1-hour writes are part of the cache writes the usage reports.
+        written = usage.cache_creation_input_tokens
+        written_1h = usage.cache_creation_1h_input_tokens
+        if written_1h > written:
+            written_1h = written
         per_million = (
             usage.input_tokens * price.input
             + usage.output_tokens * price.output
-            + (usage.cache_creation_input_tokens - written_1h) * cast(float, price.cache_write)
-            + written_1h * cast(float, price.cache_write_1h)
-            + usage.cache_read_input_tokens * cast(float, price.cache_read)
+            + (written - written_1h) * write
+            + written_1h * write_1h
+            + usage.cache_read_input_tokens * read
         )
         searches = usage.web_search_requests * price.web_search / 1000
         return round(per_million / 1_000_000 + searches, 10)

@@ -83,8 +83,9 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
     be: a head over 64 KB gets a 431, and a head not whole 30 s after it began or a body
     silent for 60 s (while the app is reading it) closes the connection.
 
-    One timer per connection checks the clocks a few times per limit, so that a request
-    pays a few attribute stores for them, not timers of its own.
+    What is being read follows from uvicorn's own request cycle (none yet, or its body done:
+    a head; else a body), and one timer per connection checks the clocks a few times per
+    limit: a request pays one method and a few attribute stores, not timers of its own.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -92,30 +93,23 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(joining)
         self._head_bytes = 0
         self._head_tail = b""
-        self._reading_head = True
         self._head_started: float | None = self.loop.time()
-        self._in_body = False
         self._body_reads = self._body_reads_seen = 0
         self._body_quiet_since = 0.0
         self._period = min(_HEAD_SECONDS, _BODY_IDLE_SECONDS) / 4
         self._watch: asyncio.TimerHandle | None = self.loop.call_later(self._period, self._check)
 
     def data_received(self, data: bytes) -> None:
-        if not self._reading_head:
-            super().data_received(data)
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body:  # a body is being read
+            self._body_reads += 1
+            # Named, not super(): this runs for every read.
+            HttpToolsProtocol.data_received(self, data)
             return
         if self._head_started is None:  # the first bytes of a head after an earlier request
             self._head_started = self.loop.time()
-        # Counted before parsing: a whole head in one read would reach the app otherwise.
-        self._head_bytes += self._head_part(data)
-        if self._head_bytes > _MAX_HEAD_BYTES:
-            self._refuse_head()
-            return
-        super().data_received(data)
-
-    def _head_part(self, data: bytes) -> int:
-        """How many of ``data``'s bytes belong to the head being read: up to its blank line
-        (which may straddle reads), or all of them."""
+        # Counted before parsing, up to the head's blank line (which may straddle reads): a
+        # whole head in one read would reach the app otherwise.
         end = data.find(b"\r\n\r\n")
         tail = self._head_tail
         if end < 0 and tail:
@@ -124,26 +118,17 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
                 end = joint - len(tail)
         if end < 0:
             self._head_tail = data[-3:]
-            return len(data)
-        self._head_tail = b""
-        return end + 4
-
-    def on_headers_complete(self) -> None:
-        self._reading_head = False
-        self._head_bytes = 0
-        self._head_tail = b""
-        self._in_body = True
-        super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        self._body_reads += 1
-        super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        self._in_body = False
-        self._reading_head = True  # what follows is the next request's head
-        self._head_started = None
-        super().on_message_complete()
+            self._head_bytes += len(data)
+        else:
+            self._head_tail = b""
+            self._head_bytes += end + 4
+        if self._head_bytes > _MAX_HEAD_BYTES:
+            self._refuse_head()
+            return
+        HttpToolsProtocol.data_received(self, data)
+        if self.cycle is not cycle:  # the head was whole: a request began
+            self._head_bytes = 0
+            self._head_started = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._watch is not None:
@@ -162,12 +147,13 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         self._watch = self.loop.call_later(self._period, self._check)
 
     def _too_slow(self, now: float) -> bool:
+        cycle = self.cycle
+        in_body = cycle is not None and cycle.more_body
         started = self._head_started
-        if self._reading_head and started is not None and now - started > _HEAD_SECONDS:
+        if not in_body and started is not None and now - started > _HEAD_SECONDS:
             # Unless a response is still going out (the next head arrived early).
-            cycle = self.cycle
             return cycle is None or cycle.response_complete
-        if not self._in_body or self.flow.read_paused:
+        if not in_body or self.flow.read_paused:
             # Paused reading is the app's doing (it has not taken the body so far).
             self._body_reads_seen, self._body_quiet_since = self._body_reads, now
             return False
@@ -177,7 +163,6 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         return now - self._body_quiet_since > _BODY_IDLE_SECONDS
 
     def _refuse_head(self) -> None:
-        self._reading_head = False
         cycle = self.cycle
         if self.transport.is_closing() or (cycle is not None and not cycle.response_complete):
             # A response is still going out (the head is a pipelined request's): a 431 now
