@@ -39,7 +39,7 @@ from .limits import RateLimiter
 from .policy import ForwardPlan
 from .pricing import add_cost_to_response_body
 from .providers.base import Provider, ProviderRequest, ProviderResponse
-from .relay import observe_response_body, relay_body, relay_stream
+from .relay import StallWatch, observe_response_body, relay_body, relay_stream
 from .request_body import ClientDisconnectedError, decode_content_encoding, read_body
 from .streaming import observed_usage
 from .types import ASGIApp, Receive, Scope, Send
@@ -224,6 +224,8 @@ class Gateway:
             "/v1/models": {"GET": self._models},
             "/api/hello": {"HEAD": self._hello, "GET": self._hello},
         }
+        timeout = self.config.client_write_timeout
+        self._stalls = StallWatch(timeout) if timeout else None
         self._serve_http: ASGIApp = self._handle_http
         if self.config.cors_origins:
             self._serve_http = self._with_cors(self._handle_http)
@@ -551,7 +553,7 @@ class Gateway:
                     send,
                     context,
                     self._response_headers(response, context),
-                    self.config.client_write_timeout,
+                    self._stalls,
                 )
                 return
             body = response.body or b""

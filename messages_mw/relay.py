@@ -66,32 +66,58 @@ def observe_response_body(body: bytes, context: RequestContext) -> None:
         context.error_type = observed.error.type
 
 
-class _ClientStall:
-    """Notices a client that stopped reading: one send to it still under way after a whole
-    ``timeout``. The relay numbers its sends; a timer compares, once per ``timeout``, the send
-    under way with the one it saw last time, so a stream pays two stores per send, not a timer.
+class _Sends:
+    """One stream's sends to its client, numbered: ``started`` before each, ``done`` after."""
+
+    __slots__ = ("done", "last", "stalled", "started", "task")
+
+    def __init__(self, task: asyncio.Task[object] | None) -> None:
+        self.task = task
+        self.started = self.done = self.last = 0
+        self.stalled = False
+
+
+class StallWatch:
+    """Notices clients that stopped reading: a stream whose same send is still under way a
+    whole ``timeout`` after it was last looked at. One timer serves every stream of a gateway,
+    so a stream pays a dict entry and two stores per send, not a timer of its own; a stall is
+    noticed between one and two ``timeout`` after it began.
     """
 
-    __slots__ = ("_handle", "_last", "_loop", "_task", "_timeout", "done", "stalled", "started")
-
     def __init__(self, timeout: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        self._timeout = timeout
-        self.started = self.done = self._last = 0
-        self.stalled = False
-        self._handle = self._loop.call_later(timeout, self._check)
+        self.timeout = timeout
+        self._streams: dict[_Sends, None] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self) -> _Sends:
+        """Start watching the current task's stream."""
+        sends = _Sends(asyncio.current_task())
+        self._streams[sends] = None
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._loop is not loop:
+            if self._loop is not loop:
+                # A new event loop: the old one's streams (and timer) are gone with it.
+                self._streams = {sends: None}
+            self._loop = loop
+            self._timer = loop.call_later(self.timeout, self._check)
+        return sends
+
+    def unwatch(self, sends: _Sends) -> None:
+        self._streams.pop(sends, None)
 
     def _check(self) -> None:
-        if self.started != self.done and self.started == self._last and self._task is not None:
-            self.stalled = True
-            self._task.cancel()
-            return
-        self._last = self.started
-        self._handle = self._loop.call_later(self._timeout, self._check)
-
-    def stop(self) -> None:
-        self._handle.cancel()
+        self._timer = None
+        for sends in list(self._streams):
+            started = sends.started
+            if started != sends.done and started == sends.last and sends.task is not None:
+                sends.stalled = True
+                del self._streams[sends]
+                sends.task.cancel()
+            else:
+                sends.last = started
+        if self._streams and self._loop is not None:
+            self._timer = self._loop.call_later(self.timeout, self._check)
 
 
 async def relay_stream(
@@ -99,17 +125,17 @@ async def relay_stream(
     send: Send,
     context: RequestContext,
     headers: list[tuple[bytes, bytes]],
-    client_write_timeout: float | None = None,
+    stalls: StallWatch | None = None,
 ) -> None:
     """Relay SSE chunks as they arrive; always ends the response, cleanly or with an error
     event. Cancellation (client gone) leaves the usage read so far in ``context``.
 
-    A client that reads nothing for ``client_write_timeout`` seconds while the stream waits
-    on it is taken for gone (:class:`ClientDisconnectedError`): it would hold its upstream
-    connection, one of a bounded pool, for as long as it kept its socket open.
+    A client that reads nothing while the stream waits on it is taken for gone by ``stalls``
+    (:class:`ClientDisconnectedError`): it would hold its upstream connection, one of a
+    bounded pool, for as long as it kept its socket open.
     """
     observer = StreamObserver()
-    stall = _ClientStall(client_write_timeout) if client_write_timeout else None
+    stall = stalls.watch() if stalls is not None else None
     try:
         await _pump(response, send, context, headers, observer, stall)
     except asyncio.CancelledError:
@@ -117,15 +143,17 @@ async def relay_stream(
         if stall is None or not stall.stalled or task is None:
             raise
         task.uncancel()
+        assert stalls is not None
         logger.warning(
             "request %s: the client read nothing for %g s; the stream is dropped",
             context.request_id,
-            client_write_timeout,
+            stalls.timeout,
         )
         raise ClientDisconnectedError from None
     finally:
         if stall is not None:
-            stall.stop()
+            assert stalls is not None
+            stalls.unwatch(stall)
         context.usage = observer.usage
         context.stop_reason = observer.stop_reason
         if observer.error_type is not None and context.error_type is None:
@@ -138,7 +166,7 @@ async def _pump(
     context: RequestContext,
     headers: list[tuple[bytes, bytes]],
     observer: StreamObserver,
-    stall: _ClientStall | None,
+    stall: _Sends | None,
 ) -> None:
     assert response.chunks is not None
     # Each body send is numbered (stall.started before, stall.done after), inline: the stall

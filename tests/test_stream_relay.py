@@ -23,7 +23,7 @@ from messages_mw import (
 )
 from messages_mw.pricing import PricingTable
 from messages_mw.providers.base import ProviderResponse
-from messages_mw.relay import MAX_EVENT_BYTES, relay_stream
+from messages_mw.relay import MAX_EVENT_BYTES, StallWatch, relay_stream
 from messages_mw.routing import FallbackConfig
 from messages_mw.streaming import TokenUsage
 
@@ -473,3 +473,33 @@ def test_a_stream_read_whole_in_one_socket_read_is_relayed_in_one_send() -> None
         return [(m["body"], m["more_body"]) for m in sent[1:]]
 
     assert run(scenario()) == [(stream, False)]
+
+
+def test_one_stall_watch_serves_streams_on_each_event_loop() -> None:
+    # A gateway may serve from one loop, then another (a test client per request): each
+    # loop's stalled sends are found, by one timer per watch rather than one per stream.
+    watch = StallWatch(0.05)
+
+    async def stalled_send() -> bool:
+        sends = watch.watch()
+        sends.started += 1  # a send to a client that never reads
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            return sends.stalled
+        finally:
+            watch.unwatch(sends)
+        return False
+
+    async def steady() -> bool:
+        sends = watch.watch()
+        for _ in range(8):  # sends that finish, and quiet between them
+            sends.started += 1
+            await asyncio.sleep(0.02)
+            sends.done = sends.started
+        watch.unwatch(sends)
+        return sends.stalled
+
+    for _ in range(2):
+        assert asyncio.run(asyncio.wait_for(stalled_send(), 2))
+        assert not asyncio.run(steady())
