@@ -446,11 +446,8 @@ class Gateway:
         if principal is not None:
             # A provider keyed on its own (a second vendor, say) gets its own key only: never a
             # key's virtual key nor a client's own key, both meant for the default upstream.
-            if own_key:
-                credentials = "strip"
-            else:
-                credentials = "forward" if principal.passthrough else "strip"
-                api_key = principal.upstream_api_key
+            credentials = "forward" if principal.passthrough and not own_key else "strip"
+            api_key = None if own_key else principal.upstream_api_key
         return ProviderRequest(
             method=context.method,
             path=context.path,

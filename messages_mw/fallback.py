@@ -486,11 +486,8 @@ class _Chain:
             outcome = _Failure(target, status, exc, retry_after=retry_after, usage=usage)
         except asyncio.CancelledError:
             # The client left. A held stream stays in ``held`` for the caller to bill.
-            holder = self.held
-            held = holder is not None and holder.target is target
-            usage = observed_usage(holder.chunks) if holder is not None and held else None
+            status, usage = self._held_by(target)
             duration = self.clock() - began
-            status = 200 if held else None
             self.attempts.append(
                 Attempt(target.name, status, "client_disconnected", duration, usage)
             )
@@ -556,15 +553,22 @@ class _Chain:
             response.status, response.headers, chunks=replayed, close=close, ended=response.ended
         )
 
-    def _release_held(self, target: Target) -> tuple[int | None, TokenUsage | None]:
-        """Stop holding ``target``'s stream, which failed: the status it was answered with
-        (``None`` if no stream was held) and the usage it reported, for its attempt."""
+    def _held_by(self, target: Target) -> tuple[int | None, TokenUsage | None]:
+        """For ``target``'s attempt: the status its held stream was answered with and the
+        usage it reported (``None`` for either when no stream of its is held)."""
         held = self.held
         if held is None or held.target is not target:
             return None, None
         usage = observed_usage(held.chunks)
-        held.target, held.chunks = None, []
         return 200, (None if usage == _NO_USAGE else usage)
+
+    def _release_held(self, target: Target) -> tuple[int | None, TokenUsage | None]:
+        """Stop holding ``target``'s stream, which failed; what :meth:`_held_by` says."""
+        outcome = self._held_by(target)
+        if outcome[0] is not None:
+            assert self.held is not None
+            self.held.target, self.held.chunks = None, []
+        return outcome
 
     def _record_failure(self, failure: _Failure, duration: float) -> None:
         name, error, response = failure.target.name, failure.error, failure.response

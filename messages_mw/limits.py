@@ -93,12 +93,13 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     one; a queue is not an outage). ``on_store_error``
     decides what happens while the store cannot be reached (each call waits at most
     ``store_timeout`` seconds): ``"open"`` lets requests through unlimited, ``"closed"``
-    rejects them with 429 ``rate_limit_error`` and ``retry-after: 1``. A request under a
-    spend budget for a model the pricing table does not know could never be counted:
-    ``unpriced_models="reject"`` refuses it (403), ``"allow"`` lets it through uncounted
-    and logs a warning once per model. Either way a warning
+    rejects them with 429 ``rate_limit_error`` and ``retry-after: 1``. Either way a warning
     is logged at most once per ``store_warning_interval`` seconds, and counting resumes by
     itself when the store is back.
+
+    A request under a spend budget for a model the pricing table does not know could never
+    be counted: ``unpriced_models="reject"`` refuses it (403), ``"allow"`` lets it through
+    uncounted and logs a warning once per model.
     """
 
     rules: tuple[LimitRule, ...] = ()
