@@ -182,6 +182,27 @@ def chain_and_read(
     return asyncio.run(scenario())
 
 
+def cancelled_after(
+    seconds: float,
+    targets: Sequence[Target],
+    send: Callable[[Target], Awaitable[ProviderResponse]],
+    policy: RetryPolicy,
+    **options: Any,
+) -> None:
+    """Run a streaming ``run_chain`` and cancel it ``seconds`` later, as a client leaving."""
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(
+            run_chain(targets, send, policy=policy, breaker=None, stream=True, **options)
+        )
+        await asyncio.sleep(seconds)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+
+
 def summary(attempts: list[Attempt]) -> list[tuple[str, int | None, str | None]]:
     return [(a.target, a.status, a.error_type) for a in attempts]
 
@@ -674,23 +695,9 @@ def test_cancellation_closes_the_held_failure_and_the_peeked_stream() -> None:
     held = reply(529, OVERLOADED, [("retry-after", "5")])
     hung = streamed([MESSAGE_START, None])
 
-    async def scenario(response: ProviderResponse) -> None:
-        task = asyncio.ensure_future(
-            run_chain(
-                [PRIMARY],
-                Upstreams({PRIMARY.name: [response]}),
-                policy=RetryPolicy(),
-                breaker=None,
-                stream=True,
-            )
-        )
-        await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario(held))  # cancelled while sleeping before the retry
-    asyncio.run(scenario(hung))  # cancelled while waiting for the first content event
+    # Cancelled while sleeping before the retry, then while waiting for the first content.
+    for response in (held, hung):
+        cancelled_after(0.01, [PRIMARY], Upstreams({PRIMARY.name: [response]}), RetryPolicy())
     assert closes(held) == 1 and closes(hung) == 1
 
 
@@ -722,26 +729,10 @@ def test_a_cancelled_chain_names_the_stream_it_held_and_only_that_one() -> None:
     def cancelled(
         send: Callable[[Target], Awaitable[ProviderResponse]],
     ) -> tuple[HeldStream, list[Attempt]]:
-        async def scenario() -> tuple[HeldStream, list[Attempt]]:
-            held, attempts = HeldStream(), []
-            task = asyncio.ensure_future(
-                run_chain(
-                    [PRIMARY, SECONDARY],
-                    send,
-                    policy=RetryPolicy(attempts_per_target=1),
-                    breaker=None,
-                    stream=True,
-                    attempts=attempts,
-                    held=held,
-                )
-            )
-            await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return held, attempts
-
-        return asyncio.run(scenario())
+        held, attempts = HeldStream(), []
+        policy = RetryPolicy(attempts_per_target=1)
+        cancelled_after(0.05, [PRIMARY, SECONDARY], send, policy, attempts=attempts, held=held)
+        return held, attempts
 
     backup_start = text_stream_events([], model="claude-haiku-4-5", input_tokens=40)[0]
     failing = streamed([MESSAGE_START, error_event()])

@@ -252,6 +252,21 @@ def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
     assert finished[0].usage.input_tokens == 12
 
 
+async def _leave_during_the_hold(gateway: Gateway, body: bytes, held: asyncio.Event) -> None:
+    """Send ``body`` to ``gateway`` and disconnect once ``held`` is set (the upstream has sent
+    its message_start), checking that nothing reached the client meanwhile."""
+    messages: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    await messages.put({"type": "http.request", "body": body, "more_body": False})
+
+    async def send(message: dict[str, object]) -> None:
+        raise AssertionError(f"nothing reaches the client during the hold: {message}")
+
+    task = asyncio.ensure_future(gateway(MESSAGES_SCOPE, messages.get, send))
+    await held.wait()
+    await messages.put({"type": "http.disconnect"})
+    await asyncio.wait_for(task, 2)
+
+
 def test_a_client_leaving_while_the_stream_is_held_keeps_its_usage() -> None:
     # message_start arrived, content has not: the stream is held for the fallback to judge.
     # The upstream bills the input tokens all the same, so the usage event must carry them.
@@ -271,19 +286,7 @@ def test_a_client_leaving_while_the_stream_is_held_keeps_its_usage() -> None:
     )
     gateway, finished = make_gateway(recorder)
 
-    async def scenario() -> None:
-        messages: asyncio.Queue[dict[str, object]] = asyncio.Queue()
-        await messages.put({"type": "http.request", "body": STREAM_REQUEST, "more_body": False})
-
-        async def send(message: dict[str, object]) -> None:
-            raise AssertionError(f"nothing reaches the client during the hold: {message}")
-
-        task = asyncio.ensure_future(gateway(MESSAGES_SCOPE, messages.get, send))
-        await read_message_start.wait()
-        await messages.put({"type": "http.disconnect"})
-        await asyncio.wait_for(task, 2)
-
-    run(scenario())
+    run(_leave_during_the_hold(gateway, STREAM_REQUEST, read_message_start))
     assert closed == [True]
     assert finished[0].client_disconnected
     assert finished[0].usage.input_tokens == 12
@@ -312,19 +315,10 @@ def test_a_client_leaving_a_held_fallback_stream_is_billed_to_its_target() -> No
     gateway = Gateway(
         config, provider=primary, providers={"backup": backup}, usage_sinks=[events.append]
     )
-    body = json.loads(STREAM_REQUEST) | {"model": "claude-opus-4-1"}
+    body = json.dumps(json.loads(STREAM_REQUEST) | {"model": "claude-opus-4-1"}).encode()
 
     async def scenario() -> None:
-        messages: asyncio.Queue[dict[str, object]] = asyncio.Queue()
-        await messages.put({"type": "http.request", "body": json.dumps(body).encode()})
-
-        async def send(message: dict[str, object]) -> None:
-            raise AssertionError(f"nothing reaches the client during the hold: {message}")
-
-        task = asyncio.ensure_future(gateway(MESSAGES_SCOPE, messages.get, send))
-        await read_message_start.wait()
-        await messages.put({"type": "http.disconnect"})
-        await asyncio.wait_for(task, 2)
+        await _leave_during_the_hold(gateway, body, read_message_start)
         await gateway.aclose()
 
     run(scenario())
