@@ -70,9 +70,10 @@ def test_cached_prompt_tokens_are_split_out() -> None:
     }
 
 
-def test_missing_usage_is_zero() -> None:
-    usage = _translate({"content": "x"})["usage"]
-    assert usage["input_tokens"] == 0 and usage["output_tokens"] == 0
+def test_missing_usage_is_estimated() -> None:
+    # No estimate of the input without the request; the output from the reply's length.
+    usage = _translate({"content": "x" * 41})["usage"]
+    assert usage["input_tokens"] == 0 and usage["output_tokens"] == 11
 
 
 def test_tool_calls_become_tool_use_blocks() -> None:

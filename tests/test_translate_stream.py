@@ -390,10 +390,25 @@ def test_usage_property_reports_the_upstream_numbers() -> None:
 # ---- endings ----------------------------------------------------------------------------------
 
 
-def test_no_usage_chunk_reports_zero_output() -> None:
+def test_no_usage_chunk_reports_an_output_estimate() -> None:
+    # Without a usage chunk the output is estimated at four characters a token (text,
+    # reasoning and tool arguments), as the input is: 0 would leave limits and cost blind.
     raw = sse_data(chunk({"content": "hi"}, "stop")) + b"data: [DONE]\n\n"
     events = check_grammar(translate([raw]))
-    assert events[-2][1]["usage"] == {"output_tokens": 0}
+    assert events[-2][1]["usage"] == {"output_tokens": 1}
+    call = {
+        "index": 0,
+        "id": "c1",
+        "function": {"name": "Read", "arguments": '{"a": "' + "x" * 30 + '"}'},
+    }
+    chunks = [
+        sse_data(chunk({"reasoning_content": "r" * 8})),
+        sse_data(chunk({"content": "t" * 20})),
+        sse_data(chunk({"tool_calls": [call]}, "tool_calls")),
+        b"data: [DONE]\n\n",
+    ]
+    events = check_grammar(translate(chunks))
+    assert events[-2][1]["usage"] == {"output_tokens": (8 + 20 + 38 + 3) // 4}
 
 
 def test_finish_reason_without_done_ends_normally() -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..protocol import DECODE_ERRORS, Usage
 from ..streaming import TokenUsage
-from ._openai import InUsage, any_decoder, encoder
+from ._openai import InMessage, InToolCall, InUsage, any_decoder, encoder
 
 __all__ = [
     "RAW_ARGUMENTS_KEY",
     "anthropic_usage",
+    "arguments_chars",
     "arguments_text",
+    "generated_chars",
+    "output_estimate",
     "stop_reason",
     "token_usage",
     "tool_id",
@@ -68,6 +72,28 @@ def tool_id(upstream_id: str | None, message_id: str, position: int) -> str:
     """The upstream's id, kept as is so that ``tool_result`` maps back to it; a made-up one
     (stable per message and position) for servers that send none."""
     return upstream_id or f"toolu_{message_id}_{position}"
+
+
+def generated_chars(message: InMessage) -> int:
+    """How much text a reply generated: its text, reasoning, refusal and tool arguments, in
+    characters."""
+    size = len(message.text or "") + len(message.reasoning_text or "") + len(message.refusal or "")
+    return size + arguments_chars(message.tool_calls)
+
+
+def arguments_chars(calls: Sequence[InToolCall] | None) -> int:
+    """The characters of tool calls' arguments (a stream's: of their pieces)."""
+    return sum(
+        len(arguments_text(call.function.arguments))
+        for call in calls or ()
+        if call.function is not None
+    )
+
+
+def output_estimate(chars: int) -> int:
+    """Output tokens for ``chars`` generated characters when the upstream reports no usage:
+    one per four, as the gateway estimates input."""
+    return (chars + 3) // 4
 
 
 def arguments_text(arguments: str | dict[str, Any] | None) -> str:

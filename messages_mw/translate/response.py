@@ -13,7 +13,15 @@ import msgspec
 from ..errors import UpstreamUnavailableError
 from ..protocol import DECODE_ERRORS, ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock
 from ..streaming import TokenUsage
-from ._mapping import anthropic_usage, stop_reason, token_usage, tool_id, tool_input
+from ._mapping import (
+    anthropic_usage,
+    generated_chars,
+    output_estimate,
+    stop_reason,
+    token_usage,
+    tool_id,
+    tool_input,
+)
 from ._openai import InBody, InFunction, InMessage, body_decoder
 from .errors import upstream_error
 
@@ -33,7 +41,8 @@ def to_anthropic_message(
 
     ``model`` is the model the client asked for (not the upstream's), ``message_id`` the id to
     report. A body without ``usage`` reports ``estimate_input()`` input tokens (as a translated
-    stream's ``message_start`` does), or 0 without it. Raises
+    stream's ``message_start`` does), or 0 without it, and output tokens estimated from the
+    reply's length. Raises
     :class:`~messages_mw.errors.UpstreamUnavailableError` (502) for a body that is not a
     completion, and the mapped :class:`~messages_mw.errors.GatewayError` subclass for an error
     object sent with a 2xx status.
@@ -49,7 +58,11 @@ def to_anthropic_message(
     if parsed.usage is not None:
         usage = token_usage(parsed.usage)
     else:
-        usage = TokenUsage(input_tokens=estimate_input() if estimate_input is not None else 0)
+        # Estimated both ways: 0 would leave token limits and cost blind to the reply.
+        usage = TokenUsage(
+            input_tokens=estimate_input() if estimate_input is not None else 0,
+            output_tokens=output_estimate(generated_chars(reply)),
+        )
     message = Message(
         id=message_id,
         role="assistant",

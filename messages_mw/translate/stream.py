@@ -36,7 +36,7 @@ from ..protocol import (
 )
 from ..streaming import TokenUsage
 from ._blocks import BlockWriter
-from ._mapping import stop_reason, token_usage
+from ._mapping import arguments_chars, output_estimate, stop_reason, token_usage
 from ._openai import InBody, InError, InMessage, body_decoder
 from ._sse import DataLines
 from ._tool_stream import ToolStreams
@@ -65,6 +65,8 @@ class StreamTranslator:
         self._tools = ToolStreams(self._blocks, message_id)
         self._usage = TokenUsage()
         self._usage_reported = False
+        # Characters generated so far: the output estimate, should no usage chunk come.
+        self._generated = 0
         self._finish_reason: str | None = None
         self._refused = False
         self._wrote_text = False
@@ -147,12 +149,15 @@ class StreamTranslator:
         if delta.refusal:
             self._refused = True
             self._write("text", delta.refusal)
-        for call in delta.tool_calls or ():
-            self._tools.feed(call)
+        if delta.tool_calls:
+            self._generated += arguments_chars(delta.tool_calls)
+            for call in delta.tool_calls:
+                self._tools.feed(call)
 
     def _write(self, kind: str, text: str | None) -> None:
         if not text:
             return
+        self._generated += len(text)
         if self._blocks.open_kind != kind:
             self._tools.close_open()
             if kind == "text":
@@ -193,7 +198,9 @@ class StreamTranslator:
 
     def _delta_usage(self) -> MessageDeltaUsage:
         if not self._usage_reported:
-            return MessageDeltaUsage(output_tokens=0)
+            # No usage chunk (stream_usage off, or a server that ignores include_usage): an
+            # estimate, or token limits and cost would count no output at all.
+            return MessageDeltaUsage(output_tokens=output_estimate(self._generated))
         usage = self._usage
         return MessageDeltaUsage(
             output_tokens=usage.output_tokens,
