@@ -348,6 +348,7 @@ class Gateway:
         headers = [_JSON, (b"request-id", _latin1(request_id))]
         headers += _encode_headers([*error.headers.items(), *self._policy_headers(context)])
         headers.append((b"content-length", b"%d" % len(body)))
+        context.first_byte_at = time.perf_counter()  # errors have a time to first byte too
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -49,9 +49,10 @@ async def relay_body(
     context.response_started = True
     # The length is known: a client then reads one plain body instead of chunked framing.
     headers.append((b"content-length", b"%d" % len(body)))
+    # Before the sends: a client slow to read a large body must not count as a slow answer.
+    context.first_byte_at = time.perf_counter()
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-    context.first_byte_at = time.perf_counter()
 
 
 def observe_response_body(body: bytes, context: RequestContext) -> None:

@@ -512,3 +512,14 @@ def test_an_upstream_body_that_never_ends_is_cut_off_not_buffered() -> None:
     assert (status, kind) == (502, "api_error")
     assert f"over {MAX_RESPONSE_BYTES} bytes" in message
     assert sum(read) <= MAX_RESPONSE_BYTES + (1 << 20)
+
+
+def test_answers_the_gateway_makes_itself_have_a_time_to_first_byte() -> None:
+    # A 400 (or any error the gateway answers) is a first byte too: dashboards built on the
+    # usage event's time_to_first_byte_ms must not see nothing for them.
+    gateway, finished = make_gateway(Recorder())
+    assert run(_post(gateway, b"{")).status_code == 400
+    assert run(_post(gateway, CHAT)).status_code == 200
+    for context in finished:
+        first_byte, latency = context.time_to_first_byte, context.latency
+        assert first_byte is not None and latency is not None and 0 < first_byte <= latency
