@@ -11,15 +11,11 @@ as cleanly as a 529 does; after it, the failure is the client's.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
 import random as _random
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
-from typing import Literal
 
 import msgspec
 
@@ -29,11 +25,11 @@ from .errors import (
     GatewayError,
     OverloadedError,
     UpstreamTimeoutError,
-    UpstreamUnavailableError,
-    error_class,
 )
-from .protocol import DECODE_ERRORS, ObservedEvent, ObservedResponse
+from .protocol import DECODE_ERRORS, ObservedResponse
 from .providers.base import ProviderResponse
+from .retry import RetryPolicy, backoff_delay, retry_after_seconds, waits_too_long
+from .stream_peek import drop_read, peek_stream, replay_stream
 from .streaming import TokenUsage, observed_usage
 
 __all__ = [
@@ -49,24 +45,8 @@ __all__ = [
     "run_chain",
 ]
 
-_event_decoder = msgspec.json.Decoder(ObservedEvent)
 _body_decoder = msgspec.json.Decoder(ObservedResponse)
-# The event separators the SDKs accept; a regex finds the earliest in one left-to-right pass.
-_SEPARATOR = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-# Events that precede the first content block; every other named event commits a stream.
-_PREAMBLE_EVENTS = frozenset({b"message_start", b"ping"})
-# A stream still without content after this much is committed anyway rather than buffered on.
-_MAX_PEEK_BYTES = 1 << 20
 _NO_USAGE = TokenUsage()
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
-def _is_delay(value: float) -> bool:
-    return 0 <= value < math.inf
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,118 +59,6 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def name(self) -> str:
         """``provider/model``, the key of the circuit breaker and of the attempts log."""
         return f"{self.provider}/{self.model}"
-
-
-class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How :func:`run_chain` retries; times are seconds. Invalid values raise ``ValueError``.
-
-    ``attempts_per_target`` counts the first try. Exponential delays are shortened by up to
-    ``jitter`` of themselves. An upstream ``retry-after`` replaces the delay when honoured; one
-    above ``max_retry_after`` moves on to the next target instead. ``deadline`` bounds the
-    whole chain, from its start until an answer is chosen (for a stream: its first content).
-    A stream's opening events (``message_start``, pings) are held back while its first content
-    event is awaited, since that decides whether it failed (and falls back, or becomes a typed
-    error response); after ``stream_hold`` without content the stream is relayed as it is, so
-    that a long-silent model still sends the client bytes before its watchdogs fire (Claude
-    Code's first-byte timeout is 10 s at the least).
-    """
-
-    attempts_per_target: int = 2
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-    jitter: float = 0.25
-    retry_statuses: tuple[int, ...] = (408, 409, 429, 500, 502, 503, 504, 529)
-    honour_retry_after: bool = True
-    max_retry_after: float = 30.0
-    deadline: float = 600.0
-    stream_hold: float = 5.0
-
-    def __post_init__(self) -> None:
-        _require(self.attempts_per_target >= 1, "attempts_per_target must be at least 1")
-        for name, value in (
-            ("base_delay", self.base_delay),
-            ("max_delay", self.max_delay),
-            ("max_retry_after", self.max_retry_after),
-            ("stream_hold", self.stream_hold),
-        ):
-            _require(_is_delay(value), f"{name} must be a finite number >= 0")
-        _require(0 <= self.jitter <= 1, "jitter must be between 0 and 1")
-        _require(0 < self.deadline < math.inf, "deadline must be a finite number > 0")
-        bad = [status for status in self.retry_statuses if not 400 <= status <= 599]
-        _require(not bad, f"retry_statuses must be 4xx or 5xx statuses, not {bad}")
-
-
-def _honours(policy: RetryPolicy, retry_after: float) -> bool:
-    return policy.honour_retry_after and 0 <= retry_after <= policy.max_retry_after
-
-
-def _waits_too_long(policy: RetryPolicy, retry_after: float | None) -> bool:
-    return (
-        policy.honour_retry_after
-        and retry_after is not None
-        and retry_after > policy.max_retry_after
-    )
-
-
-def backoff_delay(
-    retry_index: int, policy: RetryPolicy, retry_after: float | None, random_value: float
-) -> float:
-    """Seconds to wait before retry ``retry_index`` (0 for the first retry) of one target.
-
-    An upstream ``retry_after`` is used as it is when the policy honours it and it is at most
-    ``max_retry_after``. Otherwise this is the SDKs' backoff, ``min(base_delay * 2**n,
-    max_delay)`` shortened by ``jitter * random_value`` (``random_value`` in [0, 1]). Pure.
-    """
-    if retry_after is not None and _honours(policy, retry_after):
-        return retry_after
-    # Past 2**1023 a float overflows; the cap has long been reached by then anyway.
-    growth = 2.0 ** min(max(retry_index, 0), 1023)
-    exponential = min(policy.base_delay * growth, policy.max_delay)
-    return exponential * (1.0 - policy.jitter * min(max(random_value, 0.0), 1.0))
-
-
-def retry_after_seconds(
-    headers: Mapping[str, str] | Iterable[tuple[str, str]], now: float | None = None
-) -> float | None:
-    """The wait an upstream asked for in its response headers, in seconds, or ``None``.
-
-    Reads ``retry-after-ms`` (milliseconds), then ``retry-after`` as seconds or as an HTTP date
-    (counted from ``now``, a ``time.time()`` reading, by default the current one), in the SDKs'
-    order. Only positive, finite waits count; anything else is ``None``.
-    """
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    values = {name.lower(): value for name, value in pairs}
-    millis = _positive_float(values.get("retry-after-ms"))
-    if millis is not None:
-        return millis / 1000
-    value = values.get("retry-after")
-    if value is None:
-        return None
-    seconds = _positive_float(value)
-    if seconds is not None:
-        return seconds
-    return _seconds_until(value, time.time() if now is None else now)
-
-
-def _positive_float(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if 0 < number < math.inf else None
-
-
-def _seconds_until(http_date: str, now: float) -> float | None:
-    try:
-        moment = email.utils.parsedate_to_datetime(http_date)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    wait = moment.timestamp() - now
-    return wait if wait > 0 else None
 
 
 class ChainResult(msgspec.Struct, frozen=True):
@@ -227,165 +95,6 @@ class _Failure:
     response: ProviderResponse | None = None
     retry_after: float | None = None
     usage: TokenUsage | None = None
-
-
-_Verdict = GatewayError | Literal["content"] | None
-
-
-def _judge_event(block: bytes) -> _Verdict:
-    """``content`` for a content event, the error of an ``error`` event, else ``None``.
-
-    Events without an ``event:`` line count for nothing: the SDKs drop them.
-    """
-    name: bytes | None = None
-    data: list[bytes] = []
-    for line in block.splitlines():
-        if line.startswith(b"event:"):
-            name = line[6:].strip()
-        elif line.startswith(b"data:"):
-            data.append(line[5:].strip())
-    if name is None or name in _PREAMBLE_EVENTS:
-        return None
-    if name != b"error":
-        return "content"
-    try:
-        error = _event_decoder.decode(b"\n".join(data)).error
-    except DECODE_ERRORS:
-        error = None
-    kind = (error.type if error else None) or ""
-    message = (error.message if error else None) or "The upstream stream failed before content."
-    return error_class(kind, UpstreamUnavailableError)(message)
-
-
-class _PeekScanner:
-    """Splits SSE bytes into events incrementally until one decides the stream's fate."""
-
-    def __init__(self) -> None:
-        self._pending = bytearray()
-
-    def feed(self, chunk: bytes) -> _Verdict:
-        pending = self._pending
-        pending += chunk
-        start, verdict = 0, None
-        while verdict is None:
-            separator = _SEPARATOR.search(pending, start)
-            if separator is None:
-                break
-            verdict = _judge_event(bytes(pending[start : separator.start()]))
-            start = separator.end()
-        del pending[:start]
-        return verdict
-
-    def finish(self) -> _Verdict:
-        """Judge an unterminated last event, once the stream has ended."""
-        return _judge_event(bytes(self._pending))
-
-
-async def _peek_stream(
-    chunks: AsyncIterator[bytes],
-    retry_statuses: tuple[int, ...],
-    hold: float,
-    buffered: list[bytes],
-) -> tuple[GatewayError | None, asyncio.Future[bytes] | None]:
-    """Read until the first content event, or for at most ``hold`` seconds, into ``buffered``
-    (which holds the chunks read even if this raises or is cancelled); return the failure if
-    any, and the read still under way when the hold ran out (for the caller to await next).
-
-    Raises a non-retryable ``GatewayError`` from the stream, and anything else it raises.
-    """
-    scanner, size = _PeekScanner(), 0
-    hold_timer = _HoldTimer(asyncio.get_running_loop(), hold)
-    read: asyncio.Future[bytes] | None = None
-    try:
-        while True:
-            # A read of its own, so that the hold running out leaves it under way: cancelling
-            # it would end the upstream's stream.
-            read = asyncio.ensure_future(anext(chunks))
-            if not await hold_timer.wait(read):
-                pending, read = read, None
-                return None, pending
-            try:
-                chunk = read.result()
-            except StopAsyncIteration:
-                verdict = scanner.finish()
-                if verdict is None:
-                    message = "The upstream stream ended before any content."
-                    verdict = UpstreamUnavailableError(message)
-                return None if verdict == "content" else verdict, None
-            except GatewayError as exc:
-                if exc.status not in retry_statuses:
-                    raise
-                return exc, None
-            buffered.append(chunk)
-            size += len(chunk)
-            verdict = scanner.feed(chunk)
-            if isinstance(verdict, GatewayError):
-                return verdict, None
-            if verdict == "content" or size > _MAX_PEEK_BYTES:
-                return None, None
-    finally:
-        hold_timer.stop()
-        if read is not None:
-            _drop(read)
-
-
-class _HoldTimer:
-    """Waits for reads until ``hold`` seconds from now, on one timer for all of them (a wait
-    with a timeout per read cost a stream 3% of its CPU)."""
-
-    __slots__ = ("_timer", "_waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, hold: float) -> None:
-        self._waiter: asyncio.Future[None] | None = loop.create_future()
-        self._timer = loop.call_later(hold, self._wake)
-
-    def _wake(self, _: object = None) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self, read: asyncio.Future[bytes]) -> bool:
-        """Whether ``read`` finished before the hold ran out."""
-        waiter = self._waiter
-        if waiter is None or waiter.done():  # the hold is over
-            return read.done()
-        read.add_done_callback(self._wake)
-        await waiter
-        if not read.done():
-            self._waiter = None
-            return False
-        self._waiter = read.get_loop().create_future()
-        return True
-
-    def stop(self) -> None:
-        self._timer.cancel()
-
-
-def _drop(read: asyncio.Future[bytes]) -> None:
-    """Stop a read nobody will await: cancel it, or take its error so none is logged unseen."""
-    if not read.done():
-        read.cancel()
-    elif not read.cancelled():
-        read.exception()
-
-
-async def _replay(
-    buffered: list[bytes], pending: asyncio.Future[bytes] | None, rest: AsyncIterator[bytes]
-) -> AsyncIterator[bytes]:
-    try:
-        for chunk in buffered:
-            yield chunk
-        if pending is not None:
-            try:
-                chunk = await pending
-            except StopAsyncIteration:
-                return
-            yield chunk
-        async for chunk in rest:
-            yield chunk
-    finally:
-        if pending is not None:
-            _drop(pending)
 
 
 def _body_error_type(response: ProviderResponse | None) -> str | None:
@@ -451,7 +160,7 @@ class _Chain:
 
     def _delay_before_retry(self, retry_index: int) -> float | None:
         retry_after = self.failure.retry_after if self.failure else None
-        if _waits_too_long(self.policy, retry_after):
+        if waits_too_long(self.policy, retry_after):
             return None
         delay = backoff_delay(retry_index, self.policy, retry_after, self.random())
         if self.clock() - self.started + delay > self.policy.deadline:
@@ -527,7 +236,7 @@ class _Chain:
         if holder is None:
             holder = self.held = HeldStream()
         holder.target, holder.chunks = target, buffered
-        error, pending = await _peek_stream(
+        error, pending = await peek_stream(
             chunks, policy.retry_statuses, policy.stream_hold, buffered
         )
         if error is not None:
@@ -541,12 +250,12 @@ class _Chain:
             return _Failure(target, status, error, usage=usage)
         # Committed: from here the relay observes these chunks (replayed) for the usage.
         holder.target = None
-        replayed = _replay(buffered, pending, chunks)
+        replayed = replay_stream(buffered, pending, chunks)
         close = response.close
         if pending is not None:
             # The replay drops the read once it runs, but it may never run (the client gone).
             async def close() -> None:
-                _drop(pending)
+                drop_read(pending)
                 await response.close()
 
         return ProviderResponse(
