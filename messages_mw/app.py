@@ -10,25 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
-from urllib.parse import quote
 
-import msgspec
 from starlette.middleware.cors import CORSMiddleware
 
 from .assembly import build_model_directory, build_policy, build_providers
 from .body_edit import edit_top_level
 from .config import GatewayConfig
 from .context import RequestContext, RequestEndHook
+from .disconnect import run_watching_disconnect
 from .errors import (
     GatewayError,
     InternalGatewayError,
-    InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
     new_request_id,
@@ -40,7 +36,14 @@ from .policy import ForwardPlan
 from .pricing import add_cost_to_response_body
 from .providers.base import Provider, ProviderRequest, ProviderResponse
 from .relay import StallWatch, observe_response_body, relay_body, relay_stream
-from .request_body import ClientDisconnectedError, decode_content_encoding, read_body
+from .request_body import ClientDisconnectedError, header_map, read_json_body
+from .response_headers import (
+    EXPOSED_HEADERS,
+    encode_headers,
+    latin1,
+    policy_headers,
+    response_headers,
+)
 from .streaming import observed_usage
 from .types import ASGIApp, Receive, Scope, Send
 from .usage import UsageSink
@@ -52,19 +55,6 @@ logger = logging.getLogger("messages_mw")
 
 _Handler = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]
 _JSON = (b"content-type", b"application/json")
-# What a browser page may read of an answer: what the SDKs read, and the limits' headers.
-_EXPOSED_HEADERS = (
-    "request-id",
-    "retry-after",
-    "retry-after-ms",
-    "x-should-retry",
-    *(
-        f"anthropic-ratelimit-{kind}-{part}"
-        for kind in ("requests", "tokens")
-        for part in ("limit", "remaining", "reset")
-    ),
-)
-_attempts_encoder = msgspec.json.Encoder()
 
 
 def route_path(scope: Scope) -> str:
@@ -86,69 +76,6 @@ def _is_model_path(path: str) -> bool:
     if model_id == path or not model_id:
         return False
     return not any(segment in (".", "..") for segment in model_id.split("/"))
-
-
-def _header_map(scope: Scope) -> dict[str, str]:
-    # ASGI servers deliver lower-case names; latin-1 round-trips any header byte.
-    raw = scope["headers"]
-    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
-    if len(headers) < len(raw):
-        # A header sent on several lines is one comma-separated list (RFC 9110 5.3): two
-        # anthropic-beta lines must both reach the upstream.
-        joined: dict[str, list[str]] = {}
-        for name, value in raw:
-            joined.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
-        headers = {name: ",".join(values) for name, values in joined.items()}
-    return headers
-
-
-def _is_json_content_type(value: str) -> bool:
-    media_type = value.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or media_type.endswith("+json")
-
-
-_WATCH_AFTER = 0.05  # seconds
-
-
-class _DisconnectWatch:
-    """Reads ``receive`` until the client disconnects, then cancels the request's task."""
-
-    def __init__(self, receive: Receive, work_task: asyncio.Task[Any], context: RequestContext):
-        self._receive = receive
-        self._work_task = work_task
-        self._context = context
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
-
-    def fired(self) -> bool:
-        return self._task is not None and self._task.done() and not self._task.cancelled()
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        self._context.client_disconnected = True
-        self._work_task.cancel()
-
-
-def _encode_headers(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    try:
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
-    except UnicodeEncodeError:
-        # A hook's header beyond latin-1 must not turn the response into a crash.
-        return [(_latin1(k), _latin1(v)) for k, v in pairs]
-
-
-def _latin1(text: str) -> bytes:
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return quote(text, safe="").encode()
 
 
 class Gateway:
@@ -249,7 +176,7 @@ class Gateway:
             allow_methods=("GET", "HEAD", "POST"),
             allow_headers=("*",),
             expose_headers=(
-                *_EXPOSED_HEADERS,
+                *EXPOSED_HEADERS,
                 names.provider,
                 names.model,
                 names.fallback_used,
@@ -345,8 +272,9 @@ class Gateway:
             context.upstream_request_id = error.upstream_request_id
         request_id = context.upstream_request_id or context.request_id
         body = error.body(request_id)
-        headers = [_JSON, (b"request-id", _latin1(request_id))]
-        headers += _encode_headers([*error.headers.items(), *self._policy_headers(context)])
+        headers = [_JSON, (b"request-id", latin1(request_id))]
+        extra = policy_headers(context, self._headers)
+        headers += encode_headers([*error.headers.items(), *extra])
         headers.append((b"content-length", b"%d" % len(body)))
         context.first_byte_at = time.perf_counter()  # errors have a time to first byte too
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
@@ -357,21 +285,12 @@ class Gateway:
     ) -> tuple[bytes, dict[str, str]]:
         """The request's headers and its (decoded) body, once the caller has been let in by an
         auth hook that reads only headers."""
-        headers = _header_map(scope)
+        headers = header_map(scope)
         policy = self._policy
         if policy.auth_first:
             incoming = IncomingRequest(context.method, context.path, headers, None)
             await policy.authenticate(incoming, context)
-        content_type = headers.get("content-type")
-        if content_type is not None and not _is_json_content_type(content_type):
-            raise InvalidRequestError(
-                f"content-type: expected application/json, got '{content_type}'."
-            )
-        limit = self.config.max_body_bytes
-        body = await read_body(receive, limit, _declared_length(headers))
-        encoding = headers.get("content-encoding")
-        if encoding:
-            body = decode_content_encoding(body, encoding, limit)
+        body = await read_json_body(receive, headers, self.config.max_body_bytes)
         return body, headers
 
     async def _messages(
@@ -387,7 +306,9 @@ class Gateway:
         async def attempt(target: Target) -> ProviderResponse:
             return await self._send_to(target, plan, scope, context)
 
-        await self._guarded(receive, self._run_chain(plan, attempt, send, context), context)
+        await run_watching_disconnect(
+            receive, self._run_chain(plan, attempt, send, context), context
+        )
 
     async def _count_tokens(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
@@ -406,16 +327,16 @@ class Gateway:
         plan.chain = [target]
         response = await self._send_to(target, plan, scope, context)
         self._record_server(context, target, False)
-        await self._guarded(receive, self._relay(response, send, context), context)
+        await run_watching_disconnect(receive, self._relay(response, send, context), context)
 
     async def _models(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
     ) -> None:
-        headers = _header_map(scope)
+        headers = header_map(scope)
         incoming = IncomingRequest(context.method, context.path, headers, None)
         await self._policy.authenticate(incoming, context)
         request = self._provider_request(scope, context, b"", headers)
-        await self._guarded(
+        await run_watching_disconnect(
             receive, self._send_and_relay(self._model_source, request, send, context), context
         )
 
@@ -471,35 +392,6 @@ class Gateway:
         request = self._provider_request(scope, context, body, plan.headers, own_key)
         return await self._providers[target.provider].send(request)
 
-    async def _guarded(
-        self, receive: Receive, work: Awaitable[None], context: RequestContext
-    ) -> None:
-        """Run ``work`` while watching for the client to leave; if it does, cancel the work,
-        which closes the upstream request at once so no tokens are generated for nobody.
-
-        The work runs in this task. The watcher, which needs a task of its own, starts only
-        once the work has run for ``_WATCH_AFTER`` seconds: most quick answers (count_tokens,
-        models, cached or short replies) finish before that and never pay for a task and its
-        two extra event-loop passes, while a client that leaves is still noticed within a
-        few tens of milliseconds.
-        """
-        this_task = asyncio.current_task()
-        assert this_task is not None
-        watch = _DisconnectWatch(receive, this_task, context)
-        start = asyncio.get_running_loop().call_later(_WATCH_AFTER, watch.start)
-        try:
-            await work
-        except asyncio.CancelledError:
-            if not watch.fired():
-                raise
-        finally:
-            start.cancel()
-            if watch.fired():
-                # Our own watcher cancelled the work (which may have swallowed it): the request
-                # ends here, quietly, and later awaits in this task must not be cancelled.
-                this_task.uncancel()
-            watch.stop()
-
     async def _run_chain(
         self,
         plan: ForwardPlan,
@@ -550,7 +442,7 @@ class Gateway:
                     response,
                     send,
                     context,
-                    self._response_headers(response, context),
+                    response_headers(response, context, self._headers),
                     self._stalls,
                 )
                 return
@@ -558,7 +450,7 @@ class Gateway:
             observe_response_body(body, context)
             if response.status == 200:
                 body = self._with_cost(body, context)
-            headers = self._response_headers(response, context)
+            headers = response_headers(response, context, self._headers)
             await relay_body(response, send, context, headers, body)
         finally:
             await response.close()
@@ -568,68 +460,6 @@ class Gateway:
             return body
         cost = self._policy.pricing.cost(context.served_model or context.model, context.usage)
         return body if cost is None else add_cost_to_response_body(body, cost)
-
-    def _response_headers(
-        self, response: ProviderResponse, context: RequestContext
-    ) -> list[tuple[bytes, bytes]]:
-        ours = self._policy_headers(context)
-        # The gateway's own limit headers replace the upstream's of the same name: a client
-        # must see one consistent set.
-        replaced = {name for name, _ in ours}
-        upstream = [(k, v) for k, v in response.headers if k not in replaced]
-        headers = _encode_headers(upstream)
-        for name, value in upstream:
-            if name == "request-id":
-                context.upstream_request_id = value
-                break
-        else:
-            headers.append((b"request-id", context.request_id.encode()))
-        return headers + _encode_headers(ours)
-
-    def _policy_headers(self, context: RequestContext) -> list[tuple[str, str]]:
-        """Rate-limit headers, which provider and model served, and the debug report."""
-        pairs = list(context.response_headers)
-        names = self._headers
-        if context.provider is not None:
-            pairs.append((names.provider, _header_safe(context.provider)))
-            pairs.append((names.model, _header_safe(context.served_model or context.model or "")))
-            pairs.append((names.fallback_used, "1" if context.fallback_used else "0"))
-        if context.debug:
-            pairs.extend(_debug_headers(context, names.debug))
-        return pairs
-
-
-def _header_safe(value: str) -> str:
-    # Model names come from clients; anything outside printable ASCII is percent-encoded so
-    # it can neither break the header encoding nor inject a header line.
-    return value if value.isascii() and value.isprintable() else quote(value, safe="")
-
-
-def _debug_headers(context: RequestContext, debug_header: str) -> list[tuple[str, str]]:
-    upstream = sum(attempt.duration for attempt in context.attempts)
-    total = time.perf_counter() - context.started_at
-    timing = (
-        f"gateway;dur={max(total - upstream, 0) * 1000:.2f}, upstream;dur={upstream * 1000:.2f}"
-    )
-    if context.compression is not None:
-        timing += f", compression;dur={context.compression.duration_ms:.2f}"
-    attempts = _attempts_encoder.encode(context.attempts).decode()
-    if not (attempts.isascii() and attempts.isprintable()):
-        # A client's model name may be any text: escaped the JSON way, it stays one valid
-        # header value (DEL included, which JSON itself allows raw).
-        attempts = json.dumps(json.loads(attempts), separators=(",", ":"))
-        attempts = attempts.replace("\x7f", "\\u007f")
-    return [("server-timing", timing), (debug_header + "-attempts", attempts)]
-
-
-def _declared_length(headers: dict[str, str]) -> int | None:
-    value = headers.get("content-length")
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequestError(f"content-length: '{value}' is not an integer.") from None
 
 
 def _not_found_message(path: str) -> str:

@@ -1,4 +1,5 @@
-"""Read an ASGI request body under a size limit, and undo ``Content-Encoding``.
+"""Read an ASGI request: its headers, and its body under a size limit with ``Content-Encoding``
+undone.
 
 The limit is enforced while reading (a body is never buffered past it) and again on the
 decompressed size, so a small gzip bomb cannot expand past it either.
@@ -9,9 +10,15 @@ from __future__ import annotations
 import zlib
 
 from .errors import InvalidRequestError, RequestTooLargeError
-from .types import Receive
+from .types import Receive, Scope
 
-__all__ = ["decode_content_encoding", "read_body"]
+__all__ = [
+    "ClientDisconnectedError",
+    "decode_content_encoding",
+    "header_map",
+    "read_body",
+    "read_json_body",
+]
 
 # wbits for zlib: 16+MAX_WBITS reads gzip, MAX_WBITS reads zlib-wrapped deflate.
 _ZLIB_WBITS = {
@@ -23,6 +30,53 @@ _ZLIB_WBITS = {
 _GZIP_MAGIC = b"\x1f\x8b"
 # Clients send one; concatenated files make a few.
 _MAX_GZIP_MEMBERS = 16
+
+
+def header_map(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name, a repeated header joined into one list."""
+    # ASGI servers deliver lower-case names; latin-1 round-trips any header byte.
+    raw = scope["headers"]
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+    if len(headers) < len(raw):
+        # A header sent on several lines is one comma-separated list (RFC 9110 5.3): two
+        # anthropic-beta lines must both reach the upstream.
+        joined: dict[str, list[str]] = {}
+        for name, value in raw:
+            joined.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+        headers = {name: ",".join(values) for name, values in joined.items()}
+    return headers
+
+
+async def read_json_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    """The request's body, decoded, after checking that it claims to be JSON.
+
+    Raises :class:`InvalidRequestError` for another content type, a malformed
+    ``content-length`` or a bad encoding, :class:`RequestTooLargeError` past ``limit``, and
+    :class:`ClientDisconnectedError` if the client leaves before its body is whole.
+    """
+    content_type = headers.get("content-type")
+    if content_type is not None and not _is_json_content_type(content_type):
+        raise InvalidRequestError(f"content-type: expected application/json, got '{content_type}'.")
+    body = await read_body(receive, limit, _declared_length(headers))
+    encoding = headers.get("content-encoding")
+    if encoding:
+        body = decode_content_encoding(body, encoding, limit)
+    return body
+
+
+def _is_json_content_type(value: str) -> bool:
+    media_type = value.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _declared_length(headers: dict[str, str]) -> int | None:
+    value = headers.get("content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequestError(f"content-length: '{value}' is not an integer.") from None
 
 
 def _too_large(limit: int) -> RequestTooLargeError:

@@ -1,0 +1,103 @@
+"""The headers on the gateway's answers: the upstream's, the request id, and the policy's own
+(rate limits, who served, the debug report), encoded safely whatever a hook or client put in."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from urllib.parse import quote
+
+import msgspec
+
+from .context import RequestContext
+from .providers.base import ProviderResponse
+from .tags import ResolvedHeaderNames
+
+__all__ = ["EXPOSED_HEADERS", "encode_headers", "latin1", "policy_headers", "response_headers"]
+
+# What a browser page may read of an answer: what the SDKs read, and the limits' headers.
+EXPOSED_HEADERS = (
+    "request-id",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    *(
+        f"anthropic-ratelimit-{kind}-{part}"
+        for kind in ("requests", "tokens")
+        for part in ("limit", "remaining", "reset")
+    ),
+)
+_attempts_encoder = msgspec.json.Encoder()
+
+
+def response_headers(
+    response: ProviderResponse, context: RequestContext, names: ResolvedHeaderNames
+) -> list[tuple[bytes, bytes]]:
+    """The headers of a relayed answer: the upstream's, less those the gateway sets itself,
+    then :func:`policy_headers`; the upstream's ``request-id`` is kept (and noted on
+    ``context``), else the gateway's own is added."""
+    ours = policy_headers(context, names)
+    # The gateway's own limit headers replace the upstream's of the same name: a client
+    # must see one consistent set.
+    replaced = {name for name, _ in ours}
+    upstream = [(k, v) for k, v in response.headers if k not in replaced]
+    headers = encode_headers(upstream)
+    for name, value in upstream:
+        if name == "request-id":
+            context.upstream_request_id = value
+            break
+    else:
+        headers.append((b"request-id", context.request_id.encode()))
+    return headers + encode_headers(ours)
+
+
+def policy_headers(context: RequestContext, names: ResolvedHeaderNames) -> list[tuple[str, str]]:
+    """The headers the gateway adds to every answer, its own errors included: rate-limit
+    headers, which provider and model served, and the debug report."""
+    pairs = list(context.response_headers)
+    if context.provider is not None:
+        pairs.append((names.provider, _header_safe(context.provider)))
+        pairs.append((names.model, _header_safe(context.served_model or context.model or "")))
+        pairs.append((names.fallback_used, "1" if context.fallback_used else "0"))
+    if context.debug:
+        pairs.extend(_debug_headers(context, names.debug))
+    return pairs
+
+
+def encode_headers(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    try:
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+    except UnicodeEncodeError:
+        # A hook's header beyond latin-1 must not turn the response into a crash.
+        return [(latin1(k), latin1(v)) for k, v in pairs]
+
+
+def latin1(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return quote(text, safe="").encode()
+
+
+def _header_safe(value: str) -> str:
+    # Model names come from clients; anything outside printable ASCII is percent-encoded so
+    # it can neither break the header encoding nor inject a header line.
+    return value if value.isascii() and value.isprintable() else quote(value, safe="")
+
+
+def _debug_headers(context: RequestContext, debug_header: str) -> list[tuple[str, str]]:
+    upstream = sum(attempt.duration for attempt in context.attempts)
+    total = time.perf_counter() - context.started_at
+    timing = (
+        f"gateway;dur={max(total - upstream, 0) * 1000:.2f}, upstream;dur={upstream * 1000:.2f}"
+    )
+    if context.compression is not None:
+        timing += f", compression;dur={context.compression.duration_ms:.2f}"
+    attempts = _attempts_encoder.encode(context.attempts).decode()
+    if not (attempts.isascii() and attempts.isprintable()):
+        # A client's model name may be any text: escaped the JSON way, it stays one valid
+        # header value (DEL included, which JSON itself allows raw).
+        attempts = json.dumps(json.loads(attempts), separators=(",", ":"))
+        attempts = attempts.replace("\x7f", "\\u007f")
+    return [("server-timing", timing), (debug_header + "-attempts", attempts)]
