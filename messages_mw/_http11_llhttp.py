@@ -1,7 +1,8 @@
 """An HTTP/1.1 response parser on llhttp (through httptools), for when httptools is installed.
 
-:class:`LlhttpResponseParser` behaves like :class:`~messages_mw._http11.ResponseParser` and reads
-a streamed answer about three times faster: llhttp splits the head and strips the chunked framing
+:class:`LlhttpResponseParser` behaves like
+:class:`~messages_mw._http11_parse.ResponseParser` and reads a streamed answer about three times
+faster: llhttp splits the head and strips the chunked framing
 in C, and each body slice goes straight from C to ``deque.append``. The framing rules stay ours:
 the wrapper reads the framing headers with ResponseParser's own functions and keeps llhttp only
 where llhttp frames the body the same way (one plain Content-Length, a lone ``chunked`` coding,
@@ -18,7 +19,7 @@ from collections import deque
 
 import httptools
 
-from ._http11 import (
+from ._http11_parse import (
     _MAX_HEAD_SIZE,
     _MAX_LINE_SIZE,
     _UNTIL_CLOSE,

@@ -3,7 +3,7 @@
 httpx's default transport spends several milliseconds of CPU per proxied request, much of it in
 pool bookkeeping that visits every pooled connection. This transport keeps httpx as the client
 API but does the network work with a low-level :class:`asyncio.Protocol` per socket, a LIFO list
-of idle connections per origin, and a sans-I/O parser (:mod:`messages_mw._http11`), so the
+of idle connections per origin, and a sans-I/O parser (:mod:`messages_mw._http11_parse`), so the
 per-request cost stays flat as the pool grows. Body bytes reach the caller as each socket read
 arrives, which is what relaying Server-Sent Events needs.
 """

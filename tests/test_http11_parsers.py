@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messages_mw._http11 import (
+from messages_mw._http11_parse import (
     ProtocolError,
     ResponseHead,
     ResponseParser,
