@@ -26,7 +26,9 @@ def _is_delay(value: float) -> bool:
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How :func:`run_chain` retries; times are seconds. Invalid values raise ``ValueError``.
 
-    ``attempts_per_target`` counts the first try. Exponential delays are shortened by up to
+    ``attempts_per_target`` counts the first try; one by default, since the SDKs and Claude
+    Code retry by themselves and same-target retries in the gateway would multiply their
+    attempts. Exponential delays are shortened by up to
     ``jitter`` of themselves. An upstream ``retry-after`` replaces the delay when honoured; one
     above ``max_retry_after`` moves on to the next target instead. ``deadline`` bounds the
     whole chain, from its start until an answer is chosen (for a stream: its first content).
@@ -37,7 +39,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     Code's first-byte timeout is 10 s at the least).
     """
 
-    attempts_per_target: int = 2
+    attempts_per_target: int = 1
     base_delay: float = 0.5
     max_delay: float = 8.0
     jitter: float = 0.25

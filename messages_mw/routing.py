@@ -45,9 +45,7 @@ class FallbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     default_chain: tuple[str, ...] = ()
     body_fallbacks: Literal["auto", "always", "never"] = "auto"
     max_body_fallbacks: Annotated[int, msgspec.Meta(ge=0)] = 3
-    # One try per target by default: the SDKs and Claude Code retry by themselves, and
-    # same-target retries in the gateway would multiply their attempts.
-    retry: RetryPolicy = msgspec.field(default_factory=lambda: RetryPolicy(attempts_per_target=1))
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = msgspec.field(default_factory=BreakerPolicy)
     auto_model: str | None = "auto"
     router_candidates: tuple[str, ...] = ()

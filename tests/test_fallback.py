@@ -47,7 +47,8 @@ TERTIARY = Target("backup", "claude-haiku-4-5")
 SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8")]
 JSON_HEADERS = [("content-type", "application/json")]
 OVERLOADED = error_json("overloaded_error", "Overloaded")
-NO_JITTER = RetryPolicy(jitter=0.0)
+# Two tries per target (one retry), so that the tests see same-target retries.
+NO_JITTER = RetryPolicy(attempts_per_target=2, jitter=0.0)
 
 _Outcome = ProviderResponse | BaseException
 
@@ -358,7 +359,7 @@ def test_when_all_fail_the_last_upstream_error_is_returned_intact() -> None:
     first, second = reply(500, b"{}"), reply(502, b"{}")
     last = reply(529, OVERLOADED, [("retry-after", "7"), ("request-id", "req_up")])
     send = Upstreams({PRIMARY.name: [first, second], SECONDARY.name: [last]})
-    policy = RetryPolicy(jitter=0.0, max_retry_after=5.0)
+    policy = RetryPolicy(attempts_per_target=2, jitter=0.0, max_retry_after=5.0)
     result = chain([PRIMARY, SECONDARY], send, policy=policy)
     assert result.response is last and result.target == SECONDARY and result.fallback_used
     assert (last.status, last.body) == (529, OVERLOADED)
@@ -697,7 +698,7 @@ def test_cancellation_closes_the_held_failure_and_the_peeked_stream() -> None:
 
     # Cancelled while sleeping before the retry, then while waiting for the first content.
     for response in (held, hung):
-        cancelled_after(0.01, [PRIMARY], Upstreams({PRIMARY.name: [response]}), RetryPolicy())
+        cancelled_after(0.01, [PRIMARY], Upstreams({PRIMARY.name: [response]}), NO_JITTER)
     assert closes(held) == 1 and closes(hung) == 1
 
 

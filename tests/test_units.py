@@ -102,6 +102,16 @@ def test_config_from_toml(tmp_path: Path) -> None:
     assert config.max_body_bytes == GatewayConfig().max_body_bytes
 
 
+def test_a_retry_section_keeps_the_default_attempts_per_target(tmp_path: Path) -> None:
+    # Writing one retry option must not bring back a second try per target that the
+    # defaults leave out (the SDKs and Claude Code retry by themselves).
+    path = tmp_path / "gw.toml"
+    path.write_text("[fallback.retry]\nstream_hold = 3.0\n")
+    retry = load_config(path).fallback.retry
+    assert retry.stream_hold == 3.0
+    assert retry.attempts_per_target == GatewayConfig().fallback.retry.attempts_per_target == 1
+
+
 @pytest.mark.parametrize(
     ("text", "named"),
     [
