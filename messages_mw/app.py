@@ -32,7 +32,7 @@ from .errors import (
 from .fallback import CircuitBreaker, HeldStream, Target, run_chain
 from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
 from .limits import RateLimiter
-from .policy import ForwardPlan
+from .policy import ForwardPlan, close_all
 from .pricing import add_cost_to_response_body
 from .providers.base import Provider, ProviderRequest, ProviderResponse
 from .relay import StallWatch, observe_response_body, relay_body, relay_stream
@@ -185,10 +185,16 @@ class Gateway:
         )
 
     async def aclose(self) -> None:
-        """Flush usage sinks and close upstream connections; requests after this reopen them."""
-        await self._policy.aclose()
-        for provider in self._providers.values():
-            await provider.aclose()
+        """Flush the usage sinks (waiting at most 5 s for queued events),
+        close the limiter's store, then every provider's connections.
+
+        Call it once the host has stopped sending requests; requests after it reopen what
+        they need, and calling it again is harmless. Everything is closed even when one close
+        raises or this coroutine is cancelled; the first exception (the cancellation
+        included) is raised once all are closed.
+        """
+        providers = [provider.aclose for provider in self._providers.values()]
+        await close_all([self._policy.aclose, *providers])
 
     async def __aenter__(self) -> Gateway:
         return self

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -265,10 +265,28 @@ class Policy:
             self.dispatcher.emit(UsageEvent.from_context(context))
 
     async def aclose(self) -> None:
+        """Flush and close the usage sinks, then close the limiter's store (see
+        :func:`close_all` for failures and cancellation)."""
+        closers = []
         if self.dispatcher is not None:
-            await self.dispatcher.aclose()
+            closers.append(self.dispatcher.aclose)
         if self.limiter is not None:
-            await self.limiter.aclose()
+            closers.append(self.limiter.aclose)
+        await close_all(closers)
+
+
+async def close_all(closers: Iterable[Callable[[], Awaitable[object]]]) -> None:
+    """Call each closer in turn, all of them even when one raises or this is cancelled (a
+    store failing to close must not leave every upstream connection open); then raise the
+    first exception, the cancellation included."""
+    first: BaseException | None = None
+    for close in closers:
+        try:
+            await close()
+        except BaseException as exc:  # re-raised below, once all are closed
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

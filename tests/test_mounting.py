@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -11,7 +13,16 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
-from messages_mw import MessagesMiddleware
+from messages_mw import (
+    Gateway,
+    GatewayConfig,
+    LimitRule,
+    LimitsConfig,
+    MessagesMiddleware,
+    RateLimiter,
+    UsageEvent,
+)
+from messages_mw.providers.base import ProviderRequest, ProviderResponse
 
 from .conftest import sample
 from .inprocess import Recorder, client_for, make_gateway, run
@@ -113,3 +124,74 @@ def test_fastapi_lifespan_helper_closes_the_gateway() -> None:
     with TestClient(host) as client:
         assert client.post("/anthropic/v1/messages", content=CHAT).status_code == 200
     assert closed == [True]
+
+
+class _ClosingProvider:
+    """A provider that only records being closed, or fails to close when told to."""
+
+    def __init__(self, closed: list[str], name: str, fails: bool = False) -> None:
+        self.closed, self.name, self.fails = closed, name, fails
+
+    async def send(self, request: ProviderRequest) -> ProviderResponse:
+        raise RuntimeError("this provider only closes")
+
+    async def aclose(self) -> None:
+        self.closed.append(self.name)
+        if self.fails:
+            raise OSError(f"{self.name} could not close")
+
+
+class _FailingStoreLimiter(RateLimiter):
+    async def aclose(self) -> None:
+        raise OSError("the store could not close")
+
+
+def test_aclose_closes_every_provider_even_when_one_close_fails() -> None:
+    # A store or a provider that fails to close must not leave the others' connections open;
+    # the first failure is still reported once all are closed.
+    closed: list[str] = []
+    providers = {
+        "first": _ClosingProvider(closed, "first", fails=True),
+        "second": _ClosingProvider(closed, "second"),
+    }
+    limiter = _FailingStoreLimiter(
+        LimitsConfig(rules=(LimitRule(scope="key", requests_per_minute=10),))
+    )
+    gateway = Gateway(
+        GatewayConfig(),
+        provider=_ClosingProvider(closed, "default"),
+        providers=providers,
+        limiter=limiter,
+    )
+    with pytest.raises(OSError, match="the store could not close"):
+        run(gateway.aclose())
+    assert sorted(closed) == ["default", "first", "second"]
+
+
+def test_aclose_cancelled_while_flushing_usage_still_closes_the_providers() -> None:
+    closed: list[str] = []
+    flushing = asyncio.Event()
+
+    async def slow_sink(event: UsageEvent) -> None:
+        flushing.set()
+        await asyncio.sleep(3600)
+
+    gateway = Gateway(
+        GatewayConfig(usage_log=False),
+        provider=_ClosingProvider(closed, "default"),
+        usage_sinks=[slow_sink],
+    )
+
+    async def scenario() -> None:
+        async with client_for(gateway) as client:
+            answer = await client.post("/v1/messages", content=CHAT)
+        assert answer.status_code == 500  # the provider sends nothing, but the event is due
+        await flushing.wait()
+        closing = asyncio.ensure_future(gateway.aclose())
+        await asyncio.sleep(0.01)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+
+    run(scenario())
+    assert closed == ["default"]
