@@ -54,11 +54,20 @@ class AuthConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     configured), ``static`` (only the configured keys), ``passthrough`` (a client key is
     required and is forwarded upstream). ``header`` names an alternate header to read the
     gateway key from (Edgee's ``x-edgee-api-key``), leaving ``x-api-key``/``Authorization`` to
-    carry the client's own provider key upstream."""
+    carry the client's own provider key upstream. ``keys`` are for mode ``static`` only
+    (``ValueError`` otherwise)."""
 
     mode: Literal["none", "static", "passthrough"] = "none"
     keys: tuple[ApiKeyConfig, ...] = ()
     header: str | None = None
+
+    def __post_init__(self) -> None:
+        # Only static mode checks keys: listed under another mode, they and their policies
+        # (models, tags, virtual keys, compression) would be ignored without a word.
+        if self.keys and self.mode != "static":
+            raise ValueError(
+                f"auth.keys are checked only with mode = 'static' (mode is '{self.mode}')"
+            )
 
 
 def hash_key(key: str) -> str:

@@ -120,6 +120,8 @@ def test_a_retry_section_keeps_the_default_attempts_per_target(tmp_path: Path) -
         ("[upstream]\nread_timeout = -1\n", "read_timeout"),
         ("max_body_bytes = 'big'\n", "max_body_bytes"),
         ("not toml at all [", "line 1"),
+        # Keys under the default mode "none" would be ignored, with their per-key policies.
+        ("[[auth.keys]]\nid = 'ci'\nkey = 'k'\ncompression = 'codex'\n", "mode = 'static'"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path: Path, text: str, named: str) -> None:
