@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def test_missing_config_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
-def _receiver(*chunks: bytes, disconnect: bool = False):  # type: ignore[no-untyped-def]
+def _receiver(  # type: ignore[no-untyped-def]
+    *chunks: bytes, disconnect: bool = False, log: list[dict[str, object]] | None = None
+):
     messages = [
         {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1 or disconnect}
         for i, chunk in enumerate(chunks)
@@ -147,15 +150,22 @@ def _receiver(*chunks: bytes, disconnect: bool = False):  # type: ignore[no-unty
     queue = iter(messages)
 
     async def receive() -> dict[str, object]:
-        return next(queue)
+        message = next(queue)
+        if log is not None:
+            log.append(message)
+        return message
 
     return receive
 
 
 def test_read_body_joins_chunks_and_enforces_the_limit_while_reading() -> None:
     assert asyncio.run(read_body(_receiver(b"ab", b"cd", b"e"), 10, None)) == b"abcde"
+    # The limit holds while reading: the message after the one that crossed it is never
+    # asked for, so nothing past the limit is ever buffered.
+    received: list[dict[str, object]] = []
     with pytest.raises(RequestTooLargeError):
-        asyncio.run(read_body(_receiver(b"a" * 6, b"b" * 6, b"never read"), 10, None))
+        asyncio.run(read_body(_receiver(b"a" * 6, b"b" * 6, b"never read", log=received), 10, None))
+    assert [message["body"] for message in received] == [b"a" * 6, b"b" * 6]
     with pytest.raises(RequestTooLargeError):
         asyncio.run(read_body(_receiver(b""), 10, 11))
     with pytest.raises(RequestTooLargeError):
@@ -178,6 +188,24 @@ def test_decode_content_encoding() -> None:
         decode_content_encoding(gzip.compress(data)[:-12], "gzip", 1000)
     with pytest.raises(InvalidRequestError, match="zstd"):
         decode_content_encoding(data, "zstd", 1000)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compression_bomb_is_refused_without_inflating_it(encoding: str) -> None:
+    # 50 MB of zeros in 50 KB: decoding must stop just past the 1,000-byte limit, so memory
+    # never holds more than a sliver of the bomb (inflating it whole would take 50 MB).
+    compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS if encoding == "gzip" else 15)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(compressor.compress(zeros) for _ in range(50)) + compressor.flush()
+    assert len(bomb) < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(RequestTooLargeError):
+            decode_content_encoding(bomb, encoding, 1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
 
 
 @given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=4))
