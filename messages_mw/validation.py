@@ -102,9 +102,10 @@ def _json_path_to_dotted(path: str) -> str:
     return ".".join(parts)
 
 
-def describe_decode_error(exc: Exception, body_length: int) -> str:
+def describe_decode_error(exc: Exception, body_length: int, at: str = "") -> str:
     """Turn a decoding error (any of :data:`~messages_mw.protocol.DECODE_ERRORS`) into
-    Anthropic-style text that names the offending field."""
+    Anthropic-style text that names the offending field; ``at`` is the dotted path of the
+    decoded value within the body, for a part decoded on its own (``messages``)."""
     if isinstance(exc, UnicodeDecodeError):
         return "Request body is not valid JSON: a string holds invalid UTF-8."
     if isinstance(exc, RecursionError):
@@ -117,6 +118,7 @@ def describe_decode_error(exc: Exception, body_length: int) -> str:
     match = _PATH_SUFFIX.match(text)
     assert match is not None  # the pattern matches any string
     detail, path = match.group("text"), _json_path_to_dotted(match.group("path") or "")
+    path = f"{at}.{path}" if at and path else at or path
     missing = _MISSING_FIELD.match(detail)
     if missing:
         field = missing.group("field")

@@ -326,6 +326,21 @@ def test_invalid_bodies_raise_invalid_request() -> None:
         asyncio.run(MockProvider().send(ProviderRequest("POST", "/v1/messages", b"{", {}, "r")))
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "path"),
+    [
+        ("messages", [{"role": "user", "content": [{"type": "text", "text": 5}]}], "messages.0."),
+        ("tools", [{"name": 5, "input_schema": {}}], "tools.0.name"),
+    ],
+)
+def test_a_wrong_field_is_named_by_its_full_path(field: str, value: Any, path: str) -> None:
+    # The mock decodes turns and tools apart from the body; its errors still name the path
+    # from the body's top, as the gateway's own validation and Anthropic do.
+    with pytest.raises(InvalidRequestError) as caught:
+        _message({**_body("hi"), field: value})
+    assert caught.value.message.startswith(path), caught.value.message
+
+
 # --- count_tokens --------------------------------------------------------------------------------
 
 

@@ -106,11 +106,14 @@ _encoder = msgspec.json.Encoder()
 _DEFAULT_SETTINGS = MockConfig()
 
 
-def _decode_or_400(decoder: msgspec.json.Decoder[_T], data: bytes | msgspec.Raw) -> _T:
+def _decode_or_400(
+    decoder: msgspec.json.Decoder[_T], data: bytes | msgspec.Raw, at: str = ""
+) -> _T:
+    """``data`` decoded; ``at`` is where it sits in the body, for the error's field path."""
     try:
         return decoder.decode(data)
     except DECODE_ERRORS as exc:
-        raise InvalidRequestError(describe_decode_error(exc, len(data))) from exc
+        raise InvalidRequestError(describe_decode_error(exc, len(data), at)) from exc
 
 
 def _decode_or_none(decoder: msgspec.json.Decoder[_T], data: msgspec.Raw) -> _T | None:
@@ -168,7 +171,7 @@ def estimate_input_tokens(body: bytes) -> int:
     :class:`~messages_mw.errors.InvalidRequestError` for a body that is not a JSON object.
     """
     prompt = _decode_or_400(_prompt_decoder, body)
-    return _estimate(prompt, _decode_or_400(_turns_decoder, prompt.messages))
+    return _estimate(prompt, _decode_or_400(_turns_decoder, prompt.messages, "messages"))
 
 
 def _estimate(prompt: _Prompt, turns: list[_Turn]) -> int:
@@ -225,7 +228,9 @@ def _chosen_tool(prompt: _Prompt, last_user: _Turn | None) -> _ToolDef | None:
     """The tool to call: the named one for tool_choice "tool", else the first offered."""
     choice = prompt.tool_choice or _ToolChoice()
     tools = [
-        tool for tool in _decode_or_400(_tools_decoder, prompt.tools or b"null") or [] if tool.name
+        tool
+        for tool in _decode_or_400(_tools_decoder, prompt.tools or b"null", "tools") or []
+        if tool.name
     ]
     if not tools or choice.type == "none" or _is_tool_reply(last_user):
         return None
@@ -249,7 +254,7 @@ def _plan(body: bytes) -> tuple[ReplyPlan, bool]:
     """Decode a messages body into what the mock will answer, and whether to stream it."""
     request = decode_messages_request(body)
     prompt = _decode_or_400(_prompt_decoder, body)
-    turns = _decode_or_400(_turns_decoder, prompt.messages)
+    turns = _decode_or_400(_turns_decoder, prompt.messages, "messages")
     last_user = _last_user_turn(turns)
     digest = _prompt_digest(prompt, request.model)
     thinking = prompt.thinking
