@@ -91,7 +91,8 @@ class Gateway:
 
     Upstream connections open lazily. Close them with ``await gateway.aclose()``, ``async with
     gateway``, ``FastAPI(lifespan=gateway.lifespan)``, or, when served alone, the ASGI lifespan
-    shutdown event, which the gateway handles itself.
+    shutdown event, which the gateway handles itself. A bad argument or configuration fails
+    at construction (see ``__init__``).
     """
 
     def __init__(
@@ -108,6 +109,19 @@ class Gateway:
         usage_sinks: Sequence[UsageSink] = (),
         on_request_end: RequestEndHook | None = None,
     ) -> None:
+        """Check the hooks and build the providers, policy and usage sinks; nothing connects
+        upstream yet, but ``config.usage_file`` is opened here.
+
+        Raises :class:`TypeError` for a ``provider`` (or a ``providers`` value) without
+        ``send()`` and ``aclose()`` methods, or a hook, usage sink or ``on_request_end`` that
+        is not callable; :class:`ValueError` for a configured fallback chain, alias or router
+        candidate ``provider/model`` naming no configured provider, or a configured auth key
+        whose ``sha256`` is not 64 hex digits (or that has neither ``sha256`` nor ``key``);
+        :class:`~messages_mw.config.ConfigError` (a ``ValueError``) for provider names
+        repeated across ``provider``, ``upstreams`` and ``openai_upstreams``, or an unknown
+        compression bundle; :class:`OSError` if ``usage_file`` cannot be opened;
+        :class:`ImportError` for a Redis limit store without redis-py installed.
+        """
         self.config = config or GatewayConfig()
         if provider is not None and not isinstance(provider, Provider):
             raise TypeError("provider must have async send() and aclose() methods")
@@ -158,6 +172,21 @@ class Gateway:
             self._serve_http = self._with_cors(self._handle_http)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point, called by the server (or a host app) once per connection
+        scope.
+
+        ``http``: serves the request. A failure is answered in Anthropic's error envelope
+        (any exception not a :class:`GatewayError` as a 500 ``api_error``, logged), and a
+        client that leaves ends the upstream request; either way this returns normally. If
+        the request's task is cancelled, the request is still accounted (limits, usage
+        event, ``on_request_end``) before the cancellation propagates.
+
+        ``lifespan``: answers startup at once; on shutdown awaits :meth:`aclose`, then
+        answers (an exception from ``aclose`` propagates, with no
+        ``lifespan.shutdown.complete``). ``websocket``: closed with code 1003 before
+        accepting, which servers turn into a 403 refusal of the handshake. Other scope types
+        are ignored.
+        """
         kind = scope["type"]
         if kind == "http":
             await self._serve_http(scope, receive, send)
@@ -197,6 +226,7 @@ class Gateway:
         await close_all([self._policy.aclose, *providers])
 
     async def __aenter__(self) -> Gateway:
+        """Return the gateway; opens nothing (upstream connections open lazily)."""
         return self
 
     async def __aexit__(
@@ -205,12 +235,19 @@ class Gateway:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Await :meth:`aclose`, whether the block ended normally, raised or was cancelled.
+        The block's exception is never suppressed; one from ``aclose`` replaces it."""
         await self.aclose()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object) -> AsyncIterator[None]:
         """A lifespan for the host app (``FastAPI(lifespan=gateway.lifespan)``): closes the
-        gateway's connections when the host shuts down."""
+        gateway's connections when the host shuts down.
+
+        ``app`` is ignored, and nothing happens at startup. :meth:`aclose` runs in a
+        ``finally``: also when the host's lifespan ends with an exception or is cancelled,
+        which then propagates, unless ``aclose`` raises, which replaces it.
+        """
         try:
             yield
         finally:

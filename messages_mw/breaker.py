@@ -21,7 +21,11 @@ def _check(condition: bool, message: str) -> None:
 
 
 class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """When a :class:`CircuitBreaker` opens (consecutive failures) and for how long (s)."""
+    """When a :class:`CircuitBreaker` opens (consecutive failures) and for how long (s).
+
+    Raises :class:`ValueError` (a ``msgspec.ValidationError`` when decoding config) for a
+    ``failure_threshold`` below 1 or a ``cooldown`` that is negative or not finite.
+    """
 
     failure_threshold: int = 5
     cooldown: float = 30.0

@@ -53,6 +53,7 @@ class CompressionReport(msgspec.Struct, frozen=True):
 
     @property
     def bytes_saved(self) -> int:
+        """``bytes_before - bytes_after``: negative if the body grew."""
         return self.bytes_before - self.bytes_after
 
 
@@ -122,6 +123,9 @@ class RequestContext(msgspec.Struct):
 
     @property
     def time_to_first_byte(self) -> float | None:
+        """Seconds from arrival to ``first_byte_at``: when a JSON answer or an error was about
+        to be sent, or a stream's first upstream chunk arrived. ``None`` until then, and for
+        a request that got no such answer (the client left first, ``/api/hello``)."""
         return None if self.first_byte_at is None else self.first_byte_at - self.started_at
 
 
@@ -185,6 +189,9 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
 
     @classmethod
     def from_context(cls, context: RequestContext) -> UsageEvent:
+        """The event for a finished request, stamped with the current Unix time. The gateway
+        builds it once per request, after pricing and limit accounting, if a usage sink wants
+        it. ``served_model`` falls back to the requested model; lists are copied."""
         usage = context.usage
         started, finished, first_byte = (
             context.started_at,

@@ -80,7 +80,9 @@ class GatewayError(Exception):
     Subclasses fix ``status`` and ``error_type``; ``headers`` adds response headers such as
     ``retry-after``, and ``error_code`` Anthropic's ``error.details.error_code``. Raise one
     from anywhere on the request path (hooks included) and the app turns it into the
-    response, or into an SSE ``error`` event once a stream has started.
+    response, or into an SSE ``error`` event once a stream has started. An upstream error read
+    from a stream, or translated from an OpenAI-compatible answer, is raised as the class of
+    its ``error.type`` (see :func:`error_class`).
     """
 
     status: ClassVar[int] = 500
@@ -93,6 +95,9 @@ class GatewayError(Exception):
         headers: Mapping[str, str] | None = None,
         error_code: str | None = None,
     ) -> None:
+        """``message`` becomes ``error.message``; ``headers`` are added to the error response
+        (names lower-case, e.g. ``retry-after``); ``error_code`` becomes
+        ``error.details.error_code``."""
         super().__init__(message)
         self.message = message
         self.headers: dict[str, str] = dict(headers or {})
@@ -102,15 +107,23 @@ class GatewayError(Exception):
         self.upstream_request_id: str | None = None
 
     def body(self, request_id: str | None) -> bytes:
+        """This error's JSON envelope, naming ``request_id`` (``null`` when ``None``)."""
         return encode_error_body(self.error_type, self.message, request_id, self.error_code)
 
 
 class InvalidRequestError(GatewayError):
+    """400 ``invalid_request_error``: the request is malformed or asks for something the
+    gateway refuses (a body that fails validation, a bad tag or session id, a bad gateway
+    field, an unknown compression bundle, no route for the model). Hooks may raise it."""
+
     status = 400
     error_type = "invalid_request_error"
 
 
 class AuthenticationError(GatewayError):
+    """401 ``authentication_error``: no API key, or one the built-in auth does not know.
+    Auth hooks raise it to refuse a caller."""
+
     status = 401
     error_type = "authentication_error"
 
@@ -123,11 +136,18 @@ class BillingError(GatewayError):
 
 
 class PermissionDeniedError(GatewayError):
+    """403 ``permission_error``: the key may not use the model (or a body's ``fallbacks`` or
+    ``router_candidates``), or a spend budget applies to a model without a price. Hooks may
+    raise it."""
+
     status = 403
     error_type = "permission_error"
 
 
 class NotFoundError(GatewayError):
+    """404 ``not_found_error``: a path the gateway does not serve, or a model the built-in
+    mock or OpenAI-compatible providers do not list. Hooks may raise it."""
+
     status = 404
     error_type = "not_found_error"
 
@@ -138,11 +158,18 @@ class MethodNotAllowedError(GatewayError):
 
 
 class RequestTooLargeError(GatewayError):
+    """413 ``request_too_large``: the request body, as sent or once decompressed, exceeds
+    ``max_body_bytes``. Hooks may raise it."""
+
     status = 413
     error_type = "request_too_large"
 
 
 class RateLimitError(GatewayError):
+    """429 ``rate_limit_error``: a rate limit or spend budget is reached (with
+    ``retry-after``), or the limit store is down under ``on_store_error = "closed"``. Hooks
+    may raise it."""
+
     status = 429
     error_type = "rate_limit_error"
 

@@ -65,24 +65,87 @@ class IncomingRequest(msgspec.Struct, frozen=True):
 
 
 class AuthHook(Protocol):
+    """Decides who is calling: returns a :class:`~messages_mw.context.Principal`, or ``None``
+    for an anonymous caller (sync, or an awaitable of either).
+
+    Called once per request to ``/v1/messages``, ``/v1/messages/count_tokens`` and
+    ``/v1/models`` (not ``/api/hello``), before any other hook. With ``reads_model = False``
+    it runs before the body is read and ``request.model`` is ``None``; otherwise it runs once
+    the body is validated, with the model (on ``/v1/models`` always without one).
+
+    Raise :class:`~messages_mw.errors.AuthenticationError` (401) or
+    :class:`~messages_mw.errors.PermissionDeniedError` (403) to refuse: any
+    :class:`~messages_mw.errors.GatewayError` becomes that error's response; any other
+    exception a 500 ``api_error``, logged. It runs before the gateway watches for the client
+    leaving, so a slow async hook is not cancelled when the client disconnects; it is
+    cancelled only with the request's task (by the server or host).
+    """
+
     def __call__(
         self, request: IncomingRequest
     ) -> Principal | Awaitable[Principal | None] | None: ...
 
 
 class TagHook(Protocol):
+    """Adds tags to a ``POST /v1/messages`` request: returns a sequence of tags, one ``str``
+    (a single tag), or ``None`` (sync, or an awaitable of those).
+
+    Called once per request, after the auth hook (``context.principal`` is set) and after the
+    tags of the header, the key's policy and ``metadata.tags`` are read, but before they are
+    merged: ``context.tags`` is still empty. What it returns is merged after those, duplicates
+    dropped, and checked against the :class:`~messages_mw.tags.TagPolicy` like them: a bad tag,
+    or too many tags in all, answers the client 400 ``invalid_request_error``. Not called for
+    ``count_tokens`` or ``/v1/models``.
+
+    A :class:`~messages_mw.errors.GatewayError` it raises becomes that error's response; any
+    other exception a 500 ``api_error``, logged. It runs before the gateway watches for the
+    client leaving, so it is not cancelled when the client disconnects; only with the
+    request's task (by the server or host).
+    """
+
     def __call__(
         self, request: IncomingRequest, context: RequestContext
     ) -> Sequence[str] | Awaitable[Sequence[str] | None] | None: ...
 
 
 class CompressionHook(Protocol):
+    """Rewrites a ``POST /v1/messages`` body before it goes upstream: returns the new body
+    bytes, or ``None`` (or empty bytes) to forward the body unchanged (sync, or an awaitable
+    of those). One passed to the gateway replaces the built-in compressor.
+
+    Called once per request, after the limits admitted it (step 5), with the body to forward
+    (the gateway's own fields already removed); the result is not validated again.
+    Not called for ``count_tokens`` or ``/v1/models``.
+
+    A :class:`~messages_mw.errors.GatewayError` it raises becomes that error's response; any
+    other exception a 500 ``api_error``, logged; either way the request has already counted
+    against the limits. It runs before the gateway watches for the client leaving, so it is
+    not cancelled when the client disconnects; only with the request's task (by the server
+    or host).
+    """
+
     def __call__(
         self, body: bytes, context: RequestContext
     ) -> bytes | Awaitable[bytes | None] | None: ...
 
 
 class RouteHook(Protocol):
+    """Chooses the upstream targets of a ``POST /v1/messages`` request: given the chain the
+    gateway worked out (the model, the body's ``fallbacks``, the configured chains), returns
+    the targets to try, in order (sync, or an awaitable of them).
+
+    Called once per request, after the compressor (step 6). Each target must name a
+    configured provider (another fails the request with a 500). An empty result answers
+    400 ``invalid_request_error``; under a spend budget that refuses unpriced models, a
+    target without a price answers 403. Not called for ``count_tokens`` or ``/v1/models``.
+
+    A :class:`~messages_mw.errors.GatewayError` it raises becomes that error's response; any
+    other exception a 500 ``api_error``, logged; either way the request has already counted
+    against the limits. It runs before the gateway watches for the client leaving, so it is
+    not cancelled when the client disconnects; only with the request's task (by the server
+    or host).
+    """
+
     def __call__(
         self, context: RequestContext, chain: Sequence[Target]
     ) -> Sequence[Target] | Awaitable[Sequence[Target]]: ...

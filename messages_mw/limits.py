@@ -60,8 +60,14 @@ class LimitRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     ``match="*"`` gives every key (or tag) its own counters under these limits; a specific
     ``match`` names one key id (or tag) and replaces the ``"*"`` rules for it, so one key can
     get more, or less, than the default. Requests without a key count together under the
-    ``"*"`` key rules. ``spend`` is in the unit of ``RequestContext.cost`` per
-    ``spend_period_seconds``; it only counts requests whose cost a hook filled in.
+    ``"*"`` key rules. ``spend`` is in the unit of ``RequestContext.cost`` (USD, from the
+    gateway's pricing table) per ``spend_period_seconds``; a request whose model has no price
+    is refused or goes uncounted, as :attr:`LimitsConfig.unpriced_models` says.
+
+    Raises :class:`ValueError` (a ``msgspec.ValidationError`` when decoding config) for an
+    empty ``match``, a rule with none of the three limits, a ``requests_per_minute``,
+    ``tokens_per_minute`` or ``spend_period_seconds`` below 1, or a ``spend`` that is not a
+    positive finite number.
     """
 
     scope: Literal["key", "tag"]
@@ -100,6 +106,11 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     A request under a spend budget for a model the pricing table does not know could never
     be counted: ``unpriced_models="reject"`` refuses it (403), ``"allow"`` lets it through
     uncounted and logs a warning once per model.
+
+    Raises :class:`ValueError` (a ``msgspec.ValidationError`` when decoding config) for a
+    ``store_timeout`` that is not positive, a negative ``store_warning_interval``,
+    ``redis_max_connections`` below 1, a ``redis_url`` not starting with ``redis://``,
+    ``rediss://`` or ``unix://``, or, with ``store="redis"``, one redis-py cannot parse.
     """
 
     rules: tuple[LimitRule, ...] = ()
@@ -182,6 +193,10 @@ class RateLimiter:
     ``clock`` returns Unix time in seconds. Window arithmetic and its precision are described
     in this module's docstring. Store keys hold only a metric, a window length, the scope
     and the key id or tag, e.g. ``messages_mw:requests:60:key:team-a-ci``.
+
+    Raises :class:`TypeError` at construction if ``store`` has no ``consume()``, ``add()``
+    and ``aclose()`` methods, and :class:`ImportError` if the config names the Redis store
+    and redis-py is not installed. Nothing is asked of the store before the first request.
     """
 
     def __init__(
@@ -257,7 +272,9 @@ class RateLimiter:
         ``context.cost`` to its token and spend limits, once the request has ended.
 
         Never raises for the store: when it is unreachable the usage is dropped and a
-        warning logged. Does no I/O when there is nothing to add.
+        warning logged. Does no I/O when there is nothing to add. On cancellation the usage
+        may or may not have reached a remote store (Redis); the in-memory store adds it
+        without waiting, so it cannot be cut short.
         """
         if not self._counts_usage:
             return
@@ -295,7 +312,12 @@ class RateLimiter:
         return self._counts_usage
 
     async def aclose(self) -> None:
-        """Close the store's connections; a later call reopens them."""
+        """Close the store's connections; a later call reopens them. Called by
+        :meth:`Gateway.aclose <messages_mw.app.Gateway.aclose>`.
+
+        Raises what the store's ``aclose()`` raises; cancelled, it may leave some of the
+        store's connections unclosed (the Redis store has already let go of them, so later
+        calls open new ones)."""
         await self._store.aclose()
 
     def _limits_for(self, context: RequestContext) -> _LimitSet:

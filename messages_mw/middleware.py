@@ -12,8 +12,15 @@ class MessagesMiddleware:
     """ASGI middleware: requests under ``prefix`` go to ``gateway``, everything else
     (other paths, websockets, lifespan) to the wrapped ``app``.
 
-    The gateway's upstream connections are closed when the wrapped app's lifespan shuts down,
-    so a host that serves lifespan events needs no extra wiring.
+    ``prefix`` must start with ``/`` and not end with one (``""`` sends every HTTP request to
+    the gateway); anything else raises :class:`ValueError`.
+
+    The gateway is closed (:meth:`Gateway.aclose <messages_mw.app.Gateway.aclose>`) when the
+    wrapped app sends ``lifespan.shutdown.complete`` or ``lifespan.shutdown.failed``, before
+    that message is passed on (if ``aclose`` raises, the message is not passed on and the
+    exception is raised from the wrapped app's ``send``). Only then: if the server runs
+    without lifespan events, or the wrapped app never answers the shutdown, close the gateway
+    yourself.
     """
 
     def __init__(self, app: ASGIApp, gateway: Gateway, *, prefix: str = "/anthropic") -> None:

@@ -116,6 +116,8 @@ class PricingTable:
     ``claude-sonnet-4-5@20250929`` and Bedrock's
     ``us.anthropic.claude-sonnet-4-5-20250929-v1:0``. To extend the defaults rather than
     replace them, pass ``{**DEFAULT_PRICES, **overrides}``.
+
+    Raises :class:`TypeError` at construction if a price is not a :class:`ModelPrice`.
     """
 
     def __init__(self, prices: Mapping[str, ModelPrice] = DEFAULT_PRICES) -> None:

@@ -19,7 +19,18 @@ __all__ = ["HeaderNames", "TagPolicy", "collect_tags", "parse_tag_header", "sess
 
 
 class HeaderNames(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Names of the headers the gateway reads and adds (``preset = "edgee"`` gives Edgee's)."""
+    """Names of the headers the gateway reads and adds (``preset = "edgee"`` gives Edgee's).
+
+    Each field left ``None`` takes the preset's name (``messages_mw`` preset in brackets).
+    Read from requests: ``tags``, comma-separated tags (``x-mw-tags``); ``session``, the
+    session id (``x-claude-code-session-id``); ``debug``, which with ``1``, ``true``, ``yes``
+    or ``on`` adds ``server-timing`` and ``<debug>-attempts`` to the response
+    (``x-mw-debug``); ``compression``, the bundle the built-in compressor uses
+    (``x-mw-compression``). Added to responses: ``provider``, ``model`` and
+    ``fallback_used``, who served the request and whether a fallback did (``x-mw-provider``,
+    ``x-mw-model``, ``x-mw-fallback-used``); ``compression_report``, what the built-in
+    compressor did (``x-mw-compression-report``).
+    """
 
     preset: Literal["messages_mw", "edgee"] = "messages_mw"
     tags: str | None = None
@@ -32,6 +43,8 @@ class HeaderNames(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     compression_report: str | None = None
 
     def resolved(self) -> ResolvedHeaderNames:
+        """Every name, the preset's where none is given, lower-cased (the gateway resolves
+        them at construction)."""
         base = _PRESETS[self.preset]
         return ResolvedHeaderNames(
             tags=(self.tags or base.tags).lower(),
@@ -82,7 +95,11 @@ _PRESETS = {
 
 class TagPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Bounds on tags: at most ``max_count`` tags of at most ``max_length`` characters from
-    ``[A-Za-z0-9_.:/-]``."""
+    ``[A-Za-z0-9_.:/-]``; a request past them is answered 400 ``invalid_request_error``.
+
+    ``from_metadata``: whether the body's ``metadata.tags`` add tags. When false they are
+    ignored, though still removed from the body before it goes upstream.
+    """
 
     max_count: Annotated[int, msgspec.Meta(ge=1)] = 16
     max_length: Annotated[int, msgspec.Meta(ge=1)] = 64

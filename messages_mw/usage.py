@@ -51,6 +51,12 @@ class UsageSink(Protocol):
     background task on the event loop. An exception is logged and the sink gets the next event.
     If the sink also has an ``aclose()`` method (sync or async), the dispatcher calls it once at
     shutdown, after delivering what was queued.
+
+    Shutdown waits at most ``shutdown_timeout`` seconds (5 s in a gateway) for queued events.
+    Past that, an async sink still running gets :class:`asyncio.CancelledError` at its current
+    ``await``; a sync sink's call already running in the worker thread is not interrupted and
+    may still be running when ``aclose()`` is called. The events not delivered to every sink
+    are counted in :attr:`UsageDispatcher.dropped`.
     """
 
     def __call__(self, event: UsageEvent, /) -> Awaitable[None] | None: ...
