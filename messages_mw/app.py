@@ -57,6 +57,19 @@ _Handler = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]
 _JSON = (b"content-type", b"application/json")
 
 
+async def close_at_shutdown(gateway: Gateway) -> dict[str, str]:
+    """Close ``gateway`` for a lifespan shutdown; the message to tell the server: complete,
+    or failed (logged with its traceback) when closing raised, which a server reports better
+    than an exception escaping the app."""
+    try:
+        await gateway.aclose()
+    except Exception as exc:
+        logger.exception("closing the gateway failed at shutdown")
+        failure = f"closing the gateway failed: {type(exc).__name__}"
+        return {"type": "lifespan.shutdown.failed", "message": failure}
+    return {"type": "lifespan.shutdown.complete"}
+
+
 def route_path(scope: Scope) -> str:
     """The request path relative to the app's mount point (``root_path`` removed)."""
     path: str = scope["path"]
@@ -182,8 +195,8 @@ class Gateway:
         event, ``on_request_end``) before the cancellation propagates.
 
         ``lifespan``: answers startup at once; on shutdown awaits :meth:`aclose`, then
-        answers (an exception from ``aclose`` propagates, with no
-        ``lifespan.shutdown.complete``). ``websocket``: closed with code 1003 before
+        answers ``lifespan.shutdown.complete``, or ``lifespan.shutdown.failed`` (logged) if
+        ``aclose`` raised. ``websocket``: closed with code 1003 before
         accepting, which servers turn into a 403 refusal of the handshake. Other scope types
         are ignored.
         """
@@ -259,8 +272,7 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
+                await send(await close_at_shutdown(self))
                 return
 
     def _resolve(self, path: str, method: str) -> _Handler:

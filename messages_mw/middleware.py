@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .app import Gateway, route_path
+from .app import Gateway, close_at_shutdown, route_path
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["MessagesMiddleware"]
@@ -17,10 +17,9 @@ class MessagesMiddleware:
 
     The gateway is closed (:meth:`Gateway.aclose <messages_mw.app.Gateway.aclose>`) when the
     wrapped app sends ``lifespan.shutdown.complete`` or ``lifespan.shutdown.failed``, before
-    that message is passed on (if ``aclose`` raises, the message is not passed on and the
-    exception is raised from the wrapped app's ``send``). Only then: if the server runs
-    without lifespan events, or the wrapped app never answers the shutdown, close the gateway
-    yourself.
+    that message is passed on (a ``complete`` becomes ``failed``, logged, if ``aclose``
+    raises). Only then: if the server runs without lifespan events, or the wrapped app never
+    answers the shutdown, close the gateway yourself.
     """
 
     def __init__(self, app: ASGIApp, gateway: Gateway, *, prefix: str = "/anthropic") -> None:
@@ -49,8 +48,11 @@ class MessagesMiddleware:
 
     def _closing_send(self, send: Send) -> Send:
         async def closing_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await self.gateway.aclose()
+            kind = message["type"]
+            if kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                closed = await close_at_shutdown(self.gateway)
+                if kind == "lifespan.shutdown.complete":
+                    message = closed  # the host's own failure, if any, is the one to report
             await send(message)
 
         return closing_send

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +25,7 @@ from messages_mw import (
     UsageEvent,
 )
 from messages_mw.providers.base import ProviderRequest, ProviderResponse
+from messages_mw.types import ASGIApp
 
 from .conftest import sample
 from .inprocess import Recorder, client_for, make_gateway, run
@@ -195,3 +198,37 @@ def test_aclose_cancelled_while_flushing_usage_still_closes_the_providers() -> N
 
     run(scenario())
     assert closed == ["default"]
+
+
+def _run_lifespan(app: ASGIApp) -> list[dict[str, object]]:
+    """Drive ``app`` through startup and shutdown as a server does; what it sent back."""
+    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return next(incoming)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    run(app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
+    return sent
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["gateway", "middleware"])
+def test_a_failed_close_at_shutdown_is_reported_as_a_failed_shutdown(
+    wrapped: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server must hear that shutdown failed (ASGI's lifespan.shutdown.failed), not see
+    # an exception escape the app or, behind the middleware, the host's message vanish.
+    closed: list[str] = []
+    gateway = Gateway(GatewayConfig(), provider=_ClosingProvider(closed, "default", fails=True))
+    app: ASGIApp = MessagesMiddleware(Starlette(), gateway) if wrapped else gateway
+    sent = _run_lifespan(app)
+    assert [message["type"] for message in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.failed",
+    ]
+    assert "OSError" in str(sent[1]["message"])
+    assert closed == ["default"]
+    assert "closing the gateway failed" in caplog.text
