@@ -129,7 +129,8 @@ class Gateway:
         ``send()`` and ``aclose()`` methods, or a hook, usage sink or ``on_request_end`` that
         is not callable; :class:`ValueError` for a configured fallback chain, alias or router
         candidate ``provider/model`` naming no configured provider, or a configured auth key
-        whose ``sha256`` is not 64 hex digits (or that has neither ``sha256`` nor ``key``);
+        whose ``sha256`` is not 64 hex digits (or that has neither or both of ``sha256`` and
+        ``key``);
         :class:`~messages_mw.config.ConfigError` (a ``ValueError``) for provider names
         repeated across ``provider``, ``upstreams`` and ``openai_upstreams``, or an unknown
         compression bundle; :class:`OSError` if ``usage_file`` cannot be opened;

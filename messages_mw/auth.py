@@ -131,9 +131,10 @@ class StaticKeyAuth:
         # Principals are immutable, so each key's two possible principals are built once.
         self._by_hash: dict[bytes, tuple[bytes, Principal, Principal]] = {}
         for entry in keys:
-            hex_digest = entry.sha256 or (hash_key(entry.key) if entry.key else None)
-            if hex_digest is None:
-                raise ValueError(f"auth key {entry.id!r} needs either 'sha256' or 'key'")
+            if (entry.sha256 is None) == (entry.key is None):
+                # Both given could disagree, and one would be ignored without a word.
+                raise ValueError(f"auth key {entry.id!r} needs one of 'sha256' and 'key'")
+            hex_digest = entry.sha256 or hash_key(entry.key or "")
             digest = _parse_hex_digest(hex_digest)
             if digest is None:
                 # A malformed digest could never match: say so now, not with 401s later.

@@ -301,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # process, they end the command with one line instead of a traceback, or, with
         # --workers, instead of workers that crash and are restarted for ever.
         gateway = Gateway(config)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
+        # ImportError: a configured feature's optional package is missing (redis-py).
         source = f"{args.config}: " if args.config else ""
         print(f"messages-mw: error: {source}{exc}", file=sys.stderr)
         return 2

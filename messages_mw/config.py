@@ -92,7 +92,8 @@ class MockConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A model listed by ``GET /v1/models`` when no upstream answers that endpoint."""
+    """A model the built-in mock provider lists on ``GET /v1/models`` (an Anthropic upstream
+    answers that endpoint itself)."""
 
     id: str
     display_name: str | None = None
@@ -138,8 +139,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     ``aliases`` maps a requested model name to a target name (``"fast"`` to
     ``"openai/gpt-4o-mini"``, or a Claude Code model name to a local model) before routing.
     ``max_body_bytes`` caps request bodies, after gzip decoding too (Anthropic's own limit is
-    32 MB). ``pricing`` (USD per million tokens per model; ``None`` uses the built-in table)
-    prices usage events, and ``cost_in_response`` adds ``usage.cost`` to JSON responses.
+    32 MB). ``pricing`` (USD per million tokens per model, merged over the built-in table: an
+    entry replaces the built-in one of its id) prices usage events, and ``cost_in_response``
+    adds ``usage.cost`` to JSON responses.
     ``usage_log`` writes each usage event as a JSON line to the ``messages_mw.usage`` logger;
     ``usage_file`` appends them to a file. ``extra_headers_allowed`` lists the headers a
     request body's ``extra_headers`` may set. ``cors_origins`` lets pages from those origins

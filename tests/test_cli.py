@@ -135,14 +135,24 @@ def test_a_bad_key_in_the_file_is_one_line_naming_key_and_file(
         ('[fallback]\ndefault_chain = ["nope/claude-haiku-4-5"]\n', "nope"),
         ('usage_file = "/nonexistent-dir/usage.jsonl"\n', "/nonexistent-dir/usage.jsonl"),
         ('[compression]\ndefault_bundle = "no-such-bundle"\n', "no-such-bundle"),
+        (
+            '[limits]\nstore = "redis"\n[[limits.rules]]\nscope = "key"\nrequests_per_minute = 1\n',
+            "pip install 'messages-mw[redis]'",
+        ),
     ],
-    ids=["unknown-target", "unwritable-usage-file", "unknown-bundle"],
+    ids=["unknown-target", "unwritable-usage-file", "unknown-bundle", "redis-py-missing"],
 )
 def test_a_mistake_found_building_the_gateway_is_one_line_and_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, named: str, workers: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    toml: str,
+    named: str,
+    workers: str,
 ) -> None:
     # Without the check in the parent, --workers 2 left each worker crashing on start and
     # uvicorn restarting it for ever.
+    monkeypatch.setitem(sys.modules, "redis", None)  # as on a machine without redis-py
     path = _write(tmp_path, toml)
     assert cli.main(["serve", "--config", str(path), "--workers", workers]) == 2
     err = capsys.readouterr().err

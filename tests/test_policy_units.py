@@ -73,6 +73,13 @@ def test_key_config_needs_a_key() -> None:
         StaticKeyAuth((ApiKeyConfig(id="x"),))
 
 
+def test_key_config_with_both_a_key_and_a_hash_is_refused() -> None:
+    # They could name different keys, and one of them would be ignored without a word.
+    entry = ApiKeyConfig(id="x", key="sk-one", sha256=hash_key("sk-two"))
+    with pytest.raises(ValueError, match="'x' needs one of 'sha256' and 'key'"):
+        StaticKeyAuth((entry,))
+
+
 @pytest.mark.parametrize("digest", ["not-hex", "ab" * 31, "ab" * 33, "abc"])
 def test_a_malformed_sha256_is_refused_when_the_keys_are_loaded(digest: str) -> None:
     with pytest.raises(ValueError, match="'x': sha256 must be 64 hex digits"):
