@@ -253,16 +253,18 @@ class Policy:
         return merged
 
     async def finish(self, context: RequestContext) -> None:
-        """Step 8: cost, limit accounting and the usage event. Never raises."""
+        """Step 8: cost, the usage event and limit accounting. Never raises; cancelled while
+        a remote limit store counts, the event has already gone out."""
         if self.pricing is not None:
             context.cost = self.pricing.cost(context.served_model or context.model, context.usage)
+        # The event first: it awaits nothing, so no cancellation can lose it.
+        if self.dispatcher is not None and self.dispatcher.wants_events():
+            self.dispatcher.emit(UsageEvent.from_context(context))
         if self.limiter is not None and self.limiter.counts_usage:
             try:
                 await self.limiter.record(context)
             except Exception:
                 logger.exception("recording usage against limits failed (%s)", context.request_id)
-        if self.dispatcher is not None and self.dispatcher.wants_events():
-            self.dispatcher.emit(UsageEvent.from_context(context))
 
     async def aclose(self) -> None:
         """Flush and close the usage sinks, then close the limiter's store (see

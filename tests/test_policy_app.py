@@ -24,7 +24,7 @@ from messages_mw.auth import ApiKeyConfig, AuthConfig
 from messages_mw.errors import PermissionDeniedError
 from messages_mw.fallback import Target
 from messages_mw.hooks import IncomingRequest, RouteHook
-from messages_mw.limits import LimitRule, LimitsConfig
+from messages_mw.limits import LimitRule, LimitsConfig, RateLimiter
 from messages_mw.providers.base import ProviderRequest, ProviderResponse
 
 from .inprocess import Recorder, client_for, make_gateway, run
@@ -439,3 +439,56 @@ def test_a_provider_with_its_own_key_never_gets_a_virtual_or_client_key() -> Non
             assert run(_post(gateway, _body(model=model), **{"x-api-key": "sk-mine"})).is_success
         assert main_.requests[0].headers["x-api-key"] == "sk-mine"
         assert backup.requests[0].headers["x-api-key"] == "sk-backup-own"
+
+
+class _StalledRecordLimiter(RateLimiter):
+    """Counts tokens in a store that never answers the recording call (a Redis stall)."""
+
+    def __init__(self) -> None:
+        super().__init__(LimitsConfig(rules=(LimitRule(scope="key", tokens_per_minute=10**9),)))
+        self.recording = asyncio.Event()
+
+    async def record(self, context: RequestContext) -> None:
+        self.recording.set()
+        await asyncio.Event().wait()
+
+
+def test_a_request_cancelled_while_its_usage_is_recorded_still_emits_its_event() -> None:
+    # The server cancels a request's task at shutdown; the upstream's usage must not be lost
+    # with it because the limit store was slow to count it.
+    events: list[UsageEvent] = []
+    limiter = _StalledRecordLimiter()
+    provider = AnthropicProvider(
+        UpstreamConfig(base_url="http://upstream.test", api_key="sk-up"),
+        transport=httpx.MockTransport(Recorder()),
+    )
+    gateway = Gateway(
+        GatewayConfig(), provider=provider, limiter=limiter, usage_sinks=[events.append]
+    )
+    body = _body()
+    incoming = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+    async def receive() -> dict[str, object]:
+        return next(incoming, {"type": "http.disconnect"})
+
+    async def send(message: object) -> None:
+        pass
+
+    async def scenario() -> None:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/messages",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json")],
+        }
+        serving = asyncio.ensure_future(gateway(scope, receive, send))
+        await limiter.recording.wait()
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        await gateway.aclose()
+
+    run(scenario())
+    assert [(event.status, event.input_tokens) for event in events] == [(200, 12)]
