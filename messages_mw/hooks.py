@@ -24,7 +24,7 @@ at the first request. Per request the gateway calls, in this order:
    Under a spend budget, the models it picks must have prices (403 otherwise, the request
    already counted against the limits).
 7. the upstream attempts, with retries, fallback and the circuit breaker.
-8. The usage sinks, then ``limiter.record(context)``, once, whatever happened.
+8. the usage sinks, then ``limiter.record(context)``, once, whatever happened.
 
 A :class:`~messages_mw.errors.GatewayError` raised by a hook becomes that error's response; any
 other exception becomes a 500 ``api_error`` carrying the request id, logged with its traceback.
