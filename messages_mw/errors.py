@@ -20,6 +20,7 @@ __all__ = [
     "InternalGatewayError",
     "InvalidRequestError",
     "MethodNotAllowedError",
+    "NoFreeConnectionError",
     "NotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
@@ -87,6 +88,9 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "api_error"
+    # Whether, raised for an upstream attempt, it says that target is unwell (so counts for
+    # its circuit breaker) rather than the gateway itself being short of something.
+    blames_target: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -200,6 +204,14 @@ class OverloadedError(GatewayError):
 
     status = 529
     error_type = "overloaded_error"
+
+
+class NoFreeConnectionError(OverloadedError):
+    """529 ``overloaded_error``: every pooled connection to the upstream stayed busy for its
+    ``pool_timeout``. The gateway's own crowding, so it falls back like any 529 but never
+    counts against the target's circuit breaker."""
+
+    blames_target = False
 
 
 # The error for each ``error.type`` Anthropic documents; ``api_error`` has two statuses (500,

@@ -284,7 +284,8 @@ class _Chain:
         error_type = error.error_type if error else _body_error_type(response)
         self.attempts.append(Attempt(name, failure.status, error_type, duration, failure.usage))
         status = error.status if error else failure.status
-        if self.breaker is not None and _is_target_fault(status):
+        blames_target = error is None or error.blames_target
+        if self.breaker is not None and blames_target and _is_target_fault(status):
             self.breaker.record_failure(name)
         self.failure = failure
 

@@ -13,6 +13,8 @@ import pytest
 
 from messages_mw import (
     AnthropicProvider,
+    BreakerPolicy,
+    FallbackConfig,
     Gateway,
     GatewayConfig,
     OpenAIProvider,
@@ -492,3 +494,39 @@ def test_a_request_cancelled_while_its_usage_is_recorded_still_emits_its_event()
 
     run(scenario())
     assert [(event.status, event.input_tokens) for event in events] == [(200, 12)]
+
+
+def test_a_full_local_pool_falls_back_but_never_opens_the_targets_circuit() -> None:
+    # No free pooled connection is the gateway's own crowding, not the target failing: a
+    # burst must not shut the target for a whole cooldown once the pool has room again.
+    def no_free_connection(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("pool full", request=request)
+
+    def upstream(handler: Any) -> AnthropicProvider:
+        settings = UpstreamConfig(base_url="http://upstream.test", api_key="sk-up")
+        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+
+    config = GatewayConfig(
+        fallback=FallbackConfig(
+            default_chain=("backup/claude-haiku-4-5",),
+            breaker=BreakerPolicy(failure_threshold=2, cooldown=3600),
+        )
+    )
+    providers = {"backup": upstream(Recorder())}
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        config,
+        provider=upstream(no_free_connection),
+        providers=providers,
+        on_request_end=finished.append,
+    )
+
+    async def scenario() -> None:
+        for _ in range(5):
+            assert (await _post(gateway, _body())).status_code == 200
+        await gateway.aclose()
+
+    run(scenario())
+    tried = [[(a.target, a.error_type) for a in context.attempts] for context in finished]
+    primary = ("anthropic/claude-sonnet-4-6", "overloaded_error")
+    assert tried == [[primary, ("backup/claude-haiku-4-5", None)]] * 5

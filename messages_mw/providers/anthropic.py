@@ -17,7 +17,7 @@ from httpx import _decoders as httpx_decoders
 from ..config import UpstreamConfig
 from ..errors import (
     GatewayError,
-    OverloadedError,
+    NoFreeConnectionError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
@@ -76,7 +76,7 @@ def translate_transport_error(exc: httpx.RequestError, base_url: str) -> Gateway
             f"The upstream {base_url} sent a body that does not decompress."
         )
     if isinstance(exc, httpx.PoolTimeout):
-        return OverloadedError("The gateway has no free upstream connection; retry shortly.")
+        return NoFreeConnectionError("The gateway has no free upstream connection; retry shortly.")
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeoutError(f"The upstream {base_url} did not answer in time.")
     return UpstreamUnavailableError(f"The upstream {base_url} could not be reached.")
