@@ -91,26 +91,29 @@ def build_policy(
         *((f"usage_sinks[{i}]", s) for i, s in enumerate(usage_sinks)),
     ):
         check_hook(name, hook)
-    sinks: list[UsageSink] = []
-    if config.usage_log:
-        sinks.append(LogUsageSink())
-    if config.usage_file:
-        sinks.append(JsonLinesSink(config.usage_file))
-    sinks.extend(usage_sinks)
     if limiter is None and config.limits.rules:
         limiter = RateLimiter(config.limits)
     pricing = PricingTable({**DEFAULT_PRICES, **(config.pricing or {})})
     resolver = TargetResolver(
         provider_names, config.provider, config.fallback, aliases=config.aliases, pricing=pricing
     )
+    auth = auth or build_auth(config.auth)
+    compressor = compressor or _builtin_compressor(config)
+    # Last, as it opens usage_file: a mistake found above must not leave the file open.
+    sinks: list[UsageSink] = []
+    if config.usage_log:
+        sinks.append(LogUsageSink())
+    if config.usage_file:
+        sinks.append(JsonLinesSink(config.usage_file))
+    sinks.extend(usage_sinks)
     return Policy(
         resolver=resolver,
         header_names=config.headers.resolved(),
         tag_policy=config.tags,
         extra_headers_allowed=frozenset(name.lower() for name in config.extra_headers_allowed),
-        auth=auth or build_auth(config.auth),
+        auth=auth,
         tagger=tagger,
-        compressor=compressor or _builtin_compressor(config),
+        compressor=compressor,
         router=router,
         limiter=limiter,
         pricing=pricing,

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import messages_mw
+from messages_mw import FallbackConfig, Gateway
 from messages_mw.config import ConfigError, GatewayConfig, load_config
 from messages_mw.errors import (
     InvalidRequestError,
@@ -241,3 +242,15 @@ def test_readme_toml_examples_are_valid_configs() -> None:
     for block in blocks:
         config = msgspec.toml.decode(block.encode(), type=GatewayConfig)
         assert isinstance(config, GatewayConfig)
+
+
+def test_a_config_mistake_found_at_construction_leaves_no_usage_file_open(tmp_path: Path) -> None:
+    # The usage file is opened last, so a mistake found before it leaks no file handle (the
+    # file is not even created).
+    usage = tmp_path / "usage.jsonl"
+    config = GatewayConfig(
+        usage_file=str(usage), fallback=FallbackConfig(default_chain=("nowhere/claude-x",))
+    )
+    with pytest.raises(ValueError, match="nowhere"):
+        Gateway(config)
+    assert not usage.exists()
