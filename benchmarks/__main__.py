@@ -36,8 +36,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--samples", type=Path, default=decode.DEFAULT_SAMPLES, help="directory of sample bodies"
     )
-    parser.add_argument("--duration", type=float, help="measured seconds per scenario (3; --quick 1.5)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds per scenario (1.5; --quick 0.5)")
+    parser.add_argument(
+        "--duration", type=float, help="measured seconds per scenario (3; --quick 1.5)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, help="warm-up seconds per scenario (1.5; --quick 0.5)"
+    )
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument(
         "--rounds", type=int, help="end-to-end rounds per scenario, best kept (3; --quick 1)"
