@@ -345,7 +345,10 @@ class UsageDispatcher:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
         if task is not None and self._loop is asyncio.get_running_loop():
-            await asyncio.wait([task])
+            # A sink that swallows the cancellation would otherwise hold shutdown for ever.
+            _, still_running = await asyncio.wait([task], timeout=self._shutdown_timeout)
+            if still_running:
+                logger.warning("a usage sink ignored its cancellation at shutdown; left running")
         if self._queue is not None and self._queue.qsize():
             self._drop("it was still queued at shutdown", self._queue.qsize())
         for sink in self._sinks:

@@ -140,41 +140,62 @@ def test_a_failing_sink_is_logged_and_does_not_affect_the_others(
 
 
 def test_emit_returns_at_once_even_with_a_slow_sink() -> None:
-    slow = AsyncRecorder(delay=0.1)
-    dispatcher = UsageDispatcher([slow], shutdown_timeout=0.25)
+    ids: list[str] = []
     events = [make_event(number) for number in range(1000)]
 
-    async def main() -> float:
+    async def main() -> tuple[float, UsageDispatcher]:
+        # The sink delivers nothing until the test opens the gate, after the last emit: an
+        # emit that waited for it would never return, whatever the machine's load.
+        gate = asyncio.Event()
+
+        async def slow(event: UsageEvent) -> None:
+            await gate.wait()
+            await asyncio.sleep(0.1)
+            ids.append(event.request_id)
+
+        dispatcher = UsageDispatcher([slow], shutdown_timeout=0.25)
         started = time.perf_counter()
         for event in events:
             dispatcher.emit(event)
         elapsed = time.perf_counter() - started
+        # Every emit returned while the sink was stalled: all 1000 are queued, none dropped.
+        assert ids == [] and dispatcher.dropped == 0
+        gate.set()
         await dispatcher.aclose()
-        return elapsed
+        return elapsed, dispatcher
 
-    elapsed = asyncio.run(main())
-    assert elapsed < 0.05
+    elapsed, dispatcher = asyncio.run(main())
+    # Only emit's own cost: 1000 emits take about a millisecond, so this bound is 1000x away
+    # from a pass and catches only a per-emit cost of a millisecond or more.
+    assert elapsed < 1.0
     # Shutdown gave up after 0.25 s: what was not delivered is counted as dropped.
-    assert 1 <= len(slow.ids) <= 5
-    assert dispatcher.dropped == 1000 - len(slow.ids)
+    assert 1 <= len(ids) <= 5
+    assert dispatcher.dropped == 1000 - len(ids)
 
 
 def test_a_blocking_sync_sink_does_not_stall_the_event_loop() -> None:
+    entered, released, returned = threading.Event(), threading.Event(), threading.Event()
+
     def blocking(event: UsageEvent) -> None:
-        time.sleep(0.3)
+        entered.set()
+        # Had it run on the event loop's thread, nothing could release it: it would block the
+        # loop for 10 s and then return, which the check below sees.
+        released.wait(10)
+        returned.set()
 
-    dispatcher = UsageDispatcher([blocking], shutdown_timeout=0.01)
+    dispatcher = UsageDispatcher([blocking], shutdown_timeout=5.0)
 
-    async def main() -> float:
+    async def main() -> bool:
         dispatcher.emit(make_event())
-        await asyncio.sleep(0.01)  # the drain task is now waiting on the blocked thread
-        started = time.perf_counter()
-        await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - started
+        assert await asyncio.to_thread(entered.wait, 10), "the sink was never called"
+        # The sink is blocked now, and the loop runs this code all the same.
+        sink_was_blocked = not returned.is_set()
+        released.set()
         await dispatcher.aclose()
-        return elapsed
+        return sink_was_blocked
 
-    assert asyncio.run(main()) < 0.15
+    assert asyncio.run(main())
+    assert returned.is_set()
 
 
 def test_a_full_queue_drops_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -214,6 +235,33 @@ def test_aclose_drains_the_queue_then_closes_sinks_and_a_later_emit_starts_again
     asyncio.run(main())
     assert sink.ids == [f"req_{number}" for number in (*range(50), 99)]
     assert dispatcher.dropped == 0
+
+
+def test_aclose_returns_even_when_a_sink_swallows_its_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A sink that catches CancelledError and waits on must not hold shutdown for ever: the
+    # dispatcher gives up on it after its timeout, says so, and closes the other sinks.
+    started = asyncio.Event()
+    other = AsyncRecorder()
+
+    async def stubborn(event: UsageEvent) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(3600)
+
+    dispatcher = UsageDispatcher([stubborn, other], shutdown_timeout=0.05)
+
+    async def main() -> None:
+        dispatcher.emit(make_event())
+        await started.wait()
+        await asyncio.wait_for(dispatcher.aclose(), timeout=10)
+
+    asyncio.run(main())
+    assert other.closed
+    assert "ignored its cancellation" in caplog.text
 
 
 def test_json_lines_sink_opens_its_file_again_after_aclose(tmp_path: Path) -> None:
