@@ -12,7 +12,7 @@ the same order, no later than the next pass of the event loop.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -86,7 +86,14 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
     What is being read follows from uvicorn's own request cycle (none yet, or its body done:
     a head; else a body), and one timer per connection checks the clocks a few times per
     limit: a request pays one method and a few attribute stores, not timers of its own.
+
+    uvicorn builds the protocol itself, so the time limits are class attributes: a subclass
+    may set ``head_seconds`` (how long a head may take, from its first byte) and
+    ``body_idle_seconds`` (how long a body may pause) to other values.
     """
+
+    head_seconds: ClassVar[float] = _HEAD_SECONDS
+    body_idle_seconds: ClassVar[float] = _BODY_IDLE_SECONDS
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         joining: Any = _HeadJoiningTransport(transport, self.loop)
@@ -96,7 +103,7 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         self._head_started: float | None = self.loop.time()
         self._body_reads = self._body_reads_seen = 0
         self._body_quiet_since = 0.0
-        self._period = min(_HEAD_SECONDS, _BODY_IDLE_SECONDS) / 4
+        self._period = min(self.head_seconds, self.body_idle_seconds) / 4
         self._watch: asyncio.TimerHandle | None = self.loop.call_later(self._period, self._check)
 
     def data_received(self, data: bytes) -> None:
@@ -150,7 +157,7 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         in_body = cycle is not None and cycle.more_body
         started = self._head_started
-        if not in_body and started is not None and now - started > _HEAD_SECONDS:
+        if not in_body and started is not None and now - started > self.head_seconds:
             # Unless a response is still going out (the next head arrived early).
             return cycle is None or cycle.response_complete
         if not in_body or self.flow.read_paused:
@@ -160,7 +167,7 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         if self._body_reads != self._body_reads_seen:
             self._body_reads_seen, self._body_quiet_since = self._body_reads, now
             return False
-        return now - self._body_quiet_since > _BODY_IDLE_SECONDS
+        return now - self._body_quiet_since > self.body_idle_seconds
 
     def _refuse_head(self) -> None:
         cycle = self.cycle

@@ -33,6 +33,18 @@ _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 _Timeouts = Mapping[str, float | None]
+# (loop, hostname, port) -> the host's addresses as (family, socket address) pairs.
+_Resolver = Callable[
+    [asyncio.AbstractEventLoop, str, int], Awaitable[list[tuple[int, tuple[Any, ...]]]]
+]
+
+
+async def _resolve(
+    loop: asyncio.AbstractEventLoop, hostname: str, port: int
+) -> list[tuple[int, tuple[Any, ...]]]:
+    """``hostname``'s addresses for a TCP connection, as (family, socket address) pairs."""
+    infos = await loop.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
 
 
 class _StaleConnectionError(Exception):
@@ -230,10 +242,14 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         max_connections: int = 256,
         keepalive_expiry: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        resolver: _Resolver = _resolve,
     ) -> None:
         """``max_connections`` caps open sockets across all origins; a connection left idle for
         more than ``keepalive_expiry`` seconds is closed instead of reused. ``ssl_context``
         defaults to :func:`ssl.create_default_context`, built on the first ``https`` request.
+        ``resolver`` is awaited as ``resolver(loop, hostname, port)`` for a host's addresses,
+        a list of (address family, socket address) pairs; the default asks
+        ``loop.getaddrinfo`` (tests pass their own to point a name at chosen addresses).
 
         Raises ValueError if ``max_connections`` is below 1.
         """
@@ -243,6 +259,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         self._pool = _Pool(max_connections, keepalive_expiry)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ssl_context = ssl_context
+        self._resolver = resolver
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and return the response as soon as its head has arrived.
@@ -316,7 +333,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         hostname = host.decode("ascii")
         try:
             async with asyncio.timeout(connect_timeout):
-                conn = await _open_connection(loop, key, hostname, port, tls)
+                conn = await _open_connection(loop, key, hostname, port, tls, self._resolver)
         except BaseException as exc:
             pool.free_slot()
             if isinstance(exc, TimeoutError):
@@ -408,8 +425,10 @@ async def _open_connection(
     hostname: str,
     port: int,
     tls: ssl.SSLContext | None,
+    resolve: _Resolver,
 ) -> Connection:
-    """A connection to the first of ``hostname``'s addresses that answers.
+    """A connection to the first of ``hostname``'s addresses (as ``resolve`` gives them) that
+    answers.
 
     Addresses are tried in turn, the next one starting when the last failed or after
     ``_NEXT_ADDRESS_DELAY`` (RFC 8305's Happy Eyeballs, families interleaved), so one
@@ -429,18 +448,10 @@ async def _open_connection(
         )
         return conn
 
-    addresses = _interleaved(await _resolve(loop, hostname, port))
+    addresses = _interleaved(await resolve(loop, hostname, port))
     if len(addresses) == 1:
         return await connect(addresses[0])
     return await _first_to_connect([functools.partial(connect, a) for a in addresses])
-
-
-async def _resolve(
-    loop: asyncio.AbstractEventLoop, hostname: str, port: int
-) -> list[tuple[int, tuple[Any, ...]]]:
-    """``hostname``'s addresses for a TCP connection, as (family, socket address) pairs."""
-    infos = await loop.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
-    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
 
 
 def _interleaved(

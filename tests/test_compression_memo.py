@@ -18,7 +18,6 @@ from messages_mw.compression import (
     BUNDLE_NAMES,
     CompressionMemo,
     CompressionResult,
-    builtin,
     bundle_named,
     compress_request,
 )
@@ -185,14 +184,15 @@ def test_a_full_memo_drops_the_oldest_unused_entry_first() -> None:
 
 
 def test_a_failing_engine_leaves_the_body_to_go_upstream_as_it_came(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     def broken(*args: object, **options: object) -> None:
         raise RuntimeError("a bug in a filter")
 
-    monkeypatch.setattr(builtin, "compress_request", broken)
     config = CompressionConfig(default_bundle="claude-code")
-    compressor = BundleCompressor(config, header="x-mw-compression", report_header="x-mw-report")
+    compressor = BundleCompressor(
+        config, header="x-mw-compression", report_header="x-mw-report", engine=broken
+    )
     context = RequestContext("r", "POST", "/v1/messages")
     assert compressor(_session("claude-code")[-1], context) is None
     assert context.compression is None

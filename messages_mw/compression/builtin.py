@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from ..config import CompressionConfig, ConfigError
 from ..context import CompressionReport, RequestContext
@@ -37,8 +37,14 @@ class BundleCompressor:
         header: str,
         report_header: str,
         key_bundles: Iterable[str | None] = (),
+        engine: Callable[..., CompressionResult | None] = compress_request,
     ) -> None:
+        """``key_bundles`` are the API keys' bundle names, checked here with the default one
+        (an unknown name raises :class:`ConfigError`); ``engine`` compresses a body, called as
+        :func:`~messages_mw.compression.engine.compress_request` is (tests hand in a failing
+        one)."""
         self._config = config
+        self._engine = engine
         self._header = header.lower()
         self._report_header = report_header
         for name in (config.default_bundle, *key_bundles):
@@ -68,9 +74,7 @@ class BundleCompressor:
 
     def _compress(self, body: bytes, bundle: Bundle) -> CompressionResult | None:
         try:
-            return compress_request(
-                body, bundle, align_cache=self._config.align_cache, memo=self._memo
-            )
+            return self._engine(body, bundle, align_cache=self._config.align_cache, memo=self._memo)
         except Exception:
             # Compression only saves tokens: a bug in it must not cost the client its answer.
             logger.exception("compression failed; the body goes upstream as it came")
