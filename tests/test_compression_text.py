@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -32,6 +33,28 @@ ALL_OFF = TextOptions(
     command_filters=False,
     cap_chars=None,
 )
+
+
+def cpu_seconds(run: Callable[[], object], repeat: int = 1) -> float:
+    """The least CPU time this thread spent in ``run()`` over ``repeat`` runs. CPU time, not
+    wall time: other processes loading the machine's shared CPUs do not count."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.thread_time()
+        run()
+        best = min(best, time.thread_time() - start)
+    return best
+
+
+def growth(run: Callable[[int], object], size: int) -> float:
+    """How many times longer ``run(8 * size)`` takes than ``run(size)``: about 8 for a linear
+    algorithm, about 64 for a quadratic one (best of three runs each)."""
+    return cpu_seconds(lambda: run(8 * size), 3) / cpu_seconds(lambda: run(size), 3)
+
+
+# Linearity guards below: either the growth from n to 8n, bounded at 20 (2.5x a linear 8, well
+# under a quadratic 64), or an absolute bound on an input where a quadratic algorithm would
+# take minutes and the linear one takes milliseconds (100x or more below the bound).
 
 # (command, output) pairs as an agent's shell tool returns them.
 SAMPLE_RUNS = [
@@ -108,9 +131,11 @@ def test_strip_ansi_sequence_split_by_a_newline_loses_no_text() -> None:
 
 
 def test_strip_ansi_millions_of_backspaces_stay_linear() -> None:
-    start = time.perf_counter()
     assert strip_ansi("x" * 200_000 + "\x08" * 200_000 + "y") == "y"
-    assert time.perf_counter() - start < 2
+    # Growth, not an absolute bound: a quadratic strip that re-copied its output per backspace
+    # would move only some 20 GB here, seconds at memcpy speed.
+    texts = {n: "x" * n + "\x08" * n + "y" for n in (50_000, 400_000)}
+    assert growth(lambda n: strip_ansi(texts[n]), 50_000) < 20
 
 
 # collapse_progress
@@ -184,9 +209,11 @@ def test_tidy_long_mixed_trailing_whitespace() -> None:
 
 def test_tidy_stays_linear_on_long_inner_blank_runs() -> None:
     text = "a" + " " * 1_000_000 + "x\nb" + " \t" * 50 + "\n"
-    start = time.perf_counter()
-    assert tidy_whitespace(text) == "a" + " " * 1_000_000 + "x\nb\n"
-    assert time.perf_counter() - start < 1
+    result: list[str] = []
+    # Absolute: backtracking over a million-space run (n^2 / 2 steps) takes hours; the linear
+    # pass takes about 5 ms, 200x below the bound.
+    assert cpu_seconds(lambda: result.append(tidy_whitespace(text))) < 1
+    assert result == ["a" + " " * 1_000_000 + "x\nb\n"]
 
 
 def test_tidy_trims_runs_mixing_spaces_and_tabs_whichever_comes_last() -> None:
@@ -284,12 +311,16 @@ def test_near_merging_compares_each_lines_file_names() -> None:
     assert collapse_repeats(text) is text
 
 
+def _steps(count: int) -> str:
+    return "".join(f"step {n} of 100000 ok\n" for n in range(count))
+
+
 def test_a_long_near_identical_run_is_fast() -> None:
-    text = "".join(f"step {n} of 100000 ok\n" for n in range(100_000))
-    start = time.perf_counter()
-    result = collapse_repeats(text)
-    assert time.perf_counter() - start < 1
+    result = collapse_repeats(_steps(100_000))
     assert result == "step 0 of 100000 ok\n… 99998 similar lines omitted\nstep 99999 of 100000 ok\n"
+    # Growth, not an absolute bound: the linear pass over 100k lines already takes 50 ms.
+    texts = {count: _steps(count) for count in (12_500, 100_000)}
+    assert growth(lambda count: collapse_repeats(texts[count]), 12_500) < 20
 
 
 def test_markers_keep_the_runs_indentation() -> None:
@@ -556,9 +587,11 @@ def test_adversarial_inputs_do_not_raise(text: str) -> None:
 
 def test_a_five_megabyte_line_is_fast() -> None:
     text = "word " * 1_000_000
-    start = time.perf_counter()
-    result = compress_tool_text(text, OPTIONS, "cat big.log")
-    assert time.perf_counter() - start < 1
+    results: list[str] = []
+    # Absolute: a quadratic pass over a 5 MB line (10^13 steps) would never end; the linear
+    # one takes 5-10 ms, 100x below the bound.
+    assert cpu_seconds(lambda: results.append(compress_tool_text(text, OPTIONS, "cat big.log"))) < 1
+    [result] = results
     assert len(result) <= 24_000
 
 

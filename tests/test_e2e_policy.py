@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from typing import Any
 
@@ -649,49 +650,82 @@ def test_tagger_hook_adds_tags_or_rejects_with_400(ups: Upstreams) -> None:
     assert (events[1].status, events[1].error_type) == (400, "invalid_request_error")
 
 
-SINK_DELAY = 0.25
+class _SinkGate:
+    """Holds the usage sinks that wait on it until the test releases it: a sink that held up a
+    response would then hold it until the client's timeout, failing the test instead of
+    merely making it slower than some threshold."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self._released = threading.Event()
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def release(self) -> None:
+        with self._lock:
+            self._released.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    def blocking_sink(self, event: UsageEvent) -> None:
+        """A sync sink: blocks the dispatcher's worker thread."""
+        self.entered.set()
+        assert self._released.wait(timeout=30.0), "the test never released the sink"
+
+    async def blocking_async_sink(self, event: UsageEvent) -> None:
+        """An async sink: blocks the dispatcher's task on the gateway's event loop."""
+        self.entered.set()
+        with self._lock:
+            if self._released.is_set():
+                return
+            released = asyncio.Event()
+            self._waiters.append((asyncio.get_running_loop(), released))
+        await released.wait()
 
 
 def _raising_sink(event: UsageEvent) -> None:
     raise RuntimeError("sink is broken")
 
 
-def _slow_sink(event: UsageEvent) -> None:
-    time.sleep(SINK_DELAY)
-
-
-async def _slow_async_sink(event: UsageEvent) -> None:
-    await asyncio.sleep(SINK_DELAY)
-
-
-def test_raising_or_slow_usage_sinks_do_not_affect_responses(ups: Upstreams) -> None:
+@pytest.mark.parametrize("blocking", ["sync", "async"])
+def test_raising_or_slow_usage_sinks_do_not_affect_responses(ups: Upstreams, blocking: str) -> None:
     ups.primary.push(
         Reply(chunks=text_stream_events(["One ", "two."])),
         Reply(body=message_json("Plain.")),
         Reply(chunks=text_stream_events(["Three."])),
     )
-    sinks = [_raising_sink, _slow_sink, _slow_async_sink]
+    gate = _SinkGate()
+    slow = gate.blocking_sink if blocking == "sync" else gate.blocking_async_sink
+    sinks = [_raising_sink, slow]
     with (
         logged_errors("messages_mw.usage") as errors,
         gateway_stack(ups.config(), usage_sinks=sinks) as gw,
-        sdk_client(gw.base_url, bearer="sk-client") as client,
+        sdk_client(gw.base_url, bearer="sk-client") as sdk,
     ):
-        started = time.monotonic()
-        with client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO) as stream:
-            first = stream.get_final_text()
-        second = client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
-        with client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO) as stream:
-            third = stream.get_final_text()
-        elapsed = time.monotonic() - started
-        events = gw.wait_for_events(3, timeout=6.0)
+        # The slow sink blocks until every response is in: had it held one up, that request
+        # would hang until this timeout and fail the test.
+        client = sdk.with_options(timeout=10.0)
+        try:
+            started = time.monotonic()
+            with client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO) as stream:
+                first = stream.get_final_text()
+            second = client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
+            with client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO) as stream:
+                third = stream.get_final_text()
+            elapsed_ms = (time.monotonic() - started) * 1000
+            # The slow sink really was in the way: it got the first event and is still blocked.
+            assert gate.entered.wait(timeout=10.0)
+        finally:
+            gate.release()
+        events = gw.wait_for_events(3, timeout=10.0)
     assert (first, third) == ("One two.", "Three.")
     assert second.content[0].type == "text" and second.content[0].text == "Plain."
-    # Each slow sink takes SINK_DELAY per event: had either held a request up, three requests
-    # in a row would have taken at least twice that.
-    assert elapsed < SINK_DELAY
     assert [event.status for event in events] == [200, 200, 200]
     assert [event.stream for event in events] == [True, False, True]
-    assert all(e.latency_ms is not None and e.latency_ms < SINK_DELAY * 1000 for e in events)
+    # The sink was released only after the last response: a latency that counted the time
+    # spent in sinks would exceed the whole span of the three round trips.
+    assert all(e.latency_ms is not None and e.latency_ms <= elapsed_ms for e in events)
     failures = [r for r in errors if r.exc_info and str(r.exc_info[1]) == "sink is broken"]
     logged = sorted(r.getMessage().rsplit(" ", 1)[-1] for r in failures)
     assert logged == sorted(event.request_id for event in events)

@@ -61,8 +61,14 @@ SDK_HEADERS = {
 }
 
 
-def _client(base_url: str, *, max_retries: int = 0) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=base_url, api_key="sk-test", max_retries=max_retries)
+def _client(
+    base_url: str, *, max_retries: int = 0, timeout: float | None = None
+) -> anthropic.Anthropic:
+    if timeout is None:
+        return anthropic.Anthropic(base_url=base_url, api_key="sk-test", max_retries=max_retries)
+    return anthropic.Anthropic(
+        base_url=base_url, api_key="sk-test", max_retries=max_retries, timeout=timeout
+    )
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
@@ -276,27 +282,71 @@ def test_stream_thinking_keeps_signature_byte_exact(stack: Stack) -> None:
     assert _usage(_last_finished(stack.finished)) == (40, 15, 0, 0)
 
 
-def test_stream_chunks_are_relayed_as_they_arrive(stack: Stack) -> None:
+class _LockstepUpstream:
+    """A streaming upstream that sends its chunks in ``groups`` and sends each next group only
+    once the test calls :meth:`advance` (after the client saw the previous one). ``log`` records
+    each group sent, interleaved with what the test appends to it."""
+
+    def __init__(self, groups: list[list[bytes]]) -> None:
+        self.groups = groups
+        self.log: list[str] = []
+        self.stalled = False
+        self._advance = threading.Semaphore(0)
+
+    def advance(self) -> None:
+        self._advance.release()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body", False):
+            pass
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"request-id", UPSTREAM_REQUEST_ID.encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for index, group in enumerate(self.groups):
+            # A gateway that buffered would never let the client see the previous group:
+            # give up waiting after 10 s (and fail the test) rather than hang.
+            if index and not self.stalled:
+                advanced = await asyncio.to_thread(self._advance.acquire, timeout=10.0)
+                self.stalled = not advanced
+            self.log.append(f"sent {index}")
+            for chunk in group:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def test_stream_chunks_are_relayed_as_they_arrive() -> None:
     events = text_stream_events(["a", "b", "c", "d"])
-    # message_start, ping, block start and the first delta at once; then 0.3 s per delta.
-    delays = [0.0, 0.0, 0.0, 0.0, 0.3, 0.3, 0.3, 0.0, 0.0, 0.0]
-    assert len(delays) == len(events)
-    stack.upstream.push(Reply(chunks=events), Reply(chunks=events, delay=delays))
-    seen: list[tuple[str, float]] = []
-    with _client(stack.base_url) as client:
-        # A first stream, untimed: the SDK's first use of its stream code (imports, parsers)
-        # and the fresh connections would delay the first events and shorten the first gap.
-        with client.messages.stream(model=MODEL, max_tokens=16, messages=HELLO) as warm_up:
-            warm_up.until_done()
-        started = time.monotonic()
+    # message_start, ping, block start and the first delta at once; then one delta per group;
+    # then the closing events. The upstream sends a group only after the client got the text of
+    # the previous one, so the stream completes only if every chunk is relayed as it arrives
+    # (no waiting for time to pass, so no threshold to miss under load).
+    groups = [events[:4], [events[4]], [events[5]], [events[6]], events[7:]]
+    lockstep = _LockstepUpstream(groups)
+    texts: list[str] = []
+    with (
+        serve(lockstep) as upstream_url,
+        _gateway_stack(upstream_url) as (base_url, _),
+        _client(base_url) as sdk,
+    ):
+        client = sdk.with_options(timeout=30.0)
         with client.messages.stream(model=MODEL, max_tokens=16, messages=HELLO) as stream:
-            seen.extend((event.type, time.monotonic() - started) for event in stream)
-    arrival = dict(reversed(seen))  # first arrival of each event type
-    text_times = [at for kind, at in seen if kind == "text"]
-    assert arrival["message_start"] < 0.25
-    assert arrival["text"] < 0.25
-    assert all(later - earlier > 0.2 for earlier, later in itertools.pairwise(text_times))
-    assert seen[-1][1] > 0.85
+            for event in stream:
+                if event.type == "text":
+                    texts.append(event.text)
+                    lockstep.log.append(f"got {event.text}")
+                    lockstep.advance()
+            message = stream.get_final_message()
+    assert not lockstep.stalled, "a chunk was held back until the upstream sent more"
+    assert texts == ["a", "b", "c", "d"]
+    # Each delta reached the client before the upstream sent the next one.
+    assert lockstep.log == [
+        "sent 0", "got a", "sent 1", "got b", "sent 2", "got c", "sent 3", "got d", "sent 4"
+    ]  # fmt: skip
+    assert [block.text for block in message.content if block.type == "text"] == ["abcd"]
 
 
 def test_opening_events_reach_the_client_while_the_model_is_silent(
@@ -592,19 +642,26 @@ def test_unreachable_upstream_is_retried_by_the_sdk() -> None:
     assert [context.status for context in finished] == [502, 502]
 
 
-def test_upstream_timeout_is_504_timeout_error(upstream: tuple[ScriptedUpstream, str]) -> None:
-    scripted, upstream_url = upstream
-    scripted.push(Reply(body=message_json(), delay=1.0))
-    with _gateway_stack(upstream_url, read_timeout=0.3) as (base_url, finished):
+def test_upstream_timeout_is_504_timeout_error() -> None:
+    # The upstream stays silent for 30 s: a gateway that waited for it instead of timing out
+    # after read_timeout would blow far past the bound below (no tight threshold).
+    stalling = _HeadStallingUpstream(stall=30.0, stalled_requests=1)
+    with (
+        serve(stalling) as upstream_url,
+        _gateway_stack(upstream_url, read_timeout=0.3) as (base_url, finished),
+    ):
         started = time.monotonic()
-        with _client(base_url) as client, pytest.raises(anthropic.GatewayTimeoutError) as caught:
+        with (
+            _client(base_url, timeout=10.0) as client,
+            pytest.raises(anthropic.GatewayTimeoutError) as caught,
+        ):
             client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
-        assert time.monotonic() - started < 0.9
+        assert time.monotonic() - started < 3.0
         _assert_gateway_error(caught.value, 504, "timeout_error")
         assert _last_finished(finished).status == 504
-        # The timed-out connection must not be reused: its late answer belongs to nobody.
-        scripted.push(Reply(body=message_json("fresh")))
-        with _client(base_url) as client:
+        # The timed-out connection must not be reused: its late answer belongs to nobody (on a
+        # reused connection, the next request would get the stalled one's "late" answer).
+        with _client(base_url, timeout=10.0) as client:
             message = client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
         assert message.content[0].type == "text" and message.content[0].text == "fresh"
 
@@ -614,11 +671,13 @@ def test_upstream_silent_mid_stream_ends_with_a_timeout_error_event(
 ) -> None:
     scripted, upstream_url = upstream
     events = text_stream_events(["stalled"])[:4]
-    scripted.push(Reply(chunks=events, hang_after=2.0))
+    # Silent for 30 s after its fourth event: a gateway that waited for it instead of timing
+    # out after read_timeout would blow far past the bound below (no tight threshold).
+    scripted.push(Reply(chunks=events, hang_after=30.0))
     with _gateway_stack(upstream_url, read_timeout=0.3) as (base_url, finished):
         started = time.monotonic()
         relayed = _post_stream(base_url)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 3.0
         prefix = b"".join(events)
         assert relayed.startswith(prefix)
         error = _error_event(relayed[len(prefix) :])
@@ -814,9 +873,15 @@ def test_a_stream_opening_with_a_client_error_is_that_error_under_the_upstreams_
     assert caught.value.body["error"]["message"] == "prompt is too long: 1 > 0"
 
 
+# The upstream sends its opening events and a first delta, then stays silent for 30 s: a gateway
+# that did not hang up on it when the client left would miss the 3 s bound by a wide margin.
+UPSTREAM_SILENCE = 30.0
+PROMPTLY = 3.0
+
+
 def test_client_disconnect_closes_the_upstream_promptly(stack: Stack) -> None:
     events = text_stream_events(["tick"] * 48)
-    stack.upstream.push(Reply(chunks=events, delay=[0.0] + [0.2] * (len(events) - 1)))
+    stack.upstream.push(Reply(chunks=events[:4], hang_after=UPSTREAM_SILENCE))
     body = json.dumps({"model": MODEL, "max_tokens": 8, "messages": HELLO, "stream": True})
     with httpx.Client() as http:
         request = http.build_request(
@@ -827,8 +892,8 @@ def test_client_disconnect_closes_the_upstream_promptly(stack: Stack) -> None:
         assert first.startswith(b"event: message_start\n")
         closed_at = time.monotonic()
         answer.close()
-    _wait_until(lambda: bool(stack.upstream.disconnected_at), timeout=2.0)
-    assert stack.upstream.disconnected_at[0] - closed_at <= 0.1
+    _wait_until(lambda: bool(stack.upstream.disconnected_at), timeout=PROMPTLY)
+    assert stack.upstream.disconnected_at[0] - closed_at <= PROMPTLY
     context = _last_finished(stack.finished)
     assert context.client_disconnected is True
     assert _usage(context) == (12, 1, 0, 0)
@@ -840,39 +905,47 @@ def test_client_disconnect_closes_the_upstream_promptly(stack: Stack) -> None:
 
 def test_sdk_stream_closed_early_closes_the_upstream(stack: Stack) -> None:
     events = text_stream_events(["tick"] * 48)
-    stack.upstream.push(Reply(chunks=events, delay=[0.0] + [0.2] * (len(events) - 1)))
+    stack.upstream.push(Reply(chunks=events[:4], hang_after=UPSTREAM_SILENCE))
     with (
         _client(stack.base_url) as client,
         client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO) as stream,
     ):
         assert next(iter(stream)).type == "message_start"
         closed_at = time.monotonic()
-    _wait_until(lambda: bool(stack.upstream.disconnected_at), timeout=2.0)
-    assert stack.upstream.disconnected_at[0] - closed_at <= 0.1
+    _wait_until(lambda: bool(stack.upstream.disconnected_at), timeout=PROMPTLY)
+    assert stack.upstream.disconnected_at[0] - closed_at <= PROMPTLY
     assert _last_finished(stack.finished).client_disconnected is True
 
 
 class _HeadStallingUpstream:
     """An upstream that holds back its response head for ``stall`` seconds (a long non-streamed
-    generation, or a queued request) and records when the gateway hung up on it."""
+    generation, or a queued request), then answers "late"; records when the gateway hung up on
+    it. With ``stalled_requests``, only that many requests stall: later ones get "fresh" at once.
+    """
 
-    def __init__(self, stall: float) -> None:
+    def __init__(self, stall: float, *, stalled_requests: int | None = None) -> None:
         self.stall = stall
+        self.stalled_requests = stalled_requests
         self.disconnected_at: list[float] = []
+        self._requests = itertools.count()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         while (await receive()).get("more_body", False):
             pass
+        headers = [(b"content-type", b"application/json")]
+        if self.stalled_requests is not None and next(self._requests) >= self.stalled_requests:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": message_json("fresh")})
+            return
         watcher = asyncio.ensure_future(self._watch(receive))
         await asyncio.wait([watcher], timeout=self.stall)
         if watcher.done():
             return
         watcher.cancel()
-        headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": message_json()})
+        await send({"type": "http.response.body", "body": message_json("late")})
 
     async def _watch(self, receive: Any) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -882,18 +955,19 @@ class _HeadStallingUpstream:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_client_disconnect_before_the_upstream_answers_closes_the_upstream(stream: bool) -> None:
-    stalling = _HeadStallingUpstream(stall=2.0)
+    # Silent for 30 s: a gateway that kept waiting on it after the client left would miss the
+    # PROMPTLY bound by a wide margin.
+    stalling = _HeadStallingUpstream(stall=UPSTREAM_SILENCE)
     with serve(stalling) as upstream_url, _gateway_stack(upstream_url) as (base_url, finished):
         body = json.dumps({"model": MODEL, "max_tokens": 8, "messages": HELLO, "stream": stream})
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{base_url}/v1/messages", content=body, headers=SDK_HEADERS, timeout=0.3)
         closed_at = time.monotonic()
         _wait_until(lambda: bool(finished), timeout=3.0)
-        # The upstream server notices the hang-up on its own thread; give it a moment to log it
-        # (the timing assertion below is what holds the gateway to 100 ms).
-        _wait_until(lambda: bool(stalling.disconnected_at), timeout=2.0)
+        # The upstream server notices the hang-up on its own thread.
+        _wait_until(lambda: bool(stalling.disconnected_at), timeout=PROMPTLY)
         assert stalling.disconnected_at, "the gateway kept waiting on the upstream"
-        assert stalling.disconnected_at[0] - closed_at <= 0.1
+        assert stalling.disconnected_at[0] - closed_at <= PROMPTLY
         assert finished[-1].client_disconnected is True
 
 

@@ -69,13 +69,28 @@ def reply(
     return ProviderResponse(status, [*JSON_HEADERS, *headers], body=body, close=Closes())
 
 
-def streamed(chunks: Sequence[bytes | BaseException | None]) -> ProviderResponse:
-    """A 200 stream of ``chunks``; an exception is raised where it stands, ``None`` hangs."""
+class Hang:
+    """A point where a scripted upstream (or sleep) waits for good: ``reached`` is set once
+    something waits there, so that a test can act at that moment instead of after a guess."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+
+    async def wait(self) -> None:
+        self.reached.set()
+        await asyncio.Event().wait()
+
+
+def streamed(chunks: Sequence[bytes | BaseException | Hang | None]) -> ProviderResponse:
+    """A 200 stream of ``chunks``; an exception is raised where it stands, ``None`` or a
+    :class:`Hang` hangs."""
 
     async def body() -> AsyncIterator[bytes]:
         for chunk in chunks:
             if chunk is None:
                 await asyncio.Event().wait()
+            elif isinstance(chunk, Hang):
+                await chunk.wait()
             elif isinstance(chunk, BaseException):
                 raise chunk
             else:
@@ -183,20 +198,22 @@ def chain_and_read(
     return asyncio.run(scenario())
 
 
-def cancelled_after(
-    seconds: float,
+def cancelled_at(
+    hang: Hang,
     targets: Sequence[Target],
     send: Callable[[Target], Awaitable[ProviderResponse]],
     policy: RetryPolicy,
     **options: Any,
 ) -> None:
-    """Run a streaming ``run_chain`` and cancel it ``seconds`` later, as a client leaving."""
+    """Run a streaming ``run_chain`` and cancel it, as a client leaving, once it waits at
+    ``hang`` (failing if it never gets there)."""
 
     async def scenario() -> None:
         task = asyncio.ensure_future(
             run_chain(targets, send, policy=policy, breaker=None, stream=True, **options)
         )
-        await asyncio.sleep(seconds)
+        await asyncio.wait_for(hang.reached.wait(), 5)
+        assert not task.done(), "the chain ended while waiting"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -694,11 +711,18 @@ def test_deadline_passing_while_peeking_is_a_failure() -> None:
 
 def test_cancellation_closes_the_held_failure_and_the_peeked_stream() -> None:
     held = reply(529, OVERLOADED, [("retry-after", "5")])
-    hung = streamed([MESSAGE_START, None])
+    backoff = Hang()
 
-    # Cancelled while sleeping before the retry, then while waiting for the first content.
-    for response in (held, hung):
-        cancelled_after(0.01, [PRIMARY], Upstreams({PRIMARY.name: [response]}), NO_JITTER)
+    async def sleep(delay: float) -> None:
+        await backoff.wait()
+
+    # Cancelled while sleeping before the retry...
+    send = Upstreams({PRIMARY.name: [held]})
+    cancelled_at(backoff, [PRIMARY], send, NO_JITTER, sleep=sleep)
+    # ...then while waiting for the first content.
+    silence = Hang()
+    hung = streamed([MESSAGE_START, silence])
+    cancelled_at(silence, [PRIMARY], Upstreams({PRIMARY.name: [hung]}), NO_JITTER)
     assert closes(held) == 1 and closes(hung) == 1
 
 
@@ -728,17 +752,19 @@ def test_a_cancelled_chain_names_the_stream_it_held_and_only_that_one() -> None:
     # The caller bills a client that left to the target whose stream was held, not to an
     # earlier target whose stream failed (whose usage stays on its own attempt).
     def cancelled(
-        send: Callable[[Target], Awaitable[ProviderResponse]],
+        send: Callable[[Target], Awaitable[ProviderResponse]], hang: Hang
     ) -> tuple[HeldStream, list[Attempt]]:
         held, attempts = HeldStream(), []
         policy = RetryPolicy(attempts_per_target=1)
-        cancelled_after(0.05, [PRIMARY, SECONDARY], send, policy, attempts=attempts, held=held)
+        cancelled_at(hang, [PRIMARY, SECONDARY], send, policy, attempts=attempts, held=held)
         return held, attempts
 
     backup_start = text_stream_events([], model="claude-haiku-4-5", input_tokens=40)[0]
     failing = streamed([MESSAGE_START, error_event()])
+    silence = Hang()
     held, attempts = cancelled(
-        Upstreams({PRIMARY.name: [failing], SECONDARY.name: [streamed([backup_start, None])]})
+        Upstreams({PRIMARY.name: [failing], SECONDARY.name: [streamed([backup_start, silence])]}),
+        silence,
     )
     assert held.target == SECONDARY and held.chunks == [backup_start]
     assert summary(attempts) == [
@@ -749,12 +775,14 @@ def test_a_cancelled_chain_names_the_stream_it_held_and_only_that_one() -> None:
 
     primary_only = Upstreams({PRIMARY.name: [streamed([MESSAGE_START, error_event()])]})
 
+    no_answer = Hang()
+
     async def backup_never_answers(target: Target) -> ProviderResponse:
         if target == SECONDARY:
-            await asyncio.Event().wait()
+            await no_answer.wait()
         return await primary_only(target)
 
-    held, attempts = cancelled(backup_never_answers)
+    held, attempts = cancelled(backup_never_answers, no_answer)
     assert held.target is None
     assert summary(attempts) == [
         (PRIMARY.name, 200, "overloaded_error"),

@@ -243,7 +243,7 @@ def test_two_processes_share_one_limit(shared_redis: RedisServer) -> None:
     assert sum(counts) == limit, counts
 
 
-def outage_config(server: RedisServer, policy: str) -> LimitsConfig:
+def outage_config(server: RedisServer, policy: str, store_timeout: float = 0.3) -> LimitsConfig:
     rule = LimitRule(scope="key", requests_per_minute=5)
     return LimitsConfig(
         rules=(rule,),
@@ -251,13 +251,15 @@ def outage_config(server: RedisServer, policy: str) -> LimitsConfig:
         redis_url=server.url,
         key_prefix=fresh_prefix(),
         on_store_error=policy,  # type: ignore[arg-type]
-        store_timeout=0.3,
+        store_timeout=store_timeout,
     )
 
 
-def outage_limiter(server: RedisServer, policy: str, clock: FakeClock) -> RateLimiter:
+def outage_limiter(
+    server: RedisServer, policy: str, clock: FakeClock, store_timeout: float = 0.3
+) -> RateLimiter:
     """The store the config names, with ``clock`` as its wall and its monotonic clock."""
-    config = outage_config(server, policy)
+    config = outage_config(server, policy, store_timeout)
     store = RedisCounterStore(
         config.redis_url,
         key_prefix=config.key_prefix,
@@ -301,8 +303,12 @@ def test_redis_outage_follows_the_policy_and_recovers_by_itself(
 
 
 def test_a_hung_redis_costs_one_timeout_then_fails_fast(own_redis: RedisServer) -> None:
+    # A long store timeout, so that each wrong outcome is slow: a second check that waited for
+    # Redis again would take the store timeout, and a first check that waited twice, twice that;
+    # the bounds below sit seconds away from both, not milliseconds.
+    store_timeout = 2.0
     clock = FakeClock()
-    limiter = outage_limiter(own_redis, "open", clock)
+    limiter = outage_limiter(own_redis, "open", clock, store_timeout)
 
     async def scenario() -> list[float]:
         await limiter.admit(request())
@@ -321,8 +327,8 @@ def test_a_hung_redis_costs_one_timeout_then_fails_fast(own_redis: RedisServer) 
         return timings
 
     first, second = asyncio.run(scenario())
-    assert 0.25 < first < 1.5
-    assert second < 0.05
+    assert store_timeout * 0.75 < first < store_timeout * 1.75
+    assert second < store_timeout / 2
 
 
 def test_a_burst_queues_for_connections_and_is_not_taken_for_an_outage(

@@ -98,7 +98,8 @@ def _provider(handler: Handler, **settings: Any) -> OpenAIProvider:
 
 class _Chunks(httpx.AsyncByteStream):
     """A response body written chunk by chunk, after ``delay`` s each; ``fail`` raises after
-    the chunks, as a connection that breaks mid-stream."""
+    the chunks, as a connection that breaks mid-stream. ``waiting`` is set once a reader waits
+    for a chunk."""
 
     def __init__(
         self,
@@ -112,9 +113,11 @@ class _Chunks(httpx.AsyncByteStream):
         self._first_delay = delay if first_delay is None else first_delay
         self._fail = fail
         self.closed = False
+        self.waiting = asyncio.Event()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for index, chunk in enumerate(self._chunks):
+            self.waiting.set()
             await asyncio.sleep(self._first_delay if index == 0 else self._delay)
             yield chunk
         if self._fail is not None:
@@ -436,9 +439,19 @@ async def test_cancelling_a_stream_closes_the_upstream() -> None:
 
     response = await _provider(handler, ping_interval=10).send(_request(stream=True))
     assert response.chunks is not None
-    assert b"message_start" in await anext(response.chunks)  # sent before the upstream speaks
-    reader = asyncio.ensure_future(anext(response.chunks))
-    await asyncio.sleep(0.05)
+    chunks = response.chunks
+    assert b"message_start" in await anext(chunks)  # sent before the upstream speaks
+    reading = asyncio.Event()
+
+    async def read_next() -> bytes:
+        reading.set()
+        return await anext(chunks)
+
+    reader = asyncio.ensure_future(read_next())
+    # Once both are set, the reader is suspended inside its read, which waits on the upstream.
+    await asyncio.wait_for(reading.wait(), 5)
+    await asyncio.wait_for(stream.waiting.wait(), 5)
+    assert not reader.done()
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader

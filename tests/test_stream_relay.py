@@ -221,8 +221,10 @@ def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
         try:
             start, _, first_block = text_stream_events(["a"])[:3]
             yield start + first_block
+            # Then silent for 30 s at a time: only a relay cancelled by the disconnect closes
+            # this promptly, so the bound below need not be tight.
             while True:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(30)
                 yield sse("ping", {"type": "ping"})
         finally:
             closed_at.append(time.monotonic())
@@ -243,11 +245,11 @@ def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
         await first_chunk.wait()
         disconnected = time.monotonic()
         await messages.put({"type": "http.disconnect"})
-        await asyncio.wait_for(task, 1)
+        await asyncio.wait_for(task, 3)
         return disconnected
 
     disconnected = run(scenario())
-    assert closed_at and closed_at[0] - disconnected < 0.1
+    assert closed_at and closed_at[0] - disconnected < 3
     assert finished[0].client_disconnected
     assert finished[0].usage.input_tokens == 12
 
