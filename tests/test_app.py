@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import zlib
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from messages_mw import AnthropicProvider, Gateway, GatewayConfig, UpstreamConfig
+from messages_mw import AnthropicProvider, Gateway, GatewayConfig, RequestContext, UpstreamConfig
 from messages_mw.providers.base import MAX_RESPONSE_BYTES
 
 from .conftest import sample
@@ -412,12 +413,26 @@ def test_lifespan_and_websocket_scopes() -> None:
     ]
 
 
-def test_a_failing_request_end_hook_never_reaches_the_client() -> None:
-    def broken(context: object) -> None:
+def test_a_failing_request_end_hook_never_reaches_the_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ended: list[RequestContext] = []
+
+    def broken(context: RequestContext) -> None:
+        ended.append(context)
         raise ValueError("sink down")
 
     gateway, _ = make_gateway(Recorder(), on_request_end=broken)
-    assert run(_post(gateway, CHAT)).status_code == 200
+    with caplog.at_level(logging.ERROR, logger="messages_mw"):
+        response = run(_post(gateway, CHAT))
+    assert response.status_code == 200
+    assert response.json() == json.loads(message_json())
+    # The hook did run (and fail) for this request, and its error was logged, not relayed.
+    [context] = ended
+    assert context.status == 200
+    [record] = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ValueError]
+    assert record.name == "messages_mw" and str(record.exc_info[1]) == "sink down"
+    assert record.getMessage() == f"on_request_end failed for request {context.request_id}"
 
 
 def test_constructor_rejects_bad_hooks() -> None:

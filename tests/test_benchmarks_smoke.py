@@ -102,7 +102,6 @@ def test_both_decoders_reject_invalid_bodies(body: bytes) -> None:
     assert not accepts(decode_with_stdlib_pydantic, body)
 
 
-@pytest.mark.skipif(not SMALL_SAMPLE.exists(), reason=f"{SMALL_SAMPLE} not present")
 def test_decode_benchmark_returns_positive_timings() -> None:
     results = run_decode_benchmarks(
         DEFAULT_SAMPLES, rounds=2, number=20, sample_files=(SMALL_SAMPLE.name,)
@@ -136,7 +135,6 @@ def test_translation_payloads_translate_to_complete_answers() -> None:
     assert [e["type"] for e in tool_events][-2:] == ["message_delta", "message_stop"]
 
 
-@pytest.mark.skipif(not SMALL_SAMPLE.exists(), reason=f"{SMALL_SAMPLE} not present")
 def test_translation_benchmark_returns_positive_timings() -> None:
     results = run_translation_benchmarks(
         DEFAULT_SAMPLES, rounds=1, number=3, sample_files=(SMALL_SAMPLE.name,)

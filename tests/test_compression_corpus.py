@@ -12,21 +12,21 @@ import pytest
 
 from benchmarks.agent_corpus import AGENTS, PROFILES, build_session
 from benchmarks.agent_outputs import Run
-from benchmarks.agent_prefixes import SAMPLE
 from benchmarks.agent_tools import cc_bash_output
 from benchmarks.cache_cost import cache_units, session_dollars, simulate_caching, sonnet_price
 from benchmarks.compression import (
     CompressionRow,
+    engine_compressor,
     format_rows,
     measure,
     naive_compressor,
     target_lines,
     tool_output_bytes,
+    warm_engine,
     warm_seconds,
 )
+from messages_mw.compression.memo import CompressionMemo
 from messages_mw.validation import decode_messages_request
-
-pytestmark = pytest.mark.skipif(not SAMPLE.exists(), reason=f"{SAMPLE} not present")
 
 Json = dict[str, Any]
 SHORT = 6
@@ -364,10 +364,6 @@ def test_warm_timing_rejects_a_memo_path_that_changes_the_output() -> None:
 
 
 def test_benchmark_runs_with_the_engine_on_a_short_session() -> None:
-    engine = pytest.importorskip("messages_mw.compression.engine", exc_type=ImportError)
-    assert engine is not None
-    from benchmarks.compression import engine_compressor
-
     requests = build_session("claude-code", "tool-heavy", turns=SHORT).requests
     row = measure(
         "claude-code", "tool-heavy", engine_compressor("claude-code"), requests=requests, rounds=1
@@ -379,19 +375,11 @@ def test_benchmark_runs_with_the_engine_on_a_short_session() -> None:
     assert row.warm_seconds_per_100kb is None and row.session_seconds_per_100kb is None
 
 
-def _memo_or_skip() -> None:
-    pytest.importorskip("messages_mw.compression.memo", exc_type=ImportError)
-
-
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("agent", AGENTS)
 def test_the_memo_path_gives_the_cold_paths_bytes_for_every_request(
     agent: str, profile: str
 ) -> None:
-    _memo_or_skip()
-    from benchmarks.compression import engine_compressor
-    from messages_mw.compression.memo import CompressionMemo
-
     memo = CompressionMemo()
     cold, warm = engine_compressor(agent), engine_compressor(agent, memo)
     requests = build_session(agent, profile, turns=SHORT).requests
@@ -401,9 +389,6 @@ def test_the_memo_path_gives_the_cold_paths_bytes_for_every_request(
 
 
 def test_benchmark_times_warm_sessions_through_one_memo() -> None:
-    _memo_or_skip()
-    from benchmarks.compression import engine_compressor, warm_engine
-
     requests = build_session("claude-code", "tool-heavy", turns=SHORT).requests
     row = measure(
         "claude-code",
