@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from messages_mw import transport as transport_module
+from messages_mw import _connect
 from messages_mw.transport import FastHTTPTransport
 
 from .servers import serve
@@ -1113,5 +1113,5 @@ async def test_when_every_address_fails_the_last_error_is_raised() -> None:
 def test_addresses_alternate_between_families_first_family_first() -> None:
     v6a, v6b = (socket.AF_INET6, ("::1", 1, 0, 0)), (socket.AF_INET6, ("::2", 1, 0, 0))
     v4a, v4b = (socket.AF_INET, ("10.0.0.1", 1)), (socket.AF_INET, ("10.0.0.2", 1))
-    ordered = transport_module._interleaved([v6a, v6b, v4a, v6a, v4b])
+    ordered = _connect._interleaved([v6a, v6b, v4a, v6a, v4b])
     assert ordered == [v6a, v4a, v6b, v4b]
