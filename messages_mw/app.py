@@ -381,9 +381,13 @@ class Gateway:
         plan = self._policy.consume_gateway_fields(body, headers, parsed, allowed)
         target = (plan.resolver or self._policy.resolver).primary(context.model)
         plan.chain = [target]
-        response = await self._send_to(target, plan, scope, context)
-        self._record_server(context, target, False)
-        await run_watching_disconnect(receive, self._relay(response, send, context), context)
+
+        async def send_and_relay() -> None:
+            response = await self._send_to(target, plan, scope, context)
+            self._record_server(context, target, False)
+            await self._relay(response, send, context)
+
+        await run_watching_disconnect(receive, send_and_relay(), context)
 
     async def _models(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext

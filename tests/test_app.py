@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from messages_mw import AnthropicProvider, Gateway, GatewayConfig, RequestContext, UpstreamConfig
-from messages_mw.providers.base import MAX_RESPONSE_BYTES
+from messages_mw.providers.base import MAX_RESPONSE_BYTES, ProviderRequest, ProviderResponse
 
 from .conftest import sample
 from .inprocess import Recorder, client_for, make_gateway, run
@@ -538,3 +539,63 @@ def test_answers_the_gateway_makes_itself_have_a_time_to_first_byte() -> None:
     for context in finished:
         first_byte, latency = context.time_to_first_byte, context.latency
         assert first_byte is not None and latency is not None and 0 < first_byte <= latency
+
+
+_HELLO = [{"role": "user", "content": "hi"}]
+
+
+class _SilentProvider:
+    """An upstream that never answers; notes when its request is cancelled."""
+
+    def __init__(self) -> None:
+        self.sending = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def send(self, request: ProviderRequest) -> ProviderResponse:
+        self.sending.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_a_client_leaving_before_the_upstream_answers_ends_the_upstream_request(path: str) -> None:
+    # Whatever the route, a client that hangs up must not leave its upstream request open
+    # until the read timeout (ten minutes by default).
+    provider = _SilentProvider()
+    finished: list[RequestContext] = []
+    gateway = Gateway(GatewayConfig(), provider=provider, on_request_end=finished.append)
+    body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": _HELLO}).encode()
+    if path.endswith("count_tokens"):
+        body = json.dumps({"model": "claude-sonnet-4-6", "messages": _HELLO}).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, object]:
+        if messages:
+            return messages.pop()
+        await provider.sending.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: object) -> None:
+        raise AssertionError(f"nobody is there to receive {message}")
+
+    async def scenario() -> None:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json")],
+        }
+        await asyncio.wait_for(gateway(scope, receive, send), timeout=10)
+
+    run(scenario())
+    assert provider.cancelled.is_set()
+    assert finished[0].client_disconnected
