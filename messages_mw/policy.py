@@ -7,6 +7,7 @@ exactly once when a request ends, whatever happened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -27,7 +28,7 @@ from .tags import ResolvedHeaderNames, TagPolicy, collect_tags, parse_tag_header
 from .usage import UsageDispatcher
 from .validation import CountTokensRequest, MessagesRequest
 
-__all__ = ["ForwardPlan", "Policy"]
+__all__ = ["ForwardPlan", "Policy", "close_all"]
 
 logger = logging.getLogger("messages_mw")
 
@@ -253,8 +254,9 @@ class Policy:
         return merged
 
     async def finish(self, context: RequestContext) -> None:
-        """Step 8: cost, the usage event and limit accounting. Never raises; cancelled while
-        a remote limit store counts, the event has already gone out."""
+        """Step 8: cost, the usage event and limit accounting. Raises nothing but a
+        cancellation, which can only come while a remote limit store counts: the event has
+        gone out by then."""
         if self.pricing is not None:
             context.cost = self.pricing.cost(context.served_model or context.model, context.usage)
         # The event first: it awaits nothing, so no cancellation can lose it.
@@ -279,16 +281,28 @@ class Policy:
 
 async def close_all(closers: Iterable[Callable[[], Awaitable[object]]]) -> None:
     """Call each closer in turn, all of them even when one raises or this is cancelled (a
-    store failing to close must not leave every upstream connection open); then raise the
-    first exception, the cancellation included."""
-    first: BaseException | None = None
+    store failing to close must not leave every upstream connection open).
+
+    Then a cancellation is re-raised before any other failure (whoever cancelled must see it,
+    and asyncio.timeout needs it to become TimeoutError); otherwise the first failure is
+    raised and the later ones are logged."""
+    cancelled: asyncio.CancelledError | None = None
+    failures: list[Exception] = []
     for close in closers:
         try:
             await close()
-        except BaseException as exc:  # re-raised below, once all are closed
-            first = first or exc
-    if first is not None:
-        raise first
+        except asyncio.CancelledError as exc:  # re-raised below, once all are closed
+            cancelled = cancelled or exc
+        except Exception as exc:
+            failures.append(exc)
+    if cancelled is not None:
+        for failure in failures:
+            logger.error("closing failed while cancelled", exc_info=failure)
+        raise cancelled
+    for failure in failures[1:]:
+        logger.error("closing failed (besides the error raised)", exc_info=failure)
+    if failures:
+        raise failures[0]
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

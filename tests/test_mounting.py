@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
@@ -24,6 +24,7 @@ from messages_mw import (
     RateLimiter,
     UsageEvent,
 )
+from messages_mw.policy import close_all
 from messages_mw.providers.base import ProviderRequest, ProviderResponse
 from messages_mw.types import ASGIApp
 
@@ -232,3 +233,26 @@ def test_a_failed_close_at_shutdown_is_reported_as_a_failed_shutdown(
     assert "OSError" in str(sent[1]["message"])
     assert closed == ["default"]
     assert "closing the gateway failed" in caplog.text
+
+
+def test_close_all_raises_a_cancellation_before_any_failure_and_logs_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed: list[str] = []
+
+    def closer(name: str, error: BaseException | None = None) -> Callable[[], Awaitable[None]]:
+        async def close() -> None:
+            closed.append(name)
+            if error is not None:
+                raise error
+
+        return close
+
+    store, cancelled = OSError("store down"), asyncio.CancelledError()
+    with pytest.raises(asyncio.CancelledError):
+        run(close_all([closer("store", store), closer("a", cancelled), closer("b")]))
+    assert closed == ["store", "a", "b"] and "store down" in caplog.text
+    closed.clear()
+    with pytest.raises(OSError, match="first"):
+        run(close_all([closer("a", OSError("first")), closer("b", OSError("second"))]))
+    assert closed == ["a", "b"] and "second" in caplog.text
