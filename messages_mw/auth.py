@@ -131,7 +131,7 @@ class StaticKeyAuth:
         # Principals are immutable, so each key's two possible principals are built once.
         self._by_hash: dict[bytes, tuple[bytes, Principal, Principal]] = {}
         for entry in keys:
-            if (entry.sha256 is None) == (entry.key is None):
+            if bool(entry.sha256) == bool(entry.key):  # an empty one counts as absent
                 # Both given could disagree, and one would be ignored without a word.
                 raise ValueError(f"auth key {entry.id!r} needs one of 'sha256' and 'key'")
             hex_digest = entry.sha256 or hash_key(entry.key or "")

@@ -68,9 +68,15 @@ def test_alternate_header_marks_client_key_passthrough() -> None:
     assert principal.key_id == "cc" and principal.passthrough
 
 
-def test_key_config_needs_a_key() -> None:
+@pytest.mark.parametrize(
+    "entry",
+    [ApiKeyConfig(id="x"), ApiKeyConfig(id="x", key=""), ApiKeyConfig(id="x", sha256="")],
+    ids=["neither", "empty-key", "empty-hash"],
+)
+def test_key_config_needs_a_key(entry: ApiKeyConfig) -> None:
+    # An empty value (a template whose variable was unset) is no key: it could never match.
     with pytest.raises(ValueError, match="sha256"):
-        StaticKeyAuth((ApiKeyConfig(id="x"),))
+        StaticKeyAuth((entry,))
 
 
 def test_key_config_with_both_a_key_and_a_hash_is_refused() -> None:
