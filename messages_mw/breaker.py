@@ -104,6 +104,14 @@ class CircuitBreaker:
         since = circuit.opened_at if circuit.trial_started_at is None else circuit.trial_started_at
         return max(0.0, since + self.policy.cooldown - self._clock())
 
+    def release_trial(self, name: str) -> None:
+        """The target's attempt ended saying nothing of its health (the gateway's own pool
+        was full, or the error concerned one caller): a half-open circuit lets the next
+        request take the trial rather than wait out another cooldown."""
+        circuit = self._circuits.get(name)
+        if circuit is not None:
+            circuit.trial_started_at = None
+
     def record_success(self, name: str) -> None:
         """The target answered (a client error counts too): close its circuit."""
         self._circuits.pop(name, None)

@@ -284,9 +284,11 @@ class _Chain:
         error_type = error.error_type if error else _body_error_type(response)
         self.attempts.append(Attempt(name, failure.status, error_type, duration, failure.usage))
         status = error.status if error else failure.status
-        blames_target = error is None or error.blames_target
-        if self.breaker is not None and blames_target and _is_target_fault(status):
-            self.breaker.record_failure(name)
+        if self.breaker is not None:
+            if (error is None or error.blames_target) and _is_target_fault(status):
+                self.breaker.record_failure(name)
+            else:
+                self.breaker.release_trial(name)
         self.failure = failure
 
     def _record_answer(self, target: Target, response: ProviderResponse, duration: float) -> None:

@@ -21,6 +21,7 @@ from messages_mw.context import Attempt
 from messages_mw.errors import (
     GatewayError,
     InvalidRequestError,
+    NoFreeConnectionError,
     OverloadedError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -584,6 +585,24 @@ def test_breaker_opens_skips_during_cooldown_then_a_trial_closes_it() -> None:
     assert breaker.state(PRIMARY.name) == "half_open"
     trial = Upstreams({PRIMARY.name: [reply(200)], SECONDARY.name: []})
     assert run(trial).target == PRIMARY
+    assert breaker.state(PRIMARY.name) == "closed"
+
+
+def test_a_trial_cut_short_by_the_gateways_own_full_pool_leaves_the_trial_to_the_next() -> None:
+    # A half-open target whose trial found no free pooled connection has said nothing about
+    # its health: the next request takes the trial, not one a whole cooldown later.
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=clock)
+    breaker.record_failure(PRIMARY.name)
+    clock.now += 30
+    crowded = Upstreams(
+        {PRIMARY.name: [NoFreeConnectionError("no free connection")], SECONDARY.name: [reply(200)]}
+    )
+    once = RetryPolicy(jitter=0.0)  # one try per target
+    assert chain([PRIMARY, SECONDARY], crowded, breaker=breaker, policy=once).target == SECONDARY
+    assert breaker.state(PRIMARY.name) == "half_open"
+    trial = Upstreams({PRIMARY.name: [reply(200)], SECONDARY.name: []})
+    assert chain([PRIMARY, SECONDARY], trial, breaker=breaker, policy=once).target == PRIMARY
     assert breaker.state(PRIMARY.name) == "closed"
 
 
