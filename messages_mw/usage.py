@@ -286,6 +286,11 @@ class UsageDispatcher:
                 for event in batch:
                     for sink in self._async_sinks:
                         await _call_guarded(sink, event)
+                        if asyncio.current_task() is not self._task:
+                            # Shutdown gave up on this delivery (a sink ignored its
+                            # cancellation) and closed the sinks: write to none, wait no more.
+                            self._drop("shutdown had given up on it", len(batch) - delivered)
+                            return
                     delivered += 1
             except asyncio.CancelledError:
                 self._drop("shutdown cut its delivery short", len(batch) - delivered)
@@ -321,8 +326,9 @@ class UsageDispatcher:
         return pending
 
     async def aclose(self) -> None:
-        """Deliver what is queued (waiting at most ``shutdown_timeout`` seconds), then close
-        the sinks.
+        """Deliver what is queued (waiting at most ``shutdown_timeout`` seconds, and as long
+        again for an async sink to take its cancellation; one that ignores it is left
+        running, and delivers nothing more), then close the sinks.
 
         Call it at shutdown, in the loop that emitted. Events still queued after the timeout,
         or emitted while this runs, are dropped and counted. Sink ``aclose()`` failures are

@@ -241,8 +241,9 @@ def test_aclose_returns_even_when_a_sink_swallows_its_cancellation(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A sink that catches CancelledError and waits on must not hold shutdown for ever: the
-    # dispatcher gives up on it after its timeout, says so, and closes the other sinks.
-    started = asyncio.Event()
+    # dispatcher gives up on it after its timeout, says so, and closes the other sinks. When
+    # the stubborn sink does return, its abandoned delivery writes to no closed sink and ends.
+    started, released = asyncio.Event(), asyncio.Event()
     other = AsyncRecorder()
 
     async def stubborn(event: UsageEvent) -> None:
@@ -250,17 +251,23 @@ def test_aclose_returns_even_when_a_sink_swallows_its_cancellation(
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            await asyncio.sleep(3600)
+            await released.wait()
 
     dispatcher = UsageDispatcher([stubborn, other], shutdown_timeout=0.05)
 
     async def main() -> None:
-        dispatcher.emit(make_event())
+        dispatcher.emit(make_event(1))
+        dispatcher.emit(make_event(2))
         await started.wait()
         await asyncio.wait_for(dispatcher.aclose(), timeout=10)
+        assert other.closed
+        abandoned = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        released.set()
+        await asyncio.wait_for(asyncio.gather(*abandoned), timeout=10)
 
     asyncio.run(main())
-    assert other.closed
+    assert other.ids == []
+    assert dispatcher.dropped == 2
     assert "ignored its cancellation" in caplog.text
 
 
