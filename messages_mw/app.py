@@ -228,13 +228,14 @@ class Gateway:
         )
 
     async def aclose(self) -> None:
-        """Flush the usage sinks (waiting at most 5 s for queued events),
-        close the limiter's store, then every provider's connections.
+        """Flush the usage sinks (waiting at most 5 s for queued events, 10 s if a sink
+        ignores its cancellation), close the limiter's store, then every provider's
+        connections.
 
         Call it once the host has stopped sending requests; requests after it reopen what
         they need, and calling it again is harmless. Everything is closed even when one close
-        raises or this coroutine is cancelled; the first exception (the cancellation
-        included) is raised once all are closed.
+        raises or this coroutine is cancelled; then the cancellation, or else the first
+        failure, is raised (later failures are logged).
         """
         providers = [provider.aclose for provider in self._providers.values()]
         await close_all([self._policy.aclose, *providers])
@@ -306,9 +307,11 @@ class Gateway:
             await self._send_error(send, context, InternalGatewayError(message))
         finally:
             context.finished_at = time.perf_counter()
-            await self._policy.finish(context)
-            if self._on_request_end is not None:
-                await self._report(context)
+            try:
+                await self._policy.finish(context)
+            finally:  # cancelled while a remote limit store counts: the host still hears
+                if self._on_request_end is not None:
+                    await self._report(context)
 
     async def _report(self, context: RequestContext) -> None:
         assert self._on_request_end is not None
@@ -383,7 +386,12 @@ class Gateway:
         plan.chain = [target]
 
         async def send_and_relay() -> None:
-            response = await self._send_to(target, plan, scope, context)
+            try:
+                response = await self._send_to(target, plan, scope, context)
+            except asyncio.CancelledError:
+                # The client left mid-send: the event still names whom it was asking.
+                self._record_server(context, target, False)
+                raise
             self._record_server(context, target, False)
             await self._relay(response, send, context)
 

@@ -190,8 +190,8 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     @classmethod
     def from_context(cls, context: RequestContext) -> UsageEvent:
         """The event for a finished request, stamped with the current Unix time. The gateway
-        builds it once per request, after pricing and limit accounting, if a usage sink wants
-        it. ``served_model`` falls back to the requested model; lists are copied."""
+        builds it once per request, after pricing and before limit accounting, if a usage
+        sink wants it. ``served_model`` falls back to the requested model; lists are copied."""
         usage = context.usage
         started, finished, first_byte = (
             context.started_at,

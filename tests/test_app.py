@@ -599,3 +599,13 @@ def test_a_client_leaving_before_the_upstream_answers_ends_the_upstream_request(
     run(scenario())
     assert provider.cancelled.is_set()
     assert finished[0].client_disconnected
+    # Whom the gateway was asking is not lost: messages keep it in the attempt log, where a
+    # held stream would also name its provider; count_tokens, with no chain, names it.
+    if path.endswith("count_tokens"):
+        assert (finished[0].provider, finished[0].served_model) == (
+            "anthropic",
+            "claude-sonnet-4-6",
+        )
+    else:
+        attempts = [(a.target, a.error_type) for a in finished[0].attempts]
+        assert attempts == [("anthropic/claude-sonnet-4-6", "client_disconnected")]

@@ -455,7 +455,7 @@ class _StalledRecordLimiter(RateLimiter):
         await asyncio.Event().wait()
 
 
-def test_a_request_cancelled_while_its_usage_is_recorded_still_emits_its_event() -> None:
+def test_a_request_cancelled_while_its_usage_is_recorded_is_still_reported() -> None:
     # The server cancels a request's task at shutdown; the upstream's usage must not be lost
     # with it because the limit store was slow to count it.
     events: list[UsageEvent] = []
@@ -464,8 +464,13 @@ def test_a_request_cancelled_while_its_usage_is_recorded_still_emits_its_event()
         UpstreamConfig(base_url="http://upstream.test", api_key="sk-up"),
         transport=httpx.MockTransport(Recorder()),
     )
+    ended: list[RequestContext] = []
     gateway = Gateway(
-        GatewayConfig(), provider=provider, limiter=limiter, usage_sinks=[events.append]
+        GatewayConfig(),
+        provider=provider,
+        limiter=limiter,
+        usage_sinks=[events.append],
+        on_request_end=ended.append,
     )
     body = _body()
     incoming = iter([{"type": "http.request", "body": body, "more_body": False}])
@@ -494,6 +499,7 @@ def test_a_request_cancelled_while_its_usage_is_recorded_still_emits_its_event()
 
     run(scenario())
     assert [(event.status, event.input_tokens) for event in events] == [(200, 12)]
+    assert [context.status for context in ended] == [200]  # the host's hook still hears
 
 
 def test_a_full_local_pool_falls_back_but_never_opens_the_targets_circuit() -> None:
