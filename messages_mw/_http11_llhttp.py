@@ -20,15 +20,15 @@ from collections import deque
 import httptools
 
 from ._http11_parse import (
-    _MAX_HEAD_SIZE,
-    _MAX_LINE_SIZE,
-    _UNTIL_CLOSE,
+    MAX_HEAD_SIZE,
+    MAX_LINE_SIZE,
+    UNTIL_CLOSE,
     ProtocolError,
     ResponseHead,
     ResponseParser,
-    _frame,
-    _framing_fields,
-    _plan_body,
+    frame,
+    framing_fields,
+    plan_body,
 )
 
 __all__ = ["LlhttpResponseParser"]
@@ -142,13 +142,13 @@ class LlhttpResponseParser:
         headers = self._headers
         # Trailers arrive through on_header too; they must not land in the head.
         self._headers = []
-        fields = _framing_fields(headers)
+        fields = framing_fields(headers)
         codings = fields[1]
         if codings and (len(codings) > 1 or codings[0].lower() != b"chunked"):
             # llhttp's reading of coding lists may differ from ours; servers send just chunked.
             raise _StopParsing
-        state, self.keep_alive = _plan_body(status, _frame(version, fields), head_request=False)
-        self._until_close = state == _UNTIL_CLOSE
+        state, self.keep_alive = plan_body(status, frame(version, fields), head_request=False)
+        self._until_close = state == UNTIL_CLOSE
         self.head = ResponseHead(version, status, reason, headers)
 
     def on_message_complete(self) -> None:
@@ -177,14 +177,14 @@ class LlhttpResponseParser:
         elif not head_known:
             if self.head is None:
                 self._quiet += size
-                if self._quiet > _MAX_HEAD_SIZE:
+                if self._quiet > MAX_HEAD_SIZE:
                     raise ProtocolError("response head is too large")
             else:
                 self._quiet = 0
         else:
             # llhttp buffers no framing, but a peer sending only framing must not stall us.
             self._quiet += size
-            if self._quiet > _MAX_LINE_SIZE:
+            if self._quiet > MAX_LINE_SIZE:
                 raise ProtocolError("chunk framing line is too long")
 
     def _recover(self, exc: Exception, queued: int) -> int:

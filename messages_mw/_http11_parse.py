@@ -5,7 +5,7 @@ can reach the consumer the moment its bytes arrive. When httptools is installed,
 :func:`new_response_parser` hands out its llhttp-backed twin (:mod:`messages_mw._http11_llhttp`)
 instead: it reads a streamed answer about three times faster and hands any response it cannot
 vouch for to ResponseParser. Both take their framing rules from the functions here
-(:func:`_framing_fields`, :func:`_frame`, :func:`_plan_body`), so they frame a response alike.
+(:func:`framing_fields`, :func:`frame`, :func:`plan_body`), so they frame a response alike.
 Content-encoding is never decoded; callers get the bytes on the wire minus the transfer framing.
 """
 
@@ -17,22 +17,28 @@ from types import ModuleType
 from typing import NamedTuple, Protocol, cast
 
 __all__ = [
+    "MAX_HEAD_SIZE",
+    "MAX_LINE_SIZE",
+    "UNTIL_CLOSE",
     "ProtocolError",
     "ResponseHead",
     "ResponseParser",
     "ResponseParserLike",
+    "frame",
+    "framing_fields",
     "new_response_parser",
+    "plan_body",
 ]
 
 # Larger heads or chunk-size lines are refused instead of buffered without bound.
-_MAX_HEAD_SIZE = 64 * 1024
-_MAX_LINE_SIZE = 8 * 1024
+MAX_HEAD_SIZE = 64 * 1024
+MAX_LINE_SIZE = 8 * 1024
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _DECIMAL_DIGITS = b"0123456789"
 # A plain chunk-size line, the form servers send; anything else takes the line-by-line path.
 _PLAIN_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})\r\n")
 
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, UNTIL_CLOSE, _DONE = range(8)
 
 
 class ProtocolError(Exception):
@@ -110,7 +116,7 @@ class ResponseParser:
                 self._body.append(payload)
                 produced += len(payload)
                 self._state = _DONE if state == _LENGTH else _CHUNK_END
-            elif state == _UNTIL_CLOSE:
+            elif state == UNTIL_CLOSE:
                 self._body.append(data)
                 return produced + len(data)
             elif state == _HEAD:
@@ -130,7 +136,7 @@ class ResponseParser:
 
     def feed_eof(self) -> bool:
         """Note that the peer closed the connection; return whether the response is complete."""
-        if self._state == _UNTIL_CLOSE:
+        if self._state == UNTIL_CLOSE:
             self._state = _DONE
         return self._state == _DONE
 
@@ -139,7 +145,7 @@ class ResponseParser:
         start = len(self._pending) - 3 if len(self._pending) > 3 else 0
         end = buffered.find(b"\r\n\r\n", start)
         if end < 0:
-            if len(buffered) > _MAX_HEAD_SIZE:
+            if len(buffered) > MAX_HEAD_SIZE:
                 raise ProtocolError("response head is too large")
             self._pending = buffered
             return b""
@@ -152,7 +158,7 @@ class ResponseParser:
         if _is_interim(status):
             return
         self.head = head
-        self._state, self.keep_alive = _plan_body(status, framing, head_request=self._head_request)
+        self._state, self.keep_alive = plan_body(status, framing, head_request=self._head_request)
         if self._state == _LENGTH:
             self._remaining = cast(int, framing[0])
 
@@ -199,7 +205,7 @@ class ResponseParser:
         buffered = self._pending + data if self._pending else data
         end = buffered.find(b"\n")
         if end < 0:
-            if len(buffered) > _MAX_LINE_SIZE:
+            if len(buffered) > MAX_LINE_SIZE:
                 raise ProtocolError("chunk framing line is too long")
             self._pending = buffered
             return None, b""
@@ -237,10 +243,12 @@ def _parse_head(raw: bytes) -> tuple[ResponseHead, _Framing]:
             raise ProtocolError(f"control character in header {name[:80]!r}")
         headers.append((name, value.strip(b" \t")))
     head = ResponseHead(version, status_code, reason, headers)
-    return head, _frame(version, _framing_fields(headers))
+    return head, frame(version, framing_fields(headers))
 
 
-def _framing_fields(headers: list[tuple[bytes, bytes]]) -> _FramingFields:
+def framing_fields(headers: list[tuple[bytes, bytes]]) -> _FramingFields:
+    """The values of the headers that frame a body: Content-Length, Transfer-Encoding and
+    Connection, in the order received."""
     lengths: list[bytes] = []
     codings: list[bytes] = []
     options: list[bytes] = []
@@ -256,7 +264,7 @@ def _framing_fields(headers: list[tuple[bytes, bytes]]) -> _FramingFields:
     return lengths, codings, options
 
 
-def _frame(version: bytes, fields: _FramingFields) -> _Framing:
+def frame(version: bytes, fields: _FramingFields) -> _Framing:
     """Read how the body is framed and whether the connection persists; raise ProtocolError
     on a malformed or conflicting Content-Length."""
     lengths, codings, options = fields
@@ -276,7 +284,7 @@ def _is_interim(status: int) -> bool:
     return 100 <= status < 200 and status != 101
 
 
-def _plan_body(status: int, framing: _Framing, *, head_request: bool) -> tuple[int, bool]:
+def plan_body(status: int, framing: _Framing, *, head_request: bool) -> tuple[int, bool]:
     """Return the state a final response's body starts in, and whether the connection can
     carry another exchange after it."""
     content_length, chunked, keep_alive = framing
@@ -287,7 +295,7 @@ def _plan_body(status: int, framing: _Framing, *, head_request: bool) -> tuple[i
         return _CHUNK_SIZE, keep_alive
     if content_length is not None:
         return (_LENGTH if content_length else _DONE), keep_alive
-    return _UNTIL_CLOSE, False
+    return UNTIL_CLOSE, False
 
 
 def _parse_status_line(line: bytes) -> tuple[bytes, int, bytes]:

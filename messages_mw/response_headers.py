@@ -66,6 +66,7 @@ def policy_headers(context: RequestContext, names: ResolvedHeaderNames) -> list[
 
 
 def encode_headers(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """``pairs`` as ASGI header bytes; never raises (see :func:`latin1`)."""
     try:
         return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
     except UnicodeEncodeError:
@@ -74,6 +75,7 @@ def encode_headers(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]
 
 
 def latin1(text: str) -> bytes:
+    """``text`` as latin-1 bytes, percent-encoded where it goes beyond latin-1."""
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError:
