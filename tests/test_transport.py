@@ -318,7 +318,7 @@ async def test_read_timeout_between_chunks() -> None:
     async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
         await server.read_request(reader)
         writer.write(CHUNKED_HEAD + chunk(b"first"))
-        await asyncio.sleep(5)
+        await asyncio.sleep(30)  # far past any bound below: a missed timeout cannot pass
 
     timeout = {"connect": 1.0, "read": 0.2, "write": 1.0, "pool": 1.0}
     async with Upstream(handle) as server, FastHTTPTransport() as transport:
@@ -328,7 +328,7 @@ async def test_read_timeout_between_chunks() -> None:
         started = time.monotonic()
         with pytest.raises(httpx.ReadTimeout) as caught:
             await anext(stream)
-        assert 0.15 < time.monotonic() - started < 1.0
+        assert 0.15 < time.monotonic() - started < 3.0
         assert caught.value.request.url == server.url
         await resp.aclose()
 
@@ -341,7 +341,7 @@ def _read_timeout(seconds: float | None) -> dict[str, float | None]:
 async def test_each_request_on_a_reused_connection_gets_its_own_read_timeout() -> None:
     """A connection keeps one timer across requests; every request must still time out on
     its own deadline: sooner than the last one's, later than it, or never."""
-    delays = iter([0.0, 0.0, 0.4, 0.4, 5.0])
+    delays = iter([0.0, 0.0, 0.4, 0.4, 30.0])
 
     async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
         while await server.read_request(reader) is not None:
@@ -362,7 +362,7 @@ async def test_each_request_on_a_reused_connection_gets_its_own_read_timeout() -
         started = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
             await send(transport, "GET", server.url, timeouts=_read_timeout(0.2))
-        assert 0.15 < time.monotonic() - started < 1.0
+        assert 0.15 < time.monotonic() - started < 3.0
     assert server.connections == 1
 
 
