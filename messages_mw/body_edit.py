@@ -11,14 +11,26 @@ from typing import Any
 
 import msgspec
 
+from .errors import InvalidRequestError
+from .protocol import DECODE_ERRORS
+from .validation import describe_decode_error
+
 __all__ = ["edit_top_level", "read_raw_fields"]
 
 _raw_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _encoder = msgspec.json.Encoder()
 
 
-def read_raw_fields(body: bytes) -> dict[str, msgspec.Raw]:
-    return _raw_decoder.decode(body)
+def read_raw_fields(body: bytes | msgspec.Raw, at: str = "") -> dict[str, msgspec.Raw]:
+    """The JSON object ``body`` as ``{name: raw JSON}``; ``at`` is where it sits in the request.
+
+    Raises :class:`InvalidRequestError` for what validation let through because it never
+    decodes unknown fields: a key that is not valid UTF-8, say.
+    """
+    try:
+        return _raw_decoder.decode(body)
+    except DECODE_ERRORS as exc:
+        raise InvalidRequestError(describe_decode_error(exc, len(body), at)) from exc
 
 
 def edit_top_level(
@@ -26,9 +38,10 @@ def edit_top_level(
 ) -> bytes:
     """Return ``body`` with ``set_fields`` set and ``remove`` removed at the top level.
 
-    The body must already be known to be a JSON object (it passed validation).
+    The body must already be known to be a JSON object (it passed validation); raises
+    :class:`InvalidRequestError` as :func:`read_raw_fields` does.
     """
-    fields = _raw_decoder.decode(body)
+    fields = read_raw_fields(body)
     for name in remove:
         fields.pop(name, None)
     for name, value in (set_fields or {}).items():

@@ -334,9 +334,6 @@ def _present(raw: msgspec.Raw | msgspec.UnsetType) -> msgspec.Raw | None:
 
 def _metadata_without_tags(body: bytes) -> Mapping[str, object]:
     """``metadata.tags`` is the gateway's; the upstream's metadata keeps everything else."""
-    metadata = _raw_object_decoder.decode(read_raw_fields(body)["metadata"])
+    metadata = read_raw_fields(read_raw_fields(body)["metadata"], "metadata")
     metadata.pop("tags", None)
     return {"metadata": metadata}
-
-
-_raw_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])

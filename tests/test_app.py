@@ -609,3 +609,35 @@ def test_a_client_leaving_before_the_upstream_answers_ends_the_upstream_request(
     else:
         attempts = [(a.target, a.error_type) for a in finished[0].attempts]
         assert attempts == [("anthropic/claude-sonnet-4-6", "client_disconnected")]
+
+
+_REST_WITH_A_BAD_KEY = b'"max_tokens":16,"messages":[{"role":"user","content":"hi"}],"\xff":1}'
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b'{"model":"fast",',  # an alias: the model field is rewritten
+        b'{"model":"claude-x","metadata":{"tags":["a"]},',  # metadata.tags are stripped
+        b'{"model":"claude-x","metadata":{"tags":["a"],"\xfe":1},',  # ... and inside metadata
+        b'{"model":"claude-x","fallbacks":["mock/claude-haiku-4-5"],',  # consumed fallbacks
+    ],
+    ids=["alias", "metadata-tags", "metadata-key", "body-fallbacks"],
+)
+def test_a_key_that_is_not_utf8_is_a_400_when_the_gateway_edits_the_body(start: bytes) -> None:
+    # Validation never decodes unknown fields, so such a key gets past it; an edit of the
+    # body's top level decodes every key, and must answer the client, not crash.
+    gateway = Gateway(GatewayConfig(provider="mock", aliases={"fast": "claude-haiku-4-5"}))
+
+    async def post() -> httpx.Response:
+        body = start + _REST_WITH_A_BAD_KEY
+        async with client_for(gateway) as client:
+            headers = {"content-type": "application/json"}
+            return await client.post("/v1/messages", content=body, headers=headers)
+
+    answer = run(post())
+    assert answer.status_code == 400
+    assert answer.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "Request body is not valid JSON: a string holds invalid UTF-8.",
+    }
