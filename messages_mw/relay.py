@@ -197,12 +197,15 @@ async def _pump(
                 context.first_byte_at = time.perf_counter()
             observer.feed(chunk)
             if unfinished or observer.unfinished_bytes:
+                chunk = _complete_events(chunk, unfinished, observer.unfinished_bytes)
                 if observer.unfinished_bytes > MAX_EVENT_BYTES:
+                    # The whole events read with it still go out; the endless one does not.
+                    last = chunk
+                    del unfinished[:]
                     raise UpstreamUnavailableError(
                         f"The upstream sent an event over {MAX_EVENT_BYTES} bytes without "
                         "ending it; the gateway reads no more."
                     )
-                chunk = _complete_events(chunk, unfinished, observer.unfinished_bytes)
                 if not chunk:
                     continue
             if ended():

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -153,6 +154,25 @@ def test_an_event_that_never_ends_is_cut_off_with_an_error_event() -> None:
     assert "without ending it" in _last_event(body)["error"]["message"]  # type: ignore[index]
     assert len(sent) <= MAX_EVENT_BYTES // (1 << 20) + 1
     assert finished[0].error_type == "api_error"
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["ends-with-stop", "cut-before-stop"])
+def test_events_before_an_endless_one_in_the_same_read_still_reach_the_client(
+    complete: bool,
+) -> None:
+    # One read can hold whole events and the start of one past the limit (a transport that
+    # reads big); the whole ones must not be lost with it.
+    events = text_stream_events(["a"])
+    whole = b"".join(events if complete else events[:3])
+    endless = b"data: " + b"z" * (MAX_EVENT_BYTES + 1)
+    gateway, finished = make_gateway(_streaming([whole + endless]))
+    _, body = run(_collect(gateway))
+    if complete:
+        assert body == whole  # the answer is whole; what follows message_stop is not relayed
+        assert finished[0].error_type is None
+    else:
+        assert body.startswith(whole + b"event: error\n")
+        assert "without ending it" in _last_event(body)["error"]["message"]  # type: ignore[index]
 
 
 def test_an_unterminated_message_stop_ends_the_stream_cleanly() -> None:
