@@ -241,6 +241,8 @@ class Policy:
         merged = dict(headers)
         for name, value in extra.items():
             name = name.lower()
+            if not name:
+                raise InvalidRequestError("extra_headers: a header name must not be empty.")
             if name in _FORBIDDEN_EXTRA or name not in self.extra_headers_allowed:
                 raise InvalidRequestError(f"extra_headers.{name}: this header may not be set.")
             if _INVALID_FIELD_VALUE.search(value):

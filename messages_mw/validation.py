@@ -97,7 +97,11 @@ _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
 def _json_path_to_dotted(path: str) -> str:
-    """``.messages[2].content[0].type`` -> ``messages.2.content.0.type`` (Anthropic's style)."""
+    """``.messages[2].content[0].type`` -> ``messages.2.content.0.type`` (Anthropic's style).
+
+    msgspec writes ``[...]`` for a value in an object of any keys without saying which key:
+    the path stops at that object."""
+    path = path.split("[...]", 1)[0]
     parts = [name or index for name, index in _PATH_PART.findall(path)]
     return ".".join(parts)
 

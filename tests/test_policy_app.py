@@ -72,6 +72,15 @@ def test_extra_headers_cannot_set_other_headers(name: str) -> None:
     assert recorder.requests == []
 
 
+def test_an_empty_extra_header_name_is_named_as_such() -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    response = run(_post(gateway, _body(extra_headers={"": "x"})))
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "extra_headers: a header name must not be empty."
+    assert recorder.requests == []
+
+
 def test_extra_headers_allow_list_is_configurable() -> None:
     recorder = Recorder()
     config = GatewayConfig(extra_headers_allowed=("anthropic-beta", "x-team"))

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import gc
 import json
+from typing import Any
 
+import msgspec
 import pytest
 
 from messages_mw.errors import InvalidRequestError
-from messages_mw.validation import decode_count_tokens_request, decode_messages_request
+from messages_mw.validation import (
+    decode_count_tokens_request,
+    decode_messages_request,
+    describe_decode_error,
+)
 
 from .conftest import sample
 
@@ -81,6 +87,20 @@ def test_block_type_path_is_dotted() -> None:
         {"role": "user", "content": [{"type": "text", "text": "ok"}, {"text": "no type"}]},
     ]
     assert _error(_body(messages=messages)) == "messages.2.content.1.type: Field required"
+
+
+def test_a_path_through_an_object_of_any_keys_names_the_object() -> None:
+    # msgspec cannot say which key of such an object held the bad value ([...]): the path
+    # names the object, never the garble the brackets used to make of it.
+    class Schema(msgspec.Struct):
+        input_schema: dict[str, Any]
+
+    body = b'{"input_schema":{"properties":{"a":{"maximum":1e400}}}}'
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.json.decode(body, type=Schema)
+    assert describe_decode_error(caught.value, len(body), "tools.0") == (
+        "tools.0.input_schema: Number out of range"
+    )
 
 
 def test_malformed_json_names_the_byte() -> None:
