@@ -57,3 +57,15 @@ def client_for(gateway: Any) -> httpx.AsyncClient:
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
+
+
+def post_scope(path: str = "/v1/messages", *headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    """The scope of a JSON POST to ``path``, for tests that drive the ASGI app directly."""
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), *headers],
+    }

@@ -16,7 +16,7 @@ from messages_mw import AnthropicProvider, Gateway, GatewayConfig, RequestContex
 from messages_mw.providers.base import MAX_RESPONSE_BYTES, ProviderRequest, ProviderResponse
 
 from .conftest import sample
-from .inprocess import Recorder, client_for, make_gateway, run
+from .inprocess import Recorder, client_for, make_gateway, post_scope, run
 from .servers import message_json
 
 CHAT = sample("small_chat.json")
@@ -586,15 +586,7 @@ def test_a_client_leaving_before_the_upstream_answers_ends_the_upstream_request(
         raise AssertionError(f"nobody is there to receive {message}")
 
     async def scenario() -> None:
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": path,
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json")],
-        }
-        await asyncio.wait_for(gateway(scope, receive, send), timeout=10)
+        await asyncio.wait_for(gateway(post_scope(path), receive, send), timeout=10)
 
     run(scenario())
     assert provider.cancelled.is_set()

@@ -29,7 +29,7 @@ from messages_mw.hooks import IncomingRequest, RouteHook
 from messages_mw.limits import LimitRule, LimitsConfig, RateLimiter
 from messages_mw.providers.base import ProviderRequest, ProviderResponse
 
-from .inprocess import Recorder, client_for, make_gateway, run
+from .inprocess import Recorder, client_for, make_gateway, post_scope, run
 from .servers import message_json
 
 
@@ -369,15 +369,7 @@ def test_a_caller_without_a_valid_key_is_refused_before_its_body_is_read() -> No
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/v1/messages",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json"), *headers],
-        }
-        await gateway(scope, receive, send)
+        await gateway(post_scope("/v1/messages", *headers), receive, send)
         return sent
 
     # Even a body announced at a gigabyte: the gateway neither reads nor refuses it as such.
@@ -491,15 +483,7 @@ def test_a_request_cancelled_while_its_usage_is_recorded_is_still_reported() -> 
         pass
 
     async def scenario() -> None:
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/v1/messages",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json")],
-        }
-        serving = asyncio.ensure_future(gateway(scope, receive, send))
+        serving = asyncio.ensure_future(gateway(post_scope(), receive, send))
         await limiter.recording.wait()
         serving.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -28,21 +28,14 @@ from messages_mw.relay import MAX_EVENT_BYTES, StallWatch, relay_stream
 from messages_mw.routing import FallbackConfig
 from messages_mw.streaming import TokenUsage
 
-from .inprocess import Recorder, make_gateway, run
+from .inprocess import Recorder, make_gateway, post_scope, run
 from .servers import sse, text_stream_events
 
 STREAM_REQUEST = json.dumps(
     {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
 ).encode()
 # The scope of a streamed POST /v1/messages, for tests that drive the ASGI app directly.
-MESSAGES_SCOPE = {
-    "type": "http",
-    "method": "POST",
-    "path": "/v1/messages",
-    "root_path": "",
-    "query_string": b"",
-    "headers": [(b"content-type", b"application/json")],
-}
+MESSAGES_SCOPE = post_scope()
 SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "request-id": "req_up"}
 _EVENTS = text_stream_events(["a", "b"])
 _STREAM = b"".join(_EVENTS)
