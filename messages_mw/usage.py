@@ -285,12 +285,12 @@ class UsageDispatcher:
                     await self._deliver_to_sync_sinks(batch)
                 for event in batch:
                     for sink in self._async_sinks:
-                        await _call_guarded(sink, event)
-                        if asyncio.current_task() is not self._task:
+                        if queue is not self._queue:
                             # Shutdown gave up on this delivery (a sink ignored its
                             # cancellation) and closed the sinks: write to none, wait no more.
                             self._drop("shutdown had given up on it", len(batch) - delivered)
                             return
+                        await _call_guarded(sink, event)
                     delivered += 1
             except asyncio.CancelledError:
                 self._drop("shutdown cut its delivery short", len(batch) - delivered)
