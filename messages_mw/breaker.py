@@ -104,12 +104,21 @@ class CircuitBreaker:
         since = circuit.opened_at if circuit.trial_started_at is None else circuit.trial_started_at
         return max(0.0, since + self.policy.cooldown - self._clock())
 
-    def release_trial(self, name: str) -> None:
-        """The target's attempt ended saying nothing of its health (the gateway's own pool
-        was full, or the error concerned one caller): a half-open circuit lets the next
-        request take the trial rather than wait out another cooldown."""
+    def trial_started_at(self, name: str) -> float | None:
+        """When the target's current trial began (``None``: no trial under way). Read right
+        after :meth:`allow` said yes, it tells whether that call took the trial."""
         circuit = self._circuits.get(name)
-        if circuit is not None:
+        return circuit.trial_started_at if circuit is not None else None
+
+    def release_trial(self, name: str, started_at: float | None) -> None:
+        """The trial begun at ``started_at`` ended saying nothing of the target's health (the
+        gateway's own pool was full, or the error concerned one caller): the next request may
+        take the trial rather than wait out another cooldown. Another request's trial (one
+        begun at another time) is left alone."""
+        circuit = self._circuits.get(name)
+        if circuit is None or started_at is None:
+            return
+        if circuit.trial_started_at == started_at:
             circuit.trial_started_at = None
 
     def record_success(self, name: str) -> None:

@@ -126,6 +126,8 @@ class _Chain:
     out_of_time: bool = field(init=False, default=False)
     # Seconds until the first skipped (open) target takes a trial again.
     first_trial_in: float | None = field(init=False, default=None)
+    # When the circuit trial the current attempt holds began (None: it holds none).
+    trial: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -135,7 +137,10 @@ class _Chain:
 
     def allowed(self, target: Target) -> bool:
         breaker = self.breaker
-        if breaker is None or breaker.allow(target.name):
+        if breaker is None:
+            return True
+        if breaker.allow(target.name):
+            self.trial = breaker.trial_started_at(target.name)  # ours, if one is under way
             return True
         self.attempts.append(Attempt(target.name, None, "circuit_open", 0.0))
         wait = breaker.seconds_until_trial(target.name)
@@ -190,6 +195,8 @@ class _Chain:
             if exc.status not in self.policy.retry_statuses:
                 duration = self.clock() - began
                 self.attempts.append(Attempt(target.name, status, exc.error_type, duration, usage))
+                if self.breaker is not None:
+                    self.breaker.release_trial(target.name, self.trial)
                 raise
             retry_after = retry_after_seconds(exc.headers)
             outcome = _Failure(target, status, exc, retry_after=retry_after, usage=usage)
@@ -288,7 +295,7 @@ class _Chain:
             if (error is None or error.blames_target) and _is_target_fault(status):
                 self.breaker.record_failure(name)
             else:
-                self.breaker.release_trial(name)
+                self.breaker.release_trial(name, self.trial)
         self.failure = failure
 
     def _record_answer(self, target: Target, response: ProviderResponse, duration: float) -> None:

@@ -606,6 +606,36 @@ def test_a_trial_cut_short_by_the_gateways_own_full_pool_leaves_the_trial_to_the
     assert breaker.state(PRIMARY.name) == "closed"
 
 
+def test_releasing_a_trial_leaves_another_requests_trial_alone() -> None:
+    # A request that began while the circuit was closed and ends saying nothing of the
+    # target must not free the trial a later request took: two trials would run at once.
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=clock)
+    earlier = breaker.trial_started_at(PRIMARY.name)  # none: the circuit is closed
+    breaker.record_failure(PRIMARY.name)
+    clock.now += 30
+    assert breaker.allow(PRIMARY.name)
+    taken = breaker.trial_started_at(PRIMARY.name)
+    breaker.release_trial(PRIMARY.name, earlier)
+    assert not breaker.allow(PRIMARY.name)  # the trial is still the later request's
+    breaker.release_trial(PRIMARY.name, taken)
+    assert breaker.allow(PRIMARY.name)
+
+
+def test_a_non_retryable_failure_of_a_trial_leaves_the_trial_to_the_next() -> None:
+    # With 529 not retried, no free connection is raised at once: the trial it held must not
+    # stay taken for another cooldown.
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=clock)
+    breaker.record_failure(PRIMARY.name)
+    clock.now += 30
+    policy = RetryPolicy(jitter=0.0, retry_statuses=(500,))
+    crowded = Upstreams({PRIMARY.name: [NoFreeConnectionError("no free connection")]})
+    with pytest.raises(NoFreeConnectionError):
+        chain([PRIMARY], crowded, breaker=breaker, policy=policy)
+    assert breaker.allow(PRIMARY.name)
+
+
 def test_the_breaker_stays_bounded_whatever_names_clients_send() -> None:
     # Model names are the client's: during an outage every made-up name fails, and would
     # otherwise be held for good, megabytes each.
