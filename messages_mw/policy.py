@@ -289,13 +289,13 @@ async def close_all(closers: Iterable[Callable[[], Awaitable[object]]]) -> None:
     and asyncio.timeout needs it to become TimeoutError); otherwise the first failure is
     raised and the later ones are logged."""
     cancelled: asyncio.CancelledError | None = None
-    failures: list[Exception] = []
+    failures: list[BaseException] = []
     for close in closers:
         try:
             await close()
         except asyncio.CancelledError as exc:  # re-raised below, once all are closed
             cancelled = cancelled or exc
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt too: the rest still get closed
             failures.append(exc)
     if cancelled is not None:
         for failure in failures:

@@ -256,3 +256,7 @@ def test_close_all_raises_a_cancellation_before_any_failure_and_logs_the_rest(
     with pytest.raises(OSError, match="first"):
         run(close_all([closer("a", OSError("first")), closer("b", OSError("second"))]))
     assert closed == ["a", "b"] and "second" in caplog.text
+    closed.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run(close_all([closer("a", KeyboardInterrupt()), closer("b")]))
+    assert closed == ["a", "b"]
