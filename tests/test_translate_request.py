@@ -563,6 +563,18 @@ def test_invalid_json_and_missing_fields() -> None:
     )
 
 
+def test_a_bad_number_deep_in_a_tool_schema_names_the_schema() -> None:
+    # JSON can spell a number no float holds; the error names the schema that holds it
+    # (msgspec cannot name the key inside it), not a garbled path.
+    body = (
+        b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"tools":'
+        b'[{"name":"t","input_schema":{"type":"object","properties":{"a":{"maximum":1e400}}}}]}'
+    )
+    with pytest.raises(InvalidRequestError) as caught:
+        to_chat_completions(body, model="m", quirks=DEFAULT, stream=False)
+    assert caught.value.message == "tools.0.input_schema: Number out of range"
+
+
 def test_quirks_reject_unknown_options() -> None:
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"supports_images": True, "typo": 1}, OpenAIQuirks)
