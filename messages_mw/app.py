@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .assembly import build_model_directory, build_policy, build_providers
 from .body_edit import edit_top_level
+from .closing import close_all
 from .config import GatewayConfig
 from .context import RequestContext, RequestEndHook
 from .disconnect import run_watching_disconnect
@@ -32,7 +33,7 @@ from .errors import (
 from .fallback import CircuitBreaker, HeldStream, Target, run_chain
 from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
 from .limits import RateLimiter
-from .policy import ForwardPlan, close_all
+from .policy import ForwardPlan
 from .pricing import add_cost_to_response_body
 from .providers.base import Provider, ProviderRequest, ProviderResponse
 from .relay import StallWatch, observe_response_body, relay_body, relay_stream

@@ -7,15 +7,15 @@ exactly once when a request ends, whatever happened.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
 from .body_edit import edit_top_level, read_raw_fields
+from .closing import close_all
 from .context import Principal, RequestContext, UsageEvent
 from .errors import InvalidRequestError, PermissionDeniedError
 from .fallback import Target
@@ -28,7 +28,7 @@ from .tags import ResolvedHeaderNames, TagPolicy, collect_tags, parse_tag_header
 from .usage import UsageDispatcher
 from .validation import CountTokensRequest, MessagesRequest
 
-__all__ = ["ForwardPlan", "Policy", "close_all"]
+__all__ = ["ForwardPlan", "Policy"]
 
 logger = logging.getLogger("messages_mw")
 
@@ -279,32 +279,6 @@ class Policy:
         if self.limiter is not None:
             closers.append(self.limiter.aclose)
         await close_all(closers)
-
-
-async def close_all(closers: Iterable[Callable[[], Awaitable[object]]]) -> None:
-    """Call each closer in turn, all of them even when one raises or this is cancelled (a
-    store failing to close must not leave every upstream connection open).
-
-    Then a cancellation is re-raised before any other failure (whoever cancelled must see it,
-    and asyncio.timeout needs it to become TimeoutError); otherwise the first failure is
-    raised and the later ones are logged."""
-    cancelled: asyncio.CancelledError | None = None
-    failures: list[BaseException] = []
-    for close in closers:
-        try:
-            await close()
-        except asyncio.CancelledError as exc:  # re-raised below, once all are closed
-            cancelled = cancelled or exc
-        except BaseException as exc:  # KeyboardInterrupt too: the rest still get closed
-            failures.append(exc)
-    if cancelled is not None:
-        for failure in failures:
-            logger.error("closing failed while cancelled", exc_info=failure)
-        raise cancelled
-    for failure in failures[1:]:
-        logger.error("closing failed (besides the error raised)", exc_info=failure)
-    if failures:
-        raise failures[0]
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

@@ -24,7 +24,7 @@ from messages_mw import (
     RateLimiter,
     UsageEvent,
 )
-from messages_mw.policy import close_all
+from messages_mw.closing import close_all
 from messages_mw.providers.base import ProviderRequest, ProviderResponse
 from messages_mw.types import ASGIApp
 
