@@ -33,8 +33,8 @@ class FallbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ``always`` when it is a list of names, ``never`` leaves it alone. ``retry`` defaults to
     one attempt per target (raise ``attempts_per_target`` to retry the same target).
 
-    A request for ``auto_model`` (``None`` turns the router off) is tried on its candidates:
-    the body's ``router_candidates`` (consumed and stripped, at most
+    A request for ``auto_model`` (``None`` or ``""`` turns the router off) is tried on its
+    candidates: the body's ``router_candidates`` (consumed and stripped, at most
     ``max_router_candidates``), else ``router_candidates`` here, ordered by
     ``router_strategy``: ``first_healthy`` keeps the order given (targets whose circuit is open
     are skipped, as in any chain), ``cheapest`` sorts by input plus output price per token
@@ -79,6 +79,8 @@ class TargetResolver:
         self._providers = frozenset(provider_names)
         self._default = default_provider
         self._config = config
+        # "" turns the router off too: a TOML file cannot write None.
+        self._auto_model = config.auto_model or None
         self._aliases = dict(aliases or {})
         self._pricing = pricing
         configured = [
@@ -147,7 +149,7 @@ class TargetResolver:
         return bool(slash and model and provider in self._providers)
 
     def is_auto(self, model: str) -> bool:
-        return model == self._config.auto_model
+        return model == self._auto_model
 
     def body_fallbacks(self, raw: msgspec.Raw | None) -> list[Target] | None:
         """Targets from the body's ``fallbacks``, or ``None`` when the field is not ours."""

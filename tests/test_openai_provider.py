@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -793,3 +794,13 @@ async def test_model_directory_leaves_other_answers_alone(response: ProviderResp
     directory = ModelDirectory(_Answering(response), {"openai": OpenAIProvider(settings)})
     request = ProviderRequest("GET", "/v1/models", b"", {}, "req_1", query="limit=oops")
     assert await directory.send(request) is response
+
+
+def test_auto_model_can_be_turned_off_from_a_config_file(tmp_path: Path) -> None:
+    # TOML has no null: an empty name is how a file says "no router", so a model called
+    # "auto" (an OpenRouter-style upstream's own router) goes upstream like any other.
+    path = tmp_path / "gw.toml"
+    path.write_text('[fallback]\nauto_model = ""\n')
+    off = TargetResolver(["anthropic"], "anthropic", load_config(path).fallback)
+    assert not off.is_auto("auto") and not off.is_auto("")
+    assert off.primary("auto") == Target("anthropic", "auto")
