@@ -21,9 +21,12 @@ _event_decoder = msgspec.json.Decoder(ObservedEvent)
 
 # Events worth decoding; every other event (deltas, pings, unknown future events) is only
 # scanned for its boundary, which is what keeps observation cheap on long streams. The name
-# (or data.type) sits in an event's first bytes.
+# sits in the event's first bytes when its ``event:`` line comes first, as Anthropic sends it.
 _INTERESTING = re.compile(rb"message_start|message_delta|message_stop|error")
 _HEAD_BYTES = 48
+# The first line that can name an event, past any ``id:``, ``retry:`` or comment lines.
+_FIRST_NAMING_LINE = re.compile(rb"^(?:event|data):", re.MULTILINE)
+_EVENT_LINE_START = ord("e")
 # A run of content-block events and pings in Anthropic's framing, which is most of any stream:
 # matched in one call, and never interesting, as each event's first _HEAD_BYTES are fixed here.
 # Only valid while events are LF-separated: then an event ends at its first blank line.
@@ -91,6 +94,25 @@ def _split_event(block: bytes) -> tuple[bytes | None, bytes]:
     return name, b"\n".join(data)
 
 
+def _is_interesting(data: bytes | bytearray, start: int, end: int) -> bool:
+    """Whether the event in ``data[start:end]`` may be one the observer reads.
+
+    With its ``event:`` line first only the line's start is searched. Other servers may put
+    ``id:`` or ``retry:`` lines or comments first (protocol.md: parse and ignore them), or send
+    no ``event:`` line, the type then being anywhere in the JSON: the event is searched from its
+    first ``event:`` or ``data:`` line on, as far as needed.
+    """
+    if start < end and data[start] == _EVENT_LINE_START:
+        return _INTERESTING.search(data, start, min(end, start + _HEAD_BYTES)) is not None
+    first = _FIRST_NAMING_LINE.search(data, start, end)
+    if first is None:
+        return False
+    head = first.start()
+    if data[head] == _EVENT_LINE_START:
+        return _INTERESTING.search(data, head, min(end, head + _HEAD_BYTES)) is not None
+    return _INTERESTING.search(data, head, end) is not None
+
+
 def _find_boundary(
     buffer: bytes | bytearray, start: int, separators: tuple[bytes, ...]
 ) -> tuple[int, int]:
@@ -154,7 +176,7 @@ class StreamObserver:
             position, length = _find_boundary(buffer, start, self._separators)
             if position == -1:
                 break
-            if _INTERESTING.search(buffer, start, min(position, start + _HEAD_BYTES)):
+            if _is_interesting(buffer, start, position):
                 self._observe(bytes(buffer[start:position]))
             start = position + length
         if start:
@@ -183,7 +205,7 @@ class StreamObserver:
             position = data.find(b"\n\n", start)
             if position == -1:
                 break
-            if _INTERESTING.search(data, start, min(position, start + _HEAD_BYTES)):
+            if _is_interesting(data, start, position):
                 self._observe(bytes(data[start:position]))
             start = position + 2
         if data is buffer:

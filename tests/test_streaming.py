@@ -45,6 +45,43 @@ def test_crlf_separators_and_data_only_events() -> None:
     assert _observe([data_only]).usage.output_tokens == 9
 
 
+def _with_id_lines(stream: bytes, separator: bytes) -> bytes:
+    """``stream`` with a long ``id:`` line (and a comment) before each event, as servers
+    other than Anthropic's may send: protocol.md says to parse and ignore them."""
+    events = stream.split(b"\n\n")[:-1]
+    return b"".join(
+        b": relayed\nid: 018f6c2e-7b1a-7cc0-9a55-0e4c2a1b9f00-%03d\nretry: 3000\n" % n
+        + event
+        + b"\n\n"
+        for n, event in enumerate(events)
+    ).replace(b"\n", separator)
+
+
+@given(
+    st.sampled_from([b"\n", b"\r\n"]),
+    st.lists(st.integers(min_value=0, max_value=len(STREAM) * 2), max_size=20),
+)
+def test_lines_before_the_event_name_hide_nothing(separator: bytes, cuts: list[int]) -> None:
+    stream = _with_id_lines(STREAM, separator)
+    points = sorted({cut for cut in cuts if cut < len(stream)})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    observer = _observe(chunks)
+    assert (observer.usage.input_tokens, observer.usage.output_tokens) == (42, 3)
+    assert observer.saw_message_stop and observer.stop_reason == "end_turn"
+
+
+def test_data_only_events_are_read_whatever_the_key_order() -> None:
+    # Without an event: line the type is only in the JSON, wherever a server put it.
+    padding = "x" * 200
+    start = (
+        b'data: {"message":{"id":"msg_1","model":"m","note":"%s","usage":{"input_tokens":7}},'
+        b'"type":"message_start"}\n\n' % padding.encode()
+    )
+    stop = b'data: {"pad":"%s","type":"message_stop"}\n\n' % padding.encode()
+    observer = _observe([start + stop])
+    assert observer.usage.input_tokens == 7 and observer.saw_message_stop
+
+
 def test_message_delta_overwrites_only_present_fields() -> None:
     events = b"".join(tool_use_stream_events("Read", ['{"a":', "1}"]))
     observer = _observe([events])
