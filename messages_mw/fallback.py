@@ -247,11 +247,13 @@ class _Chain:
             chunks, policy.retry_statuses, policy.stream_hold, buffered
         )
         if error is not None:
+            # Should it be the answer the client gets, its request-id is the upstream's, as
+            # for an error status.
+            error.upstream_request_id = _request_id(response)
             if error.status not in policy.retry_statuses:
                 # A client error (a prompt too long, a bad key) is the answer another try
                 # would get too. Nothing has reached the client: it gets the error's own
                 # status, as Anthropic reports such errors, and its SDK the typed exception.
-                error.upstream_request_id = _request_id(response)
                 raise error
             status, usage = self._release_held(target)
             return _Failure(target, status, error, usage=usage)

@@ -729,6 +729,21 @@ def test_a_stream_opening_with_a_client_error_is_that_error_at_once(
     assert breaker.state(PRIMARY.name) == "closed"
 
 
+@pytest.mark.parametrize("error_type", ["invalid_request_error", "overloaded_error"])
+def test_an_error_event_answered_to_the_client_keeps_the_upstream_request_id(
+    error_type: str,
+) -> None:
+    # The request-id is what a user quotes to the provider's support, so the error the
+    # client gets carries the upstream's, retryable (the last target's) or not.
+    opening = streamed([MESSAGE_START, error_event(error_type, "no")])
+    opening.headers.append(("request-id", "req_up"))
+    send = Upstreams({PRIMARY.name: [opening]})
+    with pytest.raises(GatewayError) as caught:
+        chain([PRIMARY], send, policy=RetryPolicy(attempts_per_target=1), stream=True)
+    assert caught.value.error_type == error_type
+    assert caught.value.upstream_request_id == "req_up"
+
+
 def test_deadline_stops_retries() -> None:
     sleeps = Sleeps()
     send = Upstreams({PRIMARY.name: [reply(500)] * 10}, clock=sleeps.clock, seconds_per_call=4)
