@@ -227,6 +227,39 @@ def test_upstream_error_event_before_content_becomes_a_typed_error_response() ->
     assert finished[0].error_type == "overloaded_error"
 
 
+@pytest.mark.parametrize("streaming", [True, False])
+def test_an_upstream_ignoring_the_stream_flag_is_a_502_not_a_silent_mismatch(
+    streaming: bool,
+) -> None:
+    # Relayed as it came, a JSON answer to a stream request gave the SDK a stream of no
+    # events and no error, and an SSE answer to a plain request gave it a string.
+    def wrong_kind(request: httpx.Request) -> httpx.Response:
+        if streaming:
+            json_headers = {"content-type": "application/json"}
+            return httpx.Response(200, headers=json_headers, content=b"{}")
+        return httpx.Response(200, headers=SSE_HEADERS, content=_STREAM)
+
+    gateway, finished = make_gateway(Recorder(wrong_kind))
+    body = (
+        STREAM_REQUEST
+        if streaming
+        else STREAM_REQUEST.replace(b'"stream": true', b'"stream": false')
+    )
+    assert body != STREAM_REQUEST or streaming
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(gateway), base_url="http://gw"
+        ) as client:
+            return await client.post("/v1/messages", content=body)
+
+    response = run(post())
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["type"] == "api_error" and "stream" in error["message"]
+    assert finished[0].status == 502
+
+
 def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
     closed_at: list[float] = []
 

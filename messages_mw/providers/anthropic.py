@@ -277,6 +277,11 @@ class AnthropicProvider:
                 f"The upstream {self._shown_url} answered with content-encoding "
                 f"'{head.undecodable}', which the gateway cannot decode (it asks for identity)."
             )
+        if response.status_code == 200 and head.event_stream != request.stream:
+            # A client asking for a stream would read none from a JSON body (the SDKs yield
+            # no events and raise nothing), and one asking for a message would get raw SSE.
+            await response.aclose()
+            raise UpstreamUnavailableError(_stream_mismatch(self._shown_url, request.stream))
         raw = _raw_stream(response, head)
         if response.status_code == 200 and head.event_stream:
             chunks = response.aiter_bytes() if raw is None else raw
@@ -302,6 +307,12 @@ class AnthropicProvider:
         transport, self._transport = self._transport, self._given_transport
         if transport is not None:
             await transport.aclose()
+
+
+def _stream_mismatch(origin: str, streaming: bool) -> str:
+    if streaming:
+        return f"The upstream {origin} answered a streaming request without a stream."
+    return f"The upstream {origin} answered a request that asked for no stream with a stream."
 
 
 def _raw_stream(response: httpx.Response, head: _ResponseHead) -> httpx.AsyncByteStream | None:
