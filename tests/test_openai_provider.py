@@ -804,3 +804,17 @@ def test_auto_model_can_be_turned_off_from_a_config_file(tmp_path: Path) -> None
     off = TargetResolver(["anthropic"], "anthropic", load_config(path).fallback)
     assert not off.is_auto("auto") and not off.is_auto("")
     assert off.primary("auto") == Target("anthropic", "auto")
+
+
+def test_only_the_first_slash_names_a_provider() -> None:
+    # As the docs say: an id that itself starts with a provider name (OpenRouter's
+    # "anthropic/claude-...") reaches the upstream whole once the client names the provider.
+    resolver = TargetResolver(["anthropic", "openrouter"], "anthropic", FallbackConfig())
+    assert resolver.primary("anthropic/claude-x") == Target("anthropic", "claude-x")
+    assert resolver.primary("openrouter/anthropic/claude-x") == Target(
+        "openrouter", "anthropic/claude-x"
+    )
+    assert resolver.primary("anthropic/anthropic/claude-x") == Target(
+        "anthropic", "anthropic/claude-x"
+    )
+    assert resolver.primary("meta-llama/x") == Target("anthropic", "meta-llama/x")
