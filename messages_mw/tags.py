@@ -7,6 +7,7 @@ can never inject into a log line or a metrics backend. A bad tag is a 400, not a
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Literal
@@ -144,13 +145,16 @@ def collect_tags(groups: Iterable[tuple[str, Iterable[str]]], policy: TagPolicy)
 
 
 def session_id(headers: Mapping[str, str], header: str) -> str | None:
-    """The session id from ``header``, if it is a sane identifier (a UUID, typically)."""
+    """The session id from ``header`` (``None`` when absent or blank): as sent when it is a
+    sane identifier (a UUID, typically), else a stable digest of it (``sha256:`` and 32 hex
+    digits), so usage still groups the session while no unchecked client text reaches a log.
+
+    Never refused: Anthropic ignores the header, and a drop-in must not be stricter.
+    """
     value = headers.get(header)
-    if value is None:
+    if value is None or not (value := value.strip()):
         return None
-    value = value.strip()
-    if not _SESSION.fullmatch(value):
-        raise InvalidRequestError(
-            f"{header}: session id must be 1-128 characters of [A-Za-z0-9_.:-]."
-        )
-    return value
+    if _SESSION.fullmatch(value):
+        return value
+    # Header values arrive decoded as latin-1: encoding back gives the bytes sent.
+    return "sha256:" + hashlib.sha256(value.encode("latin-1", "replace")).hexdigest()[:32]
