@@ -242,6 +242,18 @@ def test_tool_choice_tool_names_the_tool_and_none_forbids_tools() -> None:
         _message(_body(tools=[_WEATHER_TOOL], tool_choice={"type": "tool", "name": "nope"}))
 
 
+def test_server_tools_are_never_called_as_client_tools() -> None:
+    # Anthropic runs web search itself; a tool_use for it would send the client off to run
+    # a tool it never defined.
+    web_search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+    alone = _message(_body(tools=[web_search]))
+    assert alone["content"][0]["type"] == "text" and alone["stop_reason"] == "end_turn"
+    mixed = _message(_body(tools=[web_search, {**_WEATHER_TOOL, "type": "custom"}]))
+    assert mixed["content"][0]["name"] == "get_weather"
+    named = _message(_body(tools=[web_search], tool_choice={"type": "tool", "name": "web_search"}))
+    assert named["content"][0]["type"] == "text"
+
+
 def test_a_tool_result_reply_gets_text() -> None:
     first = _message(_body(tools=[_WEATHER_TOOL]))
     tool_use = first["content"][0]

@@ -70,6 +70,9 @@ class _Source(msgspec.Struct):
 class _ToolDef(msgspec.Struct):
     name: str | None = None
     input_schema: msgspec.Raw = msgspec.Raw()
+    # Absent or "custom" for a client tool; a server tool's (web_search_20250305, ...) is
+    # run by the API itself, never handed to the client as a tool_use.
+    type: str | None = None
 
 
 class _ToolChoice(msgspec.Struct):
@@ -232,13 +235,15 @@ def _chosen_tool(prompt: _Prompt, last_user: _Turn | None) -> _ToolDef | None:
         for tool in _decode_or_400(_tools_decoder, prompt.tools or b"null", "tools") or []
         if tool.name
     ]
+    client_tools = [tool for tool in tools if tool.type in (None, "custom")]
     if not tools or choice.type == "none" or _is_tool_reply(last_user):
         return None
     if choice.type != "tool":
-        return tools[0]
+        return client_tools[0] if client_tools else None
     for tool in tools:
         if tool.name == choice.name:
-            return tool
+            # A server tool the mock cannot run: it answers in text instead.
+            return tool if tool in client_tools else None
     raise InvalidRequestError(f"tool_choice.name: Tool '{choice.name}' not found in tools")
 
 
