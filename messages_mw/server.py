@@ -177,10 +177,13 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         message = f"Request headers exceed {_MAX_HEAD_BYTES} bytes."
-        body = encode_error_body("invalid_request_error", message, new_request_id())
+        request_id = new_request_id()
+        body = encode_error_body("invalid_request_error", message, request_id)
+        # The request-id header too, as on every answer of the gateway's.
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
             b"content-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            b"request-id: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (request_id.encode(), len(body), body)
         )
         self.transport.close()

@@ -190,9 +190,12 @@ def test_a_head_over_64_kb_gets_a_431_not_the_servers_memory(whole: bool) -> Non
             sock.sendall(pad)
         answer = _until_closed(sock, 5)
     assert answer.startswith(b"HTTP/1.1 431 ")
-    error = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    head, payload = answer.split(b"\r\n\r\n", 1)
+    error = json.loads(payload)
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
     assert error["request_id"].startswith("req_")
+    # The header the SDKs read for the id, as on every other answer.
+    assert b"\r\nrequest-id: " + error["request_id"].encode() + b"\r\n" in head
 
 
 def test_an_oversized_pipelined_head_never_lands_inside_a_stream() -> None:
