@@ -394,6 +394,22 @@ def test_a_model_id_is_forwarded_as_one_path_segment() -> None:
     assert forwarded.url.raw_path == b"/v1/models/x%3Flimit=1000%23frag?limit=5"
 
 
+def test_a_slash_in_a_model_id_stays_encoded_upstream() -> None:
+    # The SDK sends a Bedrock inference-profile ARN's "/" as %2F; decoded by the server and
+    # re-encoded as a "/", it named a different path upstream.
+    recorder = Recorder(lambda request: httpx.Response(200, json={"id": "x"}))
+    gateway, _ = make_gateway(recorder)
+    arn = "arn:aws:bedrock:us-east-1:123:inference-profile%2Fus.anthropic.claude-x"
+
+    async def call() -> httpx.Response:
+        async with client_for(gateway) as client:
+            return await client.get("/v1/models/" + arn)
+
+    assert run(call()).status_code == 200
+    (forwarded,) = recorder.requests
+    assert forwarded.url.raw_path == b"/v1/models/" + arn.encode()
+
+
 def test_lifespan_and_websocket_scopes() -> None:
     gateway, _ = make_gateway(Recorder())
     sent: list[dict[str, object]] = []

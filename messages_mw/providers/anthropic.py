@@ -62,6 +62,7 @@ _DECODABLE = frozenset(
 )
 # RFC 3986 path characters besides unreserved ones, which quote() never escapes.
 _PATH_SAFE = "/:@!$&'()*+,;="
+_MODEL_PATH = "/v1/models/"
 
 
 # What reading an upstream answer can raise besides cancellation: the connection failing, or
@@ -232,7 +233,7 @@ class AnthropicProvider:
         if found is None:
             # The path arrives percent-decoded: a model id holding "?" or "#" must stay part of
             # the path, not start a query upstream.
-            quoted = quote(path, safe=_PATH_SAFE)
+            quoted = _quoted_path(path)
             url = httpx.URL(self._base_url + quoted + ("?" + query if query else ""))
             found = (url, url.netloc)
             if len(self._urls) < _CACHED_URLS:
@@ -307,6 +308,15 @@ class AnthropicProvider:
         transport, self._transport = self._transport, self._given_transport
         if transport is not None:
             await transport.aclose()
+
+
+def _quoted_path(path: str) -> str:
+    """``path`` percent-encoded for the upstream URL. A model id is one path segment: a "/"
+    in it (a Bedrock ARN's), which the SDKs send as %2F and the server decoded, is sent as
+    %2F again, not as a deeper path."""
+    if path.startswith(_MODEL_PATH):
+        return _MODEL_PATH + quote(path[len(_MODEL_PATH) :], safe=_PATH_SAFE.replace("/", ""))
+    return quote(path, safe=_PATH_SAFE)
 
 
 def _stream_mismatch(origin: str, streaming: bool) -> str:
