@@ -18,7 +18,6 @@ the request that crosses a token or spend limit completes, the ones after it wai
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -30,6 +29,14 @@ import msgspec
 
 from .context import RequestContext
 from .errors import RateLimitError
+from .limit_replies import (
+    HEADER_NAMES,
+    Limit,
+    rejection,
+    remaining,
+    replenished_at,
+    rfc3339_second,
+)
 from .limit_stores import (
     CounterStore,
     Increment,
@@ -38,7 +45,6 @@ from .limit_stores import (
     RedisCounterStore,
     WindowCheck,
     WindowCount,
-    has_room,
     redis_url_parses,
     window_usage,
 )
@@ -48,10 +54,6 @@ __all__ = ["LimitRule", "LimitsConfig", "RateLimiter"]
 logger = logging.getLogger("messages_mw.limits")
 
 _MINUTE = 60.0
-# The longest a per-minute limit makes a request wait (two windows, as the previous one slides
-# out); a spend budget asking longer is one no client should sleep through.
-_LONGEST_RETRY_WAIT = 2 * _MINUTE
-_Kind = Literal["requests", "tokens", "spend"]
 
 
 class LimitRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -143,28 +145,13 @@ _LIMITS_CACHE_SIZE = 4096
 # Client-chosen model names in the unpriced warning: bounded in length and in number.
 _MAX_MODEL_IN_LOG = 100
 _MAX_UNPRICED_WARNED = 100
-_HEADER_NAMES = {
-    kind: (
-        f"anthropic-ratelimit-{kind}-limit",
-        f"anthropic-ratelimit-{kind}-remaining",
-        f"anthropic-ratelimit-{kind}-reset",
-    )
-    for kind in ("requests", "tokens")
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Limit:
-    kind: _Kind
-    label: str
-    check: WindowCheck
 
 
 @dataclass(frozen=True, slots=True)
 class _LimitSet:
     """The limits for one key and tag set, with what every request against them needs."""
 
-    limits: list[_Limit]
+    limits: list[Limit]
     checks: list[WindowCheck]
     # For the headers: the positions of the request limits, then of the token limits, each
     # with its header names.
@@ -175,9 +162,9 @@ class _LimitSet:
     has_spend: bool
 
     @classmethod
-    def of(cls, limits: list[_Limit]) -> _LimitSet:
+    def of(cls, limits: list[Limit]) -> _LimitSet:
         groups = tuple(
-            (_HEADER_NAMES[kind], positions)
+            (HEADER_NAMES[kind], positions)
             for kind in ("requests", "tokens")
             if (positions := tuple(i for i, lim in enumerate(limits) if lim.kind == kind))
         )
@@ -258,7 +245,7 @@ class RateLimiter:
             self._store_answered()
         headers = self._headers(limit_set, counts, now)
         if not admitted:
-            raise _rejection(limit_set.limits, counts, now, headers)
+            raise rejection(limit_set.limits, counts, now, headers)
         return headers
 
     def needs_price(self, context: RequestContext) -> bool:
@@ -345,12 +332,12 @@ class RateLimiter:
             if len(positions) > 1:
                 at = min(
                     positions,
-                    key=lambda i: (_remaining(checks[i], counts[i], now), checks[i].limit),
+                    key=lambda i: (remaining(checks[i], counts[i], now), checks[i].limit),
                 )
             check, count = checks[at], counts[at]
-            reset = math.ceil(_replenished_at(check, count, now))
+            reset = math.ceil(replenished_at(check, count, now))
             if reset != self._reset_second:
-                self._reset_second, self._reset_text = reset, _rfc3339_second(reset)
+                self._reset_second, self._reset_text = reset, rfc3339_second(reset)
             left = check.limit - window_usage(check, count, now)
             headers += (
                 (limit_name, limit_set.limit_texts[at]),
@@ -359,9 +346,9 @@ class RateLimiter:
             )
         return headers
 
-    def _work_out_limits(self, context: RequestContext) -> list[_Limit]:
+    def _work_out_limits(self, context: RequestContext) -> list[Limit]:
         # Rules that land on the same counter share it; the lowest limit holds.
-        limits: dict[str, _Limit] = {}
+        limits: dict[str, Limit] = {}
         for subject, label, rules in self._subjects(context):
             for rule in rules:
                 for limit in _rule_limits(rule, subject, label):
@@ -432,93 +419,17 @@ def _rules_by_match(
     return by_match
 
 
-def _rule_limits(rule: LimitRule, subject: str, label: str) -> Iterator[_Limit]:
+def _rule_limits(rule: LimitRule, subject: str, label: str) -> Iterator[Limit]:
     if rule.requests_per_minute is not None:
         # Limits as floats: the counts they are compared with are floats, and a float compares
         # with a float faster than with an int.
         limit = float(rule.requests_per_minute)
         check = WindowCheck(f"requests:60:{subject}", _MINUTE, limit, 1.0)
-        yield _Limit("requests", label, check)
+        yield Limit("requests", label, check)
     if rule.tokens_per_minute is not None:
         check = WindowCheck(f"tokens:60:{subject}", _MINUTE, float(rule.tokens_per_minute))
-        yield _Limit("tokens", label, check)
+        yield Limit("tokens", label, check)
     if rule.spend is not None:
         period = rule.spend_period_seconds
         check = WindowCheck(f"spend:{period}:{subject}", period, float(rule.spend), sliding=False)
-        yield _Limit("spend", label, check)
-
-
-def _rejection(
-    limits: Sequence[_Limit],
-    counts: Sequence[WindowCount],
-    now: float,
-    headers: list[tuple[str, str]],
-) -> RateLimitError:
-    waits = [
-        (_seconds_until_room(limit.check, count, now), limit)
-        for limit, count in zip(limits, counts, strict=True)
-        if not has_room(limit.check, count, now)
-    ]
-    wait, limit = max(waits, key=lambda pair: pair[0], default=(0.0, limits[0]))
-    # A whole second strictly after the moment there is room: retrying then always fits.
-    retry_after = math.floor(wait) + 1
-    response_headers = {"retry-after": str(retry_after), **dict(headers)}
-    if limit.kind == "spend" and retry_after > _LONGEST_RETRY_WAIT:
-        # Python SDK 2.x sleeps as long as retry-after says before retrying on its own: told
-        # to wait for a spent budget's next period, it would hang for hours. Say not to retry.
-        # (A per-minute limit may ask a little over two minutes, on a host whose clock lags:
-        # that wait is worth sleeping through.)
-        response_headers["x-should-retry"] = "false"
-    return RateLimitError(_message(limit, retry_after), headers=response_headers)
-
-
-def _message(limit: _Limit, retry_after: int) -> str:
-    check = limit.check
-    if limit.kind == "spend":
-        return (
-            f"The spend budget of {check.limit:g} per {int(check.window)} s for {limit.label} "
-            f"is used up; retry after {retry_after} s."
-        )
-    return (
-        f"Number of {limit.kind} has exceeded the rate limit of {int(check.limit)} "
-        f"{limit.kind} per minute for {limit.label}; retry after {retry_after} s."
-    )
-
-
-def _remaining(check: WindowCheck, count: WindowCount, now: float) -> int:
-    left = check.limit - window_usage(check, count, now)
-    return math.floor(left) if left > 0 else 0
-
-
-def _replenished_at(check: WindowCheck, count: WindowCount, now: float) -> float:
-    """When the usage is back to zero if nothing more is counted."""
-    if count.current > 0:
-        return count.start + check.window * (2 if check.sliding else 1)
-    if check.sliding and count.previous > 0:
-        return count.start + check.window
-    return now
-
-
-def _seconds_until_room(check: WindowCheck, count: WindowCount, now: float) -> float:
-    """How long until ``check`` passes if nothing more is counted: the usage falls while the
-    previous window slides out, then while the current one does."""
-    start, window, target = count.start, check.window, check.limit - check.cost
-    # A request needs room for its cost; a budget only needs to be below its limit.
-    current_fits = count.current <= target if check.cost > 0 else count.current < check.limit
-    if not check.sliding:
-        at = now if current_fits else start + window
-    elif current_fits:
-        share = (target - count.current) / count.previous if count.previous > 0 else 1.0
-        at = start + window * (1 - share)
-    else:
-        at = start + window * (2 - target / count.current)
-    return max(0.0, at - now)
-
-
-@functools.lru_cache(maxsize=256)
-def _rfc3339_second(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
-
-
-def _rfc3339(timestamp: float) -> str:
-    return _rfc3339_second(math.ceil(timestamp))
+        yield Limit("spend", label, check)
