@@ -102,7 +102,7 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         self._head_tail = b""
         self._head_started: float | None = self.loop.time()
         self._body_reads = self._body_reads_seen = 0
-        self._body_quiet_since = 0.0
+        self._body_quiet_since = self.loop.time()
         self._period = min(self.head_seconds, self.body_idle_seconds) / 4
         self._watch: asyncio.TimerHandle | None = self.loop.call_later(self._period, self._check)
 
@@ -136,6 +136,10 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not cycle:  # the head was whole: a request began
             self._head_bytes = 0
             self._head_started = None
+            # Its body was heard from just now: the read that ended the head may have
+            # brought some of it (SDKs send head and body together), uncounted as a body read.
+            self._body_reads_seen = self._body_reads
+            self._body_quiet_since = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._watch is not None:

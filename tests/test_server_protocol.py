@@ -173,6 +173,20 @@ def _until_closed(sock: socket.socket, within: float) -> bytes:
     return received
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """One response with a content-length, read from a connection that stays open."""
+    sock.settimeout(10)
+    received = b""
+    while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: (\d+)", head)
+    assert length is not None, head
+    while len(body) < int(length.group(1)) and (chunk := sock.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 @pytest.mark.parametrize("whole", [False, True], ids=["arriving in pieces", "in one write"])
 def test_a_head_over_64_kb_gets_a_431_not_the_servers_memory(whole: bool) -> None:
     start = b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: "
@@ -269,6 +283,36 @@ def test_slow_clients_are_closed_not_kept(send: Callable[[socket.socket], object
         assert b"200 OK" in _exchange(
             url, b"", b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
         )
+
+
+class _BodyPatientProtocol(HeadJoiningHttpToolsProtocol):
+    """Bodies may pause for 2 s, checked every 0.5 s."""
+
+    body_idle_seconds = 2.0
+
+
+@pytest.mark.parametrize("requests_before", [0, 1], ids=["first request", "kept alive"])
+def test_a_body_pausing_less_than_the_limit_is_read_to_the_end(requests_before: int) -> None:
+    # The read that ends a head often brings the body's first bytes (SDKs send them together):
+    # the body's silence must count from then, not from the connection's start or from an
+    # earlier request's, or the first check closes a connection well inside the limit.
+    body = b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    head = (
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"anthropic-version: 2023-06-01\r\ncontent-length: %d\r\n" % len(body)
+    )
+    with (
+        serve(_demo(), http=_BodyPatientProtocol) as url,
+        socket.create_connection(_address(url)) as sock,
+    ):
+        for _ in range(requests_before):
+            sock.sendall(head + b"\r\n" + body)
+            assert _read_response(sock).startswith(b"HTTP/1.1 200 ")
+            time.sleep(1.0)
+        sock.sendall(head + b"connection: close\r\n\r\n" + body[:10])
+        time.sleep(1.0)  # half the limit, and two checks
+        sock.sendall(body[10:])
+        assert _until_closed(sock, 10).startswith(b"HTTP/1.1 200 ")
 
 
 def _address(url: str) -> tuple[str, int]:
