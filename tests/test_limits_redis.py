@@ -1,7 +1,10 @@
 """The Redis counter store against a real ``redis-server`` on a loopback port.
 
-The server is required, not optional: without it these tests fail, saying how to install it
-(CI installs it). Each server runs without persistence, so a restart empties it.
+The server is required, not optional: CI installs ``redis-server``. On a machine without it
+(only Python and pip), or with ``MESSAGES_MW_TEST_REDIS=fakeredis``, the same tests run
+against fakeredis's server in a process of its own (:mod:`tests.fake_redis_server`), which
+speaks the protocol and runs the Lua scripts. Each server runs without persistence, so a
+restart empties it.
 """
 
 from __future__ import annotations
@@ -63,22 +66,21 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail(
-                "redis-server is not installed, and the Redis limit tests need it: "
-                "apt-get install redis-server (CI's .ci/run installs it)",
-                pytrace=False,
-            )
-        options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        options += ["--appendonly", "no", "--dir", str(self.directory)]
-        self.process = subprocess.Popen([binary, *options], stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL, cwd=ROOT)
         deadline = time.monotonic() + 10
         while not self._answers_ping():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                pytest.fail(f"redis-server on port {self.port} did not answer PING within 10 s")
+                pytest.fail(f"the Redis server on port {self.port} did not answer PING in 10 s")
             time.sleep(0.01)
+
+    def _command(self) -> list[str]:
+        binary = shutil.which("redis-server")
+        if binary is None or os.environ.get("MESSAGES_MW_TEST_REDIS") == "fakeredis":
+            return [sys.executable, "-m", "tests.fake_redis_server", str(self.port)]
+        options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        options += ["--appendonly", "no", "--dir", str(self.directory)]
+        return [binary, *options]
 
     def stop(self) -> None:
         if self.process is not None:
@@ -97,7 +99,7 @@ class RedisServer:
     def _answers_ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
+                sock.sendall(b"*1\r\n$4\r\nPING\r\n")  # RESP: fakeredis has no inline form
                 return sock.recv(7).startswith(b"+PONG")
         except OSError:
             return False
