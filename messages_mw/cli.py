@@ -178,8 +178,21 @@ def _describe_provider(config: GatewayConfig) -> str:
     if config.provider == "mock":
         return "provider mock (demo, deterministic replies)"
     upstream: UpstreamConfig = config.upstream
-    key = "configured key" if upstream.api_key else "clients' own keys"
-    return f"provider anthropic at {_without_credentials(upstream.base_url)} with {key}"
+    shown = _without_credentials(upstream.base_url)
+    return f"provider anthropic at {shown} with {_upstream_credentials(config)}"
+
+
+def _upstream_credentials(config: GatewayConfig) -> str:
+    """Which key the upstream gets, in the words of the start-up line."""
+    auth = config.auth
+    if config.upstream.api_key:
+        return "configured key"
+    if auth.mode != "static" or auth.header:
+        return "clients' own keys"
+    # Static keys are the gateway's, never sent on: only a key's own upstream key is.
+    if any(key.upstream_api_key for key in auth.keys):
+        return "each gateway key's upstream_api_key"
+    return "no key (gateway keys are not sent upstream; set upstream.api_key)"
 
 
 def _startup_line(host: str, port: int, workers: int, config: GatewayConfig) -> str:

@@ -17,6 +17,7 @@ import pytest
 
 from messages_mw import cli
 from messages_mw.app import Gateway
+from messages_mw.auth import ApiKeyConfig, AuthConfig
 from messages_mw.config import ConfigError, GatewayConfig, MockConfig, UpstreamConfig
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -218,6 +219,26 @@ def test_startup_line_names_the_provider_but_never_a_secret() -> None:
     assert "proxy.test:8443/api" in line and "4 workers" in line
     assert "sk-secret" not in line and "pw" not in line and "user" not in line
     assert "provider mock" in cli._startup_line("127.0.0.1", 80, 1, _config("--demo"))
+
+
+def test_startup_line_says_which_key_the_upstream_gets() -> None:
+    # Static gateway keys never go upstream: without an upstream key of its own the gateway
+    # sends none (or a key's virtual key), which the line must not call "clients' own keys".
+    def credentials(auth: AuthConfig, api_key: str | None = None) -> str:
+        config = GatewayConfig(upstream=UpstreamConfig(api_key=api_key), auth=auth)
+        return cli._startup_line("127.0.0.1", 80, 1, config).split(" with ")[1]
+
+    static = AuthConfig(mode="static", keys=(ApiKeyConfig(id="a", key="k"),))
+    virtual = AuthConfig(
+        mode="static", keys=(ApiKeyConfig(id="a", key="k", upstream_api_key="sk-v"),)
+    )
+    alternate = AuthConfig(mode="static", keys=static.keys, header="x-gw-key")
+    assert credentials(static).startswith("no key")
+    assert credentials(static, "sk-up").startswith("configured key")
+    assert credentials(virtual).startswith("each gateway key's upstream_api_key")
+    assert credentials(alternate).startswith("clients' own keys")
+    assert credentials(AuthConfig(mode="passthrough")).startswith("clients' own keys")
+    assert "sk-v" not in credentials(virtual) and "sk-up" not in credentials(static, "sk-up")
 
 
 def test_worker_factory_rebuilds_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
