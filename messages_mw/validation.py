@@ -113,7 +113,8 @@ def describe_decode_error(exc: Exception, body_length: int, at: str = "") -> str
     if isinstance(exc, UnicodeDecodeError):
         return "Request body is not valid JSON: a string holds invalid UTF-8."
     if isinstance(exc, RecursionError):
-        return "Request body is not valid JSON: it is nested too deeply."
+        # Valid JSON, perhaps, but deeper than the decoder (and any real request) goes.
+        return "Request body is nested too deeply to decode."
     text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):
         # msgspec names the byte of a bad character but not where truncated input ended.
