@@ -39,15 +39,26 @@ __all__ = ["Frame", "History", "Message", "first_element"]
 # Between two elements of an array (or before ``]``): whitespace, maybe a comma, whitespace.
 _BETWEEN = re.compile(rb"[ \t\n\r]*(?:(,)[ \t\n\r]*)?")
 _WHITESPACE = re.compile(rb"[ \t\n\r]*")
-# Per message, besides its bytes: the objects and tuple slots that hold it and its effects.
-_MESSAGE_OVERHEAD = 300
+# What a history or a frame holds besides bytes, counted so that the memo's bound is the memory
+# it keeps: measured once with tracemalloc (CPython 3.11, 64 bits). Per message: its slots and
+# integers in ``bounds``, ``sizes``, ``outs`` and ``ends`` (a tuple of five integers, 240), and
+# its output's header. Per tool call: its pair, id, block and the block's ``Raw`` values. Per
+# output recorded for deduplication: its pair, call, id, ``Raw`` and place in the index. Per
+# history: the struct, its tuples and its index.
+_MESSAGE_OVERHEAD = 400
+_USE_OVERHEAD = 700
+_FIELD_OVERHEAD = 90
+_OUTPUT_OVERHEAD = 400
+_HISTORY_OVERHEAD = 1000
+# Per frame: the struct, its bytes' headers and its fields' dictionary.
+_FRAME_OVERHEAD = 600
 
 
 class Message(msgspec.Struct, frozen=True):
     """One message a request added to its history: its JSON as the request sent it (``raw``,
     a JSON object), its JSON in that request's compressed body (``out``), and roughly the
-    bytes it holds with what it added to the walk (``size``; ``raw`` is counted by the
-    history, which keeps it joined with the others)."""
+    bytes it holds with the outputs it recorded (``size``; ``raw`` is counted by the history,
+    which keeps it joined with the others, and so are its tool calls)."""
 
     raw: bytes
     out: bytes
@@ -57,7 +68,7 @@ class Message(msgspec.Struct, frozen=True):
     def of(cls, raw: bytes, out: bytes, outputs: Sequence[tuple[Raw, ToolCall]]) -> Message:
         size = len(out) + _MESSAGE_OVERHEAD
         if outputs:
-            size += sum([len(output) for output, _ in outputs])
+            size += sum([len(output) for output, _ in outputs]) + _OUTPUT_OVERHEAD * len(outputs)
         return cls(raw, out, size)
 
 
@@ -90,7 +101,7 @@ class History(msgspec.Struct, frozen=True, eq=False):
     @property
     def size(self) -> int:
         """Bytes held, roughly."""
-        return len(self.source) + self.sizes[-1]
+        return len(self.source) + self.sizes[-1] + _HISTORY_OVERHEAD
 
     @classmethod
     def then(
@@ -110,19 +121,27 @@ class History(msgspec.Struct, frozen=True, eq=False):
         not be joined and compared again)."""
         bounds = [0] if earlier is None else list(earlier.bounds[: count + 1])
         sizes = [0] if earlier is None else list(earlier.sizes[: count + 1])
+        raws = [message.raw for message in fresh]
+        # What the walk recorded for these messages (tool calls, outputs) holds ``Raw`` values
+        # decoded from the request: views that keep whole the buffer they were decoded from,
+        # about these messages' bytes. Copying them out would cost a few per cent of a warm
+        # request, so that buffer is counted instead, with the calls' objects, as held by the
+        # first of the messages: a later history keeps it exactly when it keeps that message.
+        held = sum(map(len, raws)) + len(raws)
+        held += _USE_OVERHEAD * (len(walk.uses) - walk.ends[count][0])
         for message in fresh:
             bounds.append(bounds[-1] + len(message.raw) + 1)
-            sizes.append(sizes[-1] + message.size)
+            sizes.append(sizes[-1] + message.size + held)
+            held = 0
         data, start, position = at
         if position == start + bounds[count] and (
-            compact or data.startswith(b",".join([message.raw for message in fresh]), position)
+            compact or data.startswith(b",".join(raws), position)
         ):
             # The request holds the messages compactly joined (see ``match``): keep it whole.
             source, base = data, start
         else:
             kept = b"" if earlier is None else earlier.joined(count, comma=True)
-            joined = b",".join([message.raw for message in fresh])
-            source, base = b"".join([kept, joined]), 0
+            source, base = b"".join([kept, b",".join(raws)]), 0
         outs = tuple([message.out for message in fresh])
         outs = outs if earlier is None else earlier.outs[:count] + outs
         uses, outputs, ends = tuple(walk.uses), tuple(walk.outputs), tuple(walk.ends)
@@ -258,8 +277,10 @@ class Frame:
 
     @property
     def size(self) -> int:
-        """Bytes held, roughly: the body's bytes around the array, and their fields twice."""
-        return 2 * (len(self.head) + len(self.tail)) + len(self.json_head) + len(self.json_tail)
+        """Bytes held, roughly: the body's bytes around the array, their fields (copies of
+        about as many bytes) and their compact JSON, with the objects that hold them."""
+        held = 2 * (len(self.head) + len(self.tail)) + len(self.json_head) + len(self.json_tail)
+        return held + _FRAME_OVERHEAD + _FIELD_OVERHEAD * len(self.fields)
 
     def array_end(self, body: bytes) -> int | None:
         """Where the bytes between this frame's head and tail end in ``body``, when it has

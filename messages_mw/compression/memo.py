@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from msgspec import Raw
 
@@ -27,20 +27,45 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MEMO_BYTES", "CompressionMemo"]
 
 DEFAULT_MEMO_BYTES = 64 * 1024 * 1024
-# Per entry, besides the bytes it holds: the key tuple, the rewrite and the dict slot.
-_ENTRY_OVERHEAD = 200
-# Bundles whose rules are kept, and labels of tool calls (a few hundred bytes each).
+# What the memo holds besides the bytes of its texts, counted so that ``max_bytes`` bounds the
+# memory it really keeps: measured once with tracemalloc (CPython 3.11, 64 bits). Per entry: its
+# ordered-dict slot (110), its key with the tool call's id (200), the entry (70), the rewrite
+# (70), and the headers of its copy of the text (a ``Raw`` and its bytes, 90).
+_ENTRY_OVERHEAD = 540
+# Per other ``Raw`` an entry holds (a call's part, a rewrite's new output or JSON), and per frame.
+_RAW_OVERHEAD = 90
+_FRAME_OVERHEAD = 160
+# Per key of a history, a frame, a label or a shell rule: its slot, tuple and bytes' headers
+# (the bytes themselves are counted); per label and shell rule, its string's or rule's objects.
+_KEY_OVERHEAD = 250
+_VALUE_OVERHEAD = 150
+# Bundles whose rules are kept (a few objects each, shared by the keys of entries: not
+# counted), and labels of tool calls.
 _MAX_BUNDLES = 64
 _MAX_LABELS = 4096
 # Shell calls' rules, each kept with its call's input (at most ``walk._CACHED_INPUT_BYTES``)
-# and command line: a few megabytes at most, outside the bound, like the labels.
+# and command line. Labels and shell rules each get a sixteenth of the bound at most: they are
+# cheap to make again, and the default bound holds their counts' worth.
 _MAX_SHELL_RULES = 1024
+_TABLE_SHARE = 16
 # Histories kept under one key: sessions whose first messages begin alike, or a session's
 # branches (a retried or edited turn); frames kept under one key: bodies that begin alike.
 _MAX_HISTORIES = 8
 
 
 _T = TypeVar("_T")
+
+
+class _Table(dict[Hashable, _T], Generic[_T]):
+    """Values made once per key (labels, shell rules), cleared all at once when full, with the
+    bytes they hold (``held``)."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.held = 0
 
 
 class _Entry:
@@ -73,8 +98,12 @@ class CompressionMemo:
     the same text both compute it, with the same result.
 
     Histories and frames (see :mod:`.history`) count against the same bound and are dropped
-    first, oldest first: they only spare lookups of the texts the memo holds. ``len()`` counts
-    texts only, and ``hits`` counts a message found in a history as one hit.
+    first, oldest first: they only spare lookups of the texts the memo holds. Labels and shell
+    rules count too, each kept to a small share of it. What is counted is the memory really
+    kept, objects included, so that ``max_bytes`` bounds a worker's memory: estimated from
+    lengths and constants measured once, since measuring objects on every call would cost more
+    than the lookups save. ``len()`` counts texts only, and ``hits`` counts a message found in
+    a history as one hit.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MEMO_BYTES) -> None:
@@ -84,11 +113,12 @@ class CompressionMemo:
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._bytes = 0
         self._rules: dict[Bundle, tuple[Rule, Rule | None]] = {}
-        self._labels: dict[Hashable, str] = {}
-        self._shell_rules: dict[Hashable, Rule] = {}
+        self._labels: _Table[str] = _Table(_MAX_LABELS)
+        self._shell_rules: _Table[Rule] = _Table(_MAX_SHELL_RULES)
         # Histories and frames, under keys of their own kinds (see the engine).
         self._histories: OrderedDict[Hashable, tuple[History, ...] | tuple[Frame, ...]]
         self._histories = OrderedDict()
+        self._held: dict[Hashable, int] = {}  # their bytes under each key (the key's apart)
         self._lock = threading.Lock()
 
     @property
@@ -114,26 +144,41 @@ class CompressionMemo:
 
     def label(self, key: Hashable, describe: Callable[[], str]) -> str:
         """``describe()``, remembered under ``key`` (which must name everything it reads)."""
-        return self._remembered(self._labels, _MAX_LABELS, key, describe)
+        return self._remembered(self._labels, key, describe, len)
 
     def shell_rule(self, key: Hashable, make: Callable[[], Rule]) -> Rule:
         """``make()``, the rule for a shell call's output, remembered under ``key`` (which
         must name everything it reads): an agent reruns the same commands, and each new output
         would otherwise decode the call's input and parse its command line again."""
-        return self._remembered(self._shell_rules, _MAX_SHELL_RULES, key, make)
+        return self._remembered(self._shell_rules, key, make, _rule_size)
 
     def _remembered(
-        self, table: dict[Hashable, _T], limit: int, key: Hashable, make: Callable[[], _T]
+        self, table: _Table[_T], key: Hashable, make: Callable[[], _T], size: Callable[[_T], int]
     ) -> _T:
-        """``make()`` from ``table``, computed once per key; the table is cleared when full."""
+        """``make()`` from ``table``, computed once per key (``size`` tells the bytes it holds);
+        the table is cleared when it has ``table.limit`` values or its share of the bound."""
         found = table.get(key)
         if found is None:
             found = make()
+            held = _key_size(key) + _VALUE_OVERHEAD + size(found)
+            share = self.max_bytes // _TABLE_SHARE
             with self._lock:
-                if len(table) >= limit:
-                    table.clear()
+                if key in table or held > share:
+                    return found
+                if len(table) >= table.limit or table.held + held > share:
+                    self._clear(table)
                 table[key] = found
+                table.held += held
+                self._bytes += held
+                if self._bytes > self.max_bytes:
+                    self._shrink(key)
         return found
+
+    def _clear(self, table: _Table[_T]) -> None:
+        """Empty a table of labels or shell rules. Called under the lock."""
+        self._bytes -= table.held
+        table.held = 0
+        table.clear()
 
     def rewrite(self, raw: Raw, rule: Rule) -> Rewrite:
         """``rewrite_text(raw, rule)``, remembered under the bytes of ``raw`` (and ``rule``, as
@@ -156,7 +201,7 @@ class CompressionMemo:
         self.misses += 1
         raw = raw.copy()
         rewrite = rewrite_text(raw, rule())
-        size = len(raw) + rewrite.size(raw) + sum(map(len, call)) + _ENTRY_OVERHEAD
+        size = _entry_size(raw, call, rewrite)
         if size <= self.max_bytes:
             self._store(key, _Entry(raw, tuple([part.copy() for part in call]), rewrite, size))
         return rewrite
@@ -187,24 +232,31 @@ class CompressionMemo:
 
     def _keep(self, key: Hashable, kept: tuple[History, ...] | tuple[Frame, ...]) -> None:
         """Keep the newest of ``kept`` under ``key``, as the newest key. Called under the lock."""
-        self._bytes -= sum([old.size for old in self._histories.pop(key, ())])
-        self._histories[key] = kept = kept[-_MAX_HISTORIES:]
-        self._bytes += sum([old.size for old in kept])
+        kept = kept[-_MAX_HISTORIES:]
+        held = sum([old.size for old in kept])
+        replaced = self._held.get(key)
+        if replaced is None:
+            replaced = -_key_size(key)  # a new key, whose own bytes count too
+        self._bytes += held - replaced
+        self._histories.pop(key, None)
+        self._histories[key], self._held[key] = kept, held
         self._shrink(key)
 
     def _drop_history(self, keep: Hashable) -> bool:
         """Drop the oldest histories not under ``keep`` (else all but the newest under it);
         ``False`` when there is nothing to drop. Called under the lock."""
-        for key, kept in self._histories.items():
+        for key in self._histories:
             if key != keep:
                 del self._histories[key]
-                self._bytes -= sum(old.size for old in kept)
+                self._bytes -= self._held.pop(key) + _key_size(key)
                 return True
         kept = self._histories.get(keep, ())
         if len(kept) < 2:
             return False
         self._histories[keep] = kept[-1:]
-        self._bytes -= sum(old.size for old in kept[:-1])
+        dropped = sum([old.size for old in kept[:-1]])
+        self._held[keep] -= dropped
+        self._bytes -= dropped
         return True
 
     def _store(self, key: Hashable, entry: _Entry) -> None:
@@ -218,13 +270,55 @@ class CompressionMemo:
 
     def _shrink(self, key: Hashable) -> None:
         """Drop histories, then texts, until the memo is within its bound, but never what
-        ``key`` names. Called under the lock."""
+        ``key`` names; then labels and shell rules, should what ``key`` names not fit beside
+        them. Called under the lock."""
         while self._bytes > self.max_bytes:
-            if self._drop_history(key):
-                continue
-            oldest, dropped = self._entries.popitem(last=False)
-            if dropped.used or oldest == key:  # the new entry fits alone: never evicted
+            if not self._drop_history(key) and not self._drop_entry(key):
+                self._clear(self._labels)
+                self._clear(self._shell_rules)
+                return
+
+    def _drop_entry(self, key: Hashable) -> bool:
+        """Drop the oldest text not used since it was last looked at (the clock algorithm),
+        never ``key``'s; ``False`` when there is no other. Called under the lock."""
+        entries = self._entries
+        while len(entries) > (key in entries):
+            oldest, dropped = entries.popitem(last=False)
+            if dropped.used or oldest == key:
                 dropped.used = False
-                self._entries[oldest] = dropped
+                entries[oldest] = dropped
             else:
                 self._bytes -= dropped.size
+                return True
+        return False
+
+
+def _entry_size(raw: Raw, call: tuple[Raw, ...], rewrite: Rewrite) -> int:
+    """The bytes an entry holds: its texts, as :meth:`Rewrite.size` counts them, and the
+    objects that hold them."""
+    size = len(raw) + rewrite.size(raw) + _ENTRY_OVERHEAD
+    if call:
+        size += sum(map(len, call)) + _RAW_OVERHEAD * len(call)
+    if rewrite.output is not raw:
+        size += _RAW_OVERHEAD
+    if rewrite.json is not None and rewrite.json is not rewrite.output:
+        size += _RAW_OVERHEAD
+    if rewrite.frame is not None:
+        size += _FRAME_OVERHEAD
+    return size
+
+
+def _key_size(key: Hashable) -> int:
+    """The bytes a key holds: its parts that are bytes (the start of a body, a call's input),
+    and the objects that hold them."""
+    size = _KEY_OVERHEAD
+    if type(key) is tuple:
+        for part in key:
+            if type(part) is bytes:
+                size += len(part)
+    return size
+
+
+def _rule_size(rule: Rule) -> int:
+    """The bytes a shell call's rule holds besides its objects: its command line."""
+    return 0 if rule.command is None else len(rule.command)
