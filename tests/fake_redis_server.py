@@ -17,6 +17,8 @@ class _Server(TcpFakeServer):
     # out their connect timeout, which the tests would read as an outage.
     request_queue_size = 1024
     daemon_threads = True
+    # As redis-server does: a restart on the same port must not wait out TIME_WAIT.
+    allow_reuse_address = True
 
 
 def main(argv: list[str]) -> None:

@@ -73,6 +73,8 @@ class RedisServer:
                 self.stop()
                 pytest.fail(f"the Redis server on port {self.port} did not answer PING in 10 s")
             time.sleep(0.01)
+        # The answer must have been this server's, not another one's that holds the port.
+        assert self.process.poll() is None, f"the Redis server on port {self.port} exited"
 
     def _command(self) -> list[str]:
         binary = shutil.which("redis-server")
@@ -91,6 +93,13 @@ class RedisServer:
     def pause(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        # kill() returns before the stop takes effect: a command sent at once may still be
+        # answered, so wait until the kernel reports the process stopped.
+        stat = Path(f"/proc/{self.process.pid}/stat")
+        deadline = time.monotonic() + 10
+        while stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+            assert time.monotonic() < deadline, "the Redis server did not stop within 10 s"
+            time.sleep(0.001)
 
     def resume(self) -> None:
         assert self.process is not None
