@@ -136,10 +136,10 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not cycle:  # the head was whole: a request began
             self._head_bytes = 0
             self._head_started = None
-            # Its body was heard from just now: the read that ended the head may have
-            # brought some of it (SDKs send head and body together), uncounted as a body read.
-            self._body_reads_seen = self._body_reads
-            self._body_quiet_since = self.loop.time()
+            # The read that ended the head may have brought some of its body (SDKs send both
+            # together), uncounted as a body read: the next check takes the body as heard
+            # from then, as after any read, rather than silent since an older check.
+            self._body_reads_seen = -1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._watch is not None:

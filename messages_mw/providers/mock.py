@@ -235,16 +235,19 @@ def _chosen_tool(prompt: _Prompt, last_user: _Turn | None) -> _ToolDef | None:
         for tool in _decode_or_400(_tools_decoder, prompt.tools or b"null", "tools") or []
         if tool.name
     ]
-    client_tools = [tool for tool in tools if tool.type in (None, "custom")]
     if not tools or choice.type == "none" or _is_tool_reply(last_user):
         return None
     if choice.type != "tool":
-        return client_tools[0] if client_tools else None
+        return next((tool for tool in tools if _is_client_tool(tool)), None)
     for tool in tools:
         if tool.name == choice.name:
             # A server tool the mock cannot run: it answers in text instead.
-            return tool if tool in client_tools else None
+            return tool if _is_client_tool(tool) else None
     raise InvalidRequestError(f"tool_choice.name: Tool '{choice.name}' not found in tools")
+
+
+def _is_client_tool(tool: _ToolDef) -> bool:
+    return tool.type in (None, "custom")
 
 
 def _tool_call(prompt: _Prompt, last_user: _Turn | None, digest: bytes) -> ToolUseBlock | None:
