@@ -28,7 +28,7 @@ from messages_mw.relay import MAX_EVENT_BYTES, StallWatch, relay_stream
 from messages_mw.routing import FallbackConfig
 from messages_mw.streaming import TokenUsage
 
-from .inprocess import Recorder, make_gateway, post_scope, run
+from .inprocess import Recorder, client_for, make_gateway, post_scope, run
 from .servers import sse, text_stream_events
 
 STREAM_REQUEST = json.dumps(
@@ -240,18 +240,11 @@ def test_an_upstream_ignoring_the_stream_flag_is_a_502_not_a_silent_mismatch(
         return httpx.Response(200, headers=SSE_HEADERS, content=_STREAM)
 
     gateway, finished = make_gateway(Recorder(wrong_kind))
-    body = (
-        STREAM_REQUEST
-        if streaming
-        else STREAM_REQUEST.replace(b'"stream": true', b'"stream": false')
-    )
-    assert body != STREAM_REQUEST or streaming
+    body = {**json.loads(STREAM_REQUEST), "stream": streaming}
 
     async def post() -> httpx.Response:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(gateway), base_url="http://gw"
-        ) as client:
-            return await client.post("/v1/messages", content=body)
+        async with client_for(gateway) as client:
+            return await client.post("/v1/messages", json=body)
 
     response = run(post())
     assert response.status_code == 502
