@@ -181,13 +181,26 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         message = f"Request headers exceed {_MAX_HEAD_BYTES} bytes."
+        self._answer_and_close(b"431 Request Header Fields Too Large", message)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse (a bad request line or header,
+        conflicting lengths, a refused upgrade), in Anthropic's error envelope rather than
+        uvicorn's plain text."""
+        self._answer_and_close(b"400 Bad Request", msg)
+
+    def _answer_and_close(self, status: bytes, message: str) -> None:
+        """An ``invalid_request_error`` the server gives before any request reaches the app,
+        with the request-id header every answer of the gateway's carries."""
         request_id = new_request_id()
         body = encode_error_body("invalid_request_error", message, request_id)
-        # The request-id header too, as on every answer of the gateway's.
-        self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        head = [b"HTTP/1.1 " + status + b"\r\n"]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+        ]
+        head.append(
             b"content-type: application/json\r\nconnection: close\r\n"
-            b"request-id: %s\r\ncontent-length: %d\r\n\r\n%s"
-            % (request_id.encode(), len(body), body)
+            b"request-id: %s\r\ncontent-length: %d\r\n\r\n" % (request_id.encode(), len(body))
         )
+        self.transport.write(b"".join(head) + body)
         self.transport.close()

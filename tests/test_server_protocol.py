@@ -212,6 +212,35 @@ def test_a_head_over_64_kb_gets_a_431_not_the_servers_memory(whole: bool) -> Non
     assert b"\r\nrequest-id: " + error["request_id"].encode() + b"\r\n" in head
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nbad header\r\n\r\n",
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n"
+        b"transfer-encoding: chunked\r\n\r\nhello",
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n",
+    ],
+    ids=["request line", "header", "length and chunked", "negative length"],
+)
+def test_unparseable_http_gets_the_error_envelope(request_bytes: bytes) -> None:
+    # uvicorn answers these itself, in plain text; every answer of the gateway's is an
+    # Anthropic error an SDK can read, with its request-id header.
+    with (
+        serve(_demo(), http=HeadJoiningHttpToolsProtocol) as url,
+        socket.create_connection(_address(url)) as sock,
+    ):
+        sock.sendall(request_bytes)
+        answer = _until_closed(sock, 5)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"\r\ncontent-type: application/json\r\n" in head
+    error = json.loads(payload)
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["message"]
+    assert b"\r\nrequest-id: " + error["request_id"].encode() + b"\r\n" in head
+
+
 def test_an_oversized_pipelined_head_never_lands_inside_a_stream() -> None:
     # A 431 written while the previous answer still streams would corrupt that answer.
     gateway = Gateway(
