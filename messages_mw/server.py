@@ -105,6 +105,8 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         self._body_quiet_since = self.loop.time()
         self._period = min(self.head_seconds, self.body_idle_seconds) / 4
         self._watch: asyncio.TimerHandle | None = self.loop.call_later(self._period, self._check)
+        # The request still being answered when a pipelined one arrived (see connection_lost).
+        self._answering: Any = None
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
@@ -141,10 +143,24 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
             # from then, as after any read, rather than silent since an older check.
             self._body_reads_seen = -1
 
+    def on_headers_complete(self) -> None:
+        answering = self.cycle
+        super().on_headers_complete()
+        if answering is not None and not answering.response_complete:
+            # Pipelined: uvicorn now holds only the queued request's cycle.
+            self._answering = answering
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        answering, self._answering = self._answering, None
+        if answering is not None and not answering.response_complete:
+            # uvicorn tells only the newest cycle, a queued pipelined request's; the one still
+            # running would write to the closed transport (a logged traceback) and keep its
+            # upstream request going for nobody.
+            answering.disconnected = True
+            answering.message_event.set()
         super().connection_lost(exc)
 
     def _check(self) -> None:

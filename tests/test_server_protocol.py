@@ -16,7 +16,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from messages_mw import Gateway, GatewayConfig, MockConfig
+from messages_mw import Gateway, GatewayConfig, MockConfig, RequestContext
 from messages_mw.server import HeadJoiningHttpToolsProtocol, _HeadJoiningTransport
 
 from .servers import serve
@@ -210,6 +210,35 @@ def test_a_head_over_64_kb_gets_a_431_not_the_servers_memory(whole: bool) -> Non
     assert error["request_id"].startswith("req_")
     # The header the SDKs read for the id, as on every other answer.
     assert b"\r\nrequest-id: " + error["request_id"].encode() + b"\r\n" in head
+
+
+def test_a_client_leaving_pipelined_requests_is_noticed_by_the_one_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # uvicorn tells only the newest cycle (the queued request) that the client left: the
+    # stream still running wrote on into the closed transport, logged a traceback and kept
+    # its upstream request going for nobody.
+    finished: list[RequestContext] = []
+    config = GatewayConfig(provider="mock", usage_log=False, mock=MockConfig(tokens_per_second=20))
+    gateway = Gateway(config, on_request_end=finished.append)
+    body = (
+        b'{"model":"m","max_tokens":400,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    )
+    stream = (
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"anthropic-version: 2023-06-01\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with serve(gateway, http=HeadJoiningHttpToolsProtocol) as url:
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(stream + b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+            sock.settimeout(5)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")  # the stream is under way
+        deadline = time.monotonic() + 5
+        while not finished and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert finished and finished[0].client_disconnected
+    assert finished[0].path == "/v1/messages"
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
 
 
 @pytest.mark.parametrize(
