@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from ._http11 import head_and_body
 from .errors import encode_error_body, new_request_id
@@ -106,7 +106,7 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         self._period = min(self.head_seconds, self.body_idle_seconds) / 4
         self._watch: asyncio.TimerHandle | None = self.loop.call_later(self._period, self._check)
         # The request still being answered when a pipelined one arrived (see connection_lost).
-        self._answering: Any = None
+        self._answering: RequestResponseCycle | None = None
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
@@ -145,7 +145,8 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         answering = self.cycle
-        super().on_headers_complete()
+        # Named, not super(): this runs for every request.
+        HttpToolsProtocol.on_headers_complete(self)
         if answering is not None and not answering.response_complete:
             # Pipelined: uvicorn now holds only the queued request's cycle.
             self._answering = answering
