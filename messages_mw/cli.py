@@ -15,6 +15,7 @@ import asyncio
 import gc
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +31,8 @@ __all__ = ["build_config", "create_app", "main", "parse_args", "tune_gc_for_serv
 _WORKER_ENV = "MESSAGES_MW_WORKER_SETTINGS"
 # Young-generation threshold while serving: ten times the default (see tune_gc_for_serving).
 SERVING_GC_THRESHOLD = 7_000
+# uvicorn's exit status when it cannot start, such as a port in use.
+_STARTUP_FAILURE = 3
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _INSTALL_HINT = (
     "messages-mw: uvicorn is not installed; install the server extra with "
@@ -197,12 +200,30 @@ def _upstream_credentials(config: GatewayConfig) -> str:
 
 def _startup_line(host: str, port: int, workers: int, config: GatewayConfig) -> str:
     """The one line printed at start: where it listens and what it forwards to (no secrets)."""
-    shown_host = f"[{host}]" if ":" in host else host
     plural = "s" if workers > 1 else ""
-    where = f"http://{shown_host}:{port}"
+    where = _address(host, port)
     return (
         f"messages-mw listening on {where}, {_describe_provider(config)}, {workers} worker{plural}"
     )
+
+
+def _address(host: str, port: int) -> str:
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"http://{shown_host}:{port}"
+
+
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or ``None``: bound and let go the way uvicorn
+    binds it. Asked before the start-up line, which would otherwise announce an address that
+    uvicorn then fails to bind (a port in use) just before its own error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def _configure_logging(level: str) -> None:
@@ -275,6 +296,11 @@ def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) ->
         print(_INSTALL_HINT, file=sys.stderr)
         return 2
     _configure_logging(args.log_level)
+    problem = _listen_problem(args.host, args.port)
+    if problem is not None:
+        where = _address(args.host, args.port)
+        print(f"messages-mw: error: cannot listen on {where}: {problem}", file=sys.stderr)
+        return _STARTUP_FAILURE
     print(_startup_line(args.host, args.port, args.workers, config), flush=True)
     app: Gateway | str
     if args.workers > 1:

@@ -295,6 +295,23 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_error_line_and_never_announced_as_listening(workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["-m", "messages_mw", "serve", "--demo", "--port", str(port), "--workers", workers]
+        done = subprocess.run(
+            [sys.executable, *argv], cwd=_REPO, capture_output=True, text=True, timeout=30
+        )
+    assert done.returncode == 3
+    assert "listening on" not in done.stdout
+    assert done.stderr.strip() == (
+        f"messages-mw: error: cannot listen on http://127.0.0.1:{port}: Address already in use"
+    )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_serve_demo_answers_messages(tmp_path: Path, workers: str) -> None:
     port = _free_port()
     log = tmp_path / "server.log"
