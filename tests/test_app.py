@@ -239,6 +239,55 @@ def test_upstream_errors_never_show_credentials_from_its_url() -> None:
 
 
 @pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (httpx.ConnectError("refused"), "could not be reached."),
+        (httpx.ReadError("reset by peer"), "closed the connection before it answered."),
+        (httpx.WriteError("broken pipe"), "closed the connection before it answered."),
+        (
+            httpx.RemoteProtocolError("Server disconnected without sending a response."),
+            "closed the connection before it answered.",
+        ),
+        (
+            httpx.RemoteProtocolError("malformed header line b' folded: header'"),
+            "answered with a response that is not valid HTTP.",
+        ),
+    ],
+)
+def test_an_upstream_failing_before_its_answer_is_a_502_saying_how(
+    failure: httpx.TransportError, said: str
+) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    settings = UpstreamConfig(base_url="http://upstream.test")
+    provider = AnthropicProvider(settings, transport=httpx.MockTransport(fail))
+    status, error_type, message = _error_of(run(_post(Gateway(provider=provider), CHAT)))
+    assert (status, error_type) == (502, "api_error")
+    assert message == f"The upstream http://upstream.test {said}"
+
+
+def test_an_upstream_folding_a_header_line_is_reported_as_invalid_http() -> None:
+    """Obsolete line folding, through the gateway's own transport and a real socket."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n folded\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> tuple[int, str, str]:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with server, Gateway(GatewayConfig(upstream=UpstreamConfig(base_url=url))) as gw:
+            return _error_of(await _post(gw, CHAT))
+
+    status, _, message = run(scenario())
+    assert status == 502
+    assert message.endswith("answered with a response that is not valid HTTP.")
+
+
+@pytest.mark.parametrize(
     ("encoding", "body", "message"),
     [
         ("br", b"\x8b\x03\x80{}\x03", "answered with content-encoding 'br', which the gateway"),

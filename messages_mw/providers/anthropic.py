@@ -80,7 +80,21 @@ def translate_transport_error(exc: httpx.RequestError, base_url: str) -> Gateway
         return NoFreeConnectionError("The gateway has no free upstream connection; retry shortly.")
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeoutError(f"The upstream {base_url} did not answer in time.")
+    if isinstance(exc, httpx.ReadError | httpx.WriteError) or _closed_early(exc):
+        # Reached, then lost: "could not be reached" would send an operator to the network.
+        return UpstreamUnavailableError(
+            f"The upstream {base_url} closed the connection before it answered."
+        )
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return UpstreamUnavailableError(
+            f"The upstream {base_url} answered with a response that is not valid HTTP."
+        )
     return UpstreamUnavailableError(f"The upstream {base_url} could not be reached.")
+
+
+def _closed_early(exc: httpx.RequestError) -> bool:
+    # How httpx (and the gateway's own transport, after it) says a server hung up cleanly.
+    return isinstance(exc, httpx.RemoteProtocolError) and "disconnected" in str(exc)
 
 
 async def relay_upstream_chunks(chunks: AsyncIterable[bytes], origin: str) -> AsyncIterator[bytes]:
