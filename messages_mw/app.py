@@ -21,6 +21,7 @@ from .assembly import build_model_directory, build_policy, build_providers
 from .body_edit import edit_top_level
 from .closing import close_all
 from .config import GatewayConfig
+from .config_check import check_config
 from .context import RequestContext, RequestEndHook
 from .disconnect import run_watching_disconnect
 from .errors import (
@@ -132,12 +133,14 @@ class Gateway:
         candidate ``provider/model`` naming no configured provider, or a configured auth key
         whose ``sha256`` is not 64 hex digits (or that has neither or both of ``sha256`` and
         ``key``);
-        :class:`~messages_mw.config.ConfigError` (a ``ValueError``) for provider names
-        repeated across ``provider``, ``upstreams`` and ``openai_upstreams``, or an unknown
-        compression bundle; :class:`OSError` if ``usage_file`` cannot be opened;
+        :class:`~messages_mw.config.ConfigError` (a ``ValueError``) for a config value of the
+        wrong type, choice or bound (checked as decoding a file checks it; constructors do
+        not), provider names repeated across ``provider``, ``upstreams`` and
+        ``openai_upstreams``, or an unknown compression bundle; :class:`OSError` if
+        ``usage_file`` cannot be opened;
         :class:`ImportError` for a Redis limit store without redis-py installed.
         """
-        self.config = config or GatewayConfig()
+        self.config = check_config(config or GatewayConfig(), "config")
         if provider is not None and not isinstance(provider, Provider):
             raise TypeError("provider must have async send() and aclose() methods")
         if on_request_end is not None and not callable(on_request_end):

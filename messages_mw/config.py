@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from .auth import AuthConfig
+from .config_check import ConfigError
 from .limits import LimitsConfig
 from .pricing import ModelPrice
 from .routing import FallbackConfig
@@ -35,10 +36,6 @@ __all__ = [
 _HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+")]
 _PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 _NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid; the message names the key and the file."""
 
 
 class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

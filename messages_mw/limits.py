@@ -27,6 +27,7 @@ from typing import Literal
 
 import msgspec
 
+from .config_check import check_config
 from .context import RequestContext
 from .errors import RateLimitError
 from .limit_replies import (
@@ -195,7 +196,7 @@ class RateLimiter:
     ) -> None:
         if store is not None and not isinstance(store, CounterStore):
             raise TypeError("store must have async consume(), add() and aclose() methods")
-        self.config = config
+        self.config = check_config(config, "limits")
         self._store = store if store is not None else _default_store(config)
         # The in-memory store answers without waiting: called directly, it spares every
         # request a coroutine.

@@ -7,6 +7,7 @@ import gzip
 import itertools
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import messages_mw
-from messages_mw import FallbackConfig, Gateway
+from messages_mw import (
+    AuthConfig,
+    FallbackConfig,
+    Gateway,
+    LimitRule,
+    LimitsConfig,
+    RateLimiter,
+    UpstreamConfig,
+)
 from messages_mw.config import ConfigError, GatewayConfig, load_config
 from messages_mw.errors import (
     InvalidRequestError,
@@ -132,6 +141,38 @@ def test_bad_config_names_key_and_file(tmp_path: Path, text: str, named: str) ->
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(path) in str(caught.value) and named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("build", "named"),
+    [
+        # A typo in the auth mode once built a gateway with no auth at all.
+        (lambda: GatewayConfig(auth=AuthConfig(mode="statik")), "`$.auth.mode`"),  # type: ignore[arg-type]
+        (
+            lambda: GatewayConfig(
+                limits=LimitsConfig(rules=(LimitRule(scope="global", requests_per_minute=1),))  # type: ignore[arg-type]
+            ),
+            "`$.limits.rules[0].scope`",
+        ),
+        (lambda: GatewayConfig(upstream=UpstreamConfig(base_url="api.anthropic.com")), "base_url"),
+        (lambda: GatewayConfig(upstream=UpstreamConfig(read_timeout=-1)), "read_timeout"),
+        (lambda: GatewayConfig(max_body_bytes="10"), "`$.max_body_bytes`"),  # type: ignore[arg-type]
+        # A value msgspec cannot represent at all.
+        (lambda: GatewayConfig(aliases={"fast": object()}), "is unsupported"),  # type: ignore[dict-item]
+    ],
+)
+def test_a_config_built_in_code_is_checked_as_a_file_would_be(
+    build: Callable[[], GatewayConfig], named: str
+) -> None:
+    config = build()  # constructors check no types, choices or bounds
+    with pytest.raises(ConfigError) as caught:
+        Gateway(config)
+    assert named in str(caught.value) and str(caught.value).startswith("config: ")
+
+
+def test_a_rate_limiter_built_in_code_checks_its_config() -> None:
+    with pytest.raises(ConfigError, match=r"^limits: .*`\$\.store`"):
+        RateLimiter(LimitsConfig(store="redsi"))  # type: ignore[arg-type]
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
