@@ -337,7 +337,10 @@ class Gateway:
         body = error.body(request_id)
         headers = [_JSON, (b"request-id", latin1(request_id))]
         extra = policy_headers(context, self._headers)
-        headers += encode_headers([*error.headers.items(), *extra])
+        # The gateway's own headers win over an upstream's of the same name, as when relaying.
+        replaced = {name for name, _ in extra}
+        own = [(name, value) for name, value in error.headers.items() if name not in replaced]
+        headers += encode_headers([*own, *extra])
         headers.append((b"content-length", b"%d" % len(body)))
         context.first_byte_at = time.perf_counter()  # errors have a time to first byte too
         await send({"type": "http.response.start", "status": error.status, "headers": headers})

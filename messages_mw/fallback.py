@@ -250,6 +250,9 @@ class _Chain:
             # Should it be the answer the client gets, its request-id is the upstream's, as
             # for an error status.
             error.upstream_request_id = _request_id(response)
+            # And the upstream's other headers (its rate-limit state above all), as an error
+            # status would have had them; the stream's own content-type is not the error's.
+            error.headers = {**_headers_for_error(response), **error.headers}
             if error.status not in policy.retry_statuses:
                 # A client error (a prompt too long, a bad key) is the answer another try
                 # would get too. Nothing has reached the client: it gets the error's own
@@ -315,6 +318,14 @@ class _Chain:
     async def discard(self, failure: _Failure | None) -> None:
         if failure is not None and failure.response is not None:
             await failure.response.close()
+
+
+def _headers_for_error(response: ProviderResponse) -> dict[str, str]:
+    return {name: value for name, value in response.headers if name not in _NOT_ERROR_HEADERS}
+
+
+# Set on an error answer by the gateway itself (request-id from upstream_request_id).
+_NOT_ERROR_HEADERS = frozenset({"content-type", "request-id"})
 
 
 def _request_id(response: ProviderResponse) -> str | None:

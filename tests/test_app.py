@@ -12,7 +12,15 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from messages_mw import AnthropicProvider, Gateway, GatewayConfig, RequestContext, UpstreamConfig
+from messages_mw import (
+    AnthropicProvider,
+    Gateway,
+    GatewayConfig,
+    LimitRule,
+    LimitsConfig,
+    RequestContext,
+    UpstreamConfig,
+)
 from messages_mw.providers.base import MAX_RESPONSE_BYTES, ProviderRequest, ProviderResponse
 
 from .conftest import sample
@@ -265,6 +273,41 @@ def test_an_upstream_failing_before_its_answer_is_a_502_saying_how(
     status, error_type, message = _error_of(run(_post(Gateway(provider=provider), CHAT)))
     assert (status, error_type) == (502, "api_error")
     assert message == f"The upstream http://upstream.test {said}"
+
+
+def test_an_error_event_opening_a_stream_is_answered_as_an_error_with_upstream_headers() -> None:
+    events = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'
+        b'"type":"message","role":"assistant","content":[],"model":"claude-haiku-4-5",'
+        b'"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":1}}}'
+        b'\n\nevent: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+        b'"message":"Overloaded"}}\n\n'
+    )
+    headers = {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+        "request-id": "req_up",
+        "anthropic-ratelimit-unified-status": "allowed",
+        "anthropic-organization-id": "org-1",
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=headers, content=events)
+
+    settings = UpstreamConfig(base_url="http://upstream.test")
+    provider = AnthropicProvider(settings, transport=httpx.MockTransport(answer))
+    body = json.dumps({**json.loads(CHAT), "stream": True}).encode()
+    # The gateway's own limit headers replace the upstream's of the same name.
+    headers["anthropic-ratelimit-requests-limit"] = "50"
+    limits = LimitsConfig(rules=(LimitRule(scope="key", requests_per_minute=1000),))
+    gateway = Gateway(GatewayConfig(limits=limits), provider=provider)
+    response = run(_post(gateway, body))
+    assert _error_of(response)[:2] == (529, "overloaded_error")
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers.get_list("request-id") == ["req_up"]
+    assert response.headers["anthropic-ratelimit-unified-status"] == "allowed"
+    assert response.headers["anthropic-organization-id"] == "org-1"
+    assert response.headers.get_list("anthropic-ratelimit-requests-limit") == ["1000"]
 
 
 def test_an_upstream_folding_a_header_line_is_reported_as_invalid_http() -> None:

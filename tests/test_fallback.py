@@ -744,6 +744,22 @@ def test_an_error_event_answered_to_the_client_keeps_the_upstream_request_id(
     assert caught.value.upstream_request_id == "req_up"
 
 
+@pytest.mark.parametrize("error_type", ["invalid_request_error", "overloaded_error"])
+def test_an_error_event_answered_to_the_client_keeps_the_upstreams_headers(
+    error_type: str,
+) -> None:
+    # An error status would have relayed them; the rate-limit state matters most to a client.
+    opening = streamed([MESSAGE_START, error_event(error_type, "no")])
+    opening.headers += [("request-id", "req_up"), ("anthropic-ratelimit-unified-status", "ok")]
+    send = Upstreams({PRIMARY.name: [opening]})
+    with pytest.raises(GatewayError) as caught:
+        chain([PRIMARY], send, policy=RetryPolicy(attempts_per_target=1), stream=True)
+    headers = caught.value.headers
+    assert headers["anthropic-ratelimit-unified-status"] == "ok"
+    # Set on the error answer by the gateway: its own JSON type, the id from upstream_request_id.
+    assert "content-type" not in headers and "request-id" not in headers
+
+
 def test_deadline_stops_retries() -> None:
     sleeps = Sleeps()
     send = Upstreams({PRIMARY.name: [reply(500)] * 10}, clock=sleeps.clock, seconds_per_call=4)
