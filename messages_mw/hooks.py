@@ -14,7 +14,8 @@ at the first request. Per request the gateway calls, in this order:
    policy and ``metadata.tags`` before this hook runs).
 3. the model allow-list of the principal (403 when the model is not allowed), then the body's
    gateway fields (``fallbacks``, ``extra_headers``, ``router_candidates``) are checked and
-   consumed, so that a request refused for them is not counted against a limit.
+   consumed, and the model's chain of targets is resolved, so that a request refused for
+   them, or for a model that routes nowhere, is not counted against a limit.
 4. ``limiter.admit(context)`` (429 over a limit; first, 403 for a model without a price when
    a spend budget applies and ``limits.unpriced_models`` is ``"reject"``).
 5. ``compressor(body, context)`` -> new body bytes, or ``None`` to leave the body untouched

@@ -128,13 +128,15 @@ class Policy:
         if allowed is not None:  # inline: this is every request's path
             _check_model(allowed, parsed.model)
         plan = self.consume_gateway_fields(body, headers, parsed, allowed)
+        # Before the limits: a model that routes nowhere is refused without costing quota.
+        resolver = plan.resolver or self.resolver
+        plan.chain = resolver.chain(parsed.model, plan.body_targets)
         limiter = self.limiter
         if limiter is not None:
             # With a router hook the chain is known only once it has run (in prepare).
             checks = limiter.checks_prices and self.router is None  # inline: every request
             if checks and limiter.needs_price(context):
-                resolver = plan.resolver or self.resolver
-                self._check_priced(resolver.chain(parsed.model, plan.body_targets))
+                self._check_priced(plan.chain)
             context.response_headers = await limiter.admit(context)
         return plan
 
@@ -212,14 +214,14 @@ class Policy:
     async def prepare(
         self, plan: ForwardPlan, parsed: MessagesRequest, context: RequestContext
     ) -> ForwardPlan:
-        """Steps 5-6: compress, and choose the targets."""
+        """Steps 5-6: compress, and let the router hook choose among the targets
+        :meth:`admit` resolved."""
         if self.compressor is not None:
             compressed = self.compressor(plan.body, context)
             if compressed is not None and not isinstance(compressed, bytes):
                 compressed = await compressed
             plan.body = compressed or plan.body
-        resolver = plan.resolver or self.resolver
-        chain = resolver.chain(parsed.model, plan.body_targets)
+        chain = plan.chain
         if self.router is not None:
             chain = list(await call_hook(self.router, context, chain))
             if not chain:

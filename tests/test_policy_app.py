@@ -133,6 +133,9 @@ def test_a_request_refused_for_its_gateway_fields_costs_no_quota() -> None:
         _body(extra_headers={"x-api-key": "sk-evil"}),
         _body(extra_headers={"anthropic-beta": "a\x00b"}),
         _body(fallbacks=["anthropic/a", "anthropic/b", "anthropic/c", "anthropic/d"]),
+        # Models that route nowhere: a provider without a model, the auto model alone.
+        _body(model="anthropic/"),
+        _body(model="auto"),
     ]
     for body in refused:
         assert run(_post(gateway, body)).status_code == 400
