@@ -23,6 +23,7 @@ from .errors import (
     PermissionDeniedError,
     RateLimitError,
     RequestTooLargeError,
+    UnsupportedByProviderError,
 )
 from .fallback import BreakerPolicy, RetryPolicy, Target
 from .hooks import IncomingRequest
@@ -79,6 +80,7 @@ __all__ = [
     "RetryPolicy",
     "TagPolicy",
     "Target",
+    "UnsupportedByProviderError",
     "UpstreamConfig",
     "UsageEvent",
     "UsageSink",

@@ -26,6 +26,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RequestTooLargeError",
+    "UnsupportedByProviderError",
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
     "encode_error_body",
@@ -122,6 +123,13 @@ class InvalidRequestError(GatewayError):
 
     status = 400
     error_type = "invalid_request_error"
+
+
+class UnsupportedByProviderError(InvalidRequestError):
+    """400 ``invalid_request_error`` raised by a provider, before sending anything, for a
+    request it cannot express (an image or a server tool for an OpenAI-compatible upstream).
+    It is about the target, not the request: a fallback chain moves on to its next target,
+    and the client gets this error only when no target answered otherwise."""
 
 
 class AuthenticationError(GatewayError):

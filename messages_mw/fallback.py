@@ -24,6 +24,7 @@ from .context import Attempt
 from .errors import (
     GatewayError,
     OverloadedError,
+    UnsupportedByProviderError,
     UpstreamTimeoutError,
 )
 from .protocol import DECODE_ERRORS, ObservedResponse
@@ -128,6 +129,8 @@ class _Chain:
     first_trial_in: float | None = field(init=False, default=None)
     # When the circuit trial the current attempt holds began (None: it holds none).
     trial: float | None = field(init=False, default=None)
+    # Set when the last attempt's target refused the request (UnsupportedByProviderError).
+    refused: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -161,6 +164,9 @@ class _Chain:
             response = await self.attempt(target)
             if response is not None:
                 return response
+            if self.refused:  # it cannot express this request: another try would not either
+                self.refused = False
+                return None
         return None
 
     def _delay_before_retry(self, retry_index: int) -> float | None:
@@ -183,6 +189,9 @@ class _Chain:
         try:
             async with deadline:
                 outcome = await self._send_and_judge(target)
+        except UnsupportedByProviderError as exc:
+            self._record_refusal(target, exc, previous, self.clock() - began)
+            return None
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -214,6 +223,26 @@ class _Chain:
             return None
         self._record_answer(target, outcome, duration)
         return outcome
+
+    def _record_refusal(
+        self,
+        target: Target,
+        refusal: UnsupportedByProviderError,
+        previous: _Failure | None,
+        duration: float,
+    ) -> None:
+        """``target`` refused the request before sending it: the chain moves on, and the
+        failure the client would get stays the one before, if any (a 529 the SDK retries,
+        rather than a 400 about what one target cannot express). A failure's upstream answer
+        was read whole, so closing it left its body to relay."""
+        self.attempts.append(Attempt(target.name, None, refusal.error_type, duration))
+        if self.breaker is not None:
+            self.breaker.release_trial(target.name, self.trial)
+        keep = previous is not None and (
+            previous.response is None or previous.response.body is not None
+        )
+        self.failure = previous if keep else _Failure(target, None, refusal)
+        self.refused = True
 
     async def _send_and_judge(self, target: Target) -> ProviderResponse | _Failure:
         response = await self.send(target)

@@ -23,6 +23,7 @@ from messages_mw.errors import (
     InvalidRequestError,
     NoFreeConnectionError,
     OverloadedError,
+    UnsupportedByProviderError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
@@ -758,6 +759,49 @@ def test_an_error_event_answered_to_the_client_keeps_the_upstreams_headers(
     assert headers["anthropic-ratelimit-unified-status"] == "ok"
     # Set on the error answer by the gateway: its own JSON type, the id from upstream_request_id.
     assert "content-type" not in headers and "request-id" not in headers
+
+
+def _refusal() -> UnsupportedByProviderError:
+    return UnsupportedByProviderError(
+        "messages.0.content.1: images are not supported by this provider"
+    )
+
+
+def test_a_target_that_cannot_express_the_request_is_skipped_without_retries() -> None:
+    # An OpenAI-compatible target refusing an image: the request is fine for the others.
+    send = Upstreams(
+        {
+            PRIMARY.name: [reply(529, OVERLOADED)] * 2,
+            SECONDARY.name: [_refusal()] * 2,
+            TERTIARY.name: [reply(200)],
+        }
+    )
+    sleeps, attempts = Sleeps(), list[Attempt]()
+    result = asyncio.run(
+        achain([PRIMARY, SECONDARY, TERTIARY], send, sleeps=sleeps, attempts=attempts)
+    )
+    assert (result.response.status, result.target, result.fallback_used) == (200, TERTIARY, True)
+    assert send.calls == [PRIMARY.name, PRIMARY.name, SECONDARY.name, TERTIARY.name]
+    assert [(a.target, a.error_type) for a in attempts][2] == (
+        SECONDARY.name,
+        "invalid_request_error",
+    )
+    assert len(sleeps.delays) == 1  # the primary's one retry; none for the refusal
+
+
+def test_a_refusal_at_the_end_of_the_chain_leaves_the_earlier_failure_as_the_answer() -> None:
+    # A 529 the SDK retries, rather than a 400 about what one fallback target cannot express.
+    send = Upstreams({PRIMARY.name: [reply(529, OVERLOADED)] * 2, SECONDARY.name: [_refusal()]})
+    result = chain([PRIMARY, SECONDARY], send)
+    assert (result.response.status, result.response.body) == (529, OVERLOADED)
+    assert result.target == PRIMARY
+
+
+def test_a_refusal_with_nothing_before_it_is_the_answer() -> None:
+    send = Upstreams({PRIMARY.name: [_refusal()], SECONDARY.name: [_refusal()]})
+    with pytest.raises(UnsupportedByProviderError, match="images are not supported"):
+        chain([PRIMARY, SECONDARY], send)
+    assert send.calls == [PRIMARY.name, SECONDARY.name]
 
 
 def test_deadline_stops_retries() -> None:

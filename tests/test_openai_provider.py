@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 
-from messages_mw import Gateway, GatewayConfig, UpstreamConfig
+from messages_mw import AnthropicProvider, Gateway, GatewayConfig, UpstreamConfig
 from messages_mw.config import ConfigError, OpenAIUpstreamConfig, load_config
 from messages_mw.errors import (
     InvalidRequestError,
@@ -42,6 +42,7 @@ from .openai_upstream import (
     completion_json,
     openai_error,
 )
+from .servers import message_json
 
 pytestmark = pytest.mark.anyio
 
@@ -818,3 +819,52 @@ def test_only_the_first_slash_names_a_provider() -> None:
         "anthropic", "anthropic/claude-x"
     )
     assert resolver.primary("meta-llama/x") == Target("anthropic", "meta-llama/x")
+
+
+def _overloaded(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error"}})
+
+
+def _never(request: httpx.Request) -> httpx.Response:
+    raise AssertionError("nothing may be sent")
+
+
+def _anthropic(handler: Handler) -> AnthropicProvider:
+    settings = UpstreamConfig(base_url="http://anthropic.test")
+    return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+
+
+async def _post_server_tool(gateway: Gateway) -> httpx.Response:
+    # A server tool: fine for Anthropic targets, inexpressible in Chat Completions.
+    body = _body(tools=[{"type": "web_search_20250305", "name": "web_search"}])
+    transport = httpx.ASGITransport(app=gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        return await client.post("/v1/messages", content=body, headers=CLIENT_HEADERS)
+
+
+async def test_a_chain_moves_past_an_openai_target_that_cannot_express_the_request() -> None:
+    def served(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=message_json("claude-haiku-4-5"))
+
+    chain = ("openai/gpt-4o", "backup/claude-haiku-4-5")
+    providers = {
+        "anthropic": _anthropic(_overloaded),
+        "openai": _provider(_never),
+        "backup": _anthropic(served),
+    }
+    config = GatewayConfig(fallback=FallbackConfig(default_chain=chain))
+    async with Gateway(config, providers=providers) as gateway:
+        response = await _post_server_tool(gateway)
+    assert response.status_code == 200
+    assert response.headers["x-mw-provider"] == "backup"
+    assert response.headers["x-mw-fallback-used"] == "1"
+
+
+async def test_a_refusing_last_target_leaves_the_primarys_retryable_error() -> None:
+    providers = {"anthropic": _anthropic(_overloaded), "openai": _provider(_never)}
+    config = GatewayConfig(fallback=FallbackConfig(default_chain=("openai/gpt-4o",)))
+    async with Gateway(config, providers=providers) as gateway:
+        response = await _post_server_tool(gateway)
+    # The 529 its SDK retries, not a 400 about what the fallback target cannot express.
+    assert response.status_code == 529
+    assert response.json()["error"]["type"] == "overloaded_error"

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, UnsupportedByProviderError
 from ..protocol import DECODE_ERRORS
 from ..validation import describe_decode_error
 
@@ -171,8 +171,8 @@ def decode_request(body: bytes) -> Request:
         text = describe_decode_error(exc, len(body))
         unknown = _UNKNOWN_TAG.match(text)
         if unknown:  # only content blocks are tagged unions here
-            text = (
+            raise UnsupportedByProviderError(
                 f"{unknown['path']}: content blocks of type '{unknown['tag']}' are not "
                 "supported by this provider"
-            )
+            ) from exc
         raise InvalidRequestError(text) from exc

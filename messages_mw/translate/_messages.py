@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from msgspec import UNSET
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, UnsupportedByProviderError
 from ._anthropic import (
     Block,
     Document,
@@ -141,7 +141,7 @@ def _assistant_turn(content: str | list[Block], path: str) -> _Turn:
             arguments = encoder.encode(block.input).decode()
             turn.tool_calls.append(ToolCall(block.id, FunctionCall(block.name, arguments)))
         elif not isinstance(block, _DROPPED):
-            raise InvalidRequestError(
+            raise UnsupportedByProviderError(
                 f"{path}.content.{number}: {_tag(block)} blocks in assistant messages are not "
                 "supported by this provider"
             )
@@ -200,14 +200,14 @@ def _user_parts(block: Block, path: str, quirks: OpenAIQuirks) -> list[Part]:
 
 def _image_part(block: Image, path: str, quirks: OpenAIQuirks) -> ImagePart:
     if not quirks.supports_images:
-        raise InvalidRequestError(f"{path}: images are not supported by this provider")
+        raise UnsupportedByProviderError(f"{path}: images are not supported by this provider")
     source = block.source
     if source.type == "base64":
         media_type = source.media_type or "image/png"
         return ImagePart(ImageUrl(f"data:{media_type};base64,{_field(source.data, path, 'data')}"))
     if source.type == "url":
         return ImagePart(ImageUrl(_field(source.url, path, "url")))
-    raise InvalidRequestError(
+    raise UnsupportedByProviderError(
         f"{path}.source.type: image sources of type '{source.type}' are not supported by "
         "this provider"
     )
@@ -226,11 +226,11 @@ def _document_parts(block: Document, path: str, quirks: OpenAIQuirks) -> list[Pa
             parts += _user_parts(inner, f"{path}.source.content.{number}", quirks)
         return parts
     if not quirks.supports_documents:
-        raise InvalidRequestError(f"{path}: documents are not supported by this provider")
+        raise UnsupportedByProviderError(f"{path}: documents are not supported by this provider")
     if source.type == "base64" and source.media_type == "application/pdf":
         data = f"data:application/pdf;base64,{_field(source.data, path, 'data')}"
         return [FilePart(FileData("document.pdf", data))]
-    raise InvalidRequestError(
+    raise UnsupportedByProviderError(
         f"{path}.source.type: documents with source type '{source.type}' are not supported "
         "by this provider"
     )

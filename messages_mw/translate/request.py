@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from msgspec import UNSET, UnsetType
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, UnsupportedByProviderError
 from ._anthropic import OutputFormat, Request, ToolChoice, decode_request
 from ._messages import convert_messages
 from ._openai import (
@@ -77,7 +77,7 @@ def _stop(sequences: list[str] | None) -> list[str] | UnsetType:
     if not sequences:
         return UNSET
     if len(sequences) > MAX_STOP_SEQUENCES:
-        raise InvalidRequestError(
+        raise UnsupportedByProviderError(
             f"stop_sequences: this provider accepts at most {MAX_STOP_SEQUENCES} stop "
             f"sequences, got {len(sequences)}"
         )
@@ -90,13 +90,15 @@ def _tools(
     """``tools``, ``tool_choice`` and ``parallel_tool_calls``; the last two only with tools,
     since OpenAI rejects them on a request without tools."""
     if request.mcp_servers:
-        raise InvalidRequestError("mcp_servers: MCP servers are not supported by this provider")
+        raise UnsupportedByProviderError(
+            "mcp_servers: MCP servers are not supported by this provider"
+        )
     if not request.tools:
         return UNSET, UNSET, UNSET
     definitions: list[ToolDef] = []
     for number, tool in enumerate(request.tools):
         if tool.type not in (None, "custom"):
-            raise InvalidRequestError(
+            raise UnsupportedByProviderError(
                 f"tools.{number}: tools of type '{tool.type}' are not supported by this provider"
             )
         if tool.input_schema is None:
@@ -142,7 +144,7 @@ def _response_format(request: Request) -> ResponseFormat | UnsetType:
     if wanted is None:
         return UNSET
     if wanted.type != "json_schema" or wanted.schema is None:
-        raise InvalidRequestError(
+        raise UnsupportedByProviderError(
             f"{path}: only {{'type': 'json_schema', 'schema': ...}} is supported by this provider"
         )
     return ResponseFormat(JsonSchemaFormat(name="response", schema=wanted.schema))
