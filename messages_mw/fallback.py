@@ -129,8 +129,9 @@ class _Chain:
     first_trial_in: float | None = field(init=False, default=None)
     # When the circuit trial the current attempt holds began (None: it holds none).
     trial: float | None = field(init=False, default=None)
-    # Set when the last attempt's target refused the request (UnsupportedByProviderError).
-    refused: bool = field(init=False, default=False)
+    # Set when the last attempt's target may not be tried again for this request: it refused
+    # the request (UnsupportedByProviderError) or said x-should-retry: false.
+    done_with_target: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -164,8 +165,8 @@ class _Chain:
             response = await self.attempt(target)
             if response is not None:
                 return response
-            if self.refused:  # it cannot express this request: another try would not either
-                self.refused = False
+            if self.done_with_target:  # another try at it would not do better (see its setters)
+                self.done_with_target = False
                 return None
         return None
 
@@ -242,7 +243,7 @@ class _Chain:
             previous.response is None or previous.response.body is not None
         )
         self.failure = previous if keep else _Failure(target, None, refusal)
-        self.refused = True
+        self.done_with_target = True
 
     async def _send_and_judge(self, target: Target) -> ProviderResponse | _Failure:
         response = await self.send(target)
@@ -258,7 +259,10 @@ class _Chain:
     async def _judge(
         self, target: Target, response: ProviderResponse
     ) -> ProviderResponse | _Failure:
-        if response.status in self.policy.retry_statuses and not _forbids_retry(response):
+        if response.status in self.policy.retry_statuses:
+            # x-should-retry: false rules out this target again, not the next one: a gateway
+            # chained behind another gets it with a spent budget, which a backup does not share.
+            self.done_with_target = _forbids_retry(response)
             retry_after = retry_after_seconds(response.headers)
             return _Failure(target, response.status, response=response, retry_after=retry_after)
         if not self.stream or response.chunks is None or not 200 <= response.status < 300:
@@ -393,11 +397,13 @@ async def run_chain(
 
     Called once per client request; ``send`` is called once per attempt. An answer is final
     when its status is not in ``policy.retry_statuses`` (2xx, and client errors like 400, are
-    never retried) or it says ``x-should-retry: false``. When ``stream`` is true a streamed
-    answer is final only once its first content event arrives, or once ``policy.stream_hold``
-    has passed without one; the returned response replays the bytes read so far, then the
-    rest. When every attempt fails, the last failure is the answer: an upstream error response
-    is returned intact, a raised error is raised again.
+    never retried); one that says ``x-should-retry: false`` is not retried at its target but
+    falls back to the next, and a target that raises :class:`UnsupportedByProviderError` is
+    skipped the same way (the failure before it stays the answer). When ``stream`` is true a
+    streamed answer is final only once its first content event arrives, or once
+    ``policy.stream_hold`` has passed without one; the returned response replays the bytes
+    read so far, then the rest. When every attempt fails, the last failure is the answer: an
+    upstream error response is returned intact, a raised error is raised again.
     Attempts are appended to ``attempts`` (if given) as they happen, so the log survives a raise.
     ``held`` (if given) names the stream being held back and holds the chunks read from it so
     far, for a caller cancelled meanwhile to bill its usage to the right target; a cancelled
@@ -411,7 +417,7 @@ async def run_chain(
     event of a type whose status is not retryable (a prompt too long, a bad key) raises that
     error at once, to be answered with its status. With a ``breaker``, open targets are
     skipped (logged as ``circuit_open``); an attempt that got no answer, a 5xx or a 529 counts
-    against its target, even as a final answer (``x-should-retry: false``); a 408, 409 or 429
+    against its target, ``x-should-retry: false`` or not; a 408, 409 or 429
     is about one caller and counts for nothing; any other final answer resets it; a
     non-retryable error, raised by ``send`` or read from a stream, leaves it as it was.
 

@@ -336,12 +336,23 @@ def test_client_errors_are_final(status: int) -> None:
     assert breaker._circuits == {}  # the success reset the failure count
 
 
-def test_should_retry_false_makes_a_5xx_final_but_counts_as_a_failure() -> None:
+def test_should_retry_false_rules_out_that_target_only_and_counts_as_a_failure() -> None:
+    # No second try at the primary (NO_JITTER allows two), but the backup is another upstream:
+    # a gateway chained behind another gets this with a spent budget the backup does not share.
     answer = reply(500, b"{}", [("x-should-retry", "false")])
-    send = Upstreams({PRIMARY.name: [answer], SECONDARY.name: [reply(200)]})
+    served = reply(200)
+    send = Upstreams({PRIMARY.name: [answer, reply(200)], SECONDARY.name: [served]})
     breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1))
-    assert chain([PRIMARY, SECONDARY], send, breaker=breaker).response is answer
-    assert send.calls == [PRIMARY.name] and breaker.state(PRIMARY.name) == "open"
+    assert chain([PRIMARY, SECONDARY], send, breaker=breaker).response is served
+    assert send.calls == [PRIMARY.name, SECONDARY.name] and breaker.state(PRIMARY.name) == "open"
+
+
+def test_should_retry_false_on_the_last_target_is_relayed_as_it_came() -> None:
+    answer = reply(429, b"{}", [("x-should-retry", "false"), ("retry-after", "50000")])
+    send = Upstreams({PRIMARY.name: [answer, reply(200)]})
+    sleeps = Sleeps()
+    assert chain([PRIMARY], send, sleeps=sleeps).response is answer
+    assert send.calls == [PRIMARY.name] and sleeps.delays == []
 
 
 def test_a_plain_text_error_body_has_no_error_type() -> None:
