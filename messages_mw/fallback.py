@@ -277,7 +277,7 @@ class _Chain:
             holder = self.held = HeldStream()
         holder.target, holder.chunks = target, buffered
         error, pending = await peek_stream(
-            chunks, policy.retry_statuses, policy.stream_hold, buffered
+            chunks, policy.retry_statuses, policy.stream_hold, buffered, policy.first_byte_timeout
         )
         if error is not None:
             # Should it be the answer the client gets, its request-id is the upstream's, as

@@ -36,7 +36,10 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     event is awaited, since that decides whether it failed (and falls back, or becomes a typed
     error response); after ``stream_hold`` without content the stream is relayed as it is, so
     that a long-silent model still sends the client bytes before its watchdogs fire (Claude
-    Code's first-byte timeout is 10 s at the least).
+    Code's first-byte timeout is 10 s at the least). A stream with not one byte by then (an
+    upstream that sent its head and hung) is relayed all the same, unless
+    ``first_byte_timeout`` is set: it is then held, still able to fall back, until that many
+    seconds after its head, and fails as a timeout (504) if still silent.
     """
 
     attempts_per_target: int = 1
@@ -48,6 +51,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_retry_after: float = 30.0
     deadline: float = 600.0
     stream_hold: float = 5.0
+    first_byte_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.attempts_per_target >= 1, "attempts_per_target must be at least 1")
@@ -60,6 +64,11 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             _require(_is_delay(value), f"{name} must be a finite number >= 0")
         _require(0 <= self.jitter <= 1, "jitter must be between 0 and 1")
         _require(0 < self.deadline < math.inf, "deadline must be a finite number > 0")
+        first_byte = self.first_byte_timeout
+        _require(
+            first_byte is None or 0 < first_byte < math.inf,
+            "first_byte_timeout must be a finite number > 0",
+        )
         bad = [status for status in self.retry_statuses if not 400 <= status <= 599]
         _require(not bad, f"retry_statuses must be 4xx or 5xx statuses, not {bad}")
 

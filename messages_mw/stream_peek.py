@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from .errors import GatewayError, UpstreamUnavailableError, error_class
+from .errors import GatewayError, UpstreamTimeoutError, UpstreamUnavailableError, error_class
 from .protocol import DECODE_ERRORS, ObservedEvent
 
 __all__ = ["drop_read", "peek_stream", "replay_stream"]
@@ -84,10 +84,13 @@ async def peek_stream(
     retry_statuses: tuple[int, ...],
     hold: float,
     buffered: list[bytes],
+    first_byte_timeout: float | None = None,
 ) -> tuple[GatewayError | None, asyncio.Future[bytes] | None]:
     """Read until the first content event, or for at most ``hold`` seconds, into ``buffered``
     (which holds the chunks read even if this raises or is cancelled); return the failure if
     any, and the read still under way when the hold ran out (for the caller to await next).
+    With ``first_byte_timeout``, a stream that has sent nothing when the hold runs out is
+    waited for until that many seconds from the start, then is a timeout failure.
 
     Raises a non-retryable ``GatewayError`` from the stream, and anything else it raises.
     """
@@ -100,8 +103,12 @@ async def peek_stream(
             # it would end the upstream's stream.
             read = asyncio.ensure_future(anext(chunks))
             if not await hold_timer.wait(read):
-                pending, read = read, None
-                return None, pending
+                if buffered or first_byte_timeout is None:
+                    pending, read = read, None
+                    return None, pending
+                # Not one byte since the head: relaying it would only give up the fallback.
+                if not await _done_within(read, first_byte_timeout - hold):
+                    return _silent(first_byte_timeout), None
             try:
                 chunk = read.result()
             except StopAsyncIteration:
@@ -125,6 +132,19 @@ async def peek_stream(
         hold_timer.stop()
         if read is not None:
             drop_read(read)
+
+
+async def _done_within(read: asyncio.Future[bytes], seconds: float) -> bool:
+    if seconds > 0:
+        await asyncio.wait((read,), timeout=seconds)
+    return read.done()
+
+
+def _silent(first_byte_timeout: float) -> UpstreamTimeoutError:
+    return UpstreamTimeoutError(
+        f"The upstream sent its response head, then nothing for {first_byte_timeout:g} s "
+        "(first_byte_timeout)."
+    )
 
 
 class _HoldTimer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -521,9 +522,50 @@ def test_closing_a_held_stream_unread_stops_its_read() -> None:
     asyncio.run(scenario())
 
 
+def test_a_stream_silent_since_its_head_is_relayed_without_a_first_byte_timeout() -> None:
+    # The default: nothing is known of the model's silence, so the stream is the answer.
+    silent = streamed([None])
+    send = Upstreams({PRIMARY.name: [silent], SECONDARY.name: [streamed(GOOD_STREAM)]})
+    policy = RetryPolicy(attempts_per_target=1, stream_hold=0.01)
+    result = chain([PRIMARY, SECONDARY], send, stream=True, policy=policy)
+    assert result.target == PRIMARY and send.calls == [PRIMARY.name]
+
+
+def test_a_stream_silent_past_its_first_byte_timeout_falls_back() -> None:
+    # An upstream that sent its head and hung: it must not hold the client until the deadline.
+    silent = streamed([None])
+    send = Upstreams({PRIMARY.name: [silent], SECONDARY.name: [streamed(GOOD_STREAM)]})
+    policy = RetryPolicy(attempts_per_target=1, stream_hold=0.01, first_byte_timeout=0.05)
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1))
+    result, chunks = chain_and_read([PRIMARY, SECONDARY], send, policy=policy, breaker=breaker)
+    assert (result.target, result.fallback_used, chunks) == (SECONDARY, True, GOOD_STREAM)
+    assert summary(result.attempts)[0] == (PRIMARY.name, 200, "timeout_error")
+    assert closes(silent) == 1 and breaker.state(PRIMARY.name) == "open"
+
+
+def test_a_first_byte_within_the_timeout_is_held_to_the_first_content_as_usual() -> None:
+    # The first byte (message_start) came in time: past the hold the stream is the answer.
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        late = _gated([MESSAGE_START, *GOOD_STREAM[1:]], gate, at=1)
+        send = Upstreams({PRIMARY.name: [late], SECONDARY.name: [streamed(GOOD_STREAM)]})
+        policy = RetryPolicy(attempts_per_target=1, stream_hold=0.02, first_byte_timeout=5)
+        result = await achain([PRIMARY, SECONDARY], send, stream=True, policy=policy)
+        gate.set()
+        assert result.response.chunks is not None
+        relayed = [chunk async for chunk in result.response.chunks]
+        assert relayed == [MESSAGE_START, *GOOD_STREAM[1:]]
+        assert result.target == PRIMARY and send.calls == [PRIMARY.name]
+
+    asyncio.run(scenario())
+
+
 def test_stream_hold_is_validated() -> None:
     with pytest.raises(ValueError, match="stream_hold"):
         RetryPolicy(stream_hold=-1.0)
+    for bad in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="first_byte_timeout"):
+            RetryPolicy(first_byte_timeout=bad)
 
 
 def test_content_is_found_across_odd_chunking_and_crlf() -> None:
