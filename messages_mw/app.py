@@ -389,20 +389,17 @@ class Gateway:
         # do not apply; the key's model allow-list does.
         allowed = self._policy.check_model(context, context.model)
         plan = self._policy.consume_gateway_fields(body, headers, parsed, allowed)
-        target = (plan.resolver or self._policy.resolver).primary(context.model)
-        plan.chain = [target]
+        # The messages chain, retries and breaker included: Claude Code counts tokens too, and
+        # should not fail at it through an outage its messages survive.
+        resolver = plan.resolver or self._policy.resolver
+        plan.chain = resolver.chain(context.model, plan.body_targets)
 
-        async def send_and_relay() -> None:
-            try:
-                response = await self._send_to(target, plan, scope, context)
-            except asyncio.CancelledError:
-                # The client left mid-send: the event still names whom it was asking.
-                self._record_server(context, target, False)
-                raise
-            self._record_server(context, target, False)
-            await self._relay(response, send, context)
+        async def attempt(target: Target) -> ProviderResponse:
+            return await self._send_to(target, plan, scope, context)
 
-        await run_watching_disconnect(receive, send_and_relay(), context)
+        await run_watching_disconnect(
+            receive, self._run_chain(plan, attempt, send, context), context
+        )
 
     async def _models(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext

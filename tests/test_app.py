@@ -7,13 +7,14 @@ import gzip
 import json
 import logging
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
 
 from messages_mw import (
     AnthropicProvider,
+    FallbackConfig,
     Gateway,
     GatewayConfig,
     LimitRule,
@@ -699,16 +700,10 @@ def test_a_client_leaving_before_the_upstream_answers_ends_the_upstream_request(
     run(scenario())
     assert provider.cancelled.is_set()
     assert finished[0].client_disconnected
-    # Whom the gateway was asking is not lost: messages keep it in the attempt log, where a
-    # held stream would also name its provider; count_tokens, with no chain, names it.
-    if path.endswith("count_tokens"):
-        assert (finished[0].provider, finished[0].served_model) == (
-            "anthropic",
-            "claude-sonnet-4-6",
-        )
-    else:
-        attempts = [(a.target, a.error_type) for a in finished[0].attempts]
-        assert attempts == [("anthropic/claude-sonnet-4-6", "client_disconnected")]
+    # Whom the gateway was asking is not lost: both routes run the fallback chain, which
+    # keeps it in the attempt log (where a held stream would also name its provider).
+    attempts = [(a.target, a.error_type) for a in finished[0].attempts]
+    assert attempts == [("anthropic/claude-sonnet-4-6", "client_disconnected")]
 
 
 _REST_WITH_A_BAD_KEY = b'"max_tokens":16,"messages":[{"role":"user","content":"hi"}],"\xff":1}'
@@ -741,3 +736,29 @@ def test_a_key_that_is_not_utf8_is_a_400_when_the_gateway_edits_the_body(start: 
         "type": "invalid_request_error",
         "message": "Request body is not valid JSON: a string holds invalid UTF-8.",
     }
+
+
+def test_count_tokens_falls_back_through_the_messages_chain() -> None:
+    # Claude Code counts tokens too: an outage that messages survive must not fail it.
+    seen: list[bytes] = []
+
+    def overloaded(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error"}})
+
+    def counted(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return httpx.Response(200, json={"input_tokens": 12})
+
+    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
+        settings = UpstreamConfig(base_url="http://upstream.test")
+        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+
+    config = GatewayConfig(fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",)))
+    providers = {"anthropic": provider(overloaded), "backup": provider(counted)}
+    gateway = Gateway(config, providers=providers)
+    body = json.dumps({"model": "claude-sonnet-4-6", "messages": _HELLO}).encode()
+    response = run(_post(gateway, body, "/v1/messages/count_tokens"))
+    assert (response.status_code, response.json()) == (200, {"input_tokens": 12})
+    assert response.headers["x-mw-provider"] == "backup"
+    assert response.headers["x-mw-fallback-used"] == "1"
+    assert json.loads(seen[0])["model"] == "claude-haiku-4-5"
