@@ -172,6 +172,7 @@ class Gateway:
             router=router,
             limiter=limiter,
             usage_sinks=usage_sinks,
+            keyed_providers=self._keyed_elsewhere,
         )
         self._breaker = CircuitBreaker(self.config.fallback.breaker)
         self._headers = self.config.headers.resolved()

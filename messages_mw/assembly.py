@@ -81,8 +81,10 @@ def build_policy(
     router: RouteHook | None,
     limiter: RateLimiter | None,
     usage_sinks: Sequence[UsageSink],
+    keyed_providers: frozenset[str] = frozenset(),
 ) -> Policy:
-    """Validate the hooks (a bad one fails here, not at the first request) and assemble."""
+    """Validate the hooks (a bad one fails here, not at the first request) and assemble.
+    ``keyed_providers``: those sent the gateway's own key, never a client's or a virtual one."""
     for name, hook in (
         ("auth", auth),
         ("tagger", tagger),
@@ -94,8 +96,16 @@ def build_policy(
     if limiter is None and config.limits.rules:
         limiter = RateLimiter(config.limits)
     pricing = PricingTable({**DEFAULT_PRICES, **(config.pricing or {})})
+    # Built-in passthrough auth checks no key: a caller could spend the gateway's own keys by
+    # naming their providers, so only the operator's chains and aliases lead there.
+    passthrough = auth is None and config.auth.mode == "passthrough"
     resolver = TargetResolver(
-        provider_names, config.provider, config.fallback, aliases=config.aliases, pricing=pricing
+        provider_names,
+        config.provider,
+        config.fallback,
+        aliases=config.aliases,
+        pricing=pricing,
+        unnamable=keyed_providers if passthrough else frozenset(),
     )
     auth = auth or build_auth(config.auth)
     compressor = compressor or _builtin_compressor(config)

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from .body_edit import edit_top_level, read_raw_fields
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, PermissionDeniedError
 from .fallback import BreakerPolicy, RetryPolicy, Target
 from .pricing import PricingTable
 from .protocol import DECODE_ERRORS
@@ -64,6 +64,9 @@ class TargetResolver:
 
     ``aliases`` maps a requested name to a target name (``"fast": "openai/gpt-4o-mini"``) and
     is applied before anything else; ``pricing`` orders the ``cheapest`` router strategy.
+    A client may not name a provider in ``unnamable`` itself (as ``provider/model``, in the
+    model, the body's fallbacks or its router candidates: 403); configured chains, aliases
+    and candidates still lead there.
     Raises ``ValueError`` for a configured chain, alias or candidate naming no provider.
     """
 
@@ -75,8 +78,10 @@ class TargetResolver:
         *,
         aliases: Mapping[str, str] | None = None,
         pricing: PricingTable | None = None,
+        unnamable: frozenset[str] = frozenset(),
     ) -> None:
         self._providers = frozenset(provider_names)
+        self._unnamable = unnamable
         self._default = default_provider
         self._config = config
         # "" turns the router off too: a TOML file cannot write None.
@@ -139,6 +144,17 @@ class TargetResolver:
             raise InvalidRequestError(f"model: '{name}' names a provider but no model.")
         return Target(self._default, name)
 
+    def _client_target(self, name: str, field: str) -> Target:
+        """:meth:`target` for a name the client wrote in ``field``."""
+        if self._unnamable and name not in self._aliases:
+            provider, slash, _ = name.partition("/")
+            if slash and provider in self._unnamable:
+                raise PermissionDeniedError(
+                    f"{field}: '{name}' is served with the gateway's own key for '{provider}', "
+                    "which passthrough auth, checking no key, does not lend to callers."
+                )
+        return self.target(name)
+
     def primary(self, model: str) -> Target:
         """The first target a request for ``model`` goes to (see :meth:`target`); for the
         auto model, the first candidate. Raises as :meth:`target` and :meth:`chain` do."""
@@ -170,7 +186,7 @@ class TargetResolver:
             raise InvalidRequestError(
                 f"fallbacks: at most {self._config.max_body_fallbacks} entries are allowed"
             )
-        return [self.target(name) for name in names]
+        return [self._client_target(name, f"fallbacks.{i}") for i, name in enumerate(names)]
 
     def for_request(self, body: bytes, model: str) -> tuple[bytes, TargetResolver]:
         """Consume the body's ``router_candidates`` for an auto-model request.
@@ -198,7 +214,9 @@ class TargetResolver:
         if len(names) > limit:
             raise InvalidRequestError(f"router_candidates: at most {limit} entries are allowed")
         routed = copy.copy(self)
-        routed._candidates = tuple(self.target(name) for name in names)
+        routed._candidates = tuple(
+            self._client_target(name, f"router_candidates.{i}") for i, name in enumerate(names)
+        )
         return body, routed
 
     def chain(self, model: str, body_targets: Sequence[Target] | None) -> list[Target]:
@@ -220,7 +238,7 @@ class TargetResolver:
 
     def _head(self, model: str) -> list[Target]:
         if not self.is_auto(model):
-            return [self.target(model)]
+            return [self._client_target(model, "model")]
         if not self._candidates:
             raise InvalidRequestError(
                 f"router_candidates: model '{model}' routes among candidates; list them in "

@@ -417,7 +417,8 @@ def test_a_provider_with_its_own_key_never_gets_a_virtual_or_client_key() -> Non
         main_, backup = Recorder(), Recorder()
         backup_settings = UpstreamConfig(base_url="http://backup.test", api_key="sk-backup-own")
         configured_upstreams = {"backup": backup_settings} if configured else {}
-        config = GatewayConfig(auth=auth, upstreams=configured_upstreams)
+        aliases = {"backup-sonnet": "backup/claude-sonnet-4-6"}
+        config = GatewayConfig(auth=auth, upstreams=configured_upstreams, aliases=aliases)
         gateway = Gateway(
             config,
             provider=AnthropicProvider(
@@ -441,10 +442,41 @@ def test_a_provider_with_its_own_key_never_gets_a_virtual_or_client_key() -> Non
         assert backup.requests[0].headers["x-api-key"] == "sk-backup-own"
 
         gateway, main_, backup = upstreams(passthrough, configured)
-        for model in ("claude-sonnet-4-6", "backup/claude-sonnet-4-6"):
+        # Reached through the operator's alias: a caller cannot name it itself (see below).
+        for model in ("claude-sonnet-4-6", "backup-sonnet"):
             assert run(_post(gateway, _body(model=model), **{"x-api-key": "sk-mine"})).is_success
         assert main_.requests[0].headers["x-api-key"] == "sk-mine"
         assert backup.requests[0].headers["x-api-key"] == "sk-backup-own"
+
+
+def test_passthrough_callers_cannot_name_a_provider_the_gateway_pays_for() -> None:
+    # Passthrough auth checks no key: any string would do, so a caller naming the keyed backup
+    # would spend the gateway's own key, as a new identity each time (no per-key limit binds).
+    backup_settings = UpstreamConfig(base_url="http://backup.test", api_key="sk-backup-own")
+    backup, main_ = Recorder(), Recorder()
+    config = GatewayConfig(
+        auth=AuthConfig(mode="passthrough"),
+        upstreams={"backup": backup_settings},
+        fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",)),
+    )
+    providers = {
+        "anthropic": AnthropicProvider(UpstreamConfig(), transport=httpx.MockTransport(main_)),
+        "backup": AnthropicProvider(backup_settings, transport=httpx.MockTransport(backup)),
+    }
+    gateway = Gateway(config, providers=providers)
+    junk = {"x-api-key": "anything-at-all"}
+    for body, field in (
+        (_body(model="backup/claude-opus-4-1"), "model"),
+        (_body(fallbacks=["backup/claude-opus-4-1"]), "fallbacks.0"),
+        (_body(model="auto", router_candidates=["backup/claude-opus-4-1"]), "router_candidates.0"),
+    ):
+        refused = run(_post(gateway, body, **junk))
+        assert refused.status_code == 403
+        assert refused.json()["error"]["message"].startswith(f"{field}: 'backup/claude-opus-4-1'")
+    assert backup.requests == []
+    # The default upstream gets the caller's own key, which it checks itself.
+    assert run(_post(gateway, _body(), **junk)).is_success
+    assert main_.requests[-1].headers["x-api-key"] == "anything-at-all"
 
 
 class _StalledRecordLimiter(RateLimiter):
