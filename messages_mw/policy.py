@@ -198,9 +198,10 @@ class Policy:
         if allowed is not None:
             # What the client names in the body is held to the key's allow-list like its model;
             # chains the operator configured are the operator's policy and are not.
-            _check_allowed(allowed, "fallbacks", body_targets or ())
+            default = resolver.default_provider
+            _check_allowed(allowed, "fallbacks", body_targets or (), default)
             if resolver is not self.resolver:
-                _check_allowed(allowed, "router_candidates", resolver.candidates)
+                _check_allowed(allowed, "router_candidates", resolver.candidates, default)
         remove = [] if body_targets is None else ["fallbacks"]
         if extra_headers is not None:
             remove.append("extra_headers")
@@ -298,9 +299,14 @@ def _check_model(allowed: frozenset[str] | None, model: str) -> None:
         raise PermissionDeniedError(f"model: this API key may not use '{model}'.")
 
 
-def _check_allowed(allowed: frozenset[str], field: str, targets: Sequence[Target]) -> None:
+def _check_allowed(
+    allowed: frozenset[str], field: str, targets: Sequence[Target], default_provider: str
+) -> None:
+    """As the model is checked: ``provider/model``, or a bare id for the default provider
+    (which is what a bare model means); a bare id never opens another provider's model."""
     for index, target in enumerate(targets):
-        if target.model not in allowed and target.name not in allowed:
+        bare = target.provider == default_provider and target.model in allowed
+        if not bare and target.name not in allowed:
             raise PermissionDeniedError(
                 f"{field}.{index}: this API key may not use '{target.name}'."
             )

@@ -113,6 +113,10 @@ class TargetResolver:
         return self._config
 
     @property
+    def default_provider(self) -> str:
+        return self._default
+
+    @property
     def candidates(self) -> tuple[Target, ...]:
         """The auto model's candidates: configured, or from the request's router_candidates."""
         return self._candidates

@@ -170,7 +170,8 @@ def test_model_outside_the_keys_allow_list_is_403(ups: Upstreams) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "model"),
     [
-        ("fallbacks", [BACKUP, f"anthropic/{MODEL}"], "claude-haiku-4-5"),
+        # The bare id allows the default provider's model, never the backup's of that name.
+        ("fallbacks", ["anthropic/claude-haiku-4-5", BACKUP], "claude-haiku-4-5"),
         ("router_candidates", ["anthropic/claude-haiku-4-5", f"anthropic/{MODEL}"], "auto"),
     ],
 )
@@ -188,7 +189,7 @@ def test_models_named_in_the_body_are_held_to_the_keys_allow_list(
     ):
         client.messages.create(model=model, max_tokens=8, messages=HELLO, extra_body={field: value})
     message = _assert_envelope(caught.value, 403, "permission_error")
-    assert f"{field}.1" in message and MODEL in message
+    assert f"{field}.1" in message and value[1] in message
     assert ups.primary.received == [] and ups.backup.received == []
 
 

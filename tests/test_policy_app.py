@@ -234,6 +234,36 @@ def test_count_tokens_holds_the_key_to_its_model_allow_list() -> None:
     assert run(count("claude-haiku-4-5")).json() == {"input_tokens": 7}
 
 
+def test_a_bare_allowed_model_never_opens_another_providers_model_in_the_body() -> None:
+    # As for the model itself, where 'backup/claude-haiku-4-5' is refused to this key.
+    keys = (ApiKeyConfig(id="team", key="sk-gw-team", models=("claude-haiku-4-5", "auto")),)
+    backup = Recorder()
+    config = GatewayConfig(
+        auth=AuthConfig(mode="static", keys=keys),
+        upstreams={"backup": UpstreamConfig(base_url="http://backup.test")},
+    )
+    gateway = Gateway(
+        config,
+        provider=AnthropicProvider(UpstreamConfig(), transport=httpx.MockTransport(Recorder())),
+        providers={
+            "backup": AnthropicProvider(UpstreamConfig(), transport=httpx.MockTransport(backup))
+        },
+    )
+    key = {"x-api-key": "sk-gw-team"}
+    for body, field in (
+        (_body(model="backup/claude-haiku-4-5"), "model"),
+        (_body(model="claude-haiku-4-5", fallbacks=["backup/claude-haiku-4-5"]), "fallbacks.0"),
+        (_body(model="auto", router_candidates=["backup/claude-haiku-4-5"]), "router_candidates.0"),
+    ):
+        refused = run(_post(gateway, body, **key))
+        assert refused.status_code == 403
+        assert refused.json()["error"]["message"].startswith(f"{field}: ")
+    assert backup.requests == []
+    # The bare id still allows the default provider's model, however it is written.
+    body = _body(model="auto", router_candidates=["anthropic/claude-haiku-4-5"])
+    assert run(_post(gateway, body, **key)).is_success
+
+
 def test_a_tagger_returning_one_string_adds_one_tag() -> None:
     recorder = Recorder()
     provider = AnthropicProvider(
