@@ -17,6 +17,7 @@ import msgspec
 from .context import Principal
 from .errors import AuthenticationError
 from .hooks import IncomingRequest
+from .redaction import repr_without_secrets
 
 __all__ = [
     "ApiKeyConfig",
@@ -47,6 +48,10 @@ class ApiKeyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     tags: tuple[str, ...] = ()
     upstream_api_key: str | None = None
     compression: str | None = None
+
+    def __repr__(self) -> str:
+        # Logged configuration must not show the gateway key or the virtual key.
+        return repr_without_secrets(self)
 
 
 class AuthConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

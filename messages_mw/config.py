@@ -16,6 +16,7 @@ from .auth import AuthConfig
 from .config_check import ConfigError
 from .limits import LimitsConfig
 from .pricing import ModelPrice
+from .redaction import repr_without_secrets
 from .routing import FallbackConfig
 from .tags import HeaderNames, TagPolicy
 from .translate import OpenAIQuirks
@@ -54,6 +55,10 @@ class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
     http2: bool = False
 
+    def __repr__(self) -> str:
+        # Logged configuration must not show the upstream key, or a password in the URL.
+        return repr_without_secrets(self)
+
 
 class OpenAIUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An OpenAI-compatible upstream (``POST {base_url}/chat/completions``), reached through
@@ -78,6 +83,10 @@ class OpenAIUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     quirks: OpenAIQuirks = msgspec.field(default_factory=OpenAIQuirks)
     models: tuple[str, ...] = ()
     ping_interval: _PositiveFloat = 10.0
+
+    def __repr__(self) -> str:
+        # Logged configuration must not show the upstream key, or one in extra_headers.
+        return repr_without_secrets(self)
 
 
 class MockConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
+from .redaction import repr_without_secrets
 from .streaming import TokenUsage
 
 __all__ = [
@@ -38,7 +39,7 @@ class Principal(msgspec.Struct, frozen=True):
 
     def __repr__(self) -> str:
         # A hook that logs its context must not log the virtual key.
-        return _repr_without_secrets(self)
+        return repr_without_secrets(self)
 
 
 class CompressionReport(msgspec.Struct, frozen=True):
@@ -114,7 +115,7 @@ class RequestContext(msgspec.Struct):
 
     def __repr__(self) -> str:
         # A hook that logs its context must not log the client's key from its headers.
-        return _repr_without_secrets(self)
+        return repr_without_secrets(self)
 
     @property
     def latency(self) -> float | None:
@@ -127,27 +128,6 @@ class RequestContext(msgspec.Struct):
         to be sent, or a stream's first upstream chunk arrived. ``None`` until then, and for
         a request that got no such answer (the client left first, ``/api/hello``)."""
         return None if self.first_byte_at is None else self.first_byte_at - self.started_at
-
-
-_REDACTED = "<redacted>"
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie"})
-
-
-def _is_secret_header(name: str) -> bool:
-    return name in _SECRET_HEADERS or any(word in name for word in ("key", "token", "secret"))
-
-
-def _repr_without_secrets(struct: msgspec.Struct) -> str:
-    """The struct's usual repr, with the upstream key and credential headers left out."""
-    parts = []
-    for name in struct.__struct_fields__:
-        value = getattr(struct, name)
-        if name == "upstream_api_key" and value is not None:
-            value = _REDACTED
-        elif name == "request_headers":
-            value = {k: _REDACTED if _is_secret_header(k) else v for k, v in value.items()}
-        parts.append(f"{name}={value!r}")
-    return f"{type(struct).__name__}({', '.join(parts)})"
 
 
 class UsageEvent(msgspec.Struct, omit_defaults=True):

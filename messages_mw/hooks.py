@@ -41,6 +41,7 @@ import msgspec
 
 from .context import Principal, RequestContext
 from .fallback import Target
+from .redaction import repr_without_secrets
 
 __all__ = [
     "AuthHook",
@@ -63,6 +64,10 @@ class IncomingRequest(msgspec.Struct, frozen=True):
     path: str
     headers: Mapping[str, str]
     model: str | None
+
+    def __repr__(self) -> str:
+        # A hook that logs its request must not log the keys in its headers.
+        return repr_without_secrets(self)
 
 
 class AuthHook(Protocol):

@@ -49,6 +49,7 @@ from .limit_stores import (
     redis_url_parses,
     window_usage,
 )
+from .redaction import repr_without_secrets
 
 __all__ = ["LimitRule", "LimitsConfig", "RateLimiter"]
 
@@ -140,6 +141,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         if self.store == "redis" and not redis_url_parses(self.redis_url):
             # A bad port or option would otherwise fail every request.
             raise ValueError("redis_url is not a valid Redis URL (check its port and options)")
+
+    def __repr__(self) -> str:
+        # Logged configuration must not show a password in redis_url.
+        return repr_without_secrets(self)
 
 
 _LIMITS_CACHE_SIZE = 4096

@@ -16,6 +16,14 @@ from typing import Any
 import msgspec
 import pytest
 
+from messages_mw import (
+    ApiKeyConfig,
+    AuthConfig,
+    GatewayConfig,
+    LimitsConfig,
+    OpenAIUpstreamConfig,
+    UpstreamConfig,
+)
 from messages_mw.context import (
     Attempt,
     CompressionReport,
@@ -23,6 +31,8 @@ from messages_mw.context import (
     RequestContext,
     UsageEvent,
 )
+from messages_mw.hooks import IncomingRequest
+from messages_mw.providers.base import ProviderRequest
 from messages_mw.streaming import TokenUsage
 from messages_mw.usage import JsonLinesSink, UsageDispatcher, UsageSink
 
@@ -554,6 +564,45 @@ def test_a_logged_context_or_principal_shows_no_credential() -> None:
         assert SECRET_KEY not in shown
         assert "team-a" in shown
     assert "context-1m-2025-08-07" in repr(context)  # the rest is shown as ever
+
+
+def test_a_logged_request_or_config_shows_no_credential() -> None:
+    # What hooks, providers and hosts are handed, or build, and may well log.
+    headers = {
+        "x-api-key": SECRET_KEY,
+        "authorization": "Bearer " + SECRET_KEY,
+        "x-gateway-auth": SECRET_KEY,  # an alternate auth header need not say "key"
+        "anthropic-beta": "context-1m-2025-08-07",
+    }
+    config = GatewayConfig(
+        upstream=UpstreamConfig(
+            base_url=f"https://user:{SECRET_KEY}@llm.example/v1?key={SECRET_KEY}",
+            api_key=SECRET_KEY,
+        ),
+        openai_upstreams={
+            "local": OpenAIUpstreamConfig(
+                base_url="http://127.0.0.1:8000/v1",
+                api_key=SECRET_KEY,
+                extra_headers={"Authorization": "Bearer " + SECRET_KEY, "X-Team": "team-a"},
+            )
+        },
+        auth=AuthConfig(
+            mode="static",
+            keys=(ApiKeyConfig(id="team-a", key=SECRET_KEY, upstream_api_key=SECRET_KEY),),
+            header="x-gateway-auth",
+        ),
+        limits=LimitsConfig(redis_url=f"redis://:{SECRET_KEY}@redis.example:6379/0"),
+    )
+    shown = [
+        repr(IncomingRequest("POST", "/v1/messages", headers, None)),
+        repr(ProviderRequest("POST", "/v1/messages", b"{}", headers, "req_1", api_key=SECRET_KEY)),
+        repr(config),
+        str(config),
+    ]
+    for text in shown:
+        assert SECRET_KEY not in text
+    assert "context-1m-2025-08-07" in shown[0] and "llm.example" in shown[2]
+    assert "team-a" in shown[2] and "redis.example" in shown[2]
 
 
 def test_a_full_event_carries_no_credential() -> None:

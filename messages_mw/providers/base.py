@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from ..errors import UpstreamUnavailableError
+from ..redaction import repr_without_secrets
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -71,6 +72,10 @@ class ProviderRequest(msgspec.Struct, frozen=True):
     stream: bool = False
     api_key: str | None = None
     client_credentials: Literal["default", "forward", "strip"] = "default"
+
+    def __repr__(self) -> str:
+        # A provider that logs its request must not log a key.
+        return repr_without_secrets(self)
 
 
 async def no_close() -> None:
