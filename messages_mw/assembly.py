@@ -35,7 +35,7 @@ def build_providers(
         provider = MockProvider(config.mock, config.models)
     built[config.provider] = provider or AnthropicProvider(config.upstream)
     for name, upstream in config.upstreams.items():
-        built[name] = AnthropicProvider(upstream)
+        built[name] = AnthropicProvider(upstream, name=name)
     if config.openai_upstreams:
         from .providers.openai import OpenAIProvider
 

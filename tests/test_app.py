@@ -236,7 +236,8 @@ def test_upstream_unreachable_and_timeout_are_typed() -> None:
         assert finished[0].error_type == expected[1]
 
 
-def test_upstream_errors_never_show_credentials_from_its_url() -> None:
+def test_upstream_errors_name_the_provider_never_its_url() -> None:
+    # The URL is the operator's: an internal host, a tenant id in the path, credentials.
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
@@ -244,7 +245,12 @@ def test_upstream_errors_never_show_credentials_from_its_url() -> None:
     provider = AnthropicProvider(settings, transport=httpx.MockTransport(refuse))
     status, _, message = _error_of(run(_post(Gateway(provider=provider), CHAT)))
     assert status == 502
-    assert message == "The upstream http://upstream.test/base could not be reached."
+    assert message == "The upstream 'anthropic' could not be reached."
+    # A configured upstream goes by its name (port 9 on loopback: nothing listens there).
+    config = GatewayConfig(upstreams={"backup": UpstreamConfig(base_url="http://127.0.0.1:9/b")})
+    body = json.dumps({**json.loads(CHAT), "model": "backup/claude-haiku-4-5"}).encode()
+    _, _, message = _error_of(run(_post(Gateway(config), body)))
+    assert message == "The upstream 'backup' could not be reached."
 
 
 @pytest.mark.parametrize(
@@ -273,7 +279,7 @@ def test_an_upstream_failing_before_its_answer_is_a_502_saying_how(
     provider = AnthropicProvider(settings, transport=httpx.MockTransport(fail))
     status, error_type, message = _error_of(run(_post(Gateway(provider=provider), CHAT)))
     assert (status, error_type) == (502, "api_error")
-    assert message == f"The upstream http://upstream.test {said}"
+    assert message == f"The upstream 'anthropic' {said}"
 
 
 def test_an_error_event_opening_a_stream_is_answered_as_an_error_with_upstream_headers() -> None:

@@ -92,7 +92,7 @@ def test_connection_lost_mid_stream_ends_with_an_error_event() -> None:
     error = _last_event(body)
     assert error["error"] == {
         "type": "api_error",
-        "message": "The connection to the upstream http://upstream.test broke mid-stream.",
+        "message": "The connection to the upstream 'anthropic' broke mid-stream.",
     }
     assert finished[0].usage.input_tokens == 12
     assert finished[0].error_type == "api_error"

@@ -21,7 +21,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from .base import ProviderRequest, ProviderResponse, never_ended, read_bounded, shown_url
+from .base import ProviderRequest, ProviderResponse, never_ended, read_bounded
 
 __all__ = ["AnthropicProvider"]
 
@@ -70,26 +70,26 @@ _MODEL_PATH = "/v1/models/"
 UPSTREAM_READ_ERRORS = (httpx.TransportError, httpx.DecodingError)
 
 
-def translate_transport_error(exc: httpx.RequestError, base_url: str) -> GatewayError:
+def translate_transport_error(exc: httpx.RequestError, origin: str) -> GatewayError:
     """Map an httpx failure to the error a client's SDK retries correctly."""
     if isinstance(exc, httpx.DecodingError):
         return UpstreamUnavailableError(
-            f"The upstream {base_url} sent a body that does not decompress."
+            f"The upstream {origin} sent a body that does not decompress."
         )
     if isinstance(exc, httpx.PoolTimeout):
         return NoFreeConnectionError("The gateway has no free upstream connection; retry shortly.")
     if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeoutError(f"The upstream {base_url} did not answer in time.")
+        return UpstreamTimeoutError(f"The upstream {origin} did not answer in time.")
     if isinstance(exc, httpx.ReadError | httpx.WriteError) or _closed_early(exc):
         # Reached, then lost: "could not be reached" would send an operator to the network.
         return UpstreamUnavailableError(
-            f"The upstream {base_url} closed the connection before it answered."
+            f"The upstream {origin} closed the connection before it answered."
         )
     if isinstance(exc, httpx.RemoteProtocolError):
         return UpstreamUnavailableError(
-            f"The upstream {base_url} answered with a response that is not valid HTTP."
+            f"The upstream {origin} answered with a response that is not valid HTTP."
         )
-    return UpstreamUnavailableError(f"The upstream {base_url} could not be reached.")
+    return UpstreamUnavailableError(f"The upstream {origin} could not be reached.")
 
 
 def _closed_early(exc: httpx.RequestError) -> bool:
@@ -207,7 +207,9 @@ class AnthropicProvider:
     client-side cost per request. The transport opens on first use, so constructing a provider
     does no I/O; :meth:`aclose` closes it, and a later request opens a fresh default one.
     ``transport`` replaces the network, as in tests (``httpx.MockTransport``) or for a custom
-    connection strategy; it is closed by :meth:`aclose` too.
+    connection strategy; it is closed by :meth:`aclose` too. ``name``, the provider's name in
+    the gateway's configuration, is how errors a client sees refer to this upstream: its URL
+    (an internal host, perhaps a tenant id in the path) is the operator's to know.
     """
 
     # What kind of upstream this is, for telemetry (the GenAI conventions' provider name).
@@ -217,11 +219,12 @@ class AnthropicProvider:
         self,
         settings: UpstreamConfig | None = None,
         *,
+        name: str = "anthropic",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._settings = settings or UpstreamConfig()
         self._base_url = self._settings.base_url.rstrip("/")
-        self._shown_url = shown_url(self._base_url)
+        self._origin = f"'{name}'"
         self._given_transport = transport
         self._transport: httpx.AsyncBaseTransport | None = transport
         timeout = httpx.Timeout(
@@ -284,35 +287,33 @@ class AnthropicProvider:
                 self._build_request(request)
             )
         except httpx.TransportError as exc:
-            raise translate_transport_error(exc, self._shown_url) from exc
+            raise translate_transport_error(exc, self._origin) from exc
         head = _read_head(response)
         if head.undecodable:
             await response.aclose()
             raise UpstreamUnavailableError(
-                f"The upstream {self._shown_url} answered with content-encoding "
+                f"The upstream {self._origin} answered with content-encoding "
                 f"'{head.undecodable}', which the gateway cannot decode (it asks for identity)."
             )
         if response.status_code == 200 and head.event_stream != request.stream:
             # A client asking for a stream would read none from a JSON body (the SDKs yield
             # no events and raise nothing), and one asking for a message would get raw SSE.
             await response.aclose()
-            raise UpstreamUnavailableError(_stream_mismatch(self._shown_url, request.stream))
+            raise UpstreamUnavailableError(_stream_mismatch(self._origin, request.stream))
         raw = _raw_stream(response, head)
         if response.status_code == 200 and head.event_stream:
             chunks = response.aiter_bytes() if raw is None else raw
             return ProviderResponse(
                 200,
                 head.headers,
-                chunks=relay_upstream_chunks(chunks, self._shown_url),
+                chunks=relay_upstream_chunks(chunks, self._origin),
                 close=response.aclose,
                 ended=_body_complete_check(raw),
             )
         try:
-            body = await read_bounded(
-                response.aiter_bytes() if raw is None else raw, self._shown_url
-            )
+            body = await read_bounded(response.aiter_bytes() if raw is None else raw, self._origin)
         except UPSTREAM_READ_ERRORS as exc:
-            raise translate_transport_error(exc, self._shown_url) from exc
+            raise translate_transport_error(exc, self._origin) from exc
         finally:
             await response.aclose()
         return ProviderResponse(response.status_code, head.headers, body=body)

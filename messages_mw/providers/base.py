@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -24,7 +23,6 @@ __all__ = [
     "never_ended",
     "no_close",
     "read_bounded",
-    "shown_url",
 ]
 
 # The most a non-streamed upstream answer may hold. A reply of Anthropic's is at most a few
@@ -80,14 +78,6 @@ class ProviderRequest(msgspec.Struct, frozen=True):
 
 async def no_close() -> None:
     """The ``close`` of a response that holds no resources."""
-
-
-def shown_url(base_url: str) -> str:
-    """``base_url`` as error messages and logs may show it: without user info (a proxy's
-    credentials) and without a query (some upstreams take their key there)."""
-    parts = urlsplit(base_url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
 
 
 def never_ended() -> bool:

@@ -30,7 +30,7 @@ from ..streaming import frame_event
 from ..translate import StreamTranslator, to_anthropic_message, to_chat_completions, translate_error
 from ..validation import decode_count_tokens_request, describe_decode_error
 from .anthropic import UPSTREAM_READ_ERRORS, relay_upstream_chunks, translate_transport_error
-from .base import Provider, ProviderRequest, ProviderResponse, read_bounded, shown_url
+from .base import Provider, ProviderRequest, ProviderResponse, read_bounded
 from .mock import estimate_input_tokens
 
 __all__ = ["ModelDirectory", "OpenAIProvider"]
@@ -133,7 +133,7 @@ class OpenAIProvider:
         self._given_transport = transport
         self._transport = transport
         self._url = httpx.URL(settings.base_url.rstrip("/") + "/chat/completions")
-        self._origin = shown_url(settings.base_url)
+        self._origin = f"'{name}'"  # as the Anthropic provider names itself in errors
         timeout = httpx.Timeout(
             connect=settings.connect_timeout,
             read=settings.read_timeout,
