@@ -211,9 +211,10 @@ def _cap_numbered_matches(run: re.Match[str]) -> str:
 
 
 _TSC_FILES_TABLE = re.compile(r"\nErrors {2,}Files(?:\n[ \t]+\d+[ \t]+\S[^\n]*)+(?=\n)")
-_ESLINT_ROW = re.compile(
-    r"\n[ \t]+(\d+:\d+)[ \t]+(error|warning)[ \t]+([^\n]*?)[ \t]{2,}(\S+)[ \t]*(?=\n)"
-)
+# An eslint row's location and severity; its message and rule, split at the last run of two or
+# more blanks, are found in Python. A regex that also matched those (a lazy message, then the
+# blanks) backtracked over every way to cut a long run of blanks: cubic in a line's length.
+_ESLINT_ROW = re.compile(r"\n[ \t]+(\d+:\d+)[ \t]++(error|warning)[ \t]++([^\n]*)(?=\n)")
 
 
 def filter_lint(text: str) -> str:
@@ -227,13 +228,30 @@ def filter_lint(text: str) -> str:
 
 
 def _pad_eslint_rows(text: str) -> str:
-    """``_ESLINT_ROW`` rows as ``\\n  \\1 \\2 \\3  \\4``, rebuilt with one join: a substitution
-    template costs a Python call per row."""
-    parts = _ESLINT_ROW.split(f"\n{text}\n")
-    if len(parts) == 1:
+    """Rows ``  <line:col>  <severity>  <message>  <rule>`` as ``  \\1 \\2 \\3  \\4``, rebuilt
+    with one join; a row whose message and rule are not two blanks apart stays as it is."""
+    framed = f"\n{text}\n"
+    pieces: list[str] = []
+    done = 0
+    for row in _ESLINT_ROW.finditer(framed):
+        split = _message_and_rule(row.group(3))
+        if split is None:
+            continue
+        message, rule = split
+        location, severity = row.group(1), row.group(2)
+        pieces += (framed[done : row.start()], "\n  ", location, " ", severity, " ", message)
+        pieces += ("  ", rule)
+        done = row.end()
+    if not pieces:
         return text
-    pieces = [parts[0]]
-    for index in range(1, len(parts), 5):
-        location, severity, message, rule = parts[index : index + 4]
-        pieces += ("\n  ", location, " ", severity, " ", message, "  ", rule, parts[index + 4])
+    pieces.append(framed[done:])
     return "".join(pieces)[1:-1]
+
+
+def _message_and_rule(rest: str) -> tuple[str, str] | None:
+    body = rest.rstrip(" \t")
+    cut = max(body.rfind(" "), body.rfind("\t"))
+    message = body[: cut + 1].rstrip(" \t")
+    if cut < 0 or not message or cut + 1 - len(message) < 2:
+        return None
+    return message, body[cut + 1 :]

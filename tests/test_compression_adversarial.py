@@ -1,0 +1,48 @@
+"""Inputs a client controls that once made compression super-linear, stalling the event loop
+that every request shares.
+
+Each case was found by an audit and took seconds to minutes at the sizes below (cubic,
+quadratic, or re-parsing a command per block); fixed, each takes milliseconds. The time limit
+is a hang guard, not a speed target: it sits far above the fixed cost and far below the old
+one, so machine noise cannot flip it. Speed targets live in ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from messages_mw.compression.commands.files import filter_lint
+
+# Each case below took at least 15 s before its fix.
+HANG_GUARD_SECONDS = 5.0
+
+
+def _within_guard(work: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    result = work()
+    elapsed = time.perf_counter() - started
+    assert elapsed < HANG_GUARD_SECONDS, f"took {elapsed:.1f} s"
+    return result
+
+
+def _body(content: object, command: str = "echo hi") -> bytes:
+    use = {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": command}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": content}
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [result]},
+    ]
+    return json.dumps({"model": "claude-x", "max_tokens": 8, "messages": messages}).encode()
+
+
+def test_an_eslint_row_with_long_runs_of_blanks_is_linear() -> None:
+    # Was cubic in the row's length: a 2.3 KB row took 8 s, a 100 KB one minutes.
+    row = "  1:1  error" + " " * 100_000 + "x" + " " * 100_000 + "y  rule-id"
+    _within_guard(lambda: filter_lint(row + "\n"))
+    # Rows as eslint prints them still lose only their column padding.
+    text = "  3:7   error  'x' is defined but never used    no-unused-vars\n"
+    assert filter_lint(text) == "  3:7 error 'x' is defined but never used  no-unused-vars\n"
