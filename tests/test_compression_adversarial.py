@@ -14,7 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from messages_mw.compression.bundles import bundle_named
 from messages_mw.compression.commands.files import filter_lint
+from messages_mw.compression.commands.parse import main_programs
+from messages_mw.compression.engine import compress_request
+from messages_mw.compression.memo import CompressionMemo
 
 # Each case below took at least 15 s before its fix.
 HANG_GUARD_SECONDS = 5.0
@@ -46,3 +50,18 @@ def test_an_eslint_row_with_long_runs_of_blanks_is_linear() -> None:
     # Rows as eslint prints them still lose only their column padding.
     text = "  3:7   error  'x' is defined but never used    no-unused-vars\n"
     assert filter_lint(text) == "  3:7 error 'x' is defined but never used  no-unused-vars\n"
+
+
+def test_an_unclosed_heredoc_with_a_long_marker_is_linear() -> None:
+    # The marker used to back off one character at a time, each try scanning to the end.
+    command = "cat <<" + "A" * 4000 + "\n" + "x\n" * 2100
+    programs = _within_guard(lambda: [main_programs(command) for _ in range(50)])
+    assert programs[0][0][0] == "cat"
+
+
+def test_a_long_command_is_parsed_once_per_call_not_per_output_block() -> None:
+    # 30,000 one-character blocks of one call with an 8.8 KB command: 40 s before.
+    command = 'pytest "a" ' * 800
+    body = _body([{"type": "text", "text": "x"}] * 30_000, command=command)
+    for memo in (None, CompressionMemo()):
+        _within_guard(lambda m=memo: compress_request(body, bundle_named("claude-code"), memo=m))

@@ -16,6 +16,7 @@ from msgspec import Raw
 
 from ..protocol import DECODE_ERRORS
 from .bundles import Bundle
+from .commands import MAX_COMMAND_CHARS
 from .memo import CompressionMemo
 from .rewrite import Frame, Rewrite, Rule, rewrite_text
 
@@ -55,6 +56,9 @@ class Walk:
         else:
             self.text_rule, self.pasted_rule = memo.rules(bundle)
         self.tool_uses: dict[str | None, dict[str, Raw]] = {}
+        # Each shell call's rule, by its tool_use block's id(): a result's every text block
+        # uses it, and working it out means parsing the command line.
+        self.shell_rules: dict[int, Rule] = {}
         # Where in :attr:`outputs` earlier results' compressed output is, by length, so that
         # only equal-length ones compare: those this walk recorded, and those it resumed after
         # (a history's index, shared, where only positions below ``resumed_outputs`` count).
@@ -193,17 +197,26 @@ class Walk:
     def shell_rule(self, use: dict[str, Raw]) -> Rule:
         """The rule for a shell call's output, which its command line decides; remembered by
         the memo for calls of a usual size, since agents rerun the same commands."""
+        known = self.shell_rules.get(id(use))
+        if known is not None:
+            return known
         name_raw, tool_input = use.get("name", _NULL), use.get("input", _NULL)
         if self.memo is None or len(tool_input) > _CACHED_INPUT_BYTES:
-            return self.command_rule(name_raw, tool_input)
-        key = (self.bundle, bytes(name_raw), bytes(tool_input))
-        return self.memo.shell_rule(key, lambda: self.command_rule(name_raw, tool_input))
+            rule = self.command_rule(name_raw, tool_input)
+        else:
+            key = (self.bundle, bytes(name_raw), bytes(tool_input))
+            rule = self.memo.shell_rule(key, lambda: self.command_rule(name_raw, tool_input))
+        self.shell_rules[id(use)] = rule
+        return rule
 
     def command_rule(self, name_raw: Raw, tool_input: Raw) -> Rule:
         bundle = self.bundle
         command = bundle.command(_as_str(name_raw) or "", tool_input)
         if command is None:
             return self.text_rule
+        # The parser reads no further (MAX_COMMAND_CHARS); each of the call's outputs is
+        # compressed with this line, so a longer one would only cost more per output.
+        command = command[:MAX_COMMAND_CHARS]
         options = None if bundle.reads_files(command) else bundle.text
         return Rule(options, command, framed=True)
 

@@ -25,10 +25,16 @@ from .files import (
     filter_tree,
 )
 from .installs import filter_cargo_build, filter_npm, filter_pip
-from .parse import main_programs, names_files, operands, program_name
+from .parse import MAX_COMMAND_CHARS, main_programs, names_files, operands, program_name
 from .testrunners import filter_cargo_test, filter_go_test, filter_js_tests, filter_pytest
 
-__all__ = ["DIFF_OUTPUT", "CommandOutput", "filter_for_command", "inspect_command"]
+__all__ = [
+    "DIFF_OUTPUT",
+    "MAX_COMMAND_CHARS",
+    "CommandOutput",
+    "filter_for_command",
+    "inspect_command",
+]
 
 Filter = Callable[[str], str]
 
@@ -122,15 +128,18 @@ def filter_for_command(command: str) -> Filter | None:
 def inspect_command(command: str) -> CommandOutput:
     """The filters of every program in ``command`` whose output reaches the agent, composed."""
     if len(command) > _CACHED_COMMAND_CHARS:
-        return _inspect(command)
+        return _inspect_long_cached(command[:MAX_COMMAND_CHARS])
     return _inspect_cached(command)
 
 
 # An agent reruns the same few commands (its test suite, ``git status``) and every output of
 # one is compressed with its command line: parse each line once. The answer is a pure function
-# of the line; long lines (scripts, heredocs) are parsed each time so the cache stays small.
+# of the line. Long lines (scripts, heredocs) get a cache of their own, of a few: a call's every
+# output block is compressed with its line, but few such lines recur across requests. The
+# parser reads MAX_COMMAND_CHARS at most, so no longer key is kept.
 _CACHED_COMMAND_CHARS = 2048
 _CACHED_COMMANDS = 512
+_CACHED_LONG_COMMANDS = 8
 
 
 def _inspect(command: str) -> CommandOutput:
@@ -158,6 +167,7 @@ def _inspect(command: str) -> CommandOutput:
 
 
 _inspect_cached = lru_cache(maxsize=_CACHED_COMMANDS)(_inspect)
+_inspect_long_cached = lru_cache(maxsize=_CACHED_LONG_COMMANDS)(_inspect)
 
 
 def _apply_in_order(filters: tuple[Filter, ...], text: str) -> str:

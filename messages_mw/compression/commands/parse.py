@@ -43,7 +43,7 @@ _SEPARATOR_SPLIT_RE = re.compile(r"([;&|\n]+)")
 _QUOTED_RE = re.compile(r"""'([^']*)'?|"((?:[^"\\]|\\.)*)"?|\\(.?)|([^'"\\]+)""", re.DOTALL)
 _ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 _HEREDOC_RE = re.compile(
-    r"""(<<-?[ \t]*(['"]?)([A-Za-z_][A-Za-z0-9_]*)\2[^\n]*)\n.*?^[ \t]*\3[ \t]*$""",
+    r"""(<<-?[ \t]*(['"]?)([A-Za-z_][A-Za-z0-9_]*+)\2[^\n]*)\n.*?^[ \t]*\3[ \t]*$""",
     re.MULTILINE | re.DOTALL,
 )
 _ASSIGNMENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\+?=")
