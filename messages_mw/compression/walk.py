@@ -39,6 +39,10 @@ _NULL = Raw(b"null")
 End = tuple[int, int, int, int, int]
 
 
+# Equal-length outputs compared one by one before they are indexed by hash (see Walk.by_hash).
+_COMPARED_WITHOUT_HASHING = 8
+
+
 class Walk:
     """The state of one request's walk: only what earlier messages said.
 
@@ -63,6 +67,11 @@ class Walk:
         # only equal-length ones compare: those this walk recorded, and those it resumed after
         # (a history's index, shared, where only positions below ``resumed_outputs`` count).
         self.recorded: dict[int, list[int]] = {}
+        # For a length many outputs share, the first position of each output by its hash:
+        # comparing with every equal-length output was quadratic in a request of many. Built
+        # once a length has recurred _COMPARED_WITHOUT_HASHING times, so that most outputs
+        # are never hashed.
+        self.by_hash: dict[int, dict[int, int]] = {}
         self.resumed: dict[int, tuple[int, ...]] = {}
         self.resumed_outputs = 0
         self.stale: set[int] = set()
@@ -256,7 +265,11 @@ class Walk:
         it. A framed result keeps its own ``frame`` (its exit code) around the reference."""
         earlier = self.earlier_same(output)
         if earlier is None:
-            self.recorded.setdefault(len(output), []).append(len(self.outputs))
+            position = len(self.outputs)
+            self.recorded.setdefault(len(output), []).append(position)
+            hashed = self.by_hash.get(len(output))
+            if hashed is not None:
+                hashed.setdefault(hash(bytes(output)), position)
             self.outputs.append((output, result))
             return new
         text = self.reference(earlier, "output identical" if frame else "identical")
@@ -266,14 +279,23 @@ class Walk:
     def earlier_same(self, output: Raw) -> ToolCall | None:
         """The first earlier result whose compressed output is ``output``."""
         outputs, length = self.outputs, len(output)
-        for position in self.resumed.get(length, ()):
-            if position >= self.resumed_outputs:
-                break
-            if outputs[position][0] == output:
-                return outputs[position][1]
-        for position in self.recorded.get(length, ()):
-            if outputs[position][0] == output:
-                return outputs[position][1]
+        hashed = self.by_hash.get(length)
+        if hashed is None:
+            resumed = self.resumed.get(length, ())
+            earlier = [p for p in resumed if p < self.resumed_outputs]
+            earlier += self.recorded.get(length, ())
+            if len(earlier) <= _COMPARED_WITHOUT_HASHING:
+                # A file read twice: comparing costs less than hashing both.
+                for position in earlier:
+                    if outputs[position][0] == output:
+                        return outputs[position][1]
+                return None
+            hashed = self.by_hash[length] = {}
+            for position in earlier:  # in order: the first of equal outputs is kept
+                hashed.setdefault(hash(bytes(outputs[position][0])), position)
+        found = hashed.get(hash(bytes(output)))
+        if found is not None and outputs[found][0] == output:
+            return outputs[found][1]
         return None
 
     def reference(self, earlier: ToolCall, what: str) -> str:
