@@ -35,8 +35,9 @@ _SKIPPED_RUN = re.compile(
     rb'data: \{"type":"content_block_(?:delta|start|stop)"[^\n]*\n\n'
     rb'|event: ping\ndata: \{"type": ?"ping"\}\n\n)+'
 )
-_LF_SEPARATORS = (b"\n\n",)
-_ALL_SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+# The event separators SSE allows; no two can start at one position, so the leftmost match
+# is the earliest.
+_ANY_SEPARATOR = re.compile(rb"\n\n|\r\n\r\n|\r\r")
 
 
 def frame_event(name: str, data: bytes) -> bytes:
@@ -113,16 +114,12 @@ def _is_interesting(data: bytes | bytearray, start: int, end: int) -> bool:
     return _INTERESTING.search(data, head, end) is not None
 
 
-def _find_boundary(
-    buffer: bytes | bytearray, start: int, separators: tuple[bytes, ...]
-) -> tuple[int, int]:
-    """Position and length of the earliest event separator at or after ``start``."""
-    best, length = -1, 0
-    for separator in separators:
-        position = buffer.find(separator, start)
-        if position != -1 and (best == -1 or position < best):
-            best, length = position, len(separator)
-    return best, length
+def _find_boundary(buffer: bytes | bytearray, start: int) -> tuple[int, int]:
+    """Position and length of the earliest event separator, of any form, at or after
+    ``start``. One regex search: a find per form would search to the buffer's end for a form
+    the stream never uses, once per event (quadratic in a chunk of many events)."""
+    found = _ANY_SEPARATOR.search(buffer, start)
+    return (-1, 0) if found is None else (found.start(), found.end() - found.start())
 
 
 class StreamObserver:
@@ -145,7 +142,7 @@ class StreamObserver:
         self.events_read = 0
         self._buffer = bytearray()
         # Anthropic separates events with LF only; look for CR forms once a CR shows up.
-        self._separators: tuple[bytes, ...] = _LF_SEPARATORS
+        self._cr_seen = False
 
     @property
     def unfinished_bytes(self) -> int:
@@ -160,20 +157,20 @@ class StreamObserver:
 
     def feed(self, chunk: bytes) -> None:
         """Observe the next relayed chunk; never raises for malformed stream content."""
-        if self._separators is _LF_SEPARATORS:
+        if not self._cr_seen:
             if b"\r" not in chunk:
                 self._feed_lf(chunk)
                 return
-            self._separators = _ALL_SEPARATORS
+            self._cr_seen = True
         buffer = self._buffer
         # No separator ends before the tail already held: resume where one could straddle it.
         resume = max(0, len(buffer) - 3)
         buffer += chunk
-        if _find_boundary(buffer, resume, self._separators)[0] == -1:
+        if _find_boundary(buffer, resume)[0] == -1:
             return
         start = 0
         while True:
-            position, length = _find_boundary(buffer, start, self._separators)
+            position, length = _find_boundary(buffer, start)
             if position == -1:
                 break
             if _is_interesting(buffer, start, position):

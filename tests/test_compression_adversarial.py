@@ -19,6 +19,7 @@ from messages_mw.compression.commands.files import filter_lint
 from messages_mw.compression.commands.parse import main_programs
 from messages_mw.compression.engine import compress_request
 from messages_mw.compression.memo import CompressionMemo
+from messages_mw.streaming import StreamObserver
 
 # Each case below took at least 15 s before its fix.
 HANG_GUARD_SECONDS = 5.0
@@ -96,3 +97,13 @@ def test_many_equal_length_outputs_still_find_their_duplicates() -> None:
     assert out[:12] == texts[:12]
     for number in range(12, 36):
         assert f"toolu_{number % 12} above" in out[number]
+
+
+def test_sse_with_carriage_returns_is_observed_in_linear_time() -> None:
+    # Upstream bytes: after one CR, each event searched the rest of the chunk for every form of
+    # separator, one of them never present. A 256 KB chunk took 22 s.
+    observer = StreamObserver()
+    observer.feed(b": hi\r\n\n")
+    _within_guard(lambda: observer.feed(b"x\n\n" * 300_000))
+    observer.feed(b'event: message_stop\r\ndata: {"type":"message_stop"}\r\n\r\n')
+    assert observer.saw_message_stop
