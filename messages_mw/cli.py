@@ -295,7 +295,6 @@ def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) ->
     except ImportError:
         print(_INSTALL_HINT, file=sys.stderr)
         return 2
-    _configure_logging(args.log_level)
     problem = _listen_problem(args.host, args.port)
     if problem is not None:
         where = _address(args.host, args.port)
@@ -334,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"messages-mw: error: {exc}", file=sys.stderr)
         return 2
+    # Before the gateway: its usage log sink decides from the handlers where it may write.
+    _configure_logging(args.log_level)
     try:
         # Some mistakes show only when the gateway is built (a fallback target naming no
         # provider, a malformed key hash, an unwritable usage file). Built here, in the one

@@ -87,6 +87,20 @@ def _never_blocks(stream: IO[bytes] | TextIO) -> bool:
     return stat.S_ISREG(mode) or (stat.S_ISCHR(mode) and not os.isatty(descriptor))
 
 
+def _handlers_never_block(logger: logging.Logger) -> bool:
+    """Whether ``logger`` has handlers, and each one its records reach is a stream handler
+    writing where :func:`_never_blocks` says a write cannot stall."""
+    handlers: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        handlers += current.handlers
+        current = current.parent if current.propagate else None
+    return bool(handlers) and all(
+        isinstance(handler, logging.StreamHandler) and _never_blocks(handler.stream)
+        for handler in handlers
+    )
+
+
 def _call_inline(sink: UsageSink, event: UsageEvent) -> None:
     try:
         sink(event)
@@ -110,13 +124,19 @@ def _deliver_inline(sink: UsageSink, events: Sequence[UsageEvent]) -> None:
 
 class LogUsageSink:
     """Each event as one JSON line on the ``messages_mw.usage`` logger, at INFO; does no
-    work at all while that logger is disabled. The gateway's default sink."""
+    work at all while that logger is disabled. The gateway's default sink.
 
-    nonblocking = True
+    Written on the event loop only when every handler the logger has when the sink is built
+    writes where a write cannot stall (a file, ``/dev/null``); otherwise, from the
+    dispatcher's worker thread. A handler writing to a pipe (``messages-mw serve | tee``, a
+    container's log collector) would otherwise stop every request the moment its reader
+    stops reading. No handler yet counts as a stall risk: a host may add one later.
+    """
 
     def __init__(self) -> None:
         self._logger = logging.getLogger("messages_mw.usage")
         self._encoder = msgspec.json.Encoder()
+        self.nonblocking = _handlers_never_block(self._logger)
 
     def wants_events(self) -> bool:
         return self._logger.isEnabledFor(logging.INFO)

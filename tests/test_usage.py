@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from messages_mw.context import (
 from messages_mw.hooks import IncomingRequest
 from messages_mw.providers.base import ProviderRequest
 from messages_mw.streaming import TokenUsage
-from messages_mw.usage import JsonLinesSink, UsageDispatcher, UsageSink
+from messages_mw.usage import JsonLinesSink, LogUsageSink, UsageDispatcher, UsageSink
 
 SECRET_KEY = "sk-ant-api03-very-secret-value"
 
@@ -206,6 +206,39 @@ def test_a_blocking_sync_sink_does_not_stall_the_event_loop() -> None:
 
     assert asyncio.run(main())
     assert returned.is_set()
+
+
+@pytest.fixture
+def usage_logger() -> Iterator[logging.Logger]:
+    """The usage log sink's logger, its handlers and propagation restored afterwards."""
+    logger = logging.getLogger("messages_mw.usage")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    logger.handlers.clear()
+    logger.propagate = False
+    try:
+        yield logger
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
+def test_the_log_sink_writes_on_the_loop_only_where_a_write_cannot_stall(
+    usage_logger: logging.Logger, tmp_path: Path
+) -> None:
+    # A log handler writing to a pipe whose reader stopped (a stalled log shipper) would stop
+    # every request if called on the event loop.
+    assert not LogUsageSink().nonblocking  # no handler yet: one may be added later
+    read_end, write_end = os.pipe()
+    with open(write_end, "w") as pipe, open(tmp_path / "usage.log", "w") as file:
+        usage_logger.addHandler(logging.StreamHandler(file))
+        assert LogUsageSink().nonblocking
+        usage_logger.addHandler(logging.StreamHandler(pipe))
+        assert not LogUsageSink().nonblocking
+        usage_logger.handlers.clear()
+        usage_logger.addHandler(logging.StreamHandler(pipe))
+        dispatcher = UsageDispatcher([LogUsageSink()])
+        assert dispatcher._sync_sinks and not dispatcher._inline_sinks
+    os.close(read_end)
 
 
 def test_a_full_queue_drops_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
