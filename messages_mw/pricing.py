@@ -29,9 +29,10 @@ _CACHE_READ_FACTOR = 0.1
 _WEB_SEARCH_PER_THOUSAND = 10.0
 
 # What may follow a priced id in a longer one: a snapshot date (``-20250929``, Vertex's
-# ``@20250929``) or ``-latest``, then anything (Bedrock's ``-v1:0``). Nothing else, so that an
-# unknown future ``claude-opus-4-9`` is not silently billed as ``claude-opus-4``.
-_VERSION_SUFFIX = re.compile(r"[-@](?:\d{8}|latest)(?![0-9A-Za-z])")
+# ``@20250929``), ``-latest`` or Bedrock's version (``-v1``, ``-v1:0``), then anything (a
+# dated Bedrock id's ``-v1:0``). Nothing else, so that an unknown future ``claude-opus-4-9``
+# is not silently billed as ``claude-opus-4``.
+_VERSION_SUFFIX = re.compile(r"[-@](?:\d{8}|latest|v\d+(?::\d+)?)(?![0-9A-Za-z])")
 # Bedrock's ids put the vendor first, and its cross-region profiles a region before that:
 # ``anthropic.claude-sonnet-4-5-20250929-v1:0``, ``us.anthropic.claude-…``, ``us-gov.…``.
 _BEDROCK_PREFIX = re.compile(r"(?:[a-z]+(?:-[a-z]+)*\.)?anthropic\.")
@@ -77,6 +78,13 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             msgspec.structs.force_setattr(self, "cache_write_1h", cache_write_1h)
 
 
+# The 5.x models, as their model pages on platform.claude.com list them (November 2026).
+# Opus 5.5 and the Sonnet 5 line read cached input at 0.05 x input, not the usual 0.1 x.
+_OPUS_5_5 = ModelPrice(input=4.0, output=20.0, cache_write=5.0, cache_write_1h=8.0, cache_read=0.2)
+_OPUS_5 = ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_write_1h=10.0, cache_read=0.5)
+_SONNET_5 = ModelPrice(input=2.0, output=10.0, cache_write=2.5, cache_write_1h=4.0, cache_read=0.2)
+# $10 / $50 as listed; its page gives no cache rates, so the standard multipliers apply.
+_FABLE_5 = ModelPrice(input=10.0, output=50.0)
 _OPUS_4 = ModelPrice(input=15.0, output=75.0, cache_write=18.75, cache_read=1.5)
 _OPUS_4_5 = ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5)
 _SONNET = ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3)
@@ -86,10 +94,17 @@ _HAIKU_3 = ModelPrice(input=0.25, output=1.25, cache_write=0.3, cache_read=0.03)
 
 DEFAULT_PRICES: Mapping[str, ModelPrice] = MappingProxyType(
     {
-        # Not (yet) on Anthropic's price list: assumed equal to the family's last known price.
-        "claude-opus-5-5": _OPUS_4_5,
+        # USD per MTok, as published; override in config. Haiku 5.5 is priced by prompt
+        # length, which one price per model cannot say: price it in config.
+        "claude-fable-5-1": _FABLE_5,
+        "claude-fable-5": _FABLE_5,
+        "claude-opus-5-5": _OPUS_5_5,
+        "claude-opus-5": _OPUS_5,
+        "claude-sonnet-5-5": _SONNET_5,
+        "claude-sonnet-5": _SONNET_5,
+        "claude-opus-4-8": _OPUS_4_5,
+        "claude-opus-4-7": _OPUS_4_5,
         "claude-sonnet-4-6": _SONNET,
-        # USD per MTok, as published; override in config.
         "claude-opus-4-6": _OPUS_4_5,
         "claude-opus-4-5": _OPUS_4_5,
         "claude-opus-4-1": _OPUS_4,
@@ -136,6 +151,9 @@ class PricingTable:
             return price
         if bedrock := _BEDROCK_PREFIX.match(model):
             model = model[bedrock.end() :]
+            price = self._prices.get(model)  # an undated id: anthropic.claude-sonnet-4-6
+            if price is not None:
+                return price
         for known in self._by_length:
             if model.startswith(known) and _VERSION_SUFFIX.match(model, len(known)):
                 return self._prices[known]

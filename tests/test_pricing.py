@@ -43,6 +43,19 @@ def test_one_hour_cache_writes_and_web_searches_have_their_own_prices() -> None:
     assert custom.cost("m", usage) == pytest.approx(0.0125)
 
 
+def test_opus_5_5_and_the_sonnet_5_line_read_cache_at_their_published_rate() -> None:
+    # 0.05 x input, not the 0.1 x the defaults would give.
+    table = PricingTable()
+    for model, read, write_1h in (
+        ("claude-opus-5-5", 0.20, 8.0),
+        ("claude-sonnet-5-5", 0.20, 4.0),
+    ):
+        usage = TokenUsage(cache_read_input_tokens=1_000_000)
+        assert table.cost(model, usage) == pytest.approx(read)
+        hour = TokenUsage(cache_creation_input_tokens=10**6, cache_creation_1h_input_tokens=10**6)
+        assert table.cost(model, hour) == pytest.approx(write_1h)
+
+
 def test_cache_prices_default_to_the_five_minute_cache_factors() -> None:
     price = ModelPrice(input=3.0, output=15.0)
     assert price.cache_write == 3.75
@@ -81,8 +94,18 @@ def test_prices_decode_from_config_and_reject_bad_values() -> None:
         ("claude-opus-4-5-20251101", 5.0),
         ("claude-haiku-4-5-20251001", 1.0),
         ("claude-3-haiku-20240307", 0.25),
-        ("claude-opus-5-5", 5.0),
         ("claude-sonnet-4-6", 3.0),
+        # Undated Bedrock ids, with or without their version.
+        ("anthropic.claude-sonnet-4-6", 3.0),
+        ("anthropic.claude-opus-4-6-v1", 5.0),
+        ("us.anthropic.claude-opus-5-5-v1:0", 4.0),
+        # The 5.x line, as published.
+        ("claude-opus-5-5", 4.0),
+        ("claude-opus-5", 5.0),
+        ("claude-sonnet-5-5", 2.0),
+        ("claude-sonnet-5", 2.0),
+        ("claude-fable-5-1", 10.0),
+        ("claude-opus-4-8", 5.0),
     ],
 )
 def test_default_prices_match_dated_ids_by_longest_prefix(
@@ -103,6 +126,8 @@ def test_default_prices_match_dated_ids_by_longest_prefix(
         "claude-sonnet-4-50",
         "claude-sonnet-4x",
         "anthropic.claude-opus-4-9-v1:0",
+        "claude-opus-5-6",  # not claude-opus-5 with a suffix
+        "claude-haiku-5-5",  # priced by prompt length: left to the config
         "openai.claude-sonnet-4-5-20250929",
     ],
 )
