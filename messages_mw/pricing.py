@@ -103,6 +103,7 @@ DEFAULT_PRICES: Mapping[str, ModelPrice] = MappingProxyType(
         "claude-sonnet-5-5": _SONNET_5,
         "claude-sonnet-5": _SONNET_5,
         "claude-opus-4-8": _OPUS_4_5,
+        # No price page found for 4.7: assumed equal to 4.6 and 4.8, on either side of it.
         "claude-opus-4-7": _OPUS_4_5,
         "claude-sonnet-4-6": _SONNET,
         "claude-opus-4-6": _OPUS_4_5,
