@@ -130,6 +130,16 @@ class RequestContext(msgspec.Struct):
         return None if self.first_byte_at is None else self.first_byte_at - self.started_at
 
 
+def operation_of(path: str) -> str:
+    """What a request to ``path`` did, for metrics and spans: ``chat`` (``/v1/messages``),
+    ``count_tokens``, ``models``, or ``other`` (``/api/hello``, unknown routes)."""
+    if path == "/v1/messages":
+        return "chat"
+    if path == "/v1/messages/count_tokens":
+        return "count_tokens"
+    return "models" if path.startswith("/v1/models") else "other"
+
+
 class UsageEvent(msgspec.Struct, omit_defaults=True):
     """What one finished request cost and how it went: emitted exactly once per request.
 

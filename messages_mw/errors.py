@@ -14,6 +14,7 @@ from typing import ClassVar
 import msgspec
 
 __all__ = [
+    "ERROR_TYPES",
     "AuthenticationError",
     "BillingError",
     "GatewayError",
@@ -238,6 +239,10 @@ _ERRORS_BY_TYPE: dict[str, type[GatewayError]] = {
         OverloadedError,
     )
 }
+
+
+# Every error.type the gateway or Anthropic answers with (api_error included).
+ERROR_TYPES = frozenset({*_ERRORS_BY_TYPE, "api_error"})
 
 
 def error_class(error_type: str, default: type[GatewayError]) -> type[GatewayError]:

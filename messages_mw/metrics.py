@@ -9,7 +9,8 @@ Use :class:`PrometheusSink` as a usage sink and mount its :meth:`~PrometheusSink
 
 from __future__ import annotations
 
-from .context import UsageEvent
+from .context import UsageEvent, operation_of
+from .errors import ERROR_TYPES
 from .types import ASGIApp, Receive, Scope, Send
 
 try:
@@ -31,13 +32,19 @@ _OTHER_MODELS = "other"
 class PrometheusSink:
     """A usage sink that counts requests, tokens and cost, and times requests.
 
-    Metrics (each prefixed ``{namespace}_``): ``requests_total{status,provider,model,fallback}``,
+    Metrics (each prefixed ``{namespace}_``):
+    ``requests_total{operation,status,error_type,provider,model,fallback}``,
     ``tokens_total{direction,model}`` (direction: input, output, cache_read, cache_write),
-    ``cost_usd_total{model}``, and the histograms ``request_latency_seconds{model,stream}`` and
-    ``time_to_first_byte_seconds{model,stream}``. ``model`` is the model that served the
-    request. Tags, keys and sessions are never labels: their values are unbounded. Model names
-    come from clients, so only the first ``max_models`` distinct names of up to 100 characters
-    that a request succeeded with get their own label value; the rest count as ``other``.
+    ``cost_usd_total{model}``, and the histograms
+    ``request_latency_seconds{operation,model,stream}`` and
+    ``time_to_first_byte_seconds{operation,model,stream}``. ``operation`` is ``chat``,
+    ``count_tokens``, ``models`` or ``other`` (``/api/hello``, unknown routes); ``error_type``
+    an Anthropic error type, ``client_disconnected``, ``cancelled``, ``other`` or ``""``, so
+    that a stream that failed after its 200 is not counted a success. ``model`` is the model
+    that served the request. Tags, keys and sessions are never labels: their values are
+    unbounded. Model names come from clients, so only the first ``max_models`` distinct names
+    of up to 100 characters that a request succeeded with get their own label value; the rest
+    count as ``other``.
 
     ``registry`` defaults to a new private :class:`CollectorRegistry`, served by
     :meth:`metrics_app`; pass ``prometheus_client.REGISTRY`` to join the process-wide one.
@@ -60,7 +67,7 @@ class PrometheusSink:
         self._requests = Counter(
             "requests",
             "Finished requests.",
-            ["status", "provider", "model", "fallback"],
+            ["operation", "status", "error_type", "provider", "model", "fallback"],
             namespace=namespace,
             registry=registry,
         )
@@ -81,7 +88,7 @@ class PrometheusSink:
         self._latency = Histogram(
             "request_latency_seconds",
             "Time from request arrival to the last response byte.",
-            ["model", "stream"],
+            ["operation", "model", "stream"],
             namespace=namespace,
             registry=registry,
             buckets=_LATENCY_BUCKETS,
@@ -89,7 +96,7 @@ class PrometheusSink:
         self._first_byte = Histogram(
             "time_to_first_byte_seconds",
             "Time from request arrival to the first response byte.",
-            ["model", "stream"],
+            ["operation", "model", "stream"],
             namespace=namespace,
             registry=registry,
             buckets=_FIRST_BYTE_BUCKETS,
@@ -100,8 +107,14 @@ class PrometheusSink:
         model = self._model_label(
             event.served_model or event.requested_model or "unknown", 200 <= event.status < 400
         )
+        operation = operation_of(event.path)
         self._requests.labels(
-            str(event.status), event.provider or "unknown", model, _flag(event.fallback_used)
+            operation,
+            str(event.status),
+            _error_label(event),
+            event.provider or "unknown",
+            model,
+            _flag(event.fallback_used),
         ).inc()
         for direction, count in (
             ("input", event.input_tokens),
@@ -115,9 +128,10 @@ class PrometheusSink:
             self._cost.labels(model).inc(event.cost)
         stream = _flag(event.stream)
         if event.latency_ms is not None:
-            self._latency.labels(model, stream).observe(event.latency_ms / 1000)
+            self._latency.labels(operation, model, stream).observe(event.latency_ms / 1000)
         if event.time_to_first_byte_ms is not None:
-            self._first_byte.labels(model, stream).observe(event.time_to_first_byte_ms / 1000)
+            ttfb = event.time_to_first_byte_ms / 1000
+            self._first_byte.labels(operation, model, stream).observe(ttfb)
 
     def _model_label(self, model: str, answered: bool) -> str:
         if model in self._models:
@@ -148,6 +162,19 @@ class PrometheusSink:
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
+
+
+def _error_label(event: UsageEvent) -> str:
+    """What went wrong, as a bounded label: an Anthropic error type, ``client_disconnected``,
+    ``other`` for a type an upstream made up, ``""`` for none. A stream that failed after its
+    200, or that its client left, is told from a success this way."""
+    error = event.error_type
+    if error is None:
+        return "client_disconnected" if event.client_disconnected else ""
+    return error if error in _KNOWN_ERRORS else "other"
+
+
+_KNOWN_ERRORS = ERROR_TYPES | {"client_disconnected", "cancelled"}
 
 
 async def _answer_lifespan(receive: Receive, send: Send) -> None:

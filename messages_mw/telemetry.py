@@ -7,7 +7,7 @@ and timed from the event, with the OpenTelemetry GenAI semantic-convention attri
 
 from __future__ import annotations
 
-from .context import UsageEvent
+from .context import UsageEvent, operation_of
 
 try:
     from opentelemetry import trace
@@ -54,7 +54,10 @@ class OpenTelemetrySink:
         latency_ns = 0 if event.latency_ms is None else int(event.latency_ms * 1e6)
         # Clients choose the model name: a bounded one keeps span names groupable.
         model = (event.requested_model or event.served_model or "")[:_MAX_MODEL_IN_NAME]
-        operation = _operation(event.path)
+        operation = operation_of(event.path)
+        if operation == "other":
+            # A preconnect or an unknown route: no model was called, so no GenAI span.
+            return
         span = self._tracer.start_span(
             f"{operation} {model}" if model else operation,
             kind=SpanKind.CLIENT,
@@ -65,15 +68,6 @@ class OpenTelemetrySink:
         if error is not None:
             span.set_status(Status(StatusCode.ERROR, error))
         span.end(end_time=end)
-
-
-def _operation(path: str) -> str:
-    """The GenAI operation name for the route: only ``/v1/messages`` is a chat."""
-    if path == "/v1/messages":
-        return "chat"
-    if path == "/v1/messages/count_tokens":
-        return "count_tokens"
-    return "models" if path.startswith("/v1/models") else "other"
 
 
 def _error_type(event: UsageEvent) -> str | None:
@@ -88,7 +82,7 @@ def _error_type(event: UsageEvent) -> str | None:
 
 def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
     values: dict[str, AttributeValue | None] = {
-        "gen_ai.operation.name": _operation(event.path),
+        "gen_ai.operation.name": operation_of(event.path),
         "gen_ai.provider.name": event.provider_type or "anthropic",
         "gen_ai.system": event.provider_type or "anthropic",
         "gen_ai.request.model": event.requested_model,
@@ -108,6 +102,7 @@ def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
         "messages_mw.key_id": event.key_id,
         "messages_mw.tags": tuple(event.tags) if event.tags else None,
         "messages_mw.session_id": event.session_id,
+        "gen_ai.conversation.id": event.session_id,
         "messages_mw.provider": event.provider,
         "messages_mw.fallback_used": event.fallback_used,
         "messages_mw.stream": event.stream,

@@ -61,13 +61,21 @@ def test_prometheus_counts_requests_tokens_cost_and_latency() -> None:
     registry = sink.registry
     sonnet = "claude-sonnet-4-5"
     requests = "messages_mw_requests_total"
-    labels = {"provider": "anthropic", "model": sonnet, "fallback": "false"}
+    labels = {
+        "operation": "chat",
+        "error_type": "",
+        "provider": "anthropic",
+        "model": sonnet,
+        "fallback": "false",
+    }
     assert _value(registry, requests, status="200", **labels) == 1
     assert _value(registry, requests, status="429", **labels) == 1
     assert (
         _value(
             registry,
             requests,
+            operation="chat",
+            error_type="",
             status="200",
             provider="backup",
             model="claude-haiku-4-5",
@@ -82,11 +90,47 @@ def test_prometheus_counts_requests_tokens_cost_and_latency() -> None:
     assert _value(registry, tokens, direction="cache_write", model=sonnet) == 40
     assert _value(registry, "messages_mw_cost_usd_total", model=sonnet) == 0.002
     latency = "messages_mw_request_latency_seconds"
-    assert _value(registry, f"{latency}_count", model=sonnet, stream="true") == 1
-    assert _value(registry, f"{latency}_sum", model=sonnet, stream="true") == 1.5
-    assert _value(registry, f"{latency}_count", model=sonnet, stream="false") is None
+    chat = {"operation": "chat", "model": sonnet}
+    assert _value(registry, f"{latency}_count", stream="true", **chat) == 1
+    assert _value(registry, f"{latency}_sum", stream="true", **chat) == 1.5
+    assert _value(registry, f"{latency}_count", stream="false", **chat) is None
     first_byte = "messages_mw_time_to_first_byte_seconds"
-    assert _value(registry, f"{first_byte}_sum", model=sonnet, stream="false") == 0.4
+    assert _value(registry, f"{first_byte}_sum", stream="false", **chat) == 0.4
+
+
+def test_prometheus_tells_operations_and_failures_apart() -> None:
+    # count_tokens and preconnects are not chats, and a stream that failed after its 200, or
+    # that its client left, is not a success.
+    sink = PrometheusSink()
+    sink(make_event(path="/v1/messages/count_tokens"))
+    sink(make_event(path="/api/hello", served_model=None, requested_model=None))
+    sink(make_event(error_type="overloaded_error"))
+    sink(make_event(client_disconnected=True))
+    sink(make_event(error_type="made_up_by_an_upstream"))
+    registry = sink.registry
+    requests = "messages_mw_requests_total"
+    sonnet = {"status": "200", "provider": "anthropic", "fallback": "false"}
+    counted = _value(
+        registry,
+        requests,
+        operation="count_tokens",
+        error_type="",
+        model="claude-sonnet-4-5",
+        **sonnet,
+    )
+    assert counted == 1
+    for error in ("overloaded_error", "client_disconnected", "other"):
+        chat = _value(
+            registry,
+            requests,
+            operation="chat",
+            error_type=error,
+            model="claude-sonnet-4-5",
+            **sonnet,
+        )
+        assert chat == 1
+    latency = "messages_mw_request_latency_seconds_count"
+    assert _value(registry, latency, operation="other", model="unknown", stream="true") == 1
 
 
 def test_prometheus_labels_never_carry_tags_keys_or_sessions() -> None:
@@ -106,7 +150,13 @@ def test_prometheus_caps_the_number_of_model_labels() -> None:
     for model in ("a", "b", "c", "d", "a"):
         sink(make_event(served_model=model, requested_model=model))
     registry = sink.registry
-    labels = {"status": "200", "provider": "anthropic", "fallback": "false"}
+    labels = {
+        "operation": "chat",
+        "error_type": "",
+        "status": "200",
+        "provider": "anthropic",
+        "fallback": "false",
+    }
     assert _value(registry, "gw_requests_total", model="a", **labels) == 2
     assert _value(registry, "gw_requests_total", model="b", **labels) == 1
     assert _value(registry, "gw_requests_total", model="other", **labels) == 2
@@ -130,7 +180,7 @@ def test_prometheus_gives_a_label_only_to_models_a_request_succeeded_with() -> N
         if "model" in sample.labels
     }
     assert models == {"other", "claude-sonnet-4-6"}
-    labels = {"provider": "anthropic", "fallback": "false"}
+    labels = {"operation": "chat", "error_type": "", "provider": "anthropic", "fallback": "false"}
     registry = sink.registry
     assert _value(registry, "gw_requests_total", model="claude-sonnet-4-6", status="529", **labels)
 
@@ -153,8 +203,8 @@ def test_prometheus_metrics_app_serves_the_registry() -> None:
     assert text.status_code == 200
     assert text.headers["content-type"].startswith("text/plain")
     assert (
-        'messages_mw_requests_total{fallback="false",model="claude-sonnet-4-5",'
-        'provider="anthropic",status="200"} 1.0'
+        'messages_mw_requests_total{error_type="",fallback="false",model="claude-sonnet-4-5",'
+        'operation="chat",provider="anthropic",status="200"} 1.0'
     ) in text.text
     assert "messages_mw_cost_usd_total" in text.text
     assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
@@ -193,7 +243,13 @@ def test_prometheus_sink_behind_a_dispatcher() -> None:
         await dispatcher.aclose()
 
     asyncio.run(main())
-    labels = {"status": "200", "provider": "anthropic", "fallback": "false"}
+    labels = {
+        "operation": "chat",
+        "error_type": "",
+        "status": "200",
+        "provider": "anthropic",
+        "fallback": "false",
+    }
     model = "claude-sonnet-4-5"
     assert _value(sink.registry, "messages_mw_requests_total", model=model, **labels) == 5
 
@@ -232,6 +288,7 @@ def test_opentelemetry_span_carries_genai_attributes_and_event_times() -> None:
         "messages_mw.key_id": "team-a",
         "messages_mw.tags": ("team:a", "feature:chat"),
         "messages_mw.session_id": "session-1",
+        "gen_ai.conversation.id": "session-1",
         "messages_mw.provider": "anthropic",
         "messages_mw.fallback_used": True,
         "messages_mw.stream": True,
@@ -300,6 +357,8 @@ def test_opentelemetry_names_the_operation_by_route_with_a_bounded_model() -> No
     sink(make_event(path="/v1/messages/count_tokens", requested_model="claude-haiku-4-5"))
     sink(make_event(path="/v1/models", requested_model=None, served_model=None))
     sink(make_event(requested_model="m" * 5000))
+    # A preconnect or an unknown route called no model: no GenAI span.
+    sink(make_event(path="/api/hello", method="HEAD", requested_model=None, served_model=None))
     counted, listed, long_named = exporter.get_finished_spans()
     assert counted.name == "count_tokens claude-haiku-4-5"
     assert counted.attributes is not None
