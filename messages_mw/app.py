@@ -306,6 +306,11 @@ class Gateway:
             await self._send_error(send, context, exc)
         except ClientDisconnectedError:
             context.client_disconnected = True
+        except asyncio.CancelledError:
+            # The server or host gave up on the request (a shutdown, its own timeout): the
+            # client's answer was cut short, which the usage event must not call a success.
+            context.error_type = context.error_type or "cancelled"
+            raise
         except Exception:
             logger.exception("request %s failed inside the gateway", context.request_id)
             message = f"Internal gateway error (request {context.request_id})."

@@ -679,6 +679,36 @@ class _SilentProvider:
         pass
 
 
+def test_a_request_the_server_cancels_is_not_recorded_as_a_success() -> None:
+    # A shutdown or a host's own timeout cancels the request's task: the client's answer was
+    # cut short, and the usage event (and so metrics and spans) must say so.
+    provider = _SilentProvider()
+    finished: list[RequestContext] = []
+    gateway = Gateway(GatewayConfig(), provider=provider, on_request_end=finished.append)
+    body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": _HELLO}).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, object]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: object) -> None:
+        raise AssertionError(f"nothing is answered: {message}")
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(gateway(post_scope(), receive, send))
+        await asyncio.wait_for(provider.sending.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(scenario())
+    assert provider.cancelled.is_set()
+    assert finished[0].error_type == "cancelled"
+
+
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
 def test_a_client_leaving_before_the_upstream_answers_ends_the_upstream_request(path: str) -> None:
     # Whatever the route, a client that hangs up must not leave its upstream request open
