@@ -95,6 +95,9 @@ class RequestContext(msgspec.Struct):
     upstream_request_id: str | None = None
     usage: TokenUsage = msgspec.field(default_factory=TokenUsage)
     stop_reason: str | None = None
+    # The message's id and model as the upstream's answer gave them (a dated snapshot, say).
+    response_id: str | None = None
+    response_model: str | None = None
     error_type: str | None = None
     client_disconnected: bool = False
     first_byte_at: float | None = None
@@ -146,6 +149,8 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     Never carries a credential: ``key_id`` is the key's configured name or hash prefix.
     ``provider`` is the serving upstream's configured name, ``provider_type`` its kind
     (``"anthropic"``, ``"openai"``, ``"messages_mw.mock"``, or a custom provider's own).
+    ``response_id`` and ``response_model`` are the message's ``id`` and ``model`` as the
+    upstream answered them (``served_model`` is the name the gateway asked for).
     """
 
     request_id: str
@@ -176,6 +181,9 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     upstream_request_id: str | None = None
     attempts: list[Attempt] = msgspec.field(default_factory=list)
     compression: CompressionReport | None = None
+    stop_reason: str | None = None
+    response_id: str | None = None
+    response_model: str | None = None
 
     @classmethod
     def from_context(cls, context: RequestContext) -> UsageEvent:
@@ -221,6 +229,9 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             context.upstream_request_id,
             list(context.attempts),
             context.compression,
+            context.stop_reason,
+            context.response_id,
+            context.response_model,
         )
 
 

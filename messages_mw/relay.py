@@ -63,6 +63,7 @@ def observe_response_body(body: bytes, context: RequestContext) -> None:
         return
     merge_usage(context.usage, observed.usage)
     context.stop_reason = observed.stop_reason
+    context.response_id, context.response_model = observed.id, observed.model
     if observed.error is not None and observed.error.type:
         context.error_type = observed.error.type
 
@@ -157,6 +158,7 @@ async def relay_stream(
             stalls.unwatch(stall)
         context.usage = observer.usage
         context.stop_reason = observer.stop_reason
+        context.response_id, context.response_model = observer.message_id, observer.model
         if observer.error_type is not None and context.error_type is None:
             context.error_type = observer.error_type
 

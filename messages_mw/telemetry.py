@@ -86,7 +86,10 @@ def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
         "gen_ai.provider.name": event.provider_type or "anthropic",
         "gen_ai.system": event.provider_type or "anthropic",
         "gen_ai.request.model": event.requested_model,
-        "gen_ai.response.model": event.served_model,
+        # The model that answered, as it named itself; else the one the gateway asked.
+        "gen_ai.response.model": event.response_model or event.served_model,
+        "gen_ai.response.id": event.response_id,
+        "gen_ai.response.finish_reasons": (event.stop_reason,) if event.stop_reason else None,
         "gen_ai.usage.input_tokens": (
             event.input_tokens + event.cache_read_input_tokens + event.cache_creation_input_tokens
         ),

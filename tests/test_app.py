@@ -26,7 +26,7 @@ from messages_mw.providers.base import MAX_RESPONSE_BYTES, ProviderRequest, Prov
 
 from .conftest import sample
 from .inprocess import Recorder, client_for, make_gateway, post_scope, run
-from .servers import message_json
+from .servers import message_json, text_stream_events
 
 CHAT = sample("small_chat.json")
 
@@ -772,6 +772,27 @@ def test_a_key_that_is_not_utf8_is_a_400_when_the_gateway_edits_the_body(start: 
         "type": "invalid_request_error",
         "message": "Request body is not valid JSON: a string holds invalid UTF-8.",
     }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_event_names_the_answer_as_the_upstream_gave_it(stream: bool) -> None:
+    def sse(request: httpx.Request) -> httpx.Response:
+        events = b"".join(text_stream_events(["Hi"]))
+        return httpx.Response(200, content=events, headers={"content-type": "text/event-stream"})
+
+    gateway, finished = make_gateway(Recorder(sse if stream else None))
+    body = json.dumps({**json.loads(CHAT), "stream": stream}).encode()
+    response = run(_post(gateway, body))
+    assert response.status_code == 200
+    if stream:
+        lines = response.text.splitlines()
+        start = next(line for line in lines if line.startswith('data: {"type":"message_start"'))
+        message = json.loads(start.removeprefix("data: "))["message"]
+    else:
+        message = response.json()
+    event = finished[0]
+    assert (event.response_id, event.response_model) == (message["id"], message["model"])
+    assert event.stop_reason == "end_turn"
 
 
 def test_count_tokens_falls_back_through_the_messages_chain() -> None:

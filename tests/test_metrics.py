@@ -298,6 +298,19 @@ def test_opentelemetry_span_carries_genai_attributes_and_event_times() -> None:
     }
 
 
+def test_opentelemetry_span_names_the_answer_as_the_upstream_gave_it() -> None:
+    provider, exporter = _tracing()
+    sink = OpenTelemetrySink(provider)
+    sink(make_event(response_id="msg_1", response_model="claude-sonnet-4-5-20250929"))
+    sink(make_event(stop_reason="tool_use"))
+    named, stopped = exporter.get_finished_spans()
+    assert named.attributes is not None and stopped.attributes is not None
+    assert named.attributes["gen_ai.response.id"] == "msg_1"
+    assert named.attributes["gen_ai.response.model"] == "claude-sonnet-4-5-20250929"
+    assert stopped.attributes["gen_ai.response.finish_reasons"] == ("tool_use",)
+    assert stopped.attributes["gen_ai.response.model"] == "claude-sonnet-4-5"  # as asked
+
+
 def test_opentelemetry_marks_failures_as_errors() -> None:
     provider, exporter = _tracing()
     sink = OpenTelemetrySink(provider)

@@ -568,6 +568,9 @@ def _full_context() -> RequestContext:
     context.attempts = [Attempt(target="primary", status=529, error_type="x", duration=0.1)]
     context.cost = 0.5
     context.compression = CompressionReport("claude-code", 9000, 4000, 1250, 0.4)
+    context.stop_reason = "tool_use"
+    context.response_id = "msg_full"
+    context.response_model = "claude-haiku-4-5-20251001"
     return context
 
 
@@ -684,6 +687,9 @@ def test_an_event_takes_each_field_from_its_source_in_the_context() -> None:
         "upstream_request_id": "req_upstream",
         "attempts": context.attempts,
         "compression": context.compression,
+        "stop_reason": "tool_use",
+        "response_id": "msg_full",
+        "response_model": "claude-haiku-4-5-20251001",
     }
     actual = msgspec.structs.asdict(event)
     assert actual.pop("timestamp") == pytest.approx(time.time(), abs=60)
