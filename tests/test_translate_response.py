@@ -149,8 +149,9 @@ def test_reasoning_content_wins_when_both_are_sent() -> None:
     [
         ("stop", "end_turn"),
         ("length", "max_tokens"),
-        ("tool_calls", "tool_use"),
-        ("function_call", "tool_use"),
+        # Saying tool calls but sending none: an agent loop would look for a call to run.
+        ("tool_calls", "end_turn"),
+        ("function_call", "end_turn"),
         ("content_filter", "refusal"),
         (None, "end_turn"),
         ("something_new", "end_turn"),
@@ -159,6 +160,21 @@ def test_reasoning_content_wins_when_both_are_sent() -> None:
 def test_finish_reasons(finish_reason: str | None, stop_reason: str) -> None:
     got = _translate({"content": "x"}, finish_reason)
     assert got["stop_reason"] == stop_reason and got["stop_sequence"] is None
+
+
+def test_tool_calls_with_their_finish_reason_are_tool_use() -> None:
+    calls = [{"id": "call_1", "function": {"name": "f", "arguments": "{}"}}]
+    assert _translate({"tool_calls": calls}, "tool_calls")["stop_reason"] == "tool_use"
+
+
+@pytest.mark.parametrize("finish_reason", ["abort", "error"])
+def test_an_aborted_completion_is_an_upstream_error_not_a_finished_answer(
+    finish_reason: str,
+) -> None:
+    # vLLM ends a request cut short (an engine shutdown) with a 200 and finish_reason abort: a
+    # client told end_turn would take the truncated answer for a complete one.
+    with pytest.raises(UpstreamUnavailableError, match=f"finish_reason '{finish_reason}'"):
+        _translate({"content": "The answer is"}, finish_reason)
 
 
 def test_stop_with_tool_calls_is_tool_use() -> None:

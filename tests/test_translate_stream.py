@@ -360,6 +360,25 @@ def test_the_gateway_observer_reads_the_translated_stream() -> None:
     assert observer.message_id == MESSAGE_ID and observer.usage == translator.usage
 
 
+@pytest.mark.parametrize("finish_reason", ["abort", "error"])
+def test_an_aborted_stream_ends_with_an_error_event(finish_reason: str) -> None:
+    pieces = [
+        sse_data(chunk({"role": "assistant", "content": "The answer is"})),
+        sse_data(chunk({}, finish_reason)),
+        sse_data("[DONE]"),
+    ]
+    events = parse_events(translate(pieces))
+    assert events[-1][0] == "error"
+    assert f"finish_reason '{finish_reason}'" in events[-1][1]["error"]["message"]
+    assert "message_stop" not in [name for name, _ in events]
+
+
+def test_a_stream_saying_tool_calls_without_any_ends_its_turn() -> None:
+    pieces = [sse_data(chunk({"content": "I'll check."}, "tool_calls")), sse_data("[DONE]")]
+    delta = next(data for name, data in parse_events(translate(pieces)) if name == "message_delta")
+    assert delta["delta"]["stop_reason"] == "end_turn"
+
+
 def test_nothing_is_held_back() -> None:
     translator = StreamTranslator(model=MODEL, message_id=MESSAGE_ID, input_tokens=1)
     first = translator.feed(sse_data(chunk({"content": "Hel"})))

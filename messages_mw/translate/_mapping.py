@@ -10,6 +10,7 @@ from ..streaming import TokenUsage
 from ._openai import InMessage, InToolCall, InUsage, any_decoder, encoder
 
 __all__ = [
+    "ABORTED_FINISH_REASONS",
     "RAW_ARGUMENTS_KEY",
     "anthropic_usage",
     "arguments_chars",
@@ -36,15 +37,25 @@ def stop_reason(finish_reason: str | None, *, used_tools: bool, refused: bool) -
     """Anthropic ``stop_reason`` for an OpenAI ``finish_reason``.
 
     Some servers answer tool calls with ``stop`` (or nothing); a message that holds tool calls
-    then still ends in ``tool_use``, or clients would not run them. OpenAI does not say which
+    then still ends in ``tool_use``, or clients would not run them; one that holds none never
+    does. OpenAI does not say which
     stop sequence matched, so ``stop`` is always ``end_turn``.
     """
     mapped = _FINISH_REASONS.get(finish_reason or "stop", "end_turn")
+    if mapped == "tool_use" and not used_tools:
+        # An agent loop told tool_use looks for a call to run and would find none.
+        return "end_turn"
     if mapped == "end_turn" and used_tools:
         return "tool_use"
     if mapped == "end_turn" and refused:
         return "refusal"
     return mapped
+
+
+# finish_reason values that say the answer was cut off, not finished (vLLM's abort, for an
+# engine shutdown or a cancelled request): reported as an error, so that a client retries
+# instead of taking a truncated answer for a complete one.
+ABORTED_FINISH_REASONS = frozenset({"abort", "error"})
 
 
 def token_usage(usage: InUsage) -> TokenUsage:

@@ -14,6 +14,7 @@ from ..errors import UpstreamUnavailableError
 from ..protocol import DECODE_ERRORS, ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock
 from ..streaming import TokenUsage
 from ._mapping import (
+    ABORTED_FINISH_REASONS,
     anthropic_usage,
     generated_chars,
     output_estimate,
@@ -55,6 +56,10 @@ def to_anthropic_message(
     if choice is None or choice.message is None:
         raise UpstreamUnavailableError("upstream response holds no choices[0].message")
     reply = choice.message
+    if choice.finish_reason in ABORTED_FINISH_REASONS:
+        raise UpstreamUnavailableError(
+            f"upstream stopped the response early (finish_reason '{choice.finish_reason}')"
+        )
     if parsed.usage is not None:
         usage = token_usage(parsed.usage)
     else:

@@ -36,7 +36,13 @@ from ..protocol import (
 )
 from ..streaming import TokenUsage
 from ._blocks import BlockWriter
-from ._mapping import arguments_chars, output_estimate, stop_reason, token_usage
+from ._mapping import (
+    ABORTED_FINISH_REASONS,
+    arguments_chars,
+    output_estimate,
+    stop_reason,
+    token_usage,
+)
 from ._openai import InBody, InError, InMessage, body_decoder
 from ._sse import DataLines
 from ._tool_stream import ToolStreams
@@ -181,6 +187,10 @@ class StreamTranslator:
         self._blocks.emit(MessageStartEvent(message=message))
 
     def _end(self) -> None:
+        if self._finish_reason in ABORTED_FINISH_REASONS:
+            message = f"upstream stopped the response early (finish_reason '{self._finish_reason}')"
+            self._error("api_error", message)
+            return
         self._start()
         self._tools.close_open()
         self._blocks.stop()
