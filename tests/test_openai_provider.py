@@ -461,12 +461,50 @@ async def test_cancelling_a_stream_closes_the_upstream() -> None:
     assert stream.closed
 
 
-async def test_a_json_answer_to_a_stream_request_is_an_upstream_error() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=completion_json("Hi"))
+async def test_a_whole_completion_answering_a_stream_request_is_sent_as_the_stream() -> None:
+    # A server that ignores stream: a 502 would make the SDK retry, each retry a whole
+    # completion thrown away. The client gets the stream it asked for instead.
+    call = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
 
-    with pytest.raises(UpstreamUnavailableError, match="without a stream"):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=completion_json("Hi", tool_calls=[call]))
+
+    events = _events(await _read(await _provider(handler).send(_request(stream=True))))
+    names = [name for name, _ in events]
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    text = "".join(d["delta"].get("text", "") for n, d in events if n == "content_block_delta")
+    assert text == "Hi"
+    arguments = "".join(
+        d["delta"].get("partial_json", "") for n, d in events if n == "content_block_delta"
+    )
+    assert json.loads(arguments) == {"city": "Paris"}
+    delta = next(data for name, data in events if name == "message_delta")
+    assert delta["delta"]["stop_reason"] == "tool_use" and delta["usage"]["output_tokens"] == 7
+
+
+async def test_an_error_in_a_whole_answer_to_a_stream_request_is_that_error() -> None:
+    # A context overflow sent as a 200 JSON body keeps the wording Claude Code compacts on.
+    overflow = openai_error(
+        "This model's maximum context length is 8192 tokens.",
+        "invalid_request_error",
+        "context_length_exceeded",
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=overflow)
+
+    with pytest.raises(InvalidRequestError, match="prompt is too long"):
         await _provider(handler).send(_request(stream=True))
+
+
+async def test_a_stream_labelled_as_plain_text_is_still_translated() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = b"".join(completion_chunks(["Hel", "lo"]))
+        return httpx.Response(200, content=body, headers={"content-type": "text/plain"})
+
+    events = _events(await _read(await _provider(handler).send(_request(stream=True))))
+    text = "".join(d["delta"].get("text", "") for n, d in events if n == "content_block_delta")
+    assert text == "Hello" and events[-1][0] == "message_stop"
 
 
 async def test_count_tokens_is_a_local_estimate() -> None:

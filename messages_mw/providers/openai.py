@@ -23,11 +23,16 @@ from ..errors import (
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
-    UpstreamUnavailableError,
 )
 from ..protocol import DECODE_ERRORS, CountTokensResponse, ModelInfo, ModelList
 from ..streaming import frame_event
-from ..translate import StreamTranslator, to_anthropic_message, to_chat_completions, translate_error
+from ..translate import (
+    StreamTranslator,
+    completion_as_stream_data,
+    to_anthropic_message,
+    to_chat_completions,
+    translate_error,
+)
 from ..validation import decode_count_tokens_request, describe_decode_error
 from .anthropic import UPSTREAM_READ_ERRORS, relay_upstream_chunks, translate_transport_error
 from .base import Provider, ProviderRequest, ProviderResponse, read_bounded
@@ -200,9 +205,9 @@ class OpenAIProvider:
             status, error = translate_error(response.status_code, body)
             return ProviderResponse(status, _error_headers(response), body=error)
         if request.stream:
-            raise UpstreamUnavailableError(
-                f"The upstream {self._origin} answered a streaming request without a stream."
-            )
+            # Not a 502 that the SDK would retry, each retry a whole completion thrown away:
+            # the stream the client asked for, or the error the body holds.
+            return self._whole_as_stream(body, model, estimate_input_tokens(request.body))
         message = to_anthropic_message(
             body,
             model=model,
@@ -210,6 +215,22 @@ class OpenAIProvider:
             estimate_input=lambda: estimate_input_tokens(request.body),
         )
         return ProviderResponse(200, list(_JSON_HEADERS), body=message)
+
+    def _whole_as_stream(self, body: bytes, model: str, input_tokens: int) -> ProviderResponse:
+        """A whole answer to a streaming request: SSE the server labelled otherwise, or a
+        completion from a server that ignored ``stream``, translated as one stream."""
+        translator = StreamTranslator(
+            model=model, message_id=_new_message_id(), input_tokens=input_tokens
+        )
+        head = body.lstrip()[:6]
+        looks_like_sse = head.startswith((b"data:", b"event:", b":"))
+        data = body if looks_like_sse else completion_as_stream_data(body)
+        events = translator.start() + translator.feed(data) + translator.finish()
+
+        async def whole() -> AsyncIterator[bytes]:
+            yield events
+
+        return ProviderResponse(200, list(_SSE_HEADERS), chunks=whole(), ended=lambda: True)
 
     def _stream(self, response: httpx.Response, model: str, input_tokens: int) -> ProviderResponse:
         translator = StreamTranslator(

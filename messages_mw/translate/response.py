@@ -23,10 +23,10 @@ from ._mapping import (
     tool_id,
     tool_input,
 )
-from ._openai import InBody, InFunction, InMessage, body_decoder
+from ._openai import InBody, InFunction, InMessage, any_decoder, body_decoder, encoder
 from .errors import upstream_error
 
-__all__ = ["to_anthropic_message"]
+__all__ = ["completion_as_stream_data", "to_anthropic_message"]
 
 _message_encoder = msgspec.json.Encoder()
 
@@ -80,6 +80,30 @@ def to_anthropic_message(
         usage=anthropic_usage(usage),
     )
     return _message_encoder.encode(message)
+
+
+def completion_as_stream_data(body: bytes) -> bytes:
+    """A whole 2xx Chat Completions body as the ``data:`` lines of the one-chunk stream that
+    says the same, for :class:`~messages_mw.translate.StreamTranslator`: what a server that
+    ignored ``stream: true`` means. Raises as :func:`to_anthropic_message` does for an error
+    object or a body that is not a completion."""
+    parsed = _decode(body)
+    error = parsed.error_detail()
+    if error is not None:
+        raise upstream_error(error)
+    choice = parsed.first_choice()
+    if choice is None or choice.message is None:
+        raise UpstreamUnavailableError("upstream response holds no choices[0].message")
+    document = any_decoder.decode(body)
+    whole = next(c for c in document["choices"] if c.get("index", 0) == 0)
+    delta = whole["message"]
+    # A message's tool calls have no index; a delta's must, to tell the calls apart.
+    for position, call in enumerate(delta.get("tool_calls") or ()):
+        call.setdefault("index", position)
+    chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": choice.finish_reason}]}
+    if document.get("usage") is not None:
+        chunk["usage"] = document["usage"]
+    return b"data: " + encoder.encode(chunk) + b"\n\ndata: [DONE]\n\n"
 
 
 def _decode(body: bytes) -> InBody:
