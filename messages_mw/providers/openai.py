@@ -26,13 +26,8 @@ from ..errors import (
 )
 from ..protocol import DECODE_ERRORS, CountTokensResponse, ModelInfo, ModelList
 from ..streaming import frame_event
-from ..translate import (
-    StreamTranslator,
-    completion_as_stream_data,
-    to_anthropic_message,
-    to_chat_completions,
-    translate_error,
-)
+from ..translate import StreamTranslator, to_anthropic_message, to_chat_completions, translate_error
+from ..translate.response import completion_as_stream_data
 from ..validation import decode_count_tokens_request, describe_decode_error
 from .anthropic import UPSTREAM_READ_ERRORS, relay_upstream_chunks, translate_transport_error
 from .base import Provider, ProviderRequest, ProviderResponse, read_bounded

@@ -8,13 +8,12 @@ shapes, and :func:`translate_error` its error responses. The mapping table is in
 from .errors import translate_error
 from .quirks import OpenAIQuirks
 from .request import to_chat_completions
-from .response import completion_as_stream_data, to_anthropic_message
+from .response import to_anthropic_message
 from .stream import StreamTranslator
 
 __all__ = [
     "OpenAIQuirks",
     "StreamTranslator",
-    "completion_as_stream_data",
     "to_anthropic_message",
     "to_chat_completions",
     "translate_error",
