@@ -69,6 +69,26 @@ def test_max_tokens_field_quirk() -> None:
     assert got["max_tokens"] == 1024 and "max_completion_tokens" not in got
 
 
+def test_reasoning_history_quirk_sends_thinking_back_as_reasoning_content() -> None:
+    # DeepSeek's thinking mode answers 400 to a tool-call turn without its reasoning_content.
+    thinking = {"type": "thinking", "thinking": "Need the weather.", "signature": ""}
+    call = {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Paris"}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": [thinking, call]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "9C"}],
+        },
+    ]
+    kept = _translate(OpenAIQuirks(reasoning_history="reasoning_content"), messages=messages)
+    assistant = kept["messages"][1]
+    assert assistant["reasoning_content"] == "Need the weather."
+    assert assistant["tool_calls"][0]["id"] == "call_1"
+    dropped = _translate(messages=messages)["messages"][1]
+    assert "reasoning_content" not in dropped
+
+
 def test_stream_and_usage_chunk() -> None:
     got = _translate(stream=True)
     assert got["stream"] is True and got["stream_options"] == {"include_usage": True}

@@ -82,7 +82,8 @@ class ToolResult(msgspec.Struct, tag="tool_result", tag_field="type"):
 
 
 class ThinkingBlock(msgspec.Struct, tag="thinking", tag_field="type"):
-    pass
+    # Read only for upstreams that want their reasoning back (quirks.reasoning_history).
+    thinking: str = ""
 
 
 class RedactedThinkingBlock(msgspec.Struct, tag="redacted_thinking", tag_field="type"):

@@ -61,6 +61,7 @@ class _Turn:
     parts: list[Part] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str = ""
+    reasoning: list[str] = field(default_factory=list)
 
 
 def convert_messages(request: Request, quirks: OpenAIQuirks) -> list[ChatMessage]:
@@ -92,6 +93,7 @@ def _append(turns: list[_Turn], turn: _Turn, quirks: OpenAIQuirks) -> None:
     if quirks.strict_roles and last and last.role == turn.role and turn.role != "tool":
         last.parts.extend(turn.parts)
         last.tool_calls.extend(turn.tool_calls)
+        last.reasoning.extend(turn.reasoning)
     else:
         turns.append(turn)
 
@@ -101,7 +103,10 @@ def _finish(turn: _Turn) -> ChatMessage:
         return ChatMessage("tool", _content(turn.parts), tool_call_id=turn.tool_call_id)
     if turn.role == "assistant":
         content = _content(turn.parts) if turn.parts else None
-        return ChatMessage("assistant", content, tool_calls=turn.tool_calls or UNSET)
+        reasoning = "".join(turn.reasoning) if turn.reasoning else UNSET
+        return ChatMessage(
+            "assistant", content, tool_calls=turn.tool_calls or UNSET, reasoning_content=reasoning
+        )
     return ChatMessage(turn.role, _content(turn.parts))
 
 
@@ -114,7 +119,7 @@ def _convert(message: Message, path: str, quirks: OpenAIQuirks) -> list[_Turn]:
     if message.role == "system":
         return [_Turn("system", _system_parts(message.content, f"{path}.content"))]
     if message.role == "assistant":
-        return [_assistant_turn(message.content, path)]
+        return [_assistant_turn(message.content, path, quirks)]
     return _user_turns(message.content, path, quirks)
 
 
@@ -129,8 +134,9 @@ def _system_parts(content: str | list[Block], path: str) -> list[Part]:
     return parts
 
 
-def _assistant_turn(content: str | list[Block], path: str) -> _Turn:
+def _assistant_turn(content: str | list[Block], path: str, quirks: OpenAIQuirks) -> _Turn:
     turn = _Turn("assistant")
+    keep_reasoning = quirks.reasoning_history == "reasoning_content"
     if isinstance(content, str):
         turn.parts.append(TextPart(content))
         return turn
@@ -140,6 +146,8 @@ def _assistant_turn(content: str | list[Block], path: str) -> _Turn:
         elif isinstance(block, ToolUse):
             arguments = encoder.encode(block.input).decode()
             turn.tool_calls.append(ToolCall(block.id, FunctionCall(block.name, arguments)))
+        elif keep_reasoning and isinstance(block, ThinkingBlock):
+            turn.reasoning.append(block.thinking)
         elif not isinstance(block, _DROPPED):
             raise UnsupportedByProviderError(
                 f"{path}.content.{number}: {_tag(block)} blocks in assistant messages are not "

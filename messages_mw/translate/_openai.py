@@ -82,6 +82,7 @@ class ChatMessage(msgspec.Struct):
     content: str | list[Part] | None
     tool_calls: list[ToolCall] | UnsetType = UNSET
     tool_call_id: str | UnsetType = UNSET
+    reasoning_content: str | UnsetType = UNSET
 
 
 class FunctionDef(msgspec.Struct):

@@ -22,7 +22,10 @@ class OpenAIQuirks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     for upstreams that reject them. ``system_first``: fold every system message (Claude Code
     sends one inside ``messages``) into a single leading one, for chat templates that accept a
     system message only first. ``max_output_tokens``: cap the output limit sent upstream
-    (Claude Code asks for 128000, more than many local models allow).
+    (Claude Code asks for 128000, more than many local models allow). ``reasoning_history``:
+    ``"reasoning_content"`` sends an assistant turn's thinking back as its
+    ``reasoning_content`` (DeepSeek's thinking mode refuses a tool-call turn without it);
+    ``"drop"`` leaves it out, as most servers want.
     """
 
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_completion_tokens"
@@ -33,3 +36,4 @@ class OpenAIQuirks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     strict_roles: bool = True
     system_first: bool = False
     max_output_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    reasoning_history: Literal["drop", "reasoning_content"] = "drop"
