@@ -655,6 +655,19 @@ def test_name_arriving_late_and_missing_ids() -> None:
     ]
 
 
+def test_calls_with_neither_index_nor_id_are_told_apart_by_name() -> None:
+    raw = [
+        _tool(None, name="get_weather", args='{"city":'),
+        _tool(None, args='"Paris"}'),
+        _tool(None, name="get_time", args='{"zone":"UTC"}'),
+        sse_data(chunk({}, "tool_calls")),
+    ]
+    assert _tool_blocks(translate(raw)) == [
+        (f"toolu_{MESSAGE_ID}_0", "get_weather", '{"city":"Paris"}'),
+        (f"toolu_{MESSAGE_ID}_1", "get_time", '{"zone":"UTC"}'),
+    ]
+
+
 def test_every_call_numbered_zero_with_distinct_ids() -> None:
     raw = [
         _tool(0, cid="a", name="A", args='{"n": 1}'),

@@ -97,12 +97,16 @@ class ToolStreams:
 
     def _call_for(self, delta: InToolCall) -> _Call:
         # A missing index is its own slot (-1). A new id at a known index is a new call: some
-        # servers number every call 0.
+        # servers number every call 0. So is a new name, for servers that send neither index
+        # nor id (a repeated name may be the same call resent, so only a different one counts).
         slot = -1 if delta.index is None else delta.index
         key = self._keys.get(slot)
         if key is not None:
             known = self._calls[key]
-            if not (delta.id and known.id and delta.id != known.id):
+            name = delta.function.name if delta.function is not None else None
+            new_id = delta.id and known.id and delta.id != known.id
+            new_name = name and known.name and name != known.name
+            if not (new_id or new_name):
                 return known
         key = self._keys[slot] = len(self._calls)
         call = self._calls[key] = _Call(key)
