@@ -668,6 +668,41 @@ def test_calls_with_neither_index_nor_id_are_told_apart_by_name() -> None:
     ]
 
 
+def test_arguments_resent_so_far_with_every_piece_are_sent_once() -> None:
+    # DeepSeek- and Qianfan-style servers repeat the arguments so far in every chunk.
+    raw = [
+        _tool(0, cid="a", name="get_weather", args='{"city'),
+        _tool(0, args='{"city": "Pa'),
+        _tool(0, args='{"city": "Paris", "unit": "C"}'),
+        sse_data(chunk({}, "tool_calls")),
+    ]
+    [(_, _, arguments)] = _tool_blocks(translate(raw))
+    assert json.loads(arguments) == {"city": "Paris", "unit": "C"}
+
+
+def test_arguments_resent_whole_at_the_end_are_dropped() -> None:
+    # GLM-style servers send the complete arguments once more in the last chunk.
+    raw = [
+        _tool(0, cid="a", name="get_weather", args='{"city": '),
+        _tool(0, args='"Paris"}'),
+        _tool(0, args='{"city":"Paris"}'),
+        sse_data(chunk({}, "tool_calls")),
+    ]
+    [(_, _, arguments)] = _tool_blocks(translate(raw))
+    assert json.loads(arguments) == {"city": "Paris"}
+
+
+def test_a_piece_that_begins_like_the_arguments_so_far_is_kept_where_an_object_may_start() -> None:
+    # {"a":{"a":1}} cut after the first colon: the second piece is real, not a resend.
+    raw = [
+        _tool(0, cid="a", name="f", args='{"a":'),
+        _tool(0, args='{"a":1}}'),
+        sse_data(chunk({}, "tool_calls")),
+    ]
+    [(_, _, arguments)] = _tool_blocks(translate(raw))
+    assert json.loads(arguments) == {"a": {"a": 1}}
+
+
 def test_every_call_numbered_zero_with_distinct_ids() -> None:
     raw = [
         _tool(0, cid="a", name="A", args='{"n": 1}'),

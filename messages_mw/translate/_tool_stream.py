@@ -29,6 +29,7 @@ class _Call:
     id: str | None = None
     name: str | None = None
     parts: list[str] = field(default_factory=list)
+    length: int = 0  # of the parts together
     sent: int = 0
     started: bool = False
     closed: bool = False
@@ -42,6 +43,36 @@ class _Call:
         except DECODE_ERRORS:
             return False
         return True
+
+    def add(self, fragment: str) -> None:
+        """Add an arguments fragment, less what the call already has: some servers resend
+        the arguments so far with every piece (DeepSeek, Qianfan), or all of them once more
+        at the end (GLM), which appended would make the client's JSON invalid."""
+        # Only a piece as long as everything so far, or one opening an object, can be a
+        # resend: cheap tests first, as real pieces are a few characters each.
+        resend = len(fragment) >= self.length or fragment.lstrip().startswith("{")
+        if self.parts and resend:
+            if self.complete():
+                if _is_json(fragment):
+                    return  # the whole arguments again: appended, the JSON would be broken
+            elif len(fragment) >= self.length:
+                so_far = "".join(self.parts)
+                # Where an object may start (after ':', '[' or ','), a real piece could begin
+                # with everything so far ({"a":{"a":1}}): only elsewhere is it surely a resend.
+                nested = so_far.rstrip().endswith((":", "[", ","))
+                if not nested and fragment.startswith(so_far):
+                    fragment = fragment[len(so_far) :]
+        if fragment:
+            self.parts.append(fragment)
+            self.length += len(fragment)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        any_decoder.decode(text)
+    except DECODE_ERRORS:
+        return False
+    return True
 
 
 class ToolStreams:
@@ -67,7 +98,7 @@ class ToolStreams:
             call.name = call.name or delta.function.name
             fragment = arguments_text(delta.function.arguments)
             if fragment:
-                call.parts.append(fragment)
+                call.add(fragment)
         if call.closed:
             return
         if call.started:
