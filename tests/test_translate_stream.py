@@ -626,18 +626,37 @@ def test_incomplete_open_call_is_flushed_at_the_end() -> None:
     ]
 
 
-def test_text_after_a_tool_closes_it_and_flushes_waiting_calls() -> None:
+def test_text_amid_a_tool_calls_arguments_waits_for_them_to_complete() -> None:
+    # Some servers stream content alongside tool calls: a text block started at once would
+    # close the call's block, and the rest of its arguments could never be sent.
     raw = [
         _tool(0, cid="a", name="A", args='{"x'),
         _tool(1, cid="b", name="B", args="{}"),
         sse_data(chunk({"content": "then text"})),
-        _tool(0, args='": 1}'),  # after its block closed: cannot be sent any more
+        _tool(0, args='": 1}'),
         sse_data(chunk({}, "stop")),
     ]
     sse = translate(raw)
-    assert _tool_blocks(sse) == [("a", "A", '{"x'), ("b", "B", "{}")]
+    assert _tool_blocks(sse) == [("a", "A", '{"x": 1}'), ("b", "B", "{}")]
     events = check_grammar(sse)
+    texts = [
+        data["delta"]["text"]
+        for name, data in events
+        if name == "content_block_delta" and data["delta"]["type"] == "text_delta"
+    ]
+    assert texts == ["then text"]
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_text_held_for_arguments_that_never_complete_comes_out_at_the_end() -> None:
+    raw = [
+        _tool(0, cid="a", name="A", args='{"x": "cut'),
+        sse_data(chunk({"content": "\n"})),
+        sse_data(chunk({}, "tool_calls")),
+    ]
+    events = check_grammar(translate(raw))
+    assert _tool_blocks(translate(raw)) == [("a", "A", '{"x": "cut')]
+    assert [d["delta"].get("text") for n, d in events if n == "content_block_delta"][-1] == "\n"
 
 
 def test_name_arriving_late_and_missing_ids() -> None:

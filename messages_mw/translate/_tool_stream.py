@@ -7,8 +7,8 @@ When a new call shows up while the open call's arguments are not yet a complete 
 the new call waits (its fragments buffered) until the open one completes, then it starts and
 its buffer is flushed; it is never the other way round, so nothing is held to the end unless
 the upstream really interleaves. A fragment for a call whose block was already closed can
-only be whitespace after a complete object (dropped), or come after text forced the block
-shut (lost; no server is known to do this).
+only be whitespace after a complete object (dropped): text that arrives while a call's
+arguments are incomplete waits for them (see :meth:`ToolStreams.open_incomplete`).
 """
 
 from __future__ import annotations
@@ -89,6 +89,11 @@ class ToolStreams:
     @property
     def has_calls(self) -> bool:
         return bool(self._calls)
+
+    def open_incomplete(self) -> bool:
+        """Whether a call's block is open and its arguments are not yet complete JSON."""
+        call = self._open
+        return call is not None and not call.closed and not call.complete()
 
     def feed(self, delta: InToolCall) -> None:
         call = self._call_for(delta)

@@ -75,6 +75,9 @@ class StreamTranslator:
         self._generated = 0
         self._finish_reason: str | None = None
         self._refused = False
+        # Text or thinking that arrived while a tool call's arguments were incomplete, held
+        # until they complete: starting its block would close the call's block for good.
+        self._held: list[tuple[str, str]] = []
         self._wrote_text = False
         self._started = False
         self._ended = False
@@ -159,11 +162,24 @@ class StreamTranslator:
             self._generated += arguments_chars(delta.tool_calls)
             for call in delta.tool_calls:
                 self._tools.feed(call)
+        if self._held and not self._tools.open_incomplete():
+            self._release_held()
 
     def _write(self, kind: str, text: str | None) -> None:
         if not text:
             return
         self._generated += len(text)
+        if self._tools.open_incomplete():
+            self._held.append((kind, text))
+            return
+        self._emit(kind, text)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        for kind, text in held:
+            self._emit(kind, text)
+
+    def _emit(self, kind: str, text: str) -> None:
         if self._blocks.open_kind != kind:
             self._tools.close_open()
             if kind == "text":
@@ -187,6 +203,9 @@ class StreamTranslator:
         self._blocks.emit(MessageStartEvent(message=message))
 
     def _end(self) -> None:
+        if self._held:
+            self._tools.close_open()
+            self._release_held()
         if self._finish_reason in ABORTED_FINISH_REASONS:
             message = f"upstream stopped the response early (finish_reason '{self._finish_reason}')"
             self._error("api_error", message)
