@@ -30,13 +30,13 @@ def is_secret_header(name: str) -> bool:
 
 
 def url_without_password(url: str) -> str:
-    """``url`` with any password in its user info and its whole query replaced."""
+    """``url`` with its user info and its query replaced: either may hold a credential (a
+    token alone before the ``@`` is as secret as a password after a ``:``)."""
     parts = urlsplit(url)
-    user, at, host = parts.netloc.rpartition("@")
-    if at and ":" in user:
-        user = user.partition(":")[0] + ":" + REDACTED
+    _, at, host = parts.netloc.rpartition("@")
+    netloc = f"{REDACTED}@{host}" if at else host
     query = REDACTED if parts.query else ""
-    return urlunsplit((parts.scheme, f"{user}{at}{host}", parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def repr_without_secrets(struct: msgspec.Struct) -> str:

@@ -80,6 +80,8 @@ def _never_blocks(stream: IO[bytes] | TextIO) -> bool:
         descriptor = stream.fileno()
     except (OSError, ValueError):  # no descriptor: an in-memory stream
         return True
+    except AttributeError:  # not a file-like object at all: nothing is known of it
+        return False
     try:
         mode = os.fstat(descriptor).st_mode
     except OSError:
@@ -95,8 +97,11 @@ def _handlers_never_block(logger: logging.Logger) -> bool:
     while current is not None:
         handlers += current.handlers
         current = current.parent if current.propagate else None
+    # A handler opened with delay=True has no stream until its first record: unknown.
     return bool(handlers) and all(
-        isinstance(handler, logging.StreamHandler) and _never_blocks(handler.stream)
+        isinstance(handler, logging.StreamHandler)
+        and handler.stream is not None
+        and _never_blocks(handler.stream)
         for handler in handlers
     )
 

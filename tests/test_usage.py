@@ -239,6 +239,11 @@ def test_the_log_sink_writes_on_the_loop_only_where_a_write_cannot_stall(
         dispatcher = UsageDispatcher([LogUsageSink()])
         assert dispatcher._sync_sinks and not dispatcher._inline_sinks
     os.close(read_end)
+    # A file handler opened with delay=True has no stream yet: unknown, and no crash.
+    usage_logger.handlers.clear()
+    usage_logger.addHandler(logging.FileHandler(tmp_path / "later.log", delay=True))
+    assert not LogUsageSink().nonblocking
+    usage_logger.handlers[0].close()
 
 
 def test_a_full_queue_drops_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -615,6 +620,8 @@ def test_a_logged_request_or_config_shows_no_credential() -> None:
             base_url=f"https://user:{SECRET_KEY}@llm.example/v1?key={SECRET_KEY}",
             api_key=SECRET_KEY,
         ),
+        # A token alone as the user name is as secret as a password.
+        upstreams={"proxy": UpstreamConfig(base_url=f"https://{SECRET_KEY}@proxy.example")},
         openai_upstreams={
             "local": OpenAIUpstreamConfig(
                 base_url="http://127.0.0.1:8000/v1",
