@@ -8,6 +8,7 @@ once more from its own builtins, at construction, where a mistake costs one exce
 
 from __future__ import annotations
 
+import os
 from typing import TypeVar
 
 import msgspec
@@ -26,8 +27,15 @@ def check_config(config: _S, name: str) -> _S:
     :class:`ConfigError` naming the key, e.g. ``config: Invalid enum value 'statik' - at
     `$.auth.mode```. ``name`` leads the message."""
     try:
-        msgspec.convert(msgspec.to_builtins(config), type(config))
+        msgspec.convert(msgspec.to_builtins(config, enc_hook=_as_builtin), type(config))
     except (msgspec.ValidationError, TypeError) as exc:
         # TypeError: a value msgspec cannot even represent (a set where a tuple belongs).
         raise ConfigError(f"{name}: {exc}") from None
     return config
+
+
+def _as_builtin(value: object) -> object:
+    # A path where a file name is expected (usage_file) is what the gateway opens anyway.
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")

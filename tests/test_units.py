@@ -171,6 +171,13 @@ def test_a_config_built_in_code_is_checked_as_a_file_would_be(
     assert named in str(caught.value) and str(caught.value).startswith("config: ")
 
 
+def test_a_path_is_a_file_name_to_the_config_check(tmp_path: Path) -> None:
+    # open() takes one, so a config that names usage_file by a Path must keep building.
+    config = GatewayConfig(usage_file=tmp_path / "usage.jsonl")  # type: ignore[arg-type]
+    asyncio.run(Gateway(config).aclose())
+    assert (tmp_path / "usage.jsonl").exists()
+
+
 def test_a_rate_limiter_built_in_code_checks_its_config() -> None:
     with pytest.raises(ConfigError, match=r"^limits: .*`\$\.store`"):
         RateLimiter(LimitsConfig(store="redsi"))  # type: ignore[arg-type]
