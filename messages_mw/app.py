@@ -17,7 +17,13 @@ from types import TracebackType
 
 from starlette.middleware.cors import CORSMiddleware
 
-from .assembly import build_model_directory, build_policy, build_providers
+from .assembly import (
+    build_model_directory,
+    build_policy,
+    build_providers,
+    keyed_elsewhere,
+    openai_without_credentials,
+)
 from .body_edit import edit_top_level
 from .closing import close_all
 from .config import GatewayConfig
@@ -152,17 +158,7 @@ class Gateway:
             for name, each in self._providers.items()
         }
         self._model_source = build_model_directory(self._providers, self.config.provider)
-        # Providers a key's virtual key or a client's own key must not reach: every one but
-        # the default, except configured upstreams without a key of their own (which a host
-        # has not replaced with a provider of its own).
-        keyless = {
-            name
-            for name, upstream in self.config.upstreams.items()
-            if not upstream.api_key and name not in (providers or {})
-        }
-        self._keyed_elsewhere = frozenset(
-            name for name in self._providers if name != self.config.provider and name not in keyless
-        )
+        self._keyed_elsewhere = keyed_elsewhere(self.config, self._providers, providers)
         self._policy = build_policy(
             self.config,
             list(self._providers),
@@ -172,7 +168,7 @@ class Gateway:
             router=router,
             limiter=limiter,
             usage_sinks=usage_sinks,
-            keyed_providers=self._keyed_elsewhere,
+            keyed_providers=self._keyed_elsewhere - openai_without_credentials(self.config),
         )
         self._breaker = CircuitBreaker(self.config.fallback.breaker)
         self._headers = self.config.headers.resolved()
@@ -403,9 +399,10 @@ class Gateway:
         async def attempt(target: Target) -> ProviderResponse:
             return await self._send_to(target, plan, scope, context)
 
-        await run_watching_disconnect(
-            receive, self._run_chain(plan, attempt, send, context), context
-        )
+        # Without the breakers: counting often works while messages fail (and an OpenAI
+        # target counts locally), so its successes would keep a failing target's circuit shut.
+        chain = self._run_chain(plan, attempt, send, context, use_breaker=False)
+        await run_watching_disconnect(receive, chain, context)
 
     async def _models(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
@@ -476,7 +473,10 @@ class Gateway:
         attempt: Callable[[Target], Awaitable[ProviderResponse]],
         send: Send,
         context: RequestContext,
+        *,
+        use_breaker: bool = True,
     ) -> None:
+        """Run ``plan``'s chain and relay its answer, with the circuit breakers or not."""
         # Only a stream is ever held back (JSON answers are final as they come).
         held = HeldStream() if context.stream else None
         try:
@@ -484,7 +484,7 @@ class Gateway:
                 plan.chain,
                 attempt,
                 policy=self.config.fallback.retry,
-                breaker=self._breaker,
+                breaker=self._breaker if use_breaker else None,
                 stream=context.stream,
                 attempts=context.attempts,
                 held=held,

@@ -11,6 +11,7 @@ from .limits import RateLimiter
 from .policy import Policy
 from .pricing import DEFAULT_PRICES, PricingTable
 from .providers.base import Provider
+from .redaction import is_secret_header
 from .routing import TargetResolver
 from .usage import JsonLinesSink, LogUsageSink, UsageDispatcher, UsageSink
 
@@ -69,6 +70,32 @@ def build_model_directory(providers: Mapping[str, Provider], default: str) -> Pr
         if name != default and isinstance(provider, OpenAIProvider)
     }
     return ModelDirectory(providers[default], listed) if listed else providers[default]
+
+
+def keyed_elsewhere(
+    config: GatewayConfig, built: Mapping[str, Provider], given: Mapping[str, Provider] | None
+) -> frozenset[str]:
+    """Providers a key's virtual key or a client's own key must not reach: every one but the
+    default, except configured upstreams without a key of their own (which a host has not
+    replaced with a provider of its own, whose credentials the config cannot know)."""
+    keyless = {
+        name
+        for name, upstream in config.upstreams.items()
+        if not upstream.api_key and name not in (given or {})
+    }
+    return frozenset(name for name in built if name != config.provider and name not in keyless)
+
+
+def openai_without_credentials(config: GatewayConfig) -> frozenset[str]:
+    """Configured OpenAI-compatible upstreams that send no credential of the operator's (a
+    local model): they never get a client's or virtual key either, but no key of the gateway's
+    is spent there, so passthrough callers may name them."""
+    return frozenset(
+        name
+        for name, upstream in config.openai_upstreams.items()
+        if upstream.api_key is None
+        and not any(is_secret_header(header.lower()) for header in upstream.extra_headers)
+    )
 
 
 def build_policy(

@@ -14,6 +14,7 @@ import pytest
 
 from messages_mw import (
     AnthropicProvider,
+    BreakerPolicy,
     FallbackConfig,
     Gateway,
     GatewayConfig,
@@ -819,3 +820,37 @@ def test_count_tokens_falls_back_through_the_messages_chain() -> None:
     assert response.headers["x-mw-provider"] == "backup"
     assert response.headers["x-mw-fallback-used"] == "1"
     assert json.loads(seen[0])["model"] == "claude-haiku-4-5"
+
+
+def test_count_tokens_never_keeps_a_failing_targets_circuit_shut() -> None:
+    # Counting often works while messages fail: its successes, between every turn of Claude
+    # Code, would reset the breaker each time, and every message would pay for the 529 first.
+    def primary(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("count_tokens"):
+            return httpx.Response(200, json={"input_tokens": 5})
+        return httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error"}})
+
+    def backup(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=message_json("claude-haiku-4-5"))
+
+    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
+        settings = UpstreamConfig(base_url="http://upstream.test")
+        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+
+    fallback = FallbackConfig(
+        default_chain=("backup/claude-haiku-4-5",), breaker=BreakerPolicy(failure_threshold=2)
+    )
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        GatewayConfig(fallback=fallback),
+        providers={"anthropic": provider(primary), "backup": provider(backup)},
+        on_request_end=finished.append,
+    )
+    # The same target as the messages: breakers are per provider and model.
+    count = json.dumps({"model": json.loads(CHAT)["model"], "messages": _HELLO}).encode()
+    for _ in range(3):
+        assert run(_post(gateway, CHAT)).status_code == 200
+        assert run(_post(gateway, count, "/v1/messages/count_tokens")).status_code == 200
+    # The third message found the primary's circuit open: no 529 paid for first.
+    third = [event for event in finished if event.path == "/v1/messages"][2]
+    assert third.attempts[0].error_type == "circuit_open"

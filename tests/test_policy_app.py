@@ -23,6 +23,7 @@ from messages_mw import (
     UsageEvent,
 )
 from messages_mw.auth import ApiKeyConfig, AuthConfig
+from messages_mw.config import OpenAIUpstreamConfig
 from messages_mw.errors import PermissionDeniedError
 from messages_mw.fallback import Target
 from messages_mw.hooks import IncomingRequest, RouteHook
@@ -30,6 +31,7 @@ from messages_mw.limits import LimitRule, LimitsConfig, RateLimiter
 from messages_mw.providers.base import ProviderRequest, ProviderResponse
 
 from .inprocess import Recorder, client_for, make_gateway, post_scope, run
+from .openai_upstream import completion_json
 from .servers import message_json
 
 
@@ -232,6 +234,25 @@ def test_count_tokens_holds_the_key_to_its_model_allow_list() -> None:
     assert refused.json()["error"]["message"].startswith("model:")
     assert recorder.requests == []
     assert run(count("claude-haiku-4-5")).json() == {"input_tokens": 7}
+
+
+def test_passthrough_callers_may_name_a_local_model_that_gets_no_key_at_all() -> None:
+    # A key-less OpenAI-compatible upstream (vLLM, Ollama) spends no key of the gateway's.
+    seen: list[httpx.Request] = []
+
+    def local(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=completion_json("Hi"))
+
+    settings = OpenAIUpstreamConfig(base_url="http://local.test/v1")
+    config = GatewayConfig(
+        auth=AuthConfig(mode="passthrough"), openai_upstreams={"local": settings}
+    )
+    provider = OpenAIProvider(settings, name="local", transport=httpx.MockTransport(local))
+    gateway = Gateway(config, providers={"local": provider})
+    response = run(_post(gateway, _body(model="local/llama3"), **{"x-api-key": "anything"}))
+    assert response.status_code == 200
+    assert "authorization" not in seen[0].headers and "x-api-key" not in seen[0].headers
 
 
 def test_a_bare_allowed_model_never_opens_another_providers_model_in_the_body() -> None:
