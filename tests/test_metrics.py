@@ -49,6 +49,16 @@ def make_event(**fields: Any) -> UsageEvent:
     return UsageEvent(**values)
 
 
+# The request counter's labels, all but model, for a chat that succeeded directly.
+OK_CHAT_LABELS = {
+    "operation": "chat",
+    "error_type": "",
+    "status": "200",
+    "provider": "anthropic",
+    "fallback": "false",
+}
+
+
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
     return registry.get_sample_value(name, labels)
 
@@ -150,13 +160,7 @@ def test_prometheus_caps_the_number_of_model_labels() -> None:
     for model in ("a", "b", "c", "d", "a"):
         sink(make_event(served_model=model, requested_model=model))
     registry = sink.registry
-    labels = {
-        "operation": "chat",
-        "error_type": "",
-        "status": "200",
-        "provider": "anthropic",
-        "fallback": "false",
-    }
+    labels = OK_CHAT_LABELS
     assert _value(registry, "gw_requests_total", model="a", **labels) == 2
     assert _value(registry, "gw_requests_total", model="b", **labels) == 1
     assert _value(registry, "gw_requests_total", model="other", **labels) == 2
@@ -243,13 +247,7 @@ def test_prometheus_sink_behind_a_dispatcher() -> None:
         await dispatcher.aclose()
 
     asyncio.run(main())
-    labels = {
-        "operation": "chat",
-        "error_type": "",
-        "status": "200",
-        "provider": "anthropic",
-        "fallback": "false",
-    }
+    labels = OK_CHAT_LABELS
     model = "claude-sonnet-4-5"
     assert _value(sink.registry, "messages_mw_requests_total", model=model, **labels) == 5
 

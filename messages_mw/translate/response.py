@@ -23,7 +23,15 @@ from ._mapping import (
     tool_id,
     tool_input,
 )
-from ._openai import InBody, InFunction, InMessage, any_decoder, body_decoder, encoder
+from ._openai import (
+    InBody,
+    InChoice,
+    InFunction,
+    InMessage,
+    any_decoder,
+    body_decoder,
+    encoder,
+)
 from .errors import upstream_error
 
 __all__ = ["completion_as_stream_data", "to_anthropic_message"]
@@ -48,14 +56,7 @@ def to_anthropic_message(
     completion, and the mapped :class:`~messages_mw.errors.GatewayError` subclass for an error
     object sent with a 2xx status.
     """
-    parsed = _decode(body)
-    error = parsed.error_detail()
-    if error is not None:
-        raise upstream_error(error)
-    choice = parsed.first_choice()
-    if choice is None or choice.message is None:
-        raise UpstreamUnavailableError("upstream response holds no choices[0].message")
-    reply = choice.message
+    parsed, choice, reply = _completion(body)
     if choice.finish_reason in ABORTED_FINISH_REASONS:
         raise UpstreamUnavailableError(
             f"upstream stopped the response early (finish_reason '{choice.finish_reason}')"
@@ -87,13 +88,7 @@ def completion_as_stream_data(body: bytes) -> bytes:
     says the same, for :class:`~messages_mw.translate.StreamTranslator`: what a server that
     ignored ``stream: true`` means. Raises as :func:`to_anthropic_message` does for an error
     object or a body that is not a completion."""
-    parsed = _decode(body)
-    error = parsed.error_detail()
-    if error is not None:
-        raise upstream_error(error)
-    choice = parsed.first_choice()
-    if choice is None or choice.message is None:
-        raise UpstreamUnavailableError("upstream response holds no choices[0].message")
+    _, choice, _ = _completion(body)
     document = any_decoder.decode(body)
     whole = next(c for c in document["choices"] if c.get("index", 0) == 0)
     delta = whole["message"]
@@ -104,6 +99,19 @@ def completion_as_stream_data(body: bytes) -> bytes:
     if document.get("usage") is not None:
         chunk["usage"] = document["usage"]
     return b"data: " + encoder.encode(chunk) + b"\n\ndata: [DONE]\n\n"
+
+
+def _completion(body: bytes) -> tuple[InBody, InChoice, InMessage]:
+    """The body, its first choice and that choice's message; raises the mapped error for an
+    error object, and a 502 for a body that is not a completion."""
+    parsed = _decode(body)
+    error = parsed.error_detail()
+    if error is not None:
+        raise upstream_error(error)
+    choice = parsed.first_choice()
+    if choice is None or choice.message is None:
+        raise UpstreamUnavailableError("upstream response holds no choices[0].message")
+    return parsed, choice, choice.message
 
 
 def _decode(body: bytes) -> InBody:
