@@ -906,3 +906,51 @@ async def test_a_refusing_last_target_leaves_the_primarys_retryable_error() -> N
     # The 529 its SDK retries, not a 400 about what the fallback target cannot express.
     assert response.status_code == 529
     assert response.json()["error"]["type"] == "overloaded_error"
+
+
+def _reasoning_stream(request: httpx.Request) -> httpx.Response:
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "Hmm."}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]},
+    ]
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+    return _sse_response(httpx.ByteStream(body + b"data: [DONE]\n\n"))
+
+
+def _reasoning_reply(request: httpx.Request) -> httpx.Response:
+    message = {"role": "assistant", "reasoning_content": "Hmm.", "content": "Hi"}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    return httpx.Response(200, json={"choices": [choice]})
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_reasoning_is_shown_only_when_the_client_asked_for_thinking(stream: bool) -> None:
+    # Anthropic answers with thinking blocks only when asked: a client reading content[0].text
+    # must not find a reasoning model's thinking there instead.
+    handler = _reasoning_stream if stream else _reasoning_reply
+
+    async def content_types(**fields: Any) -> list[str]:
+        request = _request(_body(stream, **fields), stream=stream)
+        response = await _provider(handler).send(request)
+        if stream:
+            starts = [d for n, d in _events(await _read(response)) if n == "content_block_start"]
+            return [start["content_block"]["type"] for start in starts]
+        assert response.body is not None
+        return [block["type"] for block in json.loads(response.body)["content"]]
+
+    assert await content_types() == ["text"]
+    assert await content_types(thinking={"type": "disabled"}) == ["text"]
+    enabled = {"type": "enabled", "budget_tokens": 2048}
+    assert await content_types(thinking=enabled) == ["thinking", "text"]
+
+
+async def test_reasoning_kept_for_the_server_is_shown_without_a_thinking_request() -> None:
+    # reasoning_history sends it back upstream, so the client must hold it to send it back.
+    def provider() -> OpenAIProvider:
+        quirks = OpenAIQuirks(reasoning_history="reasoning_content")
+        config = OpenAIUpstreamConfig(base_url=BASE_URL, quirks=quirks)
+        return OpenAIProvider(config, transport=httpx.MockTransport(_reasoning_reply))
+
+    response = await provider().send(_request(_body()))
+    assert response.body is not None
+    assert [block["type"] for block in json.loads(response.body)["content"]] == ["thinking", "text"]

@@ -26,7 +26,8 @@ from ..errors import (
 )
 from ..protocol import DECODE_ERRORS, CountTokensResponse, ModelInfo, ModelList
 from ..streaming import frame_event
-from ..translate import StreamTranslator, to_anthropic_message, to_chat_completions, translate_error
+from ..translate import StreamTranslator, to_anthropic_message, translate_error
+from ..translate.request import translate_request
 from ..translate.response import completion_as_stream_data
 from ..validation import decode_count_tokens_request, describe_decode_error
 from .anthropic import UPSTREAM_READ_ERRORS, relay_upstream_chunks, translate_transport_error
@@ -184,12 +185,17 @@ class OpenAIProvider:
 
     async def _messages(self, request: ProviderRequest) -> ProviderResponse:
         model = _model_of(request.body)
-        payload = to_chat_completions(
-            request.body, model=model, quirks=self._settings.quirks, stream=request.stream
+        quirks = self._settings.quirks
+        translation = translate_request(
+            request.body, model=model, quirks=quirks, stream=request.stream
         )
-        response = await self._post(payload, request)
+        # Anthropic answers with thinking only when asked; reasoning a server sends anyway
+        # is left out then, unless it must come back to the server (reasoning_history).
+        thinking = translation.thinking or quirks.reasoning_history == "reasoning_content"
+        response = await self._post(translation.body, request)
         if response.status_code == 200 and request.stream and _is_event_stream(response):
-            return self._stream(response, model, estimate_input_tokens(request.body))
+            translator = self._translator(model, request, thinking)
+            return self._stream(response, translator)
         try:
             body = await read_bounded(response.aiter_bytes(), self._origin)
         except UPSTREAM_READ_ERRORS as exc:
@@ -202,21 +208,26 @@ class OpenAIProvider:
         if request.stream:
             # Not a 502 that the SDK would retry, each retry a whole completion thrown away:
             # the stream the client asked for, or the error the body holds.
-            return self._whole_as_stream(body, model, estimate_input_tokens(request.body))
+            return self._whole_as_stream(body, self._translator(model, request, thinking))
         message = to_anthropic_message(
             body,
             model=model,
             message_id=_new_message_id(),
             estimate_input=lambda: estimate_input_tokens(request.body),
+            thinking=thinking,
         )
         return ProviderResponse(200, list(_JSON_HEADERS), body=message)
 
-    def _whole_as_stream(self, body: bytes, model: str, input_tokens: int) -> ProviderResponse:
+    @staticmethod
+    def _translator(model: str, request: ProviderRequest, thinking: bool) -> StreamTranslator:
+        input_tokens = estimate_input_tokens(request.body)
+        return StreamTranslator(
+            model=model, message_id=_new_message_id(), input_tokens=input_tokens, thinking=thinking
+        )
+
+    def _whole_as_stream(self, body: bytes, translator: StreamTranslator) -> ProviderResponse:
         """A whole answer to a streaming request: SSE the server labelled otherwise, or a
         completion from a server that ignored ``stream``, translated as one stream."""
-        translator = StreamTranslator(
-            model=model, message_id=_new_message_id(), input_tokens=input_tokens
-        )
         head = body.lstrip()[:6]
         looks_like_sse = head.startswith((b"data:", b"event:", b":"))
         data = body if looks_like_sse else completion_as_stream_data(body)
@@ -227,10 +238,7 @@ class OpenAIProvider:
 
         return ProviderResponse(200, list(_SSE_HEADERS), chunks=whole(), ended=lambda: True)
 
-    def _stream(self, response: httpx.Response, model: str, input_tokens: int) -> ProviderResponse:
-        translator = StreamTranslator(
-            model=model, message_id=_new_message_id(), input_tokens=input_tokens
-        )
+    def _stream(self, response: httpx.Response, translator: StreamTranslator) -> ProviderResponse:
         events = self._events(_body_stream(response), translator)
 
         async def close() -> None:

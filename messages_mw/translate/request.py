@@ -6,7 +6,7 @@ dropped because Chat Completions has no equivalent, and what is answered with a 
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from msgspec import UNSET, UnsetType
 
@@ -26,12 +26,20 @@ from ._openai import (
 )
 from .quirks import OpenAIQuirks
 
-__all__ = ["MAX_STOP_SEQUENCES", "to_chat_completions"]
+__all__ = ["MAX_STOP_SEQUENCES", "ChatTranslation", "to_chat_completions", "translate_request"]
 
 MAX_STOP_SEQUENCES = 4
 _T = TypeVar("_T")
 _CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+
+
+class ChatTranslation(NamedTuple):
+    """A Chat Completions body, and whether the client asked for thinking: Anthropic answers
+    with thinking blocks only then, so a reasoning model's reasoning is shown only then."""
+
+    body: bytes
+    thinking: bool
 
 
 def to_chat_completions(body: bytes, *, model: str, quirks: OpenAIQuirks, stream: bool) -> bytes:
@@ -43,6 +51,13 @@ def to_chat_completions(body: bytes, *, model: str, quirks: OpenAIQuirks, stream
     (``messages.2.content.1: images are not supported by this provider``), for anything the
     upstream cannot express; nothing is sent in that case.
     """
+    return translate_request(body, model=model, quirks=quirks, stream=stream).body
+
+
+def translate_request(
+    body: bytes, *, model: str, quirks: OpenAIQuirks, stream: bool
+) -> ChatTranslation:
+    """:func:`to_chat_completions`, also saying whether the client asked for thinking."""
     request = decode_request(body)
     tools, tool_choice, parallel = _tools(request)
     limit = request.max_tokens
@@ -66,7 +81,8 @@ def to_chat_completions(body: bytes, *, model: str, quirks: OpenAIQuirks, stream
         reasoning_effort=_reasoning_effort(request, quirks),
         response_format=_response_format(request),
     )
-    return encoder.encode(chat)
+    thinking = request.thinking is not None and request.thinking.type != "disabled"
+    return ChatTranslation(encoder.encode(chat), thinking)
 
 
 def _given(value: _T | None) -> _T | UnsetType:

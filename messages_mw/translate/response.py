@@ -45,13 +45,15 @@ def to_anthropic_message(
     model: str,
     message_id: str,
     estimate_input: Callable[[], int] | None = None,
+    thinking: bool = True,
 ) -> bytes:
     """Translate a 2xx Chat Completions body into an Anthropic Message JSON body.
 
     ``model`` is the model the client asked for (not the upstream's), ``message_id`` the id to
-    report. A body without ``usage`` reports ``estimate_input()`` input tokens (as a translated
-    stream's ``message_start`` does), or 0 without it, and output tokens estimated from the
-    reply's length. Raises
+    report; ``thinking`` false leaves a reasoning model's reasoning out, as Anthropic answers
+    a request that did not ask for thinking. A body without ``usage`` reports
+    ``estimate_input()`` input tokens (as a translated stream's ``message_start`` does), or 0
+    without it, and output tokens estimated from the reply's length. Raises
     :class:`~messages_mw.errors.UpstreamUnavailableError` (502) for a body that is not a
     completion, and the mapped :class:`~messages_mw.errors.GatewayError` subclass for an error
     object sent with a 2xx status.
@@ -73,7 +75,7 @@ def to_anthropic_message(
         id=message_id,
         role="assistant",
         model=model,
-        content=_content(reply, message_id),
+        content=_content(reply, message_id, thinking),
         stop_reason=stop_reason(
             choice.finish_reason, used_tools=bool(reply.tool_calls), refused=bool(reply.refusal)
         ),
@@ -123,9 +125,9 @@ def _decode(body: bytes) -> InBody:
         ) from exc
 
 
-def _content(reply: InMessage, message_id: str) -> list[ContentBlock]:
+def _content(reply: InMessage, message_id: str, thinking: bool) -> list[ContentBlock]:
     blocks: list[ContentBlock] = []
-    reasoning = reply.reasoning_text
+    reasoning = reply.reasoning_text if thinking else None
     if reasoning:
         # Chat Completions has no signatures; "" marks the block as unsigned (see README).
         blocks.append(ThinkingBlock(thinking=reasoning, signature=""))

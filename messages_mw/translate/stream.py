@@ -62,8 +62,12 @@ class StreamTranslator:
     ``b""``.
     """
 
-    def __init__(self, *, model: str, message_id: str, input_tokens: int) -> None:
+    def __init__(
+        self, *, model: str, message_id: str, input_tokens: int, thinking: bool = True
+    ) -> None:
         self._model = model
+        # Whether reasoning deltas become a thinking block (see ChatTranslation.thinking).
+        self._thinking = thinking
         self._message_id = message_id
         self._input_estimate = input_tokens
         self._lines = DataLines()
@@ -153,7 +157,10 @@ class StreamTranslator:
             self._finish_reason = choice.finish_reason
 
     def _on_delta(self, delta: InMessage) -> None:
-        self._write("thinking", delta.reasoning_text)
+        if self._thinking:
+            self._write("thinking", delta.reasoning_text)
+        elif delta.reasoning_text:
+            self._generated += len(delta.reasoning_text)  # generated all the same
         self._write("text", delta.text)
         if delta.refusal:
             self._refused = True
