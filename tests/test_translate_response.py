@@ -162,6 +162,29 @@ def test_finish_reasons(finish_reason: str | None, stop_reason: str) -> None:
     assert got["stop_reason"] == stop_reason and got["stop_sequence"] is None
 
 
+def test_a_stop_string_the_server_names_is_reported_as_anthropic_does() -> None:
+    # vLLM says which stop string ended the answer; a stop token (an id) is no stop sequence.
+    def ended_by(matched: str | int) -> dict[str, Any]:
+        body = {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "x"},
+                    "finish_reason": "stop",
+                    "stop_reason": matched,
+                }
+            ]
+        }
+        return json.loads(
+            to_anthropic_message(json.dumps(body).encode(), model="m", message_id="msg_1")
+        )
+
+    named = ended_by("END")
+    assert (named["stop_reason"], named["stop_sequence"]) == ("stop_sequence", "END")
+    token = ended_by(128009)
+    assert (token["stop_reason"], token["stop_sequence"]) == ("end_turn", None)
+
+
 def test_tool_calls_with_their_finish_reason_are_tool_use() -> None:
     calls = [{"id": "call_1", "function": {"name": "f", "arguments": "{}"}}]
     assert _translate({"tool_calls": calls}, "tool_calls")["stop_reason"] == "tool_use"

@@ -373,6 +373,13 @@ def test_an_aborted_stream_ends_with_an_error_event(finish_reason: str) -> None:
     assert "message_stop" not in [name for name, _ in events]
 
 
+def test_a_stream_ended_by_a_named_stop_string_reports_it() -> None:
+    final = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]}
+    pieces = [sse_data(chunk({"content": "x"})), sse_data(final), sse_data("[DONE]")]
+    delta = next(data for name, data in parse_events(translate(pieces)) if name == "message_delta")
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+
+
 def test_a_stream_saying_tool_calls_without_any_ends_its_turn() -> None:
     pieces = [sse_data(chunk({"content": "I'll check."}, "tool_calls")), sse_data("[DONE]")]
     delta = next(data for name, data in parse_events(translate(pieces)) if name == "message_delta")

@@ -17,6 +17,7 @@ __all__ = [
     "arguments_text",
     "generated_chars",
     "output_estimate",
+    "stop_of",
     "stop_reason",
     "token_usage",
     "tool_id",
@@ -38,8 +39,8 @@ def stop_reason(finish_reason: str | None, *, used_tools: bool, refused: bool) -
 
     Some servers answer tool calls with ``stop`` (or nothing); a message that holds tool calls
     then still ends in ``tool_use``, or clients would not run them; one that holds none never
-    does. OpenAI does not say which
-    stop sequence matched, so ``stop`` is always ``end_turn``.
+    does. OpenAI does not say which stop sequence matched, so ``stop`` is ``end_turn`` (see
+    :func:`stop_of` for servers that do).
     """
     mapped = _FINISH_REASONS.get(finish_reason or "stop", "end_turn")
     if mapped == "tool_use" and not used_tools:
@@ -56,6 +57,17 @@ def stop_reason(finish_reason: str | None, *, used_tools: bool, refused: bool) -
 # engine shutdown or a cancelled request): reported as an error, so that a client retries
 # instead of taking a truncated answer for a complete one.
 ABORTED_FINISH_REASONS = frozenset({"abort", "error"})
+
+
+def stop_of(
+    finish_reason: str | None, matched: str | int | None, *, used_tools: bool, refused: bool
+) -> tuple[str, str | None]:
+    """Anthropic ``stop_reason`` and ``stop_sequence``: :func:`stop_reason`, unless the server
+    names the stop string that ended a plain answer (vLLM's ``stop_reason``, ``matched``
+    here), which Anthropic reports as ``stop_sequence`` with the string."""
+    if finish_reason == "stop" and isinstance(matched, str) and matched and not used_tools:
+        return "stop_sequence", matched
+    return stop_reason(finish_reason, used_tools=used_tools, refused=refused), None
 
 
 def token_usage(usage: InUsage) -> TokenUsage:

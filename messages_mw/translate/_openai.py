@@ -178,6 +178,8 @@ class InChoice(msgspec.Struct):
     message: InMessage | None = None
     delta: InMessage | None = None
     finish_reason: str | None = None
+    # vLLM's: the stop string that ended the answer (a token id when a stop token did).
+    stop_reason: str | int | None = None
 
 
 class InPromptDetails(msgspec.Struct):

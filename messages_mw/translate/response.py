@@ -18,7 +18,7 @@ from ._mapping import (
     anthropic_usage,
     generated_chars,
     output_estimate,
-    stop_reason,
+    stop_of,
     token_usage,
     tool_id,
     tool_input,
@@ -71,15 +71,19 @@ def to_anthropic_message(
             input_tokens=estimate_input() if estimate_input is not None else 0,
             output_tokens=output_estimate(generated_chars(reply)),
         )
+    reason, sequence = stop_of(
+        choice.finish_reason,
+        choice.stop_reason,
+        used_tools=bool(reply.tool_calls),
+        refused=bool(reply.refusal),
+    )
     message = Message(
         id=message_id,
         role="assistant",
         model=model,
         content=_content(reply, message_id, thinking),
-        stop_reason=stop_reason(
-            choice.finish_reason, used_tools=bool(reply.tool_calls), refused=bool(reply.refusal)
-        ),
-        stop_sequence=None,
+        stop_reason=reason,
+        stop_sequence=sequence,
         usage=anthropic_usage(usage),
     )
     return _message_encoder.encode(message)

@@ -40,7 +40,7 @@ from ._mapping import (
     ABORTED_FINISH_REASONS,
     arguments_chars,
     output_estimate,
-    stop_reason,
+    stop_of,
     token_usage,
 )
 from ._openai import InBody, InError, InMessage, body_decoder
@@ -78,6 +78,7 @@ class StreamTranslator:
         # Characters generated so far: the output estimate, should no usage chunk come.
         self._generated = 0
         self._finish_reason: str | None = None
+        self._matched_stop: str | int | None = None
         self._refused = False
         # Text or thinking that arrived while a tool call's arguments were incomplete, held
         # until they complete: starting its block would close the call's block for good.
@@ -155,6 +156,7 @@ class StreamTranslator:
             self._on_delta(choice.delta)
         if choice is not None and choice.finish_reason:
             self._finish_reason = choice.finish_reason
+            self._matched_stop = choice.stop_reason
 
     def _on_delta(self, delta: InMessage) -> None:
         if self._thinking:
@@ -224,10 +226,13 @@ class StreamTranslator:
         if not self._wrote_text and not self._tools.has_calls:
             self._blocks.start(TextBlock(text=""))  # as the non-streaming translation has
             self._blocks.stop()
-        reason = stop_reason(
-            self._finish_reason, used_tools=self._tools.has_calls, refused=self._refused
+        reason, sequence = stop_of(
+            self._finish_reason,
+            self._matched_stop,
+            used_tools=self._tools.has_calls,
+            refused=self._refused,
         )
-        delta = MessageDelta(stop_reason=reason, stop_sequence=None)
+        delta = MessageDelta(stop_reason=reason, stop_sequence=sequence)
         self._blocks.emit(MessageDeltaEvent(delta=delta, usage=self._delta_usage()))
         self._blocks.emit(MessageStopEvent())
         self._ended = True
