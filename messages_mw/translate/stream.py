@@ -59,14 +59,14 @@ class StreamTranslator:
     Nothing here blocks or does I/O: :meth:`feed` returns the Anthropic bytes to send now
     (possibly ``b""``), so cancellation between calls loses nothing but the rest of the stream.
     After the stream has ended (``message_stop`` or ``error`` returned) every call returns
-    ``b""``.
+    ``b""``. ``thinking`` false leaves the upstream's reasoning out (it still counts as
+    generated output), as Anthropic answers a request that did not ask for thinking.
     """
 
     def __init__(
         self, *, model: str, message_id: str, input_tokens: int, thinking: bool = True
     ) -> None:
         self._model = model
-        # Whether reasoning deltas become a thinking block (see ChatTranslation.thinking).
         self._thinking = thinking
         self._message_id = message_id
         self._input_estimate = input_tokens
