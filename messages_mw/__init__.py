@@ -9,6 +9,7 @@ from .config import (
     MockConfig,
     ModelConfig,
     OpenAIUpstreamConfig,
+    TelemetryConfig,
     UpstreamConfig,
     load_config,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "RetryPolicy",
     "TagPolicy",
     "Target",
+    "TelemetryConfig",
     "UnsupportedByProviderError",
     "UpstreamConfig",
     "UsageEvent",

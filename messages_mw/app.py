@@ -21,6 +21,7 @@ from .assembly import (
     build_model_directory,
     build_policy,
     build_providers,
+    build_telemetry,
     keyed_elsewhere,
     openai_without_credentials,
 )
@@ -144,7 +145,8 @@ class Gateway:
         not), provider names repeated across ``provider``, ``upstreams`` and
         ``openai_upstreams``, or an unknown compression bundle; :class:`OSError` if
         ``usage_file`` cannot be opened;
-        :class:`ImportError` for a Redis limit store without redis-py installed.
+        :class:`ImportError` for a Redis limit store without redis-py installed, or
+        ``config.telemetry`` asking for Prometheus or OpenTelemetry without its extra.
         """
         self.config = check_config(config or GatewayConfig(), "config")
         if provider is not None and not isinstance(provider, Provider):
@@ -159,6 +161,7 @@ class Gateway:
         }
         self._model_source = build_model_directory(self._providers, self.config.provider)
         self._keyed_elsewhere = keyed_elsewhere(self.config, self._providers, providers)
+        telemetry_sinks, metrics_app = build_telemetry(self.config.telemetry)
         self._policy = build_policy(
             self.config,
             list(self._providers),
@@ -167,7 +170,7 @@ class Gateway:
             compressor=compressor,
             router=router,
             limiter=limiter,
-            usage_sinks=usage_sinks,
+            usage_sinks=[*usage_sinks, *telemetry_sinks],
             keyed_providers=self._keyed_elsewhere - openai_without_credentials(self.config),
         )
         self._breaker = CircuitBreaker(self.config.fallback.breaker)
@@ -185,6 +188,9 @@ class Gateway:
         self._serve_http: ASGIApp = self._handle_http
         if self.config.cors_origins:
             self._serve_http = self._with_cors(self._handle_http)
+        if metrics_app is not None:
+            path = self.config.telemetry.metrics_path
+            self._serve_http = _with_metrics(path, metrics_app, self._serve_http)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point, called by the server (or a host app) once per connection
@@ -538,6 +544,22 @@ class Gateway:
             return body
         cost = self._policy.pricing.cost(context.served_model or context.model, context.usage)
         return body if cost is None else add_cost_to_response_body(body, cost)
+
+
+def _with_metrics(path: str, metrics: ASGIApp, app: ASGIApp) -> ASGIApp:
+    """``app``, with ``metrics`` answering at ``path``, with or without a trailing slash (a
+    mounted metrics app would redirect one to the other). Scrapes are not requests to the
+    gateway: no auth, no usage event."""
+    base = path.rstrip("/")
+    paths = frozenset({base or "/", base + "/"})
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if route_path(scope) in paths:
+            await metrics(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return serve
 
 
 def _not_found_message(path: str) -> str:

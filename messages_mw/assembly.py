@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from .auth import build_auth
-from .config import ConfigError, GatewayConfig
+from .config import ConfigError, GatewayConfig, TelemetryConfig
 from .hooks import AuthHook, CompressionHook, RouteHook, TagHook, check_hook
 from .limits import RateLimiter
 from .policy import Policy
@@ -13,9 +13,10 @@ from .pricing import DEFAULT_PRICES, PricingTable
 from .providers.base import Provider
 from .redaction import is_secret_header
 from .routing import TargetResolver
+from .types import ASGIApp
 from .usage import JsonLinesSink, LogUsageSink, UsageDispatcher, UsageSink
 
-__all__ = ["build_model_directory", "build_policy", "build_providers"]
+__all__ = ["build_model_directory", "build_policy", "build_providers", "build_telemetry"]
 
 
 def build_providers(
@@ -156,6 +157,25 @@ def build_policy(
         pricing=pricing,
         dispatcher=UsageDispatcher(sinks) if sinks else None,
     )
+
+
+def build_telemetry(config: TelemetryConfig) -> tuple[list[UsageSink], ASGIApp | None]:
+    """The usage sinks ``config`` turns on, and the app serving the Prometheus metrics
+    (``None`` when they are off). Raises :class:`ImportError`, naming the extra to install,
+    when one's package is missing."""
+    sinks: list[UsageSink] = []
+    metrics_app = None
+    if config.prometheus:
+        from .metrics import PrometheusSink
+
+        prometheus = PrometheusSink(namespace=config.prometheus_namespace)
+        sinks.append(prometheus)
+        metrics_app = prometheus.metrics_app()
+    if config.opentelemetry:
+        from .telemetry import OpenTelemetrySink
+
+        sinks.append(OpenTelemetrySink())
+    return sinks, metrics_app
 
 
 def _builtin_compressor(config: GatewayConfig) -> CompressionHook:

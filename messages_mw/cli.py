@@ -15,8 +15,10 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +31,8 @@ from .config import ConfigError, GatewayConfig, UpstreamConfig, load_config
 __all__ = ["build_config", "create_app", "main", "parse_args", "tune_gc_for_serving"]
 
 _WORKER_ENV = "MESSAGES_MW_WORKER_SETTINGS"
+# Where prometheus-client's multiprocess mode keeps every process's counts.
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Young-generation threshold while serving: ten times the default (see tune_gc_for_serving).
 SERVING_GC_THRESHOLD = 7_000
 # uvicorn's exit status when it cannot start, such as a port in use.
@@ -202,9 +206,12 @@ def _startup_line(host: str, port: int, workers: int, config: GatewayConfig) -> 
     """The one line printed at start: where it listens and what it forwards to (no secrets)."""
     plural = "s" if workers > 1 else ""
     where = _address(host, port)
-    return (
+    line = (
         f"messages-mw listening on {where}, {_describe_provider(config)}, {workers} worker{plural}"
     )
+    if config.telemetry.prometheus:
+        line += f", metrics at {where}{config.telemetry.metrics_path}"
+    return line
 
 
 def _address(host: str, port: int) -> str:
@@ -325,6 +332,18 @@ def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) ->
     return 0
 
 
+def _shared_metrics_dir(config: GatewayConfig, workers: int) -> str | None:
+    """With several workers, each would count only its own requests, and a scrape reaches
+    one of them: prometheus-client's multiprocess mode keeps every worker's counts in one
+    directory, made here unless the environment names one. Returns the directory to remove
+    at exit, if this made one."""
+    if workers < 2 or not config.telemetry.prometheus or os.environ.get(_METRICS_DIR_ENV):
+        return None
+    directory = tempfile.mkdtemp(prefix="messages-mw-metrics-")
+    os.environ[_METRICS_DIR_ENV] = directory
+    return directory
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``messages-mw`` entry point; returns the exit status (2 for a bad config)."""
     args = parse_args(argv)
@@ -335,6 +354,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # Before the gateway: its usage log sink decides from the handlers where it may write.
     _configure_logging(args.log_level)
+    # Before the gateway too: prometheus-client reads the directory when first imported.
+    metrics_dir = _shared_metrics_dir(config, args.workers)
+    try:
+        return _build_and_serve(args, config)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _build_and_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
     try:
         # Some mistakes show only when the gateway is built (a fallback target naming no
         # provider, a malformed key hash, an unwritable usage file). Built here, in the one
@@ -342,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # --workers, instead of workers that crash and are restarted for ever.
         gateway = Gateway(config)
     except (ValueError, OSError, ImportError) as exc:
-        # ImportError: a configured feature's optional package is missing (redis-py).
+        # ImportError: a configured feature's optional package is missing (redis-py,
+        # prometheus-client, opentelemetry-api).
         source = f"{args.config}: " if args.config else ""
         print(f"messages-mw: error: {source}{exc}", file=sys.stderr)
         return 2

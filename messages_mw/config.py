@@ -29,6 +29,7 @@ __all__ = [
     "MockConfig",
     "ModelConfig",
     "OpenAIUpstreamConfig",
+    "TelemetryConfig",
     "UpstreamConfig",
     "load_config",
 ]
@@ -135,6 +136,40 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     memo_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024 * 1024
 
 
+# What Prometheus accepts as a metric name prefix.
+_PrometheusName = Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")]
+
+
+class TelemetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Telemetry the gateway sets up itself, for a config file (in code, a host can also
+    pass :class:`~messages_mw.metrics.PrometheusSink` or
+    :class:`~messages_mw.telemetry.OpenTelemetrySink` as usage sinks).
+
+    ``prometheus`` counts requests, tokens and cost and times requests (the ``prometheus``
+    extra), served without auth at ``metrics_path``, relative to where the gateway is
+    mounted; metric names start with ``prometheus_namespace``. With ``PROMETHEUS_MULTIPROC_DIR``
+    set (``messages-mw serve --workers N`` sets it), the endpoint adds up every process's
+    counts. ``opentelemetry`` records one span per request through the global tracer provider
+    (the ``otel`` extra; run under ``opentelemetry-instrument`` to export them).
+
+    Raises :class:`ValueError` (a ``msgspec.ValidationError`` when decoding config) for a
+    ``metrics_path`` that does not start with ``/`` or lies on the gateway's own routes
+    (``/v1/...``, ``/api/hello``).
+    """
+
+    prometheus: bool = False
+    metrics_path: str = "/metrics"
+    prometheus_namespace: _PrometheusName = "messages_mw"
+    opentelemetry: bool = False
+
+    def __post_init__(self) -> None:
+        path = self.metrics_path
+        if not path.startswith("/"):
+            raise ValueError(f"metrics_path must start with '/', got {path!r}")
+        if path.startswith("/v1/") or path in ("/v1", "/api/hello"):
+            raise ValueError(f"metrics_path {path!r} is one of the gateway's own routes")
+
+
 class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the gateway needs, fixed at construction.
 
@@ -157,6 +192,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     reads nothing for that long is dropped, freeing its upstream connection (``0``: never).
     ``compression`` configures the built-in
     compression of tool output (off unless a header, key or default picks a bundle).
+    ``telemetry`` turns on Prometheus metrics and OpenTelemetry spans.
     """
 
     provider: Literal["anthropic", "mock"] = "anthropic"
@@ -180,6 +216,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     cors_origins: tuple[str, ...] = ()
     client_write_timeout: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     compression: CompressionConfig = msgspec.field(default_factory=CompressionConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
 
 def load_config(path: str | Path) -> GatewayConfig:

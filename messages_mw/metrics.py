@@ -9,12 +9,14 @@ Use :class:`PrometheusSink` as a usage sink and mount its :meth:`~PrometheusSink
 
 from __future__ import annotations
 
+import os
+
 from .context import UsageEvent, operation_of
 from .errors import ERROR_TYPES
 from .types import ASGIApp, Receive, Scope, Send
 
 try:
-    from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
+    from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app, multiprocess
 except ImportError as exc:  # pragma: no cover - the extra is installed in the test env
     raise ImportError(
         "messages_mw.metrics needs prometheus-client: pip install 'messages-mw[prometheus]'"
@@ -146,8 +148,16 @@ class PrometheusSink:
 
     def metrics_app(self) -> ASGIApp:
         """An ASGI app serving this sink's registry in the Prometheus text format (or
-        OpenMetrics, when the scraper asks for it) on any path; mount it where you like."""
-        serve_registry = make_asgi_app(registry=self.registry)
+        OpenMetrics, when the scraper asks for it) on any path; mount it where you like.
+
+        In prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before it
+        was imported), every process's counts are kept in that directory, and the app serves
+        their sum instead: with several workers, a scrape reaches only one of them."""
+        registry = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        serve_registry = make_asgi_app(registry=registry)
 
         async def metrics_app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":

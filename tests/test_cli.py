@@ -11,9 +11,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from messages_mw import cli
 from messages_mw.app import Gateway
@@ -342,3 +344,66 @@ def test_serve_demo_answers_messages(tmp_path: Path, workers: str) -> None:
         _stop(process)
     output = log.read_text()
     assert f"listening on http://127.0.0.1:{port}, provider mock" in output
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_with_prometheus_counts_every_workers_requests(tmp_path: Path, workers: str) -> None:
+    port = _free_port()
+    log = tmp_path / "server.log"
+    config = _write(
+        tmp_path, "provider = 'mock'\nusage_log = false\n[telemetry]\nprometheus = true\n"
+    )
+    # The multiprocess mode's shared directory goes here, so the test can see it removed.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    argv = ["-m", "messages_mw", "serve", "--config", str(config), "--port", str(port)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, *argv, "--workers", workers],
+            cwd=_REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_listening(process, port, log)
+        for _ in range(_COUNTED_REQUESTS):
+            # A client, so a connection, per request: with two workers, both serve some.
+            with anthropic.Anthropic(base_url=base_url, api_key="-", max_retries=0) as client:
+                message = client.messages.create(
+                    model="claude-haiku-4-5",
+                    max_tokens=16,
+                    messages=[{"role": "user", "content": "count me"}],
+                )
+            assert message.stop_reason == "end_turn"
+        # Each scrape reaches one worker or the other: every one must show every request.
+        counts = [_chat_requests_scraped(f"{base_url}/metrics") for _ in range(12)]
+    finally:
+        _stop(process)
+    assert counts == [_COUNTED_REQUESTS] * 12, log.read_text()
+    assert f"metrics at {base_url}/metrics" in log.read_text()
+    assert list(scratch.iterdir()) == []
+
+
+_COUNTED_REQUESTS = 20
+
+
+def _chat_requests_scraped(url: str) -> float:
+    """The chat request count a scrape shows, once it shows every request (usage events
+    reach the sinks a few ms after each answer), or after 2 s."""
+    deadline = time.monotonic() + 2
+    while True:
+        # A fresh connection each time, so that any worker may take it.
+        text = httpx.get(url, timeout=5, headers={"connection": "close"}).text
+        counted = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "messages_mw_requests_total" and sample.labels["operation"] == "chat"
+        )
+        if counted >= _COUNTED_REQUESTS or time.monotonic() > deadline:
+            return counted
+        time.sleep(0.02)

@@ -81,6 +81,7 @@ def test_public_names_are_exactly_what_we_export() -> None:
         "RetryPolicy",
         "TagPolicy",
         "Target",
+        "TelemetryConfig",
         "UnsupportedByProviderError",
         "UpstreamConfig",
         "UsageEvent",
