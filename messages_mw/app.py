@@ -30,7 +30,8 @@ from .closing import close_all
 from .config import GatewayConfig
 from .config_check import check_config
 from .context import RequestContext, RequestEndHook
-from .disconnect import run_watching_disconnect
+from .deadlines import SharedDeadlines
+from .disconnect import DisconnectWatcher
 from .errors import (
     GatewayError,
     InternalGatewayError,
@@ -174,6 +175,9 @@ class Gateway:
             keyed_providers=self._keyed_elsewhere - openai_without_credentials(self.config),
         )
         self._breaker = CircuitBreaker(self.config.fallback.breaker)
+        # One timer for every attempt's deadline, one for every request's disconnect watch.
+        self._deadlines = SharedDeadlines()
+        self._disconnects = DisconnectWatcher()
         self._headers = self.config.headers.resolved()
         self._key_header = self.config.auth.header.lower() if self.config.auth.header else None
         self._on_request_end = on_request_end
@@ -380,9 +384,7 @@ class Gateway:
         async def attempt(target: Target) -> ProviderResponse:
             return await self._send_to(target, plan, scope, context)
 
-        await run_watching_disconnect(
-            receive, self._run_chain(plan, attempt, send, context), context
-        )
+        await self._disconnects.run(receive, self._run_chain(plan, attempt, send, context), context)
 
     async def _count_tokens(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
@@ -408,7 +410,7 @@ class Gateway:
         # Without the breakers: counting often works while messages fail (and an OpenAI
         # target counts locally), so its successes would keep a failing target's circuit shut.
         chain = self._run_chain(plan, attempt, send, context, use_breaker=False)
-        await run_watching_disconnect(receive, chain, context)
+        await self._disconnects.run(receive, chain, context)
 
     async def _models(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
@@ -417,9 +419,8 @@ class Gateway:
         incoming = IncomingRequest(context.method, context.path, headers, None)
         await self._policy.authenticate(incoming, context)
         request = self._provider_request(scope, context, b"", headers)
-        await run_watching_disconnect(
-            receive, self._send_and_relay(self._model_source, request, send, context), context
-        )
+        relaying = self._send_and_relay(self._model_source, request, send, context)
+        await self._disconnects.run(receive, relaying, context)
 
     async def _hello(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
@@ -494,6 +495,7 @@ class Gateway:
                 stream=context.stream,
                 attempts=context.attempts,
                 held=held,
+                deadlines=self._deadlines,
             )
         except asyncio.CancelledError:
             # The client left while a stream was held back: its message_start still says what

@@ -9,7 +9,7 @@ from typing import Any
 from .context import RequestContext
 from .types import Receive
 
-__all__ = ["run_watching_disconnect"]
+__all__ = ["DisconnectWatcher"]
 
 _WATCH_AFTER = 0.05  # seconds
 
@@ -40,31 +40,64 @@ class _DisconnectWatch:
         self._work_task.cancel()
 
 
-async def run_watching_disconnect(
-    receive: Receive, work: Awaitable[None], context: RequestContext
-) -> None:
-    """Run ``work`` while watching for the client to leave; if it does, cancel the work,
-    which closes the upstream request at once so no tokens are generated for nobody.
+class DisconnectWatcher:
+    """Runs a gateway's requests while watching for their clients to leave; if one does, its
+    work is cancelled, which closes the upstream request at once so no tokens are generated
+    for nobody.
 
-    The work runs in this task. The watcher, which needs a task of its own, starts only
-    once the work has run for ``_WATCH_AFTER`` seconds: most quick answers (count_tokens,
-    models, cached or short replies) finish before that and never pay for a task and its
-    two extra event-loop passes, while a client that leaves is still noticed within a
-    few tens of milliseconds.
+    The work runs in the caller's task. The watcher, which needs a task of its own,
+    starts only once the work has run for between ``after / 2`` and ``after`` seconds: most
+    quick answers (count_tokens, models, cached or short replies) finish before that and never
+    pay for a task and its two extra event-loop passes, while a client that leaves is still
+    noticed within a few tens of milliseconds. One timer serves every request: it ticks every
+    ``after / 2`` seconds while any request runs, and a request pays two dict operations
+    instead of a timer of its own (about 2 µs on uvloop).
     """
-    this_task = asyncio.current_task()
-    assert this_task is not None
-    watch = _DisconnectWatch(receive, this_task, context)
-    start = asyncio.get_running_loop().call_later(_WATCH_AFTER, watch.start)
-    try:
-        await work
-    except asyncio.CancelledError:
-        if not watch.fired():
-            raise
-    finally:
-        start.cancel()
-        if watch.fired():
-            # Our own watcher cancelled the work (which may have swallowed it): the request
-            # ends here, quietly, and later awaits in this task must not be cancelled.
-            this_task.uncancel()
-        watch.stop()
+
+    def __init__(self, after: float = _WATCH_AFTER) -> None:
+        self._tick_seconds = after / 2
+        # Requests that began since the last tick, and those that began before it.
+        self._newer: dict[_DisconnectWatch, None] = {}
+        self._older: dict[_DisconnectWatch, None] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def run(self, receive: Receive, work: Awaitable[None], context: RequestContext) -> None:
+        """Await ``work`` in this task, cancelling it if the client leaves meanwhile (the
+        request then ends quietly, with ``context.client_disconnected`` set)."""
+        loop = asyncio.get_running_loop()
+        this_task = asyncio.current_task(loop)
+        assert this_task is not None
+        watch = _DisconnectWatch(receive, this_task, context)
+        self._register(watch, loop)
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not watch.fired():
+                raise
+        finally:
+            self._newer.pop(watch, None)
+            self._older.pop(watch, None)
+            if watch.fired():
+                # Our own watcher cancelled the work (which may have swallowed it): the request
+                # ends here, quietly, and later awaits in this task must not be cancelled.
+                this_task.uncancel()
+            watch.stop()
+
+    def _register(self, watch: _DisconnectWatch, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            # A new event loop: the old one's requests (and timer) are gone with it.
+            self._loop, self._newer, self._older = loop, {}, {}
+            self._timer = None
+        self._newer[watch] = None
+        if self._timer is None:
+            self._timer = loop.call_later(self._tick_seconds, self._tick)
+
+    def _tick(self) -> None:
+        due, self._older, self._newer = self._older, self._newer, {}
+        for watch in due:
+            watch.start()
+        if self._older and self._loop is not None:
+            self._timer = self._loop.call_later(self._tick_seconds, self._tick)
+        else:
+            self._timer = None

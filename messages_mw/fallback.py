@@ -21,6 +21,7 @@ import msgspec
 
 from .breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from .context import Attempt
+from .deadlines import SharedDeadlines
 from .errors import (
     GatewayError,
     OverloadedError,
@@ -122,6 +123,7 @@ class _Chain:
     attempts: list[Attempt]
     # The caller's, or one made when a stream is first held (never, for JSON requests).
     held: HeldStream | None
+    deadlines: SharedDeadlines
     started: float = field(init=False)
     failure: _Failure | None = field(init=False, default=None)
     out_of_time: bool = field(init=False, default=False)
@@ -186,7 +188,7 @@ class _Chain:
         await self.discard(previous)
         began = self.clock()
         remaining = self.policy.deadline - (began - self.started)
-        deadline = asyncio.timeout(remaining)
+        deadline = self.deadlines.within(remaining)
         try:
             async with deadline:
                 outcome = await self._send_and_judge(target)
@@ -392,6 +394,7 @@ async def run_chain(
     random: Callable[[], float] = _random.random,
     attempts: list[Attempt] | None = None,
     held: HeldStream | None = None,
+    deadlines: SharedDeadlines | None = None,
 ) -> ChainResult:
     """Send to ``targets`` in order, retrying and falling back, and return the answer to relay.
 
@@ -408,7 +411,8 @@ async def run_chain(
     ``held`` (if given) names the stream being held back and holds the chunks read from it so
     far, for a caller cancelled meanwhile to bill its usage to the right target; a cancelled
     attempt is logged as ``client_disconnected``. A stream that fails after reporting usage
-    has that usage in its attempt's ``usage``.
+    has that usage in its attempt's ``usage``. ``deadlines`` times the attempts; a gateway
+    shares one between its requests, so that they share one timer.
 
     Tries of one target are spaced by :func:`backoff_delay`; the next target is tried at once.
     A wait that would pass ``policy.deadline``, or a ``retry-after`` above ``max_retry_after``,
@@ -431,7 +435,8 @@ async def run_chain(
     if not targets:
         raise ValueError("run_chain needs at least one target")
     log = [] if attempts is None else attempts
-    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log, held)
+    deadlines = deadlines or SharedDeadlines()
+    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log, held, deadlines)
     try:
         for target in targets:
             response = await chain.try_target(target)

@@ -1,0 +1,139 @@
+"""SharedDeadlines: asyncio.timeout's behaviour, with every deadline on one timer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from messages_mw.deadlines import SharedDeadlines
+
+from .inprocess import run
+
+
+def test_a_block_that_ends_in_time_is_left_alone() -> None:
+    deadlines = SharedDeadlines()
+
+    async def main() -> bool:
+        async with deadlines.within(5) as deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)  # nothing is cancelled later either
+        return deadline.expired()
+
+    assert run(main()) is False
+
+
+def test_a_block_that_overruns_raises_timeout_error_at_its_deadline() -> None:
+    deadlines = SharedDeadlines()
+
+    async def main() -> tuple[float, bool]:
+        started = time.monotonic()
+        deadline = deadlines.within(0.05)
+        with pytest.raises(TimeoutError):
+            async with deadline:
+                await asyncio.sleep(10)
+        return time.monotonic() - started, deadline.expired()
+
+    elapsed, expired = run(main())
+    assert expired
+    assert 0.045 <= elapsed < 0.5
+
+
+def test_each_of_many_deadlines_fires_at_its_own_time() -> None:
+    deadlines = SharedDeadlines()
+    fired: dict[str, float] = {}
+
+    async def wait(name: str, seconds: float, started: float) -> None:
+        try:
+            async with deadlines.within(seconds):
+                await asyncio.sleep(10)
+        except TimeoutError:
+            fired[name] = time.monotonic() - started
+
+    async def quick(seconds: float) -> None:
+        async with deadlines.within(seconds):
+            await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        started = time.monotonic()
+        # The later deadline first, then an earlier one that must move the timer forward,
+        # and blocks that end early, whose entries must not fire anything.
+        await asyncio.gather(
+            wait("late", 0.15, started),
+            wait("early", 0.05, started),
+            *(quick(0.01) for _ in range(20)),
+        )
+
+    run(main())
+    assert fired.keys() == {"late", "early"}
+    assert 0.045 <= fired["early"] < 0.14
+    assert 0.145 <= fired["late"] < 0.6
+
+
+def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
+    deadlines = SharedDeadlines()
+
+    async def guarded() -> None:
+        async with deadlines.within(5):
+            await asyncio.sleep(10)
+
+    async def main() -> None:
+        task = asyncio.create_task(guarded())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(main())
+
+
+def test_the_task_can_wait_again_after_a_timeout() -> None:
+    deadlines = SharedDeadlines()
+
+    async def main() -> str:
+        with pytest.raises(TimeoutError):
+            async with deadlines.within(0.01):
+                await asyncio.sleep(10)
+        # The timeout's cancellation was taken back: later awaits run normally.
+        await asyncio.sleep(0.01)
+        async with deadlines.within(5):
+            await asyncio.sleep(0.01)
+        return "done"
+
+    assert run(main()) == "done"
+
+
+def test_ended_deadlines_do_not_pile_up() -> None:
+    deadlines = SharedDeadlines()
+
+    async def main() -> int:
+        for _ in range(10_000):
+            async with deadlines.within(600):
+                pass
+        return len(deadlines._heap)
+
+    # Each ended entry would otherwise wait 600 s for its turn in the heap.
+    assert run(main()) <= 130
+
+
+def test_one_instance_serves_one_event_loop_after_another() -> None:
+    deadlines = SharedDeadlines()
+
+    async def overrun() -> bool:
+        deadline = deadlines.within(0.02)
+        try:
+            async with deadline:
+                await asyncio.sleep(10)
+        except TimeoutError:
+            pass
+        return deadline.expired()
+
+    async def left_pending() -> None:
+        # Entered on a loop that then ends: its entry must not hold up the next loop.
+        async with deadlines.within(0.5):
+            await asyncio.sleep(0.001)
+
+    run(left_pending())
+    assert run(overrun()) is True
+    assert run(overrun()) is True
