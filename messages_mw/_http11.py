@@ -134,6 +134,12 @@ class Connection(asyncio.Protocol):
         )
 
     @property
+    def read_ready(self) -> bool:
+        """Whether :meth:`receive_body` would return (or raise) without waiting."""
+        parser = self._parser
+        return bool(self._body) or parser is None or parser.complete or self._error is not None
+
+    @property
     def body_complete(self) -> bool:
         """Whether the response has been received whole and every payload handed out."""
         parser = self._parser

@@ -30,7 +30,6 @@ from .closing import close_all
 from .config import GatewayConfig
 from .config_check import check_config
 from .context import RequestContext, RequestEndHook
-from .deadlines import SharedDeadlines
 from .disconnect import DisconnectWatcher
 from .errors import (
     GatewayError,
@@ -54,6 +53,7 @@ from .response_headers import (
     policy_headers,
     response_headers,
 )
+from .shared_timer import SharedTimer
 from .streaming import observed_usage
 from .types import ASGIApp, Receive, Scope, Send
 from .usage import UsageSink
@@ -175,8 +175,8 @@ class Gateway:
             keyed_providers=self._keyed_elsewhere - openai_without_credentials(self.config),
         )
         self._breaker = CircuitBreaker(self.config.fallback.breaker)
-        # One timer for every attempt's deadline, one for every request's disconnect watch.
-        self._deadlines = SharedDeadlines()
+        # One timer for every attempt's deadline and stream hold, one for the disconnect watch.
+        self._timer = SharedTimer()
         self._disconnects = DisconnectWatcher()
         self._headers = self.config.headers.resolved()
         self._key_header = self.config.auth.header.lower() if self.config.auth.header else None
@@ -495,7 +495,7 @@ class Gateway:
                 stream=context.stream,
                 attempts=context.attempts,
                 held=held,
-                deadlines=self._deadlines,
+                timer=self._timer,
             )
         except asyncio.CancelledError:
             # The client left while a stream was held back: its message_start still says what

@@ -21,7 +21,6 @@ import msgspec
 
 from .breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from .context import Attempt
-from .deadlines import SharedDeadlines
 from .errors import (
     GatewayError,
     OverloadedError,
@@ -31,6 +30,7 @@ from .errors import (
 from .protocol import DECODE_ERRORS, ObservedResponse
 from .providers.base import ProviderResponse
 from .retry import RetryPolicy, backoff_delay, retry_after_seconds, waits_too_long
+from .shared_timer import SharedTimer
 from .stream_peek import drop_read, peek_stream, replay_stream
 from .streaming import TokenUsage, observed_usage
 
@@ -123,7 +123,7 @@ class _Chain:
     attempts: list[Attempt]
     # The caller's, or one made when a stream is first held (never, for JSON requests).
     held: HeldStream | None
-    deadlines: SharedDeadlines
+    timer: SharedTimer
     started: float = field(init=False)
     failure: _Failure | None = field(init=False, default=None)
     out_of_time: bool = field(init=False, default=False)
@@ -188,7 +188,7 @@ class _Chain:
         await self.discard(previous)
         began = self.clock()
         remaining = self.policy.deadline - (began - self.started)
-        deadline = self.deadlines.within(remaining)
+        deadline = self.timer.timeout(remaining)
         try:
             async with deadline:
                 outcome = await self._send_and_judge(target)
@@ -279,7 +279,13 @@ class _Chain:
             holder = self.held = HeldStream()
         holder.target, holder.chunks = target, buffered
         error, pending = await peek_stream(
-            chunks, policy.retry_statuses, policy.stream_hold, buffered, policy.first_byte_timeout
+            chunks,
+            policy.retry_statuses,
+            policy.stream_hold,
+            buffered,
+            policy.first_byte_timeout,
+            timer=self.timer,
+            ready=response.ready,
         )
         if error is not None:
             # Should it be the answer the client gets, its request-id is the upstream's, as
@@ -394,7 +400,7 @@ async def run_chain(
     random: Callable[[], float] = _random.random,
     attempts: list[Attempt] | None = None,
     held: HeldStream | None = None,
-    deadlines: SharedDeadlines | None = None,
+    timer: SharedTimer | None = None,
 ) -> ChainResult:
     """Send to ``targets`` in order, retrying and falling back, and return the answer to relay.
 
@@ -411,8 +417,8 @@ async def run_chain(
     ``held`` (if given) names the stream being held back and holds the chunks read from it so
     far, for a caller cancelled meanwhile to bill its usage to the right target; a cancelled
     attempt is logged as ``client_disconnected``. A stream that fails after reporting usage
-    has that usage in its attempt's ``usage``. ``deadlines`` times the attempts; a gateway
-    shares one between its requests, so that they share one timer.
+    has that usage in its attempt's ``usage``. ``timer`` times the attempts and the streams'
+    holds; a gateway shares one between its requests.
 
     Tries of one target are spaced by :func:`backoff_delay`; the next target is tried at once.
     A wait that would pass ``policy.deadline``, or a ``retry-after`` above ``max_retry_after``,
@@ -435,8 +441,8 @@ async def run_chain(
     if not targets:
         raise ValueError("run_chain needs at least one target")
     log = [] if attempts is None else attempts
-    deadlines = deadlines or SharedDeadlines()
-    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log, held, deadlines)
+    timer = timer or SharedTimer()
+    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log, held, timer)
     try:
         for target in targets:
             response = await chain.try_target(target)

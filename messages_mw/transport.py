@@ -199,6 +199,11 @@ class _ResponseStream(httpx.AsyncByteStream):
         """Whether the whole body has been received and handed out: the next read ends."""
         return self._done or self._conn.body_complete
 
+    def chunk_ready(self) -> bool:
+        """Whether the next read returns without waiting: a payload, the body's end or an
+        error has arrived."""
+        return self._done or self._conn.read_ready
+
     async def aclose(self) -> None:
         """Return the connection to the pool if the body was read to its end and the server
         keeps connections alive; otherwise close the socket now. Never suspends, so it completes

@@ -217,6 +217,39 @@ async def test_chunks_are_yielded_before_the_next_one_is_sent() -> None:
     assert received == [b"data: one\n\n", b"data: two\n\n"]
 
 
+@async_test
+async def test_chunk_ready_says_whether_the_next_read_would_wait() -> None:
+    second_wanted = asyncio.Event()
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(CHUNKED_HEAD + chunk(b"data: one\n\n"))
+        await second_wanted.wait()
+        writer.write(chunk(b"data: two\n\n") + b"0\r\n\r\n")
+        await reader.read()
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url)
+        stream = resp.stream
+        for _ in range(100):  # the first chunk may come a read after the head
+            if stream.chunk_ready():  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.001)
+        readiness = [stream.chunk_ready()]  # type: ignore[attr-defined]
+        parts = aiter(stream)
+        assert await anext(parts) == b"data: one\n\n"
+        readiness.append(stream.chunk_ready())  # type: ignore[attr-defined]
+        second_wanted.set()
+        assert await anext(parts) == b"data: two\n\n"
+        for _ in range(100):  # the end of the body
+            if stream.chunk_ready():  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.001)
+        readiness.append(stream.chunk_ready())  # type: ignore[attr-defined]
+        await resp.aclose()
+    assert readiness == [True, False, True]
+
+
 async def write_slowly(writer: Writer, pieces: list[bytes]) -> None:
     for piece in pieces:
         writer.write(piece)

@@ -21,7 +21,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from .base import ProviderRequest, ProviderResponse, never_ended, read_bounded
+from .base import ProviderRequest, ProviderResponse, never_ended, never_ready, read_bounded
 
 __all__ = ["AnthropicProvider"]
 
@@ -309,6 +309,7 @@ class AnthropicProvider:
                 chunks=relay_upstream_chunks(chunks, self._origin),
                 close=response.aclose,
                 ended=_body_complete_check(raw),
+                ready=_chunk_ready_check(raw),
             )
         try:
             body = await read_bounded(response.aiter_bytes() if raw is None else raw, self._origin)
@@ -348,6 +349,14 @@ def _raw_stream(response: httpx.Response, head: _ResponseHead) -> httpx.AsyncByt
     if head.encoded or response.is_stream_consumed or not isinstance(stream, httpx.AsyncByteStream):
         return None
     return stream
+
+
+def _chunk_ready_check(stream: httpx.AsyncByteStream | None) -> Callable[[], bool]:
+    """How to tell the next read returns without waiting, where the transport knows
+    (messages_mw's own transport does; httpx's reads may hold task-bound state, such as
+    anyio's cancel scopes, and are read in a task of their own regardless)."""
+    check: Callable[[], bool] | None = getattr(stream, "chunk_ready", None)
+    return check if check is not None else never_ready
 
 
 def _body_complete_check(stream: httpx.AsyncByteStream | None) -> Callable[[], bool]:

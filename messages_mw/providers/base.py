@@ -21,6 +21,7 @@ __all__ = [
     "ProviderRequest",
     "ProviderResponse",
     "never_ended",
+    "never_ready",
     "no_close",
     "read_bounded",
 ]
@@ -85,6 +86,11 @@ def never_ended() -> bool:
     return False
 
 
+def never_ready() -> bool:
+    """The ``ready`` of a stream that cannot tell whether its next read will wait."""
+    return False
+
+
 @dataclass(slots=True)
 class ProviderResponse:
     """An upstream answer, ready to relay.
@@ -95,7 +101,10 @@ class ProviderResponse:
     a client disconnect: it releases the upstream connection promptly. ``ended``, asked right
     after ``chunks`` yielded, says whether the upstream body is already complete, so the relay
     can end the client's response in the same write as the last chunk; a provider that cannot
-    tell keeps the default, and the response then ends in a write of its own.
+    tell keeps the default, and the response then ends in a write of its own. ``ready`` says
+    whether the next read of ``chunks`` returns without waiting (its chunk, or the end, has
+    arrived): the gateway then reads it in the request's own task rather than one of its own,
+    which is only safe if true; a provider that cannot tell keeps the default.
     """
 
     status: int
@@ -104,6 +113,7 @@ class ProviderResponse:
     chunks: AsyncIterator[bytes] | None = None
     close: Callable[[], Awaitable[None]] = field(default=no_close)
     ended: Callable[[], bool] = field(default=never_ended)
+    ready: Callable[[], bool] = field(default=never_ready)
 
     @property
     def content_type(self) -> str:

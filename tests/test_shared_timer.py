@@ -1,4 +1,4 @@
-"""SharedDeadlines: asyncio.timeout's behaviour, with every deadline on one timer."""
+"""SharedTimer: asyncio.timeout's behaviour, with every deadline on one timer."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import time
 
 import pytest
 
-from messages_mw.deadlines import SharedDeadlines
+from messages_mw.shared_timer import SharedTimer
 
 from .inprocess import run
 
 
 def test_a_block_that_ends_in_time_is_left_alone() -> None:
-    deadlines = SharedDeadlines()
+    timer = SharedTimer()
 
     async def main() -> bool:
-        async with deadlines.within(5) as deadline:
+        async with timer.timeout(5) as deadline:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.02)  # nothing is cancelled later either
         return deadline.expired()
@@ -25,11 +25,11 @@ def test_a_block_that_ends_in_time_is_left_alone() -> None:
 
 
 def test_a_block_that_overruns_raises_timeout_error_at_its_deadline() -> None:
-    deadlines = SharedDeadlines()
+    timer = SharedTimer()
 
     async def main() -> tuple[float, bool]:
         started = time.monotonic()
-        deadline = deadlines.within(0.05)
+        deadline = timer.timeout(0.05)
         with pytest.raises(TimeoutError):
             async with deadline:
                 await asyncio.sleep(10)
@@ -41,18 +41,18 @@ def test_a_block_that_overruns_raises_timeout_error_at_its_deadline() -> None:
 
 
 def test_each_of_many_deadlines_fires_at_its_own_time() -> None:
-    deadlines = SharedDeadlines()
+    timer = SharedTimer()
     fired: dict[str, float] = {}
 
     async def wait(name: str, seconds: float, started: float) -> None:
         try:
-            async with deadlines.within(seconds):
+            async with timer.timeout(seconds):
                 await asyncio.sleep(10)
         except TimeoutError:
             fired[name] = time.monotonic() - started
 
     async def quick(seconds: float) -> None:
-        async with deadlines.within(seconds):
+        async with timer.timeout(seconds):
             await asyncio.sleep(0.001)
 
     async def main() -> None:
@@ -72,10 +72,10 @@ def test_each_of_many_deadlines_fires_at_its_own_time() -> None:
 
 
 def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
-    deadlines = SharedDeadlines()
+    timer = SharedTimer()
 
     async def guarded() -> None:
-        async with deadlines.within(5):
+        async with timer.timeout(5):
             await asyncio.sleep(10)
 
     async def main() -> None:
@@ -89,15 +89,15 @@ def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
 
 
 def test_the_task_can_wait_again_after_a_timeout() -> None:
-    deadlines = SharedDeadlines()
+    timer = SharedTimer()
 
     async def main() -> str:
         with pytest.raises(TimeoutError):
-            async with deadlines.within(0.01):
+            async with timer.timeout(0.01):
                 await asyncio.sleep(10)
         # The timeout's cancellation was taken back: later awaits run normally.
         await asyncio.sleep(0.01)
-        async with deadlines.within(5):
+        async with timer.timeout(5):
             await asyncio.sleep(0.01)
         return "done"
 
@@ -105,23 +105,23 @@ def test_the_task_can_wait_again_after_a_timeout() -> None:
 
 
 def test_ended_deadlines_do_not_pile_up() -> None:
-    deadlines = SharedDeadlines()
+    timer = SharedTimer()
 
     async def main() -> int:
         for _ in range(10_000):
-            async with deadlines.within(600):
+            async with timer.timeout(600):
                 pass
-        return len(deadlines._heap)
+        return len(timer._heap)
 
     # Each ended entry would otherwise wait 600 s for its turn in the heap.
     assert run(main()) <= 130
 
 
 def test_one_instance_serves_one_event_loop_after_another() -> None:
-    deadlines = SharedDeadlines()
+    timer = SharedTimer()
 
     async def overrun() -> bool:
-        deadline = deadlines.within(0.02)
+        deadline = timer.timeout(0.02)
         try:
             async with deadline:
                 await asyncio.sleep(10)
@@ -131,7 +131,7 @@ def test_one_instance_serves_one_event_loop_after_another() -> None:
 
     async def left_pending() -> None:
         # Entered on a loop that then ends: its entry must not hold up the next loop.
-        async with deadlines.within(0.5):
+        async with timer.timeout(0.5):
             await asyncio.sleep(0.001)
 
     run(left_pending())

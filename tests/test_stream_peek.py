@@ -1,0 +1,153 @@
+"""The stream peek: its SSE scanner (the same verdict however the stream is framed and cut
+into chunks) and its reads (in the request's task when the provider says a read will not
+wait, in a task of their own otherwise)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from messages_mw.errors import GatewayError, InvalidRequestError, UpstreamUnavailableError
+from messages_mw.stream_peek import _PeekScanner, peek_stream
+
+from .inprocess import run
+
+_SEPARATORS = [b"\n\n", b"\r\n\r\n", b"\r\r"]
+_NAMES = [b"message_start", b"ping", b"content_block_start", b"error", b"message_delta"]
+
+
+def _reference_verdict(stream: bytes) -> object:
+    """What an event-by-event reading of the whole stream decides (SSE rules: the last
+    ``event:`` line names an event; one without a name counts for nothing)."""
+    events = re.split(rb"\r\n\r\n|\n\n|\r\r", stream)
+    for index, block in enumerate(events):
+        if index == len(events) - 1:
+            break  # unterminated: judged only once the stream has ended
+        names = [line[6:].strip() for line in block.splitlines() if line.startswith(b"event:")]
+        if not names or names[-1] in (b"message_start", b"ping"):
+            continue
+        if names[-1] == b"error":
+            return "error"
+        return "content"
+    return None
+
+
+def _verdict_name(verdict: object) -> object:
+    return "error" if isinstance(verdict, GatewayError) else verdict
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> bytes:
+    """One event: its lines (name first or not, ids, comments, data), then a separator."""
+    newline = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
+    lines = []
+    if draw(st.booleans()):
+        lines.append(b"id: " + draw(st.sampled_from([b"1", b"abc"])))
+    if draw(st.booleans()):
+        lines.append(b": a comment")
+    names = draw(st.lists(st.sampled_from(_NAMES), max_size=2))
+    for name in names:
+        lines.append(b"event:" + draw(st.sampled_from([b" ", b"", b"  "])) + name)
+        if draw(st.booleans()):
+            lines.append(b'data: {"type":"error","error":{"type":"overloaded_error"}}')
+    lines.append(b'data: {"type":"x","text":"event: not a line"}')
+    separator = b"\n\n" if newline == b"\n" else newline * 2
+    return newline.join(draw(st.permutations(lines)) if draw(st.booleans()) else lines) + (
+        separator
+    )
+
+
+@given(
+    st.lists(_events(), min_size=1, max_size=6),
+    st.lists(st.integers(min_value=1, max_value=40), max_size=12),
+)
+def test_the_verdict_does_not_depend_on_framing_or_chunking(
+    events: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(events)
+    scanner = _PeekScanner()
+    verdict: object = None
+    position = 0
+    for size in [*cuts, len(stream)]:
+        chunk = stream[position : position + size]
+        position += size
+        if not chunk:
+            continue
+        verdict = scanner.feed(chunk)
+        if verdict is not None:
+            break
+    assert _verdict_name(verdict) == _reference_verdict(stream)
+
+
+def test_an_error_event_carries_its_type_and_message() -> None:
+    scanner = _PeekScanner()
+    verdict = scanner.feed(
+        b"event: message_start\ndata: {}\n\n"
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+        b'"message":"Overloaded"}}\n\n'
+    )
+    assert isinstance(verdict, GatewayError)
+    assert verdict.status == 529 and "Overloaded" in str(verdict)
+
+
+def test_a_separator_cut_in_two_still_ends_its_event() -> None:
+    scanner = _PeekScanner()
+    assert scanner.feed(b"event: ping\r\ndata: {}\r\n\r") is None
+    assert scanner.feed(b"\nevent: content_block_start\r\ndata: {}\r\n") is None
+    assert scanner.feed(b"\r\n") == "content"
+
+
+def _chunks_recording_tasks(
+    tasks: list[asyncio.Task[object] | None], *parts: bytes
+) -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in parts:
+            tasks.append(asyncio.current_task())
+            yield part
+
+    return chunks()
+
+
+def test_a_read_the_provider_calls_ready_runs_in_the_requests_own_task() -> None:
+    async def main() -> tuple[object, list[bool]]:
+        tasks: list[asyncio.Task[object] | None] = []
+        chunks = _chunks_recording_tasks(
+            tasks,
+            b"event: message_start\ndata: {}\n\n",
+            b"event: ping\ndata: {}\n\n",
+            b"event: content_block_start\ndata: {}\n\n",
+        )
+        ready = iter([True, False, True])
+        error, pending = await peek_stream(chunks, (529,), 5.0, [], ready=lambda: next(ready))
+        this = asyncio.current_task()
+        return (error, pending), [task is this for task in tasks]
+
+    outcome, in_this_task = run(main())
+    assert outcome == (None, None)
+    # The read that might have waited ran in a task of its own.
+    assert in_this_task == [True, False, True]
+
+
+def test_a_ready_read_still_reports_the_end_and_errors() -> None:
+    async def main() -> tuple[object, type[BaseException]]:
+        async def empty() -> AsyncIterator[bytes]:
+            return
+            yield b""  # pragma: no cover - makes this an async generator
+
+        async def refusing() -> AsyncIterator[bytes]:
+            raise InvalidRequestError("prompt is too long")
+            yield b""  # pragma: no cover
+
+        ended, _ = await peek_stream(empty(), (529,), 5.0, [], ready=lambda: True)
+        with pytest.raises(InvalidRequestError) as caught:
+            await peek_stream(refusing(), (529,), 5.0, [], ready=lambda: True)
+        return ended, caught.type
+
+    ended, raised = run(main())
+    assert isinstance(ended, UpstreamUnavailableError) and "ended before any content" in str(ended)
+    assert raised is InvalidRequestError
