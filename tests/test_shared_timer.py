@@ -137,3 +137,20 @@ def test_one_instance_serves_one_event_loop_after_another() -> None:
     run(left_pending())
     assert run(overrun()) is True
     assert run(overrun()) is True
+
+
+def test_callbacks_run_in_time_order_and_cancelled_ones_never() -> None:
+    timer = SharedTimer()
+    called: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        timer.call_later(loop, 0.03, lambda: called.append("third"))
+        timer.call_later(loop, 0.01, lambda: called.append("first"))
+        dropped = timer.call_later(loop, 0.02, lambda: called.append("dropped"))
+        timer.call_later(loop, 0.02, lambda: called.append("second"))
+        dropped.cancel()
+        await asyncio.sleep(0.06)
+
+    run(main())
+    assert called == ["first", "second", "third"]
