@@ -318,6 +318,36 @@ def test_an_error_event_opening_a_stream_is_answered_as_an_error_with_upstream_h
     assert response.headers.get_list("anthropic-ratelimit-requests-limit") == ["1000"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_headers_the_upstreams_connection_header_names_are_not_relayed(stream: bool) -> None:
+    body_bytes = message_json()
+    content_type = "application/json"
+    if stream:
+        body_bytes = b"".join(text_stream_events(["hi"]))
+        content_type = "text/event-stream"
+    headers = [
+        ("content-type", content_type),
+        ("request-id", "req_up"),
+        ("connection", "keep-alive, X-Edge-Hop , x-debug-route"),
+        ("x-edge-hop", "pop-17"),
+        ("x-debug-route", "internal-lb-3"),
+        ("x-kept", "yes"),
+    ]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=headers, content=body_bytes)
+
+    settings = UpstreamConfig(base_url="http://upstream.test")
+    provider = AnthropicProvider(settings, transport=httpx.MockTransport(answer))
+    gateway = Gateway(GatewayConfig(usage_log=False), provider=provider)
+    body = json.dumps({**json.loads(CHAT), "stream": stream}).encode()
+    response = run(_post(gateway, body))
+    assert response.status_code == 200
+    assert "x-edge-hop" not in response.headers and "x-debug-route" not in response.headers
+    assert response.headers["x-kept"] == "yes"
+    assert response.headers["request-id"] == "req_up"
+
+
 def test_an_upstream_folding_a_header_line_is_reported_as_invalid_http() -> None:
     """Obsolete line folding, through the gateway's own transport and a real socket."""
 

@@ -167,18 +167,33 @@ def _read_head(response: httpx.Response) -> _ResponseHead:
     relayed: list[tuple[str, str]] = []
     event_stream = encoded = False
     undecodable = ""
+    connection_options: set[str] = set()
     for raw_name, raw_value in response.headers.raw:
         name = raw_name.lower()
         if name in _DROPPED_RESPONSE_HEADERS:
             if name == b"content-encoding":
                 encoded = True
                 undecodable = undecodable or _undecodable(raw_value.decode("latin-1"))
+            elif name == b"connection":
+                connection_options.update(_listed_headers(raw_value))
             continue
         value = raw_value.decode("latin-1")
         if name == b"content-type" and value.startswith("text/event-stream"):
             event_stream = True
         relayed.append((name.decode("latin-1"), value))
+    if connection_options - _CONNECTION_TOKENS:
+        # Headers the upstream's Connection header names are for that hop alone: a proxy
+        # must drop them (RFC 9110, section 7.6.1).
+        relayed = [(name, value) for name, value in relayed if name not in connection_options]
     return _ResponseHead(relayed, event_stream, encoded, undecodable)
+
+
+# Connection options that name no header.
+_CONNECTION_TOKENS = frozenset({"keep-alive", "close"})
+
+
+def _listed_headers(connection: bytes) -> list[str]:
+    return [token.strip().lower() for token in connection.decode("latin-1").split(",")]
 
 
 def _undecodable(content_encoding: str) -> str:
