@@ -361,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop(_METRICS_DIR_ENV, None)
 
 
 def _build_and_serve(args: argparse.Namespace, config: GatewayConfig) -> int:

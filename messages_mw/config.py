@@ -166,7 +166,9 @@ class TelemetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         path = self.metrics_path
         if not path.startswith("/"):
             raise ValueError(f"metrics_path must start with '/', got {path!r}")
-        if path.startswith("/v1/") or path in ("/v1", "/api/hello"):
+        # As served: with or without a trailing slash.
+        served = path.rstrip("/")
+        if served.startswith("/v1/") or served in ("/v1", "/api/hello"):
             raise ValueError(f"metrics_path {path!r} is one of the gateway's own routes")
 
 

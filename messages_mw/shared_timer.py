@@ -38,12 +38,22 @@ class TimerEntry:
         """Never call the callback (nothing, if it has been called already)."""
         if self.pending:
             self.pending = False
+            # The entry may wait in the heap a while: let go of what the callback holds.
+            self.callback = _nothing
             self._timer._cancelled()
 
 
+def _nothing() -> None:
+    pass
+
+
 class SharedTimer:
-    """Callbacks at given times of one event loop, on one of its timers (an instance used
-    from a new loop starts afresh: the old loop's callbacks are gone with it)."""
+    """Callbacks at given times of one event loop, on one of its timers.
+
+    An instance serves one loop at a time, as the gateway's connection pool does: used from
+    a new loop it starts afresh, and what the old loop had pending never runs (the old loop
+    is expected to be gone, as between test cases). It is not thread-safe.
+    """
 
     def __init__(self) -> None:
         # (when, order, entry): the order breaks ties, since entries do not compare.
@@ -98,7 +108,12 @@ class SharedTimer:
         if heap:
             self._handle = loop.call_at(heap[0][0], self._fire)
         for entry in due:
-            entry.callback()
+            try:
+                entry.callback()
+            except Exception as exc:
+                # As the loop treats a failing callback: reported, and the others still run.
+                context = {"message": "SharedTimer callback failed", "exception": exc}
+                loop.call_exception_handler(context)
 
 
 class Deadline:

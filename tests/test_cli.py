@@ -370,8 +370,11 @@ def test_serve_with_prometheus_counts_every_workers_requests(tmp_path: Path, wor
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_listening(process, port, log)
-        for _ in range(_COUNTED_REQUESTS):
-            # A client, so a connection, per request: with two workers, both serve some.
+        sent = 0
+        # A client, so a connection, per request, until every worker has served some (each
+        # keeps its counts in a file of its own in the shared directory).
+        while sent < _MIN_REQUESTS or _workers_counting(scratch) < int(workers):
+            assert sent < 200, "the requests all went to one worker"
             with anthropic.Anthropic(base_url=base_url, api_key="-", max_retries=0) as client:
                 message = client.messages.create(
                     model="claude-haiku-4-5",
@@ -379,20 +382,30 @@ def test_serve_with_prometheus_counts_every_workers_requests(tmp_path: Path, wor
                     messages=[{"role": "user", "content": "count me"}],
                 )
             assert message.stop_reason == "end_turn"
+            sent += 1
         # Each scrape reaches one worker or the other: every one must show every request.
-        counts = [_chat_requests_scraped(f"{base_url}/metrics") for _ in range(12)]
+        counts = [_chat_requests_scraped(f"{base_url}/metrics", sent) for _ in range(12)]
     finally:
         _stop(process)
-    assert counts == [_COUNTED_REQUESTS] * 12, log.read_text()
+    assert counts == [sent] * 12, log.read_text()
     assert f"metrics at {base_url}/metrics" in log.read_text()
     assert list(scratch.iterdir()) == []
 
 
-_COUNTED_REQUESTS = 20
+_MIN_REQUESTS = 20
 
 
-def _chat_requests_scraped(url: str) -> float:
-    """The chat request count a scrape shows, once it shows every request (usage events
+def _workers_counting(scratch: Path) -> int:
+    """How many processes have counted requests in the shared metrics directory under
+    ``scratch`` (one when there is none: a single worker counts in memory)."""
+    directories = list(scratch.glob("messages-mw-metrics-*"))
+    if not directories:
+        return 1
+    return len({path.stem.rsplit("_", 1)[-1] for path in directories[0].glob("counter_*.db")})
+
+
+def _chat_requests_scraped(url: str, expected: int) -> float:
+    """The chat request count a scrape shows, once it shows ``expected`` (usage events
     reach the sinks a few ms after each answer), or after 2 s."""
     deadline = time.monotonic() + 2
     while True:
@@ -404,6 +417,29 @@ def _chat_requests_scraped(url: str) -> float:
             for sample in family.samples
             if sample.name == "messages_mw_requests_total" and sample.labels["operation"] == "chat"
         )
-        if counted >= _COUNTED_REQUESTS or time.monotonic() > deadline:
+        if counted >= expected or time.monotonic() > deadline:
             return counted
         time.sleep(0.02)
+
+
+def test_the_shared_metrics_directory_goes_with_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run made the directory and named it in the environment: both are gone after it, so
+    # a later gateway in this process does not look for the deleted directory.
+    config = _write(
+        tmp_path, "provider = 'mock'\nusage_log = false\n[telemetry]\nprometheus = true\n"
+    )
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    seen: list[str | None] = []
+
+    def serve_and_stop(args: object, config: GatewayConfig, gateway: Gateway) -> int:
+        seen.append(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        return 0
+
+    monkeypatch.setattr(cli, "_serve", serve_and_stop)
+    for _ in range(2):
+        assert cli.main(["serve", "--config", str(config), "--workers", "2"]) == 0
+    assert all(directory is not None for directory in seen) and seen[0] != seen[1]
+    assert not any(Path(directory).exists() for directory in seen if directory)
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ

@@ -1,5 +1,5 @@
-"""Inputs a client controls that once made compression super-linear, stalling the event loop
-that every request shares.
+"""Inputs a client (or an upstream) controls that once made compression or stream reading
+super-linear, stalling the event loop that every request shares.
 
 Each case was found by an audit and took seconds to minutes at the sizes below (cubic,
 quadratic, or re-parsing a command per block); fixed, each takes milliseconds. The time limit
@@ -19,6 +19,7 @@ from messages_mw.compression.commands.files import filter_lint
 from messages_mw.compression.commands.parse import main_programs
 from messages_mw.compression.engine import compress_request
 from messages_mw.compression.memo import CompressionMemo
+from messages_mw.stream_peek import _PeekScanner
 from messages_mw.streaming import StreamObserver
 
 # Each case below took at least 15 s before its fix.
@@ -107,3 +108,27 @@ def test_sse_with_carriage_returns_is_observed_in_linear_time() -> None:
     _within_guard(lambda: observer.feed(b"x\n\n" * 300_000))
     observer.feed(b'event: message_stop\r\ndata: {"type":"message_stop"}\r\n\r\n')
     assert observer.saw_message_stop
+
+
+def test_a_held_stream_framed_with_crlf_is_judged_in_linear_time() -> None:
+    # Upstream bytes, read before the client sees any: the peek looked for a blank line to the
+    # end of the chunk before each event, and CRLF framing has none. 1 MiB of pings took 15 s.
+    pings = b"event: ping\r\ndata: {}\r\n\r\n" * 40_000
+    scanner = _PeekScanner()
+    assert _within_guard(lambda: scanner.feed(pings)) is None
+    assert scanner.feed(b"event: content_block_start\r\ndata: {}\r\n\r\n") == "content"
+
+
+def test_an_event_arriving_in_small_pieces_is_judged_in_linear_time() -> None:
+    # The peek searched everything it held from the start again with each piece: 1 MiB in
+    # 1 KiB pieces took 1.3 s, and 4 MiB sixteen times that.
+    scanner = _PeekScanner()
+    piece = b"x" * 1024
+
+    def feed_pieces() -> object:
+        scanner.feed(b"event: message_start\ndata: ")
+        for _ in range(4 * 1024):
+            scanner.feed(piece)
+        return scanner.feed(b"\n\nevent: content_block_start\ndata: {}\n\n")
+
+    assert _within_guard(feed_pieces) == "content"

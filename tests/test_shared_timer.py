@@ -119,24 +119,49 @@ def test_ended_deadlines_do_not_pile_up() -> None:
 
 def test_one_instance_serves_one_event_loop_after_another() -> None:
     timer = SharedTimer()
+    old_loop = asyncio.new_event_loop()
 
-    async def overrun() -> bool:
-        deadline = timer.timeout(0.02)
-        try:
-            async with deadline:
-                await asyncio.sleep(10)
-        except TimeoutError:
-            pass
-        return deadline.expired()
-
-    async def left_pending() -> None:
-        # Entered on a loop that then ends: its entry must not hold up the next loop.
+    async def stuck() -> None:
         async with timer.timeout(0.5):
-            await asyncio.sleep(0.001)
+            await asyncio.Event().wait()
 
-    run(left_pending())
-    assert run(overrun()) is True
-    assert run(overrun()) is True
+    # A deadline still pending when its loop is dropped: its timer never fires anywhere.
+    stuck_task = old_loop.create_task(stuck())
+    old_loop.run_until_complete(asyncio.sleep(0.01))
+    old_loop.close()
+    # Left pending on purpose, as a dropped loop leaves it: nothing to report when collected.
+    stuck_task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+    async def overrun() -> float:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with timer.timeout(0.6):
+                await asyncio.sleep(10)
+        return time.monotonic() - started
+
+    # Later than the dropped one: it must get a timer of its own in the new loop.
+    assert run(overrun()) < 2.0
+    assert not stuck_task.done()
+
+
+def test_a_failing_callback_is_reported_and_the_others_still_run() -> None:
+    timer = SharedTimer()
+    called: list[str] = []
+    reported: list[object] = []
+
+    def fail() -> None:
+        raise RuntimeError("boom")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: reported.append(context["exception"]))
+        timer.call_later(loop, 0.01, fail)
+        timer.call_later(loop, 0.01, lambda: called.append("after"))
+        await asyncio.sleep(0.05)
+
+    run(main())
+    assert called == ["after"]
+    assert [str(error) for error in reported] == ["boom"]
 
 
 def test_callbacks_run_in_time_order_and_cancelled_ones_never() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -151,3 +152,32 @@ def test_a_ready_read_still_reports_the_end_and_errors() -> None:
     ended, raised = run(main())
     assert isinstance(ended, UpstreamUnavailableError) and "ended before any content" in str(ended)
     assert raised is InvalidRequestError
+
+
+def test_the_hold_runs_out_even_when_a_chunk_lands_just_before_it() -> None:
+    # The hold's timer fired in the loop pass in which a read completed, woke nothing, and the
+    # peek then held the stream until content came, for ever here.
+    hold = 0.05
+
+    async def main() -> tuple[float, bool]:
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[None] = loop.create_future()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            await first
+            yield b"event: message_start\ndata: {}\n\n"
+            await asyncio.Event().wait()  # no content for a long time
+            yield b""
+
+        started = loop.time()
+        # The first chunk arrives 2 ms before the hold ends, in a pass busy for 10 ms.
+        loop.call_at(started + hold - 0.002, first.set_result, None)
+        loop.call_at(started + hold - 0.002, time.sleep, 0.01)
+        peeking = peek_stream(chunks(), (529,), hold, [])
+        error, pending = await asyncio.wait_for(peeking, 2)
+        assert error is None and pending is not None
+        pending.cancel()
+        return loop.time() - started, pending is not None
+
+    elapsed, handed_over = run(main())
+    assert handed_over and elapsed < 1.0

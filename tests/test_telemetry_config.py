@@ -131,6 +131,9 @@ def test_telemetry_in_a_toml_file(tmp_path: Path) -> None:
         ("metrics_path = 'metrics'", "metrics_path must start with '/'"),
         ("metrics_path = '/v1/messages'", "is one of the gateway's own routes"),
         ("metrics_path = '/api/hello'", "is one of the gateway's own routes"),
+        # Served with or without its trailing slash, so this one would answer /api/hello.
+        ("metrics_path = '/api/hello/'", "is one of the gateway's own routes"),
+        ("metrics_path = '/v1/'", "is one of the gateway's own routes"),
         ("prometheus_namespace = 'messages-mw'", "$.telemetry.prometheus_namespace"),
         ("prometheus = 'yes'", "$.telemetry.prometheus"),
         ("exporter = 'otlp'", "unknown field `exporter`"),
