@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -151,6 +152,9 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     (``"anthropic"``, ``"openai"``, ``"messages_mw.mock"``, or a custom provider's own).
     ``response_id`` and ``response_model`` are the message's ``id`` and ``model`` as the
     upstream answered them (``served_model`` is the name the gateway asked for).
+    ``traceparent`` is the client's W3C Trace Context header, when well formed: usage lines
+    can be joined to the caller's traces, and the OpenTelemetry sink's span becomes a child
+    of the caller's span.
     """
 
     request_id: str
@@ -184,6 +188,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     stop_reason: str | None = None
     response_id: str | None = None
     response_model: str | None = None
+    traceparent: str | None = None
 
     @classmethod
     def from_context(cls, context: RequestContext) -> UsageEvent:
@@ -232,7 +237,32 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             context.stop_reason,
             context.response_id,
             context.response_model,
+            _traceparent(context.request_headers),
         )
+
+
+# W3C Trace Context: version, trace id, parent span id, flags. A later version may append
+# fields after these; version ff and all-zero ids are invalid.
+_TRACEPARENT = re.compile(
+    r"(?!ff)([0-9a-f]{2})-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+)
+
+
+def _traceparent(headers: Mapping[str, str]) -> str | None:
+    """The client's ``traceparent``, as its first four fields, or ``None`` if absent or
+    malformed (it reaches logs and spans: nothing else gets through)."""
+    value = headers.get("traceparent")
+    if value is None:
+        return None
+    value = value.strip()
+    found = _TRACEPARENT.match(value)
+    if found is None:
+        return None
+    rest = value[found.end() :]
+    # Version 00 has exactly these fields; a later one may have more, after a dash.
+    if rest and (found.group(1) == "00" or not rest.startswith("-")):
+        return None
+    return found.group()
 
 
 RequestEndHook = Callable[[RequestContext], Awaitable[None] | None]

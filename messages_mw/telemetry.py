@@ -12,6 +12,7 @@ from .context import UsageEvent, operation_of
 try:
     from opentelemetry import trace
     from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     from opentelemetry.util.types import AttributeValue
 except ImportError as exc:  # pragma: no cover - the extra is installed in the test env
     raise ImportError(
@@ -22,6 +23,7 @@ __all__ = ["OpenTelemetrySink"]
 
 
 _MAX_MODEL_IN_NAME = 100
+_PROPAGATOR = TraceContextTextMapPropagator()
 
 
 class OpenTelemetrySink:
@@ -38,8 +40,10 @@ class OpenTelemetrySink:
     before its answer.
 
     ``tracer_provider`` defaults to the global one (set by ``trace.set_tracer_provider``, even
-    after this sink is built). Through a :class:`~messages_mw.usage.UsageDispatcher` the span
-    has no parent: the dispatcher runs sinks outside the request's context.
+    after this sink is built). A request that came with a W3C ``traceparent`` header gets its
+    span as a child of that span, in the caller's trace. Otherwise, through a
+    :class:`~messages_mw.usage.UsageDispatcher`, the span has no parent: the dispatcher runs
+    sinks outside the request's context.
     """
 
     # Not ``nonblocking``: ending a span runs whatever span processors the host installed,
@@ -58,8 +62,14 @@ class OpenTelemetrySink:
         if operation == "other":
             # A preconnect or an unknown route: no model was called, so no GenAI span.
             return
+        # The caller's span, when its traceparent came with the request: the request's span
+        # then sits in the caller's trace (otherwise in the current context, if any).
+        parent = (
+            _PROPAGATOR.extract({"traceparent": event.traceparent}) if event.traceparent else None
+        )
         span = self._tracer.start_span(
             f"{operation} {model}" if model else operation,
+            context=parent,
             kind=SpanKind.CLIENT,
             attributes=_attributes(event),
             start_time=end - latency_ns,

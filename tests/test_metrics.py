@@ -415,3 +415,16 @@ def test_opentelemetry_sink_never_runs_span_processors_on_the_event_loop() -> No
     asyncio.run(main())
     assert len(exporter.get_finished_spans()) == 1
     assert exported_on and threading.get_ident() not in exported_on
+
+
+def test_opentelemetry_span_joins_the_callers_trace_from_its_traceparent() -> None:
+    provider, exporter = _tracing()
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    sink = OpenTelemetrySink(provider)
+    sink(make_event(traceparent=f"00-{trace_id}-{parent_id}-01"))
+    sink(make_event())
+    joined, alone = exporter.get_finished_spans()
+    assert joined.context is not None and joined.parent is not None
+    assert joined.context.trace_id == int(trace_id, 16)
+    assert joined.parent.span_id == int(parent_id, 16) and joined.parent.is_remote
+    assert alone.parent is None

@@ -180,17 +180,24 @@ def test_opentelemetry_from_config_records_a_span_per_request() -> None:
         async def main():
             transport = httpx.ASGITransport(app=gateway)
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-                for _ in range(2):
-                    assert (await client.post("/v1/messages", json=body)).status_code == 200
+                assert (await client.post("/v1/messages", json=body)).status_code == 200
+                traced = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
+                answer = await client.post("/v1/messages", json=body, headers=traced)
+                assert answer.status_code == 200
             await gateway.aclose()  # flushes the usage sinks
 
         asyncio.run(main())
         for span in exporter.get_finished_spans():
-            print(span.name, span.attributes["gen_ai.usage.output_tokens"] > 0)
+            parent = span.parent and format(span.parent.span_id, "016x")
+            print(span.name, span.attributes["gen_ai.usage.output_tokens"] > 0, parent)
         """
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=_REPO, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["chat claude-haiku-4-5 True"] * 2
+    # The second request's span is a child of the caller's span its traceparent named.
+    assert done.stdout.splitlines() == [
+        "chat claude-haiku-4-5 True None",
+        "chat claude-haiku-4-5 True " + "cd" * 8,
+    ]

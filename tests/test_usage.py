@@ -576,7 +576,11 @@ def _full_context() -> RequestContext:
     context.stop_reason = "tool_use"
     context.response_id = "msg_full"
     context.response_model = "claude-haiku-4-5-20251001"
+    context.request_headers = {"traceparent": TRACEPARENT, "x-api-key": SECRET_KEY}
     return context
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def _fields(value: object) -> list[tuple[str, object]]:
@@ -697,6 +701,7 @@ def test_an_event_takes_each_field_from_its_source_in_the_context() -> None:
         "stop_reason": "tool_use",
         "response_id": "msg_full",
         "response_model": "claude-haiku-4-5-20251001",
+        "traceparent": TRACEPARENT,
     }
     actual = msgspec.structs.asdict(event)
     assert actual.pop("timestamp") == pytest.approx(time.time(), abs=60)
@@ -827,3 +832,29 @@ def test_json_lines_sink_finishes_lines_a_file_took_only_in_part(tmp_path: Path)
     sink(events[2])
     lines = bytes(short.data).decode().splitlines()
     assert [msgspec.json.decode(line, type=UsageEvent) for line in lines] == events
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        (TRACEPARENT, TRACEPARENT),
+        (f"  {TRACEPARENT} ", TRACEPARENT),
+        # A later version may append fields: the four known ones are kept.
+        ("01" + TRACEPARENT[2:] + "-more", "01" + TRACEPARENT[2:]),
+        (TRACEPARENT + "-more", None),  # version 00 has exactly four
+        ("ff" + TRACEPARENT[2:], None),  # an invalid version
+        ("00-" + "0" * 32 + TRACEPARENT[35:], None),  # an all-zero trace id
+        (TRACEPARENT[:36] + "0" * 16 + TRACEPARENT[52:], None),  # an all-zero parent id
+        (TRACEPARENT.upper(), None),
+        (TRACEPARENT + "\nx-injected: 1", None),
+        ("not a traceparent", None),
+        (None, None),
+    ],
+)
+def test_only_a_well_formed_traceparent_reaches_the_event(
+    sent: str | None, kept: str | None
+) -> None:
+    context = RequestContext(request_id="req_1", method="POST", path="/v1/messages")
+    if sent is not None:
+        context.request_headers = {"traceparent": sent}
+    assert UsageEvent.from_context(context).traceparent == kept
