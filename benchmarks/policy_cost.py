@@ -166,7 +166,7 @@ class _ServerEntry:
         import uvicorn
         from uvicorn.server import ServerState
 
-        from messages_mw.server import HeadJoiningHttpToolsProtocol
+        from messages_mw.cli import serving_options
 
         self._answered = {port: asyncio.Event() for port in _client_ports(connections)}
 
@@ -174,13 +174,7 @@ class _ServerEntry:
             await gateway(scope, receive, send)
             self._answered[scope["client"][1]].set()
 
-        config = uvicorn.Config(
-            app,
-            http=HeadJoiningHttpToolsProtocol,
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-        )
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", **serving_options())
         config.load()
         state = ServerState()
         self._request = _raw_request(body)

@@ -142,17 +142,15 @@ def build_gateway_to_openai(upstream_url: str) -> Any:
     return Gateway(config)
 
 
-async def serve_with_uvicorn(app: Any, sock: socket.socket, http: Any = "httptools") -> None:
+# The baseline proxy as anyone would serve it: uvicorn's defaults, its access log off (as for
+# every gateway measured here).
+_BASELINE_OPTIONS: dict[str, Any] = {"http": "httptools", "access_log": False}
+
+
+async def serve_with_uvicorn(app: Any, sock: socket.socket, options: dict[str, Any]) -> None:
     import uvicorn
 
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http=http,
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-    )
+    config = uvicorn.Config(app, loop="uvloop", lifespan="on", log_level="warning", **options)
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     # uvicorn sets `started` after lifespan start-up and binding; announce only then.
@@ -222,14 +220,14 @@ _UVICORN_APPS: dict[str, Callable[[str], Any]] = {
 KINDS = (*_UVICORN_APPS, "aiohttp")
 
 
-def _http_protocol(kind: str) -> Any:
-    """messages_mw is served with the protocol ``messages-mw serve`` runs (uvicorn's httptools
-    protocol, sending each response head with its body); the baseline with uvicorn's own."""
+def _uvicorn_options(kind: str) -> dict[str, Any]:
+    """messages_mw is served as ``messages-mw serve`` serves it (its head-joining protocol, no
+    access log or proxy-headers middleware); the baseline with uvicorn's defaults."""
     if kind.startswith("messages_mw"):
-        from messages_mw.server import HeadJoiningHttpToolsProtocol
+        from messages_mw.cli import serving_options
 
-        return HeadJoiningHttpToolsProtocol
-    return "httptools"
+        return serving_options()
+    return _BASELINE_OPTIONS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             from messages_mw.cli import tune_gc_for_serving
 
             tune_gc_for_serving()
-        uvloop.run(serve_with_uvicorn(app, sock, _http_protocol(args.kind)))
+        uvloop.run(serve_with_uvicorn(app, sock, _uvicorn_options(args.kind)))
 
 
 if __name__ == "__main__":

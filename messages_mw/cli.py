@@ -28,7 +28,14 @@ import msgspec
 from .app import Gateway
 from .config import ConfigError, GatewayConfig, UpstreamConfig, load_config
 
-__all__ = ["build_config", "create_app", "main", "parse_args", "tune_gc_for_serving"]
+__all__ = [
+    "build_config",
+    "create_app",
+    "main",
+    "parse_args",
+    "serving_options",
+    "tune_gc_for_serving",
+]
 
 _WORKER_ENV = "MESSAGES_MW_WORKER_SETTINGS"
 # Where prometheus-client's multiprocess mode keeps every process's counts.
@@ -90,6 +97,13 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         choices=_LOG_LEVELS,
         default="info",
         help="Logging level for the server and the gateway (default: %(default)s).",
+    )
+    add(
+        "--access-log",
+        action="store_true",
+        help="Also print uvicorn's access log line per request, with the client address taken "
+        "from X-Forwarded-For when a local proxy sends one (default: off; the usage log "
+        "already has a JSON line per request).",
     )
 
 
@@ -262,6 +276,19 @@ def create_app() -> Gateway:
     return gateway
 
 
+def serving_options(*, access_log: bool = False) -> dict[str, Any]:
+    """The uvicorn options the gateway is served with (the benchmarks serve it so too).
+
+    uvicorn's access log is off unless asked for: the usage log has a line per request with
+    more in it, and uvicorn writes its line on the event loop, so a stalled reader of stdout
+    (a log shipper that stopped) would stop every request. Its proxy-headers middleware
+    rewrites the client address and scheme from ``X-Forwarded-*`` for that log alone (the
+    gateway reads neither), so it runs only with the log: otherwise it would copy every
+    request's headers into a dict for nothing.
+    """
+    return {"http": _http_protocol(), "access_log": access_log, "proxy_headers": access_log}
+
+
 def _http_protocol() -> Any:
     """uvicorn's httptools protocol with heads sent alongside bodies, or uvicorn's own choice
     when httptools is missing."""
@@ -326,8 +353,8 @@ def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) ->
         workers=args.workers,
         factory=args.workers > 1,
         loop="auto",
-        http=_http_protocol(),
         log_level=args.log_level,
+        **serving_options(access_log=args.access_log),
     )
     return 0
 

@@ -443,3 +443,53 @@ def test_the_shared_metrics_directory_goes_with_the_run(
     assert all(directory is not None for directory in seen) and seen[0] != seen[1]
     assert not any(Path(directory).exists() for directory in seen if directory)
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def _demo_server(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """``messages-mw serve --demo`` with its stdout a pipe nobody reads (a stalled log
+    shipper) and its stderr in a file."""
+    port = _free_port()
+    log = tmp_path / "stderr.log"
+    argv = ["-m", "messages_mw", "serve", "--demo", "--port", str(port), *extra]
+    with log.open("wb") as errors:
+        process = subprocess.Popen(
+            [sys.executable, *argv], cwd=_REPO, stdout=subprocess.PIPE, stderr=errors
+        )
+    return process, port, log
+
+
+def test_a_stalled_stdout_reader_stops_no_request(tmp_path: Path) -> None:
+    # Every request's usage line and (once) uvicorn's access line went to stdout; the access
+    # line was written on the event loop, so once the pipe filled, every request hung.
+    process, port, log = _demo_server(tmp_path)
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    try:
+        _wait_until_listening(process, port, log)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            # Far more than a 64 KB pipe holds, usage lines alone.
+            for _ in range(400):
+                assert client.post("/v1/messages", json=body).status_code == 200
+    finally:
+        _stop(process)
+        assert process.stdout is not None
+        output = process.stdout.read().decode()
+    assert '"POST /v1/messages HTTP/1.1" 200' not in output  # no uvicorn access line
+
+
+def test_access_log_prints_uvicorns_line_when_asked(tmp_path: Path) -> None:
+    process, port, log = _demo_server(tmp_path, "--access-log")
+    try:
+        _wait_until_listening(process, port, log)
+        forwarded = {"x-forwarded-for": "203.0.113.7"}
+        answer = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=forwarded, timeout=5)
+        assert answer.status_code == 200
+    finally:
+        _stop(process)
+        assert process.stdout is not None
+        output = process.stdout.read().decode()
+    # The client behind the (local, trusted) proxy, not the proxy's own address.
+    assert '203.0.113.7:0 - "GET /v1/models HTTP/1.1" 200' in output
