@@ -284,9 +284,16 @@ def serving_options(*, access_log: bool = False) -> dict[str, Any]:
     (a log shipper that stopped) would stop every request. Its proxy-headers middleware
     rewrites the client address and scheme from ``X-Forwarded-*`` for that log alone (the
     gateway reads neither), so it runs only with the log: otherwise it would copy every
-    request's headers into a dict for nothing.
+    request's headers into a dict for nothing. No ``Server`` header: it would tell every
+    client that the gateway runs on uvicorn, which is the operator's business (the upstream's
+    own is dropped too).
     """
-    return {"http": _http_protocol(), "access_log": access_log, "proxy_headers": access_log}
+    return {
+        "http": _http_protocol(),
+        "access_log": access_log,
+        "proxy_headers": access_log,
+        "server_header": False,
+    }
 
 
 def _http_protocol() -> Any:

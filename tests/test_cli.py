@@ -335,6 +335,7 @@ def test_serve_demo_answers_messages(tmp_path: Path, workers: str) -> None:
         }
         response = httpx.post(f"http://127.0.0.1:{port}/v1/messages", json=body, timeout=10)
         assert response.status_code == 200
+        assert "server" not in response.headers and "date" in response.headers
         message = response.json()
         assert message["type"] == "message" and message["role"] == "assistant"
         assert message["model"] == "claude-haiku-4-5" and message["stop_reason"] == "end_turn"
