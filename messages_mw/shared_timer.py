@@ -3,8 +3,9 @@
 On uvloop, arming and cancelling an event-loop timer costs about 2 µs, and
 ``asyncio.timeout`` about 4 µs in all. Every request used two or three: the attempt's
 deadline (600 s by default, which almost never fires), the stream's hold, and the disconnect
-watch; together 5% of the CPU of a small request. Here the timeouts of a gateway share one
-timer, armed for the earliest pending, and each costs a heap entry.
+watch; together 5% of the CPU of a small request. Here the attempts' deadlines and the
+streams' holds of a gateway share one timer, armed for the earliest pending, and each costs a
+heap entry (the disconnect watch has a ticker of its own: see ``disconnect.py``).
 """
 
 from __future__ import annotations

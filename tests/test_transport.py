@@ -196,18 +196,25 @@ async def test_content_length_body() -> None:
     assert headers[b"host"] == server.url.removeprefix("http://").encode()
 
 
-@async_test
-async def test_chunks_are_yielded_before_the_next_one_is_sent() -> None:
-    first_seen = asyncio.Event()
+def two_chunks(second_wanted: asyncio.Event) -> Handler:
+    """A handler answering with one chunk, then, once ``second_wanted`` is set, another and
+    the end of the body."""
 
     async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
         await server.read_request(reader)
         writer.write(CHUNKED_HEAD + chunk(b"data: one\n\n"))
-        await first_seen.wait()
+        await second_wanted.wait()
         writer.write(chunk(b"data: two\n\n") + b"0\r\n\r\n")
         await reader.read()
 
-    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+    return handle
+
+
+@async_test
+async def test_chunks_are_yielded_before_the_next_one_is_sent() -> None:
+    first_seen = asyncio.Event()
+
+    async with Upstream(two_chunks(first_seen)) as server, FastHTTPTransport() as transport:
         resp = await send(transport, "GET", server.url)
         received = []
         async for part in resp.aiter_raw():
@@ -221,33 +228,28 @@ async def test_chunks_are_yielded_before_the_next_one_is_sent() -> None:
 async def test_chunk_ready_says_whether_the_next_read_would_wait() -> None:
     second_wanted = asyncio.Event()
 
-    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
-        await server.read_request(reader)
-        writer.write(CHUNKED_HEAD + chunk(b"data: one\n\n"))
-        await second_wanted.wait()
-        writer.write(chunk(b"data: two\n\n") + b"0\r\n\r\n")
-        await reader.read()
-
-    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+    async with Upstream(two_chunks(second_wanted)) as server, FastHTTPTransport() as transport:
         resp = await send(transport, "GET", server.url)
-        stream = resp.stream
-        for _ in range(100):  # the first chunk may come a read after the head
-            if stream.chunk_ready():  # type: ignore[attr-defined]
-                break
-            await asyncio.sleep(0.001)
-        readiness = [stream.chunk_ready()]  # type: ignore[attr-defined]
+        stream: Any = resp.stream
+        # The first chunk may come a read after the head.
+        readiness = [await _once_ready(stream)]
         parts = aiter(stream)
         assert await anext(parts) == b"data: one\n\n"
-        readiness.append(stream.chunk_ready())  # type: ignore[attr-defined]
+        readiness.append(stream.chunk_ready())
         second_wanted.set()
         assert await anext(parts) == b"data: two\n\n"
-        for _ in range(100):  # the end of the body
-            if stream.chunk_ready():  # type: ignore[attr-defined]
-                break
-            await asyncio.sleep(0.001)
-        readiness.append(stream.chunk_ready())  # type: ignore[attr-defined]
+        readiness.append(await _once_ready(stream))  # the end of the body
         await resp.aclose()
     assert readiness == [True, False, True]
+
+
+async def _once_ready(stream: Any) -> bool:
+    """``stream.chunk_ready()`` once true, or after 100 ms."""
+    for _ in range(100):
+        if stream.chunk_ready():
+            return True
+        await asyncio.sleep(0.001)
+    return bool(stream.chunk_ready())
 
 
 async def write_slowly(writer: Writer, pieces: list[bytes]) -> None:
