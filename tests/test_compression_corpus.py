@@ -18,6 +18,7 @@ from benchmarks.compression import (
     CompressionRow,
     engine_compressor,
     format_rows,
+    json_floor,
     measure,
     naive_compressor,
     target_lines,
@@ -372,6 +373,7 @@ def test_benchmark_runs_with_the_engine_on_a_short_session() -> None:
     assert row.tool_bytes_after <= row.tool_bytes_before
     assert row.cost_after <= row.cost_before * 1.0001
     assert row.seconds_per_100kb is not None and row.seconds_per_100kb > 0
+    assert row.floor_ms_per_mb is not None and row.floor_ms_per_mb > 0
     assert row.warm_seconds_per_100kb is None and row.session_seconds_per_100kb is None
 
 
@@ -403,3 +405,42 @@ def test_benchmark_times_warm_sessions_through_one_memo() -> None:
     assert row.session_ms_per_mb is not None and row.session_ms_per_mb > 0
     assert row.speed_ms_per_mb == max(row.warm_ms_per_mb, row.session_ms_per_mb)
     assert CompressionRow(**json.loads(json.dumps(asdict(row)))) == row
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_json_floor_gives_back_an_equal_body(profile: str) -> None:
+    body = build_session("cursor", profile, turns=SHORT).requests[-1]
+    assert json.loads(json_floor(body)) == json.loads(body)
+    # Lists of text parts and plain strings both go through it.
+    both = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "a", "content": "x\ny"},
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "b",
+                        "content": [{"type": "text", "text": "p\nq"}],
+                    },
+                ],
+            }
+        ]
+    }
+    assert json.loads(json_floor(json.dumps(both).encode())) == both
+
+
+def test_the_cold_figure_is_printed_beside_its_floor() -> None:
+    row = CompressionRow(
+        **{
+            **asdict(_row("tool-heavy", 0.5, 0.3, 0.2, 4e-4, warm=1e-4)),
+            "floor_seconds_per_100kb": 1.5e-4,
+        }
+    )
+    table = format_rows([row])
+    assert "floor ms/MB" in table.splitlines()[0] and "  1.50  " in table
+    [line] = [line for line in target_lines([row]) if "ms per MB" in line]
+    assert line.endswith(
+        "cold, for comparison (not the target's figure): 4.00 ms/MB (claude-code tool-heavy),"
+        " whose JSON round trip alone (the floor column) takes 1.50 ms/MB"
+    )
