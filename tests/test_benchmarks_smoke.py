@@ -14,6 +14,7 @@ from benchmarks.decode import (
     DECODERS,
     DEFAULT_SAMPLES,
     accepts,
+    decode_syntax_only,
     decode_with_msgspec,
     decode_with_stdlib_pydantic,
     run_decode_benchmarks,
@@ -100,6 +101,14 @@ def test_both_decoders_accept_valid_bodies(body: bytes) -> None:
 def test_both_decoders_reject_invalid_bodies(body: bytes) -> None:
     assert not accepts(decode_with_msgspec, body)
     assert not accepts(decode_with_stdlib_pydantic, body)
+
+
+def test_the_decode_floor_checks_syntax_and_nothing_else() -> None:
+    # It accepts what the validator refuses, and refuses only what is not one JSON object.
+    assert accepts(decode_syntax_only, INVALID_BODIES["model as number"])
+    assert not accepts(decode_with_msgspec, INVALID_BODIES["model as number"])
+    assert not accepts(decode_syntax_only, b'{"model": "m", "messages": [}')
+    assert not accepts(decode_syntax_only, b"[1, 2]")
 
 
 def test_decode_benchmark_returns_positive_timings() -> None:
