@@ -154,7 +154,9 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     upstream answered them (``served_model`` is the name the gateway asked for).
     ``traceparent`` is the client's W3C Trace Context header, when well formed: usage lines
     can be joined to the caller's traces, and the OpenTelemetry sink's span becomes a child
-    of the caller's span.
+    of the caller's span. ``output_tokens_estimated`` is true when the stream ended before the
+    upstream reported its output (the client left, the upstream broke off) and
+    ``output_tokens`` is the gateway's estimate from the content relayed.
     """
 
     request_id: str
@@ -189,6 +191,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     response_id: str | None = None
     response_model: str | None = None
     traceparent: str | None = None
+    output_tokens_estimated: bool = False
 
     @classmethod
     def from_context(cls, context: RequestContext) -> UsageEvent:
@@ -238,6 +241,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             context.response_id,
             context.response_model,
             _traceparent(context.request_headers),
+            usage.output_tokens_estimated,
         )
 
 

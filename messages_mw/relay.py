@@ -156,7 +156,7 @@ async def relay_stream(
         if stall is not None:
             assert stalls is not None
             stalls.unwatch(stall)
-        context.usage = observer.usage
+        context.usage = observer.settled_usage()
         context.stop_reason = observer.stop_reason
         context.response_id, context.response_model = observer.message_id, observer.model
         if observer.error_type is not None and context.error_type is None:

@@ -27,14 +27,25 @@ _HEAD_BYTES = 48
 # The first line that can name an event, past any ``id:``, ``retry:`` or comment lines.
 _FIRST_NAMING_LINE = re.compile(rb"^(?:event|data):", re.MULTILINE)
 _EVENT_LINE_START = ord("e")
-# A run of content-block events and pings in Anthropic's framing, which is most of any stream:
-# matched in one call, and never interesting, as each event's first _HEAD_BYTES are fixed here.
-# Only valid while events are LF-separated: then an event ends at its first blank line.
-_SKIPPED_RUN = re.compile(
-    rb"(?:event: content_block_(?:delta|start|stop)\n"
+# A content-block event or a ping in Anthropic's framing, which is most of any stream: never
+# interesting, as its first _HEAD_BYTES are fixed here. One event per match, so that events
+# are counted for free (an upstream usually sends one per chunk). Only valid while events are
+# LF-separated: then an event ends at its first blank line.
+_SKIPPED_EVENT = re.compile(
+    rb"event: content_block_(?:delta|start|stop)\n"
     rb'data: \{"type":"content_block_(?:delta|start|stop)"[^\n]*\n\n'
-    rb'|event: ping\ndata: \{"type": ?"ping"\}\n\n)+'
+    rb'|event: ping\ndata: \{"type": ?"ping"\}\n\n'
 )
+# Any number of them, for a chunk that holds several: one call for the rest of the run.
+_SKIPPED_RUN = re.compile(b"(?:" + _SKIPPED_EVENT.pattern + b")+")
+# Estimating the output of a stream cut short: what an Anthropic text delta event adds to its
+# text (event line, JSON envelope, blank line), and the bytes of JSON-escaped text per token
+# (the mock provider's rule; English prose and code run at about 4).
+_DELTA_FRAMING_BYTES = len(
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":""}}\n\n'
+)
+_BYTES_PER_TOKEN = 4
 # The event separators SSE allows; no two can start at one position, so the leftmost match
 # is the earliest.
 _ANY_SEPARATOR = re.compile(rb"\n\n|\r\n\r\n|\r\r")
@@ -50,7 +61,8 @@ class TokenUsage(msgspec.Struct, omit_defaults=True):
 
     ``cache_creation_1h_input_tokens`` is the part of ``cache_creation_input_tokens`` written
     to the 1-hour cache (priced higher); ``web_search_requests`` counts server-side web
-    searches (priced per search).
+    searches (priced per search). ``output_tokens_estimated`` says the output count is the
+    gateway's estimate (see :meth:`StreamObserver.settled_usage`).
     """
 
     input_tokens: int = 0
@@ -59,6 +71,9 @@ class TokenUsage(msgspec.Struct, omit_defaults=True):
     cache_read_input_tokens: int = 0
     cache_creation_1h_input_tokens: int = 0
     web_search_requests: int = 0
+    # True when ``output_tokens`` is the gateway's estimate, not the upstream's count: a stream
+    # that ended (the client left, the upstream broke off) before its final message_delta.
+    output_tokens_estimated: bool = False
 
 
 def merge_usage(usage: TokenUsage, observed: ObservedUsage | None) -> None:
@@ -138,6 +153,11 @@ class StreamObserver:
         self.error_message: str | None = None
         self.saw_message_start = False
         self.saw_message_stop = False
+        # Whether a message_delta reported output_tokens: the final count, once a stream ends.
+        self.saw_final_output = False
+        # The bytes of text in the content-block events skipped unread (their bytes less each
+        # event's framing), for settled_usage.
+        self._content_text = 0
         # Events decoded (those the gateway reads); a test of whether a tail was one.
         self.events_read = 0
         self._buffer = bytearray()
@@ -193,22 +213,58 @@ class StreamObserver:
             data: bytes | bytearray = buffer
         else:
             data = chunk
-        skip = _SKIPPED_RUN.match
-        start = 0
+        skip, skip_run = _SKIPPED_EVENT.match, _SKIPPED_RUN.match
+        start = text = 0
+        size = len(data)
         while True:
             skipped = skip(data, start)
             if skipped is not None:
-                start = skipped.end()
+                end = skipped.end()
+                text += end - start - _DELTA_FRAMING_BYTES
+                start = end
+                if end == size:  # the usual chunk, paced by generation: one such event
+                    break
+                skipped = skip_run(data, start)
+                if skipped is not None:
+                    # Events that arrived together: one call for the rest of the run, and
+                    # counted by their lines, three each (cheaper than counting blank lines).
+                    end = skipped.end()
+                    events = data.count(b"\n", start, end) // 3
+                    text += end - start - _DELTA_FRAMING_BYTES * events
+                    start = end
+                    if end == size:
+                        break
             position = data.find(b"\n\n", start)
             if position == -1:
                 break
             if _is_interesting(data, start, position):
                 self._observe(bytes(data[start:position]))
             start = position + 2
+        if text:
+            self._content_text += text
         if data is buffer:
             del buffer[:start]
         elif start < len(chunk):
             buffer += memoryview(chunk)[start:]
+
+    def settled_usage(self) -> TokenUsage:
+        """:attr:`usage` once the stream is over, with the output estimated if it ended after
+        ``message_start`` but before a ``message_delta`` reported the output tokens.
+
+        The upstream bills what it generated until the stream stopped, while ``message_start``
+        reports next to no output (1 token, as Anthropic sends it): taken as it stands, a
+        client could read a whole answer, leave before its last events, and have next to no
+        output counted against its token and spend limits. The estimate is the text of the
+        content-block deltas relayed, about one token per 4 bytes after each event's framing,
+        when that exceeds the reported count (``output_tokens_estimated`` then says so).
+        Streams framed with CR are not counted (Anthropic frames with LF alone).
+        """
+        usage = self.usage
+        if self.saw_message_start and not self.saw_final_output:
+            estimate = self._content_text // _BYTES_PER_TOKEN
+            if estimate > usage.output_tokens:
+                usage.output_tokens, usage.output_tokens_estimated = estimate, True
+        return usage
 
     def _observe(self, block: bytes) -> None:
         name, data = _split_event(block)
@@ -225,6 +281,8 @@ class StreamObserver:
             merge_usage(self.usage, event.message.usage)
         elif kind == "message_delta":
             merge_usage(self.usage, event.usage)
+            if event.usage is not None and event.usage.output_tokens is not None:
+                self.saw_final_output = True
             if event.delta is not None and event.delta.stop_reason is not None:
                 self.stop_reason = event.delta.stop_reason
         elif kind == "message_stop":
@@ -235,8 +293,9 @@ class StreamObserver:
 
 
 def observed_usage(chunks: Iterable[bytes]) -> TokenUsage:
-    """The usage a stream's ``chunks`` report, read as :class:`StreamObserver` reads it."""
+    """The usage a stream's ``chunks`` report, read as :class:`StreamObserver` reads it, and
+    settled as if the stream ended there (:meth:`StreamObserver.settled_usage`)."""
     observer = StreamObserver()
     for chunk in chunks:
         observer.feed(chunk)
-    return observer.usage
+    return observer.settled_usage()

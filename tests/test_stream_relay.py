@@ -293,6 +293,46 @@ def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
     assert finished[0].usage.input_tokens == 12
 
 
+def test_a_client_leaving_mid_answer_is_counted_for_the_text_it_got() -> None:
+    # The client reads 2,000 characters of answer and leaves before message_delta, which
+    # would have reported the output. The upstream billed about 500 tokens: the event (and
+    # so cost and token limits) must not say 1, as message_start does.
+    pieces = [f"{index:02d} lorem ipsum dolor sit amet consetur. " for index in range(50)]
+    answer = text_stream_events(pieces)[: 3 + len(pieces)]
+
+    async def long_answer() -> AsyncIterator[bytes]:
+        for event in answer:
+            yield event
+        await asyncio.sleep(60)
+
+    recorder = Recorder(
+        lambda request: httpx.Response(200, headers=SSE_HEADERS, content=long_answer())
+    )
+    gateway, finished = make_gateway(recorder)
+
+    async def scenario() -> None:
+        messages: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        await messages.put({"type": "http.request", "body": STREAM_REQUEST, "more_body": False})
+        received = bytearray()
+        got_everything = asyncio.Event()
+
+        async def send(message: dict[str, object]) -> None:
+            received.extend(message.get("body", b""))  # type: ignore[arg-type]
+            if len(received) == len(b"".join(answer)):
+                got_everything.set()
+
+        task = asyncio.ensure_future(gateway(MESSAGES_SCOPE, messages.get, send))
+        await asyncio.wait_for(got_everything.wait(), 3)
+        await messages.put({"type": "http.disconnect"})
+        await asyncio.wait_for(task, 3)
+
+    run(scenario())
+    usage = finished[0].usage
+    assert finished[0].client_disconnected
+    assert usage.output_tokens == pytest.approx(2000 / 4, rel=0.1)
+    assert usage.output_tokens_estimated
+
+
 async def _leave_during_the_hold(gateway: Gateway, body: bytes, held: asyncio.Event) -> None:
     """Send ``body`` to ``gateway`` and disconnect once ``held`` is set (the upstream has sent
     its message_start), checking that nothing reached the client meanwhile."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -137,3 +138,45 @@ def test_malformed_and_unknown_events_are_ignored() -> None:
 
 def test_frame_event() -> None:
     assert frame_event("ping", b'{"type":"ping"}') == b'event: ping\ndata: {"type":"ping"}\n\n'
+
+
+# A long answer: 50 deltas of 40 characters, 2,000 characters, about 500 tokens at 4 per token.
+LONG_PIECES = [f"{index:02d} {'lorem ipsum dolor sit amet conse'}tur. " for index in range(50)]
+LONG_EVENTS = text_stream_events(LONG_PIECES, input_tokens=42)
+# Up to the last content-block delta: the client (or the upstream) gone before the end.
+CUT_EVENTS = LONG_EVENTS[: 3 + len(LONG_PIECES)]
+LONG_TEXT_TOKENS = sum(len(piece) for piece in LONG_PIECES) / 4
+
+
+def test_a_stream_cut_before_its_final_usage_is_counted_at_an_estimate() -> None:
+    assert all(len(piece) == 40 for piece in LONG_PIECES)
+    usage = _observe(CUT_EVENTS).settled_usage()
+    # message_start said 1 output token; the 2,000 characters relayed are about 500.
+    assert usage.output_tokens == pytest.approx(LONG_TEXT_TOKENS, rel=0.1)
+    assert usage.output_tokens_estimated
+    assert usage.input_tokens == 42
+
+
+def test_a_finished_stream_keeps_the_upstreams_count() -> None:
+    # The upstream's count stands, even when the text suggests more (here: 50 against ~500).
+    usage = _observe(LONG_EVENTS).settled_usage()
+    assert (usage.output_tokens, usage.output_tokens_estimated) == (len(LONG_PIECES), False)
+
+
+def test_a_cut_stream_with_little_text_keeps_the_reported_count() -> None:
+    events = text_stream_events(["Hi"], input_tokens=5)
+    usage = _observe(events[:4]).settled_usage()  # message_start, ping, block start, one delta
+    assert (usage.output_tokens, usage.output_tokens_estimated) == (1, False)
+
+
+def test_no_message_start_means_nothing_to_estimate() -> None:
+    usage = _observe(CUT_EVENTS[1:]).settled_usage()
+    assert (usage.output_tokens, usage.output_tokens_estimated) == (0, False)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(b"".join(CUT_EVENTS))), max_size=30))
+def test_any_chunking_gives_the_same_estimate(cuts: list[int]) -> None:
+    stream = b"".join(CUT_EVENTS)
+    points = sorted(set(cuts))
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert _observe(chunks).settled_usage() == _observe(CUT_EVENTS).settled_usage()

@@ -558,7 +558,7 @@ def _full_context() -> RequestContext:
     context.stream = True
     context.status = 529
     context.upstream_request_id = "req_upstream"
-    context.usage = TokenUsage(10, 20, 30, 40, 25, 3)
+    context.usage = TokenUsage(10, 20, 30, 40, 25, 3, output_tokens_estimated=True)
     context.error_type = "overloaded_error"
     context.client_disconnected = True
     context.first_byte_at = context.started_at + 0.5
@@ -702,6 +702,7 @@ def test_an_event_takes_each_field_from_its_source_in_the_context() -> None:
         "response_id": "msg_full",
         "response_model": "claude-haiku-4-5-20251001",
         "traceparent": TRACEPARENT,
+        "output_tokens_estimated": True,
     }
     actual = msgspec.structs.asdict(event)
     assert actual.pop("timestamp") == pytest.approx(time.time(), abs=60)
