@@ -111,6 +111,13 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     be counted: ``unpriced_models="reject"`` refuses it (403), ``"allow"`` lets it through
     uncounted and logs a warning once per model.
 
+    ``tags_from`` says which tags the ``scope="tag"`` rules count: ``"request"`` every tag the
+    request carries (its tag header and ``metadata.tags``, the key's policy, a tagging hook's),
+    ``"key"`` only those its key brings (the key policy's, or the ``Principal.tags`` an auth
+    hook returns), which a client cannot choose. With ``"request"`` any caller can spend, or
+    use up, another tag's budget by naming that tag: use ``"key"`` when tag budgets stand for
+    teams or customers.
+
     Raises :class:`ValueError` (a ``msgspec.ValidationError`` when decoding config) for a
     ``store_timeout`` that is not positive, a negative ``store_warning_interval``,
     ``redis_max_connections`` below 1, a ``redis_url`` not starting with ``redis://``,
@@ -126,6 +133,7 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     store_warning_interval: float = 60.0
     redis_max_connections: int = 50
     unpriced_models: Literal["reject", "allow"] = "reject"
+    tags_from: Literal["request", "key"] = "request"
 
     def __post_init__(self) -> None:
         if not self.store_timeout > 0:
@@ -220,6 +228,7 @@ class RateLimiter:
         self._unpriced_warned: set[str] = set()
         self._key_rules = _rules_by_match(config.rules, "key")
         self._tag_rules = _rules_by_match(config.rules, "tag")
+        self._tags_from_key = config.tags_from == "key"
         self._warned_at = -math.inf
         self._store_failing = False
         # Which limits apply depends only on the key and the tags: worked out once per pair.
@@ -316,9 +325,10 @@ class RateLimiter:
     def _limits_for(self, context: RequestContext) -> _LimitSet:
         principal = context.principal
         key_id = principal.key_id if principal is not None else None
+        tags = self._counted_tags(context)
         # Untagged requests are looked up by key id alone: a string caches its hash, a tuple
         # hashes its items again on every lookup.
-        cache_key = (key_id, tuple(context.tags)) if context.tags else key_id
+        cache_key = (key_id, tuple(tags)) if tags else key_id
         cached = self._limits_cache.get(cache_key)
         if cached is None:
             if len(self._limits_cache) >= _LIMITS_CACHE_SIZE:
@@ -371,9 +381,16 @@ class RateLimiter:
             key_id = principal.key_id
             rules = self._key_rules.get(key_id) or self._key_rules.get("*", ())
             yield f"key:{key_id}", f"key '{key_id}'", rules
-        for tag in dict.fromkeys(context.tags):
+        for tag in dict.fromkeys(self._counted_tags(context)):
             rules = self._tag_rules.get(tag) or self._tag_rules.get("*", ())
             yield f"tag:{tag}", f"tag '{tag}'", rules
+
+    def _counted_tags(self, context: RequestContext) -> Sequence[str]:
+        """The tags the tag rules count, as ``tags_from`` says."""
+        if self._tags_from_key:
+            principal = context.principal
+            return principal.tags if principal is not None else ()
+        return context.tags
 
     def _warn_unpriced(self, model: str | None) -> None:
         name = str(model)[:_MAX_MODEL_IN_LOG]

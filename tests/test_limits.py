@@ -82,9 +82,10 @@ def run(
     rules: Sequence[LimitRule],
     scenario: Scenario,
     clock: FakeClock | None = None,
+    **options: Any,
 ) -> None:
     async def main() -> None:
-        config = LimitsConfig(rules=tuple(rules))
+        config = LimitsConfig(rules=tuple(rules), **options)
         limiter = RateLimiter(config, store=make_store(), clock=clock or FakeClock())
         try:
             await scenario(limiter)
@@ -166,6 +167,37 @@ class LimiterSemantics:
             # "a" is used up, so this is rejected and must not use up "b" either
             assert not (await outcome(limiter, request(tags=["a", "b"])))[0]
             assert await admits(limiter, request("bob", ["b", "b"]), 3) == [True, True, False]
+
+        run(make_store, [per_tag(requests_per_minute=2)], scenario)
+
+    def test_tags_from_key_counts_only_the_tags_a_key_brings(
+        self, make_store: StoreFactory
+    ) -> None:
+        def team_a_member(key_id: str) -> RequestContext:
+            context = request(key_id, ["team-a", "feature-x"])
+            context.principal = Principal(key_id, tags=("team-a",))
+            return context
+
+        async def scenario(limiter: RateLimiter) -> None:
+            # Another team's caller names team-a: neither counted against it nor stopped by it.
+            assert await admits(limiter, request("mallory", ["team-a"]), 3) == [True] * 3
+            assert await admits(limiter, team_a_member("alice"), 3) == [True, True, False]
+            assert await admits(limiter, request("mallory", ["team-a"]), 1) == [True]
+            # A tag the client chose ("feature-x") has no budget of its own here either.
+            assert await admits(limiter, request("bob", ["feature-x"]), 3) == [True] * 3
+            assert await admits(limiter, team_a_member("carol"), 1) == [False]
+
+        run(make_store, [per_tag(requests_per_minute=2)], scenario, tags_from="key")
+
+    def test_tags_from_request_counts_the_tags_a_client_sends(
+        self, make_store: StoreFactory
+    ) -> None:
+        # The default: a tag sent by any caller is counted, and stops the key that owns it.
+        async def scenario(limiter: RateLimiter) -> None:
+            assert await admits(limiter, request("mallory", ["team-a"]), 2) == [True, True]
+            member = request("alice", ["team-a"])
+            member.principal = Principal("alice", tags=("team-a",))
+            assert await admits(limiter, member, 1) == [False]
 
         run(make_store, [per_tag(requests_per_minute=2)], scenario)
 
