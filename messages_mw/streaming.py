@@ -24,27 +24,41 @@ _event_decoder = msgspec.json.Decoder(ObservedEvent)
 # sits in the event's first bytes when its ``event:`` line comes first, as Anthropic sends it.
 _INTERESTING = re.compile(rb"message_start|message_delta|message_stop|error")
 _HEAD_BYTES = 48
-# The first line that can name an event, past any ``id:``, ``retry:`` or comment lines.
-_FIRST_NAMING_LINE = re.compile(rb"^(?:event|data):", re.MULTILINE)
+# The first line that can name an event, past any ``id:``, ``retry:`` or comment lines (a
+# line may end with CR alone, which ``^`` does not see).
+_FIRST_NAMING_LINE = re.compile(rb"(?:^|(?<=\r))(?:event|data):", re.MULTILINE)
 _EVENT_LINE_START = ord("e")
 # A content-block event or a ping in Anthropic's framing, which is most of any stream: never
-# interesting, as its first _HEAD_BYTES are fixed here. One event per match, so that events
-# are counted for free (an upstream usually sends one per chunk). Only valid while events are
-# LF-separated: then an event ends at its first blank line.
+# interesting, as each event's first _HEAD_BYTES are fixed here. One event per match: in a
+# delta of generated output (text, thinking, a tool call's input), group 1 is its payload,
+# the content of one JSON string, which the upstream bills as output. Other events (starts
+# and stops, signatures, citations, blocks that arrive whole such as server tool results)
+# hold none. Only valid while events are LF-separated: then an event ends at its first
+# blank line.
 _SKIPPED_EVENT = re.compile(
-    rb"event: content_block_(?:delta|start|stop)\n"
-    rb'data: \{"type":"content_block_(?:delta|start|stop)"[^\n]*\n\n'
+    rb'event: content_block_(?:delta|start|stop)\ndata: \{"type":"content_block_'
+    rb'(?:delta|start|stop)"(?:,"index":\d+,"delta":\{"type":"(?:text_delta","text|'
+    rb'thinking_delta","thinking|input_json_delta","partial_json)":"([^\n]*)"\}\}\n\n'
+    rb"|[^\n]*\n\n)"
     rb'|event: ping\ndata: \{"type": ?"ping"\}\n\n'
 )
-# Any number of them, for a chunk that holds several: one call for the rest of the run.
-_SKIPPED_RUN = re.compile(b"(?:" + _SKIPPED_EVENT.pattern + b")+")
-# Estimating the output of a stream cut short: what an Anthropic text delta event adds to its
-# text (event line, JSON envelope, blank line), and the bytes of JSON-escaped text per token
-# (the mock provider's rule; English prose and code run at about 4).
-_DELTA_FRAMING_BYTES = len(
-    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-    b'"delta":{"type":"text_delta","text":""}}\n\n'
+# Several of them in one call, for a chunk that holds several (an upstream that sent them
+# faster than they were read); the payloads of the generated deltas among them are found
+# later, and only if the stream ends without its output count (see StreamObserver._defer).
+# Each event of such a run is one line of data, in which a string's quotes are escaped: a
+# delta's envelope cannot be matched inside another event's data.
+_SKIPPED_RUN = re.compile(
+    rb'(?:event: content_block_(?:delta|start|stop)\ndata: \{"type":"content_block_'
+    rb'(?:delta|start|stop)"[^\n]*\n\n|event: ping\ndata: \{"type": ?"ping"\}\n\n)+'
 )
+_PAYLOAD = re.compile(
+    rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking|input_json_delta",'
+    rb'"partial_json)":"([^\n]*)"\}\}\n\n'
+)
+# Runs kept unread at most this many bytes per stream; more are read at once.
+_DEFERRED_BYTES = 256 * 1024
+# Bytes of JSON-escaped output per token, for a stream cut short (the mock provider's rule;
+# English prose and code run at about 4).
 _BYTES_PER_TOKEN = 4
 # The event separators SSE allows; no two can start at one position, so the leftmost match
 # is the earliest.
@@ -155,9 +169,11 @@ class StreamObserver:
         self.saw_message_stop = False
         # Whether a message_delta reported output_tokens: the final count, once a stream ends.
         self.saw_final_output = False
-        # The bytes of text in the content-block events skipped unread (their bytes less each
-        # event's framing), for settled_usage.
-        self._content_text = 0
+        # The payload bytes of the generated-output deltas skipped unread, for settled_usage,
+        # and the runs of such events not read yet: (chunk, start, end), and their bytes.
+        self._generated_bytes = 0
+        self._deferred: list[tuple[bytes, int, int]] = []
+        self._deferred_bytes = 0
         # Events decoded (those the gateway reads); a test of whether a tail was one.
         self.events_read = 0
         self._buffer = bytearray()
@@ -195,6 +211,10 @@ class StreamObserver:
                 break
             if _is_interesting(buffer, start, position):
                 self._observe(bytes(buffer[start:position]))
+            elif length == 2:
+                # An LF-framed event in a stream that has shown a CR: counted as _feed_lf
+                # counts it, so the estimate does not depend on where chunks split.
+                self._generated_bytes += _payload_bytes(buffer, start, position + 2)
             start = position + length
         if start:
             del buffer[:start]
@@ -213,26 +233,23 @@ class StreamObserver:
             data: bytes | bytearray = buffer
         else:
             data = chunk
-        skip, skip_run = _SKIPPED_EVENT.match, _SKIPPED_RUN.match
-        start = text = 0
+        skip = _SKIPPED_EVENT.match
+        start = generated = 0
         size = len(data)
         while True:
             skipped = skip(data, start)
             if skipped is not None:
-                end = skipped.end()
-                text += end - start - _DELTA_FRAMING_BYTES
-                start = end
-                if end == size:  # the usual chunk, paced by generation: one such event
+                payload_start, payload_end = skipped.span(1)  # (-1, -1): nothing generated
+                generated += payload_end - payload_start
+                start = skipped.end()
+                if start == size:  # the usual chunk, paced by generation: ends on such an event
                     break
-                skipped = skip_run(data, start)
+                skipped = _SKIPPED_RUN.match(data, start)
                 if skipped is not None:
-                    # Events that arrived together: one call for the rest of the run, and
-                    # counted by their lines, three each (cheaper than counting blank lines).
                     end = skipped.end()
-                    events = data.count(b"\n", start, end) // 3
-                    text += end - start - _DELTA_FRAMING_BYTES * events
+                    self._defer(data, start, end)
                     start = end
-                    if end == size:
+                    if start == size:
                         break
             position = data.find(b"\n\n", start)
             if position == -1:
@@ -240,12 +257,29 @@ class StreamObserver:
             if _is_interesting(data, start, position):
                 self._observe(bytes(data[start:position]))
             start = position + 2
-        if text:
-            self._content_text += text
+        if generated:
+            self._generated_bytes += generated
         if data is buffer:
             del buffer[:start]
         elif start < len(chunk):
             buffer += memoryview(chunk)[start:]
+
+    def _defer(self, data: bytes | bytearray, start: int, end: int) -> None:
+        """Keep the run ``data[start:end]`` to read its generated payloads only if they are
+        ever needed (a stream that ends complete never needs them); a run in the observer's
+        own buffer, which changes, or past the bound, is read now."""
+        if type(data) is not bytes or self._deferred_bytes > _DEFERRED_BYTES:
+            self._generated_bytes += _payload_bytes(data, start, end)
+            return
+        self._deferred.append((data, start, end))
+        self._deferred_bytes += end - start
+        if self._deferred_bytes > _DEFERRED_BYTES:
+            self._read_deferred()
+
+    def _read_deferred(self) -> None:
+        for data, start, end in self._deferred:
+            self._generated_bytes += _payload_bytes(data, start, end)
+        self._deferred.clear()
 
     def settled_usage(self) -> TokenUsage:
         """:attr:`usage` once the stream is over, with the output estimated if it ended after
@@ -261,7 +295,8 @@ class StreamObserver:
         """
         usage = self.usage
         if self.saw_message_start and not self.saw_final_output:
-            estimate = self._content_text // _BYTES_PER_TOKEN
+            self._read_deferred()
+            estimate = self._generated_bytes // _BYTES_PER_TOKEN
             if estimate > usage.output_tokens:
                 usage.output_tokens, usage.output_tokens_estimated = estimate, True
         return usage
@@ -290,6 +325,10 @@ class StreamObserver:
         elif kind == "error":
             self.error_type = (event.error and event.error.type) or "api_error"
             self.error_message = event.error.message if event.error else None
+
+
+def _payload_bytes(data: bytes | bytearray, start: int, end: int) -> int:
+    return sum(map(len, _PAYLOAD.findall(data, start, end)))
 
 
 def observed_usage(chunks: Iterable[bytes]) -> TokenUsage:

@@ -120,6 +120,8 @@ def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
         "messages_mw.fallback_used": event.fallback_used,
         "messages_mw.stream": event.stream,
         "messages_mw.client_disconnected": event.client_disconnected,
+        # gen_ai.usage.output_tokens is the gateway's estimate (a stream cut short).
+        "messages_mw.output_tokens_estimated": event.output_tokens_estimated or None,
         "messages_mw.cost_usd": event.cost,
         "messages_mw.time_to_first_byte_ms": event.time_to_first_byte_ms,
     }

@@ -350,6 +350,18 @@ def test_opentelemetry_counts_a_client_that_left_before_its_answer_as_an_error()
     assert "http.response.status_code" not in span.attributes
 
 
+def test_opentelemetry_marks_an_estimated_output_count() -> None:
+    provider, exporter = _tracing()
+    sink = OpenTelemetrySink(provider)
+    sink(make_event(client_disconnected=True, output_tokens=480, output_tokens_estimated=True))
+    sink(make_event())
+    estimated, reported = exporter.get_finished_spans()
+    assert estimated.attributes is not None and reported.attributes is not None
+    assert estimated.attributes["gen_ai.usage.output_tokens"] == 480
+    assert estimated.attributes["messages_mw.output_tokens_estimated"] is True
+    assert "messages_mw.output_tokens_estimated" not in reported.attributes
+
+
 def test_opentelemetry_span_without_model_or_latency() -> None:
     provider, exporter = _tracing()
     OpenTelemetrySink(provider)(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -174,9 +176,152 @@ def test_no_message_start_means_nothing_to_estimate() -> None:
     assert (usage.output_tokens, usage.output_tokens_estimated) == (0, False)
 
 
-@given(st.lists(st.integers(min_value=0, max_value=len(b"".join(CUT_EVENTS))), max_size=30))
+def _block(index: int, block: dict[str, object]) -> bytes:
+    start = {"type": "content_block_start", "index": index, "content_block": block}
+    return sse("content_block_start", start)
+
+
+def _delta(index: int, delta: dict[str, object]) -> bytes:
+    event = {"type": "content_block_delta", "index": index, "delta": delta}
+    return sse("content_block_delta", event)
+
+
+def _stop(index: int) -> bytes:
+    return sse("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+def _escaped(text: str) -> int:
+    """The bytes of ``text`` inside a JSON string, as the upstream sends (and bills) it."""
+    return len(json.dumps(text)) - 2
+
+
+PING = sse("ping", {"type": "ping"})
+MESSAGE_START = text_stream_events([], input_tokens=2095)[0]
+SEARCH_RESULTS = [
+    {
+        "type": "web_search_result",
+        "url": f"https://example.com/{n}",
+        "encrypted_content": "E" * 3000,
+    }
+    for n in range(5)
+]
+# What a turn may hold besides text: every byte of it on the wire, and which of them count.
+# Each case: (events after message_start, the bytes of generated output among them).
+GENERATED_CASES = {
+    "text": (
+        [
+            _block(0, {"type": "text", "text": ""}),
+            _delta(0, {"type": "text_delta", "text": "x" * 400}),
+        ],
+        400,
+    ),
+    "text at index 10": (
+        [
+            _block(10, {"type": "text", "text": ""}),
+            _delta(10, {"type": "text_delta", "text": "x" * 400}),
+        ],
+        400,
+    ),
+    "tool input, from an empty fragment": (
+        [_block(0, {"type": "tool_use", "id": "toolu_1", "name": "Edit", "input": {}})]
+        + [
+            _delta(0, {"type": "input_json_delta", "partial_json": part})
+            for part in ["", '{"a": "', "b" * 398, '"}']
+        ],
+        _escaped('{"a": "') + 398 + _escaped('"}'),
+    ),
+    "thinking and its signature": (
+        [
+            _block(0, {"type": "thinking", "thinking": "", "signature": ""}),
+            _delta(0, {"type": "thinking_delta", "thinking": "t" * 400}),
+            _delta(0, {"type": "signature_delta", "signature": "S" * 800}),
+            _stop(0),
+        ],
+        400,
+    ),
+    "redacted thinking, whole": (
+        [_block(0, {"type": "redacted_thinking", "data": "R" * 2000}), _stop(0)],
+        0,
+    ),
+    "a server tool's result, whole": (
+        [
+            _block(
+                0,
+                {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}},
+            ),
+            _delta(0, {"type": "input_json_delta", "partial_json": '{"q": 1}'}),
+            _stop(0),
+            _block(
+                1,
+                {
+                    "type": "web_search_tool_result",
+                    "tool_use_id": "srvtoolu_1",
+                    "content": SEARCH_RESULTS,
+                },
+            ),
+            _stop(1),
+            _block(2, {"type": "text", "text": ""}),
+            _delta(2, {"type": "text_delta", "text": "y" * 400}),
+        ],
+        _escaped('{"q": 1}') + 400,
+    ),
+    "text, then pings": (
+        [
+            _block(0, {"type": "text", "text": ""}),
+            _delta(0, {"type": "text_delta", "text": "x" * 400}),
+        ]
+        + [PING] * 30,
+        400,
+    ),
+}
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["an event a chunk", "one chunk"])
+@pytest.mark.parametrize("case", GENERATED_CASES.values(), ids=GENERATED_CASES.keys())
+def test_only_generated_output_is_estimated(case: tuple[list[bytes], int], together: bool) -> None:
+    # Signatures, whole blocks (server tool results, redacted thinking), starts, stops and
+    # pings are no output: counting them would bill a client who leaves early for bytes the
+    # upstream never generated, or subtract from what it did.
+    events, generated = case
+    stream = [MESSAGE_START, *events]
+    usage = _observe([b"".join(stream)] if together else stream).settled_usage()
+    assert usage.output_tokens == max(1, generated // 4)
+    assert usage.output_tokens_estimated == (generated // 4 > 1)
+
+
+ALL_KINDS = [MESSAGE_START] + [event for events, _ in GENERATED_CASES.values() for event in events]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(b"".join(ALL_KINDS))), max_size=30))
 def test_any_chunking_gives_the_same_estimate(cuts: list[int]) -> None:
-    stream = b"".join(CUT_EVENTS)
+    stream = b"".join(ALL_KINDS)
     points = sorted(set(cuts))
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
-    assert _observe(chunks).settled_usage() == _observe(CUT_EVENTS).settled_usage()
+    expected = sum(generated for _, generated in GENERATED_CASES.values()) // 4
+    assert _observe(chunks).settled_usage().output_tokens == expected
+
+
+def test_a_cr_showing_up_later_changes_no_estimate() -> None:
+    # The observer looks for CR framing once a CR arrives; the LF events in that same chunk
+    # still count.
+    events = [MESSAGE_START, *GENERATED_CASES["text"][0], b": keep-alive\r\n\r\n"]
+    apart, together = _observe(events).settled_usage(), _observe([b"".join(events)]).settled_usage()
+    assert apart.output_tokens == together.output_tokens == 100
+
+
+def test_a_long_run_of_events_in_one_chunk_is_counted_whole() -> None:
+    # Runs in one chunk are read only when an estimate is needed, up to a bound; past it at
+    # once. Either way every delta counts.
+    pieces = ["z" * 100] * 4000  # 400 KB of text, over the bound
+    stream = b"".join(text_stream_events(pieces)[: 3 + len(pieces)])
+    assert _observe([stream]).settled_usage().output_tokens == 100_000
+
+
+def test_cr_framed_events_after_the_first_are_read() -> None:
+    # A data-only event after a CR-terminated one: ``^`` does not see a line start after a
+    # lone CR, and the observer missed its usage unless a chunk began there.
+    stream = (
+        b'event: ping\rdata: {"type":"ping"}\r\r'
+        b'data: {"type":"message_delta","delta":{},"usage":{"output_tokens":29}}\r\r'
+    )
+    assert _observe([stream]).usage.output_tokens == 29
