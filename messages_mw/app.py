@@ -140,7 +140,8 @@ class Gateway:
         is not callable; :class:`ValueError` for a configured fallback chain, alias or router
         candidate ``provider/model`` naming no configured provider, or a configured auth key
         whose ``sha256`` is not 64 hex digits (or that has neither or both of ``sha256`` and
-        ``key``);
+        ``key``), or tag limits with ``tags_from="key"`` that no configured key could meet
+        (built-in auth, no key with tags);
         :class:`~messages_mw.config.ConfigError` (a ``ValueError``) for a config value of the
         wrong type, choice or bound (checked as decoding a file checks it; constructors do
         not), provider names repeated across ``provider``, ``upstreams`` and

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .auth import build_auth
+from .auth import AuthConfig, build_auth
 from .config import ConfigError, GatewayConfig, TelemetryConfig
 from .hooks import AuthHook, CompressionHook, RouteHook, TagHook, check_hook
-from .limits import RateLimiter
+from .limits import LimitsConfig, RateLimiter
 from .policy import Policy
 from .pricing import DEFAULT_PRICES, PricingTable
 from .providers.base import Provider
@@ -123,6 +123,8 @@ def build_policy(
         check_hook(name, hook)
     if limiter is None and config.limits.rules:
         limiter = RateLimiter(config.limits)
+    if auth is None and limiter is not None:
+        _check_tag_rules_can_apply(limiter.config, config.auth)
     pricing = PricingTable({**DEFAULT_PRICES, **(config.pricing or {})})
     # Built-in passthrough auth checks no key: a caller could spend the gateway's own keys by
     # naming their providers, so only the operator's chains and aliases lead there.
@@ -157,6 +159,17 @@ def build_policy(
         pricing=pricing,
         dispatcher=UsageDispatcher(sinks) if sinks else None,
     )
+
+
+def _check_tag_rules_can_apply(limits: LimitsConfig, auth: AuthConfig) -> None:
+    """With ``tags_from = "key"`` only the keys' tags count: under the built-in auth, tag
+    rules with no key bringing a tag would never apply, without a word."""
+    tag_rules = any(rule.scope == "tag" for rule in limits.rules)
+    if limits.tags_from == "key" and tag_rules and not any(key.tags for key in auth.keys):
+        raise ValueError(
+            "limits.tags_from = 'key' counts only the tags of auth.keys, and no key has tags:"
+            " the tag rules would never apply"
+        )
 
 
 def build_telemetry(config: TelemetryConfig) -> tuple[list[UsageSink], ASGIApp | None]:

@@ -237,8 +237,9 @@ class RateLimiter:
         self._reset_second, self._reset_text = -1, ""
 
     async def admit(self, context: RequestContext) -> list[tuple[str, str]]:
-        """Count one request against every limit for ``context.principal`` and
-        ``context.tags``, after auth and tagging and before the request is forwarded.
+        """Count one request against every limit for ``context.principal`` and its tags
+        (``context.tags``, or the principal's own with ``tags_from="key"``), after auth and
+        tagging and before the request is forwarded.
 
         Returns the ``anthropic-ratelimit-requests-*`` and ``-tokens-*`` headers of the
         tightest request and token limits (empty when no rule applies), for the response.

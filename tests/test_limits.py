@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from messages_mw import ApiKeyConfig, AuthConfig, Gateway, GatewayConfig
 from messages_mw.context import Principal, RequestContext
 from messages_mw.errors import RateLimitError
 from messages_mw.limit_stores import (
@@ -598,3 +599,23 @@ def test_one_counter_decides_as_a_set_of_counters_does(
         increment = [Increment("k", 60.0, usage)]
         asyncio.run(alone.add(increment, now))
         asyncio.run(paired.add(increment, now))
+
+
+def _gateway_with_tag_rule(auth: AuthConfig, **options: Any) -> Gateway:
+    limits = LimitsConfig(rules=(per_tag(requests_per_minute=1),), **options)
+    return Gateway(GatewayConfig(provider="mock", auth=auth, limits=limits, usage_log=False))
+
+
+def test_tag_rules_that_no_key_could_meet_are_refused_at_start_up() -> None:
+    # tags_from = "key" with no key bringing a tag: the tag rules would silently never apply.
+    untagged = AuthConfig(mode="static", keys=(ApiKeyConfig(id="a", key="k"),))
+    for auth in (AuthConfig(), AuthConfig(mode="passthrough"), untagged):
+        with pytest.raises(ValueError, match="no key has tags: the tag rules would never apply"):
+            _gateway_with_tag_rule(auth, tags_from="key")
+    # Fine: a key with tags, the default tags_from, or an auth hook, which may give tags.
+    tagged = AuthConfig(mode="static", keys=(ApiKeyConfig(id="a", key="k", tags=("team-a",)),))
+    _gateway_with_tag_rule(tagged, tags_from="key")
+    _gateway_with_tag_rule(AuthConfig())
+    limits = LimitsConfig(rules=(per_tag(requests_per_minute=1),), tags_from="key")
+    config = GatewayConfig(provider="mock", limits=limits, usage_log=False)
+    Gateway(config, auth=lambda request: Principal("hooked", tags=("team-a",)))
