@@ -95,9 +95,10 @@ _syntax_only = msgspec.json.Decoder(_NoFields)
 
 
 def decode_syntax_only(body: bytes) -> object:
-    """The floor under any validating decode: msgspec checks that ``body`` is one JSON object
-    and skips every value in it. A gateway that reads ``model`` must pay at least this; the
-    difference to ``decode_with_msgspec`` is what validating the fields costs."""
+    """The floor under any validating decode: msgspec checks the JSON syntax of ``body`` (one
+    object; strings are not checked for valid UTF-8 as they are skipped, as in the validating
+    decode) and skips every value in it. A gateway that reads ``model`` must pay at least
+    this; the difference to ``decode_with_msgspec`` is what validating the fields costs."""
     return _syntax_only.decode(body)
 
 

@@ -344,13 +344,13 @@ def render(report: Report, header_lines: list[str]) -> str:
     legend = (
         "vs base: times faster than the baseline row of its group (json.loads + pydantic for"
         " decode, the stdlib JSON round trip of the same input for translate, b:starlette+httpx"
-        " for end to end). decode floor: msgspec checking only that the body is one JSON object,"
-        " every value skipped, the least any gateway that reads a field pays. translate: request = to_chat_completions, response ="
-        " to_anthropic_message (µs per request); stream = StreamTranslator.feed + finish"
-        " (µs per chunk). e: every policy built-in on; f: the core answering from the mock's"
-        " OpenAI-compatible route, translating both ways (its target: CPU per request vs d)."
-        " load core %: CPU of upstream + load generator on their shared core. CPU ms/req and"
-        " RSS: the gateway process."
+        " for end to end). decode floor: msgspec checking only the JSON syntax of the body,"
+        " every value skipped, the least any gateway that reads a field pays. translate: request"
+        " = to_chat_completions, response = to_anthropic_message (µs per request); stream ="
+        " StreamTranslator.feed + finish (µs per chunk). e: every policy built-in on; f: the"
+        " core answering from the mock's OpenAI-compatible route, translating both ways (its"
+        " target: CPU per request vs d). load core %: CPU of upstream + load generator on their"
+        " shared core. CPU ms/req and RSS: the gateway process."
     )
     if report.sections:
         parts += [format_table(report.sections), legend]

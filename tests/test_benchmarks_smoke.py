@@ -104,7 +104,7 @@ def test_both_decoders_reject_invalid_bodies(body: bytes) -> None:
 
 
 def test_the_decode_floor_checks_syntax_and_nothing_else() -> None:
-    # It accepts what the validator refuses, and refuses only what is not one JSON object.
+    # It accepts what the validator refuses, and refuses what is not JSON syntax for an object.
     assert accepts(decode_syntax_only, INVALID_BODIES["model as number"])
     assert not accepts(decode_with_msgspec, INVALID_BODIES["model as number"])
     assert not accepts(decode_syntax_only, b'{"model": "m", "messages": [}')

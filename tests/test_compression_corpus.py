@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks import compression as compression_benchmark
 from benchmarks.agent_corpus import AGENTS, PROFILES, build_session
 from benchmarks.agent_outputs import Run
 from benchmarks.agent_tools import cc_bash_output
@@ -408,9 +409,27 @@ def test_benchmark_times_warm_sessions_through_one_memo() -> None:
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_the_json_floor_gives_back_an_equal_body(profile: str) -> None:
+def test_the_json_floor_gives_back_an_equal_body_having_split_every_tool_output(
+    profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     body = build_session("cursor", profile, turns=SHORT).requests[-1]
+    visited: list[object] = []
+    rejoin = compression_benchmark._lines_rejoined
+
+    def rejoined(content: object) -> object:
+        visited.append(content)
+        return rejoin(content)
+
+    monkeypatch.setattr(compression_benchmark, "_lines_rejoined", rejoined)
     assert json.loads(json_floor(body)) == json.loads(body)
+    results = [
+        block["content"]
+        for message in json.loads(body)["messages"]
+        if isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "tool_result"
+    ]
+    assert results and visited == results
     # Lists of text parts and plain strings both go through it.
     both = {
         "messages": [
