@@ -43,19 +43,15 @@ _SKIPPED_EVENT = re.compile(
     rb'|event: ping\ndata: \{"type": ?"ping"\}\n\n'
 )
 # Several of them in one call, for a chunk that holds several (an upstream that sent them
-# faster than they were read); the payloads of the generated deltas among them are found
-# later, and only if the stream ends without its output count (see StreamObserver._defer).
-# Each event of such a run is one line of data, in which a string's quotes are escaped: a
-# delta's envelope cannot be matched inside another event's data.
+# faster than they were read); the payloads of the generated deltas among them are read
+# later, event by event, and only if the stream ends without its output count (see
+# StreamObserver._defer).
 _SKIPPED_RUN = re.compile(
     rb'(?:event: content_block_(?:delta|start|stop)\ndata: \{"type":"content_block_'
     rb'(?:delta|start|stop)"[^\n]*\n\n|event: ping\ndata: \{"type": ?"ping"\}\n\n)+'
 )
-_PAYLOAD = re.compile(
-    rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking|input_json_delta",'
-    rb'"partial_json)":"([^\n]*)"\}\}\n\n'
-)
-# Runs kept unread at most this many bytes per stream; more are read at once.
+# The chunks kept for their runs, at most this many bytes per stream; past it, runs are read
+# at once.
 _DEFERRED_BYTES = 256 * 1024
 # Bytes of JSON-escaped output per token, for a stream cut short (the mock provider's rule;
 # English prose and code run at about 4).
@@ -267,12 +263,15 @@ class StreamObserver:
     def _defer(self, data: bytes | bytearray, start: int, end: int) -> None:
         """Keep the run ``data[start:end]`` to read its generated payloads only if they are
         ever needed (a stream that ends complete never needs them); a run in the observer's
-        own buffer, which changes, or past the bound, is read now."""
+        own buffer, which changes, or past the bound, is read now. The bound counts each
+        chunk kept whole, as a kept run keeps its whole chunk alive."""
         if type(data) is not bytes or self._deferred_bytes > _DEFERRED_BYTES:
             self._generated_bytes += _payload_bytes(data, start, end)
             return
-        self._deferred.append((data, start, end))
-        self._deferred_bytes += end - start
+        deferred = self._deferred
+        if not deferred or deferred[-1][0] is not data:
+            self._deferred_bytes += len(data)
+        deferred.append((data, start, end))
         if self._deferred_bytes > _DEFERRED_BYTES:
             self._read_deferred()
 
@@ -288,10 +287,11 @@ class StreamObserver:
         The upstream bills what it generated until the stream stopped, while ``message_start``
         reports next to no output (1 token, as Anthropic sends it): taken as it stands, a
         client could read a whole answer, leave before its last events, and have next to no
-        output counted against its token and spend limits. The estimate is the text of the
-        content-block deltas relayed, about one token per 4 bytes after each event's framing,
-        when that exceeds the reported count (``output_tokens_estimated`` then says so).
-        Streams framed with CR are not counted (Anthropic frames with LF alone).
+        output counted against its token and spend limits. The estimate is the payload of the
+        generated-output deltas relayed (text, thinking, tool input, as JSON-escaped bytes),
+        about one token per 4 bytes, when that exceeds the reported count
+        (``output_tokens_estimated`` then says so). Events in other framings than Anthropic's
+        (CR or CRLF line ends, ``id:`` lines first, other key orders) are not counted.
         """
         usage = self.usage
         if self.saw_message_start and not self.saw_final_output:
@@ -328,7 +328,17 @@ class StreamObserver:
 
 
 def _payload_bytes(data: bytes | bytearray, start: int, end: int) -> int:
-    return sum(map(len, _PAYLOAD.findall(data, start, end)))
+    """The payload bytes of the generated-output deltas among the events in
+    ``data[start:end]``, read as :meth:`StreamObserver._feed_lf` reads a lone event (so the
+    count does not depend on how the events were chunked); stops at the first event that is
+    not one it skips."""
+    total = 0
+    skip = _SKIPPED_EVENT.match
+    while start < end and (skipped := skip(data, start, end)) is not None:
+        payload_start, payload_end = skipped.span(1)
+        total += payload_end - payload_start
+        start = skipped.end()
+    return total
 
 
 def observed_usage(chunks: Iterable[bytes]) -> TokenUsage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -325,3 +326,45 @@ def test_cr_framed_events_after_the_first_are_read() -> None:
         b'data: {"type":"message_delta","delta":{},"usage":{"output_tokens":29}}\r\r'
     )
     assert _observe([stream]).usage.output_tokens == 29
+
+
+# Events of shapes other than Anthropic's: they count nothing, wherever a chunk splits them.
+ODD_EVENTS = [
+    _delta(0, {"type": "text_delta", "text": "x" * 400}).replace(
+        b'"index":0,', b'"index":0,"seq":1,'
+    ),
+    b"id: 7\n" + _delta(0, {"type": "text_delta", "text": "y" * 400}),
+    b"data: " + _delta(0, {"type": "text_delta", "text": "z" * 400}).split(b"data: ")[1],
+]
+MIXED = [MESSAGE_START, *GENERATED_CASES["text"][0], *ODD_EVENTS, *GENERATED_CASES["text"][0]]
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=len(b"".join(MIXED))), max_size=30),
+    st.sampled_from([b"", b": keep-alive\r\n\r\n"]),
+)
+def test_any_chunking_gives_the_same_estimate_whatever_the_framing(
+    cuts: list[int], tail: bytes
+) -> None:
+    stream = b"".join(MIXED) + tail
+    points = sorted(set(cuts))
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert _observe(chunks).settled_usage().output_tokens == 200
+
+
+def test_chunks_kept_for_an_estimate_stay_within_the_bound() -> None:
+    # Each chunk: two deltas (a run, kept for later) and a large event of another shape; a
+    # kept run keeps its whole chunk alive, so the bound must count whole chunks.
+    big = _delta(0, {"type": "text_delta", "text": "z" * 60_000})
+    runs = _delta(0, {"type": "text_delta", "text": "ab"}) * 2
+    observer = StreamObserver()
+    observer.feed(MESSAGE_START)
+    tracemalloc.start()
+    try:
+        for number in range(200):  # 12 MB fed, each chunk a new object
+            observer.feed(runs + b"id: %d\n" % number + big)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000
+    assert observer.settled_usage().output_tokens == 200
