@@ -123,8 +123,10 @@ def build_policy(
         check_hook(name, hook)
     if limiter is None and config.limits.rules:
         limiter = RateLimiter(config.limits)
-    if auth is None and limiter is not None:
-        _check_tag_rules_can_apply(limiter.config, config.auth)
+    # A host's own limiter need only admit and record: it may have no config to check.
+    limits = getattr(limiter, "config", None)
+    if auth is None and isinstance(limits, LimitsConfig):
+        _check_tag_rules_can_apply(limits, config.auth)
     pricing = PricingTable({**DEFAULT_PRICES, **(config.pricing or {})})
     # Built-in passthrough auth checks no key: a caller could spend the gateway's own keys by
     # naming their providers, so only the operator's chains and aliases lead there.

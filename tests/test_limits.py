@@ -619,3 +619,28 @@ def test_tag_rules_that_no_key_could_meet_are_refused_at_start_up() -> None:
     limits = LimitsConfig(rules=(per_tag(requests_per_minute=1),), tags_from="key")
     config = GatewayConfig(provider="mock", limits=limits, usage_log=False)
     Gateway(config, auth=lambda request: Principal("hooked", tags=("team-a",)))
+
+
+class _HostLimiter:
+    """A host's own limiter: what the policy calls, and no LimitsConfig."""
+
+    checks_prices = False
+    counts_usage = False
+
+    async def admit(self, context: RequestContext) -> list[tuple[str, str]]:
+        return []
+
+    def needs_price(self, context: RequestContext) -> bool:
+        return False
+
+    async def record(self, context: RequestContext) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_host_limiter_without_a_config_is_accepted() -> None:
+    config = GatewayConfig(provider="mock", usage_log=False)
+    gateway = Gateway(config, limiter=_HostLimiter())  # type: ignore[arg-type]
+    assert gateway.config is config
