@@ -409,7 +409,7 @@ def test_benchmark_times_warm_sessions_through_one_memo() -> None:
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_the_json_floor_gives_back_an_equal_body_having_split_every_tool_output(
+def test_the_json_floor_gives_back_an_equal_body_having_visited_every_tool_output(
     profile: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     body = build_session("cursor", profile, turns=SHORT).requests[-1]
