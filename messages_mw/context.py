@@ -152,11 +152,13 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     (``"anthropic"``, ``"openai"``, ``"messages_mw.mock"``, or a custom provider's own).
     ``response_id`` and ``response_model`` are the message's ``id`` and ``model`` as the
     upstream answered them (``served_model`` is the name the gateway asked for).
-    ``traceparent`` is the client's W3C Trace Context header, when well formed: usage lines
-    can be joined to the caller's traces, and the OpenTelemetry sink's span becomes a child
-    of the caller's span. ``output_tokens_estimated`` is true when the stream ended before the
-    upstream reported its output (the client left, the upstream broke off) and
-    ``output_tokens`` is the gateway's estimate from the content relayed.
+    ``traceparent`` is the W3C trace context the request ran in: the span active where the
+    gateway ran it (a host app's server span) when a sink can read it (the OpenTelemetry
+    sink), else the client's ``traceparent`` header, when well formed. Usage lines can be
+    joined to those traces, and the OpenTelemetry sink's span becomes that span's child.
+    ``output_tokens_estimated`` is true when the stream ended before the upstream reported
+    its output (the client left, the upstream broke off) and ``output_tokens`` is the
+    gateway's estimate from the content relayed.
     """
 
     request_id: str

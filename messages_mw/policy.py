@@ -265,8 +265,14 @@ class Policy:
         if self.pricing is not None:
             context.cost = self.pricing.cost(context.served_model or context.model, context.usage)
         # The event first: it awaits nothing, so no cancellation can lose it.
-        if self.dispatcher is not None and self.dispatcher.wants_events():
-            self.dispatcher.emit(UsageEvent.from_context(context))
+        dispatcher = self.dispatcher
+        if dispatcher is not None and dispatcher.wants_events():
+            event = UsageEvent.from_context(context)
+            if dispatcher.reads_traces:
+                # The host's active span, read here in the request's task: it wins over the
+                # client's header (a host's server span is usually that header's child).
+                event.traceparent = dispatcher.current_traceparent() or event.traceparent
+            dispatcher.emit(event)
         if self.limiter is not None and self.limiter.counts_usage:
             try:
                 await self.limiter.record(context)

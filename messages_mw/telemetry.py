@@ -40,10 +40,11 @@ class OpenTelemetrySink:
     before its answer.
 
     ``tracer_provider`` defaults to the global one (set by ``trace.set_tracer_provider``, even
-    after this sink is built). A request that came with a W3C ``traceparent`` header gets its
-    span as a child of that span, in the caller's trace. Otherwise, through a
-    :class:`~messages_mw.usage.UsageDispatcher`, the span has no parent: the dispatcher runs
-    sinks outside the request's context.
+    after this sink is built). The span's parent is the event's ``traceparent``: the span that
+    was active where the gateway ran the request (a host app's server span, from its
+    OpenTelemetry middleware; see :meth:`current_traceparent`), or else the caller's, from a
+    W3C ``traceparent`` header. With neither, the span starts a trace of its own: the
+    dispatcher runs sinks outside the request's context.
     """
 
     # Not ``nonblocking``: ending a span runs whatever span processors the host installed,
@@ -52,6 +53,17 @@ class OpenTelemetrySink:
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("messages_mw", tracer_provider=tracer_provider)
+
+    def current_traceparent(self) -> str | None:
+        """The W3C ``traceparent`` of the span active in the calling context, or ``None``.
+
+        The gateway asks in the request's own task as it builds the request's usage event, so
+        that the span made later, off the request path, becomes a child of the host's.
+        """
+        span = trace.get_current_span().get_span_context()
+        if not span.is_valid:
+            return None
+        return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
 
     def __call__(self, event: UsageEvent) -> None:
         end = int(event.timestamp * 1e9)
@@ -62,8 +74,8 @@ class OpenTelemetrySink:
         if operation == "other":
             # A preconnect or an unknown route: no model was called, so no GenAI span.
             return
-        # The caller's span, when its traceparent came with the request: the request's span
-        # then sits in the caller's trace (otherwise in the current context, if any).
+        # The host's span or the caller's (see the class docstring): the request's span then
+        # sits in that trace.
         parent = (
             _PROPAGATOR.extract({"traceparent": event.traceparent}) if event.traceparent else None
         )

@@ -203,6 +203,9 @@ class UsageDispatcher:
         # Asked on every request: sinks without a wants_events() always want them.
         self._always_wanted = any(getattr(s, "wants_events", None) is None for s in sinks)
         self._wants_checks = tuple(s.wants_events for s in sinks if hasattr(s, "wants_events"))
+        self._trace_readers = tuple(
+            s.current_traceparent for s in sinks if hasattr(s, "current_traceparent")
+        )
 
     def wants_events(self) -> bool:
         """False when every sink says it would ignore an event right now (the default log
@@ -210,6 +213,26 @@ class UsageDispatcher:
         if self._always_wanted:
             return True
         return any(wants() for wants in self._wants_checks)
+
+    @property
+    def reads_traces(self) -> bool:
+        """Whether a sink can tell the trace context a request runs in (the OpenTelemetry
+        sink): then :meth:`current_traceparent` is worth asking."""
+        return bool(self._trace_readers)
+
+    def current_traceparent(self) -> str | None:
+        """The W3C ``traceparent`` of the span active in the calling context, as the first
+        sink with a ``current_traceparent()`` that knows one tells it; ``None`` otherwise (a
+        sink that raises is logged and skipped). Ask in the request's own task."""
+        for read in self._trace_readers:
+            try:
+                traceparent = read()
+            except Exception:  # a failing sink never breaks a request
+                logger.exception("reading the trace context failed in %r", read)
+                continue
+            if isinstance(traceparent, str):
+                return traceparent
+        return None
 
     @property
     def dropped(self) -> int:

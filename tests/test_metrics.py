@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from messages_mw import Gateway, GatewayConfig
 from messages_mw.context import UsageEvent
 from messages_mw.metrics import PrometheusSink
 from messages_mw.telemetry import OpenTelemetrySink
@@ -440,3 +442,79 @@ def test_opentelemetry_span_joins_the_callers_trace_from_its_traceparent() -> No
     assert joined.context.trace_id == int(trace_id, 16)
     assert joined.parent.span_id == int(parent_id, 16) and joined.parent.is_remote
     assert alone.parent is None
+
+
+CLIENT_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+CHAT = json.dumps(
+    {"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+).encode()
+
+
+def _host_with_span(gateway: Gateway, provider: TracerProvider) -> Any:
+    """A host app whose OpenTelemetry middleware runs every request in a server span."""
+    tracer = provider.get_tracer("host")
+
+    async def host(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        with tracer.start_as_current_span("host request", kind=SpanKind.SERVER):
+            await gateway(scope, receive, send)
+
+    return host
+
+
+def _post_through(app: Any, headers: dict[str, str]) -> None:
+    async def main() -> None:
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+            response = await client.post("/v1/messages", content=CHAT, headers=headers)
+            assert response.status_code == 200
+
+    asyncio.run(main())
+
+
+def test_a_request_span_is_a_child_of_the_hosts_active_span() -> None:
+    # Mounted in a host app with OpenTelemetry on, the gateway's span sits under the host's
+    # server span, in its trace, rather than starting a trace of its own; the usage line
+    # names that span too. It wins over the client's header, which the host's span follows.
+    provider, exporter = _tracing()
+    events: list[UsageEvent] = []
+    config = GatewayConfig(provider="mock", usage_log=False)
+    gateway = Gateway(config, usage_sinks=[OpenTelemetrySink(provider), events.append])
+    _post_through(_host_with_span(gateway, provider), {"traceparent": CLIENT_TRACEPARENT})
+    asyncio.run(gateway.aclose())
+
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    host, chat = spans["host request"], spans["chat claude-sonnet-4-6"]
+    assert host.context is not None and chat.context is not None and chat.parent is not None
+    assert chat.context.trace_id == host.context.trace_id
+    assert chat.parent.span_id == host.context.span_id
+    [event] = events
+    ids = f"{host.context.trace_id:032x}-{host.context.span_id:016x}"
+    assert event.traceparent == f"00-{ids}-{host.context.trace_flags:02x}"
+
+
+def test_without_a_host_span_the_clients_traceparent_is_the_parent() -> None:
+    provider, exporter = _tracing()
+    events: list[UsageEvent] = []
+    config = GatewayConfig(provider="mock", usage_log=False)
+    gateway = Gateway(config, usage_sinks=[OpenTelemetrySink(provider), events.append])
+    _post_through(gateway, {"traceparent": CLIENT_TRACEPARENT})
+    asyncio.run(gateway.aclose())
+
+    [chat] = exporter.get_finished_spans()
+    assert chat.parent is not None and chat.parent.span_id == 0x00F067AA0BA902B7
+    assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT]
+
+
+def test_a_failing_trace_reader_breaks_no_request() -> None:
+    class Broken:
+        def __call__(self, event: UsageEvent) -> None:
+            events.append(event)
+
+        def current_traceparent(self) -> str | None:
+            raise RuntimeError("boom")
+
+    events: list[UsageEvent] = []
+    gateway = Gateway(GatewayConfig(provider="mock", usage_log=False), usage_sinks=[Broken()])
+    _post_through(gateway, {"traceparent": CLIENT_TRACEPARENT})
+    asyncio.run(gateway.aclose())
+    assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT]
