@@ -206,6 +206,9 @@ class UsageDispatcher:
         self._trace_readers = tuple(
             s.current_traceparent for s in sinks if hasattr(s, "current_traceparent")
         )
+        # Whether a sink can tell the trace context a request runs in (the OpenTelemetry
+        # sink): then current_traceparent() is worth asking. Read on every request.
+        self.reads_traces: bool = bool(self._trace_readers)
 
     def wants_events(self) -> bool:
         """False when every sink says it would ignore an event right now (the default log
@@ -213,12 +216,6 @@ class UsageDispatcher:
         if self._always_wanted:
             return True
         return any(wants() for wants in self._wants_checks)
-
-    @property
-    def reads_traces(self) -> bool:
-        """Whether a sink can tell the trace context a request runs in (the OpenTelemetry
-        sink): then :meth:`current_traceparent` is worth asking."""
-        return bool(self._trace_readers)
 
     def current_traceparent(self) -> str | None:
         """The W3C ``traceparent`` of the span active in the calling context, as the first
