@@ -365,6 +365,7 @@ class Gateway:
         """The request's headers and its (decoded) body, once the caller has been let in by an
         auth hook that reads only headers."""
         headers = header_map(scope)
+        context.request_headers = headers  # before any hook, as RequestContext promises
         policy = self._policy
         if policy.auth_first:
             incoming = IncomingRequest(context.method, context.path, headers, None)
@@ -417,6 +418,7 @@ class Gateway:
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
     ) -> None:
         headers = header_map(scope)
+        context.request_headers = headers
         incoming = IncomingRequest(context.method, context.path, headers, None)
         await self._policy.authenticate(incoming, context)
         request = self._provider_request(scope, context, b"", headers)

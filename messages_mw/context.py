@@ -242,7 +242,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             context.stop_reason,
             context.response_id,
             context.response_model,
-            _traceparent(context.request_headers),
+            valid_traceparent(context.request_headers.get("traceparent")),
             usage.output_tokens_estimated,
         )
 
@@ -254,10 +254,9 @@ _TRACEPARENT = re.compile(
 )
 
 
-def _traceparent(headers: Mapping[str, str]) -> str | None:
-    """The client's ``traceparent``, as its first four fields, or ``None`` if absent or
-    malformed (it reaches logs and spans: nothing else gets through)."""
-    value = headers.get("traceparent")
+def valid_traceparent(value: str | None) -> str | None:
+    """A W3C ``traceparent`` (a client's header, a host's span) as its first four fields, or
+    ``None`` if absent or malformed (it reaches logs and spans: nothing else gets through)."""
     if value is None:
         return None
     value = value.strip()

@@ -24,7 +24,7 @@ from typing import IO, Protocol, TextIO
 
 import msgspec
 
-from .context import UsageEvent
+from .context import UsageEvent, valid_traceparent
 
 __all__ = ["JsonLinesSink", "UsageDispatcher", "UsageSink"]
 
@@ -227,8 +227,9 @@ class UsageDispatcher:
             except Exception:  # a failing sink never breaks a request
                 logger.exception("reading the trace context failed in %r", read)
                 continue
-            if isinstance(traceparent, str):
-                return traceparent
+            # Only a well-formed one: it reaches the usage lines and a span's parent.
+            if isinstance(traceparent, str) and (valid := valid_traceparent(traceparent)):
+                return valid
         return None
 
     @property

@@ -518,3 +518,41 @@ def test_a_failing_trace_reader_breaks_no_request() -> None:
     _post_through(gateway, {"traceparent": CLIENT_TRACEPARENT})
     asyncio.run(gateway.aclose())
     assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT]
+
+
+def test_every_route_carries_the_clients_traceparent() -> None:
+    # count_tokens, models and a refused body named no trace: their events read the client's
+    # headers only on the messages path, past validation.
+    events: list[UsageEvent] = []
+    gateway = Gateway(GatewayConfig(provider="mock", usage_log=False), usage_sinks=[events.append])
+    headers = {"traceparent": CLIENT_TRACEPARENT, "content-type": "application/json"}
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(gateway)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            assert (
+                await client.post("/v1/messages/count_tokens", content=CHAT, headers=headers)
+            ).status_code == 200
+            assert (await client.get("/v1/models", headers=headers)).status_code == 200
+            assert (
+                await client.post("/v1/messages", content=b"{", headers=headers)
+            ).status_code == 400
+        await gateway.aclose()
+
+    asyncio.run(main())
+    assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT] * 3
+
+
+def test_a_malformed_trace_from_a_sink_is_not_taken() -> None:
+    class Garbled:
+        def __call__(self, event: UsageEvent) -> None:
+            events.append(event)
+
+        def current_traceparent(self) -> str | None:
+            return "00-not-a-trace\r\nx-injected: 1"
+
+    events: list[UsageEvent] = []
+    gateway = Gateway(GatewayConfig(provider="mock", usage_log=False), usage_sinks=[Garbled()])
+    _post_through(gateway, {"traceparent": CLIENT_TRACEPARENT})
+    asyncio.run(gateway.aclose())
+    assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT]
