@@ -53,6 +53,8 @@ _SKIPPED_RUN = re.compile(
 # The chunks kept for their runs, at most this many bytes per stream; past it, runs are read
 # at once.
 _DEFERRED_BYTES = 256 * 1024
+# What one kept run costs besides its chunk (a tuple in a list), counted against that bound.
+_DEFERRED_ENTRY_BYTES = 64
 # Bytes of JSON-escaped output per token, for a stream cut short (the mock provider's rule;
 # English prose and code run at about 4).
 _BYTES_PER_TOKEN = 4
@@ -272,6 +274,7 @@ class StreamObserver:
         if not deferred or deferred[-1][0] is not data:
             self._deferred_bytes += len(data)
         deferred.append((data, start, end))
+        self._deferred_bytes += _DEFERRED_ENTRY_BYTES
         if self._deferred_bytes > _DEFERRED_BYTES:
             self._read_deferred()
 

@@ -368,3 +368,15 @@ def test_chunks_kept_for_an_estimate_stay_within_the_bound() -> None:
         tracemalloc.stop()
     assert held < 1_000_000
     assert observer.settled_usage().output_tokens == 200
+
+
+def test_one_chunk_object_fed_again_and_again_keeps_a_bounded_list() -> None:
+    # The same bytes object, fed 5,000 times, counts once as memory, but each feed keeps a
+    # run of it: the bound counts the entries too.
+    chunk = _delta(0, {"type": "text_delta", "text": "ab"}) * 2
+    observer = StreamObserver()
+    observer.feed(MESSAGE_START)
+    for _ in range(5000):
+        observer.feed(chunk)
+    assert len(observer._deferred) < 5000
+    assert observer.settled_usage().output_tokens == 5000
