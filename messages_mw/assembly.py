@@ -123,7 +123,8 @@ def build_policy(
         check_hook(name, hook)
     if limiter is None and config.limits.rules:
         limiter = RateLimiter(config.limits)
-    # A host's own limiter need only admit and record: it may have no config to check.
+    # A host's own limiter (RateLimiter's methods, its own store or rules) may have no
+    # LimitsConfig to check.
     limits = getattr(limiter, "config", None)
     if auth is None and isinstance(limits, LimitsConfig):
         _check_tag_rules_can_apply(limits, config.auth)

@@ -50,7 +50,10 @@ class UsageSink(Protocol):
     files or sockets without stalling the event loop; async sinks run in the dispatcher's
     background task on the event loop. An exception is logged and the sink gets the next event.
     If the sink also has an ``aclose()`` method (sync or async), the dispatcher calls it once at
-    shutdown, after delivering what was queued.
+    shutdown, after delivering what was queued. A sink with a ``current_traceparent()`` method
+    (the OpenTelemetry sink) is asked, in each request's own task as its event is built, for
+    the W3C traceparent of the span active there; a well-formed answer becomes the event's
+    ``traceparent``.
 
     Shutdown waits at most ``shutdown_timeout`` seconds (5 s in a gateway) for queued events.
     Past that, an async sink still running gets :class:`asyncio.CancelledError` at its current
