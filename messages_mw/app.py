@@ -136,9 +136,10 @@ class Gateway:
         upstream yet, but ``config.usage_file`` is opened here.
 
         Raises :class:`TypeError` for a ``provider`` (or a ``providers`` value) without
-        ``send()`` and ``aclose()`` methods, or a hook, usage sink or ``on_request_end`` that
-        is not callable; :class:`ValueError` for a configured fallback chain, alias or router
-        candidate ``provider/model`` naming no configured provider, or a configured auth key
+        ``send()`` and ``aclose()`` methods, a ``limiter`` without ``RateLimiter``'s methods
+        and flags, or a hook, usage sink or ``on_request_end`` that is not callable;
+        :class:`ValueError` for a configured fallback chain, alias or router candidate
+        ``provider/model`` naming no configured provider, or a configured auth key
         whose ``sha256`` is not 64 hex digits (or that has neither or both of ``sha256`` and
         ``key``), or tag limits with ``tags_from="key"`` that no configured key could meet
         (built-in auth, no key with tags);

@@ -121,6 +121,8 @@ def build_policy(
         *((f"usage_sinks[{i}]", s) for i, s in enumerate(usage_sinks)),
     ):
         check_hook(name, hook)
+    if limiter is not None:
+        _check_limiter(limiter)
     if limiter is None and config.limits.rules:
         limiter = RateLimiter(config.limits)
     # A host's own limiter (RateLimiter's methods, its own store or rules) may have no
@@ -162,6 +164,18 @@ def build_policy(
         pricing=pricing,
         dispatcher=UsageDispatcher(sinks) if sinks else None,
     )
+
+
+# What the policy uses of a limiter: a host's own must have them all.
+_LIMITER_ATTRIBUTES = ("admit", "record", "needs_price", "aclose", "checks_prices", "counts_usage")
+
+
+def _check_limiter(limiter: object) -> None:
+    """Raise :class:`TypeError` naming what a host's limiter lacks, at start-up rather than
+    as an error at the first request."""
+    missing = [name for name in _LIMITER_ATTRIBUTES if not hasattr(limiter, name)]
+    if missing:
+        raise TypeError(f"limiter has no {', '.join(missing)} (as RateLimiter has)")
 
 
 def _check_tag_rules_can_apply(limits: LimitsConfig, auth: AuthConfig) -> None:

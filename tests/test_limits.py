@@ -644,3 +644,15 @@ def test_a_host_limiter_without_a_config_is_accepted() -> None:
     config = GatewayConfig(provider="mock", usage_log=False)
     gateway = Gateway(config, limiter=_HostLimiter())  # type: ignore[arg-type]
     assert gateway.config is config
+
+
+def test_a_host_limiter_missing_what_the_policy_uses_is_refused_at_start_up() -> None:
+    class Partial:
+        async def admit(self, context: RequestContext) -> list[tuple[str, str]]:
+            return []
+
+    config = GatewayConfig(provider="mock", usage_log=False)
+    with pytest.raises(
+        TypeError, match="limiter has no record, needs_price, aclose, checks_prices"
+    ):
+        Gateway(config, limiter=Partial())  # type: ignore[arg-type]
