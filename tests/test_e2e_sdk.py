@@ -918,6 +918,32 @@ def test_sdk_stream_closed_early_closes_the_upstream(stack: Stack) -> None:
     assert _last_finished(stack.finished).client_disconnected is True
 
 
+def test_an_sdk_client_leaving_before_the_final_usage_is_counted_for_what_it_read(
+    stack: Stack,
+) -> None:
+    # The SDK reads the whole answer's text, then leaves before message_delta, which would
+    # have reported the output: the usage (and so cost and token limits) counts the text, one
+    # token per 4 bytes, not message_start's 1.
+    pieces = [f"{index:02d} lorem ipsum dolor sit amet consetur. " for index in range(25)]
+    events = text_stream_events(pieces)
+    stack.upstream.push(Reply(chunks=events[: 3 + len(pieces)], hang_after=UPSTREAM_SILENCE))
+    text = ""
+    with (
+        _client(stack.base_url) as client,
+        client.messages.stream(model=MODEL, max_tokens=500, messages=HELLO) as stream,
+    ):
+        for event in stream:
+            if event.type == "text":
+                text += event.text
+            if text == "".join(pieces):
+                break
+    _wait_until(lambda: bool(stack.upstream.disconnected_at), timeout=PROMPTLY)
+    context = _last_finished(stack.finished)
+    assert context.client_disconnected is True
+    assert _usage(context) == (12, len(text) // 4, 0, 0) == (12, 250, 0, 0)
+    assert context.usage.output_tokens_estimated is True
+
+
 class _HeadStallingUpstream:
     """An upstream that holds back its response head for ``stall`` seconds (a long non-streamed
     generation, or a queued request), then answers "late"; records when the gateway hung up on
