@@ -212,6 +212,8 @@ class UsageDispatcher:
         # Whether a sink can tell the trace context a request runs in (the OpenTelemetry
         # sink): then current_traceparent() is worth asking. Read on every request.
         self.reads_traces: bool = bool(self._trace_readers)
+        self._trace_read_failures = 0
+        self._last_trace_log = -_DROP_LOG_INTERVAL
 
     def wants_events(self) -> bool:
         """False when every sink says it would ignore an event right now (the default log
@@ -223,12 +225,13 @@ class UsageDispatcher:
     def current_traceparent(self) -> str | None:
         """The W3C ``traceparent`` of the span active in the calling context, as the first
         sink with a ``current_traceparent()`` that knows one tells it; ``None`` otherwise (a
-        sink that raises is logged and skipped). Ask in the request's own task."""
+        sink that raises is skipped, and logged at most once per 10 s). Ask in the request's
+        own task."""
         for read in self._trace_readers:
             try:
                 traceparent = read()
             except Exception:  # a failing sink never breaks a request
-                logger.exception("reading the trace context failed in %r", read)
+                self._trace_read_failed(read)
                 continue
             # Only a well-formed one: it reaches the usage lines and a span's parent.
             if isinstance(traceparent, str) and (valid := valid_traceparent(traceparent)):
@@ -312,6 +315,19 @@ class UsageDispatcher:
                 self._drain(self._queue),
                 name="messages_mw usage dispatcher",
                 context=contextvars.Context(),
+            )
+
+    def _trace_read_failed(self, read: object) -> None:
+        # Asked on every request: a reader that always fails must not log every time, on the
+        # event loop, as often as requests arrive.
+        self._trace_read_failures += 1
+        now = time.monotonic()
+        if now - self._last_trace_log >= _DROP_LOG_INTERVAL:
+            self._last_trace_log = now
+            logger.exception(
+                "reading the trace context failed in %r (%d failures so far)",
+                read,
+                self._trace_read_failures,
             )
 
     def _drop(self, reason: str, count: int = 1) -> None:

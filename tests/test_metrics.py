@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from typing import Any
 
 import httpx
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -461,12 +463,13 @@ def _host_with_span(gateway: Gateway, provider: TracerProvider) -> Any:
     return host
 
 
-def _post_through(app: Any, headers: dict[str, str]) -> None:
+def _post_through(app: Any, headers: dict[str, str], *, times: int = 1) -> None:
     async def main() -> None:
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
-            response = await client.post("/v1/messages", content=CHAT, headers=headers)
-            assert response.status_code == 200
+            for _ in range(times):
+                response = await client.post("/v1/messages", content=CHAT, headers=headers)
+                assert response.status_code == 200
 
     asyncio.run(main())
 
@@ -505,7 +508,7 @@ def test_without_a_host_span_the_clients_traceparent_is_the_parent() -> None:
     assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT]
 
 
-def test_a_failing_trace_reader_breaks_no_request() -> None:
+def test_a_failing_trace_reader_breaks_no_request(caplog: pytest.LogCaptureFixture) -> None:
     class Broken:
         def __call__(self, event: UsageEvent) -> None:
             events.append(event)
@@ -515,9 +518,13 @@ def test_a_failing_trace_reader_breaks_no_request() -> None:
 
     events: list[UsageEvent] = []
     gateway = Gateway(GatewayConfig(provider="mock", usage_log=False), usage_sinks=[Broken()])
-    _post_through(gateway, {"traceparent": CLIENT_TRACEPARENT})
+    with caplog.at_level(logging.ERROR, logger="messages_mw.usage"):
+        _post_through(gateway, {"traceparent": CLIENT_TRACEPARENT}, times=3)
     asyncio.run(gateway.aclose())
-    assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT]
+    assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT] * 3
+    # Once, not once per request: it is asked on every request, on the event loop.
+    [logged] = [r for r in caplog.records if "reading the trace context" in r.getMessage()]
+    assert "1 failures so far" in logged.getMessage()
 
 
 def test_every_route_carries_the_clients_traceparent() -> None:
