@@ -156,6 +156,8 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     gateway ran it (a host app's server span) when a sink can read it (the OpenTelemetry
     sink), else the client's ``traceparent`` header, when well formed. Usage lines can be
     joined to those traces, and the OpenTelemetry sink's span becomes that span's child.
+    ``tracestate`` is the vendor trace data that goes with it (the host span's, or the
+    client's ``tracestate`` header), when well formed.
     ``output_tokens_estimated`` is true when the stream ended before the upstream reported
     its output (the client left, the upstream broke off) and ``output_tokens`` is the
     gateway's estimate from the content relayed.
@@ -194,6 +196,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     response_model: str | None = None
     traceparent: str | None = None
     output_tokens_estimated: bool = False
+    tracestate: str | None = None
 
     @classmethod
     def from_context(cls, context: RequestContext) -> UsageEvent:
@@ -242,8 +245,10 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             context.stop_reason,
             context.response_id,
             context.response_model,
-            valid_traceparent(context.request_headers.get("traceparent")),
+            traceparent := valid_traceparent(context.request_headers.get("traceparent")),
             usage.output_tokens_estimated,
+            # Vendor data that goes with the traceparent only (W3C: dropped without it).
+            valid_tracestate(context.request_headers.get("tracestate")) if traceparent else None,
         )
 
 
@@ -268,6 +273,29 @@ def valid_traceparent(value: str | None) -> str | None:
     if rest and (found.group(1) == "00" or not rest.startswith("-")):
         return None
     return found.group()
+
+
+# W3C Trace Context: up to 32 comma-separated list-members, key=value; keys lower-case
+# (with an optional tenant@system form), values printable ASCII but "," and "=", not
+# ending in a space.
+_TRACESTATE_MEMBER = (
+    r"[a-z0-9][_0-9a-z\-*/@]{0,255}="
+    r"(?:[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e])"
+)
+_TRACESTATE = re.compile(rf"{_TRACESTATE_MEMBER}(?:[ \t]*,[ \t]*{_TRACESTATE_MEMBER}){{0,31}}")
+_MAX_TRACESTATE = 512
+
+
+def valid_tracestate(value: str | None) -> str | None:
+    """A W3C ``tracestate`` (vendor trace data going with a ``traceparent``), or ``None`` if
+    absent, empty, longer than 512 characters or malformed: it reaches logs and spans, and
+    Trace Context says to drop an invalid one and keep the traceparent."""
+    if not value:
+        return None
+    value = value.strip(" \t")
+    if len(value) > _MAX_TRACESTATE or _TRACESTATE.fullmatch(value) is None:
+        return None
+    return value
 
 
 RequestEndHook = Callable[[RequestContext], Awaitable[None] | None]

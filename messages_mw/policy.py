@@ -268,10 +268,10 @@ class Policy:
         dispatcher = self.dispatcher
         if dispatcher is not None and dispatcher.wants_events():
             event = UsageEvent.from_context(context)
-            if dispatcher.reads_traces:
+            if dispatcher.reads_traces and (trace := dispatcher.current_trace()) is not None:
                 # The host's active span, read here in the request's task: it wins over the
                 # client's header (a host's server span is usually that header's child).
-                event.traceparent = dispatcher.current_traceparent() or event.traceparent
+                event.traceparent, event.tracestate = trace
             dispatcher.emit(event)
         if self.limiter is not None and self.limiter.counts_usage:
             try:

@@ -42,9 +42,10 @@ class OpenTelemetrySink:
     ``tracer_provider`` defaults to the global one (set by ``trace.set_tracer_provider``, even
     after this sink is built). The span's parent is the event's ``traceparent``: the span that
     was active where the gateway ran the request (a host app's server span, from its
-    OpenTelemetry middleware; see :meth:`current_traceparent`), or else the caller's, from a
-    W3C ``traceparent`` header. With neither, the span starts a trace of its own: the
-    dispatcher runs sinks outside the request's context.
+    OpenTelemetry middleware; see :meth:`current_trace`), or else the caller's, from a
+    W3C ``traceparent`` header; with its ``tracestate``, when there is one. With neither,
+    the span starts a trace of its own: the dispatcher runs sinks outside the request's
+    context.
     """
 
     # Not ``nonblocking``: ending a span runs whatever span processors the host installed,
@@ -54,8 +55,9 @@ class OpenTelemetrySink:
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("messages_mw", tracer_provider=tracer_provider)
 
-    def current_traceparent(self) -> str | None:
-        """The W3C ``traceparent`` of the span active in the calling context, or ``None``.
+    def current_trace(self) -> tuple[str, str | None] | None:
+        """The W3C ``traceparent`` and ``tracestate`` (``None`` when empty) of the span active
+        in the calling context, or ``None`` when no span is.
 
         The gateway asks in the request's own task as it builds the request's usage event, so
         that the span made later, off the request path, becomes a child of the host's.
@@ -63,7 +65,8 @@ class OpenTelemetrySink:
         span = trace.get_current_span().get_span_context()
         if not span.is_valid:
             return None
-        return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
+        traceparent = f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
+        return traceparent, span.trace_state.to_header() or None
 
     def __call__(self, event: UsageEvent) -> None:
         end = int(event.timestamp * 1e9)
@@ -76,9 +79,12 @@ class OpenTelemetrySink:
             return
         # The host's span or the caller's (see the class docstring): the request's span then
         # sits in that trace.
-        parent = (
-            _PROPAGATOR.extract({"traceparent": event.traceparent}) if event.traceparent else None
-        )
+        parent = None
+        if event.traceparent:
+            carrier = {"traceparent": event.traceparent}
+            if event.tracestate:
+                carrier["tracestate"] = event.tracestate
+            parent = _PROPAGATOR.extract(carrier)
         span = self._tracer.start_span(
             f"{operation} {model}" if model else operation,
             context=parent,

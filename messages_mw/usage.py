@@ -24,7 +24,7 @@ from typing import IO, Protocol, TextIO
 
 import msgspec
 
-from .context import UsageEvent, valid_traceparent
+from .context import UsageEvent, valid_traceparent, valid_tracestate
 
 __all__ = ["JsonLinesSink", "UsageDispatcher", "UsageSink"]
 
@@ -50,10 +50,10 @@ class UsageSink(Protocol):
     files or sockets without stalling the event loop; async sinks run in the dispatcher's
     background task on the event loop. An exception is logged and the sink gets the next event.
     If the sink also has an ``aclose()`` method (sync or async), the dispatcher calls it once at
-    shutdown, after delivering what was queued. A sink with a ``current_traceparent()`` method
-    (the OpenTelemetry sink) is asked, in each request's own task as its event is built, for
-    the W3C traceparent of the span active there; a well-formed answer becomes the event's
-    ``traceparent``.
+    shutdown, after delivering what was queued. A sink with a ``current_trace()`` method (the
+    OpenTelemetry sink) is asked, in each request's own task as its event is built, for the
+    W3C ``(traceparent, tracestate)`` of the span active there; a well-formed answer becomes
+    the event's ``traceparent`` and ``tracestate``.
 
     Shutdown waits at most ``shutdown_timeout`` seconds (5 s in a gateway) for queued events.
     Past that, an async sink still running gets :class:`asyncio.CancelledError` at its current
@@ -206,11 +206,9 @@ class UsageDispatcher:
         # Asked on every request: sinks without a wants_events() always want them.
         self._always_wanted = any(getattr(s, "wants_events", None) is None for s in sinks)
         self._wants_checks = tuple(s.wants_events for s in sinks if hasattr(s, "wants_events"))
-        self._trace_readers = tuple(
-            s.current_traceparent for s in sinks if hasattr(s, "current_traceparent")
-        )
+        self._trace_readers = tuple(s.current_trace for s in sinks if hasattr(s, "current_trace"))
         # Whether a sink can tell the trace context a request runs in (the OpenTelemetry
-        # sink): then current_traceparent() is worth asking. Read on every request.
+        # sink): then current_trace() is worth asking. Read on every request.
         self.reads_traces: bool = bool(self._trace_readers)
         self._trace_read_failures = 0
         self._last_trace_log = -_DROP_LOG_INTERVAL
@@ -222,20 +220,23 @@ class UsageDispatcher:
             return True
         return any(wants() for wants in self._wants_checks)
 
-    def current_traceparent(self) -> str | None:
-        """The W3C ``traceparent`` of the span active in the calling context, as the first
-        sink with a ``current_traceparent()`` that knows one tells it; ``None`` otherwise (a
-        sink that raises is skipped, and logged at most once per 10 s). Ask in the request's
-        own task."""
+    def current_trace(self) -> tuple[str, str | None] | None:
+        """The W3C ``(traceparent, tracestate)`` of the span active in the calling context, as
+        the first sink with a ``current_trace()`` that knows one tells it (a malformed
+        ``tracestate`` becomes ``None``); ``None`` otherwise (a sink that raises is skipped,
+        and logged at most once per 10 s). Ask in the request's own task."""
         for read in self._trace_readers:
             try:
-                traceparent = read()
+                found = read()
             except Exception:  # a failing sink never breaks a request
                 self._trace_read_failed(read)
                 continue
             # Only a well-formed one: it reaches the usage lines and a span's parent.
-            if isinstance(traceparent, str) and (valid := valid_traceparent(traceparent)):
-                return valid
+            if isinstance(found, tuple) and len(found) == 2:
+                traceparent = found[0] if isinstance(found[0], str) else None
+                tracestate = found[1] if isinstance(found[1], str) else None
+                if valid := valid_traceparent(traceparent):
+                    return valid, valid_tracestate(tracestate)
         return None
 
     @property

@@ -10,10 +10,18 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -464,14 +472,66 @@ def _host_with_span(gateway: Gateway, provider: TracerProvider) -> Any:
 
 
 def _post_through(app: Any, headers: dict[str, str], *, times: int = 1) -> None:
+    _post_each(app, [headers] * times)
+
+
+def _post_each(app: Any, headers: list[dict[str, str]]) -> None:
+    """One request per headers, in order, in one event loop (the dispatcher's)."""
+
     async def main() -> None:
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
-            for _ in range(times):
-                response = await client.post("/v1/messages", content=CHAT, headers=headers)
+            for each in headers:
+                response = await client.post("/v1/messages", content=CHAT, headers=each)
                 assert response.status_code == 200
 
     asyncio.run(main())
+
+
+def test_the_hosts_tracestate_goes_with_its_span() -> None:
+    # Vendor data and OpenTelemetry's sampling threshold ride in tracestate: the gateway's
+    # span keeps the host span's, and the usage line carries it.
+    provider, exporter = _tracing()
+    tracer = provider.get_tracer("host")
+    events: list[UsageEvent] = []
+    config = GatewayConfig(provider="mock", usage_log=False)
+    gateway = Gateway(config, usage_sinks=[OpenTelemetrySink(provider), events.append])
+    state = TraceState([("ot", "th:8"), ("vendor", "abc")])
+
+    async def host(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        remote = SpanContext(0xAB, 0xCD, True, TraceFlags(1), state)
+        with (
+            trace.use_span(NonRecordingSpan(remote)),
+            tracer.start_as_current_span("host request", kind=SpanKind.SERVER),
+        ):
+            await gateway(scope, receive, send)
+
+    _post_through(host, {})
+    asyncio.run(gateway.aclose())
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    chat = spans["chat claude-sonnet-4-6"]
+    assert chat.context is not None and dict(chat.context.trace_state) == dict(state)
+    assert [event.tracestate for event in events] == ["ot=th:8,vendor=abc"]
+
+
+def test_the_clients_tracestate_is_kept_when_well_formed() -> None:
+    provider, exporter = _tracing()
+    events: list[UsageEvent] = []
+    config = GatewayConfig(provider="mock", usage_log=False)
+    gateway = Gateway(config, usage_sinks=[OpenTelemetrySink(provider), events.append])
+    states = ("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", "Bad Key=1", "x=1\r\ny: 2")
+    headers = [{"traceparent": CLIENT_TRACEPARENT, "tracestate": state} for state in states]
+    # Last, a tracestate without a traceparent: nothing for it to go with.
+    _post_each(gateway, [*headers, {"tracestate": "alone=1"}])
+    asyncio.run(gateway.aclose())
+    assert [event.tracestate for event in events] == [
+        "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+        None,
+        None,
+        None,
+    ]
+    first = exporter.get_finished_spans()[0]
+    assert first.context is not None and first.context.trace_state.get("congo") == "t61rcWkgMzE"
 
 
 def test_a_request_span_is_a_child_of_the_hosts_active_span() -> None:
@@ -513,7 +573,7 @@ def test_a_failing_trace_reader_breaks_no_request(caplog: pytest.LogCaptureFixtu
         def __call__(self, event: UsageEvent) -> None:
             events.append(event)
 
-        def current_traceparent(self) -> str | None:
+        def current_trace(self) -> tuple[str, str | None] | None:
             raise RuntimeError("boom")
 
     events: list[UsageEvent] = []
@@ -555,8 +615,8 @@ def test_a_malformed_trace_from_a_sink_is_not_taken() -> None:
         def __call__(self, event: UsageEvent) -> None:
             events.append(event)
 
-        def current_traceparent(self) -> str | None:
-            return "00-not-a-trace\r\nx-injected: 1"
+        def current_trace(self) -> tuple[str, str | None] | None:
+            return "00-not-a-trace\r\nx-injected: 1", "a=b"
 
     events: list[UsageEvent] = []
     gateway = Gateway(GatewayConfig(provider="mock", usage_log=False), usage_sinks=[Garbled()])

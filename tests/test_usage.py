@@ -576,11 +576,16 @@ def _full_context() -> RequestContext:
     context.stop_reason = "tool_use"
     context.response_id = "msg_full"
     context.response_model = "claude-haiku-4-5-20251001"
-    context.request_headers = {"traceparent": TRACEPARENT, "x-api-key": SECRET_KEY}
+    context.request_headers = {
+        "traceparent": TRACEPARENT,
+        "tracestate": TRACESTATE,
+        "x-api-key": SECRET_KEY,
+    }
     return context
 
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACESTATE = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
 
 
 def _fields(value: object) -> list[tuple[str, object]]:
@@ -703,6 +708,7 @@ def test_an_event_takes_each_field_from_its_source_in_the_context() -> None:
         "response_model": "claude-haiku-4-5-20251001",
         "traceparent": TRACEPARENT,
         "output_tokens_estimated": True,
+        "tracestate": TRACESTATE,
     }
     actual = msgspec.structs.asdict(event)
     assert actual.pop("timestamp") == pytest.approx(time.time(), abs=60)
