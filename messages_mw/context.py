@@ -275,27 +275,49 @@ def valid_traceparent(value: str | None) -> str | None:
     return found.group()
 
 
-# W3C Trace Context: up to 32 comma-separated list-members, key=value; keys lower-case
-# (with an optional tenant@system form), values printable ASCII but "," and "=", not
-# ending in a space.
-_TRACESTATE_MEMBER = (
-    r"[a-z0-9][_0-9a-z\-*/@]{0,255}="
-    r"(?:[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e])"
+# W3C Trace Context: list-members key=value, at most 32; a key is lower-case, simple or
+# tenant@system; a value is printable ASCII but "," and "=", not ending in a space.
+_TRACESTATE_MEMBER = re.compile(
+    r"([a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
 )
-_TRACESTATE = re.compile(rf"{_TRACESTATE_MEMBER}(?:[ \t]*,[ \t]*{_TRACESTATE_MEMBER}){{0,31}}")
-_MAX_TRACESTATE = 512
+_MAX_TRACESTATE_MEMBERS = 32
+# Trace Context asks to pass on at least 512 characters, trimming members past that (the
+# long ones first); OpenTelemetry's propagator reads up to 8,192.
+_KEPT_TRACESTATE = 512
+_LONG_TRACESTATE_MEMBER = 128
+_MAX_TRACESTATE = 8192
 
 
 def valid_tracestate(value: str | None) -> str | None:
-    """A W3C ``tracestate`` (vendor trace data going with a ``traceparent``), or ``None`` if
-    absent, empty, longer than 512 characters or malformed: it reaches logs and spans, and
-    Trace Context says to drop an invalid one and keep the traceparent."""
-    if not value:
+    """A W3C ``tracestate`` (vendor trace data going with a ``traceparent``), its members
+    joined by commas, or ``None`` if absent, empty or invalid (a malformed member, a key twice,
+    over 32 members): it reaches logs and spans, and Trace Context says not to pass on one it
+    cannot parse. Empty members are skipped, and past 512 characters members are dropped,
+    those over 128 characters first, then from the end."""
+    if not value or len(value) > _MAX_TRACESTATE:
         return None
-    value = value.strip(" \t")
-    if len(value) > _MAX_TRACESTATE or _TRACESTATE.fullmatch(value) is None:
+    members: list[str] = []
+    keys: set[str] = set()
+    for part in value.split(","):
+        member = part.strip(" \t")
+        if not member:
+            continue
+        found = _TRACESTATE_MEMBER.fullmatch(member)
+        if found is None or found.group(1) in keys:
+            return None
+        keys.add(found.group(1))
+        members.append(member)
+    if not members or len(members) > _MAX_TRACESTATE_MEMBERS:
         return None
-    return value
+    joined = ",".join(members)
+    if len(joined) > _KEPT_TRACESTATE:
+        members = [member for member in members if len(member) <= _LONG_TRACESTATE_MEMBER]
+        while members and len(joined := ",".join(members)) > _KEPT_TRACESTATE:
+            members.pop()
+        if not members:
+            return None
+    return joined
 
 
 RequestEndHook = Callable[[RequestContext], Awaitable[None] | None]

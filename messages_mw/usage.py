@@ -228,15 +228,14 @@ class UsageDispatcher:
         for read in self._trace_readers:
             try:
                 found = read()
+                # Only a well-formed one: it reaches the usage lines and a span's parent.
+                if type(found) is tuple and len(found) == 2:
+                    traceparent = found[0] if type(found[0]) is str else None
+                    tracestate = found[1] if type(found[1]) is str else None
+                    if valid := valid_traceparent(traceparent):
+                        return valid, valid_tracestate(tracestate)
             except Exception:  # a failing sink never breaks a request
                 self._trace_read_failed(read)
-                continue
-            # Only a well-formed one: it reaches the usage lines and a span's parent.
-            if isinstance(found, tuple) and len(found) == 2:
-                traceparent = found[0] if isinstance(found[0], str) else None
-                tracestate = found[1] if isinstance(found[1], str) else None
-                if valid := valid_traceparent(traceparent):
-                    return valid, valid_tracestate(tracestate)
         return None
 
     @property

@@ -623,3 +623,33 @@ def test_a_malformed_trace_from_a_sink_is_not_taken() -> None:
     _post_through(gateway, {"traceparent": CLIENT_TRACEPARENT})
     asyncio.run(gateway.aclose())
     assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT]
+
+
+class _SlyStr(str):
+    def strip(self, *chars: Any) -> str:
+        raise RuntimeError("strip")
+
+
+class _SlyTuple(tuple):  # type: ignore[type-arg]
+    def __len__(self) -> int:
+        raise RuntimeError("len")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [None, "00-x", (CLIENT_TRACEPARENT,), (1, 2), _SlyTuple(("a", "b")), (_SlyStr("x"), None)],
+    ids=["none", "a str", "one item", "not strs", "sly tuple", "sly str"],
+)
+def test_a_sink_answering_oddly_about_the_trace_breaks_nothing(answer: object) -> None:
+    class Odd:
+        def __call__(self, event: UsageEvent) -> None:
+            events.append(event)
+
+        def current_trace(self) -> object:
+            return answer
+
+    events: list[UsageEvent] = []
+    gateway = Gateway(GatewayConfig(provider="mock", usage_log=False), usage_sinks=[Odd()])
+    _post_through(gateway, {"traceparent": CLIENT_TRACEPARENT})
+    asyncio.run(gateway.aclose())
+    assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT]

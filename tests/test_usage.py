@@ -30,6 +30,7 @@ from messages_mw.context import (
     Principal,
     RequestContext,
     UsageEvent,
+    valid_tracestate,
 )
 from messages_mw.hooks import IncomingRequest
 from messages_mw.providers.base import ProviderRequest
@@ -865,3 +866,39 @@ def test_only_a_well_formed_traceparent_reaches_the_event(
     if sent is not None:
         context.request_headers = {"traceparent": sent}
     assert UsageEvent.from_context(context).traceparent == kept
+
+
+@pytest.mark.parametrize(
+    ("header", "kept"),
+    [
+        ("ot=th:8,vendor=abc", "ot=th:8,vendor=abc"),
+        ("rojo=00f067aa0ba902b7, congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+        ("tenant@system=v,a=1", "tenant@system=v,a=1"),
+        # Empty members are allowed, and skipped (two headers joined, one of them empty).
+        ("a=1,", "a=1"),
+        (" , a=1,,b=2", "a=1,b=2"),
+        # Keys W3C and OpenTelemetry refuse, a key twice, a bad value: the header is dropped.
+        ("1abc=x", None),
+        ("a@b@c=x", None),
+        ("a@=x", None),
+        ("a=1,a=2", None),
+        ("Key=1", None),
+        ("a=b=c", None),
+        ("a=b\r\nx-injected: 1", None),
+        ("a=café", None),
+        (",".join(f"k{n}=v" for n in range(33)), None),
+        ("", None),
+    ],
+)
+def test_a_tracestate_is_kept_only_as_trace_context_allows(header: str, kept: str | None) -> None:
+    assert valid_tracestate(header) == kept
+
+
+def test_a_long_tracestate_is_trimmed_by_members_long_ones_first() -> None:
+    # Trace Context: pass on at least 512 characters; past that, drop members over 128
+    # characters first, then from the end.
+    long = "big=" + "y" * 200
+    members = [f"k{n:02d}=" + "x" * 36 for n in range(15)]  # 40 characters each
+    kept = valid_tracestate(",".join([members[0], long, *members[1:]]))
+    assert kept is not None and "big=" not in kept and len(kept) <= 512
+    assert kept == ",".join(members[:12])
