@@ -172,10 +172,22 @@ _LIMITER_ATTRIBUTES = ("admit", "record", "needs_price", "aclose", "checks_price
 
 def _check_limiter(limiter: object) -> None:
     """Raise :class:`TypeError` naming what a host's limiter lacks, at start-up rather than
-    as an error at the first request."""
-    missing = [name for name in _LIMITER_ATTRIBUTES if not hasattr(limiter, name)]
+    as an error at the first request. It must be complete when the gateway is built."""
+    missing = [name for name in _LIMITER_ATTRIBUTES if not _has(limiter, name)]
     if missing:
         raise TypeError(f"limiter has no {', '.join(missing)} (as RateLimiter has)")
+
+
+def _has(thing: object, name: str) -> bool:
+    # hasattr() lets any error but AttributeError escape: a property that fails now may
+    # work at the first request, and is there either way.
+    try:
+        getattr(thing, name)
+    except AttributeError:
+        return False
+    except Exception:
+        return True
+    return True
 
 
 def _check_tag_rules_can_apply(limits: LimitsConfig, auth: AuthConfig) -> None:

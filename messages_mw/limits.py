@@ -200,6 +200,9 @@ class RateLimiter:
     and redis-py is not installed. Nothing is asked of the store before the first request.
     """
 
+    # Set per instance; declared here too, so that a mock made with spec=RateLimiter has it.
+    checks_prices: bool = False
+
     def __init__(
         self,
         config: LimitsConfig,
@@ -222,7 +225,7 @@ class RateLimiter:
         # Spend rules need each request's cost: with unpriced models refused, the policy asks
         # which requests fall under one (none at all, in most configurations: then it need
         # not ask, which this flag tells it on every request's path).
-        self.checks_prices: bool = config.unpriced_models == "reject" and any(
+        self.checks_prices = config.unpriced_models == "reject" and any(
             rule.spend is not None for rule in config.rules
         )
         self._unpriced_warned: set[str] = set()

@@ -12,6 +12,7 @@ import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
+from unittest.mock import Mock, create_autospec
 
 import msgspec
 import pytest
@@ -656,3 +657,18 @@ def test_a_host_limiter_missing_what_the_policy_uses_is_refused_at_start_up() ->
         TypeError, match="limiter has no record, needs_price, aclose, checks_prices"
     ):
         Gateway(config, limiter=Partial())  # type: ignore[arg-type]
+
+
+def test_limiter_mocks_and_late_failing_properties_pass_the_start_up_check() -> None:
+    class LateFlag(_HostLimiter):
+        @property
+        def checks_prices(self) -> bool:  # type: ignore[override]
+            raise RuntimeError("not connected yet")
+
+    config = GatewayConfig(provider="mock", usage_log=False)
+    for limiter in (
+        Mock(spec=RateLimiter),
+        create_autospec(RateLimiter, instance=True),
+        LateFlag(),
+    ):
+        Gateway(config, limiter=limiter)
