@@ -1,5 +1,6 @@
 """The uvicorn HTTP protocol ``messages-mw serve`` runs: uvicorn's httptools protocol with the
-response head sent together with the first body bytes.
+response head sent together with the first body bytes, and request bodies handed to the app
+without uvicorn's two copies (see ``on_body``).
 
 uvicorn writes a response head the moment the app sends ``http.response.start`` and the body
 with the next message, and uvloop sends each write at once: two ``write(2)`` calls for every
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from ._http11 import head_and_body
@@ -142,6 +144,34 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
             # together), uncounted as a body read: the next check takes the body as heard
             # from then, as after any read, rather than silent since an older check.
             self._body_reads_seen = -1
+
+    def on_body(self, body: bytes) -> None:
+        """uvicorn's ``on_body``, without copying a body that comes in one read.
+
+        uvicorn appends every chunk to a ``bytearray`` and copies that again into ``bytes`` for
+        the app: two fresh copies of each request body. Under a bare app at 32 connections
+        with the 57 KB agent turn, those two lines took 56% of the server's profile samples,
+        and a request cost 49 µs of CPU against 43 µs without them. A first chunk is kept as
+        the ``bytes`` the parser made, which uvicorn's ``receive`` hands on as it is
+        (``bytes()`` of a ``bytes`` is itself); only a second chunk before the app's next
+        read starts a ``bytearray``, as before.
+        """
+        cycle = self.cycle
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        held: bytes | bytearray = cycle.body
+        if not held:
+            held = body
+        elif isinstance(held, bytes):
+            held = bytearray(held)
+            held += body
+        else:
+            held += body
+        # uvicorn declares a bytearray; its receive hands either kind on as bytes.
+        cycle.body = held  # type: ignore[assignment]
+        if len(held) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_headers_complete(self) -> None:
         answering = self.cycle

@@ -10,11 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anthropic
 import pytest
+import uvicorn
+from uvicorn.server import ServerState
 
 from messages_mw import Gateway, GatewayConfig, MockConfig, RequestContext
 from messages_mw.server import HeadJoiningHttpToolsProtocol, _HeadJoiningTransport
@@ -109,6 +112,98 @@ async def test_body_writes_are_not_held() -> None:
     joining.write(b"data: {}\n\n")
     assert raw.writes == [[b"data: {}\n\n"]]
     assert joining.get_extra_info("peername") == ("127.0.0.1", 1)
+
+
+class _ReadingTransport(_RecordingTransport):
+    """A socket stand-in that also takes uvicorn's flow control (bodies over 64 KB pause it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+class _BodyRecorder:
+    """An ASGI app that reads its request's body message by message, then answers 200."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.answered = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            self.messages.append(message)
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        self.answered.set()
+
+
+def _connected(app: _BodyRecorder) -> tuple[HeadJoiningHttpToolsProtocol, _ReadingTransport]:
+    """The served protocol on one connection, in this process, over a stand-in socket."""
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    config.load()
+    protocol = HeadJoiningHttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = _ReadingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
+def _post_head(length: int) -> bytes:
+    return b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % length
+
+
+@_in_loop
+async def test_a_body_read_at_once_reaches_the_app_without_being_copied() -> None:
+    # uvicorn copied each body twice (into a bytearray, then into bytes for the app): for an
+    # agent turn, fresh buffers that cost page faults on every request.
+    app = _BodyRecorder()
+    protocol, transport = _connected(app)
+    body = b"x" * 4_000_000
+    request = _post_head(len(body)) + body
+    tracemalloc.start()
+    try:
+        protocol.data_received(request)  # the parser's own bytes for the body: one copy
+        await asyncio.wait_for(app.answered.wait(), 5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(m["body"], m["more_body"]) for m in app.messages] == [(body, False)]
+    assert type(app.messages[0]["body"]) is bytes
+    assert peak < 1.5 * len(body), f"{peak:,} bytes at peak for a {len(body):,}-byte body"
+    assert transport.paused is False, "reading was left paused after the app took the body"
+
+
+@_in_loop
+async def test_body_chunks_reach_the_app_whole_and_in_order() -> None:
+    app = _BodyRecorder()
+    protocol, _ = _connected(app)
+    chunks = [b"a" * 10, b"b" * 70_000, b"c" * 5]
+    body = b"".join(chunks)
+    # Three reads before the app runs: they are joined into its one message.
+    protocol.data_received(_post_head(len(body)) + chunks[0])
+    protocol.data_received(chunks[1])
+    protocol.data_received(chunks[2])
+    await asyncio.wait_for(app.answered.wait(), 5)
+    assert [(m["body"], m["more_body"]) for m in app.messages] == [(body, False)]
+    # Reads with the app reading in between: a message per read, in order.
+    app.answered.clear()
+    app.messages.clear()
+    protocol.data_received(_post_head(len(body)) + chunks[0])
+    for chunk in chunks[1:]:
+        await asyncio.sleep(0.01)
+        protocol.data_received(chunk)
+    await asyncio.wait_for(app.answered.wait(), 5)
+    assert b"".join(m["body"] for m in app.messages) == body
+    assert [m["more_body"] for m in app.messages] == [True, True, False]
+    assert all(type(m["body"]) is bytes for m in app.messages)
 
 
 def _demo() -> Gateway:
