@@ -338,9 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     upstream_cpu = args.upstream_cpu if args.upstream_cpu is not None else _other_core(args.cpu)
     pin_to_core(args.cpu)
     # As in the gateway process: the end-to-end runs serve d and e the way the CLI does.
-    from messages_mw.cli import tune_gc_for_serving
+    from messages_mw.tuning import tune_for_serving
 
-    tune_gc_for_serving()
+    tune_for_serving()
     with running_server("upstream", cpu=upstream_cpu) as upstream:
         results = uvloop.run(
             run_all(upstream.url, args.samples, args.rounds, args.batch, args.only, args.entry)

@@ -243,9 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         app = _UVICORN_APPS[args.kind](args.upstream)
         if args.kind.startswith("messages_mw"):
             # As messages-mw serve does once its gateway is built.
-            from messages_mw.cli import tune_gc_for_serving
+            from messages_mw.tuning import tune_for_serving
 
-            tune_gc_for_serving()
+            tune_for_serving()
         uvloop.run(serve_with_uvicorn(app, sock, _uvicorn_options(args.kind)))
 
 

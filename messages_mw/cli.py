@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import shutil
@@ -28,20 +27,22 @@ import msgspec
 from .app import Gateway
 from .config import ConfigError, GatewayConfig, UpstreamConfig, load_config
 
+# tune_gc_for_serving was first documented here; it stays importable from this module.
+from .tuning import tune_for_serving, tune_gc_for_serving
+
 __all__ = [
     "build_config",
     "create_app",
     "main",
     "parse_args",
     "serving_options",
+    "tune_for_serving",
     "tune_gc_for_serving",
 ]
 
 _WORKER_ENV = "MESSAGES_MW_WORKER_SETTINGS"
 # Where prometheus-client's multiprocess mode keeps every process's counts.
 _METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# Young-generation threshold while serving: ten times the default (see tune_gc_for_serving).
-SERVING_GC_THRESHOLD = 7_000
 # uvicorn's exit status when it cannot start, such as a port in use.
 _STARTUP_FAILURE = 3
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -272,7 +273,7 @@ def create_app() -> Gateway:
     settings = msgspec.json.decode(raw, type=_WorkerSettings)
     _configure_logging(settings.log_level)
     gateway = Gateway(settings.config)
-    tune_gc_for_serving()
+    tune_for_serving()
     return gateway
 
 
@@ -306,30 +307,6 @@ def _http_protocol() -> Any:
     return HeadJoiningHttpToolsProtocol
 
 
-def tune_gc_for_serving() -> None:
-    """Set the garbage collector up for a server process, once start-up is over.
-
-    Two costs show under concurrency, measured at 32 connections with the 57 KB agent turn:
-
-    - Full collections walked the whole start-up heap (modules, configuration, the app): 4
-      per 3,000 requests took 93 ms, 31 µs per request. Every object alive now is frozen, so
-      they are never walked again; that took them to 3 ms.
-    - Young collections ran every few requests, because 32 requests in flight keep a few
-      thousand tracked objects alive and the default threshold is 700 allocations: 179 per
-      3,000 requests, 19 µs per request with what survived into the older generations. A
-      request here creates no reference cycles, so those collections found nothing. At ten
-      times the threshold none ran in 3,000 requests; cycles that do form, on error paths,
-      are still found after at most 7,000 more allocations, a few hundred KB.
-
-    Only a server's entry point should call this, never a library: a frozen object is never
-    collected, and the threshold is the whole process's.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(SERVING_GC_THRESHOLD, older, oldest)
-
-
 def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) -> int:
     try:
         import uvicorn
@@ -352,7 +329,7 @@ def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) ->
         app = "messages_mw.cli:create_app"
     else:
         app = gateway
-        tune_gc_for_serving()
+        tune_for_serving()
     uvicorn.run(
         app,
         host=args.host,

@@ -481,19 +481,22 @@ def test_messages_mw_serve_runs_the_head_joining_protocol() -> None:
 
 _SERVE_WITH_UVICORN_RECORDED = """
 import gc, sys, uvicorn
-from messages_mw import Gateway, cli
+from messages_mw import Gateway, cli, tuning
+malloc_tuned = []
+tuning.tune_malloc_for_serving = lambda: malloc_tuned.append(True) or True
 served = []
 uvicorn.run = lambda app, **_: served.append(
-    (type(app), gc.get_freeze_count(), gc.get_threshold()[0])
+    (type(app), gc.get_freeze_count(), gc.get_threshold()[0], bool(malloc_tuned))
 )
 assert cli.main(["serve", "--demo", "--port", "1"]) == 0
-app_type, frozen, young_threshold = served[0]
-print(app_type is Gateway, frozen > 0, young_threshold == cli.SERVING_GC_THRESHOLD)
+app_type, frozen, young_threshold, tuned = served[0]
+print(app_type is Gateway, frozen > 0, young_threshold == tuning.SERVING_GC_THRESHOLD, tuned)
 """
 
 
-def test_messages_mw_serve_tunes_the_garbage_collector() -> None:
-    # In a child process: the CLI configures logging and sets up this process's collector.
+def test_messages_mw_serve_tunes_the_garbage_collector_and_malloc() -> None:
+    # In a child process: the CLI configures logging and sets up this process's collector
+    # and allocator.
     result = subprocess.run(
         [sys.executable, "-c", _SERVE_WITH_UVICORN_RECORDED],
         capture_output=True,
@@ -501,4 +504,4 @@ def test_messages_mw_serve_tunes_the_garbage_collector() -> None:
         timeout=60,
         check=True,
     )
-    assert result.stdout.splitlines()[-1] == "True True True"
+    assert result.stdout.splitlines()[-1] == "True True True True"
