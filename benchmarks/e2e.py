@@ -53,6 +53,12 @@ WORKLOADS = (
     Workload("sse 57KB", "agent_turn.json", stream=True),
     Workload("json 1KB", "small_chat.json", stream=False),
 )
+# Claude Code's requests grow to hundreds of KB as a session goes on: the long-context sample
+# through the baseline, aiohttp and the core, at 32 connections only (no target rides on it;
+# it shows how the gateways scale with the body, where buffer handling shows).
+LONG_CONTEXT = Workload("json 495KB", "long_context.json", stream=False)
+_LONG_CONTEXT_CONNECTIONS = 32
+_LONG_CONTEXT_GATEWAYS = ("b", "c", "d")
 
 
 @dataclass(frozen=True)
@@ -86,12 +92,17 @@ class Scenario:
 
 
 def all_scenarios() -> list[Scenario]:
-    return [
+    scenarios = [
         Scenario(workload, connections, gateway)
         for workload in WORKLOADS
         for connections in CONNECTION_COUNTS
         for gateway in GATEWAYS
     ]
+    scenarios += [
+        Scenario(LONG_CONTEXT, _LONG_CONTEXT_CONNECTIONS, gateway)
+        for gateway in _LONG_CONTEXT_GATEWAYS
+    ]
+    return scenarios
 
 
 def matches(name: str, patterns: list[str]) -> bool:
