@@ -150,11 +150,14 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
 
         uvicorn appends every chunk to a ``bytearray`` and copies that again into ``bytes`` for
         the app: two fresh copies of each request body. Under a bare app at 32 connections
-        with the 57 KB agent turn, those two lines took 56% of the server's profile samples,
-        and a request cost 49 µs of CPU against 43 µs without them. A first chunk is kept as
-        the ``bytes`` the parser made, which uvicorn's ``receive`` hands on as it is
-        (``bytes()`` of a ``bytes`` is itself); only a second chunk before the app's next
-        read starts a ``bytearray``, as before.
+        with the 57 KB agent turn, a request cost 49 µs of CPU with them and 43 µs without
+        (the two lines held 56% of the profile's samples, most of it page faults on the fresh
+        buffers, which :func:`messages_mw.tuning.tune_malloc_for_serving` removes). A first
+        chunk is kept as the ``bytes`` the parser made, which uvicorn's ``receive`` hands on
+        as it is (``bytes()`` of a ``bytes`` is itself); only a second chunk before the app's
+        next read starts a ``bytearray``, as before. uvloop reads at most 256 KB at a time, so
+        a larger body comes in several reads, each handed on uncopied if the app reads
+        between them.
         """
         cycle = self.cycle
         if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):

@@ -1,8 +1,9 @@
 """Process settings for a server's entry point: the garbage collector and glibc's malloc.
 
-``messages-mw serve`` applies them once the gateway is built; a host that runs uvicorn itself
-calls :func:`tune_for_serving` just before ``uvicorn.run``. Only a server's entry point should:
-both settings are the whole process's, not the gateway's.
+``messages-mw serve`` applies them once the gateway is built, in each worker. A host that runs
+uvicorn itself calls :func:`tune_for_serving` just before ``uvicorn.run``, or, with several
+workers (uvicorn spawns them, so they inherit nothing), in its app factory. Only a server's
+entry point should: both settings are the whole process's, not the gateway's.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 __all__ = [
     "SERVING_GC_THRESHOLD",
@@ -25,13 +26,13 @@ SERVING_GC_THRESHOLD = 7_000
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# Buffers up to this size come from the heap and are reused; larger ones are mapped and given
-# back to the system when freed. 4 MB holds any agent turn (the long-context sample is 495 KB);
-# a rare body of tens of MB still costs its pages only while it lives.
-SERVING_MMAP_THRESHOLD = 4 * 1024 * 1024
-# Free memory the heap may keep at its top rather than return. 32 concurrent 495 KB bodies come
-# and go in 16 MB; glibc's own adaptive rule keeps up to 64 MB.
-SERVING_TRIM_THRESHOLD = 32 * 1024 * 1024
+# The most glibc's own adaptive rule would reach (its mmap ceiling on 64-bit, and twice that):
+# buffers up to 32 MB, the default body limit, come from the heap and are reused, and up to
+# 64 MB of free heap is kept for the next requests rather than handed back.
+SERVING_MMAP_THRESHOLD = 32 * 1024 * 1024
+SERVING_TRIM_THRESHOLD = 64 * 1024 * 1024
+# An operator's own malloc settings, which tune_malloc_for_serving leaves in place.
+_OPERATOR_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 Mallopt = Callable[[int, int], int]
 
@@ -65,21 +66,35 @@ def tune_gc_for_serving() -> None:
     gc.set_threshold(SERVING_GC_THRESHOLD, older, oldest)
 
 
-def tune_malloc_for_serving(mallopt: Mallopt | None = None) -> bool:
+def tune_malloc_for_serving(
+    mallopt: Mallopt | None = None, environ: Mapping[str, str] | None = None
+) -> bool:
     """Stop glibc handing request-sized buffers back to the system after every request.
 
-    By default glibc returns free memory at the top of its heap once more than 128 KB of it
-    is free, so a server whose requests carry bodies of tens or hundreds of KB gives each
-    body's pages back when the request ends and faults them in again for the next one: 11
-    page faults per 57 KB request under uvicorn at 32 connections, about half the server's
-    CPU time per request (49.7 µs, against 21.3 µs with these settings and no faults). With
-    the 495 KB sample: 55 faults and 203 µs, against 95 µs. Here buffers up to
-    ``SERVING_MMAP_THRESHOLD`` come from the heap and up to ``SERVING_TRIM_THRESHOLD`` of free
-    heap is kept for the next request.
+    glibc returns free memory at the top of its heap once more than 128 KB of it is free, and
+    maps buffers over 128 KB afresh; it raises both thresholds only after a large mapped
+    buffer is freed, and in patterns like a server's it keeps faulting. A server whose
+    requests carry bodies of tens or hundreds of KB then gives each body's pages back when
+    the request ends and faults them in again for the next one. Measured with a bare app
+    under the served uvicorn protocol at 32 connections: 12 page faults per 57 KB request and
+    43.3 µs of CPU, against none and 21.9 µs with these settings; 55 faults and 163.7 µs per
+    495 KB request, against none and 87.9 µs. The gateway itself took 21-26 faults per 495 KB
+    request, none with these settings. Buffers up to ``SERVING_MMAP_THRESHOLD`` then come from
+    the heap and up to ``SERVING_TRIM_THRESHOLD`` of free heap is kept: the values glibc's
+    own rule adapts to at most, fixed from the start. The cost is memory a process keeps
+    after a burst of large requests, up to 64 MB per worker.
 
-    Returns whether both settings took: False where the C library is not glibc (musl, macOS),
-    which have no such knobs, or where glibc refused one. ``mallopt`` is for tests.
+    Nothing is changed where the operator has chosen already (``MALLOC_MMAP_THRESHOLD_``,
+    ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or a ``glibc.malloc`` tunable in
+    ``GLIBC_TUNABLES``; setting one is also how to opt out), or where the C library is not
+    glibc (musl, macOS, Windows), which has no such knobs. An allocator put in with
+    ``LD_PRELOAD`` (jemalloc, tcmalloc) ignores glibc's settings, though the call succeeds.
+
+    Returns whether both settings took. ``mallopt`` and ``environ`` are for tests.
     """
+    environ = os.environ if environ is None else environ
+    if _operator_chose_malloc_settings(environ):
+        return False
     if mallopt is None:
         mallopt = _glibc_mallopt()
         if mallopt is None:
@@ -89,9 +104,18 @@ def tune_malloc_for_serving(mallopt: Mallopt | None = None) -> bool:
     return bool(mmap_set and trim_set)
 
 
+def _operator_chose_malloc_settings(environ: Mapping[str, str]) -> bool:
+    if any(name in environ for name in _OPERATOR_MALLOC_SETTINGS):
+        return True
+    return "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+
+
 def _glibc_mallopt() -> Mallopt | None:
+    confstr = getattr(os, "confstr", None)  # not on Windows
+    if confstr is None:
+        return None
     try:
-        version = os.confstr("CS_GNU_LIBC_VERSION")
+        version = confstr("CS_GNU_LIBC_VERSION")
     except (ValueError, OSError):  # not a glibc system: no such name
         return None
     if not version or not version.startswith("glibc"):

@@ -247,8 +247,13 @@ def test_worker_factory_rebuilds_the_config(monkeypatch: pytest.MonkeyPatch) -> 
     config = _config("--demo")
     settings = cli._WorkerSettings(config=config, log_level="warning")
     monkeypatch.setenv(cli._WORKER_ENV, msgspec.json.encode(settings).decode())
+    # Each worker tunes its own process (uvicorn spawns workers: they inherit no settings);
+    # recorded here rather than applied to the test run's own process.
+    tuned: list[bool] = []
+    monkeypatch.setattr(cli, "tune_for_serving", lambda: tuned.append(True))
     gateway = cli.create_app()
     assert isinstance(gateway, Gateway) and gateway.config == config
+    assert tuned == [True]
     monkeypatch.delenv(cli._WORKER_ENV)
     with pytest.raises(RuntimeError, match=cli._WORKER_ENV):
         cli.create_app()
