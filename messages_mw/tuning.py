@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 
 __all__ = [
     "SERVING_GC_THRESHOLD",
+    "SERVING_MMAP_THRESHOLD",
+    "SERVING_TRIM_THRESHOLD",
     "tune_for_serving",
     "tune_gc_for_serving",
     "tune_malloc_for_serving",
