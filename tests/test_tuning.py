@@ -13,8 +13,9 @@ from messages_mw import tuning
 
 _ON_GLIBC = platform.libc_ver()[0] == "glibc"
 
-# Eight bodies in flight at a time, freed and allocated again twenty times, as requests come
-# and go; prints whether the settings took and the page faults that took.
+# Bodies in flight together (eight of 495 KB's size, then four of 5 MB), freed and allocated
+# again twenty times as requests come and go; prints, for each size, whether the settings
+# took and how many page faults the twenty rounds cost.
 _CHURN = """
 import resource, sys
 from messages_mw.tuning import tune_malloc_for_serving
