@@ -165,10 +165,9 @@ class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
         held: bytes | bytearray = cycle.body
         if not held:
             held = body
-        elif isinstance(held, bytes):
-            held = bytearray(held)
-            held += body
         else:
+            if isinstance(held, bytes):  # the second chunk: from here on, append in place
+                held = bytearray(held)
             held += body
         # uvicorn declares a bytearray; its receive hands either kind on as bytes.
         cycle.body = held  # type: ignore[assignment]
