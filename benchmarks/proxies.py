@@ -3,7 +3,7 @@
 - ``starlette``: the baseline, a minimal Starlette + httpx pass-through served by uvicorn;
 - ``aiohttp``: the same pass-through on aiohttp's server and client;
 - ``messages_mw``: the real gateway, served by uvicorn as ``messages-mw serve`` serves it
-  (:mod:`messages_mw.server`: uvicorn's httptools protocol, each head sent with its body);
+  (uvicorn's server with the protocol of :mod:`messages_mw.server`);
 - ``messages_mw_policy``: the same with every policy built-in on;
 - ``messages_mw_openai``: the same routing every sample's model to an OpenAI-compatible
   upstream (the mock's ``/v1/chat/completions``), so each request is translated both ways.
@@ -221,7 +221,7 @@ KINDS = (*_UVICORN_APPS, "aiohttp")
 
 
 def _uvicorn_options(kind: str) -> dict[str, Any]:
-    """messages_mw is served as ``messages-mw serve`` serves it (its head-joining protocol, no
+    """messages_mw is served as ``messages-mw serve`` serves it (its own HTTP protocol, no
     access log or proxy-headers middleware); the baseline with uvicorn's defaults."""
     if kind.startswith("messages_mw"):
         from messages_mw.cli import serving_options

@@ -298,13 +298,13 @@ def serving_options(*, access_log: bool = False) -> dict[str, Any]:
 
 
 def _http_protocol() -> Any:
-    """uvicorn's httptools protocol with heads sent alongside bodies, or uvicorn's own choice
+    """The gateway's own HTTP/1.1 protocol (:mod:`messages_mw.server`), or uvicorn's choice
     when httptools is missing."""
     try:
-        from .server import HeadJoiningHttpToolsProtocol
+        from .server import GatewayHttpProtocol
     except ImportError:
         return "auto"
-    return HeadJoiningHttpToolsProtocol
+    return GatewayHttpProtocol
 
 
 def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) -> int:

@@ -1,4 +1,4 @@
-"""The uvicorn protocol ``messages-mw serve`` runs: heads leave with the body, bytes unchanged."""
+"""The HTTP protocol ``messages-mw serve`` runs: uvicorn's bytes, heads sent with bodies."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from messages_mw import Gateway, GatewayConfig, MockConfig, RequestContext
-from messages_mw.server import HeadJoiningHttpToolsProtocol, _HeadJoiningTransport
+from messages_mw.server import GatewayHttpProtocol
 
 from .servers import serve
 
@@ -61,59 +61,6 @@ def _in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None
     return run
 
 
-async def _joining() -> tuple[_HeadJoiningTransport, _RecordingTransport]:
-    raw = _RecordingTransport()
-    return _HeadJoiningTransport(raw, asyncio.get_running_loop()), raw  # type: ignore[arg-type]
-
-
-@_in_loop
-async def test_a_head_and_its_body_leave_in_one_write() -> None:
-    joining, raw = await _joining()
-    joining.write(_HEAD)
-    assert raw.writes == []
-    joining.write(b"{}")
-    assert raw.writes == [[_HEAD + b"{}"]]
-    await asyncio.sleep(0)
-    assert raw.writes == [[_HEAD + b"{}"]], "the held head was sent twice"
-
-
-@_in_loop
-async def test_a_large_body_goes_behind_the_head_in_one_writev() -> None:
-    joining, raw = await _joining()
-    body = b"x" * 100_000
-    joining.write(_HEAD)
-    joining.write(body)
-    assert raw.writes == [[_HEAD, body]]
-
-
-@_in_loop
-async def test_a_head_without_a_body_leaves_on_the_next_loop_pass() -> None:
-    joining, raw = await _joining()
-    joining.write(_HEAD)
-    await asyncio.sleep(0)
-    assert raw.writes == [[_HEAD]]
-    joining.write(b"later")
-    assert raw.writes == [[_HEAD], [b"later"]]
-
-
-@_in_loop
-async def test_close_sends_a_held_head_first() -> None:
-    joining, raw = await _joining()
-    joining.write(_HEAD)
-    joining.close()
-    assert raw.writes == [[_HEAD]] and raw.closed
-    await asyncio.sleep(0)
-    assert raw.writes == [[_HEAD]]
-
-
-@_in_loop
-async def test_body_writes_are_not_held() -> None:
-    joining, raw = await _joining()
-    joining.write(b"data: {}\n\n")
-    assert raw.writes == [[b"data: {}\n\n"]]
-    assert joining.get_extra_info("peername") == ("127.0.0.1", 1)
-
-
 class _ReadingTransport(_RecordingTransport):
     """A socket stand-in that also takes uvicorn's flow control (bodies over 64 KB pause it)."""
 
@@ -146,11 +93,11 @@ class _BodyRecorder:
         self.answered.set()
 
 
-def _connected(app: _BodyRecorder) -> tuple[HeadJoiningHttpToolsProtocol, _ReadingTransport]:
+def _connected(app: Any) -> tuple[GatewayHttpProtocol, _ReadingTransport]:
     """The served protocol on one connection, in this process, over a stand-in socket."""
     config = uvicorn.Config(app, lifespan="off", log_level="warning")
     config.load()
-    protocol = HeadJoiningHttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+    protocol = GatewayHttpProtocol(config=config, server_state=ServerState(), app_state={})
     transport = _ReadingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol, transport
@@ -158,6 +105,98 @@ def _connected(app: _BodyRecorder) -> tuple[HeadJoiningHttpToolsProtocol, _Readi
 
 def _post_head(length: int) -> bytes:
     return b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % length
+
+
+class _Answering:
+    """An ASGI app that answers with ``messages`` (``"pause"`` waits for ``go``), then
+    returns; the head is ``_HEAD`` unless the first message says otherwise."""
+
+    def __init__(self, *messages: dict[str, Any] | str) -> None:
+        self.messages = messages or ({"type": "http.response.body", "body": b"{}"},)
+        self.go = asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
+        for message in self.messages:
+            if message == "pause":
+                await self.go.wait()
+            else:
+                await send(message)
+        self.done.set()
+
+
+async def _answered(app: Any) -> _ReadingTransport:
+    """``app``'s answer to a GET, written to a stand-in socket; returns once the app is done."""
+    protocol, transport = _connected(app)
+    protocol.data_received(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+    await asyncio.wait_for(app.done.wait(), 5)
+    return transport
+
+
+@_in_loop
+async def test_a_head_and_its_body_leave_in_one_write() -> None:
+    transport = await _answered(_Answering())
+    assert transport.writes == [[_HEAD + b"{}"]]
+    await asyncio.sleep(0)
+    assert transport.writes == [[_HEAD + b"{}"]], "the held head was sent twice"
+
+
+@_in_loop
+async def test_a_large_body_goes_behind_the_head_in_one_writev() -> None:
+    body = b"x" * 100_000
+    app = _Answering()
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n"
+
+    async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"100000")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        app.done.set()
+
+    protocol, transport = _connected(answer)
+    protocol.data_received(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+    await asyncio.wait_for(app.done.wait(), 5)
+    assert transport.writes == [[head, body]]
+
+
+@_in_loop
+async def test_a_head_without_a_body_leaves_on_the_next_loop_pass() -> None:
+    app = _Answering("pause", {"type": "http.response.body", "body": b"{}"})
+    protocol, transport = _connected(app)
+    protocol.data_received(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert transport.writes == [[_HEAD]]
+    app.go.set()
+    await asyncio.wait_for(app.done.wait(), 5)
+    assert transport.writes == [[_HEAD], [b"{}"]]
+
+
+@_in_loop
+async def test_closing_sends_a_held_head_first() -> None:
+    # An app that stops after its head: the connection is closed, the head sent before that.
+    transport = await _answered(_Answering({"type": "http.response.body", "more_body": True}))
+    await asyncio.sleep(0)
+    assert transport.writes == [[_HEAD]] and transport.closed
+
+
+@_in_loop
+async def test_body_writes_are_not_held() -> None:
+    app = _Answering(
+        {"type": "http.response.body", "body": b"{", "more_body": True},
+        "pause",
+        {"type": "http.response.body", "body": b"}"},
+    )
+    protocol, transport = _connected(app)
+    protocol.data_received(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    app.go.set()
+    await asyncio.wait_for(app.done.wait(), 5)
+    assert transport.writes == [[_HEAD + b"{"], [b"}"]]
 
 
 @_in_loop
@@ -217,7 +256,7 @@ def _demo() -> Gateway:
 
 
 def test_the_sdk_gets_answers_and_streams_through_the_protocol() -> None:
-    with serve(_demo(), http=HeadJoiningHttpToolsProtocol) as url:
+    with serve(_demo(), http=GatewayHttpProtocol) as url:
         client = anthropic.Anthropic(base_url=url, api_key="demo", max_retries=0)
         message = client.messages.create(
             model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
@@ -258,7 +297,7 @@ def test_the_bytes_on_the_wire_are_uvicorns_own(request_line: bytes) -> None:
     closing = b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
     with (
         serve(_demo(), http="httptools") as plain,
-        serve(_demo(), http=HeadJoiningHttpToolsProtocol) as joining,
+        serve(_demo(), http=GatewayHttpProtocol) as joining,
     ):
         expected = _exchange(plain, request_line * 2, closing)
         assert expected.count(b"HTTP/1.1 ") == 3
@@ -295,7 +334,7 @@ def test_a_head_over_64_kb_gets_a_431_not_the_servers_memory(whole: bool) -> Non
     # instead of the answer.
     pad = b"a" * 70_000
     with (
-        serve(_demo(), http=HeadJoiningHttpToolsProtocol) as url,
+        serve(_demo(), http=GatewayHttpProtocol) as url,
         socket.create_connection(_address(url)) as sock,
     ):
         if whole:  # all of it in one read, which must not reach the app
@@ -329,7 +368,7 @@ def test_a_client_leaving_pipelined_requests_is_noticed_by_the_one_running(
         b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
         b"anthropic-version: 2023-06-01\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
     )
-    with serve(gateway, http=HeadJoiningHttpToolsProtocol) as url:
+    with serve(gateway, http=GatewayHttpProtocol) as url:
         with socket.create_connection(_address(url)) as sock:
             sock.sendall(stream + b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
             sock.settimeout(5)
@@ -357,7 +396,7 @@ def test_unparseable_http_gets_the_error_envelope(request_bytes: bytes) -> None:
     # uvicorn answers these itself, in plain text; every answer of the gateway's is an
     # Anthropic error an SDK can read, with its request-id header.
     with (
-        serve(_demo(), http=HeadJoiningHttpToolsProtocol) as url,
+        serve(_demo(), http=GatewayHttpProtocol) as url,
         socket.create_connection(_address(url)) as sock,
     ):
         sock.sendall(request_bytes)
@@ -389,7 +428,7 @@ def test_an_oversized_pipelined_head_never_lands_inside_a_stream() -> None:
         b"content-length: %d\r\n\r\n%s" % (len(body), body)
     )
     with (
-        serve(gateway, http=HeadJoiningHttpToolsProtocol) as url,
+        serve(gateway, http=GatewayHttpProtocol) as url,
         socket.create_connection(_address(url)) as sock,
     ):
         sock.sendall(first)
@@ -406,7 +445,7 @@ def test_an_oversized_pipelined_head_never_lands_inside_a_stream() -> None:
     assert b"431" not in answer
 
 
-class _ImpatientProtocol(HeadJoiningHttpToolsProtocol):
+class _ImpatientProtocol(GatewayHttpProtocol):
     """The served protocol with its time limits cut from 30 s (head) and 60 s (body) to 0.5 s."""
 
     head_seconds = 0.5
@@ -444,7 +483,7 @@ def test_slow_clients_are_closed_not_kept(send: Callable[[socket.socket], object
         )
 
 
-class _BodyPatientProtocol(HeadJoiningHttpToolsProtocol):
+class _BodyPatientProtocol(GatewayHttpProtocol):
     """Bodies may pause for 2 s, checked every 0.5 s."""
 
     body_idle_seconds = 2.0
@@ -479,10 +518,10 @@ def _address(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def test_messages_mw_serve_runs_the_head_joining_protocol() -> None:
+def test_messages_mw_serve_runs_the_gateways_protocol() -> None:
     from messages_mw import cli
 
-    assert cli._http_protocol() is HeadJoiningHttpToolsProtocol
+    assert cli._http_protocol() is GatewayHttpProtocol
 
 
 _SERVE_WITH_UVICORN_RECORDED = """
