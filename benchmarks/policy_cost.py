@@ -6,11 +6,10 @@ in the noise. Here both gateways live in one process pinned to the gateway's cor
 the same mock upstream (on the other core) over loopback, and take turns in short batches, the
 order alternating and each batch on a freshly built gateway, so drift hits both alike.
 Requests enter as the bytes a client sends, through the HTTP protocol ``messages-mw serve``
-runs (uvicorn's httptools protocol, each head sent with its body), into a transport that
-stands in for the socket, with the garbage collector set up as that command sets it: the
-core's cost includes serving the request, as it does end to end, while the load generator
-and the sockets stay out. ``--entry asgi`` calls the app directly instead, leaving uvicorn's
-share out of both d and e (a stricter ratio: smaller denominator, same difference).
+runs (:mod:`messages_mw.server`), into a transport that stands in for the socket, with the
+garbage collector set up as that command sets it: the core's cost includes serving the
+request, as it does end to end, while the load generator and the sockets stay out. ``--entry asgi`` calls the app directly instead, leaving the
+protocol's share out of both d and e (a stricter ratio: smaller denominator, same difference).
 
 Run on its own (``python -m benchmarks.policy_cost --json``) it prints one JSON list of
 results, so the CLI can measure it in a child process pinned to the gateway's core.
@@ -126,7 +125,7 @@ async def _one_request(gateway: Any, scope: dict[str, Any], body: bytes) -> None
 
 
 class _LoopbackTransport(asyncio.Transport):
-    """What uvicorn's protocol writes to instead of a socket: it keeps the response's first
+    """What the served protocol writes to instead of a socket: it keeps the response's first
     line, to check the status, and drops the rest."""
 
     def __init__(self, client_port: int) -> None:
@@ -331,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         "--entry",
         choices=sorted(ENTRIES),
         default="server",
-        help="server: through uvicorn's HTTP protocol in process (default); asgi: the app alone",
+        help="server: through the served HTTP protocol in process (default); asgi: the app alone",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)

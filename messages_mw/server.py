@@ -99,6 +99,7 @@ class _Exchange:
         "response_complete",
         "response_started",
         "scope",
+        "task",
         "transport",
         "waiters",
         "waiting_for_continue",
@@ -122,6 +123,7 @@ class _Exchange:
         self.body_taken = False  # the app has had the body's last message
         self.disconnected = False
         self.waiters: list[asyncio.Future[None]] = []
+        self.task: asyncio.Task[None] | None = None  # set as soon as it runs
         # The response.
         self.response_started = False
         self.response_complete = False
@@ -131,13 +133,15 @@ class _Exchange:
 
     def wake(self) -> None:
         """Tell a ``receive`` waiting for body bytes or a disconnect to look again."""
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
-    async def run(self, app: Any) -> None:
-        """Run the app on this request, answering for it when it fails or stops short."""
+    async def run(self, app: Any, tasks: set[asyncio.Task[None]]) -> None:
+        """Run the app on this request, answering for it when it fails or stops short, then
+        leave ``tasks`` (uvicorn's, which a graceful shutdown waits for)."""
         logger = self.connection.logger
         try:
             result = await app(self.scope, self.receive, self.send)
@@ -157,6 +161,10 @@ class _Exchange:
             elif not self.response_complete and not self.disconnected:
                 logger.error("ASGI callable returned without completing response.")
                 self.close()
+        finally:
+            # Here rather than as the task's done callback, which would cost a loop pass.
+            if self.task is not None:
+                tasks.discard(self.task)
 
     async def _send_500(self) -> None:
         request_id = new_request_id()
@@ -338,7 +346,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         # Answer a request even when the client sent more after a "connection: close" one.
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
-        self._asgi = config.asgi_version
+        self._asgi = {"version": config.asgi_version, "spec_version": "2.3"}
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         # The request being answered, the requests parsed behind it, and the newest request
         # (the one the parser's body callbacks feed).
@@ -483,7 +491,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
             path = urllib.parse.unquote(path)
         scope = {
             "type": "http",
-            "asgi": {"version": self._asgi, "spec_version": "2.3"},
+            "asgi": self._asgi,
             "http_version": http_version,
             "server": self._server,
             "client": self._client,
@@ -548,10 +556,10 @@ class GatewayHttpProtocol(asyncio.Protocol):
             self.logger.warning("Exceeded concurrency limit.")
             app = _service_unavailable
         context = contextvars.Context() if self._fresh_context else None
-        task = self.loop.create_task(exchange.run(app), context=context)
         tasks = self.server_state.tasks
+        task = self.loop.create_task(exchange.run(app, tasks), context=context)
         tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        exchange.task = task
 
     def response_done(self, exchange: _Exchange) -> None:
         """The app sent the end of ``exchange``'s response: start the next request, if any."""
