@@ -8,8 +8,9 @@ order alternating and each batch on a freshly built gateway, so drift hits both 
 Requests enter as the bytes a client sends, through the HTTP protocol ``messages-mw serve``
 runs (:mod:`messages_mw.server`), into a transport that stands in for the socket, with the
 garbage collector set up as that command sets it: the core's cost includes serving the
-request, as it does end to end, while the load generator and the sockets stay out. ``--entry asgi`` calls the app directly instead, leaving the
-protocol's share out of both d and e (a stricter ratio: smaller denominator, same difference).
+request, as it does end to end, while the load generator and the sockets stay out.
+``--entry asgi`` calls the app directly instead, leaving the protocol's share out of both d
+and e (a stricter ratio: smaller denominator, same difference).
 
 Run on its own (``python -m benchmarks.policy_cost --json``) it prints one JSON list of
 results, so the CLI can measure it in a child process pinned to the gateway's core.

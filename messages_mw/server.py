@@ -15,13 +15,17 @@ compare it with uvicorn's), and does the rest its own way:
 - a body that comes in one read reaches the app as the parser's own ``bytes``;
 - one timer per connection, ticking a few times per limit, closes connections whose client
   is too slow with a head (30 s) or a body (60 s, counted while the app is reading it), and
-  idle keep-alive connections (uvicorn's ``timeout_keep_alive``);
+  idle keep-alive connections (uvicorn's ``timeout_keep_alive``, give or take a quarter);
 - a head over 64 KB gets a 431, and a request that cannot be parsed a 400, both in
   Anthropic's error envelope, as is a 500 for an app that fails before it answers;
 - requests pipelined behind one still being answered wait their turn with reading paused,
-  and all of them learn of a client that leaves;
+  all of them learn of a client that leaves, and a graceful shutdown answers every one;
 - an upgrade (WebSocket, h2c) is refused: the request is answered as plain HTTP/1.1 and the
   connection closed after it. The gateway has no WebSocket route.
+
+Where the bytes differ from uvicorn's, on purpose: no ``100 Continue`` once the body has
+come anyway, an envelope instead of plain text for the server's own errors, and a request
+whose answer names an invalid status or header gets a 500 rather than a closed connection.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ _BODY_IDLE_SECONDS = 60.0
 # Reading pauses while this much of a body waits for the app to take it. uvloop reads up to
 # 256 KB at a time, so an agent turn of a few hundred KB is taken whole without a pause.
 _BODY_HIGH_WATER = 1024 * 1024
+# The connection's clock checks never come closer together than this, whatever the limits.
+_MIN_CHECK_PERIOD = 0.05
 
 
 def _status_line(status: int) -> bytes:
@@ -80,6 +86,9 @@ def _tokens(value: bytes) -> list[bytes]:
 
 
 _LAST_CHUNK = b"0\r\n\r\n"
+# RFC 9110's token characters, which header names are made of.
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_CONTROLS_BUT_CRLF_TAB = bytes(c for c in range(32) if c not in b"\t\r\n") + b"\x7f"
 
 
 class _Exchange:
@@ -224,48 +233,56 @@ class _Exchange:
             )
 
     def _start_response(self, status: int, headers: Any) -> None:
-        self.response_started = True
-        self.waiting_for_continue = False
+        # Checked before anything is kept: a refused head still leaves room for the 500.
+        status_line = _STATUS_LINES.get(status)
+        if status_line is None:
+            raise RuntimeError(f"Invalid HTTP status code {status!r}.")
         connection = self.connection
-        if connection.access_log:
-            connection.log_access(self.scope, status)
         defaults, default_lines = connection.default_head_lines()
-        parts = [_STATUS_LINES.get(status) or _status_line(status), defaults]
+        parts = [status_line, defaults]
         lines = 2 + default_lines  # the status line and the blank line end with CRLF too
-        close_named = False
+        keep_alive = self.keep_alive
+        close_named = chunked = False
         length: int | None = None
         for name, value in headers:
             name = name.lower()
+            if name.translate(None, _TOKEN_CHARS):  # anything left is no name's
+                raise RuntimeError(f"Invalid HTTP header name {name!r}.")
             if name == b"content-length":
-                if length is None and not self.chunked:
+                if length is None and not chunked:
                     length = int(value.decode())
             elif name == b"transfer-encoding":
                 if value.lower() == b"chunked":
-                    length, self.chunked = None, True
+                    length, chunked = None, True
             elif name == b"connection" and b"close" in _tokens(value):
-                self.keep_alive = False
+                keep_alive = False
                 close_named = True
             parts += (name, b": ", value, b"\r\n")
             lines += 1
-        if not self.keep_alive and not close_named:
+        if not keep_alive and not close_named:
             parts.append(b"connection: close\r\n")
             lines += 1
-        if (
-            length is None
-            and not self.chunked
-            and self.scope["method"] != "HEAD"
-            and status not in (204, 304)
-        ):
-            self.chunked = True
+        bodiless = self.scope["method"] == "HEAD" or status in (204, 304)
+        if length is None and not chunked and not bodiless:
+            chunked = True
             parts.append(b"transfer-encoding: chunked\r\n")
             lines += 1
         parts.append(b"\r\n")
         head = b"".join(parts)
-        # One check of the whole head instead of two regular expressions per header: a CR or
-        # LF inside a name or a value (relayed from an upstream, say) would split the head.
-        if head.count(b"\n") != lines or head.count(b"\r") != lines:
-            raise RuntimeError("Invalid HTTP header: a name or value holds a line break.")
-        self.length_left = length or 0
+        # The values in one pass over the whole head, instead of a regular expression per
+        # header: a CR or LF in one (relayed from an upstream, say) would split the head, and
+        # no other control character but tab belongs in a header.
+        if (
+            head.count(b"\n") != lines
+            or head.count(b"\r") != lines
+            or len(head.translate(None, _CONTROLS_BUT_CRLF_TAB)) != len(head)
+        ):
+            raise RuntimeError("Invalid HTTP header value: it holds a control character.")
+        if connection.access_log:
+            connection.log_access(self.scope, status)
+        self.response_started = True
+        self.waiting_for_continue = False
+        self.keep_alive, self.chunked, self.length_left = keep_alive, chunked, length or 0
         self.held_head = head
         connection.loop.call_soon(self.flush_head)
 
@@ -354,6 +371,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._queued: deque[_Exchange] = deque()
         self._parsing: _Exchange | None = None
         self._upgrade_refused = False
+        self._upgrade_body_left = 0
         self._reading_paused = False
         self.writing_paused = False
         self._drainers: list[asyncio.Future[None]] = []
@@ -379,7 +397,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._idle_since: float | None = None
         self._body_reads = self._body_reads_seen = 0
         self._body_quiet_since = now
-        self._period = min(self.head_seconds, self.body_idle_seconds, self._keep_alive_seconds) / 4
+        limits = (self.head_seconds, self.body_idle_seconds, self._keep_alive_seconds)
+        self._period = max(_MIN_CHECK_PERIOD, min(limits) / 4)
         self._watch: asyncio.TimerHandle | None = self.loop.call_later(self._period, self._check)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -399,7 +418,11 @@ class GatewayHttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._upgrade_refused:  # what follows a refused upgrade is not HTTP/1.1
+        if self._upgrade_refused:
+            # What follows a refused upgrade is not HTTP/1.1, but for the rest of its body.
+            if self._upgrade_body_left:
+                self._body_reads += 1
+                self._take_upgrade_body(data)
             return
         parsing = self._parsing
         if parsing is not None and parsing.more_body:  # a body is being read
@@ -412,17 +435,19 @@ class GatewayHttpProtocol(asyncio.Protocol):
         # Counted before parsing, up to the head's blank line (which may straddle reads): a
         # whole head in one read would reach the app otherwise.
         end = data.find(b"\r\n\r\n")
+        found = end >= 0
         tail = self._head_tail
-        if end < 0 and tail:
+        if not found and tail:
             joint = (tail + data[:3]).find(b"\r\n\r\n")
             if joint >= 0:
-                end = joint - len(tail)
-        if end < 0:
-            self._head_tail = data[-3:]
-            self._head_bytes += len(data)
-        else:
+                # The blank line began in the last read: fewer of this read's bytes are head.
+                end, found = joint - len(tail), True
+        if found:
             self._head_tail = b""
             self._head_bytes += end + 4
+        else:
+            self._head_tail = (tail + data)[-3:]  # reads may be shorter than 3 bytes
+            self._head_bytes += len(data)
         if self._head_bytes > _MAX_HEAD_BYTES:
             self._refuse_head()
             return
@@ -455,11 +480,14 @@ class GatewayHttpProtocol(asyncio.Protocol):
         await drainer
 
     def shutdown(self) -> None:
-        """uvicorn's graceful shutdown: close an idle connection, let a busy one finish."""
-        if self._answering is None:
+        """uvicorn's graceful shutdown: close an idle connection, let a busy one finish with
+        every request it has received (a client cannot tell whether an unanswered POST was
+        acted on)."""
+        newest = self._queued[-1] if self._queued else self._answering
+        if newest is None:
             self.transport.close()
         else:
-            self._answering.keep_alive = False
+            newest.keep_alive = False
 
     # The parser's callbacks
 
@@ -540,8 +568,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse_upgrade()
+        except httptools.HttpParserUpgrade as upgrade:
+            self._refuse_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError:
             self.logger.warning("Invalid HTTP request received.")
             self._refuse_unparseable("Invalid HTTP request received.")
@@ -564,12 +592,18 @@ class GatewayHttpProtocol(asyncio.Protocol):
     def response_done(self, exchange: _Exchange) -> None:
         """The app sent the end of ``exchange``'s response: start the next request, if any."""
         self.server_state.total_requests += 1
+        # Body the app never read (an early 413 or 401): the rest of it will be dropped as
+        # it comes, and what came so far must not keep reading paused.
+        exchange.body = b""
         if self._answering is exchange:
             self._answering = None
         if self.transport.is_closing():
             return
         if self._queued:
             self._start(self._queued.popleft())
+        elif self._keep_alive_seconds <= 0:
+            self.transport.close()  # uvicorn's timeout_keep_alive=0: no keep-alive at all
+            return
         else:
             self._idle_since = self.loop.time()
         self._resume_reading_if_due()
@@ -615,16 +649,35 @@ class GatewayHttpProtocol(asyncio.Protocol):
 
     # Refusals
 
-    def _refuse_upgrade(self) -> None:
+    def _refuse_upgrade(self, rest: bytes) -> None:
         """An upgrade request is answered as plain HTTP/1.1, and the connection closed after
-        it: whatever the client sends next would be in the protocol it asked for."""
+        it: whatever the client sends next would be in the protocol it asked for.
+
+        httptools has llhttp skip an upgrade request's body (``rest`` is what followed the
+        head in this read), yet it is the request's all the same: ``curl --http2 -d ...`` on
+        an ``http://`` URL sends ``Upgrade: h2c`` with one. A body of a known length is read
+        here; a chunked one is lost, as under uvicorn."""
         self._upgrade_refused = True
         exchange = self._parsing
-        if exchange is not None:
-            exchange.keep_alive = False
-            if exchange.more_body:
-                exchange.more_body = False
-                exchange.wake()
+        if exchange is None:
+            return
+        exchange.keep_alive = False
+        length = _content_length(exchange.scope["headers"])
+        if length:
+            exchange.more_body = True
+            self._upgrade_body_left = length
+            self._take_upgrade_body(rest)
+        elif exchange.more_body:
+            exchange.more_body = False
+            exchange.wake()
+
+    def _take_upgrade_body(self, data: bytes) -> None:
+        take = data[: self._upgrade_body_left]
+        self._upgrade_body_left -= len(take)
+        if take:
+            self.on_body(take)
+        if not self._upgrade_body_left:
+            self.on_message_complete()
 
     def _refuse_head(self) -> None:
         if self.transport.is_closing() or self._answering is not None:
@@ -668,8 +721,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
 
     def _too_slow(self, now: float) -> bool:
         parsing = self._parsing
-        in_body = parsing is not None and parsing.more_body
-        if in_body and not self._upgrade_refused:
+        if parsing is not None and parsing.more_body:  # a body is being read
             if self._reading_paused:
                 # Paused reading is the app's doing (it has not taken the body so far).
                 self._body_reads_seen, self._body_quiet_since = self._body_reads, now
@@ -677,7 +729,12 @@ class GatewayHttpProtocol(asyncio.Protocol):
             if self._body_reads != self._body_reads_seen:
                 self._body_reads_seen, self._body_quiet_since = self._body_reads, now
                 return False
-            return now - self._body_quiet_since > self.body_idle_seconds
+            # A body already answered (an early 401 to "Expect: 100-continue", say) that the
+            # client stopped sending is an idle connection.
+            limit = (
+                self._keep_alive_seconds if parsing.response_complete else self.body_idle_seconds
+            )
+            return now - self._body_quiet_since > limit
         if self._answering is not None or self._queued:
             return False  # a response is still going out
         started = self._head_started
@@ -685,6 +742,17 @@ class GatewayHttpProtocol(asyncio.Protocol):
             return now - started > self.head_seconds
         idle = self._idle_since
         return idle is not None and now - idle > self._keep_alive_seconds
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """A request's Content-Length (the parser has checked it), or 0."""
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
 
 
 async def _service_unavailable(scope: Any, receive: Any, send: Any) -> None:
