@@ -19,6 +19,7 @@ from typing import NamedTuple, Protocol, cast
 __all__ = [
     "MAX_HEAD_SIZE",
     "MAX_LINE_SIZE",
+    "TOKEN_CHARS",
     "UNTIL_CLOSE",
     "ProtocolError",
     "ResponseHead",
@@ -224,7 +225,8 @@ _Framing = tuple[int | None, bool, bool]
 _FramingFields = tuple[list[bytes], list[bytes], list[bytes]]
 
 
-_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# RFC 9110's token characters, which methods and header names are made of.
+TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _INVALID_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -237,7 +239,7 @@ def _parse_head(raw: bytes) -> tuple[ResponseHead, _Framing]:
         # A name is a token; a value holds no control but tab (RFC 9110 5.1, 5.5). A bare CR
         # or LF, a NUL or a space in a name would otherwise reach the client's server, which
         # refuses them mid-response (or, a lax one, splits them into headers of their own).
-        if not colon or not name or name.translate(None, _TOKEN_CHARS):
+        if not colon or not name or name.translate(None, TOKEN_CHARS):
             raise ProtocolError(f"malformed header line {line[:80]!r}")
         if _INVALID_VALUE.search(value):
             raise ProtocolError(f"control character in header {name[:80]!r}")

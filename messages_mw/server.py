@@ -50,6 +50,7 @@ from uvicorn.protocols.utils import (
 from uvicorn.server import ServerState
 
 from ._http11 import head_and_body
+from ._http11_parse import TOKEN_CHARS
 from .errors import encode_error_body, new_request_id
 
 __all__ = ["GatewayHttpProtocol"]
@@ -86,8 +87,6 @@ def _tokens(value: bytes) -> list[bytes]:
 
 
 _LAST_CHUNK = b"0\r\n\r\n"
-# RFC 9110's token characters, which header names are made of.
-_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _CONTROLS_BUT_CRLF_TAB = bytes(c for c in range(32) if c not in b"\t\r\n") + b"\x7f"
 
 
@@ -176,16 +175,7 @@ class _Exchange:
                 tasks.discard(self.task)
 
     async def _send_500(self) -> None:
-        request_id = new_request_id()
-        body = encode_error_body("api_error", "Internal server error.", request_id)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"request-id", request_id.encode()),
-            (b"content-length", b"%d" % len(body)),
-            (b"connection", b"close"),
-        ]
-        await self.send({"type": "http.response.start", "status": 500, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body})
+        await _send_api_error(self.send, 500, "Internal server error.")
 
     async def receive(self) -> dict[str, Any]:
         if self.waiting_for_continue:
@@ -246,7 +236,7 @@ class _Exchange:
         length: int | None = None
         for name, value in headers:
             name = name.lower()
-            if name.translate(None, _TOKEN_CHARS):  # anything left is no name's
+            if name.translate(None, TOKEN_CHARS):  # anything left is no name's
                 raise RuntimeError(f"Invalid HTTP header name {name!r}.")
             if name == b"content-length":
                 if length is None and not chunked:
@@ -757,13 +747,18 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
 
 async def _service_unavailable(scope: Any, receive: Any, send: Any) -> None:
     """The answer over uvicorn's ``limit_concurrency``, in Anthropic's error envelope."""
+    await _send_api_error(send, 503, "The server is handling too many requests.")
+
+
+async def _send_api_error(send: Any, status: int, message: str) -> None:
+    """An ``api_error`` of the server's own, closing the connection after it."""
     request_id = new_request_id()
-    body = encode_error_body("api_error", "The server is handling too many requests.", request_id)
+    body = encode_error_body("api_error", message, request_id)
     headers = [
         (b"content-type", b"application/json"),
         (b"request-id", request_id.encode()),
         (b"content-length", b"%d" % len(body)),
         (b"connection", b"close"),
     ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

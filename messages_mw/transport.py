@@ -20,12 +20,12 @@ import httpx
 
 from ._connect import Resolver, open_connection, resolve
 from ._http11 import Connection, Origin, PeerClosedError, ProtocolError, head_and_body
+from ._http11_parse import TOKEN_CHARS
 
 __all__ = ["FastHTTPTransport"]
 
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
-_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 _Timeouts = Mapping[str, float | None]
 
@@ -462,7 +462,7 @@ def _encode_head(request: httpx.Request) -> bytes:
     # A CR or LF inside a name or value would let one header smuggle in others.
     if (
         not method
-        or method.translate(None, _TOKEN_CHARS)
+        or method.translate(None, TOKEN_CHARS)
         or fields.count(b"\n") != len(raw)
         or fields.count(b"\r") != len(raw)
     ):
