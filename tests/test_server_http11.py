@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import re
 import socket
@@ -22,6 +23,8 @@ from typing import Any, NamedTuple
 
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from uvicorn.server import ServerState
 
 from messages_mw.server import _BODY_HIGH_WATER, GatewayHttpProtocol
@@ -926,3 +929,101 @@ def test_the_scope_is_uvicorns_own(root_path: str) -> None:
         (b"x-mixed-case", b"Value"),
         (b"x-dup", b"1"),
     ]
+
+
+# Any split of the bytes on the wire
+
+
+class _EchoDigest:
+    """Answers each request with its path and the SHA-256 of its body, once read whole."""
+
+    def __init__(self) -> None:
+        self.answered = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = await _read_body(receive)
+        answer = scope["path"].encode() + b" " + hashlib.sha256(body).hexdigest().encode()
+        headers = [(b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+        self.answered += 1
+
+
+def _wire_request(index: int, body: bytes, chunked: bool, pad: int) -> bytes:
+    head = b"POST /r%d HTTP/1.1\r\nhost: x\r\nx-pad: %s\r\n" % (index, b"p" * pad)
+    if not chunked:
+        return head + b"content-length: %d\r\n\r\n" % len(body) + body
+    chunks = [body[at : at + 700] for at in range(0, len(body), 700)]
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+    return head + b"transfer-encoding: chunked\r\n\r\n" + framed + b"0\r\n\r\n"
+
+
+def _answers(written: bytes) -> list[tuple[bytes, bytes]]:
+    """(status line, body) of each content-length response in ``written``."""
+    answers = []
+    while written:
+        head, _, rest = written.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        answers.append((head.split(b"\r\n", 1)[0], rest[:length]))
+        written = rest[length:]
+    return answers
+
+
+# Small bodies, and agent turns larger than the head limit (which must never count them).
+_BODIES = st.one_of(st.binary(max_size=3000), st.integers(65_000, 80_000).map(b"b".__mul__))
+_REQUESTS = st.lists(st.tuples(_BODIES, st.booleans(), st.integers(0, 200)), min_size=1, max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    requests=_REQUESTS,
+    cuts=st.lists(st.integers(0, 400_000), max_size=12),
+    # Cuts inside a head's closing blank line: (which request's, after how many of its bytes).
+    blank_line_cuts=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), max_size=3),
+    data=st.data(),
+)
+def test_any_split_of_pipelined_requests_is_answered_whole_and_in_order(
+    requests: list[tuple[bytes, bool, int]],
+    cuts: list[int],
+    blank_line_cuts: list[tuple[int, int]],
+    data: st.DataObject,
+) -> None:
+    # Reads end wherever TCP segments do: inside a request line, a header, the blank line
+    # that ends a head, a chunk-size line or a body. None of it may change what the app
+    # gets, draw a 400 or 431, or leave reading paused.
+    wires = [_wire_request(i, *request) for i, request in enumerate(requests)]
+    starts = list(itertools.accumulate((len(w) for w in wires), initial=0))
+    for index, offset in blank_line_cuts:
+        if index < len(wires):
+            cuts.append(starts[index] + wires[index].index(b"\r\n\r\n") + offset)
+    wire = b"".join(wires)
+    points = sorted({0, len(wire), *(cut for cut in cuts if cut < len(wire))})
+    reads = [wire[start:end] for start, end in itertools.pairwise(points)]
+    yields = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
+
+    async def exchange() -> _ReadingTransport:
+        app = _EchoDigest()
+        protocol, transport = _connected(app)
+        for read, let_the_app_run in zip(reads, yields, strict=True):
+            for _ in range(1000):  # a socket delivers nothing while reading is paused
+                if not transport.paused:
+                    break
+                await asyncio.sleep(0)
+            assert not transport.paused, "reading stayed paused"
+            protocol.data_received(read)
+            if let_the_app_run:
+                await asyncio.sleep(0)
+        for _ in range(1000):
+            if app.answered == len(requests):
+                break
+            await asyncio.sleep(0)
+        return transport
+
+    transport = asyncio.run(exchange())
+    expected = [
+        (b"HTTP/1.1 200 OK", b"/r%d %s" % (i, hashlib.sha256(body).hexdigest().encode()))
+        for i, (body, _, _) in enumerate(requests)
+    ]
+    written = b"".join(b"".join(parts) for parts in transport.writes)
+    assert _answers(written) == expected
+    assert not transport.closed and not transport.paused
