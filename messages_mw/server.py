@@ -66,6 +66,8 @@ _BODY_IDLE_SECONDS = 60.0
 _BODY_HIGH_WATER = 1024 * 1024
 # The connection's clock checks never come closer together than this, whatever the limits.
 _MIN_CHECK_PERIOD = 0.05
+# What a chunked body may bring besides its payload, per chunk: its size line and CRLFs.
+_FRAMING_PER_CHUNK = 64
 
 
 def _status_line(status: int) -> bytes:
@@ -92,6 +94,7 @@ class _Exchange:
     ``send``, the request body as it arrives, and the response's framing."""
 
     __slots__ = (
+        "bodiless",
         "body",
         "body_taken",
         "chunked",
@@ -134,6 +137,7 @@ class _Exchange:
         self.response_complete = False
         self.held_head: bytes | None = None
         self.chunked = False
+        self.bodiless = False  # a HEAD request's answer, a 204 or a 304: no body goes out
         self.length_left = 0
 
     def wake(self) -> None:
@@ -154,12 +158,14 @@ class _Exchange:
             logger.error("Exception in ASGI application\n", exc_info=exc)
             if not self.response_started:
                 await self._send_500()
-            else:
+            elif not self.response_complete:
+                # After a complete answer the next request may be under way: not cut off.
                 self.close()
         else:
             if result is not None:
                 logger.error("ASGI callable should return None, but returned '%s'.", result)
-                self.close()
+                if not self.response_complete:
+                    self.close()
             elif not self.response_started and not self.disconnected:
                 logger.error("ASGI callable returned without starting response.")
                 await self._send_500()
@@ -269,7 +275,9 @@ class _Exchange:
             connection.log_access(self.scope, status)
         self.response_started = True
         self.waiting_for_continue = False
-        self.keep_alive, self.chunked, self.length_left = keep_alive, chunked, length or 0
+        self.keep_alive, self.chunked, self.bodiless = keep_alive, chunked, bodiless
+        # A 304's Content-Length describes the representation it stands for, not a body.
+        self.length_left = 0 if bodiless else length or 0
         self.held_head = head
         connection.loop.call_soon(self.flush_head)
 
@@ -282,9 +290,8 @@ class _Exchange:
                 self.transport.write(head)
 
     def _write_body(self, body: bytes, more_body: bool) -> None:
-        if self.scope["method"] == "HEAD":
+        if self.bodiless:
             data = b""
-            self.length_left = 0
         elif self.chunked:
             data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
             if not more_body:
@@ -361,11 +368,19 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._upgrade_body_left = 0
         self._reading_paused = False
         self.writing_paused = False
+        self._writing_paused_at = 0.0
         self._drainers: list[asyncio.Future[None]] = []
         # The request head being parsed.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._expect_continue = False
+        # Where the parser is: in a head (from its first byte to its blank line), and, in a
+        # body, how much of it was payload and how many chunks it had (see
+        # _count_body_framing).
+        self._in_head = False
+        self._payload_bytes = 0
+        self._framing_bytes = 0
+        self._chunks = 0
         self._default_headers: object = None
         self._default_head_lines = (b"", 0)
 
@@ -412,28 +427,38 @@ class GatewayHttpProtocol(asyncio.Protocol):
                 self._take_upgrade_body(data)
             return
         parsing = self._parsing
-        if parsing is not None and parsing.more_body:  # a body is being read
+        in_body = parsing is not None and parsing.more_body
+        if in_body:
             self._body_reads += 1
             tail = b""
+            self._payload_bytes = 0
         else:
             tail = self._head_tail
             if not self._count_head_bytes(tail, data):
                 self._refuse_head()
                 return
         self._feed(data)
-        now_parsing = self._parsing
-        if now_parsing is not parsing:  # a head was whole: a request began
+        if in_body and not self._count_body_framing(len(data)):
+            self.transport.close()
+            return
+        if self._parsing is not parsing:  # a head was whole: a request began
             self._head_bytes = 0
             self._head_started = None
             # The read that ended the head may have brought some of its body (SDKs send both
             # together), uncounted as a body read: the next check takes the body as heard
             # from then, as after any read, rather than silent since an older check.
             self._body_reads_seen = -1
-        # A read that ends inside a head (this one's, or one pipelined behind a body or a
-        # head in it) may end with the first bytes of its blank line; reads may be shorter
-        # than that.
-        in_body = now_parsing is not None and now_parsing.more_body
-        self._head_tail = b"" if in_body else (tail + data)[-3:]
+        # A read that ends inside a head (this one's, or one pipelined behind it) may end
+        # with the first bytes of its blank line; reads may be shorter than that.
+        self._head_tail = (tail + data)[-3:] if self._in_head else b""
+
+    def _count_body_framing(self, read: int) -> bool:
+        """Count what a read in a body brought besides payload: chunk framing and trailers,
+        which llhttp and httptools keep in memory until their lines end, and which reach
+        the scope's headers nowhere. Allowed: the head limit, plus a little per chunk.
+        Returns whether the body is still within that."""
+        self._framing_bytes += read - self._payload_bytes
+        return self._framing_bytes <= _MAX_HEAD_BYTES + _FRAMING_PER_CHUNK * self._chunks
 
     def _count_head_bytes(self, tail: bytes, data: bytes) -> bool:
         """Count ``data`` against the head limit before it is parsed (a whole head in one
@@ -448,7 +473,11 @@ class GatewayHttpProtocol(asyncio.Protocol):
         if joint >= 0:
             self._head_bytes += joint - len(tail) + 4
         else:
-            end = data.find(b"\r\n\r\n")
+            start = 0
+            if not self._in_head and data[:1] in b"\r\n":
+                # Empty lines before a request line, which llhttp skips: not its blank line.
+                start = len(data) - len(data.lstrip(b"\r\n"))
+            end = data.find(b"\r\n\r\n", start)
             self._head_bytes += end + 4 if end >= 0 else len(data)
         return self._head_bytes <= _MAX_HEAD_BYTES
 
@@ -457,6 +486,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self._writing_paused_at = self.loop.time()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
@@ -484,6 +514,9 @@ class GatewayHttpProtocol(asyncio.Protocol):
     # The parser's callbacks
 
     def on_message_begin(self) -> None:
+        self._in_head = True
+        self._framing_bytes = 0
+        self._chunks = 0
         self._url = b""
         self._headers = []
         self._expect_continue = False
@@ -491,13 +524,21 @@ class GatewayHttpProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
 
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A trailer, after the app has had the scope: its headers are not rewritten
+            # under it (a key added after middleware checked them, say).
+            return
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self.parser
         http_version = parser.get_http_version()
         url = self._url
@@ -505,7 +546,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
             raw_path, _, query = url.partition(b"?")
         else:  # absolute-form, or a fragment: the parser's own reading
             parsed = httptools.parse_url(url)
-            raw_path, query = parsed.path, parsed.query or b""
+            raw_path, query = parsed.path or b"/", parsed.query or b""
         path = raw_path.decode("ascii")
         if "%" in path:
             path = urllib.parse.unquote(path)
@@ -534,6 +575,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
             self._pause_reading()
 
     def on_body(self, body: bytes) -> None:
+        self._payload_bytes += len(body)
         exchange = self._parsing
         if exchange is None or exchange.response_complete:
             return
@@ -578,8 +620,9 @@ class GatewayHttpProtocol(asyncio.Protocol):
         context = contextvars.Context() if self._fresh_context else None
         tasks = self.server_state.tasks
         task = self.loop.create_task(exchange.run(app, tasks), context=context)
-        tasks.add(task)
-        exchange.task = task
+        if not task.done():  # an eager task factory may have run it to the end already
+            tasks.add(task)
+            exchange.task = task
 
     def response_done(self, exchange: _Exchange) -> None:
         """The app sent the end of ``exchange``'s response: start the next request, if any."""
@@ -712,21 +755,24 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._watch = self.loop.call_later(self._period, self._check)
 
     def _too_slow(self, now: float) -> bool:
+        if self.writing_paused and now - self._writing_paused_at > self.body_idle_seconds:
+            return True  # the client stopped reading the answer: its stream would wait forever
         parsing = self._parsing
         if parsing is not None and parsing.more_body:  # a body is being read
-            if self._reading_paused:
-                # Paused reading is the app's doing (it has not taken the body so far).
+            if self._reading_paused or parsing.waiting_for_continue:
+                # Paused reading is the app's doing (it has not taken the body so far, or
+                # not yet asked for it with a 100 Continue).
                 self._body_reads_seen, self._body_quiet_since = self._body_reads, now
                 return False
             if self._body_reads != self._body_reads_seen:
                 self._body_reads_seen, self._body_quiet_since = self._body_reads, now
                 return False
-            # A body already answered (an early 401 to "Expect: 100-continue", say) that the
-            # client stopped sending is an idle connection.
-            limit = (
-                self._keep_alive_seconds if parsing.response_complete else self.body_idle_seconds
-            )
-            return now - self._body_quiet_since > limit
+            if parsing.response_complete:
+                # A body already answered (an early 401 to "Expect: 100-continue", say) that
+                # the client stopped sending: an idle connection, from the answer at least.
+                quiet_since = max(self._body_quiet_since, self._idle_since or 0.0)
+                return now - quiet_since > self._keep_alive_seconds
+            return now - self._body_quiet_since > self.body_idle_seconds
         if self._answering is not None or self._queued:
             return False  # a response is still going out
         started = self._head_started

@@ -1,0 +1,516 @@
+"""Edge cases of the served protocol that a second review found: blank lines and trailers
+around the head limit, trailers and the scope, the slow-client clock, apps failing after
+their answer, and behaviour checked right that no other test holds (refused upgrades,
+queued requests of a client that leaves, early answers in a pipeline)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import tracemalloc
+from typing import Any
+
+import pytest
+import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from uvicorn.server import ServerState
+
+from messages_mw.server import _MAX_HEAD_BYTES, GatewayHttpProtocol
+
+from .test_server_protocol import _connected, _in_loop, _ReadingTransport
+
+
+async def _passes(count: int = 5) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+class _Recorder:
+    """Reads each request's body, keeps its scope's headers as they were on arrival and as
+    they are once the body is read, and answers with the path."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.headers_at_start: list[list[tuple[bytes, bytes]]] = []
+        self.headers_after_body: list[list[tuple[bytes, bytes]]] = []
+        self.scopes: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.paths.append(scope["path"])
+        self.scopes.append(scope)
+        self.headers_at_start.append(list(scope["headers"]))
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message["more_body"]:
+                break
+        self.headers_after_body.append(list(scope["headers"]))
+        answer = scope["path"].encode()
+        headers = [(b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+
+def _written(transport: _ReadingTransport) -> bytes:
+    return b"".join(b"".join(write) for write in transport.writes)
+
+
+# 1. The 64 KB head limit
+
+
+_BIG_HEAD = b"GET /big HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 200_000 + b"\r\n\r\n"
+
+
+async def _big_head_after(before: bytes, first_request: bytes) -> tuple[_Recorder, bytes]:
+    app = _Recorder()
+    protocol, transport = _connected(app)
+    if first_request:
+        protocol.data_received(first_request)
+        await _passes()
+    protocol.data_received(before + _BIG_HEAD)  # one read, as uvloop's 256 KB reads allow
+    await _passes()
+    return app, _written(transport)
+
+
+def test_control_the_same_head_over_64_kb_without_blank_lines_gets_a_431() -> None:
+    # CONTROL (passes) for the two tests below: only the blank lines differ.
+    app, written = asyncio.run(_big_head_after(b"", b""))
+    assert "/big" not in app.paths and written.startswith(b"HTTP/1.1 431 ")
+
+
+@_in_loop
+async def test_blank_lines_before_a_request_line_do_not_hide_a_head_over_64_kb() -> None:
+    # llhttp skips empty lines before a request line (RFC 9112 2.2): counted as the head's
+    # blank line, "\r\n\r\n" + a head of any size (up to one read, 256 KB) would count as
+    # 4 bytes and reach the app.
+    app, written = await _big_head_after(b"\r\n\r\n", b"")
+    assert "/big" not in app.paths, "a 200 KB head reached the app"
+    assert written.startswith(b"HTTP/1.1 431 ")
+
+
+@_in_loop
+async def test_a_blank_line_after_a_request_does_not_hide_the_next_head_over_64_kb() -> None:
+    # A bodiless request's last 3 bytes ("\n\r\n") must not be kept as the start of a
+    # blank line: a next read starting "\r\n" would be taken for the end of a head split
+    # across reads, and the whole head behind it would go uncounted.
+    app, written = await _big_head_after(b"\r\n", b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert app.paths == ["/first"], "a 200 KB head reached the app"
+    assert b"HTTP/1.1 431 " in written
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"x-trailer: " + b"t" * 1000 + b"\r\n", b"t" * 1024],
+    ids=["many trailer lines", "one endless trailer line"],
+)
+def test_trailers_cannot_grow_memory_past_the_head_limit(line: bytes) -> None:
+    # A chunked body's trailer section is a second head, arriving while a body is being
+    # read: httptools buffers a trailer value until its line ends, and every trailer line
+    # used to reach the running request's scope["headers"]. Uncounted, a client could grow
+    # the server's memory without bound (here 8 MB of trailers).
+    asyncio.run(_trailers(line if line.endswith(b"\r\n") else b"x-trailer: " + line, line))
+
+
+async def _trailers(first: bytes, line: bytes) -> None:
+    app = _Recorder()
+    protocol, transport = _connected(app)
+    protocol.data_received(
+        b"POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+    )
+    await _passes()
+    protocol.data_received(first)
+    read = line * 64  # 64 KB a read
+    sent = 0
+    tracing_already = tracemalloc.is_tracing()
+    if not tracing_already:
+        tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        while sent < 8 * 1024 * 1024 and not transport.closed:
+            protocol.data_received(read)
+            sent += len(read)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        if not tracing_already:
+            tracemalloc.stop()
+    kept = sum(len(name) + len(value) for name, value in app.scopes[0]["headers"])
+    protocol.connection_lost(None)
+    await _passes()
+    assert kept <= _MAX_HEAD_BYTES, f"{kept:,} bytes of trailers kept in scope['headers']"
+    assert grown < 2 * 1024 * 1024, f"memory grew by {grown:,} bytes for {sent:,} of trailers"
+
+
+# 2. The request's headers
+
+
+@_in_loop
+async def test_trailers_do_not_rewrite_the_scope_headers_of_a_running_request() -> None:
+    # httptools reports a chunked body's trailer fields through on_header, as headers. In
+    # uvicorn's protocol they were added to scope["headers"] of a request whose app was
+    # already running, after middleware may have checked them (an x-api-key, say).
+    app = _Recorder()
+    protocol, transport = _connected(app)
+    protocol.data_received(
+        b"POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    await _passes()
+    protocol.data_received(b"0\r\nx-api-key: sk-injected\r\n\r\n")
+    await _passes()
+    assert _written(transport).endswith(b"\r\n\r\n/t"), "not answered"
+    assert app.headers_after_body == app.headers_at_start
+
+
+# 3. The slow-client clock
+
+
+class _BodyImpatientProtocol(GatewayHttpProtocol):
+    """A body may pause for 0.3 s (checked every 0.075 s)."""
+
+    body_idle_seconds = 0.3
+
+
+@_in_loop
+async def test_a_body_the_server_has_not_asked_for_yet_is_not_a_stalled_body() -> None:
+    # A client sending "Expect: 100-continue" waits for the 100 before it sends the
+    # body (RFC 9110 10.1.1), and the 100 goes out only when the app first calls receive().
+    # An app that takes longer than body_idle_seconds to get there (queued on a limiter, an
+    # auth call, ...) must not find its connection closed as a stalled body: the server is
+    # the one holding things up.
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await asyncio.sleep(1.0)  # three body limits before it asks for the body
+        except asyncio.CancelledError:
+            return  # the test is over
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message["more_body"]:
+                break
+        headers = [(b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    protocol = _BodyImpatientProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = _ReadingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(
+        b"POST /x HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"
+    )
+    try:
+        for _ in range(300):  # the client waits for the 100
+            if transport.writes or transport.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert not transport.closed, "closed while the client waited for 100 Continue"
+        assert _written(transport) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        protocol.data_received(b"hello")
+        for _ in range(100):
+            if _written(transport).endswith(b"hello"):
+                break
+            await asyncio.sleep(0.01)
+        assert _written(transport).endswith(b"\r\n\r\nhello")
+    finally:
+        protocol.connection_lost(None)
+
+
+# 4. Apps that fail after answering
+
+
+class _DroppingTransport(_ReadingTransport):
+    """Drops writes after close, as asyncio's and uvloop's transports do."""
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            super().write(data)
+
+    def writelines(self, chunks: Any) -> None:
+        if not self.closed:
+            super().writelines(chunks)
+
+
+@_in_loop
+async def test_an_app_failing_after_its_answer_does_not_cut_off_the_next_request() -> None:
+    # The next request on the connection starts as soon as an answer is whole, while that
+    # app may still be running: Starlette runs a response's BackgroundTask inside the ASGI
+    # call, after the body. If that work raises, closing the connection (as uvicorn's
+    # protocol did) would cut off the next request's answer mid-stream.
+    failing = asyncio.Event()
+    streaming = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/a":
+            headers = [(b"content-length", b"1")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"a"})
+            await failing.wait()  # the background task, after the answer
+            raise RuntimeError("the background task failed")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"b1", "more_body": True})
+        streaming.set()
+        await finish.wait()
+        await send({"type": "http.response.body", "body": b"b2"})
+
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    protocol = GatewayHttpProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = _DroppingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+    await _passes()
+    protocol.data_received(b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n")  # /a answered: kept alive
+    await asyncio.wait_for(streaming.wait(), 5)
+    failing.set()
+    await _passes()
+    finish.set()
+    await _passes()
+    assert _written(transport).endswith(
+        b"transfer-encoding: chunked\r\n\r\n2\r\nb1\r\n2\r\nb2\r\n0\r\n\r\n"
+    ), "the second answer was cut off"
+    assert not transport.closed
+
+
+# 5. Behaviour checked and found right, held here
+
+
+@_in_loop
+async def test_a_refused_upgrades_body_in_pieces_is_read_and_what_follows_dropped() -> None:
+    # The h2c body arrives in pieces, the HTTP/2 preface in the same read as its end.
+    app = _Recorder()
+    bodies: list[bytes] = []
+
+    async def recording(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def taking() -> dict[str, Any]:
+            message = await receive()
+            bodies.append(message.get("body", b""))
+            return message
+
+        await app(scope, taking, send)
+
+    protocol, transport = _connected(recording)
+    head = (
+        b"POST /up HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n"
+        b"content-length: 3\r\n\r\n"
+    )
+    for read in (head + b"a", b"b", b"cPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00\x00\x00"):
+        protocol.data_received(read)
+        await _passes()
+    assert b"".join(bodies) == b"abc"
+    assert _written(transport).endswith(b"connection: close\r\n\r\n/up")
+    assert transport.closed and app.paths == ["/up"]
+
+
+@_in_loop
+async def test_a_client_leaving_with_requests_queued_starts_none_of_them() -> None:
+    # Requests queued behind one being answered never reach the app, and leave no
+    # task behind for uvicorn's graceful shutdown to wait for.
+    go = asyncio.Event()
+    started: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started.append(scope["path"])
+        await go.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    protocol, transport = _connected(app)
+    protocol.data_received(
+        b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n"
+        b"POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nhello"
+    )
+    await _passes()
+    assert transport.paused
+    protocol.connection_lost(None)
+    go.set()
+    await _passes(10)
+    assert started == ["/a"]
+    assert protocol.server_state.tasks == set()
+    assert _written(transport) == b""
+
+
+class _Mixed:
+    """Answers each request as its mode says: after reading the body whole ("read"), after
+    its first message ("partial"), or without reading it ("early", a 413 say), then with
+    the path and what it read."""
+
+    def __init__(self, modes: list[str]) -> None:
+        self.modes = modes
+        self.answered = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        index = int(scope["path"][2:])
+        mode = self.modes[index]
+        body = b""
+        if mode == "read":
+            while True:
+                message = await receive()
+                body += message["body"]
+                await asyncio.sleep(0)
+                if not message["more_body"]:
+                    break
+            answer = b"%d %s" % (index, hashlib.sha256(body).hexdigest().encode())
+        else:
+            if mode == "partial":
+                await receive()
+            answer = b"%d early" % index
+        headers = [(b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+        self.answered += 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.sampled_from([0, 10, 3000, 70_000, 1_200_000]),
+            st.booleans(),
+            st.sampled_from(["read", "partial", "early"]),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    cuts=st.lists(st.integers(0, 2_600_000), max_size=20),
+    data=st.data(),
+)
+def test_pipelined_requests_answered_before_their_bodies_are_read_keep_the_connection_going(
+    requests: list[tuple[int, bool, str]], cuts: list[int], data: st.DataObject
+) -> None:
+    # Bodies over the high-water mark, answered early, in part or whole, pipelined and
+    # split anywhere: every request answered in order, reading never left paused, no body
+    # byte handed to the wrong request.
+    wires = []
+    for index, (size, chunked, _) in enumerate(requests):
+        body = bytes([65 + index]) * size
+        head = b"POST /r%d HTTP/1.1\r\nhost: x\r\n" % index
+        if chunked:
+            framed = b"".join(
+                b"%x\r\n%s\r\n" % (len(body[at : at + 50_000]), body[at : at + 50_000])
+                for at in range(0, len(body), 50_000)
+            )
+            wires.append(head + b"transfer-encoding: chunked\r\n\r\n" + framed + b"0\r\n\r\n")
+        else:
+            wires.append(head + b"content-length: %d\r\n\r\n" % size + body)
+    wire = b"".join(wires)
+    points = sorted({0, len(wire), *(cut for cut in cuts if cut < len(wire))})
+    reads = [wire[start:end] for start, end in itertools.pairwise(points)]
+    yields = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
+    modes = [mode for _, _, mode in requests]
+
+    async def exchange() -> _ReadingTransport:
+        app = _Mixed(modes)
+        protocol, transport = _connected(app)
+        for read, let_the_app_run in zip(reads, yields, strict=True):
+            for _ in range(1000):
+                if not transport.paused:
+                    break
+                await asyncio.sleep(0)
+            assert not transport.paused, "reading stayed paused"
+            protocol.data_received(read)
+            if let_the_app_run:
+                await asyncio.sleep(0)
+        for _ in range(1000):
+            if app.answered == len(requests):
+                break
+            await asyncio.sleep(0)
+        return transport
+
+    transport = asyncio.run(exchange())
+    expected = b""
+    for index, (size, _, mode) in enumerate(requests):
+        digest = hashlib.sha256(bytes([65 + index]) * size).hexdigest().encode()
+        answer = b"%d %s" % (index, digest) if mode == "read" else b"%d early" % index
+        expected += b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer)
+    assert _written(transport) == expected
+    assert not transport.closed and not transport.paused
+
+
+# 6. Limits measured from the right moment, and answers without bodies
+
+
+class _Stalling:
+    """Starts a streamed answer, then sends more (which waits while the socket is full)."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": True})
+        self.done.set()
+
+
+class _QuickProtocol(GatewayHttpProtocol):
+    body_idle_seconds = 0.2
+
+
+@_in_loop
+async def test_a_client_that_stops_reading_the_answer_is_closed() -> None:
+    # Its socket buffer full, the app's next send waits for room that never comes: without
+    # a limit the stream (and its upstream request) would be kept for nobody.
+    app = _Stalling()
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    config.load()
+    protocol = _QuickProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = _ReadingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.pause_writing()
+    protocol.data_received(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+    for _ in range(100):
+        if transport.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert transport.closed, "a client reading nothing kept its connection"
+    protocol.connection_lost(None)  # as the loop reports the close
+    await asyncio.wait_for(app.done.wait(), 1)
+
+
+@_in_loop
+async def test_the_keep_alive_limit_after_an_early_answer_counts_from_the_answer() -> None:
+    # A client whose upload paused (say for a slow disk) and then got a 413 or 401 must have
+    # the time to read it: its idle time starts with the answer, not with its last bytes.
+    async def deny(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    protocol, transport = _connected(deny)
+    protocol.data_received(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+    await _passes()
+    assert transport.writes and not transport.closed
+    answered = protocol.loop.time()
+    keep_alive = protocol._keep_alive_seconds
+    protocol._body_quiet_since = answered - 3 * keep_alive  # the upload paused long before
+    protocol._body_reads_seen = protocol._body_reads
+    assert not protocol._too_slow(answered + keep_alive / 2)
+    assert protocol._too_slow(answered + keep_alive + 0.1)
+
+
+@_in_loop
+async def test_an_absolute_form_url_without_a_path_is_the_root() -> None:
+    app = _Recorder()
+    protocol, transport = _connected(app)
+    protocol.data_received(b"GET http://example.com HTTP/1.1\r\nhost: example.com\r\n\r\n")
+    await _passes()
+    assert app.paths == ["/"] and _written(transport).startswith(b"HTTP/1.1 200 ")
+
+
+@_in_loop
+async def test_a_304_with_a_content_length_is_sent_without_a_body() -> None:
+    # Its Content-Length is the representation's it stands for (RFC 9110 8.6), not a body's:
+    # uvicorn raised "Response content shorter than Content-Length" and closed.
+    async def not_modified(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"1234"), (b"etag", b'"v1"')]
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport = _connected(not_modified)
+    protocol.data_received(b"GET /cached HTTP/1.1\r\nhost: x\r\n\r\n")
+    await _passes()
+    assert _written(transport) == (
+        b'HTTP/1.1 304 Not Modified\r\ncontent-length: 1234\r\netag: "v1"\r\n\r\n'
+    )
+    assert not transport.closed
