@@ -31,11 +31,26 @@ SAMPLES = Path(__file__).resolve().parent / "samples"
 @contextlib.contextmanager
 def serve(app: Any, **options: Any) -> Iterator[str]:
     """Serve ``app`` on a free loopback port in a background thread; yield ``http://host:port``."""
+    with serving(app, **options) as served:
+        yield served.url
+
+
+@dataclass
+class Served:
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+
+@contextlib.contextmanager
+def serving(app: Any, **options: Any) -> Iterator[Served]:
+    """:func:`serve`, yielding the server and its thread too: a test can tell the server to
+    exit mid-response, and see that its shutdown finished."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="auto", **options)
+    config = uvicorn.Config(app, **{"log_level": "warning", "lifespan": "auto", **options})
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -45,7 +60,7 @@ def serve(app: Any, **options: Any) -> Iterator[str]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Served(f"http://127.0.0.1:{port}", server, thread)
     finally:
         server.should_exit = True
         thread.join(10)

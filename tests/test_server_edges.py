@@ -19,12 +19,13 @@ from uvicorn.server import ServerState
 
 from messages_mw.server import _MAX_HEAD_BYTES, GatewayHttpProtocol
 
-from .test_server_protocol import _connected, _in_loop, _ReadingTransport
-
-
-async def _passes(count: int = 5) -> None:
-    for _ in range(count):
-        await asyncio.sleep(0)
+from .test_server_protocol import (
+    _connected,
+    _feed_in_reads,
+    _in_loop,
+    _passes,
+    _ReadingTransport,
+)
 
 
 class _Recorder:
@@ -399,25 +400,7 @@ def test_pipelined_requests_answered_before_their_bodies_are_read_keep_the_conne
     yields = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
     modes = [mode for _, _, mode in requests]
 
-    async def exchange() -> _ReadingTransport:
-        app = _Mixed(modes)
-        protocol, transport = _connected(app)
-        for read, let_the_app_run in zip(reads, yields, strict=True):
-            for _ in range(1000):
-                if not transport.paused:
-                    break
-                await asyncio.sleep(0)
-            assert not transport.paused, "reading stayed paused"
-            protocol.data_received(read)
-            if let_the_app_run:
-                await asyncio.sleep(0)
-        for _ in range(1000):
-            if app.answered == len(requests):
-                break
-            await asyncio.sleep(0)
-        return transport
-
-    transport = asyncio.run(exchange())
+    transport = asyncio.run(_feed_in_reads(_Mixed(modes), reads, yields, len(requests)))
     expected = b""
     for index, (size, _, mode) in enumerate(requests):
         digest = hashlib.sha256(bytes([65 + index]) * size).hexdigest().encode()

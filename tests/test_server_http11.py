@@ -29,12 +29,14 @@ from uvicorn.server import ServerState
 
 from messages_mw.server import _BODY_HIGH_WATER, GatewayHttpProtocol
 
-from .servers import serve
+from .servers import serve, serving
 from .test_server_protocol import (
     _address,
     _BodyRecorder,
     _connected,
+    _feed_in_reads,
     _in_loop,
+    _passes,
     _post_head,
     _read_response,
     _ReadingTransport,
@@ -433,29 +435,6 @@ def test_a_connection_in_use_is_not_closed_by_the_keep_alive_limit() -> None:
 # 8. Graceful shutdown
 
 
-@contextlib.contextmanager
-def _serving(app: Any, **options: Any) -> Iterator[tuple[str, uvicorn.Server]]:
-    """``serve``, yielding the server too, so a test can tell it to exit mid-response."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", **options)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-    assert not thread.is_alive(), "the server did not finish its shutdown"
-
-
 @pytest.mark.parametrize("http", ["httptools", GatewayHttpProtocol], ids=["uvicorn", "gateway"])
 def test_a_response_streaming_at_shutdown_is_finished_first(http: Any) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -469,18 +448,19 @@ def test_a_response_streaming_at_shutdown_is_finished_first(http: Any) -> None:
         await send({"type": "http.response.body", "body": b""})
 
     with (
-        _serving(app, http=http) as (url, server),
-        socket.create_connection(_address(url), timeout=5) as idle,
-        socket.create_connection(_address(url), timeout=5) as busy,
+        serving(app, http=http, lifespan="off") as served,
+        socket.create_connection(_address(served.url), timeout=5) as idle,
+        socket.create_connection(_address(served.url), timeout=5) as busy,
     ):
         idle.sendall(b"GET /quick HTTP/1.1\r\nhost: x\r\n\r\n")
         assert _read_response(idle).endswith(b"hello")
         busy.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         received = _read_until(busy, b"part0")
-        server.should_exit = True
+        served.server.should_exit = True
         received += _until_closed(busy, 5)  # closed after the stream, not cut short
         # The idle connection is closed at once, not left to its keep-alive limit (5 s).
         assert _until_closed(idle, 2) == b""
+    assert not served.thread.is_alive(), "the server did not finish its shutdown"
     [(head, body)] = _responses(received)
     assert b"connection: close" not in head  # the head left before the shutdown began
     assert body == b"part0part1part2part3part4"
@@ -496,23 +476,18 @@ def test_pipelined_requests_received_before_shutdown_are_all_answered(http: Any)
         b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n"
     )
     with (
-        _serving(_app, http=http) as (url, server),
-        socket.create_connection(_address(url), timeout=5) as sock,
+        serving(_app, http=http, lifespan="off") as served,
+        socket.create_connection(_address(served.url), timeout=5) as sock,
     ):
         sock.sendall(requests)
         time.sleep(0.1)  # all three received, the first still being answered
-        server.should_exit = True
+        served.server.should_exit = True
         answer = _until_closed(sock, 5)
+    assert not served.thread.is_alive(), "the server did not finish its shutdown"
     assert [body for _, body in _responses(answer)] == [b"10 A", b"0 B", b"hello"]
 
 
 # 9. Write backpressure
-
-
-async def _passes(count: int = 5) -> None:
-    """Let the loop run ``count`` passes (the protocol's tasks and its call_soon)."""
-    for _ in range(count):
-        await asyncio.sleep(0)
 
 
 @_in_loop
@@ -1001,25 +976,7 @@ def test_any_split_of_pipelined_requests_is_answered_whole_and_in_order(
     reads = [wire[start:end] for start, end in itertools.pairwise(points)]
     yields = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
 
-    async def exchange() -> _ReadingTransport:
-        app = _EchoDigest()
-        protocol, transport = _connected(app)
-        for read, let_the_app_run in zip(reads, yields, strict=True):
-            for _ in range(1000):  # a socket delivers nothing while reading is paused
-                if not transport.paused:
-                    break
-                await asyncio.sleep(0)
-            assert not transport.paused, "reading stayed paused"
-            protocol.data_received(read)
-            if let_the_app_run:
-                await asyncio.sleep(0)
-        for _ in range(1000):
-            if app.answered == len(requests):
-                break
-            await asyncio.sleep(0)
-        return transport
-
-    transport = asyncio.run(exchange())
+    transport = asyncio.run(_feed_in_reads(_EchoDigest(), reads, yields, len(requests)))
     expected = [
         (b"HTTP/1.1 200 OK", b"/r%d %s" % (i, hashlib.sha256(body).hexdigest().encode()))
         for i, (body, _, _) in enumerate(requests)

@@ -103,6 +103,35 @@ def _connected(app: Any) -> tuple[GatewayHttpProtocol, _ReadingTransport]:
     return protocol, transport
 
 
+async def _passes(count: int = 5) -> None:
+    """Let the loop run ``count`` passes (the protocol's tasks and its call_soon)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def _feed_in_reads(
+    app: Any, reads: list[bytes], yields: list[bool], answers: int
+) -> _ReadingTransport:
+    """Feed ``reads`` to the served protocol, one connection, as a socket would (nothing while
+    reading is paused), letting ``app`` run after each read ``yields`` marks; return once
+    ``app.answered`` reaches ``answers``, or after a thousand loop passes."""
+    protocol, transport = _connected(app)
+    for read, let_the_app_run in zip(reads, yields, strict=True):
+        for _ in range(1000):  # a socket delivers nothing while reading is paused
+            if not transport.paused:
+                break
+            await asyncio.sleep(0)
+        assert not transport.paused, "reading stayed paused"
+        protocol.data_received(read)
+        if let_the_app_run:
+            await asyncio.sleep(0)
+    for _ in range(1000):
+        if app.answered == answers:
+            break
+        await asyncio.sleep(0)
+    return transport
+
+
 def _post_head(length: int) -> bytes:
     return b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % length
 
