@@ -1,0 +1,301 @@
+"""One request on a connection of :class:`~messages_mw.server.GatewayHttpProtocol` and the
+app's answer to it: ASGI's ``receive`` and ``send``, the request body as it arrives, and the
+response's framing (the head held until the body's first bytes join it, Content-Length or
+chunked, nothing for HEAD, 204 and 304), with what the app gets wrong answered for it."""
+
+from __future__ import annotations
+
+import asyncio
+import http
+from typing import Any, Protocol
+
+from ._http11 import head_and_body
+from ._http11_parse import TOKEN_CHARS
+from .errors import encode_error_body, new_request_id
+
+__all__ = ["Connection", "Exchange", "send_api_error"]
+
+
+class Connection(Protocol):
+    """What an exchange needs of its connection (the protocol)."""
+
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    logger: Any
+    access_log: bool
+    writing_paused: bool
+
+    async def drain(self) -> None: ...
+
+    def body_taken(self, exchange: Exchange) -> None: ...
+
+    def response_done(self, exchange: Exchange) -> None: ...
+
+    def default_head_lines(self) -> tuple[bytes, int]: ...
+
+    def log_access(self, scope: dict[str, Any], status: int) -> None: ...
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CONTROLS_BUT_CRLF_TAB = bytes(c for c in range(32) if c not in b"\t\r\n") + b"\x7f"
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    """The lowercased tokens of a comma-separated header value."""
+    return [token.strip() for token in value.lower().split(b",")]
+
+
+class Exchange:
+    """One request on a connection and the app's response to it: ASGI's ``receive`` and
+    ``send``, the request body as it arrives, and the response's framing."""
+
+    __slots__ = (
+        "bodiless",
+        "body",
+        "body_taken",
+        "chunked",
+        "connection",
+        "disconnected",
+        "held_head",
+        "keep_alive",
+        "length_left",
+        "more_body",
+        "response_complete",
+        "response_started",
+        "scope",
+        "task",
+        "transport",
+        "waiters",
+        "waiting_for_continue",
+    )
+
+    def __init__(
+        self,
+        connection: Connection,
+        scope: dict[str, Any],
+        keep_alive: bool,
+        expect_continue: bool,
+    ) -> None:
+        self.connection = connection
+        self.transport = connection.transport
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.waiting_for_continue = expect_continue
+        # The request: body bytes not yet handed to the app, and whether more will come.
+        self.body: bytes | bytearray = b""
+        self.more_body = True
+        self.body_taken = False  # the app has had the body's last message
+        self.disconnected = False
+        self.waiters: list[asyncio.Future[None]] = []
+        self.task: asyncio.Task[None] | None = None  # set as soon as it runs
+        # The response.
+        self.response_started = False
+        self.response_complete = False
+        self.held_head: bytes | None = None
+        self.chunked = False
+        self.bodiless = False  # a HEAD request's answer, a 204 or a 304: no body goes out
+        self.length_left = 0
+
+    def wake(self) -> None:
+        """Tell a ``receive`` waiting for body bytes or a disconnect to look again."""
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def run(self, app: Any, tasks: set[asyncio.Task[None]]) -> None:
+        """Run the app on this request, answering for it when it fails or stops short, then
+        leave ``tasks`` (uvicorn's, which a graceful shutdown waits for)."""
+        logger = self.connection.logger
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except BaseException as exc:  # as uvicorn: whatever the app raises ends here
+            logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                await self._send_500()
+            elif not self.response_complete:
+                # After a complete answer the next request may be under way: not cut off.
+                self.close()
+        else:
+            if result is not None:
+                logger.error("ASGI callable should return None, but returned '%s'.", result)
+                if not self.response_complete:
+                    self.close()
+            elif not self.response_started and not self.disconnected:
+                logger.error("ASGI callable returned without starting response.")
+                await self._send_500()
+            elif not self.response_complete and not self.disconnected:
+                logger.error("ASGI callable returned without completing response.")
+                self.close()
+        finally:
+            # Here rather than as the task's done callback, which would cost a loop pass.
+            if self.task is not None:
+                tasks.discard(self.task)
+
+    async def _send_500(self) -> None:
+        await send_api_error(self.send, 500, "Internal server error.")
+
+    async def receive(self) -> dict[str, Any]:
+        if self.waiting_for_continue:
+            self.waiting_for_continue = False
+            if self.more_body and not self.transport.is_closing():
+                self.transport.write(_CONTINUE)
+        while not (self.disconnected or self.response_complete):
+            body = self.body
+            if body or (not self.more_body and not self.body_taken):
+                self.body = b""
+                more_body = self.more_body
+                self.body_taken = not more_body
+                self.connection.body_taken(self)
+                # A body that came in one read is the parser's own bytes: handed on uncopied.
+                return {
+                    "type": "http.request",
+                    "body": body if type(body) is bytes else bytes(body),
+                    "more_body": more_body,
+                }
+            waiter = self.connection.loop.create_future()
+            self.waiters.append(waiter)
+            await waiter
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        connection = self.connection
+        if connection.writing_paused and not self.disconnected:
+            await connection.drain()
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{kind}'."
+                )
+            self._start_response(message["status"], message.get("headers", ()))
+        elif not self.response_complete:
+            if kind != "http.response.body":
+                raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+            self._write_body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{kind}' sent, after response already completed."
+            )
+
+    def _start_response(self, status: int, headers: Any) -> None:
+        # Checked before anything is kept: a refused head still leaves room for the 500.
+        status_line = _STATUS_LINES.get(status)
+        if status_line is None:
+            raise RuntimeError(f"Invalid HTTP status code {status!r}.")
+        connection = self.connection
+        defaults, default_lines = connection.default_head_lines()
+        parts = [status_line, defaults]
+        lines = 2 + default_lines  # the status line and the blank line end with CRLF too
+        keep_alive = self.keep_alive
+        close_named = chunked = False
+        length: int | None = None
+        for name, value in headers:
+            name = name.lower()
+            if name.translate(None, TOKEN_CHARS):  # anything left is no name's
+                raise RuntimeError(f"Invalid HTTP header name {name!r}.")
+            if name == b"content-length":
+                if length is None and not chunked:
+                    length = int(value.decode())
+            elif name == b"transfer-encoding":
+                if value.lower() == b"chunked":
+                    length, chunked = None, True
+            elif name == b"connection" and b"close" in _tokens(value):
+                keep_alive = False
+                close_named = True
+            parts += (name, b": ", value, b"\r\n")
+            lines += 1
+        if not keep_alive and not close_named:
+            parts.append(b"connection: close\r\n")
+            lines += 1
+        bodiless = self.scope["method"] == "HEAD" or status in (204, 304)
+        if length is None and not chunked and not bodiless:
+            chunked = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+            lines += 1
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        # The values in one pass over the whole head, instead of a regular expression per
+        # header: a CR or LF in one (relayed from an upstream, say) would split the head, and
+        # no other control character but tab belongs in a header.
+        if (
+            head.count(b"\n") != lines
+            or head.count(b"\r") != lines
+            or len(head.translate(None, _CONTROLS_BUT_CRLF_TAB)) != len(head)
+        ):
+            raise RuntimeError("Invalid HTTP header value: it holds a control character.")
+        if connection.access_log:
+            connection.log_access(self.scope, status)
+        self.response_started = True
+        self.waiting_for_continue = False
+        self.keep_alive, self.chunked, self.bodiless = keep_alive, chunked, bodiless
+        # A 304's Content-Length describes the representation it stands for, not a body.
+        self.length_left = 0 if bodiless else length or 0
+        self.held_head = head
+        connection.loop.call_soon(self.flush_head)
+
+    def flush_head(self) -> None:
+        """Send a head the body has not joined by the end of the loop pass that made it."""
+        head = self.held_head
+        if head is not None:
+            self.held_head = None
+            if not self.transport.is_closing():
+                self.transport.write(head)
+
+    def _write_body(self, body: bytes, more_body: bool) -> None:
+        if self.bodiless:
+            data = b""
+        elif self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += _LAST_CHUNK
+        else:
+            if len(body) > self.length_left:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.length_left -= len(body)
+            data = body
+        head = self.held_head
+        if head is not None:
+            self.held_head = None
+            self.transport.writelines(head_and_body(head, data))
+        elif data:
+            self.transport.write(data)
+        if not more_body:
+            if self.length_left != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.wake()
+            if not self.keep_alive:
+                self.transport.close()
+            self.connection.response_done(self)
+
+    def close(self) -> None:
+        self.flush_head()
+        self.transport.close()
+
+
+async def send_api_error(send: Any, status: int, message: str) -> None:
+    """An ``api_error`` of the server's own, closing the connection after it."""
+    request_id = new_request_id()
+    body = encode_error_body("api_error", message, request_id)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"request-id", request_id.encode()),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
