@@ -213,7 +213,9 @@ class GatewayHttpProtocol(asyncio.Protocol):
         begun in ``tail``, the last read's end. Heads pipelined behind it in the same read
         go uncounted, so a head may run to the limit plus one read. Returns whether the head
         is still within the limit."""
-        if self._head_started is None:  # the first bytes of a head after an earlier request
+        # The first bytes of a head after an earlier request start its clock; empty lines
+        # alone (which llhttp skips) leave the connection idle.
+        if self._head_started is None and (data[:1] not in b"\r\n" or data.strip(b"\r\n")):
             self._head_started = self.loop.time()
             self._idle_since = None
         joint = (tail + data[:3]).find(b"\r\n\r\n") if tail else -1

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import socket
+import time
 import tracemalloc
 from typing import Any
 
@@ -19,12 +21,16 @@ from uvicorn.server import ServerState
 
 from messages_mw.server import _MAX_HEAD_BYTES, GatewayHttpProtocol
 
+from .servers import serve
 from .test_server_protocol import (
+    _address,
     _connected,
     _feed_in_reads,
     _in_loop,
     _passes,
+    _read_response,
     _ReadingTransport,
+    _until_closed,
 )
 
 
@@ -497,3 +503,19 @@ async def test_a_304_with_a_content_length_is_sent_without_a_body() -> None:
         b'HTTP/1.1 304 Not Modified\r\ncontent-length: 1234\r\netag: "v1"\r\n\r\n'
     )
     assert not transport.closed
+
+
+def test_empty_lines_after_an_answer_leave_the_connection_idle() -> None:
+    # llhttp skips empty lines between requests: a client sending one after an answer has
+    # begun no head, and keeps the keep-alive limit (here 1 s), not a head's 30 s.
+    with (
+        serve(_Recorder(), http=GatewayHttpProtocol, timeout_keep_alive=1) as url,
+        socket.create_connection(_address(url), timeout=5) as sock,
+    ):
+        sock.sendall(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert _read_response(sock).endswith(b"/first")
+        answered = time.monotonic()
+        sock.sendall(b"\r\n")
+        assert _until_closed(sock, 5) == b""
+        idle = time.monotonic() - answered
+    assert idle <= 1.6, f"closed after {idle:.2f} s idle"
