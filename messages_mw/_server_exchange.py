@@ -27,7 +27,7 @@ class Connection(Protocol):
 
     async def drain(self) -> None: ...
 
-    def body_taken(self, exchange: Exchange) -> None: ...
+    def app_took_body(self, exchange: Exchange) -> None: ...
 
     def response_done(self, exchange: Exchange) -> None: ...
 
@@ -97,7 +97,8 @@ class Exchange:
         self.body_taken = False  # the app has had the body's last message
         self.disconnected = False
         self.waiters: list[asyncio.Future[None]] = []
-        self.task: asyncio.Task[None] | None = None  # set as soon as it runs
+        # Set once created; left None if an eager task factory ran it to the end at once.
+        self.task: asyncio.Task[None] | None = None
         # The response.
         self.response_started = False
         self.response_complete = False
@@ -157,7 +158,7 @@ class Exchange:
                 self.body = b""
                 more_body = self.more_body
                 self.body_taken = not more_body
-                self.connection.body_taken(self)
+                self.connection.app_took_body(self)
                 # A body that came in one read is the parser's own bytes: handed on uncopied.
                 return {
                     "type": "http.request",

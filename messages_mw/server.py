@@ -182,7 +182,10 @@ class GatewayHttpProtocol(asyncio.Protocol):
         else:
             tail = self._head_tail
             if not self._count_head_bytes(tail, data):
-                self._refuse_head()
+                self._refuse(
+                    b"431 Request Header Fields Too Large",
+                    f"Request headers exceed {_MAX_HEAD_BYTES} bytes.",
+                )
                 return
         self._feed(data)
         if in_body and not self._count_body_framing(len(data)):
@@ -355,7 +358,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
             self._refuse_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError:
             self.logger.warning("Invalid HTTP request received.")
-            self._refuse_unparseable("Invalid HTTP request received.")
+            self._refuse(b"400 Bad Request", "Invalid HTTP request received.")
 
     def _start(self, exchange: Exchange) -> None:
         self._answering = exchange
@@ -392,7 +395,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
             self._idle_since = self.loop.time()
         self._resume_reading_if_due()
 
-    def body_taken(self, exchange: Exchange) -> None:
+    def app_took_body(self, exchange: Exchange) -> None:
         """The app took what had come of ``exchange``'s body: read on, if that was the pause."""
         if self._reading_paused:
             self._resume_reading_if_due()
@@ -463,24 +466,14 @@ class GatewayHttpProtocol(asyncio.Protocol):
         if not self._upgrade_body_left:
             self.on_message_complete()
 
-    def _refuse_head(self) -> None:
+    def _refuse(self, status: bytes, message: str) -> None:
+        """Answer an ``invalid_request_error`` the server gives before the request reaches
+        the app, with the request-id header every answer of the gateway's carries, and
+        close. While a response is still going out (the refused request was pipelined
+        behind it) the answer would land inside it: closing ends both."""
         if self.transport.is_closing() or self._answering is not None:
-            # A response is still going out (the head is a pipelined request's): a 431 now
-            # would land inside it. Closing ends both.
             self.transport.close()
             return
-        message = f"Request headers exceed {_MAX_HEAD_BYTES} bytes."
-        self._answer_and_close(b"431 Request Header Fields Too Large", message)
-
-    def _refuse_unparseable(self, message: str) -> None:
-        if self.transport.is_closing() or self._answering is not None:
-            self.transport.close()  # as for a head too large: not inside another answer
-            return
-        self._answer_and_close(b"400 Bad Request", message)
-
-    def _answer_and_close(self, status: bytes, message: str) -> None:
-        """An ``invalid_request_error`` the server gives before any request reaches the app,
-        with the request-id header every answer of the gateway's carries."""
         request_id = new_request_id()
         body = encode_error_body("invalid_request_error", message, request_id)
         head = b"HTTP/1.1 %b\r\n%bcontent-type: application/json\r\nconnection: close\r\n" % (
