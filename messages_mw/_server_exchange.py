@@ -6,6 +6,7 @@ chunked, nothing for HEAD, 204 and 304), with what the app gets wrong answered f
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 from typing import Any, Protocol
 
@@ -47,7 +48,31 @@ def _status_line(status: int) -> bytes:
 _STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-_CONTROLS_BUT_CRLF_TAB = bytes(c for c in range(32) if c not in b"\t\r\n") + b"\x7f"
+# translate() with characters to delete builds a 256-byte table on every call; with a table
+# and nothing to delete it only maps, and a string none of whose bytes it changes comes back
+# equal. This one changes exactly the controls a head may not hold (all but tab, CR and LF).
+_FLAG_BAD_CONTROLS = bytes(
+    (c + 1) % 256 if (c < 32 and c not in b"\t\r\n") or c == 127 else c for c in range(256)
+)
+# What _start_response must do with a header beyond writing it.
+_PLAIN, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION = range(4)
+_FRAMING_NAMES = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+}
+_TOKEN_ONLY = bytes(c if c in TOKEN_CHARS else (c + 1) % 256 for c in range(256))
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_name(name: bytes) -> tuple[bytes, int]:
+    """A response header's name, lowercased, and what it means for the framing. Answers
+    repeat the same few names, so each is checked once: bounded, as an upstream may invent
+    names. Raises RuntimeError for a name that is not an RFC 9110 token."""
+    lowered = name.lower()
+    if lowered.translate(_TOKEN_ONLY) != lowered:
+        raise RuntimeError(f"Invalid HTTP header name {lowered!r}.")
+    return lowered, _FRAMING_NAMES.get(lowered, _PLAIN)
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -205,16 +230,14 @@ class Exchange:
         close_named = chunked = False
         length: int | None = None
         for name, value in headers:
-            name = name.lower()
-            if name.translate(None, TOKEN_CHARS):  # anything left is no name's
-                raise RuntimeError(f"Invalid HTTP header name {name!r}.")
-            if name == b"content-length":
+            name, kind = _header_name(name)
+            if kind == _CONTENT_LENGTH:
                 if length is None and not chunked:
                     length = int(value.decode())
-            elif name == b"transfer-encoding":
+            elif kind == _TRANSFER_ENCODING:
                 if value.lower() == b"chunked":
                     length, chunked = None, True
-            elif name == b"connection" and b"close" in _tokens(value):
+            elif kind == _CONNECTION and b"close" in _tokens(value):
                 keep_alive = False
                 close_named = True
             parts += (name, b": ", value, b"\r\n")
@@ -235,7 +258,7 @@ class Exchange:
         if (
             head.count(b"\n") != lines
             or head.count(b"\r") != lines
-            or len(head.translate(None, _CONTROLS_BUT_CRLF_TAB)) != len(head)
+            or head.translate(_FLAG_BAD_CONTROLS) != head
         ):
             raise RuntimeError("Invalid HTTP header value: it holds a control character.")
         if connection.access_log:

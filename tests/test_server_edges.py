@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from uvicorn.server import ServerState
 
+from messages_mw._server_exchange import _header_name
 from messages_mw.server import _MAX_HEAD_BYTES, GatewayHttpProtocol
 
 from .servers import serve
@@ -519,3 +520,50 @@ def test_empty_lines_after_an_answer_leave_the_connection_idle() -> None:
         assert _until_closed(sock, 5) == b""
         idle = time.monotonic() - answered
     assert idle <= 1.6, f"closed after {idle:.2f} s idle"
+
+
+# The response head's checks run through translate tables and a cache of header names; they
+# must refuse exactly what RFC 9110 refuses, as the plain checks did.
+
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@given(name=st.binary(max_size=12) | st.sampled_from([b"Content-Length", b"x-mw-model"]))
+@settings(max_examples=400, deadline=None)
+def test_a_response_header_name_is_refused_exactly_when_it_is_no_token(name: bytes) -> None:
+    is_token = not name.lower().translate(None, _TOKEN)
+    for _ in range(2):  # the second time from the cache, or refused again
+        try:
+            lowered, _kind = _header_name(name)
+        except RuntimeError:
+            assert not is_token
+        else:
+            assert is_token and lowered == name.lower()
+
+
+@given(value=st.binary(max_size=40))
+@settings(max_examples=400, deadline=None)
+def test_a_response_head_with_a_control_character_is_refused(value: bytes) -> None:
+    status, head = asyncio.run(_answer_to_one_request(_answering_with_header(value)))
+    bad = value.translate(None, b"\t" + bytes(range(32, 127)) + bytes(range(128, 256)))
+    if bad:
+        assert status == 500, (value, head)
+    else:
+        assert status == 200 and head.endswith(b"\r\nx-value: " + value)
+
+
+def _answering_with_header(value: bytes) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"0"), (b"x-value", value)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+async def _answer_to_one_request(app: Any) -> tuple[int, bytes]:
+    protocol, transport = _connected(app)
+    protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    await _passes(10)
+    head = b"".join(b"".join(write) for write in transport.writes).partition(b"\r\n\r\n")[0]
+    return int(head.split(b" ", 2)[1]), head
