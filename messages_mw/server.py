@@ -16,7 +16,9 @@ compare it with uvicorn's), and does the rest its own way:
   is too slow with a head (30 s) or a body (60 s, counted while the app is reading it), and
   idle keep-alive connections (uvicorn's ``timeout_keep_alive``, give or take a quarter);
 - a head over 64 KB gets a 431, and a request that cannot be parsed a 400, both in
-  Anthropic's error envelope, as is a 500 for an app that fails before it answers;
+  Anthropic's error envelope, as is a 500 for an app that fails before it answers; one
+  pipelined behind answers still going out gets its refusal after them (uvicorn's closes
+  the connection, cutting them short);
 - requests pipelined behind one still being answered wait their turn with reading paused,
   all of them learn of a client that leaves, and a graceful shutdown answers every one;
 - an upgrade (WebSocket, h2c) is refused: the request is answered as plain HTTP/1.1 and the
@@ -113,6 +115,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._parsing: Exchange | None = None
         self._upgrade_refused = False
         self._upgrade_body_left = 0
+        # A refusal (status line, message) waiting for the answers before it to go out.
+        self._refusal: tuple[bytes, str] | None = None
         self._reading_paused = False
         self.writing_paused = False
         self._writing_paused_at = 0.0
@@ -167,6 +171,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # what follows bytes that could not be parsed cannot be either
         if self._upgrade_refused:
             # What follows a refused upgrade is not HTTP/1.1, but for the rest of its body.
             if self._upgrade_body_left:
@@ -388,6 +394,9 @@ class GatewayHttpProtocol(asyncio.Protocol):
             return
         if self._queued:
             self._start(self._queued.popleft())
+        elif self._refusal is not None:
+            self._send_refusal(*self._refusal)
+            return
         elif self._keep_alive_seconds <= 0:
             self.transport.close()  # uvicorn's timeout_keep_alive=0: no keep-alive at all
             return
@@ -408,7 +417,12 @@ class GatewayHttpProtocol(asyncio.Protocol):
     def _resume_reading_if_due(self) -> None:
         parsing = self._parsing
         backlog = len(parsing.body) if parsing is not None else 0
-        if self._reading_paused and not self._queued and backlog <= _BODY_HIGH_WATER:
+        if (
+            self._reading_paused
+            and not self._queued
+            and backlog <= _BODY_HIGH_WATER
+            and self._refusal is None
+        ):
             self._reading_paused = False
             self.transport.resume_reading()
 
@@ -468,12 +482,28 @@ class GatewayHttpProtocol(asyncio.Protocol):
 
     def _refuse(self, status: bytes, message: str) -> None:
         """Answer an ``invalid_request_error`` the server gives before the request reaches
-        the app, with the request-id header every answer of the gateway's carries, and
-        close. While a response is still going out (the refused request was pipelined
-        behind it) the answer would land inside it: closing ends both."""
-        if self.transport.is_closing() or self._answering is not None:
-            self.transport.close()
+        the app, and close. A request pipelined behind one still being answered is refused
+        once the answers before it have gone out (written now, it would land inside them);
+        reading stops meanwhile. A request whose own body breaks while it is being answered
+        cannot be answered twice: its connection closes."""
+        if self.transport.is_closing():
             return
+        answering, parsing = self._answering, self._parsing
+        if answering is None:
+            self._send_refusal(status, message)
+            return
+        if parsing is not None and parsing.more_body:  # the broken bytes were its body
+            if parsing is answering:
+                self.transport.close()
+                return
+            if parsing in self._queued:  # never started: the refusal is its answer
+                self._queued.remove(parsing)
+            self._parsing = None
+        self._refusal = (status, message)
+        self._pause_reading()
+
+    def _send_refusal(self, status: bytes, message: str) -> None:
+        """The refusal, with the request-id header every answer of the gateway's carries."""
         request_id = new_request_id()
         body = encode_error_body("invalid_request_error", message, request_id)
         head = b"HTTP/1.1 %b\r\n%bcontent-type: application/json\r\nconnection: close\r\n" % (

@@ -439,8 +439,46 @@ def test_unparseable_http_gets_the_error_envelope(request_bytes: bytes) -> None:
     assert b"\r\nrequest-id: " + error["request_id"].encode() + b"\r\n" in head
 
 
-def test_an_oversized_pipelined_head_never_lands_inside_a_stream() -> None:
-    # A 431 written while the previous answer still streams would corrupt that answer.
+@pytest.mark.parametrize(
+    ("second", "status"),
+    [
+        (b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 70_000, b"431"),
+        (b"GET /v1/models HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n", b"400"),
+        (
+            b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            b"400",
+        ),
+    ],
+    ids=["oversized head", "malformed head", "malformed chunked body"],
+)
+def test_a_bad_pipelined_request_is_refused_after_the_stream_before_it(
+    second: bytes, status: bytes
+) -> None:
+    # Written while the previous answer still streams, the refusal would corrupt it; closing
+    # instead would cut it short. The stream ends whole, then comes the refusal.
+    stream, end, refusal = _sent_behind_a_stream(second).partition(b"\r\n0\r\n\r\n")
+    assert stream.startswith(b"HTTP/1.1 200 ") and end, "the stream did not end whole"
+    assert b"event: message_stop" in stream and b"HTTP/1.1 4" not in stream
+    _assert_refusal(refusal, status)
+
+
+def test_requests_queued_before_bad_bytes_are_answered_before_the_refusal() -> None:
+    models = b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n"
+    answer = _sent_behind_a_stream(models + b"BAD\x01 / HTTP/1.1\r\n\r\n")
+    _, end, rest = answer.partition(b"\r\n0\r\n\r\n")
+    assert end, "the stream did not end whole"
+    listing, _, after = rest.partition(b"\r\n\r\n")
+    assert listing.startswith(b"HTTP/1.1 200 ")
+    length_field = re.search(rb"\r\ncontent-length: (\d+)", listing)
+    assert length_field is not None
+    length = int(length_field.group(1))
+    assert json.loads(after[:length])["data"]
+    _assert_refusal(after[length:], b"400")
+
+
+def _sent_behind_a_stream(second: bytes) -> bytes:
+    """Everything the server sends on a connection where ``second`` follows, pipelined, a
+    streaming request still being answered."""
     gateway = Gateway(
         GatewayConfig(provider="mock", usage_log=False, mock=MockConfig(tokens_per_second=20))
     )
@@ -468,10 +506,17 @@ def test_an_oversized_pipelined_head_never_lands_inside_a_stream() -> None:
             assert chunk, "the server closed before the stream began"
             answer += chunk
         assert b"event: message_stop" not in answer, "the stream ended before the next head"
-        sock.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 70_000)
-        answer += _until_closed(sock, 10)
-    assert answer.startswith(b"HTTP/1.1 200 ") and b"event: message_start" in answer
-    assert b"431" not in answer
+        sock.sendall(second)
+        return answer + _until_closed(sock, 10)
+
+
+def _assert_refusal(answer: bytes, status: bytes) -> None:
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
+    assert b"\r\nconnection: close\r\n" in head
+    error = json.loads(payload)
+    assert error["error"]["type"] == "invalid_request_error"
+    assert b"\r\nrequest-id: " + error["request_id"].encode() + b"\r\n" in head + b"\r\n"
 
 
 class _ImpatientProtocol(GatewayHttpProtocol):
@@ -579,3 +624,18 @@ def test_messages_mw_serve_tunes_the_garbage_collector_and_malloc() -> None:
         check=True,
     )
     assert result.stdout.splitlines()[-1] == "True True True True"
+
+
+@_in_loop
+async def test_a_body_breaking_while_its_own_answer_streams_closes_the_connection() -> None:
+    # Its answer has begun: a 400 now would land inside it, and it cannot have two.
+    app = _Answering("pause", {"type": "http.response.body", "body": b"{}"})
+    protocol, transport = _connected(app)
+    protocol.data_received(
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n"
+    )
+    await _passes()
+    assert transport.writes == [[_HEAD]] and not transport.closed
+    protocol.data_received(b"zz\r\n")
+    assert transport.closed
+    assert b"400" not in b"".join(b"".join(write) for write in transport.writes)
