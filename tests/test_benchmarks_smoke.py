@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
 
-from benchmarks import policy_cost
+from benchmarks import instructions, policy_cost
 from benchmarks.decode import (
     DECODERS,
     DEFAULT_SAMPLES,
@@ -235,3 +238,27 @@ def test_best_round_keeps_the_fastest_round_and_the_lowest_cpu() -> None:
     assert (best.rps, best.cpu_ms_per_request, best.errors) == (1100.0, 0.50, 1)
     failed = [E2EResult(scenario, status="failed: a"), E2EResult(scenario, status="failed: b")]
     assert best_round(failed).status == "failed: a"
+
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_instructions_child_serves_its_requests_outside_callgrind() -> None:
+    # What each callgrind run executes: the gateway answering 200s to the mock upstream.
+    with running_server("upstream", cpu=os.sched_getaffinity(0).pop()) as upstream:
+        child = [sys.executable, "-m", "benchmarks.instructions", "--child"]
+        for variant in ("d", "e"):
+            args = [variant, "small_chat.json", "0", "8", upstream.url]
+            completed = subprocess.run(
+                [*child, *args], cwd=_REPO_ROOT, capture_output=True, timeout=120
+            )
+            assert completed.returncode == 0, completed.stderr.decode()[-2000:]
+
+
+def test_instructions_per_request_is_the_difference_of_two_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Start-up and warm-up are in both runs: only the extra requests' count remains.
+    counts = {100: 5_000_000 + 100 * 600, 200: 5_000_000 + 200 * 600}
+    monkeypatch.setattr(instructions, "_count", lambda variant, w, n, url: counts[n])
+    assert instructions.per_request("d", WORKLOADS[2], 100, "http://x") == 600.0
