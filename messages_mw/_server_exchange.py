@@ -231,15 +231,16 @@ class Exchange:
         length: int | None = None
         for name, value in headers:
             name, kind = _header_name(name)
-            if kind == _CONTENT_LENGTH:
-                if length is None and not chunked:
-                    length = int(value.decode())
-            elif kind == _TRANSFER_ENCODING:
-                if value.lower() == b"chunked":
-                    length, chunked = None, True
-            elif kind == _CONNECTION and b"close" in _tokens(value):
-                keep_alive = False
-                close_named = True
+            if kind:  # one of the framing headers; most are none of them
+                if kind == _CONTENT_LENGTH:
+                    if length is None and not chunked:
+                        length = int(value.decode())
+                elif kind == _TRANSFER_ENCODING:
+                    if value.lower() == b"chunked":
+                        length, chunked = None, True
+                elif b"close" in _tokens(value):  # _CONNECTION
+                    keep_alive = False
+                    close_named = True
             parts += (name, b": ", value, b"\r\n")
             lines += 1
         if not keep_alive and not close_named:
