@@ -373,6 +373,44 @@ def test_a_burst_queues_for_connections_and_is_not_taken_for_an_outage(
     assert all(int(headers["retry-after"]) > 1 for admitted, headers in results if not admitted)
 
 
+@pytest.mark.parametrize("policy", ["open", "closed"])
+def test_a_loop_stalled_past_a_connect_deadline_is_not_taken_for_an_outage(
+    shared_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    # The connection opens, then the event loop stalls past the connect timeout (a cold
+    # gateway starting thousands of requests at once) before the connect can finish: the
+    # loop runs the due deadline first, and redis-py reports "Timeout connecting to server"
+    # with Redis up. That one check follows on_store_error; the ones after it must not.
+    store_timeout = 0.25
+    limiter = RateLimiter(outage_config(shared_redis, policy, store_timeout))
+    real_open_connection = asyncio.open_connection
+    stalls = [2 * store_timeout]
+
+    async def open_connection_then_stall(*args: Any, **kwargs: Any) -> Any:
+        opened = await real_open_connection(*args, **kwargs)
+        if stalls:
+            asyncio.get_running_loop().call_soon(time.sleep, stalls.pop())
+            await asyncio.sleep(0.001)  # due with the deadline, after the stall: it loses
+        return opened
+
+    monkeypatch.setattr(asyncio, "open_connection", open_connection_then_stall)
+
+    async def scenario() -> list[tuple[bool, dict[str, str]]]:
+        results = [await outcome(limiter, request()) for _ in range(3)]
+        await limiter.aclose()
+        return results
+
+    stalled, *after = asyncio.run(scenario())
+    assert not stalls, "the connect never stalled"
+    assert stalled == ((True, {}) if policy == "open" else (False, {"retry-after": "1"}))
+    remaining = "anthropic-ratelimit-requests-remaining"
+    # Counted in Redis at once, not skipped for the store's retry interval.
+    assert [(admitted, headers[remaining]) for admitted, headers in after] == [
+        (True, "4"),
+        (True, "3"),
+    ]
+
+
 def test_a_wall_clock_stepped_back_does_not_keep_redis_skipped(own_redis: RedisServer) -> None:
     # After an outage the store waits its retry interval by the monotonic clock: an NTP step
     # or a resumed VM moving the wall clock back an hour must not skip Redis for that hour.
