@@ -68,6 +68,8 @@ _BODY_HIGH_WATER = 1024 * 1024
 _MIN_CHECK_PERIOD = 0.05
 # What a chunked body may bring besides its payload, per chunk: its size line and CRLFs.
 _FRAMING_PER_CHUNK = 64
+# How long a refused client may take to read the refusal and close (see _close_when_read).
+_LINGER_SECONDS = 2.0
 
 
 class GatewayHttpProtocol(asyncio.Protocol):
@@ -115,8 +117,11 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._parsing: Exchange | None = None
         self._upgrade_refused = False
         self._upgrade_body_left = 0
-        # A refusal (status line, message) waiting for the answers before it to go out.
+        # A refusal (status line, message) waiting for the answers before it to go out; from
+        # the bytes that earned it on, what the client sends is read and dropped.
         self._refusal: tuple[bytes, str] | None = None
+        self._discarding = False
+        self._linger: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self.writing_paused = False
         self._writing_paused_at = 0.0
@@ -159,6 +164,9 @@ class GatewayHttpProtocol(asyncio.Protocol):
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         # Every request still open learns of it: the one answering (its stream would write on
         # into a closed socket and keep its upstream request going for nobody) and any behind.
         for exchange in (self._answering, self._parsing, *self._queued):
@@ -171,7 +179,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is not None:
+        if self._discarding:
             return  # what follows bytes that could not be parsed cannot be either
         if self._upgrade_refused:
             # What follows a refused upgrade is not HTTP/1.1, but for the rest of its body.
@@ -263,6 +271,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
         """uvicorn's graceful shutdown: close an idle connection, let a busy one finish with
         every request it has received (a client cannot tell whether an unanswered POST was
         acted on)."""
+        if self._refusal is not None:
+            return  # it closes the connection once the answers before it are out
         newest = self._queued[-1] if self._queued else self._answering
         if newest is None:
             self.transport.close()
@@ -417,12 +427,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
     def _resume_reading_if_due(self) -> None:
         parsing = self._parsing
         backlog = len(parsing.body) if parsing is not None else 0
-        if (
-            self._reading_paused
-            and not self._queued
-            and backlog <= _BODY_HIGH_WATER
-            and self._refusal is None
-        ):
+        if self._reading_paused and not self._queued and backlog <= _BODY_HIGH_WATER:
             self._reading_paused = False
             self.transport.resume_reading()
 
@@ -483,24 +488,27 @@ class GatewayHttpProtocol(asyncio.Protocol):
     def _refuse(self, status: bytes, message: str) -> None:
         """Answer an ``invalid_request_error`` the server gives before the request reaches
         the app, and close. A request pipelined behind one still being answered is refused
-        once the answers before it have gone out (written now, it would land inside them);
-        reading stops meanwhile. A request whose own body breaks while it is being answered
-        cannot be answered twice: its connection closes."""
+        once the answers before it have gone out (written now, it would land inside them).
+        A request whose own body breaks once its answer has begun cannot have a second one:
+        its connection closes."""
         if self.transport.is_closing():
             return
         answering, parsing = self._answering, self._parsing
-        if answering is None:
-            self._send_refusal(status, message)
-            return
         if parsing is not None and parsing.more_body:  # the broken bytes were its body
             if parsing is answering:
-                self.transport.close()
+                self.transport.close()  # its answer is still going out: cut short
+                return
+            if parsing.response_complete:  # answered early (a 401, a 413) as it came
+                self._close_when_read()
                 return
             if parsing in self._queued:  # never started: the refusal is its answer
                 self._queued.remove(parsing)
             self._parsing = None
+        if answering is None:
+            self._send_refusal(status, message)
+            return
         self._refusal = (status, message)
-        self._pause_reading()
+        self._discard_input()
 
     def _send_refusal(self, status: bytes, message: str) -> None:
         """The refusal, with the request-id header every answer of the gateway's carries."""
@@ -512,7 +520,33 @@ class GatewayHttpProtocol(asyncio.Protocol):
         )
         head += b"request-id: %b\r\ncontent-length: %d\r\n\r\n" % (request_id.encode(), len(body))
         self.transport.write(head + body)
-        self.transport.close()
+        self._close_when_read()
+
+    def _discard_input(self) -> None:
+        """Read on and drop what comes: input left unread when the socket closes makes the
+        kernel reset the connection, and a reset throws away output not yet sent."""
+        self._discarding = True
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _close_when_read(self) -> None:
+        """Close without losing what was written: a client still sending (the rest of a
+        large head, requests pipelined behind a refused one) would otherwise get a reset in
+        place of the answer. As nginx's lingering close: the answer is followed by a FIN,
+        input is dropped, and the connection closes when the client closes its side, or
+        after _LINGER_SECONDS."""
+        transport = self.transport
+        try:
+            half_close = transport.can_write_eof()
+        except NotImplementedError:
+            half_close = False
+        if not half_close:
+            transport.close()
+            return
+        self._discard_input()
+        transport.write_eof()
+        self._linger = self.loop.call_later(_LINGER_SECONDS, transport.close)
 
     # Slow clients and idle connections
 

@@ -32,6 +32,7 @@ from .test_server_protocol import (
     _read_response,
     _ReadingTransport,
     _until_closed,
+    _written,
 )
 
 
@@ -58,10 +59,6 @@ class _Recorder:
         headers = [(b"content-length", b"%d" % len(answer))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
-
-
-def _written(transport: _ReadingTransport) -> bytes:
-    return b"".join(b"".join(write) for write in transport.writes)
 
 
 # 1. The 64 KB head limit
@@ -565,5 +562,5 @@ async def _answer_to_one_request(app: Any) -> tuple[int, bytes]:
     protocol, transport = _connected(app)
     protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     await _passes(10)
-    head = b"".join(b"".join(write) for write in transport.writes).partition(b"\r\n\r\n")[0]
+    head = _written(transport).partition(b"\r\n\r\n")[0]
     return int(head.split(b" ", 2)[1]), head

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -49,6 +50,9 @@ class _RecordingTransport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 1) if name == "peername" else default
+
+    def can_write_eof(self) -> bool:
+        return False  # so a refused connection closes at once, not after its client
 
 
 def _in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -639,3 +643,113 @@ async def test_a_body_breaking_while_its_own_answer_streams_closes_the_connectio
     protocol.data_received(b"zz\r\n")
     assert transport.closed
     assert b"400" not in b"".join(b"".join(write) for write in transport.writes)
+
+
+@_in_loop
+async def test_a_body_breaking_after_its_early_answer_gets_no_second_answer() -> None:
+    # Answered early (a 401 before its chunked body had come), then the body breaks: a 400
+    # now would be read as the answer to the client's next request.
+    app = _Answering()
+    protocol, transport = _connected(app)
+    protocol.data_received(
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n"
+    )
+    await asyncio.wait_for(app.done.wait(), 5)
+    await _passes()
+    assert _written(transport) == _HEAD + b"{}" and not transport.closed
+    protocol.data_received(b"zz\r\n")
+    assert transport.closed
+    assert _written(transport) == _HEAD + b"{}"
+
+
+@_in_loop
+async def test_a_refusal_waiting_behind_an_answer_survives_a_graceful_shutdown() -> None:
+    # A graceful shutdown answers every request received: the refusal too.
+    app = _Answering("pause", {"type": "http.response.body", "body": b"{}"})
+    protocol, transport = _connected(app)
+    protocol.data_received(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\nBAD\x01 / HTTP/1.1\r\n\r\n")
+    await _passes()
+    protocol.shutdown()
+    assert not transport.closed
+    app.go.set()
+    await _passes()
+    assert transport.closed
+    answer, _, refusal = _written(transport).partition(_HEAD + b"{}")
+    assert not answer and refusal.startswith(b"HTTP/1.1 400 "), refusal
+
+
+@_in_loop
+async def test_a_queued_request_whose_body_breaks_is_refused_after_the_answer_before_it() -> None:
+    app = _Answering("pause", {"type": "http.response.body", "body": b"{}"})
+    protocol, transport = _connected(app)
+    protocol.data_received(
+        b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n"
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\nzz\r\n"
+    )
+    await _passes()
+    protocol.data_received(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")  # dropped
+    app.go.set()
+    await _passes(10)
+    assert transport.closed
+    answer, _, refusal = _written(transport).partition(_HEAD + b"{}")
+    assert not answer and refusal.startswith(b"HTTP/1.1 400 "), refusal
+    assert refusal.count(b"HTTP/1.1 ") == 1
+    error = json.loads(refusal.partition(b"\r\n\r\n")[2])
+    assert error["error"]["type"] == "invalid_request_error"
+
+
+def _written(transport: _RecordingTransport) -> bytes:
+    return b"".join(b"".join(write) for write in transport.writes)
+
+
+_STREAM_CHUNKS, _STREAM_CHUNK = 64, b"x" * 4096
+
+
+async def _streaming(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for _ in range(_STREAM_CHUNKS):
+        await send({"type": "http.response.body", "body": _STREAM_CHUNK, "more_body": True})
+        await asyncio.sleep(0.005)
+    await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.parametrize(
+    ("bad", "after", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nhost: x\r\nno colon\r\n\r\n", b"", b"400"),
+        (
+            b"GET / HTTP/1.1\r\nhost: x\r\nno colon\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: x\r\n\r\n" * 2000,
+            b"400",
+        ),
+        (b"GET / HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 70_000, b"a" * 500_000, b"431"),
+    ],
+    ids=["nothing after", "more requests after", "a 570 KB head"],
+)
+def test_a_slow_client_still_sending_gets_the_stream_and_the_refusal_whole(
+    bad: bytes, after: bytes, status: bytes
+) -> None:
+    # Closing a socket with input unread makes the kernel reset the connection, which
+    # drops output not yet sent: a client with a small receive window, still sending
+    # behind the refused request, would lose the end of the stream and the refusal.
+    with serve(_streaming, http=GatewayHttpProtocol) as url:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow, far client
+        sock.connect(_address(url))
+        with sock:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+            sock.settimeout(10)
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            sock.sendall(bad)
+            time.sleep(0.1)  # the server has the bad bytes
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.send(after)  # as much as fits
+            sock.settimeout(10)
+            time.sleep(1.5)  # the server streams on into the buffers meanwhile
+            while chunk := sock.recv(65536):
+                answer += chunk
+                time.sleep(0.001)
+    assert b"\r\n0\r\n\r\nHTTP/1.1 " + status + b" " in answer
