@@ -328,9 +328,9 @@ class RedisCounterStore:
     raises :class:`LimitStoreError`, and calls in the next ``retry_interval`` seconds (by the
     ``monotonic`` clock) fail at once instead of waiting on a dead host; the first call after
     that tries again, so the store comes back by itself with Redis (scripts are loaded again
-    if Redis lost them). A call that timed out first asks Redis for a PING, for at most a
-    quarter of ``timeout``: if Redis answers, the timeout was this process's own (its event
-    loop stalled past the deadline) and only that call fails.
+    if Redis lost them). A call that timed out first reads one of its keys again, for at most
+    a quarter of ``timeout``: if Redis answers, the timeout was this process's own (its
+    event loop stalled past the deadline) and only that call fails.
     """
 
     def __init__(
@@ -402,7 +402,7 @@ class RedisCounterStore:
             try:
                 return await scripts[script]([self._prefix + key for key in keys], args)
             except RedisTimeoutError as exc:
-                if await self._answers_at_once():
+                if await self._answers_at_once(self._prefix + keys[0]):
                     raise LimitStoreError(f"Redis answers, but {exc}") from exc
                 self._retry_at = self._monotonic() + self._retry_interval
                 raise LimitStoreError(f"Redis: {exc}") from exc
@@ -410,22 +410,25 @@ class RedisCounterStore:
                 self._retry_at = self._monotonic() + self._retry_interval
                 raise LimitStoreError(f"Redis: {exc}") from exc
 
-    async def _answers_at_once(self) -> bool:
-        """Whether Redis answers a PING within a quarter of the timeout, after a call timed
-        out. The timeouts run on this process's event loop, which runs due timers before it
-        reads sockets: a loop stalled past a deadline (a cold gateway starting thousands of
-        requests at once) times a call out with Redis's answer already waiting. That is no
-        outage, and must not skip Redis for ``retry_interval``; a Redis that does not answer
-        now costs the call a quarter of the timeout more."""
+    async def _answers_at_once(self, key: str) -> bool:
+        """Whether Redis answers a read of ``key`` within a quarter of the timeout, after a
+        call timed out. The timeouts run on this process's event loop, which runs due timers
+        before it reads sockets: a loop stalled past a deadline (a cold gateway starting
+        thousands of requests at once) times a call out with Redis's answer already waiting.
+        That is no outage, and must not skip Redis for ``retry_interval``. A read of one of
+        the call's own keys, not a PING: a proxy (twemproxy, Envoy) answers PING itself,
+        whatever the Redis behind it does. A Redis that does not answer now costs the call a
+        quarter of the timeout more."""
         from redis.exceptions import RedisError
 
         if self._client is None:
             return False
         try:
             async with asyncio.timeout(self._timeout / 4):
-                return bool(await self._client.ping())
+                await self._client.exists(key)
         except (RedisError, OSError, TimeoutError):
             return False
+        return True
 
     def _connect(self) -> tuple[dict[str, AsyncScript], asyncio.Semaphore]:
         if self._client is None or self._turns is None:

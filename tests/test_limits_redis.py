@@ -10,6 +10,7 @@ restart empties it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 
 from messages_mw.context import Principal
 from messages_mw.limit_stores import (
+    Increment,
     LimitStoreError,
     MemoryCounterStore,
     RedisCounterStore,
@@ -409,6 +411,46 @@ def test_a_loop_stalled_past_a_connect_deadline_is_not_taken_for_an_outage(
         (True, "4"),
         (True, "3"),
     ]
+
+
+def test_a_proxy_answering_ping_over_a_hung_redis_is_an_outage() -> None:
+    # twemproxy and Envoy answer PING themselves: a proxy over a hung Redis answers it at
+    # once, and must not make every call wait out the timeout instead of failing fast.
+    timeout = 0.4
+
+    async def scenario() -> list[float]:
+        proxy = await asyncio.start_server(_proxy_over_a_hung_redis, "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        store = RedisCounterStore(f"redis://127.0.0.1:{port}/0", timeout=timeout)
+        timings = []
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(LimitStoreError):
+                await store.add([Increment("k", 60.0, 1.0)], time.time())
+            timings.append(time.monotonic() - started)
+        await store.aclose()
+        proxy.close()
+        return timings
+
+    first, *rest = asyncio.run(scenario())
+    assert first < timeout * 1.75
+    assert all(timing < timeout / 2 for timing in rest), (first, rest)
+
+
+async def _proxy_over_a_hung_redis(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """RESP: answers PING and connection set-up itself; commands on keys go to a Redis that
+    never answers."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        while header := await reader.readline():
+            args = []
+            for _ in range(int(header[1:])):
+                length = int((await reader.readline())[1:])
+                args.append((await reader.readexactly(length + 2))[:-2].upper())
+            if args[0] in (b"PING", b"CLIENT", b"HELLO", b"SELECT", b"AUTH"):
+                writer.write(b"+PONG\r\n" if args[0] == b"PING" else b"+OK\r\n")
+                await writer.drain()
 
 
 def test_a_wall_clock_stepped_back_does_not_keep_redis_skipped(own_redis: RedisServer) -> None:
