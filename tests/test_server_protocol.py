@@ -630,19 +630,20 @@ def test_messages_mw_serve_tunes_the_garbage_collector_and_malloc() -> None:
     assert result.stdout.splitlines()[-1] == "True True True True"
 
 
+_CHUNKED_POST = b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
 @_in_loop
 async def test_a_body_breaking_while_its_own_answer_streams_closes_the_connection() -> None:
     # Its answer has begun: a 400 now would land inside it, and it cannot have two.
     app = _Answering("pause", {"type": "http.response.body", "body": b"{}"})
     protocol, transport = _connected(app)
-    protocol.data_received(
-        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n"
-    )
+    protocol.data_received(_CHUNKED_POST + b"2\r\n{}\r\n")
     await _passes()
     assert transport.writes == [[_HEAD]] and not transport.closed
     protocol.data_received(b"zz\r\n")
     assert transport.closed
-    assert b"400" not in b"".join(b"".join(write) for write in transport.writes)
+    assert b"400" not in _written(transport)
 
 
 @_in_loop
@@ -651,9 +652,7 @@ async def test_a_body_breaking_after_its_early_answer_gets_no_second_answer() ->
     # now would be read as the answer to the client's next request.
     app = _Answering()
     protocol, transport = _connected(app)
-    protocol.data_received(
-        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n"
-    )
+    protocol.data_received(_CHUNKED_POST + b"2\r\n{}\r\n")
     await asyncio.wait_for(app.done.wait(), 5)
     await _passes()
     assert _written(transport) == _HEAD + b"{}" and not transport.closed
@@ -683,9 +682,7 @@ async def test_a_queued_request_whose_body_breaks_is_refused_after_the_answer_be
     app = _Answering("pause", {"type": "http.response.body", "body": b"{}"})
     protocol, transport = _connected(app)
     protocol.data_received(
-        b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n"
-        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
-        b"2\r\n{}\r\nzz\r\n"
+        b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n" + _CHUNKED_POST + b"2\r\n{}\r\nzz\r\n"
     )
     await _passes()
     protocol.data_received(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")  # dropped
