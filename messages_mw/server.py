@@ -536,8 +536,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
         """Close without losing what was written: a client still sending (the rest of a
         large head, requests pipelined behind a refused one) would otherwise get a reset in
         place of the answer. As nginx's lingering close: the answer is followed by a FIN,
-        input is dropped, and the connection closes when the client closes its side, or
-        after _LINGER_SECONDS."""
+        input is dropped, and the connection closes when the client closes its side, or is
+        dropped after _LINGER_SECONDS."""
         transport = self.transport
         try:
             half_close = transport.can_write_eof()
@@ -548,7 +548,14 @@ class GatewayHttpProtocol(asyncio.Protocol):
             return
         self._discard_input()
         transport.write_eof()
-        self._linger = self.loop.call_later(_LINGER_SECONDS, transport.close)
+        # The linger bounds the connection from here: the watchdog's limits (a head begun
+        # during a long stream, say) would cut it short.
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        # Aborted, not closed: close() would wait for unread output to drain, forever for a
+        # client that reads nothing, and output has had its time.
+        self._linger = self.loop.call_later(_LINGER_SECONDS, transport.abort)
 
     # Slow clients and idle connections
 
@@ -558,7 +565,12 @@ class GatewayHttpProtocol(asyncio.Protocol):
             return
         if self._too_slow(self.loop.time()):
             self._watch = None
-            self.transport.close()
+            if self.writing_paused:
+                # close() would wait for the unread output to drain, which a client that
+                # reads nothing never lets happen: the connection would stay for good.
+                self.transport.abort()
+            else:
+                self.transport.close()
             return
         self._watch = self.loop.call_later(self._period, self._check)
 

@@ -22,7 +22,7 @@ from uvicorn.server import ServerState
 from messages_mw._server_exchange import _header_name
 from messages_mw.server import _MAX_HEAD_BYTES, GatewayHttpProtocol
 
-from .servers import serve
+from .servers import serve, serving
 from .test_server_protocol import (
     _address,
     _connected,
@@ -564,3 +564,111 @@ async def _answer_to_one_request(app: Any) -> tuple[int, bytes]:
     await _passes(10)
     head = _written(transport).partition(b"\r\n\r\n")[0]
     return int(head.split(b" ", 2)[1]), head
+
+
+# The lingering close after a refusal (a second review): it lasts its time, and not longer.
+
+_BAD_HEAD = b"GET / HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n"
+
+
+class _ShortHeadProtocol(GatewayHttpProtocol):
+    """The head limit cut from 30 s to 0.5 s: a stream outlasting it, as streams outlast 30 s."""
+
+    head_seconds = 0.5
+
+
+def _streaming_for(seconds: float) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        ends = time.monotonic() + seconds
+        while time.monotonic() < ends:
+            await send({"type": "http.response.body", "body": b"x" * 100, "more_body": True})
+            await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def _seconds_from_fin_to_reset(stream_seconds: float, protocol: type[GatewayHttpProtocol]) -> float:
+    """A client pipelines a bad request behind a stream, reads the stream and the refusal up
+    to the server's FIN, then goes on sending, as one still writing its pipelined requests
+    would: how long until the server's socket is gone (a reset answers the bytes)."""
+    with (
+        serve(_streaming_for(stream_seconds), http=protocol) as url,
+        socket.create_connection(_address(url)) as sock,
+    ):
+        sock.sendall(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        sock.settimeout(10)
+        answer = sock.recv(65536)
+        sock.sendall(_BAD_HEAD)
+        while chunk := sock.recv(65536):
+            answer += chunk
+        fin = time.monotonic()
+        assert b"\r\n0\r\n\r\nHTTP/1.1 400 " in answer
+        try:
+            while time.monotonic() - fin < 3:
+                sock.send(b"x")
+                time.sleep(0.02)
+        except OSError:  # ECONNRESET or EPIPE: the server's socket is gone
+            return time.monotonic() - fin
+        return 3.0
+
+
+def test_control_a_refused_connection_lingers_its_two_seconds() -> None:
+    # CONTROL for the test below: a short stream, the served head limit.
+    assert 1.5 < _seconds_from_fin_to_reset(0.2, GatewayHttpProtocol) < 2.8
+
+
+def test_a_stream_longer_than_the_head_limit_does_not_cut_the_linger_short() -> None:
+    # The bad head began while the stream went out: once the answer was done, the watchdog
+    # took it for a head older than its limit and closed on its next tick, resetting a
+    # client still sending.
+    assert _seconds_from_fin_to_reset(1.2, _ShortHeadProtocol) > 1.5
+
+
+def test_a_refused_client_that_never_reads_does_not_keep_its_connection() -> None:
+    # close() waits for unread output to drain: for a client keeping its window shut, the
+    # connection stayed for good, and uvicorn's graceful shutdown waited on it without end.
+    big = b"y" * (8 * 1024 * 1024)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"%d" % len(big))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": big})
+
+    assert _open_and_shut_down_after(app, GatewayHttpProtocol, 4.0, _BAD_HEAD) == (0, False)
+
+
+class _ImpatientBodyProtocol(GatewayHttpProtocol):
+    body_idle_seconds = 0.5
+
+
+def test_a_stream_nobody_reads_is_dropped_after_the_body_limit() -> None:
+    # The same close() in the watchdog's "client stopped reading" rule.
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(200):  # 13 MB, far past what the socket buffers hold
+            await send({"type": "http.response.body", "body": b"z" * 65536, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    assert _open_and_shut_down_after(app, _ImpatientBodyProtocol, 3.0, b"") == (0, False)
+
+
+def _open_and_shut_down_after(
+    app: Any, protocol: type[GatewayHttpProtocol], seconds: float, after_request: bytes
+) -> tuple[int, bool]:
+    """Connections still open ``seconds`` after a client that reads nothing sent a request
+    (and ``after_request``), and whether a graceful shutdown then hung for 3 s."""
+    with serving(app, http=protocol) as served:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(_address(served.url))
+        with sock:
+            sock.sendall(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n" + after_request)
+            time.sleep(seconds)
+            still_open = len(served.server.server_state.connections)
+            served.server.should_exit = True
+            served.thread.join(3)
+            shutdown_hangs = served.thread.is_alive()
+        served.thread.join(10)
+    return still_open, shutdown_hangs
