@@ -20,7 +20,7 @@ compare it with uvicorn's), and does the rest its own way:
   pipelined behind answers still going out gets its refusal after them (uvicorn's closes
   the connection, cutting them short), and a refused connection closes once its client has
   read the answer, or after 2 s (closed at once, a client still sending gets a reset that
-  can take the answer with it);
+  can take the answer with it; over TLS, which cannot half-close, it still is);
 - requests pipelined behind one still being answered wait their turn with reading paused,
   all of them learn of a client that leaves, and a graceful shutdown answers every one;
 - an upgrade (WebSocket, h2c) is refused: the request is answered as plain HTTP/1.1 and the
