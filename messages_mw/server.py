@@ -536,8 +536,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
         """Close without losing what was written: a client still sending (the rest of a
         large head, requests pipelined behind a refused one) would otherwise get a reset in
         place of the answer. As nginx's lingering close: the answer is followed by a FIN,
-        input is dropped, and the connection closes when the client closes its side, or is
-        dropped after _LINGER_SECONDS."""
+        input is dropped, and the connection closes when the client closes its side, or
+        after _LINGER_SECONDS."""
         transport = self.transport
         try:
             half_close = transport.can_write_eof()
@@ -553,9 +553,14 @@ class GatewayHttpProtocol(asyncio.Protocol):
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
-        # Aborted, not closed: close() would wait for unread output to drain, forever for a
-        # client that reads nothing, and output has had its time.
-        self._linger = self.loop.call_later(_LINGER_SECONDS, transport.abort)
+        self._linger = self.loop.call_later(_LINGER_SECONDS, self._end_linger)
+
+    def _end_linger(self) -> None:
+        """The client has had its time to stop sending: close, which sends what is still
+        buffered first. close() waits for that to drain, forever for a client that reads
+        nothing, so the connection is dropped body_idle_seconds later all the same."""
+        self.transport.close()
+        self._linger = self.loop.call_later(self.body_idle_seconds, self.transport.abort)
 
     # Slow clients and idle connections
 

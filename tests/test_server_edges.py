@@ -636,7 +636,52 @@ def test_a_refused_client_that_never_reads_does_not_keep_its_connection() -> Non
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": big})
 
-    assert _open_and_shut_down_after(app, GatewayHttpProtocol, 4.0, _BAD_HEAD) == (0, False)
+    # Closed after its 2 s linger, then dropped once output has waited the body limit.
+    assert _open_and_shut_down_after(app, _ImpatientBodyProtocol, 4.0, _BAD_HEAD) == (0, False)
+
+
+class _HalfClosingTransport(_ReadingTransport):
+    """A stand-in socket that can half-close, recording how the connection ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.endings: list[str] = []
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.endings.append("write_eof")
+
+    def close(self) -> None:
+        self.endings.append("close")
+        self.closed = True
+
+    def abort(self) -> None:
+        self.endings.append("abort")
+        self.closed = True
+
+
+@_in_loop
+async def test_the_linger_ends_with_a_close_that_sends_what_is_buffered() -> None:
+    # abort() at the linger's end would drop output a slow client had not read yet (a
+    # reset discards the send buffer); close() sends it, and only a client that reads none
+    # of it for the body limit is dropped.
+    config = uvicorn.Config(_Recorder(), lifespan="off", log_level="warning")
+    config.load()
+    protocol = _ImpatientBodyProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = _HalfClosingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("messages_mw.server._LINGER_SECONDS", 0.1)
+        protocol.data_received(_BAD_HEAD)
+    assert _written(transport).startswith(b"HTTP/1.1 400 ")
+    assert transport.endings == ["write_eof"]
+    await asyncio.sleep(0.15)  # the linger's 0.1 s
+    assert transport.endings == ["write_eof", "close"]
+    await asyncio.sleep(0.55)  # and the body limit's 0.5 s
+    assert transport.endings == ["write_eof", "close", "abort"]
+    protocol.connection_lost(None)
 
 
 class _ImpatientBodyProtocol(GatewayHttpProtocol):
