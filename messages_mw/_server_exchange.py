@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ._http11 import head_and_body
@@ -32,7 +33,7 @@ class Connection(Protocol):
 
     def response_done(self, exchange: Exchange) -> None: ...
 
-    def default_head_lines(self) -> tuple[bytes, int]: ...
+    def default_head_lines(self) -> bytes: ...
 
     def log_access(self, scope: dict[str, Any], status: int) -> None: ...
 
@@ -50,9 +51,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 # translate() with characters to delete builds a 256-byte table on every call; with a table
 # and nothing to delete it only maps, and a string none of whose bytes it changes comes back
-# equal. This one changes exactly the controls a head may not hold (all but tab, CR and LF).
-_FLAG_BAD_CONTROLS = bytes(
-    (c + 1) % 256 if (c < 32 and c not in b"\t\r\n") or c == 127 else c for c in range(256)
+# equal. This one changes exactly the bytes a header value may not hold: every control but
+# tab (CR and LF included, which would split the head).
+_FLAG_BAD_VALUE_BYTES = bytes(
+    (c + 1) % 256 if (c < 32 and c != 9) or c == 127 else c for c in range(256)
 )
 # What _start_response must do with a header beyond writing it.
 _PLAIN, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION = range(4)
@@ -73,6 +75,30 @@ def _header_name(name: bytes) -> tuple[bytes, int]:
     if lowered.translate(_TOKEN_ONLY) != lowered:
         raise RuntimeError(f"Invalid HTTP header name {lowered!r}.")
     return lowered, _FRAMING_NAMES.get(lowered, _PLAIN)
+
+
+def head_lines(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, list[bytes]]:
+    """``headers`` as the lines of a head, less those whose name is no token or whose value
+    holds a control character (checked as an app's are), and the names of those left out."""
+    lines: list[bytes] = []
+    left_out: list[bytes] = []
+    for name, value in headers:
+        try:
+            line = _header_name(name)[0] + b": " + value + b"\r\n"
+            _check_values(value)
+        except RuntimeError:
+            left_out.append(name)
+        else:
+            lines.append(line)
+    return b"".join(lines), left_out
+
+
+def _check_values(values: bytes) -> None:
+    """Refuse header values (all of them, joined) holding a control other than tab: a CR or
+    LF (relayed from an upstream, say) would split the head, and no other belongs there. One
+    pass over them all, instead of a regular expression per header."""
+    if values.translate(_FLAG_BAD_VALUE_BYTES) != values:
+        raise RuntimeError("Invalid HTTP header value: it holds a control character.")
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -223,9 +249,7 @@ class Exchange:
         if status_line is None:
             raise RuntimeError(f"Invalid HTTP status code {status!r}.")
         connection = self.connection
-        defaults, default_lines = connection.default_head_lines()
-        parts = [status_line, defaults]
-        lines = 2 + default_lines  # the status line and the blank line end with CRLF too
+        parts = [status_line, connection.default_head_lines()]
         keep_alive = self.keep_alive
         close_named = chunked = False
         length: int | None = None
@@ -242,26 +266,17 @@ class Exchange:
                     keep_alive = False
                     close_named = True
             parts += (name, b": ", value, b"\r\n")
-            lines += 1
+        # The names are tokens (checked above). Only the values are scanned, not the whole
+        # head: counting its line ends as well cost twice as much again.
+        _check_values(b"".join(parts[4::4]))
         if not keep_alive and not close_named:
             parts.append(b"connection: close\r\n")
-            lines += 1
         bodiless = self.scope["method"] == "HEAD" or status in (204, 304)
         if length is None and not chunked and not bodiless:
             chunked = True
             parts.append(b"transfer-encoding: chunked\r\n")
-            lines += 1
         parts.append(b"\r\n")
         head = b"".join(parts)
-        # The values in one pass over the whole head, instead of a regular expression per
-        # header: a CR or LF in one (relayed from an upstream, say) would split the head, and
-        # no other control character but tab belongs in a header.
-        if (
-            head.count(b"\n") != lines
-            or head.count(b"\r") != lines
-            or head.translate(_FLAG_BAD_CONTROLS) != head
-        ):
-            raise RuntimeError("Invalid HTTP header value: it holds a control character.")
         if connection.access_log:
             connection.log_access(self.scope, status)
         self.response_started = True

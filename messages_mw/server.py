@@ -51,7 +51,7 @@ from uvicorn.protocols.utils import (
 )
 from uvicorn.server import ServerState
 
-from ._server_exchange import Exchange, send_api_error
+from ._server_exchange import Exchange, head_lines, send_api_error
 from .errors import encode_error_body, new_request_id
 
 __all__ = ["GatewayHttpProtocol"]
@@ -140,7 +140,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._framing_bytes = 0
         self._chunks = 0
         self._default_headers: object = None
-        self._default_head_lines = (b"", 0)
+        self._default_head_lines = b""
+        self._told_defaults_left_out = False
 
     # asyncio.Protocol
 
@@ -433,16 +434,22 @@ class GatewayHttpProtocol(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def default_head_lines(self) -> tuple[bytes, int]:
-        """uvicorn's default headers (``date``, and any configured) as head lines, and how
-        many; uvicorn replaces the list each second, so its lines are joined once per list."""
+    def default_head_lines(self) -> bytes:
+        """uvicorn's default headers (``date``, and any configured) as head lines; uvicorn
+        replaces the list each second, so its lines are made once per list. A configured
+        header that could split the head is left out, and said once per connection: an
+        exception here would fail every answer, the 500 included."""
         defaults = self.server_state.default_headers
         if defaults is not self._default_headers:
+            self._default_head_lines, left_out = head_lines(defaults)
             self._default_headers = defaults
-            self._default_head_lines = (
-                b"".join(name + b": " + value + b"\r\n" for name, value in defaults),
-                len(defaults),
-            )
+            if left_out and not self._told_defaults_left_out:
+                self._told_defaults_left_out = True
+                self.logger.error(
+                    "Default headers %r left out: a name that is no token, or a value with a "
+                    "control character.",
+                    left_out,
+                )
         return self._default_head_lines
 
     def log_access(self, scope: dict[str, Any], status: int) -> None:
@@ -518,7 +525,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
         body = encode_error_body("invalid_request_error", message, request_id)
         head = b"HTTP/1.1 %b\r\n%bcontent-type: application/json\r\nconnection: close\r\n" % (
             status,
-            self.default_head_lines()[0],
+            self.default_head_lines(),
         )
         head += b"request-id: %b\r\ncontent-length: %d\r\n\r\n" % (request_id.encode(), len(body))
         self.transport.write(head + body)

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import re
 import socket
 import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import anthropic
@@ -100,6 +101,19 @@ class _BodyRecorder:
         self.answered.set()
 
 
+@contextlib.contextmanager
+def _uvicorn_logs_seen_by(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Let ``caplog`` see the ``uvicorn`` loggers' records: uvicorn's logging config stops
+    them from reaching the root logger, where caplog listens (and loading a config undoes
+    this)."""
+    uvicorn_logger = logging.getLogger("uvicorn")
+    uvicorn_logger.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        uvicorn_logger.removeHandler(caplog.handler)
+
+
 def _connected(app: Any) -> tuple[GatewayHttpProtocol, _ReadingTransport]:
     """The served protocol on one connection, in this process, over a stand-in socket."""
     config = uvicorn.Config(app, lifespan="off", log_level="warning")
@@ -178,6 +192,41 @@ async def test_a_head_and_its_body_leave_in_one_write() -> None:
     assert transport.writes == [[_HEAD + b"{}"]]
     await asyncio.sleep(0)
     assert transport.writes == [[_HEAD + b"{}"]], "the held head was sent twice"
+
+
+def test_a_configured_default_header_that_could_split_the_head_is_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A host's uvicorn config may add headers to every answer; one holding CR LF (or whose
+    # name is no token) would inject lines into every head, or fail every answer, the 500
+    # included. Each is left out, said once; the good ones go out with every answer.
+    defaults = [
+        (b"date", b"Tue, 24 Nov 2026 22:00:00 GMT"),
+        (b"x-evil", b"1\r\nset-cookie: a=b"),
+        (b"x bad", b"2"),
+        (b"x-good", b"3\tok"),
+    ]
+
+    async def two_answers() -> _ReadingTransport:
+        protocol, transport = _connected(_Answering())
+        protocol.server_state.default_headers = defaults
+        with _uvicorn_logs_seen_by(caplog):  # after the config: loading it resets them
+            for _ in range(2):
+                app = _Answering()
+                protocol.app = app
+                protocol.data_received(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+                await asyncio.wait_for(app.done.wait(), 5)
+                await _passes()
+        return transport
+
+    transport = asyncio.run(two_answers())
+    head = b"HTTP/1.1 200 OK\r\ndate: Tue, 24 Nov 2026 22:00:00 GMT\r\nx-good: 3\tok\r\n"
+    assert _written(transport) == (head + _HEAD.removeprefix(b"HTTP/1.1 200 OK\r\n") + b"{}") * 2
+    told = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert told == [
+        "Default headers [b'x-evil', b'x bad'] left out: a name that is no token, "
+        "or a value with a control character."
+    ]
 
 
 @_in_loop
