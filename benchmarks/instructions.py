@@ -11,11 +11,14 @@ For each workload and gateway (d, e, as in :mod:`benchmarks.policy_cost`), a chi
 builds the gateway, warms it up and sends ``n`` requests, through the served HTTP protocol
 in process, to the mock upstream running natively in another process; it runs once with
 ``n`` requests and once with ``2n``, and the difference over ``n`` is the count per request
-(start-up and warm-up cancel out). Instructions are not time: Python's interpreter loop has
+(start-up and warm-up cancel out). Every child hashes strings with the same seed
+(``--hash-seed``, 0): with Python's random one, dict lookups probe more or less often from
+one process to the next, and the count per request moved by up to 3.5 K with no change to
+the code. Instructions are not time: Python's interpreter loop has
 a lower instruction rate than, say, a 256-entry table fill, and the kernel's share of a
 request is not counted. It is the measure to see whether a change made the path shorter.
 
-    python -m benchmarks.instructions [--only PATTERN] [--requests N]
+    python -m benchmarks.instructions [--only PATTERN] [--requests N] [--hash-seed S]
 
 Needs valgrind; each child runs some 40 times slower under it (about two minutes for the
 default workloads).
@@ -24,6 +27,7 @@ default workloads).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -58,7 +62,9 @@ class InstructionCount:
         return self.policy / self.core
 
 
-def _count(variant: str, workload: Workload, requests: int, upstream_url: str) -> int:
+def _count(
+    variant: str, workload: Workload, requests: int, upstream_url: str, hash_seed: int
+) -> int:
     """The instructions callgrind counts in a child sending ``requests`` requests."""
     command = [
         "valgrind",
@@ -75,7 +81,11 @@ def _count(variant: str, workload: Workload, requests: int, upstream_url: str) -
         upstream_url,
     ]
     completed = subprocess.run(
-        command, cwd=Path(__file__).resolve().parent.parent, capture_output=True, timeout=900
+        command,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "PYTHONHASHSEED": str(hash_seed)},
+        capture_output=True,
+        timeout=900,
     )
     found = _COLLECTED.search(completed.stderr)
     if completed.returncode != 0 or found is None:
@@ -84,9 +94,11 @@ def _count(variant: str, workload: Workload, requests: int, upstream_url: str) -
     return int(found.group(1))
 
 
-def per_request(variant: str, workload: Workload, requests: int, upstream_url: str) -> float:
-    once = _count(variant, workload, requests, upstream_url)
-    twice = _count(variant, workload, 2 * requests, upstream_url)
+def per_request(
+    variant: str, workload: Workload, requests: int, upstream_url: str, hash_seed: int = 0
+) -> float:
+    once = _count(variant, workload, requests, upstream_url, hash_seed)
+    twice = _count(variant, workload, 2 * requests, upstream_url, hash_seed)
     return (twice - once) / requests
 
 
@@ -115,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--requests", type=int, default=DEFAULT_REQUESTS, help="n (640): runs of n and 2n"
     )
+    parser.add_argument(
+        "--hash-seed", type=int, default=0, help="PYTHONHASHSEED of every child (0)"
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -128,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
             name = f"instructions {workload.label} c={CONNECTIONS}"
             if not matches(name, args.only):
                 continue
-            core = per_request("d", workload, args.requests, upstream.url)
-            policy = per_request("e", workload, args.requests, upstream.url)
+            core = per_request("d", workload, args.requests, upstream.url, args.hash_seed)
+            policy = per_request("e", workload, args.requests, upstream.url, args.hash_seed)
             result = InstructionCount(name, core, policy)
             print(
                 f"{result.name:32s} d {result.core / 1000:7.1f} K  e {result.policy / 1000:7.1f} K"

@@ -260,5 +260,21 @@ def test_instructions_per_request_is_the_difference_of_two_runs(
 ) -> None:
     # Start-up and warm-up are in both runs: only the extra requests' count remains.
     counts = {100: 5_000_000 + 100 * 600, 200: 5_000_000 + 200 * 600}
-    monkeypatch.setattr(instructions, "_count", lambda variant, w, n, url: counts[n])
+    monkeypatch.setattr(instructions, "_count", lambda variant, w, n, url, seed: counts[n])
     assert instructions.per_request("d", WORKLOADS[2], 100, "http://x") == 600.0
+
+
+def test_every_instruction_count_child_hashes_with_the_seed_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With Python's random seed the same code's count moved by 3.5 K a request: dict probes.
+    seeds: list[str] = []
+
+    def run(command: list[str], **options: Any) -> subprocess.CompletedProcess[bytes]:
+        seeds.append(options["env"]["PYTHONHASHSEED"])
+        return subprocess.CompletedProcess(command, 0, b"", b"==1== Collected : 1000\n")
+
+    monkeypatch.setattr(instructions.subprocess, "run", run)
+    assert instructions.per_request("e", WORKLOADS[2], 100, "http://x", hash_seed=7) == 0.0
+    assert instructions.per_request("d", WORKLOADS[2], 100, "http://x") == 0.0
+    assert seeds == ["7", "7", "0", "0"]
