@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -68,10 +69,17 @@ def policy_headers(context: RequestContext, names: ResolvedHeaderNames) -> list[
 def encode_headers(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """``pairs`` as ASGI header bytes; never raises (see :func:`latin1`)."""
     try:
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+        return [(_encoded_name(k), v.encode("latin-1")) for k, v in pairs]
     except UnicodeEncodeError:
         # A hook's header beyond latin-1 must not turn the response into a crash.
-        return [(latin1(k), latin1(v)) for k, v in pairs]
+        return [(_encoded_name(k), latin1(v)) for k, v in pairs]
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded_name(name: str) -> bytes:
+    # Answers repeat the same few names. Bounded: an upstream may invent names. The same
+    # bytes object each time also keeps its hash for the server's cache of checked names.
+    return latin1(name)
 
 
 def latin1(text: str) -> bytes:
