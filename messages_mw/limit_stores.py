@@ -176,10 +176,11 @@ class MemoryCounterStore:
     ) -> tuple[bool, list[WindowCount]]:
         """:meth:`consume` without the coroutine: this store never waits, and the rate
         limiter calls it on every request."""
+        if len(checks) == 1:
+            admitted, count = self.consume_one_now(checks[0], now)
+            return admitted, [count]
         if now >= self._next_sweep:
             self._sweep(now)
-        if len(checks) == 1:
-            return self._consume_one(checks[0], now)
         counters: list[_Counter] = []
         counts: list[WindowCount] = []
         admitted = True
@@ -198,17 +199,19 @@ class MemoryCounterStore:
                     counts[at] = WindowCount(counts[at].start, counter.previous, counter.current)
         return admitted, counts
 
-    def _consume_one(self, check: WindowCheck, now: float) -> tuple[bool, list[WindowCount]]:
-        """One counter (a key's request limit, typically): the same decision without the
-        bookkeeping a set of counters needs."""
+    def consume_one_now(self, check: WindowCheck, now: float) -> tuple[bool, WindowCount]:
+        """:meth:`consume_now` for one counter (a key's request limit, typically): the same
+        decision without the bookkeeping a set of counters needs."""
+        if now >= self._next_sweep:
+            self._sweep(now)
         counter = self._counters.get(check.key) or self._counter(check.key, check.window, now)
         count = counter.rolled(now)
         if not has_room(check, count, now):
-            return False, [count]
+            return False, count
         if check.cost:
             counter.current += check.cost
             count = WindowCount(count.start, count.previous, counter.current)
-        return True, [count]
+        return True, count
 
     async def add(self, increments: Sequence[Increment], now: float) -> None:
         if now >= self._next_sweep:

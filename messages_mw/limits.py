@@ -174,6 +174,9 @@ class _LimitSet:
     limit_texts: tuple[str, ...]
     # Whether a spend budget is among the limits: the request's cost must then be known.
     has_spend: bool
+    # A set of one limit (a key's request rate, typically) and, if it is shown in headers,
+    # their names: admitted by a shorter path.
+    alone: tuple[WindowCheck, tuple[str, str, str] | None] | None
 
     @classmethod
     def of(cls, limits: list[Limit]) -> _LimitSet:
@@ -184,7 +187,10 @@ class _LimitSet:
         )
         texts = tuple(str(int(limit.check.limit)) for limit in limits)
         has_spend = any(limit.kind == "spend" for limit in limits)
-        return cls(limits, [limit.check for limit in limits], groups, texts, has_spend)
+        alone = None
+        if len(limits) == 1:
+            alone = (limits[0].check, groups[0][0] if groups else None)
+        return cls(limits, [limit.check for limit in limits], groups, texts, has_spend, alone)
 
 
 class RateLimiter:
@@ -254,8 +260,11 @@ class RateLimiter:
         if not limit_set.limits:
             return []
         now = self._clock()
-        if self._memory_store is not None:
-            admitted, counts = self._memory_store.consume_now(limit_set.checks, now)
+        memory = self._memory_store
+        if memory is not None and limit_set.alone is not None:
+            return self._admit_alone(memory, limit_set, limit_set.alone, now)
+        if memory is not None:
+            admitted, counts = memory.consume_now(limit_set.checks, now)
         else:
             try:
                 admitted, counts = await self._store.consume(limit_set.checks, now)
@@ -341,30 +350,58 @@ class RateLimiter:
             self._limits_cache[cache_key] = cached
         return cached
 
+    def _admit_alone(
+        self,
+        memory: MemoryCounterStore,
+        limit_set: _LimitSet,
+        alone: tuple[WindowCheck, tuple[str, str, str] | None],
+        now: float,
+    ) -> list[tuple[str, str]]:
+        """:meth:`admit` for a set of one limit in memory, the usual case: the same answer,
+        without the bookkeeping a set of limits needs."""
+        check, names = alone
+        admitted, count = memory.consume_one_now(check, now)
+        headers = [] if names is None else self._limit_headers(names, limit_set, 0, count, now)
+        if not admitted:
+            raise rejection(limit_set.limits, [count], now, headers)
+        return headers
+
     def _headers(
         self, limit_set: _LimitSet, counts: Sequence[WindowCount], now: float
     ) -> list[tuple[str, str]]:
         """The ``anthropic-ratelimit-*`` headers of the tightest request and token limits."""
         headers: list[tuple[str, str]] = []
         checks = limit_set.checks
-        for (limit_name, remaining_name, reset_name), positions in limit_set.header_groups:
+        for names, positions in limit_set.header_groups:
             at = positions[0]
             if len(positions) > 1:
                 at = min(
                     positions,
                     key=lambda i: (remaining(checks[i], counts[i], now), checks[i].limit),
                 )
-            check, count = checks[at], counts[at]
-            reset = math.ceil(replenished_at(check, count, now))
-            if reset != self._reset_second:
-                self._reset_second, self._reset_text = reset, rfc3339_second(reset)
-            left = check.limit - window_usage(check, count, now)
-            headers += (
-                (limit_name, limit_set.limit_texts[at]),
-                (remaining_name, str(math.floor(left)) if left > 0 else "0"),
-                (reset_name, self._reset_text),
-            )
+            headers += self._limit_headers(names, limit_set, at, counts[at], now)
         return headers
+
+    def _limit_headers(
+        self,
+        names: tuple[str, str, str],
+        limit_set: _LimitSet,
+        at: int,
+        count: WindowCount,
+        now: float,
+    ) -> list[tuple[str, str]]:
+        """The limit, remaining and reset headers of the limit at ``at`` in ``limit_set``."""
+        check = limit_set.checks[at]
+        reset = math.ceil(replenished_at(check, count, now))
+        if reset != self._reset_second:
+            self._reset_second, self._reset_text = reset, rfc3339_second(reset)
+        left = check.limit - window_usage(check, count, now)
+        limit_name, remaining_name, reset_name = names
+        return [
+            (limit_name, limit_set.limit_texts[at]),
+            (remaining_name, str(math.floor(left)) if left > 0 else "0"),
+            (reset_name, self._reset_text),
+        ]
 
     def _work_out_limits(self, context: RequestContext) -> list[Limit]:
         # Rules that land on the same counter share it; the lowest limit holds.

@@ -417,6 +417,39 @@ def test_no_minute_ever_admits_more_than_the_limit(ops: list[tuple[Any, ...]]) -
         assert all(later - moments[i] >= 60 for i, later in enumerate(moments[7:]))
 
 
+class _GeneralPathStore(MemoryCounterStore):
+    """The memory store, which the limiter does not recognise: it takes the general path."""
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rule=st.sampled_from(
+        [
+            per_key(requests_per_minute=4),
+            per_key(tokens_per_minute=100),
+            per_key(spend=1.0, spend_period_seconds=300),
+        ]
+    ),
+    ops=operations,
+)
+def test_a_single_limit_in_memory_is_admitted_as_any_set_of_limits_is(
+    rule: LimitRule, ops: list[tuple[Any, ...]]
+) -> None:
+    # A set of one limit in the memory store takes a shorter path; through a store the
+    # limiter does not know, the same traffic gets the same answers, headers included.
+    logs = []
+    for store in (MemoryCounterStore, _GeneralPathStore):
+        clock = FakeClock()
+        log: Log = []
+
+        async def scenario(limiter: RateLimiter, log: Log = log, clock: FakeClock = clock) -> None:
+            log.extend(await play(limiter, clock, ops))
+
+        run(store, [rule], scenario, clock)
+        logs.append(log)
+    assert logs[0] == logs[1]
+
+
 def test_config_decodes_and_rejects_mistakes() -> None:
     toml = b"""
     store = "memory"
