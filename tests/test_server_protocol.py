@@ -453,7 +453,8 @@ def test_a_client_leaving_pipelined_requests_is_noticed_by_the_one_running(
         b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
         b"anthropic-version: 2023-06-01\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
     )
-    with serve(gateway, http=GatewayHttpProtocol) as url:
+    # The server's config is loaded by now: its logging setup would undo what caplog adds.
+    with serve(gateway, http=GatewayHttpProtocol) as url, _uvicorn_logs_seen_by(caplog):
         with socket.create_connection(_address(url)) as sock:
             sock.sendall(stream + b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
             sock.settimeout(5)
