@@ -72,7 +72,7 @@ def _header_name(name: bytes) -> tuple[bytes, int]:
     repeat the same few names, so each is checked once: bounded, as an upstream may invent
     names. Raises RuntimeError for a name that is not an RFC 9110 token."""
     lowered = name.lower()
-    if lowered.translate(_TOKEN_ONLY) != lowered:
+    if not lowered or lowered.translate(_TOKEN_ONLY) != lowered:  # a token has a character
         raise RuntimeError(f"Invalid HTTP header name {lowered!r}.")
     return lowered, _FRAMING_NAMES.get(lowered, _PLAIN)
 
@@ -86,7 +86,7 @@ def head_lines(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, list[byte
         try:
             line = _header_name(name)[0] + b": " + value + b"\r\n"
             _check_values(value)
-        except RuntimeError:
+        except (RuntimeError, TypeError):  # TypeError: not bytes, set by hand
             left_out.append(name)
         else:
             lines.append(line)
