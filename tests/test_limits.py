@@ -16,7 +16,7 @@ from unittest.mock import Mock, create_autospec
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from messages_mw import ApiKeyConfig, AuthConfig, Gateway, GatewayConfig
@@ -421,17 +421,30 @@ class _GeneralPathStore(MemoryCounterStore):
     """The memory store, which the limiter does not recognise: it takes the general path."""
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    rule=st.sampled_from(
-        [
-            per_key(requests_per_minute=4),
-            per_key(tokens_per_minute=100),
-            per_key(spend=1.0, spend_period_seconds=300),
-        ]
-    ),
-    ops=operations,
+_SINGLE_LIMITS = (
+    per_key(requests_per_minute=1),
+    per_key(tokens_per_minute=50),
+    per_key(spend=0.5, spend_period_seconds=300),
 )
+_ADMIT, _SPEND = ("admit", "alice", ()), ("record", "alice", 10, 0.3)
+# Traffic that ends in a 429 under each kind of limit, so each refusal is compared.
+_REFUSED: list[tuple[LimitRule, list[tuple[Any, ...]]]] = [
+    (_SINGLE_LIMITS[0], [_ADMIT, _ADMIT, ("retry", "alice", ())]),
+    (_SINGLE_LIMITS[1], [_ADMIT, ("record", "alice", 80, None), _ADMIT]),
+    (_SINGLE_LIMITS[2], [_ADMIT, _SPEND, _SPEND, _ADMIT]),
+]
+
+
+def _refused_examples(test: Callable[..., None]) -> Callable[..., None]:
+    for rule, ops in _REFUSED:
+        test = example(rule=rule, ops=ops)(test)
+    return test
+
+
+# Tight limits, so that random traffic meets 429s too.
+@settings(max_examples=150, deadline=None)
+@given(rule=st.sampled_from(_SINGLE_LIMITS), ops=operations)
+@_refused_examples
 def test_a_single_limit_in_memory_is_admitted_as_any_set_of_limits_is(
     rule: LimitRule, ops: list[tuple[Any, ...]]
 ) -> None:
@@ -448,6 +461,8 @@ def test_a_single_limit_in_memory_is_admitted_as_any_set_of_limits_is(
         run(store, [rule], scenario, clock)
         logs.append(log)
     assert logs[0] == logs[1]
+    if (rule, ops) in _REFUSED:
+        assert any(what == "admit" and not result[0] for _, what, _, result in logs[0])
 
 
 def test_config_decodes_and_rejects_mistakes() -> None:
