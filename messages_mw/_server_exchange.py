@@ -6,7 +6,6 @@ chunked, nothing for HEAD, 204 and 304), with what the app gets wrong answered f
 from __future__ import annotations
 
 import asyncio
-import functools
 import http
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -14,6 +13,7 @@ from typing import Any, Protocol
 from ._http11 import head_and_body
 from ._http11_parse import TOKEN_CHARS
 from .errors import encode_error_body, new_request_id
+from .memo import Memo
 
 __all__ = ["Connection", "Exchange", "send_api_error"]
 
@@ -66,15 +66,18 @@ _FRAMING_NAMES = {
 _TOKEN_ONLY = bytes(c if c in TOKEN_CHARS else (c + 1) % 256 for c in range(256))
 
 
-@functools.lru_cache(maxsize=1024)
-def _header_name(name: bytes) -> tuple[bytes, int]:
-    """A response header's name, lowercased, and what it means for the framing. Answers
-    repeat the same few names, so each is checked once: bounded, as an upstream may invent
-    names. Raises RuntimeError for a name that is not an RFC 9110 token."""
+def _check_header_name(name: bytes) -> tuple[bytes, int]:
+    """A response header's name, lowercased, and what it means for the framing. Raises
+    RuntimeError for a name that is not an RFC 9110 token."""
     lowered = name.lower()
     if not lowered or lowered.translate(_TOKEN_ONLY) != lowered:  # a token has a character
         raise RuntimeError(f"Invalid HTTP header name {lowered!r}.")
     return lowered, _FRAMING_NAMES.get(lowered, _PLAIN)
+
+
+# Answers repeat the same few names, so each is checked once. Bounded: an upstream may invent
+# names.
+_checked_names = Memo(_check_header_name, 1024)
 
 
 def head_lines(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, list[bytes]]:
@@ -84,7 +87,7 @@ def head_lines(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, list[byte
     left_out: list[bytes] = []
     for name, value in headers:
         try:
-            line = _header_name(name)[0] + b": " + value + b"\r\n"
+            line = _checked_names[name][0] + b": " + value + b"\r\n"
             _check_values(value)
         except (RuntimeError, TypeError):  # TypeError: not bytes, set by hand
             left_out.append(name)
@@ -254,7 +257,7 @@ class Exchange:
         close_named = chunked = False
         length: int | None = None
         for name, value in headers:
-            name, kind = _header_name(name)
+            name, kind = _checked_names[name]
             if kind:  # one of the framing headers; most are none of them
                 if kind == _CONTENT_LENGTH:
                     if length is None and not chunked:

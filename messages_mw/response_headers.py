@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from urllib.parse import quote
 import msgspec
 
 from .context import RequestContext
+from .memo import Memo
 from .providers.base import ProviderResponse
 from .tags import ResolvedHeaderNames
 
@@ -69,17 +69,10 @@ def policy_headers(context: RequestContext, names: ResolvedHeaderNames) -> list[
 def encode_headers(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """``pairs`` as ASGI header bytes; never raises (see :func:`latin1`)."""
     try:
-        return [(_encoded_name(k), v.encode("latin-1")) for k, v in pairs]
+        return [(_encoded_names[k], v.encode("latin-1")) for k, v in pairs]
     except UnicodeEncodeError:
         # A hook's header beyond latin-1 must not turn the response into a crash.
-        return [(_encoded_name(k), latin1(v)) for k, v in pairs]
-
-
-@functools.lru_cache(maxsize=1024)
-def _encoded_name(name: str) -> bytes:
-    # Answers repeat the same few names. Bounded: an upstream may invent names. The same
-    # bytes object each time also keeps its hash for the server's cache of checked names.
-    return latin1(name)
+        return [(_encoded_names[k], latin1(v)) for k, v in pairs]
 
 
 def latin1(text: str) -> bytes:
@@ -88,6 +81,11 @@ def latin1(text: str) -> bytes:
         return text.encode("latin-1")
     except UnicodeEncodeError:
         return quote(text, safe="").encode()
+
+
+# Answers repeat the same few names. Bounded: an upstream may invent names. The same bytes
+# object each time also keeps its hash for the server's memo of checked names.
+_encoded_names = Memo(latin1, 1024)
 
 
 def _header_safe(value: str) -> str:
