@@ -129,6 +129,7 @@ class Exchange:
         "scope",
         "task",
         "transport",
+        "until_close",
         "waiters",
         "waiting_for_continue",
     )
@@ -158,6 +159,7 @@ class Exchange:
         self.response_complete = False
         self.held_head: bytes | None = None
         self.chunked = False
+        self.until_close = False  # an HTTP/1.0 answer of unknown length: its end is the close
         self.bodiless = False  # a HEAD request's answer, a 204 or a 304: no body goes out
         self.length_left = 0
 
@@ -272,12 +274,18 @@ class Exchange:
         # The names are tokens (checked above). Only the values are scanned, not the whole
         # head: counting its line ends as well cost twice as much again.
         _check_values(b"".join(parts[4::4]))
+        bodiless = self.scope["method"] == "HEAD" or status in (204, 304)
+        until_close = False
+        if length is None and not chunked and not bodiless:
+            if self.scope["http_version"] == "1.0":
+                # RFC 9112 6.1: no chunked coding for an HTTP/1.0 client, which may not know
+                # it. The body (an SSE stream, say) ends where the connection does.
+                until_close, keep_alive = True, False
+            else:
+                chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
         if not keep_alive and not close_named:
             parts.append(b"connection: close\r\n")
-        bodiless = self.scope["method"] == "HEAD" or status in (204, 304)
-        if length is None and not chunked and not bodiless:
-            chunked = True
-            parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(b"\r\n")
         head = b"".join(parts)
         if connection.access_log:
@@ -285,6 +293,7 @@ class Exchange:
         self.response_started = True
         self.waiting_for_continue = False
         self.keep_alive, self.chunked, self.bodiless = keep_alive, chunked, bodiless
+        self.until_close = until_close
         # A 304's Content-Length describes the representation it stands for, not a body.
         self.length_left = 0 if bodiless else length or 0
         self.held_head = head
@@ -305,6 +314,8 @@ class Exchange:
             data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
             if not more_body:
                 data += _LAST_CHUNK
+        elif self.until_close:
+            data = body
         else:
             if len(body) > self.length_left:
                 raise RuntimeError("Response content longer than Content-Length")

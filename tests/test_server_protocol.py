@@ -392,6 +392,27 @@ def test_the_bytes_on_the_wire_are_uvicorns_own(request_line: bytes) -> None:
         assert _exchange(joining, request_line * 2, closing) == expected
 
 
+def test_an_http_1_0_client_gets_its_stream_unchunked_ending_with_the_connection() -> None:
+    # RFC 9112 6.1: a server must not send Transfer-Encoding to an HTTP/1.0 client.
+    body = b'{"model":"m","max_tokens":8,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    request = (
+        b"POST /v1/messages HTTP/1.0\r\ncontent-type: application/json\r\n"
+        b"anthropic-version: 2023-06-01\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    with (
+        serve(_demo(), http=GatewayHttpProtocol) as url,
+        socket.create_connection(_address(url), timeout=5) as sock,
+    ):
+        sock.sendall(request)
+        answer = _until_closed(sock, within=5)
+    head, _, stream = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower()
+    assert b"\r\nconnection: close" in head
+    assert stream.startswith(b"event: message_start\n"), stream[:40]
+    assert stream.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n'), stream[-80:]
+
+
 def _until_closed(sock: socket.socket, within: float) -> bytes:
     """What the server sends before it closes the connection (within ``within`` seconds)."""
     sock.settimeout(within)
