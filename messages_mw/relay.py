@@ -17,7 +17,12 @@ from collections.abc import Callable
 import msgspec
 
 from .context import RequestContext
-from .errors import GatewayError, InternalGatewayError, UpstreamUnavailableError
+from .errors import (
+    GatewayError,
+    InternalGatewayError,
+    UpstreamUnavailableError,
+    error_class,
+)
 from .protocol import DECODE_ERRORS, ObservedResponse
 from .providers.base import ProviderResponse
 from .request_body import ClientDisconnectedError
@@ -267,6 +272,10 @@ def _ending(
             logger.warning(
                 "request %s: dropped %d bytes of an unfinished event", context.request_id, len(tail)
             )
+    if error is None and observer.error_type is not None:
+        # The upstream's error came in an event its client drops (no ``event:`` line).
+        message = observer.error_message or "The upstream stream failed."
+        error = error_class(observer.error_type, UpstreamUnavailableError)(message)
     if error is None:
         error = UpstreamUnavailableError("The upstream stream ended before message_stop.")
     context.error_type = error.error_type

@@ -165,6 +165,9 @@ class StreamObserver:
         self.error_message: str | None = None
         self.saw_message_start = False
         self.saw_message_stop = False
+        # Whether the stream ended where its client sees an end: at a message_stop or an
+        # error event named on an ``event:`` line. The SDKs drop events without one.
+        self._ended_for_client = False
         # Whether a message_delta reported output_tokens: the final count, once a stream ends.
         self.saw_final_output = False
         # The payload bytes of the generated-output deltas skipped unread, for settled_usage,
@@ -186,8 +189,9 @@ class StreamObserver:
 
     @property
     def finished(self) -> bool:
-        """True once the stream ended as the grammar requires, or with an ``error`` event."""
-        return self.saw_message_stop or self.error_type is not None
+        """True once the stream ended as the grammar requires, or with an ``error`` event,
+        named as the SDKs need it (``event: message_stop``, ``event: error``)."""
+        return self._ended_for_client
 
     def feed(self, chunk: bytes) -> None:
         """Observe the next relayed chunk; never raises for malformed stream content."""
@@ -325,9 +329,11 @@ class StreamObserver:
                 self.stop_reason = event.delta.stop_reason
         elif kind == "message_stop":
             self.saw_message_stop = True
+            self._ended_for_client = self._ended_for_client or name is not None
         elif kind == "error":
             self.error_type = (event.error and event.error.type) or "api_error"
             self.error_message = event.error.message if event.error else None
+            self._ended_for_client = self._ended_for_client or name is not None
 
 
 def _payload_bytes(data: bytes | bytearray, start: int, end: int) -> int:

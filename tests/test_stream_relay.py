@@ -115,6 +115,27 @@ def test_truncated_stream_without_message_stop_gets_an_error_event() -> None:
     assert error["request_id"] == response.headers["request-id"] == "req_up"
 
 
+def test_a_message_stop_without_an_event_line_does_not_end_the_stream() -> None:
+    # The SDKs drop an event without an ``event:`` line: the client saw no end.
+    events = [*text_stream_events(["a"])[:-1], b'data: {"type":"message_stop"}\n\n']
+    gateway, finished = make_gateway(_streaming(events))
+    _, body = run(_collect(gateway))
+    assert body.startswith(b"".join(events))
+    assert _last_event(body)["error"]["type"] == "api_error"  # type: ignore[index]
+    assert finished[0].error_type == "api_error"
+
+
+def test_an_error_without_an_event_line_reaches_the_client_as_an_error_event() -> None:
+    unnamed = b'data: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n'
+    events = [*text_stream_events(["a"])[:4], unnamed]
+    gateway, finished = make_gateway(_streaming(events))
+    _, body = run(_collect(gateway))
+    assert body.startswith(b"".join(events))
+    error = _last_event(body)["error"]
+    assert error == {"type": "overloaded_error", "message": "busy"}
+    assert finished[0].error_type == "overloaded_error"
+
+
 def test_half_an_event_never_reaches_the_client() -> None:
     # The break comes after content reached the client (before that, the gateway would
     # answer with a plain error response or fall back instead). Half an event, terminated,
