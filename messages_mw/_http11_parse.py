@@ -290,7 +290,9 @@ def plan_body(status: int, framing: _Framing, *, head_request: bool) -> tuple[in
     """Return the state a final response's body starts in, and whether the connection can
     carry another exchange after it."""
     content_length, chunked, keep_alive = framing
-    keep_alive = keep_alive and status != 101
+    # After a 101 the socket speaks another protocol; a code under 100 gets no body here
+    # whatever its headers say, so any it had would be read as the next answer.
+    keep_alive = keep_alive and status >= 200
     if head_request or status < 200 or status == 204 or status == 304:
         return _DONE, keep_alive
     if chunked:

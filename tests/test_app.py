@@ -6,8 +6,10 @@ import asyncio
 import gzip
 import json
 import logging
+import re
 import zlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -346,6 +348,104 @@ def test_headers_the_upstreams_connection_header_names_are_not_relayed(stream: b
     assert "x-edge-hop" not in response.headers and "x-debug-route" not in response.headers
     assert response.headers["x-kept"] == "yes"
     assert response.headers["request-id"] == "req_up"
+
+
+async def _through_raw_upstream(
+    answer: bytes, body: bytes = CHAT, fallback: bytes | None = None
+) -> tuple[httpx.Response, list[RequestContext]]:
+    """``body`` posted through a gateway whose upstream writes ``answer`` (and, with
+    ``fallback``, a second upstream writing that, chained behind the first)."""
+
+    def upstream(reply: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+        async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: (\d+)", head)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            writer.write(reply)
+            await writer.drain()
+            writer.close()
+
+        return answer_once
+
+    def url_of(server: asyncio.Server) -> str:
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    finished: list[RequestContext] = []
+    primary = await asyncio.start_server(upstream(answer), "127.0.0.1", 0)
+    backup = await asyncio.start_server(upstream(fallback or answer), "127.0.0.1", 0)
+    config = GatewayConfig(
+        upstream=UpstreamConfig(base_url=url_of(primary)),
+        upstreams={"backup": UpstreamConfig(base_url=url_of(backup))},
+        fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",) if fallback else ()),
+        usage_log=False,
+    )
+    async with primary, backup, Gateway(config, on_request_end=finished.append) as gateway:
+        return await _post(gateway, body), finished
+
+
+def _sse_answer(status_line: bytes, content_type: bytes, stream: bytes) -> bytes:
+    return b"%b\r\ncontent-type: %b\r\ncontent-length: %d\r\n\r\n%b" % (
+        status_line,
+        content_type,
+        len(stream),
+        stream,
+    )
+
+
+_STREAMED_CHAT = json.dumps({**json.loads(CHAT), "stream": True}).encode()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: foo\r\nconnection: upgrade\r\n\r\n",
+        b"HTTP/1.1 999 Odd\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        b"HTTP/1.1 099 Odd\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+    ],
+    ids=["101", "999", "099"],
+)
+def test_a_status_that_ends_no_answer_is_a_502_and_falls_back(answer: bytes) -> None:
+    # Relayed, a 101 left the client waiting on a protocol switch, and 999 crashed the relay.
+    response, finished = run(_through_raw_upstream(answer))
+    status, error_type, message = _error_of(response)
+    assert (status, error_type) == (502, "api_error")
+    assert f"answered with status {int(answer[9:12])}, which does not end an answer" in message
+    assert finished[0].status == 502
+    backed_up, finished = run(_through_raw_upstream(answer, fallback=_message_answer()))
+    assert backed_up.status_code == 200 and backed_up.json()["type"] == "message"
+    assert finished[0].fallback_used and finished[0].usage.input_tokens == 12
+
+
+def _message_answer() -> bytes:
+    body = message_json()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    return head % len(body) + body
+
+
+def test_a_2xx_answer_to_a_streaming_request_must_be_a_stream() -> None:
+    response, finished = run(
+        _through_raw_upstream(b"HTTP/1.1 204 No Content\r\n\r\n", _STREAMED_CHAT)
+    )
+    assert _error_of(response)[:2] == (502, "api_error")
+    assert finished[0].status == 502 and finished[0].error_type == "api_error"
+
+
+@pytest.mark.parametrize(
+    ("status_line", "content_type"),
+    [
+        (b"HTTP/1.1 200 OK", b"Text/Event-Stream; charset=utf-8"),
+        (b"HTTP/1.1 201 Created", b"text/event-stream"),
+    ],
+    ids=["media type in capitals", "201"],
+)
+def test_any_2xx_event_stream_is_relayed_as_a_stream(
+    status_line: bytes, content_type: bytes
+) -> None:
+    stream = b"".join(text_stream_events(["Hi"]))
+    answer = _sse_answer(status_line, content_type, stream)
+    response, finished = run(_through_raw_upstream(answer, _STREAMED_CHAT))
+    assert response.status_code == int(status_line[9:12]) and response.content == stream
+    assert finished[0].usage.input_tokens > 0 and finished[0].usage.output_tokens > 0
 
 
 def test_an_upstream_folding_a_header_line_is_reported_as_invalid_http() -> None:

@@ -314,6 +314,8 @@ def test_interim_responses_are_skipped(new_parser: NewParser, cut: int) -> None:
         (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", True),
         (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n", False),
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\nnot http", False),
+        # No body is read after a code under 100, so one it had must not pass for the next.
+        (b"HTTP/1.1 099 Odd\r\nContent-Length: 5\r\n\r\n", False),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True),
     ],
 )

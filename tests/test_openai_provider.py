@@ -285,6 +285,18 @@ async def test_transport_errors_map_like_the_anthropic_provider(
         await _provider(handler).send(_request())
 
 
+@pytest.mark.parametrize("status", [101, 99, 999])
+async def test_a_status_that_ends_no_answer_is_an_unavailable_upstream(status: int) -> None:
+    stream = _Chunks([b"{}"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, stream=stream)
+
+    with pytest.raises(UpstreamUnavailableError, match=f"answered with status {status},"):
+        await _provider(handler).send(_request())
+    assert stream.closed
+
+
 async def test_a_stream_is_translated_as_chunks_arrive() -> None:
     calls = [
         ToolCall("call_a", "get_weather", '{"city": "Paris"}'),

@@ -92,6 +92,16 @@ def translate_transport_error(exc: httpx.RequestError, origin: str) -> GatewayEr
     return UpstreamUnavailableError(f"The upstream {origin} could not be reached.")
 
 
+def not_final_status(status: int, origin: str) -> GatewayError:
+    """The error (502, which falls back) for an answer whose status cannot end one: a 101
+    (the gateway asks for no upgrade, so its client would wait on a protocol switch) or a
+    number outside 100-599, which no ASGI server sends. Callers test ``200 <= status <= 599``
+    inline, on every request's path, and close the response before raising this."""
+    return UpstreamUnavailableError(
+        f"The upstream {origin} answered with status {status}, which does not end an answer."
+    )
+
+
 def _closed_early(exc: httpx.RequestError) -> bool:
     # How httpx (and the gateway's own transport, after it) says a server hung up cleanly.
     return isinstance(exc, httpx.RemoteProtocolError) and "disconnected" in str(exc)
@@ -178,7 +188,7 @@ def _read_head(response: httpx.Response) -> _ResponseHead:
                 connection_options.update(_listed_headers(raw_value))
             continue
         value = raw_value.decode("latin-1")
-        if name == b"content-type" and value.startswith("text/event-stream"):
+        if name == b"content-type" and is_event_stream(value):
             event_stream = True
         relayed.append((name.decode("latin-1"), value))
     if connection_options - _CONNECTION_TOKENS:
@@ -186,6 +196,13 @@ def _read_head(response: httpx.Response) -> _ResponseHead:
         # must drop them (RFC 9110, section 7.6.1).
         relayed = [(name, value) for name, value in relayed if name not in connection_options]
     return _ResponseHead(relayed, event_stream, encoded, undecodable)
+
+
+def is_event_stream(content_type: str) -> bool:
+    """Whether a Content-Type names an SSE stream (media types ignore case)."""
+    return content_type.startswith("text/event-stream") or (
+        content_type[:17].lower() == "text/event-stream"
+    )
 
 
 # Connection options that name no header.
@@ -303,6 +320,10 @@ class AnthropicProvider:
             )
         except httpx.TransportError as exc:
             raise translate_transport_error(exc, self._origin) from exc
+        status = response.status_code
+        if not 200 <= status <= 599:
+            await response.aclose()
+            raise not_final_status(status, self._origin)
         head = _read_head(response)
         if head.undecodable:
             await response.aclose()
@@ -310,16 +331,17 @@ class AnthropicProvider:
                 f"The upstream {self._origin} answered with content-encoding "
                 f"'{head.undecodable}', which the gateway cannot decode (it asks for identity)."
             )
-        if response.status_code == 200 and head.event_stream != request.stream:
+        success = status < 300
+        if success and head.event_stream != request.stream:
             # A client asking for a stream would read none from a JSON body (the SDKs yield
             # no events and raise nothing), and one asking for a message would get raw SSE.
             await response.aclose()
             raise UpstreamUnavailableError(_stream_mismatch(self._origin, request.stream))
         raw = _raw_stream(response, head)
-        if response.status_code == 200 and head.event_stream:
+        if success and head.event_stream:
             chunks = response.aiter_bytes() if raw is None else raw
             return ProviderResponse(
-                200,
+                status,
                 head.headers,
                 chunks=relay_upstream_chunks(chunks, self._origin),
                 close=response.aclose,
@@ -332,7 +354,7 @@ class AnthropicProvider:
             raise translate_transport_error(exc, self._origin) from exc
         finally:
             await response.aclose()
-        return ProviderResponse(response.status_code, head.headers, body=body)
+        return ProviderResponse(status, head.headers, body=body)
 
     async def aclose(self) -> None:
         """Close pooled connections. Safe to call more than once."""

@@ -30,7 +30,13 @@ from ..translate import StreamTranslator, to_anthropic_message, translate_error
 from ..translate.request import translate_request
 from ..translate.response import completion_as_stream_data
 from ..validation import decode_count_tokens_request, describe_decode_error
-from .anthropic import UPSTREAM_READ_ERRORS, relay_upstream_chunks, translate_transport_error
+from .anthropic import (
+    UPSTREAM_READ_ERRORS,
+    is_event_stream,
+    not_final_status,
+    relay_upstream_chunks,
+    translate_transport_error,
+)
 from .base import Provider, ProviderRequest, ProviderResponse, read_bounded
 from .mock import estimate_input_tokens
 
@@ -81,8 +87,7 @@ def _error_headers(response: httpx.Response) -> list[tuple[str, str]]:
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
-    content_type: str = response.headers.get("content-type", "")
-    return content_type.startswith("text/event-stream")
+    return is_event_stream(response.headers.get("content-type", ""))
 
 
 def _body_stream(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -193,7 +198,11 @@ class OpenAIProvider:
         # is left out then, unless it must come back to the server (reasoning_history).
         thinking = translation.thinking or quirks.reasoning_history == "reasoning_content"
         response = await self._post(translation.body, request)
-        if response.status_code == 200 and request.stream and _is_event_stream(response):
+        status = response.status_code
+        if not 200 <= status <= 599:
+            await response.aclose()
+            raise not_final_status(status, self._origin)
+        if status < 300 and request.stream and _is_event_stream(response):
             translator = self._translator(model, request, thinking)
             return self._stream(response, translator)
         try:
@@ -202,8 +211,8 @@ class OpenAIProvider:
             raise translate_transport_error(exc, self._origin) from exc
         finally:
             await response.aclose()
-        if response.status_code != 200:
-            status, error = translate_error(response.status_code, body)
+        if status >= 300:
+            status, error = translate_error(status, body)
             return ProviderResponse(status, _error_headers(response), body=error)
         if request.stream:
             # Not a 502 that the SDK would retry, each retry a whole completion thrown away:
