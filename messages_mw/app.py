@@ -38,7 +38,7 @@ from .errors import (
     NotFoundError,
     new_request_id,
 )
-from .fallback import CircuitBreaker, HeldStream, Target, run_chain
+from .fallback import CircuitBreaker, HeldStream, Target, deadline_passed, run_chain
 from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
 from .limits import RateLimiter
 from .policy import ForwardPlan
@@ -523,7 +523,18 @@ class Gateway:
     async def _send_and_relay(
         self, provider: Provider, request: ProviderRequest, send: Send, context: RequestContext
     ) -> None:
-        await self._relay(await provider.send(request), send, context)
+        """One attempt, no chain, held to the retry policy's overall deadline as a chain is:
+        the read timeout alone would let an upstream sending a byte at a time hold on."""
+        seconds = self.config.fallback.retry.deadline
+        deadline = self._timer.timeout(seconds)
+        try:
+            async with deadline:
+                response = await provider.send(request)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise deadline_passed(seconds) from None
+        await self._relay(response, send, context)
 
     async def _relay(self, response: ProviderResponse, send: Send, context: RequestContext) -> None:
         try:

@@ -43,6 +43,7 @@ __all__ = [
     "RetryPolicy",
     "Target",
     "backoff_delay",
+    "deadline_passed",
     "retry_after_seconds",
     "run_chain",
 ]
@@ -97,6 +98,11 @@ class _Failure:
     response: ProviderResponse | None = None
     retry_after: float | None = None
     usage: TokenUsage | None = None
+
+
+def deadline_passed(seconds: float) -> UpstreamTimeoutError:
+    """The 504 for a request whose overall deadline (:attr:`RetryPolicy.deadline`) passed."""
+    return UpstreamTimeoutError(f"No upstream answered within the {seconds:g} s deadline.")
 
 
 def _body_error_type(response: ProviderResponse | None) -> str | None:
@@ -199,9 +205,8 @@ class _Chain:
             if not deadline.expired():
                 raise
             self.out_of_time = True
-            message = f"No upstream answered within the {self.policy.deadline:g} s deadline."
             status, usage = self._release_held(target)
-            outcome = _Failure(target, status, UpstreamTimeoutError(message), usage=usage)
+            outcome = _Failure(target, status, deadline_passed(self.policy.deadline), usage=usage)
         except GatewayError as exc:
             status, usage = self._release_held(target)
             if exc.status not in self.policy.retry_statuses:

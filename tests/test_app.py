@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import re
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,6 +24,7 @@ from messages_mw import (
     LimitRule,
     LimitsConfig,
     RequestContext,
+    RetryPolicy,
     UpstreamConfig,
 )
 from messages_mw.providers.base import MAX_RESPONSE_BYTES, ProviderRequest, ProviderResponse
@@ -446,6 +448,39 @@ def test_any_2xx_event_stream_is_relayed_as_a_stream(
     response, finished = run(_through_raw_upstream(answer, _STREAMED_CHAT))
     assert response.status_code == int(status_line[9:12]) and response.content == stream
     assert finished[0].usage.input_tokens > 0 and finished[0].usage.output_tokens > 0
+
+
+def test_an_upstream_trickling_the_model_list_is_held_to_the_deadline() -> None:
+    # A byte every 0.1 s never trips the 1 s read timeout; only the deadline ends it.
+    listing = b'{"data":[],"has_more":false,"first_id":null,"last_id":null}'
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    answer = answer % len(listing) + listing
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for index in range(len(answer)):
+            writer.write(answer[index : index + 1])
+            await asyncio.sleep(0.1)
+        writer.close()
+
+    async def scenario() -> tuple[httpx.Response, float]:
+        server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        config = GatewayConfig(
+            upstream=UpstreamConfig(base_url=url, read_timeout=1.0),
+            fallback=FallbackConfig(retry=RetryPolicy(deadline=0.5)),
+            usage_log=False,
+        )
+        async with server, Gateway(config) as gateway, client_for(gateway) as client:
+            started = time.monotonic()
+            response = await client.get("/v1/models", headers={"x-api-key": "k"})
+            return response, time.monotonic() - started
+
+    response, waited = run(scenario())
+    status, error_type, message = _error_of(response)
+    assert (status, error_type) == (504, "timeout_error")
+    assert message == "No upstream answered within the 0.5 s deadline."
+    assert waited < 3
 
 
 def test_an_upstream_folding_a_header_line_is_reported_as_invalid_http() -> None:
