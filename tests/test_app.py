@@ -76,6 +76,15 @@ def test_forwarded_headers_are_an_allow_list() -> None:
         assert dropped not in sent
 
 
+def test_a_request_without_anthropic_version_goes_up_without_one() -> None:
+    # Anthropic refuses it ("anthropic-version: header is required"); a gateway adding one
+    # would let a client work here that fails against Anthropic.
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    assert run(_post(gateway, CHAT)).status_code == 200
+    assert "anthropic-version" not in recorder.requests[0].headers
+
+
 def test_configured_key_replaces_the_clients_in_the_clients_header_style() -> None:
     recorder = Recorder()
     config = GatewayConfig(upstream=UpstreamConfig(api_key="sk-gateway"))

@@ -25,7 +25,6 @@ from .base import ProviderRequest, ProviderResponse, never_ended, never_ready, r
 
 __all__ = ["AnthropicProvider"]
 
-_DEFAULT_VERSION = "2023-06-01"
 # Client headers forwarded as they are; everything else is dropped. anthropic-* covers
 # version, beta, workspace and future routing headers.
 _FORWARDED_PREFIXES = ("anthropic-", "x-stainless-")
@@ -54,7 +53,6 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 # Headers are handed to httpx as bytes, which it takes without re-encoding; latin-1 gives back
 # exactly the bytes the ASGI server decoded, and the bytes the upstream sent.
 _FIXED_REQUEST_HEADERS = [(b"content-type", b"application/json"), (b"accept-encoding", b"identity")]
-_DEFAULT_VERSION_HEADER = (b"anthropic-version", _DEFAULT_VERSION.encode())
 _CACHED_URLS = 64
 # The codings httpx decodes here: br and zstd only with their optional packages installed.
 _DECODABLE = frozenset(
@@ -131,11 +129,11 @@ def _upstream_headers(
     client_headers: Mapping[str, str], api_key: str | None, mode: str = "default"
 ) -> list[tuple[bytes, bytes]]:
     headers = _FIXED_REQUEST_HEADERS.copy()
+    # anthropic-version goes up as the client sent it, or not at all: Anthropic answers a
+    # request without one with its own 400, which a drop-in gateway must not paper over.
     for name, value in client_headers.items():
         if name in _FORWARDED_NAMES or name.startswith(_FORWARDED_PREFIXES):
             headers.append((name.encode("latin-1"), value.encode("latin-1")))
-    if "anthropic-version" not in client_headers:
-        headers.append(_DEFAULT_VERSION_HEADER)
     for credential, secret in _credentials(client_headers, api_key, mode):
         headers.append((credential, secret.encode("latin-1")))
     return headers
