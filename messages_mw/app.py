@@ -36,6 +36,7 @@ from .errors import (
     InternalGatewayError,
     MethodNotAllowedError,
     NotFoundError,
+    error_type_for_status,
     new_request_id,
 )
 from .fallback import CircuitBreaker, HeldStream, Target, deadline_passed, run_chain
@@ -549,6 +550,10 @@ class Gateway:
                 return
             body = response.body or b""
             observe_response_body(body, context)
+            if response.status >= 400 and context.error_type is None:
+                # An error body not in Anthropic's shape (an HTML page from a proxy before the
+                # upstream) is relayed as it came; the usage event still gets its type.
+                context.error_type = error_type_for_status(response.status)
             if response.status == 200:
                 body = self._with_cost(body, context)
             headers = response_headers(response, context, self._headers)

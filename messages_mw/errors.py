@@ -32,6 +32,7 @@ __all__ = [
     "UpstreamUnavailableError",
     "encode_error_body",
     "error_class",
+    "error_type_for_status",
     "new_request_id",
 ]
 
@@ -243,6 +244,30 @@ _ERRORS_BY_TYPE: dict[str, type[GatewayError]] = {
 
 # Every error.type the gateway or Anthropic answers with (api_error included).
 ERROR_TYPES = frozenset({*_ERRORS_BY_TYPE, "api_error"})
+
+
+# Anthropic's error.type for each status it documents one for (protocol.md 6.2).
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_type_for_status(status: int) -> str:
+    """The ``error.type`` Anthropic gives an error ``status`` (400 or more): its documented
+    one, else ``api_error`` for a 5xx and ``invalid_request_error`` for a 4xx."""
+    error_type = _TYPE_BY_STATUS.get(status)
+    if error_type is None:
+        return "api_error" if status >= 500 else "invalid_request_error"
+    return error_type
 
 
 def error_class(error_type: str, default: type[GatewayError]) -> type[GatewayError]:

@@ -76,6 +76,24 @@ def test_forwarded_headers_are_an_allow_list() -> None:
         assert dropped not in sent
 
 
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [(502, "api_error"), (413, "request_too_large"), (418, "invalid_request_error")],
+)
+def test_an_upstream_error_page_is_relayed_as_it_came_and_typed_in_the_usage_event(
+    status: int, error_type: str
+) -> None:
+    page = b"<html><body>Bad Gateway</body></html>"
+    recorder = Recorder(
+        lambda request: httpx.Response(status, content=page, headers={"content-type": "text/html"})
+    )
+    gateway, finished = make_gateway(recorder)
+    response = run(_post(gateway, CHAT))
+    assert response.status_code == status and response.content == page
+    assert response.headers["content-type"] == "text/html"
+    assert finished[0].error_type == error_type
+
+
 def test_a_request_without_anthropic_version_goes_up_without_one() -> None:
     # Anthropic refuses it ("anthropic-version: header is required"); a gateway adding one
     # would let a client work here that fails against Anthropic.

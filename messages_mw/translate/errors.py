@@ -17,24 +17,13 @@ from ..errors import (
     UpstreamUnavailableError,
     encode_error_body,
     error_class,
+    error_type_for_status,
 )
 from ..protocol import DECODE_ERRORS
 from ._openai import InError, body_decoder, encoder
 
 __all__ = ["classify", "parse_error", "translate_error", "upstream_error"]
 
-_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 _STATUS_BY_CODE = {
     "invalid_request_error": 400,
     "invalid_request": 400,
@@ -134,10 +123,7 @@ def classify(status: int | None, error: InError) -> tuple[int, str, str]:
         return 402, "billing_error", message
     if status == 422:
         return 400, "invalid_request_error", message
-    error_type = _BY_STATUS.get(status)
-    if error_type is None:
-        error_type = "api_error" if status >= 500 else "invalid_request_error"
-    return status, error_type, message
+    return status, error_type_for_status(status), message
 
 
 def _status_from_error(error: InError) -> int:
