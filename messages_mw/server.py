@@ -27,8 +27,10 @@ compare it with uvicorn's), and does the rest its own way:
   connection closed after it. The gateway has no WebSocket route.
 
 Where the bytes differ from uvicorn's, on purpose: no ``100 Continue`` once the body has
-come anyway, an envelope instead of plain text for the server's own errors, and a request
-whose answer names an invalid status or header gets a 500 rather than a closed connection.
+come anyway, an envelope instead of plain text for the server's own errors, a request
+whose answer names an invalid status or header gets a 500 rather than a closed connection,
+and an HTTP/1.0 client gets an answer of unknown length (a stream) unchunked, ended by the
+close (RFC 9112 forbids chunked coding to it).
 """
 
 from __future__ import annotations
