@@ -73,6 +73,21 @@ class AuthConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             raise ValueError(
                 f"auth.keys are checked only with mode = 'static' (mode is '{self.mode}')"
             )
+        if self.header is not None:
+            if self.mode != "static":
+                # Like keys: only static mode reads it.
+                raise ValueError(
+                    f"auth.header is read only with mode = 'static' (mode is '{self.mode}')"
+                )
+            if self.header.lower() in _STANDARD_KEY_HEADERS:
+                # Read as the alternate header, "Bearer <key>" would be taken for the key.
+                raise ValueError(
+                    f"auth.header names another header than x-api-key and authorization, "
+                    f"which are always read (got {self.header!r})"
+                )
+
+
+_STANDARD_KEY_HEADERS = frozenset({"x-api-key", "authorization"})
 
 
 def hash_key(key: str) -> str:
@@ -144,6 +159,11 @@ class StaticKeyAuth:
             if digest is None:
                 # A malformed digest could never match: say so now, not with 401s later.
                 raise ValueError(f"auth key {entry.id!r}: sha256 must be 64 hex digits")
+            if (same := self._by_hash.get(digest)) is not None:
+                # The later entry would win without a word, and the first's policy (its
+                # models, tags, virtual key) never apply.
+                first = same[1].key_id
+                raise ValueError(f"auth keys {first!r} and {entry.id!r} are the same key")
             self._by_hash[digest] = (digest, _principal(entry, False), _principal(entry, True))
 
     def __call__(self, request: IncomingRequest) -> Principal:

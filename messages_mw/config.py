@@ -18,7 +18,7 @@ from .limits import LimitsConfig
 from .pricing import ModelPrice
 from .redaction import repr_without_secrets
 from .routing import FallbackConfig
-from .tags import HeaderNames, TagPolicy
+from .tags import HeaderNames, TagPolicy, check_configured_tags
 from .translate import OpenAIQuirks
 
 __all__ = [
@@ -219,6 +219,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     client_write_timeout: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     compression: CompressionConfig = msgspec.field(default_factory=CompressionConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+
+    def __post_init__(self) -> None:
+        for index, key in enumerate(self.auth.keys):
+            check_configured_tags(key.tags, f"auth.keys.{index}.tags", self.tags)
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Literal
 
 import msgspec
 
 from .errors import InvalidRequestError
 
-__all__ = ["HeaderNames", "TagPolicy", "collect_tags", "parse_tag_header", "session_id"]
+__all__ = [
+    "HeaderNames",
+    "TagPolicy",
+    "check_configured_tags",
+    "collect_tags",
+    "parse_tag_header",
+    "session_id",
+]
 
 
 class HeaderNames(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -142,6 +149,15 @@ def collect_tags(groups: Iterable[tuple[str, Iterable[str]]], policy: TagPolicy)
     if len(merged) > policy.max_count:
         raise InvalidRequestError(f"tags: at most {policy.max_count} tags are allowed per request.")
     return list(merged)
+
+
+def check_configured_tags(tags: Sequence[str], source: str, policy: TagPolicy) -> None:
+    """Raise :class:`ValueError` for configured tags (a key's policy) that ``policy`` refuses:
+    at start-up, rather than a 400 blaming every client that uses the key."""
+    try:
+        collect_tags([(source, tags)], policy)
+    except InvalidRequestError as exc:
+        raise ValueError(exc.message) from None
 
 
 def session_id(headers: Mapping[str, str], header: str) -> str | None:

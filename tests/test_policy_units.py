@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 import re
 import tracemalloc
+from pathlib import Path
 
 import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messages_mw.auth import ApiKeyConfig, PassthroughAuth, StaticKeyAuth, hash_key, presented_key
+from messages_mw.auth import (
+    ApiKeyConfig,
+    AuthConfig,
+    PassthroughAuth,
+    StaticKeyAuth,
+    hash_key,
+    presented_key,
+)
 from messages_mw.body_edit import edit_top_level
+from messages_mw.config import ConfigError, GatewayConfig, load_config
 from messages_mw.errors import AuthenticationError, InvalidRequestError
 from messages_mw.fallback import Target
 from messages_mw.hooks import IncomingRequest, check_hook
@@ -91,6 +100,48 @@ def test_key_config_with_both_a_key_and_a_hash_is_refused() -> None:
 def test_a_malformed_sha256_is_refused_when_the_keys_are_loaded(digest: str) -> None:
     with pytest.raises(ValueError, match="'x': sha256 must be 64 hex digits"):
         StaticKeyAuth((ApiKeyConfig(id="x", sha256=digest),))
+
+
+def test_the_same_key_twice_is_refused_whichever_way_it_is_given() -> None:
+    # The later entry would win, and the first's policy (here: its model list) never apply.
+    restricted = ApiKeyConfig(id="restricted", key="sk-shared", models=("claude-haiku-4-5",))
+    admin = ApiKeyConfig(id="admin", sha256=hash_key("sk-shared"))
+    with pytest.raises(ValueError, match="'restricted' and 'admin' are the same key"):
+        StaticKeyAuth((restricted, admin))
+    # Two keys under one id (a key being rotated) are fine.
+    StaticKeyAuth((ApiKeyConfig(id="ci", key="sk-old"), ApiKeyConfig(id="ci", key="sk-new")))
+
+
+@pytest.mark.parametrize("mode", ["none", "passthrough"])
+def test_an_alternate_key_header_outside_static_mode_is_refused(mode: str) -> None:
+    with pytest.raises(
+        ValueError, match=f"auth.header is read only with mode = 'static'.*'{mode}'"
+    ):
+        AuthConfig(mode=mode, header="x-edgee-api-key")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("header", ["authorization", "X-Api-Key"])
+def test_an_alternate_key_header_must_be_another_header(header: str) -> None:
+    # Read as the alternate header, "Bearer <key>" would be taken for the key: every key 401.
+    with pytest.raises(ValueError, match=r"auth\.header names another header"):
+        AuthConfig(mode="static", header=header)
+
+
+def test_a_keys_tags_are_held_to_the_tag_policy_at_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[auth]\nmode = "static"\n'
+        '[[auth.keys]]\nid = "ok"\nkey = "sk-1"\ntags = ["team-a"]\n'
+        '[[auth.keys]]\nid = "team"\nkey = "sk-2"\ntags = ["fine", "team a"]\n'
+    )
+    keys = (
+        ApiKeyConfig(id="ok", key="sk-1", tags=("team-a",)),
+        ApiKeyConfig(id="team", key="sk-2", tags=("fine", "team a")),
+    )
+    with pytest.raises(ValueError, match=r"auth\.keys\.1\.tags\.1: tag 'team a' may only"):
+        GatewayConfig(auth=AuthConfig(mode="static", keys=keys))
+    with pytest.raises(ConfigError, match=r"gateway\.toml: .*auth\.keys\.1\.tags\.1"):
+        load_config(path)
 
 
 def test_a_sha256_in_upper_case_hex_matches() -> None:
