@@ -396,9 +396,9 @@ class Gateway:
         body, headers = await self._read_json_body(scope, receive, context)
         parsed = decode_count_tokens_request(body)
         context.model = parsed.model
-        await self._policy.authenticate_with_body(
-            IncomingRequest(context.method, context.path, headers, context.model), context
-        )
+        incoming = IncomingRequest(context.method, context.path, headers, context.model)
+        await self._policy.authenticate_with_body(incoming, context)
+        await self._policy.label(incoming, context, parsed)
         # Counting is free at Anthropic and rate-limited apart from messages, so the limits
         # do not apply; the key's model allow-list does.
         allowed = self._policy.check_model(context, context.model)

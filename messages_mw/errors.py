@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from typing import ClassVar
+from urllib.parse import quote
 
 import msgspec
 
@@ -107,7 +108,11 @@ class GatewayError(Exception):
         ``error.details.error_code``."""
         super().__init__(message)
         self.message = message
-        self.headers: dict[str, str] = dict(headers or {})
+        self.headers: dict[str, str] = (
+            {_header_name(name): _header_value(value) for name, value in headers.items()}
+            if headers
+            else {}
+        )
         self.error_code = error_code
         # Set when the error is the upstream's own (read from its stream): the answer then
         # names the upstream's request id, as a relayed response does.
@@ -116,6 +121,17 @@ class GatewayError(Exception):
     def body(self, request_id: str | None) -> bytes:
         """This error's JSON envelope, naming ``request_id`` (``null`` when ``None``)."""
         return encode_error_body(self.error_type, self.message, request_id, self.error_code)
+
+
+def _header_name(name: object) -> str:
+    return str(name).lower()
+
+
+def _header_value(value: object) -> str:
+    """A hook's header value as text (``retry-after: 5`` given as a number); a control
+    character in it, which would split the answer's head, percent-encoded instead."""
+    text = str(value)
+    return text if text.isprintable() else quote(text, safe="")
 
 
 class InvalidRequestError(GatewayError):

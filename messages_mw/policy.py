@@ -7,6 +7,7 @@ exactly once when a request ends, whatever happened.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -102,7 +103,7 @@ class Policy:
             # and this is every request's path.
             principal = self.auth(request)
             if principal is not None and not isinstance(principal, Principal):
-                principal = await principal
+                principal = await _awaited_principal(principal)
             context.principal = principal
 
     async def admit(
@@ -122,7 +123,7 @@ class Policy:
             await self.authenticate(request, context)
         context.debug = request.headers.get(self.header_names.debug, "").lower() in _TRUE
         context.session_id = session_id(request.headers, self.header_names.session)
-        context.tags = await self._tags(request, context, parsed)
+        context.tags = await self._tags(request, context, parsed, self.tagger)
         principal = context.principal
         allowed = principal.allowed_models if principal is not None else None
         if allowed is not None:  # inline: this is every request's path
@@ -162,8 +163,23 @@ class Policy:
         _check_model(allowed, model)
         return allowed
 
+    async def label(
+        self, request: IncomingRequest, context: RequestContext, parsed: CountTokensRequest
+    ) -> None:
+        """Step 2 for ``count_tokens``, after auth: the debug flag, the session id and the
+        tags of the header, the key's policy and ``metadata.tags``, so its usage event is
+        filed with the request's others. The tagger hook is not called for it."""
+        context.request_headers = request.headers
+        context.debug = request.headers.get(self.header_names.debug, "").lower() in _TRUE
+        context.session_id = session_id(request.headers, self.header_names.session)
+        context.tags = await self._tags(request, context, parsed, None)
+
     async def _tags(
-        self, request: IncomingRequest, context: RequestContext, parsed: MessagesRequest
+        self,
+        request: IncomingRequest,
+        context: RequestContext,
+        parsed: MessagesRequest | CountTokensRequest,
+        tagger: TagHook | None,
     ) -> list[str]:
         header = self.header_names.tags
         groups: list[tuple[str, Sequence[str]]] = []
@@ -174,8 +190,8 @@ class Policy:
         metadata_tags = parsed.metadata.tags if parsed.metadata else None
         if metadata_tags and self.tag_policy.from_metadata:
             groups.append(("metadata.tags", metadata_tags))
-        if self.tagger is not None:
-            extra = (await call_hook(self.tagger, request, context)) or ()
+        if tagger is not None:
+            extra = (await call_hook(tagger, request, context)) or ()
             # A str is a Sequence[str] too: one tag, not one per character.
             groups.append(("tagger", (extra,) if isinstance(extra, str) else extra))
         return collect_tags(groups, self.tag_policy) if groups else []
@@ -288,6 +304,17 @@ class Policy:
         if self.limiter is not None:
             closers.append(self.limiter.aclose)
         await close_all(closers)
+
+
+async def _awaited_principal(result: object) -> Principal | None:
+    """What an auth hook gave that is not a :class:`Principal` already: awaited if it is
+    awaitable, and refused (500, as any failing hook) unless it then is one, or ``None``.
+    Kept, anything else would fail later where the usage event is built, and lose it."""
+    if inspect.isawaitable(result):
+        result = await result
+    if result is None or isinstance(result, Principal):
+        return result
+    raise TypeError(f"the auth hook returned {type(result).__name__}, not a Principal or None")
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

@@ -24,7 +24,7 @@ from messages_mw import (
 )
 from messages_mw.auth import ApiKeyConfig, AuthConfig
 from messages_mw.config import OpenAIUpstreamConfig
-from messages_mw.errors import PermissionDeniedError
+from messages_mw.errors import PermissionDeniedError, RateLimitError
 from messages_mw.fallback import Target
 from messages_mw.hooks import IncomingRequest, RouteHook
 from messages_mw.limits import LimitRule, LimitsConfig, RateLimiter
@@ -615,3 +615,61 @@ def test_a_full_local_pool_falls_back_but_never_opens_the_targets_circuit() -> N
     tried = [[(a.target, a.error_type) for a in context.attempts] for context in finished]
     primary = ("anthropic/claude-sonnet-4-6", "overloaded_error")
     assert tried == [[primary, ("backup/claude-haiku-4-5", None)]] * 5
+
+
+def test_an_async_auth_hook_returning_no_principal_is_a_500_with_its_usage_event() -> None:
+    async def auth(request: IncomingRequest) -> Any:
+        return "alice"  # a key id where a Principal belongs
+
+    events: list[UsageEvent] = []
+    config = GatewayConfig(usage_log=False)
+    gateway = Gateway(
+        config, provider=_provider(Recorder()), auth=auth, usage_sinks=[events.append]
+    )
+    response = run(_post(gateway, _body()))
+    assert response.status_code == 500 and response.json()["error"]["type"] == "api_error"
+    run(gateway.aclose())
+    (event,) = events
+    assert event.status == 500 and event.key_id is None
+
+
+def test_a_hooks_error_headers_are_text_and_cannot_split_the_head() -> None:
+    def auth(request: IncomingRequest) -> None:
+        raise RateLimitError("slow down", headers={"Retry-After": 5, "x-note": "a\r\nb"})  # type: ignore[dict-item]
+
+    gateway = Gateway(GatewayConfig(usage_log=False), provider=_provider(Recorder()), auth=auth)
+    response = run(_post(gateway, _body()))
+    assert response.status_code == 429 and response.json()["error"]["type"] == "rate_limit_error"
+    assert response.headers["retry-after"] == "5" and response.headers["x-note"] == "a%0D%0Ab"
+
+
+def test_count_tokens_is_labelled_with_the_requests_tags_session_and_debug_report() -> None:
+    counted = Recorder(lambda request: httpx.Response(200, json={"input_tokens": 3}))
+    keys = (ApiKeyConfig(id="team", key="sk-gw-team", tags=("team-a",)),)
+    config = GatewayConfig(usage_log=False, auth=AuthConfig(mode="static", keys=keys))
+    finished: list[RequestContext] = []
+    gateway = Gateway(config, provider=_provider(counted), on_request_end=finished.append)
+    body = json.dumps(
+        {"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "x"}]}
+    )
+    headers = {
+        "content-type": "application/json",
+        "x-api-key": "sk-gw-team",
+        "x-mw-tags": "ci",
+        "x-mw-debug": "1",
+        "x-claude-code-session-id": "sess-1",
+    }
+
+    async def count() -> httpx.Response:
+        async with client_for(gateway) as client:
+            return await client.post("/v1/messages/count_tokens", content=body, headers=headers)
+
+    response = run(count())
+    assert response.status_code == 200 and "x-mw-debug-attempts" in response.headers
+    (context,) = finished
+    assert (context.tags, context.session_id) == (["ci", "team-a"], "sess-1")
+
+
+def _provider(handler: Any) -> AnthropicProvider:
+    settings = UpstreamConfig(base_url="http://upstream.test")
+    return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
