@@ -200,6 +200,9 @@ _arguments = st.one_of(
     st.dictionaries(st.text(max_size=8), _json_values, max_size=4).map(
         lambda value: json.dumps(value, indent=1)
     ),
+    # What a model may send that is no object: the SDKs fail on such input, so both paths
+    # must give {"_raw": text}.
+    st.sampled_from(["not json", "[1, 2]", ' "text"', "42", "null"]),
 )
 
 

@@ -9,6 +9,9 @@ its buffer is flushed; it is never the other way round, so nothing is held to th
 the upstream really interleaves. A fragment for a call whose block was already closed can
 only be whitespace after a complete object (dropped): text that arrives while a call's
 arguments are incomplete waits for them (see :meth:`ToolStreams.open_incomplete`).
+Arguments that do not open a JSON object (malformed, or a list) are held to the block's end
+and sent as ``{"_raw": "<the text>"}``, as a whole answer gives them: the SDKs fail on tool
+input that is not an object.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from dataclasses import dataclass, field
 
 from ..protocol import DECODE_ERRORS, InputJsonDelta, ToolUseBlock
 from ._blocks import BlockWriter
-from ._mapping import arguments_text, tool_id
-from ._openai import InToolCall, any_decoder
+from ._mapping import RAW_ARGUMENTS_KEY, arguments_text, tool_id
+from ._openai import InToolCall, any_decoder, encoder
 
 __all__ = ["ToolStreams"]
 
@@ -174,10 +177,20 @@ class ToolStreams:
 
     def _send(self, call: _Call) -> None:
         if call.sent < len(call.parts):
+            if call.sent == 0 and not "".join(call.parts).lstrip().startswith("{"):
+                # Not (yet) an object: an SDK fails on input that parses as nothing else, so
+                # it is held, and sent at the close as the JSON path gives it (tool_input).
+                return
             self._blocks.delta(InputJsonDelta(partial_json="".join(call.parts[call.sent :])))
             call.sent = len(call.parts)
 
     def _close(self, call: _Call) -> None:
+        if call.sent < len(call.parts):
+            held = "".join(call.parts)
+            if held.strip():
+                raw = encoder.encode({RAW_ARGUMENTS_KEY: held}).decode()
+                self._blocks.delta(InputJsonDelta(partial_json=raw))
+            call.sent = len(call.parts)
         self._blocks.stop()
         call.closed = True
         if self._open is call:
