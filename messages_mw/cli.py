@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import logging
 import os
 import shutil
@@ -234,18 +235,20 @@ def _address(host: str, port: int) -> str:
     return f"http://{shown_host}:{port}"
 
 
-def _listen_problem(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be listened on, or ``None``: bound and let go the way uvicorn
-    binds it. Asked before the start-up line, which would otherwise announce an address that
-    uvicorn then fails to bind (a port in use) just before its own error."""
+def _try_listen(host: str, port: int) -> tuple[int, str | None]:
+    """The port to listen on and why ``host:port`` cannot be listened on (``None``: it can),
+    bound and let go the way uvicorn binds it. Asked before the start-up line, which would
+    otherwise announce an address that uvicorn then fails to bind (a port in use) just before
+    its own error. Port 0 becomes the free port the system chose, so that the line names the
+    port clients can reach."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
-            return exc.strerror or str(exc)
-    return None
+            return port, exc.strerror or str(exc)
+        return sock.getsockname()[1], None
 
 
 def _configure_logging(level: str) -> None:
@@ -261,6 +264,16 @@ def _configure_logging(level: str) -> None:
         usage.propagate = False
 
 
+def _encode_worker_settings(settings: _WorkerSettings) -> str:
+    # MessagePack, not JSON: JSON has no infinity (read_timeout = inf, "none") and would
+    # hand every worker a null that fails the config it rebuilds, for ever, under uvicorn.
+    return base64.b64encode(msgspec.msgpack.encode(settings)).decode("ascii")
+
+
+def _decode_worker_settings(raw: str) -> _WorkerSettings:
+    return msgspec.msgpack.decode(base64.b64decode(raw), type=_WorkerSettings)
+
+
 def create_app() -> Gateway:
     """The uvicorn factory for worker processes (``--workers`` > 1).
 
@@ -270,7 +283,7 @@ def create_app() -> Gateway:
     raw = os.environ.get(_WORKER_ENV)
     if raw is None:
         raise RuntimeError(f"{_WORKER_ENV} is not set; start workers with 'messages-mw serve'")
-    settings = msgspec.json.decode(raw, type=_WorkerSettings)
+    settings = _decode_worker_settings(raw)
     _configure_logging(settings.log_level)
     gateway = Gateway(settings.config)
     tune_for_serving()
@@ -313,19 +326,19 @@ def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) ->
     except ImportError:
         print(_INSTALL_HINT, file=sys.stderr)
         return 2
-    problem = _listen_problem(args.host, args.port)
+    port, problem = _try_listen(args.host, args.port)
     if problem is not None:
-        where = _address(args.host, args.port)
+        where = _address(args.host, port)
         print(f"messages-mw: error: cannot listen on {where}: {problem}", file=sys.stderr)
         return _STARTUP_FAILURE
-    print(_startup_line(args.host, args.port, args.workers, config), flush=True)
+    print(_startup_line(args.host, port, args.workers, config), flush=True)
     app: Gateway | str
     if args.workers > 1:
         # Each worker builds its own; this one only proved the configuration builds.
         asyncio.run(gateway.aclose())
         # Worker processes inherit the environment (where --api-key-env found the key anyway).
         settings = _WorkerSettings(config=config, log_level=args.log_level)
-        os.environ[_WORKER_ENV] = msgspec.json.encode(settings).decode()
+        os.environ[_WORKER_ENV] = _encode_worker_settings(settings)
         app = "messages_mw.cli:create_app"
     else:
         app = gateway
@@ -333,7 +346,7 @@ def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) ->
     uvicorn.run(
         app,
         host=args.host,
-        port=args.port,
+        port=port,
         workers=args.workers,
         factory=args.workers > 1,
         loop="auto",

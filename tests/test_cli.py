@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import anthropic
 import httpx
-import msgspec
 import pytest
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from messages_mw import cli
@@ -243,20 +244,42 @@ def test_startup_line_says_which_key_the_upstream_gets() -> None:
     assert "sk-v" not in credentials(virtual) and "sk-up" not in credentials(static, "sk-up")
 
 
-def test_worker_factory_rebuilds_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = _config("--demo")
-    settings = cli._WorkerSettings(config=config, log_level="warning")
-    monkeypatch.setenv(cli._WORKER_ENV, msgspec.json.encode(settings).decode())
+def test_every_worker_rebuilds_the_config_the_parent_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Infinity ("no read timeout") has no JSON form: handed over as JSON it became null,
+    # which every worker refused, for ever, while one process served the same file.
+    path = _write(tmp_path, "[upstream]\nread_timeout = inf\nbase_url = 'http://up.test'\n")
+    monkeypatch.setenv(cli._WORKER_ENV, "")  # restored after: main() sets it
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(app))
+    assert cli.main(["serve", "--config", str(path), "--workers", "2", "--port", "0"]) == 0
+    assert started == ["messages_mw.cli:create_app"]
+    capsys.readouterr()
     # Each worker tunes its own process (uvicorn spawns workers: they inherit no settings);
     # recorded here rather than applied to the test run's own process.
     tuned: list[bool] = []
     monkeypatch.setattr(cli, "tune_for_serving", lambda: tuned.append(True))
     gateway = cli.create_app()
-    assert isinstance(gateway, Gateway) and gateway.config == config
+    assert isinstance(gateway, Gateway) and gateway.config == cli.build_config(
+        cli.parse_args(["serve", "--config", str(path)])
+    )
+    assert gateway.config.upstream.read_timeout == math.inf
     assert tuned == [True]
     monkeypatch.delenv(cli._WORKER_ENV)
     with pytest.raises(RuntimeError, match=cli._WORKER_ENV):
         cli.create_app()
+
+
+def test_port_0_is_announced_as_the_port_uvicorn_is_given(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ports: list[int] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ports.append(options["port"]))
+    monkeypatch.setattr(cli, "tune_for_serving", lambda: None)
+    assert cli.main(["serve", "--demo", "--port", "0"]) == 0
+    (port,) = ports
+    assert port > 0 and f"listening on http://127.0.0.1:{port}," in capsys.readouterr().out
 
 
 def test_without_uvicorn_it_says_how_to_install_it() -> None:
