@@ -26,6 +26,8 @@ _ZLIB_WBITS = {
     "x-gzip": 16 + zlib.MAX_WBITS,
     "deflate": zlib.MAX_WBITS,
 }
+# A body compressed twice is plausible, more is not: each pass may cost up to the limit.
+_MAX_CODINGS = 2
 # How each gzip member starts: a body may hold several, one after another.
 _GZIP_MAGIC = b"\x1f\x8b"
 # Clients send one; concatenated files make a few.
@@ -138,12 +140,26 @@ class ClientDisconnectedError(Exception):
 def decode_content_encoding(body: bytes, encoding: str, limit: int) -> bytes:
     """Decompress a gzip or deflate body, never producing more than ``limit`` bytes.
 
+    ``encoding`` may list codings (``gzip, gzip``, or two header lines joined), in the order
+    they were applied (RFC 9110, section 8.4): they are undone last first, each bounded by
+    ``limit``; ``identity`` changes nothing.
+
     Raises :class:`InvalidRequestError` for an unsupported or corrupt encoding and
     :class:`RequestTooLargeError` when the decoded body passes ``limit``.
     """
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
+    codings = [coding.strip().lower() for coding in encoding.split(",")]
+    codings = [coding for coding in codings if coding not in ("", "identity")]
+    if len(codings) > _MAX_CODINGS:
+        raise InvalidRequestError(
+            f"content-encoding: at most {_MAX_CODINGS} codings are undone, not {len(codings)}.",
+            error_code=_ENCODING_UNSUPPORTED,
+        )
+    for coding in reversed(codings):
+        body = _decode_coding(body, coding, limit)
+    return body
+
+
+def _decode_coding(body: bytes, encoding: str, limit: int) -> bytes:
     wbits = _ZLIB_WBITS.get(encoding)
     if wbits is None:
         raise InvalidRequestError(

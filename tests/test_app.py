@@ -240,6 +240,34 @@ def test_data_after_the_compressed_body_is_400() -> None:
         assert message == f"content-encoding: data follows the end of the {encoding} body."
 
 
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("gzip, gzip", lambda body: gzip.compress(gzip.compress(body))),
+        ("deflate, GZIP", lambda body: gzip.compress(zlib.compress(body))),
+        ("gzip, identity", gzip.compress),
+    ],
+)
+def test_a_list_of_codings_is_undone_last_first(
+    encoding: str, encode: Callable[[bytes], bytes]
+) -> None:
+    # RFC 9110 8.4: codings are listed in the order they were applied.
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    response = run(_post(gateway, encode(CHAT), **{"content-encoding": encoding}))
+    assert response.status_code == 200
+    assert recorder.requests[0].content == CHAT
+
+
+def test_more_codings_than_a_body_plausibly_has_are_refused() -> None:
+    gateway, _ = make_gateway(Recorder())
+    body = gzip.compress(gzip.compress(gzip.compress(CHAT)))
+    status, _, message = _error_of(
+        run(_post(gateway, body, **{"content-encoding": "gzip, gzip, gzip"}))
+    )
+    assert status == 400 and message == "content-encoding: at most 2 codings are undone, not 3."
+
+
 def test_unsupported_or_corrupt_encoding_is_400() -> None:
     gateway, _ = make_gateway(Recorder())
     status, _, message = _error_of(run(_post(gateway, CHAT, **{"content-encoding": "br"})))
