@@ -231,6 +231,20 @@ def test_error_object_in_a_2xx_body_raises_the_mapped_error() -> None:
         to_anthropic_message(json.dumps(vllm).encode(), model=MODEL, message_id=MESSAGE_ID)
 
 
+def test_an_error_object_with_its_status_as_a_string_raises_that_status() -> None:
+    body = {"error": {"message": "bad field", "type": "BadRequestError", "code": "400"}}
+    with pytest.raises(InvalidRequestError, match="bad field"):
+        to_anthropic_message(json.dumps(body).encode(), model=MODEL, message_id=MESSAGE_ID)
+
+
+def test_an_upstream_redirect_is_a_502_not_an_internal_error() -> None:
+    status, error = _error(307, b"")
+    assert (status, error["type"]) == (502, "api_error")
+    assert (
+        error["message"] == "The upstream redirected (HTTP 307), which the gateway does not follow."
+    )
+
+
 @pytest.mark.parametrize(
     "body", [b"<html>bad gateway</html>", b'{"choices": []}', b'{"object": "list"}']
 )

@@ -115,6 +115,13 @@ def classify(status: int | None, error: InError) -> tuple[int, str, str]:
     context = _context_message(error)
     if context is not None:
         return 400, "invalid_request_error", context
+    if status is not None and 300 <= status < 400:
+        # A redirect the gateway does not follow: the upstream cannot be used as configured.
+        return (
+            502,
+            "api_error",
+            f"The upstream redirected (HTTP {status}), which the gateway does not follow.",
+        )
     if status is None or status < 400:
         status = _status_from_error(error)
     if status == 529 or (status >= 500 and _overloaded(error)):
@@ -127,8 +134,11 @@ def classify(status: int | None, error: InError) -> tuple[int, str, str]:
 
 
 def _status_from_error(error: InError) -> int:
-    if isinstance(error.code, int) and 400 <= error.code <= 599:
-        return error.code
+    code = error.code
+    if isinstance(code, str) and code.isdecimal():  # "code": "400", as some servers send it
+        code = int(code)
+    if isinstance(code, int) and 400 <= code <= 599:
+        return code
     for key in (error.code, error.type):
         if isinstance(key, str) and key in _STATUS_BY_CODE:
             return _STATUS_BY_CODE[key]
