@@ -251,6 +251,38 @@ def test_a_blank_text_is_never_rewritten_to_an_empty_one(blank: str) -> None:
 # --- user text ---
 
 
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        # Under 2,048 characters, over 2,048 bytes as JSON: each newline is written \n.
+        "".join(f"INFO step {i:03d} ok   \n" for i in range(100)),
+        "".join(f"\u65e5\u5fd7 {i:03d} \u6b63\u5e38   \n" for i in range(150)),  # CJK
+        "".join(f"INFO step {i:03d} ok   \n" for i in range(120)),  # over 2,048 characters
+        "short prose   \n",
+    ],
+    ids=["escapes", "cjk", "long", "short"],
+)
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_a_prompt_compresses_alike_as_a_string_and_as_a_block(
+    pasted: str, ensure_ascii: bool
+) -> None:
+    # Claude Code sends a prompt as a text block while it carries the cache breakpoint, as a
+    # string once the breakpoint moves on: the next turn must repeat the cached prefix.
+    def sent(content: Any) -> str:
+        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": "ok"}]
+        body = json.dumps(
+            {"model": "m", "max_tokens": 5, "messages": messages}, ensure_ascii=ensure_ascii
+        )
+        result = compress_request(body.encode(), CLAUDE)
+        first = json.loads(result.body or body)["messages"][0]["content"]
+        return first if isinstance(first, str) else first[0]["text"]
+
+    block = [{"type": "text", "text": pasted, "cache_control": {"type": "ephemeral"}}]
+    assert sent(pasted) == sent(block)
+    # Pasted text from 2,048 characters on is compressed (trailing blanks trimmed).
+    assert (sent(pasted) != pasted) == (len(pasted) >= 2048)
+
+
 def test_large_pasted_user_text_is_compressed_small_prose_is_not() -> None:
     pasted = NOISY * 4
     assert len(pasted) >= 2048

@@ -51,12 +51,12 @@ from .bundles import Bundle
 from .history import Frame, History, Message, first_element
 from .memo import CompressionMemo
 from .rewrite import EMPTY_MARKER
-from .walk import DEDUPE_MIN_BYTES, PASTED_MIN_BYTES, Walk
+from .walk import DEDUPE_MIN_BYTES, PASTED_MIN_CHARS, Walk
 
 __all__ = [
     "DEDUPE_MIN_BYTES",
     "EMPTY_MARKER",
-    "PASTED_MIN_BYTES",
+    "PASTED_MIN_CHARS",
     "CompressionResult",
     "compress_request",
 ]

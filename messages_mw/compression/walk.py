@@ -20,10 +20,13 @@ from .commands import MAX_COMMAND_CHARS
 from .memo import CompressionMemo
 from .rewrite import Frame, Rewrite, Rule, rewrite_text
 
-__all__ = ["DEDUPE_MIN_BYTES", "PASTED_MIN_BYTES", "End", "ToolCall", "Walk"]
+__all__ = ["DEDUPE_MIN_BYTES", "PASTED_MIN_CHARS", "End", "ToolCall", "Walk"]
 
 DEDUPE_MIN_BYTES = 512
-PASTED_MIN_BYTES = 2048
+# Measured in characters of the text, whatever its JSON spelling: Claude Code sends one
+# prompt as a text block while it carries the cache breakpoint and as a plain string after,
+# and both must compress alike, or the next turn misses the cached prefix.
+PASTED_MIN_CHARS = 2048
 
 _inner_blocks = msgspec.json.Decoder(list[dict[str, Raw]])
 _string = msgspec.json.Decoder(str)
@@ -142,21 +145,25 @@ class Walk:
                     self.tool_result(block)
                 elif kind == _TEXT and "citations" not in block:
                     self.pasted_block(block)
-        elif role == "user" and isinstance(content, str) and len(content) >= PASTED_MIN_BYTES:
+        elif role == "user" and isinstance(content, str) and len(content) >= PASTED_MIN_CHARS:
             pasted = self.pasted(Raw(_encoder.encode(content)))
             if pasted is not None:
                 message["content"] = pasted
 
     def pasted_block(self, block: dict[str, Raw]) -> None:
         raw = block.get("text")
-        if raw is not None and len(raw) >= PASTED_MIN_BYTES:
-            pasted = self.pasted(raw)
-            if pasted is not None:
-                block["text"] = pasted
+        # Its JSON has at least a byte per character: a shorter one needs no decoding.
+        if raw is not None and len(raw) >= PASTED_MIN_CHARS:
+            text = _as_str(raw)
+            if text is not None and len(text) >= PASTED_MIN_CHARS:
+                pasted = self.pasted(raw)
+                if pasted is not None:
+                    block["text"] = pasted
 
     def pasted(self, raw: Raw) -> Raw | None:
-        """The compressed JSON of a user's large pasted text, or ``None`` to keep it."""
-        if self.pasted_rule is None or len(raw) < PASTED_MIN_BYTES:
+        """The compressed JSON of a user's large pasted text (callers check its size), or
+        ``None`` to keep it."""
+        if self.pasted_rule is None:
             return None
         rule = self.pasted_rule
         rewrite = rewrite_text(raw, rule) if self.memo is None else self.memo.rewrite(raw, rule)
