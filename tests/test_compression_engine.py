@@ -13,6 +13,7 @@ from messages_mw import compression
 from messages_mw.compression import (
     BUNDLE_NAMES,
     Bundle,
+    CompressionMemo,
     bundle_named,
     compress_request,
     detect_bundle,
@@ -770,3 +771,30 @@ def test_invalid_utf8_in_a_block_leaves_the_request_alone(field: bytes) -> None:
     )
     result = compress_request(body, CLAUDE)
     assert result.body is None or b"\xff" in result.body
+
+
+@pytest.mark.parametrize("memo", [None, CompressionMemo()], ids=["cold", "memo"])
+def test_no_result_points_at_one_the_server_is_asked_to_clear(memo: CompressionMemo | None) -> None:
+    # With clear_tool_uses, Anthropic replaces the oldest results' content: a later copy
+    # turned into a reference to one of them would leave the file in neither place.
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "refactor app.py"}]
+    for index in range(6):
+        call = _call(f"toolu_{index:02d}", "Read", {"file_path": "/src/app.py"})
+        result = {"type": "tool_result", "tool_use_id": f"toolu_{index:02d}", "content": FILE_TEXT}
+        messages += [
+            {"role": "assistant", "content": [call]},
+            {"role": "user", "content": [result]},
+        ]
+
+    def newest_result(body: bytes | None) -> str:
+        assert body is not None
+        text: str = json.loads(body)["messages"][-1]["content"][0]["content"]
+        return text
+
+    # Without the edit, the last copy is a reference to the first.
+    assert "toolu_00" in newest_result(compress_request(_body(messages), CLAUDE, memo=memo).body)
+    keep = {"type": "tool_uses", "value": 3}
+    clearing = {"edits": [{"type": "clear_tool_uses_20250919", "keep": keep}]}
+    body = _body(messages, context_management=clearing)
+    sent = json.loads(compress_request(body, CLAUDE, memo=memo).body or body)["messages"]
+    assert all("toolu_" not in message["content"][0]["content"] for message in sent[2::2])

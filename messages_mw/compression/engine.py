@@ -76,6 +76,8 @@ _HISTORY_KEY_BYTES = 1024
 # The start of a body that names the frames in the memo that may fit it, and their key's kind.
 _FRAME_KEY_BYTES = 256
 _FRAME = "frame"
+# The context_management edit that has Anthropic clear old tool results (clear_tool_uses_20250919).
+_CLEAR_TOOL_USES = b"clear_tool_uses"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,14 @@ def compress_request(
     Raises nothing for a JSON body.
     """
     started = time.perf_counter()
-    walk = Walk(bundle, memo)
+    # Server-side clearing of old tool results (context_management's clear_tool_uses edits)
+    # could leave a repeated result pointing at cleared text: no references then, and no
+    # memo, whose remembered messages may hold some. Found anywhere in the body, it errs on
+    # the safe side.
+    clears_results = _CLEAR_TOOL_USES in body
+    if clears_results:
+        memo = None
+    walk = Walk(bundle, memo, deduplicates=not clears_results)
     out: bytes | None = None
     framed = None
     if memo is not None:

@@ -53,9 +53,13 @@ class Walk:
     contents kept as they are cost a length check and, for deduplication, a byte comparison.
     """
 
-    def __init__(self, bundle: Bundle, memo: CompressionMemo | None) -> None:
+    def __init__(
+        self, bundle: Bundle, memo: CompressionMemo | None, *, deduplicates: bool = True
+    ) -> None:
         self.bundle = bundle
         self.memo = memo
+        # Whether a repeated tool result may become a reference to its earlier copy.
+        self.deduplicates = deduplicates
         if memo is None:
             pasted = bundle.pasted_text
             self.text_rule = Rule(bundle.text)
@@ -254,6 +258,7 @@ class Walk:
 
     def result_text(self, raw: Raw, result: ToolCall, where: Hashable, *, dedupe: bool) -> Raw:
         """The final JSON string for one tool-result text (``raw`` itself when unchanged)."""
+        dedupe = dedupe and self.deduplicates
         if result.rule is not _EXACT:
             rewrite = self.rewrite(raw, result, where)
             new = raw if rewrite.json is None else rewrite.json
