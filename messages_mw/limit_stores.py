@@ -10,8 +10,10 @@ in Redis; the test suite runs the same scenarios against both.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -242,11 +244,15 @@ class MemoryCounterStore:
             del self._counters[key]
 
 
+# How long Redis remembers a call, so that redis-py's immediate resend of it changes nothing.
+_CALL_MEMORY_MS = 10_000
+
 # Loads a counter (KEYS[i], window length) and moves it to the window holding ``now``, exactly
 # as ``_roll`` does; numbers come back as strings because Redis truncates Lua numbers to
 # integers in replies.
-_LUA_LOAD = """
+_LUA_LOAD = f"""
 local now = tonumber(ARGV[1])
+local CALL_MEMORY_MS = {_CALL_MEMORY_MS}
 local function load(key, window)
   local index = math.floor(now / window)
   local stored = redis.call('HMGET', key, 'w', 'p', 'c')
@@ -266,17 +272,21 @@ local function save(key, window, w, p, c)
 end
 """
 
-# ARGV: now, then (window, limit, cost, sliding) per key. Mirrors MemoryCounterStore.consume.
+# KEYS[1] names the call (see RedisCounterStore._run); the counters are KEYS[2] on. ARGV:
+# now, then (window, limit, cost, sliding) per counter. Mirrors MemoryCounterStore.consume.
+# The same call run again (redis-py resends it when the connection broke before the reply
+# came) answers as the first run did and counts nothing more.
 _LUA_CONSUME = (
     _LUA_LOAD
     + """
+local first = redis.call('GET', KEYS[1])
 local admitted = 1
 local rows = {}
-for i, key in ipairs(KEYS) do
-  local at = 2 + (i - 1) * 4
+for i = 2, #KEYS do
+  local at = 2 + (i - 2) * 4
   local window, limit = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   local cost, sliding = tonumber(ARGV[at + 2]), ARGV[at + 3] == '1'
-  local w, p, c = load(key, window)
+  local w, p, c = load(KEYS[i], window)
   local used = c
   if sliding then
     local weight = math.min(1, math.max(0, 1 - (now - w * window) / window))
@@ -287,12 +297,17 @@ for i, key in ipairs(KEYS) do
   end
   rows[i] = {w, p, c, window, cost}
 end
+if first then
+  admitted = tonumber(first)
+else
+  redis.call('SET', KEYS[1], admitted, 'PX', CALL_MEMORY_MS)
+end
 local reply = {admitted}
-for i, key in ipairs(KEYS) do
+for i = 2, #KEYS do
   local row = rows[i]
-  if admitted == 1 and row[5] > 0 then
+  if admitted == 1 and row[5] > 0 and not first then
     row[3] = row[3] + row[5]
-    save(key, row[4], row[1], row[2], row[3])
+    save(KEYS[i], row[4], row[1], row[2], row[3])
   end
   table.insert(reply, tostring(row[1] * row[4]))
   table.insert(reply, tostring(row[2]))
@@ -302,15 +317,18 @@ return reply
 """
 )
 
-# ARGV: now, then (window, amount) per key.
+# KEYS[1] names the call, the counters are KEYS[2] on; ARGV: now, then (window, amount) per
+# counter. Run again, the same call adds nothing.
 _LUA_ADD = (
     _LUA_LOAD
     + """
-for i, key in ipairs(KEYS) do
-  local at = 2 + (i - 1) * 2
-  local window, amount = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
-  local w, p, c = load(key, window)
-  save(key, window, w, p, c + amount)
+if redis.call('SET', KEYS[1], 1, 'NX', 'PX', CALL_MEMORY_MS) then
+  for i = 2, #KEYS do
+    local at = 2 + (i - 2) * 2
+    local window, amount = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+    local w, p, c = load(KEYS[i], window)
+    save(KEYS[i], window, w, p, c + amount)
+  end
 end
 return 0
 """
@@ -321,9 +339,11 @@ class RedisCounterStore:
     """Counters in Redis, shared by every process using the same ``url`` and ``key_prefix``.
 
     Each call is one ``EVALSHA`` of a Lua script, so a check and its increment are atomic
-    across workers and hosts. Window boundaries come from the callers' clocks: keep hosts in
-    sync (NTP); skew shifts a host's windows by that much. All of a call's keys go to one
-    Redis, so Redis Cluster is not supported.
+    across workers and hosts. Redis remembers each call for 10 s (a key under the prefix,
+    ``call:`` and a random name): redis-py sends a call again when its connection breaks,
+    which may be after Redis ran it, and the repeat then counts nothing. Window boundaries
+    come from the callers' clocks: keep hosts in sync (NTP); skew shifts a host's windows by
+    that much. All of a call's keys go to one Redis, so Redis Cluster is not supported.
 
     Connections open at the first call; at most ``max_connections`` calls run at a time, and
     further calls queue for their turn (a burst in this process says nothing about Redis).
@@ -362,6 +382,8 @@ class RedisCounterStore:
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._turns: asyncio.Semaphore | None = None
+        self._name = uuid.uuid4().hex
+        self._calls = itertools.count()
 
     async def consume(
         self, checks: Sequence[WindowCheck], now: float
@@ -402,8 +424,11 @@ class RedisCounterStore:
             wait = self._retry_at - self._monotonic()
             if wait > 0:
                 raise LimitStoreError(f"Redis was unreachable; next attempt in {wait:.1f} s")
+            # A name for this call, unique across processes and hosts: run twice, the
+            # scripts count it once.
+            call = f"{self._prefix}call:{self._name}:{next(self._calls)}"
             try:
-                return await scripts[script]([self._prefix + key for key in keys], args)
+                return await scripts[script]([call, *(self._prefix + key for key in keys)], args)
             except RedisTimeoutError as exc:
                 if await self._answers_at_once(self._prefix + keys[0]):
                     raise LimitStoreError(f"Redis answers, but {exc}") from exc
@@ -442,6 +467,8 @@ class RedisCounterStore:
 
             # One immediate retry on a broken connection (a pooled socket Redis closed while
             # restarting), none on timeouts: an outage should cost one timeout, not several.
+            # The connection may also have broken after Redis ran the script, before its
+            # reply came: the scripts remember each call, so the resend counts nothing twice.
             # Calls take turns (below), so one never waits for a connection from the pool.
             pool = BlockingConnectionPool.from_url(
                 self._url,

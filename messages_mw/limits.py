@@ -199,7 +199,9 @@ class RateLimiter:
     ``store`` replaces the store named by the config (it is closed by :meth:`aclose`);
     ``clock`` returns Unix time in seconds. Window arithmetic and its precision are described
     in this module's docstring. Store keys hold only a metric, a window length, the scope
-    and the key id or tag, e.g. ``messages_mw:requests:60:key:team-a-ci``.
+    and the key id or tag, e.g. ``messages_mw:requests:60:key:team-a-ci``; the Redis store
+    also remembers each call for 10 s under a random name (``messages_mw:call:...``), so
+    that one resent after a broken connection counts once.
 
     Raises :class:`TypeError` at construction if ``store`` has no ``consume()``, ``add()``
     and ``aclose()`` methods, and :class:`ImportError` if the config names the Redis store

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -180,12 +181,19 @@ def test_store_keys_name_only_the_metric_window_and_subject(shared_redis: RedisS
     run(lambda: RedisCounterStore(shared_redis.url, key_prefix=prefix), rules, scenario)
     client = redis.Redis.from_url(shared_redis.url, decode_responses=True)
     try:
-        keys = sorted(client.keys(prefix + "*"))
+        every_key = client.keys(prefix + "*")
+        calls = [key for key in every_key if key.startswith(prefix + "call:")]
+        keys = sorted(set(every_key) - set(calls))
         assert keys == [
             prefix + "requests:60:key:team-a-ci",
             prefix + "spend:3600:tag:ci",
             prefix + "tokens:60:key:team-a-ci",
         ]
+        # Each call is remembered for 10 s by a random name (so that a resend counts once).
+        assert len(calls) == 2
+        for call in calls:
+            assert re.fullmatch(re.escape(prefix) + r"call:[0-9a-f]{32}:\d+", call)
+            assert 0 < client.pttl(call) <= 10_000
         assert 0 < client.ttl(prefix + "requests:60:key:team-a-ci") <= 120
         assert 3600 < client.ttl(prefix + "spend:3600:tag:ci") <= 7200
         assert client.hget(prefix + "tokens:60:key:team-a-ci", "c") == "40"
@@ -508,3 +516,99 @@ def test_an_unreachable_redis_is_not_contacted_at_construction() -> None:
         return headers
 
     assert asyncio.run(scenario()) == []
+
+
+class _ReplyLostProxy:
+    """A TCP proxy to Redis. Armed, it lets the next EVALSHA through and, once Redis has run
+    it and begun its reply, closes the client's connection instead of relaying the reply (a
+    network blip, a proxy failing over, CLIENT KILL)."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.armed = False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _relay(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        upstream, to_upstream = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        lose_reply = asyncio.Event()
+
+        async def requests() -> None:
+            while data := await client.read(65536):
+                if self.armed and b"EVALSHA" in data.upper():
+                    self.armed = False
+                    lose_reply.set()
+                to_upstream.write(data)
+                await to_upstream.drain()
+
+        async def replies() -> None:
+            while data := await upstream.read(65536):
+                if lose_reply.is_set():
+                    return  # Redis has run the script; its reply goes nowhere
+                to_client.write(data)
+                await to_client.drain()
+
+        pumps = [asyncio.ensure_future(requests()), asyncio.ensure_future(replies())]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            to_client.close()
+            to_upstream.close()
+
+    def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def test_a_reply_lost_after_redis_counted_is_not_counted_again(shared_redis: RedisServer) -> None:
+    # redis-py sends a call again when its connection breaks, which may be after Redis ran
+    # it: one request took two of three units, and one response's tokens were added twice.
+    prefix = fresh_prefix()
+    clock = FakeClock()
+
+    async def scenario() -> list[bool]:
+        proxy = _ReplyLostProxy(shared_redis.port)
+        store = RedisCounterStore(await proxy.start(), key_prefix=prefix, monotonic=clock)
+        rules = (LimitRule(scope="key", requests_per_minute=3),)
+        limiter = RateLimiter(
+            LimitsConfig(rules=rules, on_store_error="closed"), store=store, clock=clock
+        )
+        try:
+            admitted = [(await outcome(limiter, request()))[0]]
+            proxy.armed = True  # Redis counts the second request; its answer is lost
+            admitted.append((await outcome(limiter, request()))[0])
+            admitted.append((await outcome(limiter, request()))[0])
+            await store.add([Increment("tokens:60:key:k", 60.0, 1.0)], clock())
+            proxy.armed = True
+            await store.add([Increment("tokens:60:key:k", 60.0, 1000.0)], clock())
+        finally:
+            await limiter.aclose()
+            proxy.close()
+        return admitted
+
+    # Sent again on a new connection, the second call gets the first run's answer: the
+    # third of three allowed requests still gets in, and no call fails.
+    assert asyncio.run(scenario()) == [True, True, True]
+    stored = redis.Redis(port=shared_redis.port).hget(prefix + "tokens:60:key:k", "c")
+    assert stored is not None and float(stored) == 1001.0
+
+
+def test_a_restart_between_requests_costs_no_request(own_redis: RedisServer) -> None:
+    # The pooled socket died with the old server: the call is sent again on a new one.
+    clock = FakeClock()
+    limiter = outage_limiter(own_redis, "closed", clock)
+
+    async def scenario() -> list[bool]:
+        admitted = [(await outcome(limiter, request()))[0]]
+        own_redis.stop()
+        own_redis.start()
+        admitted.append((await outcome(limiter, request()))[0])
+        await limiter.aclose()
+        return admitted
+
+    assert asyncio.run(scenario()) == [True, True]
