@@ -50,10 +50,16 @@ class _Tool(msgspec.Struct, gc=False):
     name: str | None = None
 
 
+# Model ids are tens of characters (a Bedrock ARN about a hundred). The gateway echoes the
+# model in a response header, usage events and spans: a megabyte of it would make an answer
+# no client can read (header limits) and a span no collector takes.
+_ModelId = Annotated[str, msgspec.Meta(max_length=1024)]
+
+
 class MessagesRequest(msgspec.Struct, gc=False):
     """The parts of a ``POST /v1/messages`` body the gateway reads."""
 
-    model: str
+    model: _ModelId
     max_tokens: Annotated[int, msgspec.Meta(ge=0)]
     messages: Annotated[list[_Message], msgspec.Meta(min_length=1)]
     stream: bool = False
@@ -74,7 +80,7 @@ class MessagesRequest(msgspec.Struct, gc=False):
 class CountTokensRequest(msgspec.Struct, gc=False):
     """The parts of a ``POST /v1/messages/count_tokens`` body the gateway reads."""
 
-    model: str
+    model: _ModelId
     messages: Annotated[list[_Message], msgspec.Meta(min_length=1)]
     system: str | list[_Block] | None = None
     tools: list[_Tool] | None = None

@@ -63,6 +63,8 @@ def test_forward_compatible_fields_are_accepted() -> None:
     [
         ({"model": 5}, "model: Expected `str`, got `int`"),
         ({"model": ...}, "model: Field required"),
+        # Echoed in a response header and in spans: a megabyte would make unreadable answers.
+        ({"model": "m" * 1025}, "model: Expected `str` of length <= 1024"),
         ({"max_tokens": "10"}, "max_tokens: Expected `int`, got `str`"),
         ({"max_tokens": -1}, "max_tokens: Expected `int` >= 0"),
         ({"max_tokens": 1.5}, "max_tokens: Expected `int`, got `float`"),
@@ -78,6 +80,11 @@ def test_forward_compatible_fields_are_accepted() -> None:
 )
 def test_wrong_fields_are_named(fields: dict[str, object], expected: str) -> None:
     assert _error(_body(**fields)).startswith(expected)
+
+
+def test_a_model_id_as_long_as_an_arn_or_more_is_accepted() -> None:
+    arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/" + "a" * 955
+    assert len(arn) == 1024 and decode_messages_request(_body(model=arn)).model == arn
 
 
 def test_block_type_path_is_dotted() -> None:
