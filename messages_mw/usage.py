@@ -9,6 +9,7 @@ therefore never delays or breaks a request: at worst the queue fills and events 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -202,6 +203,7 @@ class UsageDispatcher:
         self._only_inline = bool(self._inline_sinks) and not (self._sync_sinks or self._async_sinks)
         self._pending: list[UsageEvent] = []
         self._flush_scheduled = False
+        self._inline_loop: asyncio.AbstractEventLoop | None = None
         self._last_flush = -math.inf
         # Asked on every request: sinks without a wants_events() always want them.
         self._always_wanted = any(getattr(s, "wants_events", None) is None for s in sinks)
@@ -269,6 +271,8 @@ class UsageDispatcher:
             return
         self._pending.append(event)
         if not self._flush_scheduled:
+            # Where another thread's events go (emit): the loop the inline sinks run on.
+            self._inline_loop = loop
             self._flush_scheduled = True
             wait = self._last_flush + _INLINE_DELIVERY_INTERVAL - time.monotonic()
             if wait > 0:
@@ -286,6 +290,14 @@ class UsageDispatcher:
     def _emit_from_elsewhere(
         self, event: UsageEvent, loop: asyncio.AbstractEventLoop | None
     ) -> None:
+        if self._only_inline:  # and no loop runs in this thread
+            inline = self._inline_loop
+            if inline is not None and inline.is_running():
+                with contextlib.suppress(RuntimeError):  # the loop closed in between
+                    inline.call_soon_threadsafe(self._collect, event, inline)
+                    return
+            self._drop("no running event loop")
+            return
         home = self._loop
         if home is not None and home.is_running():
             try:

@@ -407,9 +407,14 @@ def test_emit_without_a_loop_drops_instead_of_raising() -> None:
     assert dispatcher.dropped == 1
 
 
-def test_emit_from_another_thread_reaches_the_loop() -> None:
-    sink = AsyncRecorder()
-    dispatcher = UsageDispatcher([sink])
+class _NonblockingRecorder(Recorder):
+    nonblocking = True  # delivered on the loop, in batches, as the built-in sinks are
+
+
+@pytest.mark.parametrize("sink", [AsyncRecorder, _NonblockingRecorder])
+def test_emit_from_another_thread_reaches_the_loop(sink: type[Recorder | AsyncRecorder]) -> None:
+    recorder = sink()
+    dispatcher = UsageDispatcher([recorder])
 
     async def main() -> None:
         dispatcher.emit(make_event(0))
@@ -417,7 +422,7 @@ def test_emit_from_another_thread_reaches_the_loop() -> None:
         await dispatcher.aclose()
 
     asyncio.run(main())
-    assert sink.ids == ["req_0", "req_1"]
+    assert recorder.ids == ["req_0", "req_1"] and dispatcher.dropped == 0
 
 
 def test_a_dispatcher_outlives_its_first_event_loop() -> None:
