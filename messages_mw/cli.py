@@ -332,6 +332,14 @@ def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) ->
         print(f"messages-mw: error: cannot listen on {where}: {problem}", file=sys.stderr)
         return _STARTUP_FAILURE
     print(_startup_line(args.host, port, args.workers, config), flush=True)
+    if args.workers > 1 and config.limits.rules and config.limits.store == "memory":
+        print(
+            f"messages-mw: warning: each of the {args.workers} workers counts the limits in "
+            "its own memory, so they hold that many times over; set [limits] store = "
+            '"redis" to share one set of counters',
+            file=sys.stderr,
+            flush=True,
+        )
     app: Gateway | str
     if args.workers > 1:
         # Each worker builds its own; this one only proved the configuration builds.

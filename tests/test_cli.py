@@ -282,6 +282,25 @@ def test_port_0_is_announced_as_the_port_uvicorn_is_given(
     assert port > 0 and f"listening on http://127.0.0.1:{port}," in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("workers", "store"), [("2", "memory"), ("1", "memory"), ("2", "redis")])
+def test_limits_in_memory_under_several_workers_are_warned_of(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    workers: str,
+    store: str,
+) -> None:
+    # Each worker counts on its own: a limit of 3 let 6 of 12 requests through 2 workers.
+    rule = '[[limits.rules]]\nscope = "key"\nrequests_per_minute = 3\n'
+    path = _write(tmp_path, f'provider = "mock"\n[limits]\nstore = "{store}"\n{rule}')
+    monkeypatch.setenv(cli._WORKER_ENV, "")  # restored after: main() sets it
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr(cli, "tune_for_serving", lambda: None)
+    assert cli.main(["serve", "--config", str(path), "--workers", workers, "--port", "0"]) == 0
+    warned = "counts the limits in its own memory" in capsys.readouterr().err
+    assert warned == (workers == "2" and store == "memory")
+
+
 def test_without_uvicorn_it_says_how_to_install_it() -> None:
     code = (
         "import sys; sys.modules['uvicorn'] = None\n"
