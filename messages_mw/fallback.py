@@ -140,6 +140,9 @@ class _Chain:
     # Set when the last attempt's target may not be tried again for this request: it refused
     # the request (UnsupportedByProviderError) or said x-should-retry: false.
     done_with_target: bool = field(init=False, default=False)
+    # Set when the answer is a stream handed over once the hold ran out, before any content:
+    # it proves the target neither well nor unwell.
+    unproven: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -266,6 +269,7 @@ class _Chain:
     async def _judge(
         self, target: Target, response: ProviderResponse
     ) -> ProviderResponse | _Failure:
+        self.unproven = False
         if response.status in self.policy.retry_statuses:
             # x-should-retry: false rules out this target again, not the next one: a gateway
             # chained behind another gets it with a spent budget, which a backup does not share.
@@ -308,6 +312,7 @@ class _Chain:
             return _Failure(target, status, error, usage=usage)
         # Committed: from here the relay observes these chunks (replayed) for the usage.
         holder.target = None
+        self.unproven = pending is not None
         replayed = replay_stream(buffered, pending, chunks)
         close = response.close
         if pending is not None:
@@ -358,6 +363,10 @@ class _Chain:
         status = response.status
         if status in self.policy.retry_statuses and _is_target_fault(status):
             self.breaker.record_failure(target.name)
+        elif self.unproven:
+            # A head and then nothing (or nothing yet) must not close a circuit, or keep
+            # one closed on a target that hangs after its head.
+            self.breaker.release_trial(target.name, self.trial)
         else:
             self.breaker.record_success(target.name)
 

@@ -1079,3 +1079,59 @@ def test_any_chunking_commits_a_good_stream_and_fails_a_broken_one(cuts: list[in
     send = Upstreams({PRIMARY.name: [streamed(split(broken)), streamed(split(good))]})
     result, received = chain_and_read([PRIMARY], send)
     assert received == split(good) and len(result.attempts) == 2
+
+
+def _half_open_breaker(clock: FakeClock) -> CircuitBreaker:
+    """A breaker whose circuit for PRIMARY failed and whose cooldown just ended."""
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=clock)
+    breaker.record_failure(PRIMARY.name)
+    clock.now += 30
+    return breaker
+
+
+def test_a_trial_stream_handed_over_before_any_content_does_not_close_the_circuit() -> None:
+    # The hold ran out with only message_start read; the stream then failed at the client.
+    async def scenario() -> tuple[list[bytes], str]:
+        clock = FakeClock()
+        breaker = _half_open_breaker(clock)
+        gate = asyncio.Event()
+        trial = _gated([MESSAGE_START, error_event("overloaded_error")], gate, at=1)
+        send = Upstreams({PRIMARY.name: [trial], SECONDARY.name: [streamed(GOOD_STREAM)]})
+        result = await run_chain(
+            [PRIMARY, SECONDARY],
+            send,
+            policy=RetryPolicy(stream_hold=0.05),
+            breaker=breaker,
+            stream=True,
+            clock=clock,
+        )
+        gate.set()
+        assert result.response.chunks is not None
+        relayed = [chunk async for chunk in result.response.chunks]
+        await result.response.close()
+        return relayed, breaker.state(PRIMARY.name)
+
+    relayed, state = asyncio.run(scenario())
+    assert relayed[-1] == error_event("overloaded_error")
+    assert state != "closed"
+
+
+def test_a_target_silent_after_its_head_is_not_taken_for_healthy() -> None:
+    async def scenario() -> tuple[Target, str, bool]:
+        clock = FakeClock()
+        breaker = _half_open_breaker(clock)
+        send = Upstreams({PRIMARY.name: [streamed([None])], SECONDARY.name: []})
+        result = await run_chain(
+            [PRIMARY, SECONDARY],
+            send,
+            policy=RetryPolicy(stream_hold=0.05),
+            breaker=breaker,
+            stream=True,
+            clock=clock,
+        )
+        await result.response.close()
+        # The trial is released: the next request may try the target again at once.
+        return result.target, breaker.state(PRIMARY.name), breaker.allow(PRIMARY.name)
+
+    target, state, allowed = asyncio.run(scenario())
+    assert target == PRIMARY and state != "closed" and allowed

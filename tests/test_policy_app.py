@@ -32,7 +32,7 @@ from messages_mw.providers.base import ProviderRequest, ProviderResponse
 
 from .inprocess import Recorder, client_for, make_gateway, post_scope, run
 from .openai_upstream import completion_json
-from .servers import message_json
+from .servers import error_json, message_json, sse, text_stream_events
 
 
 def _body(**fields: object) -> bytes:
@@ -673,3 +673,47 @@ def test_count_tokens_is_labelled_with_the_requests_tags_session_and_debug_repor
 def _provider(handler: Any) -> AnthropicProvider:
     settings = UpstreamConfig(base_url="http://upstream.test")
     return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+
+
+def _overloaded_everywhere(stream: bool) -> tuple[httpx.Response, list[RequestContext]]:
+    """Both targets overloaded: as a 529 response, or as a stream's opening error event."""
+    opening = text_stream_events([])[0] + sse(
+        "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if stream:
+            return httpx.Response(
+                200, content=opening, headers={"content-type": "text/event-stream"}
+            )
+        body = error_json("overloaded_error", "Overloaded")
+        return httpx.Response(529, content=body, headers={"content-type": "application/json"})
+
+    config = GatewayConfig(
+        upstream=UpstreamConfig(base_url="http://primary.test"),
+        fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",)),
+        usage_log=False,
+    )
+    backup = AnthropicProvider(
+        UpstreamConfig(base_url="http://backup.test"),
+        name="backup",
+        transport=httpx.MockTransport(answer),
+    )
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        config,
+        provider=_provider(answer),
+        providers={"backup": backup},
+        on_request_end=finished.append,
+    )
+    return run(_post(gateway, _body(stream=stream))), finished
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["relayed 529", "raised stream error"])
+def test_a_chain_failing_everywhere_names_the_last_target_however_it_failed(stream: bool) -> None:
+    response, finished = _overloaded_everywhere(stream)
+    assert response.status_code == 529 and len(finished[0].attempts) == 2
+    assert response.headers["x-mw-provider"] == "backup"
+    assert response.headers["x-mw-model"] == "claude-haiku-4-5"
+    assert response.headers["x-mw-fallback-used"] == "1"
+    assert finished[0].fallback_used and finished[0].provider == "backup"
