@@ -145,6 +145,9 @@ class _LoopbackTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self._closing
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write is taken at once
+
     def close(self) -> None:
         self._closing = True
 

@@ -14,7 +14,10 @@ compare it with uvicorn's), and does the rest its own way:
 - a body that comes in one read reaches the app as the parser's own ``bytes``;
 - one timer per connection, ticking a few times per limit, closes connections whose client
   is too slow with a head (30 s) or a body (60 s, counted while the app is reading it), and
-  idle keep-alive connections (uvicorn's ``timeout_keep_alive``, give or take a quarter);
+  idle keep-alive connections (uvicorn's ``timeout_keep_alive``, give or take a quarter),
+  and drops one whose client has read none of its answer for 60 s, even once the answer
+  is complete or the connection closing (a shutdown would wait for it); one reading slowly,
+  however long its answer takes, is served to the end;
 - a head over 64 KB gets a 431, and a request that cannot be parsed a 400, both in
   Anthropic's error envelope, as is a 500 for an app that fails before it answers; one
   pipelined behind answers still going out gets its refusal after them (uvicorn's closes
@@ -128,7 +131,10 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self.writing_paused = False
-        self._writing_paused_at = 0.0
+        # The answer bytes waiting in the write buffer when last seen, and since when that
+        # many: bytes that do not move mean a client that stopped reading.
+        self._output_left = -1
+        self._output_since = 0.0
         self._drainers: list[asyncio.Future[None]] = []
         # The request head being parsed.
         self._url = b""
@@ -207,7 +213,10 @@ class GatewayHttpProtocol(asyncio.Protocol):
                 )
                 return
         self._feed(data)
-        if in_body and not self._count_body_framing(len(data)):
+        # Only while the body goes on: heads pipelined behind its end, in the same read, are
+        # no framing of it (they go uncounted, as behind a head).
+        still_in_body = in_body and parsing is not None and parsing.more_body
+        if still_in_body and not self._count_body_framing(len(data)):
             self.transport.close()
             return
         if self._parsing is not parsing:  # a head was whole: a request began
@@ -257,7 +266,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
-        self._writing_paused_at = self.loop.time()
+        self._output_left, self._output_since = -1, self.loop.time()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
@@ -507,7 +516,15 @@ class GatewayHttpProtocol(asyncio.Protocol):
         answering, parsing = self._answering, self._parsing
         if parsing is not None and parsing.more_body:  # the broken bytes were its body
             if parsing is answering:
-                self.transport.close()  # its answer is still going out: cut short
+                if parsing.response_started:
+                    self.transport.close()  # its answer is going out: cut short
+                    return
+                # Its app has not answered: the refusal is the answer, and the app hears
+                # that the client has gone (what it would send next goes nowhere).
+                parsing.disconnected = True
+                parsing.wake()
+                self._parsing = None
+                self._send_refusal(status, message)
                 return
             if parsing.response_complete:  # answered early (a 401, a 413) as it came
                 self._close_when_read()
@@ -575,7 +592,15 @@ class GatewayHttpProtocol(asyncio.Protocol):
 
     def _check(self) -> None:
         if self.transport.is_closing():
-            self._watch = None
+            # close() waits for the output to drain: a client that reads none of it would
+            # keep the connection, and a graceful shutdown waiting for it, for good.
+            if self.transport.get_write_buffer_size() == 0:
+                self._watch = None
+            elif self._output_stalled(self.loop.time()):
+                self._watch = None
+                self.transport.abort()
+            else:
+                self._watch = self.loop.call_later(self._period, self._check)
             return
         if self._too_slow(self.loop.time()):
             self._watch = None
@@ -588,9 +613,21 @@ class GatewayHttpProtocol(asyncio.Protocol):
             return
         self._watch = self.loop.call_later(self._period, self._check)
 
+    def _output_stalled(self, now: float) -> bool:
+        """Whether the answer bytes waiting to be sent have not moved for body_idle_seconds:
+        the client stopped reading. One that reads slowly, slower than a large body message
+        drains, still moves them, and is not cut off."""
+        left = self.transport.get_write_buffer_size()
+        if left != self._output_left:
+            self._output_left, self._output_since = left, now
+            return False
+        return now - self._output_since > self.body_idle_seconds
+
     def _too_slow(self, now: float) -> bool:
-        if self.writing_paused and now - self._writing_paused_at > self.body_idle_seconds:
-            return True  # the client stopped reading the answer: its stream would wait forever
+        if self.writing_paused:
+            # An answer is still going out, complete or not as the app sees it: too slow only
+            # if the client stopped reading it (its stream would wait forever).
+            return self._output_stalled(now)
         parsing = self._parsing
         if parsing is not None and parsing.more_body:  # a body is being read
             if self._reading_paused or parsing.waiting_for_continue:

@@ -24,7 +24,7 @@ from uvicorn.server import ServerState
 from messages_mw import Gateway, GatewayConfig, MockConfig, RequestContext
 from messages_mw.server import GatewayHttpProtocol
 
-from .servers import serve
+from .servers import serve, serving
 
 _HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
@@ -45,6 +45,9 @@ class _RecordingTransport:
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write is taken at once
 
     def close(self) -> None:
         self.closed = True
@@ -827,3 +830,124 @@ def test_a_slow_client_still_sending_gets_the_stream_and_the_refusal_whole(
                 answer += chunk
                 time.sleep(0.001)
     assert b"\r\n0\r\n\r\nHTTP/1.1 " + status + b" " in answer
+
+
+_BIG = 16 * 1024 * 1024  # far past what the socket buffers hold
+
+
+async def _big_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", b"%d" % _BIG)],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"z" * _BIG})
+
+
+def _reading_nothing(url: str) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(_address(url))
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "shutdown_after"),
+    [
+        (b"GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", 3.0),
+        (b"GET /big HTTP/1.0\r\nhost: x\r\n\r\n", 3.0),
+        (b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n", 0.2),  # a shutdown closes it meanwhile
+    ],
+    ids=["connection close", "http/1.0", "shutdown"],
+)
+def test_an_answer_closed_after_but_never_read_is_dropped_all_the_same(
+    request_bytes: bytes, shutdown_after: float
+) -> None:
+    # close() waits for the output to drain: the connection, and a graceful shutdown waiting
+    # for it, stayed for good.
+    with serving(_big_answer, http=_ImpatientProtocol) as served:
+        with _reading_nothing(served.url) as sock:
+            sock.sendall(request_bytes)
+            time.sleep(shutdown_after)
+            served.server.should_exit = True
+            served.thread.join(5)  # ten times the body limit
+            shutdown_hung = served.thread.is_alive()
+        served.thread.join(10)
+    assert not shutdown_hung
+
+
+def test_a_client_reading_slowly_but_steadily_gets_its_whole_answer() -> None:
+    # Writing stays paused while a large body message drains; only bytes that do not move
+    # say the client stopped reading. (It was cut off after about 8 of 24 MB.)
+    size = 24 * 1024 * 1024
+
+    async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"%d" % size)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"z" * size})
+
+    class _OneSecond(GatewayHttpProtocol):
+        body_idle_seconds = 1.0
+
+    received = 0
+    with serve(answer, http=_OneSecond) as url, socket.create_connection(_address(url)) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        head_and_body = size + len(b"HTTP/1.1 200 OK\r\n")
+        while received < head_and_body and (data := sock.recv(65536)):
+            received += len(data)
+            time.sleep(0.02)
+    assert received >= size
+
+
+def test_heads_pipelined_behind_a_body_are_no_framing_of_it() -> None:
+    # Counted as the body's chunk framing, 100 KB of them passed its limit: no answer at all.
+    async def echo_path(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        body = scope["path"].encode()
+        headers = [(b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    pad = b"a" * 1000
+    gets = b"".join(
+        b"GET /%d HTTP/1.1\r\nhost: x\r\nx-pad: %b\r\n\r\n" % (i, pad) for i in range(100)
+    )
+    with (
+        serve(echo_path, http=GatewayHttpProtocol) as url,
+        socket.create_connection(_address(url)) as sock,
+    ):
+        sock.sendall(b"POST /post HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n01234")
+        time.sleep(0.2)  # the head and half the body read; then the rest, and the heads
+        sock.sendall(b"56789" + gets)
+        sock.settimeout(5)
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 101 and (data := sock.recv(65536)):
+            received += data
+    assert received.count(b"HTTP/1.1 200") == 101
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"-3\r\nabc\r\n0\r\n\r\n",
+        b"10000000000000003\r\nabc\r\n0\r\n\r\n",
+        b"3\r\nabcX\r\n0\r\n\r\n",
+    ],
+    ids=["negative size", "size overflow", "chunk longer than its size"],
+)
+def test_an_unparseable_chunked_body_gets_a_400_before_any_answer(body: bytes) -> None:
+    # Its request was already the one being answered (its app running), so the connection
+    # closed with nothing sent; uvicorn answers 400.
+    head = b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    with (
+        serve(_demo(), http=GatewayHttpProtocol) as url,
+        socket.create_connection(_address(url)) as sock,
+    ):
+        sock.sendall(head + body)
+        answer = _until_closed(sock, within=5)
+    _assert_refusal(answer, b"400")
