@@ -143,6 +143,10 @@ class _Chain:
     # Set when the answer is a stream handed over once the hold ran out, before any content:
     # it proves the target neither well nor unwell.
     unproven: bool = field(init=False, default=False)
+    # The latest failure that was an upstream's answer (its status, its retry-after), kept
+    # whole: should the chain end on a failure of the gateway's own (no answer at all), it
+    # tells the client more.
+    answered: _Failure | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -195,6 +199,12 @@ class _Chain:
         # Whatever this try brings supersedes the failure held for the client.
         previous, self.failure = self.failure, None
         await self.discard(previous)
+        if (
+            previous is not None
+            and previous.status is not None
+            and (previous.response is None or previous.response.body is not None)
+        ):
+            self.answered = previous  # read whole: closing it left its body to relay
         began = self.clock()
         remaining = self.policy.deadline - (began - self.started)
         deadline = self.timer.timeout(remaining)
@@ -425,7 +435,8 @@ async def run_chain(
     skipped the same way (the failure before it stays the answer). When ``stream`` is true a
     streamed answer is final only once its first content event arrives, or once
     ``policy.stream_hold`` has passed without one; the returned response replays the bytes
-    read so far, then the rest. When every attempt fails, the last failure is the answer: an
+    read so far, then the rest. When every attempt fails, the last failure is the answer (but
+    when the last target gave no answer at all, an earlier upstream's answer is): an
     upstream error response is returned intact, a raised error is raised again.
     Attempts are appended to ``attempts`` (if given) as they happen, so the log survives a raise.
     ``held`` (if given) names the stream being held back and holds the chunks read from it so
@@ -472,6 +483,10 @@ async def run_chain(
 
 def _last_failure(chain: _Chain, first: Target) -> ChainResult:
     failure = chain.failure
+    if failure is not None and failure.status is None and chain.answered is not None:
+        # The last target gave no answer (unreachable, timed out): an earlier upstream's
+        # answer, a 429 with its retry-after say, is what the client's SDK can act on.
+        failure = chain.answered
     if failure is None:
         wait = math.ceil(chain.first_trial_in or 0.0)
         raise OverloadedError(

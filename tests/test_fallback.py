@@ -401,12 +401,28 @@ def test_when_all_fail_the_last_upstream_error_is_returned_intact() -> None:
 def test_when_all_raise_the_last_error_is_raised() -> None:
     last = UpstreamTimeoutError("secondary slow")
     send = Upstreams(
-        {PRIMARY.name: [reply(529), reply(529)], SECONDARY.name: [OverloadedError("x"), last]}
+        {
+            PRIMARY.name: [UpstreamUnavailableError("down"), UpstreamUnavailableError("down")],
+            SECONDARY.name: [OverloadedError("x"), last],
+        }
     )
     log: list[Attempt] = []
     with pytest.raises(UpstreamTimeoutError) as raised:
         chain([PRIMARY, SECONDARY], send, attempts=log)
     assert raised.value is last and len(log) == 4
+
+
+def test_an_upstreams_answer_beats_a_later_target_giving_none() -> None:
+    # A backup unreachable must not hide the primary's 429 and its retry-after (a bare 502
+    # sends the client's SDK back at once), nor a 529 it would retry.
+    limited = reply(429, error_json("rate_limit_error", "Slow down"), [("retry-after", "20")])
+    send = Upstreams(
+        {PRIMARY.name: [limited], SECONDARY.name: [UpstreamUnavailableError("unreachable")]}
+    )
+    log: list[Attempt] = []
+    result = chain([PRIMARY, SECONDARY], send, policy=RetryPolicy(), attempts=log)
+    assert result.response.status == 429 and ("retry-after", "20") in result.response.headers
+    assert result.target == PRIMARY and not result.fallback_used and len(log) == 2
 
 
 def test_stream_failing_before_content_falls_back_invisibly() -> None:
@@ -1007,6 +1023,7 @@ _OUTCOMES = [
     "stream_broken",
 ]
 _RETRYABLE = {"server_error", "overloaded", "refused", "timeout", "stream_broken"}
+_UNANSWERED = {"refused", "timeout"}  # failures of the gateway's own: no upstream answered
 
 
 def _make(kind: str) -> _Outcome:
@@ -1049,7 +1066,13 @@ def test_result_is_the_first_final_answer_or_the_last_failure(
     budget = n_targets * per_target
     final = next((i for i, kind in enumerate(kinds[:budget]) if kind not in _RETRYABLE), None)
     used = budget if final is None else final + 1
-    expected, expected_kind = outcomes[used - 1], kinds[used - 1]
+    answer = used - 1
+    if final is None and kinds[answer] in _UNANSWERED:
+        # The last target gave no answer: the latest upstream answer before it, if any, is
+        # the one the client gets.
+        answered = [i for i in range(answer) if kinds[i] in _RETRYABLE - _UNANSWERED]
+        answer = answered[-1] if answered else answer
+    expected, expected_kind = outcomes[answer], kinds[answer]
     try:
         result: ChainResult | GatewayError = chain(targets, send, policy=policy, stream=True)
     except GatewayError as exc:
@@ -1062,8 +1085,10 @@ def test_result_is_the_first_final_answer_or_the_last_failure(
         assert isinstance(result, OverloadedError)
     else:
         assert isinstance(result, ChainResult)
-        assert result.response.close is expected.close and closes(expected) == 0
-        assert result.fallback_used == (calls[-1] != targets[0])
+        # Closed only if a later attempt followed it (its body was read whole: still there).
+        assert result.response.close is expected.close
+        assert closes(expected) == (answer != used - 1)
+        assert result.fallback_used == (calls[answer] != targets[0])
     failed = [o for o in outcomes[: used - 1] if isinstance(o, ProviderResponse)]
     assert all(closes(o) == 1 for o in failed)
 
