@@ -797,4 +797,8 @@ def test_no_result_points_at_one_the_server_is_asked_to_clear(memo: CompressionM
     clearing = {"edits": [{"type": "clear_tool_uses_20250919", "keep": keep}]}
     body = _body(messages, context_management=clearing)
     sent = json.loads(compress_request(body, CLAUDE, memo=memo).body or body)["messages"]
+    # Only the field counts: a session whose text names the edit still deduplicates.
+    messages[0]["content"] = "what does clear_tool_uses_20250919 do?"
+    mentioned = compress_request(_body(messages), CLAUDE, memo=memo).body
+    assert "toolu_00" in newest_result(mentioned)
     assert all("toolu_" not in message["content"][0]["content"] for message in sent[2::2])

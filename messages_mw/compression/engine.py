@@ -39,6 +39,7 @@ by a byte comparison and copied, and only the new turn is walked.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,14 +120,7 @@ def compress_request(
     Raises nothing for a JSON body.
     """
     started = time.perf_counter()
-    # Server-side clearing of old tool results (context_management's clear_tool_uses edits)
-    # could leave a repeated result pointing at cleared text: no references then, and no
-    # memo, whose remembered messages may hold some. Found anywhere in the body, it errs on
-    # the safe side.
-    clears_results = _CLEAR_TOOL_USES in body
-    if clears_results:
-        memo = None
-    walk = Walk(bundle, memo, deduplicates=not clears_results)
+    walk = Walk(bundle, memo)
     out: bytes | None = None
     framed = None
     if memo is not None:
@@ -157,6 +151,8 @@ def _walk_framed(body: bytes, walk: Walk, memo: CompressionMemo) -> _Framed | No
     for frame in memo.frames((_FRAME, body[:_FRAME_KEY_BYTES])):
         end = frame.array_end(body)
         if end is not None:
+            if _clears_results(frame.fields):
+                return None  # walked whole instead (see _walk_decoded)
             messages = _walk_remembered(body, len(frame.head), end, walk, memo)
             return None if messages is None else _Framed(frame, messages, end)
     return None
@@ -189,6 +185,11 @@ def _walk_decoded(body: bytes, walk: Walk, memo: CompressionMemo | None) -> dict
         fields: dict[str, Any] = _top.decode(body)
     except DECODE_ERRORS:
         return None
+    if _clears_results(fields):
+        # Anthropic is to clear old tool results: a repeated one must not become a reference
+        # to one it clears, nor come from the memo's remembered messages, which may hold some.
+        walk.deduplicates = False
+        memo = None
     raw = fields.get("messages")
     if memo is not None and raw is not None:
         array = bytes(raw)
@@ -206,6 +207,13 @@ def _walk_decoded(body: bytes, walk: Walk, memo: CompressionMemo | None) -> dict
     if walk.changed:
         fields["messages"] = messages
     return fields
+
+
+def _clears_results(fields: Mapping[str, Raw]) -> bool:
+    """Whether the top-level fields ask Anthropic to clear old tool results
+    (``context_management``'s ``clear_tool_uses`` edits)."""
+    edits = fields.get("context_management")
+    return edits is not None and _CLEAR_TOOL_USES in bytes(edits)
 
 
 def _joined(messages: tuple[bytes, ...]) -> Raw:

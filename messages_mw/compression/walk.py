@@ -53,13 +53,12 @@ class Walk:
     contents kept as they are cost a length check and, for deduplication, a byte comparison.
     """
 
-    def __init__(
-        self, bundle: Bundle, memo: CompressionMemo | None, *, deduplicates: bool = True
-    ) -> None:
+    def __init__(self, bundle: Bundle, memo: CompressionMemo | None) -> None:
         self.bundle = bundle
         self.memo = memo
-        # Whether a repeated tool result may become a reference to its earlier copy.
-        self.deduplicates = deduplicates
+        # Whether a repeated tool result may become a reference to its earlier copy (not
+        # where Anthropic is asked to clear old results: see the engine).
+        self.deduplicates = True
         if memo is None:
             pasted = bundle.pasted_text
             self.text_rule = Rule(bundle.text)
