@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -424,9 +425,10 @@ class RedisCounterStore:
             wait = self._retry_at - self._monotonic()
             if wait > 0:
                 raise LimitStoreError(f"Redis was unreachable; next attempt in {wait:.1f} s")
-            # A name for this call, unique across processes and hosts: run twice, the
-            # scripts count it once.
-            call = f"{self._prefix}call:{self._name}:{next(self._calls)}"
+            # A name for this call, unique across processes and hosts (the process id too: a
+            # host may build the gateway once and fork its workers): run twice, the scripts
+            # count it once.
+            call = f"{self._prefix}call:{self._name}:{os.getpid()}:{next(self._calls)}"
             try:
                 return await scripts[script]([call, *(self._prefix + key for key in keys)], args)
             except RedisTimeoutError as exc:

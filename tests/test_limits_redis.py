@@ -192,7 +192,7 @@ def test_store_keys_name_only_the_metric_window_and_subject(shared_redis: RedisS
         # Each call is remembered for 10 s by a random name (so that a resend counts once).
         assert len(calls) == 2
         for call in calls:
-            assert re.fullmatch(re.escape(prefix) + r"call:[0-9a-f]{32}:\d+", call)
+            assert re.fullmatch(re.escape(prefix) + r"call:[0-9a-f]{32}:\d+:\d+", call)
             assert 0 < client.pttl(call) <= 10_000
         assert 0 < client.ttl(prefix + "requests:60:key:team-a-ci") <= 120
         assert 3600 < client.ttl(prefix + "spend:3600:tag:ci") <= 7200
@@ -612,3 +612,26 @@ def test_a_restart_between_requests_costs_no_request(own_redis: RedisServer) -> 
         return admitted
 
     assert asyncio.run(scenario()) == [True, True]
+
+
+def test_a_store_built_before_a_fork_counts_each_workers_calls(shared_redis: RedisServer) -> None:
+    # A host may build the gateway once and fork its workers (gunicorn --preload): their
+    # calls must not pass for resends of one another's, which count nothing.
+    prefix = fresh_prefix()
+    store = RedisCounterStore(shared_redis.url, key_prefix=prefix)
+    check = [WindowCheck("requests:60:key:k", 60.0, 1.0, 1.0, False)]
+
+    async def one_request() -> bool:
+        admitted, _ = await store.consume(check, FakeClock()())
+        await store.add([Increment("tokens:60:key:k", 60.0, 100.0)], FakeClock()())
+        await store.aclose()
+        return admitted
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit status
+        os._exit(0 if asyncio.run(one_request()) else 1)
+    _, status = os.waitpid(child, 0)
+    admitted = [os.waitstatus_to_exitcode(status) == 0, asyncio.run(one_request())]
+    assert sorted(admitted) == [False, True]  # a limit of one request
+    stored = redis.Redis(port=shared_redis.port).hget(prefix + "tokens:60:key:k", "c")
+    assert stored is not None and float(stored) == 200.0
