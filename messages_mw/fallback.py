@@ -31,7 +31,7 @@ from .protocol import DECODE_ERRORS, ObservedResponse
 from .providers.base import ProviderResponse
 from .retry import RetryPolicy, backoff_delay, retry_after_seconds, waits_too_long
 from .shared_timer import SharedTimer
-from .stream_peek import drop_read, peek_stream, replay_stream
+from .stream_peek import drop_read, peek_stream, replay_stream, telling_first_verdict
 from .streaming import TokenUsage, observed_usage
 
 __all__ = [
@@ -324,6 +324,9 @@ class _Chain:
         holder.target = None
         self.unproven = pending is not None
         replayed = replay_stream(buffered, pending, chunks)
+        if self.unproven and self.breaker is not None:
+            # Handed over before any content: what it sends next tells the breaker.
+            replayed = telling_first_verdict(replayed, self._later_verdict(target))
         close = response.close
         if pending is not None:
             # The replay drops the read once it runs, but it may never run (the client gone).
@@ -334,6 +337,24 @@ class _Chain:
         return ProviderResponse(
             response.status, response.headers, chunks=replayed, close=close, ended=response.ended
         )
+
+    def _later_verdict(self, target: Target) -> Callable[[GatewayError | None], None]:
+        """What a stream handed over before its content later proves, told to the breaker: a
+        content event, success; a retryable error the target is at fault for, a failure."""
+        breaker, retry_statuses = self.breaker, self.policy.retry_statuses
+        assert breaker is not None
+
+        def tell(error: GatewayError | None) -> None:
+            if error is None:
+                breaker.record_success(target.name)
+            elif (
+                error.status in retry_statuses
+                and error.blames_target
+                and _is_target_fault(error.status)
+            ):
+                breaker.record_failure(target.name)
+
+        return tell
 
     def _held_by(self, target: Target) -> tuple[int | None, TokenUsage | None]:
         """For ``target``'s attempt: the status its held stream was answered with and the
@@ -375,7 +396,8 @@ class _Chain:
             self.breaker.record_failure(target.name)
         elif self.unproven:
             # A head and then nothing (or nothing yet) must not close a circuit, or keep
-            # one closed on a target that hangs after its head.
+            # one closed on a target that hangs after its head: the stream's first content
+            # will (see _later_verdict).
             self.breaker.release_trial(target.name, self.trial)
         else:
             self.breaker.record_success(target.name)
@@ -453,8 +475,9 @@ async def run_chain(
     error at once, to be answered with its status. With a ``breaker``, open targets are
     skipped (logged as ``circuit_open``); an attempt that got no answer, a 5xx or a 529 counts
     against its target, ``x-should-retry: false`` or not; a 408, 409 or 429
-    is about one caller and counts for nothing; any other final answer resets it; a
-    non-retryable error, raised by ``send`` or read from a stream, leaves it as it was.
+    is about one caller and counts for nothing; any other final answer resets it (a stream
+    handed over before its first content event, once that content comes); a non-retryable
+    error, raised by ``send`` or read from a stream, leaves it as it was.
 
     Raises a non-retryable :class:`GatewayError` from ``send`` at once, the last retryable one
     when nothing better came, and :class:`OverloadedError` when the breaker skipped every

@@ -20,7 +20,7 @@ from .protocol import DECODE_ERRORS, ObservedEvent
 from .providers.base import never_ready
 from .shared_timer import SharedTimer
 
-__all__ = ["drop_read", "peek_stream", "replay_stream"]
+__all__ = ["drop_read", "peek_stream", "replay_stream", "telling_first_verdict"]
 
 _event_decoder = msgspec.json.Decoder(ObservedEvent)
 # The event separators the SDKs accept; a regex finds the earliest in one left-to-right pass.
@@ -272,3 +272,17 @@ async def replay_stream(
     finally:
         if pending is not None:
             drop_read(pending)
+
+
+async def telling_first_verdict(
+    chunks: AsyncIterator[bytes], tell: Callable[[GatewayError | None], object]
+) -> AsyncIterator[bytes]:
+    """``chunks`` as they come, judged as :func:`peek_stream` judges them until one decides
+    the stream's fate: ``tell`` then hears ``None`` for a first content event, or the error
+    of an ``error`` event, once (never, for a stream that ends undecided)."""
+    scanner: _PeekScanner | None = _PeekScanner()
+    async for chunk in chunks:
+        if scanner is not None and (verdict := scanner.feed(chunk)) is not None:
+            scanner = None
+            tell(None if verdict == "content" else verdict)
+        yield chunk

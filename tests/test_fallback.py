@@ -1160,3 +1160,40 @@ def test_a_target_silent_after_its_head_is_not_taken_for_healthy() -> None:
 
     target, state, allowed = asyncio.run(scenario())
     assert target == PRIMARY and state != "closed" and allowed
+
+
+@pytest.mark.parametrize(
+    ("first_breaker_state", "failures_before"),
+    [("half-open", 1), ("closed with a failure counted", 1)],
+)
+def test_a_stream_handed_over_before_content_counts_once_its_content_comes(
+    first_breaker_state: str, failures_before: int
+) -> None:
+    # Slower than the hold but good: its content closes a half-open circuit, and resets
+    # the count of consecutive failures, as an answer in time would.
+    async def scenario() -> str:
+        clock = FakeClock()
+        threshold = 1 if first_breaker_state == "half-open" else 2
+        breaker = CircuitBreaker(
+            BreakerPolicy(failure_threshold=threshold, cooldown=30), clock=clock
+        )
+        for _ in range(failures_before):
+            breaker.record_failure(PRIMARY.name)
+        if first_breaker_state == "half-open":
+            clock.now += 30
+        gate = asyncio.Event()
+        send = Upstreams({PRIMARY.name: [_gated(GOOD_STREAM, gate, at=1)], SECONDARY.name: []})
+        policy = RetryPolicy(attempts_per_target=1, stream_hold=0.05)
+        result = await run_chain(
+            [PRIMARY, SECONDARY], send, policy=policy, breaker=breaker, stream=True, clock=clock
+        )
+        gate.set()
+        assert result.response.chunks is not None
+        relayed = [chunk async for chunk in result.response.chunks]
+        await result.response.close()
+        assert relayed == list(GOOD_STREAM)
+        if first_breaker_state != "half-open":
+            breaker.record_failure(PRIMARY.name)  # another, no longer consecutive
+        return breaker.state(PRIMARY.name)
+
+    assert asyncio.run(scenario()) == "closed"
