@@ -29,7 +29,7 @@ from .body_edit import edit_top_level
 from .closing import close_all
 from .config import GatewayConfig
 from .config_check import check_config
-from .context import Attempt, RequestContext, RequestEndHook
+from .context import RequestContext, RequestEndHook
 from .disconnect import DisconnectWatcher
 from .errors import (
     GatewayError,
@@ -92,13 +92,8 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-def _last_tried(chain: Sequence[Target], attempts: Sequence[Attempt]) -> Target | None:
-    """The target of the last attempt that reached it (a circuit it found open did not)."""
-    by_name = {target.name: target for target in chain}
-    for attempt in reversed(attempts):
-        if attempt.error_type != "circuit_open":
-            return by_name.get(attempt.target)
-    return None
+def _named(chain: Sequence[Target], name: str | None) -> Target | None:
+    return next((target for target in chain if target.name == name), None)
 
 
 def _is_model_path(path: str) -> bool:
@@ -518,10 +513,10 @@ class Gateway:
                 context.usage = observed_usage(held.chunks)
                 self._record_server(context, target, target != plan.chain[0])
             raise
-        except GatewayError:
-            # The chain's last failure, raised (no answer, or a stream's error event): the
-            # error names the target that failed last, as a relayed error response does.
-            if (target := _last_tried(plan.chain, context.attempts)) is not None:
+        except GatewayError as exc:
+            # A target's failure, raised (no answer, or a stream's error event): the answer
+            # names that target, as a relayed error response does.
+            if (target := _named(plan.chain, exc.target_name)) is not None:
                 self._record_server(context, target, target != plan.chain[0])
             raise
         # Inline, not _record_server: this is every request's path.

@@ -117,6 +117,8 @@ class GatewayError(Exception):
         # Set when the error is the upstream's own (read from its stream): the answer then
         # names the upstream's request id, as a relayed response does.
         self.upstream_request_id: str | None = None
+        # Set by a fallback chain raising a target's failure: that target's provider/model.
+        self.target_name: str | None = None
 
     def body(self, request_id: str | None) -> bytes:
         """This error's JSON envelope, naming ``request_id`` (``null`` when ``None``)."""

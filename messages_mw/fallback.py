@@ -227,6 +227,7 @@ class _Chain:
                 self.attempts.append(Attempt(target.name, status, exc.error_type, duration, usage))
                 if self.breaker is not None:
                     self.breaker.release_trial(target.name, self.trial)
+                exc.target_name = target.name
                 raise
             retry_after = retry_after_seconds(exc.headers)
             outcome = _Failure(target, status, exc, retry_after=retry_after, usage=usage)
@@ -518,5 +519,6 @@ def _last_failure(chain: _Chain, first: Target) -> ChainResult:
         )
     if failure.response is None:
         assert failure.error is not None
+        failure.error.target_name = failure.target.name
         raise failure.error
     return ChainResult(failure.response, failure.target, chain.attempts, failure.target != first)

@@ -24,7 +24,11 @@ from messages_mw import (
 )
 from messages_mw.auth import ApiKeyConfig, AuthConfig
 from messages_mw.config import OpenAIUpstreamConfig
-from messages_mw.errors import PermissionDeniedError, RateLimitError
+from messages_mw.errors import (
+    PermissionDeniedError,
+    RateLimitError,
+    UnsupportedByProviderError,
+)
 from messages_mw.fallback import Target
 from messages_mw.hooks import IncomingRequest, RouteHook
 from messages_mw.limits import LimitRule, LimitsConfig, RateLimiter
@@ -717,3 +721,38 @@ def test_a_chain_failing_everywhere_names_the_last_target_however_it_failed(stre
     assert response.headers["x-mw-model"] == "claude-haiku-4-5"
     assert response.headers["x-mw-fallback-used"] == "1"
     assert finished[0].fallback_used and finished[0].provider == "backup"
+
+
+class _Refusing:
+    """A provider that cannot express any request (as an OpenAI target given a document)."""
+
+    async def send(self, request: ProviderRequest) -> ProviderResponse:
+        raise UnsupportedByProviderError("messages.0.content.0: documents are not supported")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_failure_kept_past_a_refusal_names_its_own_target() -> None:
+    # The primary's failure stays the answer when the backup refuses: the answer named the
+    # backup while its body spoke of the primary.
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    config = GatewayConfig(
+        upstream=UpstreamConfig(base_url="http://primary.test"),
+        fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",)),
+        usage_log=False,
+    )
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        config,
+        provider=_provider(unreachable),
+        providers={"backup": _Refusing()},
+        on_request_end=finished.append,
+    )
+    response = run(_post(gateway, _body()))
+    assert response.status_code == 502 and "'anthropic'" in response.json()["error"]["message"]
+    assert response.headers["x-mw-provider"] == "anthropic"
+    assert response.headers["x-mw-fallback-used"] == "0"
+    assert finished[0].provider == "anthropic" and not finished[0].fallback_used
