@@ -14,6 +14,7 @@ from .errors import InvalidRequestError, PermissionDeniedError
 from .fallback import BreakerPolicy, RetryPolicy, Target
 from .pricing import PricingTable
 from .protocol import DECODE_ERRORS
+from .validation import MAX_MODEL_CHARS
 
 __all__ = ["FallbackConfig", "TargetResolver"]
 
@@ -149,7 +150,10 @@ class TargetResolver:
         return Target(self._default, name)
 
     def _client_target(self, name: str, field: str) -> Target:
-        """:meth:`target` for a name the client wrote in ``field``."""
+        """:meth:`target` for a name the client wrote in ``field``, held to the length a
+        request's ``model`` is (it may become the served model)."""
+        if len(name) > MAX_MODEL_CHARS:
+            raise InvalidRequestError(f"{field}: Expected `str` of length <= {MAX_MODEL_CHARS}")
         if self._unnamable and name not in self._aliases:
             provider, slash, _ = name.partition("/")
             if slash and provider in self._unnamable:

@@ -53,7 +53,8 @@ class _Tool(msgspec.Struct, gc=False):
 # Model ids are tens of characters (a Bedrock ARN about a hundred). The gateway echoes the
 # model in a response header, usage events and spans: a megabyte of it would make an answer
 # no client can read (header limits) and a span no collector takes.
-_ModelId = Annotated[str, msgspec.Meta(max_length=1024)]
+MAX_MODEL_CHARS = 1024
+_ModelId = Annotated[str, msgspec.Meta(max_length=MAX_MODEL_CHARS)]
 
 
 class MessagesRequest(msgspec.Struct, gc=False):

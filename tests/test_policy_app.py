@@ -756,3 +756,19 @@ def test_a_failure_kept_past_a_refusal_names_its_own_target() -> None:
     assert response.headers["x-mw-provider"] == "anthropic"
     assert response.headers["x-mw-fallback-used"] == "0"
     assert finished[0].provider == "anthropic" and not finished[0].fallback_used
+
+
+@pytest.mark.parametrize("field", ["router_candidates", "fallbacks"])
+def test_a_model_named_in_the_body_is_held_to_the_model_limit(field: str) -> None:
+    # It may become the served model, echoed in x-mw-model and spans, as the model is.
+    name = "anthropic/" + "m" * 1100
+    body = (
+        _body(model="auto", router_candidates=[name])
+        if field == "router_candidates"
+        else _body(fallbacks=[name])
+    )
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    response = run(_post(gateway, body))
+    assert response.status_code == 400 and recorder.requests == []
+    assert response.json()["error"]["message"] == (f"{field}.0: Expected `str` of length <= 1024")
