@@ -150,10 +150,7 @@ class TargetResolver:
         return Target(self._default, name)
 
     def _client_target(self, name: str, field: str) -> Target:
-        """:meth:`target` for a name the client wrote in ``field``, held to the length a
-        request's ``model`` is (it may become the served model)."""
-        if len(name) > MAX_MODEL_CHARS:
-            raise InvalidRequestError(f"{field}: Expected `str` of length <= {MAX_MODEL_CHARS}")
+        """:meth:`target` for a name the client wrote in ``field``."""
         if self._unnamable and name not in self._aliases:
             provider, slash, _ = name.partition("/")
             if slash and provider in self._unnamable:
@@ -162,6 +159,13 @@ class TargetResolver:
                     "which passthrough auth, checking no key, does not lend to callers."
                 )
         return self.target(name)
+
+    def _body_target(self, name: str, field: str) -> Target:
+        """:meth:`_client_target` for a name from a body field other than ``model``, held to
+        the length the model is held to when decoded (it may become the served model)."""
+        if len(name) > MAX_MODEL_CHARS:
+            raise InvalidRequestError(f"{field}: Expected `str` of length <= {MAX_MODEL_CHARS}")
+        return self._client_target(name, field)
 
     def primary(self, model: str) -> Target:
         """The first target a request for ``model`` goes to (see :meth:`target`); for the
@@ -194,7 +198,7 @@ class TargetResolver:
             raise InvalidRequestError(
                 f"fallbacks: at most {self._config.max_body_fallbacks} entries are allowed"
             )
-        return [self._client_target(name, f"fallbacks.{i}") for i, name in enumerate(names)]
+        return [self._body_target(name, f"fallbacks.{i}") for i, name in enumerate(names)]
 
     def for_request(self, body: bytes, model: str) -> tuple[bytes, TargetResolver]:
         """Consume the body's ``router_candidates`` for an auto-model request.
@@ -223,7 +227,7 @@ class TargetResolver:
             raise InvalidRequestError(f"router_candidates: at most {limit} entries are allowed")
         routed = copy.copy(self)
         routed._candidates = tuple(
-            self._client_target(name, f"router_candidates.{i}") for i, name in enumerate(names)
+            self._body_target(name, f"router_candidates.{i}") for i, name in enumerate(names)
         )
         return body, routed
 
