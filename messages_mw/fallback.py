@@ -26,6 +26,7 @@ from .errors import (
     OverloadedError,
     UnsupportedByProviderError,
     UpstreamTimeoutError,
+    UpstreamUnavailableError,
 )
 from .protocol import DECODE_ERRORS, ObservedResponse
 from .providers.base import ProviderResponse
@@ -199,11 +200,7 @@ class _Chain:
         # Whatever this try brings supersedes the failure held for the client.
         previous, self.failure = self.failure, None
         await self.discard(previous)
-        if (
-            previous is not None
-            and previous.status is not None
-            and (previous.response is None or previous.response.body is not None)
-        ):
+        if previous is not None and _is_answer(previous):
             self.answered = previous  # read whole: closing it left its body to relay
         began = self.clock()
         remaining = self.policy.deadline - (began - self.started)
@@ -408,6 +405,16 @@ class _Chain:
             await failure.response.close()
 
 
+def _is_answer(failure: _Failure) -> bool:
+    """Whether a failure is an upstream's own answer, kept whole (an error status, its body
+    read; an error event of a kind the client's SDK acts on), rather than the gateway's
+    account of none: unreachable, silent, cut off after its head."""
+    if failure.response is not None:
+        return failure.response.body is not None
+    no_answer = (UpstreamTimeoutError, UpstreamUnavailableError)
+    return failure.status is not None and not isinstance(failure.error, no_answer)
+
+
 def _headers_for_error(response: ProviderResponse) -> dict[str, str]:
     return {name: value for name, value in response.headers if name not in _NOT_ERROR_HEADERS}
 
@@ -507,9 +514,10 @@ async def run_chain(
 
 def _last_failure(chain: _Chain, first: Target) -> ChainResult:
     failure = chain.failure
-    if failure is not None and failure.status is None and chain.answered is not None:
-        # The last target gave no answer (unreachable, timed out): an earlier upstream's
-        # answer, a 429 with its retry-after say, is what the client's SDK can act on.
+    if failure is not None and not _is_answer(failure) and chain.answered is not None:
+        # The last target gave no answer (unreachable, silent, cut off): an earlier
+        # upstream's answer, a 429 with its retry-after say, is what the client's SDK can
+        # act on.
         failure = chain.answered
     if failure is None:
         wait = math.ceil(chain.first_trial_in or 0.0)

@@ -278,11 +278,21 @@ async def telling_first_verdict(
     chunks: AsyncIterator[bytes], tell: Callable[[GatewayError | None], object]
 ) -> AsyncIterator[bytes]:
     """``chunks`` as they come, judged as :func:`peek_stream` judges them until one decides
-    the stream's fate: ``tell`` then hears ``None`` for a first content event, or the error
-    of an ``error`` event, once (never, for a stream that ends undecided)."""
+    the stream's fate: ``tell`` hears, once, ``None`` for a first content event, or the error
+    of an ``error`` event, of a failing read, or of a stream that ends before any content."""
     scanner: _PeekScanner | None = _PeekScanner()
-    async for chunk in chunks:
-        if scanner is not None and (verdict := scanner.feed(chunk)) is not None:
-            scanner = None
-            tell(None if verdict == "content" else verdict)
-        yield chunk
+    try:
+        async for chunk in chunks:
+            if scanner is not None and (verdict := scanner.feed(chunk)) is not None:
+                scanner = None
+                tell(None if verdict == "content" else verdict)
+            yield chunk
+    except GatewayError as exc:  # the connection broke, or went silent, before the content
+        if scanner is not None:
+            tell(exc)
+        raise
+    if scanner is not None:
+        verdict = scanner.finish()
+        if verdict is None:
+            verdict = UpstreamUnavailableError("The upstream stream ended before any content.")
+        tell(None if verdict == "content" else verdict)

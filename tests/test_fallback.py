@@ -7,6 +7,7 @@ sleeps are recorded instead of slept, and the clock is a number the test moves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -1197,3 +1198,61 @@ def test_a_stream_handed_over_before_content_counts_once_its_content_comes(
         return breaker.state(PRIMARY.name)
 
     assert asyncio.run(scenario()) == "closed"
+
+
+def _head_then(gate: asyncio.Event, then: list[bytes | BaseException]) -> ProviderResponse:
+    """A stream that sends message_start, waits for ``gate``, then goes on with ``then``."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield MESSAGE_START
+        await gate.wait()
+        for item in then:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    return ProviderResponse(200, list(SSE_HEADERS), chunks=body(), close=Closes())
+
+
+@pytest.mark.parametrize("ending", ["breaks", "ends"])
+@pytest.mark.parametrize("handed_over", [False, True], ids=["held", "handed over"])
+def test_a_stream_failing_after_its_head_counts_however_long_it_took(
+    ending: str, handed_over: bool
+) -> None:
+    # Failing inside the hold opened the circuit; failing just after it, never.
+    async def scenario() -> str:
+        breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=FakeClock())
+        gate = asyncio.Event()
+        if not handed_over:
+            gate.set()
+        then: list[bytes | BaseException] = (
+            [UpstreamUnavailableError("connection lost")] if ending == "breaks" else []
+        )
+        send = Upstreams({PRIMARY.name: [_head_then(gate, then)]})
+        policy = RetryPolicy(attempts_per_target=1, stream_hold=0.05)
+        try:
+            result = await run_chain([PRIMARY], send, policy=policy, breaker=breaker, stream=True)
+        except UpstreamUnavailableError:
+            return breaker.state(PRIMARY.name)
+        gate.set()
+        assert result.response.chunks is not None
+        with contextlib.suppress(UpstreamUnavailableError):
+            async for _ in result.response.chunks:
+                pass
+        await result.response.close()
+        return breaker.state(PRIMARY.name)
+
+    assert asyncio.run(scenario()) == "open"
+
+
+def test_a_backup_silent_after_its_head_does_not_hide_the_primarys_429() -> None:
+    async def scenario() -> ChainResult:
+        limited = reply(429, error_json("rate_limit_error", "Slow down"), [("retry-after", "20")])
+        send = Upstreams(
+            {PRIMARY.name: [limited], SECONDARY.name: [streamed([MESSAGE_START, Hang()])]}
+        )
+        policy = RetryPolicy(attempts_per_target=1, stream_hold=5, deadline=0.3)
+        return await run_chain([PRIMARY, SECONDARY], send, policy=policy, breaker=None, stream=True)
+
+    result = asyncio.run(scenario())
+    assert result.response.status == 429 and result.target == PRIMARY
