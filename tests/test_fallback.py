@@ -1115,6 +1115,18 @@ def _half_open_breaker(clock: FakeClock) -> CircuitBreaker:
     return breaker
 
 
+async def _held_briefly(send: Upstreams, breaker: CircuitBreaker, clock: FakeClock) -> ChainResult:
+    """A streamed request to PRIMARY then SECONDARY, its stream held for 50 ms at most."""
+    return await run_chain(
+        [PRIMARY, SECONDARY],
+        send,
+        policy=RetryPolicy(stream_hold=0.05),
+        breaker=breaker,
+        stream=True,
+        clock=clock,
+    )
+
+
 def test_a_trial_stream_handed_over_before_any_content_does_not_close_the_circuit() -> None:
     # The hold ran out with only message_start read; the stream then failed at the client.
     async def scenario() -> tuple[list[bytes], str]:
@@ -1123,14 +1135,7 @@ def test_a_trial_stream_handed_over_before_any_content_does_not_close_the_circui
         gate = asyncio.Event()
         trial = _gated([MESSAGE_START, error_event("overloaded_error")], gate, at=1)
         send = Upstreams({PRIMARY.name: [trial], SECONDARY.name: [streamed(GOOD_STREAM)]})
-        result = await run_chain(
-            [PRIMARY, SECONDARY],
-            send,
-            policy=RetryPolicy(stream_hold=0.05),
-            breaker=breaker,
-            stream=True,
-            clock=clock,
-        )
+        result = await _held_briefly(send, breaker, clock)
         gate.set()
         assert result.response.chunks is not None
         relayed = [chunk async for chunk in result.response.chunks]
@@ -1147,14 +1152,7 @@ def test_a_target_silent_after_its_head_is_not_taken_for_healthy() -> None:
         clock = FakeClock()
         breaker = _half_open_breaker(clock)
         send = Upstreams({PRIMARY.name: [streamed([None])], SECONDARY.name: []})
-        result = await run_chain(
-            [PRIMARY, SECONDARY],
-            send,
-            policy=RetryPolicy(stream_hold=0.05),
-            breaker=breaker,
-            stream=True,
-            clock=clock,
-        )
+        result = await _held_briefly(send, breaker, clock)
         await result.response.close()
         # The trial is released: the next request may try the target again at once.
         return result.target, breaker.state(PRIMARY.name), breaker.allow(PRIMARY.name)
