@@ -145,8 +145,8 @@ class _Chain:
     # it proves the target neither well nor unwell.
     unproven: bool = field(init=False, default=False)
     # The latest failure that was an upstream's answer (its status, its retry-after), kept
-    # whole: should the chain end on a failure of the gateway's own (no answer at all), it
-    # tells the client more.
+    # whole: should the chain end on a failure with no answer of its own (see _is_answer),
+    # it tells the client more.
     answered: _Failure | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -466,8 +466,9 @@ async def run_chain(
     streamed answer is final only once its first content event arrives, or once
     ``policy.stream_hold`` has passed without one; the returned response replays the bytes
     read so far, then the rest. When every attempt fails, the last failure is the answer (but
-    when the last target gave no answer at all, an earlier upstream's answer is): an
-    upstream error response is returned intact, a raised error is raised again.
+    when the last target gave no answer of its own, being unreachable, silent or cut off
+    after its head, the latest upstream answer before it is): an upstream error response is
+    returned intact, a raised error is raised again.
     Attempts are appended to ``attempts`` (if given) as they happen, so the log survives a raise.
     ``held`` (if given) names the stream being held back and holds the chunks read from it so
     far, for a caller cancelled meanwhile to bill its usage to the right target; a cancelled
