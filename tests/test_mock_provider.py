@@ -669,3 +669,15 @@ def test_the_sdk_lists_every_model_and_counts_tokens() -> None:
     ids, tokens = asyncio.run(run())
     assert ids == [model.id for model in _FIVE]
     assert tokens > 0
+
+
+def test_an_unknown_block_whose_text_is_no_string_is_accepted() -> None:
+    # The gateway passes unknown block types through; the mock refused this one with a 400.
+    content = [
+        {"type": "future_block", "text": {"kind": "rich", "runs": []}},
+        {"type": "text", "text": "hi"},
+    ]
+    body = _body(messages=[{"role": "user", "content": content}])
+    assert _message(body)["stop_reason"] == "end_turn"
+    assert "You said: hi" in _message(body)["content"][0]["text"]
+    assert _count(body) > 0

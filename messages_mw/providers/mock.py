@@ -51,7 +51,8 @@ class _Part(msgspec.Struct):
     """Any content block; ``source`` and ``content`` stay raw until a block type needs them."""
 
     type: str = ""
-    text: str | None = None
+    # Any JSON: another block type (a future one) may hold something else under "text".
+    text: Any = None
     source: msgspec.Raw = msgspec.Raw()
     content: msgspec.Raw = msgspec.Raw()
 
@@ -174,7 +175,21 @@ def estimate_input_tokens(body: bytes) -> int:
     :class:`~messages_mw.errors.InvalidRequestError` for a body that is not a JSON object.
     """
     prompt = _decode_or_400(_prompt_decoder, body)
-    return _estimate(prompt, _decode_or_400(_turns_decoder, prompt.messages, "messages"))
+    return _estimate(prompt, _turns(prompt))
+
+
+def _turns(prompt: _Prompt) -> list[_Turn]:
+    """The prompt's messages; a text block's text must be a string, as Anthropic holds it
+    (another block type's ``text``, a future one's, may be anything)."""
+    turns = _decode_or_400(_turns_decoder, prompt.messages, "messages")
+    for at, turn in enumerate(turns):
+        for index, part in enumerate(() if isinstance(turn.content, str) else turn.content):
+            if part.type == "text" and not isinstance(part.text, str):
+                kind = type(part.text).__name__.replace("NoneType", "null")
+                raise InvalidRequestError(
+                    f"messages.{at}.content.{index}.text: Expected `str`, got `{kind}`"
+                )
+    return turns
 
 
 def _estimate(prompt: _Prompt, turns: list[_Turn]) -> int:
@@ -213,7 +228,8 @@ def _is_tool_reply(turn: _Turn | None) -> bool:
 def _user_text(turn: _Turn) -> str:
     if isinstance(turn.content, str):
         return turn.content
-    return " ".join(part.text for part in turn.content if part.type == "text" and part.text)
+    texts = (part.text for part in turn.content if part.type == "text")
+    return " ".join(text for text in texts if text and isinstance(text, str))
 
 
 def _reply_text(model: str, turn: _Turn | None) -> str:
@@ -262,7 +278,7 @@ def _plan(body: bytes) -> tuple[ReplyPlan, bool]:
     """Decode a messages body into what the mock will answer, and whether to stream it."""
     request = decode_messages_request(body)
     prompt = _decode_or_400(_prompt_decoder, body)
-    turns = _decode_or_400(_turns_decoder, prompt.messages, "messages")
+    turns = _turns(prompt)
     last_user = _last_user_turn(turns)
     digest = _prompt_digest(prompt, request.model)
     thinking = prompt.thinking
