@@ -427,6 +427,9 @@ class Gateway:
         context.request_headers = headers
         incoming = IncomingRequest(context.method, context.path, headers, None)
         await self._policy.authenticate(incoming, context)
+        # The default provider answers (with the OpenAI-compatible ones' models merged in).
+        context.provider = self.config.provider
+        context.provider_type = self._provider_types[self.config.provider]
         request = self._provider_request(scope, context, b"", headers)
         relaying = self._send_and_relay(self._model_source, request, send, context)
         await self._disconnects.run(receive, relaying, context)

@@ -59,7 +59,8 @@ def policy_headers(context: RequestContext, names: ResolvedHeaderNames) -> list[
     pairs = list(context.response_headers)
     if context.provider is not None:
         pairs.append((names.provider, _header_safe(context.provider)))
-        pairs.append((names.model, _header_safe(context.served_model or context.model or "")))
+        if model := context.served_model or context.model:  # none for a model list
+            pairs.append((names.model, _header_safe(model)))
         pairs.append((names.fallback_used, "1" if context.fallback_used else "0"))
     if context.debug:
         pairs.extend(_debug_headers(context, names.debug))

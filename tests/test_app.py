@@ -1074,3 +1074,21 @@ def test_count_tokens_never_keeps_a_failing_targets_circuit_shut() -> None:
     # The third message found the primary's circuit open: no 529 paid for first.
     third = [event for event in finished if event.path == "/v1/messages"][2]
     assert third.attempts[0].error_type == "circuit_open"
+
+
+def test_a_model_list_names_the_provider_that_answered_it() -> None:
+    # Its span said "anthropic" when the mock answered, and Prometheus counted it under
+    # provider="unknown"; a model list names no model, so no x-mw-model either.
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        GatewayConfig(provider="mock", usage_log=False), on_request_end=finished.append
+    )
+
+    async def listed() -> httpx.Response:
+        async with client_for(gateway) as client:
+            return await client.get("/v1/models", headers={"x-api-key": "k"})
+
+    response = run(listed())
+    assert response.status_code == 200
+    assert (finished[0].provider, finished[0].provider_type) == ("mock", "messages_mw.mock")
+    assert response.headers["x-mw-provider"] == "mock" and "x-mw-model" not in response.headers
