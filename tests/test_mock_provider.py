@@ -681,3 +681,36 @@ def test_an_unknown_block_whose_text_is_no_string_is_accepted() -> None:
     assert _message(body)["stop_reason"] == "end_turn"
     assert "You said: hi" in _message(body)["content"][0]["text"]
     assert _count(body) > 0
+
+
+def test_tool_input_meets_the_schemas_the_sdk_helpers_write() -> None:
+    # A pydantic argument becomes a $ref into $defs, an optional one anyOf with null; the
+    # mock answered "mock" for both, and the SDK's tool runner refused the call.
+    schema = {
+        "type": "object",
+        "$defs": {
+            "Point": {
+                "type": "object",
+                "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+                "required": ["x", "y"],
+            }
+        },
+        "properties": {
+            "to": {"$ref": "#/$defs/Point"},
+            "speed": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 3}]},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+            "ratio": {"type": "number", "exclusiveMinimum": 1, "maximum": 5},
+            "name": {"type": "string", "minLength": 10},
+        },
+        "required": ["to", "speed", "tags", "ratio", "name"],
+    }
+    tool = {"name": "move", "description": "Move.", "input_schema": schema}
+    (block,) = _message(_body("move please", tools=[tool]))["content"]
+    assert block["type"] == "tool_use"
+    assert block["input"] == {
+        "to": {"x": 1, "y": 1},
+        "speed": 3,
+        "tags": ["mock", "mock"],
+        "ratio": 2,
+        "name": "mmmmmmmmmm",
+    }
