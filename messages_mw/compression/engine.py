@@ -151,8 +151,6 @@ def _walk_framed(body: bytes, walk: Walk, memo: CompressionMemo) -> _Framed | No
     for frame in memo.frames((_FRAME, body[:_FRAME_KEY_BYTES])):
         end = frame.array_end(body)
         if end is not None:
-            if _clears_results(frame.fields):
-                return None  # walked whole instead (see _walk_decoded)
             messages = _walk_remembered(body, len(frame.head), end, walk, memo)
             return None if messages is None else _Framed(frame, messages, end)
     return None
@@ -188,6 +186,7 @@ def _walk_decoded(body: bytes, walk: Walk, memo: CompressionMemo | None) -> dict
     if _clears_results(fields):
         # Anthropic is to clear old tool results: a repeated one must not become a reference
         # to one it clears, nor come from the memo's remembered messages, which may hold some.
+        # No frame is kept for such a body either, so none ever fits one (_walk_framed).
         walk.deduplicates = False
         memo = None
     raw = fields.get("messages")
