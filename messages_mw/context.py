@@ -210,6 +210,13 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             context.first_byte_at,
         )
         principal = context.principal
+        headers = context.request_headers
+        traceparent = tracestate = None
+        if (header := headers.get("traceparent")) is not None:  # rarely sent: no call then
+            traceparent = valid_traceparent(header)
+            if traceparent is not None:
+                # Vendor data that goes with the traceparent only (W3C: dropped without it).
+                tracestate = valid_tracestate(headers.get("tracestate"))
         # Positional, in field order: built once per request, and msgspec matches 28 keyword
         # arguments to fields one by one, which costs four times as much. test_usage pins
         # every field to its source.
@@ -245,10 +252,9 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             context.stop_reason,
             context.response_id,
             context.response_model,
-            traceparent := valid_traceparent(context.request_headers.get("traceparent")),
+            traceparent,
             usage.output_tokens_estimated,
-            # Vendor data that goes with the traceparent only (W3C: dropped without it).
-            valid_tracestate(context.request_headers.get("tracestate")) if traceparent else None,
+            tracestate,
         )
 
 

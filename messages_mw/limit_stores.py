@@ -180,7 +180,7 @@ class MemoryCounterStore:
         """:meth:`consume` without the coroutine: this store never waits, and the rate
         limiter calls it on every request."""
         if len(checks) == 1:
-            admitted, count = self.consume_one_now(checks[0], now)
+            admitted, count, _ = self.consume_one_now(checks[0], now)
             return admitted, [count]
         if now >= self._next_sweep:
             self._sweep(now)
@@ -202,19 +202,23 @@ class MemoryCounterStore:
                     counts[at] = WindowCount(counts[at].start, counter.previous, counter.current)
         return admitted, counts
 
-    def consume_one_now(self, check: WindowCheck, now: float) -> tuple[bool, WindowCount]:
+    def consume_one_now(self, check: WindowCheck, now: float) -> tuple[bool, WindowCount, float]:
         """:meth:`consume_now` for one counter (a key's request limit, typically): the same
-        decision without the bookkeeping a set of counters needs."""
+        decision without the bookkeeping a set of counters needs. Also returns the counter's
+        usage (:func:`window_usage`) after the call, which the caller's headers report."""
         if now >= self._next_sweep:
             self._sweep(now)
         counter = self._counters.get(check.key) or self._counter(check.key, check.window, now)
         count = counter.rolled(now)
-        if not has_room(check, count, now):
-            return False, count
+        used = window_usage(check, count, now)
+        # has_room(), inline: this runs for every request under a limit.
+        if not (used < check.limit and used + check.cost <= check.limit):
+            return False, count, used
         if check.cost:
             counter.current += check.cost
             count = WindowCount(count.start, count.previous, counter.current)
-        return True, count
+            used += check.cost
+        return True, count, used
 
     async def add(self, increments: Sequence[Increment], now: float) -> None:
         if now >= self._next_sweep:

@@ -340,7 +340,11 @@ class RateLimiter:
     def _limits_for(self, context: RequestContext) -> _LimitSet:
         principal = context.principal
         key_id = principal.key_id if principal is not None else None
-        tags = self._counted_tags(context)
+        # _counted_tags(), inline: this runs for every request under a limit.
+        if self._tags_from_key:
+            tags: Sequence[str] = principal.tags if principal is not None else ()
+        else:
+            tags = context.tags
         # Untagged requests are looked up by key id alone: a string caches its hash, a tuple
         # hashes its items again on every lookup.
         cache_key = (key_id, tuple(tags)) if tags else key_id
@@ -362,8 +366,11 @@ class RateLimiter:
         """:meth:`admit` for a set of one limit in memory, the usual case: the same answer,
         without the bookkeeping a set of limits needs."""
         check, names = alone
-        admitted, count = memory.consume_one_now(check, now)
-        headers = [] if names is None else self._limit_headers(names, limit_set, 0, count, now)
+        admitted, count, used = memory.consume_one_now(check, now)
+        if names is None:
+            headers = []
+        else:
+            headers = self._limit_headers(names, limit_set.limit_texts[0], check, count, used, now)
         if not admitted:
             raise rejection(limit_set.limits, [count], now, headers)
         return headers
@@ -381,26 +388,29 @@ class RateLimiter:
                     positions,
                     key=lambda i: (remaining(checks[i], counts[i], now), checks[i].limit),
                 )
-            headers += self._limit_headers(names, limit_set, at, counts[at], now)
+            check, count, text = checks[at], counts[at], limit_set.limit_texts[at]
+            used = window_usage(check, count, now)
+            headers += self._limit_headers(names, text, check, count, used, now)
         return headers
 
     def _limit_headers(
         self,
         names: tuple[str, str, str],
-        limit_set: _LimitSet,
-        at: int,
+        limit_text: str,
+        check: WindowCheck,
         count: WindowCount,
+        used: float,
         now: float,
     ) -> list[tuple[str, str]]:
-        """The limit, remaining and reset headers of the limit at ``at`` in ``limit_set``."""
-        check = limit_set.checks[at]
+        """The limit, remaining and reset headers of ``check`` (its limit written
+        ``limit_text``), whose counter is at ``count`` and its usage at ``used``."""
         reset = math.ceil(replenished_at(check, count, now))
         if reset != self._reset_second:
             self._reset_second, self._reset_text = reset, rfc3339_second(reset)
-        left = check.limit - window_usage(check, count, now)
+        left = check.limit - used
         limit_name, remaining_name, reset_name = names
         return [
-            (limit_name, limit_set.limit_texts[at]),
+            (limit_name, limit_text),
             (remaining_name, str(math.floor(left)) if left > 0 else "0"),
             (reset_name, self._reset_text),
         ]

@@ -40,8 +40,8 @@ def response_headers(
     ``context``), else the gateway's own is added."""
     ours = policy_headers(context, names)
     # The gateway's own limit headers replace the upstream's of the same name: a client
-    # must see one consistent set.
-    replaced = {name for name, _ in ours}
+    # must see one consistent set. (A dict of them: built in C, where a set needs a loop.)
+    replaced = dict(ours)
     upstream = [(k, v) for k, v in response.headers if k not in replaced]
     headers = encode_headers(upstream)
     for name, value in upstream:
