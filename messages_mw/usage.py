@@ -38,6 +38,10 @@ _MAX_BATCH = 256
 # most one delivery per this many seconds: sparse traffic is delivered at once, and under load
 # a file sink writes tens of lines per write(2) instead of one.
 _INLINE_DELIVERY_INTERVAL = 0.01
+# ... or as soon as this many are waiting. Held for the whole interval, the events of about a
+# hundred requests have left the CPU's caches by the time they are encoded: measured in
+# process at 32 connections, delivering every 32 saved 1.5 to 9 µs a request.
+_INLINE_BATCH = 32
 _encoder = msgspec.json.Encoder()
 
 _Pending = list[tuple[object, UsageEvent, Awaitable[None]]]
@@ -167,7 +171,7 @@ class UsageDispatcher:
     ``nonblocking = True`` (the built-in sinks, when they only touch memory or write to a file
     or ``/dev/null``) is called on the loop instead, which spares a thread hand-off per batch;
     when every sink is such a sink, the events of requests ending within 10 ms of each other
-    are delivered together (sparse traffic at once, in the next pass of the loop).
+    are delivered together, 32 at most (sparse traffic at once, in the next pass of the loop).
 
     ``shutdown_timeout`` bounds how long :meth:`aclose` waits for queued events. Raises
     :class:`TypeError` at construction if a sink is not callable.
@@ -270,7 +274,10 @@ class UsageDispatcher:
             self._drop("the dispatcher is closed")
             return
         self._pending.append(event)
-        if not self._flush_scheduled:
+        if len(self._pending) >= _INLINE_BATCH:
+            # The timer already set goes off later, and finds what has come since.
+            contextvars.Context().run(self._deliver_pending)
+        elif not self._flush_scheduled:
             # Where another thread's events go (emit): the loop the inline sinks run on.
             self._inline_loop = loop
             self._flush_scheduled = True
@@ -281,8 +288,12 @@ class UsageDispatcher:
                 loop.call_soon(self._flush_pending, context=contextvars.Context())
 
     def _flush_pending(self) -> None:
-        events, self._pending, self._flush_scheduled = self._pending, [], False
+        self._flush_scheduled = False
         self._last_flush = time.monotonic()
+        self._deliver_pending()
+
+    def _deliver_pending(self) -> None:
+        events, self._pending = self._pending, []
         if events:
             for sink in self._inline_sinks:
                 _deliver_inline(sink, events)

@@ -783,6 +783,38 @@ def test_events_of_requests_ending_together_are_delivered_as_one_batch() -> None
     assert [event for batch in sink.batches for event in batch] == [
         f"req_{number}" for number in range(8)
     ]
+
+
+def test_a_full_batch_is_delivered_at_once_in_a_fresh_context() -> None:
+    sink = BatchRecorder()
+    seen_contexts: list[str | None] = []
+    request_var: contextvars.ContextVar[str] = contextvars.ContextVar("request")
+
+    def write_events(events: Sequence[UsageEvent]) -> None:
+        seen_contexts.append(request_var.get(None))
+        BatchRecorder.write_events(sink, events)
+
+    sink.write_events = write_events  # type: ignore[method-assign]
+    dispatcher = UsageDispatcher([sink])
+
+    async def main() -> None:
+        dispatcher.emit(make_event(0))
+        await asyncio.sleep(0)  # delivered alone; the next ones wait for the interval
+        request_var.set("the emitting request")
+        for number in range(1, 33):
+            dispatcher.emit(make_event(number))
+        # No pass of the loop in between: the 32nd event delivered the waiting ones itself.
+        assert sink.batches == [["req_0"], [f"req_{number}" for number in range(1, 33)]]
+        dispatcher.emit(make_event(33))
+        await asyncio.sleep(0.05)  # the timer set for the batch delivers what came since
+        assert sink.batches[-1] == ["req_33"]
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    # A sink never runs in the context of the request whose event filled the batch.
+    assert seen_contexts == [None, None, None]
+    assert dispatcher.dropped == 0
+
     assert dispatcher.dropped == 0
 
 
