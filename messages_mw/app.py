@@ -15,7 +15,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 
 from .assembly import (
     build_model_directory,
@@ -36,6 +38,7 @@ from .errors import (
     InternalGatewayError,
     MethodNotAllowedError,
     NotFoundError,
+    encode_error_body,
     error_type_for_status,
     new_request_id,
 )
@@ -231,7 +234,7 @@ class Gateway:
         """``app`` answering browsers from ``config.cors_origins``: preflights, and the headers
         a page's script may read (the SDKs' request id, retry and rate-limit headers, ours)."""
         names = self._headers
-        return CORSMiddleware(
+        return _EnvelopeCORS(
             app,
             allow_origins=self.config.cors_origins,
             allow_methods=("GET", "HEAD", "POST"),
@@ -607,3 +610,24 @@ def _not_found_message(path: str) -> str:
         f"Not found: {path}. This gateway serves /v1/messages, /v1/messages/count_tokens "
         "and /v1/models."
     )
+
+
+class _EnvelopeCORS(CORSMiddleware):
+    """Starlette's CORS handling, with a refused preflight answered in Anthropic's error
+    envelope, as every error the gateway makes is (Starlette answers it in plain text)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        request_id = new_request_id()
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "content-type")
+        }
+        headers["request-id"] = request_id
+        # Starlette's text names what was refused: "Disallowed CORS origin, method".
+        message = f"{bytes(response.body).decode()}."
+        body = encode_error_body("invalid_request_error", message, request_id)
+        return Response(body, response.status_code, headers, "application/json")

@@ -837,10 +837,43 @@ def test_browsers_are_answered_only_from_configured_origins() -> None:
     refused = run(_post(gateway, b"{", **_BROWSER))
     assert refused.status_code == 400
     assert refused.headers["access-control-allow-origin"] == "https://app.example"
-    # Another site gets nothing it could read.
-    assert run(_preflight(gateway, "https://evil.example")).status_code == 400
+    # Another site gets nothing it could read; its refused preflight is an envelope too.
+    evil = run(_preflight(gateway, "https://evil.example"))
+    assert evil.status_code == 400 and evil.headers["content-type"] == "application/json"
+    assert evil.json()["type"] == "error"
+    assert evil.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "Disallowed CORS origin.",
+    }
+    assert evil.json()["request_id"] == evil.headers["request-id"]
     other = run(_post(gateway, CHAT, **{**_BROWSER, "origin": "https://evil.example"}))
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_query_too_long_to_forward_is_a_400_not_a_500() -> None:
+    # httpx refuses URLs over 65,536 characters: a query under a server's head limit can
+    # still be too long once the upstream's base URL is in front of it.
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+
+    scope = post_scope()
+    scope["query_string"] = b"beta=true&pad=" + b"x" * 70_000  # more than httpx.URL takes
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": CHAT, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    run(gateway(scope, receive, send))
+    assert sent[0]["status"] == 400
+    error = json.loads(sent[1]["body"])["error"]
+    assert error == {
+        "type": "invalid_request_error",
+        "message": "The request's URL cannot be forwarded to this upstream: URL too long.",
+    }
+    assert recorder.requests == []
 
 
 def test_an_upstream_body_that_never_ends_is_cut_off_not_buffered() -> None:

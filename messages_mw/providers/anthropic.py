@@ -18,6 +18,7 @@ from ..config import UpstreamConfig
 from ..errors import (
     GatewayError,
     NoFreeConnectionError,
+    UnsupportedByProviderError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
@@ -281,7 +282,14 @@ class AnthropicProvider:
             # The path arrives percent-decoded: a model id holding "?" or "#" must stay part of
             # the path, not start a query upstream.
             quoted = _quoted_path(path)
-            url = httpx.URL(self._base_url + quoted + ("?" + query if query else ""))
+            try:
+                url = httpx.URL(self._base_url + quoted + ("?" + query if query else ""))
+            except httpx.InvalidURL as exc:
+                # Past httpx's 65,536 characters, say, with this upstream's base URL in front:
+                # about this target, so a fallback with a shorter base URL may still take it.
+                raise UnsupportedByProviderError(
+                    f"The request's URL cannot be forwarded to this upstream: {exc}."
+                ) from None
             found = (url, url.netloc)
             if len(self._urls) < _CACHED_URLS:
                 self._urls[key] = found
