@@ -33,7 +33,9 @@ __all__ = ["ForwardPlan", "Policy"]
 
 logger = logging.getLogger("messages_mw")
 
-_extra_headers_decoder = msgspec.json.Decoder(dict[str, str])
+# Values of any type, checked one by one: msgspec's error for a wrong value in a mapping does
+# not say under which key it was.
+_extra_headers_decoder = msgspec.json.Decoder(dict[str, object])
 # Never settable through a body's extra_headers, whatever the allow-list says.
 _FORBIDDEN_EXTRA = frozenset(
     {
@@ -222,7 +224,8 @@ class Policy:
         if extra_headers is not None:
             remove.append("extra_headers")
             headers = self._with_extra_headers(headers, extra_headers)
-        has_metadata_tags = parsed.metadata is not None and parsed.metadata.tags is not None
+        metadata = parsed.metadata
+        has_metadata_tags = metadata is not None and metadata.tags is not msgspec.UNSET
         set_fields = _metadata_without_tags(body) if has_metadata_tags else None
         if remove or set_fields:
             body = edit_top_level(body, set_fields=set_fields, remove=remove)
@@ -258,10 +261,14 @@ class Policy:
                 "extra_headers: Input should be an object of header names to string values"
             ) from None
         merged = dict(headers)
-        for name, value in extra.items():
-            name = name.lower()
+        for given_name, value in extra.items():
+            name = given_name.lower()
             if not name:
                 raise InvalidRequestError("extra_headers: a header name must not be empty.")
+            if not isinstance(value, str):
+                raise InvalidRequestError(
+                    f"extra_headers.{given_name}: Input should be a valid string"
+                )
             if name in _FORBIDDEN_EXTRA or name not in self.extra_headers_allowed:
                 raise InvalidRequestError(f"extra_headers.{name}: this header may not be set.")
             if _INVALID_FIELD_VALUE.search(value):

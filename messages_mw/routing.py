@@ -14,7 +14,7 @@ from .errors import InvalidRequestError, PermissionDeniedError
 from .fallback import BreakerPolicy, RetryPolicy, Target
 from .pricing import PricingTable
 from .protocol import DECODE_ERRORS
-from .validation import MAX_MODEL_CHARS
+from .validation import MAX_MODEL_CHARS, describe_decode_error
 
 __all__ = ["FallbackConfig", "TargetResolver"]
 
@@ -186,11 +186,10 @@ class TargetResolver:
             return None
         try:
             names = _names_decoder.decode(raw)
-        except DECODE_ERRORS:
+        except DECODE_ERRORS as exc:
             if mode == "always":
-                raise InvalidRequestError(
-                    "fallbacks: Input should be a list of model names"
-                ) from None
+                message = describe_decode_error(exc, len(raw), at="fallbacks")
+                raise InvalidRequestError(message) from None
             return None
         if mode == "auto" and not all(self.routes_explicitly(name) for name in names):
             return None
@@ -215,10 +214,9 @@ class TargetResolver:
             return body, self
         try:
             names = _optional_names_decoder.decode(raw)
-        except DECODE_ERRORS:
-            raise InvalidRequestError(
-                "router_candidates: Input should be a list of model names"
-            ) from None
+        except DECODE_ERRORS as exc:
+            message = describe_decode_error(exc, len(raw), at="router_candidates")
+            raise InvalidRequestError(message) from None
         body = edit_top_level(body, remove=["router_candidates"])
         if not names:
             return body, self

@@ -43,7 +43,9 @@ class _Message(msgspec.Struct, gc=False):
 
 class _Metadata(msgspec.Struct, gc=False):
     user_id: str | None = None
-    tags: list[str] | None = None
+    # The gateway's own field, stripped before the body goes upstream even when null: absent
+    # and null must be told apart.
+    tags: list[str] | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class _Tool(msgspec.Struct, gc=False):

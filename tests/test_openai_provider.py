@@ -708,8 +708,12 @@ def test_auto_model_candidates_from_config_and_errors() -> None:
         unrouted.chain("auto", None)
     nulled, same = unrouted.for_request(_body(model="auto", router_candidates=None), "auto")
     assert same is unrouted and b"router_candidates" not in nulled
-    with pytest.raises(InvalidRequestError, match="list of model names"):
+    with pytest.raises(InvalidRequestError) as not_a_list:
         unrouted.for_request(_body(model="auto", router_candidates="openai/x"), "auto")
+    assert not_a_list.value.message == "router_candidates: Expected `array | null`, got `str`"
+    with pytest.raises(InvalidRequestError) as not_a_name:
+        unrouted.for_request(_body(model="auto", router_candidates=["openai/x", 5]), "auto")
+    assert not_a_name.value.message == "router_candidates.1: Expected `str`, got `int`"
     with pytest.raises(InvalidRequestError, match="at most 8"):
         unrouted.for_request(_body(model="auto", router_candidates=["openai/x"] * 9), "auto")
     # As a requested model: a slash before no provider of ours belongs to the model id.

@@ -87,6 +87,46 @@ def test_an_empty_extra_header_name_is_named_as_such() -> None:
     assert recorder.requests == []
 
 
+@pytest.mark.parametrize(
+    ("extra_headers", "message"),
+    [
+        ({"anthropic-beta": 5}, "extra_headers.anthropic-beta: Input should be a valid string"),
+        ({"Anthropic-Beta": None}, "extra_headers.Anthropic-Beta: Input should be a valid string"),
+        (None, "extra_headers: Input should be an object of header names to string values"),
+    ],
+)
+def test_a_bad_extra_headers_value_is_named_by_its_path(
+    extra_headers: object, message: str
+) -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    response = run(_post(gateway, _body(extra_headers=extra_headers)))
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == message
+    assert recorder.requests == []
+
+
+def test_a_bad_body_fallbacks_entry_is_named_by_its_path() -> None:
+    # Consumed whatever its entries name ("always"), so a malformed one is the client's error.
+    recorder = Recorder()
+    gateway, _ = make_gateway(
+        recorder, config=GatewayConfig(fallback=FallbackConfig(body_fallbacks="always"))
+    )
+    response = run(_post(gateway, _body(fallbacks=["anthropic/claude-haiku-4-5", 7])))
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "fallbacks.1: Expected `str`, got `int`"
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize("tags", [None, [], ["team-a"]])
+def test_metadata_tags_never_go_upstream_even_when_null(tags: object) -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    body = _body(metadata={"user_id": "u-1", "tags": tags})
+    assert run(_post(gateway, body)).status_code == 200
+    assert json.loads(recorder.requests[0].content)["metadata"] == {"user_id": "u-1"}
+
+
 def test_extra_headers_allow_list_is_configurable() -> None:
     recorder = Recorder()
     config = GatewayConfig(extra_headers_allowed=("anthropic-beta", "x-team"))
