@@ -207,6 +207,7 @@ class UsageDispatcher:
         self._only_inline = bool(self._inline_sinks) and not (self._sync_sinks or self._async_sinks)
         self._pending: list[UsageEvent] = []
         self._flush_scheduled = False
+        # The loop the inline sinks run on (where another thread's events go, see emit).
         self._inline_loop: asyncio.AbstractEventLoop | None = None
         self._last_flush = -math.inf
         # Asked on every request: sinks without a wants_events() always want them.
@@ -274,12 +275,16 @@ class UsageDispatcher:
             self._drop("the dispatcher is closed")
             return
         self._pending.append(event)
-        if len(self._pending) >= _INLINE_BATCH:
+        if loop is not self._inline_loop:
+            # The first event in this loop. Events still waiting were left by another loop,
+            # whose timer may never go off (a host's test client closes its loop after each
+            # request): they are delivered now, with this one.
+            self._inline_loop = loop
+            contextvars.Context().run(self._flush_pending)
+        elif len(self._pending) >= _INLINE_BATCH:
             # The timer already set goes off later, and finds what has come since.
             contextvars.Context().run(self._deliver_pending)
         elif not self._flush_scheduled:
-            # Where another thread's events go (emit): the loop the inline sinks run on.
-            self._inline_loop = loop
             self._flush_scheduled = True
             wait = self._last_flush + _INLINE_DELIVERY_INTERVAL - time.monotonic()
             if wait > 0:
@@ -316,8 +321,13 @@ class UsageDispatcher:
             except RuntimeError:  # the loop closed in between
                 self._drop("its event loop closed")
         elif loop is not None:
-            # First emit, or the previous loop is gone (its queue and task went with it).
-            self._loop, self._queue, self._task = loop, asyncio.Queue(self._queue_size), None
+            # First emit, or the previous loop is gone: its drain task went with it, and the
+            # events it left queued go to this loop's queue (a host's test client that runs
+            # each request in an event loop of its own).
+            left, self._queue = self._queue, asyncio.Queue(self._queue_size)
+            self._loop, self._task = loop, None
+            while left is not None and not left.empty():
+                self._queue.put_nowait(left.get_nowait())
             self._put(event)
         else:
             self._drop("no running event loop")
@@ -369,8 +379,10 @@ class UsageDispatcher:
             try:
                 for sink in self._inline_sinks:
                     _deliver_inline(sink, batch)
-                if self._sync_sinks:
-                    await self._deliver_to_sync_sinks(batch)
+                if self._sync_sinks and not await self._deliver_to_sync_sinks(batch):
+                    # Cancelled while the worker thread delivered: none of it is lost.
+                    delivered = len(batch)
+                    raise asyncio.CancelledError
                 for event in batch:
                     for sink in self._async_sinks:
                         if queue is not self._queue:
@@ -381,19 +393,31 @@ class UsageDispatcher:
                         await _call_guarded(sink, event)
                     delivered += 1
             except asyncio.CancelledError:
-                self._drop("shutdown cut its delivery short", len(batch) - delivered)
+                if delivered < len(batch):
+                    self._drop("shutdown cut its delivery short", len(batch) - delivered)
                 raise
             finally:
                 for _ in batch:
                     queue.task_done()
 
-    async def _deliver_to_sync_sinks(self, batch: list[UsageEvent]) -> None:
+    async def _deliver_to_sync_sinks(self, batch: list[UsageEvent]) -> bool:
+        """Hand ``batch`` to the sync sinks in the worker thread; ``False`` if cancelled
+        once the thread had it (it delivers the batch all the same, and the cancellation is
+        the caller's to raise)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="messages_mw-usage")
-        loop = asyncio.get_running_loop()
-        pending = await loop.run_in_executor(self._executor, self._call_sync_sinks, batch)
+        work = self._executor.submit(self._call_sync_sinks, batch)
+        try:
+            pending = await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            if work.cancel():  # still waiting for the thread: never delivered
+                raise
+            if self._async_sinks:
+                raise  # the async sinks never got it
+            return False
         for sink, event, awaitable in pending:
             await _await_guarded(sink, event, awaitable)
+        return True
 
     def _call_sync_sinks(self, batch: list[UsageEvent]) -> _Pending:
         """Runs in the worker thread. Awaitables returned by sinks that looked sync (a lambda

@@ -818,6 +818,82 @@ def test_a_full_batch_is_delivered_at_once_in_a_fresh_context() -> None:
     assert dispatcher.dropped == 0
 
 
+def test_nonblocking_sinks_keep_getting_events_when_the_loop_changes() -> None:
+    # A host's test client may run each request in an event loop of its own and close it
+    # right after: a delivery timer set in one of them never goes off.
+    sink = BatchRecorder()
+    dispatcher = UsageDispatcher([sink])
+
+    async def requests(first: int) -> None:
+        for number in range(first, first + 3):
+            dispatcher.emit(make_event(number))
+            await asyncio.sleep(0)
+
+    for first in (0, 3, 6):
+        asyncio.run(requests(first))
+
+    async def later() -> None:
+        dispatcher.emit(make_event(9))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(later())
+    delivered = [event for batch in sink.batches for event in batch]
+    assert delivered == [f"req_{number}" for number in range(10)]
+    assert dispatcher.dropped == 0
+
+
+def test_queued_events_left_by_a_closed_loop_are_delivered_in_the_next() -> None:
+    delivered: list[str] = []
+
+    def slow_sink(event: UsageEvent) -> None:
+        time.sleep(0.1)
+        delivered.append(event.request_id)
+
+    dispatcher = UsageDispatcher([slow_sink])
+
+    async def first_loop() -> None:
+        dispatcher.emit(make_event(0))
+        await asyncio.sleep(0.02)  # the worker thread has event 0
+        dispatcher.emit(make_event(1))  # queued behind it when this loop closes
+        dispatcher.emit(make_event(2))
+
+    async def next_loop() -> None:
+        for number in range(3, 6):
+            dispatcher.emit(make_event(number))
+        await dispatcher.aclose()
+
+    asyncio.run(first_loop())
+    asyncio.run(next_loop())
+    assert delivered == [f"req_{number}" for number in range(6)]
+    assert dispatcher.dropped == 0
+
+
+def test_a_file_sink_behind_a_test_client_without_lifespan_writes_every_line(
+    tmp_path: Path,
+) -> None:
+    from fastapi import FastAPI
+    from starlette.testclient import TestClient
+
+    from .inprocess import Recorder as UpstreamRecorder
+    from .inprocess import make_gateway
+
+    usage = tmp_path / "usage.jsonl"
+    config = GatewayConfig(usage_log=False, usage_file=str(usage))
+    gateway, finished = make_gateway(UpstreamRecorder(), config=config)
+    host = FastAPI()
+    host.mount("/anthropic", gateway)
+    client = TestClient(host)  # without `with`: each request in a loop of its own
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    for _ in range(6):
+        assert client.post("/anthropic/v1/messages", json=body).status_code == 200
+    lines = usage.read_text().splitlines()
+    assert (len(finished), len(lines)) == (6, 6)
+
+
 def test_a_sink_that_fails_on_a_batch_is_logged_and_the_next_batch_still_comes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
