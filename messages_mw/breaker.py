@@ -57,7 +57,8 @@ class CircuitBreaker:
     Per target name: *closed* until ``failure_threshold`` consecutive failures, then *open*:
     :meth:`allow` refuses the target for ``cooldown`` seconds. Then *half-open*: one trial is
     allowed; its success closes the circuit, its failure opens it for another cooldown. A trial
-    that never reports back (its request was cancelled) stops blocking after one cooldown.
+    whose client leaves is released for the next request; one that never reports back at all
+    stops blocking after one cooldown.
 
     Share one breaker between all requests of a gateway. State lives in this object only (per
     process); it holds an entry only for targets that are failing. Not thread-safe.

@@ -235,6 +235,9 @@ class _Chain:
             self.attempts.append(
                 Attempt(target.name, status, "client_disconnected", duration, usage)
             )
+            if self.breaker is not None:
+                # Says nothing of the target: the next request may take the trial at once.
+                self.breaker.release_trial(target.name, self.trial)
             raise
         duration = self.clock() - began
         if isinstance(outcome, _Failure):

@@ -812,3 +812,66 @@ def test_a_model_named_in_the_body_is_held_to_the_model_limit(field: str) -> Non
     response = run(_post(gateway, body))
     assert response.status_code == 400 and recorder.requests == []
     assert response.json()["error"]["message"] == (f"{field}.0: Expected `str` of length <= 1024")
+
+
+class _RecoveringUpstream:
+    """500 while ``failing``; then a slow model (hangs) until ``answering`` is set."""
+
+    def __init__(self) -> None:
+        self.failing, self.answering = True, False
+        self.sending = asyncio.Event()
+
+    async def send(self, request: ProviderRequest) -> ProviderResponse:
+        if self.failing:
+            return ProviderResponse(500, [("content-type", "application/json")], body=b"{}")
+        if self.answering:
+            return ProviderResponse(
+                200, [("content-type", "application/json")], body=message_json()
+            )
+        self.sending.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def _post_leaving(gateway: Gateway, leave: asyncio.Event | None = None) -> int:
+    """POST through the ASGI app; the client leaves once ``leave`` is set. The status sent."""
+    messages = [{"type": "http.request", "body": _body(), "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await (leave or asyncio.Event()).wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(gateway(post_scope(), receive, send), 5)
+    return int(sent[0]["status"]) if sent else 0
+
+
+def test_a_client_leaving_during_a_half_open_trial_does_not_keep_the_circuit_shut() -> None:
+    upstream = _RecoveringUpstream()
+    finished: list[RequestContext] = []
+    fallback = FallbackConfig(breaker=BreakerPolicy(failure_threshold=1, cooldown=0.2))
+    gateway = Gateway(
+        GatewayConfig(usage_log=False, fallback=fallback),
+        provider=upstream,
+        on_request_end=finished.append,
+    )
+
+    async def scenario() -> int:
+        assert await _post_leaving(gateway) == 500  # the circuit opens
+        await asyncio.sleep(0.25)  # cooldown over: half-open, one trial allowed
+        upstream.failing = False
+        await _post_leaving(gateway, leave=upstream.sending)  # the trial's client hangs up
+        assert finished[-1].client_disconnected
+        upstream.answering = True
+        return await _post_leaving(gateway)
+
+    # Not another whole cooldown of 529s: the trial said nothing of the target's health.
+    assert asyncio.run(scenario()) == 200
