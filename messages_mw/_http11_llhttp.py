@@ -104,6 +104,7 @@ class LlhttpResponseParser:
             return 0
         if saved is not None:
             self._saved = None
+            _allow_spaces_after_chunk_sizes(llhttp)
         self._quiet = 0
         return _appended_size(body, queued)
 
@@ -237,3 +238,12 @@ def _appended_size(body: deque[bytes], queued: int) -> int:
     if not queued:
         return sum(map(len, body))
     return sum(map(len, itertools.islice(reversed(body), added)))
+
+
+def _allow_spaces_after_chunk_sizes(llhttp: httptools.HttpResponseParser) -> None:
+    """Accept "5 \r\n", "5\t\r\n" and "5 ;ext" once payload has gone out, as ResponseParser
+    (which reads such lines before it) and h11 (what an SDK reads a stream with) do: refused
+    then, they broke mid-way a stream any client reads. Needs httptools 0.6.2 or later."""
+    lenient = getattr(llhttp, "set_dangerous_leniencies", None)
+    if lenient is not None:
+        lenient(lenient_spaces_after_chunk_size=True)

@@ -410,6 +410,21 @@ def test_heads_and_framing_llhttp_refuses_are_read_like_responseparser(
     assert decoded == body
 
 
+@each_parser
+@pytest.mark.parametrize("later", [b"5 \r\nworld\r\n", b"5\t\r\nworld\r\n", b"5 ;a=b\r\nworld\r\n"])
+def test_whitespace_after_a_later_chunk_size_is_read_like_responseparser(
+    new_parser: NewParser, later: bytes
+) -> None:
+    # Accepted by h11 too (an SDK reading the upstream itself): refused after the first
+    # payload, it broke a stream mid-way that any client reads well.
+    body: deque[bytes] = deque()
+    parser = new_parser(body)
+    parser.feed(CHUNKED_HEAD + chunk(b"hello"))
+    parser.feed(later)
+    parser.feed(b"0\r\n\r\n")
+    assert parser.complete and b"".join(body) == b"helloworld"
+
+
 def test_llhttp_stays_strict_once_payload_has_been_delivered() -> None:
     parser = LlhttpResponseParser(deque())
     parser.feed(CHUNKED_HEAD + chunk(b"first"))
