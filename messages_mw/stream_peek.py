@@ -8,7 +8,6 @@ pings) with :func:`peek_stream` before committing to it, then hands the client
 from __future__ import annotations
 
 import asyncio
-import re
 from asyncio import Future
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
@@ -19,12 +18,12 @@ from .errors import GatewayError, UpstreamTimeoutError, UpstreamUnavailableError
 from .protocol import DECODE_ERRORS, ObservedEvent
 from .providers.base import never_ready
 from .shared_timer import SharedTimer
+from .streaming import SSE_SEPARATOR
 
 __all__ = ["drop_read", "peek_stream", "replay_stream", "telling_first_verdict"]
 
 _event_decoder = msgspec.json.Decoder(ObservedEvent)
-# The event separators the SDKs accept; a regex finds the earliest in one left-to-right pass.
-_SEPARATOR = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# The longest event separator, with the byte that tells a lone CR from a CRLF.
 _LONGEST_SEPARATOR = 4
 # Events that precede the first content block; every other named event commits a stream.
 _PREAMBLE_EVENTS = frozenset({b"message_start", b"ping"})
@@ -82,7 +81,7 @@ def _next_separator(data: bytes, start: int, lf_only: bool) -> tuple[int, int] |
     if lf_only:
         blank_line = data.find(b"\n\n", start)
         return None if blank_line < 0 else (blank_line, blank_line + 2)
-    found = _SEPARATOR.search(data, start)
+    found = SSE_SEPARATOR.search(data, start)
     return None if found is None else found.span()
 
 

@@ -58,9 +58,11 @@ _DEFERRED_ENTRY_BYTES = 64
 # Bytes of JSON-escaped output per token, for a stream cut short (the mock provider's rule;
 # English prose and code run at about 4).
 _BYTES_PER_TOKEN = 4
-# The event separators SSE allows; no two can start at one position, so the leftmost match
-# is the earliest.
-_ANY_SEPARATOR = re.compile(rb"\n\n|\r\n\r\n|\r\r")
+# The event separators SSE allows: a blank line, each line ending in LF, CRLF or CR on its
+# own ("\n\r\n" is an LF line then a CRLF one). A lone CR is told from a CRLF's first half
+# only by the byte after it, so one at the end of what has come so far waits for it. No two
+# forms can start at one position, so the leftmost match is the earliest.
+SSE_SEPARATOR = re.compile(rb"\n\n|\r\n\r\n|\r\r|\n\r\n|\n\r(?=[^\n])|\r\n\r(?=[^\n])")
 
 
 def frame_event(name: str, data: bytes) -> bytes:
@@ -145,7 +147,7 @@ def _find_boundary(buffer: bytes | bytearray, start: int) -> tuple[int, int]:
     """Position and length of the earliest event separator, of any form, at or after
     ``start``. One regex search: a find per form would search to the buffer's end for a form
     the stream never uses, once per event (quadratic in a chunk of many events)."""
-    found = _ANY_SEPARATOR.search(buffer, start)
+    found = SSE_SEPARATOR.search(buffer, start)
     return (-1, 0) if found is None else (found.start(), found.end() - found.start())
 
 

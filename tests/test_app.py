@@ -1125,3 +1125,22 @@ def test_a_model_list_names_the_provider_that_answered_it() -> None:
     assert response.status_code == 200
     assert (finished[0].provider, finished[0].provider_type) == ("mock", "messages_mw.mock")
     assert response.headers["x-mw-provider"] == "mock" and "x-mw-model" not in response.headers
+
+
+def test_events_whose_blank_line_ends_otherwise_are_relayed_and_read() -> None:
+    # SSE lets each line end in LF, CRLF or CR: here the field lines end in LF and the blank
+    # line closing each event in CRLF. The SDKs read such a stream; so must the gateway.
+    events = [event.replace(b"\n\n", b"\n\r\n") for event in text_stream_events(["a", "b"])]
+
+    async def body() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+
+    headers = {"content-type": "text/event-stream; charset=utf-8"}
+    recorder = Recorder(lambda request: httpx.Response(200, headers=headers, content=body()))
+    gateway, finished = make_gateway(recorder)
+    streaming = json.dumps({**json.loads(CHAT), "stream": True}).encode()
+    relayed = run(_post(gateway, streaming))
+    assert relayed.status_code == 200
+    assert relayed.content == b"".join(events)
+    assert (finished[0].usage.input_tokens, finished[0].usage.output_tokens) == (12, 2)

@@ -25,11 +25,17 @@ _NAMES = [b"message_start", b"ping", b"content_block_start", b"error", b"message
 def _reference_verdict(stream: bytes) -> object:
     """What an event-by-event reading of the whole stream decides (SSE rules: the last
     ``event:`` line names an event; one without a name counts for nothing)."""
-    events = re.split(rb"\r\n\r\n|\n\n|\r\r", stream)
+    *lines, _partial = re.split(rb"\r\n|\n|\r", stream)  # each line ends in CRLF, LF or CR
+    events: list[list[bytes]] = [[]]
+    for line in lines:
+        if line:
+            events[-1].append(line)
+        else:  # a blank line ends an event
+            events.append([])
     for index, block in enumerate(events):
         if index == len(events) - 1:
             break  # unterminated: judged only once the stream has ended
-        names = [line[6:].strip() for line in block.splitlines() if line.startswith(b"event:")]
+        names = [line[6:].strip() for line in block if line.startswith(b"event:")]
         if not names or names[-1] in (b"message_start", b"ping"):
             continue
         if names[-1] == b"error":
@@ -57,7 +63,10 @@ def _events(draw: st.DrawFn) -> bytes:
         if draw(st.booleans()):
             lines.append(b'data: {"type":"error","error":{"type":"overloaded_error"}}')
     lines.append(b'data: {"type":"x","text":"event: not a line"}')
-    separator = b"\n\n" if newline == b"\n" else newline * 2
+    # The blank line may end otherwise than the lines before it ("\n\r\n"), but a CR before
+    # it is a CRLF's first half if an LF follows it.
+    blank = draw(st.sampled_from([b"\r"] if newline == b"\r" else [b"\n", b"\r\n"]))
+    separator = newline + blank
     return newline.join(draw(st.permutations(lines)) if draw(st.booleans()) else lines) + (
         separator
     )
