@@ -365,8 +365,11 @@ class Gateway:
         headers += encode_headers([*own, *extra])
         headers.append((b"content-length", b"%d" % len(body)))
         context.first_byte_at = time.perf_counter()  # errors have a time to first byte too
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        try:
+            await send({"type": "http.response.start", "status": error.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except OSError:  # an ASGI server's way to say the client has gone
+            context.client_disconnected = True
 
     async def _read_json_body(
         self, scope: Scope, receive: Receive, context: RequestContext

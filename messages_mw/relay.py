@@ -56,8 +56,11 @@ async def relay_body(
     headers.append((b"content-length", b"%d" % len(body)))
     # Before the sends: a client slow to read a large body must not count as a slow answer.
     context.first_byte_at = time.perf_counter()
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    try:
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except OSError as exc:
+        raise ClientDisconnectedError from exc  # the server's word that the client left
 
 
 def observe_response_body(body: bytes, context: RequestContext) -> None:
@@ -145,6 +148,10 @@ async def relay_stream(
     stall = stalls.watch() if stalls is not None else None
     try:
         await _pump(response, send, context, headers, observer, stall)
+    except OSError as exc:
+        # An ASGI server may tell that the client left by raising OSError from send(), as
+        # the ASGI spec suggests (providers raise GatewayError for the upstream's failures).
+        raise ClientDisconnectedError from exc
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if stall is None or not stall.stalled or task is None:
@@ -225,6 +232,8 @@ async def _pump(
                     stall.done = stall.started
     except GatewayError as exc:
         error = exc
+    except OSError:
+        raise  # from send(): the client has gone, and nothing more can reach it
     except Exception:
         logger.exception("request %s: relaying the stream failed", context.request_id)
         error = InternalGatewayError(f"Internal gateway error (request {context.request_id}).")

@@ -1144,3 +1144,70 @@ def test_events_whose_blank_line_ends_otherwise_are_relayed_and_read() -> None:
     assert relayed.status_code == 200
     assert relayed.content == b"".join(events)
     assert (finished[0].usage.input_tokens, finished[0].usage.output_tokens) == (12, 2)
+
+
+class _ClientGone(OSError):
+    """What an ASGI server may raise from send() once its client has gone (ASGI spec)."""
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_send_failing_because_the_client_left_is_a_disconnect_not_an_error(
+    stream: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream_closed = asyncio.Event()
+
+    async def slow_answer() -> AsyncIterator[bytes]:
+        try:
+            for event in text_stream_events([f"piece {i} " for i in range(20)]):
+                yield event
+                await asyncio.sleep(0.01)
+        finally:
+            upstream_closed.set()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if stream:
+            headers = {"content-type": "text/event-stream; charset=utf-8"}
+            return httpx.Response(200, headers=headers, content=slow_answer())
+        upstream_closed.set()
+        return httpx.Response(200, json=json.loads(message_json()))
+
+    gateway, finished = make_gateway(Recorder(answer))
+    body = json.dumps({**json.loads(CHAT), "stream": stream}).encode()
+
+    async def scenario() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        bodies = 0
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await asyncio.Event().wait()  # this server reports the loss through send()
+            raise AssertionError
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal bodies
+            if message["type"] == "http.response.body":
+                bodies += 1
+                if bodies > (3 if stream else 0):
+                    raise _ClientGone("connection closed")
+
+        await asyncio.wait_for(gateway(post_scope(), receive, send), 5)
+
+    with caplog.at_level(logging.ERROR, logger="messages_mw"):
+        run(scenario())
+    assert upstream_closed.is_set()
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert (finished[0].client_disconnected, finished[0].error_type, errors) == (True, None, [])
+
+
+def test_an_error_answer_the_client_cannot_take_is_a_disconnect() -> None:
+    gateway, finished = make_gateway(Recorder())
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise _ClientGone("connection closed")
+
+    run(gateway(post_scope(), receive, send))  # returns normally, as documented
+    assert finished[0].client_disconnected
