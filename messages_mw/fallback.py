@@ -32,7 +32,7 @@ from .protocol import DECODE_ERRORS, ObservedResponse
 from .providers.base import ProviderResponse
 from .retry import RetryPolicy, backoff_delay, retry_after_seconds, waits_too_long
 from .shared_timer import SharedTimer
-from .stream_peek import drop_read, peek_stream, replay_stream, telling_first_verdict
+from .stream_peek import peek_stream, replay_stream, stop_read, telling_first_verdict
 from .streaming import TokenUsage, observed_usage
 
 __all__ = [
@@ -332,8 +332,10 @@ class _Chain:
         if pending is not None:
             # The replay drops the read once it runs, but it may never run (the client gone).
             async def close() -> None:
-                drop_read(pending)
-                await response.close()
+                try:
+                    await stop_read(pending)
+                finally:
+                    await response.close()
 
         return ProviderResponse(
             response.status, response.headers, chunks=replayed, close=close, ended=response.ended

@@ -20,7 +20,7 @@ from .providers.base import never_ready
 from .shared_timer import SharedTimer
 from .streaming import SSE_SEPARATOR
 
-__all__ = ["drop_read", "peek_stream", "replay_stream", "telling_first_verdict"]
+__all__ = ["peek_stream", "replay_stream", "stop_read", "telling_first_verdict"]
 
 _event_decoder = msgspec.json.Decoder(ObservedEvent)
 # The longest event separator, with the byte that tells a lone CR from a CRLF.
@@ -179,7 +179,7 @@ async def peek_stream(
     finally:
         hold_timer.stop()
         if read is not None:
-            drop_read(read)
+            await stop_read(read)
 
 
 async def _read_at_once(
@@ -246,12 +246,22 @@ class _HoldTimer:
         self._entry.cancel()
 
 
-def drop_read(read: asyncio.Future[bytes]) -> None:
+def _drop_read(read: asyncio.Future[bytes]) -> None:
     """Stop a read nobody will await: cancel it, or take its error so none is logged unseen."""
     if not read.done():
         read.cancel()
     elif not read.cancelled():
         read.exception()
+
+
+async def stop_read(read: asyncio.Future[bytes]) -> None:
+    """:func:`_drop_read`, then wait until the read has ended: the stream it reads may be
+    closed only then (closing a generator a read still runs in raises RuntimeError, and its
+    connection stays open)."""
+    _drop_read(read)
+    if not read.done():
+        await asyncio.wait((read,))
+        _drop_read(read)
 
 
 async def replay_stream(
@@ -270,7 +280,7 @@ async def replay_stream(
             yield chunk
     finally:
         if pending is not None:
-            drop_read(pending)
+            await stop_read(pending)
 
 
 async def telling_first_verdict(

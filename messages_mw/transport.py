@@ -152,7 +152,8 @@ class _Pool:
         self._idle.clear()
         # Connections in use keep their slots until their owners discard them.
         for conn in list(self._connections):
-            conn.abort()
+            with contextlib.suppress(RuntimeError):  # its loop is closed, as in _forget
+                conn.abort()
 
     def _give_back(self, result: Connection | None) -> None:
         if result is None:

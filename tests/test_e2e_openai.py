@@ -430,3 +430,57 @@ def test_router_candidates_with_the_cheapest_strategy(ostack: OpenAIStack, strea
         "auto",
     )
     assert ostack.anthropic.received == []
+
+
+def test_a_client_leaving_while_an_openai_stream_is_held_frees_its_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import logging
+
+    from .inprocess import post_scope
+    from .servers import serve
+
+    upstream = OpenAIUpstream()
+    # The role chunk at once (the gateway's message_start), then the model is silent for 1 s:
+    # the stream is held back, waiting for its first content, when the client leaves.
+    upstream.push(ChatReply(chunks=completion_chunks([])[:1], hang_after=1))
+    body = json.dumps(
+        {
+            "model": "openai/gpt-4o",
+            "max_tokens": 16,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    ).encode()
+    with serve(upstream) as url:
+        config = GatewayConfig(
+            usage_log=False,
+            upstream=UpstreamConfig(base_url="http://127.0.0.1:9"),
+            openai_upstreams={"openai": OpenAIUpstreamConfig(base_url=url + "/v1")},
+        )
+        finished: list[RequestContext] = []
+        gateway = Gateway(config, on_request_end=finished.append)
+
+        async def scenario() -> tuple[int, int]:
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive() -> dict[str, object]:
+                if messages:
+                    return messages.pop()
+                await asyncio.sleep(0.3)
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                pass
+
+            await asyncio.wait_for(gateway(post_scope(), receive, send), 5)
+            await asyncio.sleep(0.1)
+            pool = gateway._providers["openai"]._transport._pool  # type: ignore[attr-defined]
+            return len(pool._connections), pool._open
+
+        with caplog.at_level(logging.ERROR, logger="messages_mw"):
+            connections, slots = asyncio.run(scenario())
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert finished[0].client_disconnected
+    assert (connections, slots, finished[0].error_type, errors) == (0, 0, None, [])

@@ -714,3 +714,46 @@ def test_tool_input_meets_the_schemas_the_sdk_helpers_write() -> None:
         "ratio": 2,
         "name": "mmmmmmmmmm",
     }
+
+
+def test_a_client_leaving_while_the_mock_thinks_is_a_disconnect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The gateway holds a stream back until its first content; the mock's latency_ms is
+    # spent inside the stream, in the read the hold awaits when the client leaves.
+    import logging
+
+    from messages_mw import Gateway, GatewayConfig, RequestContext
+
+    from .inprocess import post_scope
+
+    finished: list[RequestContext] = []
+    provider = MockProvider(MockConfig(latency_ms=500))
+    gateway = Gateway(
+        GatewayConfig(usage_log=False), provider=provider, on_request_end=finished.append
+    )
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 8,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+
+    async def scenario() -> None:
+        messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(0.1)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        await asyncio.wait_for(gateway(post_scope(), receive, send), 5)
+
+    with caplog.at_level(logging.ERROR, logger="messages_mw"):
+        asyncio.run(scenario())
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert (finished[0].client_disconnected, finished[0].error_type, errors) == (True, None, [])

@@ -251,8 +251,10 @@ class OpenAIProvider:
         events = self._events(_body_stream(response), translator)
 
         async def close() -> None:
-            await events.aclose()
-            await response.aclose()
+            try:
+                await events.aclose()
+            finally:  # the connection goes back whatever became of the translation
+                await response.aclose()
 
         return ProviderResponse(200, list(_SSE_HEADERS), chunks=events, close=close)
 
