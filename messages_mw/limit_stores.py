@@ -387,6 +387,7 @@ class RedisCounterStore:
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._turns: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one its connections are in
         self._name = uuid.uuid4().hex
         self._calls = itertools.count()
 
@@ -465,6 +466,11 @@ class RedisCounterStore:
         return True
 
     def _connect(self) -> tuple[dict[str, AsyncScript], asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # A store may outlive its event loop (a host's test client, asyncio.run twice):
+            # the old loop's connections cannot be used, nor closed, from this one.
+            self._client, self._scripts, self._turns, self._loop = None, {}, None, loop
         if self._client is None or self._turns is None:
             from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry

@@ -635,3 +635,17 @@ def test_a_store_built_before_a_fork_counts_each_workers_calls(shared_redis: Red
     assert sorted(admitted) == [False, True]  # a limit of one request
     stored = redis.Redis(port=shared_redis.port).hget(prefix + "tokens:60:key:k", "c")
     assert stored is not None and float(stored) == 200.0
+
+
+def test_the_redis_store_keeps_working_on_a_second_event_loop(shared_redis: RedisServer) -> None:
+    # A gateway outlives one loop when a host's test client opens twice, or asyncio.run runs
+    # twice: its Redis connections belong to the first loop and cannot serve the second.
+    store = RedisCounterStore(shared_redis.url, key_prefix=fresh_prefix())
+    check = WindowCheck("requests:60:key:a", 60.0, 3.0, 1.0)
+
+    async def session() -> list[bool]:
+        return [(await store.consume([check], 1_000_000.0))[0] for _ in range(2)]
+
+    first = asyncio.run(session())
+    second = asyncio.run(session())  # on a new event loop, the first one closed
+    assert (first, second) == ([True, True], [True, False])
