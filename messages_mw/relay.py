@@ -212,6 +212,11 @@ async def _pump(
             observer.feed(chunk)
             if unfinished or observer.unfinished_bytes:
                 chunk = _complete_events(chunk, unfinished, observer.unfinished_bytes)
+                if unfinished[:1] == b":" and (taken := observer.take_leading_comments()):
+                    # Keep-alive comments with no event after them yet: the client's read
+                    # timeout must see them now, not when the next event ends.
+                    chunk += bytes(unfinished[:taken])
+                    del unfinished[:taken]
                 if observer.unfinished_bytes > MAX_EVENT_BYTES:
                     # The whole events read with it still go out; the endless one does not.
                     last = chunk

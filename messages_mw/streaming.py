@@ -64,6 +64,10 @@ _BYTES_PER_TOKEN = 4
 # forms can start at one position, so the leftmost match is the earliest.
 SSE_SEPARATOR = re.compile(rb"\n\n|\r\n\r\n|\r\r|\n\r\n|\n\r(?=[^\n])|\r\n\r(?=[^\n])")
 
+# Whole comment lines, each ending in LF, CRLF or CR (one told from a CRLF's first half by the
+# byte after it).
+_LEADING_COMMENT_LINES = re.compile(rb"(?::[^\r\n]*(?:\r\n|\n|\r(?=[^\n])))+")
+
 
 def frame_event(name: str, data: bytes) -> bytes:
     """Frame one SSE event the way Anthropic does: ``event:`` line, one ``data:`` line."""
@@ -188,6 +192,17 @@ class StreamObserver:
         """How many bytes fed so far belong to an event not yet complete (the tail); 0 when
         everything fed ended on a complete event."""
         return len(self._buffer)
+
+    def take_leading_comments(self) -> int:
+        """Drop the complete comment lines that start the unfinished tail and return their
+        length. Keep-alives (``: ping``) that an upstream or a proxy sends on their own, with
+        no blank line after them, may go to the client at once: a comment line can make
+        nothing that follows it parse wrong."""
+        found = _LEADING_COMMENT_LINES.match(self._buffer)
+        if found is None:
+            return 0
+        del self._buffer[: found.end()]
+        return found.end()
 
     @property
     def finished(self) -> bool:

@@ -1158,3 +1158,30 @@ def test_gzip_request_body_is_decompressed_before_forwarding(stack: Stack) -> No
     assert received.body == body
     assert "content-encoding" not in received.headers
     assert received.headers["content-length"] == str(len(body))
+
+
+def _keep_alive_reply() -> Reply:
+    # After its first text the model is silent for 1.6 s; meanwhile the upstream writes an
+    # SSE comment line every 0.4 s to keep the connection alive.
+    events = text_stream_events(["a", "b"])
+    opening, rest = events[:4], events[4:]
+    keep_alives = [b": keep-alive\n"] * 4
+    delays = [0.0] * len(opening) + [0.4] * len(keep_alives) + [0.0] * len(rest)
+    return Reply(chunks=[*opening, *keep_alives, *rest], delay=delays)
+
+
+def test_keep_alive_comments_keep_an_sdk_client_reading_through_the_gateway(stack: Stack) -> None:
+    def streamed_text(base_url: str) -> str:
+        # A read timeout longer than the keep-alive interval, shorter than the silence.
+        client = anthropic.Anthropic(base_url=base_url, api_key="k", max_retries=0, timeout=1.0)
+        with client.messages.stream(
+            model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        ) as stream:
+            block = stream.get_final_message().content[0]
+            assert block.type == "text"
+            return block.text
+
+    stack.upstream.push(_keep_alive_reply())
+    assert streamed_text(stack.upstream_url) == "ab"  # straight to the upstream
+    stack.upstream.push(_keep_alive_reply())
+    assert streamed_text(stack.base_url) == "ab"  # and through the gateway

@@ -22,6 +22,7 @@ from messages_mw import (
     UpstreamConfig,
     UsageEvent,
 )
+from messages_mw.errors import UpstreamUnavailableError
 from messages_mw.pricing import PricingTable
 from messages_mw.providers.base import ProviderResponse
 from messages_mw.relay import MAX_EVENT_BYTES, StallWatch, relay_stream
@@ -598,3 +599,66 @@ def test_one_stall_watch_serves_streams_on_each_event_loop() -> None:
     for _ in range(2):
         assert asyncio.run(asyncio.wait_for(stalled_send(), 2))
         assert not asyncio.run(steady())
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_keep_alive_comment_lines_are_relayed_at_once(newline: bytes) -> None:
+    # ": keep-alive\n" is a whole comment line, which no blank line need follow: an upstream
+    # or a proxy may send such lines alone while the model is silent. Held back until the
+    # next event ended, they never reached the client's read timeout.
+    events = [event.replace(b"\n", newline) for event in text_stream_events(["a"])]
+    opening = b"".join(events[:3])
+    keep_alives = b": keep-alive" + newline + b":" + newline
+
+    async def scenario() -> tuple[bytes, bytes]:
+        release = asyncio.Event()
+
+        async def upstream_chunks() -> AsyncIterator[bytes]:
+            yield opening
+            yield keep_alives
+            await release.wait()
+            for event in events[3:]:
+                yield event
+
+        sent: list[bytes] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                sent.append(message["body"])
+
+        response = ProviderResponse(200, [], chunks=upstream_chunks())
+        context = RequestContext("req_1", "POST", "/v1/messages")
+        relaying = asyncio.create_task(relay_stream(response, send, context, []))
+        await asyncio.sleep(0.1)  # the upstream is silent after its keep-alives
+        before = b"".join(sent)
+        release.set()
+        await relaying
+        return before, b"".join(sent)
+
+    before, whole = asyncio.run(scenario())
+    assert before == opening + keep_alives
+    assert whole == b"".join(events[:3]) + keep_alives + b"".join(events[3:])
+
+
+def test_a_comment_line_before_a_cut_event_leaves_the_error_event_whole() -> None:
+    # The keep-alive goes out alone; the half event after it never does, and the error event
+    # that replaces it still parses.
+    opening = b"".join(text_stream_events(["a"])[:3])
+
+    async def upstream_chunks() -> AsyncIterator[bytes]:
+        yield opening
+        yield b': keep-alive\nevent: content_block_delta\ndata: {"type":"content_bl'
+        raise UpstreamUnavailableError("The connection to the upstream broke mid-stream.")
+
+    sent: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sent.append(message["body"])
+
+    response = ProviderResponse(200, [], chunks=upstream_chunks())
+    context = RequestContext("req_1", "POST", "/v1/messages")
+    asyncio.run(relay_stream(response, send, context, []))
+    relayed = b"".join(sent)
+    assert relayed.startswith(opening + b": keep-alive\nevent: error\ndata: ")
+    assert json.loads(relayed.split(b"event: error\ndata: ")[1])["type"] == "error"
