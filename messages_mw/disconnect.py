@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -49,7 +51,9 @@ class DisconnectWatcher:
     starts only once the work has run for between ``after / 2`` and ``after`` seconds: most
     quick answers (count_tokens, models, cached or short replies) finish before that and never
     pay for a task and its two extra event-loop passes, while a client that leaves is still
-    noticed within a few tens of milliseconds. One timer serves every request: it ticks every
+    noticed within a few tens of milliseconds. A request already ``after`` seconds old when its
+    work begins (its hooks were slow) is watched at once, and a client that left meanwhile
+    is noticed before the work begins. One timer serves every request: it ticks every
     ``after / 2`` seconds while any request runs, and a request pays two dict operations
     instead of a timer of its own (about 2 µs on uvloop). One event loop at a time, as the
     gateway's connection pool: used from a new loop, it forgets the old loop's requests.
@@ -70,13 +74,24 @@ class DisconnectWatcher:
         this_task = asyncio.current_task(loop)
         assert this_task is not None
         watch = _DisconnectWatch(receive, this_task, context)
-        self._register(watch, loop)
+        # A request this old already (slow hooks before it) is watched at once, and the
+        # watch gets one pass first: a client that left meanwhile is noticed before the
+        # work sends anything upstream.
+        late = time.perf_counter() - context.started_at >= self._tick_seconds * 2
+        if late:
+            watch.start()
+        else:
+            self._register(watch, loop)
         try:
+            if late:
+                await asyncio.sleep(0)
             await work
         except asyncio.CancelledError:
             if not watch.fired():
                 raise
         finally:
+            if inspect.iscoroutine(work):
+                work.close()  # never started, if the client had left: no warning for it
             self._newer.pop(watch, None)
             self._older.pop(watch, None)
             if watch.fired():

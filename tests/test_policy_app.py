@@ -875,3 +875,37 @@ def test_a_client_leaving_during_a_half_open_trial_does_not_keep_the_circuit_shu
 
     # Not another whole cooldown of 529s: the trial said nothing of the target's health.
     assert asyncio.run(scenario()) == 200
+
+
+def test_a_client_gone_during_a_slow_hook_is_not_sent_upstream() -> None:
+    recorder = Recorder()
+
+    async def slow_compressor(body: bytes, context: RequestContext) -> bytes | None:
+        await asyncio.sleep(0.2)  # a remote call, say; the client hangs up meanwhile
+        return None
+
+    provider = AnthropicProvider(
+        UpstreamConfig(base_url="http://upstream.test"), transport=httpx.MockTransport(recorder)
+    )
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        GatewayConfig(usage_log=False),
+        provider=provider,
+        compressor=slow_compressor,
+        on_request_end=finished.append,
+    )
+
+    async def scenario() -> None:
+        messages = [{"type": "http.request", "body": _body(), "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            # Once the body is read, the client is gone: a server answers at once.
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass  # what a server does with sends after a disconnect: drops them
+
+        await asyncio.wait_for(gateway(post_scope(), receive, send), 5)
+
+    asyncio.run(scenario())
+    assert (len(recorder.requests), finished[0].client_disconnected) == (0, True)
