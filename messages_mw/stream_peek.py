@@ -178,8 +178,10 @@ async def peek_stream(
                 return None, None
     finally:
         hold_timer.stop()
-        if read is not None:
+        if read is not None and not read.done():
             await stop_read(read)
+        elif read is not None:
+            _drop_read(read)  # as most have ended: no coroutine for them
 
 
 async def _read_at_once(
@@ -279,8 +281,10 @@ async def replay_stream(
         async for chunk in rest:
             yield chunk
     finally:
-        if pending is not None:
+        if pending is not None and not pending.done():
             await stop_read(pending)
+        elif pending is not None:
+            _drop_read(pending)
 
 
 async def telling_first_verdict(
