@@ -34,6 +34,8 @@ from ._http11_parse import (
 __all__ = ["LlhttpResponseParser"]
 
 _PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+# httptools 0.6.2 and later; older ones stay strict about spaces after a chunk size.
+_HAS_LENIENCIES = hasattr(httptools.HttpResponseParser, "set_dangerous_leniencies")
 _STATUS_LINE_STARTS = (b"HTTP/1.1 ", b"HTTP/1.0 ")
 
 
@@ -241,9 +243,8 @@ def _appended_size(body: deque[bytes], queued: int) -> int:
 
 
 def _allow_spaces_after_chunk_sizes(llhttp: httptools.HttpResponseParser) -> None:
-    """Accept "5 \r\n", "5\t\r\n" and "5 ;ext" once payload has gone out, as ResponseParser
+    """Accept "5 \\r\\n", "5\\t\\r\\n" and "5 ;ext" once payload has gone out, as ResponseParser
     (which reads such lines before it) and h11 (what an SDK reads a stream with) do: refused
-    then, they broke mid-way a stream any client reads. Needs httptools 0.6.2 or later."""
-    lenient = getattr(llhttp, "set_dangerous_leniencies", None)
-    if lenient is not None:
-        lenient(lenient_spaces_after_chunk_size=True)
+    then, they broke mid-way a stream any client reads."""
+    if _HAS_LENIENCIES:
+        llhttp.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
