@@ -970,3 +970,74 @@ async def test_reasoning_kept_for_the_server_is_shown_without_a_thinking_request
     response = await provider().send(_request(_body()))
     assert response.body is not None
     assert [block["type"] for block in json.loads(response.body)["content"]] == ["thinking", "text"]
+
+
+def _chunk(
+    delta: dict[str, Any] | None = None, finish: str | None = None, usage: Any = None
+) -> bytes:
+    choices = (
+        []
+        if delta is None and finish is None
+        else [{"index": 0, "delta": delta or {}, "finish_reason": finish}]
+    )
+    data: dict[str, Any] = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "gpt-4o",
+        "choices": choices,
+    }
+    if usage is not None:
+        data["usage"] = usage
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+def test_a_stream_the_upstream_aborts_keeps_the_usage_it_reported() -> None:
+    # vLLM-style: finish_reason "abort", then the include_usage chunk, then [DONE]. The
+    # client gets an error event; the gateway still records what the upstream counted.
+    from messages_mw import RequestContext
+
+    reported = {
+        "prompt_tokens": 5000,
+        "completion_tokens": 300,
+        "total_tokens": 5300,
+        "prompt_tokens_details": {"cached_tokens": 4000},
+    }
+    content = (
+        _chunk({"role": "assistant", "content": "Hello there"})
+        + _chunk({}, "abort")
+        + _chunk(usage=reported)
+        + b"data: [DONE]\n\n"
+    )
+    settings = OpenAIUpstreamConfig(base_url="http://local.test/v1")
+    sse_headers = {"content-type": "text/event-stream"}
+    provider = OpenAIProvider(
+        settings,
+        name="local",
+        transport=httpx.MockTransport(
+            lambda request: httpx.Response(200, content=content, headers=sse_headers)
+        ),
+    )
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        GatewayConfig(openai_upstreams={"local": settings}, usage_log=False),
+        providers={"local": provider},
+        on_request_end=finished.append,
+    )
+    body = _body(model="local/gpt-4o", stream=True)
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(gateway)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            return await client.post(
+                "/v1/messages", content=body, headers={"content-type": "application/json"}
+            )
+
+    response = asyncio.run(post())
+    assert response.status_code == 200 and b"event: error" in response.content
+    usage = finished[0].usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (
+        1000,
+        4000,
+        300,
+    )
+    assert not usage.output_tokens_estimated

@@ -251,6 +251,15 @@ class StreamTranslator:
         )
 
     def _error(self, error_type: str, message: str) -> None:
+        if self._started and self._usage_reported:
+            # The upstream counted this response before it failed (a usage chunk after an
+            # aborted finish_reason, say): the usage goes out ahead of the error, where the
+            # gateway reads it, as an Anthropic stream reports it in message_delta (which
+            # comes after the last content_block_stop).
+            self._tools.close_open()
+            self._blocks.stop()
+            delta = MessageDelta(stop_reason=None, stop_sequence=None)
+            self._blocks.emit(MessageDeltaEvent(delta=delta, usage=self._delta_usage()))
         self._blocks.emit(ErrorEvent(error=ErrorDetail(type=error_type, message=message)))
         self._ended = True
 
