@@ -887,6 +887,22 @@ def test_system_first_folds_claude_codes_inner_system_message_into_the_first() -
     assert folded["messages"][0]["content"] == "You are Claude.\n\n# Environment"
 
 
+def test_turns_that_meet_once_system_messages_are_folded_are_merged() -> None:
+    # Strict chat templates, which system_first is for, refuse two user turns in a row.
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "system", "content": "inner"},
+        {"role": "user", "content": "b"},
+    ]
+    folded = _translate(OpenAIQuirks(system_first=True), messages=messages)
+    assert folded["messages"] == [
+        {"role": "system", "content": "inner"},
+        {"role": "user", "content": "a\n\nb"},
+    ]
+    loose = _translate(OpenAIQuirks(system_first=True, strict_roles=False), messages=messages)
+    assert [m["role"] for m in loose["messages"]] == ["system", "user", "user"]
+
+
 def test_max_output_tokens_caps_the_limit_sent_upstream() -> None:
     capped = OpenAIQuirks(max_tokens_field="max_tokens", max_output_tokens=8192)
     assert _translate(capped, max_tokens=128000)["max_tokens"] == 8192

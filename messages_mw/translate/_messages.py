@@ -73,17 +73,21 @@ def convert_messages(request: Request, quirks: OpenAIQuirks) -> list[ChatMessage
         for turn in _convert(message, f"messages.{number}", quirks):
             _append(turns, turn, quirks)
     if quirks.system_first:
-        turns = _systems_first(turns)
+        turns = _systems_first(turns, quirks)
     return [_finish(turn) for turn in turns]
 
 
-def _systems_first(turns: list[_Turn]) -> list[_Turn]:
-    """One leading system message holding every system message's text, in order."""
+def _systems_first(turns: list[_Turn], quirks: OpenAIQuirks) -> list[_Turn]:
+    """One leading system message holding every system message's text, in order; the turns
+    the system messages stood between meet, and are merged as any others (strict_roles)."""
     systems = [turn for turn in turns if turn.role == "system"]
     if not systems:
         return turns
-    merged = _Turn("system", [part for turn in systems for part in turn.parts])
-    return [merged, *(turn for turn in turns if turn.role != "system")]
+    merged = [_Turn("system", [part for turn in systems for part in turn.parts])]
+    for turn in turns:
+        if turn.role != "system":
+            _append(merged, turn, quirks)
+    return merged
 
 
 def _append(turns: list[_Turn], turn: _Turn, quirks: OpenAIQuirks) -> None:
