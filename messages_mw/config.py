@@ -7,6 +7,7 @@ a config file should fail loudly at start-up, naming the key and the file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -98,6 +99,9 @@ class MockConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     tokens_per_second: _NonNegativeFloat = 0.0
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A model the built-in mock provider lists on ``GET /v1/models`` (an Anthropic upstream
     answers that endpoint itself)."""
@@ -105,6 +109,11 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     id: str
     display_name: str | None = None
     created_at: str = "2025-01-01T00:00:00Z"
+
+    def __post_init__(self) -> None:
+        # SDKs parse it as a datetime: "yesterday" would break their model listing.
+        if not _RFC3339.fullmatch(self.created_at):
+            raise ValueError(f"created_at must be an RFC 3339 time, got {self.created_at!r}")
 
 
 DEFAULT_MODELS: tuple[ModelConfig, ...] = (

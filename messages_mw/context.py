@@ -26,7 +26,9 @@ class Principal(msgspec.Struct, frozen=True):
 
     ``key_id`` is a stable, non-secret name for the credential (never the key itself);
     ``upstream_api_key`` replaces the client's key upstream (a "virtual key"); ``None`` keeps
-    the provider's configured key, or passes the client's own key through when there is none.
+    the provider's configured key. The client's own key goes upstream only with
+    ``passthrough=True`` (and to a provider without a key of its own): a key the auth hook
+    checked is the gateway's, not one to hand on.
     ``compression`` names the compression bundle for this key's requests (``"off"`` disables
     it; ``None`` leaves the choice to the request header, the user agent and the default).
     """

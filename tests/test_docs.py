@@ -239,3 +239,44 @@ def test_complete_example_uses_every_table() -> None:
     example = tomllib.loads(blocks[-1])
     unused = [path for path in config_tables() if path and not _uses(example, path.split("."))]
     assert not unused, f"the complete example leaves out {unused}"
+
+
+README = DOC.parent.parent / "README.md"
+
+
+def test_the_readmes_own_auth_example_authenticates_upstream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The example's key ("letmein") is the gateway's, never sent upstream: what Anthropic gets
+    # must be the configured key, or every request of a host that copies it is a 401.
+    from fastapi.testclient import TestClient
+
+    from .servers import Reply, ScriptedUpstream, message_json, serve
+
+    (block,) = [b for b in _PYTHON_BLOCK.findall(README.read_text("utf-8")) if "def my_auth" in b]
+    upstream = ScriptedUpstream(default=Reply(body=message_json()))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-upstream")
+    with serve(upstream) as url:
+        # The one change: this upstream instead of api.anthropic.com.
+        local = block.replace(
+            "UpstreamConfig(api_key=", f"UpstreamConfig(base_url={url!r}, api_key="
+        )
+        assert local != block
+        namespace: dict[str, Any] = {}
+        exec(compile(local, str(README), "exec"), namespace)
+        with TestClient(namespace["app"]) as client:
+            body = {
+                "model": "claude-sonnet-4-6",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            refused = client.post(
+                "/anthropic/v1/messages", json=body, headers={"x-api-key": "nope"}
+            )
+            answered = client.post(
+                "/anthropic/v1/messages", json=body, headers={"x-api-key": "letmein"}
+            )
+    assert refused.status_code == 401 and answered.status_code == 200
+    (sent,) = upstream.received
+    assert sent.headers.get("x-api-key") == "sk-upstream"
+    assert "letmein" not in sent.headers.values()

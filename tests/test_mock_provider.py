@@ -757,3 +757,17 @@ def test_a_client_leaving_while_the_mock_thinks_is_a_disconnect(
         asyncio.run(scenario())
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert (finished[0].client_disconnected, finished[0].error_type, errors) == (True, None, [])
+
+
+@pytest.mark.parametrize("created_at", ["yesterday", "2025-01-01", "2025-01-01T00:00:00"])
+def test_a_model_creation_time_must_be_rfc_3339(created_at: str, tmp_path: Any) -> None:
+    # The SDKs parse it as a datetime: a listing holding "yesterday" breaks models.list().
+    from messages_mw.config import ConfigError, load_config
+
+    with pytest.raises(ValueError, match="created_at must be an RFC 3339 time"):
+        ModelConfig(id="m", created_at=created_at)
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[[models]]\nid = "m"\ncreated_at = "{created_at}"\n')
+    with pytest.raises(ConfigError, match="created_at"):
+        load_config(path)
+    assert ModelConfig(id="m", created_at="2025-02-19T08:30:00.5+01:00").created_at
