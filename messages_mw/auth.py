@@ -153,7 +153,7 @@ class StaticKeyAuth:
         for entry in keys:
             if bool(entry.sha256) == bool(entry.key):  # an empty one counts as absent
                 # Both given could disagree, and one would be ignored without a word.
-                raise ValueError(f"auth key {entry.id!r} needs one of 'sha256' and 'key'")
+                raise ValueError(f"auth key {entry.id!r} needs exactly one of 'sha256' and 'key'")
             hex_digest = entry.sha256 or hash_key(entry.key or "")
             digest = _parse_hex_digest(hex_digest)
             if digest is None:

@@ -92,7 +92,7 @@ def test_key_config_needs_a_key(entry: ApiKeyConfig) -> None:
 def test_key_config_with_both_a_key_and_a_hash_is_refused() -> None:
     # They could name different keys, and one of them would be ignored without a word.
     entry = ApiKeyConfig(id="x", key="sk-one", sha256=hash_key("sk-two"))
-    with pytest.raises(ValueError, match="'x' needs one of 'sha256' and 'key'"):
+    with pytest.raises(ValueError, match="'x' needs exactly one of 'sha256' and 'key'"):
         StaticKeyAuth((entry,))
 
 
