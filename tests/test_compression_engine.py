@@ -432,6 +432,19 @@ def test_dedupe_compares_compressed_text_and_needs_a_minimum_size() -> None:
     short = "x" * (DEDUPE_MIN_BYTES - 3)  # with its quotes, one byte short of the minimum
     messages = _turns(("r1", "Read", {}, short), ("r2", "Read", {}, short))
     assert compress_request(_body(messages), CLAUDE).body is None
+    at_minimum = "x" * (DEDUPE_MIN_BYTES - 2)  # with its quotes, the minimum itself
+    messages = _turns(("r1", "Read", {}, at_minimum), ("r2", "Read", {}, at_minimum))
+    assert _outputs(_compress(_body(messages)))[1].startswith("[messages_mw: identical to")
+    # The minimum holds on the compressed text too: a few coloured lines compress to well
+    # under it, and both copies stay.
+    few_lines = "\n".join(BUILD_LOG.splitlines()[:4])
+    messages = _turns(
+        ("b1", "Bash", {"command": "make"}, few_lines),
+        ("b2", "Bash", {"command": "make"}, few_lines),
+    )
+    compressed = compress_request(_body(messages), CLAUDE).body
+    kept = _outputs(json.loads(compressed)) if compressed else [few_lines, few_lines]
+    assert kept[0] == kept[1] and "messages_mw:" not in kept[1]
 
 
 def test_agent_errors_are_never_replaced_by_references() -> None:

@@ -309,6 +309,22 @@ class LimiterSemantics:
 
         run(make_store, rules, scenario)
 
+    def test_headers_report_the_limit_with_least_room_not_the_smallest(
+        self, make_store: StoreFactory
+    ) -> None:
+        # Fresh counters make the smallest limit the tightest too; used counters tell them
+        # apart: the tag's 5,000 has less room left than alice's 1,000 once bob spent 4,600.
+        rules = [per_key(tokens_per_minute=1000), per_tag(tokens_per_minute=5000)]
+
+        async def scenario(limiter: RateLimiter) -> None:
+            await limiter.admit(request("bob", ["ci"]))
+            await limiter.record(request("bob", ["ci"], tokens=4600))
+            headers = dict(await limiter.admit(request("alice", ["ci"])))
+            assert headers["anthropic-ratelimit-tokens-limit"] == "5000"
+            assert headers["anthropic-ratelimit-tokens-remaining"] == "400"
+
+        run(make_store, rules, scenario)
+
     def test_rules_on_one_counter_count_once_and_the_lowest_limit_holds(
         self, make_store: StoreFactory
     ) -> None:

@@ -313,3 +313,15 @@ def test_bad_hooks_are_rejected() -> None:
         check_hook("auth", 42)
     check_hook("auth", None)
     check_hook("auth", lambda request: None)
+
+
+def test_key_digests_are_plain_hex_sha256_as_documented() -> None:
+    # Operators compute sha256 = "..." with their own tools (sha256sum, hashlib): pinned to
+    # the standard's own test vector, not to what hash_key happens to return.
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert hash_key("abc") == abc
+    auth = StaticKeyAuth((ApiKeyConfig(id="ops", sha256=abc),))
+    incoming = IncomingRequest("POST", "/v1/messages", {"x-api-key": "abc"}, None)
+    assert auth(incoming).key_id == "ops"
+    # An odd session id is recorded as the first 32 hex digits of its SHA-256.
+    assert session_id({"s": "a b"}, "s") == "sha256:c8687a08aa5d6ed2044328fa6a697ab8"

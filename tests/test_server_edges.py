@@ -718,3 +718,40 @@ def _open_and_shut_down_after(
             shutdown_hangs = served.thread.is_alive()
         served.thread.join(10)
     return still_open, shutdown_hangs
+
+
+def test_requests_over_the_concurrency_limit_get_a_503_in_the_envelope() -> None:
+    # uvicorn's limit_concurrency counts connections too: one held open fills a limit of 1.
+    import json
+    import threading
+
+    release = threading.Event()
+
+    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 5)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with serve(slow_app, http=GatewayHttpProtocol, limit_concurrency=1) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as first:
+            first.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            time.sleep(0.2)  # the first request is being served, and holds the one place
+            with socket.create_connection((host, int(port))) as second:
+                second.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                second.settimeout(5)
+                answer = b""
+                while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                    piece = second.recv(65536)
+                    if not piece:
+                        break
+                    answer += piece
+            release.set()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert b"\r\nrequest-id: req_" in head.lower()
+    error = json.loads(body)
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert error["request_id"].startswith("req_")

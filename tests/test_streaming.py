@@ -33,6 +33,43 @@ def test_whole_stream_usage_and_stop() -> None:
     assert observer.error_type is None
 
 
+def test_every_usage_field_is_read_from_start_and_delta() -> None:
+    # Cache reads and writes price the request (a tenth and 1.25x of input): a fixture with
+    # zeros there could not tell a gateway that drops them from one that reads them.
+    start = sse(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_1",
+                "model": "m",
+                "usage": {
+                    "input_tokens": 21,
+                    "output_tokens": 1,
+                    "cache_read_input_tokens": 300,
+                    "cache_creation_input_tokens": 40,
+                    "cache_creation": {
+                        "ephemeral_5m_input_tokens": 30,
+                        "ephemeral_1h_input_tokens": 10,
+                    },
+                },
+            },
+        },
+    )
+    delta = sse(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 7, "server_tool_use": {"web_search_requests": 2}},
+        },
+    )
+    usage = _observe([start, delta, sse("message_stop", {"type": "message_stop"})]).usage
+    assert (usage.input_tokens, usage.output_tokens) == (21, 7)
+    assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (300, 40)
+    assert (usage.cache_creation_1h_input_tokens, usage.web_search_requests) == (10, 2)
+
+
 @given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=30))
 def test_any_chunking_gives_the_same_observation(cuts: list[int]) -> None:
     points = sorted(set(cuts))

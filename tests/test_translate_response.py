@@ -402,3 +402,23 @@ def test_error_classes_raised_for_2xx_error_bodies() -> None:
     assert isinstance(raised({"message": "m", "code": 502}), UpstreamUnavailableError)
     billing = raised({"message": "m", "code": "insufficient_quota"})
     assert (billing.status, billing.error_type) == (402, "billing_error")
+
+
+@pytest.mark.parametrize("finish_reason", ["tool_calls", "function_call"])
+def test_an_answer_with_tool_calls_stops_for_tool_use(finish_reason: str) -> None:
+    # Older servers still say "function_call" for an answer that calls tools.
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    got = _translate({"content": None, "tool_calls": [call]}, finish_reason)
+    assert got["stop_reason"] == "tool_use"
+
+
+def test_cached_tokens_over_the_prompt_never_make_input_negative() -> None:
+    # Some servers report cached_tokens beyond prompt_tokens (cumulative over a batch).
+    usage = {
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 60},
+    }
+    got = _translate({"content": "x"}, usage=usage)
+    assert got["usage"]["input_tokens"] == 0
+    assert got["usage"]["cache_read_input_tokens"] == 10
