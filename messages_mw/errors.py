@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import quote
 
 import msgspec
+
+if TYPE_CHECKING:
+    from .streaming import TokenUsage
 
 __all__ = [
     "ERROR_TYPES",
@@ -119,6 +122,9 @@ class GatewayError(Exception):
         self.upstream_request_id: str | None = None
         # Set by a fallback chain raising a target's failure: that target's provider/model.
         self.target_name: str | None = None
+        # What the upstream reported it used before failing (an OpenAI answer cut short
+        # with its usage): kept on the attempt's record, as a failed stream's is.
+        self.usage: TokenUsage | None = None
 
     def body(self, request_id: str | None) -> bytes:
         """This error's JSON envelope, naming ``request_id`` (``null`` when ``None``)."""

@@ -60,9 +60,12 @@ def to_anthropic_message(
     """
     parsed, choice, reply = _completion(body)
     if choice.finish_reason in ABORTED_FINISH_REASONS:
-        raise UpstreamUnavailableError(
+        error = UpstreamUnavailableError(
             f"upstream stopped the response early (finish_reason '{choice.finish_reason}')"
         )
+        if parsed.usage is not None:  # counted upstream all the same
+            error.usage = token_usage(parsed.usage)
+        raise error
     if parsed.usage is not None:
         usage = token_usage(parsed.usage)
     else:
