@@ -909,3 +909,45 @@ def test_a_client_gone_during_a_slow_hook_is_not_sent_upstream() -> None:
 
     asyncio.run(scenario())
     assert (len(recorder.requests), finished[0].client_disconnected) == (0, True)
+
+
+def test_a_url_too_long_for_the_primary_never_reaches_a_keyed_backup() -> None:
+    # Passthrough auth checks no key: the primary upstream does. A failure the primary never
+    # saw the key for must not move a made-up key on to a backup holding the operator's.
+    from messages_mw.auth import AuthConfig as _AuthConfig
+
+    from .openai_upstream import completion_json
+
+    openai_settings = OpenAIUpstreamConfig(base_url="http://openai.test/v1", api_key="sk-operator")
+    config = GatewayConfig(
+        upstream=UpstreamConfig(base_url="https://api.anthropic.test"),
+        auth=_AuthConfig(mode="passthrough"),
+        openai_upstreams={"oa": openai_settings},
+        fallback=FallbackConfig(chains={"claude-x": ("oa/gpt-4o",)}),
+        usage_log=False,
+    )
+    primary, backup = (
+        Recorder(),
+        Recorder(lambda request: httpx.Response(200, content=completion_json())),
+    )
+    gateway = Gateway(
+        config,
+        providers={
+            "anthropic": AnthropicProvider(config.upstream, transport=httpx.MockTransport(primary)),
+            "oa": OpenAIProvider(openai_settings, name="oa", transport=httpx.MockTransport(backup)),
+        },
+    )
+    scope = post_scope()
+    scope["query_string"] = b"x=" + b"a" * 65_500  # more than httpx.URL takes
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": _body(model="claude-x"), "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope["headers"] = [*scope["headers"], (b"x-api-key", b"made-up")]
+    asyncio.run(gateway(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert (primary.requests, backup.requests) == ([], [])

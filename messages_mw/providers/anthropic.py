@@ -17,8 +17,8 @@ from httpx import _decoders as httpx_decoders
 from ..config import UpstreamConfig
 from ..errors import (
     GatewayError,
+    InvalidRequestError,
     NoFreeConnectionError,
-    UnsupportedByProviderError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
@@ -285,9 +285,11 @@ class AnthropicProvider:
             try:
                 url = httpx.URL(self._base_url + quoted + ("?" + query if query else ""))
             except httpx.InvalidURL as exc:
-                # Past httpx's 65,536 characters, say, with this upstream's base URL in front:
-                # about this target, so a fallback with a shorter base URL may still take it.
-                raise UnsupportedByProviderError(
+                # Past httpx's 65,536 characters, say, with this upstream's base URL in front.
+                # The client's error, and final: were it about this target, the chain would
+                # move on to the next one without this upstream ever checking the client's key,
+                # which in passthrough mode hands a made-up key a keyed backup.
+                raise InvalidRequestError(
                     f"The request's URL cannot be forwarded to this upstream: {exc}."
                 ) from None
             found = (url, url.netloc)
