@@ -152,6 +152,12 @@ class _Counter:
         return WindowCount(self.index * self.window, self.previous, self.current)
 
 
+def _fresh_count(check: WindowCheck, now: float) -> WindowCount:
+    """The count of a counter never stored: a refused request, or a budget only asked about,
+    stores none (a client naming new tags on every request must not grow the store)."""
+    return WindowCount(math.floor(now / check.window) * check.window, 0.0, 0.0)
+
+
 class MemoryCounterStore:
     """Counters in this process, for one event loop (each call completes without awaiting,
     so concurrent requests cannot interleave inside a check).
@@ -184,20 +190,17 @@ class MemoryCounterStore:
             return admitted, [count]
         if now >= self._next_sweep:
             self._sweep(now)
-        counters: list[_Counter] = []
         counts: list[WindowCount] = []
         admitted = True
         for check in checks:
-            counter = self._counters.get(check.key) or self._counter(check.key, check.window, now)
-            count = counter.rolled(now)
+            count = self._count_of(check, now)
             if admitted and not has_room(check, count, now):
                 admitted = False
-            counters.append(counter)
             counts.append(count)
         if admitted:
             for at, check in enumerate(checks):
                 if check.cost:
-                    counter = counters[at]
+                    counter = self._counter(check.key, check.window, now)
                     counter.current += check.cost
                     counts[at] = WindowCount(counts[at].start, counter.previous, counter.current)
         return admitted, counts
@@ -208,13 +211,15 @@ class MemoryCounterStore:
         usage (:func:`window_usage`) after the call, which the caller's headers report."""
         if now >= self._next_sweep:
             self._sweep(now)
-        counter = self._counters.get(check.key) or self._counter(check.key, check.window, now)
-        count = counter.rolled(now)
+        counter = self._counters.get(check.key)
+        count = _fresh_count(check, now) if counter is None else counter.rolled(now)
         used = window_usage(check, count, now)
         # has_room(), inline: this runs for every request under a limit.
         if not (used < check.limit and used + check.cost <= check.limit):
             return False, count, used
         if check.cost:
+            if counter is None:
+                counter = self._counter(check.key, check.window, now)
             counter.current += check.cost
             count = WindowCount(count.start, count.previous, counter.current)
             used += check.cost
@@ -230,6 +235,10 @@ class MemoryCounterStore:
 
     async def aclose(self) -> None:
         """Nothing to release; the counters are kept."""
+
+    def _count_of(self, check: WindowCheck, now: float) -> WindowCount:
+        counter = self._counters.get(check.key)
+        return _fresh_count(check, now) if counter is None else counter.rolled(now)
 
     def _counter(self, key: str, window: float, now: float) -> _Counter:
         counter = self._counters.get(key)

@@ -736,3 +736,21 @@ def test_limiter_mocks_and_late_failing_properties_pass_the_start_up_check() -> 
         LateFlag(),
     ):
         Gateway(config, limiter=limiter)
+
+
+def test_refused_requests_and_budgets_only_asked_about_store_no_counters() -> None:
+    # Every tag a client names gets counters under tag rules: a refused request, or a spend
+    # budget only asked about, must not keep them (for up to two budget periods) in memory.
+    store = MemoryCounterStore()
+    rules = (per_key(requests_per_minute=1), per_tag(spend=10.0))
+    limiter = RateLimiter(LimitsConfig(rules=rules), store=store, clock=FakeClock(T0))
+
+    async def scenario() -> list[bool]:
+        answers = []
+        for i in range(50):
+            tags = [f"t{i}-{j}" for j in range(16)]
+            answers += await admits(limiter, request("tenant", tags), 1)
+        return answers
+
+    assert asyncio.run(scenario()) == [True] + [False] * 49
+    assert len(store) == 1  # the key's request counter, which the one admitted request raised
