@@ -1211,3 +1211,20 @@ def test_an_error_answer_the_client_cannot_take_is_a_disconnect() -> None:
 
     run(gateway(post_scope(), receive, send))  # returns normally, as documented
     assert finished[0].client_disconnected
+
+
+@pytest.mark.parametrize(("upstream_key", "relayed"), [(None, True), ("sk-operator", False)])
+def test_the_organization_header_reaches_only_the_client_whose_key_was_used(
+    upstream_key: str | None, relayed: bool
+) -> None:
+    # Anthropic names the key's organization on every answer: the client's own when its key
+    # went up, the operator's when the gateway's did, which is no tenant's business.
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"anthropic-organization-id": "org-1", "request-id": "req_up"}
+        return httpx.Response(200, headers=headers, json=json.loads(message_json()))
+
+    settings = UpstreamConfig(base_url="http://upstream.test", api_key=upstream_key)
+    provider = AnthropicProvider(settings, transport=httpx.MockTransport(answer))
+    response = run(_post(Gateway(GatewayConfig(), provider=provider), CHAT))
+    assert response.status_code == 200
+    assert ("anthropic-organization-id" in response.headers) is relayed

@@ -51,6 +51,10 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
         b"via",
     }
 )
+# Which Anthropic organization a key belongs to: relayed only to a client whose own key was
+# used. The gateway's key is the operator's, and its organization no tenant's business (no
+# SDK reads the header).
+_ORGANIZATION_HEADER = b"anthropic-organization-id"
 # Headers are handed to httpx as bytes, which it takes without re-encoding; latin-1 gives back
 # exactly the bytes the ASGI server decoded, and the bytes the upstream sent.
 _FIXED_REQUEST_HEADERS = [(b"content-type", b"application/json"), (b"accept-encoding", b"identity")]
@@ -171,8 +175,9 @@ class _ResponseHead(NamedTuple):
     undecodable: str
 
 
-def _read_head(response: httpx.Response) -> _ResponseHead:
-    """The headers to relay, whether the body is an event stream, and whether it is encoded."""
+def _read_head(response: httpx.Response, client_key: bool) -> _ResponseHead:
+    """The headers to relay, whether the body is an event stream, and whether it is encoded;
+    ``client_key``: the request went up with the client's own key."""
     relayed: list[tuple[str, str]] = []
     event_stream = encoded = False
     undecodable = ""
@@ -185,6 +190,8 @@ def _read_head(response: httpx.Response) -> _ResponseHead:
                 undecodable = undecodable or _undecodable(raw_value.decode("latin-1"))
             elif name == b"connection":
                 connection_options.update(_listed_headers(raw_value))
+            continue
+        if name == _ORGANIZATION_HEADER and not client_key:
             continue
         value = raw_value.decode("latin-1")
         if name == b"content-type" and is_event_stream(value):
@@ -317,6 +324,13 @@ class AnthropicProvider:
             extensions=self._extensions,
         )
 
+    def _sent_client_key(self, request: ProviderRequest) -> bool:
+        """Whether the request went up with the client's own key (see _credentials)."""
+        mode = request.client_credentials
+        return mode == "forward" or (
+            mode == "default" and (request.api_key or self._settings.api_key) is None
+        )
+
     async def send(self, request: ProviderRequest) -> ProviderResponse:
         """Send one request; raises a :class:`GatewayError` if no response arrives.
 
@@ -332,7 +346,7 @@ class AnthropicProvider:
         if not 200 <= status <= 599:
             await response.aclose()
             raise not_final_status(status, self._origin)
-        head = _read_head(response)
+        head = _read_head(response, self._sent_client_key(request))
         if head.undecodable:
             await response.aclose()
             raise UpstreamUnavailableError(
