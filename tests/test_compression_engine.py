@@ -815,3 +815,37 @@ def test_no_result_points_at_one_the_server_is_asked_to_clear(memo: CompressionM
     mentioned = compress_request(_body(messages), CLAUDE, memo=memo).body
     assert "toolu_00" in newest_result(mentioned)
     assert all("toolu_" not in message["content"][0]["content"] for message in sent[2::2])
+
+
+@pytest.mark.parametrize("memo", [None, CompressionMemo()], ids=["cold", "memo"])
+def test_no_result_points_at_one_before_a_compaction_block(memo: CompressionMemo | None) -> None:
+    # With server-side compaction the API drops every block before the compaction block the
+    # client sends back: a copy read again after it must not refer to one read before.
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "refactor app.py"},
+        {"role": "assistant", "content": [_call("toolu_01", "Read", {"file_path": "/src/app.py"})]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "content": FILE_TEXT}],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "compaction", "content": "Summary: app.py was read once."},
+                {"type": "text", "text": "Let me read the file again."},
+                _call("toolu_02", "Read", {"file_path": "/src/app.py"}),
+            ],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_02", "content": FILE_TEXT}],
+        },
+    ]
+    compacting = {
+        "edits": [
+            {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 150000}}
+        ]
+    }
+    body = _body(messages, context_management=compacting)
+    sent = json.loads(compress_request(body, CLAUDE, memo=memo).body or body)["messages"]
+    assert sent[-1]["content"][0]["content"] == FILE_TEXT

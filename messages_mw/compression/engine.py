@@ -77,8 +77,10 @@ _HISTORY_KEY_BYTES = 1024
 # The start of a body that names the frames in the memo that may fit it, and their key's kind.
 _FRAME_KEY_BYTES = 256
 _FRAME = "frame"
-# The context_management edit that has Anthropic clear old tool results (clear_tool_uses_20250919).
-_CLEAR_TOOL_USES = b"clear_tool_uses"
+# The context_management edits that have Anthropic drop old tool results: clearing them
+# (clear_tool_uses_20250919), and compaction (compact_20260112), after which the API drops
+# every block before the compaction block the client sends back.
+_DROPS_OLD_RESULTS = (b"clear_tool_uses", b"compact_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +185,10 @@ def _walk_decoded(body: bytes, walk: Walk, memo: CompressionMemo | None) -> dict
         fields: dict[str, Any] = _top.decode(body)
     except DECODE_ERRORS:
         return None
-    if _clears_results(fields):
-        # Anthropic is to clear old tool results: a repeated one must not become a reference
-        # to one it clears, nor come from the memo's remembered messages, which may hold some.
+    if _drops_old_results(fields):
+        # Anthropic is to clear or drop old tool results: a repeated one must not become a
+        # reference to one it drops, nor come from the memo's remembered messages, which may
+        # hold some.
         # No frame is kept for such a body either, so none ever fits one (_walk_framed).
         walk.deduplicates = False
         memo = None
@@ -208,11 +211,16 @@ def _walk_decoded(body: bytes, walk: Walk, memo: CompressionMemo | None) -> dict
     return fields
 
 
-def _clears_results(fields: Mapping[str, Raw]) -> bool:
-    """Whether the top-level fields ask Anthropic to clear old tool results
-    (``context_management``'s ``clear_tool_uses`` edits)."""
+def _drops_old_results(fields: Mapping[str, Raw]) -> bool:
+    """Whether the top-level fields ask Anthropic to clear or drop old tool results
+    (``context_management``'s ``clear_tool_uses`` and ``compact`` edits). Read from that
+    field alone, which an agent sends alike every turn: text in the messages could switch
+    deduplication off at one turn and change what the earlier turns look like."""
     edits = fields.get("context_management")
-    return edits is not None and _CLEAR_TOOL_USES in bytes(edits)
+    if edits is None:
+        return False
+    edits_bytes = bytes(edits)
+    return any(edit in edits_bytes for edit in _DROPS_OLD_RESULTS)
 
 
 def _joined(messages: tuple[bytes, ...]) -> Raw:
