@@ -849,3 +849,66 @@ def test_no_result_points_at_one_before_a_compaction_block(memo: CompressionMemo
     body = _body(messages, context_management=compacting)
     sent = json.loads(compress_request(body, CLAUDE, memo=memo).body or body)["messages"]
     assert sent[-1]["content"][0]["content"] == FILE_TEXT
+
+
+_ALIGN_TOOLS = [
+    {"name": f"tool_{i}", "description": "d" * 2000, "input_schema": {"type": "object"}}
+    for i in range(3)
+]
+
+
+def _aligned_body(messages: list[dict[str, Any]]) -> bytes:
+    fields = {"system": "You are a coding agent.", "tools": _ALIGN_TOOLS, "messages": messages}
+    return msgspec.json.encode({"model": "m", "max_tokens": 100, **fields})
+
+
+def _sent_breakpoints(body: bytes) -> list[str]:
+    result = compress_request(body, bundle_named("generic"), align_cache=True)
+    sent = json.loads(result.body or body)
+    found = [f"tools.{i}" for i, tool in enumerate(sent["tools"]) if "cache_control" in tool]
+    if isinstance(sent["system"], list):
+        found += [f"system.{i}" for i, b in enumerate(sent["system"]) if "cache_control" in b]
+    for m, message in enumerate(sent["messages"]):
+        if isinstance(message["content"], list):
+            marked = [i for i, block in enumerate(message["content"]) if "cache_control" in block]
+            found += [f"messages.{m}.{i}" for i in marked]
+    return found
+
+
+def test_a_grep_for_cache_control_keeps_the_gateways_breakpoints_from_turn_to_turn() -> None:
+    # The bytes "cache_control" as a string value are no client breakpoint: taken for one,
+    # they switched alignment off from that turn on, and the session lost its cache.
+    first = [{"role": "user", "content": "where do we set prompt caching?"}]
+    grep = {
+        "type": "tool_use",
+        "id": "toolu_01",
+        "name": "grep",
+        "input": {"pattern": "cache_control"},
+    }
+    found = "src/client.py:12:    block['cache_control'] = {'type': 'ephemeral'}"
+    result = {"type": "tool_result", "tool_use_id": "toolu_01", "content": found}
+    second = [
+        *first,
+        {"role": "assistant", "content": [grep]},
+        {"role": "user", "content": [result]},
+    ]
+    assert _sent_breakpoints(_aligned_body(first)) == ["tools.2", "system.0"]
+    assert _sent_breakpoints(_aligned_body(second)) == ["tools.2", "system.0"]
+
+
+@pytest.mark.parametrize("where", ["message block", "tool result block"])
+def test_client_breakpoints_spelled_with_an_escape_in_messages_are_seen(where: str) -> None:
+    # Four client breakpoints (the API's most) with the key escaped: two more would be a 400.
+    messages: list[dict[str, Any]] = []
+    for turn in range(4):
+        marked = {"type": "text", "text": f"q{turn}", "cache_control": {"type": "ephemeral"}}
+        if where == "tool result block":
+            marked = {"type": "tool_result", "tool_use_id": f"t{turn}", "content": [marked]}
+        messages += [
+            {"role": "user", "content": [marked]},
+            {"role": "assistant", "content": f"a{turn}"},
+        ]
+    messages.append({"role": "user", "content": "next"})
+    body = _aligned_body(messages).replace(b'"cache_control"', b'"cache\\u005fcontrol"')
+    added = [mark for mark in _sent_breakpoints(body) if not mark.startswith("messages.")]
+    assert added == []
