@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -601,6 +601,17 @@ def test_one_stall_watch_serves_streams_on_each_event_loop() -> None:
         assert not asyncio.run(steady())
 
 
+def _bodies_sent() -> tuple[list[bytes], Callable[[dict[str, Any]], Awaitable[None]]]:
+    """A send that keeps the response's body parts, and the list it keeps them in."""
+    bodies: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+
+    return bodies, send
+
+
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
 def test_keep_alive_comment_lines_are_relayed_at_once(newline: bytes) -> None:
     # ": keep-alive\n" is a whole comment line, which no blank line need follow: an upstream
@@ -620,12 +631,7 @@ def test_keep_alive_comment_lines_are_relayed_at_once(newline: bytes) -> None:
             for event in events[3:]:
                 yield event
 
-        sent: list[bytes] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body":
-                sent.append(message["body"])
-
+        sent, send = _bodies_sent()
         response = ProviderResponse(200, [], chunks=upstream_chunks())
         context = RequestContext("req_1", "POST", "/v1/messages")
         relaying = asyncio.create_task(relay_stream(response, send, context, []))
@@ -650,12 +656,7 @@ def test_a_comment_line_before_a_cut_event_leaves_the_error_event_whole() -> Non
         yield b': keep-alive\nevent: content_block_delta\ndata: {"type":"content_bl'
         raise UpstreamUnavailableError("The connection to the upstream broke mid-stream.")
 
-    sent: list[bytes] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            sent.append(message["body"])
-
+    sent, send = _bodies_sent()
     response = ProviderResponse(200, [], chunks=upstream_chunks())
     context = RequestContext("req_1", "POST", "/v1/messages")
     asyncio.run(relay_stream(response, send, context, []))
