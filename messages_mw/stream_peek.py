@@ -23,6 +23,8 @@ from .streaming import SSE_SEPARATOR
 __all__ = ["peek_stream", "replay_stream", "stop_read", "telling_first_verdict"]
 
 _event_decoder = msgspec.json.Decoder(ObservedEvent)
+# How long a cancelled read may take to end before its stream is closed all the same.
+_READ_STOP_SECONDS = 1.0
 # The longest event separator, with the byte that tells a lone CR from a CRLF.
 _LONGEST_SEPARATOR = 4
 # Events that precede the first content block; every other named event commits a stream.
@@ -262,8 +264,11 @@ async def stop_read(read: asyncio.Future[bytes]) -> None:
     connection stays open)."""
     _drop_read(read)
     if not read.done():
-        await asyncio.wait((read,))
-        _drop_read(read)
+        # Bounded: a stream that ignores its cancellation must not hold the request for ever
+        # (closing it then may fail as before, which the caller survives).
+        await asyncio.wait((read,), timeout=_READ_STOP_SECONDS)
+        if read.done():
+            _drop_read(read)
 
 
 async def replay_stream(
