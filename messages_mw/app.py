@@ -578,6 +578,7 @@ class Gateway:
             headers = response_headers(response, context, self._headers)
             await relay_body(response, send, context, headers, body)
         finally:
+            _note_report(response, context)
             await response.close()
 
     def _with_cost(self, body: bytes, context: RequestContext) -> bytes:
@@ -613,6 +614,15 @@ def _not_found_message(path: str) -> str:
         f"Not found: {path}. This gateway serves /v1/messages, /v1/messages/count_tokens "
         "and /v1/models."
     )
+
+
+def _note_report(response: ProviderResponse, context: RequestContext) -> None:
+    """What the provider knows beyond the answer it relayed (a translating one)."""
+    report = response.reported()
+    if report.usage_estimated:
+        context.usage.output_tokens_estimated = True
+    if report.model:
+        context.response_model = report.model
 
 
 class _EnvelopeCORS(CORSMiddleware):

@@ -339,7 +339,12 @@ class _Chain:
                     await response.close()
 
         return ProviderResponse(
-            response.status, response.headers, chunks=replayed, close=close, ended=response.ended
+            response.status,
+            response.headers,
+            chunks=replayed,
+            close=close,
+            ended=response.ended,
+            reported=response.reported,
         )
 
     def _later_verdict(self, target: Target) -> Callable[[GatewayError | None], None]:

@@ -1094,3 +1094,95 @@ def test_an_answer_the_upstream_aborts_keeps_its_usage_on_the_attempt() -> None:
     assert attempt.usage == TokenUsage(
         input_tokens=1000, output_tokens=300, cache_read_input_tokens=4000
     )
+
+
+def _openai_gateway(content: bytes, *, stream: bool) -> tuple[Gateway, list[Any]]:
+    from messages_mw import RequestContext
+
+    settings = OpenAIUpstreamConfig(base_url="http://local.test/v1")
+    content_type = "text/event-stream" if stream else "application/json"
+    provider = OpenAIProvider(
+        settings,
+        name="local",
+        transport=httpx.MockTransport(
+            lambda request: httpx.Response(
+                200, content=content, headers={"content-type": content_type}
+            )
+        ),
+    )
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        GatewayConfig(openai_upstreams={"local": settings}, usage_log=False),
+        providers={"local": provider},
+        on_request_end=finished.append,
+    )
+    return gateway, finished
+
+
+def _post_to(gateway: Gateway, body: bytes) -> httpx.Response:
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(gateway)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            return await client.post(
+                "/v1/messages", content=body, headers={"content-type": "application/json"}
+            )
+
+    return asyncio.run(post())
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_counts_the_upstream_never_reported_are_flagged_as_estimates(stream: bool) -> None:
+    # A server that ignores include_usage (or stream_usage off): the translation estimates
+    # both counts, and the usage event must say so, as for a stream cut short.
+    text = "Hello there, how are you?"
+    if stream:
+        content = (
+            _chunk({"role": "assistant", "content": text})
+            + _chunk({}, "stop")
+            + b"data: [DONE]\n\n"
+        )
+    else:
+        message = {"role": "assistant", "content": text}
+        content = json.dumps(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "model": "gpt-4o",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+            }
+        ).encode()
+    gateway, finished = _openai_gateway(content, stream=stream)
+    assert _post_to(gateway, _body(model="local/gpt-4o", stream=stream)).status_code == 200
+    assert finished[0].usage.output_tokens == 7  # (25 characters + 3) // 4
+    assert finished[0].usage.output_tokens_estimated
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_the_response_model_is_the_snapshot_the_upstream_named(stream: bool) -> None:
+    usage = {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
+    if stream:
+        chunk = json.loads(_chunk({"role": "assistant", "content": "Hi"})[6:])
+        chunk["model"] = "gpt-4o-2024-08-06"
+        content = (
+            b"data: "
+            + json.dumps(chunk).encode()
+            + b"\n\n"
+            + _chunk({}, "stop", usage)
+            + b"data: [DONE]\n\n"
+        )
+    else:
+        message = {"role": "assistant", "content": "Hi"}
+        content = json.dumps(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "model": "gpt-4o-2024-08-06",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                "usage": usage,
+            }
+        ).encode()
+    gateway, finished = _openai_gateway(content, stream=stream)
+    response = _post_to(gateway, _body(model="local/gpt-4o", stream=stream))
+    assert response.status_code == 200
+    assert finished[0].response_model == "gpt-4o-2024-08-06"
+    assert not finished[0].usage.output_tokens_estimated

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -20,9 +20,11 @@ __all__ = [
     "Provider",
     "ProviderRequest",
     "ProviderResponse",
+    "UpstreamReport",
     "never_ended",
     "never_ready",
     "no_close",
+    "nothing_reported",
     "read_bounded",
 ]
 
@@ -91,6 +93,23 @@ def never_ready() -> bool:
     return False
 
 
+class UpstreamReport(NamedTuple):
+    """What a provider translating its upstream's answer knows that the answer's body no
+    longer says: the model the upstream named (a dated snapshot, say; ``None``: as in the
+    body), and whether the usage in the body is the provider's own estimate."""
+
+    model: str | None = None
+    usage_estimated: bool = False
+
+
+_NOTHING_REPORTED = UpstreamReport()
+
+
+def nothing_reported() -> UpstreamReport:
+    """The ``reported`` of an answer relayed as the upstream sent it."""
+    return _NOTHING_REPORTED
+
+
 @dataclass(slots=True)
 class ProviderResponse:
     """An upstream answer, ready to relay.
@@ -104,7 +123,9 @@ class ProviderResponse:
     tell keeps the default, and the response then ends in a write of its own. ``ready`` says
     whether the next read of ``chunks`` returns without waiting (its chunk, or the end, has
     arrived): the gateway then reads it in the request's own task rather than one of its own,
-    which is only safe if true; a provider that cannot tell keeps the default.
+    which is only safe if true; a provider that cannot tell keeps the default. ``reported``,
+    asked once the body has been relayed, is what a translating provider knows beyond the
+    body (see :class:`UpstreamReport`).
     """
 
     status: int
@@ -114,6 +135,7 @@ class ProviderResponse:
     close: Callable[[], Awaitable[None]] = field(default=no_close)
     ended: Callable[[], bool] = field(default=never_ended)
     ready: Callable[[], bool] = field(default=never_ready)
+    reported: Callable[[], UpstreamReport] = field(default=nothing_reported)
 
     @property
     def content_type(self) -> str:

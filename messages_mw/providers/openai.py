@@ -37,7 +37,7 @@ from .anthropic import (
     relay_upstream_chunks,
     translate_transport_error,
 )
-from .base import Provider, ProviderRequest, ProviderResponse, read_bounded
+from .base import Provider, ProviderRequest, ProviderResponse, UpstreamReport, read_bounded
 from .mock import estimate_input_tokens
 
 __all__ = ["ModelDirectory", "OpenAIProvider"]
@@ -225,7 +225,8 @@ class OpenAIProvider:
             estimate_input=lambda: estimate_input_tokens(request.body),
             thinking=thinking,
         )
-        return ProviderResponse(200, list(_JSON_HEADERS), body=message)
+        report = _report_of(body)
+        return ProviderResponse(200, list(_JSON_HEADERS), body=message, reported=lambda: report)
 
     @staticmethod
     def _translator(model: str, request: ProviderRequest, thinking: bool) -> StreamTranslator:
@@ -245,7 +246,13 @@ class OpenAIProvider:
         async def whole() -> AsyncIterator[bytes]:
             yield events
 
-        return ProviderResponse(200, list(_SSE_HEADERS), chunks=whole(), ended=lambda: True)
+        return ProviderResponse(
+            200,
+            list(_SSE_HEADERS),
+            chunks=whole(),
+            ended=lambda: True,
+            reported=lambda: _translator_report(translator),
+        )
 
     def _stream(self, response: httpx.Response, translator: StreamTranslator) -> ProviderResponse:
         events = self._events(_body_stream(response), translator)
@@ -256,7 +263,13 @@ class OpenAIProvider:
             finally:  # the connection goes back whatever became of the translation
                 await response.aclose()
 
-        return ProviderResponse(200, list(_SSE_HEADERS), chunks=events, close=close)
+        return ProviderResponse(
+            200,
+            list(_SSE_HEADERS),
+            chunks=events,
+            close=close,
+            reported=lambda: _translator_report(translator),
+        )
 
     async def _post(self, payload: bytes, request: ProviderRequest) -> httpx.Response:
         headers = self._headers.copy()
@@ -441,3 +454,27 @@ class ModelDirectory:
             page.first_id = page.first_id or added[0].id
             page.last_id = added[-1].id
         return ProviderResponse(response.status, response.headers, body=_encoder.encode(page))
+
+
+class _Facts(msgspec.Struct):
+    model: str | None = None
+    usage: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_facts_decoder = msgspec.json.Decoder(_Facts)
+
+
+def _report_of(body: bytes) -> UpstreamReport:
+    """The snapshot a completion names and whether it came without usage (the translation
+    then estimated it); read apart from the translation, which keeps neither."""
+    try:
+        facts = _facts_decoder.decode(body)
+    except DECODE_ERRORS:
+        return UpstreamReport()
+    usage = facts.usage
+    reported = usage is not msgspec.UNSET and bytes(usage) != b"null"
+    return UpstreamReport(facts.model or None, not reported)
+
+
+def _translator_report(translator: StreamTranslator) -> UpstreamReport:
+    return UpstreamReport(translator.upstream_model, not translator.usage_reported)

@@ -208,6 +208,7 @@ class InBody(msgspec.Struct):
 
     choices: list[InChoice] | None = None
     usage: InUsage | None = None
+    model: str | None = None
     error: InError | str | None = None
     object: str | None = None
     message: str | None = None

@@ -75,6 +75,7 @@ class StreamTranslator:
         self._tools = ToolStreams(self._blocks, message_id)
         self._usage = TokenUsage()
         self._usage_reported = False
+        self._upstream_model: str | None = None
         # Characters generated so far: the output estimate, should no usage chunk come.
         self._generated = 0
         self._finish_reason: str | None = None
@@ -86,6 +87,16 @@ class StreamTranslator:
         self._wrote_text = False
         self._started = False
         self._ended = False
+
+    @property
+    def usage_reported(self) -> bool:
+        """Whether the upstream reported its usage (else the usage sent is an estimate)."""
+        return self._usage_reported
+
+    @property
+    def upstream_model(self) -> str | None:
+        """The model the upstream's chunks named, if any."""
+        return self._upstream_model
 
     @property
     def ended(self) -> bool:
@@ -148,6 +159,8 @@ class StreamTranslator:
             self._error(error_type, message)
             return
         self._start()
+        if body.model and self._upstream_model is None:
+            self._upstream_model = body.model
         if body.usage is not None:
             self._usage = token_usage(body.usage)
             self._usage_reported = True
