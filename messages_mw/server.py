@@ -243,7 +243,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
         """Count ``data`` against the head limit before it is parsed (a whole head in one
         read would reach the app otherwise), up to the head's blank line, which may have
         begun in ``tail``, the last read's end. Heads pipelined behind it in the same read
-        go uncounted, so a head may run to the limit plus one read. Returns whether the head
+        go uncounted here, so such a head's fields may run to the limit plus one read (its
+        request line is held to the limit in on_headers_complete). Returns whether the head
         is still within the limit."""
         # The first bytes of a head after an earlier request start its clock; empty lines
         # alone (which llhttp skips) leave the connection idle.
@@ -329,6 +330,10 @@ class GatewayHttpProtocol(asyncio.Protocol):
         parser = self.parser
         http_version = parser.get_http_version()
         url = self._url
+        if len(url) > _MAX_HEAD_BYTES:
+            # A head pipelined behind another in one read goes uncounted by _count_head_bytes:
+            # its request line, where a head grows without bound, is held to the limit here.
+            raise _HeadTooLarge
         if url[:1] == b"/" and b"#" not in url:
             raw_path, _, query = url.partition(b"?")
         else:  # absolute-form, or a fragment: the parser's own reading
@@ -395,6 +400,10 @@ class GatewayHttpProtocol(asyncio.Protocol):
             if isinstance(exc.__context__, _TooManyQueued):
                 message = f"More than {_MAX_QUEUED} requests pipelined on one connection."
                 self._refuse(b"400 Bad Request", message)
+                return
+            if isinstance(exc.__context__, _HeadTooLarge):
+                message = f"Request headers exceed {_MAX_HEAD_BYTES} bytes."
+                self._refuse(b"431 Request Header Fields Too Large", message)
                 return
             self.logger.warning("Invalid HTTP request received.")
             self._refuse(b"400 Bad Request", "Invalid HTTP request received.")
@@ -669,6 +678,10 @@ _MAX_QUEUED = 128
 
 class _TooManyQueued(Exception):
     """Raised from a parser callback: httptools stops, and reports it as its cause."""
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback, as :class:`_TooManyQueued` is."""
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int:

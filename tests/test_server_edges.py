@@ -755,3 +755,24 @@ def test_requests_over_the_concurrency_limit_get_a_503_in_the_envelope() -> None
     error = json.loads(body)
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
     assert error["request_id"].startswith("req_")
+
+
+def test_a_long_request_line_pipelined_behind_another_is_refused_with_431() -> None:
+    # The head limit counts the first head of a read; one pipelined behind it in that read
+    # was not counted, so a request line of 70,000 bytes got through.
+    import re
+
+    with serve(_Recorder(), http=GatewayHttpProtocol) as url:
+        host, port = url.removeprefix("http://").split(":")
+        small = b"GET /api/hello HTTP/1.1\r\nhost: x\r\n\r\n"
+        big = b"GET /v1/models?x=" + b"a" * 70_000 + b" HTTP/1.1\r\nhost: x\r\n\r\n"
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(small + big)
+            sock.settimeout(5)
+            answers = b""
+            while len(re.findall(rb"HTTP/1\.1 \d{3} ", answers)) < 2:
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                answers += piece
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200", b"431"]
