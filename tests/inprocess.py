@@ -69,3 +69,20 @@ def post_scope(path: str = "/v1/messages", *headers: tuple[bytes, bytes]) -> dic
         "query_string": b"",
         "headers": [(b"content-type", b"application/json"), *headers],
     }
+
+
+async def post_then_leave(gateway: Any, body: bytes, after: float) -> None:
+    """POST ``body`` to /v1/messages through the ASGI app; the client hangs up ``after``
+    seconds once its body is read, and reads none of the answer."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(after)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await asyncio.wait_for(gateway(post_scope(), receive, send), 5)

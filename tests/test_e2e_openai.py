@@ -438,7 +438,7 @@ def test_a_client_leaving_while_an_openai_stream_is_held_frees_its_connection(
     import asyncio
     import logging
 
-    from .inprocess import post_scope
+    from .inprocess import post_then_leave
     from .servers import serve
 
     upstream = OpenAIUpstream()
@@ -463,18 +463,7 @@ def test_a_client_leaving_while_an_openai_stream_is_held_frees_its_connection(
         gateway = Gateway(config, on_request_end=finished.append)
 
         async def scenario() -> tuple[int, int]:
-            messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-            async def receive() -> dict[str, object]:
-                if messages:
-                    return messages.pop()
-                await asyncio.sleep(0.3)
-                return {"type": "http.disconnect"}
-
-            async def send(message: dict[str, Any]) -> None:
-                pass
-
-            await asyncio.wait_for(gateway(post_scope(), receive, send), 5)
+            await post_then_leave(gateway, body, after=0.3)
             await asyncio.sleep(0.1)
             pool = gateway._providers["openai"]._transport._pool  # type: ignore[attr-defined]
             return len(pool._connections), pool._open

@@ -725,7 +725,7 @@ def test_a_client_leaving_while_the_mock_thinks_is_a_disconnect(
 
     from messages_mw import Gateway, GatewayConfig, RequestContext
 
-    from .inprocess import post_scope
+    from .inprocess import post_then_leave
 
     finished: list[RequestContext] = []
     provider = MockProvider(MockConfig(latency_ms=500))
@@ -739,22 +739,8 @@ def test_a_client_leaving_while_the_mock_thinks_is_a_disconnect(
         "messages": [{"role": "user", "content": "hi"}],
     }
 
-    async def scenario() -> None:
-        messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            if messages:
-                return messages.pop()
-            await asyncio.sleep(0.1)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            pass
-
-        await asyncio.wait_for(gateway(post_scope(), receive, send), 5)
-
     with caplog.at_level(logging.ERROR, logger="messages_mw"):
-        asyncio.run(scenario())
+        asyncio.run(post_then_leave(gateway, json.dumps(body).encode(), after=0.1))
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert (finished[0].client_disconnected, finished[0].error_type, errors) == (True, None, [])
 

@@ -991,111 +991,6 @@ def _chunk(
     return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
-def test_a_stream_the_upstream_aborts_keeps_the_usage_it_reported() -> None:
-    # vLLM-style: finish_reason "abort", then the include_usage chunk, then [DONE]. The
-    # client gets an error event; the gateway still records what the upstream counted.
-    from messages_mw import RequestContext
-
-    reported = {
-        "prompt_tokens": 5000,
-        "completion_tokens": 300,
-        "total_tokens": 5300,
-        "prompt_tokens_details": {"cached_tokens": 4000},
-    }
-    content = (
-        _chunk({"role": "assistant", "content": "Hello there"})
-        + _chunk({}, "abort")
-        + _chunk(usage=reported)
-        + b"data: [DONE]\n\n"
-    )
-    settings = OpenAIUpstreamConfig(base_url="http://local.test/v1")
-    sse_headers = {"content-type": "text/event-stream"}
-    provider = OpenAIProvider(
-        settings,
-        name="local",
-        transport=httpx.MockTransport(
-            lambda request: httpx.Response(200, content=content, headers=sse_headers)
-        ),
-    )
-    finished: list[RequestContext] = []
-    gateway = Gateway(
-        GatewayConfig(openai_upstreams={"local": settings}, usage_log=False),
-        providers={"local": provider},
-        on_request_end=finished.append,
-    )
-    body = _body(model="local/gpt-4o", stream=True)
-
-    async def post() -> httpx.Response:
-        transport = httpx.ASGITransport(gateway)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            return await client.post(
-                "/v1/messages", content=body, headers={"content-type": "application/json"}
-            )
-
-    response = asyncio.run(post())
-    assert response.status_code == 200 and b"event: error" in response.content
-    usage = finished[0].usage
-    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (
-        1000,
-        4000,
-        300,
-    )
-    assert not usage.output_tokens_estimated
-
-
-def test_an_answer_the_upstream_aborts_keeps_its_usage_on_the_attempt() -> None:
-    # A JSON answer ending in finish_reason "abort" is a 502 (or the next target's answer),
-    # but the upstream counted it: its usage stays on that attempt's record.
-    from messages_mw import RequestContext
-    from messages_mw.streaming import TokenUsage
-
-    answer = {
-        "id": "c1",
-        "object": "chat.completion",
-        "model": "gpt-4o",
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "abort",
-                "message": {"role": "assistant", "content": "Hel"},
-            }
-        ],
-        "usage": {
-            "prompt_tokens": 5000,
-            "completion_tokens": 300,
-            "total_tokens": 5300,
-            "prompt_tokens_details": {"cached_tokens": 4000},
-        },
-    }
-    settings = OpenAIUpstreamConfig(base_url="http://local.test/v1")
-    provider = OpenAIProvider(
-        settings,
-        name="local",
-        transport=httpx.MockTransport(lambda request: httpx.Response(200, json=answer)),
-    )
-    finished: list[RequestContext] = []
-    gateway = Gateway(
-        GatewayConfig(openai_upstreams={"local": settings}, usage_log=False),
-        providers={"local": provider},
-        on_request_end=finished.append,
-    )
-
-    async def post() -> httpx.Response:
-        transport = httpx.ASGITransport(gateway)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            return await client.post(
-                "/v1/messages",
-                content=_body(model="local/gpt-4o"),
-                headers={"content-type": "application/json"},
-            )
-
-    assert asyncio.run(post()).status_code == 502
-    (attempt,) = finished[0].attempts
-    assert attempt.usage == TokenUsage(
-        input_tokens=1000, output_tokens=300, cache_read_input_tokens=4000
-    )
-
-
 def _openai_gateway(content: bytes, *, stream: bool) -> tuple[Gateway, list[Any]]:
     from messages_mw import RequestContext
 
@@ -1128,6 +1023,64 @@ def _post_to(gateway: Gateway, body: bytes) -> httpx.Response:
             )
 
     return asyncio.run(post())
+
+
+def test_a_stream_the_upstream_aborts_keeps_the_usage_it_reported() -> None:
+    # vLLM-style: finish_reason "abort", then the include_usage chunk, then [DONE]. The
+    # client gets an error event; the gateway still records what the upstream counted.
+    reported = {
+        "prompt_tokens": 5000,
+        "completion_tokens": 300,
+        "total_tokens": 5300,
+        "prompt_tokens_details": {"cached_tokens": 4000},
+    }
+    content = (
+        _chunk({"role": "assistant", "content": "Hello there"})
+        + _chunk({}, "abort")
+        + _chunk(usage=reported)
+        + b"data: [DONE]\n\n"
+    )
+    gateway, finished = _openai_gateway(content, stream=True)
+    response = _post_to(gateway, _body(model="local/gpt-4o", stream=True))
+    assert response.status_code == 200 and b"event: error" in response.content
+    usage = finished[0].usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (
+        1000,
+        4000,
+        300,
+    )
+    assert not usage.output_tokens_estimated
+
+
+def test_an_answer_the_upstream_aborts_keeps_its_usage_on_the_attempt() -> None:
+    # A JSON answer ending in finish_reason "abort" is a 502 (or the next target's answer),
+    # but the upstream counted it: its usage stays on that attempt's record.
+    from messages_mw.streaming import TokenUsage
+
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "model": "gpt-4o",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "abort",
+                "message": {"role": "assistant", "content": "Hel"},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 5000,
+            "completion_tokens": 300,
+            "total_tokens": 5300,
+            "prompt_tokens_details": {"cached_tokens": 4000},
+        },
+    }
+    gateway, finished = _openai_gateway(json.dumps(answer).encode(), stream=False)
+    assert _post_to(gateway, _body(model="local/gpt-4o")).status_code == 502
+    (attempt,) = finished[0].attempts
+    assert attempt.usage == TokenUsage(
+        input_tokens=1000, output_tokens=300, cache_read_input_tokens=4000
+    )
 
 
 @pytest.mark.parametrize("stream", [True, False])
