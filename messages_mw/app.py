@@ -56,6 +56,7 @@ from .response_headers import (
     latin1,
     policy_headers,
     response_headers,
+    tightest_limit_headers,
 )
 from .shared_timer import SharedTimer
 from .streaming import observed_usage
@@ -359,9 +360,12 @@ class Gateway:
         body = error.body(request_id)
         headers = [_JSON, (b"request-id", latin1(request_id))]
         extra = policy_headers(context, self._headers)
+        carried = list(error.headers.items())  # an upstream's, for one it answered
+        if context.response_headers:
+            carried, extra = tightest_limit_headers(carried, extra)
         # The gateway's own headers win over an upstream's of the same name, as when relaying.
         replaced = {name for name, _ in extra}
-        own = [(name, value) for name, value in error.headers.items() if name not in replaced]
+        own = [(name, value) for name, value in carried if name not in replaced]
         headers += encode_headers([*own, *extra])
         headers.append((b"content-length", b"%d" % len(body)))
         context.first_byte_at = time.perf_counter()  # errors have a time to first byte too

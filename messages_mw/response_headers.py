@@ -15,7 +15,14 @@ from .memo import Memo
 from .providers.base import ProviderResponse
 from .tags import ResolvedHeaderNames
 
-__all__ = ["EXPOSED_HEADERS", "encode_headers", "latin1", "policy_headers", "response_headers"]
+__all__ = [
+    "EXPOSED_HEADERS",
+    "encode_headers",
+    "latin1",
+    "policy_headers",
+    "response_headers",
+    "tightest_limit_headers",
+]
 
 # What a browser page may read of an answer: what the SDKs read, and the limits' headers.
 EXPOSED_HEADERS = (
@@ -39,10 +46,13 @@ def response_headers(
     then :func:`policy_headers`; the upstream's ``request-id`` is kept (and noted on
     ``context``), else the gateway's own is added."""
     ours = policy_headers(context, names)
-    # The gateway's own limit headers replace the upstream's of the same name: a client
-    # must see one consistent set. (A dict of them: built in C, where a set needs a loop.)
+    upstream = response.headers
+    if context.response_headers:
+        upstream, ours = tightest_limit_headers(upstream, ours)
+    # The gateway's own headers replace the upstream's of the same name. (A dict of them:
+    # built in C, where a set needs a loop.)
     replaced = dict(ours)
-    upstream = [(k, v) for k, v in response.headers if k not in replaced]
+    upstream = [(k, v) for k, v in upstream if k not in replaced]
     headers = encode_headers(upstream)
     for name, value in upstream:
         if name == "request-id":
@@ -65,6 +75,52 @@ def policy_headers(context: RequestContext, names: ResolvedHeaderNames) -> list[
     if context.debug:
         pairs.extend(_debug_headers(context, names.debug))
     return pairs
+
+
+# Each family of limit headers the gateway's limiter sets, and the upstream's families it
+# stands for: the gateway's tokens-* is its tightest token limit, as Anthropic's tokens-* is
+# the tightest of its input- and output-tokens-*.
+_LIMIT_FAMILIES = (
+    ("anthropic-ratelimit-requests-", ("anthropic-ratelimit-requests-",)),
+    (
+        "anthropic-ratelimit-tokens-",
+        (
+            "anthropic-ratelimit-tokens-",
+            "anthropic-ratelimit-input-tokens-",
+            "anthropic-ratelimit-output-tokens-",
+        ),
+    ),
+)
+
+
+def tightest_limit_headers(
+    upstream: Sequence[tuple[str, str]], ours: Sequence[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``upstream`` and ``ours`` with one set of ``anthropic-ratelimit-*`` headers per family
+    left between them: the set with less room remaining (the gateway's on a tie), so that a
+    client never reads a limit's headers half from each, nor an upstream's exhausted limit
+    (its 429) overwritten by the gateway's own with room to spare."""
+    upstream, ours = list(upstream), list(ours)
+    for own_prefix, upstream_prefixes in _LIMIT_FAMILIES:
+        own_left = _remaining(ours, (own_prefix,))
+        if own_left is None:  # the gateway has no such limit: the upstream's stand
+            continue
+        their_left = _remaining(upstream, upstream_prefixes)
+        if their_left is not None and their_left < own_left:
+            ours = [pair for pair in ours if not pair[0].startswith(own_prefix)]
+        else:
+            upstream = [pair for pair in upstream if not pair[0].startswith(upstream_prefixes)]
+    return upstream, ours
+
+
+def _remaining(headers: Sequence[tuple[str, str]], prefixes: tuple[str, ...]) -> int | None:
+    """The least ``...-remaining`` count among ``headers`` of the families ``prefixes``."""
+    counts = [
+        int(value)
+        for name, value in headers
+        if name.endswith("-remaining") and name.startswith(prefixes) and value.isdigit()
+    ]
+    return min(counts, default=None)
 
 
 def encode_headers(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

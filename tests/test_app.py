@@ -31,7 +31,7 @@ from messages_mw.providers.base import MAX_RESPONSE_BYTES, ProviderRequest, Prov
 
 from .conftest import sample
 from .inprocess import Recorder, client_for, make_gateway, post_scope, run
-from .servers import message_json, text_stream_events
+from .servers import error_json, message_json, text_stream_events
 
 CHAT = sample("small_chat.json")
 
@@ -794,6 +794,83 @@ def test_gateway_limit_headers_replace_the_upstreams() -> None:
     response = run(_post(gateway, CHAT))
     assert response.headers.get_list("anthropic-ratelimit-requests-limit") == ["5"]
     assert response.headers["anthropic-ratelimit-requests-remaining"] == "4"
+
+
+def test_an_upstream_429_keeps_its_exhausted_limit_headers() -> None:
+    # The gateway's own limit has room; the upstream's is spent. A client reading 99 requests
+    # left on a 429 would retry at once.
+    from messages_mw import LimitRule, LimitsConfig
+
+    exhausted = {
+        "content-type": "application/json",
+        "retry-after": "3",
+        "anthropic-ratelimit-requests-limit": "50",
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": "2025-08-21T12:40:59Z",
+    }
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            429, content=error_json("rate_limit_error", "org limit"), headers=exhausted
+        )
+
+    rules = (LimitRule(scope="key", requests_per_minute=100),)
+    gateway, _ = make_gateway(
+        Recorder(refusing), config=GatewayConfig(limits=LimitsConfig(rules=rules))
+    )
+    response = run(_post(gateway, CHAT))
+    assert response.status_code == 429
+    limits = {k: v for k, v in response.headers.items() if k.startswith("anthropic-ratelimit-")}
+    assert limits == {k: v for k, v in exhausted.items() if k.startswith("anthropic-ratelimit-")}
+    assert response.headers["retry-after"] == "3"
+
+
+def test_the_gateways_token_limit_headers_replace_the_upstreams_whole_token_family() -> None:
+    from messages_mw import LimitRule, LimitsConfig
+
+    roomy = {"content-type": "application/json"}
+    for family in ("tokens", "input-tokens", "output-tokens"):
+        roomy |= {
+            f"anthropic-ratelimit-{family}-limit": "2000000",
+            f"anthropic-ratelimit-{family}-remaining": "1999000",
+            f"anthropic-ratelimit-{family}-reset": "2025-08-21T12:40:59Z",
+        }
+
+    def answering(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=message_json(), headers=roomy)
+
+    rules = (LimitRule(scope="key", tokens_per_minute=50),)
+    gateway, _ = make_gateway(
+        Recorder(answering), config=GatewayConfig(limits=LimitsConfig(rules=rules))
+    )
+    response = run(_post(gateway, CHAT))
+    limits = {k: v for k, v in response.headers.items() if k.startswith("anthropic-ratelimit-")}
+    assert sorted(limits) == [
+        "anthropic-ratelimit-tokens-limit",
+        "anthropic-ratelimit-tokens-remaining",
+        "anthropic-ratelimit-tokens-reset",
+    ]
+    assert limits["anthropic-ratelimit-tokens-limit"] == "50"
+
+
+def test_tightest_limit_headers_keep_one_set_per_family() -> None:
+    from messages_mw.response_headers import tightest_limit_headers
+
+    def family(kind: str, remaining: int) -> list[tuple[str, str]]:
+        prefix = f"anthropic-ratelimit-{kind}-"
+        return [(prefix + "limit", "100"), (prefix + "remaining", str(remaining))]
+
+    upstream = [*family("requests", 5), *family("input-tokens", 70), ("request-id", "req_1")]
+    ours = [*family("requests", 5), *family("tokens", 80), ("x-provider", "anthropic")]
+    kept_upstream, kept_ours = tightest_limit_headers(upstream, ours)
+    # requests: a tie goes to the gateway's; tokens: the upstream's input limit has less room.
+    assert kept_upstream == [*family("input-tokens", 70), ("request-id", "req_1")]
+    assert kept_ours == [*family("requests", 5), ("x-provider", "anthropic")]
+    # A family the gateway does not limit is the upstream's alone.
+    assert tightest_limit_headers(family("tokens", 1), family("requests", 9)) == (
+        family("tokens", 1),
+        family("requests", 9),
+    )
 
 
 _BROWSER = {
