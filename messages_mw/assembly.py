@@ -130,6 +130,7 @@ def build_policy(
     limits = getattr(limiter, "config", None)
     if auth is None and isinstance(limits, LimitsConfig):
         _check_tag_rules_can_apply(limits, config.auth)
+        _check_key_rules_can_apply(limits, config.auth)
     pricing = PricingTable({**DEFAULT_PRICES, **(config.pricing or {})})
     # Built-in passthrough auth checks no key: a caller could spend the gateway's own keys by
     # naming their providers, so only the operator's chains and aliases lead there.
@@ -198,6 +199,28 @@ def _check_tag_rules_can_apply(limits: LimitsConfig, auth: AuthConfig) -> None:
         raise ValueError(
             "limits.tags_from = 'key' counts only the tags of auth.keys, and no key has tags:"
             " the tag rules would never apply"
+        )
+
+
+def _check_key_rules_can_apply(limits: LimitsConfig, auth: AuthConfig) -> None:
+    """A key rule whose ``match`` no key of the built-in auth can have would never apply: a
+    mistyped key id would leave that key under the ``"*"`` limits without a word."""
+    ids = {key.id for key in auth.keys}
+    for index, rule in enumerate(limits.rules):
+        if rule.scope != "key" or rule.match == "*":
+            continue
+        if auth.mode == "static" and rule.match in ids:
+            continue
+        if auth.mode == "passthrough" and rule.match.startswith("client:"):
+            continue  # a client key's id: "client:" and a prefix of its hash
+        known = {
+            "static": f"the ids of auth.keys are {sorted(ids)}",
+            "passthrough": "client keys have ids 'client:' + a hash prefix",
+            "none": "auth.mode = 'none' identifies no key",
+        }[auth.mode]
+        raise ValueError(
+            f"limits.rules[{index}].match: no key has the id {rule.match!r} ({known}),"
+            " so the rule would never apply"
         )
 
 

@@ -63,7 +63,8 @@ class LimitRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     ``match="*"`` gives every key (or tag) its own counters under these limits; a specific
     ``match`` names one key id (or tag) and replaces the ``"*"`` rules for it, so one key can
-    get more, or less, than the default. Requests without a key count together under the
+    get more, or less, than the default (under the built-in auth, ``Gateway`` refuses a key
+    id no key can have). Requests without a key count together under the
     ``"*"`` key rules. ``spend`` is in the unit of ``RequestContext.cost`` (USD, from the
     gateway's pricing table) per ``spend_period_seconds``; a request whose model has no price
     is refused or goes uncounted, as :attr:`LimitsConfig.unpriced_models` says.

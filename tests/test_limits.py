@@ -686,6 +686,32 @@ def test_tag_rules_that_no_key_could_meet_are_refused_at_start_up() -> None:
     Gateway(config, auth=lambda request: Principal("hooked", tags=("team-a",)))
 
 
+def test_key_rules_that_no_key_could_meet_are_refused_at_start_up() -> None:
+    # A mistyped key id would leave that key under the "*" limits without a word.
+    static = AuthConfig(mode="static", keys=(ApiKeyConfig(id="team-a", key="sk-a"),))
+
+    def gateway(auth_config: AuthConfig, match: str, **hooks: Any) -> Gateway:
+        rules = (
+            LimitRule(scope="key", requests_per_minute=1000),
+            LimitRule(scope="key", match=match, requests_per_minute=1),
+        )
+        limits = LimitsConfig(rules=rules)
+        config = GatewayConfig(provider="mock", auth=auth_config, limits=limits)
+        return Gateway(config, **hooks)
+
+    for auth, match in (
+        (static, "team_a"),
+        (AuthConfig(), "team-a"),
+        (AuthConfig(mode="passthrough"), "team-a"),
+    ):
+        with pytest.raises(ValueError, match=r"limits.rules\[1\].match: no key has the id"):
+            gateway(auth, match)
+    # Fine: a configured id, a client key's id under passthrough, or an auth hook's ids.
+    gateway(static, "team-a")
+    gateway(AuthConfig(mode="passthrough"), "client:0123456789ab")
+    gateway(AuthConfig(), "hooked", auth=lambda request: Principal("hooked"))
+
+
 class _HostLimiter:
     """A host's own limiter: what the policy calls, and no LimitsConfig."""
 
