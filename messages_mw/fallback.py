@@ -282,7 +282,8 @@ class _Chain:
         self, target: Target, response: ProviderResponse
     ) -> ProviderResponse | _Failure:
         self.unproven = False
-        if response.status in self.policy.retry_statuses:
+        # Only an error status can be one (400-599): a 2xx skips the scan of the tuple.
+        if response.status >= 400 and response.status in self.policy.retry_statuses:
             # x-should-retry: false rules out this target again, not the next one: a gateway
             # chained behind another gets it with a spent budget, which a backup does not share.
             self.done_with_target = _forbids_retry(response)
@@ -401,7 +402,7 @@ class _Chain:
         if self.breaker is None:
             return
         status = response.status
-        if status in self.policy.retry_statuses and _is_target_fault(status):
+        if status >= 400 and status in self.policy.retry_statuses and _is_target_fault(status):
             self.breaker.record_failure(target.name)
         elif self.unproven:
             # A head and then nothing (or nothing yet) must not close a circuit, or keep

@@ -46,7 +46,8 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     base_delay: float = 0.5
     max_delay: float = 8.0
     jitter: float = 0.25
-    retry_statuses: tuple[int, ...] = (408, 409, 429, 500, 502, 503, 504, 529)
+    # Every 5xx, as the SDKs retry: a CDN in front of an upstream answers 520-524 for it.
+    retry_statuses: tuple[int, ...] = (408, 409, 429, *range(500, 600))
     honour_retry_after: bool = True
     max_retry_after: float = 30.0
     deadline: float = 600.0

@@ -634,6 +634,17 @@ def test_a_stream_is_not_peeked_when_the_request_was_not_streaming() -> None:
     assert result.response is odd
 
 
+@pytest.mark.parametrize("status", [501, 520, 522, 524])
+def test_every_5xx_falls_back_and_counts_for_the_breaker(status: int) -> None:
+    # The SDKs retry every status >= 500; a CDN in front of an upstream answers 52x for it.
+    failed = reply(status, b"<html>origin error</html>", [("content-type", "text/html")])
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1))
+    send = Upstreams({PRIMARY.name: [failed], SECONDARY.name: [reply(200)]})
+    result = chain([PRIMARY, SECONDARY], send, breaker=breaker)
+    assert result.target == SECONDARY and result.fallback_used
+    assert breaker.state(PRIMARY.name) == "open"
+
+
 def test_breaker_opens_skips_during_cooldown_then_a_trial_closes_it() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(BreakerPolicy(failure_threshold=2, cooldown=30), clock=clock)
