@@ -132,21 +132,21 @@ class TargetResolver:
             return Target(provider, model)
         return None
 
-    def target(self, name: str) -> Target:
+    def target(self, name: str, field: str = "model") -> Target:
         """The target ``name`` stands for, after aliases: ``provider/model`` for a configured
         provider, else the whole name for the default provider.
 
         A ``/`` before no provider of ours is part of the model id (a Bedrock ARN, an
         OpenRouter-style ``anthropic/claude-…`` for an Anthropic-compatible upstream), which
-        the upstream judges, as Anthropic would. Raises :class:`InvalidRequestError` for a
-        name with a provider but no model.
+        the upstream judges, as Anthropic would. Raises :class:`InvalidRequestError`, naming
+        ``field`` (where the client wrote ``name``), for a name with a provider but no model.
         """
         name = self._aliases.get(name, name)
         found = self.parse(name)
         if found is not None:
             return found
         if name.partition("/")[0] in self._providers:
-            raise InvalidRequestError(f"model: '{name}' names a provider but no model.")
+            raise InvalidRequestError(f"{field}: '{name}' names a provider but no model.")
         return Target(self._default, name)
 
     def _client_target(self, name: str, field: str) -> Target:
@@ -158,13 +158,16 @@ class TargetResolver:
                     f"{field}: '{name}' is served with the gateway's own key for '{provider}', "
                     "which passthrough auth, checking no key, does not lend to callers."
                 )
-        return self.target(name)
+        return self.target(name, field)
 
     def _body_target(self, name: str, field: str) -> Target:
         """:meth:`_client_target` for a name from a body field other than ``model``, held to
         the length the model is held to when decoded (it may become the served model)."""
         if len(name) > MAX_MODEL_CHARS:
             raise InvalidRequestError(f"{field}: Expected `str` of length <= {MAX_MODEL_CHARS}")
+        if not name.strip():
+            # Sent upstream as the model of a fallback, it could only fail there, and late.
+            raise InvalidRequestError(f"{field}: a target must name a model.")
         return self._client_target(name, field)
 
     def primary(self, model: str) -> Target:

@@ -106,16 +106,36 @@ def test_a_bad_extra_headers_value_is_named_by_its_path(
     assert recorder.requests == []
 
 
-def test_a_bad_body_fallbacks_entry_is_named_by_its_path() -> None:
-    # Consumed whatever its entries name ("always"), so a malformed one is the client's error.
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (7, "fallbacks.1: Expected `str`, got `int`"),
+        ("anthropic/", "fallbacks.1: 'anthropic/' names a provider but no model."),
+        ("", "fallbacks.1: a target must name a model."),
+        (" ", "fallbacks.1: a target must name a model."),
+    ],
+)
+def test_a_bad_body_fallbacks_entry_is_named_by_its_path(entry: object, message: str) -> None:
+    # Consumed whatever its entries name ("always"), so a malformed one is the client's error,
+    # found before anything goes upstream (an empty one would go as a fallback's model).
     recorder = Recorder()
     gateway, _ = make_gateway(
         recorder, config=GatewayConfig(fallback=FallbackConfig(body_fallbacks="always"))
     )
-    response = run(_post(gateway, _body(fallbacks=["anthropic/claude-haiku-4-5", 7])))
+    response = run(_post(gateway, _body(fallbacks=["anthropic/claude-haiku-4-5", entry])))
     assert response.status_code == 400
-    assert response.json()["error"]["message"] == "fallbacks.1: Expected `str`, got `int`"
+    assert response.json()["error"]["message"] == message
     assert recorder.requests == []
+
+
+def test_a_router_candidate_naming_no_model_is_named_by_its_path() -> None:
+    recorder = Recorder()
+    gateway, _ = make_gateway(recorder)
+    body = _body(model="auto", router_candidates=["anthropic/claude-haiku-4-5", "anthropic/"])
+    response = run(_post(gateway, body))
+    assert response.status_code == 400
+    message = "router_candidates.1: 'anthropic/' names a provider but no model."
+    assert response.json()["error"]["message"] == message
 
 
 @pytest.mark.parametrize("tags", [None, [], ["team-a"]])
