@@ -525,6 +525,11 @@ async def run_chain(
     return _last_failure(chain, targets[0])
 
 
+def _is_refusal(failure: _Failure) -> bool:
+    """Whether ``failure`` is a target refusing, before sending, what it cannot express."""
+    return failure.response is None and isinstance(failure.error, UnsupportedByProviderError)
+
+
 def _last_failure(chain: _Chain, first: Target) -> ChainResult:
     failure = chain.failure
     if failure is not None and not _is_answer(failure) and chain.answered is not None:
@@ -532,7 +537,9 @@ def _last_failure(chain: _Chain, first: Target) -> ChainResult:
         # upstream's answer, a 429 with its retry-after say, is what the client's SDK can
         # act on.
         failure = chain.answered
-    if failure is None:
+    if failure is None or (_is_refusal(failure) and chain.first_trial_in is not None):
+        # Nothing answered, and a target skipped for its open circuit may serve it soon: a
+        # 529 the SDK retries, not a refusal of what one fallback target cannot express.
         wait = math.ceil(chain.first_trial_in or 0.0)
         raise OverloadedError(
             "All upstream targets are temporarily unavailable (circuit open)",

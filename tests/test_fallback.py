@@ -878,6 +878,20 @@ def test_a_refusal_at_the_end_of_the_chain_leaves_the_earlier_failure_as_the_ans
     assert result.target == PRIMARY
 
 
+def test_a_refusal_behind_an_open_circuit_is_overloaded_until_its_trial() -> None:
+    # The skipped primary may serve the request once its circuit half-opens: a 529 the SDK
+    # retries then, not a final 400 about what the backup cannot express.
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=clock)
+    breaker.record_failure(PRIMARY.name)
+    clock.now += 10
+    send = Upstreams({PRIMARY.name: [], SECONDARY.name: [_refusal()]})
+    with pytest.raises(OverloadedError) as raised:
+        chain([PRIMARY, SECONDARY], send, breaker=breaker)
+    assert raised.value.headers == {"retry-after": "20"}
+    assert send.calls == [SECONDARY.name]
+
+
 def test_a_refusal_with_nothing_before_it_is_the_answer() -> None:
     send = Upstreams({PRIMARY.name: [_refusal()], SECONDARY.name: [_refusal()]})
     with pytest.raises(UnsupportedByProviderError, match="images are not supported"):
