@@ -13,11 +13,19 @@ from collections.abc import Iterable
 
 import msgspec
 
-from .protocol import DECODE_ERRORS, ObservedEvent, ObservedUsage
+from .protocol import DECODE_ERRORS, ObservedEvent, ObservedResponse, ObservedUsage
 
-__all__ = ["StreamObserver", "TokenUsage", "frame_event", "merge_usage", "observed_usage"]
+__all__ = [
+    "StreamObserver",
+    "TokenUsage",
+    "frame_event",
+    "merge_usage",
+    "message_usage",
+    "observed_usage",
+]
 
 _event_decoder = msgspec.json.Decoder(ObservedEvent)
+_message_decoder = msgspec.json.Decoder(ObservedResponse)
 
 # Events worth decoding; every other event (deltas, pings, unknown future events) is only
 # scanned for its boundary, which is what keeps observation cheap on long streams. The name
@@ -374,3 +382,17 @@ def observed_usage(chunks: Iterable[bytes]) -> TokenUsage:
     for chunk in chunks:
         observer.feed(chunk)
     return observer.settled_usage()
+
+
+def message_usage(body: bytes) -> TokenUsage | None:
+    """The usage a whole JSON message ``body`` reports; ``None`` if it reports none or is not
+    a JSON object."""
+    try:
+        observed = _message_decoder.decode(body)
+    except DECODE_ERRORS:
+        return None
+    if observed.usage is None:
+        return None
+    usage = TokenUsage()
+    merge_usage(usage, observed.usage)
+    return usage

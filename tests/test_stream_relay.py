@@ -30,7 +30,7 @@ from messages_mw.routing import FallbackConfig
 from messages_mw.streaming import TokenUsage
 
 from .inprocess import Recorder, client_for, make_gateway, post_scope, run
-from .servers import sse, text_stream_events
+from .servers import message_json, sse, text_stream_events
 
 STREAM_REQUEST = json.dumps(
     {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
@@ -273,6 +273,35 @@ def test_an_upstream_ignoring_the_stream_flag_is_a_502_not_a_silent_mismatch(
     error = response.json()["error"]
     assert error["type"] == "api_error" and "stream" in error["message"]
     assert finished[0].status == 502
+
+
+def test_a_whole_message_answering_a_stream_request_keeps_its_usage_on_the_attempt() -> None:
+    # The upstream billed it; the gateway discards it (and falls back, when it can): its usage
+    # must still be recorded, as a failed stream's is.
+    def whole_message(request: httpx.Request) -> httpx.Response:
+        content = message_json("no stream", input_tokens=25, output_tokens=7)
+        return httpx.Response(200, headers={"content-type": "application/json"}, content=content)
+
+    def streams(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=SSE_HEADERS, content=_STREAM)
+
+    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
+        settings = UpstreamConfig(base_url="http://upstream.test")
+        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        GatewayConfig(fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",))),
+        provider=provider(whole_message),
+        providers={"backup": provider(streams)},
+        on_request_end=finished.append,
+    )
+    response, _ = run(_collect(gateway))
+    assert response.status_code == 200
+    [first, served] = finished[0].attempts
+    assert first.error_type == "api_error" and served.status == 200
+    assert first.usage is not None
+    assert (first.usage.input_tokens, first.usage.output_tokens) == (25, 7)
 
 
 def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:

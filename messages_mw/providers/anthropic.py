@@ -22,6 +22,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from ..streaming import TokenUsage, message_usage
 from .base import ProviderRequest, ProviderResponse, never_ended, never_ready, read_bounded
 
 __all__ = ["AnthropicProvider"]
@@ -354,12 +355,15 @@ class AnthropicProvider:
                 f"'{head.undecodable}', which the gateway cannot decode (it asks for identity)."
             )
         success = status < 300
+        raw = _raw_stream(response, head)
         if success and head.event_stream != request.stream:
             # A client asking for a stream would read none from a JSON body (the SDKs yield
             # no events and raise nothing), and one asking for a message would get raw SSE.
+            mismatch = UpstreamUnavailableError(_stream_mismatch(self._origin, request.stream))
+            if request.stream:  # a whole message, billed: its usage goes on the attempt
+                mismatch.usage = await _discarded_message_usage(response, raw, self._origin)
             await response.aclose()
-            raise UpstreamUnavailableError(_stream_mismatch(self._origin, request.stream))
-        raw = _raw_stream(response, head)
+            raise mismatch
         if success and head.event_stream:
             chunks = response.aiter_bytes() if raw is None else raw
             return ProviderResponse(
@@ -392,6 +396,18 @@ def _quoted_path(path: str) -> str:
     if path.startswith(_MODEL_PATH):
         return _MODEL_PATH + quote(path[len(_MODEL_PATH) :], safe=_PATH_SAFE.replace("/", ""))
     return quote(path, safe=_PATH_SAFE)
+
+
+async def _discarded_message_usage(
+    response: httpx.Response, raw: httpx.AsyncByteStream | None, origin: str
+) -> TokenUsage | None:
+    """The usage of a whole message the gateway will not relay, if it can be read; the
+    caller closes ``response``."""
+    try:
+        body = await read_bounded(response.aiter_bytes() if raw is None else raw, origin)
+    except (*UPSTREAM_READ_ERRORS, UpstreamUnavailableError):
+        return None  # broken off or too large: the attempt fails for its mismatch all the same
+    return message_usage(body)
 
 
 def _stream_mismatch(origin: str, streaming: bool) -> str:
