@@ -65,15 +65,35 @@ def test_forwarded_headers_are_an_allow_list() -> None:
         "proxy-authorization": "Basic abc",
         "x-forwarded-for": "10.0.0.1",
         "x-stainless-timeout": "NOT_GIVEN",
+        "idempotency-key": "idem-123",
     }
     run(_post(gateway, CHAT, **headers))
     sent = recorder.requests[0].headers
+    assert sent["idempotency-key"] == "idem-123"
     assert sent["anthropic-version"] == "2023-06-01"
     assert sent["anthropic-beta"] == headers["anthropic-beta"]
     assert sent["x-api-key"] == "sk-client"
     assert sent["x-stainless-timeout"] == "NOT_GIVEN"
     for dropped in ("cookie", "proxy-authorization", "x-forwarded-for", "authorization"):
         assert dropped not in sent
+
+
+def test_a_post_with_an_idempotency_key_is_resent_when_a_reused_connection_dies() -> None:
+    # What README promises of the transport, through the gateway: the key must reach it.
+    from .test_transport import closes_second_request_unanswered
+
+    async def scenario() -> tuple[int, int, int]:
+        async with closes_second_request_unanswered() as server:
+            upstream = UpstreamConfig(base_url=server.url, api_key="sk-up")
+            gateway = Gateway(GatewayConfig(upstream=upstream, usage_log=False))
+            headers = {"idempotency-key": "idem-123"}
+            async with client_for(gateway) as client:
+                first = await client.post("/v1/messages", content=CHAT, headers=headers)
+                second = await client.post("/v1/messages", content=CHAT, headers=headers)
+            await gateway.aclose()
+            return first.status_code, second.status_code, server.connections
+
+    assert run(scenario()) == (200, 200, 2)
 
 
 @pytest.mark.parametrize(

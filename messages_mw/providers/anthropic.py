@@ -28,9 +28,19 @@ from .base import ProviderRequest, ProviderResponse, never_ended, never_ready, r
 __all__ = ["AnthropicProvider"]
 
 # Client headers forwarded as they are; everything else is dropped. anthropic-* covers
-# version, beta, workspace and future routing headers.
+# version, beta, workspace and future routing headers. An idempotency key also lets the
+# gateway's transport resend a POST that died unanswered on a reused connection.
 _FORWARDED_PREFIXES = ("anthropic-", "x-stainless-")
-_FORWARDED_NAMES = frozenset({"user-agent", "x-app", "x-claude-code-session-id", "accept"})
+_FORWARDED_NAMES = frozenset(
+    {
+        "user-agent",
+        "x-app",
+        "x-claude-code-session-id",
+        "accept",
+        "idempotency-key",
+        "x-idempotency-key",
+    }
+)
 # Upstream response headers never relayed: hop-by-hop ones, framing the server redoes,
 # and infrastructure headers that would describe the upstream's edge, not ours.
 _DROPPED_RESPONSE_HEADERS = frozenset(
