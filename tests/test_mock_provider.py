@@ -254,7 +254,7 @@ def test_server_tools_are_never_called_as_client_tools() -> None:
     assert named["content"][0]["type"] == "text"
 
 
-def test_a_tool_result_reply_gets_text() -> None:
+def test_a_tool_result_reply_gets_text_unless_a_tool_is_forced() -> None:
     first = _message(_body(tools=[_WEATHER_TOOL]))
     tool_use = first["content"][0]
     body = _body(tools=[_WEATHER_TOOL])
@@ -268,6 +268,11 @@ def test_a_tool_result_reply_gets_text() -> None:
     message = _message(body)
     assert [block["type"] for block in message["content"]] == ["text"]
     assert message["stop_reason"] == "end_turn"
+    # A forced choice forces a call on every turn, as it forces the model.
+    for choice in ({"type": "any"}, {"type": "tool", "name": _WEATHER_TOOL["name"]}):
+        forced = _message({**body, "tool_choice": choice})
+        assert [block["type"] for block in forced["content"]] == ["tool_use"], choice
+        assert forced["stop_reason"] == "tool_use"
 
 
 @pytest.mark.parametrize("kind", ["enabled", "adaptive"])

@@ -244,14 +244,18 @@ def _reply_text(model: str, turn: _Turn | None) -> str:
 
 
 def _chosen_tool(prompt: _Prompt, last_user: _Turn | None) -> _ToolDef | None:
-    """The tool to call: the named one for tool_choice "tool", else the first offered."""
+    """The tool to call: the named one for tool_choice "tool", else the first offered. Under
+    "auto" a turn answering a tool call gets text, which ends an agent's loop; "any" and
+    "tool" force a call every turn, as they force the model."""
     choice = prompt.tool_choice or _ToolChoice()
     tools = [
         tool
         for tool in _decode_or_400(_tools_decoder, prompt.tools or b"null", "tools") or []
         if tool.name
     ]
-    if not tools or choice.type == "none" or _is_tool_reply(last_user):
+    if not tools or choice.type == "none":
+        return None
+    if choice.type not in ("any", "tool") and _is_tool_reply(last_user):
         return None
     if choice.type != "tool":
         return next((tool for tool in tools if _is_client_tool(tool)), None)
