@@ -27,7 +27,16 @@ from hypercorn.config import Config as HypercornConfig
 
 from messages_mw import Gateway, GatewayConfig, UpstreamConfig
 
-from .servers import Receive, Reply, Scope, ScriptedUpstream, Send, message_json, text_stream_events
+from .servers import (
+    Receive,
+    Reply,
+    Scope,
+    ScriptedUpstream,
+    Send,
+    message_json,
+    serve,
+    text_stream_events,
+)
 
 MESSAGE = {
     "model": "claude-sonnet-4-6",
@@ -180,3 +189,24 @@ def test_default_transport_stays_on_http_1_1_over_tls(
     assert answer.status_code == 200
     # The server offers h2 by ALPN; FastHTTPTransport asks for http/1.1 only.
     assert recorder.versions == ["1.1"]
+
+
+def test_an_http2_upstream_serves_a_second_event_loop_and_closes_from_a_third() -> None:
+    # A host calling the gateway from a new loop (a pytest loop per test, a test client per
+    # request): httpx's connections belong to the loop that opened them. Without TLS, httpx
+    # set for HTTP/2 speaks HTTP/1.1 and keeps the connection idle for the next request.
+    plain = ScriptedUpstream()
+    plain.push(Reply(body=message_json("first")), Reply(body=message_json("second")))
+    with serve(plain) as url:
+        gateway = _gateway(url, http2=True)
+        for text in ("first", "second"):
+            answer = asyncio.run(asyncio.wait_for(_post_leaving_open(gateway), 20))
+            assert answer.status_code == 200 and answer.json()["content"][0]["text"] == text
+        asyncio.run(gateway.aclose())
+
+
+async def _post_leaving_open(gateway: Gateway) -> httpx.Response:
+    """A request whose loop ends with the gateway's upstream connections left open."""
+    transport = httpx.ASGITransport(gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+        return await client.post("/v1/messages", json=MESSAGE, headers={"x-api-key": "sk"})

@@ -7,6 +7,7 @@ hop-by-hop headers, cookies and the client's credentials never leak upstream by 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import NamedTuple
 from urllib.parse import quote
@@ -242,10 +243,34 @@ def _undecodable(content_encoding: str) -> str:
 def _default_transport(settings: UpstreamConfig) -> httpx.AsyncBaseTransport:
     if settings.http2:
         limits = httpx.Limits(max_connections=settings.max_connections)
-        return httpx.AsyncHTTPTransport(http2=True, limits=limits)
+        return _PerLoopTransport(lambda: httpx.AsyncHTTPTransport(http2=True, limits=limits))
     from ..transport import FastHTTPTransport
 
     return FastHTTPTransport(max_connections=settings.max_connections)
+
+
+class _PerLoopTransport(httpx.AsyncBaseTransport):
+    """A transport built anew for each event loop that uses it. httpx's own (the HTTP/2 one)
+    keeps connections bound to the loop that opened them, and a host may call the gateway
+    from a new loop (a test client per request, a pytest loop per test): reused there, the
+    old loop's connections fail every request with "Event loop is closed"."""
+
+    def __init__(self, build: Callable[[], httpx.AsyncBaseTransport]) -> None:
+        self._build = build
+        self._transport: httpx.AsyncBaseTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        loop = asyncio.get_running_loop()
+        if self._transport is None or self._loop is not loop:
+            # The old loop's connections cannot be closed from this one: they go with it.
+            self._transport, self._loop = self._build(), loop
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None and self._loop is asyncio.get_running_loop():
+            await transport.aclose()
 
 
 class AnthropicProvider:
