@@ -240,6 +240,16 @@ class _Chain:
                 # Says nothing of the target: the next request may take the trial at once.
                 self.breaker.release_trial(target.name, self.trial)
             raise
+        except Exception:
+            # A provider's own bug (not a GatewayError): a 500 for the client, logged by the
+            # app; the attempt is on record, and a trial it held is free for the next request
+            # rather than blocked for a cooldown.
+            status, usage = self._release_held(target)
+            duration = self.clock() - began
+            self.attempts.append(Attempt(target.name, status, "api_error", duration, usage))
+            if self.breaker is not None:
+                self.breaker.release_trial(target.name, self.trial)
+            raise
         duration = self.clock() - began
         if isinstance(outcome, _Failure):
             self._record_failure(outcome, duration)

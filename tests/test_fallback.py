@@ -718,6 +718,19 @@ def test_a_non_retryable_failure_of_a_trial_leaves_the_trial_to_the_next() -> No
     assert breaker.allow(PRIMARY.name)
 
 
+def test_a_providers_own_bug_during_a_trial_is_on_record_and_frees_the_trial() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=clock)
+    breaker.record_failure(PRIMARY.name)
+    clock.now += 30
+    attempts: list[Attempt] = []
+    buggy = Upstreams({PRIMARY.name: [KeyError("a provider's bug")]})
+    with pytest.raises(KeyError):
+        asyncio.run(achain([PRIMARY], buggy, breaker=breaker, attempts=attempts))
+    assert breaker.allow(PRIMARY.name)
+    assert [(a.target, a.error_type) for a in attempts] == [(PRIMARY.name, "api_error")]
+
+
 def test_the_breaker_stays_bounded_whatever_names_clients_send() -> None:
     # Model names are the client's: during an outage every made-up name fails, and would
     # otherwise be held for good, megabytes each.
