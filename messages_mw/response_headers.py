@@ -80,6 +80,7 @@ def policy_headers(context: RequestContext, names: ResolvedHeaderNames) -> list[
 # Each family of limit headers the gateway's limiter sets, and the upstream's families it
 # stands for: the gateway's tokens-* is its tightest token limit, as Anthropic's tokens-* is
 # the tightest of its input- and output-tokens-*.
+_LIMIT_PREFIX = "anthropic-ratelimit-"
 _LIMIT_FAMILIES = (
     ("anthropic-ratelimit-requests-", ("anthropic-ratelimit-requests-",)),
     (
@@ -94,13 +95,14 @@ _LIMIT_FAMILIES = (
 
 
 def tightest_limit_headers(
-    upstream: Sequence[tuple[str, str]], ours: Sequence[tuple[str, str]]
+    upstream: list[tuple[str, str]], ours: list[tuple[str, str]]
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """``upstream`` and ``ours`` with one set of ``anthropic-ratelimit-*`` headers per family
     left between them: the set with less room remaining (the gateway's on a tie), so that a
     client never reads a limit's headers half from each, nor an upstream's exhausted limit
     (its 429) overwritten by the gateway's own with room to spare."""
-    upstream, ours = list(upstream), list(ours)
+    if not any(name.startswith(_LIMIT_PREFIX) for name, _ in upstream):
+        return upstream, ours  # nothing to choose between
     for own_prefix, upstream_prefixes in _LIMIT_FAMILIES:
         own_left = _remaining(ours, (own_prefix,))
         if own_left is None:  # the gateway has no such limit: the upstream's stand
