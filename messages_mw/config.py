@@ -70,8 +70,9 @@ class OpenAIUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     sent as ``Authorization: Bearer``; the client's own credentials never are, so ``None`` sends
     none (a local server). ``extra_headers`` are added to every upstream request. ``quirks``
     describes what the upstream accepts; ``models`` (bare ids) is what ``GET /v1/models`` lists
-    for it, as ``<name>/<id>``. ``ping_interval`` is the longest silence in a stream before the
-    gateway sends a ``ping`` event; ``read_timeout`` is the longest it waits between two chunks.
+    for it, as ``<name>/<id>``. ``ping_interval`` is the longest the client hears nothing in a
+    stream before the gateway sends a ``ping`` event, however busy the upstream is with chunks
+    that translate to nothing; ``read_timeout`` is the longest it waits between two chunks.
     """
 
     base_url: _HttpUrl

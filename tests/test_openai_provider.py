@@ -386,6 +386,24 @@ async def test_a_silent_upstream_sends_message_start_and_pings_before_its_first_
     assert "ping" in names[1 : names.index("content_block_start")]
 
 
+@pytest.mark.parametrize("busy_with", ["comments", "reasoning"])
+async def test_pings_while_the_upstream_sends_only_what_the_client_does_not_see(
+    busy_with: str,
+) -> None:
+    # OpenRouter's ": OPENROUTER PROCESSING" keep-alives, or a reasoning model thinking for a
+    # client that did not ask for thinking: the upstream is never silent for long, but the
+    # client hears nothing for 40 chunks of it, eight ping intervals.
+    if busy_with == "comments":
+        unseen = b": OPENROUTER PROCESSING\n\n"
+    else:
+        unseen = _chunk({"reasoning_content": "Hmm. "})
+    head, *rest = completion_chunks(["Hello"])
+    stream = _Chunks([head, *[unseen] * 40, *rest], delay=0.01)
+    provider = _provider(lambda request: _sse_response(stream), ping_interval=0.05)
+    names = [name for name, _ in _events(await _read(await provider.send(_request(stream=True))))]
+    assert "ping" in names[1 : names.index("content_block_start")]
+
+
 async def test_the_stream_ends_at_message_stop_while_the_upstream_lingers() -> None:
     # message_stop is the last event (protocol.md 5.2): no pings after it, and no waiting for
     # an upstream that keeps its connection open after [DONE].

@@ -294,27 +294,36 @@ class OpenAIProvider:
         self, chunks: AsyncIterator[bytes], translator: StreamTranslator
     ) -> AsyncGenerator[bytes, None]:
         """``message_start`` at once, then the upstream chunks translated as they arrive, with
-        a ping through each silence, until ``message_stop`` or an error."""
+        a ping through each silence the client hears, until ``message_stop`` or an error."""
         reads = relay_upstream_chunks(chunks, self._origin)
         pending: asyncio.Future[bytes] | None = None
+        loop = asyncio.get_running_loop()
+        interval = self._settings.ping_interval
         # A model that thinks before its first token (a reasoning model, a long prefill) would
         # otherwise leave the client without a byte of body, as protocol.md 5.8 warns.
         yield translator.start()
+        # Silence is timed from the client's last byte, not the upstream's: an upstream busy
+        # with what translates to nothing (comment keep-alives, reasoning the client did not
+        # ask for, usage chunks) leaves the client's idle watchdog just as hungry.
+        sent_at = loop.time()
         try:
             while not translator.ended:
                 if pending is None:
                     pending = asyncio.ensure_future(anext(reads))
-                done, _ = await asyncio.wait((pending,), timeout=self._settings.ping_interval)
-                if not done:
-                    yield _PING
-                    continue
-                arrived, pending = pending, None
-                try:
-                    events = translator.feed(arrived.result())
-                except StopAsyncIteration:
-                    break
+                wait = max(0.0, sent_at + interval - loop.time())
+                done, _ = await asyncio.wait((pending,), timeout=wait)
+                events = b""
+                if done:
+                    arrived, pending = pending, None
+                    try:
+                        events = translator.feed(arrived.result())
+                    except StopAsyncIteration:
+                        break
+                if not events and loop.time() - sent_at >= interval:
+                    events = _PING
                 if events:
                     yield events
+                    sent_at = loop.time()
         except GatewayError as exc:
             failure = translator.fail(exc)
             if failure:
