@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from messages_mw.errors import UpstreamTimeoutError
 from messages_mw.streaming import StreamObserver
 from messages_mw.translate import StreamTranslator, to_anthropic_message
+from messages_mw.translate.response import completion_as_stream_data
 
 MODEL = "claude-sonnet-4-6"
 MESSAGE_ID = "msg_01TranslatedStream000001"
@@ -380,6 +381,23 @@ def test_a_stream_ended_by_a_named_stop_string_reports_it() -> None:
     final = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]}
     pieces = [sse_data(chunk({"content": "x"})), sse_data(final), sse_data("[DONE]")]
     delta = next(data for name, data in parse_events(translate(pieces)) if name == "message_delta")
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+
+
+def test_a_whole_answer_sent_as_a_stream_reports_the_stop_string_it_names() -> None:
+    # A server that ignored stream: true: its completion goes to the client as the stream
+    # that says the same, which must end as the non-streaming translation of it does.
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": "x"},
+        "finish_reason": "stop",
+        "stop_reason": "END",
+    }
+    body = json.dumps({"choices": [choice]}).encode()
+    whole = json.loads(to_anthropic_message(body, model=MODEL, message_id=MESSAGE_ID))
+    assert (whole["stop_reason"], whole["stop_sequence"]) == ("stop_sequence", "END")
+    events = parse_events(translate([completion_as_stream_data(body)]))
+    delta = next(data for name, data in events if name == "message_delta")
     assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
 
 

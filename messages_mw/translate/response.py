@@ -104,7 +104,9 @@ def completion_as_stream_data(body: bytes) -> bytes:
     # A message's tool calls have no index; a delta's must, to tell the calls apart.
     for position, call in enumerate(delta.get("tool_calls") or ()):
         call.setdefault("index", position)
-    chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": choice.finish_reason}]}
+    # stop_reason is vLLM's named stop string, which the stream reports as stop_sequence too.
+    ending = {"finish_reason": choice.finish_reason, "stop_reason": choice.stop_reason}
+    chunk = {"choices": [{"index": 0, "delta": delta, **ending}]}
     if document.get("usage") is not None:
         chunk["usage"] = document["usage"]
     return b"data: " + encoder.encode(chunk) + b"\n\ndata: [DONE]\n\n"
