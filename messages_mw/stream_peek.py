@@ -1,7 +1,8 @@
 """Holding a streamed answer back until its first content event decides whether it failed.
 
 :func:`~messages_mw.fallback.run_chain` reads a stream's opening events (``message_start``,
-pings) with :func:`peek_stream` before committing to it, then hands the client
+pings, a ``message_delta`` ahead of any block) with :func:`peek_stream` before committing to
+it, then hands the client
 :func:`replay_stream`: the held chunks followed by the rest, with nothing read twice or lost.
 """
 
@@ -27,8 +28,11 @@ _event_decoder = msgspec.json.Decoder(ObservedEvent)
 _READ_STOP_SECONDS = 1.0
 # The longest event separator, with the byte that tells a lone CR from a CRLF.
 _LONGEST_SEPARATOR = 4
-# Events that precede the first content block; every other named event commits a stream.
-_PREAMBLE_EVENTS = frozenset({b"message_start", b"ping"})
+# Events that carry no content; every other named event commits a stream. A message_delta
+# is among them for the one that can come before any content block: the usage a stream
+# reports ahead of its error (a translated upstream abort), which must not turn that error
+# into a 200. An answer with no content at all is committed by its message_stop.
+_PREAMBLE_EVENTS = frozenset({b"message_start", b"ping", b"message_delta"})
 # A stream still without content after this much is committed anyway rather than buffered on.
 _MAX_PEEK_BYTES = 1 << 20
 

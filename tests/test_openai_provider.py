@@ -1070,6 +1070,25 @@ def test_a_stream_the_upstream_aborts_keeps_the_usage_it_reported() -> None:
     assert not usage.output_tokens_estimated
 
 
+def test_a_stream_the_upstream_aborts_before_any_content_is_an_http_error() -> None:
+    # vLLM aborts (preemption, shutdown) before the first token, then sends the usage chunk
+    # the gateway asks for. The usage goes out ahead of the error event, and must not commit
+    # the stream: the client gets the error status its SDK retries (and a chain falls back),
+    # not a 200 whose only news is an error event.
+    usage = {"prompt_tokens": 50, "completion_tokens": 0, "total_tokens": 50}
+    content = (
+        _chunk({"role": "assistant", "content": ""})
+        + _chunk({}, "abort")
+        + _chunk(usage=usage)
+        + b"data: [DONE]\n\n"
+    )
+    gateway, finished = _openai_gateway(content, stream=True)
+    response = _post_to(gateway, _body(model="local/gpt-4o", stream=True))
+    assert response.status_code == 502, response.content[:300]
+    (attempt,) = finished[0].attempts
+    assert attempt.usage is not None and attempt.usage.input_tokens == 50
+
+
 def test_an_answer_the_upstream_aborts_keeps_its_usage_on_the_attempt() -> None:
     # A JSON answer ending in finish_reason "abort" is a 502 (or the next target's answer),
     # but the upstream counted it: its usage stays on that attempt's record.

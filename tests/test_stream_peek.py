@@ -36,7 +36,7 @@ def _reference_verdict(stream: bytes) -> object:
         if index == len(events) - 1:
             break  # unterminated: judged only once the stream has ended
         names = [line[6:].strip() for line in block if line.startswith(b"event:")]
-        if not names or names[-1] in (b"message_start", b"ping"):
+        if not names or names[-1] in (b"message_start", b"ping", b"message_delta"):
             continue
         if names[-1] == b"error":
             return "error"
@@ -103,6 +103,29 @@ def test_an_error_event_carries_its_type_and_message() -> None:
     )
     assert isinstance(verdict, GatewayError)
     assert verdict.status == 529 and "Overloaded" in str(verdict)
+
+
+def test_a_message_delta_before_any_block_leaves_the_verdict_to_what_follows_it() -> None:
+    # A translated upstream abort reports its usage in a message_delta ahead of its error
+    # event, which must still fall back; an answer with no content at all (one that stopped
+    # at once) is committed by its message_stop, terminated or cut off at the end.
+    opening = [b"event: message_start\ndata: {}\n\n", b"event: message_delta\ndata: {}\n\n"]
+    error = b'event: error\ndata: {"type":"error","error":{"type":"api_error"}}\n\n'
+
+    async def peek(*parts: bytes) -> object:
+        async def chunks() -> AsyncIterator[bytes]:
+            for part in parts:
+                yield part
+
+        verdict, pending = await peek_stream(chunks(), (529,), 5.0, [])
+        assert pending is None
+        return verdict
+
+    assert isinstance(run(peek(*opening, error)), GatewayError)
+    assert run(peek(*opening, b"event: message_stop\ndata: {}\n\n")) is None
+    assert run(peek(*opening, b"event: message_stop\ndata: {}")) is None
+    ended = run(peek(*opening))
+    assert isinstance(ended, UpstreamUnavailableError) and "ended before any content" in str(ended)
 
 
 def test_a_separator_cut_in_two_still_ends_its_event() -> None:
