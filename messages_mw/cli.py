@@ -175,12 +175,19 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
                 f"--upstream: expected an http:// or https:// URL, got '{args.upstream}'"
             )
         config = msgspec.structs.replace(config, provider="anthropic")
-        upstream = msgspec.structs.replace(upstream, base_url=args.upstream)
+        upstream = _with_base_url(upstream, args.upstream)
     if args.api_key_env:
         upstream = msgspec.structs.replace(upstream, api_key=_key_from_env(args.api_key_env))
     if args.timeout is not None:
         upstream = msgspec.structs.replace(upstream, read_timeout=args.timeout)
     return msgspec.structs.replace(config, upstream=upstream)
+
+
+def _with_base_url(upstream: UpstreamConfig, url: str) -> UpstreamConfig:
+    try:
+        return msgspec.structs.replace(upstream, base_url=url)
+    except ValueError as exc:  # a bad port, refused by UpstreamConfig
+        raise ConfigError(f"--upstream: {exc}") from exc
 
 
 def _key_from_env(name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -41,11 +42,26 @@ _PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 _NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 
 
+def _check_port(url: str) -> None:
+    """Raise :class:`ValueError` for a base URL whose port (or IPv6 literal) is malformed.
+
+    The pattern above lets ``http://host:99999`` and ``http://host:abc`` through; they would
+    fail later, as a traceback at start-up or a 502 on every request.
+    """
+    try:
+        urlsplit(url).port  # noqa: B018  (reading it is the check: it raises for a bad port)
+    except ValueError as exc:
+        raise ValueError(f"base_url {url!r}: {exc}") from exc
+
+
 class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An Anthropic-compatible upstream.
 
     ``api_key`` None means pass-through: the client's own key is forwarded in the header it
     came in. ``read_timeout`` is also the longest silence tolerated between two stream chunks.
+
+    Raises :class:`ValueError` (a ``msgspec.ValidationError`` when decoding config) for a
+    ``base_url`` whose port is not a number from 0 to 65535.
     """
 
     base_url: _HttpUrl = "https://api.anthropic.com"
@@ -56,6 +72,9 @@ class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     pool_timeout: _PositiveFloat = 10.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
     http2: bool = False
+
+    def __post_init__(self) -> None:
+        _check_port(self.base_url)
 
     def __repr__(self) -> str:
         # Logged configuration must not show the upstream key, or a password in the URL.
@@ -73,6 +92,7 @@ class OpenAIUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     for it, as ``<name>/<id>``. ``ping_interval`` is the longest the client hears nothing in a
     stream before the gateway sends a ``ping`` event, however busy the upstream is with chunks
     that translate to nothing; ``read_timeout`` is the longest it waits between two chunks.
+    A ``base_url`` with a bad port is refused as in :class:`UpstreamConfig`.
     """
 
     base_url: _HttpUrl
@@ -86,6 +106,9 @@ class OpenAIUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     quirks: OpenAIQuirks = msgspec.field(default_factory=OpenAIQuirks)
     models: tuple[str, ...] = ()
     ping_interval: _PositiveFloat = 10.0
+
+    def __post_init__(self) -> None:
+        _check_port(self.base_url)
 
     def __repr__(self) -> str:
         # Logged configuration must not show the upstream key, or one in extra_headers.

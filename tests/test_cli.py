@@ -184,6 +184,31 @@ def test_an_upstream_url_without_a_scheme_exits_2(
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("port", ["99999", "abc"])
+@pytest.mark.parametrize("table", [None, "upstream", "upstreams.backup", "openai_upstreams.local"])
+def test_an_upstream_url_with_a_bad_port_exits_2_naming_the_option_or_file(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    port: str,
+    table: str | None,
+) -> None:
+    # The scheme check let these through: the start-up line's urlsplit().port, or the OpenAI
+    # provider's httpx.URL, raised a traceback (exit 1); or it started and answered 502s.
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr(cli, "tune_for_serving", lambda: None)
+    url = f"http://upstream.test:{port}"
+    if table is None:
+        argv, named = ["--upstream", url], "--upstream"
+    else:
+        path = _write(tmp_path, f'[{table}]\nbase_url = "{url}/v1"\n')
+        argv, named = ["--config", str(path)], str(path)
+    assert cli.main(["serve", "--port", "0", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert named in err and url in err
+
+
 def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--config", str(tmp_path / "absent.toml")]) == 2
     assert "absent.toml" in capsys.readouterr().err
