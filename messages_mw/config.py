@@ -261,14 +261,16 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 def load_config(path: str | Path) -> GatewayConfig:
     """Read a TOML file into a :class:`GatewayConfig`.
 
-    Raises :class:`ConfigError` naming the file and the offending key.
+    Raises :class:`ConfigError` naming the file and the offending key, or the file alone when
+    it cannot be read or is not UTF-8.
     """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    # TOML must be UTF-8: a file saved as Latin-1 raises UnicodeDecodeError, no DecodeError.
     try:
         return msgspec.toml.decode(raw, type=GatewayConfig)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,7 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from messages_mw import cli
 from messages_mw.app import Gateway
 from messages_mw.auth import ApiKeyConfig, AuthConfig
-from messages_mw.config import ConfigError, GatewayConfig, MockConfig, UpstreamConfig
+from messages_mw.config import (
+    ConfigError,
+    GatewayConfig,
+    MockConfig,
+    UpstreamConfig,
+    load_config,
+)
 
 _REPO = Path(__file__).resolve().parent.parent
 _OPTIONS = (
@@ -212,6 +219,19 @@ def test_an_upstream_url_with_a_bad_port_exits_2_naming_the_option_or_file(
 def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--config", str(tmp_path / "absent.toml")]) == 2
     assert "absent.toml" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An editor's Latin-1 "é" raised UnicodeDecodeError out of load_config: a traceback.
+    path = tmp_path / "gateway.toml"
+    path.write_bytes('[[models]]\nid = "claude-x"\ndisplay_name = "Café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        load_config(path)
+    assert cli.main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(path) in err
 
 
 @pytest.mark.parametrize(
