@@ -31,10 +31,11 @@ compare it with uvicorn's), and does the rest its own way:
   connection closed after it. The gateway has no WebSocket route.
 
 Where the bytes differ from uvicorn's, on purpose: no ``100 Continue`` once the body has
-come anyway, an envelope instead of plain text for the server's own errors, a request
-whose answer names an invalid status or header gets a 500 rather than a closed connection,
-and an HTTP/1.0 client gets an answer of unknown length (a stream) unchunked, ended by the
-close (RFC 9112 forbids chunked coding to it).
+come anyway, nor to an HTTP/1.0 client (RFC 9110 10.1.1: it knows no 1xx), an envelope
+instead of plain text for the server's own errors, a request whose answer names an invalid
+status or header gets a 500 rather than a closed connection, and an HTTP/1.0 client gets an
+answer of unknown length (a stream) unchunked, ended by the close (RFC 9112 forbids chunked
+coding to it).
 """
 
 from __future__ import annotations
@@ -358,7 +359,10 @@ class GatewayHttpProtocol(asyncio.Protocol):
             "state": self._app_state.copy(),
         }
         keep_alive = http_version != "1.0" and parser.should_keep_alive()
-        exchange = Exchange(self, scope, keep_alive, self._expect_continue)
+        # RFC 9110 10.1.1: an HTTP/1.0 client knows no 1xx, and would take a 100 Continue
+        # for its answer, so its expectation is ignored.
+        expect_continue = self._expect_continue and http_version != "1.0"
+        exchange = Exchange(self, scope, keep_alive, expect_continue)
         self._parsing = exchange
         if self._answering is None:
             self._start(exchange)

@@ -291,6 +291,17 @@ def test_the_exchange_after_100_continue_is_uvicorns_own(servers: _Servers) -> N
     assert answer.count(_CONTINUE) == 1 and answer.startswith(_CONTINUE)
 
 
+def test_an_http_1_0_client_expecting_100_continue_gets_no_interim_answer(
+    servers: _Servers,
+) -> None:
+    # RFC 9110 10.1.1: a server MUST ignore the expectation in an HTTP/1.0 request, whose
+    # client knows no 1xx and reads "100 Continue" as its answer. uvicorn's protocol sends it.
+    request = b"POST /echo HTTP/1.0\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"
+    answer = _talk(servers.gateway, request, b"hello", pause=0.1)
+    [(head, body)] = _responses(answer)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"hello"
+
+
 # 3. Responses without bodies
 
 
