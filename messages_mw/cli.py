@@ -199,8 +199,9 @@ def _key_from_env(name: str) -> str:
 
 def _without_credentials(url: str) -> str:
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    # Cut the user info off the netloc rather than rebuild it from hostname and port: that
+    # would drop an IPv6 literal's brackets ("http://::1:8443" names no address).
+    netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 

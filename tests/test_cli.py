@@ -269,6 +269,13 @@ def test_startup_line_names_the_provider_but_never_a_secret() -> None:
     assert "provider mock" in cli._startup_line("127.0.0.1", 80, 1, _config("--demo"))
 
 
+def test_startup_line_keeps_an_ipv6_upstream_bracketed() -> None:
+    # Rebuilt from hostname and port, it showed "http://::1:8443/api", which names no address.
+    upstream = UpstreamConfig(base_url="http://user:pw@[::1]:8443/api")
+    line = cli._startup_line("127.0.0.1", 8080, 1, GatewayConfig(upstream=upstream))
+    assert "at http://[::1]:8443/api " in line and "pw" not in line and "user" not in line
+
+
 def test_startup_line_says_which_key_the_upstream_gets() -> None:
     # Static gateway keys never go upstream: without an upstream key of its own the gateway
     # sends none (or a key's virtual key), which the line must not call "clients' own keys".
