@@ -460,6 +460,19 @@ async def _through_raw_upstream(
         return await _post(gateway, body), finished
 
 
+def test_an_upstream_redirect_is_a_502_the_sdk_cannot_follow_past_the_gateway() -> None:
+    # The SDKs follow redirects, x-api-key and body included: relayed, a CDN's or a moved
+    # host's redirect would hand the client's gateway key to wherever it points.
+    answer = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: https://elsewhere.test/v1/messages"
+    answer += b"\r\ncontent-length: 0\r\n\r\n"
+    response, finished = run(_through_raw_upstream(answer))
+    status, error_type, message = _error_of(response)
+    assert (status, error_type) == (502, "api_error") and "redirect (307)" in message
+    assert "location" not in response.headers and finished[0].status == 502
+    backed_up, _ = run(_through_raw_upstream(answer, fallback=_message_answer()))
+    assert backed_up.status_code == 200 and backed_up.json()["type"] == "message"
+
+
 def _sse_answer(status_line: bytes, content_type: bytes, stream: bytes) -> bytes:
     return b"%b\r\ncontent-type: %b\r\ncontent-length: %d\r\n\r\n%b" % (
         status_line,

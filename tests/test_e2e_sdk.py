@@ -1185,3 +1185,30 @@ def test_keep_alive_comments_keep_an_sdk_client_reading_through_the_gateway(stac
     assert streamed_text(stack.upstream_url) == "ab"  # straight to the upstream
     stack.upstream.push(_keep_alive_reply())
     assert streamed_text(stack.base_url) == "ab"  # and through the gateway
+
+
+def test_an_sdk_never_follows_an_upstream_redirect_past_the_gateway() -> None:
+    # The SDKs follow redirects with x-api-key and the body: the gateway's key would reach
+    # whatever host an upstream's (or its CDN's) redirect names.
+    from messages_mw.auth import ApiKeyConfig, AuthConfig
+
+    elsewhere = ScriptedUpstream()
+    with serve(elsewhere) as elsewhere_url:
+        location = [("location", elsewhere_url + "/v1/messages")]
+        upstream = ScriptedUpstream(Reply(status=307, body=b"", headers=location))
+        with serve(upstream) as upstream_url:
+            config = GatewayConfig(
+                upstream=UpstreamConfig(base_url=upstream_url, api_key="sk-ant-operator"),
+                auth=AuthConfig(mode="static", keys=(ApiKeyConfig(id="t", key="gateway-key"),)),
+            )
+            with serve(Gateway(config)) as gateway_url:
+                client = anthropic.Anthropic(
+                    base_url=gateway_url,
+                    api_key="gateway-key",
+                    max_retries=0,
+                    default_headers={"x-api-key": "gateway-key"},
+                )
+                with pytest.raises(anthropic.InternalServerError) as raised:
+                    client.messages.create(model=MODEL, max_tokens=16, messages=HELLO)
+    assert raised.value.status_code == 502
+    assert elsewhere.received == []

@@ -297,6 +297,20 @@ async def test_a_status_that_ends_no_answer_is_an_unavailable_upstream(status: i
     assert stream.closed
 
 
+@pytest.mark.parametrize("status", [301, 307, 308])
+async def test_a_redirect_is_an_unavailable_upstream_never_relayed(status: int) -> None:
+    stream = _Chunks([b""])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            status, headers={"location": "https://elsewhere.test/"}, stream=stream
+        )
+
+    with pytest.raises(UpstreamUnavailableError, match=f"with a redirect \\({status}\\)"):
+        await _provider(handler).send(_request())
+    assert stream.closed
+
+
 async def test_a_stream_is_translated_as_chunks_arrive() -> None:
     calls = [
         ToolCall("call_a", "get_weather", '{"city": "Paris"}'),

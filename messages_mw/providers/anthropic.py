@@ -109,9 +109,16 @@ def translate_transport_error(exc: httpx.RequestError, origin: str) -> GatewayEr
 
 def not_final_status(status: int, origin: str) -> GatewayError:
     """The error (502, which falls back) for an answer whose status cannot end one: a 101
-    (the gateway asks for no upgrade, so its client would wait on a protocol switch) or a
-    number outside 100-599, which no ASGI server sends. Callers test ``200 <= status <= 599``
-    inline, on every request's path, and close the response before raising this."""
+    (the gateway asks for no upgrade, so its client would wait on a protocol switch), a number
+    outside 100-599, which no ASGI server sends, or a redirect. Anthropic never redirects, and
+    relayed, a redirect would send the client (the SDKs follow them, ``x-api-key`` and body
+    included) past the gateway to wherever it points. Callers test the status inline, on
+    every request's path, and close the response before raising this."""
+    if 300 <= status < 400:
+        return UpstreamUnavailableError(
+            f"The upstream {origin} answered with a redirect ({status}), which the gateway"
+            " neither follows nor relays: check its base_url."
+        )
     return UpstreamUnavailableError(
         f"The upstream {origin} answered with status {status}, which does not end an answer."
     )
@@ -379,7 +386,7 @@ class AnthropicProvider:
         except httpx.TransportError as exc:
             raise translate_transport_error(exc, self._origin) from exc
         status = response.status_code
-        if not 200 <= status <= 599:
+        if not 200 <= status < 300 and not 400 <= status <= 599:
             await response.aclose()
             raise not_final_status(status, self._origin)
         head = _read_head(response, self._sent_client_key(request))

@@ -199,7 +199,7 @@ class OpenAIProvider:
         thinking = translation.thinking or quirks.reasoning_history == "reasoning_content"
         response = await self._post(translation.body, request)
         status = response.status_code
-        if not 200 <= status <= 599:
+        if not 200 <= status < 300 and not 400 <= status <= 599:
             await response.aclose()
             raise not_final_status(status, self._origin)
         if status < 300 and request.stream and _is_event_stream(response):
