@@ -125,9 +125,16 @@ class GatewayError(Exception):
         # What the upstream reported it used before failing (an OpenAI answer cut short
         # with its usage): kept on the attempt's record, as a failed stream's is.
         self.usage: TokenUsage | None = None
+        # The upstream's own ``error`` object (read from an error event), answered as it came:
+        # its details (an error_code the SDK picks an exception class by) and any field the
+        # gateway does not know survive.
+        self.upstream_error: bytes | None = None
 
     def body(self, request_id: str | None) -> bytes:
         """This error's JSON envelope, naming ``request_id`` (``null`` when ``None``)."""
+        if self.upstream_error is not None:
+            named = _envelope_encoder.encode(request_id)
+            return b'{"type":"error","error":%b,"request_id":%b}' % (self.upstream_error, named)
         return encode_error_body(self.error_type, self.message, request_id, self.error_code)
 
 

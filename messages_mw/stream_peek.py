@@ -15,15 +15,29 @@ from typing import Literal
 
 import msgspec
 
-from .errors import GatewayError, UpstreamTimeoutError, UpstreamUnavailableError, error_class
-from .protocol import DECODE_ERRORS, ObservedEvent
+from .errors import (
+    ERROR_TYPES,
+    GatewayError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+    error_class,
+)
+from .protocol import DECODE_ERRORS, ObservedError
 from .providers.base import never_ready
 from .shared_timer import SharedTimer
 from .streaming import SSE_SEPARATOR
 
 __all__ = ["peek_stream", "replay_stream", "stop_read", "telling_first_verdict"]
 
-_event_decoder = msgspec.json.Decoder(ObservedEvent)
+
+class _ErrorEvent(msgspec.Struct):
+    """An ``error`` event's data: its ``error`` object kept whole, to answer as it came."""
+
+    error: msgspec.Raw = msgspec.Raw()  # empty when absent (msgspec takes no Raw | None)
+
+
+_error_event_decoder = msgspec.json.Decoder(_ErrorEvent)
+_error_decoder = msgspec.json.Decoder(ObservedError)
 # How long a cancelled read may take to end before its stream is closed all the same.
 _READ_STOP_SECONDS = 1.0
 # The longest event separator, with the byte that tells a lone CR from a CRLF.
@@ -57,12 +71,20 @@ def _judge_event(data: bytes, start: int, end: int) -> _Verdict:
     lines = data[start:end].splitlines()
     payload = b"\n".join(line[5:].strip() for line in lines if line.startswith(b"data:"))
     try:
-        error = _event_decoder.decode(payload).error
+        raw = _error_event_decoder.decode(payload).error
+        error = _error_decoder.decode(raw) if raw else None
     except DECODE_ERRORS:
-        error = None
+        raw, error = None, None
     kind = (error.type if error else None) or ""
+    if kind and kind not in ERROR_TYPES:
+        # A type newer than the gateway: its status is unknown here, so the stream goes to
+        # the client as Anthropic sent it, for its SDK to judge.
+        return "content"
     message = (error.message if error else None) or "The upstream stream failed before content."
-    return error_class(kind, UpstreamUnavailableError)(message)
+    failure = error_class(kind, UpstreamUnavailableError)(message)
+    if error is not None and raw:
+        failure.upstream_error = bytes(raw)
+    return failure
 
 
 def _leading_name(data: bytes, start: int, end: int) -> bytes | None:

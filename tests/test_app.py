@@ -397,6 +397,47 @@ def test_an_error_event_opening_a_stream_is_answered_as_an_error_with_upstream_h
     assert response.headers.get_list("anthropic-ratelimit-requests-limit") == ["1000"]
 
 
+def _stream_opening_with_error(error: bytes) -> httpx.Response:
+    events = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'
+        b'"type":"message","role":"assistant","content":[],"model":"claude-haiku-4-5",'
+        b'"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":1}}}'
+        b'\n\nevent: error\ndata: {"type":"error","error":%b,"request_id":"req_up"}\n\n' % error
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream", "request-id": "req_up"}
+        return httpx.Response(200, headers=headers, content=events)
+
+    gateway, _ = make_gateway(Recorder(answer))
+    return run(_post(gateway, json.dumps({**json.loads(CHAT), "stream": True}).encode()))
+
+
+def test_an_error_event_opening_a_stream_is_answered_with_the_upstreams_error_object() -> None:
+    # Its details.error_code picks the SDK's exception class; unknown fields ride along.
+    error = (
+        b'{"type":"overloaded_error","message":"Overloaded",'
+        b'"details":{"error_code":"compaction_unavailable"},"new_field":[1]}'
+    )
+    response = _stream_opening_with_error(error)
+    assert response.status_code == 529
+    assert response.json() == {
+        "type": "error",
+        "error": json.loads(error),
+        "request_id": "req_up",
+    }
+
+
+def test_an_error_event_of_a_type_the_gateway_does_not_know_is_relayed_as_it_came() -> None:
+    # Its status is unknown here: turned into a 502 api_error, it lost its type and made
+    # every SDK retry what may not be retryable.
+    error = b'{"type":"memory_precondition_failed_error","message":"stale"}'
+    response = _stream_opening_with_error(error)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream"
+    assert b'"type":"memory_precondition_failed_error"' in response.content
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_headers_the_upstreams_connection_header_names_are_not_relayed(stream: bool) -> None:
     body_bytes = message_json()
