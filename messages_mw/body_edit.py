@@ -30,7 +30,7 @@ def read_raw_fields(body: bytes | msgspec.Raw, at: str = "") -> dict[str, msgspe
     try:
         return _raw_decoder.decode(body)
     except DECODE_ERRORS as exc:
-        raise InvalidRequestError(describe_decode_error(exc, len(body), at)) from exc
+        raise InvalidRequestError(describe_decode_error(exc, body, at)) from exc
 
 
 def edit_top_level(

@@ -191,7 +191,7 @@ class TargetResolver:
             names = _names_decoder.decode(raw)
         except DECODE_ERRORS as exc:
             if mode == "always":
-                message = describe_decode_error(exc, len(raw), at="fallbacks")
+                message = describe_decode_error(exc, raw, at="fallbacks")
                 raise InvalidRequestError(message) from None
             return None
         if mode == "auto" and not all(self.routes_explicitly(name) for name in names):
@@ -218,7 +218,7 @@ class TargetResolver:
         try:
             names = _optional_names_decoder.decode(raw)
         except DECODE_ERRORS as exc:
-            message = describe_decode_error(exc, len(raw), at="router_candidates")
+            message = describe_decode_error(exc, raw, at="router_candidates")
             raise InvalidRequestError(message) from None
         body = edit_top_level(body, remove=["router_candidates"])
         if not names:

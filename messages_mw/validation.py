@@ -105,6 +105,12 @@ _MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
+_TRUNCATED = "Input data was truncated"
+# A \uD800-\uDBFF escape (after an even run of backslashes, so really an escape) with no
+# \u escape after it.
+_LONE_HIGH_SURROGATE = re.compile(rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u)")
+
+
 def _json_path_to_dotted(path: str) -> str:
     """``.messages[2].content[0].type`` -> ``messages.2.content.0.type`` (Anthropic's style).
 
@@ -115,9 +121,9 @@ def _json_path_to_dotted(path: str) -> str:
     return ".".join(parts)
 
 
-def describe_decode_error(exc: Exception, body_length: int, at: str = "") -> str:
-    """Turn a decoding error (any of :data:`~messages_mw.protocol.DECODE_ERRORS`) into
-    Anthropic-style text that names the offending field; ``at`` is the dotted path of the
+def describe_decode_error(exc: Exception, body: bytes, at: str = "") -> str:
+    """Turn a decoding error (any of :data:`~messages_mw.protocol.DECODE_ERRORS`) in ``body``
+    into Anthropic-style text that names the offending field; ``at`` is the dotted path of the
     decoded value within the body, for a part decoded on its own (``messages``)."""
     if isinstance(exc, UnicodeDecodeError):
         return "Request body is not valid JSON: a string holds invalid UTF-8."
@@ -126,8 +132,13 @@ def describe_decode_error(exc: Exception, body_length: int, at: str = "") -> str
         return "Request body is nested too deeply to decode."
     text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):
+        if text == _TRUNCATED and (lone := _LONE_HIGH_SURROGATE.search(body)) is not None:
+            # msgspec says "truncated" for "\ud800" with no low half after it: a message
+            # that sends users looking for a proxy cutting bodies short.
+            byte = lone.end() - 6
+            return f"Request body is not valid JSON: a string holds a lone surrogate (byte {byte})"
         # msgspec names the byte of a bad character but not where truncated input ended.
-        where = "" if "(byte " in text else f" (byte {body_length})"
+        where = "" if "(byte " in text else f" (byte {len(body)})"
         return f"Request body is not valid JSON: {text}{where}"
     match = _PATH_SUFFIX.match(text)
     assert match is not None  # the pattern matches any string
@@ -144,7 +155,7 @@ def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
     try:
         return decoder.decode(body)
     except DECODE_ERRORS as exc:
-        raise InvalidRequestError(describe_decode_error(exc, len(body))) from exc
+        raise InvalidRequestError(describe_decode_error(exc, body)) from exc
 
 
 def decode_messages_request(body: bytes) -> MessagesRequest:

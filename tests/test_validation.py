@@ -105,7 +105,7 @@ def test_a_path_through_an_object_of_any_keys_names_the_object() -> None:
     body = b'{"input_schema":{"properties":{"a":{"maximum":1e400}}}}'
     with pytest.raises(msgspec.ValidationError) as caught:
         msgspec.json.decode(body, type=Schema)
-    assert describe_decode_error(caught.value, len(body), "tools.0") == (
+    assert describe_decode_error(caught.value, body, "tools.0") == (
         "tools.0.input_schema: Number out of range"
     )
 
@@ -113,6 +113,17 @@ def test_a_path_through_an_object_of_any_keys_names_the_object() -> None:
 def test_malformed_json_names_the_byte() -> None:
     assert "(byte 10)" in _error(b'{"model": x}')
     assert "(byte 9)" in _error(b'{"model":')
+
+
+def test_a_lone_surrogate_is_named_as_such_not_as_truncated_input() -> None:
+    # msgspec says "truncated"; Anthropic names the surrogate, and users chasing a proxy
+    # that cuts bodies short would look in the wrong place.
+    body = b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"ab\\ud800"}]}'
+    lone = body.index(b"\\ud800")
+    message = f"Request body is not valid JSON: a string holds a lone surrogate (byte {lone})"
+    assert _error(body) == message
+    # An escaped backslash before "ud800" is text, not an escape: truly truncated input.
+    assert "truncated" in _error(b'{"model":"\\\\ud800')
 
 
 def test_body_must_be_an_object() -> None:

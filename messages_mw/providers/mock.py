@@ -117,7 +117,7 @@ def _decode_or_400(
     try:
         return decoder.decode(data)
     except DECODE_ERRORS as exc:
-        raise InvalidRequestError(describe_decode_error(exc, len(data), at)) from exc
+        raise InvalidRequestError(describe_decode_error(exc, data, at)) from exc
 
 
 def _decode_or_none(decoder: msgspec.json.Decoder[_T], data: msgspec.Raw) -> _T | None:

@@ -73,7 +73,7 @@ def _model_of(body: bytes) -> str:
     try:
         return _model_decoder.decode(body).model
     except DECODE_ERRORS as exc:
-        raise InvalidRequestError(describe_decode_error(exc, len(body))) from exc
+        raise InvalidRequestError(describe_decode_error(exc, body)) from exc
 
 
 def _require(method: str, allowed: str, path: str) -> None:

@@ -169,7 +169,7 @@ def decode_request(body: bytes) -> Request:
     try:
         return _decoder.decode(body)
     except DECODE_ERRORS as exc:
-        text = describe_decode_error(exc, len(body))
+        text = describe_decode_error(exc, body)
         unknown = _UNKNOWN_TAG.match(text)
         if unknown:  # only content blocks are tagged unions here
             raise UnsupportedByProviderError(
