@@ -401,6 +401,14 @@ def test_a_whole_answer_sent_as_a_stream_reports_the_stop_string_it_names() -> N
     assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
 
 
+def test_a_whole_answer_sent_as_a_stream_names_the_model_that_answered() -> None:
+    choice = {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
+    body = json.dumps({"model": "gpt-4o-2024-08-06", "choices": [choice]}).encode()
+    translator = StreamTranslator(model=MODEL, message_id=MESSAGE_ID, input_tokens=1)
+    translator.feed(completion_as_stream_data(body))
+    assert translator.upstream_model == "gpt-4o-2024-08-06"
+
+
 def test_a_stream_saying_tool_calls_without_any_ends_its_turn() -> None:
     pieces = [sse_data(chunk({"content": "I'll check."}, "tool_calls")), sse_data("[DONE]")]
     delta = next(data for name, data in parse_events(translate(pieces)) if name == "message_delta")

@@ -106,7 +106,9 @@ def completion_as_stream_data(body: bytes) -> bytes:
         call.setdefault("index", position)
     # stop_reason is vLLM's named stop string, which the stream reports as stop_sequence too.
     ending = {"finish_reason": choice.finish_reason, "stop_reason": choice.stop_reason}
-    chunk = {"choices": [{"index": 0, "delta": delta, **ending}]}
+    chunk: dict[str, object] = {"choices": [{"index": 0, "delta": delta, **ending}]}
+    if isinstance(model := document.get("model"), str):
+        chunk["model"] = model  # the snapshot that answered, as a real stream's chunks say
     if document.get("usage") is not None:
         chunk["usage"] = document["usage"]
     return b"data: " + encoder.encode(chunk) + b"\n\ndata: [DONE]\n\n"
