@@ -165,6 +165,46 @@ def test_other_tools_and_unknown_ids_get_the_generic_rules() -> None:
         assert len(text) < len(NOISY) and "\x1b" not in text
 
 
+# Search matches as each agent's own grep tool returns them. Claude Code's Grep on one file:
+# rg prints no path then (and keeps a line's trailing blanks); OpenCode's grep: a header, the
+# file, then "  Line N: text" per match; Cursor's grep_search: "File: path" and "Line N: text".
+GREP_ONE_FILE = "".join(f"{10 * i}:    total_{i} = compute({i})  \n" for i in range(1, 9))
+OPENCODE_GREP = "Found 8 matches\nsrc/app.py:\n" + "".join(
+    f"  Line {10 * i}: total_{i} = compute({i})\n" for i in range(1, 9)
+)
+CURSOR_GREP = "".join(
+    f"File: src/app.py\nLine {10 * i}: total_{i} = compute({i})\n" for i in range(1, 9)
+)
+
+
+@pytest.mark.parametrize(
+    ("bundle", "tool", "output"),
+    [
+        ("claude-code", "Grep", GREP_ONE_FILE),
+        ("opencode", "grep", OPENCODE_GREP),
+        ("cursor", "grep_search", CURSOR_GREP),
+        ("generic", "search_files", GREP_ONE_FILE),
+    ],
+    ids=["claude-code", "opencode", "cursor", "generic"],
+)
+@pytest.mark.parametrize("memo", [None, CompressionMemo()], ids=["cold", "memo"])
+def test_search_tools_keep_every_match_exactly(
+    bundle: str, tool: str, output: str, memo: CompressionMemo | None
+) -> None:
+    # The generic rules would merge these near-identical lines and trim their blanks.
+    body = _body(_turns(("t1", tool, {"pattern": "compute"}, output)))
+    assert compress_request(body, BUNDLES[bundle], memo=memo).body is None
+
+
+def test_a_search_tool_gets_what_rg_through_the_shell_gets() -> None:
+    matches = "".join(f"src/app.py:{n}:    total = compute({n})\n" for n in range(1, 80))
+    search = _turns(("t1", "Grep", {"pattern": "compute", "output_mode": "content"}, matches))
+    shell = _turns(("t1", "Bash", {"command": "rg -n compute"}, matches))
+    (text,) = _outputs(_compress(_body(search)))
+    assert [text] == _outputs(_compress(_body(shell)))
+    assert "src/app.py:50:" in text and "29 more matches in src/app.py" in text
+
+
 # A failing verbose pytest run as Claude Code sends it: its exit code line, then the output.
 FAILING_RUN = "Exit code 1\n" + "".join(
     [

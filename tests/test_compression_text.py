@@ -265,6 +265,9 @@ def test_short_near_identical_runs_stay() -> None:
         "src/app.py:{n}: unused import",
         "  File 'x.py', line {n}, in run",
         "src/app.ts({n},5): oops",
+        "{n}:    total = compute()",
+        "{n}-    total = compute()",
+        "  Line {n}: total = compute()",
         "{n},{n}.5,{n}",
         "src/pkg/module{n}",
         "fixture{n}.json 4.0K",
@@ -273,6 +276,11 @@ def test_short_near_identical_runs_stay() -> None:
 def test_near_identical_errors_locations_and_numbers_are_never_merged(line: str) -> None:
     text = "\n".join(line.format(n=n) for n in range(1, 12))
     assert collapse_repeats(text) is text
+
+
+def test_a_date_opening_a_line_is_not_a_location() -> None:
+    text = "\n".join(f"2024-05-{n:02d} nightly build ok" for n in range(1, 12))
+    assert "… 9 similar lines omitted" in collapse_repeats(text)
 
 
 def test_identical_lines_inside_a_protected_run_still_collapse() -> None:

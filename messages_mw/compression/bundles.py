@@ -2,9 +2,10 @@
 
 A bundle tells the engine which tool results are shell output (and where the command line sits
 in the tool's input, so a command-aware filter can be chosen), which are file contents that must
-be kept exactly as the agent produced them, and which :class:`TextOptions` suit the agent's
-outputs. Bundles are immutable module constants; choose one per request with
-:func:`bundle_named` (a header or key policy) or :func:`detect_bundle` (the user agent).
+be kept exactly as the agent produced them, which are search matches, and which
+:class:`TextOptions` suit the agent's outputs. Bundles are immutable module constants; choose
+one per request with :func:`bundle_named` (a header or key policy) or :func:`detect_bundle`
+(the user agent).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class Bundle:
     contents with line-number prefixes, edit results quoting the file), only deduplicated.
     ``text`` applies to every other tool result; ``pasted_text`` to large user-pasted text
     blocks (``None`` leaves user text alone); ``read_commands`` are shell programs treated as
-    file reads. A bundle equals only itself, so that it can key what a memo remembers.
+    file reads; ``search_tools`` are the agent's own grep tools, whose matches are kept as
+    ``rg``'s output is (line for line, at most 50 a file). A bundle equals only itself, so that
+    it can key what a memo remembers.
     """
 
     name: str
@@ -61,6 +64,7 @@ class Bundle:
     text: TextOptions
     pasted_text: TextOptions | None = PASTED_TEXT_OPTIONS
     read_commands: frozenset[str] = READ_COMMANDS
+    search_tools: frozenset[str] = frozenset()
 
     def command(self, tool: str, tool_input: Raw) -> str | None:
         """The command line a shell tool ran (an argv list joined), or ``None`` for other tools.
@@ -169,6 +173,7 @@ CLAUDE_CODE = Bundle(
         {"Read", "NotebookRead", "Edit", "MultiEdit", "Write", "NotebookEdit"}
     ),
     text=TextOptions(cap_chars=32_000, head_lines=80, tail_lines=80),
+    search_tools=frozenset({"Grep"}),
 )
 
 # OpenCode truncates tool output at 2,000 lines or 50 KB itself; cap below that.
@@ -177,13 +182,16 @@ OPENCODE = Bundle(
     shell_tools=_shells(("bash",), "command"),
     file_read_tools=frozenset({"read", "edit", "write", "patch", "multiedit"}),
     text=TextOptions(cap_chars=24_000, head_lines=60, tail_lines=60),
+    search_tools=frozenset({"grep"}),
 )
 
+# Cursor's grep_search runs ripgrep and formats its matches in ripgrep's style.
 CURSOR = Bundle(
     name="cursor",
     shell_tools=_shells(("run_terminal_cmd",), "command"),
     file_read_tools=frozenset({"read_file", "edit_file", "search_replace", "reapply"}),
     text=TextOptions(cap_chars=24_000, head_lines=60, tail_lines=60),
+    search_tools=frozenset({"grep_search"}),
 )
 
 # Codex already cuts shell output to about 10 KiB (head and tail) for the model, so most
@@ -231,12 +239,14 @@ _GENERIC_READS = (
     "write",
     "write_file",
 )
+_GENERIC_SEARCHES = ("grep", "grep_search", "search_files")
 
 GENERIC = Bundle(
     name="generic",
     shell_tools=_shells((*_GENERIC_SHELLS, *(n.capitalize() for n in _GENERIC_SHELLS)), "command"),
     file_read_tools=frozenset((*_GENERIC_READS, *(n.capitalize() for n in _GENERIC_READS))),
     text=TextOptions(),
+    search_tools=frozenset((*_GENERIC_SEARCHES, *(n.capitalize() for n in _GENERIC_SEARCHES))),
 )
 
 BUNDLES: Mapping[str, Bundle] = MappingProxyType(

@@ -15,6 +15,8 @@ assistant messages):
 * a shell tool: the bundle's text rules with its command line, so a command-aware filter applies,
   to the output inside the agent's frame (``Exit code 1``, Codex's exit code and wall time), which
   is kept as it is (see :mod:`.rewrite`);
+* a search tool of the bundle (Claude Code's ``Grep``): the text rules as for ``rg``'s output,
+  whose matches keep every line exactly;
 * any other tool, or an unknown id: the bundle's text rules without a command.
 
 ``is_error: true`` changes nothing: it marks the output of a command that failed, and the command

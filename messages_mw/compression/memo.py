@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar, cast
 
 from msgspec import Raw
 
@@ -24,7 +24,7 @@ from .rewrite import Rewrite, Rule, rewrite_text
 if TYPE_CHECKING:
     from .history import Frame, History
 
-__all__ = ["DEFAULT_MEMO_BYTES", "CompressionMemo"]
+__all__ = ["DEFAULT_MEMO_BYTES", "BundleRules", "CompressionMemo", "bundle_rules"]
 
 DEFAULT_MEMO_BYTES = 64 * 1024 * 1024
 # What the memo holds besides the bytes of its texts, counted so that ``max_bytes`` bounds the
@@ -54,6 +54,28 @@ _MAX_HISTORIES = 8
 
 
 _T = TypeVar("_T")
+# A search tool's matches are what ``rg`` prints, so they get its profile: exact lines, and a
+# file's matches capped as in any grep output.
+_SEARCH_COMMAND = "rg"
+
+
+class BundleRules(NamedTuple):
+    """A bundle's rules for text no command line decides: other tools' output, its search
+    tools' matches, and a user's pasted text (``None``: left alone)."""
+
+    text: Rule
+    search: Rule
+    pasted: Rule | None
+
+
+def bundle_rules(bundle: Bundle) -> BundleRules:
+    """New instances of ``bundle``'s rules (see :meth:`CompressionMemo.rules` for shared ones)."""
+    pasted = bundle.pasted_text
+    return BundleRules(
+        Rule(bundle.text),
+        Rule(bundle.text, _SEARCH_COMMAND),
+        None if pasted is None else Rule(pasted, pasted=True),
+    )
 
 
 class _Table(dict[Hashable, _T], Generic[_T]):
@@ -112,7 +134,7 @@ class CompressionMemo:
         self.misses = 0
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._bytes = 0
-        self._rules: dict[Bundle, tuple[Rule, Rule | None]] = {}
+        self._rules: dict[Bundle, BundleRules] = {}
         self._labels: _Table[str] = _Table(_MAX_LABELS)
         self._shell_rules: _Table[Rule] = _Table(_MAX_SHELL_RULES)
         # Histories and frames, under keys of their own kinds (see the engine).
@@ -129,14 +151,14 @@ class CompressionMemo:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def rules(self, bundle: Bundle) -> tuple[Rule, Rule | None]:
-        """``bundle``'s rules for other tools' output and for pasted text, one instance each
-        for as long as the memo knows the bundle: the keys holding them compare by identity."""
+    def rules(self, bundle: Bundle) -> BundleRules:
+        """``bundle``'s rules for other tools' output, search tools' and pasted text, one
+        instance each for as long as the memo knows the bundle: the keys holding them compare
+        by identity."""
         found = self._rules.get(bundle)
         if found is not None:
             return found
-        pasted = bundle.pasted_text
-        rules = (Rule(bundle.text), None if pasted is None else Rule(pasted, pasted=True))
+        rules = bundle_rules(bundle)
         with self._lock:
             if len(self._rules) >= _MAX_BUNDLES:
                 self._rules.clear()

@@ -20,15 +20,28 @@ _EXACT_MIN_RUN = 3
 _NEAR_MIN_RUN = 5
 _LETTER_RE = re.compile(r"[A-Za-z]")
 # Lines a near-duplicate merge must never hide: errors, in any case, and anything pointing into
-# a file (``\S:\d+``, ``\bline \d+``, ``(\d+,\d+)``). Each location pattern starts with a
-# literal, so the regex engine only tries it there; the words are substring scans of the
-# lowered text, not an ignore-case alternation tried at every character.
+# a file: ``\S:\d+``, ``\bline \d+`` (``Line``, ``LINE`` too), ``(\d+,\d+)``, and a number
+# opening a line with ``:`` or ``-``, as grep prints one file's matches and context (a date's
+# ``2024-`` is not one). Each location pattern starts with a literal, so the regex engine only
+# tries it there (the first line's number is matched apart); the words are substring scans of
+# the lowered text, not an ignore-case alternation tried at every character.
 _PRECIOUS_WORDS = (
     "error", "fail", "warn", "exception", "panic", "fatal", "traceback", "assert", "denied",
     "invalid", "missing",
 )  # fmt: skip
 _PRECIOUS_WORD_RE = re.compile(f"(?i:{'|'.join(_PRECIOUS_WORDS)})")
-_LOCATION_RE = re.compile(r":(?<=\S:)\d|line \d(?<!\wline \d)|\(\d+,\d+\)")
+_NUMBERED_LINE = r"\d+(?::|-(?!\d))"
+_LOCATION_RE = re.compile(
+    "|".join(
+        [
+            r":(?<=\S:)\d",
+            rf"\n{_NUMBERED_LINE}",
+            *(rf"{word} \d(?<!\w{word} \d)" for word in ("line", "Line", "LINE")),
+            r"\(\d+,\d+\)",
+        ]
+    )
+)
+_FIRST_LINE_NUMBER_RE = re.compile(_NUMBERED_LINE)
 # The non-ASCII letters that ignore-case matching pairs with an ASCII one but str.lower() does
 # not lower to it alone (the Kelvin sign it does).
 _CASE_FOLD_ODDITIES = ("\u0130", "\u0131", "\u017f")
@@ -52,8 +65,8 @@ def collapse_repeats(text: str, *, near: bool = True) -> str:
     are equal once digits are ignored (``Downloading x 12%``, ``epoch 3 loss 0.52``); a run of
     5+ keeps its first and last line, so the numbers at both ends survive, and a count. Runs
     with blank lines, lines without letters (numeric data), lines that look like errors or
-    ``path:line`` locations, or lines naming different files only get the lossless
-    identical-run treatment.
+    locations (``path:line``, ``Line 12``, a search's ``12:`` match), or lines naming different
+    files only get the lossless identical-run treatment.
     """
     if text.find("\n", text.find("\n") + 1) < 0:
         return text
@@ -142,7 +155,7 @@ def _mergeable(run: list[str]) -> bool:
 
 def _has_precious(text: str) -> bool:
     """Whether ``text`` holds an error word (in any case) or a file location."""
-    if _LOCATION_RE.search(text):
+    if _LOCATION_RE.search(text) or _FIRST_LINE_NUMBER_RE.match(text):
         return True
     if not text.isascii() and any(odd in text for odd in _CASE_FOLD_ODDITIES):
         return _PRECIOUS_WORD_RE.search(text) is not None

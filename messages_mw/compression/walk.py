@@ -17,7 +17,7 @@ from msgspec import Raw
 from ..protocol import DECODE_ERRORS
 from .bundles import Bundle
 from .commands import MAX_COMMAND_CHARS
-from .memo import CompressionMemo
+from .memo import CompressionMemo, bundle_rules
 from .rewrite import Frame, Rewrite, Rule, rewrite_text
 
 __all__ = ["DEDUPE_MIN_BYTES", "PASTED_MIN_CHARS", "End", "ToolCall", "Walk"]
@@ -59,12 +59,8 @@ class Walk:
         # Whether a repeated tool result may become a reference to its earlier copy (not
         # where Anthropic is asked to clear old results: see the engine).
         self.deduplicates = True
-        if memo is None:
-            pasted = bundle.pasted_text
-            self.text_rule = Rule(bundle.text)
-            self.pasted_rule = None if pasted is None else Rule(pasted, pasted=True)
-        else:
-            self.text_rule, self.pasted_rule = memo.rules(bundle)
+        rules = bundle_rules(bundle) if memo is None else memo.rules(bundle)
+        self.text_rule, self.search_rule, self.pasted_rule = rules
         self.tool_uses: dict[str | None, dict[str, Raw]] = {}
         # Each shell call's rule, by its tool_use block's id(): a result's every text block
         # uses it, and working it out means parsing the command line.
@@ -211,7 +207,9 @@ class Walk:
             return self.text_rule
         if name in bundle.file_read_tools:
             return _EXACT
-        return None if name in bundle.shell_tools else self.text_rule
+        if name in bundle.shell_tools:
+            return None
+        return self.search_rule if name in bundle.search_tools else self.text_rule
 
     def shell_rule(self, use: dict[str, Raw]) -> Rule:
         """The rule for a shell call's output, which its command line decides; remembered by
