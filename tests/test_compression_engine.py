@@ -343,6 +343,17 @@ def test_large_pasted_user_text_is_compressed_small_prose_is_not() -> None:
     assert len(out["messages"][0]["content"]) < len(pasted)
 
 
+def test_pasted_code_keeps_its_line_numbers() -> None:
+    # A PEP 8 file (two blank lines between functions, a run of equal lines) and a question
+    # about one of its lines: every line must stay where it was.
+    source = "import os\n\n\n" + "".join(f"def f{i}():\n    return {i}\n\n\n" for i in range(120))
+    source += "x = [\n" + "    0,\n" * 5 + "]  \n"
+    prompt = "Why does line 12 of this file fail?\n\n" + source
+    out = _compress(_body([{"role": "user", "content": prompt}]))
+    # Only the trailing blanks of the last line go.
+    assert out["messages"][0]["content"].split("\n") == prompt.replace("  \n", "\n").split("\n")
+
+
 @pytest.mark.parametrize(
     "message",
     [

@@ -226,6 +226,13 @@ def test_tidy_keeps_text_without_final_newline_and_clean_text_as_is() -> None:
     assert tidy_whitespace(text) is text
 
 
+def test_without_blank_line_tidying_only_line_ends_are_trimmed() -> None:
+    options = dataclasses.replace(ALL_OFF, tidy_whitespace=True, tidy_blank_lines=False)
+    assert compress_tool_text("\n\na  \nb\t\n\n\n\nc \n\n\n", options) == "\n\na\nb\n\n\n\nc\n\n\n"
+    text = "clean\n\n\ntext\n"
+    assert compress_tool_text(text, options) is text
+
+
 # collapse_repeats
 
 

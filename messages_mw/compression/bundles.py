@@ -32,11 +32,15 @@ __all__ = [
     "detect_bundle",
 ]
 
-# A user who pastes a log chose what to send: no command filter, no cap and no JSON
-# reformatting; escapes, redraws, trailing whitespace and identical repeated lines are still
-# cleaned up, but near-identical lines (a table of similar rows) are kept: that would be lossy.
+# A user who pastes a log or code chose what to send, and may ask about its line 12: no command
+# filter, no cap, no JSON reformatting, and no line added or removed (blank runs and repeated
+# lines stay). Escapes, redraws and trailing spaces and tabs are still cleaned up.
 PASTED_TEXT_OPTIONS = TextOptions(
-    minify_json=False, command_filters=False, cap_chars=None, collapse_near_repeats=False
+    tidy_blank_lines=False,
+    collapse_repeats=False,
+    minify_json=False,
+    command_filters=False,
+    cap_chars=None,
 )
 
 # Shell programs whose output is file content (codex reads files with `sed -n` and `nl -ba`):

@@ -38,12 +38,15 @@ class TextOptions:
     ``cap_chars=None`` disables the cap; above ``cap_chars`` characters a text keeps its first
     ``head_lines`` and last ``tail_lines`` lines around an omitted-lines marker.
     ``collapse_near_repeats=False`` keeps :func:`collapse_repeats` lossless (identical runs
-    only), for text whose every line may matter, such as a log a user pasted.
+    only), for text whose every line may matter. ``tidy_blank_lines=False`` has
+    :func:`tidy_whitespace` trim only line ends, keeping every line: with ``collapse_repeats``
+    off too, a line keeps its number, as code a user pasted and asks about must.
     """
 
     strip_ansi: bool = True
     collapse_progress: bool = True
     tidy_whitespace: bool = True
+    tidy_blank_lines: bool = True
     collapse_repeats: bool = True
     collapse_near_repeats: bool = True
     minify_json: bool = True
@@ -110,7 +113,7 @@ def _compress_segment(text: str, options: TextOptions, profile: CommandOutput | 
         text = profile.filter(text)
     if not exact:
         if options.tidy_whitespace:
-            text = tidy_whitespace(text)
+            text = tidy_whitespace(text) if options.tidy_blank_lines else _trim_line_ends(text)
         if options.minify_json:
             # Before repeats: a pretty-printed document's repeated lines must not break its JSON.
             text = minify_json(text)
