@@ -255,6 +255,16 @@ def test_error_results_are_capped() -> None:
     assert text.startswith("Exit code 2\nsrc/m.py:0: line 0 failed") and "src/m.py:19999" in text
 
 
+def test_a_diff_keeps_its_form_feed_lines() -> None:
+    # Python and GNU C sources use ^L page breaks; a diff quoting one must still apply.
+    diff = (
+        "diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1,4 +1,4 @@\n"
+        " import os\n-a = 1\n+a = 2\n \x0c\n def f():\n"
+    )
+    body = _body(_turns(("t1", "Bash", {"command": "git diff"}, diff)))
+    assert compress_request(body, CLAUDE).body is None
+
+
 def test_agent_error_markers_are_kept() -> None:
     error = "<tool_use_error>" + NOISY + "</tool_use_error>"
     body = _body(_turns(("t1", "Bash", {"command": "make"}, error)))

@@ -18,6 +18,7 @@ from messages_mw.compression.text import (
     compress_tool_text,
     minify_json,
     strip_ansi,
+    strip_escapes,
     tidy_whitespace,
 )
 
@@ -110,6 +111,11 @@ def test_strip_ansi_keeps_tabs_newlines_and_carriage_returns() -> None:
 
 def test_strip_ansi_removes_bell_nul_del_and_form_feed() -> None:
     assert strip_ansi("a\x07b\x00c\x7fd\x0ce\x0bf\x01g") == "abcdefg"
+
+
+def test_strip_escapes_keeps_every_control_that_is_not_part_of_one() -> None:
+    text = "\x1b[31ma\x1b[0m\x07b\x00c\x7fd\x0ce\x0bf\x01g\x08h\x9bi\x1b]0;t\x07j"
+    assert strip_escapes(text) == "a\x07b\x00c\x7fd\x0ce\x0bf\x01g\x08h\x9bij"
 
 
 def test_strip_ansi_resolves_backspace_overstrike() -> None:
@@ -529,6 +535,23 @@ def test_a_unified_diff_keeps_its_lines_exact_whatever_the_command(command: str 
     indexed = "diff --git a/config.py b/config.py\nindex 3b18e51..a9c2f4d 100644\n" + UNIFIED_DIFF
     expected = "diff --git a/config.py b/config.py\n" + UNIFIED_DIFF
     assert compress_tool_text(indexed, OPTIONS, command) == expected
+
+
+# Controls a terminal would act on, but a source file may hold: ^L page breaks, a NUL, a bell.
+FILE_CONTROLS = "\x00\x07\x0b\x0c\x7f"
+
+
+@pytest.mark.parametrize("command", ["git diff", "rg -n x", "cat a.py", None])
+def test_exact_lines_keep_their_control_characters_and_lose_only_escapes(
+    command: str | None,
+) -> None:
+    # A patch quoting a line with a form feed must still apply.
+    diff = UNIFIED_DIFF.replace(" }\n", f" }}\n \x0c\n x = '{FILE_CONTROLS}\x08'\n")
+    assert compress_tool_text(diff, OPTIONS, command) == diff
+    coloured = diff.replace("@@ -1,5 +1,11 @@", "\x1b[36m@@ -1,5 +1,11 @@\x1b[m")
+    assert compress_tool_text(coloured, OPTIONS, command) == diff
+    # Other output still loses them.
+    assert compress_tool_text(f"ok\nx = '{FILE_CONTROLS}'\n", OPTIONS, "make") == "ok\nx = ''\n"
 
 
 def test_a_hunk_header_inside_a_line_is_not_a_diff() -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "is_unified_diff",
     "minify_json",
     "strip_ansi",
+    "strip_escapes",
     "tidy_whitespace",
 ]
 
@@ -70,7 +71,8 @@ def compress_tool_text(text: str, options: TextOptions, command: str | None = No
     ANSI, collapse redraws (both normalise terminal output so that command filters see plain
     lines), the command filter for ``command``, whitespace, JSON, repeats, then the cap. Output
     whose lines an agent may quote back exactly (grep matches, printed files, and diffs, which
-    are also recognised by their hunk headers whatever the command) skips the line rewrites.
+    are also recognised by their hunk headers whatever the command) skips the line rewrites
+    and loses only escape sequences (:func:`strip_escapes`), not its control characters.
     Pure and deterministic: the result depends on the arguments alone.
     """
     # Both markers start with "<": one memchr spares most texts two substring scans.
@@ -100,13 +102,15 @@ def _compress_segment(text: str, options: TextOptions, profile: CommandOutput | 
     """The pipeline for text outside reminders; ``profile`` is what the command line tells."""
     exact = profile is not None and profile.exact_lines
     if options.strip_ansi:
-        text = strip_ansi(text)
+        text = strip_escapes(text)
     if not exact and "@@ -" in text and is_unified_diff(text):
         # A diff from any command (``diff -u``, ``gh pr diff``, ``hg diff``): its hunk headers
         # count its lines, so they stay exact, as ``git diff``'s do.
         exact = True
         if profile is None or profile.filter is None:
             profile = DIFF_OUTPUT if options.command_filters else None
+    if options.strip_ansi and not exact:
+        text = _strip_controls(text)
     if options.collapse_progress and not exact:
         text = collapse_progress(text)
     if profile is not None and profile.filter is not None:
@@ -174,11 +178,24 @@ def strip_ansi(text: str) -> str:
     carry nothing for a model. Backspace overstrike (``X\\bX``, ``_\\bX``) resolves to what a
     terminal shows. ``\\r`` is left to :func:`collapse_progress`.
     """
+    return _strip_controls(strip_escapes(text))
+
+
+def strip_escapes(text: str) -> str:
+    """Remove the sequences that start with ESC (colours, cursor moves, titles, hyperlinks)
+    and nothing else: all that output with exact lines loses, since a form feed, a NUL or a
+    backspace in a diff is the file's own content."""
     if "\x1b" in text:
         plain = _CSI_RE.sub("", text)
         # No ESC left: every one began a CSI sequence, which the full pattern removes alike.
         # Otherwise removing some first could join what is left into other sequences.
         text = plain if "\x1b" not in plain else _ESCAPE_RE.sub("", text)
+    return text
+
+
+def _strip_controls(text: str) -> str:
+    """Remove 8-bit CSI and OSC sequences and control codes but ``\\t``, ``\\n``, ``\\r``, and
+    resolve backspace overstrike."""
     # Controls that make it scan for all of them (rarer ones alone are left as they are):
     # single-character tests are memchr calls, far cheaper than one regex scan.
     if (
