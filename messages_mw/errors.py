@@ -181,9 +181,9 @@ class BillingError(GatewayError):
 
 
 class PermissionDeniedError(GatewayError):
-    """403 ``permission_error``: the key may not use the model (or a body's ``fallbacks`` or
-    ``router_candidates``), or a spend budget applies to a model without a price. Hooks may
-    raise it."""
+    """403 ``permission_error``: the key may not use the model (or one the body names: in
+    ``fallbacks``, ``router_candidates`` or a tool's ``model``), or a spend budget applies to
+    a model without a price. Hooks may raise it."""
 
     status = 403
     error_type = "permission_error"

@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import msgspec
 
@@ -27,12 +28,32 @@ from .protocol import DECODE_ERRORS
 from .routing import TargetResolver
 from .tags import ResolvedHeaderNames, TagPolicy, collect_tags, parse_tag_header, session_id
 from .usage import UsageDispatcher
-from .validation import CountTokensRequest, MessagesRequest
+from .validation import (
+    MAX_MODEL_CHARS,
+    CountTokensRequest,
+    MessagesRequest,
+    describe_decode_error,
+)
 
 __all__ = ["ForwardPlan", "Policy"]
 
 logger = logging.getLogger("messages_mw")
 
+_ModelName = Annotated[str, msgspec.Meta(max_length=MAX_MODEL_CHARS)]
+
+
+class _UpstreamFallback(msgspec.Struct, gc=False):
+    """An entry of Anthropic's own ``fallbacks``: only the model it runs is read."""
+
+    model: _ModelName
+
+
+# Read only for a key with a model allow-list. Anthropic's form is a list of entries or
+# "default" (SDK 2.12 BetaFallbacksParam); bare names the gateway does not route go upstream too.
+_upstream_fallbacks_decoder = msgspec.json.Decoder(
+    list[_ModelName | _UpstreamFallback] | str | None
+)
+_model_name_decoder = msgspec.json.Decoder(_ModelName)
 # Values of any type, checked one by one: msgspec's error for a wrong value in a mapping does
 # not say under which key it was.
 _extra_headers_decoder = msgspec.json.Decoder(dict[str, object])
@@ -207,19 +228,16 @@ class Policy:
     ) -> ForwardPlan:
         """Strip the body fields meant for the gateway (``fallbacks`` when routed,
         ``extra_headers``, ``router_candidates``, ``metadata.tags``), checking each; the
-        plan's chain is left empty. ``allowed`` is the principal's model allow-list."""
+        plan's chain is left empty. ``allowed`` is the principal's model allow-list, which every
+        model the body names is held to (403)."""
         # An auto-model request's router candidates shape its chain before the router hook.
         body, resolver = self.resolver.for_request(body, parsed.model)
         fallbacks = _present(parsed.fallbacks)
         extra_headers = _present(parsed.extra_headers)
         body_targets = resolver.body_fallbacks(fallbacks)
         if allowed is not None:
-            # What the client names in the body is held to the key's allow-list like its model;
-            # chains the operator configured are the operator's policy and are not.
-            default = resolver.default_provider
-            _check_allowed(allowed, "fallbacks", body_targets or (), default)
-            if resolver is not self.resolver:
-                _check_allowed(allowed, "router_candidates", resolver.candidates, default)
+            routed = resolver is not self.resolver
+            _check_body_models(allowed, parsed, resolver, routed, fallbacks, body_targets)
         remove = [] if body_targets is None else ["fallbacks"]
         if extra_headers is not None:
             remove.append("extra_headers")
@@ -334,9 +352,63 @@ def _allowed_models(context: RequestContext) -> frozenset[str] | None:
     return principal.allowed_models if principal is not None else None
 
 
-def _check_model(allowed: frozenset[str] | None, model: str) -> None:
+def _check_model(allowed: frozenset[str] | None, model: str, field: str = "model") -> None:
     if allowed is not None and model not in allowed:
-        raise PermissionDeniedError(f"model: this API key may not use '{model}'.")
+        raise PermissionDeniedError(f"{field}: this API key may not use '{model}'.")
+
+
+def _check_body_models(
+    allowed: frozenset[str],
+    parsed: MessagesRequest | CountTokensRequest,
+    resolver: TargetResolver,
+    routed: bool,
+    fallbacks: msgspec.Raw | None,
+    body_targets: Sequence[Target] | None,
+) -> None:
+    """Hold every model the client names in the body to the key's allow-list, as its model
+    is: the gateway's fallbacks and router candidates (``routed``: the body's own), and what
+    the upstream itself would run, Anthropic's ``fallbacks`` and a tool's ``model`` (the
+    advisor's). Chains the operator configured are the operator's policy and are not."""
+    default = resolver.default_provider
+    if body_targets is not None:
+        _check_allowed(allowed, "fallbacks", body_targets, default)
+    elif fallbacks is not None:
+        for field, model in _upstream_fallback_models(fallbacks):
+            _check_model(allowed, model, field)
+    if routed:
+        _check_allowed(allowed, "router_candidates", resolver.candidates, default)
+    for index, tool in enumerate(parsed.tools or ()):
+        if not isinstance(tool.model, msgspec.UnsetType):
+            field = f"tools.{index}.model"
+            _check_model(allowed, _decode_model_name(tool.model, field), field)
+
+
+def _upstream_fallback_models(raw: msgspec.Raw) -> list[tuple[str, str]]:
+    """``(field, model)`` for each entry of a ``fallbacks`` the gateway leaves to the upstream:
+    Anthropic's ``[{"model": ...}]``, or names the gateway does not route. Anthropic's
+    ``"default"`` is refused (403): the upstream would pick models the key may not use."""
+    try:
+        entries = _upstream_fallbacks_decoder.decode(raw)
+    except DECODE_ERRORS as exc:
+        raise InvalidRequestError(describe_decode_error(exc, raw, at="fallbacks")) from None
+    if isinstance(entries, str):
+        raise PermissionDeniedError(
+            "fallbacks: this API key may use only the models it lists, so the upstream may "
+            "not choose the fallback models; name them."
+        )
+    return [
+        (f"fallbacks.{i}", entry)
+        if isinstance(entry, str)
+        else (f"fallbacks.{i}.model", entry.model)
+        for i, entry in enumerate(entries or ())
+    ]
+
+
+def _decode_model_name(raw: msgspec.Raw, field: str) -> str:
+    try:
+        return _model_name_decoder.decode(raw)
+    except DECODE_ERRORS as exc:
+        raise InvalidRequestError(describe_decode_error(exc, raw, at=field)) from None
 
 
 def _check_allowed(

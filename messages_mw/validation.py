@@ -50,6 +50,8 @@ class _Metadata(msgspec.Struct, gc=False):
 
 class _Tool(msgspec.Struct, gc=False):
     name: str | None = None
+    # The model a tool runs (the advisor tool's): read only for a key with a model allow-list.
+    model: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
 # Model ids are tens of characters (a Bedrock ARN about a hundred). The gateway echoes the

@@ -349,6 +349,58 @@ def test_a_bare_allowed_model_never_opens_another_providers_model_in_the_body() 
     assert run(_post(gateway, body, **key)).is_success
 
 
+_ADVISOR = {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-5-5"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "message"),
+    [
+        # Anthropic's own fallbacks (SDK 2.12 BetaFallbacksParam), which the upstream runs.
+        ({"fallbacks": [{"model": "claude-opus-5-5"}]}, 403, "fallbacks.0.model: "),
+        ({"fallbacks": "default"}, 403, "fallbacks: "),
+        # Names the gateway does not route go upstream too ("auto").
+        ({"fallbacks": ["claude-opus-5-5"]}, 403, "fallbacks.0: "),
+        ({"tools": [{"name": "grep"}, _ADVISOR]}, 403, "tools.1.model: "),
+        ({"fallbacks": [{"speed": "fast"}]}, 400, "fallbacks.0.model: Field required"),
+        ({"tools": [{**_ADVISOR, "model": 5}]}, 400, "tools.0.model: Expected `str`"),
+    ],
+)
+def test_models_the_upstream_would_run_are_held_to_the_key_allow_list(
+    fields: dict[str, object], status: int, message: str
+) -> None:
+    # Left in the body for the upstream, they would run a model the key may not use, and the
+    # usage would be priced as the requested model.
+    keys = (ApiKeyConfig(id="team", key="sk-gw-team", models=("claude-haiku-4-5",)),)
+    recorder = Recorder()
+    gateway, _ = make_gateway(
+        recorder, config=GatewayConfig(auth=AuthConfig(mode="static", keys=keys))
+    )
+    body = _body(model="claude-haiku-4-5", **fields)
+    refused = run(_post(gateway, body, **{"x-api-key": "sk-gw-team"}))
+    assert refused.status_code == status
+    assert refused.json()["error"]["message"].startswith(message)
+    assert recorder.requests == []
+
+
+def test_allowed_models_the_upstream_would_run_go_upstream_untouched() -> None:
+    keys = (ApiKeyConfig(id="team", key="sk-gw-team", models=("claude-haiku-4-5",)),)
+    recorder = Recorder()
+    gateway, _ = make_gateway(
+        recorder, config=GatewayConfig(auth=AuthConfig(mode="static", keys=keys))
+    )
+    fields = {
+        "fallbacks": [{"model": "claude-haiku-4-5", "max_tokens": 4}],
+        "tools": [{**_ADVISOR, "model": "claude-haiku-4-5"}],
+    }
+    body = _body(model="claude-haiku-4-5", **fields)
+    assert run(_post(gateway, body, **{"x-api-key": "sk-gw-team"})).status_code == 200
+    # Without an allow-list nothing is read: any model, and "default", go upstream.
+    open_gateway, _ = make_gateway(recorder)
+    unlisted = _body(fallbacks="default", tools=[_ADVISOR])
+    assert run(_post(open_gateway, unlisted)).status_code == 200
+    assert [r.content for r in recorder.requests] == [body, unlisted]
+
+
 def test_a_tagger_returning_one_string_adds_one_tag() -> None:
     recorder = Recorder()
     provider = AnthropicProvider(
