@@ -54,6 +54,7 @@ _upstream_fallbacks_decoder = msgspec.json.Decoder(
     list[_ModelName | _UpstreamFallback] | str | None
 )
 _model_name_decoder = msgspec.json.Decoder(_ModelName)
+_fallback_names_decoder = msgspec.json.Decoder(list[str])
 # Values of any type, checked one by one: msgspec's error for a wrong value in a mapping does
 # not say under which key it was.
 _extra_headers_decoder = msgspec.json.Decoder(dict[str, object])
@@ -370,13 +371,16 @@ def _check_body_models(
     the upstream itself would run, Anthropic's ``fallbacks`` and a tool's ``model`` (the
     advisor's). Chains the operator configured are the operator's policy and are not."""
     default = resolver.default_provider
-    if body_targets is not None:
-        _check_allowed(allowed, "fallbacks", body_targets, default)
+    if fallbacks is not None and body_targets is not None:
+        # As written: body_fallbacks made body_targets of the same list of names.
+        names = _fallback_names_decoder.decode(fallbacks)
+        _check_allowed(allowed, "fallbacks", names, body_targets, default)
     elif fallbacks is not None:
         for field, model in _upstream_fallback_models(fallbacks):
             _check_model(allowed, model, field)
     if routed:
-        _check_allowed(allowed, "router_candidates", resolver.candidates, default)
+        candidates = resolver.candidates
+        _check_allowed(allowed, "router_candidates", resolver.candidate_names, candidates, default)
     for index, tool in enumerate(parsed.tools or ()):
         if not isinstance(tool.model, msgspec.UnsetType):
             field = f"tools.{index}.model"
@@ -412,11 +416,19 @@ def _decode_model_name(raw: msgspec.Raw, field: str) -> str:
 
 
 def _check_allowed(
-    allowed: frozenset[str], field: str, targets: Sequence[Target], default_provider: str
+    allowed: frozenset[str],
+    field: str,
+    names: Sequence[str],
+    targets: Sequence[Target],
+    default_provider: str,
 ) -> None:
-    """As the model is checked: ``provider/model``, or a bare id for the default provider
-    (which is what a bare model means); a bare id never opens another provider's model."""
-    for index, target in enumerate(targets):
+    """Each of ``names`` resolved to the matching one of ``targets`` passes as the model does,
+    by the name as written (an alias the key may use as its model, say), or else by its
+    target: ``provider/model``, or a bare id for the default provider (which is what a bare
+    model means); a bare id never opens another provider's model."""
+    for index, (name, target) in enumerate(zip(names, targets, strict=True)):
+        if name in allowed:
+            continue
         bare = target.provider == default_provider and target.model in allowed
         if not bare and target.name not in allowed:
             raise PermissionDeniedError(

@@ -98,6 +98,7 @@ class TargetResolver:
         for name in configured:
             if "/" in name and not self.routes_explicitly(name):
                 raise ValueError(f"fallback target {name!r} names no configured provider")
+        self._candidate_names = config.router_candidates
         self._candidates = tuple(self.target(name) for name in config.router_candidates)
         # Configured chains never change: resolve their names once, not per request.
         self._default_tail = tuple(map(self.target, config.default_chain))
@@ -121,6 +122,11 @@ class TargetResolver:
     def candidates(self) -> tuple[Target, ...]:
         """The auto model's candidates: configured, or from the request's router_candidates."""
         return self._candidates
+
+    @property
+    def candidate_names(self) -> tuple[str, ...]:
+        """:attr:`candidates` as they were named, before aliases."""
+        return self._candidate_names
 
     def parse(self, name: str) -> Target | None:
         """``provider/model`` for a known provider, the default provider's ``name`` for a name
@@ -227,6 +233,7 @@ class TargetResolver:
         if len(names) > limit:
             raise InvalidRequestError(f"router_candidates: at most {limit} entries are allowed")
         routed = copy.copy(self)
+        routed._candidate_names = tuple(names)
         routed._candidates = tuple(
             self._body_target(name, f"router_candidates.{i}") for i, name in enumerate(names)
         )

@@ -349,6 +349,43 @@ def test_a_bare_allowed_model_never_opens_another_providers_model_in_the_body() 
     assert run(_post(gateway, body, **key)).is_success
 
 
+@pytest.mark.parametrize(
+    ("field", "alias", "target"),
+    [
+        ("model", "fast", "backup/m"),
+        ("fallbacks", ["fast"], ["backup/m"]),
+        ("router_candidates", ["fast"], ["backup/m"]),
+    ],
+)
+def test_an_alias_the_key_may_use_passes_wherever_the_body_names_it(
+    field: str, alias: object, target: object
+) -> None:
+    # The allow-list holds names as the client writes them (before aliases), in the body too.
+    models = ("claude-sonnet-4-6", "auto", "fast")
+    keys = (ApiKeyConfig(id="team", key="sk-gw-team", models=models),)
+    backup = Recorder()
+    config = GatewayConfig(
+        auth=AuthConfig(mode="static", keys=keys),
+        upstreams={"backup": UpstreamConfig(base_url="http://backup.test")},
+        aliases={"fast": "backup/m"},
+    )
+    gateway = Gateway(
+        config,
+        provider=AnthropicProvider(UpstreamConfig(), transport=httpx.MockTransport(Recorder())),
+        providers={
+            "backup": AnthropicProvider(UpstreamConfig(), transport=httpx.MockTransport(backup))
+        },
+    )
+    model = {"model": "auto"} if field == "router_candidates" else {}
+    key = {"x-api-key": "sk-gw-team"}
+    response = run(_post(gateway, _body(**{**model, field: alias}), **key))
+    assert response.status_code == 200, response.text
+    # The alias opens only itself: its target, written out, is not on the list.
+    refused = run(_post(gateway, _body(**{**model, field: target}), **key))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["message"].startswith(field)
+
+
 _ADVISOR = {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-5-5"}
 
 
