@@ -39,6 +39,7 @@ from messages_mw import (
 )
 
 from .conftest import Stack, build_host_app, sample
+from .policy_support import closed_port_url
 from .servers import (
     Reply,
     ScriptedUpstream,
@@ -92,13 +93,6 @@ def _usage(context: RequestContext) -> tuple[int, int, int, int]:
         usage.cache_creation_input_tokens,
         usage.cache_read_input_tokens,
     )
-
-
-def _closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 @contextmanager
@@ -624,7 +618,7 @@ def test_chunked_request_body_is_forwarded_with_a_length(stack: Stack) -> None:
 
 
 def test_unreachable_upstream_is_502_internal_server_error() -> None:
-    with _gateway_stack(_closed_port_url(), connect_timeout=2.0) as (base_url, finished):
+    with _gateway_stack(closed_port_url(), connect_timeout=2.0) as (base_url, finished):
         with _client(base_url) as client, pytest.raises(anthropic.InternalServerError) as caught:
             client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
         _assert_gateway_error(caught.value, 502, "api_error")
@@ -633,7 +627,7 @@ def test_unreachable_upstream_is_502_internal_server_error() -> None:
 
 def test_unreachable_upstream_is_retried_by_the_sdk() -> None:
     with (
-        _gateway_stack(_closed_port_url()) as (base_url, finished),
+        _gateway_stack(closed_port_url()) as (base_url, finished),
         _client(base_url, max_retries=1) as client,
         pytest.raises(anthropic.InternalServerError) as caught,
     ):
