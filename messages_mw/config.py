@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+import httpx
 import msgspec
 
 from .auth import AuthConfig
@@ -42,16 +43,21 @@ _PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 _NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 
 
-def _check_port(url: str) -> None:
-    """Raise :class:`ValueError` for a base URL whose port (or IPv6 literal) is malformed.
+def _check_base_url(url: str) -> None:
+    """Raise :class:`ValueError` for a base URL whose host, port or IPv6 literal is malformed.
 
-    The pattern above lets ``http://host:99999`` and ``http://host:abc`` through; they would
-    fail later, as a traceback at start-up or a 502 on every request.
+    The pattern above lets ``http://host:99999``, ``http://host:abc``, ``http://:80`` and
+    ``http://[::1]]`` through; they would fail later, as a traceback at start-up or a 502 on
+    every request.
     """
     try:
-        urlsplit(url).port  # noqa: B018  (reading it is the check: it raises for a bad port)
-    except ValueError as exc:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (reading it is the check: it raises for a bad port)
+        httpx.URL(url)  # what the providers will parse it with
+    except (ValueError, httpx.InvalidURL) as exc:
         raise ValueError(f"base_url {url!r}: {exc}") from exc
+    if parts.scheme and not parts.hostname:  # no scheme: the pattern's to refuse, on build
+        raise ValueError(f"base_url {url!r}: no host")
 
 
 class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -61,7 +67,7 @@ class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     came in. ``read_timeout`` is also the longest silence tolerated between two stream chunks.
 
     Raises :class:`ValueError` (a ``msgspec.ValidationError`` when decoding config) for a
-    ``base_url`` whose port is not a number from 0 to 65535.
+    ``base_url`` with no host, or whose port is not a number from 0 to 65535.
     """
 
     base_url: _HttpUrl = "https://api.anthropic.com"
@@ -74,7 +80,7 @@ class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     http2: bool = False
 
     def __post_init__(self) -> None:
-        _check_port(self.base_url)
+        _check_base_url(self.base_url)
 
     def __repr__(self) -> str:
         # Logged configuration must not show the upstream key, or a password in the URL.
@@ -92,7 +98,7 @@ class OpenAIUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     for it, as ``<name>/<id>``. ``ping_interval`` is the longest the client hears nothing in a
     stream before the gateway sends a ``ping`` event, however busy the upstream is with chunks
     that translate to nothing; ``read_timeout`` is the longest it waits between two chunks.
-    A ``base_url`` with a bad port is refused as in :class:`UpstreamConfig`.
+    A ``base_url`` with no host or a bad port is refused as in :class:`UpstreamConfig`.
     """
 
     base_url: _HttpUrl
@@ -108,7 +114,7 @@ class OpenAIUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     ping_interval: _PositiveFloat = 10.0
 
     def __post_init__(self) -> None:
-        _check_port(self.base_url)
+        _check_base_url(self.base_url)
 
     def __repr__(self) -> str:
         # Logged configuration must not show the upstream key, or one in extra_headers.

@@ -191,20 +191,28 @@ def test_an_upstream_url_without_a_scheme_exits_2(
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("port", ["99999", "abc"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://upstream.test:99999",
+        "http://upstream.test:abc",
+        "http://[::1]]",
+        "http://:80",
+        "http://@",
+    ],
+)
 @pytest.mark.parametrize("table", [None, "upstream", "upstreams.backup", "openai_upstreams.local"])
-def test_an_upstream_url_with_a_bad_port_exits_2_naming_the_option_or_file(
+def test_an_upstream_url_with_a_bad_host_or_port_exits_2_naming_the_option_or_file(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    port: str,
+    url: str,
     table: str | None,
 ) -> None:
     # The scheme check let these through: the start-up line's urlsplit().port, or the OpenAI
     # provider's httpx.URL, raised a traceback (exit 1); or it started and answered 502s.
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
     monkeypatch.setattr(cli, "tune_for_serving", lambda: None)
-    url = f"http://upstream.test:{port}"
     if table is None:
         argv, named = ["--upstream", url], "--upstream"
     else:
