@@ -8,6 +8,7 @@ gateway costs shows up as its own core's time and never competes with the load i
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,7 +70,11 @@ class Cores:
     load: int
 
 
+@functools.cache
 def choose_cores() -> Cores:
+    """The gateway's core and the load's, from the cores this run started with. Worked out
+    once: the parent then pins itself to the load core, and a later look at its own affinity
+    would put every gateway there too, beside the upstream and the load generator."""
     available = sorted(os.sched_getaffinity(0))
     # With a single core everything shares it; the numbers then mean little, but still run.
     return Cores(available[0], available[1] if len(available) > 1 else available[0])
@@ -130,6 +135,8 @@ class E2EResult:
     load_core_busy: float | None = None
     errors: int = 0
     first_error: str | None = None
+    # Rounds of this scenario that failed while another succeeded: reported, not dropped.
+    failed_rounds: tuple[str, ...] = ()
 
 
 def _loadgen_args(server: Server, samples: Path, workload: Workload, connections: int) -> list[str]:
@@ -240,6 +247,8 @@ def best_round(tries: list[E2EResult]) -> E2EResult:
     cpu = [t.cpu_ms_per_request for t in good if t.cpu_ms_per_request is not None]
     best.cpu_ms_per_request = min(cpu) if cpu else None
     best.errors = sum(t.errors for t in good)
+    best.first_error = next((t.first_error for t in good if t.first_error), None)
+    best.failed_rounds = tuple(t.status for t in tries if t.status != "ok")
     return best
 
 

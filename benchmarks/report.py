@@ -142,6 +142,7 @@ def _e2e_notes(result: E2EResult) -> list[str]:
     name, notes = result.scenario.name, []
     if result.status != "ok":
         notes.append(f"{name}: {result.status}")
+    notes.extend(f"{name}: a round {status}" for status in result.failed_rounds)
     if result.errors:
         notes.append(f"{name}: {result.errors} errors, first: {result.first_error}")
     busy = result.load_core_busy or 0.0
