@@ -42,6 +42,12 @@ def with_stream(body: bytes, stream: bool) -> bytes:
     return json.dumps({**document, "stream": stream}, indent=1).encode()
 
 
+# Sent to every gateway (b, c and d ignore them): what lets e's tagging and session built-ins
+# work on each request, as they do for Claude Code and a client that tags its calls.
+TAG_HEADER = "x-mw-tags"
+SESSION_ID = "5f0c3a9e-8d1b-4a7e-9c2f-1b6e0d4a7c33"
+
+
 def build_request(port: int, body: bytes) -> bytes:
     head = (
         f"POST /v1/messages HTTP/1.1\r\n"
@@ -49,6 +55,8 @@ def build_request(port: int, body: bytes) -> bytes:
         f"content-type: application/json\r\n"
         f"x-api-key: client-key\r\n"
         f"anthropic-version: 2023-06-01\r\n"
+        f"{TAG_HEADER}: ci,nightly\r\n"
+        f"x-claude-code-session-id: {SESSION_ID}\r\n"
         f"content-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body

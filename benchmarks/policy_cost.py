@@ -34,7 +34,7 @@ import uvloop
 
 from .decode import DEFAULT_SAMPLES
 from .e2e import CONNECTION_COUNTS, WORKLOADS, Workload, matches
-from .loadgen import with_stream
+from .loadgen import SESSION_ID, TAG_HEADER, with_stream
 from .processes import running_server
 from .proxies import build_gateway, build_gateway_with_policy
 from .serving import pin_to_core
@@ -81,6 +81,8 @@ def _scope(body: bytes) -> dict[str, Any]:
         (b"content-type", b"application/json"),
         (b"anthropic-version", b"2023-06-01"),
         (b"x-api-key", b"client-key"),
+        (TAG_HEADER.encode(), b"ci,nightly"),
+        (b"x-claude-code-session-id", SESSION_ID.encode()),
         (b"content-length", b"%d" % len(body)),
     ]
     return {

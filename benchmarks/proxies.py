@@ -98,8 +98,10 @@ def build_gateway(upstream_url: str) -> Any:
 
 
 def build_gateway_with_policy(upstream_url: str) -> Any:
-    """messages_mw with every built-in on: static key auth, a rate limit, a fallback chain,
-    pricing and a JSON-lines usage sink (to /dev/null, so disk speed does not count)."""
+    """messages_mw with every built-in on: static key auth with the key's tags, tags and a
+    session id from the request's headers, request, token and spend limits per key and per
+    tag (so each request is counted before and charged after), a fallback chain, pricing
+    and a JSON-lines usage sink (to /dev/null, so disk speed does not count)."""
     from messages_mw import (
         ApiKeyConfig,
         AuthConfig,
@@ -115,8 +117,17 @@ def build_gateway_with_policy(upstream_url: str) -> Any:
     config = GatewayConfig(
         upstream=upstream,
         upstreams={"backup": upstream},
-        auth=AuthConfig(mode="static", keys=(ApiKeyConfig(id="bench", key="client-key"),)),
-        limits=LimitsConfig(rules=(LimitRule(scope="key", requests_per_minute=10**9),)),
+        auth=AuthConfig(
+            mode="static", keys=(ApiKeyConfig(id="bench", key="client-key", tags=("bench",)),)
+        ),
+        limits=LimitsConfig(
+            rules=(
+                LimitRule(
+                    scope="key", requests_per_minute=10**9, tokens_per_minute=10**12, spend=1e9
+                ),
+                LimitRule(scope="tag", requests_per_minute=10**9, tokens_per_minute=10**12),
+            )
+        ),
         fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",)),
         usage_log=False,
         usage_file="/dev/null",
@@ -237,15 +248,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     pin_to_core(args.cpu)
     sock = bind_loopback()
+    from messages_mw.tuning import tune_for_serving
+
     if args.kind == "aiohttp":
+        # Process-wide garbage-collector and allocator settings help any Python server: the
+        # aiohttp baseline gets them too, so d is compared with c on its code alone. (The
+        # Starlette + httpx baseline measured slower with them, so it runs as it is.)
+        tune_for_serving()
         uvloop.run(serve_aiohttp_proxy(args.upstream, sock))
     else:
         app = _UVICORN_APPS[args.kind](args.upstream)
         if args.kind.startswith("messages_mw"):
-            # As messages-mw serve does once its gateway is built.
-            from messages_mw.tuning import tune_for_serving
-
-            tune_for_serving()
+            tune_for_serving()  # as messages-mw serve does once its gateway is built
         uvloop.run(serve_with_uvicorn(app, sock, _uvicorn_options(args.kind)))
 
 

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import uvloop
 
-from benchmarks import instructions, policy_cost
+from benchmarks import instructions, policy_cost, proxies
 from benchmarks.decode import (
     DECODERS,
     DEFAULT_SAMPLES,
@@ -278,3 +279,111 @@ def test_every_instruction_count_child_hashes_with_the_seed_asked_for(
     assert instructions.per_request("e", WORKLOADS[2], 100, "http://x", hash_seed=7) == 0.0
     assert instructions.per_request("d", WORKLOADS[2], 100, "http://x") == 0.0
     assert seeds == ["7", "7", "0", "0"]
+
+
+def test_the_gateway_and_the_load_generator_get_different_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The parent pins itself to the load core; a later look at its own affinity put every
+    # gateway there too, beside the upstream and the load generator.
+    from benchmarks import __main__ as cli
+    from benchmarks import e2e
+
+    affinity = {0, 1}
+
+    def pin(pid: int, cores: set[int]) -> None:
+        affinity.clear()
+        affinity.update(cores)
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(affinity))
+    monkeypatch.setattr(os, "sched_setaffinity", pin)
+    seen: list[e2e.Cores] = []
+
+    def run_all(*args: Any) -> tuple[list[E2EResult], None]:
+        seen.append(e2e.choose_cores())  # what the real run_all pins its children with
+        return [], None
+
+    monkeypatch.setattr(e2e, "run_all", run_all)
+    e2e.choose_cores.cache_clear()
+    try:
+        cli.main(["--only", "json 1KB c=1 d:"])
+    finally:
+        e2e.choose_cores.cache_clear()  # the machine's own cores for the tests after
+    assert seen == [e2e.Cores(gateway=0, load=1)]
+
+
+def test_e_sends_requests_that_carry_tags_and_a_session(tmp_path: Path) -> None:
+    # e is "every policy built-in on": the requests it is measured with must give the tagging
+    # built-in something to do (issue 3 item 3: tags from a header, the key, metadata; a
+    # session id from x-claude-code-session-id, which Claude Code sends on every request).
+    from messages_mw import Gateway
+
+    usage = tmp_path / "usage.jsonl"
+    body = (DEFAULT_SAMPLES / "small_chat.json").read_bytes()
+
+    async def one_request(url: str) -> None:
+        config = proxies.build_gateway_with_policy(url).config
+        gateway = Gateway(msgspec.structs.replace(config, usage_file=str(usage)))
+        try:
+            await policy_cost._batch(gateway, body, 1, 1, "server")
+        finally:
+            await gateway.aclose()
+
+    with running_server("upstream", cpu=os.sched_getaffinity(0).pop()) as upstream:
+        uvloop.run(one_request(upstream.url))
+    event = json.loads(usage.read_text().splitlines()[0])
+    # UsageEvent omits empty fields: a missing key is an empty value.
+    assert event.get("tags"), f"no tags in e's usage event: {event}"
+    assert event.get("session_id"), f"no session in e's usage event: {event}"
+
+
+def test_e_turns_on_token_spend_and_tag_limits() -> None:
+    # Issue 3 item 6: per key and per tag, requests per minute, tokens per minute, spend.
+    # With requests per minute alone the limiter's record() step returns at once.
+    gateway = proxies.build_gateway_with_policy("http://127.0.0.1:1")
+    rules = gateway.config.limits.rules
+    assert any(rule.tokens_per_minute for rule in rules), rules
+    assert any(rule.spend for rule in rules), rules
+    assert any(rule.scope == "tag" for rule in rules), rules
+    assert gateway._policy.limiter.counts_usage
+
+
+def test_a_failed_round_is_not_dropped_from_the_report() -> None:
+    # Round 2 of 2: the gateway child died ("failed: ..."); round 1 was clean.
+    scenario = Scenario(WORKLOADS[0], 32, "d")
+    tries = [
+        E2EResult(scenario, rps=1000.0, cpu_ms_per_request=0.5),
+        E2EResult(scenario, status="failed: loadgen failed: ConnectionRefusedError"),
+    ]
+    result = Report()
+    add_e2e(result, [best_round(tries)])
+    assert any("failed" in note for note in result.notes), result.notes
+
+
+def test_the_error_note_names_one_of_the_errors_it_counts() -> None:
+    scenario = Scenario(WORKLOADS[0], 32, "d")
+    tries = [
+        E2EResult(scenario, rps=900.0, errors=2, first_error="status 500: b'{...}'"),
+        E2EResult(scenario, rps=1100.0),
+    ]
+    result = Report()
+    add_e2e(result, [best_round(tries)])
+    assert result.notes == [f"{scenario.name}: 2 errors, first: status 500: b'{{...}}'"]
+
+
+def test_aiohttp_baseline_gets_the_process_settings_messages_mw_gets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # d and e are served after messages_mw.tuning.tune_for_serving() (GC freeze + threshold,
+    # glibc malloc thresholds); c, the pass-through d must match, never is.
+    import messages_mw.tuning
+
+    tuned: list[str] = []
+    monkeypatch.setattr(messages_mw.tuning, "tune_for_serving", lambda: tuned.append("c"))
+
+    def no_serving(coroutine: Any) -> None:
+        coroutine.close()
+
+    monkeypatch.setattr(proxies.uvloop, "run", no_serving)
+    proxies.main(["aiohttp", "--upstream", "http://127.0.0.1:1"])
+    assert tuned == ["c"]
