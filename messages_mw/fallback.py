@@ -212,7 +212,8 @@ class _Chain:
             self._record_refusal(target, exc, previous, self.clock() - began)
             return None
         except TimeoutError:
-            if not deadline.expired():
+            if not deadline.expired():  # a provider's own, not the chain's deadline
+                self._record_provider_bug(target, began)
                 raise
             self.out_of_time = True
             status, usage = self._release_held(target)
@@ -241,14 +242,7 @@ class _Chain:
                 self.breaker.release_trial(target.name, self.trial)
             raise
         except Exception:
-            # A provider's own bug (not a GatewayError): a 500 for the client, logged by the
-            # app; the attempt is on record, and a trial it held is free for the next request
-            # rather than blocked for a cooldown.
-            status, usage = self._release_held(target)
-            duration = self.clock() - began
-            self.attempts.append(Attempt(target.name, status, "api_error", duration, usage))
-            if self.breaker is not None:
-                self.breaker.release_trial(target.name, self.trial)
+            self._record_provider_bug(target, began)
             raise
         duration = self.clock() - began
         if isinstance(outcome, _Failure):
@@ -256,6 +250,16 @@ class _Chain:
             return None
         self._record_answer(target, outcome, duration)
         return outcome
+
+    def _record_provider_bug(self, target: Target, began: float) -> None:
+        """A provider's own error (not a GatewayError): a 500 for the client, logged by the
+        app. The attempt goes on record, and a trial it held is free for the next request
+        rather than blocked for a cooldown."""
+        status, usage = self._release_held(target)
+        duration = self.clock() - began
+        self.attempts.append(Attempt(target.name, status, "api_error", duration, usage))
+        if self.breaker is not None:
+            self.breaker.release_trial(target.name, self.trial)
 
     def _record_refusal(
         self,

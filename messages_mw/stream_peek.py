@@ -16,7 +16,6 @@ from typing import Literal
 import msgspec
 
 from .errors import (
-    ERROR_TYPES,
     GatewayError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -76,10 +75,6 @@ def _judge_event(data: bytes, start: int, end: int) -> _Verdict:
     except DECODE_ERRORS:
         raw, error = None, None
     kind = (error.type if error else None) or ""
-    if kind and kind not in ERROR_TYPES:
-        # A type newer than the gateway: its status is unknown here, so the stream goes to
-        # the client as Anthropic sent it, for its SDK to judge.
-        return "content"
     message = (error.message if error else None) or "The upstream stream failed before content."
     failure = error_class(kind, UpstreamUnavailableError)(message)
     if error is not None and raw:

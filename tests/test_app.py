@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
@@ -27,6 +28,7 @@ from messages_mw import (
     RetryPolicy,
     UpstreamConfig,
 )
+from messages_mw.errors import GatewayError
 from messages_mw.providers.base import MAX_RESPONSE_BYTES, ProviderRequest, ProviderResponse
 
 from .conftest import sample
@@ -428,14 +430,13 @@ def test_an_error_event_opening_a_stream_is_answered_with_the_upstreams_error_ob
     }
 
 
-def test_an_error_event_of_a_type_the_gateway_does_not_know_is_relayed_as_it_came() -> None:
-    # Its status is unknown here: turned into a 502 api_error, it lost its type and made
-    # every SDK retry what may not be retryable.
+def test_an_error_event_of_a_type_the_gateway_does_not_know_keeps_its_type_in_a_502() -> None:
+    # Known before the first byte, it is an HTTP error (protocol.md 5.4), one that falls back
+    # and that the SDKs retry; its type, once rewritten to api_error, is the upstream's again.
     error = b'{"type":"memory_precondition_failed_error","message":"stale"}'
     response = _stream_opening_with_error(error)
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "text/event-stream"
-    assert b'"type":"memory_precondition_failed_error"' in response.content
+    assert response.status_code == 502
+    assert response.json()["error"] == json.loads(error)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -1379,3 +1380,77 @@ def test_the_organization_header_reaches_only_the_client_whose_key_was_used(
     response = run(_post(Gateway(GatewayConfig(), provider=provider), CHAT))
     assert response.status_code == 200
     assert ("anthropic-organization-id" in response.headers) is relayed
+
+
+def test_a_cancelled_read_of_a_mismatched_whole_message_frees_its_connection() -> None:
+    # f1301e2 reads the whole message that answered a stream request, but not in a
+    # try/finally: cancelled during that read (the client leaves, the chain's deadline
+    # passes), response.aclose() never runs and the pooled connection is never released.
+    # With max_connections=1 the next request then waits out pool_timeout: a 529.
+    async def scenario() -> int:
+        requests = 0
+        head_sent = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await answer(reader, writer)
+            except (asyncio.CancelledError, asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal requests
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                requests += 1
+                if requests == 1:  # a JSON message to a stream request, cut short: it hangs
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b'content-length: 1000\r\n\r\n{"usage":'
+                    )
+                    await writer.drain()
+                    head_sent.set()
+                    await asyncio.Event().wait()
+                body = b'{"type":"message","content":[]}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        settings = UpstreamConfig(
+            base_url=f"http://127.0.0.1:{port}", api_key="k", max_connections=1, pool_timeout=1.0
+        )
+        provider = AnthropicProvider(settings)
+
+        def request(stream: bool) -> ProviderRequest:
+            return ProviderRequest(
+                method="POST",
+                path="/v1/messages",
+                body=b"{}",
+                headers={},
+                request_id="r",
+                stream=stream,
+            )
+
+        try:
+            first = asyncio.ensure_future(provider.send(request(True)))
+            await asyncio.wait_for(head_sent.wait(), 5)
+            await asyncio.sleep(0.1)  # the head is in: the provider is reading the body
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            try:
+                second = await provider.send(request(False))
+            except GatewayError as exc:
+                return exc.status
+            await second.close()
+            return second.status
+        finally:
+            await provider.aclose()
+            server.close()
+
+    assert run(scenario()) == 200

@@ -1292,3 +1292,41 @@ def test_a_backup_silent_after_its_head_does_not_hide_the_primarys_429() -> None
 
     result = asyncio.run(scenario())
     assert result.response.status == 429 and result.target == PRIMARY
+
+
+def test_a_providers_own_timeout_error_during_a_trial_frees_the_trial_too() -> None:
+    # fa5d295 frees a half-open trial when a provider raises its own bug (a KeyError), but a
+    # provider's own TimeoutError (asyncio.wait_for inside a custom provider, a socket
+    # timeout) is re-raised by the chain's `except TimeoutError` before that handler: the
+    # trial stays taken, so the target stays shut for another cooldown, and no attempt is
+    # on record.
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=clock)
+    breaker.record_failure(PRIMARY.name)
+    clock.now += 30
+    attempts: list[Attempt] = []
+    buggy = Upstreams({PRIMARY.name: [TimeoutError("a provider's own timeout")]})
+    with pytest.raises(TimeoutError):
+        asyncio.run(achain([PRIMARY], buggy, breaker=breaker, attempts=attempts))
+    assert [(a.target, a.error_type) for a in attempts] == [(PRIMARY.name, "api_error")]
+    assert breaker.allow(PRIMARY.name)
+
+
+def test_a_stream_opening_with_an_unknown_error_type_still_falls_back() -> None:
+    # protocol.md 5.4: an error known before the first byte must be an HTTP error, never
+    # 200 plus an error event (no SDK retries one, and here no fallback follows either).
+    # Before b130bff an opening error event of a type the gateway does not know (an
+    # Anthropic-compatible proxy's "server_error", say) was a 502 that fell back to the
+    # backup; now the primary's failed stream is committed and relayed as a 200.
+    send = Upstreams(
+        {
+            PRIMARY.name: [
+                streamed([MESSAGE_START, error_event("server_error", "upstream broke")])
+            ],
+            SECONDARY.name: [streamed(GOOD_STREAM)],
+        }
+    )
+    once = RetryPolicy(attempts_per_target=1, jitter=0.0)
+    result, _ = chain_and_read([PRIMARY, SECONDARY], send, policy=once)
+    assert send.calls == [PRIMARY.name, SECONDARY.name]
+    assert result.target == SECONDARY

@@ -402,9 +402,11 @@ class AnthropicProvider:
             # A client asking for a stream would read none from a JSON body (the SDKs yield
             # no events and raise nothing), and one asking for a message would get raw SSE.
             mismatch = UpstreamUnavailableError(_stream_mismatch(self._origin, request.stream))
-            if request.stream:  # a whole message, billed: its usage goes on the attempt
-                mismatch.usage = await _discarded_message_usage(response, raw, self._origin)
-            await response.aclose()
+            try:
+                if request.stream:  # a whole message, billed: its usage goes on the attempt
+                    mismatch.usage = await _discarded_message_usage(response, raw, self._origin)
+            finally:  # cancelled while reading, too: the connection goes back to the pool
+                await response.aclose()
             raise mismatch
         if success and head.event_stream:
             chunks = response.aiter_bytes() if raw is None else raw
