@@ -1057,6 +1057,19 @@ def _post_to(gateway: Gateway, body: bytes) -> httpx.Response:
     return asyncio.run(post())
 
 
+def _through_aborted_stream(text: str, usage: dict[str, Any]) -> tuple[list[Any], httpx.Response]:
+    """A stream request answered vLLM's way when it aborts: ``text``, finish_reason
+    "abort", the include_usage chunk with ``usage``, then [DONE]."""
+    content = (
+        _chunk({"role": "assistant", "content": text})
+        + _chunk({}, "abort")
+        + _chunk(usage=usage)
+        + b"data: [DONE]\n\n"
+    )
+    gateway, finished = _openai_gateway(content, stream=True)
+    return finished, _post_to(gateway, _body(model="local/gpt-4o", stream=True))
+
+
 def test_a_stream_the_upstream_aborts_keeps_the_usage_it_reported() -> None:
     # vLLM-style: finish_reason "abort", then the include_usage chunk, then [DONE]. The
     # client gets an error event; the gateway still records what the upstream counted.
@@ -1066,14 +1079,7 @@ def test_a_stream_the_upstream_aborts_keeps_the_usage_it_reported() -> None:
         "total_tokens": 5300,
         "prompt_tokens_details": {"cached_tokens": 4000},
     }
-    content = (
-        _chunk({"role": "assistant", "content": "Hello there"})
-        + _chunk({}, "abort")
-        + _chunk(usage=reported)
-        + b"data: [DONE]\n\n"
-    )
-    gateway, finished = _openai_gateway(content, stream=True)
-    response = _post_to(gateway, _body(model="local/gpt-4o", stream=True))
+    finished, response = _through_aborted_stream("Hello there", reported)
     assert response.status_code == 200 and b"event: error" in response.content
     usage = finished[0].usage
     assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (
@@ -1090,14 +1096,7 @@ def test_a_stream_the_upstream_aborts_before_any_content_is_an_http_error() -> N
     # the stream: the client gets the error status its SDK retries (and a chain falls back),
     # not a 200 whose only news is an error event.
     usage = {"prompt_tokens": 50, "completion_tokens": 0, "total_tokens": 50}
-    content = (
-        _chunk({"role": "assistant", "content": ""})
-        + _chunk({}, "abort")
-        + _chunk(usage=usage)
-        + b"data: [DONE]\n\n"
-    )
-    gateway, finished = _openai_gateway(content, stream=True)
-    response = _post_to(gateway, _body(model="local/gpt-4o", stream=True))
+    finished, response = _through_aborted_stream("", usage)
     assert response.status_code == 502, response.content[:300]
     (attempt,) = finished[0].attempts
     assert attempt.usage is not None and attempt.usage.input_tokens == 50
