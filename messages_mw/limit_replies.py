@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import RateLimitError
-from .limit_stores import WindowCheck, WindowCount, has_room, window_usage
+from .limit_stores import WindowCheck, WindowCount, WindowState, has_room
 
 __all__ = [
     "HEADER_NAMES",
     "Kind",
     "Limit",
     "rejection",
-    "remaining",
     "replenished_at",
     "rfc3339_second",
 ]
@@ -90,17 +89,13 @@ def _message(limit: Limit, retry_after: int) -> str:
     )
 
 
-def remaining(check: WindowCheck, count: WindowCount, now: float) -> int:
-    left = check.limit - window_usage(check, count, now)
-    return math.floor(left) if left > 0 else 0
-
-
-def replenished_at(check: WindowCheck, count: WindowCount, now: float) -> float:
+def replenished_at(check: WindowCheck, state: WindowState, now: float) -> float:
     """When the usage is back to zero if nothing more is counted."""
-    if count.current > 0:
-        return count.start + check.window * (2 if check.sliding else 1)
-    if check.sliding and count.previous > 0:
-        return count.start + check.window
+    start, previous, current = state
+    if current > 0:
+        return start + check.window * (2 if check.sliding else 1)
+    if check.sliding and previous > 0:
+        return start + check.window
     return now
 
 

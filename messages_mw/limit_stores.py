@@ -33,6 +33,7 @@ __all__ = [
     "RedisCounterStore",
     "WindowCheck",
     "WindowCount",
+    "WindowState",
     "has_room",
     "window_usage",
 ]
@@ -72,6 +73,11 @@ class WindowCount(msgspec.Struct, frozen=True):
     start: float
     previous: float
     current: float
+
+
+# A counter's state as a tuple: (start, previous, current), as in WindowCount. The memory
+# store's per-request path returns these: a tuple costs half what a struct does to build.
+WindowState = tuple[float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,16 +132,6 @@ def has_room(check: WindowCheck, count: WindowCount, now: float) -> bool:
     return used < check.limit and used + check.cost <= check.limit
 
 
-def _roll(index: int, previous: float, current: float, now_index: int) -> tuple[int, float, float]:
-    """Move a stored counter forward to the window ``now_index`` (never backwards: a host whose
-    clock lags keeps counting into the newest window anyone has opened)."""
-    if now_index == index + 1:
-        return now_index, current, 0.0
-    if now_index > index + 1:
-        return now_index, 0.0, 0.0
-    return index, previous, current
-
-
 @dataclass(slots=True)
 class _Counter:
     index: int
@@ -143,19 +139,13 @@ class _Counter:
     current: float
     window: float
 
-    def rolled(self, now: float) -> WindowCount:
-        index = math.floor(now / self.window)
-        if index != self.index:
-            self.index, self.previous, self.current = _roll(
-                self.index, self.previous, self.current, index
-            )
-        return WindowCount(self.index * self.window, self.previous, self.current)
-
-
-def _fresh_count(check: WindowCheck, now: float) -> WindowCount:
-    """The count of a counter never stored: a refused request, or a budget only asked about,
-    stores none (a client naming new tags on every request must not grow the store)."""
-    return WindowCount(math.floor(now / check.window) * check.window, 0.0, 0.0)
+    def roll_to(self, index: int) -> None:
+        """Move forward to the window ``index`` (never backwards: a host whose clock lags
+        keeps counting into the newest window anyone has opened)."""
+        if index == self.index + 1:
+            self.index, self.previous, self.current = index, self.current, 0.0
+        elif index > self.index + 1:
+            self.index, self.previous, self.current = index, 0.0, 0.0
 
 
 class MemoryCounterStore:
@@ -178,67 +168,84 @@ class MemoryCounterStore:
     async def consume(
         self, checks: Sequence[WindowCheck], now: float
     ) -> tuple[bool, list[WindowCount]]:
-        return self.consume_now(checks, now)
+        admitted, windows, _ = self.consume_now(checks, now)
+        return admitted, [WindowCount(*window) for window in windows]
 
     def consume_now(
         self, checks: Sequence[WindowCheck], now: float
-    ) -> tuple[bool, list[WindowCount]]:
-        """:meth:`consume` without the coroutine: this store never waits, and the rate
-        limiter calls it on every request."""
-        if len(checks) == 1:
-            admitted, count, _ = self.consume_one_now(checks[0], now)
-            return admitted, [count]
+    ) -> tuple[bool, list[WindowState], list[float]]:
+        """:meth:`consume` without the coroutine (this store never waits, and the rate limiter
+        calls it on every request): each counter's state as a plain tuple, and also its usage
+        after the call (:func:`window_usage`), which the limiter's headers report.
+
+        One pass with the window arithmetic written out: with a key's and its tags' limits,
+        a request meets nine counters or more, and a function call (or a struct) per counter
+        at each step cost more than the rest of the policy together.
+        """
         if now >= self._next_sweep:
             self._sweep(now)
-        counts: list[WindowCount] = []
+        get = self._counters.get
+        windows: list[WindowState] = []
+        usages: list[float] = []
+        # The checks with a cost, to add it once all have passed: position, counter, share.
+        costly: list[tuple[int, WindowCheck, _Counter | None, float]] = []
         admitted = True
         for check in checks:
-            count = self._count_of(check, now)
-            if admitted and not has_room(check, count, now):
-                admitted = False
-            counts.append(count)
-        if admitted:
-            for at, check in enumerate(checks):
-                if check.cost:
-                    counter = self._counter(check.key, check.window, now)
-                    counter.current += check.cost
-                    counts[at] = WindowCount(counts[at].start, counter.previous, counter.current)
-        return admitted, counts
-
-    def consume_one_now(self, check: WindowCheck, now: float) -> tuple[bool, WindowCount, float]:
-        """:meth:`consume_now` for one counter (a key's request limit, typically): the same
-        decision without the bookkeeping a set of counters needs. Also returns the counter's
-        usage (:func:`window_usage`) after the call, which the caller's headers report."""
-        if now >= self._next_sweep:
-            self._sweep(now)
-        counter = self._counters.get(check.key)
-        count = _fresh_count(check, now) if counter is None else counter.rolled(now)
-        used = window_usage(check, count, now)
-        # has_room(), inline: this runs for every request under a limit.
-        if not (used < check.limit and used + check.cost <= check.limit):
-            return False, count, used
-        if check.cost:
+            window = check.window
+            index = math.floor(now / window)
+            counter = get(check.key)
             if counter is None:
-                counter = self._counter(check.key, check.window, now)
-            counter.current += check.cost
-            count = WindowCount(count.start, count.previous, counter.current)
-            used += check.cost
-        return True, count, used
+                # Stored only once it counts something: a refused request, or a budget only
+                # asked about, stores none (a client naming new tags on every request must
+                # not grow the store).
+                previous = current = 0.0
+            else:
+                if index != counter.index:
+                    counter.roll_to(index)
+                index, previous, current = counter.index, counter.previous, counter.current
+            start = index * window
+            # window_usage(), inline: the previous window's weighted share, plus the current.
+            share = 0.0
+            if previous and check.sliding:
+                weight = 1.0 - (now - start) / window
+                if weight > 0.0:
+                    share = previous * (weight if weight < 1.0 else 1.0)
+            used = share + current
+            # has_room(), inline.
+            if admitted and not (used < check.limit and used + check.cost <= check.limit):
+                admitted = False
+            if check.cost:
+                costly.append((len(windows), check, counter, share))
+            windows.append((start, previous, current))
+            usages.append(used)
+        if admitted:
+            for at, check, counter, share in costly:
+                if counter is None:
+                    counter = self._counter(check.key, check.window, now)
+                counter.current += check.cost
+                start, previous, _ = windows[at]
+                windows[at] = (start, previous, counter.current)
+                usages[at] = share + counter.current
+        return admitted, windows, usages
 
     async def add(self, increments: Sequence[Increment], now: float) -> None:
+        for increment in increments:
+            self.add_now(((increment.key, increment.window),), increment.amount, now)
+
+    def add_now(self, counters: Sequence[tuple[str, float]], amount: float, now: float) -> None:
+        """:meth:`add` without the coroutine: ``amount`` to each counter, named by its key and
+        window length."""
         if now >= self._next_sweep:
             self._sweep(now)
-        for increment in increments:
-            counter = self._counter(increment.key, increment.window, now)
-            counter.rolled(now)
-            counter.current += increment.amount
+        for key, window in counters:
+            counter = self._counter(key, window, now)
+            index = math.floor(now / window)
+            if index != counter.index:
+                counter.roll_to(index)
+            counter.current += amount
 
     async def aclose(self) -> None:
         """Nothing to release; the counters are kept."""
-
-    def _count_of(self, check: WindowCheck, now: float) -> WindowCount:
-        counter = self._counters.get(check.key)
-        return _fresh_count(check, now) if counter is None else counter.rolled(now)
 
     def _counter(self, key: str, window: float, now: float) -> _Counter:
         counter = self._counters.get(key)
@@ -262,8 +269,8 @@ class MemoryCounterStore:
 _CALL_MEMORY_MS = 10_000
 
 # Loads a counter (KEYS[i], window length) and moves it to the window holding ``now``, exactly
-# as ``_roll`` does; numbers come back as strings because Redis truncates Lua numbers to
-# integers in replies.
+# as ``_Counter.roll_to`` does; numbers come back as strings because Redis truncates Lua
+# numbers to integers in replies.
 _LUA_LOAD = f"""
 local now = tonumber(ARGV[1])
 local CALL_MEMORY_MS = {_CALL_MEMORY_MS}

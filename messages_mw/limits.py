@@ -34,7 +34,6 @@ from .limit_replies import (
     HEADER_NAMES,
     Limit,
     rejection,
-    remaining,
     replenished_at,
     rfc3339_second,
 )
@@ -46,6 +45,7 @@ from .limit_stores import (
     RedisCounterStore,
     WindowCheck,
     WindowCount,
+    WindowState,
     redis_url_parses,
     window_usage,
 )
@@ -175,9 +175,9 @@ class _LimitSet:
     limit_texts: tuple[str, ...]
     # Whether a spend budget is among the limits: the request's cost must then be known.
     has_spend: bool
-    # A set of one limit (a key's request rate, typically) and, if it is shown in headers,
-    # their names: admitted by a shorter path.
-    alone: tuple[WindowCheck, tuple[str, str, str] | None] | None
+    # The counters a finished request's tokens, and its cost, are added to: key and window.
+    token_counters: tuple[tuple[str, float], ...]
+    spend_counters: tuple[tuple[str, float], ...]
 
     @classmethod
     def of(cls, limits: list[Limit]) -> _LimitSet:
@@ -187,11 +187,20 @@ class _LimitSet:
             if (positions := tuple(i for i, lim in enumerate(limits) if lim.kind == kind))
         )
         texts = tuple(str(int(limit.check.limit)) for limit in limits)
-        has_spend = any(limit.kind == "spend" for limit in limits)
-        alone = None
-        if len(limits) == 1:
-            alone = (limits[0].check, groups[0][0] if groups else None)
-        return cls(limits, [limit.check for limit in limits], groups, texts, has_spend, alone)
+
+        def counters(kind: str) -> tuple[tuple[str, float], ...]:
+            return tuple((lim.check.key, lim.check.window) for lim in limits if lim.kind == kind)
+
+        spend_counters = counters("spend")
+        return cls(
+            limits,
+            [limit.check for limit in limits],
+            groups,
+            texts,
+            bool(spend_counters),
+            counters("tokens"),
+            spend_counters,
+        )
 
 
 class RateLimiter:
@@ -263,19 +272,22 @@ class RateLimiter:
         if not limit_set.limits:
             return []
         now = self._clock()
-        memory = self._memory_store
-        if memory is not None and limit_set.alone is not None:
-            return self._admit_alone(memory, limit_set, limit_set.alone, now)
-        if memory is not None:
-            admitted, counts = memory.consume_now(limit_set.checks, now)
+        checks = limit_set.checks
+        if self._memory_store is not None:
+            admitted, windows, usages = self._memory_store.consume_now(checks, now)
         else:
             try:
-                admitted, counts = await self._store.consume(limit_set.checks, now)
+                admitted, counts = await self._store.consume(checks, now)
             except LimitStoreError as exc:
                 return self._admit_without_store(exc, now)
             self._store_answered()
-        headers = self._headers(limit_set, counts, now)
+            windows = [(count.start, count.previous, count.current) for count in counts]
+            usages = [
+                window_usage(check, count, now) for check, count in zip(checks, counts, strict=True)
+            ]
+        headers = self._headers(limit_set, windows, usages, now)
         if not admitted:
+            counts = [WindowCount(*window) for window in windows]
             raise rejection(limit_set.limits, counts, now, headers)
         return headers
 
@@ -303,19 +315,31 @@ class RateLimiter:
             + usage.cache_creation_input_tokens
             + usage.cache_read_input_tokens
         )
-        amounts = {"tokens": float(tokens), "spend": context.cost or 0.0, "requests": 0.0}
+        cost = context.cost or 0.0
         limit_set = self._limits_for(context)
         if context.cost is None and limit_set.has_spend and not self.checks_prices:
             # Allowed through uncounted (refused otherwise): worth a word to the operator.
             self._warn_unpriced(context.served_model or context.model)
-        increments = [
-            Increment(limit.check.key, limit.check.window, amounts[limit.kind])
-            for limit in limit_set.limits
-            if amounts[limit.kind] > 0
+        additions = [
+            (counters, amount)
+            for counters, amount in (
+                (limit_set.token_counters, float(tokens)),
+                (limit_set.spend_counters, cost),
+            )
+            if counters and amount > 0
         ]
-        if not increments:
+        if not additions:
             return
         now = self._clock()
+        if self._memory_store is not None:
+            for counters, amount in additions:
+                self._memory_store.add_now(counters, amount, now)
+            return
+        increments = [
+            Increment(key, window, amount)
+            for counters, amount in additions
+            for key, window in counters
+        ]
         try:
             await self._store.add(increments, now)
         except LimitStoreError as exc:
@@ -357,64 +381,39 @@ class RateLimiter:
             self._limits_cache[cache_key] = cached
         return cached
 
-    def _admit_alone(
+    def _headers(
         self,
-        memory: MemoryCounterStore,
         limit_set: _LimitSet,
-        alone: tuple[WindowCheck, tuple[str, str, str] | None],
+        windows: Sequence[WindowState],
+        usages: Sequence[float],
         now: float,
     ) -> list[tuple[str, str]]:
-        """:meth:`admit` for a set of one limit in memory, the usual case: the same answer,
-        without the bookkeeping a set of limits needs."""
-        check, names = alone
-        admitted, count, used = memory.consume_one_now(check, now)
-        if names is None:
-            headers = []
-        else:
-            headers = self._limit_headers(names, limit_set.limit_texts[0], check, count, used, now)
-        if not admitted:
-            raise rejection(limit_set.limits, [count], now, headers)
-        return headers
-
-    def _headers(
-        self, limit_set: _LimitSet, counts: Sequence[WindowCount], now: float
-    ) -> list[tuple[str, str]]:
-        """The ``anthropic-ratelimit-*`` headers of the tightest request and token limits."""
+        """The ``anthropic-ratelimit-*`` headers of the tightest request and token limits
+        (the least remaining, then the lowest limit), given each counter's state and usage
+        after the call."""
         headers: list[tuple[str, str]] = []
         checks = limit_set.checks
-        for names, positions in limit_set.header_groups:
-            at = positions[0]
-            if len(positions) > 1:
-                at = min(
-                    positions,
-                    key=lambda i: (remaining(checks[i], counts[i], now), checks[i].limit),
-                )
-            check, count, text = checks[at], counts[at], limit_set.limit_texts[at]
-            used = window_usage(check, count, now)
-            headers += self._limit_headers(names, text, check, count, used, now)
+        for (limit_name, remaining_name, reset_name), positions in limit_set.header_groups:
+            # A loop rather than min(key=...): two calls fewer per limit, on every request.
+            at, tightest = -1, (0, 0.0)
+            for i in positions:
+                limit = checks[i].limit
+                left = limit - usages[i]
+                # As the remaining header says it: whole units, never below zero.
+                room = math.floor(left) if left > 0 else 0
+                if at < 0 or room < tightest[0] or (room == tightest[0] and limit < tightest[1]):
+                    at, tightest = i, (room, limit)
+            check = checks[at]
+            reset = math.ceil(replenished_at(check, windows[at], now))
+            if reset != self._reset_second:
+                # Reset times repeat for a whole second: each is formatted once.
+                self._reset_second, self._reset_text = reset, rfc3339_second(reset)
+            headers += (
+                (limit_name, limit_set.limit_texts[at]),
+                (remaining_name, str(tightest[0])),
+                (reset_name, self._reset_text),
+            )
         return headers
-
-    def _limit_headers(
-        self,
-        names: tuple[str, str, str],
-        limit_text: str,
-        check: WindowCheck,
-        count: WindowCount,
-        used: float,
-        now: float,
-    ) -> list[tuple[str, str]]:
-        """The limit, remaining and reset headers of ``check`` (its limit written
-        ``limit_text``), whose counter is at ``count`` and its usage at ``used``."""
-        reset = math.ceil(replenished_at(check, count, now))
-        if reset != self._reset_second:
-            self._reset_second, self._reset_text = reset, rfc3339_second(reset)
-        left = check.limit - used
-        limit_name, remaining_name, reset_name = names
-        return [
-            (limit_name, limit_text),
-            (remaining_name, str(math.floor(left)) if left > 0 else "0"),
-            (reset_name, self._reset_text),
-        ]
 
     def _work_out_limits(self, context: RequestContext) -> list[Limit]:
         # Rules that land on the same counter share it; the lowest limit holds.
