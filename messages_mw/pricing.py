@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 import msgspec
 
+from .memo import Memo
 from .protocol import DECODE_ERRORS
 from .streaming import TokenUsage
 
@@ -124,6 +125,9 @@ DEFAULT_PRICES: Mapping[str, ModelPrice] = MappingProxyType(
 )
 
 
+_MEMO_SIZE = 1024
+
+
 class PricingTable:
     """Prices requests by model id.
 
@@ -142,11 +146,16 @@ class PricingTable:
                 raise TypeError(f"price for {model!r} must be a ModelPrice")
         self._prices = dict(prices)
         self._by_length = sorted(self._prices, key=len, reverse=True)
+        # A dated id (what Claude Code sends) or an unknown one walks every entry: 2-4 us,
+        # two or three times a request under a spend budget. Ids repeat; client-chosen
+        # ones that do not cost memory only up to the bound.
+        self._found: Memo[str, ModelPrice | None] = Memo(self._look_up, _MEMO_SIZE)
 
     def price_for(self, model: str | None) -> ModelPrice | None:
         """The price that applies to ``model``, or ``None`` when it is unknown."""
-        if model is None:
-            return None
+        return None if model is None else self._found[model]
+
+    def _look_up(self, model: str) -> ModelPrice | None:
         price = self._prices.get(model)
         if price is not None:
             return price

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from typing import Any
 
 import msgspec
@@ -245,3 +246,26 @@ def test_every_value_keeps_its_original_bytes(
     assert {key: bytes(raw) for key, raw in result_usage.items()} == {
         key: bytes(raw) for key, raw in original_usage.items()
     }
+
+
+def test_lookups_keep_their_answers_however_many_ids_clients_invent() -> None:
+    # Answers are kept per id (a dated id walks every entry); invented ids must neither
+    # grow that without bound nor change what a known id is priced at.
+    table = PricingTable()
+    dated = "claude-sonnet-4-5-20250929"
+    expected = DEFAULT_PRICES["claude-sonnet-4-5"]
+
+    def invent(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            assert table.price_for(f"claude-invented-{i}") is None
+            assert table.price_for(dated) is expected
+
+    tracemalloc.start()
+    try:
+        invent(0, 2_000)
+        kept = tracemalloc.get_traced_memory()[0]
+        invent(2_000, 20_000)  # unbounded, this would keep 2 MB more
+        grown = tracemalloc.get_traced_memory()[0] - kept
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000
