@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import json
 import logging
+import multiprocessing
 import re
 import time
 import zlib
@@ -28,7 +29,7 @@ from messages_mw import (
     RetryPolicy,
     UpstreamConfig,
 )
-from messages_mw.errors import GatewayError
+from messages_mw.errors import GatewayError, new_request_id
 from messages_mw.providers.base import MAX_RESPONSE_BYTES, ProviderRequest, ProviderResponse
 
 from .conftest import sample
@@ -1454,3 +1455,18 @@ def test_a_cancelled_read_of_a_mismatched_whole_message_frees_its_connection() -
             server.close()
 
     assert run(scenario()) == 200
+
+
+def _ids_in_a_forked_child(count: int) -> list[str]:
+    return [new_request_id() for _ in range(count)]
+
+
+def test_request_ids_are_unique_and_forked_workers_do_not_repeat_each_other() -> None:
+    ids = [new_request_id() for _ in range(20_000)]
+    assert all(re.fullmatch(r"req_[0-9A-Za-z]{24}", request_id) for request_id in ids)
+    assert len(set(ids)) == len(ids)
+    # Ids come from the stdlib's generator: a worker forked from this process must not
+    # replay the ids this process makes next (the stdlib reseeds it in a forked child).
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply(_ids_in_a_forked_child, (100,))
+    assert not set(child) & set(_ids_in_a_forked_child(100))

@@ -10,7 +10,6 @@ go upstream, never a client's ``anthropic-*`` headers or credentials.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from urllib.parse import parse_qs
 
@@ -23,6 +22,7 @@ from ..errors import (
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
+    random_id,
 )
 from ..protocol import DECODE_ERRORS, CountTokensResponse, ModelInfo, ModelList
 from ..streaming import frame_event
@@ -42,7 +42,6 @@ from .mock import estimate_input_tokens
 
 __all__ = ["ModelDirectory", "OpenAIProvider"]
 
-_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _MODELS_PREFIX = "/v1/models/"
 _CREATED_AT = "2025-01-01T00:00:00Z"
 _DEFAULT_PAGE = 20
@@ -63,10 +62,6 @@ class _Model(msgspec.Struct):
 
 
 _model_decoder = msgspec.json.Decoder(_Model)
-
-
-def _new_message_id() -> str:
-    return "msg_" + "".join(_BASE62[byte % 62] for byte in secrets.token_bytes(24))
 
 
 def _model_of(body: bytes) -> str:
@@ -221,7 +216,7 @@ class OpenAIProvider:
         message = to_anthropic_message(
             body,
             model=model,
-            message_id=_new_message_id(),
+            message_id=random_id("msg_"),
             estimate_input=lambda: estimate_input_tokens(request.body),
             thinking=thinking,
         )
@@ -232,7 +227,7 @@ class OpenAIProvider:
     def _translator(model: str, request: ProviderRequest, thinking: bool) -> StreamTranslator:
         input_tokens = estimate_input_tokens(request.body)
         return StreamTranslator(
-            model=model, message_id=_new_message_id(), input_tokens=input_tokens, thinking=thinking
+            model=model, message_id=random_id("msg_"), input_tokens=input_tokens, thinking=thinking
         )
 
     def _whole_as_stream(self, body: bytes, translator: StreamTranslator) -> ProviderResponse:
