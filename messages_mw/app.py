@@ -192,6 +192,7 @@ class Gateway:
         self._headers = self.config.headers.resolved()
         self._key_header = self.config.auth.header.lower() if self.config.auth.header else None
         self._on_request_end = on_request_end
+        self._policy.reports_contexts = on_request_end is not None
         self._routes: dict[str, dict[str, _Handler]] = {
             "/v1/messages": {"POST": self._messages},
             "/v1/messages/count_tokens": {"POST": self._count_tokens},

@@ -105,6 +105,9 @@ class Policy:
     limiter: RateLimiter | None = None
     pricing: PricingTable | None = None
     dispatcher: UsageDispatcher | None = None
+    # Whether the host reads each finished request's context (Gateway's on_request_end): its
+    # cost must then be worked out, as for a usage event or a spend limit.
+    reports_contexts: bool = False
     auth_first: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -304,18 +307,24 @@ class Policy:
         """Step 8: cost, the usage event and limit accounting. Raises nothing but a
         cancellation, which can only come while a remote limit store counts: the event has
         gone out by then."""
-        if self.pricing is not None:
+        dispatcher = self.dispatcher
+        wants_event = dispatcher is not None and dispatcher.wants_events()
+        records = self.limiter is not None and self.limiter.counts_usage
+        # Only for someone who reads it (a usage event, a spend limit, the host's hook): it
+        # takes a price lookup and a float sum on every request.
+        if self.pricing is not None and (wants_event or records or self.reports_contexts):
             context.cost = self.pricing.cost(context.served_model or context.model, context.usage)
         # The event first: it awaits nothing, so no cancellation can lose it.
-        dispatcher = self.dispatcher
-        if dispatcher is not None and dispatcher.wants_events():
+        if wants_event:
+            assert dispatcher is not None
             event = UsageEvent.from_context(context)
             if dispatcher.reads_traces and (trace := dispatcher.current_trace()) is not None:
                 # The host's active span, read here in the request's task: it wins over the
                 # client's header (a host's server span is usually that header's child).
                 event.traceparent, event.tracestate = trace
             dispatcher.emit(event)
-        if self.limiter is not None and self.limiter.counts_usage:
+        if records:
+            assert self.limiter is not None
             try:
                 await self.limiter.record(context)
             except Exception:

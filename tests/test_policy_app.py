@@ -32,7 +32,9 @@ from messages_mw.errors import (
 from messages_mw.fallback import Target
 from messages_mw.hooks import IncomingRequest, RouteHook
 from messages_mw.limits import LimitRule, LimitsConfig, RateLimiter
+from messages_mw.pricing import PricingTable
 from messages_mw.providers.base import ProviderRequest, ProviderResponse
+from messages_mw.streaming import TokenUsage
 
 from .inprocess import Recorder, client_for, make_gateway, post_scope, run
 from .openai_upstream import completion_json
@@ -503,6 +505,34 @@ def test_cost_in_response_is_opt_in_and_keeps_the_body() -> None:
     assert answer["usage"]["cost"] == pytest.approx(1000 * 3 / 1e6 + 100 * 15 / 1e6)
     assert answer["content"][0]["text"] == "Hello from upstream."
     assert finished[0].cost == pytest.approx(answer["usage"]["cost"])
+
+
+def test_a_request_is_priced_only_for_someone_who_reads_its_cost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    priced: list[str | None] = []
+    cost = PricingTable.cost
+
+    def counted(table: PricingTable, model: str | None, usage: TokenUsage) -> float | None:
+        priced.append(model)
+        return cost(table, model, usage)
+
+    monkeypatch.setattr(PricingTable, "cost", counted)
+    provider = _provider(Recorder())
+    events: list[UsageEvent] = []
+    finished: list[RequestContext] = []
+    readers: list[dict[str, Any]] = [
+        {},  # nobody: no price is looked up
+        {"usage_sinks": [events.append]},
+        {"on_request_end": finished.append},
+        {"config": GatewayConfig(limits=LimitsConfig(rules=(LimitRule(scope="key", spend=1.0),)))},
+    ]
+    for reader in readers:
+        priced.clear()
+        gateway = Gateway(provider=provider, **reader)
+        assert run(_post(gateway, _body())).status_code == 200
+        assert priced == ([] if not reader else ["claude-sonnet-4-6"])
+    assert events[0].cost is not None and finished[0].cost is not None
 
 
 def test_every_request_emits_exactly_one_usage_event() -> None:
