@@ -23,6 +23,7 @@ from .errors import InvalidRequestError, PermissionDeniedError
 from .fallback import Target
 from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
 from .limits import RateLimiter
+from .memo import Memo
 from .pricing import PricingTable
 from .protocol import DECODE_ERRORS
 from .routing import TargetResolver
@@ -38,6 +39,8 @@ from .validation import (
 __all__ = ["ForwardPlan", "Policy"]
 
 logger = logging.getLogger("messages_mw")
+
+_TAG_HEADERS_KEPT = 1024
 
 _ModelName = Annotated[str, msgspec.Meta(max_length=MAX_MODEL_CHARS)]
 
@@ -109,8 +112,17 @@ class Policy:
     # cost must then be worked out, as for a usage event or a spend limit.
     reports_contexts: bool = False
     auth_first: bool = field(init=False, default=False)
+    # Each tag header value as its checked and merged tags: a client sends the same one on
+    # every request. Bounded: values that never repeat cost memory only up to the bound.
+    _header_tags: Memo[str, tuple[str, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
+        header, policy = self.header_names.tags, self.tag_policy
+
+        def header_tags(value: str) -> tuple[str, ...]:
+            return tuple(collect_tags([(header, parse_tag_header(value, header, policy))], policy))
+
+        self._header_tags = Memo(header_tags, _TAG_HEADERS_KEPT)
         # An auth hook that reads only headers (the built-ins, or any hook saying
         # ``reads_model = False``) runs before the body is read: a caller without a key gets
         # its 401 without the gateway reading, decompressing and validating up to
@@ -211,7 +223,12 @@ class Policy:
         header = self.header_names.tags
         groups: list[tuple[str, Sequence[str]]] = []
         if value := request.headers.get(header):
-            groups.append((header, parse_tag_header(value, header, self.tag_policy)))
+            header_tags = self._header_tags[value]
+            if (context.principal is None or not context.principal.tags) and (
+                tagger is None and not (parsed.metadata and parsed.metadata.tags)
+            ):
+                return list(header_tags)  # the header's alone, checked and merged already
+            groups.append((header, header_tags))
         if context.principal is not None and context.principal.tags:
             groups.append(("key policy", context.principal.tags))
         metadata_tags = parsed.metadata.tags if parsed.metadata else None

@@ -1090,3 +1090,34 @@ def test_a_url_too_long_for_the_primary_never_reaches_a_keyed_backup() -> None:
     asyncio.run(gateway(scope, receive, send))
     assert sent[0]["status"] == 400
     assert (primary.requests, backup.requests) == ([], [])
+
+
+def test_a_repeated_tag_header_gets_the_same_tags_each_time_and_a_bad_one_each_400() -> None:
+    # Each header value's tags are worked out once and kept: a request must neither see
+    # what a host did to an earlier request's tags nor get a refused value let through.
+    gateway, finished = make_gateway(Recorder())
+    tags = {"x-mw-tags": "team-a, ci,team-a"}
+
+    async def scenario() -> list[int]:
+        statuses = []
+        for headers in (tags, tags, {"x-mw-tags": "bad tag"}, {"x-mw-tags": "bad tag"}, tags):
+            statuses.append((await _post(gateway, _body(), **headers)).status_code)
+            if finished and finished[-1].tags:
+                finished[-1].tags.append("changed-by-the-host")
+        return statuses
+
+    assert run(scenario()) == [200, 200, 400, 400, 200]
+    assert [event.tags[:2] for event in finished] == [["team-a", "ci"]] * 2 + [[], []] + [
+        ["team-a", "ci"]
+    ]
+    assert len(finished[-1].tags) == 3  # the host's change to this request's own list
+
+
+def test_header_tags_merge_with_the_key_and_metadata_tags_as_before() -> None:
+    keys = (ApiKeyConfig(id="k", key="sk-client", tags=("from-key",)),)
+    config = GatewayConfig(auth=AuthConfig(mode="static", keys=keys))
+    gateway, finished = make_gateway(Recorder(), config=config)
+    body = _body(metadata={"tags": ["from-body", "ci"]})
+    for _ in range(2):
+        assert run(_post(gateway, body, **{"x-mw-tags": "ci,from-key"})).status_code == 200
+    assert [context.tags for context in finished] == [["ci", "from-key", "from-body"]] * 2
