@@ -41,6 +41,7 @@ __all__ = ["ForwardPlan", "Policy"]
 logger = logging.getLogger("messages_mw")
 
 _TAG_HEADERS_KEPT = 1024
+_TagGroup = tuple[str, Sequence[str]]
 
 _ModelName = Annotated[str, msgspec.Meta(max_length=MAX_MODEL_CHARS)]
 
@@ -112,17 +113,16 @@ class Policy:
     # cost must then be worked out, as for a usage event or a spend limit.
     reports_contexts: bool = False
     auth_first: bool = field(init=False, default=False)
-    # Each tag header value as its checked and merged tags: a client sends the same one on
-    # every request. Bounded: values that never repeat cost memory only up to the bound.
-    _header_tags: Memo[str, tuple[str, ...]] = field(init=False)
+    # The checked, merged tags of each (tag header value, key tags) pair: a client sends the
+    # same header with the same key on every request. Bounded: pairs that never repeat
+    # cost memory only up to the bound; a refused pair raises and is not kept.
+    _merged_tags: Memo[tuple[str, tuple[str, ...]], tuple[str, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
-        header, policy = self.header_names.tags, self.tag_policy
+        def merged(pair: tuple[str, tuple[str, ...]]) -> tuple[str, ...]:
+            return tuple(collect_tags(self._tag_groups(*pair), self.tag_policy))
 
-        def header_tags(value: str) -> tuple[str, ...]:
-            return tuple(collect_tags([(header, parse_tag_header(value, header, policy))], policy))
-
-        self._header_tags = Memo(header_tags, _TAG_HEADERS_KEPT)
+        self._merged_tags = Memo(merged, _TAG_HEADERS_KEPT)
         # An auth hook that reads only headers (the built-ins, or any hook saying
         # ``reads_model = False``) runs before the body is read: a caller without a key gets
         # its 401 without the gateway reading, decompressing and validating up to
@@ -220,25 +220,33 @@ class Policy:
         parsed: MessagesRequest | CountTokensRequest,
         tagger: TagHook | None,
     ) -> list[str]:
-        header = self.header_names.tags
-        groups: list[tuple[str, Sequence[str]]] = []
-        if value := request.headers.get(header):
-            header_tags = self._header_tags[value]
-            if (context.principal is None or not context.principal.tags) and (
-                tagger is None and not (parsed.metadata and parsed.metadata.tags)
-            ):
-                return list(header_tags)  # the header's alone, checked and merged already
-            groups.append((header, header_tags))
-        if context.principal is not None and context.principal.tags:
-            groups.append(("key policy", context.principal.tags))
+        value = request.headers.get(self.header_names.tags) or ""
+        principal = context.principal
+        key_tags = principal.tags if principal is not None else ()
         metadata_tags = parsed.metadata.tags if parsed.metadata else None
-        if metadata_tags and self.tag_policy.from_metadata:
+        from_metadata = bool(metadata_tags) and self.tag_policy.from_metadata
+        if tagger is None and not from_metadata and type(key_tags) is tuple:
+            # The usual request: the same tag header and key as the last one, merged once.
+            return list(self._merged_tags[value, key_tags]) if value or key_tags else []
+        groups = self._tag_groups(value, key_tags)
+        if from_metadata and metadata_tags:
             groups.append(("metadata.tags", metadata_tags))
         if tagger is not None:
             extra = (await call_hook(tagger, request, context)) or ()
             # A str is a Sequence[str] too: one tag, not one per character.
             groups.append(("tagger", (extra,) if isinstance(extra, str) else extra))
         return collect_tags(groups, self.tag_policy) if groups else []
+
+    def _tag_groups(self, header_value: str, key_tags: Sequence[str]) -> list[_TagGroup]:
+        """The tags of the request's tag header and of its key's policy, each with its
+        source for error messages; unchecked."""
+        header = self.header_names.tags
+        groups: list[_TagGroup] = []
+        if header_value:
+            groups.append((header, parse_tag_header(header_value, header, self.tag_policy)))
+        if key_tags:
+            groups.append(("key policy", key_tags))
+        return groups
 
     def consume_gateway_fields(
         self,

@@ -24,6 +24,7 @@ from messages_mw import (
 )
 from messages_mw.auth import ApiKeyConfig, AuthConfig
 from messages_mw.config import OpenAIUpstreamConfig
+from messages_mw.context import Principal
 from messages_mw.errors import (
     PermissionDeniedError,
     RateLimitError,
@@ -1121,3 +1122,31 @@ def test_header_tags_merge_with_the_key_and_metadata_tags_as_before() -> None:
     for _ in range(2):
         assert run(_post(gateway, body, **{"x-mw-tags": "ci,from-key"})).status_code == 200
     assert [context.tags for context in finished] == [["ci", "from-key", "from-body"]] * 2
+
+
+@pytest.mark.parametrize("key_tags", [("bad tag",), ["bad tag"]])
+def test_a_host_keys_bad_tags_are_refused_every_time(key_tags: Sequence[str]) -> None:
+    # An auth hook's tags are checked per request (the built-in keys' at start-up), also
+    # when the tag header and key repeat, and also when the hook gives a list.
+    def auth(request: IncomingRequest) -> Principal:
+        return Principal(key_id="host-key", tags=key_tags)  # type: ignore[arg-type]
+
+    gateway = Gateway(provider=_provider(Recorder()), auth=auth)
+    for _ in range(2):
+        answer = run(_post(gateway, _body(), **{"x-mw-tags": "ci"}))
+        assert answer.status_code == 400
+        assert "key policy: tag 'bad tag' may only contain" in answer.json()["error"]["message"]
+
+
+def test_a_host_key_whose_tags_are_a_list_is_tagged_as_one_whose_tags_are_a_tuple() -> None:
+    finished: list[RequestContext] = []
+    for key_tags in (("team", "ci"), ["team", "ci"]):
+        principal = Principal(key_id="host-key", tags=key_tags)  # type: ignore[arg-type]
+        gateway = Gateway(
+            provider=_provider(Recorder()),
+            auth=lambda request, principal=principal: principal,
+            on_request_end=finished.append,
+        )
+        for _ in range(2):
+            assert run(_post(gateway, _body(), **{"x-mw-tags": "ci,web"})).status_code == 200
+    assert [context.tags for context in finished] == [["ci", "web", "team"]] * 4
