@@ -430,9 +430,10 @@ async def test_the_stream_ends_at_message_stop_while_the_upstream_lingers() -> N
     lingering = _Lingering(completion_chunks(["Hi"]))
     provider = _provider(lambda request: _sse_response(lingering), ping_interval=0.01)
     response = await provider.send(_request(stream=True))
-    events = _events(await asyncio.wait_for(_read(response), 5))
-    assert [name for name, _ in events][-1] == "message_stop"
-    assert "ping" not in [name for name, _ in events]
+    names = [name for name, _ in _events(await asyncio.wait_for(_read(response), 5))]
+    # Nothing after message_stop. (A ping before it is legitimate: on a loaded machine the
+    # 10 ms interval can pass between two chunks.)
+    assert names[-1] == "message_stop" and names.count("message_stop") == 1
     assert lingering.closed
 
 
