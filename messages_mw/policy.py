@@ -114,15 +114,20 @@ class Policy:
     reports_contexts: bool = False
     auth_first: bool = field(init=False, default=False)
     # The checked, merged tags of each (tag header value, key tags) pair: a client sends the
-    # same header with the same key on every request. Bounded: pairs that never repeat
-    # cost memory only up to the bound; a refused pair raises and is not kept.
+    # same header with the same key on every request. At most _TAG_HEADERS_KEPT pairs, of
+    # header values no longer than the longest a client needs (below): a value padded with
+    # repeated tags, up to the server's head limit, is merged afresh and kept by no one. A
+    # refused pair raises and is not kept.
     _merged_tags: Memo[tuple[str, tuple[str, ...]], tuple[str, ...]] = field(init=False)
+    _longest_kept_header: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         def merged(pair: tuple[str, tuple[str, ...]]) -> tuple[str, ...]:
             return tuple(collect_tags(self._tag_groups(*pair), self.tag_policy))
 
         self._merged_tags = Memo(merged, _TAG_HEADERS_KEPT)
+        # As many tags as the policy allows, each as long as it allows, with ", " between.
+        self._longest_kept_header = self.tag_policy.max_count * (self.tag_policy.max_length + 2)
         # An auth hook that reads only headers (the built-ins, or any hook saying
         # ``reads_model = False``) runs before the body is read: a caller without a key gets
         # its 401 without the gateway reading, decompressing and validating up to
@@ -225,7 +230,12 @@ class Policy:
         key_tags = principal.tags if principal is not None else ()
         metadata_tags = parsed.metadata.tags if parsed.metadata else None
         from_metadata = bool(metadata_tags) and self.tag_policy.from_metadata
-        if tagger is None and not from_metadata and type(key_tags) is tuple:
+        if (
+            tagger is None
+            and not from_metadata
+            and type(key_tags) is tuple
+            and len(value) <= self._longest_kept_header
+        ):
             # The usual request: the same tag header and key as the last one, merged once.
             return list(self._merged_tags[value, key_tags]) if value or key_tags else []
         groups = self._tag_groups(value, key_tags)

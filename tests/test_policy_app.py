@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
@@ -1150,3 +1152,26 @@ def test_a_host_key_whose_tags_are_a_list_is_tagged_as_one_whose_tags_are_a_tupl
         for _ in range(2):
             assert run(_post(gateway, _body(), **{"x-mw-tags": "ci,web"})).status_code == 200
     assert [context.tags for context in finished] == [["ci", "web", "team"]] * 4
+
+
+def test_tag_headers_padded_with_repeats_are_not_kept() -> None:
+    # A valid tag header can be as long as the server's head limit allows by repeating one
+    # tag; kept per value, a caller could pin 1,024 of them in every worker.
+    gateway, finished = make_gateway(Recorder())
+    padding = "ci," * 10_000
+
+    async def scenario() -> int:
+        tracemalloc.start()
+        try:
+            await _post(gateway, _body(), **{"x-mw-tags": padding + "warm-up"})
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(100):
+                answer = await _post(gateway, _body(), **{"x-mw-tags": f"{padding}n{i}"})
+                assert answer.status_code == 200
+            finished.clear()
+            gc.collect()
+            return tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+
+    assert run(scenario()) < 1_000_000  # kept, these 100 values would hold 3 MB
