@@ -7,6 +7,7 @@ decisions, so raising the right class is all a module needs to do to answer a cl
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
@@ -49,14 +50,19 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BASE62_TABLE = bytes(ord(_BASE62[byte % 62]) for byte in range(256))
 
 
-def random_id(prefix: str) -> str:
-    """``prefix`` and 24 random base62 characters: the shape of Anthropic's ids.
+# Ids name requests and messages; they guard nothing. So they come from a Mersenne Twister,
+# not from ``secrets``, which makes a system call for each: one per request, on every
+# request's path. A generator of their own (seeded from os.urandom), not the random module's:
+# a host or library that seeds that one (test and evaluation harnesses do) would make ids
+# repeat across runs, and each id would shift the host's seeded sequence. The random module
+# reseeds only its own generator in a forked child; this one is reseeded here.
+_id_generator = random.Random()
+os.register_at_fork(after_in_child=_id_generator.seed)
 
-    Ids name requests and messages; they guard nothing. So they come from the stdlib's
-    Mersenne Twister (reseeded in every forked worker), not from ``secrets``, which makes a
-    system call for each: one per request, on every request's path.
-    """
-    random_bytes = random.getrandbits(192).to_bytes(24, "little")
+
+def random_id(prefix: str) -> str:
+    """``prefix`` and 24 random base62 characters: the shape of Anthropic's ids."""
+    random_bytes = _id_generator.getrandbits(192).to_bytes(24, "little")
     return prefix + random_bytes.translate(_BASE62_TABLE).decode("ascii")
 
 

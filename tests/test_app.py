@@ -8,6 +8,7 @@ import gzip
 import json
 import logging
 import multiprocessing
+import random
 import re
 import time
 import zlib
@@ -1470,3 +1471,17 @@ def test_request_ids_are_unique_and_forked_workers_do_not_repeat_each_other() ->
     with multiprocessing.get_context("fork").Pool(1) as pool:
         child = pool.apply(_ids_in_a_forked_child, (100,))
     assert not set(child) & set(_ids_in_a_forked_child(100))
+
+
+def test_a_host_seeding_the_random_module_neither_repeats_ids_nor_sees_them_drawn() -> None:
+    # Test and evaluation harnesses seed the random module: ids must not repeat with it, and
+    # making them must not shift the host's seeded sequence.
+    state = random.getstate()
+    try:
+        random.seed(42)
+        first, drawn = new_request_id(), random.random()
+        random.seed(42)
+        assert new_request_id() != first
+        assert random.random() == drawn
+    finally:
+        random.setstate(state)
