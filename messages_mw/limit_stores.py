@@ -3,8 +3,9 @@
 A counter is a pair of adjacent fixed windows (``previous`` and ``current``) named by a key.
 :class:`MemoryCounterStore` keeps them in this process (one event loop); :class:`RedisCounterStore`
 keeps them in Redis, so every worker and host pointed at the same Redis shares them. Both make
-the same decisions with the same arithmetic: :func:`window_usage` here, a Lua transcription of it
-in Redis; the test suite runs the same scenarios against both.
+the same decisions with the same arithmetic: :func:`window_usage` and :func:`has_room` are the
+reference, which the memory store writes out inline and the Redis store's Lua transcribes; the
+test suite holds the memory store to them and runs the same scenarios against both stores.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ class WindowCount(msgspec.Struct, frozen=True):
     """A counter as the store saw it: the current window's start time and both windows' totals
     (after this call's own cost, if it was admitted)."""
 
-    # A struct rather than a frozen dataclass: one or two are built per limit per request, and
-    # a frozen dataclass costs six times as much to build (a named tuple three times).
+    # A struct rather than a frozen dataclass: the Redis store builds one per limit per
+    # request, and a frozen dataclass costs six times as much to build (a named tuple three
+    # times). The memory store's per-request path returns plain tuples (WindowState).
     start: float
     previous: float
     current: float
@@ -229,7 +231,7 @@ class MemoryCounterStore:
         return admitted, windows, usages
 
     async def add(self, increments: Sequence[Increment], now: float) -> None:
-        for increment in increments:
+        for increment in increments:  # the limiter itself calls add_now()
             self.add_now(((increment.key, increment.window),), increment.amount, now)
 
     def add_now(self, counters: Sequence[tuple[str, float]], amount: float, now: float) -> None:

@@ -1,5 +1,6 @@
 """A pure function's results, looked up as a dict: for the few values the hot path computes
-from a handful of recurring arguments (response header names)."""
+from a handful of recurring arguments (response header names, model prices, tag headers).
+Bounded in entries, not bytes: keep arguments short (a caller bounds their length)."""
 
 from __future__ import annotations
 

@@ -148,7 +148,8 @@ class PricingTable:
         self._by_length = sorted(self._prices, key=len, reverse=True)
         # A dated id (what Claude Code sends) or an unknown one walks every entry: 2-4 us,
         # two or three times a request under a spend budget. Ids repeat; client-chosen
-        # ones that do not cost memory only up to the bound.
+        # ones that do not cost memory only up to the bound (request validation keeps a
+        # model id under 1 KB, so about 1 MB).
         self._found: Memo[str, ModelPrice | None] = Memo(self._look_up, _MEMO_SIZE)
 
     def price_for(self, model: str | None) -> ModelPrice | None:
