@@ -173,11 +173,14 @@ class _LimitSet:
     header_groups: tuple[tuple[tuple[str, str, str], tuple[int, ...]], ...]
     # Each limit as its header value.
     limit_texts: tuple[str, ...]
-    # Whether a spend budget is among the limits: the request's cost must then be known.
-    has_spend: bool
     # The counters a finished request's tokens, and its cost, are added to: key and window.
     token_counters: tuple[tuple[str, float], ...]
     spend_counters: tuple[tuple[str, float], ...]
+
+    @property
+    def has_spend(self) -> bool:
+        """Whether a spend budget is among the limits: the request's cost must be known."""
+        return bool(self.spend_counters)
 
     @classmethod
     def of(cls, limits: list[Limit]) -> _LimitSet:
@@ -191,16 +194,8 @@ class _LimitSet:
         def counters(kind: str) -> tuple[tuple[str, float], ...]:
             return tuple((lim.check.key, lim.check.window) for lim in limits if lim.kind == kind)
 
-        spend_counters = counters("spend")
-        return cls(
-            limits,
-            [limit.check for limit in limits],
-            groups,
-            texts,
-            bool(spend_counters),
-            counters("tokens"),
-            spend_counters,
-        )
+        checks = [limit.check for limit in limits]
+        return cls(limits, checks, groups, texts, counters("tokens"), counters("spend"))
 
 
 class RateLimiter:
