@@ -35,6 +35,7 @@ __all__ = [
     "UnsupportedByProviderError",
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
+    "base62_id",
     "encode_error_body",
     "error_class",
     "error_type_for_status",
@@ -60,10 +61,14 @@ _id_generator = random.Random()
 os.register_at_fork(after_in_child=_id_generator.seed)
 
 
+def base62_id(prefix: str, raw: bytes) -> str:
+    """``prefix`` and one base62 character per byte of ``raw`` (its first 24)."""
+    return prefix + raw[:24].translate(_BASE62_TABLE).decode("ascii")
+
+
 def random_id(prefix: str) -> str:
     """``prefix`` and 24 random base62 characters: the shape of Anthropic's ids."""
-    random_bytes = _id_generator.getrandbits(192).to_bytes(24, "little")
-    return prefix + random_bytes.translate(_BASE62_TABLE).decode("ascii")
+    return base62_id(prefix, _id_generator.getrandbits(192).to_bytes(24, "little"))
 
 
 def new_request_id() -> str:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from ..config import DEFAULT_MODELS, MockConfig, ModelConfig
-from ..errors import InvalidRequestError, MethodNotAllowedError, NotFoundError
+from ..errors import InvalidRequestError, MethodNotAllowedError, NotFoundError, base62_id
 from ..protocol import DECODE_ERRORS, CountTokensResponse, ModelInfo, ModelList, ToolUseBlock
 from ..validation import decode_count_tokens_request, decode_messages_request, describe_decode_error
 from ._mock_replies import (
@@ -42,7 +42,6 @@ _DOCUMENT_PAGE_TOKENS = 2_000
 _BASE64_BYTES_PER_PAGE = 100_000
 _BYTES_PER_TOKEN = 4
 _SNIPPET_CHARS = 120
-_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SSE_HEADERS = (("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"))
 _JSON_HEADERS = (("content-type", "application/json"),)
 
@@ -199,10 +198,6 @@ def _estimate(prompt: _Prompt, turns: list[_Turn]) -> int:
     return max(1, math.ceil(max(0, json_bytes - media_bytes) / _BYTES_PER_TOKEN) + media_tokens)
 
 
-def _base62_id(prefix: str, digest: bytes) -> str:
-    return prefix + "".join(_BASE62[byte % 62] for byte in digest[:24])
-
-
 def _prompt_digest(prompt: _Prompt, model: str) -> bytes:
     """A hash of what the reply depends on, so a streamed and a non-streamed call of the same
     prompt share tool ids and signatures (only the message id, a hash of the body, differs)."""
@@ -275,7 +270,7 @@ def _tool_call(prompt: _Prompt, last_user: _Turn | None, digest: bytes) -> ToolU
     if tool is None or tool.name is None:
         return None
     schema = _decode_or_none(_schema_decoder, tool.input_schema) if tool.input_schema else None
-    return ToolUseBlock(_base62_id("toolu_", digest), tool.name, sample_tool_input(schema))
+    return ToolUseBlock(base62_id("toolu_", digest), tool.name, sample_tool_input(schema))
 
 
 def _plan(body: bytes) -> tuple[ReplyPlan, bool]:
@@ -288,7 +283,7 @@ def _plan(body: bytes) -> tuple[ReplyPlan, bool]:
     thinking = prompt.thinking
     thinks = thinking is not None and thinking.type in ("enabled", "adaptive")
     plan = ReplyPlan(
-        message_id=_base62_id("msg_", hashlib.sha256(body).digest()),
+        message_id=base62_id("msg_", hashlib.sha256(body).digest()),
         model=request.model,
         input_tokens=_estimate(prompt, turns),
         max_tokens=request.max_tokens,
