@@ -14,20 +14,36 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import NamedTuple
 
 import httpx
 
 from ._connect import Resolver, open_connection, resolve
 from ._http11 import Connection, Origin, PeerClosedError, ProtocolError, head_and_body
-from ._http11_parse import TOKEN_CHARS
+from ._http11_parse import TOKEN_CHARS, ResponseHead
 
-__all__ = ["FastHTTPTransport"]
+__all__ = ["FastHTTPTransport", "Origin", "ResponseBody", "ResponseHead", "origin_of"]
 
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_IDEMPOTENCY_HEADERS = frozenset({b"idempotency-key", b"x-idempotency-key"})
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 _Timeouts = Mapping[str, float | None]
+_RawHeaders = Sequence[tuple[bytes, bytes]]
+
+
+class _Outgoing(NamedTuple):
+    """One request as the pool sends it."""
+
+    method: str
+    head: bytes
+    headers: _RawHeaders
+    # The body in memory, which can be sent again; None when it streams from ``request``.
+    body: bytes | None
+    timeouts: _Timeouts
+    # The httpx request this one came from, which httpx's errors name; None on the raw path.
+    request: httpx.Request | None
 
 
 class _StaleConnectionError(Exception):
@@ -171,11 +187,15 @@ class _Pool:
             conn.abort()
 
 
-class _ResponseStream(httpx.AsyncByteStream):
+class ResponseBody(httpx.AsyncByteStream):
     """A response body read straight off its connection, one socket read at a time."""
 
     def __init__(
-        self, conn: Connection, pool: _Pool, request: httpx.Request, read_timeout: float | None
+        self,
+        conn: Connection,
+        pool: _Pool,
+        request: httpx.Request | None,
+        read_timeout: float | None,
     ) -> None:
         self._conn = conn
         self._pool = pool
@@ -264,21 +284,52 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         synchronous request body. If the calling task is cancelled, the connection in use is
         closed and its slot freed before CancelledError propagates.
         """
+        body = _body_if_bytes(request)
+        fields = request.headers.raw
+        head = _encode_head(request.method, request.url.raw_path, fields, request)
+        timeouts: _Timeouts = request.extensions.get("timeout", {})
+        outgoing = _Outgoing(request.method, head, fields, body, timeouts, request)
+        parsed, stream = await self._send(origin_of(request.url), outgoing)
+        return httpx.Response(
+            parsed.status_code,
+            headers=parsed.headers,
+            stream=stream,
+            extensions={"http_version": parsed.http_version, "reason_phrase": parsed.reason},
+        )
+
+    async def send_raw(
+        self,
+        method: str,
+        origin: Origin,
+        target: bytes,
+        headers: _RawHeaders,
+        body: bytes,
+        timeouts: _Timeouts,
+    ) -> tuple[ResponseHead, ResponseBody]:
+        """:meth:`handle_async_request` without httpx's ``Request`` and ``Response`` objects,
+        whose header normalisation costs a proxy more than the rest of the exchange.
+
+        ``origin`` is :func:`origin_of` the URL, ``target`` its path and query as sent on the
+        request line, ``headers`` every header to send (``Host`` and ``Content-Length``
+        included), ``timeouts`` httpx's timeout dictionary. Returns the answer's head and its
+        body, which :meth:`ResponseBody.aclose` gives back as closing the response would.
+        Raises what :meth:`handle_async_request` raises, with no request attached.
+        """
+        head = _encode_head(method, target, headers, None)
+        return await self._send(origin, _Outgoing(method, head, headers, body, timeouts, None))
+
+    async def _send(self, key: Origin, outgoing: _Outgoing) -> tuple[ResponseHead, ResponseBody]:
         if asyncio.get_running_loop() is not self._loop:
             self._bind_to_running_loop()
-        timeouts: _Timeouts = request.extensions.get("timeout", {})
-        body = _body_if_bytes(request)
-        head = _encode_head(request)
-        key = _origin(request)
         # This request's pool to the end, even should aclose() replace it meanwhile.
         pool = self._pool
-        conn = await self._checkout(pool, key, request, timeouts)
+        conn = await self._checkout(pool, key, outgoing)
         try:
-            return await self._attempt(pool, conn, request, head, body, timeouts)
+            return await self._attempt(pool, conn, outgoing)
         except _StaleConnectionError:
             pass
-        conn = await self._connect(pool, key, request, timeouts.get("connect"))
-        return await self._attempt(pool, conn, request, head, body, timeouts)
+        conn = await self._connect(pool, key, outgoing.request, outgoing.timeouts.get("connect"))
+        return await self._attempt(pool, conn, outgoing)
 
     async def aclose(self) -> None:
         """Close every connection; responses still streaming then fail with httpx.ReadError or
@@ -297,12 +348,11 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             self._pool = _Pool(self._max_connections, self._keepalive_expiry)
         self._loop = asyncio.get_running_loop()
 
-    async def _checkout(
-        self, pool: _Pool, key: Origin, request: httpx.Request, timeouts: _Timeouts
-    ) -> Connection:
+    async def _checkout(self, pool: _Pool, key: Origin, outgoing: _Outgoing) -> Connection:
         conn = pool.take_idle(key)
         if conn is not None:
             return conn
+        timeouts, request = outgoing.timeouts, outgoing.request
         if not pool.reserve():
             try:
                 conn = await pool.wait_turn(key, timeouts.get("pool"))
@@ -314,7 +364,11 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         return await self._connect(pool, key, request, timeouts.get("connect"))
 
     async def _connect(
-        self, pool: _Pool, key: Origin, request: httpx.Request, connect_timeout: float | None
+        self,
+        pool: _Pool,
+        key: Origin,
+        request: httpx.Request | None,
+        connect_timeout: float | None,
     ) -> Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
@@ -334,52 +388,37 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         return conn
 
     async def _attempt(
-        self,
-        pool: _Pool,
-        conn: Connection,
-        request: httpx.Request,
-        head: bytes,
-        body: bytes | None,
-        timeouts: _Timeouts,
-    ) -> httpx.Response:
+        self, pool: _Pool, conn: Connection, outgoing: _Outgoing
+    ) -> tuple[ResponseHead, ResponseBody]:
         try:
-            return await self._exchange(pool, conn, request, head, body, timeouts)
+            return await self._exchange(pool, conn, outgoing)
         except (TimeoutError, ProtocolError, PeerClosedError) as exc:
-            if _is_stale(exc, conn) and body is not None and _is_replayable(request):
+            if _is_stale(exc, conn) and outgoing.body is not None and _is_replayable(outgoing):
                 pool.replace(conn)
                 raise _StaleConnectionError from exc
             pool.discard(conn)
-            raise _translate(exc, request, sent=conn.request_sent) from exc
+            raise _translate(exc, outgoing.request, sent=conn.request_sent) from exc
         except BaseException:
             pool.discard(conn)
             raise
 
     async def _exchange(
-        self,
-        pool: _Pool,
-        conn: Connection,
-        request: httpx.Request,
-        head: bytes,
-        body: bytes | None,
-        timeouts: _Timeouts,
-    ) -> httpx.Response:
-        conn.start(head_request=request.method == "HEAD")
+        self, pool: _Pool, conn: Connection, outgoing: _Outgoing
+    ) -> tuple[ResponseHead, ResponseBody]:
+        conn.start(head_request=outgoing.method == "HEAD")
+        timeouts, body = outgoing.timeouts, outgoing.body
         write_timeout = timeouts.get("write")
         if body is None:
-            conn.send(head)
-            await _send_stream(conn, request, write_timeout)
+            assert outgoing.request is not None  # only an httpx request streams its body
+            conn.send(outgoing.head)
+            await _send_stream(conn, outgoing.request, write_timeout)
         else:
-            conn.send_parts(head_and_body(head, body))
+            conn.send_parts(head_and_body(outgoing.head, body))
             await conn.drain(write_timeout)
         conn.request_sent = True
         read_timeout = timeouts.get("read")
         parsed = await conn.receive_head(read_timeout)
-        return httpx.Response(
-            parsed.status_code,
-            headers=parsed.headers,
-            stream=_ResponseStream(conn, pool, request, read_timeout),
-            extensions={"http_version": parsed.http_version, "reason_phrase": parsed.reason},
-        )
+        return parsed, ResponseBody(conn, pool, outgoing.request, read_timeout)
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl_context is None:
@@ -426,16 +465,13 @@ def _is_stale(exc: Exception, conn: Connection) -> bool:
     return isinstance(exc, PeerClosedError) and conn.reused and not conn.received_any
 
 
-def _is_replayable(request: httpx.Request) -> bool:
-    """Whether sending ``request`` twice is harmless: an idempotent method, or a client that
+def _is_replayable(outgoing: _Outgoing) -> bool:
+    """Whether sending a request twice is harmless: an idempotent method, or a client that
     made it so with an idempotency key (the rule of Go's net/http). A POST to /v1/messages is
     not: a second copy is billed again, so its failure goes to the client, whose SDK decides
     (and may have been told not to retry)."""
-    headers = request.headers
-    return (
-        request.method in _IDEMPOTENT_METHODS
-        or "idempotency-key" in headers
-        or "x-idempotency-key" in headers
+    return outgoing.method in _IDEMPOTENT_METHODS or any(
+        name.lower() in _IDEMPOTENCY_HEADERS for name, _ in outgoing.headers
     )
 
 
@@ -444,34 +480,40 @@ def _last_coding(headers: httpx.Headers) -> str:
     return value.rsplit(",", 1)[-1].strip().lower()
 
 
-def _origin(request: httpx.Request) -> Origin:
-    url = request.url
+def origin_of(url: httpx.URL) -> Origin:
+    """Where a request to ``url`` connects: (scheme, host, port), the pool's key.
+
+    Raises httpx.UnsupportedProtocol for a scheme other than http and https, or no host.
+    """
     scheme = url.raw_scheme
     default_port = _DEFAULT_PORTS.get(scheme)
     if default_port is None:
-        raise httpx.UnsupportedProtocol(f"Unsupported URL scheme {url.scheme!r}.", request=request)
+        raise httpx.UnsupportedProtocol(f"Unsupported URL scheme {url.scheme!r}.")
     if not url.raw_host:
-        raise httpx.UnsupportedProtocol("Request URL has no host.", request=request)
+        raise httpx.UnsupportedProtocol("Request URL has no host.")
     return scheme, url.raw_host, url.port or default_port
 
 
-def _encode_head(request: httpx.Request) -> bytes:
+def _encode_head(
+    method: str, target: bytes, fields: _RawHeaders, request: httpx.Request | None
+) -> bytes:
     # A non-ASCII method becomes "?", which the token check below then refuses.
-    method = request.method.encode("ascii", "replace")
-    raw = request.headers.raw
-    fields = b"".join([b"%s: %s\r\n" % pair for pair in raw])
+    encoded_method = method.encode("ascii", "replace")
+    lines = b"".join([b"%s: %s\r\n" % pair for pair in fields])
     # A CR or LF inside a name or value would let one header smuggle in others.
     if (
-        not method
-        or method.translate(None, TOKEN_CHARS)
-        or fields.count(b"\n") != len(raw)
-        or fields.count(b"\r") != len(raw)
+        not encoded_method
+        or encoded_method.translate(None, TOKEN_CHARS)
+        or lines.count(b"\n") != len(fields)
+        or lines.count(b"\r") != len(fields)
     ):
         raise httpx.LocalProtocolError("Invalid method or header for HTTP/1.1.", request=request)
-    return b"%s %s HTTP/1.1\r\n%s\r\n" % (method, request.url.raw_path, fields)
+    return b"%s %s HTTP/1.1\r\n%s\r\n" % (encoded_method, target, lines)
 
 
-def _translate(exc: Exception, request: httpx.Request, *, sent: bool) -> httpx.TransportError:
+def _translate(
+    exc: Exception, request: httpx.Request | None, *, sent: bool
+) -> httpx.TransportError:
     if isinstance(exc, TimeoutError):
         if sent:
             return httpx.ReadTimeout("Timed out waiting for the server.", request=request)

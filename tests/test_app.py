@@ -658,6 +658,60 @@ def test_an_upstream_body_the_gateway_cannot_decode_is_a_502(
     assert finished[0].error_type == "api_error"
 
 
+def _compressed_answer(stream: bool) -> tuple[bytes, bytes]:
+    """An upstream answer's content type and its gzip-compressed body."""
+    if stream:
+        return b"text/event-stream", gzip.compress(b"".join(text_stream_events(["Hi", "!"])))
+    return b"application/json", gzip.compress(message_json("Hi!"))
+
+
+async def _answer_compressed(stream: bool, gateway_for: Callable[[str], Gateway]) -> httpx.Response:
+    """What a client gets from a gateway over a real upstream that compresses its answers."""
+    content_type, body = _compressed_answer(stream)
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-encoding: gzip\r\n" % content_type
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server, gateway_for(url) as gateway:
+        return await _post(gateway, _with_stream(CHAT, stream))
+
+
+def _with_stream(body: bytes, stream: bool) -> bytes:
+    return json.dumps({**json.loads(body), "stream": stream}).encode()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("transport", ["own", "httpx"])
+def test_an_upstream_that_compresses_anyway_is_decoded_for_the_client(
+    stream: bool, transport: str
+) -> None:
+    # The gateway asks for identity, but an upstream may compress regardless. The gateway's own
+    # transport hands the provider raw bytes, and any other transport an httpx response: both
+    # must reach the client decoded, with no content-encoding claiming otherwise.
+    def over_httpx(url: str) -> Gateway:
+        provider = AnthropicProvider(
+            UpstreamConfig(base_url=url), transport=httpx.AsyncHTTPTransport()
+        )
+        return Gateway(GatewayConfig(usage_log=False), provider=provider)
+
+    def over_own(url: str) -> Gateway:
+        return Gateway(GatewayConfig(upstream=UpstreamConfig(base_url=url), usage_log=False))
+
+    response = run(_answer_compressed(stream, over_own if transport == "own" else over_httpx))
+    assert response.status_code == 200
+    assert "content-encoding" not in response.headers
+    if stream:
+        assert response.content == b"".join(text_stream_events(["Hi", "!"]))
+    else:
+        assert response.json()["content"] == [{"type": "text", "text": "Hi!"}]
+
+
 def test_a_header_sent_on_several_lines_goes_upstream_as_one_list() -> None:
     recorder = Recorder()
     gateway, _ = make_gateway(recorder)

@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from messages_mw import _connect
-from messages_mw.transport import FastHTTPTransport
+from messages_mw.transport import FastHTTPTransport, origin_of
 
 from .servers import serve
 
@@ -455,6 +455,67 @@ async def test_a_replayable_request_on_a_reused_connection_dying_unanswered_is_r
             assert answer == b"answered"
         assert server.connections == 2
         assert [body for _, _, body in server.requests] == [b"", b"b", b"b"]
+
+
+async def send_raw(
+    transport: FastHTTPTransport,
+    method: str,
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+) -> bytes:
+    """The body of an answer to a request sent through ``send_raw``, with the given headers
+    after ``Host`` (and ``Content-Length`` for a body)."""
+    parsed = httpx.URL(url)
+    fields = [(b"Host", parsed.netloc), *headers]
+    if body:
+        fields.append((b"Content-Length", b"%d" % len(body)))
+    head, stream = await transport.send_raw(
+        method, origin_of(parsed), parsed.raw_path, fields, body, {"read": 5.0}
+    )
+    assert head.status_code == 200
+    try:
+        return b"".join([chunk async for chunk in stream])
+    finally:
+        await stream.aclose()
+
+
+@async_test
+async def test_send_raw_sends_the_headers_as_given_and_pools_the_connection() -> None:
+    answer = response(b"hello", extra=b"X-Answer: A  b\r\n")
+    async with serving(lambda request: answer) as server, FastHTTPTransport() as transport:
+        for body in (b"ping", b""):
+            method = "POST" if body else "GET"
+            path = f"{server.url}/v1/messages?beta=true"
+            sent = await send_raw(transport, method, path, [(b"X-Case", b"Kept")], body)
+            assert sent == b"hello"
+    assert server.connections == 1
+    first, second = server.requests
+    assert first[0] == b"POST /v1/messages?beta=true HTTP/1.1"
+    assert first[1][b"x-case"] == b"Kept" and first[2] == b"ping"
+    assert second[0].startswith(b"GET ") and second[2] == b""
+
+
+@async_test
+async def test_send_raw_refuses_a_header_that_would_smuggle_in_another() -> None:
+    async with FastHTTPTransport() as transport:
+        with pytest.raises(httpx.LocalProtocolError):
+            headers = [(b"X-Bad", b"a\r\nX-Smuggled: 1")]
+            await send_raw(transport, "GET", "http://127.0.0.1:9/", headers, b"")
+
+
+@async_test
+async def test_send_raw_resends_on_a_dead_reused_connection_only_when_replayable() -> None:
+    # The raw path judges an idempotency key by its name in any case, as httpx's headers do.
+    for headers, resent in (([(b"Idempotency-Key", b"k-1")], True), ([], False)):
+        async with closes_second_request_unanswered() as server, FastHTTPTransport() as transport:
+            assert await send_raw(transport, "POST", server.url, [], b"a") == b"answered"
+            if resent:
+                assert await send_raw(transport, "POST", server.url, headers, b"b") == b"answered"
+            else:
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await send_raw(transport, "POST", server.url, headers, b"b")
+        assert server.connections == (2 if resent else 1)
 
 
 @async_test

@@ -8,7 +8,7 @@ hop-by-hop headers, cookies and the client's credentials never leak upstream by 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 from urllib.parse import quote
 
@@ -24,6 +24,7 @@ from ..errors import (
     UpstreamUnavailableError,
 )
 from ..streaming import TokenUsage, message_usage
+from ..transport import FastHTTPTransport, Origin, origin_of
 from .base import ProviderRequest, ProviderResponse, never_ended, never_ready, read_bounded
 
 __all__ = ["AnthropicProvider"]
@@ -186,6 +187,14 @@ def _credentials(
     return [(b"x-api-key", api_key)]
 
 
+class _Target(NamedTuple):
+    """An upstream URL, with what sending to it needs."""
+
+    url: httpx.URL
+    host: bytes  # the Host header's value
+    raw_path: bytes  # path and query, as the request line has them
+
+
 class _ResponseHead(NamedTuple):
     headers: list[tuple[str, str]]
     event_stream: bool
@@ -194,14 +203,14 @@ class _ResponseHead(NamedTuple):
     undecodable: str
 
 
-def _read_head(response: httpx.Response, client_key: bool) -> _ResponseHead:
+def _read_head(raw_headers: Iterable[tuple[bytes, bytes]], client_key: bool) -> _ResponseHead:
     """The headers to relay, whether the body is an event stream, and whether it is encoded;
     ``client_key``: the request went up with the client's own key."""
     relayed: list[tuple[str, str]] = []
     event_stream = encoded = False
     undecodable = ""
     connection_options: set[str] = set()
-    for raw_name, raw_value in response.headers.raw:
+    for raw_name, raw_value in raw_headers:
         name = raw_name.lower()
         if name in _DROPPED_RESPONSE_HEADERS:
             if name == b"content-encoding":
@@ -251,9 +260,59 @@ def _default_transport(settings: UpstreamConfig) -> httpx.AsyncBaseTransport:
     if settings.http2:
         limits = httpx.Limits(max_connections=settings.max_connections)
         return _PerLoopTransport(lambda: httpx.AsyncHTTPTransport(http2=True, limits=limits))
-    from ..transport import FastHTTPTransport
-
     return FastHTTPTransport(max_connections=settings.max_connections)
+
+
+class _Answer:
+    """An upstream answer's status and raw headers, with its body still to read: from
+    :meth:`FastHTTPTransport.send_raw`, or from any transport as an ``httpx.Response``."""
+
+    __slots__ = ("_response", "_stream", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        stream: httpx.AsyncByteStream | None,
+        response: httpx.Response | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self._stream = stream
+        self._response = response
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> _Answer:
+        stream = response.stream
+        raw = stream if isinstance(stream, httpx.AsyncByteStream) else None
+        return cls(response.status_code, response.headers.raw, raw, response)
+
+    def raw_stream(self, head: _ResponseHead) -> httpx.AsyncByteStream | None:
+        """The body stream to read as it is, or None if it needs httpx's decoding: the
+        upstream compressed anyway despite ``accept-encoding: identity``, or the transport
+        pre-read it. Reading the stream itself skips the chunker and decoder layers of
+        ``aiter_raw``."""
+        response = self._response
+        if head.encoded or (response is not None and response.is_stream_consumed):
+            return None
+        return self._stream
+
+    def decoded(self) -> AsyncIterator[bytes]:
+        """The body as httpx decodes it."""
+        if self._response is None:
+            self._response = httpx.Response(self.status, headers=self.headers, stream=self._stream)
+        return self._response.aiter_bytes()
+
+    def body(self, head: _ResponseHead) -> AsyncIterator[bytes] | httpx.AsyncByteStream:
+        """The body to relay: as it came where it can be, decoded where it must be."""
+        raw = self.raw_stream(head)
+        return self.decoded() if raw is None else raw
+
+    async def aclose(self) -> None:
+        if self._response is not None:
+            await self._response.aclose()
+        elif self._stream is not None:
+            await self._stream.aclose()
 
 
 class _PerLoopTransport(httpx.AsyncBaseTransport):
@@ -283,9 +342,11 @@ class _PerLoopTransport(httpx.AsyncBaseTransport):
 class AnthropicProvider:
     """Forwards to ``settings.base_url`` over one pooled keep-alive transport.
 
-    Requests are httpx ``Request`` objects handed straight to the transport: the gateway needs
-    none of ``AsyncClient``'s cookies, redirects or auth flows, and skipping them halves the
-    client-side cost per request. The transport opens on first use, so constructing a provider
+    Requests go straight to the transport, never through ``AsyncClient``: the gateway needs
+    none of its cookies, redirects or auth flows, and skipping them halves the client-side cost
+    per request. The default transport is sent raw header lists, without httpx's ``Request``
+    and ``Response`` objects, whose header handling cost more than the rest of the exchange;
+    any other transport gets them. The transport opens on first use, so constructing a provider
     does no I/O; :meth:`aclose` closes it, and a later request opens a fresh default one.
     ``transport`` replaces the network, as in tests (``httpx.MockTransport``) or for a custom
     connection strategy; it is closed by :meth:`aclose` too. ``name``, the provider's name in
@@ -314,18 +375,21 @@ class AnthropicProvider:
             write=self._settings.write_timeout,
             pool=self._settings.pool_timeout,
         )
-        self._extensions = {"timeout": timeout.as_dict()}
+        self._timeouts = timeout.as_dict()
+        self._extensions = {"timeout": self._timeouts}
         # Parsing a URL costs tens of microseconds; the gateway only ever calls a handful
         # (clients such as Claude Code add a fixed query like ?beta=true).
-        self._urls: dict[tuple[str, str], tuple[httpx.URL, bytes]] = {}
+        self._urls: dict[tuple[str, str], _Target] = {}
+        # Where every URL of this upstream connects, found on the first request.
+        self._connect_to: Origin | None = None
 
     def _get_transport(self) -> httpx.AsyncBaseTransport:
         if self._transport is None:
             self._transport = _default_transport(self._settings)
         return self._transport
 
-    def _url(self, path: str, query: str) -> tuple[httpx.URL, bytes]:
-        """The upstream URL for ``path`` and ``query``, and its ``Host`` header value."""
+    def _url(self, path: str, query: str) -> _Target:
+        """The upstream URL for ``path`` and ``query``, with what sending to it needs."""
         key = (path, query)
         found = self._urls.get(key)
         if found is None:
@@ -342,30 +406,44 @@ class AnthropicProvider:
                 raise InvalidRequestError(
                     f"The request's URL cannot be forwarded to this upstream: {exc}."
                 ) from None
-            found = (url, url.netloc)
+            found = _Target(url, url.netloc, url.raw_path)
             if len(self._urls) < _CACHED_URLS:
                 self._urls[key] = found
         return found
 
-    def _build_request(self, request: ProviderRequest) -> httpx.Request:
-        # What httpx.Request(content=...) would send, built directly: handing httpx byte
-        # headers and a ready stream skips its header normalisation and body encoding, which
-        # cost more than the rest of the request.
-        url, host = self._url(request.path, request.query)
+    def _request_headers(self, request: ProviderRequest, host: bytes) -> list[tuple[bytes, bytes]]:
+        """Every header to send, ``Host`` and ``Content-Length`` included, as httpx.Request
+        (content=...) would send them."""
         api_key = request.api_key or self._settings.api_key
         headers = _upstream_headers(request.headers, api_key, request.client_credentials)
         headers.insert(0, (b"Host", host))
-        body = b""
         if request.method == "POST":
-            body = request.body
-            headers.append((b"Content-Length", b"%d" % len(body)))
-        return httpx.Request(
+            headers.append((b"Content-Length", b"%d" % len(request.body)))
+        return headers
+
+    async def _exchange(self, request: ProviderRequest) -> _Answer:
+        """Send ``request`` and return the answer once its head has arrived."""
+        target = self._url(request.path, request.query)
+        headers = self._request_headers(request, target.host)
+        body = request.body if request.method == "POST" else b""
+        transport = self._get_transport()
+        if isinstance(transport, FastHTTPTransport):
+            connect_to = self._connect_to or origin_of(target.url)
+            self._connect_to = connect_to
+            head, stream = await transport.send_raw(
+                request.method, connect_to, target.raw_path, headers, body, self._timeouts
+            )
+            return _Answer(head.status_code, head.headers, stream)
+        # Handing httpx byte headers and a ready stream skips its header normalisation and
+        # body encoding, which cost more than the rest of the request.
+        upstream = httpx.Request(
             request.method,
-            url,
+            target.url,
             headers=headers,
             stream=httpx.ByteStream(body),
             extensions=self._extensions,
         )
+        return _Answer.of(await transport.handle_async_request(upstream))
 
     def _sent_client_key(self, request: ProviderRequest) -> bool:
         """Whether the request went up with the client's own key (see _credentials)."""
@@ -380,50 +458,47 @@ class AnthropicProvider:
         Cancellation while waiting closes the upstream connection.
         """
         try:
-            response = await self._get_transport().handle_async_request(
-                self._build_request(request)
-            )
+            answer = await self._exchange(request)
         except httpx.TransportError as exc:
             raise translate_transport_error(exc, self._origin) from exc
-        status = response.status_code
+        status = answer.status
         if not 200 <= status < 300 and not 400 <= status <= 599:
-            await response.aclose()
+            await answer.aclose()
             raise not_final_status(status, self._origin)
-        head = _read_head(response, self._sent_client_key(request))
+        head = _read_head(answer.headers, self._sent_client_key(request))
         if head.undecodable:
-            await response.aclose()
+            await answer.aclose()
             raise UpstreamUnavailableError(
                 f"The upstream {self._origin} answered with content-encoding "
                 f"'{head.undecodable}', which the gateway cannot decode (it asks for identity)."
             )
         success = status < 300
-        raw = _raw_stream(response, head)
         if success and head.event_stream != request.stream:
             # A client asking for a stream would read none from a JSON body (the SDKs yield
             # no events and raise nothing), and one asking for a message would get raw SSE.
             mismatch = UpstreamUnavailableError(_stream_mismatch(self._origin, request.stream))
             try:
                 if request.stream:  # a whole message, billed: its usage goes on the attempt
-                    mismatch.usage = await _discarded_message_usage(response, raw, self._origin)
+                    mismatch.usage = await _discarded_message_usage(answer, head, self._origin)
             finally:  # cancelled while reading, too: the connection goes back to the pool
-                await response.aclose()
+                await answer.aclose()
             raise mismatch
         if success and head.event_stream:
-            chunks = response.aiter_bytes() if raw is None else raw
+            raw = answer.raw_stream(head)
             return ProviderResponse(
                 status,
                 head.headers,
-                chunks=relay_upstream_chunks(chunks, self._origin),
-                close=response.aclose,
+                chunks=relay_upstream_chunks(answer.body(head), self._origin),
+                close=answer.aclose,
                 ended=_body_complete_check(raw),
                 ready=_chunk_ready_check(raw),
             )
         try:
-            body = await read_bounded(response.aiter_bytes() if raw is None else raw, self._origin)
+            body = await read_bounded(answer.body(head), self._origin)
         except UPSTREAM_READ_ERRORS as exc:
             raise translate_transport_error(exc, self._origin) from exc
         finally:
-            await response.aclose()
+            await answer.aclose()
         return ProviderResponse(status, head.headers, body=body)
 
     async def aclose(self) -> None:
@@ -443,12 +518,12 @@ def _quoted_path(path: str) -> str:
 
 
 async def _discarded_message_usage(
-    response: httpx.Response, raw: httpx.AsyncByteStream | None, origin: str
+    answer: _Answer, head: _ResponseHead, origin: str
 ) -> TokenUsage | None:
     """The usage of a whole message the gateway will not relay, if it can be read; the
-    caller closes ``response``."""
+    caller closes ``answer``."""
     try:
-        body = await read_bounded(response.aiter_bytes() if raw is None else raw, origin)
+        body = await read_bounded(answer.body(head), origin)
     except (*UPSTREAM_READ_ERRORS, UpstreamUnavailableError):
         return None  # broken off or too large: the attempt fails for its mismatch all the same
     return message_usage(body)
@@ -458,16 +533,6 @@ def _stream_mismatch(origin: str, streaming: bool) -> str:
     if streaming:
         return f"The upstream {origin} answered a streaming request without a stream."
     return f"The upstream {origin} answered a request that asked for no stream with a stream."
-
-
-def _raw_stream(response: httpx.Response, head: _ResponseHead) -> httpx.AsyncByteStream | None:
-    """The body stream to read as it is, or None if it needs httpx's decoding: the upstream
-    compressed anyway despite ``accept-encoding: identity``, or the transport pre-read it.
-    Reading the stream itself skips the chunker and decoder layers of ``aiter_raw``."""
-    stream = response.stream
-    if head.encoded or response.is_stream_consumed or not isinstance(stream, httpx.AsyncByteStream):
-        return None
-    return stream
 
 
 def _chunk_ready_check(stream: httpx.AsyncByteStream | None) -> Callable[[], bool]:
