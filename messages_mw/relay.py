@@ -26,17 +26,12 @@ from .errors import (
 from .protocol import DECODE_ERRORS, ObservedResponse
 from .providers.base import ProviderResponse
 from .request_body import ClientDisconnectedError
-from .streaming import StreamObserver, frame_event, merge_usage
+from .streaming import MAX_EVENT_BYTES, StreamObserver, frame_event, merge_usage
 from .types import Send
 
 __all__ = ["HeaderBuilder", "relay_body", "relay_stream"]
 
 logger = logging.getLogger("messages_mw")
-
-# The longest a single SSE event may grow while it is held back to be relayed whole. Anthropic's
-# largest (a server tool's result block) are far smaller; an upstream that never ends an event
-# must not grow the gateway's memory without end.
-MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 HeaderBuilder = Callable[[ProviderResponse, RequestContext], list[tuple[bytes, bytes]]]
 _response_decoder = msgspec.json.Decoder(ObservedResponse)

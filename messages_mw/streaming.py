@@ -16,6 +16,7 @@ import msgspec
 from .protocol import DECODE_ERRORS, ObservedEvent, ObservedResponse, ObservedUsage
 
 __all__ = [
+    "MAX_EVENT_BYTES",
     "StreamObserver",
     "TokenUsage",
     "frame_event",
@@ -75,6 +76,12 @@ SSE_SEPARATOR = re.compile(rb"\n\n|\r\n\r\n|\r\r|\n\r\n|\n\r(?=[^\n])|\r\n\r(?=[
 # Whole comment lines, each ending in LF, CRLF or CR (one told from a CRLF's first half by the
 # byte after it).
 _LEADING_COMMENT_LINES = re.compile(rb"(?::[^\r\n]*(?:\r\n|\n|\r(?=[^\n])))+")
+
+
+# The longest a single SSE event may grow while it is held back to be read or relayed whole.
+# Anthropic's largest (a server tool's result block) are far smaller; an upstream that never
+# ends an event must not grow the gateway's memory without end.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 def frame_event(name: str, data: bytes) -> bytes:

@@ -25,9 +25,9 @@ from messages_mw import (
 from messages_mw.errors import UpstreamUnavailableError
 from messages_mw.pricing import PricingTable
 from messages_mw.providers.base import ProviderResponse
-from messages_mw.relay import MAX_EVENT_BYTES, StallWatch, relay_stream
+from messages_mw.relay import StallWatch, relay_stream
 from messages_mw.routing import FallbackConfig
-from messages_mw.streaming import TokenUsage
+from messages_mw.streaming import MAX_EVENT_BYTES, TokenUsage
 
 from .inprocess import Recorder, client_for, make_gateway, post_scope, run
 from .servers import message_json, sse, text_stream_events
@@ -302,6 +302,54 @@ def test_a_whole_message_answering_a_stream_request_keeps_its_usage_on_the_attem
     assert first.error_type == "api_error" and served.status == 200
     assert first.usage is not None
     assert (first.usage.input_tokens, first.usage.output_tokens) == (25, 7)
+
+
+def test_a_stream_answering_a_plain_request_keeps_its_input_usage_and_is_closed_at_once() -> None:
+    # The upstream bills a stream the gateway discards too. It is read only to its
+    # message_start, which reports the input tokens, and then closed: reading on would hold
+    # the fallback until the upstream had generated its whole answer, for nobody.
+    closed: list[bool] = []
+
+    async def endless_stream() -> AsyncIterator[bytes]:
+        try:
+            yield text_stream_events(["a"], input_tokens=41)[0]
+            await asyncio.sleep(30)
+            yield b"never sent"
+        finally:
+            closed.append(True)
+
+    def streams(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=SSE_HEADERS, content=endless_stream())
+
+    def whole_message(request: httpx.Request) -> httpx.Response:
+        content = message_json("plain", input_tokens=25, output_tokens=7)
+        return httpx.Response(200, headers={"content-type": "application/json"}, content=content)
+
+    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
+        settings = UpstreamConfig(base_url="http://upstream.test")
+        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        GatewayConfig(fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",))),
+        provider=provider(streams),
+        providers={"backup": provider(whole_message)},
+        on_request_end=finished.append,
+    )
+
+    async def post() -> tuple[httpx.Response, float]:
+        started = time.monotonic()
+        async with client_for(gateway) as client:
+            plain = {**json.loads(STREAM_REQUEST), "stream": False}
+            response = await client.post("/v1/messages", json=plain)
+        return response, time.monotonic() - started
+
+    response, took = run(post())
+    assert response.status_code == 200 and response.json()["content"][0]["text"] == "plain"
+    assert took < 5 and closed == [True]
+    [first, served] = finished[0].attempts
+    assert first.error_type == "api_error" and served.status == 200
+    assert first.usage is not None and first.usage.input_tokens == 41
 
 
 def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:

@@ -8,6 +8,7 @@ hop-by-hop headers, cookies and the client's credentials never leak upstream by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 from urllib.parse import quote
@@ -23,7 +24,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from ..streaming import TokenUsage, message_usage
+from ..streaming import MAX_EVENT_BYTES, StreamObserver, TokenUsage, message_usage
 from ..transport import FastHTTPTransport, Origin, origin_of
 from .base import ProviderRequest, ProviderResponse, never_ended, never_ready, read_bounded
 
@@ -477,9 +478,8 @@ class AnthropicProvider:
             # A client asking for a stream would read none from a JSON body (the SDKs yield
             # no events and raise nothing), and one asking for a message would get raw SSE.
             mismatch = UpstreamUnavailableError(_stream_mismatch(self._origin, request.stream))
-            try:
-                if request.stream:  # a whole message, billed: its usage goes on the attempt
-                    mismatch.usage = await _discarded_message_usage(answer, head, self._origin)
+            try:  # billed all the same: its usage goes on the attempt
+                mismatch.usage = await _discarded_usage(answer, head, self._origin)
             finally:  # cancelled while reading, too: the connection goes back to the pool
                 await answer.aclose()
             raise mismatch
@@ -517,16 +517,29 @@ def _quoted_path(path: str) -> str:
     return quote(path, safe=_PATH_SAFE)
 
 
-async def _discarded_message_usage(
-    answer: _Answer, head: _ResponseHead, origin: str
-) -> TokenUsage | None:
-    """The usage of a whole message the gateway will not relay, if it can be read; the
-    caller closes ``answer``."""
-    try:
-        body = await read_bounded(answer.body(head), origin)
-    except (*UPSTREAM_READ_ERRORS, UpstreamUnavailableError):
-        return None  # broken off or too large: the attempt fails for its mismatch all the same
-    return message_usage(body)
+async def _discarded_usage(answer: _Answer, head: _ResponseHead, origin: str) -> TokenUsage | None:
+    """The usage of an answer the gateway will not relay, as far as it can be read; the
+    caller closes ``answer``.
+
+    A whole message is read to its end. A stream is read only until its ``message_start``,
+    which reports the input tokens, most of a bill: reading on would hold the client (and
+    its fallback) until the upstream finished generating, while closing the connection now
+    stops it generating more. The output relayed by then is estimated as for a client that
+    leaves mid-stream (:meth:`StreamObserver.settled_usage`).
+    """
+    if not head.event_stream:
+        try:
+            body = await read_bounded(answer.body(head), origin)
+        except (*UPSTREAM_READ_ERRORS, UpstreamUnavailableError):
+            return None  # broken off or too large: the attempt fails for its mismatch anyway
+        return message_usage(body)
+    observer = StreamObserver()
+    with contextlib.suppress(*UPSTREAM_READ_ERRORS):
+        async for chunk in answer.body(head):
+            observer.feed(chunk)
+            if observer.saw_message_start or observer.unfinished_bytes > MAX_EVENT_BYTES:
+                break
+    return observer.settled_usage() if observer.saw_message_start else None
 
 
 def _stream_mismatch(origin: str, streaming: bool) -> str:
