@@ -307,7 +307,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         timeouts: _Timeouts,
     ) -> tuple[ResponseHead, ResponseBody]:
         """:meth:`handle_async_request` without httpx's ``Request`` and ``Response`` objects,
-        whose header normalisation costs a proxy more than the rest of the exchange.
+        whose header normalisation costs a proxy tens of microseconds per request.
 
         ``origin`` is :func:`origin_of` the URL, ``target`` its path and query as sent on the
         request line, ``headers`` every header to send (``Host`` and ``Content-Length``
