@@ -289,7 +289,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         head = _encode_head(request.method, request.url.raw_path, fields, request)
         timeouts: _Timeouts = request.extensions.get("timeout", {})
         outgoing = _Outgoing(request.method, head, fields, body, timeouts, request)
-        parsed, stream = await self._send(origin_of(request.url), outgoing)
+        parsed, stream = await self._send(origin_of(request.url, request), outgoing)
         return httpx.Response(
             parsed.status_code,
             headers=parsed.headers,
@@ -480,17 +480,19 @@ def _last_coding(headers: httpx.Headers) -> str:
     return value.rsplit(",", 1)[-1].strip().lower()
 
 
-def origin_of(url: httpx.URL) -> Origin:
+def origin_of(url: httpx.URL, request: httpx.Request | None = None) -> Origin:
     """Where a request to ``url`` connects: (scheme, host, port), the pool's key.
 
-    Raises httpx.UnsupportedProtocol for a scheme other than http and https, or no host.
+    Raises httpx.UnsupportedProtocol, naming ``request``, for a scheme other than http and
+    https, or no host.
     """
     scheme = url.raw_scheme
     default_port = _DEFAULT_PORTS.get(scheme)
     if default_port is None:
-        raise httpx.UnsupportedProtocol(f"Unsupported URL scheme {url.scheme!r}.")
+        message = f"Unsupported URL scheme {url.scheme!r}."
+        raise httpx.UnsupportedProtocol(message, request=request)
     if not url.raw_host:
-        raise httpx.UnsupportedProtocol("Request URL has no host.")
+        raise httpx.UnsupportedProtocol("Request URL has no host.", request=request)
     return scheme, url.raw_host, url.port or default_port
 
 

@@ -954,14 +954,16 @@ def test_a_transport_serves_one_event_loop_after_another(loop_name: str) -> None
 @async_test
 async def test_requests_the_transport_cannot_send() -> None:
     async with FastHTTPTransport() as transport:
-        with pytest.raises(httpx.LocalProtocolError):
-            await send(transport, "GET", "http://127.0.0.1:9/", headers={"x": "a\r\nb: c"})
-        with pytest.raises(httpx.LocalProtocolError):
-            await send(transport, "GÉT", "http://127.0.0.1:9/")
-        with pytest.raises(httpx.UnsupportedProtocol):
-            await send(transport, "GET", "ftp://127.0.0.1/")
-        with pytest.raises(httpx.UnsupportedProtocol):
-            await send(transport, "GET", "http:///path")
+        # Each names the request, as httpx's own transport's errors do.
+        for method, url, headers, error in (
+            ("GET", "http://127.0.0.1:9/", {"x": "a\r\nb: c"}, httpx.LocalProtocolError),
+            ("GÉT", "http://127.0.0.1:9/", {}, httpx.LocalProtocolError),
+            ("GET", "ftp://127.0.0.1/", {}, httpx.UnsupportedProtocol),
+            ("GET", "http:///path", {}, httpx.UnsupportedProtocol),
+        ):
+            with pytest.raises(error) as raised:
+                await send(transport, method, url, headers=headers)
+            assert raised.value.request.url == url
         with pytest.raises(TypeError):
             await send(transport, "POST", "http://127.0.0.1:9/", content=iter([b"sync"]))
     with pytest.raises(ValueError):
