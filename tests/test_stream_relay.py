@@ -352,6 +352,54 @@ def test_a_stream_answering_a_plain_request_keeps_its_input_usage_and_is_closed_
     assert first.usage is not None and first.usage.input_tokens == 41
 
 
+@pytest.mark.parametrize(
+    "opening", [[sse("ping", {"type": "ping"})] * 3, []], ids=["pings", "silence"]
+)
+def test_a_stream_answering_a_plain_request_without_message_start_does_not_hold_the_fallback(
+    opening: list[bytes],
+) -> None:
+    # Read for its usage, a discarded stream that shows no message_start (pings, then silence;
+    # or nothing at all after its head) is given up within the read timeout, not read until
+    # the upstream ends it or the chain's deadline turns the client's fallback into a 504.
+    async def pings_then_silence() -> AsyncIterator[bytes]:
+        for event in opening:
+            yield event
+        await asyncio.sleep(30)
+        yield b"never sent"
+
+    def streams(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=SSE_HEADERS, content=pings_then_silence())
+
+    def whole_message(request: httpx.Request) -> httpx.Response:
+        content = message_json("plain", input_tokens=25, output_tokens=7)
+        return httpx.Response(200, headers={"content-type": "application/json"}, content=content)
+
+    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
+        settings = UpstreamConfig(base_url="http://upstream.test", read_timeout=0.3)
+        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        GatewayConfig(fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",))),
+        provider=provider(streams),
+        providers={"backup": provider(whole_message)},
+        on_request_end=finished.append,
+    )
+
+    async def post() -> tuple[httpx.Response, float]:
+        started = time.monotonic()
+        async with client_for(gateway) as client:
+            plain = {**json.loads(STREAM_REQUEST), "stream": False}
+            response = await client.post("/v1/messages", json=plain)
+        return response, time.monotonic() - started
+
+    response, took = run(post())
+    assert response.status_code == 200 and response.json()["content"][0]["text"] == "plain"
+    assert took < 5
+    [first, served] = finished[0].attempts
+    assert first.error_type == "api_error" and first.usage is None and served.status == 200
+
+
 def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:
     closed_at: list[float] = []
 

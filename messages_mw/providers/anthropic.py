@@ -24,7 +24,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from ..streaming import MAX_EVENT_BYTES, StreamObserver, TokenUsage, message_usage
+from ..streaming import StreamObserver, TokenUsage, message_usage
 from ..transport import FastHTTPTransport, Origin, origin_of
 from .base import ProviderRequest, ProviderResponse, never_ended, never_ready, read_bounded
 
@@ -81,6 +81,11 @@ _DECODABLE = frozenset(
 _PATH_SAFE = "/:@!$&'()*+,;="
 _MODEL_PATH = "/v1/models/"
 
+
+# The most of a stream read, and for how long at most, for the usage of an answer the gateway
+# discards (see _discarded_usage): a message_start comes first, and is a few hundred bytes.
+_DISCARDED_STREAM_BYTES = 64 * 1024
+_DISCARDED_STREAM_SECONDS = 2.0
 
 # What reading an upstream answer can raise besides cancellation: the connection failing, or
 # a compressed body that does not decompress.
@@ -347,8 +352,9 @@ class AnthropicProvider:
     none of its cookies, redirects or auth flows, and skipping them halves the client-side cost
     per request. The default transport is sent raw header lists, without httpx's ``Request``
     and ``Response`` objects, whose header handling was an eighth of the core's CPU per
-    request; any other transport gets them. The transport opens on first use, so constructing a provider
-    does no I/O; :meth:`aclose` closes it, and a later request opens a fresh default one.
+    request; any other transport (a subclass of it too) gets them. The transport opens on first
+    use, so constructing a provider does no I/O; :meth:`aclose` closes it, and a later request
+    opens a fresh default one.
     ``transport`` replaces the network, as in tests (``httpx.MockTransport``) or for a custom
     connection strategy; it is closed by :meth:`aclose` too. ``name``, the provider's name in
     the gateway's configuration, is how errors a client sees refer to this upstream: its URL
@@ -428,7 +434,7 @@ class AnthropicProvider:
         headers = self._request_headers(request, target.host)
         body = request.body if request.method == "POST" else b""
         transport = self._get_transport()
-        if isinstance(transport, FastHTTPTransport):
+        if type(transport) is FastHTTPTransport:  # a subclass may override the httpx entry
             connect_to = self._connect_to or origin_of(target.url)
             self._connect_to = connect_to
             head, stream = await transport.send_raw(
@@ -479,7 +485,8 @@ class AnthropicProvider:
             # no events and raise nothing), and one asking for a message would get raw SSE.
             mismatch = UpstreamUnavailableError(_stream_mismatch(self._origin, request.stream))
             try:  # billed all the same: its usage goes on the attempt
-                mismatch.usage = await _discarded_usage(answer, head, self._origin)
+                wait = min(self._settings.read_timeout, _DISCARDED_STREAM_SECONDS)
+                mismatch.usage = await _discarded_usage(answer, head, self._origin, wait)
             finally:  # cancelled while reading, too: the connection goes back to the pool
                 await answer.aclose()
             raise mismatch
@@ -517,7 +524,9 @@ def _quoted_path(path: str) -> str:
     return quote(path, safe=_PATH_SAFE)
 
 
-async def _discarded_usage(answer: _Answer, head: _ResponseHead, origin: str) -> TokenUsage | None:
+async def _discarded_usage(
+    answer: _Answer, head: _ResponseHead, origin: str, wait: float
+) -> TokenUsage | None:
     """The usage of an answer the gateway will not relay, as far as it can be read; the
     caller closes ``answer``.
 
@@ -525,7 +534,10 @@ async def _discarded_usage(answer: _Answer, head: _ResponseHead, origin: str) ->
     which reports the input tokens, most of a bill: reading on would hold the client (and
     its fallback) until the upstream finished generating, while closing the connection now
     stops it generating more. The output relayed by then is estimated as for a client that
-    leaves mid-stream (:meth:`StreamObserver.settled_usage`).
+    leaves mid-stream (:meth:`StreamObserver.settled_usage`). Anthropic's streams open with
+    it, so the read also ends at any other event the observer reads, after
+    :data:`_DISCARDED_STREAM_BYTES`, or after ``wait`` seconds: a stream that has shown no
+    ``message_start`` by then (pings only, silence) is not worth the fallback's time.
     """
     if not head.event_stream:
         try:
@@ -534,11 +546,14 @@ async def _discarded_usage(answer: _Answer, head: _ResponseHead, origin: str) ->
             return None  # broken off or too large: the attempt fails for its mismatch anyway
         return message_usage(body)
     observer = StreamObserver()
-    with contextlib.suppress(*UPSTREAM_READ_ERRORS):
-        async for chunk in answer.body(head):
-            observer.feed(chunk)
-            if observer.saw_message_start or observer.unfinished_bytes > MAX_EVENT_BYTES:
-                break
+    read = 0
+    with contextlib.suppress(*UPSTREAM_READ_ERRORS, TimeoutError):
+        async with asyncio.timeout(wait):
+            async for chunk in answer.body(head):
+                observer.feed(chunk)
+                read += len(chunk)
+                if observer.events_read or read > _DISCARDED_STREAM_BYTES:
+                    break
     return observer.settled_usage() if observer.saw_message_start else None
 
 
