@@ -275,27 +275,59 @@ def test_an_upstream_ignoring_the_stream_flag_is_a_502_not_a_silent_mismatch(
     assert finished[0].status == 502
 
 
-def test_a_whole_message_answering_a_stream_request_keeps_its_usage_on_the_attempt() -> None:
-    # The upstream billed it; the gateway discards it (and falls back, when it can): its usage
-    # must still be recorded, as a failed stream's is.
-    def whole_message(request: httpx.Request) -> httpx.Response:
-        content = message_json("no stream", input_tokens=25, output_tokens=7)
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def _whole_message(text: str) -> Handler:
+    def answer(request: httpx.Request) -> httpx.Response:
+        content = message_json(text, input_tokens=25, output_tokens=7)
         return httpx.Response(200, headers={"content-type": "application/json"}, content=content)
 
-    def streams(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers=SSE_HEADERS, content=_STREAM)
+    return answer
 
-    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
-        settings = UpstreamConfig(base_url="http://upstream.test")
+
+def _streaming_from(events: Callable[[], AsyncIterator[bytes]]) -> Handler:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=SSE_HEADERS, content=events())
+
+    return answer
+
+
+def _with_backup(
+    primary: Handler, backup: Handler, read_timeout: float = 600.0
+) -> tuple[Gateway, list[RequestContext]]:
+    """A gateway whose primary upstream falls back to ``backup``, and its finished requests."""
+
+    def provider(handler: Handler) -> AnthropicProvider:
+        settings = UpstreamConfig(base_url="http://upstream.test", read_timeout=read_timeout)
         return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
 
     finished: list[RequestContext] = []
     gateway = Gateway(
         GatewayConfig(fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",))),
-        provider=provider(whole_message),
-        providers={"backup": provider(streams)},
+        provider=provider(primary),
+        providers={"backup": provider(backup)},
         on_request_end=finished.append,
     )
+    return gateway, finished
+
+
+async def _post_plain(gateway: Gateway) -> tuple[httpx.Response, float]:
+    """A request asking for no stream, and how long its answer took."""
+    started = time.monotonic()
+    async with client_for(gateway) as client:
+        plain = {**json.loads(STREAM_REQUEST), "stream": False}
+        response = await client.post("/v1/messages", json=plain)
+    return response, time.monotonic() - started
+
+
+def test_a_whole_message_answering_a_stream_request_keeps_its_usage_on_the_attempt() -> None:
+    # The upstream billed it; the gateway discards it (and falls back, when it can): its usage
+    # must still be recorded, as a failed stream's is.
+    async def whole_stream() -> AsyncIterator[bytes]:
+        yield _STREAM
+
+    gateway, finished = _with_backup(_whole_message("no stream"), _streaming_from(whole_stream))
     response, _ = run(_collect(gateway))
     assert response.status_code == 200
     [first, served] = finished[0].attempts
@@ -318,33 +350,8 @@ def test_a_stream_answering_a_plain_request_keeps_its_input_usage_and_is_closed_
         finally:
             closed.append(True)
 
-    def streams(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers=SSE_HEADERS, content=endless_stream())
-
-    def whole_message(request: httpx.Request) -> httpx.Response:
-        content = message_json("plain", input_tokens=25, output_tokens=7)
-        return httpx.Response(200, headers={"content-type": "application/json"}, content=content)
-
-    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
-        settings = UpstreamConfig(base_url="http://upstream.test")
-        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
-
-    finished: list[RequestContext] = []
-    gateway = Gateway(
-        GatewayConfig(fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",))),
-        provider=provider(streams),
-        providers={"backup": provider(whole_message)},
-        on_request_end=finished.append,
-    )
-
-    async def post() -> tuple[httpx.Response, float]:
-        started = time.monotonic()
-        async with client_for(gateway) as client:
-            plain = {**json.loads(STREAM_REQUEST), "stream": False}
-            response = await client.post("/v1/messages", json=plain)
-        return response, time.monotonic() - started
-
-    response, took = run(post())
+    gateway, finished = _with_backup(_streaming_from(endless_stream), _whole_message("plain"))
+    response, took = run(_post_plain(gateway))
     assert response.status_code == 200 and response.json()["content"][0]["text"] == "plain"
     assert took < 5 and closed == [True]
     [first, served] = finished[0].attempts
@@ -367,33 +374,9 @@ def test_a_stream_answering_a_plain_request_without_message_start_does_not_hold_
         await asyncio.sleep(30)
         yield b"never sent"
 
-    def streams(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers=SSE_HEADERS, content=pings_then_silence())
-
-    def whole_message(request: httpx.Request) -> httpx.Response:
-        content = message_json("plain", input_tokens=25, output_tokens=7)
-        return httpx.Response(200, headers={"content-type": "application/json"}, content=content)
-
-    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
-        settings = UpstreamConfig(base_url="http://upstream.test", read_timeout=0.3)
-        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
-
-    finished: list[RequestContext] = []
-    gateway = Gateway(
-        GatewayConfig(fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",))),
-        provider=provider(streams),
-        providers={"backup": provider(whole_message)},
-        on_request_end=finished.append,
-    )
-
-    async def post() -> tuple[httpx.Response, float]:
-        started = time.monotonic()
-        async with client_for(gateway) as client:
-            plain = {**json.loads(STREAM_REQUEST), "stream": False}
-            response = await client.post("/v1/messages", json=plain)
-        return response, time.monotonic() - started
-
-    response, took = run(post())
+    primary = _streaming_from(pings_then_silence)
+    gateway, finished = _with_backup(primary, _whole_message("plain"), read_timeout=0.3)
+    response, took = run(_post_plain(gateway))
     assert response.status_code == 200 and response.json()["content"][0]["text"] == "plain"
     assert took < 5
     [first, served] = finished[0].attempts
