@@ -59,7 +59,7 @@ from .response_headers import (
     tightest_limit_headers,
 )
 from .shared_timer import SharedTimer
-from .streaming import observed_usage
+from .streaming import TokenUsage, observed_usage
 from .types import ASGIApp, Receive, Scope, Send
 from .usage import UsageSink
 from .validation import decode_count_tokens_request, decode_messages_request
@@ -94,6 +94,16 @@ def route_path(scope: Scope) -> str:
         if not rest or rest.startswith("/"):
             return rest
     return path
+
+
+def _answer_usage(context: RequestContext, target: Target) -> TokenUsage | None:
+    """The usage ``target``'s last attempt reported, now the answer's: the same object, so
+    that :func:`~messages_mw.context.billed_beside_answer` does not count it twice."""
+    name = target.name
+    for attempt in reversed(context.attempts):
+        if attempt.target == name:
+            return attempt.usage
+    return None
 
 
 def _named(chain: Sequence[Target], name: str | None) -> Target | None:
@@ -522,16 +532,19 @@ class Gateway:
             )
         except asyncio.CancelledError:
             # The client left while a stream was held back: its message_start still says what
-            # that target's upstream bills for the input, which the event must not lose.
+            # that target's upstream bills for the input, which the event must not lose. (The
+            # chain logged it on that target's attempt, the last: the same usage, not more.)
             if held is not None and (target := held.target) is not None:
-                context.usage = observed_usage(held.chunks)
+                context.usage = _answer_usage(context, target) or observed_usage(held.chunks)
                 self._record_server(context, target, target != plan.chain[0])
             raise
         except GatewayError as exc:
             # A target's failure, raised (no answer, or a stream's error event): the answer
-            # names that target, as a relayed error response does.
+            # names that target, as a relayed error response does, and bills what its
+            # upstream reported before failing (a stream's message_start, say).
             if (target := _named(plan.chain, exc.target_name)) is not None:
                 self._record_server(context, target, target != plan.chain[0])
+                context.usage = _answer_usage(context, target) or context.usage
             raise
         # Inline, not _record_server: this is every request's path.
         target = result.target

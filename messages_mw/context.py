@@ -18,6 +18,7 @@ __all__ = [
     "RequestContext",
     "RequestEndHook",
     "UsageEvent",
+    "billed_beside_answer",
 ]
 
 
@@ -65,7 +66,9 @@ class Attempt(msgspec.Struct, omit_defaults=True):
     """One try at one target: what happened and how long it took (seconds).
 
     ``usage`` is what a stream that failed (or that the client left) reported before it
-    ended: the upstream may bill it though another target served the answer.
+    ended: the upstream may bill it though another target served the answer. ``cost`` is
+    that usage priced at the attempt's model, when it is not the answer's own (see
+    :func:`billed_beside_answer`) and a pricing table is configured.
     """
 
     target: str
@@ -73,6 +76,12 @@ class Attempt(msgspec.Struct, omit_defaults=True):
     error_type: str | None
     duration: float
     usage: TokenUsage | None = None
+    cost: float | None = None
+
+    @property
+    def model(self) -> str:
+        """The model the attempt asked for (``target`` is ``provider/model``)."""
+        return self.target.partition("/")[2]
 
 
 class RequestContext(msgspec.Struct):
@@ -329,3 +338,17 @@ def valid_tracestate(value: str | None) -> str | None:
 
 
 RequestEndHook = Callable[[RequestContext], Awaitable[None] | None]
+
+
+def billed_beside_answer(context: RequestContext) -> list[tuple[Attempt, TokenUsage]]:
+    """The attempts whose upstream reported usage that is not the answer's (``context.usage``):
+    streams that failed before their first content, or whole messages the gateway discarded,
+    when another target answered or another attempt's failure did. Their upstreams bill them
+    all the same, so limits and budgets count them (and the usage event shows each with its
+    cost), while the event's own tokens and cost stay the answer's."""
+    answer = context.usage
+    return [
+        (attempt, usage)
+        for attempt in context.attempts
+        if (usage := attempt.usage) is not None and usage is not answer
+    ]

@@ -28,7 +28,7 @@ from typing import Literal
 import msgspec
 
 from .config_check import check_config
-from .context import RequestContext
+from .context import RequestContext, billed_beside_answer
 from .errors import RateLimitError
 from .limit_replies import (
     HEADER_NAMES,
@@ -50,6 +50,7 @@ from .limit_stores import (
     window_usage,
 )
 from .redaction import repr_without_secrets
+from .streaming import TokenUsage
 
 __all__ = ["LimitRule", "LimitsConfig", "RateLimiter"]
 
@@ -294,7 +295,9 @@ class RateLimiter:
 
     async def record(self, context: RequestContext) -> None:
         """Add the request's tokens (input, output and both cache counts) and
-        ``context.cost`` to its token and spend limits, once the request has ended.
+        ``context.cost`` to its token and spend limits, once the request has ended, with
+        those of attempts billed beside the answer (see
+        :func:`~messages_mw.context.billed_beside_answer`; their ``cost`` as priced).
 
         Never raises for the store: when it is unreachable the usage is dropped and a
         warning logged. Does no I/O when there is nothing to add. On cancellation the usage
@@ -303,14 +306,11 @@ class RateLimiter:
         """
         if not self._counts_usage:
             return
-        usage = context.usage
-        tokens = (
-            usage.input_tokens
-            + usage.output_tokens
-            + usage.cache_creation_input_tokens
-            + usage.cache_read_input_tokens
-        )
+        tokens = _tokens(context.usage)
         cost = context.cost or 0.0
+        for attempt, usage in billed_beside_answer(context):
+            tokens += _tokens(usage)
+            cost += attempt.cost or 0.0
         limit_set = self._limits_for(context)
         if context.cost is None and limit_set.has_spend and not self.checks_prices:
             # Allowed through uncounted (refused otherwise): worth a word to the operator.
@@ -504,3 +504,13 @@ def _rule_limits(rule: LimitRule, subject: str, label: str) -> Iterator[Limit]:
         period = rule.spend_period_seconds
         check = WindowCheck(f"spend:{period}:{subject}", period, float(rule.spend), sliding=False)
         yield Limit("spend", label, check)
+
+
+def _tokens(usage: TokenUsage) -> int:
+    """What a token limit counts of ``usage``: input, output and both cache counts."""
+    return (
+        usage.input_tokens
+        + usage.output_tokens
+        + usage.cache_creation_input_tokens
+        + usage.cache_read_input_tokens
+    )

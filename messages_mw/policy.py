@@ -18,7 +18,7 @@ import msgspec
 
 from .body_edit import edit_top_level, read_raw_fields
 from .closing import close_all
-from .context import Principal, RequestContext, UsageEvent
+from .context import Principal, RequestContext, UsageEvent, billed_beside_answer
 from .errors import InvalidRequestError, PermissionDeniedError
 from .fallback import Target
 from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
@@ -349,6 +349,8 @@ class Policy:
         # takes a price lookup and a float sum on every request.
         if self.pricing is not None and (wants_event or records or self.reports_contexts):
             context.cost = self.pricing.cost(context.served_model or context.model, context.usage)
+            for attempt, usage in billed_beside_answer(context):
+                attempt.cost = self.pricing.cost(attempt.model, usage)
         # The event first: it awaits nothing, so no cancellation can lose it.
         if wants_event:
             assert dispatcher is not None

@@ -18,12 +18,15 @@ from messages_mw import (
     AnthropicProvider,
     Gateway,
     GatewayConfig,
+    LimitRule,
+    LimitsConfig,
     RequestContext,
     UpstreamConfig,
     UsageEvent,
 )
+from messages_mw.context import Attempt, billed_beside_answer
 from messages_mw.errors import UpstreamUnavailableError
-from messages_mw.pricing import PricingTable
+from messages_mw.pricing import ModelPrice, PricingTable
 from messages_mw.providers.base import ProviderResponse
 from messages_mw.relay import StallWatch, relay_stream
 from messages_mw.routing import FallbackConfig
@@ -294,17 +297,27 @@ def _streaming_from(events: Callable[[], AsyncIterator[bytes]]) -> Handler:
 
 
 def _with_backup(
-    primary: Handler, backup: Handler, read_timeout: float = 600.0
+    primary: Handler,
+    backup: Handler,
+    read_timeout: float = 600.0,
+    limits: LimitsConfig | None = None,
 ) -> tuple[Gateway, list[RequestContext]]:
-    """A gateway whose primary upstream falls back to ``backup``, and its finished requests."""
+    """A gateway whose primary upstream falls back to ``backup``, and its finished requests;
+    the primary's model ("m", as the requests here ask) costs USD 1 per million tokens of
+    input and of output, the backup's its published price."""
 
     def provider(handler: Handler) -> AnthropicProvider:
         settings = UpstreamConfig(base_url="http://upstream.test", read_timeout=read_timeout)
         return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
 
     finished: list[RequestContext] = []
+    config = GatewayConfig(
+        fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",)),
+        pricing={"m": ModelPrice(input=1.0, output=1.0)},
+        limits=limits or LimitsConfig(),
+    )
     gateway = Gateway(
-        GatewayConfig(fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",))),
+        config,
         provider=provider(primary),
         providers={"backup": provider(backup)},
         on_request_end=finished.append,
@@ -381,6 +394,93 @@ def test_a_stream_answering_a_plain_request_without_message_start_does_not_hold_
     assert took < 5
     [first, served] = finished[0].attempts
     assert first.error_type == "api_error" and first.usage is None and served.status == 200
+
+
+def _start_then_overloaded(input_tokens: int) -> Callable[[], AsyncIterator[bytes]]:
+    """A stream that reports its input in message_start, then fails before any content."""
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+
+    async def events() -> AsyncIterator[bytes]:
+        yield text_stream_events(["a"], input_tokens=input_tokens)[0]
+        yield sse("error", overloaded)
+
+    return events
+
+
+def test_a_stream_failing_before_content_with_no_target_left_bills_its_message_start() -> None:
+    # The client gets the upstream's 529, and the upstream bills the input it reported: the
+    # answer (an error) carries that usage, priced, so limits and budgets count it.
+    always_overloaded = _streaming_from(_start_then_overloaded(41))
+    gateway, finished = _with_backup(always_overloaded, always_overloaded)
+    response, _ = run(_collect(gateway))
+    assert response.status_code == 529
+    context = finished[0]
+    assert context.usage.input_tokens == 41 and context.served_model == "claude-haiku-4-5"
+    assert context.cost is not None and context.cost > 0
+    first, last = context.attempts
+    assert first.usage is not None and first.usage.input_tokens == 41
+    assert first.cost == pytest.approx((41 + 1) / 1e6)  # billed beside the answer
+    assert last.usage is context.usage and last.cost is None  # the answer's own, once
+
+
+def test_a_failed_over_stream_is_charged_to_token_and_spend_limits_beside_the_answer() -> None:
+    # The backup's message is the answer (its tokens are the event's); the primary's
+    # message_start was billed too, and a budget that did not count it could be overrun by
+    # every request that fails over.
+    key_limits = LimitsConfig(
+        rules=(LimitRule(scope="tag", match="team", tokens_per_minute=10_000, spend=1.0),)
+    )
+    gateway, finished = _with_backup(
+        _streaming_from(_start_then_overloaded(41)), _whole_message("plain"), limits=key_limits
+    )
+
+    async def two_requests() -> list[httpx.Response]:
+        responses = []
+        async with client_for(gateway) as client:
+            for _ in range(2):
+                plain = {**json.loads(STREAM_REQUEST), "stream": False}
+                headers = {"x-mw-tags": "team"}
+                responses.append(await client.post("/v1/messages", json=plain, headers=headers))
+        return responses
+
+    first, second = run(two_requests())
+    assert first.status_code == 200 and first.json()["content"][0]["text"] == "plain"
+    context = finished[0]
+    assert (context.usage.input_tokens, context.usage.output_tokens) == (25, 7)
+    failed, served = context.attempts
+    assert failed.usage is not None and failed.cost == pytest.approx(42 / 1e6)
+    assert served.usage is None
+    # The second request's headers report what the first used: 41 + 1 failed over, 25 + 7
+    # answered.
+    assert second.headers["anthropic-ratelimit-tokens-remaining"] == str(10_000 - 74)
+
+
+def test_a_stream_answering_count_tokens_bills_nothing() -> None:
+    # Counting tokens is free: a stream answering it is a 502, with no usage read from it.
+    gateway, finished = make_gateway(_streaming_from(_start_then_overloaded(41)))
+
+    async def count() -> httpx.Response:
+        async with client_for(gateway) as client:
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+            return await client.post("/v1/messages/count_tokens", json=body)
+
+    assert run(count()).status_code == 502
+    [attempt] = finished[0].attempts
+    assert attempt.usage is None and finished[0].usage.input_tokens == 0
+
+
+def test_usage_billed_beside_the_answer_is_each_attempt_whose_usage_is_not_the_answer() -> None:
+    # A client that leaves while a stream is held is billed that stream's usage as the
+    # answer's, and its attempt carries the very same object: counted once, not twice.
+    held = TokenUsage(input_tokens=9)
+    failed_over = TokenUsage(input_tokens=5)
+    context = RequestContext("req_1", "POST", "/v1/messages", usage=held)
+    context.attempts = [
+        Attempt("a/m", 200, "overloaded_error", 0.1, failed_over),
+        Attempt("b/m", None, "rate_limit_error", 0.1),
+        Attempt("c/m", 200, "client_disconnected", 0.1, held),
+    ]
+    assert billed_beside_answer(context) == [(context.attempts[0], failed_over)]
 
 
 def test_client_disconnect_cancels_the_relay_and_closes_upstream() -> None:

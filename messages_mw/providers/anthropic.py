@@ -80,6 +80,7 @@ _DECODABLE = frozenset(
 # RFC 3986 path characters besides unreserved ones, which quote() never escapes.
 _PATH_SAFE = "/:@!$&'()*+,;="
 _MODEL_PATH = "/v1/models/"
+_MESSAGES_PATH = "/v1/messages"
 
 
 # The most of a stream read, and for how long at most, for the usage of an answer the gateway
@@ -484,9 +485,10 @@ class AnthropicProvider:
             # A client asking for a stream would read none from a JSON body (the SDKs yield
             # no events and raise nothing), and one asking for a message would get raw SSE.
             mismatch = UpstreamUnavailableError(_stream_mismatch(self._origin, request.stream))
-            try:  # billed all the same: its usage goes on the attempt
-                wait = min(self._settings.read_timeout, _DISCARDED_STREAM_SECONDS)
-                mismatch.usage = await _discarded_usage(answer, head, self._origin, wait)
+            try:  # a message is billed all the same: its usage goes on the attempt
+                if request.path == _MESSAGES_PATH:  # count_tokens and models bill nothing
+                    wait = min(self._settings.read_timeout, _DISCARDED_STREAM_SECONDS)
+                    mismatch.usage = await _discarded_usage(answer, head, self._origin, wait)
             finally:  # cancelled while reading, too: the connection goes back to the pool
                 await answer.aclose()
             raise mismatch
