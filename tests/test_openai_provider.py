@@ -856,6 +856,29 @@ async def test_model_directory_pages_through_everything(limit: int) -> None:
     assert ids[3:] == ["openai/gpt-4o", "openai/gpt-4o-mini", "openai/o3"]
 
 
+async def test_model_directory_keeps_fields_it_does_not_know_on_the_page_it_extends() -> None:
+    # Forward compatibility: extending the default provider's last page changes its data,
+    # has_more and ids, and nothing else of what the upstream sent.
+    page = {
+        "data": [{"type": "model", "id": "claude-x", "display_name": "X", "created_at": "t"}],
+        "has_more": False,
+        "first_id": "claude-x",
+        "last_id": "claude-x",
+        "next_page_hint": {"cursor": "abc"},
+    }
+    upstream = ProviderResponse(200, [], body=json.dumps(page).encode())
+    settings = OpenAIUpstreamConfig(base_url=BASE_URL, models=("gpt-4o",))
+    directory = ModelDirectory(_Answering(upstream), {"openai": OpenAIProvider(settings)})
+    listed = await _list(directory)
+    assert listed["next_page_hint"] == {"cursor": "abc"}
+    assert [m["id"] for m in listed["data"]] == ["claude-x", "openai/gpt-4o"]
+    assert (listed["first_id"], listed["last_id"], listed["has_more"]) == (
+        "claude-x",
+        "openai/gpt-4o",
+        False,
+    )
+
+
 class _Answering:
     """A default provider answering every request with one fixed response."""
 

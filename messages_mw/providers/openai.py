@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 import httpx
 import msgspec
 
+from ..body_edit import edit_top_level
 from ..config import OpenAIUpstreamConfig
 from ..errors import (
     GatewayError,
@@ -452,12 +453,16 @@ class ModelDirectory:
         if page.has_more or not self._extra:
             return response
         added = self._extra[: max(0, _page_size(params) - len(page.data))]
-        page.data += [msgspec.Raw(_encoder.encode(info)) for info in added]
-        page.has_more = len(added) < len(self._extra)
+        changed: dict[str, object] = {
+            "data": [*page.data, *(msgspec.Raw(_encoder.encode(info)) for info in added)],
+            "has_more": len(added) < len(self._extra),
+        }
         if added:
-            page.first_id = page.first_id or added[0].id
-            page.last_id = added[-1].id
-        return ProviderResponse(response.status, response.headers, body=_encoder.encode(page))
+            changed["first_id"] = page.first_id or added[0].id
+            changed["last_id"] = added[-1].id
+        # Only these fields change: a field Anthropic adds to the page later passes through.
+        body = edit_top_level(response.body, set_fields=changed)
+        return ProviderResponse(response.status, response.headers, body=body)
 
 
 class _Facts(msgspec.Struct):
