@@ -148,6 +148,9 @@ class GatewayError(Exception):
         # What the upstream reported it used before failing (an OpenAI answer cut short
         # with its usage): kept on the attempt's record, as a failed stream's is.
         self.usage: TokenUsage | None = None
+        # The status an upstream answered with when the gateway refuses the answer itself (a
+        # stream for a plain request, say): the attempt's record says the upstream answered.
+        self.upstream_status: int | None = None
         # The upstream's own ``error`` object (read from an error event), answered as it came:
         # its details (an error_code the SDK picks an exception class by) and any field the
         # gateway does not know survive.

@@ -220,7 +220,7 @@ class _Chain:
             outcome = _Failure(target, status, deadline_passed(self.policy.deadline), usage=usage)
         except GatewayError as exc:
             status, usage = self._release_held(target)
-            usage = usage or exc.usage
+            status, usage = status or exc.upstream_status, usage or exc.usage
             if exc.status not in self.policy.retry_statuses:
                 duration = self.clock() - began
                 self.attempts.append(Attempt(target.name, status, exc.error_type, duration, usage))

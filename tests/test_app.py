@@ -513,6 +513,8 @@ def test_an_upstream_redirect_is_a_502_the_sdk_cannot_follow_past_the_gateway() 
     status, error_type, message = _error_of(response)
     assert (status, error_type) == (502, "api_error") and "redirect (307)" in message
     assert "location" not in response.headers and finished[0].status == 502
+    # The attempt's record says what the upstream answered, though the gateway refused it.
+    assert [attempt.status for attempt in finished[0].attempts] == [307]
     backed_up, _ = run(_through_raw_upstream(answer, fallback=_message_answer()))
     assert backed_up.status_code == 200 and backed_up.json()["type"] == "message"
 
@@ -656,6 +658,7 @@ def test_an_upstream_body_the_gateway_cannot_decode_is_a_502(
     assert (status, kind) == (502, "api_error")
     assert message in text
     assert finished[0].error_type == "api_error"
+    assert [attempt.status for attempt in finished[0].attempts] == [200]
 
 
 def _compressed_answer(stream: bool) -> tuple[bytes, bytes]:

@@ -345,6 +345,7 @@ def test_a_whole_message_answering_a_stream_request_keeps_its_usage_on_the_attem
     assert response.status_code == 200
     [first, served] = finished[0].attempts
     assert first.error_type == "api_error" and served.status == 200
+    assert first.status == 200  # the upstream answered; the gateway refused its answer
     assert first.usage is not None
     assert (first.usage.input_tokens, first.usage.output_tokens) == (25, 7)
 
@@ -369,6 +370,7 @@ def test_a_stream_answering_a_plain_request_keeps_its_input_usage_and_is_closed_
     assert took < 5 and closed == [True]
     [first, served] = finished[0].attempts
     assert first.error_type == "api_error" and served.status == 200
+    assert first.status == 200  # the upstream answered; the gateway refused its answer
     assert first.usage is not None and first.usage.input_tokens == 41
 
 

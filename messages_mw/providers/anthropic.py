@@ -123,13 +123,16 @@ def not_final_status(status: int, origin: str) -> GatewayError:
     included) past the gateway to wherever it points. Callers test the status inline, on
     every request's path, and close the response before raising this."""
     if 300 <= status < 400:
-        return UpstreamUnavailableError(
+        error = UpstreamUnavailableError(
             f"The upstream {origin} answered with a redirect ({status}), which the gateway"
             " neither follows nor relays: check its base_url."
         )
-    return UpstreamUnavailableError(
-        f"The upstream {origin} answered with status {status}, which does not end an answer."
-    )
+    else:
+        error = UpstreamUnavailableError(
+            f"The upstream {origin} answered with status {status}, which does not end an answer."
+        )
+    error.upstream_status = status
+    return error
 
 
 def _closed_early(exc: httpx.RequestError) -> bool:
@@ -476,15 +479,18 @@ class AnthropicProvider:
         head = _read_head(answer.headers, self._sent_client_key(request))
         if head.undecodable:
             await answer.aclose()
-            raise UpstreamUnavailableError(
+            undecodable = UpstreamUnavailableError(
                 f"The upstream {self._origin} answered with content-encoding "
                 f"'{head.undecodable}', which the gateway cannot decode (it asks for identity)."
             )
+            undecodable.upstream_status = status
+            raise undecodable
         success = status < 300
         if success and head.event_stream != request.stream:
             # A client asking for a stream would read none from a JSON body (the SDKs yield
             # no events and raise nothing), and one asking for a message would get raw SSE.
             mismatch = UpstreamUnavailableError(_stream_mismatch(self._origin, request.stream))
+            mismatch.upstream_status = status
             try:  # a message is billed all the same: its usage goes on the attempt
                 if request.path == _MESSAGES_PATH:  # count_tokens and models bill nothing
                     wait = min(self._settings.read_timeout, _DISCARDED_STREAM_SECONDS)
@@ -505,7 +511,9 @@ class AnthropicProvider:
         try:
             body = await read_bounded(answer.body(head), self._origin)
         except UPSTREAM_READ_ERRORS as exc:
-            raise translate_transport_error(exc, self._origin) from exc
+            broken = translate_transport_error(exc, self._origin)
+            broken.upstream_status = status  # it answered, then its body broke
+            raise broken from exc
         finally:
             await answer.aclose()
         return ProviderResponse(status, head.headers, body=body)
