@@ -97,8 +97,9 @@ def route_path(scope: Scope) -> str:
 
 
 def _answer_usage(context: RequestContext, target: Target) -> TokenUsage | None:
-    """The usage ``target``'s last attempt reported, now the answer's: the same object, so
-    that :func:`~messages_mw.context.billed_beside_answer` does not count it twice."""
+    """The usage ``target``'s last attempt reported (a held stream's, when the client left),
+    now the answer's: the same object, so that
+    :func:`~messages_mw.context.billed_beside_answer` does not count it twice."""
     name = target.name
     for attempt in reversed(context.attempts):
         if attempt.target == name:
@@ -165,7 +166,8 @@ class Gateway:
         :class:`~messages_mw.config.ConfigError` (a ``ValueError``) for a config value of the
         wrong type, choice or bound (checked as decoding a file checks it; constructors do
         not), provider names repeated across ``provider``, ``upstreams`` and
-        ``openai_upstreams``, or an unknown compression bundle; :class:`OSError` if
+        ``openai_upstreams``, a provider name (``providers`` too) holding a ``/``, or an
+        unknown compression bundle; :class:`OSError` if
         ``usage_file`` cannot be opened;
         :class:`ImportError` for a Redis limit store without redis-py installed, or
         ``config.telemetry`` asking for Prometheus or OpenTelemetry without its extra.
@@ -544,7 +546,8 @@ class Gateway:
             # upstream reported before failing (a stream's message_start, say).
             if (target := _named(plan.chain, exc.target_name)) is not None:
                 self._record_server(context, target, target != plan.chain[0])
-                context.usage = _answer_usage(context, target) or context.usage
+                # The failing attempt's own usage object, which the chain put on the error.
+                context.usage = exc.usage or context.usage
             raise
         # Inline, not _record_server: this is every request's path.
         target = result.target

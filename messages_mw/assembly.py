@@ -26,7 +26,8 @@ def build_providers(
 ) -> dict[str, Provider]:
     """The named providers: the default one (``config.provider``), ``config.upstreams``,
     ``config.openai_upstreams``, and any the host passed in (which win over configured ones of
-    the same name). Raises :class:`ConfigError` when two configured providers share a name."""
+    the same name). Raises :class:`ConfigError` when two configured providers share a name, or
+    a name holds a "/"."""
     from .providers.anthropic import AnthropicProvider
 
     _check_provider_names(config)
@@ -47,6 +48,10 @@ def build_providers(
         if not isinstance(given, Provider):
             raise TypeError(f"provider {name!r} must have async send() and aclose() methods")
         built[name] = given
+    if slashed := sorted(name for name in built if "/" in name):
+        # A target is "provider/model", split at the first "/": such a provider could never
+        # be named, and its attempts would be priced at the wrong model.
+        raise ConfigError(f"provider names cannot contain '/': {', '.join(slashed)}")
     return built
 
 

@@ -224,6 +224,7 @@ class _Chain:
             if exc.status not in self.policy.retry_statuses:
                 duration = self.clock() - began
                 self.attempts.append(Attempt(target.name, status, exc.error_type, duration, usage))
+                exc.usage = usage  # the attempt's own object: the answer bills it, once
                 if self.breaker is not None:
                     self.breaker.release_trial(target.name, self.trial)
                 exc.target_name = target.name
@@ -562,5 +563,7 @@ def _last_failure(chain: _Chain, first: Target) -> ChainResult:
     if failure.response is None:
         assert failure.error is not None
         failure.error.target_name = failure.target.name
+        # The attempt's own usage object: the answer bills it, and only once.
+        failure.error.usage = failure.usage
         raise failure.error
     return ChainResult(failure.response, failure.target, chain.attempts, failure.target != first)

@@ -308,11 +308,14 @@ class RateLimiter:
             return
         tokens = _tokens(context.usage)
         cost = context.cost or 0.0
+        limit_set = self._limits_for(context)
+        unpriced = limit_set.has_spend and not self.checks_prices
         for attempt, usage in billed_beside_answer(context):
             tokens += _tokens(usage)
             cost += attempt.cost or 0.0
-        limit_set = self._limits_for(context)
-        if context.cost is None and limit_set.has_spend and not self.checks_prices:
+            if attempt.cost is None and unpriced:
+                self._warn_unpriced(attempt.model)
+        if context.cost is None and unpriced:
             # Allowed through uncounted (refused otherwise): worth a word to the operator.
             self._warn_unpriced(context.served_model or context.model)
         additions = [

@@ -772,6 +772,15 @@ def test_provider_names_must_not_collide() -> None:
         Gateway(GatewayConfig(openai_upstreams={"anthropic": openai}))
 
 
+def test_provider_names_cannot_hold_a_slash() -> None:
+    # A target is provider/model, split at the first slash: "team/eu" could never be named,
+    # and an attempt at "team/eu/claude-x" would be priced as model "eu/claude-x".
+    with pytest.raises(ConfigError, match="team/eu"):
+        Gateway(GatewayConfig(upstreams={"team/eu": UpstreamConfig()}))
+    with pytest.raises(ConfigError, match="team/eu"):
+        Gateway(GatewayConfig(), providers={"team/eu": MockProvider()})
+
+
 def test_openai_upstreams_load_from_toml(tmp_path: Any) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text(

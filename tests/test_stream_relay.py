@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,9 +27,11 @@ from messages_mw import (
 )
 from messages_mw.context import Attempt, billed_beside_answer
 from messages_mw.errors import UpstreamUnavailableError
+from messages_mw.limits import RateLimiter
 from messages_mw.pricing import ModelPrice, PricingTable
 from messages_mw.providers.base import ProviderResponse
 from messages_mw.relay import StallWatch, relay_stream
+from messages_mw.retry import RetryPolicy
 from messages_mw.routing import FallbackConfig
 from messages_mw.streaming import MAX_EVENT_BYTES, TokenUsage
 
@@ -455,6 +458,52 @@ def test_a_failed_over_stream_is_charged_to_token_and_spend_limits_beside_the_an
     # The second request's headers report what the first used: 41 + 1 failed over, 25 + 7
     # answered.
     assert second.headers["anthropic-ratelimit-tokens-remaining"] == str(10_000 - 74)
+
+
+def test_an_error_answer_bills_the_attempt_that_gave_it_not_a_later_try() -> None:
+    # Two tries at one target: the first reports its input and fails with a 529; the second
+    # is never answered. The client gets the first try's 529, so its usage is the answer's
+    # (the same object as on its attempt, counted once), whatever the later try brought.
+    tries: list[int] = []
+
+    def first_overloaded_then_unreachable(request: httpx.Request) -> httpx.Response:
+        tries.append(1)
+        if len(tries) == 1:
+            return _streaming_from(_start_then_overloaded(41))(request)
+        raise httpx.ConnectError("refused", request=request)
+
+    settings = UpstreamConfig(base_url="http://upstream.test")
+    transport = httpx.MockTransport(first_overloaded_then_unreachable)
+    finished: list[RequestContext] = []
+    retry = RetryPolicy(attempts_per_target=2, base_delay=0.0, max_delay=0.0)
+    gateway = Gateway(
+        GatewayConfig(fallback=FallbackConfig(retry=retry)),
+        provider=AnthropicProvider(settings, transport=transport),
+        on_request_end=finished.append,
+    )
+    response, _ = run(_collect(gateway))
+    assert response.status_code == 529 and len(tries) == 2
+    context = finished[0]
+    first, second = context.attempts
+    assert first.usage is not None and first.usage.input_tokens == 41
+    assert context.usage is first.usage and second.usage is None
+    assert billed_beside_answer(context) == []
+
+
+def test_an_unpriced_failed_attempt_under_a_spend_budget_is_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # With unpriced models allowed, its cost cannot be counted: the operator is told, as for
+    # an unpriced answer, rather than the budget silently missing it.
+    limits = LimitsConfig(
+        rules=(LimitRule(scope="tag", match="team", spend=1.0),), unpriced_models="allow"
+    )
+    unpriced = Attempt("anthropic/unpriced-model", 200, "api_error", 0.1, TokenUsage(9))
+    context = RequestContext("req_1", "POST", "/v1/messages", tags=["team"])
+    context.attempts, context.cost = [unpriced], 0.0
+    with caplog.at_level(logging.WARNING, logger="messages_mw"):
+        run(RateLimiter(limits).record(context))
+    assert "'unpriced-model' has no price" in caplog.text
 
 
 def test_a_stream_answering_count_tokens_bills_nothing() -> None:
