@@ -116,6 +116,8 @@ class Exchange:
     __slots__ = (
         "bodiless",
         "body",
+        "body_parts",
+        "body_size",
         "body_taken",
         "chunked",
         "connection",
@@ -147,7 +149,11 @@ class Exchange:
         self.keep_alive = keep_alive
         self.waiting_for_continue = expect_continue
         # The request: body bytes not yet handed to the app, and whether more will come.
-        self.body: bytes | bytearray = b""
+        self.body = b""
+        # Reads that came before the app took the first, kept apart and joined once when it
+        # takes them: each join or bytearray append would copy the whole body again.
+        self.body_parts: list[bytes] | None = None
+        self.body_size = 0
         self.more_body = True
         self.body_taken = False  # the app has had the body's last message
         self.disconnected = False
@@ -162,6 +168,10 @@ class Exchange:
         self.until_close = False  # an HTTP/1.0 answer of unknown length: its end is the close
         self.bodiless = False  # a HEAD request's answer, a 204 or a 304: no body goes out
         self.length_left = 0
+
+    def drop_body(self) -> None:
+        """Forget the body bytes the app has not taken."""
+        self.body, self.body_parts, self.body_size = b"", None, 0
 
     def wake(self) -> None:
         """Tell a ``receive`` waiting for body bytes or a disconnect to look again."""
@@ -211,16 +221,14 @@ class Exchange:
         while not (self.disconnected or self.response_complete):
             body = self.body
             if body or (not self.more_body and not self.body_taken):
-                self.body = b""
+                if self.body_parts is not None:
+                    body = b"".join(self.body_parts)
+                # A body that came in one read is the parser's own bytes: handed on uncopied.
+                self.drop_body()
                 more_body = self.more_body
                 self.body_taken = not more_body
                 self.connection.app_took_body(self)
-                # A body that came in one read is the parser's own bytes: handed on uncopied.
-                return {
-                    "type": "http.request",
-                    "body": body if type(body) is bytes else bytes(body),
-                    "more_body": more_body,
-                }
+                return {"type": "http.request", "body": body, "more_body": more_body}
             waiter = self.connection.loop.create_future()
             self.waiters.append(waiter)
             await waiter

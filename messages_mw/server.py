@@ -375,15 +375,14 @@ class GatewayHttpProtocol(asyncio.Protocol):
         exchange = self._parsing
         if exchange is None or exchange.response_complete:
             return
-        held = exchange.body
-        if not held:
-            held = body
+        if not exchange.body:
+            exchange.body = body
+        elif exchange.body_parts is None:  # a second read before the app took the first
+            exchange.body_parts = [exchange.body, body]
         else:
-            if type(held) is bytes:  # a second read before the app took the first
-                held = bytearray(held)
-            held += body
-        exchange.body = held
-        if len(held) > _BODY_HIGH_WATER:
+            exchange.body_parts.append(body)
+        exchange.body_size += len(body)
+        if exchange.body_size > _BODY_HIGH_WATER:
             self._pause_reading()
         exchange.wake()
 
@@ -433,7 +432,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self.server_state.total_requests += 1
         # Body the app never read (an early 413 or 401): the rest of it will be dropped as
         # it comes, and what came so far must not keep reading paused.
-        exchange.body = b""
+        exchange.drop_body()
         if self._answering is exchange:
             self._answering = None
         if self.transport.is_closing():
@@ -462,7 +461,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
 
     def _resume_reading_if_due(self) -> None:
         parsing = self._parsing
-        backlog = len(parsing.body) if parsing is not None else 0
+        backlog = parsing.body_size if parsing is not None else 0
         if self._reading_paused and not self._queued and backlog <= _BODY_HIGH_WATER:
             self._reading_paused = False
             self.transport.resume_reading()

@@ -802,6 +802,26 @@ async def _head_in_two_reads(split: int) -> None:
     assert transport.writes[0][0].startswith(b"HTTP/1.1 200 OK\r\n")
 
 
+async def _body_in_reads_before_the_app_runs(reads: int) -> list[dict[str, Any]]:
+    app = _BodyRecorder()
+    protocol, _ = _connected_flow(app)
+    body = bytes(range(256)) * 1000
+    protocol.data_received(_post_head(len(body)))
+    piece = -(-len(body) // reads)
+    for at in range(0, len(body), piece):  # no loop pass between reads: the app waits
+        protocol.data_received(body[at : at + piece])
+    await asyncio.wait_for(app.answered.wait(), 5)
+    assert b"".join(m["body"] for m in app.messages) == body
+    return app.messages
+
+
+@pytest.mark.parametrize("reads", [1, 2, 5])
+def test_reads_that_pile_up_reach_the_app_as_one_bytes_message(reads: int) -> None:
+    # ASGI wants bytes; several reads the app had no chance to take are joined once.
+    messages = asyncio.run(_body_in_reads_before_the_app_runs(reads))
+    assert [(type(m["body"]), m["more_body"]) for m in messages] == [(bytes, False)]
+
+
 @pytest.mark.parametrize("split", [1, 2, 3])
 def test_a_head_whose_blank_line_spans_two_reads_is_not_taken_for_431(split: int) -> None:
     # The blank line ending a head can straddle two reads (TCP segments end anywhere); the
