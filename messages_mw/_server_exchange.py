@@ -153,7 +153,7 @@ class Exchange:
         # Reads that came before the app took the first, kept apart and joined once when it
         # takes them: each join or bytearray append would copy the whole body again.
         self.body_parts: list[bytes] | None = None
-        self.body_size = 0
+        self.body_size = 0  # what the parts held cost, for the high-water mark
         self.more_body = True
         self.body_taken = False  # the app has had the body's last message
         self.disconnected = False

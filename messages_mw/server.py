@@ -73,6 +73,9 @@ _BODY_IDLE_SECONDS = 60.0
 # Reading pauses while this much of a body waits for the app to take it. uvloop reads up to
 # 256 KB at a time, so an agent turn of a few hundred KB is taken whole without a pause.
 _BODY_HIGH_WATER = 1024 * 1024
+# What a held part costs beyond its bytes, counted against the high-water mark: a small
+# bytes object's header and allocation rounding, and its slot in the list of parts.
+_BODY_PART_OVERHEAD = 64
 # The connection's clock checks never come closer together than this, whatever the limits.
 _MIN_CHECK_PERIOD = 0.05
 # What a chunked body may bring besides its payload, per chunk: its size line and CRLFs.
@@ -381,7 +384,9 @@ class GatewayHttpProtocol(asyncio.Protocol):
             exchange.body_parts = [exchange.body, body]
         else:
             exchange.body_parts.append(body)
-        exchange.body_size += len(body)
+        # Each part costs its object and list slot besides its bytes: a chunked body of
+        # 2-byte chunks held as parts would otherwise take 25 times the high-water mark.
+        exchange.body_size += len(body) + _BODY_PART_OVERHEAD
         if exchange.body_size > _BODY_HIGH_WATER:
             self._pause_reading()
         exchange.wake()

@@ -18,6 +18,7 @@ import re
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -757,6 +758,36 @@ async def test_a_body_over_1_mb_in_many_reads_reaches_the_app_whole() -> None:
     assert not transport.paused
     # Each message is what piled up while reading ran: never much past the high-water mark.
     assert max(len(m["body"]) for m in messages) <= _BODY_HIGH_WATER + 65536
+
+
+@_in_loop
+async def test_tiny_chunks_waiting_for_a_slow_app_pause_reading_as_soon_as_large_ones() -> None:
+    # Held chunk by chunk, 2-byte chunks cost ~56 bytes of memory each: counting their bytes
+    # alone, reading paused only at ~25 MB held per connection. Memory is what is bounded.
+    go = asyncio.Event()
+    app = _BodyRecorder()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await go.wait()
+        await app(scope, receive, send)
+
+    protocol, transport = _connected_flow(slow)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+    chunks = 0
+    tracemalloc.start()
+    try:
+        while not transport.paused and chunks < 600_000:
+            protocol.data_received(b"2\r\nab\r\n" * 1000)
+            chunks += 1000
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert transport.paused, f"still reading after {chunks:,} 2-byte chunks"
+    assert held <= 2 * _BODY_HIGH_WATER, f"{held:,} bytes held for {chunks * 2:,} of body"
+    go.set()
+    await _feed(protocol, transport, b"0\r\n\r\n")
+    await asyncio.wait_for(app.answered.wait(), 5)
+    assert b"".join(m["body"] for m in app.messages) == b"ab" * chunks
 
 
 @_in_loop
