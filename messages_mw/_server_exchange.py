@@ -116,8 +116,8 @@ class Exchange:
     __slots__ = (
         "bodiless",
         "body",
+        "body_backlog",
         "body_parts",
-        "body_size",
         "body_taken",
         "chunked",
         "connection",
@@ -153,7 +153,7 @@ class Exchange:
         # Reads that came before the app took the first, kept apart and joined once when it
         # takes them: each join or bytearray append would copy the whole body again.
         self.body_parts: list[bytes] | None = None
-        self.body_size = 0  # what the parts held cost, for the high-water mark
+        self.body_backlog = 0  # what the held bytes cost in memory, for the high-water mark
         self.more_body = True
         self.body_taken = False  # the app has had the body's last message
         self.disconnected = False
@@ -171,7 +171,7 @@ class Exchange:
 
     def drop_body(self) -> None:
         """Forget the body bytes the app has not taken."""
-        self.body, self.body_parts, self.body_size = b"", None, 0
+        self.body, self.body_parts, self.body_backlog = b"", None, 0
 
     def wake(self) -> None:
         """Tell a ``receive`` waiting for body bytes or a disconnect to look again."""
@@ -221,9 +221,9 @@ class Exchange:
         while not (self.disconnected or self.response_complete):
             body = self.body
             if body or (not self.more_body and not self.body_taken):
+                # A body that came in one read is the parser's own bytes: handed on uncopied.
                 if self.body_parts is not None:
                     body = b"".join(self.body_parts)
-                # A body that came in one read is the parser's own bytes: handed on uncopied.
                 self.drop_body()
                 more_body = self.more_body
                 self.body_taken = not more_body

@@ -386,8 +386,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
             exchange.body_parts.append(body)
         # Each part costs its object and list slot besides its bytes: a chunked body of
         # 2-byte chunks held as parts would otherwise take 25 times the high-water mark.
-        exchange.body_size += len(body) + _BODY_PART_OVERHEAD
-        if exchange.body_size > _BODY_HIGH_WATER:
+        exchange.body_backlog += len(body) + _BODY_PART_OVERHEAD
+        if exchange.body_backlog > _BODY_HIGH_WATER:
             self._pause_reading()
         exchange.wake()
 
@@ -466,7 +466,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
 
     def _resume_reading_if_due(self) -> None:
         parsing = self._parsing
-        backlog = parsing.body_size if parsing is not None else 0
+        backlog = parsing.body_backlog if parsing is not None else 0
         if self._reading_paused and not self._queued and backlog <= _BODY_HIGH_WATER:
             self._reading_paused = False
             self.transport.resume_reading()

@@ -761,7 +761,7 @@ async def test_a_body_over_1_mb_in_many_reads_reaches_the_app_whole() -> None:
 
 
 @_in_loop
-async def test_tiny_chunks_waiting_for_a_slow_app_pause_reading_as_soon_as_large_ones() -> None:
+async def test_tiny_chunks_waiting_for_a_slow_app_hold_no_more_memory_than_large_ones() -> None:
     # Held chunk by chunk, 2-byte chunks cost ~56 bytes of memory each: counting their bytes
     # alone, reading paused only at ~25 MB held per connection. Memory is what is bounded.
     go = asyncio.Event()
