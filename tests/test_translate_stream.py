@@ -846,3 +846,108 @@ def test_grammar_holds_for_any_upstream(events: list[bytes], cuts: list[int], en
         check_grammar(out)
     elif out:  # a prefix, still well formed so far
         check_grammar(out + translator.fail(UpstreamTimeoutError("x")))
+
+
+# ---- inputs a read-only review found mishandled ----------------------------------------------
+
+
+def _final_tool_inputs(sse: bytes) -> list[tuple[str, Any]]:
+    """(name, input) of each tool_use block, as the SDK accumulates the stream."""
+    message = SdkClient().streamed(sse)
+    return [(b["name"], b["input"]) for b in message["content"] if b["type"] == "tool_use"]
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        # Resent so far, cut after ':' (where a real piece could open a nested object).
+        ['{"city":', '{"city": "Paris"}'],
+        # Cut after ','.
+        ['{"city": "Paris",', '{"city": "Paris", "unit": "C"', '{"city": "Paris", "unit": "C"}'],
+        # Seen resending first, then cut after ':'.
+        ['{"ci', '{"city":', '{"city": "Par', '{"city": "Paris"}'],
+    ],
+)
+def test_arguments_resent_so_far_are_not_appended_to_themselves(pieces: list[str]) -> None:
+    raw = [_tool(0, cid="call_1", name="get_weather", args=pieces[0])]
+    raw += [_tool(0, args=piece) for piece in pieces[1:]]
+    sse = translate([*raw, sse_data(chunk({}, "tool_calls"))])
+    assert _final_tool_inputs(sse) == [("get_weather", json.loads(pieces[-1]))]
+
+
+def test_an_object_nested_under_a_key_of_the_same_name_still_streams_whole() -> None:
+    # What the resend check must not take for a resend: a piece that opens an object but
+    # does not complete it.
+    pieces = ['{"a":', '{"a":1', "}}"]
+    raw = [_tool(0, cid="call_1", name="f", args=pieces[0])]
+    raw += [_tool(0, args=piece) for piece in pieces[1:]]
+    sse = translate([*raw, sse_data(chunk({}, "tool_calls"))])
+    assert _final_tool_inputs(sse) == [("f", {"a": {"a": 1}})]
+
+
+@pytest.mark.parametrize("index", [None, 0])
+def test_a_second_call_to_the_same_function_without_ids_is_its_own_block(
+    index: int | None,
+) -> None:
+    raw = [
+        _tool(index, name="get_weather", args='{"city":"Paris"}'),
+        _tool(index, name="get_weather", args='{"city":"Rome"}'),
+        _tool(index, name="get_weather", args='{"city":"Rome"}'),  # resent whole: the same call
+        sse_data(chunk({}, "tool_calls")),
+    ]
+    assert _final_tool_inputs(translate(raw)) == [
+        ("get_weather", {"city": "Paris"}),
+        ("get_weather", {"city": "Rome"}),
+    ]
+
+
+def test_an_empty_name_is_no_name_yet() -> None:
+    raw = [
+        _tool(0, cid="call_1", name="", args=""),
+        _tool(0, name="get_weather", args='{"c":1}'),
+        sse_data(chunk({}, "tool_calls")),
+    ]
+    assert _final_tool_inputs(translate(raw)) == [("get_weather", {"c": 1})]
+
+
+def test_an_empty_read_between_cr_and_lf_keeps_the_event_name() -> None:
+    error = b'data: {"message":"late boom","type":"server_error"}\r\n\r\n'
+    raw = [sse_data(chunk({"content": "hi"}, "stop")), b"event: error\r", b"", b"\n" + error]
+    assert parse_events(translate(raw, finish=False))[-1][0] == "error"
+
+
+def test_a_byte_order_mark_ahead_of_the_first_event_is_dropped() -> None:
+    raw = [b"\xef\xbb\xbf" + sse_data(chunk({"content": "hi"}, "stop")), b"data: [DONE]\n\n"]
+    message = SdkClient().streamed(translate(raw))
+    assert [b["text"] for b in message["content"]] == ["hi"]
+
+
+@pytest.mark.parametrize(
+    "usage", [{}, {"prompt_tokens": 10, "completion_tokens": None}, {"completion_tokens": None}]
+)
+def test_counts_the_usage_chunk_leaves_out_are_estimated_not_zero(usage: dict[str, Any]) -> None:
+    raw = [
+        sse_data(chunk({"content": "a reply of some length"}, "stop")),
+        sse_data({"choices": [], "usage": usage}),
+        b"data: [DONE]\n\n",
+    ]
+    translator = StreamTranslator(model=MODEL, message_id=MESSAGE_ID, input_tokens=7)
+    sse = b"".join(translator.feed(piece) for piece in raw) + translator.finish()
+    final = SdkClient().streamed(sse)["usage"]
+    assert final["output_tokens"] > 0
+    assert final["input_tokens"] == (usage.get("prompt_tokens") or 7)
+    assert not translator.usage_reported
+
+
+def test_a_break_after_the_finish_reason_ends_the_answer_it_completed() -> None:
+    translator = StreamTranslator(model=MODEL, message_id=MESSAGE_ID, input_tokens=7)
+    sse = translator.feed(sse_data(chunk({"content": "whole"}, "stop")))
+    sse += translator.fail(UpstreamTimeoutError("timeout before [DONE]"))
+    assert [name for name, _ in check_grammar(sse)][-1] == "message_stop"
+    assert SdkClient().streamed(sse)["stop_reason"] == "end_turn"
+
+
+def test_a_choice_with_a_null_index_is_the_first() -> None:
+    raw = [b'data: {"choices":[{"index":null,"delta":{"content":"x"},"finish_reason":"stop"}]}\n\n']
+    message = SdkClient().streamed(translate([*raw, b"data: [DONE]\n\n"]))
+    assert [b["text"] for b in message["content"]] == ["x"]

@@ -174,7 +174,7 @@ class InMessage(msgspec.Struct):
 
 
 class InChoice(msgspec.Struct):
-    index: int = 0
+    index: int | None = 0  # null from some servers: the first choice, as absent
     message: InMessage | None = None
     delta: InMessage | None = None
     finish_reason: str | None = None
@@ -190,6 +190,10 @@ class InUsage(msgspec.Struct):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     prompt_tokens_details: InPromptDetails | None = None
+
+    def empty(self) -> bool:
+        """Whether it gives neither count (``"usage": {}``, or both null)."""
+        return self.prompt_tokens is None and self.completion_tokens is None
 
 
 class InError(msgspec.Struct):
@@ -218,7 +222,7 @@ class InBody(msgspec.Struct):
 
     def first_choice(self) -> InChoice | None:
         for choice in self.choices or ():
-            if choice.index == 0:
+            if not choice.index:  # 0, or null
                 return choice
         return None
 

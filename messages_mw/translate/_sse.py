@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = ["DataLines", "SseData"]
 
+_BOM = b"\xef\xbb\xbf"
+
 SseData = tuple[bytes | None, bytes]
 """The ``event:`` name in force (None for OpenAI's unnamed events) and one ``data:`` payload."""
 
@@ -21,8 +23,14 @@ class DataLines:
         self._pending = bytearray()
         self._event: bytes | None = None
         self._after_cr = False
+        self._begun = False
 
     def feed(self, chunk: bytes) -> list[SseData]:
+        if not chunk:  # between a CR and its LF, it must not forget the CR
+            return []
+        if not self._begun:
+            self._begun = True
+            chunk = chunk.removeprefix(_BOM)  # the SSE spec's, ahead of the first line
         if self._after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF cut in two; not an empty line
         self._after_cr = chunk.endswith(b"\r")

@@ -36,6 +36,8 @@ class _Call:
     sent: int = 0
     started: bool = False
     closed: bool = False
+    # Set once a piece was surely the arguments so far resent: the server does that.
+    resends: bool = False
 
     def complete(self) -> bool:
         text = "".join(self.parts).rstrip()
@@ -60,14 +62,39 @@ class _Call:
                     return  # the whole arguments again: appended, the JSON would be broken
             elif len(fragment) >= self.length:
                 so_far = "".join(self.parts)
-                # Where an object may start (after ':', '[' or ','), a real piece could begin
-                # with everything so far ({"a":{"a":1}}): only elsewhere is it surely a resend.
-                nested = so_far.rstrip().endswith((":", "[", ","))
-                if not nested and fragment.startswith(so_far):
+                if fragment.startswith(so_far) and self._resent(so_far, fragment):
+                    self.resends = True
                     fragment = fragment[len(so_far) :]
         if fragment:
             self.parts.append(fragment)
             self.length += len(fragment)
+
+    def _resent(self, so_far: str, fragment: str) -> bool:
+        """Whether ``fragment``, which starts with everything so far, resends it. Only after
+        ':' or '[' may a real piece open an object that starts with everything so far
+        ({"a":{"a":1}}, cut after the first ':'); that would take the same key nested in
+        itself and a cut at exactly that point, while servers that resend cut there all the
+        time. So there it is taken for a resend from a server seen resending, or when it is
+        whole arguments by itself."""
+        if not so_far.rstrip().endswith((":", "[")):
+            return True
+        return self.resends or _is_json(fragment)
+
+
+def _other_arguments(known: _Call, delta: InToolCall) -> bool:
+    """Whether ``delta`` brings whole arguments unlike those ``known`` has completed: a second
+    call to the same function, from a server that sends neither index nor id (or numbers
+    every call 0). The same arguments again are a resend of the call (GLM's, at the end)."""
+    if delta.function is None:
+        return False
+    fragment = arguments_text(delta.function.arguments)
+    if not fragment.lstrip().startswith("{") or not known.complete():
+        return False
+    try:
+        arguments = any_decoder.decode(fragment)
+    except DECODE_ERRORS:
+        return False
+    return bool(arguments != any_decoder.decode("".join(known.parts)))
 
 
 def _is_json(text: str) -> bool:
@@ -103,7 +130,7 @@ class ToolStreams:
         call.id = call.id or delta.id
         fragment = ""
         if delta.function is not None:
-            call.name = call.name or delta.function.name
+            call.name = call.name or delta.function.name or None
             fragment = arguments_text(delta.function.arguments)
             if fragment:
                 call.add(fragment)
@@ -113,7 +140,7 @@ class ToolStreams:
             self._send(call)
             if self._queue and "}" in fragment and call.complete():
                 self._close_and_advance(call)
-        elif call.name is not None and call not in self._queue:
+        elif call.name and call not in self._queue:  # "" is no name yet (some send one)
             self._begin(call)
 
     def close_open(self) -> None:
@@ -145,7 +172,7 @@ class ToolStreams:
             name = delta.function.name if delta.function is not None else None
             new_id = delta.id and known.id and delta.id != known.id
             new_name = name and known.name and name != known.name
-            if not (new_id or new_name):
+            if not (new_id or new_name or _other_arguments(known, delta)):
                 return known
         key = self._keys[slot] = len(self._calls)
         call = self._calls[key] = _Call(key)

@@ -99,7 +99,7 @@ def completion_as_stream_data(body: bytes) -> bytes:
     object or a body that is not a completion."""
     _, choice, _ = _completion(body)
     document = any_decoder.decode(body)
-    whole = next(c for c in document["choices"] if c.get("index", 0) == 0)
+    whole = next(c for c in document["choices"] if not c.get("index"))  # 0, null or absent
     delta = whole["message"]
     # A message's tool calls have no index; a delta's must, to tell the calls apart.
     for position, call in enumerate(delta.get("tool_calls") or ()):

@@ -74,7 +74,8 @@ class StreamTranslator:
         self._blocks = BlockWriter()
         self._tools = ToolStreams(self._blocks, message_id)
         self._usage = TokenUsage()
-        self._usage_reported = False
+        # Which counts the upstream gave (a null or missing one is estimated).
+        self._input_reported = self._output_reported = False
         self._upstream_model: str | None = None
         # Characters generated so far: the output estimate, should no usage chunk come.
         self._generated = 0
@@ -90,8 +91,9 @@ class StreamTranslator:
 
     @property
     def usage_reported(self) -> bool:
-        """Whether the upstream reported its usage (else the usage sent is an estimate)."""
-        return self._usage_reported
+        """Whether the upstream reported its usage (else the usage sent is, at least in
+        part, an estimate)."""
+        return self._input_reported and self._output_reported
 
     @property
     def upstream_model(self) -> str | None:
@@ -136,9 +138,14 @@ class StreamTranslator:
         return self._blocks.take()
 
     def fail(self, error: GatewayError) -> bytes:
-        """The upstream broke (read error, timeout): an ``error`` event carrying ``error``."""
+        """The upstream broke (read error, timeout): an ``error`` event carrying ``error``,
+        unless its ``finish_reason`` had come: the answer is whole, and ends as at
+        :meth:`finish` (an error would have the client retry a finished answer)."""
         if not self._ended:
-            self._error(error.error_type, error.message)
+            if self._finish_reason is None:
+                self._error(error.error_type, error.message)
+            else:
+                self._end()
         return self._blocks.take()
 
     def _on_data(self, event: bytes | None, data: bytes) -> None:
@@ -161,9 +168,10 @@ class StreamTranslator:
         self._start()
         if body.model and self._upstream_model is None:
             self._upstream_model = body.model
-        if body.usage is not None:
+        if body.usage is not None and not body.usage.empty():
             self._usage = token_usage(body.usage)
-            self._usage_reported = True
+            self._input_reported = body.usage.prompt_tokens is not None
+            self._output_reported = body.usage.completion_tokens is not None
         choice = body.first_choice()
         if choice is not None and choice.delta is not None:
             self._on_delta(choice.delta)
@@ -251,20 +259,23 @@ class StreamTranslator:
         self._ended = True
 
     def _delta_usage(self) -> MessageDeltaUsage:
-        if not self._usage_reported:
-            # No usage chunk (stream_usage off, or a server that ignores include_usage): an
-            # estimate, or token limits and cost would count no output at all.
-            return MessageDeltaUsage(output_tokens=output_estimate(self._generated))
+        # A count the upstream did not give (no usage chunk with stream_usage off, a server
+        # that ignores include_usage, a null) is estimated: token limits and cost would
+        # otherwise count no output at all.
+        output = self._usage.output_tokens if self._output_reported else None
+        output_tokens = output_estimate(self._generated) if output is None else output
+        if not self._input_reported:  # message_start's estimate stands
+            return MessageDeltaUsage(output_tokens=output_tokens)
         usage = self._usage
         return MessageDeltaUsage(
-            output_tokens=usage.output_tokens,
+            output_tokens=output_tokens,
             input_tokens=usage.input_tokens,
             cache_creation_input_tokens=usage.cache_creation_input_tokens,
             cache_read_input_tokens=usage.cache_read_input_tokens,
         )
 
     def _error(self, error_type: str, message: str) -> None:
-        if self._started and self._usage_reported:
+        if self._started and (self._input_reported or self._output_reported):
             # The upstream counted this response before it failed (a usage chunk after an
             # aborted finish_reason, say): the usage goes out ahead of the error, where the
             # gateway reads it, as an Anthropic stream reports it in message_delta (which
