@@ -1166,15 +1166,21 @@ def test_an_answer_the_upstream_aborts_keeps_its_usage_on_the_attempt() -> None:
     )
 
 
+@pytest.mark.parametrize("usage", [None, {}, {"prompt_tokens": 12, "completion_tokens": None}])
 @pytest.mark.parametrize("stream", [True, False])
-def test_counts_the_upstream_never_reported_are_flagged_as_estimates(stream: bool) -> None:
-    # A server that ignores include_usage (or stream_usage off): the translation estimates
-    # both counts, and the usage event must say so, as for a stream cut short.
+def test_counts_the_upstream_never_reported_are_flagged_as_estimates(
+    stream: bool, usage: dict[str, Any] | None
+) -> None:
+    # A server that ignores include_usage (or stream_usage off), or sends usage without the
+    # counts: the translation estimates them, and the usage event must say so, as for a
+    # stream cut short.
     text = "Hello there, how are you?"
+    with_usage = {} if usage is None else {"usage": usage}
     if stream:
         content = (
             _chunk({"role": "assistant", "content": text})
             + _chunk({}, "stop")
+            + (b"data: " + json.dumps({"choices": [], **with_usage}).encode() + b"\n\n")
             + b"data: [DONE]\n\n"
         )
     else:
@@ -1185,6 +1191,7 @@ def test_counts_the_upstream_never_reported_are_flagged_as_estimates(stream: boo
                 "object": "chat.completion",
                 "model": "gpt-4o",
                 "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                **with_usage,
             }
         ).encode()
     gateway, finished = _openai_gateway(content, stream=stream)

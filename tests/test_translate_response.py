@@ -76,6 +76,17 @@ def test_missing_usage_is_estimated() -> None:
     assert usage["input_tokens"] == 0 and usage["output_tokens"] == 11
 
 
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [({}, (0, 11)), ({"prompt_tokens": 9, "completion_tokens": None}, (9, 11))],
+)
+def test_counts_a_usage_object_leaves_out_are_estimated(
+    usage: dict[str, Any], expected: tuple[int, int]
+) -> None:
+    got = _translate({"content": "x" * 41}, usage=usage)["usage"]
+    assert (got["input_tokens"], got["output_tokens"]) == expected
+
+
 def test_tool_calls_become_tool_use_blocks() -> None:
     calls = [
         {

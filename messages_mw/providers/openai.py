@@ -28,6 +28,7 @@ from ..errors import (
 from ..protocol import DECODE_ERRORS, CountTokensResponse, ModelInfo, ModelList
 from ..streaming import frame_event
 from ..translate import StreamTranslator, to_anthropic_message, translate_error
+from ..translate._openai import InUsage
 from ..translate.request import translate_request
 from ..translate.response import completion_as_stream_data
 from ..validation import decode_count_tokens_request, describe_decode_error
@@ -467,7 +468,7 @@ class ModelDirectory:
 
 class _Facts(msgspec.Struct):
     model: str | None = None
-    usage: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    usage: InUsage | None = None
 
 
 _facts_decoder = msgspec.json.Decoder(_Facts)
@@ -481,7 +482,7 @@ def _report_of(body: bytes) -> UpstreamReport:
     except DECODE_ERRORS:
         return UpstreamReport()
     usage = facts.usage
-    reported = usage is not msgspec.UNSET and bytes(usage) != b"null"
+    reported = usage is not None and usage.fully_reported()
     return UpstreamReport(facts.model or None, not reported)
 
 

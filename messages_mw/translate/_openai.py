@@ -195,6 +195,10 @@ class InUsage(msgspec.Struct):
         """Whether it gives neither count (``"usage": {}``, or both null)."""
         return self.prompt_tokens is None and self.completion_tokens is None
 
+    def fully_reported(self) -> bool:
+        """Whether it gives both counts: what it leaves out is estimated."""
+        return self.prompt_tokens is not None and self.completion_tokens is not None
+
 
 class InError(msgspec.Struct):
     message: str | None = None

@@ -66,14 +66,14 @@ def to_anthropic_message(
         if parsed.usage is not None:  # counted upstream all the same
             error.usage = token_usage(parsed.usage)
         raise error
-    if parsed.usage is not None:
-        usage = token_usage(parsed.usage)
-    else:
-        # Estimated both ways: 0 would leave token limits and cost blind to the reply.
-        usage = TokenUsage(
-            input_tokens=estimate_input() if estimate_input is not None else 0,
-            output_tokens=output_estimate(generated_chars(reply)),
-        )
+    reported = parsed.usage
+    usage = token_usage(reported) if reported is not None else TokenUsage()
+    # A count the upstream left out (or sent null) is estimated: 0 would leave token limits
+    # and cost blind to the reply.
+    if reported is None or reported.prompt_tokens is None:
+        usage.input_tokens = estimate_input() if estimate_input is not None else 0
+    if reported is None or reported.completion_tokens is None:
+        usage.output_tokens = output_estimate(generated_chars(reply))
     reason, sequence = stop_of(
         choice.finish_reason,
         choice.stop_reason,
