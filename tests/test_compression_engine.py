@@ -137,10 +137,48 @@ def test_codex_argv_commands_and_file_reads(command: list[str], verbatim: bool) 
         ("cat a.py & make", False),
         ("cat 'unbalanced", False),
         ("make", False),
+        # Files named by what comes first, printed by the last program.
+        ("find src -name '*.py' | xargs cat", True),
+        ("ls src/*.py | xargs -n 1 cat", True),
+        ("git ls-files '*.json' | xargs -0 head -n 50", True),
+        ("find . -name '*.cfg' -exec cat {} \\;", True),
+        ("cd src && find . -type f -exec cat {} +", True),
+        ("find . | xargs grep foo", False),
+        ("find . -exec rm {} +", False),
+        ("pytest | tail -50", False),
+        ("pytest |& cat", False),
+        ("ls | xargs", False),
     ],
 )
 def test_reads_files_recognises_only_printing_programs(command: str, reads: bool) -> None:
     assert CODEX.reads_files(command) is reads
+
+
+@pytest.mark.parametrize(
+    "command", ["find src -name '*.py' | xargs cat", "find src -name '*.json' -exec cat {} +"]
+)
+def test_files_printed_through_xargs_or_find_exec_are_kept_exactly(command: str) -> None:
+    # Code with blank runs, trailing blanks and lines alike but for digits: all of it counts.
+    code = "import os\n\n\n\nLEVELS = {\n" + "".join(f"    'l{n}': {n},\n" for n in range(1, 6))
+    code += "}\n\n\ndef f(x):  \n    return x\n" + json.dumps({"a": 1, "b": [1, 2]}, indent=2)
+    body = _body(_turns(("t1", "Bash", {"command": command}, code)))
+    assert compress_request(body, CLAUDE).body is None
+
+
+@pytest.mark.parametrize(
+    "tool", ["mcp__filesystem__read_text_file", "mcp__github__get_file_contents", "view"]
+)
+def test_tools_named_as_file_readers_keep_their_output_exactly(tool: str) -> None:
+    tsconfig = json.dumps({"compilerOptions": {"strict": True}}, indent=2) + "\n\n\n"
+    body = _body(_turns(("t1", tool, {"path": "tsconfig.json"}, tsconfig + FILE_TEXT)))
+    assert compress_request(body, CLAUDE).body is None
+
+
+def test_plain_diff_output_keeps_its_trailing_blanks_and_every_changed_line() -> None:
+    old = "".join(f"< id{n} = {n}0  \n" for n in range(8))
+    output = f"1,8c1,8\n{old}---\n" + "".join(f"> id{n} = {n}1\n" for n in range(8))
+    body = _body(_turns(("t1", "Bash", {"command": "diff expected.txt actual.txt"}, output)))
+    assert compress_request(body, CLAUDE).body is None
 
 
 def test_commands_and_descriptions_of_calls() -> None:

@@ -100,20 +100,52 @@ class Bundle:
         unbalanced quote means "not a plain read".
         """
         first = _program(command)
-        if first is None or (first != "cd" and first not in self.read_commands):
+        if first is None or (first not in self.read_commands and first not in _READ_VIA):
             return False  # the common case, decided without the full reading below
         bare = _QUOTED.sub("Q", command) if "'" in command or '"' in command else command
         if "'" in bare or '"' in bare:
             return False
         readers = False
-        for segment in _SEPARATOR.split(bare.replace(">&", ">").replace("&>", ">")):
-            program = _program(segment)
+        bare = bare.replace("|&", "|").replace(">&", ">").replace("&>", ">")
+        for pipeline in _COMMAND_SEPARATOR.split(bare):
+            stages = pipeline.split("|")
+            program = _program(stages[-1])
             if program is None or program == "cd":
                 continue
-            if program not in self.read_commands:
-                return False
+            # Files named by what comes before: find ... | xargs cat, or find -exec cat.
+            if self._prints_named_files(stages[-1]):
+                readers = True
+                continue
+            for stage in stages:
+                program = _program(stage)
+                if program is not None and program not in self.read_commands:
+                    return False
             readers = True
         return readers
+
+    def _prints_named_files(self, stage: str) -> bool:
+        """``xargs [options] cat`` or ``find ... -exec cat {} +``: a reader of the files the
+        rest of the command names."""
+        words = stage.split()
+        at = next((i for i, word in enumerate(words) if "=" not in word), len(words))
+        program = words[at].rsplit("/", 1)[-1] if at < len(words) else None
+        if program == "xargs":
+            at += 1
+            while at < len(words) and words[at].startswith("-"):
+                at += 2 if words[at] in _XARGS_VALUE_OPTIONS else 1
+            return at < len(words) and _program(words[at]) in self.read_commands
+        if program in ("find", "fd", "fdfind"):
+            runs = [words[i + 1] for i, word in enumerate(words[:-1]) if word in _EXEC_FLAGS]
+            return bool(runs) and all(_program(run) in self.read_commands for run in runs)
+        return False
+
+    def reads_files_by_name(self, tool: str) -> bool:
+        """Whether a tool outside the bundle's lists looks like a file reader by its name
+        (an MCP server's ``read_text_file``, ``read_file``, ``get_file_contents``, ``view``):
+        its output is kept exactly, as the agent's own read tool's is, since the agent copies
+        its lines into exact-match edits. A name that only looks so (``thread_list``) loses
+        nothing but compression."""
+        return _READER_NAME.search(tool.rsplit("__", 1)[-1]) is not None
 
     def describe(self, tool: str, tool_input: Raw) -> str:
         """A short label for a call, e.g. ``Read /src/app.py`` or ``Bash: git status``."""
@@ -143,7 +175,13 @@ _string = msgspec.json.Decoder(str)
 _SHELLS = frozenset({"bash", "sh", "zsh", "dash", "ksh"})
 _SUMMARY_KEYS = ("file_path", "path", "filePath", "target_file", "pattern", "url", "query")
 _QUOTED = re.compile(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"")
-_SEPARATOR = re.compile(r"[;&|\n]+")
+# Between commands (each a pipeline): ';', '&&', '||', '&' and newlines.
+_COMMAND_SEPARATOR = re.compile(r"\|\||[;&\n]+")
+# Where a command's first program may start a read of files named elsewhere in it.
+_READ_VIA = frozenset({"find", "fd", "fdfind", "ls", "git", "rg", "grep", "cd", "xargs"})
+_XARGS_VALUE_OPTIONS = frozenset({"-n", "-L", "-P", "-I", "-d", "-E", "-s", "-a"})
+_READER_NAME = re.compile(r"read|view|file_?contents?|get_?file|open_?file|cat_?file", re.I)
+_EXEC_FLAGS = frozenset({"-exec", "-execdir", "-x", "--exec", "-X", "--exec-batch"})
 
 
 def _runs_script(flag: str) -> bool:

@@ -209,7 +209,9 @@ class Walk:
             return _EXACT
         if name in bundle.shell_tools:
             return None
-        return self.search_rule if name in bundle.search_tools else self.text_rule
+        if name in bundle.search_tools:
+            return self.search_rule
+        return _EXACT if bundle.reads_files_by_name(name) else self.text_rule
 
     def shell_rule(self, use: dict[str, Raw]) -> Rule:
         """The rule for a shell call's output, which its command line decides; remembered by

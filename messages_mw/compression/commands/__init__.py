@@ -76,6 +76,8 @@ _NPM: _Plan = (("npm",), False)
 _GREP: _Plan = (("grep",), True)
 _LINT: _Plan = (("lint",), False)
 _PRINTS_FILE: _Plan = ((), True)
+_DIFF_LINES: _Plan = (("diff",), True)
+_FILE_PRINTERS = ("cat", "head", "tail", "nl", "bat", "batcat", "less", "more", "tac", "sed", "awk")
 _LINTERS = ("tsc", "vue-tsc", "mypy", "dmypy", "ruff", "eslint", "pyright", "basedpyright",
             "flake8", "pylint", "biome", "oxlint")  # fmt: skip
 _FIND: _Plan = (("find",), False)
@@ -95,10 +97,10 @@ _PROGRAMS: Mapping[str, _Plan] = MappingProxyType(
         **dict.fromkeys(("pip", "pip3"), _PIP),
         **dict.fromkeys(("grep", "egrep", "fgrep", "ag", "ack"), _GREP),
         **dict.fromkeys(_LINTERS, _LINT),
-        **dict.fromkeys(
-            ("cat", "head", "tail", "nl", "bat", "batcat", "less", "more", "tac", "sed", "awk"),
-            _PRINTS_FILE,
-        ),
+        **dict.fromkeys(_FILE_PRINTERS, _PRINTS_FILE),
+        # diff's own format: a line that differs only in trailing blanks, or in digits, is
+        # the difference itself.
+        **dict.fromkeys(("diff", "colordiff", "cmp"), _DIFF_LINES),
         "ls": (("ls",), False),
     }
 )
@@ -182,7 +184,7 @@ def _plan(argv: list[str]) -> _Plan | None:
     args = argv[1:]
     if name in _PROGRAMS:
         plan = _PROGRAMS[name]
-        return None if plan is _PRINTS_FILE and not names_files(argv) else plan
+        return None if name in _FILE_PRINTERS and not names_files(argv) else plan
     if name in ("find", "fd", "fdfind"):
         return _FIND
     if name == "tree":
