@@ -291,6 +291,24 @@ def test_near_identical_errors_locations_and_numbers_are_never_merged(line: str)
     assert collapse_repeats(text) is text
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "v1.{n}.0",  # git tag
+        "  release-{n}",  # git branch
+        " [X] 00{n:02d}_auto",  # showmigrations
+        "  - migration_00{n:02d}",  # a listing
+        "svc_worker_{n}",  # docker ps --format {{.Names}}
+        "LEVEL_{n} = {n}",  # an enum, read by a tool outside the bundle's lists
+    ],
+)
+def test_a_list_of_names_alike_but_for_digits_is_never_merged(line: str) -> None:
+    # Identifiers, not counters: a tag or branch left out of the list is one the agent
+    # never learns of (release-5 missing from release-0..11 would not show).
+    text = "\n".join(line.format(n=n) for n in range(12))
+    assert collapse_repeats(text) is text
+
+
 def test_a_date_opening_a_line_is_not_a_location() -> None:
     text = "\n".join(f"2024-05-{n:02d} nightly build ok" for n in range(1, 12))
     assert "… 9 similar lines omitted" in collapse_repeats(text)

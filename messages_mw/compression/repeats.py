@@ -2,7 +2,8 @@
 
 A run of identical lines keeps one line and a count, losing nothing. A run of near-identical
 lines (equal once digits are ignored: counters, percentages) also loses its middle, unless its
-lines hold an error word, a file location or different file names, which an agent needs.
+lines hold an error word, a file location or different file names, or are each a single name
+(tags, branches, constants), which an agent needs.
 Deterministic and dependent on the text alone, like every transform of :mod:`.text`.
 """
 
@@ -19,6 +20,7 @@ _EXACT_MIN_RUN = 3
 # A near-duplicate run loses its middle lines, so it must be long enough to be noise.
 _NEAR_MIN_RUN = 5
 _LETTER_RE = re.compile(r"[A-Za-z]")
+_ALNUM_RE = re.compile(r"[A-Za-z0-9]")
 # Lines a near-duplicate merge must never hide: errors, in any case, and anything pointing into
 # a file: ``\S:\d+``, ``\bline \d+`` (``Line``, ``LINE`` too), ``(\d+,\d+)``, and a number
 # opening a line with ``:`` or ``-``, as grep prints one file's matches and context (a date's
@@ -138,6 +140,8 @@ def _mergeable(run: list[str]) -> bool:
     """
     if run.count(run[0]) == len(run) or not _LETTER_RE.search(run[0]):
         return False
+    if _one_name(run[0]) and _one_name(run[-1]):
+        return False  # a list of names (tags, branches, migrations, constants): each counts
     names = _FILE_NAME_RE.findall(run[0])
     # A run of different files mostly shows at its second line already.
     if _FILE_NAME_RE.findall(run[1]) != names or _FILE_NAME_RE.findall(run[-1]) != names:
@@ -151,6 +155,19 @@ def _mergeable(run: list[str]) -> bool:
     expected = [*names, "\n"] * len(run)
     expected.pop()
     return _FILE_NAME_OR_BREAK_RE.findall(joined) == expected
+
+
+def _one_name(line: str) -> bool:
+    """Whether ``line`` holds a single word, past list marks (``-``, ``*``, ``[X]``) and
+    values (``= 1``): ``v1.11.0``, ``* release-3``, ``[X] 0007_auto``, ``LEVEL_6 = 6``. A
+    progress line has more words (``Downloading x 40%``, ``batch 7 of 80``)."""
+    words = 0
+    for token in line.split():
+        if "%" not in token and _LETTER_RE.search(token) and len(_ALNUM_RE.findall(token)) > 1:
+            words += 1
+            if words > 1:
+                return False
+    return words == 1
 
 
 def _has_precious(text: str) -> bool:
