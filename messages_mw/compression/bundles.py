@@ -127,7 +127,7 @@ class Bundle:
         """``xargs [options] cat`` or ``find ... -exec cat {} +``: a reader of the files the
         rest of the command names."""
         words = stage.split()
-        at = next((i for i, word in enumerate(words) if "=" not in word), len(words))
+        at = _program_at(words)
         program = words[at].rsplit("/", 1)[-1] if at < len(words) else None
         if program == "xargs":
             at += 1
@@ -191,10 +191,17 @@ def _runs_script(flag: str) -> bool:
 
 def _program(segment: str) -> str | None:
     """The program a simple command runs, past any ``NAME=value`` assignments."""
-    for word in segment.split():
+    words = segment.split()
+    at = _program_at(words)
+    return words[at].rsplit("/", 1)[-1] if at < len(words) else None
+
+
+def _program_at(words: list[str]) -> int:
+    """Where the program is among a simple command's words (``len(words)`` if nowhere)."""
+    for at, word in enumerate(words):
         if "=" not in word or word.startswith("-"):
-            return word.rsplit("/", 1)[-1]
-    return None
+            return at
+    return len(words)
 
 
 def _clip(text: str, limit: int = 80) -> str:
