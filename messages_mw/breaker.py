@@ -10,9 +10,10 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["BreakerPolicy", "BreakerState", "CircuitBreaker"]
+__all__ = ["BreakerPolicy", "BreakerState", "CircuitBreaker", "SoleTarget"]
 
 BreakerState = Literal["closed", "open", "half_open"]
+SoleTarget = Literal["try", "refuse"]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -21,7 +22,15 @@ def _check(condition: bool, message: str) -> None:
 
 
 class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """When a :class:`CircuitBreaker` opens (consecutive failures) and for how long (s).
+    """When a :class:`CircuitBreaker` opens (consecutive failures) and for how long (s), and
+    what an open circuit does to a request with no other target to move to.
+
+    ``sole_target``: ``try`` (the default) sends such a request all the same. The breaker
+    exists to move requests to a healthier target; with none, skipping would only turn the
+    upstream's own answer into the gateway's 529, and let one client's failing requests (with
+    keys passed through, a tenant's) shut every other client out of the target for a
+    cooldown. ``refuse`` answers it at once with that 529, for hosts that would rather fail
+    fast than wait on a target known to fail.
 
     Raises :class:`ValueError` (a ``msgspec.ValidationError`` when decoding config) for a
     ``failure_threshold`` below 1 or a ``cooldown`` that is negative or not finite.
@@ -29,6 +38,7 @@ class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     failure_threshold: int = 5
     cooldown: float = 30.0
+    sole_target: SoleTarget = "try"
 
     def __post_init__(self) -> None:
         _check(self.failure_threshold >= 1, "failure_threshold must be at least 1")

@@ -131,6 +131,9 @@ class _Chain:
     # The caller's, or one made when a stream is first held (never, for JSON requests).
     held: HeldStream | None
     timer: SharedTimer
+    # Whether an open circuit lets the request through: it has no other target to move to,
+    # and the breaker's policy says to try it then (BreakerPolicy.sole_target).
+    open_circuit_tried: bool
     started: float = field(init=False)
     failure: _Failure | None = field(init=False, default=None)
     out_of_time: bool = field(init=False, default=False)
@@ -161,6 +164,11 @@ class _Chain:
             return True
         if breaker.allow(target.name):
             self.trial = breaker.trial_started_at(target.name)  # ours, if one is under way
+            return True
+        if self.open_circuit_tried:
+            # No trial of ours: a success closes the circuit all the same, a failure
+            # restarts its cooldown.
+            self.trial = None
             return True
         self.attempts.append(Attempt(target.name, None, "circuit_open", 0.0))
         wait = breaker.seconds_until_trial(target.name)
@@ -526,7 +534,14 @@ async def run_chain(
         raise ValueError("run_chain needs at least one target")
     log = [] if attempts is None else attempts
     timer = timer or SharedTimer()
-    chain = _Chain(send, policy, breaker, stream, sleep, clock, random, log, held, timer)
+    open_circuit_tried = (
+        breaker is not None
+        and breaker.policy.sole_target == "try"
+        and all(target == targets[0] for target in targets)
+    )
+    chain = _Chain(
+        send, policy, breaker, stream, sleep, clock, random, log, held, timer, open_circuit_tried
+    )
     try:
         for target in targets:
             response = await chain.try_target(target)

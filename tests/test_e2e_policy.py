@@ -566,6 +566,37 @@ def test_breaker_opens_after_failures_then_a_trial_closes_it(ups: Upstreams) -> 
     assert len(ups.backup.received) == 3
 
 
+def test_one_clients_failures_never_shut_others_out_of_the_only_upstream(ups: Upstreams) -> None:
+    # Keys passed through, one upstream: a tenant whose requests the upstream refuses with a
+    # 500 opens its circuit, but the next tenant must still get the upstream's own answers,
+    # as it would from Anthropic, not the gateway's 529 for a cooldown.
+    def by_key(request: Received) -> Reply:
+        if request.headers.get("x-api-key") == "sk-poison":
+            down = error_json("api_error", "this request breaks us")
+            return Reply(status=500, body=down, headers=[("x-should-retry", "false")])
+        return Reply(body=message_json())
+
+    ups.primary.default = by_key
+    breaker = BreakerPolicy(failure_threshold=2, cooldown=30.0)
+    fallback = FallbackConfig(breaker=breaker)
+    config = ups.config(auth=AuthConfig(mode="passthrough"), fallback=fallback)
+    with gateway_stack(config) as gw:
+        with sdk_client(gw.base_url, x_api_key="sk-poison") as poison:
+            for _ in range(3):
+                with pytest.raises(anthropic.InternalServerError) as failed:
+                    poison.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
+                assert "this request breaks us" in failed.value.message
+        with sdk_client(gw.base_url, x_api_key="sk-healthy") as healthy:
+            raw = healthy.messages.with_raw_response.create(
+                model=MODEL, max_tokens=8, messages=HELLO
+            )
+        events = gw.wait_for_events(4)
+    assert raw.status_code == 200 and raw.headers["x-mw-provider"] == "anthropic"
+    assert len(ups.primary.received) == 4
+    assert [event.status for event in events] == [500, 500, 500, 200]
+    assert all("circuit_open" not in encoded(event) for event in events)
+
+
 async def _burst(base_url: str, key: str, count: int) -> list[Any]:
     async with async_sdk_client(base_url, key) as client:
         calls = [

@@ -787,6 +787,45 @@ def test_every_target_skipped_is_overloaded_until_the_first_trial() -> None:
     assert caught.value.headers == {"retry-after": "20"}
 
 
+def test_a_sole_target_is_sent_to_while_its_circuit_is_open() -> None:
+    # With nowhere else to go, a skip would only turn the upstream's answer into a 529 of
+    # the gateway's: the request goes, and what happens to it tells the breaker.
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=clock)
+    breaker.record_failure(PRIMARY.name)
+    down = reply(500, b'{"type":"error","error":{"type":"api_error","message":"down"}}')
+    failing = Upstreams({PRIMARY.name: [down]})
+    once = RetryPolicy(attempts_per_target=1)
+    result = chain([PRIMARY], failing, policy=once, breaker=breaker, sleeps=Sleeps(clock))
+    assert (failing.calls, result.response.status) == ([PRIMARY.name], 500)
+    assert summary(result.attempts) == [(PRIMARY.name, 500, "api_error")]
+    assert breaker.state(PRIMARY.name) == "open"
+    clock.now += 20  # a fresh failure restarted the cooldown: chains with a backup skip on
+    assert breaker.state(PRIMARY.name) == "open"
+    # The same target named twice is still the only one.
+    healthy = Upstreams({PRIMARY.name: [reply(200)]})
+    result = chain([PRIMARY, PRIMARY], healthy, policy=once, breaker=breaker, sleeps=Sleeps(clock))
+    assert (healthy.calls, result.response.status) == ([PRIMARY.name], 200)
+    assert breaker.state(PRIMARY.name) == "closed"
+
+
+def test_a_sole_target_behind_an_open_circuit_is_refused_when_so_configured() -> None:
+    clock = FakeClock()
+    policy = BreakerPolicy(failure_threshold=1, cooldown=30, sole_target="refuse")
+    breaker = CircuitBreaker(policy, clock=clock)
+    breaker.record_failure(PRIMARY.name)
+    send = Upstreams({PRIMARY.name: [reply(200)]})
+    with pytest.raises(OverloadedError, match="circuit open") as caught:
+        chain([PRIMARY], send, breaker=breaker, sleeps=Sleeps(clock))
+    assert send.calls == [] and caught.value.headers == {"retry-after": "30"}
+
+
+def test_a_sole_target_policy_is_validated() -> None:
+    assert msgspec.convert({"sole_target": "refuse"}, BreakerPolicy).sole_target == "refuse"
+    with pytest.raises(msgspec.ValidationError, match=r"Invalid enum value 'skip'.*sole_target"):
+        msgspec.convert({"sole_target": "skip"}, BreakerPolicy)
+
+
 @pytest.mark.parametrize("status", [408, 409, 429])
 def test_a_per_request_failure_does_not_count_for_the_breaker(status: int) -> None:
     # With keys passed through, one client's 429s say nothing of the target's health: they
