@@ -199,6 +199,8 @@ def test_package_scripts_are_judged_by_name(command: str, kind: tuple[str, ...])
         ("sed -n '1,200p' src/app.py", True),
         ("git diff", True),
         ("git show HEAD:src/app.py", True),
+        ("git cat-file -p HEAD:tsconfig.json", True),
+        ("git -C repo blame src/app.py", True),
         ("rg -n foo", True),
         ("pytest", False),
         ("cat <<EOF > x\nhi\nEOF", False),

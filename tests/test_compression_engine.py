@@ -166,6 +166,18 @@ def test_files_printed_through_xargs_or_find_exec_are_kept_exactly(command: str)
 
 
 @pytest.mark.parametrize(
+    "command", ["git cat-file -p HEAD:tsconfig.json", "git cat-file blob 3b18e51", "git blame a.py"]
+)
+def test_files_printed_by_git_are_kept_exactly(command: str) -> None:
+    # A blob as stored: not minified, blank runs and lines alike but for digits all kept.
+    tsconfig = json.dumps({"compilerOptions": {"strict": True, "paths": {"a": ["b"]}}}, indent=2)
+    code = "\n\n\n\nLEVELS = {\n" + "".join(f"    'l{n}': {n},\n" for n in range(1, 6)) + "}\n"
+    for content in (tsconfig + "\n", code):
+        body = _body(_turns(("t1", "Bash", {"command": command}, content)))
+        assert compress_request(body, CLAUDE).body is None
+
+
+@pytest.mark.parametrize(
     "tool", ["mcp__filesystem__read_text_file", "mcp__github__get_file_contents", "view"]
 )
 def test_tools_named_as_file_readers_keep_their_output_exactly(tool: str) -> None:

@@ -115,6 +115,8 @@ _CARGO_BUILDS = frozenset(
 )
 _GIT_VALUE_OPTIONS = frozenset({"-C", "-c", "--git-dir", "--work-tree", "--namespace"})
 _GIT_DIFFS = frozenset({"diff", "show", "log", "whatchanged", "format-patch", "reflog"})
+# Print a file's lines as stored (a blob, or each line with its commit): kept exactly, as cat's.
+_GIT_FILE_PRINTERS = frozenset({"cat-file", "blame", "annotate"})
 
 
 def filter_for_command(command: str) -> Filter | None:
@@ -230,6 +232,8 @@ def _git(args: list[str]) -> _Plan | None:
     if sub == "ls-files":
         return _FIND
     if sub == "show" and any(":" in arg and not arg.startswith("-") for arg in found[1:]):
+        return _PRINTS_FILE
+    if sub in _GIT_FILE_PRINTERS:
         return _PRINTS_FILE
     if sub in _GIT_DIFFS:
         return (("diff",), True)
