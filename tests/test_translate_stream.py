@@ -758,6 +758,22 @@ def test_a_piece_that_begins_like_the_arguments_so_far_is_kept_where_an_object_m
     assert json.loads(arguments) == {"a": {"a": 1}}
 
 
+def test_interleaved_fragments_of_calls_numbered_zero_go_to_the_call_their_id_names() -> None:
+    raw = [
+        _tool(0, cid="a", name="A", args='{"city":'),
+        _tool(0, cid="b", name="B", args='{"zone":'),
+        _tool(0, cid="a", args=' "Paris"}'),
+        _tool(0, cid="b", args=' "UTC"}'),
+        sse_data(chunk({}, "tool_calls")),
+    ]
+    events = check_grammar(translate(raw))
+    assert _tool_blocks(translate(raw)) == [
+        ("a", "A", '{"city": "Paris"}'),
+        ("b", "B", '{"zone": "UTC"}'),
+    ]
+    assert len([n for n, _ in events if n == "content_block_start"]) == 2
+
+
 def test_every_call_numbered_zero_with_distinct_ids() -> None:
     raw = [
         _tool(0, cid="a", name="A", args='{"n": 1}'),

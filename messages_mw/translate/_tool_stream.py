@@ -113,6 +113,9 @@ class ToolStreams:
         self._message_id = message_id
         self._calls: dict[int, _Call] = {}
         self._keys: dict[int, int] = {}
+        # Each id's call: a fragment naming an earlier call's id belongs to it, wherever the
+        # server numbered it.
+        self._by_id: dict[str, _Call] = {}
         self._queue: list[_Call] = []
         self._open: _Call | None = None
 
@@ -127,7 +130,9 @@ class ToolStreams:
 
     def feed(self, delta: InToolCall) -> None:
         call = self._call_for(delta)
-        call.id = call.id or delta.id
+        if not call.id and delta.id:
+            call.id = delta.id
+            self._by_id.setdefault(delta.id, call)
         fragment = ""
         if delta.function is not None:
             call.name = call.name or delta.function.name or None
@@ -166,6 +171,11 @@ class ToolStreams:
         # servers number every call 0. So is a new name, for servers that send neither index
         # nor id (a repeated name may be the same call resent, so only a different one counts).
         slot = -1 if delta.index is None else delta.index
+        if delta.id and (named := self._by_id.get(delta.id)) is not None:
+            # Servers that number every call 0 and interleave their fragments still name
+            # each fragment's call by its id: a late one goes back to its own call.
+            self._keys[slot] = named.key
+            return named
         key = self._keys.get(slot)
         if key is not None:
             known = self._calls[key]
