@@ -554,7 +554,14 @@ class Gateway:
         context.provider, context.served_model = target.provider, target.model
         context.provider_type = self._provider_types[target.provider]
         context.fallback_used = result.fallback_used
-        await self._relay(result.response, send, context)
+        try:
+            await self._relay(result.response, send, context)
+        finally:
+            if held is not None and held.chunks and context.first_byte_at is None:
+                # The client went at the response's first send, before the relay read the
+                # opening events held back for the chain: their message_start says what the
+                # upstream bills for the input all the same.
+                context.usage = observed_usage(held.chunks)
 
     def _record_server(self, context: RequestContext, target: Target, fallback: bool) -> None:
         context.provider, context.served_model = target.provider, target.model

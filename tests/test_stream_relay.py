@@ -653,6 +653,42 @@ def test_a_client_leaving_while_the_stream_is_held_keeps_its_usage() -> None:
     assert finished[0].usage.input_tokens == 12
 
 
+@pytest.mark.parametrize("how", ["send-raises", "send-waits-then-disconnect"])
+def test_a_client_gone_at_the_first_send_after_the_hold_keeps_the_held_usage(how: str) -> None:
+    # The held opening events are relayed only once the response has started: a client
+    # found gone at that very send (its server raising OSError, or the send waiting on a
+    # full socket when the disconnect comes) must not lose the input message_start reported.
+    async def answer() -> AsyncIterator[bytes]:
+        for event in text_stream_events(["a"], input_tokens=100):
+            await asyncio.sleep(0.01)
+            yield event
+
+    recorder = Recorder(lambda request: httpx.Response(200, headers=SSE_HEADERS, content=answer()))
+    gateway, finished = make_gateway(recorder)
+    started = asyncio.Event()
+
+    async def scenario() -> None:
+        messages: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        await messages.put({"type": "http.request", "body": STREAM_REQUEST, "more_body": False})
+
+        async def send(message: dict[str, object]) -> None:
+            assert message["type"] == "http.response.start", "nothing after the start"
+            if how == "send-raises":
+                raise OSError("connection lost")
+            started.set()
+            await asyncio.sleep(60)  # a paused transport: send() awaits drain()
+
+        task = asyncio.ensure_future(gateway(MESSAGES_SCOPE, messages.get, send))
+        if how != "send-raises":
+            await asyncio.wait_for(started.wait(), 2)
+            await messages.put({"type": "http.disconnect"})
+        await asyncio.wait_for(task, 2)
+
+    run(scenario())
+    assert finished[0].client_disconnected
+    assert finished[0].usage.input_tokens == 100
+
+
 def test_a_client_leaving_a_held_fallback_stream_is_billed_to_its_target() -> None:
     # The primary is overloaded; the backup's stream reported its input, then thought on.
     # The client leaves: the event must name the backup and price the backup's model.
