@@ -29,7 +29,7 @@ from .errors import (
     UpstreamUnavailableError,
 )
 from .protocol import DECODE_ERRORS, ObservedResponse
-from .providers.base import ProviderResponse
+from .providers.base import ProviderResponse, UpstreamReport, nothing_reported
 from .retry import RetryPolicy, backoff_delay, retry_after_seconds, waits_too_long
 from .shared_timer import SharedTimer
 from .stream_peek import peek_stream, replay_stream, stop_read, telling_first_verdict
@@ -83,6 +83,9 @@ class HeldStream:
 
     target: Target | None = None
     chunks: list[bytes] = field(default_factory=list)
+    # The held response's provider report: whether the usage in its chunks is the
+    # upstream's (a translating provider's message_start carries its own estimate).
+    reported: Callable[[], UpstreamReport] = nothing_reported
 
 
 @dataclass(slots=True)
@@ -322,7 +325,7 @@ class _Chain:
         holder = self.held
         if holder is None:
             holder = self.held = HeldStream()
-        holder.target, holder.chunks = target, buffered
+        holder.target, holder.chunks, holder.reported = target, buffered, response.reported
         error, pending = await peek_stream(
             chunks,
             policy.retry_statuses,
@@ -399,12 +402,17 @@ class _Chain:
         return 200, (None if usage == _NO_USAGE else usage)
 
     def _release_held(self, target: Target) -> tuple[int | None, TokenUsage | None]:
-        """Stop holding ``target``'s stream, which failed; what :meth:`_held_by` says."""
-        outcome = self._held_by(target)
-        if outcome[0] is not None:
-            assert self.held is not None
-            self.held.target, self.held.chunks = None, []
-        return outcome
+        """Stop holding ``target``'s stream, which failed; what :meth:`_held_by` says, but
+        no usage when the upstream reported none: a translating provider's estimate is not
+        what a failed upstream bills (a refusal bills nothing)."""
+        status, usage = self._held_by(target)
+        if status is not None:
+            held = self.held
+            assert held is not None
+            if usage is not None and not held.reported().usage_seen:
+                usage = None
+            held.target, held.chunks = None, []
+        return status, usage
 
     def _record_failure(self, failure: _Failure, duration: float) -> None:
         name, error, response = failure.target.name, failure.error, failure.response

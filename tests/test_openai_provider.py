@@ -1135,6 +1135,27 @@ def test_a_stream_the_upstream_aborts_before_any_content_is_an_http_error() -> N
     assert attempt.usage is not None and attempt.usage.input_tokens == 50
 
 
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        (b'data: {"error": {"message": "slow down", "type": "rate_limit_error"}}\n\n', 429),
+        (b"", 502),
+    ],
+    ids=["error-chunk", "nothing"],
+)
+def test_a_stream_failing_before_the_upstream_said_anything_bills_nothing(
+    content: bytes, status: int
+) -> None:
+    # Only the gateway's own message_start, with its input estimate, was held: the upstream
+    # reported no usage (a refusal bills none), so none goes on the failed attempt, which
+    # token limits and spend would count beside the answer of a fallback.
+    gateway, finished = _openai_gateway(content, stream=True)
+    response = _post_to(gateway, _body(model="local/gpt-4o", stream=True))
+    assert response.status_code == status
+    (attempt,) = finished[0].attempts
+    assert attempt.usage is None
+
+
 def test_an_answer_the_upstream_aborts_keeps_its_usage_on_the_attempt() -> None:
     # A JSON answer ending in finish_reason "abort" is a 502 (or the next target's answer),
     # but the upstream counted it: its usage stays on that attempt's record.

@@ -96,10 +96,13 @@ def never_ready() -> bool:
 class UpstreamReport(NamedTuple):
     """What a provider translating its upstream's answer knows that the answer's body no
     longer says: the model the upstream named (a dated snapshot, say; ``None``: as in the
-    body), and whether the usage in the body is the provider's own estimate."""
+    body), whether the usage in the body is the provider's own estimate (in part at least),
+    and whether the upstream reported any usage at all (else every count is the provider's
+    guess, which a failed attempt must not bill)."""
 
     model: str | None = None
     usage_estimated: bool = False
+    usage_seen: bool = True
 
 
 _NOTHING_REPORTED = UpstreamReport()

@@ -483,8 +483,11 @@ def _report_of(body: bytes) -> UpstreamReport:
         return UpstreamReport()
     usage = facts.usage
     reported = usage is not None and usage.fully_reported()
-    return UpstreamReport(facts.model or None, not reported)
+    seen = usage is not None and not usage.empty()
+    return UpstreamReport(facts.model or None, not reported, seen)
 
 
 def _translator_report(translator: StreamTranslator) -> UpstreamReport:
-    return UpstreamReport(translator.upstream_model, not translator.usage_reported)
+    return UpstreamReport(
+        translator.upstream_model, not translator.usage_reported, translator.any_usage_reported
+    )

@@ -96,6 +96,11 @@ class StreamTranslator:
         return self._input_reported and self._output_reported
 
     @property
+    def any_usage_reported(self) -> bool:
+        """Whether the upstream reported either count (else all usage sent is estimated)."""
+        return self._input_reported or self._output_reported
+
+    @property
     def upstream_model(self) -> str | None:
         """The model the upstream's chunks named, if any."""
         return self._upstream_model
