@@ -612,7 +612,8 @@ class Gateway:
     def _with_cost(self, body: bytes, context: RequestContext) -> bytes:
         if not self.config.cost_in_response or self._policy.pricing is None:
             return body
-        cost = self._policy.pricing.cost(context.served_model or context.model, context.usage)
+        asked = context.served_model or context.model
+        cost = self._policy.pricing.answer_cost(asked, context.response_model, context.usage)
         return body if cost is None else add_cost_to_response_body(body, cost)
 
 

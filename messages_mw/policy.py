@@ -92,6 +92,8 @@ class ForwardPlan:
     # auto-model request's router candidates) and the body's own fallback targets.
     resolver: TargetResolver | None = None
     body_targets: Sequence[Target] | None = None
+    # The body's ``fallbacks`` when they are the upstream's (Anthropic's own, passed on).
+    upstream_fallbacks: msgspec.Raw | None = None
 
 
 @dataclass(slots=True)
@@ -178,12 +180,27 @@ class Policy:
         plan.chain = resolver.chain(parsed.model, plan.body_targets)
         limiter = self.limiter
         if limiter is not None:
-            # With a router hook the chain is known only once it has run (in prepare).
-            checks = limiter.checks_prices and self.router is None  # inline: every request
-            if checks and limiter.needs_price(context):
-                self._check_priced(plan.chain)
+            if limiter.checks_prices and limiter.needs_price(context):  # inline: every request
+                self._check_plan_priced(plan)
             context.response_headers = await limiter.admit(context)
         return plan
+
+    def _check_plan_priced(self, plan: ForwardPlan) -> None:
+        """Refuse (403) a request under a spend budget whose chain, or whose upstream-run
+        ``fallbacks``, may run a model without a price. With a router hook the chain is
+        known only once it has run (:meth:`prepare` checks it then)."""
+        if self.router is None:
+            self._check_priced(plan.chain)
+        if plan.upstream_fallbacks is not None:
+            entries = _upstream_fallback_models(plan.upstream_fallbacks)
+            if entries is None:
+                raise PermissionDeniedError(
+                    "fallbacks: under a spend budget the upstream may not choose the fallback "
+                    "models, since a model without a configured price could not be counted; "
+                    "name them."
+                )
+            for field, model in entries:
+                self._check_model_priced(field, model)
 
     def _needs_price(self, context: RequestContext) -> bool:
         limiter = self.limiter
@@ -192,13 +209,16 @@ class Policy:
     def _check_priced(self, chain: Sequence[Target]) -> None:
         """Refuse (403) a request under a spend budget that may go to a model without a
         price: its cost could not be counted, so the budget would not hold."""
-        pricing = self.pricing
         for target in chain:
-            if pricing is None or pricing.price_for(target.model) is None:
-                raise PermissionDeniedError(
-                    f"model: '{target.model}' has no configured price, so the spend budget "
-                    "this request falls under could not count it."
-                )
+            self._check_model_priced("model", target.model)
+
+    def _check_model_priced(self, field: str, model: str) -> None:
+        pricing = self.pricing
+        if pricing is None or pricing.price_for(model) is None:
+            raise PermissionDeniedError(
+                f"{field}: '{model}' has no configured price, so the spend budget "
+                "this request falls under could not count it."
+            )
 
     def check_model(self, context: RequestContext, model: str) -> frozenset[str] | None:
         """The principal's model allow-list (403), for routes that skip :meth:`admit`;
@@ -286,7 +306,8 @@ class Policy:
         set_fields = _metadata_without_tags(body) if has_metadata_tags else None
         if remove or set_fields:
             body = edit_top_level(body, set_fields=set_fields, remove=remove)
-        return ForwardPlan(body, headers, [], resolver, body_targets)
+        upstream_fallbacks = fallbacks if body_targets is None else None
+        return ForwardPlan(body, headers, [], resolver, body_targets, upstream_fallbacks)
 
     async def prepare(
         self, plan: ForwardPlan, parsed: MessagesRequest, context: RequestContext
@@ -348,7 +369,8 @@ class Policy:
         # Only for someone who reads it (a usage event, a spend limit, the host's hook): it
         # takes a price lookup and a float sum on every request.
         if self.pricing is not None and (wants_event or records or self.reports_contexts):
-            context.cost = self.pricing.cost(context.served_model or context.model, context.usage)
+            asked = context.served_model or context.model
+            context.cost = self.pricing.answer_cost(asked, context.response_model, context.usage)
             for attempt, usage in billed_beside_answer(context):
                 attempt.cost = self.pricing.cost(attempt.model, usage)
         # The event first: it awaits nothing, so no cancellation can lose it.
@@ -422,7 +444,13 @@ def _check_body_models(
         names = _fallback_names_decoder.decode(fallbacks)
         _check_allowed(allowed, "fallbacks", names, body_targets, default)
     elif fallbacks is not None:
-        for field, model in _upstream_fallback_models(fallbacks):
+        entries = _upstream_fallback_models(fallbacks)
+        if entries is None:
+            raise PermissionDeniedError(
+                "fallbacks: this API key may use only the models it lists, so the upstream may "
+                "not choose the fallback models; name them."
+            )
+        for field, model in entries:
             _check_model(allowed, model, field)
     if routed:
         candidates = resolver.candidates
@@ -433,19 +461,16 @@ def _check_body_models(
             _check_model(allowed, _decode_model_name(tool.model, field), field)
 
 
-def _upstream_fallback_models(raw: msgspec.Raw) -> list[tuple[str, str]]:
+def _upstream_fallback_models(raw: msgspec.Raw) -> list[tuple[str, str]] | None:
     """``(field, model)`` for each entry of a ``fallbacks`` the gateway leaves to the upstream:
-    Anthropic's ``[{"model": ...}]``, or names the gateway does not route. Anthropic's
-    ``"default"`` is refused (403): the upstream would pick models the key may not use."""
+    Anthropic's ``[{"model": ...}]``, or names the gateway does not route; ``None`` for
+    Anthropic's ``"default"``, where the upstream picks the models."""
     try:
         entries = _upstream_fallbacks_decoder.decode(raw)
     except DECODE_ERRORS as exc:
         raise InvalidRequestError(describe_decode_error(exc, raw, at="fallbacks")) from None
     if isinstance(entries, str):
-        raise PermissionDeniedError(
-            "fallbacks: this API key may use only the models it lists, so the upstream may "
-            "not choose the fallback models; name them."
-        )
+        return None
     return [
         (f"fallbacks.{i}", entry)
         if isinstance(entry, str)

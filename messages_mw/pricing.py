@@ -170,6 +170,15 @@ class PricingTable:
                 return self._prices[known]
         return None
 
+    def answer_cost(self, asked: str | None, ran: str | None, usage: TokenUsage) -> float | None:
+        """USD for an answer's ``usage`` at the prices of the model that ran it (``ran``, the
+        model the answer names) when that one has a price, else of the model ``asked``.
+        They differ when the upstream fell back on its own (Anthropic's ``fallbacks``): the
+        bill follows the model that ran. A dated snapshot of the model asked costs the same."""
+        if ran is not None and ran != asked and self.price_for(ran) is not None:
+            return self.cost(ran, usage)
+        return self.cost(asked, usage)
+
     def cost(self, model: str | None, usage: TokenUsage) -> float | None:
         """USD for ``usage`` at ``model``'s prices (rounded to 1e-10), ``None`` if unknown."""
         price = self.price_for(model)

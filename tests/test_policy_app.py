@@ -218,11 +218,17 @@ def test_a_request_refused_for_its_gateway_fields_costs_no_quota() -> None:
     assert run(_post(gateway, _body())).status_code == 429
 
 
+def _answer_naming_the_model_asked(request: httpx.Request) -> httpx.Response:
+    """A message naming the model the request asked for, as Anthropic's answers do."""
+    answer = message_json(model=json.loads(request.content)["model"])
+    return httpx.Response(200, content=answer, headers={"content-type": "application/json"})
+
+
 def _budgeted(**limits: Any) -> tuple[Gateway, Recorder, list[RequestContext]]:
     """A gateway whose tag 'metered' has a spend budget; other requests have none."""
     rules = (LimitRule(scope="tag", match="metered", spend=100.0),)
     config = GatewayConfig(limits=LimitsConfig(rules=rules, **limits))
-    recorder = Recorder()
+    recorder = Recorder(_answer_naming_the_model_asked)
     gateway, finished = make_gateway(recorder, config=config)
     return gateway, recorder, finished
 
@@ -243,6 +249,58 @@ def test_a_spend_budget_refuses_models_it_could_not_price() -> None:
     assert run(_post(gateway, _body(), **metered)).status_code == 200
     # Without a budget over it, no price is needed.
     assert run(_post(gateway, _body(model="claude-sonnet-4-7"))).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "fallbacks",
+    [
+        [{"model": "claude-sonnet-4-7"}],
+        ["claude-sonnet-4-7"],
+        [{"model": "claude-haiku-4-5"}, {"model": "claude-sonnet-4-7"}],
+        "default",
+    ],
+)
+def test_a_spend_budget_refuses_fallbacks_the_upstream_would_run_without_a_price(
+    fallbacks: object,
+) -> None:
+    # Anthropic's own fallbacks, passed on: the upstream may answer with one of them, whose
+    # cost the budget could not count, or (with "default") with a model of its choosing.
+    gateway, recorder, _ = _budgeted()
+    metered = {"x-mw-tags": "metered"}
+    refused = run(_post(gateway, _body(fallbacks=fallbacks), **metered))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["message"].startswith("fallbacks")
+    assert recorder.requests == []
+    priced = _body(fallbacks=[{"model": "claude-haiku-4-5"}])
+    assert run(_post(gateway, priced, **metered)).status_code == 200
+    # Without a budget over it, no price is needed.
+    assert run(_post(gateway, _body(fallbacks=fallbacks))).status_code == 200
+
+
+def test_cost_follows_the_model_the_upstream_says_ran() -> None:
+    # Anthropic's own fallbacks may answer with another model than asked: the bill (usage
+    # event, spend budget, usage.cost) is that model's. A dated snapshot of the model asked,
+    # or a model without a price, leaves the asked one's price.
+    pricing = PricingTable()
+    usage = TokenUsage(input_tokens=1000, output_tokens=100)
+    for answered, priced_as in (
+        ("claude-opus-4-1", "claude-opus-4-1"),
+        ("claude-haiku-4-5-20251001", "claude-haiku-4-5"),
+        ("some-unpriced-model", "claude-haiku-4-5"),
+    ):
+        content = message_json(model=answered, input_tokens=1000, output_tokens=100)
+        recorder = Recorder(
+            lambda request, content=content: httpx.Response(
+                200, content=content, headers={"content-type": "application/json"}
+            )
+        )
+        config = GatewayConfig(cost_in_response=True, usage_log=False)
+        gateway, finished = make_gateway(recorder, config=config)
+        body = _body(model="claude-haiku-4-5", fallbacks=[{"model": "claude-opus-4-1"}])
+        response = run(_post(gateway, body))
+        expected = pricing.cost(priced_as, usage)
+        assert expected is not None and finished[-1].cost == expected
+        assert response.json()["usage"]["cost"] == expected
 
 
 def test_a_router_hooks_choice_is_held_to_the_spend_budgets_prices() -> None:
