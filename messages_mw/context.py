@@ -213,7 +213,10 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
     def from_context(cls, context: RequestContext) -> UsageEvent:
         """The event for a finished request, stamped with the current Unix time. The gateway
         builds it once per request, after pricing and before limit accounting, if a usage
-        sink wants it. ``served_model`` falls back to the requested model; lists are copied."""
+        sink wants it. ``served_model`` falls back to the requested model; lists are copied.
+        An attempt whose usage is the answer's own (an error answer's, a held stream's the
+        client left) shows none, its tokens being the event's: the usage the attempts show
+        is what was billed beside the answer, to add to it."""
         usage = context.usage
         started, finished, first_byte = (
             context.started_at,
@@ -258,7 +261,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             None if finished is None else (finished - started) * 1000,
             None if first_byte is None else (first_byte - started) * 1000,
             context.upstream_request_id,
-            list(context.attempts),
+            _attempts_beside(context.attempts, usage),
             context.compression,
             context.stop_reason,
             context.response_id,
@@ -267,6 +270,16 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             usage.output_tokens_estimated,
             tracestate,
         )
+
+
+def _attempts_beside(attempts: list[Attempt], answer: TokenUsage) -> list[Attempt]:
+    """A copy of ``attempts`` without the answer's own usage on its attempt."""
+    for at, attempt in enumerate(attempts):
+        if attempt.usage is answer:
+            copied = list(attempts)
+            copied[at] = msgspec.structs.replace(attempt, usage=None)
+            return copied
+    return list(attempts)
 
 
 # W3C Trace Context: version, trace id, parent span id, flags. A later version may append

@@ -13,6 +13,7 @@ import os
 
 from .context import UsageEvent, operation_of
 from .errors import ERROR_TYPES
+from .streaming import TokenUsage
 from .types import ASGIApp, Receive, Scope, Send
 
 try:
@@ -118,22 +119,31 @@ class PrometheusSink:
             model,
             _flag(event.fallback_used),
         ).inc()
-        for direction, count in (
-            ("input", event.input_tokens),
-            ("output", event.output_tokens),
-            ("cache_read", event.cache_read_input_tokens),
-            ("cache_write", event.cache_creation_input_tokens),
-        ):
-            if count:
-                self._tokens.labels(direction, model).inc(count)
-        if event.cost:
-            self._cost.labels(model).inc(event.cost)
+        self._count(model, event, event.cost)
+        for attempt in event.attempts:
+            # Billed beside the answer (a stream that failed over after its message_start):
+            # the upstream counts it all the same, under the model that attempt asked for,
+            # a real one (its upstream reported usage for it), so it may earn a label.
+            if attempt.usage is not None:
+                self._count(self._model_label(attempt.model, True), attempt.usage, attempt.cost)
         stream = _flag(event.stream)
         if event.latency_ms is not None:
             self._latency.labels(operation, model, stream).observe(event.latency_ms / 1000)
         if event.time_to_first_byte_ms is not None:
             ttfb = event.time_to_first_byte_ms / 1000
             self._first_byte.labels(operation, model, stream).observe(ttfb)
+
+    def _count(self, model: str, usage: UsageEvent | TokenUsage, cost: float | None) -> None:
+        for direction, count in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+            ("cache_write", usage.cache_creation_input_tokens),
+        ):
+            if count:
+                self._tokens.labels(direction, model).inc(count)
+        if cost:
+            self._cost.labels(model).inc(cost)
 
     def _model_label(self, model: str, answered: bool) -> str:
         if model in self._models:

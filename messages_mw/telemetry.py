@@ -108,6 +108,24 @@ def _error_type(event: UsageEvent) -> str | None:
     return "client_disconnected" if event.client_disconnected else None
 
 
+def _billed_beside(event: UsageEvent) -> dict[str, AttributeValue | None]:
+    """What attempts other than the answer reported (streams that failed over after their
+    message_start), which their upstreams bill too: the gen_ai.usage attributes are the
+    answer's alone."""
+    beside = [(attempt.usage, attempt.cost) for attempt in event.attempts if attempt.usage]
+    if not beside:
+        return {}
+    costs = [cost for _, cost in beside if cost is not None]
+    return {
+        "messages_mw.attempts.input_tokens": sum(
+            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+            for usage, _ in beside
+        ),
+        "messages_mw.attempts.output_tokens": sum(usage.output_tokens for usage, _ in beside),
+        "messages_mw.attempts.cost_usd": sum(costs) if costs else None,
+    }
+
+
 def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
     values: dict[str, AttributeValue | None] = {
         "gen_ai.operation.name": operation_of(event.path),
@@ -141,6 +159,7 @@ def _attributes(event: UsageEvent) -> dict[str, AttributeValue]:
         # gen_ai.usage.output_tokens is the gateway's estimate (a stream cut short).
         "messages_mw.output_tokens_estimated": event.output_tokens_estimated or None,
         "messages_mw.cost_usd": event.cost,
+        **_billed_beside(event),
         "messages_mw.time_to_first_byte_ms": event.time_to_first_byte_ms,
     }
     return {name: value for name, value in values.items() if value is not None}

@@ -27,8 +27,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from messages_mw import Gateway, GatewayConfig
-from messages_mw.context import UsageEvent
+from messages_mw.context import Attempt, UsageEvent
 from messages_mw.metrics import PrometheusSink
+from messages_mw.streaming import TokenUsage
 from messages_mw.telemetry import OpenTelemetrySink
 from messages_mw.types import Message
 from messages_mw.usage import UsageDispatcher
@@ -118,6 +119,35 @@ def test_prometheus_counts_requests_tokens_cost_and_latency() -> None:
     assert _value(registry, f"{latency}_count", stream="false", **chat) is None
     first_byte = "messages_mw_time_to_first_byte_seconds"
     assert _value(registry, f"{first_byte}_sum", stream="false", **chat) == 0.4
+
+
+def _failed_over_event() -> UsageEvent:
+    """A chat the backup answered after the primary's stream failed past its message_start."""
+    failed = Attempt(
+        "anthropic/claude-opus-4-1",
+        200,
+        "overloaded_error",
+        0.1,
+        TokenUsage(input_tokens=1000, output_tokens=1, cache_read_input_tokens=500),
+        0.016,
+    )
+    served = Attempt("backup/claude-sonnet-4-5", 200, None, 0.5)
+    return make_event(fallback_used=True, provider="backup", attempts=[failed, served])
+
+
+def test_prometheus_counts_usage_billed_beside_the_answer_under_its_model() -> None:
+    sink = PrometheusSink()
+    sink(make_event())  # claude-opus-4-1 earns a label through a request it answered
+    sink(make_event(request_id="req_2", served_model="claude-opus-4-1", cost=None))
+    sink(_failed_over_event())
+    registry = sink.registry
+    tokens = "messages_mw_tokens_total"
+    opus, sonnet = "claude-opus-4-1", "claude-sonnet-4-5"
+    assert _value(registry, tokens, direction="input", model=opus) == 100 + 1000
+    assert _value(registry, tokens, direction="cache_read", model=opus) == 300 + 500
+    assert _value(registry, tokens, direction="input", model=sonnet) == 200
+    assert _value(registry, "messages_mw_cost_usd_total", model=opus) == 0.016
+    assert _value(registry, "messages_mw_cost_usd_total", model=sonnet) == 0.004
 
 
 def test_prometheus_tells_operations_and_failures_apart() -> None:
@@ -306,6 +336,17 @@ def test_opentelemetry_span_carries_genai_attributes_and_event_times() -> None:
         "messages_mw.cost_usd": 0.002,
         "messages_mw.time_to_first_byte_ms": 400.0,
     }
+
+
+def test_opentelemetry_span_carries_what_was_billed_beside_the_answer() -> None:
+    provider, exporter = _tracing()
+    OpenTelemetrySink(provider)(_failed_over_event())
+    (span,) = exporter.get_finished_spans()
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.usage.input_tokens"] == 420  # the answer's alone
+    assert attributes["messages_mw.attempts.input_tokens"] == 1500
+    assert attributes["messages_mw.attempts.output_tokens"] == 1
+    assert attributes["messages_mw.attempts.cost_usd"] == 0.016
 
 
 def test_opentelemetry_span_names_the_answer_as_the_upstream_gave_it() -> None:

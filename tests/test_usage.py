@@ -678,6 +678,22 @@ def test_a_full_event_carries_no_credential() -> None:
         assert "token" not in lowered or isinstance(value, int), name
 
 
+def test_an_events_attempts_show_only_the_usage_billed_beside_its_answer() -> None:
+    # The answer's tokens are the event's own; repeated on its attempt (an error answer's
+    # message_start, say) they would be counted twice by whoever adds attempts to them.
+    context = RequestContext("req_1", "POST", "/v1/messages")
+    failed_over = TokenUsage(input_tokens=100, output_tokens=1)
+    context.usage = TokenUsage(input_tokens=40, output_tokens=1)
+    context.attempts = [
+        Attempt("anthropic/claude-opus-4-1", 200, "overloaded_error", 0.1, failed_over, 0.0015),
+        Attempt("backup/claude-haiku-4-5", 200, "overloaded_error", 0.2, context.usage),
+    ]
+    event = UsageEvent.from_context(context)
+    assert [attempt.usage for attempt in event.attempts] == [failed_over, None]
+    assert event.attempts[0].cost == 0.0015 and event.input_tokens == 40
+    assert context.attempts[1].usage is context.usage  # the request's own record is kept
+
+
 def test_an_event_takes_each_field_from_its_source_in_the_context() -> None:
     context = _full_context()
     event = UsageEvent.from_context(context)
