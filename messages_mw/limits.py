@@ -13,7 +13,9 @@ minutes. Spend budgets use fixed periods aligned to the Unix epoch (a daily budg
 
 Tokens and spend are known only when a response ends, so :meth:`RateLimiter.admit` checks
 only that they are not already used up, and :meth:`RateLimiter.record` adds them afterwards:
-the request that crosses a token or spend limit completes, the ones after it wait.
+the request that crosses a token or spend limit completes, the ones after it wait. Nothing is
+reserved for requests in flight, so concurrent requests admitted before the crossing all
+complete: the overshoot is bounded by concurrency, not by the limit.
 """
 
 from __future__ import annotations
