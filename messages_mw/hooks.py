@@ -22,8 +22,9 @@ at the first request. Per request the gateway calls, in this order:
    (default: :class:`~messages_mw.compression.builtin.BundleCompressor`, which compresses tool
    output when a header, the key's policy or the configuration picks a bundle).
 6. ``router(context, chain)`` -> the targets to try, in order (default: ``chain`` unchanged).
-   Under a spend budget, the models it picks must have prices (403 otherwise, the request
-   already counted against the limits).
+   Under a spend budget, the models it picks must have prices (403 otherwise). A request
+   refused at step 5 or 6 (no route, a hook raising) has already counted against the
+   request limits.
 7. the upstream attempts, with retries, fallback and the circuit breaker.
 8. the usage sinks, then ``limiter.record(context)``, once, whatever happened.
 
