@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import select
 import socket
 from collections import deque
 from collections.abc import Iterable
@@ -41,6 +42,15 @@ class PeerClosedError(Exception):
     """The connection went away before the response was complete."""
 
 
+def _ended_by_close(parser: ResponseParserLike, exc: Exception | None) -> bool:
+    """Whether the response is complete now that the connection has closed (``exc``: why,
+    if not cleanly). Only a clean close ends a body that runs until the close: after a reset
+    it is cut short, and a cut body must not pass for a whole one."""
+    if parser.complete:
+        return True
+    return exc is None and parser.feed_eof()
+
+
 class Connection(asyncio.Protocol):
     """One socket carrying one request at a time; the consumer side is awaited, the rest is
     driven by the event loop's callbacks."""
@@ -66,12 +76,18 @@ class Connection(asyncio.Protocol):
         # The current wait's deadline (loop time), and the one timer that enforces it.
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # Asks the kernel whether the idle socket has something to read (see spoke_while_idle).
+        self._poller: select.poll | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if sock is None:
+            return
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -98,7 +114,7 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         parser = self._parser
-        if parser is not None and not parser.feed_eof() and self._error is None:
+        if parser is not None and self._error is None and not _ended_by_close(parser, exc):
             if self.received_any:
                 error = PeerClosedError("Server disconnected before the response was complete.")
             else:
@@ -118,6 +134,16 @@ class Connection(asyncio.Protocol):
     def usable(self) -> bool:
         """Whether the socket is still open, as checked before an idle connection is reused."""
         return not self._closed and not self._transport.is_closing()
+
+    def spoke_while_idle(self) -> bool:
+        """Whether the socket has something to read though no request is under way: the
+        server closed it, or sent bytes no request asked for. Either way it must carry no
+        other request. The kernel is asked, since the event loop may not have run the read
+        yet (a busy loop takes milliseconds to get round to it): a request written to a
+        socket the server has closed fails without being answered, and stray bytes would be
+        read as its answer."""
+        poller = self._poller
+        return poller is not None and bool(poller.poll(0))
 
     @property
     def reusable(self) -> bool:

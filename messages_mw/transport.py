@@ -79,7 +79,7 @@ class _Pool:
         while idle:
             conn = idle.pop()
             del self._idle_order[conn]
-            if conn.usable and conn.idle_seconds() <= self._expiry:
+            if conn.usable and conn.idle_seconds() <= self._expiry and not conn.spoke_while_idle():
                 return conn
             self._forget(conn)
             self._open -= 1

@@ -15,6 +15,7 @@ import itertools
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
@@ -883,6 +884,110 @@ async def test_connection_reset_mid_body_raises_read_error() -> None:
             await resp.aread()
     cause = caught.value.__cause__
     assert cause is not None and isinstance(cause.__cause__, ConnectionResetError)
+
+
+@async_test
+async def test_a_reset_cutting_a_body_that_runs_until_close_raises_read_error() -> None:
+    # Without framing only a clean close ends the body: a reset cuts it, and a cut JSON body
+    # relayed as whole would reach the client as a 200.
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\n\r\n{"id":"msg_1","content":[{"text":"hel')
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async with Upstream(handle) as server, FastHTTPTransport() as transport:
+        resp = await send(transport, "GET", server.url)
+        with pytest.raises(httpx.ReadError):
+            await resp.aread()
+        await resp.aclose()
+
+
+@async_test
+async def test_transport_aclose_fails_a_body_that_runs_until_close() -> None:
+    released = asyncio.Event()
+
+    async def handle(server: Upstream, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nfirst part ")
+        await writer.drain()
+        await released.wait()
+
+    async def close_soon(transport: FastHTTPTransport) -> None:
+        await asyncio.sleep(0.05)
+        await transport.aclose()
+
+    async with Upstream(handle) as server:
+        transport = FastHTTPTransport()
+        resp = await send(transport, "GET", server.url)
+        stream = resp.aiter_raw()
+        assert await anext(stream) == b"first part "
+        closing = asyncio.ensure_future(close_soon(transport))  # while the next read waits
+        with pytest.raises(httpx.ReadError):
+            async for _ in stream:
+                pass
+        await closing
+        await resp.aclose()
+        released.set()
+
+
+def _answering_once_then_on(
+    go: threading.Event, then: bytes | None
+) -> tuple[str, list[socket.socket]]:
+    """A server in a thread of its own (so it runs while the test's loop is blocked) that
+    answers one request per connection; once ``go`` is set it sends ``then`` unasked and
+    waits, or with ``None`` closes the connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def answer_once(conn: socket.socket) -> None:
+        with conn:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += conn.recv(65536)
+            conn.sendall(response(b"ok"))
+            go.wait(10)
+            if then is not None:
+                conn.sendall(then)
+                time.sleep(2)
+
+    def serve_forever() -> None:
+        with listener:
+            while len(accepted) < 2:
+                conn, _ = listener.accept()
+                accepted.append(conn)
+                threading.Thread(target=answer_once, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+
+
+@pytest.mark.parametrize(
+    "then", [None, response(b"stray")], ids=["server-closes", "server-sends-unasked"]
+)
+@pytest.mark.parametrize("loop_name", list(_LOOPS))
+def test_an_idle_connection_the_server_spoke_on_while_the_loop_was_busy_is_not_reused(
+    loop_name: str, then: bytes | None
+) -> None:
+    # While the event loop is busy elsewhere, the server closes the idle socket (its idle
+    # timeout) or writes to it: the FIN or the bytes wait in the kernel, unread. A POST
+    # written to a closed socket fails unanswered and is never resent; stray bytes would be
+    # read as the next request's answer. So the pool asks the kernel first.
+    async def scenario() -> None:
+        go = threading.Event()
+        url, accepted = _answering_once_then_on(go, then)
+        async with FastHTTPTransport() as transport:
+            assert await fetch(transport, "POST", url, content=b"{}") == b"ok"
+            go.set()
+            time.sleep(0.1)  # noqa: ASYNC251 (blocks the loop on purpose: nothing is read)
+            assert await fetch(transport, "POST", url, content=b"{}") == b"ok"
+        assert len(accepted) == 2
+
+    with asyncio.Runner(loop_factory=_LOOPS[loop_name]) as runner:
+        runner.run(asyncio.wait_for(scenario(), 20))
 
 
 @async_test
