@@ -634,6 +634,7 @@ def _with_metrics(path: str, metrics: ASGIApp, app: ASGIApp) -> ASGIApp:
 
 
 def _not_found_message(path: str) -> str:
+    path = path or "/"  # the mount point itself, under middleware: "/anthropic"
     if path.startswith("/v1/v1/"):
         return (
             f"Not found: {path}. Clients append /v1/... to the base URL themselves; "

@@ -98,7 +98,8 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         "--log-level",
         choices=_LOG_LEVELS,
         default="info",
-        help="Logging level for the server and the gateway (default: %(default)s).",
+        help="Logging level for the server and the gateway's diagnostics; usage lines are "
+        "written whatever it is (default: %(default)s).",
     )
     add(
         "--access-log",
@@ -165,7 +166,7 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
     Raises :class:`~messages_mw.config.ConfigError` for an invalid file or a missing key
     variable; the message names the file and key, or the option.
     """
-    config = load_config(args.config) if args.config else GatewayConfig()
+    config = load_config(args.config) if args.config is not None else GatewayConfig()
     upstream = config.upstream
     if args.demo:
         config = msgspec.structs.replace(config, provider="mock")
@@ -191,7 +192,9 @@ def _with_base_url(upstream: UpstreamConfig, url: str) -> UpstreamConfig:
 
 
 def _key_from_env(name: str) -> str:
-    key = os.environ.get(name)
+    # Surrounding blanks are no part of a key: a secret mounted from a file often ends in a
+    # newline, which no header may carry.
+    key = (os.environ.get(name) or "").strip()
     if not key:
         raise ConfigError(f"--api-key-env: environment variable {name} is not set or empty")
     return key
@@ -264,7 +267,9 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
     logging.getLogger("messages_mw").setLevel(numeric)
     # Usage events are data, not diagnostics: bare JSON lines on stdout, one per request.
+    # They are written at INFO whatever --log-level says: it quiets diagnostics only.
     usage = logging.getLogger("messages_mw.usage")
+    usage.setLevel(logging.INFO)
     if not usage.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))

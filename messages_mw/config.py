@@ -19,7 +19,7 @@ from .auth import AuthConfig
 from .config_check import ConfigError
 from .limits import LimitsConfig
 from .pricing import ModelPrice
-from .redaction import repr_without_secrets
+from .redaction import is_secret_header, repr_without_secrets, url_without_password
 from .routing import FallbackConfig
 from .tags import HeaderNames, TagPolicy, check_configured_tags
 from .translate import OpenAIQuirks
@@ -50,14 +50,50 @@ def _check_base_url(url: str) -> None:
     ``http://[::1]]`` through; they would fail later, as a traceback at start-up or a 502 on
     every request.
     """
+    shown = url_without_password(url)  # a proxy's password must not reach logs or errors
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (reading it is the check: it raises for a bad port)
         httpx.URL(url)  # what the providers will parse it with
     except (ValueError, httpx.InvalidURL) as exc:
-        raise ValueError(f"base_url {url!r}: {exc}") from exc
+        raise ValueError(f"base_url '{shown}': {_without(url, str(exc))}") from exc
     if parts.scheme and not parts.hostname:  # no scheme: the pattern's to refuse, on build
-        raise ValueError(f"base_url {url!r}: no host")
+        raise ValueError(f"base_url '{shown}': no host")
+    if any(char.isspace() for char in url):
+        raise ValueError(f"base_url '{shown}': contains a blank")
+    if parts.fragment or url.endswith("#"):
+        # Never sent, and the request path appended after it would be lost with it.
+        raise ValueError(f"base_url '{shown}': a base URL takes no fragment")
+
+
+def _without(url: str, message: str) -> str:
+    """``message`` with ``url`` in it shown without its password."""
+    return message.replace(url, url_without_password(url))
+
+
+def _check_header_values(field: str, values: dict[str, str]) -> None:
+    """Refuse a header value no request may carry (a control character: a key read from a
+    file with its newline), which would fail every request as an unreachable upstream."""
+    for name, value in values.items():
+        if _INVALID_HEADER_VALUE.search(value):
+            shown = "" if is_secret_header(name.lower()) else f" {value!r}"
+            raise ValueError(
+                f"{field}.{name}: the value{shown} has a control character or a character "
+                "beyond latin-1, which no HTTP header may carry"
+            )
+
+
+def _check_api_key(key: str | None) -> None:
+    if key is not None and _INVALID_HEADER_VALUE.search(key):
+        # Not echoed: it is a key.
+        raise ValueError(
+            "api_key has a control character or a character beyond latin-1 (a key read from "
+            "a file with its newline?), which no HTTP header may carry"
+        )
+
+
+# Controls (tab aside, which no key or value needs at its ends either), DEL, beyond latin-1.
+_INVALID_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 
 
 class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -81,6 +117,7 @@ class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     def __post_init__(self) -> None:
         _check_base_url(self.base_url)
+        _check_api_key(self.api_key)
 
     def __repr__(self) -> str:
         # Logged configuration must not show the upstream key, or a password in the URL.
@@ -115,6 +152,8 @@ class OpenAIUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
 
     def __post_init__(self) -> None:
         _check_base_url(self.base_url)
+        _check_api_key(self.api_key)
+        _check_header_values("extra_headers", self.extra_headers)
 
     def __repr__(self) -> str:
         # Logged configuration must not show the upstream key, or one in extra_headers.
@@ -262,6 +301,13 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     def __post_init__(self) -> None:
         for index, key in enumerate(self.auth.keys):
             check_configured_tags(key.tags, f"auth.keys.{index}.tags", self.tags)
+        key_header = self.auth.header
+        if key_header is not None:
+            names = msgspec.structs.asdict(self.headers.resolved())
+            for field, name in names.items():
+                if name == key_header.lower():
+                    # Read for tags or a session id, the gateway key would reach usage events.
+                    raise ValueError(f"headers.{field}: '{name}' is auth.header, which holds keys")
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -280,3 +326,6 @@ def load_config(path: str | Path) -> GatewayConfig:
         return msgspec.toml.decode(raw, type=GatewayConfig)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    except RecursionError:
+        # The TOML parser recurses per level of nesting; no gateway setting nests deeply.
+        raise ConfigError(f"{path}: tables or arrays are nested too deeply") from None

@@ -519,13 +519,17 @@ class RedisCounterStore:
 
 def redis_url_parses(url: str) -> bool:
     """Whether redis-py accepts ``url`` (port, database and options), so that a mistake fails
-    at start-up; ``True`` when redis-py is not installed (the store reports that itself)."""
+    at start-up; ``True`` when redis-py is not installed (the store reports that itself).
+
+    A connection object is built from it, without connecting: redis-py's parser passes an
+    option it does not know on as an argument, which only the connection refuses."""
     try:
-        from redis.connection import parse_url
+        from redis.asyncio import ConnectionPool
     except ImportError:
         return True
     try:
-        parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError:
+        pool = ConnectionPool.from_url(url)
+        pool.make_connection()  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError):
         return False
     return True

@@ -33,8 +33,8 @@ def url_without_password(url: str) -> str:
     """``url`` with its user info and its query replaced: either may hold a credential (a
     token alone before the ``@`` is as secret as a password after a ``:``)."""
     parts = urlsplit(url)
-    _, at, host = parts.netloc.rpartition("@")
-    netloc = f"{REDACTED}@{host}" if at else host
+    userinfo, _, host = parts.netloc.rpartition("@")
+    netloc = f"{REDACTED}@{host}" if userinfo else parts.netloc
     query = REDACTED if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 

@@ -50,6 +50,22 @@ class HeaderNames(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     compression: str | None = None
     compression_report: str | None = None
 
+    def __post_init__(self) -> None:
+        for field in _NAME_FIELDS:
+            name = getattr(self, field)
+            if name is None:
+                continue
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{field}: {name!r} is not a valid HTTP header name")
+            lowered = name.lower()
+            if lowered in _RESERVED_NAMES or lowered.startswith(_RESERVED_PREFIXES):
+                # Read, such a header's value (a key) would reach usage events and error
+                # messages; added, it would break the response's framing or its meaning.
+                raise ValueError(
+                    f"{field}: '{name}' is a header with a meaning of its own (credentials, "
+                    "framing or the API's); name one of the gateway's own"
+                )
+
     def resolved(self) -> ResolvedHeaderNames:
         """Every name, the preset's where none is given, lower-cased (the gateway resolves
         them at construction)."""
@@ -64,6 +80,47 @@ class HeaderNames(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             compression=(self.compression or base.compression).lower(),
             compression_report=(self.compression_report or base.compression_report).lower(),
         )
+
+
+_NAME_FIELDS = (
+    "tags",
+    "session",
+    "debug",
+    "provider",
+    "model",
+    "fallback_used",
+    "compression",
+    "compression_report",
+)
+# RFC 9110's token: what a field name may be.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_RESERVED_NAMES = frozenset(
+    {
+        "authorization",
+        "x-api-key",
+        "cookie",
+        "set-cookie",
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "date",
+        "server",
+        "request-id",
+        "retry-after",
+        "x-should-retry",
+        "traceparent",
+        "tracestate",
+        "server-timing",
+    }
+)
+_RESERVED_PREFIXES = ("anthropic-", "proxy-", "sec-", "x-stainless-")
 
 
 class ResolvedHeaderNames(msgspec.Struct, frozen=True):

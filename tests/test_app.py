@@ -320,6 +320,26 @@ def test_upstream_unreachable_and_timeout_are_typed() -> None:
         assert finished[0].error_type == expected[1]
 
 
+def test_a_query_in_the_base_url_follows_the_request_path_ahead_of_the_clients() -> None:
+    # A proxy taking its key in the query: the request's path goes before it, and the
+    # client's own query (Claude Code's ?beta=true) after it.
+    recorder = Recorder()
+    settings = UpstreamConfig(base_url="http://upstream.test/proxy/?key=k1")
+    provider = AnthropicProvider(settings, transport=httpx.MockTransport(recorder))
+    assert run(_post(Gateway(provider=provider), CHAT, "/v1/messages?beta=true")).status_code == 200
+    (upstream,) = recorder.requests
+    assert str(upstream.url) == "http://upstream.test/proxy/v1/messages?key=k1&beta=true"
+
+
+def test_a_base_url_ending_in_v1_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    # Clients add /v1/messages themselves: requests would go to /v1/v1/messages, a 404.
+    with caplog.at_level(logging.WARNING, logger="messages_mw"):
+        AnthropicProvider(UpstreamConfig(base_url="https://proxy.example/anthropic/v1/"))
+        AnthropicProvider(UpstreamConfig(base_url="https://proxy.example/anthropic"))
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert "base_url ends in /v1" in warning
+
+
 def test_upstream_errors_name_the_provider_never_its_url() -> None:
     # The URL is the operator's: an internal host, a tenant id in the path, credentials.
     def refuse(request: httpx.Request) -> httpx.Response:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anthropic
 import httpx
+import msgspec
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,9 +27,11 @@ from messages_mw.config import (
     ConfigError,
     GatewayConfig,
     MockConfig,
+    OpenAIUpstreamConfig,
     UpstreamConfig,
     load_config,
 )
+from messages_mw.tags import HeaderNames
 
 _REPO = Path(__file__).resolve().parent.parent
 _OPTIONS = (
@@ -601,3 +604,92 @@ def test_access_log_prints_uvicorns_line_when_asked(tmp_path: Path) -> None:
         output = process.stdout.read().decode()
     # The client behind the (local, trusted) proxy, not the proxy's own address.
     assert '203.0.113.7:0 - "GET /v1/models HTTP/1.1" 200' in output
+
+
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [
+        ("session", "x-api-key"),
+        ("tags", "Authorization"),
+        ("provider", "content-length"),
+        ("model", "bad name"),
+        ("debug", "x-mw\r\nx-evil: 1"),
+        ("fallback_used", "anthropic-ratelimit-requests-limit"),
+    ],
+)
+def test_header_names_that_are_not_the_gateways_own_are_refused(field: str, name: str) -> None:
+    # Read for a session id or tags, a key header's value (the key) would reach usage events
+    # and error messages; added, a framing header or a bad name fails every response.
+    with pytest.raises(msgspec.ValidationError, match=f"{field}: "):
+        msgspec.convert({field: name}, HeaderNames)
+    assert msgspec.convert({"session": "X-Team-Session"}, HeaderNames).session == "X-Team-Session"
+
+
+def test_the_alternate_key_header_cannot_also_be_read_for_tags_or_sessions() -> None:
+    auth = AuthConfig(mode="static", header="x-gateway-key", keys=())
+    with pytest.raises(ValueError, match=r"headers\.session: 'x-gateway-key' is auth\.header"):
+        GatewayConfig(auth=auth, headers=HeaderNames(session="X-Gateway-Key"))
+
+
+def test_upstream_keys_and_header_values_no_header_may_carry_are_refused_unechoed() -> None:
+    with pytest.raises(ValueError, match="api_key has a control character") as caught:
+        UpstreamConfig(api_key="sk-ant-secret\n")
+    assert "sk-ant-secret" not in str(caught.value)
+    headers = {"Authorization": "Bearer sk-secret\n", "X-Team": "a"}
+    with pytest.raises(ValueError, match=r"extra_headers\.Authorization: the value has") as caught:
+        OpenAIUpstreamConfig(base_url="http://local.test/v1", extra_headers=headers)
+    assert "sk-secret" not in str(caught.value)
+    with pytest.raises(ValueError, match=re.escape("extra_headers.X-Team: the value 'a\\nb'")):
+        OpenAIUpstreamConfig(base_url="http://local.test/v1", extra_headers={"X-Team": "a\nb"})
+
+
+def test_a_key_read_from_the_environment_loses_the_newline_of_a_mounted_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MW_TEST_KEY", "sk-ant-from-a-file\n")
+    args = cli._parser().parse_args(["serve", "--api-key-env", "MW_TEST_KEY"])
+    assert cli.build_config(args).upstream.api_key == "sk-ant-from-a-file"
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("https://user:S3CRET@proxy.example:99999", "Port out of range"),
+        ("https://S3CRET@exa mple.com", "contains a blank"),
+        ("https://S3CRET@proxy.example/anthropic#top", "takes no fragment"),
+    ],
+)
+def test_a_bad_base_url_is_refused_without_its_credentials(url: str, said: str) -> None:
+    with pytest.raises(ValueError, match=said) as caught:
+        UpstreamConfig(base_url=url)
+    assert "S3CRET" not in str(caught.value)
+
+
+def test_usage_lines_are_written_whatever_the_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+    # --log-level quiets diagnostics; the usage lines are the gateway's per-request record.
+    usage = logging.getLogger("messages_mw.usage")
+    saved = (usage.level, usage.handlers[:], usage.propagate)
+    try:
+        usage.handlers.clear()
+        cli._configure_logging("error")
+        usage.info('{"request_id":"req_1"}')
+        assert capsys.readouterr().out == '{"request_id":"req_1"}\n'
+    finally:
+        usage.setLevel(saved[0])
+        usage.handlers[:] = saved[1]
+        usage.propagate = saved[2]
+        logging.getLogger("messages_mw").setLevel(logging.NOTSET)
+
+
+def test_an_empty_config_path_is_an_error_not_the_defaults(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    assert cli.main(["serve", "--config", ""]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_a_config_nested_too_deeply_is_one_line_of_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, "x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(path)

@@ -520,6 +520,8 @@ def test_config_decodes_and_rejects_mistakes() -> None:
         # A port or an option redis-py cannot read: every request would be a 500.
         b'store = "redis"\nredis_url = "redis://127.0.0.1:6379x/0"',
         b'store = "redis"\nredis_url = "redis://127.0.0.1:6379/0?socket_timeout=abc"',
+        # An option redis-py does not know: its parser passes it on, the connection refuses.
+        b'store = "redis"\nredis_url = "redis://127.0.0.1:6379/0?bogus=1"',
         b"redis_max_connections = 0",
     ]
     for raw in mistakes:

@@ -93,6 +93,14 @@ def test_middleware_routes_prefix_and_passes_everything_else() -> None:
         assert socket.receive_text() == "ping"
 
 
+def test_the_prefix_itself_is_a_404_naming_the_path_asked_for() -> None:
+    gateway, _ = make_gateway(Recorder())
+    app = MessagesMiddleware(Starlette(), gateway, prefix="/anthropic")
+    answer, _ = run(_exchange(app, "/anthropic"))
+    assert answer.status_code == 404
+    assert answer.json()["error"]["message"].startswith("Not found: /. This gateway serves")
+
+
 def test_middleware_closes_the_gateway_on_host_shutdown() -> None:
     closed: list[bool] = []
     gateway, _ = make_gateway(Recorder())

@@ -185,6 +185,24 @@ async def test_sends_only_its_own_headers_to_chat_completions() -> None:
     assert "max_completion_tokens" in sent
 
 
+async def test_a_query_in_the_base_url_follows_the_chat_completions_path() -> None:
+    # Azure OpenAI's deployments take their api-version in the query.
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=completion_json("Hi"))
+
+    base = "https://res.openai.azure.com/openai/deployments/gpt4o/?api-version=2024-10-21"
+    config = OpenAIUpstreamConfig(base_url=base)
+    await OpenAIProvider(config, transport=httpx.MockTransport(handler)).send(_request())
+    (upstream,) = seen
+    assert str(upstream.url) == (
+        "https://res.openai.azure.com/openai/deployments/gpt4o/chat/completions"
+        "?api-version=2024-10-21"
+    )
+
+
 async def test_without_a_key_no_credential_goes_upstream() -> None:
     seen: list[httpx.Request] = []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 from urllib.parse import quote
@@ -26,9 +27,18 @@ from ..errors import (
 )
 from ..streaming import StreamObserver, TokenUsage, message_usage
 from ..transport import FastHTTPTransport, Origin, origin_of
-from .base import ProviderRequest, ProviderResponse, never_ended, never_ready, read_bounded
+from .base import (
+    ProviderRequest,
+    ProviderResponse,
+    never_ended,
+    never_ready,
+    read_bounded,
+    split_base_url,
+)
 
 __all__ = ["AnthropicProvider"]
+
+logger = logging.getLogger("messages_mw")
 
 # Client headers forwarded as they are; everything else is dropped. anthropic-* covers
 # version, beta, workspace and future routing headers. An idempotency key also lets the
@@ -376,8 +386,17 @@ class AnthropicProvider:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._settings = settings or UpstreamConfig()
-        self._base_url = self._settings.base_url.rstrip("/")
+        # A query in the base URL (a proxy's key, say) goes after the request's path, ahead
+        # of the client's own query.
+        self._base_url, self._base_query = split_base_url(self._settings.base_url)
         self._origin = f"'{name}'"
+        if self._base_url.endswith("/v1"):
+            # Clients add /v1/messages themselves: this upstream would get /v1/v1/messages.
+            logger.warning(
+                "upstream %s: base_url ends in /v1, so requests go to .../v1/v1/messages; "
+                "Anthropic-compatible base URLs are given without /v1",
+                self._origin,
+            )
         self._given_transport = transport
         self._transport: httpx.AsyncBaseTransport | None = transport
         timeout = httpx.Timeout(
@@ -408,7 +427,8 @@ class AnthropicProvider:
             # the path, not start a query upstream.
             quoted = _quoted_path(path)
             try:
-                url = httpx.URL(self._base_url + quoted + ("?" + query if query else ""))
+                full_query = "&".join(part for part in (self._base_query, query) if part)
+                url = httpx.URL(self._base_url + quoted + ("?" + full_query if full_query else ""))
             except httpx.InvalidURL as exc:
                 # Past httpx's 65,536 characters, say, with this upstream's base URL in front.
                 # The client's error, and final: were it about this target, the chain would

@@ -26,6 +26,7 @@ __all__ = [
     "no_close",
     "nothing_reported",
     "read_bounded",
+    "split_base_url",
 ]
 
 # The most a non-streamed upstream answer may hold. A reply of Anthropic's is at most a few
@@ -165,3 +166,10 @@ class Provider(Protocol):
     async def send(self, request: ProviderRequest) -> ProviderResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+def split_base_url(base_url: str) -> tuple[str, str]:
+    """``base_url`` without its query and trailing slash, and the query: request paths go
+    between the two."""
+    base, _, query = base_url.partition("?")
+    return base.rstrip("/"), query

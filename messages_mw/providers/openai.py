@@ -39,7 +39,14 @@ from .anthropic import (
     relay_upstream_chunks,
     translate_transport_error,
 )
-from .base import Provider, ProviderRequest, ProviderResponse, UpstreamReport, read_bounded
+from .base import (
+    Provider,
+    ProviderRequest,
+    ProviderResponse,
+    UpstreamReport,
+    read_bounded,
+    split_base_url,
+)
 from .mock import estimate_input_tokens
 
 __all__ = ["ModelDirectory", "OpenAIProvider"]
@@ -135,7 +142,8 @@ class OpenAIProvider:
         self._settings = settings
         self._given_transport = transport
         self._transport = transport
-        self._url = httpx.URL(settings.base_url.rstrip("/") + "/chat/completions")
+        base, query = split_base_url(settings.base_url)
+        self._url = httpx.URL(base + "/chat/completions" + ("?" + query if query else ""))
         self._origin = f"'{name}'"  # as the Anthropic provider names itself in errors
         timeout = httpx.Timeout(
             connect=settings.connect_timeout,
