@@ -310,6 +310,36 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                     raise ValueError(f"headers.{field}: '{name}' is auth.header, which holds keys")
 
 
+# The tables whose entries the operator names; msgspec locates an error in one as [...].
+_NAMED_ENTRIES: dict[str, type] = {
+    "upstreams": UpstreamConfig,
+    "openai_upstreams": OpenAIUpstreamConfig,
+    "pricing": ModelPrice,
+}
+_UNNAMED_ENTRY = re.compile(r"`\$\.(upstreams|openai_upstreams|pricing)\[\.\.\.\]")
+
+
+def _with_entry_named(message: str, raw: bytes) -> str:
+    """``message`` with the ``[...]`` msgspec puts for an entry of a named table (which of
+    several upstreams has the bad port?) replaced by the entry's name, found by checking
+    each entry of that table on its own."""
+    found = _UNNAMED_ENTRY.search(message)
+    if found is None:
+        return message
+    table = found.group(1)
+    try:
+        entries = msgspec.toml.decode(raw).get(table)
+    except (msgspec.DecodeError, AttributeError):
+        return message
+    for name, entry in entries.items() if isinstance(entries, dict) else ():
+        try:
+            msgspec.convert(entry, _NAMED_ENTRIES[table])
+        except (msgspec.ValidationError, ValueError):
+            located = f"$.{table}[{msgspec.json.encode(name).decode()}]"
+            return message.replace(f"$.{table}[...]", located, 1)
+    return message
+
+
 def load_config(path: str | Path) -> GatewayConfig:
     """Read a TOML file into a :class:`GatewayConfig`.
 
@@ -324,6 +354,8 @@ def load_config(path: str | Path) -> GatewayConfig:
     # TOML must be UTF-8: a file saved as Latin-1 raises UnicodeDecodeError, no DecodeError.
     try:
         return msgspec.toml.decode(raw, type=GatewayConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {_with_entry_named(str(exc), raw)}") from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     except RecursionError:

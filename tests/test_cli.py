@@ -693,3 +693,22 @@ def test_a_config_nested_too_deeply_is_one_line_of_error(tmp_path: Path) -> None
     path = _write(tmp_path, "x = " + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("toml", "located"),
+    [
+        (
+            '[upstreams.a]\nbase_url = "http://a"\n[upstreams.b]\nbase_url = "http://b"\n'
+            'read_timeout = "x"\n',
+            '$.upstreams["b"].read_timeout',
+        ),
+        ('[openai_upstreams.loc]\nbase_url = "http://h:99999/v1"\n', '$.openai_upstreams["loc"]'),
+        ('[pricing."claude-x"]\ninput = 1\noutput = "x"\n', '$.pricing["claude-x"].output'),
+    ],
+)
+def test_an_error_in_a_named_entry_names_the_entry(tmp_path: Path, toml: str, located: str) -> None:
+    # msgspec says [...] for a table's entry: with several upstreams, which one?
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, toml))
+    assert located in str(caught.value)
