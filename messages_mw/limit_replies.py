@@ -112,7 +112,10 @@ def _seconds_until_room(check: WindowCheck, count: WindowCount, now: float) -> f
         at = start + window * (1 - share)
     else:
         at = start + window * (2 - target / count.current)
-    return max(0.0, at - now)
+    # A window opened by a host whose clock runs ahead (or before this one's stepped back)
+    # starts in the future; its Redis key expires two windows after its last count, so no
+    # wait is longer than that, whatever the clocks say.
+    return min(max(0.0, at - now), 2 * window)
 
 
 @functools.lru_cache(maxsize=256)

@@ -142,12 +142,19 @@ class _Counter:
     window: float
 
     def roll_to(self, index: int) -> None:
-        """Move forward to the window ``index`` (never backwards: a host whose clock lags
-        keeps counting into the newest window anyone has opened)."""
+        """Move to the window ``index``: forward as time passes. Backward only when this
+        process's clock stepped back by more than a window, counts kept: made in the present
+        whatever the clock said, and left in a window that ends an hour ahead, say, they
+        would refuse every request for that hour. A smaller step keeps counting into the
+        newer window, as Redis does for a host whose clock lags (its keys' expiry ends a
+        window left ahead within two); moved back to the window before, its counts would
+        weigh as an older window's, and let a second burst through."""
         if index == self.index + 1:
             self.index, self.previous, self.current = index, self.current, 0.0
         elif index > self.index + 1:
             self.index, self.previous, self.current = index, 0.0, 0.0
+        elif index < self.index - 1:
+            self.index = index
 
 
 class MemoryCounterStore:
@@ -270,9 +277,10 @@ class MemoryCounterStore:
 # How long Redis remembers a call, so that redis-py's immediate resend of it changes nothing.
 _CALL_MEMORY_MS = 10_000
 
-# Loads a counter (KEYS[i], window length) and moves it to the window holding ``now``, exactly
-# as ``_Counter.roll_to`` does; numbers come back as strings because Redis truncates Lua
-# numbers to integers in replies.
+# Loads a counter (KEYS[i], window length) and moves it forward to the window holding ``now``,
+# as ``_Counter.roll_to`` does (but never backwards: a host whose clock lags counts into the
+# newest window another host opened); numbers come back as strings because Redis truncates
+# Lua numbers to integers in replies.
 _LUA_LOAD = f"""
 local now = tonumber(ARGV[1])
 local CALL_MEMORY_MS = {_CALL_MEMORY_MS}
@@ -288,6 +296,11 @@ local function load(key, window)
     w, p, c = index, 0, 0
   end
   return w, p, c
+end
+-- Lua's tostring keeps 14 digits: a spend of 0.99999999999999989 would come back as 1, a
+-- budget of 1 used up. 17 digits give the double back exactly.
+local function exact(number)
+  return string.format('%.17g', number)
 end
 local function save(key, window, w, p, c)
   redis.call('HSET', key, 'w', w, 'p', p, 'c', c)
@@ -332,9 +345,9 @@ for i = 2, #KEYS do
     row[3] = row[3] + row[5]
     save(KEYS[i], row[4], row[1], row[2], row[3])
   end
-  table.insert(reply, tostring(row[1] * row[4]))
-  table.insert(reply, tostring(row[2]))
-  table.insert(reply, tostring(row[3]))
+  table.insert(reply, exact(row[1] * row[4]))
+  table.insert(reply, exact(row[2]))
+  table.insert(reply, exact(row[3]))
 end
 return reply
 """
@@ -434,7 +447,7 @@ class RedisCounterStore:
             await client.aclose()
 
     async def _run(self, script: str, keys: list[str], args: list[str]) -> Any:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError, ResponseError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         try:
@@ -459,6 +472,10 @@ class RedisCounterStore:
                     raise LimitStoreError(f"Redis answers, but {exc}") from exc
                 self._retry_at = self._monotonic() + self._retry_interval
                 raise LimitStoreError(f"Redis: {exc}") from exc
+            except ResponseError as exc:
+                # Redis answered, refusing this call (a key of another type under the
+                # prefix: WRONGTYPE): the next call may well succeed, and costs no timeout.
+                raise LimitStoreError(f"Redis refused the call: {exc}") from exc
             except (RedisError, OSError) as exc:
                 self._retry_at = self._monotonic() + self._retry_interval
                 raise LimitStoreError(f"Redis: {exc}") from exc
@@ -502,6 +519,9 @@ class RedisCounterStore:
             # Calls take turns (below), so one never waits for a connection from the pool.
             pool = BlockingConnectionPool.from_url(
                 self._url,
+                # RESP2, which every Redis and proxy speaks: redis-py 8 opens with HELLO 3,
+                # which Redis before 6 and proxies such as twemproxy refuse (every call).
+                protocol=2,
                 max_connections=self._max_connections,
                 timeout=None,
                 socket_timeout=self._timeout,

@@ -356,6 +356,21 @@ class LimiterSemantics:
 
         asyncio.run(scenario())
 
+    def test_a_clock_stepped_back_never_asks_for_a_wait_past_two_windows(
+        self, make_store: StoreFactory
+    ) -> None:
+        # A resumed VM or an NTP step: the window counted into starts an hour ahead, and
+        # room would seem an hour away.
+        clock = FakeClock()
+
+        async def scenario(limiter: RateLimiter) -> None:
+            assert await admits(limiter, request(), 5) == [True] * 5
+            clock.advance(-3600)
+            admitted, headers = await outcome(limiter, request())
+            assert not admitted and 0 < int(headers["retry-after"]) <= 121
+
+        run(make_store, [per_key(requests_per_minute=5)], scenario, clock)
+
     def test_concurrent_admits_let_exactly_the_limit_through(
         self, make_store: StoreFactory
     ) -> None:
@@ -370,6 +385,21 @@ class TestMemoryStore(LimiterSemantics):
     @pytest.fixture
     def make_store(self) -> StoreFactory:
         return MemoryCounterStore
+
+
+def test_the_memory_store_counts_on_in_the_present_after_its_clock_stepped_back() -> None:
+    # One process, one clock: the counts move back with it, so room comes as the minute
+    # slides out, not when the clock is back where it was an hour ago.
+    clock = FakeClock()
+
+    async def scenario(limiter: RateLimiter) -> None:
+        assert await admits(limiter, request(), 5) == [True] * 5
+        clock.advance(-3600)
+        assert await admits(limiter, request(), 1) == [False]
+        clock.advance(121)  # two windows of the present, not an hour of the past again
+        assert await admits(limiter, request(), 1) == [True]
+
+    run(MemoryCounterStore, [per_key(requests_per_minute=5)], scenario, clock)
 
 
 # Random traffic: admits, recorded usage and clock jumps, for two keys and some tags.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -428,6 +429,94 @@ def test_a_loop_stalled_past_a_connect_deadline_is_not_taken_for_an_outage(
         (True, "4"),
         (True, "3"),
     ]
+
+
+def test_a_redis_that_does_not_know_hello_is_served_in_resp2(shared_redis: RedisServer) -> None:
+    # Redis before 6 and proxies such as twemproxy answer HELLO (redis-py 8's opening for
+    # RESP3) with an error: every call failed, the limits off (open) or every request refused.
+    async def scenario() -> list[bool]:
+        proxy = await asyncio.start_server(
+            functools.partial(_proxy_refusing_hello, shared_redis.port), "127.0.0.1", 0
+        )
+        port = proxy.sockets[0].getsockname()[1]
+        # 10 s: the pure-Python Redis of machines without redis-server is slow to load a script.
+        url = f"redis://127.0.0.1:{port}/0"
+        store = RedisCounterStore(url, key_prefix=fresh_prefix(), timeout=10.0)
+        check = WindowCheck("requests:60:key:k", 60.0, 2.0, 1.0, True)
+        admitted = [(await store.consume([check], 1000.0))[0] for _ in range(3)]
+        await store.aclose()
+        proxy.close()
+        return admitted
+
+    assert asyncio.run(scenario()) == [True, True, False]
+
+
+async def _proxy_refusing_hello(
+    redis_port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """RESP: refuses a connection's opening HELLO as an old Redis does; passes everything
+    else through to the Redis on ``redis_port`` and back."""
+    upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", redis_port)
+
+    async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ValueError):
+        header = await reader.readline()
+        command = [header]
+        for _ in range(int(header[1:])):
+            length_line = await reader.readline()
+            command += [length_line, await reader.readexactly(int(length_line[1:]) + 2)]
+        if command[2][:-2].upper() == b"HELLO":
+            writer.write(b"-ERR unknown command 'HELLO'\r\n")
+        else:
+            upstream_writer.write(b"".join(command))
+        await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
+    upstream_writer.close()
+
+
+def test_counts_come_back_from_redis_exactly(shared_redis: RedisServer) -> None:
+    # Lua's tostring keeps 14 digits: ten spends of 0.1 (0.9999999999999999) came back as 1,
+    # and a 429 for another limit then said the budget of 1 was used up, for hours.
+    store = RedisCounterStore(shared_redis.url, key_prefix=fresh_prefix(), timeout=10.0)
+    budget = WindowCheck("spend:86400:key:k", 86400.0, 1.0, 0.0, False)
+
+    async def scenario() -> float:
+        for _ in range(10):
+            await store.add([Increment(budget.key, budget.window, 0.1)], 1000.0)
+        admitted, (count,) = await store.consume([budget], 1000.0)
+        await store.aclose()
+        assert admitted
+        return count.current
+
+    spent = 0.0
+    for _ in range(10):
+        spent += 0.1
+    assert asyncio.run(scenario()) == spent == 0.9999999999999999
+
+
+def test_a_key_of_another_type_fails_its_own_calls_only(shared_redis: RedisServer) -> None:
+    # Someone resets a counter with SET: Redis refuses the script on that key (WRONGTYPE).
+    # That says nothing of Redis itself: other keys' calls must not be skipped meanwhile.
+    prefix = fresh_prefix()
+    redis.Redis.from_url(shared_redis.url).set(f"{prefix}requests:60:key:bob", 5)
+    store = RedisCounterStore(shared_redis.url, key_prefix=prefix, timeout=10.0)
+
+    def check(key: str) -> WindowCheck:
+        return WindowCheck(f"requests:60:key:{key}", 60.0, 5.0, 1.0, True)
+
+    async def scenario() -> bool:
+        with pytest.raises(LimitStoreError, match="WRONGTYPE"):
+            await store.consume([check("bob")], 1000.0)
+        admitted, _ = await store.consume([check("alice")], 1000.0)
+        await store.aclose()
+        return admitted
+
+    assert asyncio.run(scenario())
 
 
 def test_a_proxy_answering_ping_over_a_hung_redis_is_an_outage() -> None:
