@@ -86,8 +86,9 @@ class Connection(asyncio.Protocol):
             return
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._poller = select.poll()
-        self._poller.register(sock.fileno(), select.POLLIN)
+        if hasattr(select, "poll"):  # not on Windows, where the check is skipped
+            self._poller = select.poll()
+            self._poller.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser

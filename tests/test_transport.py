@@ -12,6 +12,7 @@ import datetime
 import gzip
 import ipaddress
 import itertools
+import logging
 import socket
 import ssl
 import struct
@@ -963,6 +964,26 @@ def _answering_once_then_on(
 
     threading.Thread(target=serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+
+
+def test_without_poll_idle_connections_are_still_reused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Windows has no select.poll: the kernel check is skipped, and nothing else changes.
+    import select
+
+    monkeypatch.delattr(select, "poll")
+
+    async def scenario() -> None:
+        upstream = serving(lambda request: response(b"ok"))
+        async with upstream as server, FastHTTPTransport() as transport:
+            for _ in range(2):
+                assert await fetch(transport, "GET", server.url) == b"ok"
+        assert server.connections == 1
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert [record.getMessage() for record in caplog.records] == []
 
 
 @pytest.mark.parametrize(
