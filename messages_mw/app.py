@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -43,7 +43,15 @@ from .errors import (
     new_request_id,
 )
 from .fallback import CircuitBreaker, HeldStream, Target, deadline_passed, run_chain
-from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHook, call_hook
+from .hooks import (
+    AuthHook,
+    CompressionHook,
+    IncomingRequest,
+    RouteHook,
+    TagHook,
+    call_hook,
+    check_hook,
+)
 from .limits import RateLimiter
 from .policy import ForwardPlan
 from .pricing import add_cost_to_response_body
@@ -175,8 +183,7 @@ class Gateway:
         self.config = check_config(config or GatewayConfig(), "config")
         if provider is not None and not isinstance(provider, Provider):
             raise TypeError("provider must have async send() and aclose() methods")
-        if on_request_end is not None and not callable(on_request_end):
-            raise TypeError("on_request_end must be callable")
+        check_hook("on_request_end", on_request_end, "context")
         self._providers = build_providers(self.config, provider, providers)
         # Each provider's kind, for telemetry; a custom provider without one goes by its name.
         self._provider_types = {
@@ -394,10 +401,11 @@ class Gateway:
         """The request's headers and its (decoded) body, once the caller has been let in by an
         auth hook that reads only headers."""
         headers = header_map(scope)
-        context.request_headers = headers  # before any hook, as RequestContext promises
+        # Hooks read the headers through a view: what goes upstream is the gateway's to shape.
+        context.request_headers = MappingProxyType(headers)  # before any hook, as promised
         policy = self._policy
         if policy.auth_first:
-            incoming = IncomingRequest(context.method, context.path, headers, None)
+            incoming = IncomingRequest(context.method, context.path, context.request_headers, None)
             await policy.authenticate(incoming, context)
         body = await read_json_body(receive, headers, self.config.max_body_bytes)
         return body, headers
@@ -408,7 +416,9 @@ class Gateway:
         body, headers = await self._read_json_body(scope, receive, context)
         parsed = decode_messages_request(body)
         context.model, context.stream = parsed.model, parsed.stream
-        incoming = IncomingRequest(context.method, context.path, headers, parsed.model)
+        incoming = IncomingRequest(
+            context.method, context.path, context.request_headers, parsed.model
+        )
         plan = await self._policy.admit(incoming, context, parsed, body, headers)
         plan = await self._policy.prepare(plan, parsed, context)
 
@@ -423,7 +433,9 @@ class Gateway:
         body, headers = await self._read_json_body(scope, receive, context)
         parsed = decode_count_tokens_request(body)
         context.model = parsed.model
-        incoming = IncomingRequest(context.method, context.path, headers, context.model)
+        incoming = IncomingRequest(
+            context.method, context.path, context.request_headers, context.model
+        )
         await self._policy.authenticate_with_body(incoming, context)
         await self._policy.label(incoming, context, parsed)
         # Counting is free at Anthropic and rate-limited apart from messages, so the limits
@@ -447,8 +459,8 @@ class Gateway:
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
     ) -> None:
         headers = header_map(scope)
-        context.request_headers = headers
-        incoming = IncomingRequest(context.method, context.path, headers, None)
+        context.request_headers = MappingProxyType(headers)  # read-only for hooks
+        incoming = IncomingRequest(context.method, context.path, context.request_headers, None)
         await self._policy.authenticate(incoming, context)
         # The default provider answers (with the OpenAI-compatible ones' models merged in).
         context.provider = self.config.provider

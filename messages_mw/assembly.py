@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 
 from .auth import AuthConfig, build_auth
@@ -118,14 +119,14 @@ def build_policy(
 ) -> Policy:
     """Validate the hooks (a bad one fails here, not at the first request) and assemble.
     ``keyed_providers``: those sent the gateway's own key, never a client's or a virtual one."""
-    for name, hook in (
-        ("auth", auth),
-        ("tagger", tagger),
-        ("compressor", compressor),
-        ("router", router),
-        *((f"usage_sinks[{i}]", s) for i, s in enumerate(usage_sinks)),
+    for name, hook, arguments in (
+        ("auth", auth, "request"),
+        ("tagger", tagger, "request, context"),
+        ("compressor", compressor, "body, context"),
+        ("router", router, "context, chain"),
+        *((f"usage_sinks[{i}]", s, "event") for i, s in enumerate(usage_sinks)),
     ):
-        check_hook(name, hook)
+        check_hook(name, hook, arguments)
     if limiter is not None:
         _check_limiter(limiter)
     if limiter is None and config.limits.rules:
@@ -174,6 +175,7 @@ def build_policy(
 
 # What the policy uses of a limiter: a host's own must have them all.
 _LIMITER_ATTRIBUTES = ("admit", "record", "needs_price", "aclose", "checks_prices", "counts_usage")
+_ASYNC_LIMITER_METHODS = ("admit", "record", "aclose")
 
 
 def _check_limiter(limiter: object) -> None:
@@ -182,6 +184,14 @@ def _check_limiter(limiter: object) -> None:
     missing = [name for name in _LIMITER_ATTRIBUTES if not _has(limiter, name)]
     if missing:
         raise TypeError(f"limiter has no {', '.join(missing)} (as RateLimiter has)")
+    plain = [
+        name
+        for name in _ASYNC_LIMITER_METHODS
+        if not inspect.iscoroutinefunction(getattr(limiter, name, None))
+    ]
+    if plain:
+        # Awaited on every request: a plain def would fail each one with a 500.
+        raise TypeError(f"limiter.{', limiter.'.join(plain)} must be async def, as RateLimiter's")
 
 
 def _has(thing: object, name: str) -> bool:

@@ -19,6 +19,7 @@ from .auth import AuthConfig
 from .config_check import ConfigError
 from .limits import LimitsConfig
 from .pricing import ModelPrice
+from .protocol import FORBIDDEN_IN_HEADER_VALUE
 from .redaction import is_secret_header, repr_without_secrets, url_without_password
 from .routing import FallbackConfig
 from .tags import HeaderNames, TagPolicy, check_configured_tags
@@ -75,7 +76,7 @@ def _check_header_values(field: str, values: dict[str, str]) -> None:
     """Refuse a header value no request may carry (a control character: a key read from a
     file with its newline), which would fail every request as an unreachable upstream."""
     for name, value in values.items():
-        if _INVALID_HEADER_VALUE.search(value):
+        if FORBIDDEN_IN_HEADER_VALUE.search(value):
             shown = "" if is_secret_header(name.lower()) else f" {value!r}"
             raise ValueError(
                 f"{field}.{name}: the value{shown} has a control character or a character "
@@ -84,16 +85,12 @@ def _check_header_values(field: str, values: dict[str, str]) -> None:
 
 
 def _check_api_key(key: str | None) -> None:
-    if key is not None and _INVALID_HEADER_VALUE.search(key):
+    if key is not None and FORBIDDEN_IN_HEADER_VALUE.search(key):
         # Not echoed: it is a key.
         raise ValueError(
             "api_key has a control character or a character beyond latin-1 (a key read from "
             "a file with its newline?), which no HTTP header may carry"
         )
-
-
-# Controls (tab aside, which no key or value needs at its ends either), DEL, beyond latin-1.
-_INVALID_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 
 
 class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
+from .protocol import FORBIDDEN_IN_HEADER_VALUE
 from .redaction import repr_without_secrets
 from .streaming import TokenUsage
 
@@ -40,6 +41,27 @@ class Principal(msgspec.Struct, frozen=True):
     upstream_api_key: str | None = None
     passthrough: bool = False
     compression: str | None = None
+
+    def __post_init__(self) -> None:
+        # An auth hook builds these: a wrong field must fail in that hook (a 500 naming it),
+        # not later as a 403 for the wrong reason or an upstream counted as unreachable.
+        if type(self.key_id) is not str:
+            raise TypeError(f"Principal.key_id must be a str, got {type(self.key_id).__name__}")
+        allowed = self.allowed_models
+        if allowed is not None and (
+            not isinstance(allowed, frozenset | set) or not all(type(m) is str for m in allowed)
+        ):
+            # A str would be matched by substring: "claude-opus-4-1,x" would let "opus" in.
+            raise TypeError("Principal.allowed_models must be a frozenset of model names, or None")
+        if self.tags and not all(type(tag) is str for tag in self.tags):
+            raise TypeError("Principal.tags must be a tuple of str")
+        key = self.upstream_api_key
+        if key is not None and (type(key) is not str or FORBIDDEN_IN_HEADER_VALUE.search(key)):
+            # Not echoed: it is a key. (One read from a file with its newline, say.)
+            raise ValueError(
+                "Principal.upstream_api_key must be a str that an HTTP header may carry "
+                "(no control character)"
+            )
 
     def __repr__(self) -> str:
         # A hook that logs its context must not log the virtual key.

@@ -158,10 +158,25 @@ class RouteHook(Protocol):
     ) -> Sequence[Target] | Awaitable[Sequence[Target]]: ...
 
 
-def check_hook(name: str, hook: object) -> None:
-    """Reject a hook that cannot be called, at construction time."""
-    if hook is not None and not callable(hook):
+def check_hook(name: str, hook: object, arguments: str) -> None:
+    """Reject a hook that cannot be called with ``arguments`` (their names, comma-separated:
+    what the gateway passes, positionally), at construction time: one that takes too few or
+    too many would fail every request. A callable whose signature Python cannot read (a
+    builtin) is let through."""
+    if hook is None:
+        return
+    if not callable(hook):
         raise TypeError(f"{name} must be callable (a function, sync or async), got {hook!r}")
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*arguments.split(", "))
+    except TypeError:
+        raise TypeError(
+            f"{name} is called with ({arguments}), which its signature {signature} does not take"
+        ) from None
 
 
 async def call_hook(hook: Callable[..., Any], *args: Any) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -25,7 +24,7 @@ from .hooks import AuthHook, CompressionHook, IncomingRequest, RouteHook, TagHoo
 from .limits import RateLimiter
 from .memo import Memo
 from .pricing import PricingTable
-from .protocol import DECODE_ERRORS
+from .protocol import DECODE_ERRORS, FORBIDDEN_IN_HEADER_VALUE
 from .routing import TargetResolver
 from .tags import ResolvedHeaderNames, TagPolicy, collect_tags, parse_tag_header, session_id
 from .usage import UsageDispatcher
@@ -349,7 +348,7 @@ class Policy:
                 )
             if name in _FORBIDDEN_EXTRA or name not in self.extra_headers_allowed:
                 raise InvalidRequestError(f"extra_headers.{name}: this header may not be set.")
-            if _INVALID_FIELD_VALUE.search(value):
+            if FORBIDDEN_IN_HEADER_VALUE.search(value):
                 raise InvalidRequestError(
                     f"extra_headers.{name}: a header value is visible latin-1 text, spaces "
                     "and tabs only."
@@ -412,8 +411,6 @@ async def _awaited_principal(result: object) -> Principal | None:
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-# What RFC 9110 does not allow in a field value: controls other than tab, DEL, beyond latin-1.
-_INVALID_FIELD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 
 
 def _allowed_models(context: RequestContext) -> frozenset[str] | None:

@@ -15,6 +15,7 @@ relies on. Nothing here does I/O.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -28,8 +29,14 @@ DECODE_ERRORS: tuple[type[Exception], ...] = (
     RecursionError,
 )
 
+# What no HTTP header value may hold (RFC 9110): controls other than tab, DEL, and anything
+# beyond latin-1. A value with one cannot be sent: a hook's or a config's must be refused
+# where it is given, not fail every request as an unreachable upstream.
+FORBIDDEN_IN_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+
 __all__ = [
     "DECODE_ERRORS",
+    "FORBIDDEN_IN_HEADER_VALUE",
     "CacheCreation",
     "CitationsDelta",
     "ContentBlock",

@@ -795,6 +795,20 @@ def test_a_host_limiter_missing_what_the_policy_uses_is_refused_at_start_up() ->
         Gateway(config, limiter=Partial())  # type: ignore[arg-type]
 
 
+def test_a_host_limiter_with_plain_methods_is_refused_at_start_up() -> None:
+    # admit, record and aclose are awaited: plain defs would fail every request with a 500.
+    class Plain(_HostLimiter):
+        def admit(self, context: RequestContext) -> list[tuple[str, str]]:  # type: ignore[override]
+            return []
+
+        def aclose(self) -> None:  # type: ignore[override]
+            return None
+
+    config = GatewayConfig(provider="mock", usage_log=False)
+    with pytest.raises(TypeError, match=r"limiter\.admit, limiter\.aclose must be async def"):
+        Gateway(config, limiter=Plain())  # type: ignore[arg-type]
+
+
 def test_limiter_mocks_and_late_failing_properties_pass_the_start_up_check() -> None:
     class LateFlag(_HostLimiter):
         @property

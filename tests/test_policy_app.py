@@ -1233,3 +1233,48 @@ def test_tag_headers_padded_with_repeats_are_not_kept() -> None:
             tracemalloc.stop()
 
     assert run(scenario()) < 1_000_000  # kept, these 100 values would hold 3 MB
+
+
+@pytest.mark.parametrize(
+    "principal",
+    [
+        # A virtual key read from a file with its newline: every request was a 502, counted
+        # against the upstream's circuit, which then shut for every caller.
+        {"key_id": "team", "upstream_api_key": "sk-from-db\n"},
+        # A str allow-list was matched by substring: "opus" passed for "claude-opus-4-1,...".
+        {"key_id": "team", "allowed_models": "claude-opus-4-1,claude-haiku-4-5"},
+        {"key_id": 7},
+    ],
+)
+def test_a_principal_an_auth_hook_gets_wrong_is_that_hooks_500(
+    principal: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder()
+    provider = AnthropicProvider(
+        UpstreamConfig(base_url="http://upstream.test"), transport=httpx.MockTransport(recorder)
+    )
+
+    def auth(request: IncomingRequest) -> Principal:
+        return Principal(**principal)
+
+    gateway = Gateway(GatewayConfig(usage_log=False), provider=provider, auth=auth)
+    with caplog.at_level(logging.ERROR, logger="messages_mw"):
+        response = run(_post(gateway, _body(model="opus")))
+    assert response.status_code == 500 and response.json()["error"]["type"] == "api_error"
+    assert recorder.requests == []
+    assert "sk-from-db" not in caplog.text and "Principal." in caplog.text
+
+
+def test_hooks_read_the_request_headers_but_cannot_change_what_goes_upstream() -> None:
+    recorder = Recorder()
+    provider = AnthropicProvider(
+        UpstreamConfig(base_url="http://upstream.test"), transport=httpx.MockTransport(recorder)
+    )
+
+    def auth(request: IncomingRequest) -> Principal:
+        request.headers["anthropic-beta"] = "smuggled"  # type: ignore[index]
+        return Principal(key_id="team", passthrough=True)
+
+    gateway = Gateway(GatewayConfig(usage_log=False), provider=provider, auth=auth)
+    assert run(_post(gateway, _body())).status_code == 500
+    assert recorder.requests == []

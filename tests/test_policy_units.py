@@ -310,9 +310,37 @@ def test_edit_top_level_keeps_other_bytes() -> None:
 
 def test_bad_hooks_are_rejected() -> None:
     with pytest.raises(TypeError, match="auth"):
-        check_hook("auth", 42)
-    check_hook("auth", None)
-    check_hook("auth", lambda request: None)
+        check_hook("auth", 42, "request")
+    check_hook("auth", None, "request")
+    check_hook("auth", lambda request: None, "request")
+
+
+class _Compressor:
+    def __call__(self, body: bytes, context: object) -> bytes | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("hook", "arguments", "takes"),
+    [
+        (lambda request: None, "request, context", False),
+        (lambda request, context, extra: None, "request, context", False),
+        (lambda: None, "event", False),
+        (lambda request, context=None: None, "request", True),
+        (lambda *args: None, "context, chain", True),
+        (_Compressor(), "body, context", True),
+        (len, "event", True),  # a builtin: its signature may not be readable, let through
+    ],
+)
+def test_a_hook_that_cannot_take_its_arguments_fails_at_construction(
+    hook: object, arguments: str, takes: bool
+) -> None:
+    # Else every request would be a 500, or (a usage sink) every event lost in the log.
+    if takes:
+        check_hook("hook", hook, arguments)
+    else:
+        with pytest.raises(TypeError, match=f"hook is called with \\({arguments}\\)"):
+            check_hook("hook", hook, arguments)
 
 
 def test_key_digests_are_plain_hex_sha256_as_documented() -> None:
