@@ -263,7 +263,10 @@ class Policy:
         if tagger is not None:
             extra = (await call_hook(tagger, request, context)) or ()
             # A str is a Sequence[str] too: one tag, not one per character.
-            groups.append(("tagger", (extra,) if isinstance(extra, str) else extra))
+            extra = (extra,) if isinstance(extra, str) else extra
+            if not isinstance(extra, list | tuple) or not all(type(tag) is str for tag in extra):
+                raise TypeError(f"the tagger hook returned {extra!r}, not a list of str")
+            groups.append(("tagger", extra))
         return collect_tags(groups, self.tag_policy) if groups else []
 
     def _tag_groups(self, header_value: str, key_tags: Sequence[str]) -> list[_TagGroup]:
@@ -316,11 +319,11 @@ class Policy:
         if self.compressor is not None:
             compressed = self.compressor(plan.body, context)
             if compressed is not None and not isinstance(compressed, bytes):
-                compressed = await compressed
+                compressed = await _compressed_body(compressed)
             plan.body = compressed or plan.body
         chain = plan.chain
         if self.router is not None:
-            chain = list(await call_hook(self.router, context, chain))
+            chain = self._routed(await call_hook(self.router, context, chain))
             if not chain:
                 raise InvalidRequestError(f"model: no route for '{parsed.model}'.")
             if self._needs_price(context):
@@ -328,6 +331,17 @@ class Policy:
                 self._check_priced(chain)
         plan.chain = chain
         return plan
+
+    def _routed(self, chosen: object) -> list[Target]:
+        """The router hook's answer as a chain, or a TypeError naming the hook (a 500)."""
+        if not isinstance(chosen, list | tuple):
+            raise TypeError(f"the router hook returned {type(chosen).__name__}, not a list")
+        for target in chosen:
+            if not isinstance(target, Target) or not self.resolver.routes_explicitly(target.name):
+                raise TypeError(
+                    f"the router hook returned {target!r}, not a Target of a configured provider"
+                )
+        return list(chosen)
 
     def _with_extra_headers(self, headers: dict[str, str], raw: msgspec.Raw) -> dict[str, str]:
         """Merge the body's ``extra_headers`` (allow-listed names only) into ``headers``."""
@@ -397,6 +411,18 @@ class Policy:
         if self.limiter is not None:
             closers.append(self.limiter.aclose)
         await close_all(closers)
+
+
+async def _compressed_body(result: object) -> bytes | None:
+    """What a compressor hook gave that is not bytes already: awaited if awaitable, a
+    bytearray or memoryview as bytes, and anything else refused (500) naming the hook."""
+    if inspect.isawaitable(result):
+        result = await result
+    if result is None or isinstance(result, bytes):
+        return result
+    if isinstance(result, bytearray | memoryview):
+        return bytes(result)
+    raise TypeError(f"the compressor hook returned {type(result).__name__}, not bytes or None")
 
 
 async def _awaited_principal(result: object) -> Principal | None:

@@ -1278,3 +1278,60 @@ def test_hooks_read_the_request_headers_but_cannot_change_what_goes_upstream() -
     gateway = Gateway(GatewayConfig(usage_log=False), provider=provider, auth=auth)
     assert run(_post(gateway, _body())).status_code == 500
     assert recorder.requests == []
+
+
+def _tags_ints(request: IncomingRequest, context: RequestContext) -> object:
+    return [1, 2]
+
+
+def _compress_to_str(body: bytes, context: RequestContext) -> object:
+    return body.decode()
+
+
+def _route_by_name(context: RequestContext, chain: Sequence[Target]) -> object:
+    return [target.name for target in chain]
+
+
+def _route_nowhere_known(context: RequestContext, chain: Sequence[Target]) -> object:
+    return [Target("nope", "claude-sonnet-4-6")]
+
+
+@pytest.mark.parametrize(
+    ("hooks", "said"),
+    [
+        ({"tagger": _tags_ints}, "the tagger hook returned [1, 2], not a list of str"),
+        ({"compressor": _compress_to_str}, "the compressor hook returned str, not bytes"),
+        ({"router": _route_by_name}, "the router hook returned 'anthropic/claude-sonnet-4-6'"),
+        ({"router": _route_nowhere_known}, "not a Target of a configured provider"),
+    ],
+)
+def test_a_hook_returning_the_wrong_type_is_a_500_naming_the_hook(
+    hooks: dict[str, Any], said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder()
+    gateway = Gateway(
+        GatewayConfig(usage_log=False),
+        provider=AnthropicProvider(
+            UpstreamConfig(base_url="http://upstream.test"),
+            transport=httpx.MockTransport(recorder),
+        ),
+        **hooks,
+    )
+    with caplog.at_level(logging.ERROR, logger="messages_mw"):
+        response = run(_post(gateway, _body()))
+    assert response.status_code == 500 and recorder.requests == []
+    assert said in caplog.text
+
+
+def test_a_compressor_may_return_any_bytes_like_body() -> None:
+    recorder = Recorder()
+    provider = AnthropicProvider(
+        UpstreamConfig(base_url="http://upstream.test"), transport=httpx.MockTransport(recorder)
+    )
+
+    def compress(body: bytes, context: RequestContext) -> object:
+        return bytearray(body.replace(b'"hi"', b'"hey"'))
+
+    gateway = Gateway(GatewayConfig(usage_log=False), provider=provider, compressor=compress)
+    assert run(_post(gateway, _body())).status_code == 200
+    assert json.loads(recorder.requests[0].content)["messages"][0]["content"] == "hey"
