@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -278,7 +280,7 @@ def test_a_tool_result_reply_gets_text_unless_a_tool_is_forced() -> None:
 @pytest.mark.parametrize("kind", ["enabled", "adaptive"])
 def test_thinking_comes_first_with_a_signature(kind: str) -> None:
     thinking = {"type": kind, "budget_tokens": 2048} if kind == "enabled" else {"type": kind}
-    message = _message(_body(thinking=thinking))
+    message = _message(_body(thinking=thinking, max_tokens=4096))
     first, second = message["content"]
     assert first["type"] == "thinking" and first["thinking"] and first["signature"]
     assert second["type"] == "text"
@@ -506,7 +508,7 @@ def test_unknown_paths_and_methods() -> None:
 _STREAM_CASES = {
     "text": _body("Stream me a few words please, it is a test"),
     "tool": _body(tools=[_WEATHER_TOOL]),
-    "thinking_text": _body(thinking={"type": "enabled", "budget_tokens": 2048}),
+    "thinking_text": _body(thinking={"type": "enabled", "budget_tokens": 2048}, max_tokens=4096),
     "omitted_thinking_tool": _body(
         thinking={"type": "adaptive", "display": "omitted"}, tools=[_WEATHER_TOOL]
     ),
@@ -762,3 +764,107 @@ def test_a_model_creation_time_must_be_rfc_3339(created_at: str, tmp_path: Any) 
     with pytest.raises(ConfigError, match="created_at"):
         load_config(path)
     assert ModelConfig(id="m", created_at="2025-02-19T08:30:00.5+01:00").created_at
+
+
+def _nested_arrays(levels: int, leaf: dict[str, Any]) -> dict[str, Any]:
+    schema = leaf
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema, "minItems": 8}
+    return {"type": "object", "properties": {"grid": schema}, "required": ["grid"]}
+
+
+def test_a_tool_schema_asking_for_a_huge_input_gets_a_bounded_one() -> None:
+    # 400 bytes of schema asked for 8**8 strings of 1,024 characters: the mock built them
+    # on the event loop, stalling every other request, and ran out of memory.
+    schema = _nested_arrays(8, {"type": "string", "minLength": 1024})
+    tool = {"name": "fill", "input_schema": schema}
+    (block,) = _message(_body("fill it", tools=[tool], max_tokens=100_000))["content"]
+    assert block["type"] == "tool_use"
+    assert 1_000 < len(json.dumps(block["input"])) < 100_000
+    # Small inputs are whole: the budget only ends runaway ones.
+    small = {"name": "fill", "input_schema": _nested_arrays(2, {"type": "integer"})}
+    (block,) = _message(_body("fill it", tools=[small]))["content"]
+    assert block["input"] == {"grid": [[1] * 8] * 8}
+
+
+def test_tool_input_meets_the_constraints_pydantic_schemas_state() -> None:
+    # The SDK's tool runner validates the input against the function's own types: the mock
+    # sent "mock" for a date, strings for tuple[int, int], and ignored upper bounds.
+    import datetime
+    import uuid
+
+    from pydantic import BaseModel, Field
+
+    class Booking(BaseModel):
+        day: datetime.date
+        at: datetime.datetime
+        ident: uuid.UUID
+        seats: tuple[int, int]
+        pair: tuple[str, bool]
+        code: str = Field(max_length=2)
+        below_zero: int = Field(lt=0)
+        small: float = Field(gt=0, lt=0.5)
+        at_most: float = Field(le=0.3)
+        sevens: int = Field(multiple_of=7)
+        steps: float = Field(multiple_of=0.25, ge=1.1)
+        distinct: set[str] = Field(min_length=3)
+        counts: dict[str, int] = Field(min_length=2)
+        named: dict[str, int] = Field(json_schema_extra={"minProperties": 1})
+
+    tool = {"name": "book", "input_schema": Booking.model_json_schema()}
+    (block,) = _message(_body("book it", tools=[tool]))["content"]
+    booking = Booking.model_validate(block["input"])
+    assert booking.seats == (1, 1) and booking.below_zero == -1 and booking.sevens == 7
+    assert len(booking.distinct) == 3 and len(booking.counts) == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "version", "message"),
+    [
+        ({"thinking": {"type": "enabled"}}, None, "thinking.enabled.budget_tokens: Field"),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 1023}},
+            None,
+            "budget_tokens: Input should be greater than or equal to 1024",
+        ),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 1024},
+            None,
+            "`max_tokens` must be greater than `thinking.budget_tokens`",
+        ),
+        (
+            {
+                "thinking": {"type": "adaptive"},
+                "tools": [_WEATHER_TOOL],
+                "tool_choice": {"type": "any"},
+            },
+            None,
+            "Thinking may not be enabled when tool_choice forces tool use",
+        ),
+        ({"temperature": 1}, "2026-10-21", "temperature: Extra inputs are not permitted"),
+        ({"top_k": 5}, "2026-10-21", "top_k: Extra inputs are not permitted"),
+    ],
+)
+def test_the_mock_refuses_what_the_api_refuses(
+    fields: dict[str, Any], version: str | None, message: str
+) -> None:
+    # Code tried against the demo answered 200 here, then failed against Anthropic.
+    headers = {"anthropic-version": version} if version else {}
+    raw = json.dumps(_body(**fields)).encode()
+    request = ProviderRequest("POST", "/v1/messages", raw, headers, "req_test")
+    with pytest.raises(InvalidRequestError, match=re.escape(message)):
+        asyncio.run(MockProvider().send(request))
+
+
+def test_sampling_fields_and_adaptive_thinking_with_auto_tools_are_accepted() -> None:
+    assert _message(_body(temperature=0.5, top_p=0.9))["stop_reason"] == "end_turn"
+    body = _body(thinking={"type": "adaptive"}, tools=[_WEATHER_TOOL], tool_choice={"type": "auto"})
+    assert _message(body)["stop_reason"] == "tool_use"
+
+
+def test_the_token_estimate_does_not_depend_on_the_json_layout() -> None:
+    # Pretty-printed JSON (curl users) counted 23% more tokens than the same request compact.
+    body = json.loads((Path(__file__).parent / "samples" / "agent_turn.json").read_bytes())
+    compact = estimate_input_tokens(json.dumps(body, separators=(",", ":")).encode())
+    assert estimate_input_tokens(json.dumps(body, indent=2).encode()) == compact
+    assert estimate_input_tokens(json.dumps(body, indent="\t").encode()) == compact

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
@@ -46,7 +45,6 @@ __all__ = [
     "ReplyPlan",
     "compose_message",
     "encode_message",
-    "sample_tool_input",
     "sse_chunks",
 ]
 
@@ -78,102 +76,6 @@ class ReplyPlan:
     show_thinking: bool = True
     signature: str = ""
     tool: ToolUseBlock | None = None
-
-
-# How deep a schema is followed ($ref chains, nested objects): a recursive one must end.
-_MAX_SCHEMA_DEPTH = 8
-# Array items sampled at most, whatever minItems asks.
-_MAX_SAMPLED_ITEMS = 8
-
-
-def _sample_value(schema: object, root: object, depth: int = 0) -> object:
-    """A small value satisfying a property schema ("mock", 1, true, a list, an object),
-    following ``$ref`` into ``root`` and the first non-null choice of ``anyOf``/``oneOf``, as
-    the SDKs' tool helpers write schemas, and meeting simple bounds (minimum, minItems,
-    minLength)."""
-    if not isinstance(schema, dict) or depth > _MAX_SCHEMA_DEPTH:
-        return "mock"
-    ref = schema.get("$ref")
-    if isinstance(ref, str):
-        return _sample_value(_referenced(ref, root), root, depth + 1)
-    for key in ("anyOf", "oneOf", "allOf"):
-        options = schema.get(key)
-        if isinstance(options, list) and options:
-            chosen = next((option for option in options if not _is_null(option)), options[0])
-            return _sample_value(chosen, root, depth + 1)
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if "const" in schema:
-        return schema["const"]
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object" or (kind is None and "properties" in schema):
-        return _sample_object(schema, root, depth)
-    if kind == "array":
-        count = schema.get("minItems", 0)
-        count = min(count, _MAX_SAMPLED_ITEMS) if isinstance(count, int) else 0
-        return [_sample_value(schema.get("items"), root, depth + 1) for _ in range(count)]
-    if kind in ("integer", "number"):
-        return _sample_number(schema, kind)
-    if kind == "boolean":
-        return True
-    if kind == "null":
-        return None
-    length = schema.get("minLength", 0)
-    return "mock" if not isinstance(length, int) or length <= 4 else "m" * min(length, 1024)
-
-
-def _sample_number(schema: dict[str, Any], kind: str) -> int | float:
-    value: int | float = 1
-    low, high = _number(schema.get("minimum")), _number(schema.get("maximum"))
-    above = _number(schema.get("exclusiveMinimum"))
-    if low is not None:
-        value = max(value, low)
-    if above is not None and value <= above:
-        value = above + 1
-    if high is not None:
-        value = min(value, high)
-    return math.ceil(value) if kind == "integer" else value
-
-
-def _number(value: object) -> int | float | None:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _is_null(schema: object) -> bool:
-    return isinstance(schema, dict) and schema.get("type") == "null"
-
-
-def _referenced(ref: str, root: object) -> object:
-    """What a local JSON pointer (``#/$defs/Point``) names in ``root``; ``None`` otherwise."""
-    if not ref.startswith("#"):
-        return None
-    node = root
-    for part in ref[1:].split("/")[1:]:
-        key = part.replace("~1", "/").replace("~0", "~")
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def sample_tool_input(schema: object) -> dict[str, Any]:
-    """A tool input: a sample value for each required property of an object schema."""
-    return _sample_object(schema, schema, 0) if isinstance(schema, dict) else {}
-
-
-def _sample_object(schema: dict[str, Any], root: object, depth: int) -> dict[str, Any]:
-    properties, required = schema.get("properties"), schema.get("required")
-    if not isinstance(properties, dict):
-        properties = {}
-    if not isinstance(required, list):
-        return {}
-    return {
-        name: _sample_value(properties.get(name), root, depth + 1)
-        for name in required
-        if isinstance(name, str)
-    }
 
 
 def _words(text: str) -> list[str]:

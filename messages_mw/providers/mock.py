@@ -28,9 +28,9 @@ from ._mock_replies import (
     ReplyPlan,
     compose_message,
     encode_message,
-    sample_tool_input,
     sse_chunks,
 )
+from ._mock_schema import sample_tool_input
 from .base import ProviderRequest, ProviderResponse
 
 __all__ = ["MockProvider", "estimate_input_tokens"]
@@ -42,6 +42,8 @@ _DOCUMENT_PAGE_TOKENS = 2_000
 _BASE64_BYTES_PER_PAGE = 100_000
 _BYTES_PER_TOKEN = 4
 _SNIPPET_CHARS = 120
+_MIN_THINKING_BUDGET = 1_024
+_VERSION_WITHOUT_SAMPLING = "2026-10-21"
 _SSE_HEADERS = (("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"))
 _JSON_HEADERS = (("content-type", "application/json"),)
 
@@ -83,6 +85,7 @@ class _ToolChoice(msgspec.Struct):
 class _ThinkingConfig(msgspec.Struct):
     type: str = ""
     display: str | None = None
+    budget_tokens: Any = msgspec.UNSET
 
 
 class _Prompt(msgspec.Struct):
@@ -93,6 +96,10 @@ class _Prompt(msgspec.Struct):
     tools: msgspec.Raw = msgspec.Raw()
     tool_choice: _ToolChoice | None = None
     thinking: _ThinkingConfig | None = None
+    # Only whether they are there: API version 2026-10-21 refuses them.
+    temperature: Any = msgspec.UNSET
+    top_p: Any = msgspec.UNSET
+    top_k: Any = msgspec.UNSET
 
 
 _prompt_decoder = msgspec.json.Decoder(_Prompt)
@@ -162,8 +169,9 @@ def _media_cost(parts: Iterable[_Part]) -> tuple[int, int]:
 def estimate_input_tokens(body: bytes) -> int:
     """Estimate the input tokens of a messages or count_tokens body, locally and cheaply.
 
-    Method: the JSON text of ``system``, ``messages`` and ``tools`` counts one token per
-    4 bytes (roughly what Claude's tokenizer gives for English prose and JSON), so every block
+    Method: the JSON text of ``system``, ``messages`` and ``tools`` (with any line breaks
+    and indentation between its tokens taken out) counts one token per 4 bytes (roughly
+    what Claude's tokenizer gives for English prose and JSON), so every block
     type counts: text, tool definitions, tool_use inputs, tool_result content at any nesting,
     thinking, search results, text documents. Binary media are replaced by fixed costs instead
     of their base64 bytes: 1,600 tokens per image (about a 1.15-megapixel image, the largest
@@ -173,8 +181,21 @@ def estimate_input_tokens(body: bytes) -> int:
     rough estimate: real counts vary with language and model. Raises
     :class:`~messages_mw.errors.InvalidRequestError` for a body that is not a JSON object.
     """
-    prompt = _decode_or_400(_prompt_decoder, body)
+    prompt = _decode_or_400(_prompt_decoder, _compact(body))
     return _estimate(prompt, _turns(prompt))
+
+
+def _compact(body: bytes) -> bytes:
+    """``body`` without the blanks between JSON tokens when it is laid out on several lines
+    (curl users, some clients), so that layout does not change the estimate: one line of
+    JSON (what SDKs send) is taken as it is, sparing a pass over the body."""
+    if b"\n" not in body:
+        return body
+    try:
+        return msgspec.json.format(body, indent=-1)
+    except msgspec.DecodeError:
+        # Decoding it again reports where it is broken.
+        return body
 
 
 def _turns(prompt: _Prompt) -> list[_Turn]:
@@ -273,10 +294,41 @@ def _tool_call(prompt: _Prompt, last_user: _Turn | None, digest: bytes) -> ToolU
     return ToolUseBlock(base62_id("toolu_", digest), tool.name, sample_tool_input(schema))
 
 
-def _plan(body: bytes) -> tuple[ReplyPlan, bool]:
+def _check_as_the_api_does(prompt: _Prompt, max_tokens: int, version: str | None) -> None:
+    """Refuse what Anthropic's API refuses with a 400 and the gateway lets through (it is
+    never stricter than the upstream): code tried against the demo should not first fail
+    against the real API. ``version`` is the request's ``anthropic-version``."""
+    if version == _VERSION_WITHOUT_SAMPLING:
+        for name in ("temperature", "top_p", "top_k"):
+            if getattr(prompt, name) is not msgspec.UNSET:
+                raise InvalidRequestError(f"{name}: Extra inputs are not permitted")
+    thinking = prompt.thinking
+    if thinking is None or thinking.type not in ("enabled", "adaptive"):
+        return
+    if thinking.type == "enabled":
+        budget = thinking.budget_tokens
+        if budget is msgspec.UNSET:
+            raise InvalidRequestError("thinking.enabled.budget_tokens: Field required")
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            raise InvalidRequestError(
+                "thinking.enabled.budget_tokens: Input should be a valid integer"
+            )
+        if budget < _MIN_THINKING_BUDGET:
+            raise InvalidRequestError(
+                "thinking.enabled.budget_tokens: Input should be greater than or equal to"
+                f" {_MIN_THINKING_BUDGET}"
+            )
+        if budget >= max_tokens:
+            raise InvalidRequestError("`max_tokens` must be greater than `thinking.budget_tokens`")
+    if prompt.tool_choice is not None and prompt.tool_choice.type in ("any", "tool"):
+        raise InvalidRequestError("Thinking may not be enabled when tool_choice forces tool use.")
+
+
+def _plan(body: bytes, version: str | None = None) -> tuple[ReplyPlan, bool]:
     """Decode a messages body into what the mock will answer, and whether to stream it."""
     request = decode_messages_request(body)
-    prompt = _decode_or_400(_prompt_decoder, body)
+    prompt = _decode_or_400(_prompt_decoder, _compact(body))
+    _check_as_the_api_does(prompt, request.max_tokens, version)
     turns = _turns(prompt)
     last_user = _last_user_turn(turns)
     digest = _prompt_digest(prompt, request.model)
@@ -326,7 +378,10 @@ class MockProvider:
     between deltas, and for non-streaming replies before the body); ``models`` is what
     ``GET /v1/models`` lists. ``ping_interval`` is the longest silence in a stream before a
     ``ping`` event. ``send`` raises :class:`~messages_mw.errors.InvalidRequestError` for a bad
-    body and :class:`~messages_mw.errors.NotFoundError` for unknown paths and models.
+    body and :class:`~messages_mw.errors.NotFoundError` for unknown paths and for a model
+    ``GET /v1/models/{id}`` does not list. Messages and count_tokens answer for any model
+    name, listed or not: clients send dated snapshots and aliases no list keeps up with,
+    and tests their own names.
     Cancelling ``send`` or the stream leaves nothing behind: the mock holds no resources.
     """
 
@@ -351,7 +406,7 @@ class MockProvider:
             if method != "POST":
                 raise MethodNotAllowedError(f"Method {method} is not allowed on {path}")
             if path == "/v1/messages":
-                return await self._messages(request.body)
+                return await self._messages(request)
             return self._json(_encoder.encode(CountTokensResponse(self._count(request.body))))
         if path == "/v1/models" or path.startswith("/v1/models/"):
             if method != "GET":
@@ -368,8 +423,8 @@ class MockProvider:
     def _json(body: bytes) -> ProviderResponse:
         return ProviderResponse(status=200, headers=list(_JSON_HEADERS), body=body)
 
-    async def _messages(self, body: bytes) -> ProviderResponse:
-        plan, stream = _plan(body)
+    async def _messages(self, request: ProviderRequest) -> ProviderResponse:
+        plan, stream = _plan(request.body, request.headers.get("anthropic-version"))
         message = compose_message(plan)
         if stream:
             chunks = _paced(sse_chunks(message), self._settings, self._ping_interval)
