@@ -126,6 +126,9 @@ class RequestContext(msgspec.Struct):
     stream: bool = False
     status: int = 0
     response_started: bool = False
+    # The last byte of the response has been handed to the server: a disconnect reported
+    # after it (servers report one once a response is complete) is no client leaving early.
+    response_sent: bool = False
     upstream_request_id: str | None = None
     usage: TokenUsage = msgspec.field(default_factory=TokenUsage)
     stop_reason: str | None = None

@@ -24,12 +24,14 @@ class _DisconnectWatch:
         self._work_task = work_task
         self._context = context
         self._task: asyncio.Task[None] | None = None
+        self._fired = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def fired(self) -> bool:
-        return self._task is not None and self._task.done() and not self._task.cancelled()
+        """Whether the client left and the work was cancelled for it."""
+        return self._fired
 
     def stop(self) -> None:
         if self._task is not None:
@@ -38,7 +40,12 @@ class _DisconnectWatch:
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
+        if self._context.response_sent:
+            # The whole answer went out (uvicorn reports a disconnect once it has): only
+            # closing the upstream response remains, and an HTTP/2 close can take a while.
+            return
         self._context.client_disconnected = True
+        self._fired = True
         self._work_task.cancel()
 
 

@@ -56,6 +56,7 @@ async def relay_body(
         await send({"type": "http.response.body", "body": body})
     except OSError as exc:
         raise ClientDisconnectedError from exc  # the server's word that the client left
+    context.response_sent = True
 
 
 def observe_response_body(body: bytes, context: RequestContext) -> None:
@@ -241,6 +242,7 @@ async def _pump(
     if stall is not None:
         stall.started += 1
     await send({"type": "http.response.body", "body": last, "more_body": False})
+    context.response_sent = True
 
 
 def _complete_events(chunk: bytes, unfinished: bytearray, still_unfinished: int) -> bytes:

@@ -110,3 +110,22 @@ def test_one_watcher_serves_one_event_loop_after_another() -> None:
         return context.client_disconnected
 
     assert run(leave()) is True
+
+
+def test_a_disconnect_after_the_whole_response_was_sent_is_no_client_leaving() -> None:
+    # uvicorn reports http.disconnect once a response is complete; closing an HTTP/2
+    # upstream response afterwards takes a while, and every such stream was logged as
+    # abandoned by its client (usage events, metrics), its close cancelled half-way.
+    watcher = DisconnectWatcher(after=0.02)
+    context = _context()
+    closed: list[bool] = []
+
+    async def work() -> None:
+        await asyncio.sleep(0.03)  # streaming, then the last body message goes out
+        context.response_sent = True
+        await asyncio.sleep(0.1)  # the upstream response's close
+        closed.append(True)
+
+    run(watcher.run(_Client(leaves_after=0.04).receive, work(), context))
+    assert closed == [True]
+    assert context.client_disconnected is False
