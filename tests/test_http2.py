@@ -14,7 +14,7 @@ import datetime
 import ipaddress
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -210,3 +210,54 @@ async def _post_leaving_open(gateway: Gateway) -> httpx.Response:
     transport = httpx.ASGITransport(gateway)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
         return await client.post("/v1/messages", json=MESSAGE, headers={"x-api-key": "sk"})
+
+
+def test_http2_without_h2_installed_is_refused_when_the_provider_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # httpx imports h2 only once TLS has chosen HTTP/2: the gateway started, then every
+    # request was a 500 with ModuleNotFoundError in the log.
+    import importlib.util
+
+    from messages_mw.providers.anthropic import AnthropicProvider
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "h2" else find_spec(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"messages-mw\[http2\]"):
+        AnthropicProvider(UpstreamConfig(http2=True))
+    AnthropicProvider(UpstreamConfig(http2=False))  # HTTP/1.1 needs no h2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_http2_protocol_error_in_the_body_is_a_broken_upstream(stream: bool) -> None:
+    # httpx lets h2's own errors through unwrapped when they come while the body is read
+    # (here an upstream's invalid SETTINGS frame): a 500 "internal gateway error", or for a
+    # stream an api_error event with no fallback.
+    import h2.exceptions
+
+    from messages_mw.providers.anthropic import AnthropicProvider, _H2ErrorsAsHttpx
+
+    class BreaksMidBody(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            # A stream is committed to the client once its first text arrives.
+            yield b"".join(text_stream_events(["Hello", " there"])[:4]) if stream else b'{"a":'
+            raise h2.exceptions.InvalidSettingsValueError("INITIAL_WINDOW_SIZE", 0)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        kind = "text/event-stream" if stream else "application/json"
+        return httpx.Response(200, headers={"content-type": kind}, stream=BreaksMidBody())
+
+    transport = _H2ErrorsAsHttpx(httpx.MockTransport(handler))
+    upstream = UpstreamConfig(base_url="https://upstream.test", api_key="sk-up")
+    gateway = Gateway(
+        GatewayConfig(upstream=upstream), provider=AnthropicProvider(upstream, transport=transport)
+    )
+    response = asyncio.run(asyncio.wait_for(_post_messages(gateway, stream=stream), 20))
+    if stream:
+        assert response.status_code == 200
+        assert b"event: error" in response.content and b"broke mid-stream" in response.content
+    else:
+        assert response.status_code == 502
+        assert "not valid HTTP" in response.json()["error"]["message"]

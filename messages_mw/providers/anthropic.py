@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
@@ -279,8 +280,61 @@ def _undecodable(content_encoding: str) -> str:
 def _default_transport(settings: UpstreamConfig) -> httpx.AsyncBaseTransport:
     if settings.http2:
         limits = httpx.Limits(max_connections=settings.max_connections)
-        return _PerLoopTransport(lambda: httpx.AsyncHTTPTransport(http2=True, limits=limits))
+        return _PerLoopTransport(
+            lambda: _H2ErrorsAsHttpx(httpx.AsyncHTTPTransport(http2=True, limits=limits))
+        )
     return FastHTTPTransport(max_connections=settings.max_connections)
+
+
+def _check_http2_installed() -> None:
+    """httpx imports ``h2`` only once TLS has chosen HTTP/2, so without it every request
+    would fail: refused when the provider is built instead."""
+    if importlib.util.find_spec("h2") is None:
+        raise ImportError("upstream.http2 needs the h2 package: pip install 'messages-mw[http2]'")
+
+
+class _H2ErrorsAsHttpx(httpx.AsyncBaseTransport):
+    """httpx's HTTP/2 transport, with the ``h2`` library's protocol errors (an upstream
+    breaking HTTP/2 mid-body, which httpx lets through unwrapped) raised as
+    :class:`httpx.RemoteProtocolError`, so that they become a 502 or an SSE error event
+    like any broken upstream, not an internal error."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self._transport = transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        import h2.exceptions
+
+        try:
+            response = await self._transport.handle_async_request(request)
+        except h2.exceptions.ProtocolError as exc:
+            raise httpx.RemoteProtocolError(f"HTTP/2: {exc}", request=request) from exc
+        response.stream = _H2ErrorsAsHttpxStream(response.stream, request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+class _H2ErrorsAsHttpxStream(httpx.AsyncByteStream):
+    def __init__(
+        self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, request: httpx.Request
+    ):
+        assert isinstance(stream, httpx.AsyncByteStream)
+        self._stream = stream
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        import h2.exceptions
+
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except h2.exceptions.ProtocolError as exc:
+            raise httpx.RemoteProtocolError(f"HTTP/2: {exc}", request=self._request) from exc
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class _Answer:
@@ -386,6 +440,8 @@ class AnthropicProvider:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._settings = settings or UpstreamConfig()
+        if self._settings.http2 and transport is None:
+            _check_http2_installed()
         # A query in the base URL (a proxy's key, say) goes after the request's path, ahead
         # of the client's own query.
         self._base_url, self._base_query = split_base_url(self._settings.base_url)
