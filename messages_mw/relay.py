@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
@@ -35,6 +35,10 @@ logger = logging.getLogger("messages_mw")
 
 HeaderBuilder = Callable[[ProviderResponse, RequestContext], list[tuple[bytes, bytes]]]
 _response_decoder = msgspec.json.Decoder(ObservedResponse)
+
+# How long the body may go on after the stream's end (message_stop or an error event) before
+# the gateway ends the response itself: the end of the body follows at once, as a rule.
+AFTER_END_SECONDS = 1.0
 
 
 async def relay_body(
@@ -231,6 +235,9 @@ async def _pump(
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if stall is not None:
                     stall.done = stall.started
+                if observer.finished and not unfinished:
+                    await _relay_rest(response.chunks, send, context)
+                    break
     except GatewayError as exc:
         error = exc
     except OSError:
@@ -243,6 +250,27 @@ async def _pump(
         stall.started += 1
     await send({"type": "http.response.body", "body": last, "more_body": False})
     context.response_sent = True
+
+
+async def _relay_rest(chunks: AsyncIterator[bytes], send: Send, context: RequestContext) -> None:
+    """Relay what follows the stream's end (message_stop, or an error event) for at most
+    :data:`AFTER_END_SECONDS`: the end of the body, as a rule, soon after. An upstream, or a
+    proxy before it, that keeps the body open after the answer (silent, or sending pings)
+    would otherwise hold the client, whose SDK reads to the end of the body, until the read
+    timeout or forever; the gateway ends the response instead, and the upstream connection,
+    its body unfinished, is not reused."""
+    try:
+        async with asyncio.timeout(AFTER_END_SECONDS):
+            async for chunk in chunks:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except TimeoutError:
+        logger.info(
+            "request %s: the upstream kept its body open %g s after the stream ended; "
+            "the response is ended here",
+            context.request_id,
+            AFTER_END_SECONDS,
+        )
 
 
 def _complete_events(chunk: bytes, unfinished: bytearray, still_unfinished: int) -> bytes:

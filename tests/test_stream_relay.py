@@ -958,3 +958,34 @@ def test_a_comment_line_before_a_cut_event_leaves_the_error_event_whole() -> Non
     relayed = b"".join(sent)
     assert relayed.startswith(opening + b": keep-alive\nevent: error\ndata: ")
     assert json.loads(relayed.split(b"event: error\ndata: ")[1])["type"] == "error"
+
+
+@pytest.mark.parametrize("after_the_end", ["silence", "pings"])
+def test_a_body_kept_open_after_message_stop_is_ended_by_the_gateway(after_the_end: str) -> None:
+    # An upstream (or a proxy before it) that keeps its body open after message_stop held
+    # the client, whose SDK reads to the end of the body, until the read timeout (600 s by
+    # default), or forever while it kept sending pings.
+    closed: list[bool] = []
+
+    async def kept_open() -> AsyncIterator[bytes]:
+        try:
+            for event in _EVENTS:
+                yield event
+            while True:
+                await asyncio.sleep(0.05 if after_the_end == "pings" else 30)
+                yield sse("ping", {"type": "ping"})
+        finally:
+            closed.append(True)
+
+    recorder = Recorder(
+        lambda request: httpx.Response(200, headers=SSE_HEADERS, content=kept_open())
+    )
+    gateway, finished = make_gateway(recorder)
+    started = time.monotonic()
+    _, body = run(asyncio.wait_for(_collect(gateway), 10))
+    assert time.monotonic() - started < 5
+    assert body.startswith(_STREAM)
+    assert body[len(_STREAM) :].replace(sse("ping", {"type": "ping"}), b"") == b""
+    assert closed == [True]
+    assert finished[0].error_type is None and not finished[0].client_disconnected
+    assert finished[0].usage.output_tokens == 2
