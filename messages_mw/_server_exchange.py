@@ -17,6 +17,8 @@ from .memo import Memo
 
 __all__ = ["Connection", "Exchange", "send_api_error"]
 
+_SHUTTING_DOWN = "The gateway is shutting down; retry the request."
+
 
 class Connection(Protocol):
     """What an exchange needs of its connection (the protocol)."""
@@ -187,6 +189,15 @@ class Exchange:
         logger = self.connection.logger
         try:
             result = await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            # Only a shutdown whose graceful timeout ran out cancels a request here: no fault
+            # to trace (uvicorn logs each as an exception), and a client yet to be answered
+            # is told to retry, elsewhere, rather than given a 500.
+            logger.info("A request was cut short by the server's shutdown.")
+            if not self.response_started:
+                await send_api_error(self.send, 529, _SHUTTING_DOWN, error_type="overloaded_error")
+            elif not self.response_complete:
+                self.close()
         except BaseException as exc:  # as uvicorn: whatever the app raises ends here
             logger.error("Exception in ASGI application\n", exc_info=exc)
             if not self.response_started:
@@ -349,10 +360,12 @@ class Exchange:
         self.transport.close()
 
 
-async def send_api_error(send: Any, status: int, message: str) -> None:
-    """An ``api_error`` of the server's own, closing the connection after it."""
+async def send_api_error(
+    send: Any, status: int, message: str, *, error_type: str = "api_error"
+) -> None:
+    """An error of the server's own, closing the connection after it."""
     request_id = new_request_id()
-    body = encode_error_body("api_error", message, request_id)
+    body = encode_error_body(error_type, message, request_id)
     headers = [
         (b"content-type", b"application/json"),
         (b"request-id", request_id.encode()),

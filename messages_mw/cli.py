@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import logging
+import math
 import os
 import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,6 +48,12 @@ _WORKER_ENV = "MESSAGES_MW_WORKER_SETTINGS"
 _METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # uvicorn's exit status when it cannot start, such as a port in use.
 _STARTUP_FAILURE = 3
+# How long requests under way may run on after SIGTERM or a first Ctrl-C.
+DEFAULT_GRACEFUL_TIMEOUT = 25.0
+# After a second Ctrl-C: how long the cut requests, then the gateway's closing, may take.
+FORCED_EXIT_SECONDS = 2.0
+
+logger = logging.getLogger("messages_mw")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _INSTALL_HINT = (
     "messages-mw: uvicorn is not installed; install the server extra with "
@@ -60,13 +68,22 @@ class _WorkerSettings(msgspec.Struct, frozen=True):
     log_level: str = "info"
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
+
+
+def _positive_float(text: str) -> float:
+    if not (value := _number(text)) > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    if not 0 <= (value := _number(text)) < math.inf:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
     return value
 
 
@@ -100,6 +117,15 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         default="info",
         help="Logging level for the server and the gateway's diagnostics; usage lines are "
         "written whatever it is (default: %(default)s).",
+    )
+    add(
+        "--graceful-timeout",
+        metavar="SECONDS",
+        type=_seconds_or_zero,
+        default=DEFAULT_GRACEFUL_TIMEOUT,
+        help="On SIGTERM or Ctrl-C, how long requests under way may run before they are cut, "
+        "each with its usage recorded (default: %(default)s, under the 30 s an orchestrator "
+        "such as Kubernetes gives before it kills). A second Ctrl-C cuts them at once.",
     )
     add(
         "--access-log",
@@ -335,7 +361,7 @@ def _http_protocol() -> Any:
 
 def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the server extra: run_uvicorn needs it)
     except ImportError:
         print(_INSTALL_HINT, file=sys.stderr)
         return 2
@@ -364,17 +390,63 @@ def _serve(args: argparse.Namespace, config: GatewayConfig, gateway: Gateway) ->
     else:
         app = gateway
         tune_for_serving()
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=port,
-        workers=args.workers,
-        factory=args.workers > 1,
-        loop="auto",
-        log_level=args.log_level,
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": port,
+        "loop": "auto",
+        "log_level": args.log_level,
+        "timeout_graceful_shutdown": args.graceful_timeout,
         **serving_options(access_log=args.access_log),
-    )
-    return 0
+    }
+    return run_uvicorn(app, args.workers, options)
+
+
+def run_uvicorn(app: Gateway | str, workers: int, options: dict[str, Any]) -> int:
+    """Serve ``app`` (an import string of a factory with several workers) on uvicorn with
+    ``options``; returns the exit status."""
+    import uvicorn
+
+    if workers > 1:
+        uvicorn.run(app, workers=workers, factory=True, **options)
+        return 0
+    server = _server_class(uvicorn)(uvicorn.Config(app, **options))
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C uvicorn raises again at the end
+        server.run()
+    return 0 if server.started else _STARTUP_FAILURE
+
+
+def _server_class(uvicorn: Any) -> Any:
+    """uvicorn's server, ending a forced exit (a second Ctrl-C) the way its graceful one
+    ends: uvicorn then leaves the requests under way running into the process's end and
+    skips the lifespan shutdown, so no usage event of theirs was ever written."""
+
+    class GatewayServer(uvicorn.Server):  # type: ignore[misc]
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            if self.force_exit:
+                await end_forced_exit(self.server_state.tasks, self.lifespan.shutdown)
+
+    return GatewayServer
+
+
+async def end_forced_exit(
+    requests: Iterable[asyncio.Task[Any]], shutdown: Callable[[], Awaitable[None]]
+) -> None:
+    """Cancel ``requests``, each of which then records its usage, and run the lifespan
+    ``shutdown`` (the gateway closes, delivering the usage events), each for at most
+    :data:`FORCED_EXIT_SECONDS`."""
+    tasks = list(requests)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=FORCED_EXIT_SECONDS)
+    try:
+        async with asyncio.timeout(FORCED_EXIT_SECONDS):
+            await shutdown()
+    except TimeoutError:
+        logger.warning(
+            "the gateway did not close within %g s of a forced exit", FORCED_EXIT_SECONDS
+        )
 
 
 def _shared_metrics_dir(config: GatewayConfig, workers: int) -> str | None:

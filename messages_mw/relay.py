@@ -20,6 +20,7 @@ from .context import RequestContext
 from .errors import (
     GatewayError,
     InternalGatewayError,
+    OverloadedError,
     UpstreamUnavailableError,
     error_class,
 )
@@ -39,6 +40,8 @@ _response_decoder = msgspec.json.Decoder(ObservedResponse)
 # How long the body may go on after the stream's end (message_stop or an error event) before
 # the gateway ends the response itself: the end of the body follows at once, as a rule.
 AFTER_END_SECONDS = 1.0
+# How long a stream cut short may wait for its client to take the error event that ends it.
+_CUT_STREAM_SEND_SECONDS = 0.5
 
 
 async def relay_body(
@@ -155,6 +158,8 @@ async def relay_stream(
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if stall is None or not stall.stalled or task is None:
+            if not context.client_disconnected:
+                await _end_cut_stream(send, observer, context)
             raise
         task.uncancel()
         assert stalls is not None
@@ -249,6 +254,25 @@ async def _pump(
     if stall is not None:
         stall.started += 1
     await send({"type": "http.response.body", "body": last, "more_body": False})
+    context.response_sent = True
+
+
+async def _end_cut_stream(send: Send, observer: StreamObserver, context: RequestContext) -> None:
+    """End a stream cancelled while its client still reads: the server shutting down (its
+    graceful timeout ran out) or a host's own deadline. An ``overloaded_error`` event, which
+    the SDKs raise as a retryable error, tells the client what a bare close would not. The
+    client has only whole events: the unfinished one was held back."""
+    if observer.finished:
+        return
+    context.error_type = context.error_type or "cancelled"
+    request_id = context.upstream_request_id or context.request_id
+    error = OverloadedError("The gateway stopped this stream: it is shutting down. Retry.")
+    ending = frame_event("error", error.body(request_id))
+    try:
+        async with asyncio.timeout(_CUT_STREAM_SEND_SECONDS):
+            await send({"type": "http.response.body", "body": ending, "more_body": False})
+    except (OSError, TimeoutError):
+        return  # the client is gone or not reading: the close will do
     context.response_sent = True
 
 

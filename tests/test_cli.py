@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -17,7 +18,6 @@ import anthropic
 import httpx
 import msgspec
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from messages_mw import cli
@@ -214,7 +214,7 @@ def test_an_upstream_url_with_a_bad_host_or_port_exits_2_naming_the_option_or_fi
 ) -> None:
     # The scheme check let these through: the start-up line's urlsplit().port, or the OpenAI
     # provider's httpx.URL, raised a traceback (exit 1); or it started and answered 502s.
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr(cli, "run_uvicorn", lambda app, workers, options: 0)
     monkeypatch.setattr(cli, "tune_for_serving", lambda: None)
     if table is None:
         argv, named = ["--upstream", url], "--upstream"
@@ -315,7 +315,7 @@ def test_every_worker_rebuilds_the_config_the_parent_checked(
     path = _write(tmp_path, "[upstream]\nread_timeout = inf\nbase_url = 'http://up.test'\n")
     monkeypatch.setenv(cli._WORKER_ENV, "")  # restored after: main() sets it
     started: list[object] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(app))
+    monkeypatch.setattr(cli, "run_uvicorn", lambda app, workers, options: started.append(app) or 0)
     assert cli.main(["serve", "--config", str(path), "--workers", "2", "--port", "0"]) == 0
     assert started == ["messages_mw.cli:create_app"]
     capsys.readouterr()
@@ -338,7 +338,9 @@ def test_port_0_is_announced_as_the_port_uvicorn_is_given(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ports: list[int] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ports.append(options["port"]))
+    monkeypatch.setattr(
+        cli, "run_uvicorn", lambda app, workers, options: ports.append(options["port"]) or 0
+    )
     monkeypatch.setattr(cli, "tune_for_serving", lambda: None)
     assert cli.main(["serve", "--demo", "--port", "0"]) == 0
     (port,) = ports
@@ -357,7 +359,7 @@ def test_limits_in_memory_under_several_workers_are_warned_of(
     rule = '[[limits.rules]]\nscope = "key"\nrequests_per_minute = 3\n'
     path = _write(tmp_path, f'provider = "mock"\n[limits]\nstore = "{store}"\n{rule}')
     monkeypatch.setenv(cli._WORKER_ENV, "")  # restored after: main() sets it
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr(cli, "run_uvicorn", lambda app, workers, options: 0)
     monkeypatch.setattr(cli, "tune_for_serving", lambda: None)
     assert cli.main(["serve", "--config", str(path), "--workers", workers, "--port", "0"]) == 0
     warned = "counts the limits in its own memory" in capsys.readouterr().err
@@ -684,7 +686,7 @@ def test_usage_lines_are_written_whatever_the_log_level(capsys: pytest.CaptureFi
 def test_an_empty_config_path_is_an_error_not_the_defaults(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr(cli, "run_uvicorn", lambda app, workers, options: 0)
     assert cli.main(["serve", "--config", ""]) == 2
     assert "cannot read config file" in capsys.readouterr().err
 
@@ -712,3 +714,83 @@ def test_an_error_in_a_named_entry_names_the_entry(tmp_path: Path, toml: str, lo
     with pytest.raises(ConfigError) as caught:
         load_config(_write(tmp_path, toml))
     assert located in str(caught.value)
+
+
+def _slow_demo(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """The demo at four tokens a second: each answer takes seconds."""
+    config = _write(tmp_path, 'provider = "mock"\n[mock]\ntokens_per_second = 4\n')
+    port = _free_port()
+    log = tmp_path / "stderr.log"
+    argv = ["-m", "messages_mw", "serve", "--config", str(config), "--port", str(port), *extra]
+    with log.open("wb") as errors:
+        process = subprocess.Popen(
+            [sys.executable, *argv], cwd=_REPO, stdout=subprocess.PIPE, stderr=errors
+        )
+    _wait_until_listening(process, port, log)
+    return process, port, log
+
+
+def _requests_under_way(port: int) -> tuple[Iterator[bytes], httpx.Client, list[httpx.Response]]:
+    """A stream with its first text read, and a plain request waiting for its answer."""
+    import threading
+
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 512,
+        "messages": [{"role": "user", "content": "tell me about the weather in Lisbon in May"}],
+    }
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    plain: list[httpx.Response] = []
+    threading.Thread(
+        target=lambda: plain.append(client.post("/v1/messages", json=body)), daemon=True
+    ).start()
+    request = client.build_request("POST", "/v1/messages", json={**body, "stream": True})
+    stream = client.send(request, stream=True)
+    chunks = stream.iter_bytes()
+    while b"text_delta" not in next(chunks):
+        pass
+    return chunks, client, plain
+
+
+def _usage_lines(process: subprocess.Popen[bytes]) -> list[dict[str, object]]:
+    assert process.stdout is not None
+    lines = process.stdout.read().decode().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+@pytest.mark.parametrize("how", ["graceful timeout", "second ctrl-c"])
+def test_requests_cut_at_shutdown_are_told_so_and_keep_their_usage(
+    tmp_path: Path, how: str
+) -> None:
+    # messages-mw serve waited for every stream however long it ran (orchestrators kill
+    # after 10-30 s), and on a forced end no usage event of the requests under way was
+    # written; the cut stream ended without an error event, the plain request got a 500.
+    import signal
+
+    graceful = "1" if how == "graceful timeout" else "60"
+    process, port, _ = _slow_demo(tmp_path, "--graceful-timeout", graceful)
+    try:
+        chunks, client, plain = _requests_under_way(port)
+        process.send_signal(signal.SIGINT)
+        if how == "second ctrl-c":
+            time.sleep(0.5)
+            process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        rest = b"".join(chunks)
+        assert time.monotonic() - started < 8
+        assert b"event: error" in rest and b"overloaded_error" in rest
+        assert b"message_stop" not in rest
+        process.wait(timeout=15)
+        deadline = time.monotonic() + 5
+        while not plain and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.close()
+    finally:
+        _stop(process)
+    if how == "graceful timeout":  # a forced exit closes the connection unanswered
+        assert plain and plain[0].status_code == 529
+        assert plain[0].json()["error"]["type"] == "overloaded_error"
+    events = _usage_lines(process)
+    assert len(events) == 2
+    assert all(event["error_type"] == "cancelled" for event in events)
+    assert [event["input_tokens"] > 0 for event in events if event.get("stream")] == [True]

@@ -688,9 +688,9 @@ from messages_mw import Gateway, cli, tuning
 malloc_tuned = []
 tuning.tune_malloc_for_serving = lambda: malloc_tuned.append(True) or True
 served = []
-uvicorn.run = lambda app, **_: served.append(
+cli.run_uvicorn = lambda app, workers, options: served.append(
     (type(app), gc.get_freeze_count(), gc.get_threshold()[0], bool(malloc_tuned))
-)
+) or 0
 assert cli.main(["serve", "--demo", "--port", "1"]) == 0
 app_type, frozen, young_threshold, tuned = served[0]
 print(app_type is Gateway, frozen > 0, young_threshold == tuning.SERVING_GC_THRESHOLD, tuned)
