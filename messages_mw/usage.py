@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, TextIO
 
@@ -157,6 +158,27 @@ class LogUsageSink:
     def __call__(self, event: UsageEvent) -> None:
         if self._logger.isEnabledFor(logging.INFO):
             self._logger.info("%s", self._encoder.encode(event).decode())
+
+
+@dataclass(slots=True)
+class _Unfinished:
+    """An event whose delivery a cancellation cut short: still due to the sync sinks (or
+    not), and to the async sinks from ``first_async_sink`` on. The nonblocking sinks had it
+    at once."""
+
+    event: UsageEvent
+    sync_sinks: bool
+    first_async_sink: int
+
+
+def _unfinished(rest: list[UsageEvent], synced: bool, async_sink: int) -> list[_Unfinished]:
+    """What is left of a batch's delivery, ``rest`` being its events from the one under way
+    on; ``async_sink`` the async sink that one was cut in (if the sync sinks had them)."""
+    if not synced:
+        return [_Unfinished(event, True, 0) for event in rest]
+    return [_Unfinished(rest[0], False, async_sink)] + [
+        _Unfinished(event, False, 0) for event in rest[1:]
+    ]
 
 
 class UsageDispatcher:
@@ -375,30 +397,65 @@ class UsageDispatcher:
             batch = [await queue.get()]
             while len(batch) < _MAX_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
-            delivered = 0
+            # How far delivery got: the sync sinks, then event by event, sink by sink.
+            synced, delivered, async_sink = False, 0, 0
             try:
                 for sink in self._inline_sinks:
                     _deliver_inline(sink, batch)
                 if self._sync_sinks and not await self._deliver_to_sync_sinks(batch):
-                    # Cancelled while the worker thread delivered: none of it is lost.
-                    delivered = len(batch)
+                    # Cancelled while the worker thread delivered: the sync sinks lose none
+                    # of it, the async sinks are still to have it.
+                    synced = True
+                    if not self._async_sinks:
+                        delivered = len(batch)
                     raise asyncio.CancelledError
+                synced = True
                 for event in batch:
-                    for sink in self._async_sinks:
+                    async_sink = 0
+                    while async_sink < len(self._async_sinks):
                         if queue is not self._queue:
                             # Shutdown gave up on this delivery (a sink ignored its
                             # cancellation) and closed the sinks: write to none, wait no more.
                             self._drop("shutdown had given up on it", len(batch) - delivered)
                             return
-                        await _call_guarded(sink, event)
+                        await _call_guarded(self._async_sinks[async_sink], event)
+                        async_sink += 1
                     delivered += 1
             except asyncio.CancelledError:
                 if delivered < len(batch):
-                    self._drop("shutdown cut its delivery short", len(batch) - delivered)
+                    if self._closed:
+                        self._drop("shutdown cut its delivery short", len(batch) - delivered)
+                    else:
+                        rest = _unfinished(batch[delivered:], synced, async_sink)
+                        await self._deliver_as_the_loop_ends(rest, queue)
                 raise
             finally:
                 for _ in batch:
                     queue.task_done()
+
+    async def _deliver_as_the_loop_ends(
+        self, unfinished: list[_Unfinished], queue: asyncio.Queue[UsageEvent]
+    ) -> None:
+        """Deliver what a cancellation that is not :meth:`aclose`'s cut short, and what is
+        still queued, for at most ``shutdown_timeout`` seconds: the event loop is ending (a
+        host running each request in a loop of its own, such as ``asyncio.run`` per call or
+        a test framework's loop per test), and waits for this before it closes. Sync sinks
+        are called on the loop's thread: the worker thread may not get another turn."""
+        while not queue.empty():
+            unfinished.append(_Unfinished(queue.get_nowait(), True, 0))
+            queue.task_done()
+        delivered = 0
+        try:
+            async with asyncio.timeout(self._shutdown_timeout):
+                for item in unfinished:
+                    if item.sync_sinks:
+                        for sink, event, awaitable in self._call_sync_sinks([item.event]):
+                            await _await_guarded(sink, event, awaitable)
+                    for sink in self._async_sinks[item.first_async_sink :]:
+                        await _call_guarded(sink, item.event)
+                    delivered += 1
+        except TimeoutError:
+            self._drop("its event loop ended before it was delivered", len(unfinished) - delivered)
 
     async def _deliver_to_sync_sinks(self, batch: list[UsageEvent]) -> bool:
         """Hand ``batch`` to the sync sinks in the worker thread; ``False`` if cancelled
@@ -412,8 +469,6 @@ class UsageDispatcher:
         except asyncio.CancelledError:
             if work.cancel():  # still waiting for the thread: never delivered
                 raise
-            if self._async_sinks:
-                raise  # the async sinks never got it
             return False
         for sink, event, awaitable in pending:
             await _await_guarded(sink, event, awaitable)

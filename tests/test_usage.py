@@ -1031,3 +1031,42 @@ def test_a_long_tracestate_is_trimmed_by_members_long_ones_first() -> None:
     kept = valid_tracestate(",".join([members[0], long, *members[1:]]))
     assert kept is not None and "big=" not in kept and len(kept) <= 512
     assert kept == ",".join(members[:12])
+
+
+def test_a_loop_per_request_delivers_every_event_to_every_sink_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # asyncio.run per call (or a test framework's loop per test): the loop's end cancelled
+    # the drain task mid-delivery, and 39 of 40 events never reached a sync sink, none an
+    # async one. Delivery now finishes as the loop ends, with no event given twice.
+    import httpx
+
+    from messages_mw import Gateway
+
+    sync_seen: list[str] = []
+    async_seen: list[str] = []
+
+    def sync_sink(event: UsageEvent) -> None:
+        sync_seen.append(event.request_id)
+
+    async def async_sink(event: UsageEvent) -> None:
+        await asyncio.sleep(0)
+        async_seen.append(event.request_id)
+
+    gateway = Gateway(
+        GatewayConfig(provider="mock", usage_log=False), usage_sinks=[sync_sink, async_sink]
+    )
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    ids: list[str] = []
+
+    async def one_request() -> None:
+        transport = httpx.ASGITransport(app=gateway)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            response = await client.post("/v1/messages", json=body)
+            ids.append(response.headers["request-id"])
+
+    for _ in range(30):
+        asyncio.run(one_request())
+    assert sorted(sync_seen) == sorted(ids) and len(set(ids)) == 30
+    assert sorted(async_seen) == sorted(ids)
+    assert "usage event dropped" not in caplog.text
