@@ -342,8 +342,16 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
     def _bind_to_running_loop(self) -> None:
         """Connections belong to the event loop that opened them. A host may call the gateway
         from a new loop (a test client per request, a pytest loop per test): the old loop's
-        connections are unusable there, so they are dropped with their slots."""
-        if self._loop is not None:
+        connections are unusable there, so they are dropped with their slots. Two loops at
+        once (two servers in threads sharing one gateway) cannot share it: the other loop's
+        streams would break, their sockets aborted from the wrong thread. That is refused."""
+        old = self._loop
+        if old is not None and old.is_running() and not old.is_closed():
+            raise RuntimeError(
+                "this transport (and the gateway that owns it) is in use by an event loop "
+                "running in another thread; build one gateway per event loop"
+            )
+        if old is not None:
             self._pool.close_all()
             self._pool = _Pool(self._max_connections, self._keepalive_expiry)
         self._loop = asyncio.get_running_loop()

@@ -1333,3 +1333,34 @@ def test_addresses_alternate_between_families_first_family_first() -> None:
     v4a, v4b = (socket.AF_INET, ("10.0.0.1", 1)), (socket.AF_INET, ("10.0.0.2", 1))
     ordered = _connect._interleaved([v6a, v6b, v4a, v6a, v4b])
     assert ordered == [v6a, v4a, v6b, v4b]
+
+
+def test_a_loop_still_running_in_another_thread_keeps_its_connections() -> None:
+    # Two servers in threads sharing one gateway: the second loop's first request closed
+    # the first loop's pool, aborting its sockets from the wrong thread; 7 of 8 streams
+    # broke. The second loop is refused instead, and the first keeps working.
+    transport = FastHTTPTransport()
+    unreachable = httpx.Request("GET", "http://127.0.0.1:9/")
+    other = asyncio.new_event_loop()
+    runner = threading.Thread(target=other.run_forever, daemon=True)
+    runner.start()
+    try:
+        first = asyncio.run_coroutine_threadsafe(transport.handle_async_request(unreachable), other)
+        with pytest.raises(httpx.ConnectError):
+            first.result(10)
+
+        async def from_this_loop() -> None:
+            await transport.handle_async_request(unreachable)
+
+        with pytest.raises(RuntimeError, match="one gateway per event loop"):
+            asyncio.run(from_this_loop())
+        again = asyncio.run_coroutine_threadsafe(transport.handle_async_request(unreachable), other)
+        with pytest.raises(httpx.ConnectError):
+            again.result(10)
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        runner.join(5)
+        other.close()
+    # Once the other loop has stopped, a new loop takes the transport over, as before.
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(transport.handle_async_request(unreachable))
