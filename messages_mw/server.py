@@ -43,6 +43,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import struct
+import sys
 import urllib.parse
 from collections import deque
 from typing import Any, ClassVar
@@ -60,6 +62,14 @@ from uvicorn.server import ServerState
 
 from ._server_exchange import Exchange, head_lines, send_api_error
 from .errors import encode_error_body, new_request_id
+
+if sys.platform.startswith("linux"):
+    import fcntl
+    import termios
+
+    _SIOCOUTQ: int | None = termios.TIOCOUTQ
+else:  # pragma: no cover - elsewhere the process's own buffer is all that is watched
+    _SIOCOUTQ = None
 
 __all__ = ["GatewayHttpProtocol"]
 
@@ -642,8 +652,10 @@ class GatewayHttpProtocol(asyncio.Protocol):
     def _output_stalled(self, now: float) -> bool:
         """Whether the answer bytes waiting to be sent have not moved for body_idle_seconds:
         the client stopped reading. One that reads slowly, slower than a large body message
-        drains, still moves them, and is not cut off."""
-        left = self.transport.get_write_buffer_size()
+        drains, still moves them, and is not cut off. The kernel's share counts too: its
+        send buffer grows to megabytes, and the socket turns writable again only once a
+        third of it has drained, which a client reading a few KB/s takes minutes to do."""
+        left = self.transport.get_write_buffer_size() + _unsent_in_kernel(self.transport)
         if left != self._output_left:
             self._output_left, self._output_since = left, now
             return False
@@ -677,6 +689,20 @@ class GatewayHttpProtocol(asyncio.Protocol):
             return now - started > self.head_seconds
         idle = self._idle_since
         return idle is not None and now - idle > self._keep_alive_seconds
+
+
+def _unsent_in_kernel(transport: asyncio.BaseTransport) -> int:
+    """The bytes the kernel holds for the client, sent but not acknowledged or not sent yet
+    (Linux's SIOCOUTQ); 0 where that cannot be asked."""
+    sock = transport.get_extra_info("socket")
+    if _SIOCOUTQ is None or sock is None:
+        return 0
+    try:
+        answer = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):  # closed meanwhile, or no such request here
+        return 0
+    unsent: int = struct.unpack("i", answer)[0]
+    return unsent
 
 
 # Requests pipelined behind the one being answered that wait their turn; past this many

@@ -903,6 +903,33 @@ def test_a_client_reading_slowly_but_steadily_gets_its_whole_answer() -> None:
     assert received >= size
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the kernel's queue")
+def test_a_client_reading_a_few_kb_a_second_is_not_taken_for_one_reading_nothing() -> None:
+    # The kernel's send buffer grows to megabytes and the socket turns writable again only
+    # once a third of it has drained: at 160 KB/s the process's own buffer did not move for
+    # seconds, and a client that kept reading was cut off as one that had stopped.
+    size = 24 * 1024 * 1024
+
+    async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"%d" % size)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"z" * size})
+
+    class _OneSecond(GatewayHttpProtocol):
+        body_idle_seconds = 1.0
+
+    received = 0
+    with serve(answer, http=_OneSecond) as url, socket.create_connection(_address(url)) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        slow_until = time.monotonic() + 4
+        while time.monotonic() < slow_until and (data := sock.recv(16384)):
+            received += len(data)
+            time.sleep(0.1)
+        while received < size and (data := sock.recv(1 << 20)):
+            received += len(data)
+    assert received >= size
+
+
 def test_heads_pipelined_behind_a_body_are_no_framing_of_it() -> None:
     # Counted as the body's chunk framing, 100 KB of them passed its limit: no answer at all.
     async def echo_path(scope: dict[str, Any], receive: Any, send: Any) -> None:
