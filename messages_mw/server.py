@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import select
 import struct
 import sys
 import urllib.parse
@@ -453,6 +454,11 @@ class GatewayHttpProtocol(asyncio.Protocol):
         if self.transport.is_closing():
             return
         if self._queued:
+            if _peer_hung_up(self.transport):
+                # Reading was paused behind the answer, so the close went unseen: the queued
+                # requests would go upstream, and be billed, for a client that has gone.
+                self.transport.abort()
+                return
             self._start(self._queued.popleft())
         elif self._refusal is not None:
             self._send_refusal(*self._refusal)
@@ -638,6 +644,12 @@ class GatewayHttpProtocol(asyncio.Protocol):
             else:
                 self._watch = self.loop.call_later(self._period, self._check)
             return
+        if self._reading_paused and _peer_hung_up(self.transport):
+            # Paused reading (requests queued behind the one answered) sees no close: asked
+            # of the socket instead, so that the request under way ends with its client.
+            self._watch = None
+            self.transport.abort()
+            return
         if self._too_slow(self.loop.time()):
             self._watch = None
             if self.writing_paused:
@@ -703,6 +715,25 @@ def _unsent_in_kernel(transport: asyncio.BaseTransport) -> int:
         return 0
     unsent: int = struct.unpack("i", answer)[0]
     return unsent
+
+
+def _peer_hung_up(transport: asyncio.BaseTransport) -> bool:
+    """Whether the client closed its side of the connection (or it failed): what a paused
+    transport, which reads nothing, cannot tell."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    try:
+        poller.register(sock.fileno(), _HUNG_UP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed meanwhile
+        return False
+
+
+_HUNG_UP = (
+    getattr(select, "POLLRDHUP", 0) | getattr(select, "POLLHUP", 0) | getattr(select, "POLLERR", 0)
+)
 
 
 # Requests pipelined behind the one being answered that wait their turn; past this many

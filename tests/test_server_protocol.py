@@ -494,6 +494,32 @@ def test_a_client_leaving_pipelined_requests_is_noticed_by_the_one_running(
     assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
 
 
+def test_a_client_leaving_a_quiet_request_with_more_queued_behind_it_is_noticed() -> None:
+    # Reading is paused while requests wait behind the one answered, so the close went
+    # unseen: the quiet request ran to the upstream's read timeout, then the queued one was
+    # sent upstream, and billed, for a client long gone.
+    finished: list[RequestContext] = []
+    config = GatewayConfig(provider="mock", usage_log=False, mock=MockConfig(latency_ms=6000))
+    gateway = Gateway(config, on_request_end=finished.append)
+    body = b'{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"anthropic-version: 2023-06-01\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with serve(gateway, http=GatewayHttpProtocol) as url:
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(request + request)
+            time.sleep(0.3)  # both read: the first under way, the second queued
+        left = time.monotonic()
+        while not finished and time.monotonic() - left < 5:
+            time.sleep(0.01)
+        noticed_after = time.monotonic() - left
+        time.sleep(0.5)
+    assert finished and finished[0].client_disconnected
+    assert noticed_after < 3  # the server's check period (1.25 s here), not the 6 s answer
+    assert len(finished) == 1  # the queued request never ran
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [
