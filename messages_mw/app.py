@@ -450,9 +450,10 @@ class Gateway:
         async def attempt(target: Target) -> ProviderResponse:
             return await self._send_to(target, plan, scope, context)
 
-        # Without the breakers: counting often works while messages fail (and an OpenAI
-        # target counts locally), so its successes would keep a failing target's circuit shut.
-        chain = self._run_chain(plan, attempt, send, context, use_breaker=False)
+        # The breakers read only: counting often works while messages fail (and an OpenAI
+        # target counts locally), so its successes would keep a failing target's circuit
+        # shut; but a target messages skip is skipped here too, not waited out.
+        chain = self._run_chain(plan, attempt, send, context, breaker=self._breaker.read_only())
         await self._disconnects.run(receive, chain, context)
 
     async def _models(
@@ -528,9 +529,10 @@ class Gateway:
         send: Send,
         context: RequestContext,
         *,
-        use_breaker: bool = True,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
-        """Run ``plan``'s chain and relay its answer, with the circuit breakers or not."""
+        """Run ``plan``'s chain and relay its answer, through ``breaker`` (by default the
+        gateway's circuit breakers)."""
         # Only a stream is ever held back (JSON answers are final as they come).
         held = HeldStream() if context.stream else None
         try:
@@ -538,7 +540,7 @@ class Gateway:
                 plan.chain,
                 attempt,
                 policy=self.config.fallback.retry,
-                breaker=self._breaker if use_breaker else None,
+                breaker=breaker if breaker is not None else self._breaker,
                 stream=context.stream,
                 attempts=context.attempts,
                 held=held,

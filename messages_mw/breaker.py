@@ -156,7 +156,37 @@ class CircuitBreaker:
         if circuit.failures >= self.policy.failure_threshold:
             circuit.opened_at = self._clock()
 
+    def read_only(self) -> CircuitBreaker:
+        """This breaker's circuits as a request that must not move them sees them: open
+        targets are refused, but no trial is taken and no result recorded. For count_tokens:
+        counting often works while messages fail, and its successes would close a failing
+        target's circuit; yet it should not wait out a target its messages skip."""
+        return _ReadOnlyBreaker(self)
+
     def _evict_one(self) -> None:
         circuits = self._circuits
         victim = next((n for n, c in circuits.items() if c.opened_at is None), None)
         del circuits[victim if victim is not None else next(iter(circuits))]
+
+
+class _ReadOnlyBreaker(CircuitBreaker):
+    """See :meth:`CircuitBreaker.read_only`."""
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        super().__init__(breaker.policy, breaker._clock)
+        self._circuits = breaker._circuits  # the same circuits, read only
+
+    def allow(self, name: str) -> bool:
+        return self.state(name) != "open"
+
+    def trial_started_at(self, name: str) -> float | None:
+        return None  # never takes one
+
+    def release_trial(self, name: str, started_at: float | None) -> None:
+        pass
+
+    def record_success(self, name: str) -> None:
+        pass
+
+    def record_failure(self, name: str) -> None:
+        pass

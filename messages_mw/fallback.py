@@ -11,6 +11,8 @@ as cleanly as a 529 does; after it, the failure is the client's.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import random as _random
 import time
@@ -51,6 +53,11 @@ __all__ = [
 
 _body_decoder = msgspec.json.Decoder(ObservedResponse)
 _NO_USAGE = TokenUsage()
+# What a fallback target answers when its own configuration is wrong: its key (401, 403) or
+# its model (404).
+_BACKUP_MISCONFIGURED = frozenset({401, 403, 404})
+
+logger = logging.getLogger("messages_mw")
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -260,8 +267,42 @@ class _Chain:
         if isinstance(outcome, _Failure):
             self._record_failure(outcome, duration)
             return None
+        if (
+            outcome.status in _BACKUP_MISCONFIGURED
+            and previous is not None
+            and previous.target is not target
+        ):
+            await self._pass_over_misconfigured(target, outcome, previous, duration)
+            return None
         self._record_answer(target, outcome, duration)
         return outcome
+
+    async def _pass_over_misconfigured(
+        self, target: Target, response: ProviderResponse, previous: _Failure, duration: float
+    ) -> None:
+        """A fallback ``target`` answered 401, 403 or 404 after an earlier target failed: its
+        key or model is wrong (a stale key, a retired model on a rarely used backup), which
+        says nothing of the client's request. The chain moves on, and the failure the client
+        gets stays the earlier one, which its SDK retries, rather than an error that looks
+        like the client's own credentials failing and is never retried."""
+        self.attempts.append(
+            Attempt(target.name, response.status, _body_error_type(response), duration)
+        )
+        if self.breaker is not None:
+            self.breaker.release_trial(target.name, self.trial)
+        logger.warning(
+            "fallback target %s answered %d: check its key and model; the client gets the "
+            "failure of %s instead",
+            target.name,
+            response.status,
+            previous.target.name,
+        )
+        if previous.response is None or previous.response.body is not None:
+            self.failure = previous
+            await response.close()
+        else:
+            self.failure = _Failure(target, response.status, response=response)
+        self.done_with_target = True
 
     def _record_provider_bug(self, target: Target, began: float) -> None:
         """A provider's own error (not a GatewayError): a 500 for the client, logged by the
@@ -353,9 +394,6 @@ class _Chain:
         holder.target = None
         self.unproven = pending is not None
         replayed = replay_stream(buffered, pending, chunks)
-        if self.unproven and self.breaker is not None:
-            # Handed over before any content: what it sends next tells the breaker.
-            replayed = telling_first_verdict(replayed, self._later_verdict(target))
         close = response.close
         if pending is not None:
             # The replay drops the read once it runs, but it may never run (the client gone).
@@ -364,6 +402,14 @@ class _Chain:
                     await stop_read(pending)
                 finally:
                     await response.close()
+
+        if self.unproven and self.breaker is not None:
+            # Handed over before any content: what it sends next tells the breaker, and a
+            # trial stays taken until then. Closed with no verdict (its client gone), it
+            # frees the trial for the next request; after one, releasing changes nothing.
+            replayed = telling_first_verdict(replayed, self._later_verdict(target))
+            release = functools.partial(self.breaker.release_trial, target.name, self.trial)
+            close = _then(close, release)
 
         return ProviderResponse(
             response.status,
@@ -377,7 +423,7 @@ class _Chain:
     def _later_verdict(self, target: Target) -> Callable[[GatewayError | None], None]:
         """What a stream handed over before its content later proves, told to the breaker: a
         content event, success; a retryable error the target is at fault for, a failure."""
-        breaker, retry_statuses = self.breaker, self.policy.retry_statuses
+        breaker, retry_statuses, trial = self.breaker, self.policy.retry_statuses, self.trial
         assert breaker is not None
 
         def tell(error: GatewayError | None) -> None:
@@ -389,6 +435,8 @@ class _Chain:
                 and _is_target_fault(error.status)
             ):
                 breaker.record_failure(target.name)
+            else:  # says nothing of the target's health: the next request may take the trial
+                breaker.release_trial(target.name, trial)
 
         return tell
 
@@ -438,14 +486,29 @@ class _Chain:
         elif self.unproven:
             # A head and then nothing (or nothing yet) must not close a circuit, or keep
             # one closed on a target that hangs after its head: the stream's first content
-            # will (see _later_verdict).
-            self.breaker.release_trial(target.name, self.trial)
+            # will (see _later_verdict), and until then the trial stays taken, or each
+            # request behind it would be handed to the still-failing target as a new trial.
+            pass
         else:
             self.breaker.record_success(target.name)
 
     async def discard(self, failure: _Failure | None) -> None:
         if failure is not None and failure.response is not None:
             await failure.response.close()
+
+
+def _then(
+    close: Callable[[], Awaitable[None]], after: Callable[[], object]
+) -> Callable[[], Awaitable[None]]:
+    """``close``, then ``after()`` whatever became of it."""
+
+    async def close_then() -> None:
+        try:
+            await close()
+        finally:
+            after()
+
+    return close_then
 
 
 def _is_answer(failure: _Failure) -> bool:

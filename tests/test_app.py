@@ -1340,6 +1340,44 @@ def test_count_tokens_never_keeps_a_failing_targets_circuit_shut() -> None:
     assert third.attempts[0].error_type == "circuit_open"
 
 
+def test_count_tokens_skips_a_target_whose_circuit_messages_opened() -> None:
+    # count_tokens ran without the breakers: through a blackhole outage that messages
+    # survived, each of Claude Code's counts waited out the primary's read timeout, and
+    # with the default timeouts got a 504.
+    counted_by: list[str] = []
+
+    def primary(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("count_tokens"):
+            counted_by.append("primary")
+            return httpx.Response(200, json={"input_tokens": 5})
+        return httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error"}})
+
+    def backup(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("count_tokens"):
+            counted_by.append("backup")
+            return httpx.Response(200, json={"input_tokens": 5})
+        return httpx.Response(200, content=message_json("claude-haiku-4-5"))
+
+    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
+        settings = UpstreamConfig(base_url="http://upstream.test")
+        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+
+    fallback = FallbackConfig(
+        default_chain=("backup/claude-haiku-4-5",), breaker=BreakerPolicy(failure_threshold=1)
+    )
+    finished: list[RequestContext] = []
+    gateway = Gateway(
+        GatewayConfig(fallback=fallback),
+        providers={"anthropic": provider(primary), "backup": provider(backup)},
+        on_request_end=finished.append,
+    )
+    assert run(_post(gateway, CHAT)).status_code == 200  # opens the primary's circuit
+    count = json.dumps({"model": json.loads(CHAT)["model"], "messages": _HELLO}).encode()
+    assert run(_post(gateway, count, "/v1/messages/count_tokens")).status_code == 200
+    assert counted_by == ["backup"]
+    assert finished[-1].attempts[0].error_type == "circuit_open"
+
+
 def test_a_model_list_names_the_provider_that_answered_it() -> None:
     # Its span said "anthropic" when the mock answered, and Prometheus counted it under
     # provider="unknown"; a model list names no model, so no x-mw-model either.

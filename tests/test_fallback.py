@@ -1360,3 +1360,66 @@ def test_a_stream_opening_with_an_unknown_error_type_still_falls_back() -> None:
     result, _ = chain_and_read([PRIMARY, SECONDARY], send, policy=once)
     assert send.calls == [PRIMARY.name, SECONDARY.name]
     assert result.target == SECONDARY
+
+
+def test_a_half_open_trial_stays_taken_while_its_unproven_stream_is_relayed() -> None:
+    # A trial stream handed over before its content released the trial at once: each request
+    # behind it, one per stream_hold, was committed to the still-failing target as a new
+    # trial (5 of 10 in the reviewer's run) and got a mid-stream error.
+    async def scenario() -> None:
+        clock = FakeClock()
+        breaker = _half_open_breaker(clock)
+        gate = asyncio.Event()
+        send = Upstreams({PRIMARY.name: [_gated(GOOD_STREAM, gate, at=1)], SECONDARY.name: []})
+        result = await _held_briefly(send, breaker, clock)
+        assert result.target == PRIMARY
+        assert not breaker.allow(PRIMARY.name)  # the next request goes elsewhere
+        gate.set()
+        assert result.response.chunks is not None
+        assert [chunk async for chunk in result.response.chunks] == list(GOOD_STREAM)
+        await result.response.close()
+        assert breaker.state(PRIMARY.name) == "closed"  # its content proved it well
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_fallbacks_own_key_or_model_error_leaves_the_earlier_failure_answered(
+    status: int,
+) -> None:
+    # A stale key or a retired model on a rarely used backup turned a 529 the SDK retries
+    # into a 401 (Claude Code then asks for a login) or a 404, never retried.
+    overloaded = reply(529, OVERLOADED)
+    refused = reply(status, error_json("authentication_error", "invalid x-api-key"))
+    send = Upstreams({PRIMARY.name: [overloaded], SECONDARY.name: [refused]})
+    policy = RetryPolicy(attempts_per_target=1, jitter=0.0)
+    result = chain([PRIMARY, SECONDARY], send, policy=policy)
+    assert result.response is overloaded and result.response.status == 529
+    assert closes(refused) == 1
+    assert summary(result.attempts) == [
+        (PRIMARY.name, 529, "overloaded_error"),
+        (SECONDARY.name, status, "authentication_error"),
+    ]
+
+
+def test_a_first_targets_own_401_is_still_the_answer() -> None:
+    refused = reply(401, error_json("authentication_error", "invalid x-api-key"))
+    send = Upstreams({PRIMARY.name: [refused], SECONDARY.name: [reply(200)]})
+    result = chain([PRIMARY, SECONDARY], send)
+    assert result.response is refused and send.calls == [PRIMARY.name]
+
+
+def test_a_read_only_breaker_skips_open_targets_and_moves_no_circuit() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown=30), clock=clock)
+    breaker.record_failure(PRIMARY.name)
+    view = breaker.read_only()
+    send = Upstreams({PRIMARY.name: [], SECONDARY.name: [reply(200), reply(529, OVERLOADED)]})
+    result = chain([PRIMARY, SECONDARY], send, breaker=view)
+    assert result.target == SECONDARY and send.calls == [SECONDARY.name]
+    clock.now += 30  # half-open: the view lets it through without taking the trial
+    assert view.allow(PRIMARY.name) and breaker.allow(PRIMARY.name)
+    for _ in range(3):
+        view.record_failure(SECONDARY.name)
+    view.record_success(PRIMARY.name)
+    assert breaker.state(SECONDARY.name) == "closed" and breaker.state(PRIMARY.name) != "closed"
