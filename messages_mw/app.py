@@ -24,6 +24,7 @@ from .assembly import (
     build_policy,
     build_providers,
     build_telemetry,
+    configured_models,
     keyed_elsewhere,
     openai_without_credentials,
 )
@@ -192,7 +193,9 @@ class Gateway:
         }
         self._model_source = build_model_directory(self._providers, self.config.provider)
         self._keyed_elsewhere = keyed_elsewhere(self.config, self._providers, providers)
-        telemetry_sinks, metrics_app = build_telemetry(self.config.telemetry)
+        telemetry_sinks, metrics_app = build_telemetry(
+            self.config.telemetry, configured_models(self.config)
+        )
         self._policy = build_policy(
             self.config,
             list(self._providers),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .auth import AuthConfig, build_auth
 from .config import ConfigError, GatewayConfig, TelemetryConfig
@@ -239,16 +239,21 @@ def _check_key_rules_can_apply(limits: LimitsConfig, auth: AuthConfig) -> None:
         )
 
 
-def build_telemetry(config: TelemetryConfig) -> tuple[list[UsageSink], ASGIApp | None]:
+def build_telemetry(
+    config: TelemetryConfig, known_models: Iterable[str] = ()
+) -> tuple[list[UsageSink], ASGIApp | None]:
     """The usage sinks ``config`` turns on, and the app serving the Prometheus metrics
-    (``None`` when they are off). Raises :class:`ImportError`, naming the extra to install,
-    when one's package is missing."""
+    (``None`` when they are off); ``known_models`` get metric labels of their own from the
+    start. Raises :class:`ImportError`, naming the extra to install, when one's package is
+    missing."""
     sinks: list[UsageSink] = []
     metrics_app = None
     if config.prometheus:
         from .metrics import PrometheusSink
 
-        prometheus = PrometheusSink(namespace=config.prometheus_namespace)
+        prometheus = PrometheusSink(
+            namespace=config.prometheus_namespace, known_models=known_models
+        )
         sinks.append(prometheus)
         metrics_app = prometheus.metrics_app()
     if config.opentelemetry:
@@ -256,6 +261,22 @@ def build_telemetry(config: TelemetryConfig) -> tuple[list[UsageSink], ASGIApp |
 
         sinks.append(OpenTelemetrySink())
     return sinks, metrics_app
+
+
+def configured_models(config: GatewayConfig) -> set[str]:
+    """The model names ``config`` mentions: priced, listed (the mock's), alias and chain
+    targets, router candidates, OpenAI-compatible upstreams' models."""
+    names = set(DEFAULT_PRICES) | set(config.pricing or ())
+    names.update(model.id for model in config.models)
+    fallback = config.fallback
+    targets = [*config.aliases.values(), *fallback.default_chain, *fallback.router_candidates]
+    for chain in fallback.chains.values():
+        targets += chain
+    names.update(target.rpartition("/")[2] for target in targets)
+    names.update(config.aliases)
+    for upstream in config.openai_upstreams.values():
+        names.update(upstream.models)
+    return names
 
 
 def _builtin_compressor(config: GatewayConfig) -> CompressionHook:

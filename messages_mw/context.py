@@ -268,8 +268,8 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             principal.key_id if principal is not None else None,
             list(context.tags),
             context.session_id,
-            context.model,
-            context.served_model or context.model,
+            _bounded(context.model),
+            _bounded(context.served_model or context.model),
             context.provider,
             context.provider_type,
             context.fallback_used,
@@ -290,7 +290,7 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
             context.compression,
             context.stop_reason,
             context.response_id,
-            context.response_model,
+            _bounded(context.response_model),
             traceparent,
             usage.output_tokens_estimated,
             tracestate,
@@ -298,13 +298,25 @@ class UsageEvent(msgspec.Struct, omit_defaults=True):
 
 
 def _attempts_beside(attempts: list[Attempt], answer: TokenUsage) -> list[Attempt]:
-    """A copy of ``attempts`` without the answer's own usage on its attempt."""
+    """A copy of ``attempts`` without the answer's own usage on its attempt, and with
+    target names bounded as the event's model names are."""
+    copied = list(attempts)
     for at, attempt in enumerate(attempts):
         if attempt.usage is answer:
-            copied = list(attempts)
-            copied[at] = msgspec.structs.replace(attempt, usage=None)
-            return copied
-    return list(attempts)
+            copied[at] = attempt = msgspec.structs.replace(attempt, usage=None)
+        if len(attempt.target) > MAX_MODEL_IN_EVENT:
+            copied[at] = msgspec.structs.replace(attempt, target=_bounded(attempt.target))
+    return copied
+
+
+# Model names come from clients (up to the body limit): the event keeps their first 256
+# characters, more than any real model's, so that one event's JSON line stays under the
+# 4 KiB a pipe writes whole. Past that, workers sharing the stdout pipe splice their lines.
+MAX_MODEL_IN_EVENT = 256
+
+
+def _bounded(name: str | None) -> str | None:
+    return name if name is None or len(name) <= MAX_MODEL_IN_EVENT else name[:MAX_MODEL_IN_EVENT]
 
 
 # W3C Trace Context: version, trace id, parent span id, flags. A later version may append

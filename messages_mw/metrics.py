@@ -10,6 +10,7 @@ Use :class:`PrometheusSink` as a usage sink and mount its :meth:`~PrometheusSink
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from .context import UsageEvent, operation_of
 from .errors import ERROR_TYPES
@@ -27,7 +28,23 @@ __all__ = ["PrometheusSink"]
 
 # LLM requests run from sub-second to many minutes; first bytes arrive within seconds.
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-_FIRST_BYTE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+# A non-streaming answer's first byte is its last: up to the latency's longest.
+_FIRST_BYTE_BUCKETS = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    4.0,
+    8.0,
+    16.0,
+    32.0,
+    64.0,
+    120.0,
+    300.0,
+    600.0,
+)
 _MAX_MODEL_LABEL = 100
 _OTHER_MODELS = "other"
 
@@ -45,9 +62,10 @@ class PrometheusSink:
     an Anthropic error type, ``client_disconnected``, ``cancelled``, ``other`` or ``""``, so
     that a stream that failed after its 200 is not counted a success. ``model`` is the model
     that served the request. Tags, keys and sessions are never labels: their values are
-    unbounded. Model names come from clients, so only the first ``max_models`` distinct names
-    of up to 100 characters that a request succeeded with get their own label value; the rest
-    count as ``other``.
+    unbounded. ``known_models`` (the gateway passes the models its configuration names:
+    prices, listed models, aliases, chains, router candidates) always get their own label
+    value. Other names come from clients, so only the first ``max_models`` distinct ones of up
+    to 100 characters that a request succeeded with get theirs; the rest count as ``other``.
 
     ``registry`` defaults to a new private :class:`CollectorRegistry`, served by
     :meth:`metrics_app`; pass ``prometheus_client.REGISTRY`` to join the process-wide one.
@@ -62,9 +80,12 @@ class PrometheusSink:
         registry: CollectorRegistry | None = None,
         namespace: str = "messages_mw",
         max_models: int = 100,
+        known_models: Iterable[str] = (),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._max_models = max_models
+        # Labelled from the start, outside the max_models earned by clients' names.
+        self._known_models = frozenset(m for m in known_models if len(m) <= _MAX_MODEL_LABEL)
         self._models: set[str] = set()
         registry = self.registry
         self._requests = Counter(
@@ -146,7 +167,7 @@ class PrometheusSink:
             self._cost.labels(model).inc(cost)
 
     def _model_label(self, model: str, answered: bool) -> str:
-        if model in self._models:
+        if model in self._models or model in self._known_models:
             return model
         # Any caller may name any model, even one refused before it went upstream: a name
         # earns its own label once a request for it succeeds, so junk can neither take the

@@ -687,3 +687,46 @@ def test_a_sink_answering_oddly_about_the_trace_breaks_nothing(answer: object) -
     _post_through(gateway, {"traceparent": CLIENT_TRACEPARENT})
     asyncio.run(gateway.aclose())
     assert [event.traceparent for event in events] == [CLIENT_TRACEPARENT]
+
+
+def test_configured_models_keep_their_label_whatever_clients_sent_first() -> None:
+    # The first 100 names to succeed held the labels for good: after 10,000 random names
+    # (a mock or a server answering any name), the real model counted as "other".
+    sink = PrometheusSink(max_models=3, known_models=["claude-sonnet-4-6", "x" * 500])
+    for number in range(10):
+        sink(make_event(served_model=f"junk-{number}"))
+    sink(make_event(served_model="claude-sonnet-4-6"))
+    requests = "messages_mw_requests_total"
+    assert _value(sink.registry, requests, model="claude-sonnet-4-6", **OK_CHAT_LABELS) == 1
+    assert _value(sink.registry, requests, model="other", **OK_CHAT_LABELS) == 7
+
+
+def test_a_gateway_labels_the_models_its_configuration_names() -> None:
+    from messages_mw.assembly import configured_models
+    from messages_mw.config import ModelConfig, OpenAIUpstreamConfig
+    from messages_mw.routing import FallbackConfig
+
+    config = GatewayConfig(
+        aliases={"fast": "openai/gpt-4o-mini"},
+        models=(ModelConfig(id="house-model"),),
+        openai_upstreams={
+            "openai": OpenAIUpstreamConfig(base_url="http://o.test", models=("gpt-4.1",))
+        },
+        fallback=FallbackConfig(
+            default_chain=("backup/claude-haiku-4-5",), chains={"a": ("openai/o3",)}
+        ),
+    )
+    names = configured_models(config)
+    for name in ("gpt-4o-mini", "fast", "house-model", "gpt-4.1", "claude-haiku-4-5", "o3"):
+        assert name in names
+    assert "claude-sonnet-4-5" in names  # priced by default
+
+
+def test_time_to_first_byte_buckets_reach_the_longest_answers() -> None:
+    # A non-streaming answer's first byte is its last: every one past 64 s fell into +Inf.
+    sink = PrometheusSink()
+    sink(make_event(time_to_first_byte_ms=200_000, stream=False))
+    bucket = "messages_mw_time_to_first_byte_seconds_bucket"
+    labels = {"operation": "chat", "model": "claude-sonnet-4-5", "stream": "false"}
+    assert _value(sink.registry, bucket, le="300.0", **labels) == 1
+    assert _value(sink.registry, bucket, le="120.0", **labels) == 0

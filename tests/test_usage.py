@@ -1070,3 +1070,22 @@ def test_a_loop_per_request_delivers_every_event_to_every_sink_once(
     assert sorted(sync_seen) == sorted(ids) and len(set(ids)) == 30
     assert sorted(async_seen) == sorted(ids)
     assert "usage event dropped" not in caplog.text
+
+
+def test_a_huge_model_name_is_cut_so_a_usage_line_stays_one_pipe_write() -> None:
+    # Several workers share the stdout pipe, which writes a line whole only up to 4 KiB: a
+    # client's 1,000-character model name (four times in an event) spliced lines together.
+    from messages_mw.context import MAX_MODEL_IN_EVENT, Attempt, RequestContext
+
+    huge = "m" * 1000
+    context = RequestContext("req_1", "POST", "/v1/messages", model=huge)
+    context.served_model = context.response_model = huge
+    context.tags = [f"tag{index}-" + "t" * 58 for index in range(16)]
+    context.attempts = [Attempt(f"anthropic/{huge}", 404, "not_found_error", 0.1)] * 4
+    event = UsageEvent.from_context(context)
+    assert event.requested_model == huge[:MAX_MODEL_IN_EVENT] == event.served_model
+    assert event.response_model == huge[:MAX_MODEL_IN_EVENT]
+    assert all(len(attempt.target) == MAX_MODEL_IN_EVENT for attempt in event.attempts)
+    assert len(msgspec.json.encode(event)) < 4096
+    short = RequestContext("req_2", "POST", "/v1/messages", model="claude-sonnet-4-6")
+    assert UsageEvent.from_context(short).requested_model == "claude-sonnet-4-6"
