@@ -1089,3 +1089,25 @@ def test_a_huge_model_name_is_cut_so_a_usage_line_stays_one_pipe_write() -> None
     assert len(msgspec.json.encode(event)) < 4096
     short = RequestContext("req_2", "POST", "/v1/messages", model="claude-sonnet-4-6")
     assert UsageEvent.from_context(short).requested_model == "claude-sonnet-4-6"
+
+
+def test_a_slow_sink_filling_the_queue_costs_the_nonblocking_sinks_nothing() -> None:
+    # With any sync or async sink, the Prometheus sink took its events from the shared
+    # queue: a 3 ms sink (a span exporter to a slow collector) made it lose half the counts,
+    # and nothing on /metrics showed it.
+    class Counting(Recorder):
+        nonblocking = True
+
+    counting, slow = Counting(), AsyncRecorder(delay=0.01)
+    dispatcher = UsageDispatcher([counting, slow], queue_size=5, shutdown_timeout=0.5)
+
+    async def main() -> None:
+        for number in range(200):
+            dispatcher.emit(make_event(number))
+            if number % 20 == 0:
+                await asyncio.sleep(0)
+        await dispatcher.aclose()
+
+    asyncio.run(main())
+    assert counting.ids == [f"req_{number}" for number in range(200)]
+    assert len(slow.ids) < 200 and dispatcher.dropped == 200 - len(slow.ids)
