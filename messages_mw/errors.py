@@ -301,6 +301,9 @@ _ERRORS_BY_TYPE: dict[str, type[GatewayError]] = {
 
 # Every error.type the gateway or Anthropic answers with (api_error included).
 ERROR_TYPES = frozenset({*_ERRORS_BY_TYPE, "api_error"})
+# The error types a usage event may carry besides Anthropic's: what telemetry labels by name
+# (an upstream may make up any other, which would be one more series or span-metric each).
+REPORTED_ERROR_TYPES = ERROR_TYPES | {"client_disconnected", "cancelled"}
 
 
 # Anthropic's error.type for each status it documents one for (protocol.md 6.2).

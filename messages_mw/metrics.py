@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 
 from .context import UsageEvent, operation_of
-from .errors import ERROR_TYPES
+from .errors import REPORTED_ERROR_TYPES
 from .streaming import TokenUsage
 from .types import ASGIApp, Receive, Scope, Send
 
@@ -212,10 +212,7 @@ def _error_label(event: UsageEvent) -> str:
     error = event.error_type
     if error is None:
         return "client_disconnected" if event.client_disconnected else ""
-    return error if error in _KNOWN_ERRORS else "other"
-
-
-_KNOWN_ERRORS = ERROR_TYPES | {"client_disconnected", "cancelled"}
+    return error if error in REPORTED_ERROR_TYPES else "other"
 
 
 async def _answer_lifespan(receive: Receive, send: Send) -> None:

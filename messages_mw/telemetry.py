@@ -8,6 +8,7 @@ and timed from the event, with the OpenTelemetry GenAI semantic-convention attri
 from __future__ import annotations
 
 from .context import UsageEvent, operation_of
+from .errors import REPORTED_ERROR_TYPES
 
 try:
     from opentelemetry import trace
@@ -102,7 +103,8 @@ def _error_type(event: UsageEvent) -> str | None:
     """Why the request failed, or ``None``: a client that left before its answer counts as a
     failure too, though no status was ever sent."""
     if event.error_type is not None:
-        return event.error_type
+        # Bounded, as semantic conventions ask of error.type: an upstream may make up any.
+        return event.error_type if event.error_type in REPORTED_ERROR_TYPES else "_OTHER"
     if event.status >= 400:
         return str(event.status)
     return "client_disconnected" if event.client_disconnected else None

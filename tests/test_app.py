@@ -70,10 +70,16 @@ def test_forwarded_headers_are_an_allow_list() -> None:
         "x-forwarded-for": "10.0.0.1",
         "x-stainless-timeout": "NOT_GIVEN",
         "idempotency-key": "idem-123",
+        # The client's trace goes on, as it would to Anthropic: a self-hosted upstream
+        # joins it (it was dropped).
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "vendor=opaque",
     }
     run(_post(gateway, CHAT, **headers))
     sent = recorder.requests[0].headers
     assert sent["idempotency-key"] == "idem-123"
+    assert sent["traceparent"] == headers["traceparent"]
+    assert sent["tracestate"] == "vendor=opaque"
     assert sent["anthropic-version"] == "2023-06-01"
     assert sent["anthropic-beta"] == headers["anthropic-beta"]
     assert sent["x-api-key"] == "sk-client"

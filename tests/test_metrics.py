@@ -403,6 +403,21 @@ def test_opentelemetry_counts_a_client_that_left_before_its_answer_as_an_error()
     assert "http.response.status_code" not in span.attributes
 
 
+def test_an_error_type_an_upstream_made_up_is_other_on_the_span() -> None:
+    # error.type took the upstream's raw string, unbounded for span-metrics pipelines,
+    # where Prometheus already counted it as "other".
+    provider, exporter = _tracing()
+    sink = OpenTelemetrySink(provider)
+    sink(make_event(status=500, error_type="my_custom_error_weird1"))
+    sink(make_event(status=529, error_type="overloaded_error"))
+    spans = exporter.get_finished_spans()
+    assert [span.attributes["error.type"] for span in spans if span.attributes] == [
+        "_OTHER",
+        "overloaded_error",
+    ]
+    assert spans[0].status.description == "_OTHER"
+
+
 def test_opentelemetry_marks_an_estimated_output_count() -> None:
     provider, exporter = _tracing()
     sink = OpenTelemetrySink(provider)

@@ -43,7 +43,9 @@ logger = logging.getLogger("messages_mw")
 
 # Client headers forwarded as they are; everything else is dropped. anthropic-* covers
 # version, beta, workspace and future routing headers. An idempotency key also lets the
-# gateway's transport resend a POST that died unanswered on a reused connection.
+# gateway's transport resend a POST that died unanswered on a reused connection. The W3C
+# trace context goes on as the client would have sent it to Anthropic: a self-hosted
+# upstream joins the client's trace.
 _FORWARDED_PREFIXES = ("anthropic-", "x-stainless-")
 _FORWARDED_NAMES = frozenset(
     {
@@ -53,6 +55,8 @@ _FORWARDED_NAMES = frozenset(
         "accept",
         "idempotency-key",
         "x-idempotency-key",
+        "traceparent",
+        "tracestate",
     }
 )
 # Upstream response headers never relayed: hop-by-hop ones, framing the server redoes,
