@@ -1268,3 +1268,22 @@ def test_the_response_model_is_the_snapshot_the_upstream_named(stream: bool) -> 
     assert response.status_code == 200
     assert finished[0].response_model == "gpt-4o-2024-08-06"
     assert not finished[0].usage.output_tokens_estimated
+
+
+async def test_the_clients_trace_context_reaches_a_self_hosted_server() -> None:
+    # traceparent was dropped, so vLLM behind the gateway could not join the client's trace.
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=completion_json("Hi"))
+
+    traced = {
+        **CLIENT_HEADERS,
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "vendor=opaque",
+    }
+    request = msgspec.structs.replace(_request(), headers=traced)
+    await _provider(handler).send(request)
+    assert seen[0].headers["traceparent"] == traced["traceparent"]
+    assert seen[0].headers["tracestate"] == "vendor=opaque"

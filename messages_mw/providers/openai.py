@@ -64,6 +64,8 @@ _JSON_HEADERS = (("content-type", "application/json"),)
 # Upstream headers a client (and the fallback chain) needs to retry an error correctly.
 _RELAYED_ERROR_HEADERS = frozenset({"retry-after", "retry-after-ms", "x-should-retry"})
 _encoder = msgspec.json.Encoder()
+# The W3C trace context, forwarded as the client sent it.
+_TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 class _Model(msgspec.Struct):
@@ -282,6 +284,9 @@ class OpenAIProvider:
         if not self._sets_user_agent:
             agent = request.headers.get("user-agent", _USER_AGENT)
             headers.append((b"user-agent", agent.encode("latin-1")))
+        for name in _TRACE_HEADERS:  # a self-hosted server (vLLM) joins the client's trace
+            if (value := request.headers.get(name)) is not None:
+                headers.append((name.encode(), value.encode("latin-1")))
         headers.append((b"content-length", b"%d" % len(payload)))
         upstream = httpx.Request(
             "POST",
