@@ -1286,6 +1286,12 @@ def test_the_event_names_the_answer_as_the_upstream_gave_it(stream: bool) -> Non
     assert event.stop_reason == "end_turn"
 
 
+def _upstream(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
+    """An Anthropic provider whose upstream is ``handler``."""
+    settings = UpstreamConfig(base_url="http://upstream.test")
+    return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
+
+
 def test_count_tokens_falls_back_through_the_messages_chain() -> None:
     # Claude Code counts tokens too: an outage that messages survive must not fail it.
     seen: list[bytes] = []
@@ -1297,12 +1303,8 @@ def test_count_tokens_falls_back_through_the_messages_chain() -> None:
         seen.append(request.content)
         return httpx.Response(200, json={"input_tokens": 12})
 
-    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
-        settings = UpstreamConfig(base_url="http://upstream.test")
-        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
-
     config = GatewayConfig(fallback=FallbackConfig(default_chain=("backup/claude-haiku-4-5",)))
-    providers = {"anthropic": provider(overloaded), "backup": provider(counted)}
+    providers = {"anthropic": _upstream(overloaded), "backup": _upstream(counted)}
     gateway = Gateway(config, providers=providers)
     body = json.dumps({"model": "claude-sonnet-4-6", "messages": _HELLO}).encode()
     response = run(_post(gateway, body, "/v1/messages/count_tokens"))
@@ -1323,17 +1325,13 @@ def test_count_tokens_never_keeps_a_failing_targets_circuit_shut() -> None:
     def backup(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=message_json("claude-haiku-4-5"))
 
-    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
-        settings = UpstreamConfig(base_url="http://upstream.test")
-        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
-
     fallback = FallbackConfig(
         default_chain=("backup/claude-haiku-4-5",), breaker=BreakerPolicy(failure_threshold=2)
     )
     finished: list[RequestContext] = []
     gateway = Gateway(
         GatewayConfig(fallback=fallback),
-        providers={"anthropic": provider(primary), "backup": provider(backup)},
+        providers={"anthropic": _upstream(primary), "backup": _upstream(backup)},
         on_request_end=finished.append,
     )
     # The same target as the messages: breakers are per provider and model.
@@ -1364,17 +1362,13 @@ def test_count_tokens_skips_a_target_whose_circuit_messages_opened() -> None:
             return httpx.Response(200, json={"input_tokens": 5})
         return httpx.Response(200, content=message_json("claude-haiku-4-5"))
 
-    def provider(handler: Callable[[httpx.Request], httpx.Response]) -> AnthropicProvider:
-        settings = UpstreamConfig(base_url="http://upstream.test")
-        return AnthropicProvider(settings, transport=httpx.MockTransport(handler))
-
     fallback = FallbackConfig(
         default_chain=("backup/claude-haiku-4-5",), breaker=BreakerPolicy(failure_threshold=1)
     )
     finished: list[RequestContext] = []
     gateway = Gateway(
         GatewayConfig(fallback=fallback),
-        providers={"anthropic": provider(primary), "backup": provider(backup)},
+        providers={"anthropic": _upstream(primary), "backup": _upstream(backup)},
         on_request_end=finished.append,
     )
     assert run(_post(gateway, CHAT)).status_code == 200  # opens the primary's circuit

@@ -906,27 +906,41 @@ def test_an_answer_closed_after_but_never_read_is_dropped_all_the_same(
     assert not shutdown_hung
 
 
+_ANSWER_SIZE = 24 * 1024 * 1024
+
+
+async def _answer_24_mb(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """24 MB in one body message, from an app that is done with it at once."""
+    headers = [(b"content-length", b"%d" % _ANSWER_SIZE)]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"z" * _ANSWER_SIZE})
+
+
+class _OneSecondIdle(GatewayHttpProtocol):
+    body_idle_seconds = 1.0
+
+
+@contextlib.contextmanager
+def _asking_for_24_mb() -> Iterator[socket.socket]:
+    """A connection that has asked a server (1 s of idle output allowed) for 24 MB."""
+    with (
+        serve(_answer_24_mb, http=_OneSecondIdle) as url,
+        socket.create_connection(_address(url)) as sock,
+    ):
+        sock.sendall(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        yield sock
+
+
 def test_a_client_reading_slowly_but_steadily_gets_its_whole_answer() -> None:
     # Writing stays paused while a large body message drains; only bytes that do not move
     # say the client stopped reading. (It was cut off after about 8 of 24 MB.)
-    size = 24 * 1024 * 1024
-
-    async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        headers = [(b"content-length", b"%d" % size)]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"z" * size})
-
-    class _OneSecond(GatewayHttpProtocol):
-        body_idle_seconds = 1.0
-
     received = 0
-    with serve(answer, http=_OneSecond) as url, socket.create_connection(_address(url)) as sock:
-        sock.sendall(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
-        head_and_body = size + len(b"HTTP/1.1 200 OK\r\n")
+    with _asking_for_24_mb() as sock:
+        head_and_body = _ANSWER_SIZE + len(b"HTTP/1.1 200 OK\r\n")
         while received < head_and_body and (data := sock.recv(65536)):
             received += len(data)
             time.sleep(0.02)
-    assert received >= size
+    assert received >= _ANSWER_SIZE
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the kernel's queue")
@@ -934,26 +948,15 @@ def test_a_client_reading_a_few_kb_a_second_is_not_taken_for_one_reading_nothing
     # The kernel's send buffer grows to megabytes and the socket turns writable again only
     # once a third of it has drained: at 160 KB/s the process's own buffer did not move for
     # seconds, and a client that kept reading was cut off as one that had stopped.
-    size = 24 * 1024 * 1024
-
-    async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        headers = [(b"content-length", b"%d" % size)]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"z" * size})
-
-    class _OneSecond(GatewayHttpProtocol):
-        body_idle_seconds = 1.0
-
     received = 0
-    with serve(answer, http=_OneSecond) as url, socket.create_connection(_address(url)) as sock:
-        sock.sendall(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+    with _asking_for_24_mb() as sock:
         slow_until = time.monotonic() + 4
         while time.monotonic() < slow_until and (data := sock.recv(16384)):
             received += len(data)
             time.sleep(0.1)
-        while received < size and (data := sock.recv(1 << 20)):
+        while received < _ANSWER_SIZE and (data := sock.recv(1 << 20)):
             received += len(data)
-    assert received >= size
+    assert received >= _ANSWER_SIZE
 
 
 def test_heads_pipelined_behind_a_body_are_no_framing_of_it() -> None:
