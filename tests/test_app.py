@@ -1314,26 +1314,45 @@ def test_count_tokens_falls_back_through_the_messages_chain() -> None:
     assert json.loads(seen[0])["model"] == "claude-haiku-4-5"
 
 
-def test_count_tokens_never_keeps_a_failing_targets_circuit_shut() -> None:
-    # Counting often works while messages fail: its successes, between every turn of Claude
-    # Code, would reset the breaker each time, and every message would pay for the 529 first.
-    def primary(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("count_tokens"):
-            return httpx.Response(200, json={"input_tokens": 5})
-        return httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error"}})
+def _messages_fail_on_the_primary(
+    failure_threshold: int,
+) -> tuple[Gateway, list[RequestContext], list[str]]:
+    """A gateway whose primary counts tokens but answers messages with 529, with a backup
+    that does both; returns it, its finished requests, and which upstreams counted."""
+    counted_by: list[str] = []
 
-    def backup(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=message_json("claude-haiku-4-5"))
+    def upstream(name: str, messages: Callable[[], httpx.Response]) -> AnthropicProvider:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("count_tokens"):
+                counted_by.append(name)
+                return httpx.Response(200, json={"input_tokens": 5})
+            return messages()
 
+        return _upstream(handler)
+
+    overloaded = {"type": "error", "error": {"type": "overloaded_error"}}
     fallback = FallbackConfig(
-        default_chain=("backup/claude-haiku-4-5",), breaker=BreakerPolicy(failure_threshold=2)
+        default_chain=("backup/claude-haiku-4-5",),
+        breaker=BreakerPolicy(failure_threshold=failure_threshold),
     )
     finished: list[RequestContext] = []
     gateway = Gateway(
         GatewayConfig(fallback=fallback),
-        providers={"anthropic": _upstream(primary), "backup": _upstream(backup)},
+        providers={
+            "anthropic": upstream("primary", lambda: httpx.Response(529, json=overloaded)),
+            "backup": upstream(
+                "backup", lambda: httpx.Response(200, content=message_json("claude-haiku-4-5"))
+            ),
+        },
         on_request_end=finished.append,
     )
+    return gateway, finished, counted_by
+
+
+def test_count_tokens_never_keeps_a_failing_targets_circuit_shut() -> None:
+    # Counting often works while messages fail: its successes, between every turn of Claude
+    # Code, would reset the breaker each time, and every message would pay for the 529 first.
+    gateway, finished, _ = _messages_fail_on_the_primary(failure_threshold=2)
     # The same target as the messages: breakers are per provider and model.
     count = json.dumps({"model": json.loads(CHAT)["model"], "messages": _HELLO}).encode()
     for _ in range(3):
@@ -1348,29 +1367,7 @@ def test_count_tokens_skips_a_target_whose_circuit_messages_opened() -> None:
     # count_tokens ran without the breakers: through a blackhole outage that messages
     # survived, each of Claude Code's counts waited out the primary's read timeout, and
     # with the default timeouts got a 504.
-    counted_by: list[str] = []
-
-    def primary(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("count_tokens"):
-            counted_by.append("primary")
-            return httpx.Response(200, json={"input_tokens": 5})
-        return httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error"}})
-
-    def backup(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("count_tokens"):
-            counted_by.append("backup")
-            return httpx.Response(200, json={"input_tokens": 5})
-        return httpx.Response(200, content=message_json("claude-haiku-4-5"))
-
-    fallback = FallbackConfig(
-        default_chain=("backup/claude-haiku-4-5",), breaker=BreakerPolicy(failure_threshold=1)
-    )
-    finished: list[RequestContext] = []
-    gateway = Gateway(
-        GatewayConfig(fallback=fallback),
-        providers={"anthropic": _upstream(primary), "backup": _upstream(backup)},
-        on_request_end=finished.append,
-    )
+    gateway, finished, counted_by = _messages_fail_on_the_primary(failure_threshold=1)
     assert run(_post(gateway, CHAT)).status_code == 200  # opens the primary's circuit
     count = json.dumps({"model": json.loads(CHAT)["model"], "messages": _HELLO}).encode()
     assert run(_post(gateway, count, "/v1/messages/count_tokens")).status_code == 200
